@@ -1,0 +1,51 @@
+"""Small filesystem helpers: atomic writes and free-space checks."""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import DiskSpaceError
+from .units import format_size
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem holding ``path`` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def require_free_space(path: Path, needed: int, what: str) -> None:
+    """Fail early, before writing anything, when ``needed`` bytes will not fit at ``path``."""
+    free = free_bytes(path)
+    if needed > free:
+        raise DiskSpaceError(
+            f"not enough disk space for {what} at {path}: need {format_size(needed)}, "
+            f"{format_size(free)} free"
+        )

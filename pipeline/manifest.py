@@ -1,0 +1,80 @@
+"""The mirror manifest: what VerifyTree found in the mirror, one entry per repository file.
+
+It is the single record of "this tree is exactly what SCM served": path, size, sha256, the URL
+it came from and the server's validators. Bundles are built from it; later delta bundles will
+compare two of them, so it carries a schema version and a stable hash of its own.
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .errors import IntegrityError
+from .fsutil import atomic_write_bytes
+
+SCHEMA = "amsrepomirror/mirror-manifest/1"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative to the repository root, '/'-separated
+    size: int
+    sha256: str
+    url: str = ""
+    etag: Optional[str] = None
+    last_modified: Optional[str] = None
+
+
+@dataclass
+class Manifest:
+    version: str  # the AMS version, e.g. AMS2026.1
+    files: List[FileEntry]
+    listing_url: str = ""
+    created: str = ""
+    tool_version: str = ""
+    skipped_unauthorized: List[str] = field(default_factory=list)
+
+    def by_path(self) -> Dict[str, FileEntry]:
+        return {f.path: f for f in self.files}
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> bytes:
+        body = {
+            "schema": SCHEMA,
+            "version": self.version,
+            "listing_url": self.listing_url,
+            "created": self.created,
+            "tool_version": self.tool_version,
+            "skipped_unauthorized": sorted(self.skipped_unauthorized),
+            "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
+        }
+        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+
+    def sha256(self) -> str:
+        """Stable identity of this manifest (its canonical JSON bytes)."""
+        return hashlib.sha256(self.to_json()).hexdigest()
+
+    def write(self, path: Path) -> None:
+        atomic_write_bytes(Path(path), self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> "Manifest":
+        try:
+            body = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"cannot read mirror manifest {path}: {exc}") from exc
+        if body.get("schema") != SCHEMA:
+            raise IntegrityError(f"{path} is not a mirror manifest of schema {SCHEMA} (found {body.get('schema')!r})")
+        return cls(
+            version=body["version"],
+            files=[FileEntry(**f) for f in body["files"]],
+            listing_url=body.get("listing_url", ""),
+            created=body.get("created", ""),
+            tool_version=body.get("tool_version", ""),
+            skipped_unauthorized=list(body.get("skipped_unauthorized", [])),
+        )

@@ -1,0 +1,33 @@
+"""Byte sizes as people write them: ``5MiB``, ``3900MiB``, ``4GB``, ``123``."""
+
+import re
+
+from .errors import UsageError
+
+_FACTORS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3, "t": 1000**4, "tb": 1000**4,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(text: str) -> int:
+    """Parse a size with an optional SI (kB, MB, GB) or binary (KiB, MiB, GiB) unit into bytes."""
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _FACTORS:
+        raise UsageError(f"cannot read size {text!r}: use a number with an optional unit such as 5MiB, 3900MiB or 4GB")
+    value = int(float(match.group(1)) * _FACTORS[unit])
+    if value <= 0:
+        raise UsageError(f"size {text!r} must be greater than zero")
+    return value
+
+
+def format_size(n: float) -> str:
+    """Render a byte count for humans (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
