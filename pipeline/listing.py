@@ -1,0 +1,136 @@
+"""SCM's listing: one absolute URL per line, mapped onto repository paths.
+
+The repository root is the URL folder that holds ``listings/``; the file at ``<root>/X`` is
+stored at ``<mirror>/X``. Every URL is checked before anything is fetched, so a bad listing
+never touches the mirror.
+"""
+
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
+from urllib.parse import unquote, urlsplit
+
+from .errors import UsageError
+
+STATE_DIR = ".amsrepomirror"
+DEFAULT_LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/{version}.txt"
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    url: str
+    path: str  # relative to the repository root, '/'-separated, never '..'
+
+
+def redact(url: str) -> str:
+    """The URL without any ``user:password@`` part, safe for logs and manifests."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=host).geturl()
+
+
+def listing_url_for(version: str, listing_url: str = "") -> str:
+    """The listing URL to use: the given one, or SCM's for ``version``."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", version or ""):
+        raise UsageError(f"invalid version {version!r}: expected something like AMS2026.1")
+    return listing_url or DEFAULT_LISTING_URL.format(version=version)
+
+
+def repository_root(listing_url: str) -> str:
+    """The URL folder that holds ``listings/`` (with a trailing slash)."""
+    parts = urlsplit(listing_url)
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"listing URL must be http or https: {redact(listing_url)}")
+    folder = posixpath.dirname(parts.path)
+    if posixpath.basename(folder) != "listings":
+        raise UsageError(
+            f"cannot tell the repository root: the listing {redact(listing_url)} is not inside a 'listings/' folder"
+        )
+    root_path = posixpath.dirname(folder).rstrip("/") + "/"
+    return parts._replace(path=root_path, query="", fragment="").geturl()
+
+
+def _relative_path(url: str, root: str, lineno: int) -> str:
+    where = f"listing line {lineno}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UsageError(f"{where}: refusing non-HTTP(S) URL {redact(url)!r}")
+    if parts.query or parts.fragment:
+        raise UsageError(f"{where}: refusing URL with a query or fragment: {redact(url)}")
+    root_parts = urlsplit(root)
+    if (parts.scheme, parts.netloc.lower()) != (root_parts.scheme, root_parts.netloc.lower()) or not parts.path.startswith(
+        root_parts.path
+    ):
+        raise UsageError(f"{where}: URL outside the repository root {redact(root)}: {redact(url)}")
+    raw = parts.path[len(root_parts.path):]
+    segments = [unquote(s) for s in raw.split("/")]
+    for seg in segments:
+        if seg in ("", ".", "..") or "\\" in seg or "/" in seg or "\x00" in seg:
+            raise UsageError(f"{where}: refusing unsafe path {raw!r} in {redact(url)}")
+    if segments[0] == STATE_DIR:
+        raise UsageError(f"{where}: path {raw!r} collides with the mirror's own state folder {STATE_DIR}/")
+    return "/".join(segments)
+
+
+def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
+    """Parse listing text: tolerate blank lines, ``#`` comments and CRLF; drop duplicates; refuse unsafe URLs."""
+    root = repository_root(listing_url)
+    seen: Dict[str, ListedFile] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        line = line.strip().lstrip("\ufeff")
+        if not line or line.startswith("#"):
+            continue
+        path = _relative_path(line, root, lineno)
+        if path not in seen:
+            seen[path] = ListedFile(url=line, path=path)
+    if not seen:
+        raise UsageError(f"the listing {redact(listing_url)} lists no files")
+    _refuse_file_dir_clashes(seen)
+    return list(seen.values())
+
+
+def _refuse_file_dir_clashes(files: Mapping[str, ListedFile]) -> None:
+    folders = {posixpath.dirname(p) for p in files}
+    for folder in list(folders):
+        while folder:
+            if folder in files:
+                raise UsageError(f"the listing names {folder!r} both as a file and as a folder")
+            folder = posixpath.dirname(folder)
+
+
+def compile_platform_rules(rules: Mapping[str, str]) -> Dict[str, Pattern]:
+    """Compile ``{platform: regex}``; a path belongs to the first platform whose regex it matches."""
+    compiled = {}
+    for name, pattern in rules.items():
+        try:
+            compiled[name.lower()] = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise UsageError(f"invalid platform rule for {name!r} in luigi.cfg [platforms]: {exc}") from exc
+    return compiled
+
+
+def platform_of(path: str, rules: Mapping[str, Pattern]) -> Optional[str]:
+    """The platform a path is built for, or None when it is platform-independent."""
+    for name, pattern in rules.items():
+        if pattern.search(path):
+            return name
+    return None
+
+
+def select_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rules: Mapping[str, Pattern]) -> List[ListedFile]:
+    """Keep files of the given platforms plus platform-independent ones (all files when none given)."""
+    wanted = {p.lower() for p in platforms}
+    unknown = wanted - set(rules)
+    if unknown:
+        raise UsageError(
+            f"unknown platform(s) {', '.join(sorted(unknown))}: known are {', '.join(sorted(rules))} (luigi.cfg [platforms])"
+        )
+    files = list(files)
+    if not wanted:
+        return files
+    return [f for f in files if platform_of(f.path, rules) in wanted | {None}]

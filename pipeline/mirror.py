@@ -1,0 +1,235 @@
+"""The work of mirroring: snapshot the listing, fetch what is stale, verify, prune.
+
+Tasks in ``tasks.py`` call these; each function is usable (and tested) without Luigi.
+"""
+
+import datetime
+import json
+import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+
+import requests
+
+from . import __version__
+from .errors import AuthError, FetchError, IntegrityError, MirrorError, UsageError
+from .fetch import RemoteInfo, fetch_text, fetch_to_part, probe
+from .fsutil import atomic_write_json, require_free_space
+from .hashing import sha256_file
+from .listing import ListedFile, parse_listing, redact, select_platforms
+from .manifest import FileEntry, Manifest
+from .progress import ByteProgress
+from .workspace import FileRecord, Workspace
+
+SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
+                  rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float) -> Dict:
+    """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
+    listed = parse_listing(fetch_text(session, listing_url, timeout), listing_url)
+    selected = select_platforms(listed, platforms, rules)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        answers = list(pool.map(lambda f: _probe_or_error(session, f, timeout), selected))
+    files, unauthorized, failed = [], [], []
+    for item, answer in zip(selected, answers):
+        if isinstance(answer, MirrorError):
+            failed.append({"path": item.path, "message": str(answer)})
+        elif answer.status in (401, 403):
+            unauthorized.append(item.path)
+        elif answer.status != 200:
+            failed.append({"path": item.path, "message": f"HTTP {answer.status} for {redact(item.url)}"})
+        else:
+            files.append({"path": item.path, "url": item.url, **answer.validators()})
+    if unauthorized and not files and not failed:
+        raise AuthError(f"the server refused the SCM account for all {len(unauthorized)} files: wrong user or password?")
+    if unauthorized and strict_authentication:
+        raise AuthError(
+            f"HTTP 401 for {len(unauthorized)} file(s), e.g. {unauthorized[0]}; "
+            "--strict-authentication makes this fatal (the account is not licensed for them)"
+        )
+    return {
+        "schema": SNAPSHOT_SCHEMA,
+        "version": version,
+        "listing_url": redact(listing_url),
+        "created": utc_now(),
+        "listed": [f.path for f in listed],
+        "files": files,
+        "unauthorized": unauthorized,
+        "failed": failed,
+    }
+
+
+def _probe_or_error(session, item: ListedFile, timeout: float):
+    try:
+        return probe(session, item.url, timeout)
+    except MirrorError as exc:
+        return exc
+
+
+@lru_cache(maxsize=8)
+def load_snapshot(path: str) -> Dict:
+    """A run's snapshot (immutable once written), indexed by path; cached per process."""
+    body = json.loads(Path(path).read_text())
+    body["by_path"] = {f["path"]: f for f in body["files"]}
+    return body
+
+
+def is_current(ws: Workspace, remote: Dict) -> bool:
+    """The mirror holds exactly what the server serves now for this entry."""
+    record = ws.current_record(remote["path"])
+    return record is not None and record.matches_remote(remote)
+
+
+def bytes_to_fetch(ws: Workspace, entries: Iterable[Dict]) -> int:
+    """Bytes still to transfer: full sizes minus what partial downloads already hold."""
+    return sum(max((e.get("size") or 0) - ws.part_bytes(e["path"]), 0) for e in entries)
+
+
+def check_space(ws: Workspace, entries: List[Dict]) -> int:
+    needed = bytes_to_fetch(ws, entries)
+    require_free_space(ws.mirror, needed, f"{len(entries)} file(s) to download")
+    return needed
+
+
+@dataclass
+class DownloadOutcome:
+    fetched: List[str] = field(default_factory=list)
+    failed: Dict[str, str] = field(default_factory=dict)
+
+
+def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: str, timeout: float,
+                 progress: Optional[ByteProgress]) -> None:
+    """Fetch one file into its ``.part``, then move it into the mirror and write its record."""
+    rel, part = entry["path"], ws.part_path(entry["path"])
+    remote = RemoteInfo(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
+    result = fetch_to_part(session, entry["url"], part, remote, timeout, progress.update if progress else (lambda n: None))
+    target = ws.file(rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ws.drop_record(rel)  # the old record must never describe the new file
+    os.replace(part, target)
+    st = os.stat(target)
+    ws.write_record(rel, FileRecord(st.st_size, st.st_mtime_ns, result.sha256, entry["url"], result.etag,
+                                    result.last_modified, run_id, result.bytes_transferred))
+    if (result.etag, result.last_modified) != (entry.get("etag"), entry.get("last_modified")):
+        raise FetchError(f"{rel} changed on the server during this run; run mirror again to pick up the new version")
+
+
+def download_many(session: requests.Session, ws: Workspace, entries: List[Dict], run_id: str, *, jobs: int,
+                  timeout: float, progress: Optional[ByteProgress]) -> DownloadOutcome:
+    """Fetch entries with ``jobs`` concurrent connections; one failure does not stop the others.
+
+    A 401 here, after HEAD was allowed, is a failure like any other (the HEAD probe is where
+    unlicensed files are sorted out).
+    """
+    outcome = DownloadOutcome()
+
+    def work(entry):
+        try:
+            download_one(session, ws, entry, run_id, timeout, progress)
+            outcome.fetched.append(entry["path"])
+        except MirrorError as exc:
+            outcome.failed[entry["path"]] = str(exc)
+        except OSError as exc:
+            outcome.failed[entry["path"]] = f"{entry['path']}: {exc.strerror or exc}"
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(work, entries))
+    for path, message in sorted(outcome.failed.items()):
+        ws.note_failure(run_id, "file", message, path)
+    return outcome
+
+
+def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, deep: bool = False) -> Manifest:
+    """The manifest of the verified tree: every selected file, its hash and validators.
+
+    A file whose size and mtime still match its record keeps the hash taken while it streamed
+    in; ``deep`` re-reads every file instead. A file that no longer matches is an integrity failure.
+    """
+    entries = []
+    for remote in snapshot["files"]:
+        rel = remote["path"]
+        record = ws.current_record(rel)
+        if record is None or not record.matches_remote(remote):
+            raise IntegrityError(f"{rel} is missing or was modified in the mirror after download; run mirror again")
+        if deep and sha256_file(ws.file(rel)) != record.sha256:
+            ws.drop_record(rel)
+            raise IntegrityError(f"{rel} does not match the sha256 recorded when it was downloaded; run mirror again")
+        entries.append(FileEntry(rel, record.size, record.sha256, redact(record.url), record.etag, record.last_modified))
+    index = f"{version}.yml"
+    if index not in {e.path for e in entries}:
+        why = "the server refused it (HTTP 401)" if index in snapshot["unauthorized"] else "it is not in the verified tree"
+        raise IntegrityError(f"{index}, the index amspackages needs, is missing: {why}")
+    return Manifest(version=version, files=entries, listing_url=snapshot["listing_url"], created=utc_now(),
+                    tool_version=__version__, skipped_unauthorized=list(snapshot["unauthorized"]))
+
+
+def unlisted_files(ws: Workspace, keep: Iterable[str]) -> List[str]:
+    """Mirror files that the listing (as selected) no longer names."""
+    keep = set(keep)
+    return sorted(p for p in ws.repository_files() if p not in keep)
+
+
+def prune_unlisted(ws: Workspace, keep: Iterable[str], *, dry_run: bool, force: bool) -> List[str]:
+    """Delete unlisted files; refuse to delete more than a quarter of the mirror without ``force``."""
+    keep = set(keep)
+    doomed = unlisted_files(ws, keep)
+    present = len(doomed) + sum(1 for p in keep if ws.file(p).exists())
+    if doomed and not dry_run and not force and len(doomed) * 4 > present:
+        raise UsageError(
+            f"--delete-unlisted would remove {len(doomed)} of {present} files (more than a quarter): "
+            "the listing may be truncated; check with --dry-run, then add --force"
+        )
+    if dry_run:
+        return doomed
+    for rel in doomed:
+        ws.file(rel).unlink()
+        ws.drop_record(rel)
+        folder = posixpath.dirname(rel)
+        while folder:
+            try:
+                ws.file(folder).rmdir()
+            except OSError:
+                break
+            folder = posixpath.dirname(folder)
+    return doomed
+
+
+def summarize(ws: Workspace, run_id: str, snapshot: Optional[Dict], elapsed: float) -> Dict:
+    """Counts for the end-of-run summary and ``--report``, derived from the state on disk."""
+    failures = ws.failures(run_id)
+    failed = sorted({f["path"] for f in failures if f["kind"] == "file"} |
+                    {f["path"] for f in (snapshot or {}).get("failed", [])})
+    unauthorized = sorted((snapshot or {}).get("unauthorized", []))
+    fetched, fetched_bytes, transferred, up_to_date = [], 0, 0, 0
+    for entry in (snapshot or {}).get("files", []):
+        record = ws.read_record(entry["path"])
+        if record and record.fetched_run == run_id:
+            fetched.append(entry["path"])
+            fetched_bytes += record.size
+            transferred += record.bytes_transferred
+        elif record and entry["path"] not in failed and record.matches_remote(entry) and ws.current_record(entry["path"]):
+            up_to_date += 1
+    return {
+        "run_id": run_id,
+        "listing_url": (snapshot or {}).get("listing_url", ""),
+        "listed": len((snapshot or {}).get("listed", [])),
+        "selected": len((snapshot or {}).get("files", [])) + len(unauthorized) + len((snapshot or {}).get("failed", [])),
+        "fetched": len(fetched),
+        "up_to_date": up_to_date,
+        "skipped_unauthorized": unauthorized,
+        "failed": failed,
+        "bytes_fetched": fetched_bytes,
+        "bytes_transferred": transferred,
+        "seconds": round(elapsed, 3),
+        "rate_bytes_per_second": round(transferred / elapsed) if elapsed > 0 else 0,
+        "errors": [f["message"] for f in failures if f["kind"] != "file"],
+    }

@@ -1,0 +1,175 @@
+"""The task graph, wiring only: FetchListing → DownloadFile → VerifyTree → BundleArchive, and Unpack.
+
+Each task's ``output()`` is the single truth of "done"; the work is done by plain functions in
+``mirror``, ``bundle``, ``sevenzip``, ``extract`` and ``placement``. Parameters default from the
+``luigi.cfg`` section named after the task and can be overridden on the command line.
+"""
+
+import datetime
+import json
+import os
+import traceback
+
+import luigi
+from luigi.util import inherits
+
+from . import mirror, progress
+from .credentials import resolve_credentials
+from .errors import FetchError, MirrorError, exit_code_for
+from .fetch import make_session
+from .listing import compile_platform_rules, listing_url_for, redact
+from .manifest import Manifest
+from .workspace import Workspace
+
+DEFAULT_PLATFORM_RULES = {
+    "linux": r"(^|/)linux([/._-]|$)|[._-]linux([/._-]|$)|manylinux",
+    "macos": r"(^|/)(macos|darwin|osx)([/._-]|$)|[._-](macos|darwin|osx)([/._-]|$)|macosx",
+    "windows": r"(^|/)(windows|win32|win64)([/._-]|$)|[._-](windows|win32|win_amd64|win64)([/._-]|$)",
+}
+
+
+def new_run_id() -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{os.getpid()}"
+
+
+# One run id per process unless the CLI passes one: every plain `luigi` invocation re-reads the listing.
+PROCESS_RUN_ID = new_run_id()
+
+
+class http(luigi.Config):
+    """[http] in luigi.cfg: how patient we are with the network."""
+
+    retries = luigi.IntParameter(default=6, description="attempts per request for connection errors, 5xx and 429")
+    backoff = luigi.FloatParameter(default=0.5, description="urllib3 backoff factor in seconds")
+    timeout = luigi.FloatParameter(default=60.0, description="connect/read timeout in seconds")
+
+
+def platform_rules():
+    """[platforms] in luigi.cfg: name = regex over repository paths; defaults when absent."""
+    config = luigi.configuration.get_config()
+    rules = dict(DEFAULT_PLATFORM_RULES)
+    if config.has_section("platforms"):
+        rules = {k: v for k, v in config.items("platforms") if k not in config.defaults()} or rules
+    return compile_platform_rules(rules)
+
+
+class MirrorTask(luigi.Task):
+    """Base: knows the mirror workspace; reports failures as a JSON line the CLI maps to an exit code."""
+
+    version = luigi.Parameter(description="AMS version, e.g. AMS2026.1")
+    mirror = luigi.Parameter(description="mirror folder (becomes $AMSHOME/repository)")
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace(self.mirror)
+
+    def on_failure(self, exception):
+        message = str(exception) if isinstance(exception, MirrorError) else f"{exception.__class__.__name__}: {exception}"
+        return json.dumps({"code": exit_code_for(exception), "message": message.splitlines()[0] if message else "",
+                           "traceback": traceback.format_exc()})
+
+
+class FetchListing(MirrorTask):
+    """The listing of one version plus what the server says of each selected file now."""
+
+    listing_url = luigi.Parameter(default="", description="default: SCM's listing for the version")
+    platform = luigi.ListParameter(default=[], description="keep only these platforms (+ platform-independent)")
+    strict_authentication = luigi.BoolParameter(default=False, description="a 401 on any file is fatal")
+    no_ssl = luigi.BoolParameter(default=False, significant=False, description="do not verify TLS certificates")
+    jobs = luigi.IntParameter(default=4, significant=False, description="concurrent connections")
+    run_id = luigi.Parameter(default=PROCESS_RUN_ID, description="one per mirror run; a new run re-reads the listing")
+
+    def output(self):
+        return luigi.LocalTarget(str(self.workspace.snapshot_path(self.run_id)))
+
+    def session(self):
+        url = listing_url_for(self.version, self.listing_url)
+        return make_session(resolve_credentials(url), verify_ssl=not self.no_ssl, retries=http().retries,
+                            backoff=http().backoff, pool_size=self.jobs)
+
+    def run(self):
+        url = listing_url_for(self.version, self.listing_url)
+        snapshot = mirror.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
+                                        strict_authentication=self.strict_authentication, jobs=self.jobs,
+                                        timeout=http().timeout)
+        with self.output().open("w") as f:
+            json.dump(snapshot, f, indent=1)
+
+    def snapshot(self):
+        return mirror.load_snapshot(self.output().path)
+
+
+class MirrorFileTarget(luigi.Target):
+    """Exists when the mirror holds exactly the file the run's snapshot says the server serves."""
+
+    def __init__(self, workspace: Workspace, snapshot_path: str, path: str):
+        self.workspace, self.snapshot_path, self.path = workspace, snapshot_path, path
+
+    def exists(self):
+        remote = mirror.load_snapshot(self.snapshot_path)["by_path"].get(self.path)
+        return remote is not None and mirror.is_current(self.workspace, remote)
+
+
+@inherits(FetchListing)
+class DownloadFile(MirrorTask):
+    """One listed file; Luigi batches many into one run so scheduling stays linear."""
+
+    path = luigi.Parameter(batch_method="\n".join, description="repository path (newline-joined when batched)")
+    max_batch_size = luigi.configuration.get_config().getint("DownloadFile", "max_batch_size", 2000)
+
+    def requires(self):
+        return self.clone(FetchListing)
+
+    def paths(self):
+        return self.path.split("\n")
+
+    def output(self):
+        snapshot = self.input().path
+        return [MirrorFileTarget(self.workspace, snapshot, p) for p in self.paths()]
+
+    def run(self):
+        snapshot = self.requires().snapshot()
+        entries = [snapshot["by_path"][p] for p in self.paths()]
+        entries = [e for e in entries if not mirror.is_current(self.workspace, e)]
+        bar = progress.for_run(self.run_id, mirror.bytes_to_fetch(self.workspace, entries))
+        outcome = mirror.download_many(self.requires().session(), self.workspace, entries, self.run_id,
+                                       jobs=self.jobs, timeout=http().timeout, progress=bar)
+        if outcome.failed:
+            first = sorted(outcome.failed.items())[0][1]
+            raise FetchError(f"{len(outcome.failed)} of {len(entries)} file(s) could not be fetched; first: {first}")
+
+
+@inherits(FetchListing)
+class VerifyTree(MirrorTask):
+    """The verified mirror: every selected file present and current, recorded in the manifest."""
+
+    deep = luigi.BoolParameter(default=False, description="re-read and re-hash every file instead of trusting size+mtime")
+
+    def requires(self):
+        return self.clone(FetchListing)
+
+    def output(self):
+        return luigi.LocalTarget(str(self.workspace.run_manifest_path(self.run_id)))
+
+    def run(self):
+        snapshot = self.requires().snapshot()
+        downloads = [self.clone(DownloadFile, path=e["path"]) for e in snapshot["files"]]
+        pending = [e for e in snapshot["files"] if not mirror.is_current(self.workspace, e)]
+        if pending:
+            needed = mirror.check_space(self.workspace, pending)
+            progress.for_run(self.run_id, needed, desc="download")
+        yield downloads
+        progress.close_run(self.run_id)
+        if snapshot["failed"]:
+            first = snapshot["failed"][0]
+            raise FetchError(f"{len(snapshot['failed'])} listed file(s) could not be fetched; first: {first['message']}")
+        manifest = mirror.build_manifest(self.workspace, snapshot, self.version, deep=self.deep)
+        manifest.write(self.workspace.manifest_path(self.version))
+        with self.output().open("w") as f:
+            f.write(manifest.to_json().decode())
+
+
+def verified_manifest(mirror_dir: str, version: str) -> Manifest:
+    """The latest verified manifest of a mirror (for bundling without the network)."""
+    return Manifest.read(Workspace(mirror_dir).manifest_path(version))

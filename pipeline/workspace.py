@@ -1,0 +1,141 @@
+"""The mirror folder: repository files at ``<mirror>/X``, the tool's own state in ``<mirror>/.amsrepomirror/``.
+
+State (never part of the repository): listing snapshots per run, one record per file (size,
+mtime, sha256 and the server's validators, written after the file is in place), ``.part``
+files of interrupted downloads, the mirror manifest, and per-run failure notes.
+"""
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+from .fsutil import atomic_write_json
+from .listing import STATE_DIR
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What we know of a mirror file: its content and the server validators it was fetched under."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    url: str
+    etag: Optional[str]
+    last_modified: Optional[str]
+    fetched_run: str = ""
+    bytes_transferred: int = 0
+
+    def matches_stat(self, st: os.stat_result) -> bool:
+        return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
+
+    def matches_remote(self, remote: Dict) -> bool:
+        """True when the server still serves what we have (every validator it sends agrees)."""
+        if remote.get("size") is not None and remote["size"] != self.size:
+            return False
+        for key in ("etag", "last_modified"):
+            if remote.get(key) is not None and remote[key] != getattr(self, key):
+                return False
+        return True
+
+
+class Workspace:
+    """Knows every path in a mirror folder, so tasks never build paths by hand."""
+
+    def __init__(self, mirror: Path):
+        self.mirror = Path(mirror).absolute()
+        self.state = self.mirror / STATE_DIR
+
+    def file(self, rel: str) -> Path:
+        return self.mirror.joinpath(*rel.split("/"))
+
+    def record_path(self, rel: str) -> Path:
+        return self.state.joinpath("records", *rel.split("/")).with_name(rel.rsplit("/", 1)[-1] + ".json")
+
+    def part_path(self, rel: str) -> Path:
+        return self.state.joinpath("parts", *rel.split("/")).with_name(rel.rsplit("/", 1)[-1] + ".part")
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.state / "runs" / run_id
+
+    def snapshot_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "listing.json"
+
+    def run_manifest_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "manifest.json"
+
+    def failures_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "failures.jsonl"
+
+    def manifest_path(self, version: str) -> Path:
+        """The latest verified manifest of ``version`` (what ``bundle --offline`` uses)."""
+        return self.state / f"{version}.manifest.json"
+
+    def read_record(self, rel: str) -> Optional[FileRecord]:
+        try:
+            return FileRecord(**json.loads(self.record_path(rel).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write_record(self, rel: str, record: FileRecord) -> None:
+        atomic_write_json(self.record_path(rel), asdict(record))
+
+    def drop_record(self, rel: str) -> None:
+        for p in (self.record_path(rel),):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    def current_record(self, rel: str) -> Optional[FileRecord]:
+        """The record, if the file on disk is still exactly the one it describes (size and mtime)."""
+        record = self.read_record(rel)
+        if record is None:
+            return None
+        try:
+            st = os.stat(self.file(rel))
+        except OSError:
+            return None
+        return record if record.matches_stat(st) else None
+
+    def part_bytes(self, rel: str) -> int:
+        try:
+            return self.part_path(rel).stat().st_size
+        except OSError:
+            return 0
+
+    def note_failure(self, run_id: str, kind: str, message: str, path: str = "") -> None:
+        """Append a failure for the run summary; safe from several processes (O_APPEND, one write)."""
+        target = self.failures_path(run_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"kind": kind, "path": path, "message": message}) + "\n"
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def failures(self, run_id: str) -> List[Dict]:
+        try:
+            lines = self.failures_path(run_id).read_text().splitlines()
+        except OSError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def repository_files(self) -> Iterator[str]:
+        """Relative paths of every file in the mirror outside the state folder."""
+        for dirpath, dirnames, filenames in os.walk(self.mirror):
+            if Path(dirpath) == self.mirror and STATE_DIR in dirnames:
+                dirnames.remove(STATE_DIR)
+            rel_dir = os.path.relpath(dirpath, self.mirror)
+            for name in filenames:
+                yield name if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{name}"
+
+    def prune_runs(self, keep: int = 5) -> None:
+        """Keep the state of the last ``keep`` runs only."""
+        runs = sorted(p for p in (self.state / "runs").glob("*") if p.is_dir())
+        for old in runs[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
