@@ -1,0 +1,66 @@
+"""Shared fixtures: a synthetic repository tree, the SCM double serving it, and a real nginx.
+
+``repo_tree`` is a fresh tree per test, so tests may change or delete files freely. Both
+servers rewrite the origin of the tree's listing(s) on start: when a test uses both on one tree,
+the listing points at the one started last (call ``write_listing``/``retarget_listing`` to
+switch).
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # the package need not be installed to run the tests
+    sys.path.insert(0, str(REPO_ROOT))
+TESTS_DIR = str(Path(__file__).resolve().parent)
+if TESTS_DIR not in sys.path:  # so test modules can `from servers import ...`
+    sys.path.insert(0, TESTS_DIR)
+
+from pipeline.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository  # noqa: E402
+from servers import NginxServer, require_tool  # noqa: E402
+
+
+@pytest.fixture
+def demo_auth():
+    """(user, password) of the double's public demo account."""
+    return (DEMO_USER, DEMO_PASSWORD)
+
+
+@pytest.fixture
+def repo_version():
+    return DEFAULT_VERSION
+
+
+@pytest.fixture
+def repo_tree(tmp_path, repo_version):
+    """Root folder (Path) holding ``Downloads/packages/`` of a default synthetic repository
+    (about 5 MiB, one 3 MiB file). The listed relpaths: ``repository_files(root)``."""
+    root = tmp_path / "scm"
+    make_repository(root, repo_version)
+    return root
+
+
+@pytest.fixture
+def scm_double(repo_tree):
+    """A started ScmDouble on ``repo_tree`` (demo/demo-pass; ``licensed/`` answers 401)."""
+    double = ScmDouble(repo_tree)
+    double.start()
+    try:
+        yield double
+    finally:
+        double.stop()
+
+
+@pytest.fixture
+def nginx_server(repo_tree, tmp_path):
+    """A started real nginx on ``repo_tree`` with the same users and 401 prefixes as the
+    double. Skipped when nginx is missing, failed instead when AMSREPOMIRROR_REQUIRE_TOOLS=1."""
+    nginx = require_tool("nginx")
+    server = NginxServer(repo_tree, nginx=nginx, workdir=tmp_path / "nginx")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,309 @@
+"""Test helpers: a real nginx serving a repository tree on loopback, its access log, and
+``require_tool`` (skip when a tool is missing, fail instead when CI demands the tools).
+
+nginx serves ``root`` the way :class:`pipeline.scmdouble.ScmDouble` does: basic auth on
+everything, 401 (with ``WWW-Authenticate``) for unauthorized prefixes, ``etag on``, Range.
+Differences from the double worth knowing: nginx's ETag/Last-Modified have one-second
+resolution (``"<hex mtime s>-<hex size>"``), a directory answers 301/403 rather than 404, and
+nginx writes its access-log line *after* the response, so use ``access_log(min_records=...)``
+which waits for lines to appear.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+from urllib.parse import quote
+
+import pytest
+
+from pipeline.scmdouble import (
+    DEFAULT_VERSION,
+    DEMO_PASSWORD,
+    DEMO_USER,
+    PACKAGES_PREFIX,
+    listing_versions,
+    retarget_listing,
+)
+
+REQUIRE_TOOLS_ENV = "AMSREPOMIRROR_REQUIRE_TOOLS"
+_EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")
+
+
+def find_tool(name: str) -> Optional[str]:
+    """Absolute path of ``name`` (PATH plus the sbin folders), or None."""
+    if os.path.isabs(name):
+        return name if os.access(name, os.X_OK) else None
+    search = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH])
+    return shutil.which(name, path=search)
+
+
+def require_tool(name: str) -> str:
+    """Return the tool's path; when missing, skip the test, or fail it when
+    ``AMSREPOMIRROR_REQUIRE_TOOLS=1`` (CI sets this so a missing install step cannot hide)."""
+    path = find_tool(name)
+    if path is None:
+        msg = f"{name} is not installed (apt-get install {'nginx' if 'nginx' in name else name})"
+        if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
+            pytest.fail(f"{msg}; {REQUIRE_TOOLS_ENV}=1 requires it", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class AccessRecord:
+    """One nginx access-log line (``-`` fields become None / 0)."""
+
+    method: str
+    uri: str  # normalized, percent-decoded $uri
+    status: int
+    body_bytes: int  # $body_bytes_sent
+    range: Optional[str]
+    if_range: Optional[str]
+    user: Optional[str]
+    connection: int  # $connection: equal numbers = same (keep-alive) connection
+    request_time: float
+
+    @property
+    def relpath(self) -> Optional[str]:
+        return self.uri[len(PACKAGES_PREFIX):] if self.uri.startswith(PACKAGES_PREFIX) else None
+
+
+_LOG_FORMAT = (
+    "$request_method\\t$uri\\t$status\\t$body_bytes_sent\\t$http_range\\t$http_if_range"
+    "\\t$remote_user\\t$connection\\t$request_time"
+)
+_ESC = re.compile(rb"\\x([0-9A-Fa-f]{2})")
+
+
+def _unescape(field: str) -> Optional[str]:
+    if field == "-":
+        return None
+    raw = _ESC.sub(lambda m: bytes([int(m.group(1), 16)]), field.encode("latin-1", "backslashreplace"))
+    return raw.decode("utf-8", "replace")
+
+
+def parse_access_log(path: Union[str, Path]) -> List[AccessRecord]:
+    """Parse an access log written with this module's tab-separated format."""
+    out = []
+    try:
+        text = Path(path).read_text(encoding="latin-1")
+    except FileNotFoundError:
+        return out
+    for line in text.splitlines():
+        parts = line.split("\t")
+        if len(parts) != 9:
+            continue
+        method, uri, status, nbytes, rng, if_range, user, conn, rtime = parts
+        out.append(AccessRecord(
+            method=method,
+            uri=_unescape(uri) or "",
+            status=int(status),
+            body_bytes=int(nbytes) if nbytes.isdigit() else 0,
+            range=_unescape(rng),
+            if_range=_unescape(if_range),
+            user=_unescape(user),
+            connection=int(conn) if conn.isdigit() else 0,
+            request_time=float(rtime) if rtime not in ("", "-") else 0.0,
+        ))
+    return out
+
+
+def _nginx_string(value: str) -> str:
+    if any(c in value for c in "\"\\\n\r;{}$"):
+        raise ValueError(f"unsupported character in nginx config value: {value!r}")
+    return f'"{value}"'
+
+
+class NginxServer:
+    """A real nginx on a free 127.0.0.1 port serving ``root`` (a tree with Downloads/packages/).
+
+    Runs in the foreground under its own prefix directory (config, user file, logs, pid, temp
+    folders); ``start()`` waits until the port answers. Like ScmDouble, ``start()`` rewrites the
+    origin of every ``listings/*.txt`` on disk to this server's base URL.
+    """
+
+    def __init__(
+        self,
+        root: Union[str, Path],
+        users: Optional[Dict[str, str]] = None,
+        unauthorized_prefixes: Sequence[str] = ("licensed/",),
+        limit_rate: Union[int, str, None] = None,
+        *,
+        nginx: Optional[str] = None,
+        workdir: Union[str, Path, None] = None,
+    ):
+        self.root = Path(root).resolve()
+        self.users = dict(users) if users is not None else {DEMO_USER: DEMO_PASSWORD}
+        self.unauthorized_prefixes = tuple(unauthorized_prefixes)
+        self.limit_rate = limit_rate
+        self.nginx = nginx or find_tool("nginx") or "/usr/sbin/nginx"
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nginx-"))
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def listing_url(self, version: str = DEFAULT_VERSION) -> str:
+        return f"{self.base_url}{PACKAGES_PREFIX}listings/{quote(version)}.txt"
+
+    def url(self, relpath: str) -> str:
+        return f"{self.base_url}{PACKAGES_PREFIX}{quote(relpath, safe='/')}"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.workdir / "access.log"
+
+    @property
+    def error_log_path(self) -> Path:
+        return self.workdir / "error.log"
+
+    def _write_config(self) -> Path:
+        wd = self.workdir
+        wd.mkdir(parents=True, exist_ok=True)
+        for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (wd / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        lines = []
+        for user, password in self.users.items():
+            if ":" in user or "\n" in user or "\n" in password:
+                raise ValueError("user names must not contain ':' or newlines")
+            digest = base64.b64encode(hashlib.sha1(password.encode("utf-8")).digest()).decode("ascii")
+            lines.append(f"{user}:{{SHA}}{digest}\n")
+        htpasswd = wd / "htpasswd"
+        htpasswd.write_text("".join(lines))
+        os.chmod(htpasswd, 0o644)
+        locations = "".join(
+            f"        location ^~ {_nginx_string(PACKAGES_PREFIX + p.lstrip('/'))} {{\n"
+            f"            add_header WWW-Authenticate 'Basic realm=\"SCM\"' always;\n"
+            f"            return 401;\n"
+            f"        }}\n"
+            for p in self.unauthorized_prefixes
+        )
+        rate = f"        limit_rate {self.limit_rate};\n" if self.limit_rate else ""
+        # Workers drop to user "nobody" when the master runs as root and then cannot read
+        # pytest's tmp dirs (mode 0700): keep them as root in that case.
+        user_line = "user root;\n" if os.geteuid() == 0 else ""
+        mime = "    include /etc/nginx/mime.types;\n" if Path("/etc/nginx/mime.types").is_file() else ""
+        conf = f"""{user_line}worker_processes 1;
+pid {wd / 'nginx.pid'};
+error_log {wd / 'error.log'} warn;
+events {{ worker_connections 1024; }}
+http {{
+{mime}    default_type application/octet-stream;
+    client_body_temp_path {wd / 'tmp/client_body'};
+    proxy_temp_path {wd / 'tmp/proxy'};
+    fastcgi_temp_path {wd / 'tmp/fastcgi'};
+    uwsgi_temp_path {wd / 'tmp/uwsgi'};
+    scgi_temp_path {wd / 'tmp/scgi'};
+    log_format mirror "{_LOG_FORMAT}";
+    access_log {wd / 'access.log'} mirror;
+    sendfile on;
+    keepalive_timeout 60s;
+    keepalive_requests 100000;
+    server_tokens off;
+    server {{
+        listen {self.host}:{self.port};
+        root {_nginx_string(str(self.root))};
+        etag on;
+        auth_basic "SCM";
+        auth_basic_user_file {wd / 'htpasswd'};
+{rate}{locations}    }}
+}}
+"""
+        path = wd / "nginx.conf"
+        path.write_text(conf)
+        return path
+
+    def start(self, timeout: float = 10.0) -> "NginxServer":
+        if self.proc is not None:
+            raise RuntimeError("already started")
+        last_error = ""
+        for _attempt in range(3):  # the free port may be taken between probe and bind
+            self.port = free_port(self.host)
+            conf = self._write_config()
+            self.error_log_path.write_text("")
+            self.proc = subprocess.Popen(
+                [self.nginx, "-p", str(self.workdir), "-c", str(conf), "-g", "daemon off;"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    with socket.create_connection((self.host, self.port), timeout=0.5):
+                        break
+                except OSError:
+                    time.sleep(0.02)
+            if self.proc.poll() is None:
+                for version in listing_versions(self.root):
+                    retarget_listing(self.root, version, self.base_url)
+                return self
+            stderr = self.proc.stderr.read().decode("utf-8", "replace") if self.proc.stderr else ""
+            last_error = (stderr + self.error_log_path.read_text(errors="replace")).strip()
+            self.proc = None
+            if "Address already in use" not in last_error:
+                break
+        raise RuntimeError(f"nginx did not start: {last_error}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        self.proc = None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # fast shutdown: also drops keep-alive connections
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        if proc.stderr:
+            proc.stderr.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "NginxServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.cleanup()
+
+    def access_log(self, min_records: int = 0, timeout: float = 3.0) -> List[AccessRecord]:
+        """Parsed access log, waiting up to ``timeout`` for at least ``min_records`` lines
+        (nginx logs after it has sent the response)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = parse_access_log(self.access_log_path)
+            if len(records) >= min_records or time.monotonic() >= deadline:
+                return records
+            time.sleep(0.02)
+
+    def clear_access_log(self) -> None:
+        """Truncate the access log (nginx appends with O_APPEND, so this is safe while running)."""
+        with open(self.access_log_path, "w"):
+            pass
