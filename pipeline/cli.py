@@ -54,7 +54,8 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
     for task_id in scheduler.task_list("FAILED", ""):
         expl = scheduler.fetch_error(task_id).get("error") or ""
         try:
-            failures.append(json.loads(expl))
+            failure = json.loads(expl)
+            failures.append(json.loads(failure) if isinstance(failure, str) else failure)  # luigi may encode it twice
         except ValueError:
             failures.append({"code": errors.RUNTIME_FAILURE, "message": expl.strip().splitlines()[-1] if expl.strip() else task_id})
     if not failures and not result.scheduling_succeeded:

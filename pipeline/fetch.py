@@ -22,10 +22,13 @@ from urllib3.util.retry import Retry
 from . import __version__
 from .credentials import Credentials
 from .errors import AuthError, FetchError
-from .hashing import BLOCK, sha256_stream
+from .hashing import sha256_stream
 from .listing import redact
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+# urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
+# after a cut at most this much is fetched again.
+STREAM_BLOCK = 128 * 1024
 
 
 class Unauthorized(FetchError):
@@ -188,7 +191,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                 out.seek(offset)
                 out.truncate()
                 try:
-                    for block in resp.iter_content(chunk_size=BLOCK):
+                    for block in resp.iter_content(chunk_size=STREAM_BLOCK):
                         out.write(block)
                         hasher.update(block)
                         transferred += len(block)

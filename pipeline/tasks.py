@@ -10,6 +10,8 @@ import json
 import os
 import traceback
 
+import warnings
+
 import luigi
 from luigi.util import inherits
 
@@ -32,6 +34,9 @@ def new_run_id() -> str:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{stamp}-{os.getpid()}"
 
+
+# max_batch_size in [DownloadFile] is read as a class attribute, not a parameter.
+warnings.filterwarnings("ignore", message=".*'max_batch_size'.*", category=luigi.parameter.UnconsumedParameterWarning)
 
 # One run id per process unless the CLI passes one: every plain `luigi` invocation re-reads the listing.
 PROCESS_RUN_ID = new_run_id()
@@ -116,6 +121,7 @@ class DownloadFile(MirrorTask):
     """One listed file; Luigi batches many into one run so scheduling stays linear."""
 
     path = luigi.Parameter(batch_method="\n".join, description="repository path (newline-joined when batched)")
+    # Luigi reads this class attribute to size batches; luigi.cfg [DownloadFile] max_batch_size sets it.
     max_batch_size = luigi.configuration.get_config().getint("DownloadFile", "max_batch_size", 2000)
 
     def requires(self):

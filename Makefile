@@ -1,0 +1,57 @@
+# amsrepomirror — online: make mirror / make bundle; offline: make unpack. `make help` lists targets.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+VERSION ?= AMS2026.1
+MIRROR  ?= mirror/$(VERSION)
+BUNDLE  ?= bundle/$(VERSION)
+CHUNK_SIZE ?= 3900MiB
+# AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
+
+.PHONY: help venv test demo mirror bundle plan verify unpack bench clean
+
+help:
+	@echo "make test                          run the test suite (sets up $(VENV))"
+	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
+	@echo "make mirror VERSION=AMS2026.1 MIRROR=DIR"
+	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=3900MiB]"
+	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB]"
+	@echo "make verify BUNDLE=DIR"
+	@echo "make unpack BUNDLE=DIR AMSHOME=DIR"
+	@echo "make bench                         benchmarks against wget, 7zz and sha256sum (docs/benchmarks.md)"
+
+$(BIN)/amsrepomirror: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+venv: $(BIN)/amsrepomirror
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+demo: venv
+	$(BIN)/amsrepomirror demo
+
+mirror: venv
+	$(BIN)/amsrepomirror mirror --version $(VERSION) --mirror $(MIRROR) $(ARGS)
+
+bundle: venv
+	$(BIN)/amsrepomirror bundle --version $(VERSION) --mirror $(MIRROR) --out $(BUNDLE) --chunk-size $(CHUNK_SIZE) $(ARGS)
+
+plan: venv
+	$(BIN)/amsrepomirror plan --version $(VERSION) --mirror $(MIRROR) --chunk-size $(CHUNK_SIZE) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(ARGS)
+
+verify: venv
+	$(BIN)/amsrepomirror verify $(BUNDLE)
+
+unpack: venv
+	@test -n "$(AMSHOME)" || { echo "error: set AMSHOME (make unpack BUNDLE=DIR AMSHOME=DIR)"; exit 2; }
+	$(BIN)/amsrepomirror unpack $(BUNDLE) --amshome $(AMSHOME) $(ARGS)
+
+bench: venv
+	$(BIN)/python -m bench.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

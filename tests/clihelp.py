@@ -1,0 +1,64 @@
+"""Driving the real ``amsrepomirror`` command in a subprocess, and comparing trees by content."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Optional
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_DIR = ".amsrepomirror"
+
+
+def cli_env(user: Optional[str] = "demo", password: Optional[str] = "demo-pass", **extra) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("SCM_USER", "SCM_PASSWORD")}
+    env["HOME"] = extra.pop("home", env.get("HOME", "/nonexistent"))
+    if user is not None:
+        env["SCM_USER"] = user
+    if password is not None:
+        env["SCM_PASSWORD"] = password
+    env["PYTHONPATH"] = str(REPO)
+    env["LUIGI_CONFIG_PATH"] = str(REPO / "tests" / "luigi-test.cfg")
+    env.update(extra)
+    return env
+
+
+def run_cli(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``python -m pipeline ARGS`` from the project folder (so luigi.cfg applies)."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env or cli_env(),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def popen_cli(*args, env=None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env or cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, **kwargs)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_hashes(folder: Path, skip_state: bool = True) -> Dict[str, str]:
+    """{relative path: sha256} of every regular file (the mirror's state folder left out)."""
+    folder = Path(folder)
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if skip_state and (rel == STATE_DIR or rel.startswith(STATE_DIR + "/")):
+            continue
+        if path.is_file() and not path.is_symlink():
+            out[rel] = sha256(path)
+    return out
+
+
+def served_tree(repo_root: Path, version: str, unauthorized_prefixes=("licensed/",)) -> Dict[str, str]:
+    """What a complete mirror of the double's tree must hold: every listed file the demo account may read."""
+    packages = Path(repo_root) / "Downloads" / "packages"
+    hashes = tree_hashes(packages, skip_state=False)
+    return {p: h for p, h in hashes.items()
+            if not p.startswith("listings/") and not any(p.startswith(u) for u in unauthorized_prefixes)}

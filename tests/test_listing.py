@@ -1,0 +1,75 @@
+import pytest
+
+from pipeline.errors import UsageError
+from pipeline.listing import (compile_platform_rules, listing_url_for, parse_listing, platform_of, redact,
+                              repository_root, select_platforms)
+from pipeline.tasks import DEFAULT_PLATFORM_RULES
+
+LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/AMS2026.1.txt"
+ROOT = "https://downloads.scm.com/Downloads/packages/"
+
+
+def test_root_is_the_folder_holding_listings():
+    assert repository_root(LISTING_URL) == ROOT
+    assert listing_url_for("AMS2026.1") == LISTING_URL
+
+
+def test_listing_tolerates_blank_lines_comments_crlf_and_duplicates():
+    text = f"# AMS listing\r\n\r\n{ROOT}AMS2026.1.yml\r\n  {ROOT}linux/a%20b.tar.zst  \n{ROOT}AMS2026.1.yml\n"
+    files = parse_listing(text, LISTING_URL)
+    assert [f.path for f in files] == ["AMS2026.1.yml", "linux/a b.tar.zst"]
+    assert files[1].url == f"{ROOT}linux/a%20b.tar.zst"
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("ftp://downloads.scm.com/Downloads/packages/x.zip", "non-HTTP"),
+    ("file:///etc/passwd", "non-HTTP"),
+    ("https://downloads.scm.com/Downloads/other/x.zip", "outside"),
+    ("https://evil.example/Downloads/packages/x.zip", "outside"),
+    (f"{ROOT}linux/../../x.zip", "unsafe"),
+    (f"{ROOT}linux/%2e%2e/x.zip", "unsafe"),
+    (f"{ROOT}linux//x.zip", "unsafe"),
+    (f"{ROOT}a%2Fb", "unsafe"),
+    (f"{ROOT}.amsrepomirror/records/x.json", "state"),
+    (f"{ROOT}x.zip?token=1", "query"),
+])
+def test_unsafe_urls_refuse_the_whole_listing(bad, why):
+    text = f"{ROOT}AMS2026.1.yml\n{bad}\n"
+    with pytest.raises(UsageError, match=r"listing line 2|state") as info:
+        parse_listing(text, LISTING_URL)
+    assert "\n" not in str(info.value)
+
+
+def test_file_and_folder_clash_and_empty_listing_are_refused():
+    with pytest.raises(UsageError, match="both as a file and as a folder"):
+        parse_listing(f"{ROOT}a\n{ROOT}a/b\n", LISTING_URL)
+    with pytest.raises(UsageError, match="lists no files"):
+        parse_listing("# nothing\n\n", LISTING_URL)
+
+
+def test_listing_outside_a_listings_folder_is_a_usage_error():
+    with pytest.raises(UsageError, match="listings/"):
+        repository_root("https://downloads.scm.com/Downloads/packages/AMS2026.1.txt")
+
+
+def test_redact_removes_userinfo():
+    assert redact("https://u:secret@h.example:8443/x") == "https://h.example:8443/x"
+    assert redact("https://h/x") == "https://h/x"
+
+
+def test_platform_rules_select_platform_and_independent_files():
+    rules = compile_platform_rules(DEFAULT_PLATFORM_RULES)
+    assert platform_of("linux/x86_64/adf-2026.101.tar.zst", rules) == "linux"
+    assert platform_of("macos/arm64/adf.tar.zst", rules) == "macos"
+    assert platform_of("windows/x86_64/adf.zip", rules) == "windows"
+    assert platform_of("uv/channels/2026.1/packages/numpy-2.0-cp311-cp311-manylinux_2_28_x86_64.whl", rules) == "linux"
+    assert platform_of("uv/channels/2026.1/packages/numpy-2.0-cp311-cp311-win_amd64.whl", rules) == "windows"
+    assert platform_of("common/docs.tar.zst", rules) is None
+    files = parse_listing("\n".join(ROOT + p for p in [
+        "AMS2026.1.yml", "linux/x86_64/a.tar.zst", "windows/x86_64/a.zip", "macos/arm64/a.tar.zst", "common/d.zst"]),
+        LISTING_URL)
+    kept = [f.path for f in select_platforms(files, ["Linux"], rules)]
+    assert kept == ["AMS2026.1.yml", "linux/x86_64/a.tar.zst", "common/d.zst"]
+    assert len(select_platforms(files, [], rules)) == 5
+    with pytest.raises(UsageError, match="unknown platform"):
+        select_platforms(files, ["beos"], rules)

@@ -1,0 +1,292 @@
+"""End to end: the real `amsrepomirror mirror` command against the SCM double and a real nginx."""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
+from pipeline.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
+
+VERSION = "AMS2026.1"
+
+
+def mirror(double_or_url, dest, *extra, env=None):
+    url = double_or_url if isinstance(double_or_url, str) else double_or_url.listing_url(VERSION)
+    return run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", url, *extra, env=env)
+
+
+def body_gets(double, glob="*"):
+    """GET requests that carried file bodies (the listing itself left out)."""
+    return [r for r in double.records("GET", glob) if r.body_bytes > 0 and not (r.relpath or "").startswith("listings/")]
+
+
+def test_first_run_mirrors_exactly_what_is_served_and_rerun_transfers_no_bodies(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "mirror"
+    report = tmp_path / "report.json"
+    first = mirror(scm_double, dest, "--report", report)
+    assert first.returncode == 0, first.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    summary = json.loads(report.read_text())
+    expected = served_tree(repo_tree, VERSION)
+    assert summary["fetched"] == len(expected) and summary["failed"] == []
+    assert sorted(summary["skipped_unauthorized"]) == ["licensed/adfcrs-db-2026.101.tar.zst",
+                                                       "licensed/qe-pseudopotentials-2026.101.tar.zst"]
+    assert summary["bytes_fetched"] == sum((dest / p).stat().st_size for p in expected)
+    assert "skipped (401" in first.stderr and "fetched" in first.stderr
+
+    manifest = json.loads((dest / ".amsrepomirror" / f"{VERSION}.manifest.json").read_text())
+    assert {f["path"]: f["sha256"] for f in manifest["files"]} == expected
+    assert all(f["etag"] and f["last_modified"] and f["url"].startswith("http") for f in manifest["files"])
+
+    scm_double.clear_log()
+    again = mirror(scm_double, dest, "--report", report)
+    assert again.returncode == 0, again.stderr
+    assert body_gets(scm_double) == []
+    summary = json.loads(report.read_text())
+    assert (summary["fetched"], summary["up_to_date"], summary["bytes_transferred"]) == (0, len(expected), 0)
+    assert tree_hashes(dest) == expected
+
+
+def test_changed_and_removed_files_are_detected_on_rerun(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "mirror"
+    assert mirror(scm_double, dest).returncode == 0
+    # Same size, new content: only the validators (ETag/Last-Modified) tell.
+    same_size = "linux/x86_64/adf-2026.101.tar.zst"
+    size = (dest / same_size).stat().st_size
+    change_file(repo_tree, same_size, seed="v2", size=size)
+    change_file(repo_tree, "common/data/forcefields-2026.101.tar.zst", seed="v2", size=1234)
+    scm_double.clear_log()
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert sorted(r.relpath for r in body_gets(scm_double)) == sorted([same_size, "common/data/forcefields-2026.101.tar.zst"])
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+    # A file dropped from the server and the listing: kept without --delete-unlisted, removed with it.
+    gone = "macos/arm64/band-2026.101.tar.zst"
+    remove_file(repo_tree, gone)
+    write_listing(repo_tree, VERSION, scm_double.base_url, [p for p in repository_files(repo_tree) if p != gone])
+    assert mirror(scm_double, dest).returncode == 0
+    assert (dest / gone).exists()
+    dry = mirror(scm_double, dest, "--delete-unlisted", "--dry-run")
+    assert dry.returncode == 0 and gone in dry.stderr and (dest / gone).exists()
+    real = mirror(scm_double, dest, "--delete-unlisted")
+    assert real.returncode == 0, real.stderr
+    assert not (dest / gone).exists()
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def test_delete_unlisted_refuses_to_wipe_most_of_the_mirror(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "mirror"
+    assert mirror(scm_double, dest).returncode == 0
+    before = tree_hashes(dest)
+    write_listing(repo_tree, VERSION, scm_double.base_url, [f"{VERSION}.yml", "common/data/empty.dat"])  # truncated
+    refused = mirror(scm_double, dest, "--delete-unlisted")
+    assert refused.returncode == 2
+    assert "more than a quarter" in refused.stderr
+    assert tree_hashes(dest) == before
+    forced = mirror(scm_double, dest, "--delete-unlisted", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(tree_hashes(dest)) == [f"{VERSION}.yml", "common/data/empty.dat"]
+
+
+def test_faults_drops_503_429_and_throttling_end_byte_identical(scm_double, repo_tree, tmp_path):
+    big = max(repository_files(repo_tree), key=lambda p: (repo_tree / "Downloads/packages" / p).stat().st_size)
+    scm_double.cut_after(big, nbytes=700_000, times=2, method="GET")
+    scm_double.cut_after("linux/*", nbytes=10, times=3, method="GET")
+    scm_double.fail_status("common/*", status=503, retry_after=1, times=2)
+    scm_double.fail_status("windows/*", status=429, retry_after=1, times=2)
+    scm_double.throttle(4_000_000)
+    result = mirror(scm_double, tmp_path / "mirror", env=cli_env())
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(tmp_path / "mirror") == served_tree(repo_tree, VERSION)
+    resumed = [r for r in scm_double.records("GET", big) if r.range]
+    assert resumed and resumed[0].range.startswith("bytes=") and resumed[0].if_range
+    assert resumed[-1].status == 206
+    # 503/429 were answered, then retried after Retry-After.
+    assert scm_double.records(glob="common/*", status=503) and scm_double.records(glob="windows/*", status=429)
+
+
+def test_kill_9_mid_file_then_rerun_resumes_at_the_byte(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "mirror"
+    packages = repo_tree / "Downloads/packages"
+    big = max(repository_files(repo_tree), key=lambda p: (packages / p).stat().st_size)
+    scm_double.throttle(300_000)
+    proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION))
+    part = dest / ".amsrepomirror" / "parts" / (big + ".part")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 400_000):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = part.stat().st_size
+    assert 0 < kept < (packages / big).stat().st_size
+    assert not (dest / big).exists()  # a partial file is never taken as done
+    scm_double.throttle(None)
+    scm_double.clear_log()
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    gets = scm_double.records("GET", big)
+    assert [r.range for r in gets] == [f"bytes={kept}-"] and gets[0].status == 206
+    assert gets[0].body_bytes == (packages / big).stat().st_size - kept
+
+
+def test_file_that_keeps_failing_is_reported_others_complete_exit_1(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "mirror"
+    scm_double.fail_status("common/data/basis-sets-2026.101.tar.zst", status=500, times=None)
+    report = tmp_path / "r.json"
+    result = mirror(scm_double, dest, "--report", report)
+    assert result.returncode == 1
+    summary = json.loads(report.read_text())
+    assert summary["failed"] == ["common/data/basis-sets-2026.101.tar.zst"]
+    expected = served_tree(repo_tree, VERSION)
+    got = tree_hashes(dest)
+    assert got == {p: h for p, h in expected.items() if p != "common/data/basis-sets-2026.101.tar.zst"}
+    assert "error:" in result.stderr
+    scm_double.clear_faults()
+    assert mirror(scm_double, dest).returncode == 0
+    assert tree_hashes(dest) == expected
+
+
+def test_401_skipped_by_default_fatal_when_strict(scm_double, repo_tree, tmp_path):
+    strict = mirror(scm_double, tmp_path / "strict", "--strict-authentication")
+    assert strict.returncode == 3
+    assert "licensed/" in strict.stderr and strict.stderr.count("error:") == 1
+    assert tree_hashes(tmp_path / "strict") == {}
+
+
+@pytest.mark.parametrize("user, password", [("demo", "wrong-password"), ("nobody", "x"), (None, None)])
+def test_wrong_or_missing_account_is_fatal_with_one_line(scm_double, tmp_path, user, password):
+    result = mirror(scm_double, tmp_path / "m", env=cli_env(user, password, home=str(tmp_path)))
+    assert result.returncode == 3
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "listing" in errors[0]
+    assert "Traceback" not in result.stderr
+    assert tree_hashes(tmp_path / "m") == {}
+
+
+def test_netrc_is_used_when_no_environment(scm_double, repo_tree, tmp_path):
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login demo password demo-pass\n")
+    netrc.chmod(0o600)
+    result = mirror(scm_double, tmp_path / "m", env=cli_env(None, None, home=str(tmp_path)))
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+
+
+def test_password_never_written_anywhere(repo_tree, tmp_path):
+    secret = "Sup3r-S3cret-pw"
+    with ScmDouble(repo_tree, users={"alice": secret}) as double:
+        double.fail_status("common/data/basis-sets-2026.101.tar.zst", status=500, times=None)
+        report = tmp_path / "r.json"
+        result = mirror(double, tmp_path / "m", "--report", report, "--verbose", env=cli_env("alice", secret))
+    assert result.returncode == 1
+    assert secret not in result.stdout + result.stderr
+    for path in list((tmp_path / "m").rglob("*")) + [report]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("listing, code, message", [
+    ("https://elsewhere.example/Downloads/packages/x.zip\n", 2, "outside the repository root"),
+    ("{root}linux/../../../etc/passwd\n", 2, "unsafe path"),
+    ("ftp://127.0.0.1/Downloads/packages/x\n", 2, "non-HTTP"),
+])
+def test_bad_listing_refused_before_anything_is_fetched(scm_double, repo_tree, tmp_path, listing, code, message):
+    dest = tmp_path / "m"
+    good = listing_path(repo_tree, VERSION).read_text()
+    root = scm_double.base_url + "/Downloads/packages/"
+    listing_path(repo_tree, VERSION).write_text(good + listing.format(root=root))
+    scm_double.clear_log()
+    result = mirror(scm_double, dest)
+    assert result.returncode == code
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert [r for r in scm_double.log if r.relpath != f"listings/{VERSION}.txt"] == []
+    assert tree_hashes(dest) == {}
+
+
+def test_crlf_comments_blank_lines_and_duplicates_are_tolerated(scm_double, repo_tree, tmp_path):
+    path = listing_path(repo_tree, VERSION)
+    lines = path.read_text().splitlines()
+    path.write_bytes(("# AMS listing\r\n\r\n" + "\r\n".join(lines + lines[:3]) + "\r\n").encode())
+    scm_double.clear_log()
+    result = mirror(scm_double, tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+    gets = [r.relpath for r in body_gets(scm_double)]
+    assert len(gets) == len(set(gets))  # duplicates fetched once
+
+
+def test_platform_selection_keeps_platform_and_independent_files(scm_double, repo_tree, tmp_path):
+    result = mirror(scm_double, tmp_path / "m", "--platform", "linux")
+    assert result.returncode == 0, result.stderr
+    got = set(tree_hashes(tmp_path / "m"))
+    assert any(p.startswith("linux/") for p in got) and any(p.startswith("common/") for p in got)
+    assert not any(p.startswith(("windows/", "macos/")) for p in got)
+    assert not any(p.endswith(("win_amd64.whl", "macosx_11_0_arm64.whl")) for p in got)
+    assert f"{VERSION}.yml" in got
+    bad = mirror(scm_double, tmp_path / "m2", "--platform", "beos")
+    assert bad.returncode == 2 and "unknown platform" in bad.stderr
+
+
+def test_missing_index_yml_fails_verification(scm_double, repo_tree, tmp_path):
+    remove_file(repo_tree, f"{VERSION}.yml")
+    write_listing(repo_tree, VERSION, scm_double.base_url,
+                  [p for p in repository_files(repo_tree) if p != f"{VERSION}.yml"])
+    result = mirror(scm_double, tmp_path / "m")
+    assert result.returncode == 4
+    assert f"{VERSION}.yml" in result.stderr
+    assert not (tmp_path / "m" / ".amsrepomirror" / f"{VERSION}.manifest.json").exists()
+
+
+def test_no_ssl_warns_every_run(scm_double, tmp_path):
+    for _ in range(2):
+        result = mirror(scm_double, tmp_path / "m", "--no-ssl")
+        assert result.returncode == 0
+        assert "WARNING: --no-ssl" in result.stderr
+
+
+def test_not_enough_disk_space_fails_early(scm_double, repo_tree, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=1m tmpfs {small} 2>/dev/null") != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        scm_double.clear_log()
+        result = mirror(scm_double, small / "m")
+        assert result.returncode == 5, result.stderr
+        assert "not enough disk space" in result.stderr
+        assert body_gets(scm_double) == []
+    finally:
+        os.system(f"umount {small}")
+
+
+def test_plain_luigi_invocation_runs_the_same_graph(scm_double, repo_tree, tmp_path):
+    import subprocess
+    import sys
+    dest = tmp_path / "m"
+    result = subprocess.run(
+        [sys.executable, "-m", "luigi", "--module", "pipeline.tasks", "VerifyTree", "--version", VERSION,
+         "--mirror", str(dest), "--listing-url", scm_double.listing_url(VERSION), "--local-scheduler"],
+        cwd=Path(__file__).resolve().parent.parent, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def test_mirror_from_real_nginx(nginx_server, repo_tree, tmp_path):
+    dest = tmp_path / "m"
+    result = mirror(nginx_server.listing_url(VERSION), dest)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    nginx_server.clear_access_log()
+    again = mirror(nginx_server.listing_url(VERSION), dest)
+    assert again.returncode == 0
+    bodies = [r for r in nginx_server.access_log() if r.method == "GET" and r.body_bytes > 0
+              and not (r.relpath or "").startswith("listings/")]
+    assert bodies == []
+    strict = mirror(nginx_server.listing_url(VERSION), tmp_path / "s", "--strict-authentication")
+    assert strict.returncode == 3
