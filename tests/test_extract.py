@@ -1,0 +1,488 @@
+"""Hardened extraction: real (hostile) 7z archives built with py7zr and 7zz."""
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import py7zr
+import pytest
+
+from pipeline.bundle import BundleFile, BundleManifest, Chunk, Part, chunk_name, part_member
+from pipeline.errors import DiskSpaceError, IntegrityError
+from pipeline.extract import (
+    EXTRACT_TMP,
+    PARTIAL_SUFFIX,
+    check_members,
+    extract_chunk,
+    reassemble,
+    space_needed,
+    verify_tree,
+)
+
+COPY = [{"id": py7zr.FILTER_COPY}]
+SEVENZIP = shutil.which("7zz") or "/usr/bin/7zz"
+
+
+# ---------------------------------------------------------------------------------------------
+# test bundle builder (the real writer lives in pipeline/bundle.py, owned elsewhere)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def build_bundle(out: Path, files: dict, chunk_size: int = 64, version: str = "AMS2026.1") -> BundleManifest:
+    """Write a bundle folder at ``out``: copy-filter 7z chunks of at most ~chunk_size payload
+    bytes, files larger than a chunk split into ``.part-NNNN`` members, and manifest.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    members = []  # (member, data)
+    bfiles = []
+    pending_parts = {}
+    for path in sorted(files):
+        data = files[path]
+        if len(data) <= chunk_size:
+            members.append((path, data))
+            pending_parts[path] = [(path, 0, data)]
+        else:
+            plist = []
+            for i, off in enumerate(range(0, len(data), chunk_size), start=1):
+                piece = data[off:off + chunk_size]
+                m = part_member(path, i)
+                members.append((m, piece))
+                plist.append((m, off, piece))
+            pending_parts[path] = plist
+    groups, cur, cur_size = [], [], 0
+    for m, data in members:
+        if cur and cur_size + len(data) > chunk_size:
+            groups.append(cur)
+            cur, cur_size = [], 0
+        cur.append((m, data))
+        cur_size += len(data)
+    if cur:
+        groups.append(cur)
+    chunks, where = [], {}
+    for i, group in enumerate(groups, start=1):
+        name = chunk_name(version, i, len(groups))
+        with py7zr.SevenZipFile(out / name, "w", filters=COPY) as sz:
+            for m, data in group:
+                sz.writestr(data, m)
+                where[m] = name
+        blob = (out / name).read_bytes()
+        chunks.append(Chunk(name=name, size=len(blob), sha256=sha(blob), members=sorted(m for m, _ in group)))
+    for path in sorted(files):
+        parts = [Part(chunk=where[m], member=m, offset=off, size=len(p), sha256=sha(p))
+                 for m, off, p in pending_parts[path]]
+        bfiles.append(BundleFile(path=path, size=len(files[path]), sha256=sha(files[path]), parts=parts))
+    manifest = BundleManifest(version=version, files=bfiles, chunks=chunks, chunk_size=chunk_size)
+    manifest.write(out / "manifest.json")
+    return manifest
+
+
+def expected_members(manifest: BundleManifest) -> dict:
+    return {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
+
+
+def unpack_bundle(bundle_dir: Path, dest: Path) -> BundleManifest:
+    """What the Unpack task does between recover() and swap_into_place()."""
+    manifest = BundleManifest.read(Path(bundle_dir) / "manifest.json")
+    exp = expected_members(manifest)
+    for c in manifest.chunks:
+        extract_chunk(Path(bundle_dir) / c.name, c, dest, exp)
+    reassemble(dest, manifest.files)
+    verify_tree(dest, manifest.files)
+    return manifest
+
+
+def tree(path: Path) -> dict:
+    """{relative path: sha256} of every entry under path (symlinks as 'LINK->target')."""
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = Path(dirpath) / name
+            rel = full.relative_to(path).as_posix()
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                result[rel] = "LINK->" + os.readlink(full)
+            elif stat.S_ISREG(st.st_mode):
+                result[rel] = sha(full.read_bytes())
+            else:
+                result[rel] = "DIR"
+    return result
+
+
+def write_7z(path: Path, entries) -> None:
+    """entries: list of (arcname, bytes); names are stored verbatim (py7zr's own name checks and
+    normalisation are bypassed by patching the header: we want hostile names)."""
+    with py7zr.SevenZipFile(path, "w", filters=COPY) as sz:
+        for name, data in entries:
+            sz.writestr(data, "placeholder")
+            sz.header.files_info.files[-1]["filename"] = name
+
+
+SAMPLE = {
+    "AMS2026.1.yml": b"index: 1\n" * 3,
+    "packages/a/a-1.0.zip": bytes(range(256)) * 2,  # 512 bytes -> split
+    "packages/b/b.txt": b"bee\n",
+    "empty.txt": b"",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# happy path
+
+
+def test_extract_reassemble_verify(tmp_path):
+    m = build_bundle(tmp_path / "bundle", SAMPLE, chunk_size=100)
+    assert any(len(f.parts) > 1 for f in m.files)
+    dest = tmp_path / "dest"
+    unpack_bundle(tmp_path / "bundle", dest)
+    assert tree(dest) == {**{k: sha(v) for k, v in SAMPLE.items()},
+                          "packages": "DIR", "packages/a": "DIR", "packages/b": "DIR"}
+    for f in SAMPLE:
+        assert stat.S_IMODE(os.lstat(dest / f).st_mode) == 0o644
+    assert space_needed(m.files) == sum(map(len, SAMPLE.values())) + 512
+    # idempotent: extracting and reassembling again gives the same tree
+    before = tree(dest)
+    unpack_bundle(tmp_path / "bundle", dest)
+    assert tree(dest) == before
+
+
+def test_directory_entries_that_are_parents_are_allowed(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkgs" / "x").mkdir(parents=True)
+    (src / "pkgs" / "x" / "f.bin").write_bytes(b"data")
+    arc = tmp_path / "c.7z"
+    subprocess.run([SEVENZIP, "a", "-mx=0", str(arc), "pkgs"], cwd=src, check=True, capture_output=True)
+    chunk = Chunk(name="c.7z", size=0, sha256="", members=["pkgs/x/f.bin"])
+    assert check_members(arc, chunk) == {"pkgs/x/f.bin": 4}
+    extract_chunk(arc, chunk, tmp_path / "dest", {"pkgs/x/f.bin": (4, sha(b"data"))})
+    assert (tmp_path / "dest/pkgs/x/f.bin").read_bytes() == b"data"
+    assert sorted(os.listdir(tmp_path / "dest")) == ["pkgs"]
+
+    # a directory entry that is not the parent of an expected member is refused
+    (src / "other").mkdir()
+    arc2 = tmp_path / "c2.7z"
+    subprocess.run([SEVENZIP, "a", "-mx=0", str(arc2), "pkgs", "other"], cwd=src, check=True, capture_output=True)
+    with pytest.raises(IntegrityError, match="'other'.*directory entry"):
+        check_members(arc2, chunk)
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile archives
+
+
+def _snapshot(root: Path) -> dict:
+    return tree(root)
+
+
+def _hostile(tmp_path, kind):
+    """Build a hostile archive; return (archive, chunk, expected)."""
+    arc = tmp_path / "arc" / f"{kind}.7z"
+    arc.parent.mkdir(exist_ok=True)
+    good = ("good.txt", b"good")
+    members = ["good.txt"]
+    if kind == "dotdot":
+        write_7z(arc, [good, ("../evil", b"evil")])
+        members.append("../evil")
+    elif kind == "dotdot-inner":
+        write_7z(arc, [good, ("a/../../evil", b"evil")])
+    elif kind == "absolute":
+        write_7z(arc, [good, ("/tmp/abs-evil", b"evil")])
+    elif kind == "absolute-7zz":
+        src = tmp_path / "abs-src"
+        src.mkdir()
+        (src / "good.txt").write_bytes(b"good")
+        subprocess.run([SEVENZIP, "a", "-spf", "-mx=0", str(arc), str(src / "good.txt")],
+                       check=True, capture_output=True)
+    elif kind == "drive":
+        write_7z(arc, [good, ("C:/evil", b"evil")])
+    elif kind == "empty-segment":
+        write_7z(arc, [good, ("a//evil", b"evil")])
+    elif kind == "empty-name":
+        write_7z(arc, [good, ("", b"evil")])
+    elif kind == "dot-segment":
+        write_7z(arc, [good, ("./good.txt", b"evil")])
+    elif kind == "backslash-dotdot":  # py7zr turns '\\' into '/', so this reads as '../evil'
+        write_7z(arc, [good, ("..\\evil", b"evil")])
+    elif kind == "reserved":
+        write_7z(arc, [good, (EXTRACT_TMP + "/x", b"evil")])
+    elif kind == "duplicate":
+        write_7z(arc, [good, ("good.txt", b"evil")])
+    elif kind == "not-in-manifest":
+        write_7z(arc, [good, ("extra.txt", b"evil")])
+    elif kind == "missing":
+        write_7z(arc, [good])
+        members.append("absent.txt")
+    elif kind in ("symlink-py7zr", "symlink-7zz"):
+        src = tmp_path / "link-src"
+        src.mkdir()
+        (src / "good.txt").write_bytes(b"good")
+        os.symlink("/etc/passwd", src / "link")
+        if kind == "symlink-py7zr":
+            with py7zr.SevenZipFile(arc, "w", filters=COPY) as sz:
+                sz.write(src / "good.txt", "good.txt")
+                sz.write(src / "link", "link")
+        else:
+            subprocess.run([SEVENZIP, "a", "-snl", "-mx=0", str(arc), "good.txt", "link"], cwd=src,
+                           check=True, capture_output=True)
+        members.append("link")
+    elif kind == "device":
+        with py7zr.SevenZipFile(arc, "w", filters=COPY) as sz:
+            sz.writestr(b"good", "good.txt")
+            sz.writestr(b"", "dev")
+            sz.header.files_info.files[-1]["attributes"] = 0x8000 | 0x20 | ((stat.S_IFCHR | 0o644) << 16)
+        members.append("dev")
+    elif kind == "fifo":
+        src = tmp_path / "fifo-src"
+        src.mkdir()
+        (src / "good.txt").write_bytes(b"good")
+        os.mkfifo(src / "fifo")
+        subprocess.run([SEVENZIP, "a", "-mx=0", str(arc), "good.txt", "fifo"], cwd=src, check=True,
+                       capture_output=True)
+        members.append("fifo")
+    elif kind == "dir-as-file":
+        src = tmp_path / "dir-src"
+        (src / "good.txt").mkdir(parents=True)
+        subprocess.run([SEVENZIP, "a", "-mx=0", str(arc), "good.txt"], cwd=src, check=True, capture_output=True)
+    elif kind == "wrong-size":
+        write_7z(arc, [("good.txt", b"good, but longer")])
+    elif kind == "truncated":
+        write_7z(arc, [good])
+        arc.write_bytes(arc.read_bytes()[:20])
+    else:
+        raise AssertionError(kind)
+    chunk = Chunk(name=arc.name, size=arc.stat().st_size, sha256="", members=sorted(members))
+    expected = {m: (4, sha(b"good")) for m in members}
+    return arc, chunk, expected
+
+
+HOSTILE = {
+    "dotdot": "'..' path segment",
+    "dotdot-inner": "'..' path segment",
+    "absolute": "absolute path",
+    "absolute-7zz": "absolute path",
+    "drive": "drive letter",
+    "empty-segment": "empty path segment",
+    "empty-name": "empty name",
+    "dot-segment": "'.' path segment",
+    "backslash-dotdot": "'..' path segment",
+    "reserved": "reserved name",
+    "duplicate": "duplicate name",
+    "not-in-manifest": "'extra.txt': not listed",
+    "missing": "'absent.txt': listed in the bundle manifest but missing",
+    "symlink-py7zr": "'link': symlink",
+    "symlink-7zz": "'link': symlink",
+    "device": "'dev': character device",
+    "fifo": "'fifo': fifo",
+    "dir-as-file": "'good.txt': directory entry",
+    "wrong-size": "declared size 16 != expected 4",
+    "truncated": "not a readable 7z archive",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_archive_refused_before_writing_anything(tmp_path, kind):
+    arc, chunk, expected = _hostile(tmp_path, kind)
+    work = tmp_path / "work"
+    work.mkdir()
+    dest = work / "dest"
+    before_all = _snapshot(tmp_path)
+    with pytest.raises(IntegrityError) as info:
+        check_members(arc, chunk)  if kind != "wrong-size" else check_members(arc, chunk, expected)
+    msg = str(info.value)
+    assert HOSTILE[kind] in msg
+    assert chunk.name in msg
+    with pytest.raises(IntegrityError, match=chunk.name):
+        extract_chunk(arc, chunk, dest, expected)
+    # nothing at all was written: not dest, not next to it, not in /tmp
+    assert _snapshot(tmp_path) == before_all
+    assert not dest.exists()
+    assert not Path("/tmp/abs-evil").exists()
+    assert info.value.exit_code == 4
+
+
+def test_wrong_content_same_size(tmp_path):
+    arc = tmp_path / "c.7z"
+    write_7z(arc, [("a.txt", b"evil"), ("b.txt", b"fine")])
+    chunk = Chunk(name="c.7z", size=0, sha256="", members=["a.txt", "b.txt"])
+    exp = {"a.txt": (4, sha(b"good")), "b.txt": (4, sha(b"fine"))}
+    dest = tmp_path / "dest"
+    with pytest.raises(IntegrityError, match=r"c\.7z.*'a\.txt': sha256"):
+        extract_chunk(arc, chunk, dest, exp)
+    assert os.listdir(dest) == []  # neither the bad nor the good member was placed
+    assert sorted(os.listdir(tmp_path)) == ["c.7z", "dest"]
+
+
+def test_symlink_already_in_dest_is_never_followed(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_bytes(b"precious")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    os.symlink(outside, dest / "pkgs")              # a directory component is a symlink
+    os.symlink(outside / "victim.txt", dest / "top.txt")  # the target file is a symlink
+    arc = tmp_path / "c.7z"
+    write_7z(arc, [("top.txt", b"new"), ("pkgs/victim.txt", b"evil")])
+    chunk = Chunk(name="c.7z", size=0, sha256="", members=["pkgs/victim.txt", "top.txt"])
+    exp = {"top.txt": (3, sha(b"new")), "pkgs/victim.txt": (4, sha(b"evil"))}
+    with pytest.raises(IntegrityError, match="not a real directory"):
+        extract_chunk(arc, chunk, dest, exp)
+    assert (outside / "victim.txt").read_bytes() == b"precious"
+    assert sorted(os.listdir(outside)) == ["victim.txt"]
+    assert not (dest / EXTRACT_TMP).exists()
+
+    # a symlink at a file's place is replaced by the regular file, its target untouched
+    os.unlink(dest / "pkgs")
+    extract_chunk(arc, chunk, dest, exp)
+    assert not os.path.islink(dest / "top.txt")
+    assert (dest / "top.txt").read_bytes() == b"new"
+    assert (outside / "victim.txt").read_bytes() == b"precious"
+
+
+def test_max_extract_size_stops_an_archive_that_lies_about_sizes(tmp_path, monkeypatch):
+    import pipeline.extract as extract_mod
+
+    data = b"x" * 1000
+    arc = tmp_path / "c.7z"
+    write_7z(arc, [("a.bin", data)])
+    chunk = Chunk(name="c.7z", size=0, sha256="", members=["a.bin"])
+    # pretend the header check passed (as it would for a header that under-declares sizes)
+    monkeypatch.setattr(extract_mod, "check_members", lambda *a, **k: {"a.bin": 10})
+    with pytest.raises(IntegrityError, match="expands beyond the expected 10 bytes"):
+        extract_chunk(arc, chunk, tmp_path / "dest", {"a.bin": (10, sha(data[:10]))})
+    assert os.listdir(tmp_path / "dest") == []
+
+
+def test_reassemble_rejects_inconsistent_manifest(tmp_path):
+    bad = BundleFile(path="f", size=10, sha256=sha(b"0123456789"),
+                     parts=[Part(chunk="c", member="f.part-0001", offset=0, size=4, sha256=""),
+                            Part(chunk="c", member="f.part-0002", offset=5, size=5, sha256="")])
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IntegrityError, match="not contiguous"):
+        reassemble(tmp_path / "d", [bad])
+
+
+def test_leftover_temp_of_killed_extraction_is_replaced(tmp_path):
+    m = build_bundle(tmp_path / "bundle", SAMPLE, chunk_size=100)
+    c = m.chunks[0]
+    dest = tmp_path / "dest"
+    junk = dest / EXTRACT_TMP / c.name
+    junk.mkdir(parents=True)
+    (junk / "junk").write_bytes(b"x")
+    extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m))
+    assert not (dest / EXTRACT_TMP).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# reassembly
+
+
+def _split_setup(tmp_path):
+    data = os.urandom(1000)
+    m = build_bundle(tmp_path / "bundle", {"big.bin": data, "small.txt": b"s"}, chunk_size=300)
+    big = next(f for f in m.files if f.path == "big.bin")
+    assert len(big.parts) == 4
+    dest = tmp_path / "dest"
+    for c in m.chunks:
+        extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m))
+    return m, big, data, dest
+
+
+def test_reassemble_resumes_from_partial_file(tmp_path):
+    m, big, data, dest = _split_setup(tmp_path)
+    (dest / ("big.bin." + PARTIAL_SUFFIX)).write_bytes(data[:123])  # killed mid-write
+    assert reassemble(dest, m.files) == ["big.bin"]
+    assert (dest / "big.bin").read_bytes() == data
+    verify_tree(dest, m.files)
+
+
+def test_reassemble_resumes_after_rename_before_part_removal(tmp_path):
+    m, big, data, dest = _split_setup(tmp_path)
+    (dest / "big.bin").write_bytes(data)
+    os.unlink(dest / big.parts[0].member)  # some parts already removed
+    assert reassemble(dest, m.files) == ["big.bin"]
+    verify_tree(dest, m.files)
+    assert reassemble(dest, m.files) == ["big.bin"]  # and again: nothing left to do, still fine
+    verify_tree(dest, m.files)
+
+
+def test_reassemble_rebuilds_wrong_final_and_reports_missing_parts(tmp_path):
+    m, big, data, dest = _split_setup(tmp_path)
+    (dest / "big.bin").write_bytes(b"garbage")
+    reassemble(dest, m.files)
+    assert (dest / "big.bin").read_bytes() == data
+
+    (dest / "big.bin").write_bytes(b"garbage")  # parts are gone now
+    with pytest.raises(IntegrityError, match=r"part big\.bin\.part-0001 .* missing \(re-extract chunk"):
+        reassemble(dest, m.files)
+    assert not (dest / ("big.bin." + PARTIAL_SUFFIX)).exists()
+
+
+def test_reassemble_rejects_tampered_part(tmp_path):
+    m, big, data, dest = _split_setup(tmp_path)
+    p = dest / big.parts[2].member
+    p.write_bytes(b"X" * p.stat().st_size)
+    with pytest.raises(IntegrityError, match="part-0003 of big.bin does not match"):
+        reassemble(dest, m.files)
+    assert not (dest / "big.bin").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# verify_tree
+
+
+def test_verify_tree_lists_problems(tmp_path):
+    m = build_bundle(tmp_path / "bundle", SAMPLE, chunk_size=100)
+    dest = tmp_path / "dest"
+    unpack_bundle(tmp_path / "bundle", dest)
+    (dest / "extra.txt").write_bytes(b"x")
+    (dest / "emptydir").mkdir()
+    os.unlink(dest / "packages/b/b.txt")
+    os.symlink("/etc/passwd", dest / "packages/b/b.txt")
+    (dest / "AMS2026.1.yml").write_bytes(b"index: 2\n" * 3)  # same size, other content
+    with pytest.raises(IntegrityError) as info:
+        verify_tree(dest, m.files)
+    msg = str(info.value)
+    for part in ("extra file extra.txt", "extra directory emptydir", "not a regular file: packages/b/b.txt",
+                 "wrong sha256 AMS2026.1.yml", "missing packages/b/b.txt"):
+        assert part in msg
+
+
+def test_verify_tree_truncates_long_lists(tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    files = [BundleFile(path=f"f{i}", size=1, sha256=sha(b"x"), parts=[]) for i in range(20)]
+    with pytest.raises(IntegrityError, match=r"20 problem\(s\).*\(and 15 more\)"):
+        verify_tree(dest, files)
+
+
+# ---------------------------------------------------------------------------------------------
+# disk full
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_extract_on_full_disk_is_disk_space_error(tmp_path, tiny_tmpfs):
+    data = os.urandom(1536 * 1024)
+    arc = tmp_path / "c.7z"
+    write_7z(arc, [("big.bin", data)])
+    chunk = Chunk(name="c.7z", size=0, sha256="", members=["big.bin"])
+    with pytest.raises(DiskSpaceError) as info:
+        extract_chunk(arc, chunk, tiny_tmpfs / "dest", {"big.bin": (len(data), sha(data))})
+    assert info.value.exit_code == 5
+    assert os.listdir(tiny_tmpfs / "dest") == []

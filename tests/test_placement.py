@@ -1,0 +1,523 @@
+"""Staging, atomic swap and crash recovery inside AMSHOME (including real kill -9 runs)."""
+
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+
+from pipeline import placement
+from pipeline.bundle import BundleManifest
+from pipeline.extract import extract_chunk, reassemble, verify_tree
+from pipeline.errors import DiskSpaceError, IntegrityError, UsageError
+from pipeline.placement import (
+    JOURNAL,
+    PREVIOUS,
+    RECEIPT,
+    REPOSITORY,
+    STAGING,
+    TRASH_PREFIX,
+    check_amshome,
+    check_version,
+    installed_version,
+    make_receipt,
+    read_receipt,
+    recover,
+    require_space,
+    staging_dir,
+    swap_into_place,
+    usage_hint,
+    write_receipt,
+)
+
+try:  # the bundle builder lives in test_extract.py
+    from test_extract import build_bundle, tree
+except ImportError:  # pragma: no cover - when tests/ is a package
+    from tests.test_extract import build_bundle, tree
+
+TREE_A = {
+    "AMS2026.1.yml": b"index: A\n",
+    "packages/a/a-1.0.zip": bytes(range(256)) * 3,  # split across chunks
+    "packages/common.txt": b"same in both\n",
+}
+TREE_B = {
+    "AMS2026.1.yml": b"index: B\n",
+    "packages/b/b-2.0.zip": bytes(reversed(range(256))) * 3,
+    "packages/common.txt": b"same in both\n",
+    "extra/only-in-b.txt": b"b\n",
+}
+
+
+def make_tree(path: Path, files: dict) -> None:
+    for rel, data in files.items():
+        (path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (path / rel).write_bytes(data)
+
+
+def files_of(t: dict) -> dict:
+    return {k: v for k, v in t.items() if v != "DIR"}
+
+
+def expect(files: dict) -> dict:
+    return {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+
+
+@pytest.fixture
+def home(tmp_path):
+    h = tmp_path / "amshome"
+    h.mkdir()
+    return h
+
+
+def names(home):
+    return sorted(os.listdir(home))
+
+
+# ---------------------------------------------------------------------------------------------
+# AMSHOME checks
+
+
+def test_check_amshome_missing_and_not_a_dir(tmp_path):
+    with pytest.raises(UsageError, match=r"AMSHOME .*nope does not exist") as info:
+        check_amshome(tmp_path / "nope")
+    assert info.value.exit_code == 2
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is not a directory"):
+        check_amshome(tmp_path / "file")
+    assert check_amshome(tmp_path) == tmp_path
+    assert os.listdir(tmp_path) == ["file"]  # the probe file was removed
+
+
+def test_check_amshome_read_only_mount(tmp_path):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        with pytest.raises(UsageError, match="not writable") as info:
+            check_amshome(mnt)
+        assert "\n" not in str(info.value)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_check_amshome_immutable_dir_probe_catches_what_access_misses(tmp_path, monkeypatch):
+    d = tmp_path / "immutable"
+    d.mkdir()
+    r = subprocess.run(["chattr", "+i", str(d)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"chattr +i not possible here: {r.stderr.decode().strip()}")
+    try:
+        with pytest.raises(UsageError, match="not writable"):
+            check_amshome(d)
+        # access() can say yes where a write still fails (root on NFS, ACLs, ...): the probe decides
+        monkeypatch.setattr(placement.os, "access", lambda *a, **k: True)
+        with pytest.raises(UsageError, match=r"not writable \(Operation not permitted\)"):
+            check_amshome(d)
+    finally:
+        subprocess.run(["chattr", "-i", str(d)], check=False)
+
+
+def test_installed_version_and_check_version(home):
+    cands = ["config/version.txt", "lib/*.ver", "missing/file"]
+    assert installed_version(home, cands) is None
+    msg = check_version("AMS2026.1", home, cands)
+    assert msg.startswith("could not read the installed AMS version from AMSHOME (looked at config/version.txt")
+    assert msg.endswith("not checked")
+    (home / "lib").mkdir()
+    (home / "lib" / "ams.ver").write_text("ADF build info\nrelease AMS2026.1 (r123)\n")
+    assert installed_version(home, cands) == "AMS2026.1"
+    assert check_version("AMS2026.1", home, cands) == "installed AMS version AMS2026.1 matches"
+    with pytest.raises(UsageError, match="bundle is for AMS2025.1 but .* has AMS2026.1") as info:
+        check_version("AMS2025.1", home, cands)
+    assert info.value.exit_code == 2
+    # only the first KB is read; first candidate wins
+    (home / "config").mkdir()
+    (home / "config" / "version.txt").write_text("x" * 2000 + "AMS2024.1")
+    assert installed_version(home, cands) == "AMS2026.1"
+    (home / "config" / "version.txt").write_text("AMS2024.104")
+    assert installed_version(home, cands) == "AMS2024.104"
+
+
+def test_staging_dir_and_usage_hint(home):
+    assert staging_dir(home) == home / STAGING
+    hint = usage_hint(home, "AMS2026.1")
+    assert str(home / "repository") in hint
+    assert "amspackages" in hint
+    assert f"export SCM_AMSPKGS_REPO={home}/repository/AMS2026.1.yml" in hint
+
+
+def test_require_space_on_tiny_tmpfs(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.decode().strip()}")
+    try:
+        require_space(mnt, 100 * 1024)
+        with pytest.raises(DiskSpaceError, match="not enough disk space") as info:
+            require_space(mnt, 2 * 1024 * 1024)
+        assert info.value.exit_code == 5
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_amshome_lock_excludes_a_second_unpack(home):
+    with placement.amshome_lock(home):
+        with pytest.raises(UsageError, match="another amsrepomirror unpack is running"):
+            with placement.amshome_lock(home):
+                pass
+        recover(home)  # the lock file is not a leftover
+        assert (home / placement.LOCK).exists()
+    with placement.amshome_lock(home):  # released
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# receipt
+
+
+def test_receipt_roundtrip(home):
+    assert read_receipt(home) is None
+    r = write_receipt(home, "ab" * 32, "AMS2026.1", home / "bundle")
+    assert read_receipt(home) == r
+    assert r["manifest_sha256"] == "ab" * 32 and r["version"] == "AMS2026.1"
+    assert (home / RECEIPT).exists() and not (home / REPOSITORY).exists()
+    (home / RECEIPT).write_text("{not json")
+    with pytest.raises(IntegrityError):
+        read_receipt(home)
+
+
+# ---------------------------------------------------------------------------------------------
+# swap
+
+
+@pytest.fixture(params=["exchange", "rename"])
+def mode(request, monkeypatch):
+    if request.param == "rename":
+        monkeypatch.setattr(placement, "_renameat2", None)
+    elif placement._renameat2 is None:
+        pytest.skip("renameat2 not available here")
+    return request.param
+
+
+def test_first_install(home, mode):
+    stg = staging_dir(home)
+    make_tree(stg, TREE_A)
+    assert swap_into_place(home, stg) == "first-install"
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_A)
+    assert names(home) == [REPOSITORY]
+
+
+def test_swap_replaces_and_removes_old(home, mode):
+    make_tree(home / REPOSITORY, TREE_A)
+    write_receipt(home, "a" * 64, "AMS2026.1", "bundleA")
+    stg = staging_dir(home)
+    make_tree(stg, TREE_B)
+    assert swap_into_place(home, stg) == mode
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_B)
+    assert names(home) == [REPOSITORY]  # old tree removed, stale receipt removed
+    write_receipt(home, "b" * 64, "AMS2026.1", "bundleB")
+
+
+def test_swap_keep_previous_and_receipt(home, mode):
+    make_tree(home / REPOSITORY, TREE_A)
+    make_tree(home / PREVIOUS, {"older.txt": b"older"})
+    stg = staging_dir(home)
+    make_tree(stg, TREE_B)
+    rec = make_receipt("b" * 64, "AMS2026.1", "bundleB")
+    swap_into_place(home, stg, keep_previous=True, receipt=rec)
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_B)
+    assert files_of(tree(home / PREVIOUS)) == expect(TREE_A)
+    assert read_receipt(home) == rec
+    assert names(home) == sorted([REPOSITORY, PREVIOUS, RECEIPT])
+
+
+def test_exchange_falls_back_on_einval(home, monkeypatch):
+    def fake(*args):
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(placement, "_renameat2", fake)
+    make_tree(home / REPOSITORY, TREE_A)
+    make_tree(staging_dir(home), TREE_B)
+    assert swap_into_place(home, staging_dir(home)) == "rename"
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_B)
+
+
+def test_swap_refuses_staging_outside_amshome(home, tmp_path):
+    make_tree(tmp_path / "elsewhere", TREE_B)
+    with pytest.raises(UsageError, match="directly inside AMSHOME"):
+        swap_into_place(home, tmp_path / "elsewhere")
+
+
+# ---------------------------------------------------------------------------------------------
+# recover() from hand-made intermediate states
+
+
+def _journal(home, staging_ident, keep=False, receipt=None):
+    (home / JOURNAL).write_text(json.dumps({"schema": placement.JOURNAL_SCHEMA, "new": staging_ident,
+                                            "staging": STAGING, "keep_previous": keep, "receipt": receipt}))
+
+
+def _ident(p):
+    st = os.lstat(p)
+    return [st.st_dev, st.st_ino]
+
+
+def test_recover_nothing_to_do(home):
+    make_tree(home / REPOSITORY, TREE_A)
+    assert recover(home) == []
+    assert names(home) == [REPOSITORY]
+
+
+def test_recover_killed_between_fallback_renames(home):
+    # journal written, repository -> repository.previous done, staging -> repository not yet
+    write_receipt(home, "a" * 64, "AMS2026.1", "A")
+    make_tree(home / PREVIOUS, TREE_A)
+    make_tree(home / STAGING, TREE_B)
+    _journal(home, _ident(home / STAGING), receipt=make_receipt("b" * 64, "v", "B"))
+    actions = recover(home)
+    assert any("rolled back" in a for a in actions)
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_A)
+    assert names(home) == sorted([REPOSITORY, RECEIPT])
+    assert read_receipt(home)["manifest_sha256"] == "a" * 64  # still describes the old tree
+
+
+def test_recover_no_journal_repository_missing(home):
+    make_tree(home / PREVIOUS, TREE_A)
+    recover(home)
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_A)
+    assert names(home) == [REPOSITORY]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_recover_after_exchange_before_rename(home, keep):
+    # exchange done: repository is the new tree (journal names its inode), staging holds the old
+    write_receipt(home, "a" * 64, "AMS2026.1", "A")
+    make_tree(home / REPOSITORY, TREE_B)
+    make_tree(home / STAGING, TREE_A)
+    _journal(home, _ident(home / REPOSITORY), keep=keep, receipt=make_receipt("b" * 64, "v", "B"))
+    recover(home)
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_B)
+    assert read_receipt(home)["manifest_sha256"] == "b" * 64
+    if keep:
+        assert files_of(tree(home / PREVIOUS)) == expect(TREE_A)
+        assert names(home) == sorted([REPOSITORY, PREVIOUS, RECEIPT])
+    else:
+        assert names(home) == sorted([REPOSITORY, RECEIPT])
+
+
+def test_recover_after_swap_without_receipt_removes_stale_receipt(home):
+    write_receipt(home, "a" * 64, "AMS2026.1", "A")
+    make_tree(home / REPOSITORY, TREE_B)
+    make_tree(home / PREVIOUS, TREE_A)
+    _journal(home, _ident(home / REPOSITORY), keep=False, receipt=None)
+    recover(home)
+    assert names(home) == [REPOSITORY]
+
+
+def test_recover_swap_not_started(home):
+    write_receipt(home, "a" * 64, "AMS2026.1", "A")
+    make_tree(home / REPOSITORY, TREE_A)
+    make_tree(home / STAGING, TREE_B)
+    _journal(home, _ident(home / STAGING))
+    recover(home)
+    assert files_of(tree(home / REPOSITORY)) == expect(TREE_A)
+    assert names(home) == sorted([REPOSITORY, RECEIPT])
+    assert read_receipt(home)["manifest_sha256"] == "a" * 64
+
+
+def test_recover_removes_trash_and_stale_staging(home):
+    make_tree(home / REPOSITORY, TREE_A)
+    make_tree(home / (TRASH_PREFIX + "x1z") / "t", TREE_B)
+    make_tree(home / STAGING, {"half.txt": b"half"})
+    make_tree(home / (STAGING + ".old"), {"half.txt": b"half"})
+    (home / "unrelated").mkdir()
+    recover(home)
+    assert names(home) == sorted([REPOSITORY, "unrelated"])
+
+
+# ---------------------------------------------------------------------------------------------
+# real kill -9
+
+
+def child_main(cfg):
+    """Runs in a forked child process (a real process, killed with a real SIGKILL): what the
+    Unpack task does -- recover, extract into staging, reassemble, verify, swap with receipt."""
+    home = Path(cfg["amshome"])
+    if cfg.get("mode") == "rename":
+        placement._renameat2 = None
+    kill_at = cfg.get("kill_at")
+
+    def cp(name):
+        if name == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    placement._checkpoint = cp
+
+    def unpack(bundle):
+        bundle = Path(bundle)
+        placement.recover(home)
+        cp("unpack:recovered")
+        m = BundleManifest.read(bundle / "manifest.json")
+        stg = placement.staging_dir(home)
+        stg.mkdir()
+        exp = {p.member: (p.size, p.sha256) for f in m.files for p in f.parts}
+        for c in m.chunks:
+            extract_chunk(bundle / c.name, c, stg, exp)
+            cp("unpack:chunk-extracted")
+        reassemble(stg, m.files)
+        cp("unpack:reassembled")
+        verify_tree(stg, m.files)
+        cp("unpack:verified")
+        sha = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
+        placement.swap_into_place(home, stg, keep_previous=cfg.get("keep_previous", False),
+                                  receipt=placement.make_receipt(sha, m.version, bundle))
+
+    i = 0
+    while True:
+        unpack(cfg["bundles"][i % len(cfg["bundles"])])
+        i += 1
+        if not cfg.get("loop"):
+            break
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for name, files in (("A", TREE_A), ("B", TREE_B)):
+        build_bundle(root / name, files, chunk_size=300)
+        sha = hashlib.sha256((root / name / "manifest.json").read_bytes()).hexdigest()
+        out[name] = (root / name, expect(files), sha)
+    return out
+
+
+def run_child(bundles, home, names_, mode="exchange", kill_at=None, loop=False, keep=False, wait=True):
+    """Fork a child running child_main; return its exit code (-9 when killed) or, if not wait, its pid."""
+    cfg = {"amshome": str(home), "bundles": [str(bundles[n][0]) for n in names_], "mode": mode,
+           "kill_at": kill_at, "loop": loop, "keep_previous": keep}
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            child_main(cfg)
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    if not wait:
+        return pid
+    return wait_child(pid)
+
+
+def wait_child(pid):
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def which_tree(bundles, path: Path):
+    """'A' or 'B' when path holds exactly that tree (else fail)."""
+    got = files_of(tree(path))
+    for n in ("A", "B"):
+        if got == bundles[n][1]:
+            return n
+    raise AssertionError(f"{path} is a mix or incomplete: {sorted(got)}")
+
+
+def assert_consistent(bundles, home, mode, allow_missing_repo=False):
+    repo = home / REPOSITORY
+    if not repo.exists():
+        # only the fallback has a window without repository, and then the old tree is complete
+        assert allow_missing_repo and mode == "rename", names(home)
+        which_tree(bundles, home / PREVIOUS)
+        return None
+    return which_tree(bundles, repo)
+
+
+def assert_clean_after_recover(bundles, home):
+    recover(home)
+    n = which_tree(bundles, home / REPOSITORY)
+    rec = read_receipt(home)
+    if rec is not None:  # the receipt, when present, always names what repository holds
+        assert rec["manifest_sha256"] == bundles[n][2]
+    leftovers = [x for x in names(home) if x not in (REPOSITORY, PREVIOUS, RECEIPT)]
+    assert leftovers == []
+    if (home / PREVIOUS).exists():
+        which_tree(bundles, home / PREVIOUS)
+    return n
+
+
+KILL_POINTS = {
+    "exchange": ["unpack:chunk-extracted", "unpack:verified", "swap:begin", "swap:journal-written",
+                 "swap:exchanged", "swap:new-in-place", "swap:old-handled", "swap:receipt",
+                 "swap:journal-removed"],
+    "rename": ["unpack:verified", "swap:journal-written", "swap:old-renamed", "swap:new-in-place",
+               "swap:old-handled", "swap:receipt"],
+}
+
+
+@pytest.mark.parametrize("mode,kill_at,keep", [(m, k, keep) for m in KILL_POINTS for k in KILL_POINTS[m]
+                                               for keep in (False, True)
+                                               if not keep or k in ("swap:exchanged", "swap:old-renamed",
+                                                                    "swap:new-in-place")])
+def test_kill_at_each_step(tmp_path, bundles, mode, kill_at, keep):
+    if mode == "exchange" and placement._renameat2 is None:
+        pytest.skip("renameat2 not available here")
+    home = tmp_path / "amshome"
+    home.mkdir()
+    assert run_child(bundles, home, ["A"], mode=mode) == 0
+    assert which_tree(bundles, home / REPOSITORY) == "A"
+
+    assert run_child(bundles, home, ["B"], mode=mode, kill_at=kill_at, keep=keep) == -signal.SIGKILL
+    assert_consistent(bundles, home, mode, allow_missing_repo=True)
+
+    # the rerun is itself killed while recovering (when there is a journal to act on) ...
+    r = run_child(bundles, home, ["B"], mode=mode, kill_at="recover:journal-found", keep=keep)
+    assert r in (0, -signal.SIGKILL)
+    assert_consistent(bundles, home, mode, allow_missing_repo=True)
+    # ... or after the old tree was handled during recovery
+    r = run_child(bundles, home, ["B"], mode=mode, kill_at="swap:old-to-previous", keep=keep)
+    assert r in (0, -signal.SIGKILL)
+    assert_consistent(bundles, home, mode, allow_missing_repo=True)
+
+    # a plain rerun completes the job
+    assert run_child(bundles, home, ["B"], mode=mode, keep=keep) == 0
+    assert assert_clean_after_recover(bundles, home) == "B"
+    assert read_receipt(home)["manifest_sha256"] == bundles["B"][2]
+    if keep:
+        assert which_tree(bundles, home / PREVIOUS) in ("A", "B")
+    else:
+        assert not (home / PREVIOUS).exists()
+
+
+@pytest.mark.parametrize("mode", ["exchange", "rename"])
+def test_kill_at_random_moments(tmp_path, bundles, mode):
+    if mode == "exchange" and placement._renameat2 is None:
+        pytest.skip("renameat2 not available here")
+    home = tmp_path / "amshome"
+    home.mkdir()
+    assert run_child(bundles, home, ["A"], mode=mode) == 0
+    rng = random.Random(1234)
+    seen = set()
+    for i in range(16):
+        pid = run_child(bundles, home, ["B", "A"], mode=mode, loop=True, wait=False, keep=bool(i % 2))
+        time.sleep(rng.random() * 0.3)
+        os.kill(pid, signal.SIGKILL)
+        assert wait_child(pid) == -signal.SIGKILL  # (an exit code 1 would mean the child failed)
+        assert_consistent(bundles, home, mode, allow_missing_repo=True)
+        seen.add(assert_clean_after_recover(bundles, home))
+    assert run_child(bundles, home, ["B"], mode=mode) == 0
+    assert assert_clean_after_recover(bundles, home) == "B"
