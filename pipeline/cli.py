@@ -160,6 +160,135 @@ def _print_mirror_summary(s: Dict, args) -> None:
             say(f"  {len(s[key])} unlisted file(s) {verb.split()[-1]}")
 
 
+# ---- bundle, plan, verify, unpack -------------------------------------------------------------------
+
+def add_bundle_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    p.add_argument("--chunk-size", default="3900MiB", help="largest chunk, with units (default 3900MiB: fits FAT32)")
+    p.add_argument("--compression", default="copy", choices=["copy", "zstd", "lzma2"],
+                   help="copy (default): packages are already compressed")
+    p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
+    p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
+    p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
+
+
+def run_bundle(args) -> int:
+    """Mirror (unless --offline), then write the bundle folder."""
+    from .tasks import BundleArchive
+    from .workspace import Workspace
+
+    parse_size(args.chunk_size)
+    if args.dry_run:
+        return _print_plan(args.mirror, args.version, args.chunk_size, args.compression, args.stick_size)
+    if not args.offline:
+        code = run_mirror(args)
+        if code:
+            say("bundle: not written, because the mirror is not complete")
+            return code
+    ws = Workspace(args.mirror)
+    if not ws.manifest_path(args.version).exists():
+        raise UsageError(f"--offline: {args.mirror} has no verified {args.version} mirror yet; run mirror first")
+    # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
+    params = dict(version=args.version, mirror=str(ws.mirror), offline=True)
+    log = ws.state / "bundle.log"
+    task = BundleArchive(out=str(args.out.absolute()), chunk_size=args.chunk_size, compression=args.compression, **params)
+    failure = worst(run_graph([task], workers=2, log_file=log, verbose=args.verbose))
+    if failure:
+        say(f"error: {failure['message']}")
+        return failure["code"]
+    say(f"bundle: {args.out} is complete; check it with: amsrepomirror verify {args.out}")
+    return 0
+
+
+def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
+    from .chunking import chunk_plan, describe_plan
+    from .manifest import Manifest
+    from .workspace import Workspace
+
+    ws = Workspace(mirror)
+    if version is None:
+        found = sorted(ws.state.glob("*.manifest.json"))
+        if len(found) != 1:
+            raise UsageError(f"{mirror}: give --version ({len(found)} verified versions found)")
+        path = found[0]
+    else:
+        path = ws.manifest_path(version)
+    if not path.exists():
+        raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
+    manifest = Manifest.read(path)
+    plan = chunk_plan(manifest.files, parse_size(chunk_size), manifest.version, compression)
+    print(describe_plan(plan, manifest.files, parse_size(stick_size) if stick_size else None), end="")
+    return 0
+
+
+def run_plan(args) -> int:
+    return _print_plan(args.mirror, args.version, args.chunk_size, args.compression, args.stick_size)
+
+
+def run_verify(args) -> int:
+    from .bundle import verify_bundle
+
+    report = verify_bundle(args.bundle, test_archives=not args.no_test)
+    if report.ok:
+        manifest = report.manifest
+        print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
+              f"{format_size(manifest.total_bytes)} of {manifest.version}")
+        return 0
+    for problem in report.problems:
+        say(f"  {problem}")
+    say(f"error: {report.message()}")
+    return errors.INTEGRITY_FAILURE
+
+
+def run_unpack(args) -> int:
+    from .tasks import Unpack
+
+    task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous)
+    if task.complete():
+        say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
+    else:
+        failure = worst(run_graph([task], verbose=args.verbose))
+        if failure:
+            say(f"error: {failure['message']}")
+            return failure["code"]
+    from .bundle import BundleManifest, MANIFEST_NAME
+    from .placement import usage_hint
+    print(usage_hint(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).version))
+    return 0
+
+
+def run_demo(args) -> int:
+    """Mirror, bundle, verify and unpack the SCM double's synthetic repository, end to end."""
+    import os
+    import tempfile
+
+    from .scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository
+
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="amsrepomirror-demo-"))).absolute()
+    server_root, mirror_dir, bundle_dir, amshome = work / "scm", work / "mirror", work / "bundle", work / "amshome"
+    if not server_root.exists():
+        make_repository(server_root, DEFAULT_VERSION)
+    amshome.mkdir(parents=True, exist_ok=True)
+    os.environ["SCM_USER"], os.environ["SCM_PASSWORD"] = DEMO_USER, DEMO_PASSWORD  # the double's public demo account
+    with ScmDouble(server_root) as double:
+        say(f"demo: SCM double serving {server_root} at {double.base_url} (user {DEMO_USER})")
+        steps = [
+            ["bundle", "--version", DEFAULT_VERSION, "--mirror", mirror_dir, "--listing-url", double.listing_url(DEFAULT_VERSION),
+             "--out", bundle_dir, "--chunk-size", "1MiB"],
+            ["verify", bundle_dir],
+            ["unpack", bundle_dir, "--amshome", amshome],
+        ]
+        for step in steps:
+            say(f"\n$ amsrepomirror {' '.join(map(str, step))}")
+            code = main([str(s) for s in step])
+            if code:
+                say(f"demo: step failed with exit code {code}")
+                return code
+    say(f"\ndemo: everything is in {work}:\n  mirror  {mirror_dir}\n  bundle  {bundle_dir}\n"
+        f"  AMSHOME {amshome} (repository/ placed there)")
+    return 0
+
+
 # ---- entry point --------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,6 +302,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="with --delete-unlisted: only list what would be removed")
     p.add_argument("--force", action="store_true", help="with --delete-unlisted: allow removing more than a quarter")
     p.set_defaults(func=run_mirror)
+
+    p = sub.add_parser("bundle", help="mirror, then pack the verified mirror into checksummed 7z chunks")
+    add_mirror_options(p)
+    add_bundle_options(p)
+    p.set_defaults(func=run_bundle, delete_unlisted=False, force=False)
+
+    p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
+    p.add_argument("--mirror", required=True, type=Path)
+    p.add_argument("--version", help="AMS version (needed when the mirror holds several)")
+    p.add_argument("--chunk-size", default="3900MiB")
+    p.add_argument("--compression", default="copy", choices=["copy", "zstd", "lzma2"])
+    p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
+    p.set_defaults(func=run_plan)
+
+    p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
+    p.set_defaults(func=run_verify)
+
+    p = sub.add_parser("unpack", help="verify a bundle and place it atomically as $AMSHOME/repository")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
+    p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=run_unpack)
+
+    p = sub.add_parser("demo", help="the whole chain against a local SCM double, in a temporary folder")
+    p.add_argument("--workdir", type=Path, help="where to put the demo (default: a new temporary folder)")
+    p.set_defaults(func=run_demo)
     return parser
 
 

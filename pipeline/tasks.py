@@ -6,6 +6,7 @@ Each task's ``output()`` is the single truth of "done"; the work is done by plai
 """
 
 import datetime
+from pathlib import Path
 import json
 import os
 import traceback
@@ -179,3 +180,124 @@ class VerifyTree(MirrorTask):
 def verified_manifest(mirror_dir: str, version: str) -> Manifest:
     """The latest verified manifest of a mirror (for bundling without the network)."""
     return Manifest.read(Workspace(mirror_dir).manifest_path(version))
+
+
+# ---- bundle (online side, after VerifyTree) -------------------------------------------------------
+
+class VerifiedMirror(luigi.ExternalTask):
+    """The latest verified manifest of a mirror, for bundling without contacting the server."""
+
+    version = luigi.Parameter()
+    mirror = luigi.Parameter()
+
+    def output(self):
+        return luigi.LocalTarget(str(Workspace(self.mirror).manifest_path(self.version)))
+
+
+class BundleTarget(luigi.Target):
+    """Exists when the bundle folder is finished (SHA256SUMS written last) for exactly this mirror manifest."""
+
+    def __init__(self, out: str, mirror_manifest_path: str):
+        self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
+
+    def exists(self):
+        from .bundle import MANIFEST_NAME, SUMS_NAME, BundleManifest
+        if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
+            return False
+        try:
+            built_from = BundleManifest.read(self.out / MANIFEST_NAME).mirror_manifest_sha256
+        except MirrorError:
+            return False
+        return built_from == Manifest.read(self.mirror_manifest_path).sha256()
+
+
+@inherits(VerifyTree)
+class BundleArchive(MirrorTask):
+    """The bundle folder: independent 7z chunks, manifest.json, README.txt and SHA256SUMS."""
+
+    out = luigi.Parameter(description="bundle folder to write")
+    chunk_size = luigi.Parameter(default="3900MiB", description="largest chunk file (fits FAT32 below 4 GiB)")
+    compression = luigi.ChoiceParameter(default="copy", choices=["copy", "zstd", "lzma2"],
+                                        description="copy: packages are already compressed")
+    offline = luigi.BoolParameter(default=False, description="bundle the last verified mirror without the network")
+
+    def requires(self):
+        if self.offline:
+            return VerifiedMirror(version=self.version, mirror=self.mirror)
+        return self.clone(VerifyTree)
+
+    def output(self):
+        return BundleTarget(self.out, self.input().path)
+
+    def run(self):
+        from . import bundling
+        manifest_path = self.input().path
+        plan = bundling.plan_for(manifest_path, self.chunk_size, self.version, self.compression)
+        bundling.prepare_out(self.out, plan)
+        yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
+                          chunk_size=self.chunk_size, compression=self.compression, index=i)
+               for i in range(len(plan.chunks))]
+        bundling.finish(self.out, plan)
+
+
+class WriteChunk(luigi.Task):
+    """One chunk of a bundle; its own target, so a killed bundle run resumes at the chunk where it stopped."""
+
+    mirror = luigi.Parameter()
+    version = luigi.Parameter()
+    out = luigi.Parameter()
+    manifest_path = luigi.Parameter()
+    chunk_size = luigi.Parameter()
+    compression = luigi.Parameter()
+    index = luigi.IntParameter()
+
+    def plan(self):
+        from . import bundling
+        return bundling.plan_for(self.manifest_path, self.chunk_size, self.version, self.compression)
+
+    def output(self):
+        from . import bundling
+        return bundling.ChunkTarget(self.out, self.plan(), self.index)
+
+    def run(self):
+        from . import bundling
+        bundling.write_planned_chunk(self.mirror, self.out, self.plan(), self.index)
+
+    on_failure = MirrorTask.on_failure
+
+
+# ---- unpack (offline side) ------------------------------------------------------------------------
+
+class unpack(luigi.Config):
+    """[unpack] in luigi.cfg: where the installed AMS version can be read, relative to AMSHOME."""
+
+    installed_version_files = luigi.ListParameter(default=[])
+
+
+class ReceiptTarget(luigi.Target):
+    """Exists when AMSHOME's receipt says its repository holds this bundle's manifest."""
+
+    def __init__(self, amshome: str, bundle: str):
+        self.amshome, self.bundle = amshome, bundle
+
+    def exists(self):
+        from . import unpacking
+        return unpacking.is_installed(self.bundle, self.amshome)
+
+
+class Unpack(luigi.Task):
+    """Verify a bundle, stage it inside AMSHOME, and swap it in as $AMSHOME/repository."""
+
+    bundle = luigi.Parameter(description="bundle folder (the chunks, manifest.json, SHA256SUMS)")
+    amshome = luigi.Parameter(description="the AMS installation folder")
+    keep_previous = luigi.BoolParameter(default=False, significant=False, description="keep repository.previous")
+
+    def output(self):
+        return ReceiptTarget(self.amshome, self.bundle)
+
+    def run(self):
+        from . import unpacking
+        unpacking.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous,
+                                version_files=list(unpack().installed_version_files))
+
+    on_failure = MirrorTask.on_failure
