@@ -17,6 +17,8 @@ SCHEMA = "amsrepomirror/bundle-manifest/1"
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
+COMPRESSIONS = ("copy", "zstd", "lzma2")
+CHUNK_SUFFIX = ".7z"
 
 
 def part_member(path: str, index: int) -> str:
@@ -111,3 +113,383 @@ class BundleManifest:
             raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
+
+
+# --- README.txt, SHA256SUMS, finishing and verifying a bundle folder ------------------------------
+
+_HEX = set("0123456789abcdef")
+
+
+def _is_safe_name(name: str) -> bool:
+    """A plain file name inside the bundle folder (no folders, not hidden, printable)."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and not name.startswith(".")
+        and not any(c in name for c in "/\\\n\r\x00")
+    )
+
+
+def readme_text(manifest: BundleManifest) -> str:
+    """The bundle's README.txt: how to check and unpack it, with amsrepomirror or by hand."""
+    import shlex
+
+    from .units import format_size
+
+    split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
+    lines = [
+        f"AMS package repository bundle {manifest.version}",
+        "",
+        f"{len(manifest.files)} files, {format_size(manifest.total_bytes)} ({manifest.total_bytes} bytes), "
+        f"in {len(manifest.chunks)} chunks (standalone 7z archives, compression {manifest.compression}).",
+    ]
+    if manifest.created or manifest.tool_version:
+        lines.append(f"Created {manifest.created or '?'} by amsrepomirror {manifest.tool_version or '?'}.")
+    lines += [
+        "",
+        "This folder holds",
+        "  *.7z           the chunks",
+        f"  {MANIFEST_NAME:<14} every repository file: size, sha256, and which chunk(s) hold it",
+        f"  {SUMS_NAME:<14} sha256 of every other file here. It is written last: if it is",
+        "                 missing, the bundle is incomplete.",
+        f"  {README_NAME:<14} this file",
+        "",
+        "Chunks may be spread over several USB sticks: first copy all of them into one folder.",
+        "",
+        "1. Check the copy (run in this folder):",
+        f"     sha256sum -c {SUMS_NAME}",
+        "   Every line must end in OK. A chunk that fails was damaged or cut short: copy it again.",
+        "   Optionally test the archives too:   7z t '*.7z'   (7zz or 7za work as well)",
+        "",
+        "2. Unpack with amsrepomirror (recommended: checks every chunk and every file, refuses unsafe",
+        "   paths, joins split files and only then puts the tree in place):",
+        "     amsrepomirror unpack BUNDLE --amshome DIR",
+        "   e.g. amsrepomirror unpack . --amshome \"$AMSHOME\"",
+        "",
+        "3. Or unpack by hand:",
+        "     mkdir repository",
+        "     7z x -orepository '*.7z'",
+        "   (or one by one: for c in *.7z; do 7z x -orepository \"$c\" || break; done)",
+    ]
+    if split:
+        lines += [
+            "   Files bigger than a chunk are stored as parts PATH.part-0001, PATH.part-0002, ...;",
+            "   join each in order and remove its parts (in the repository folder):",
+            "     cd repository",
+        ]
+        for f in split:
+            stem = shlex.quote(f.path + ".part-")
+            lines.append(f"     cat {stem}* > {shlex.quote(f.path)} && rm {stem}*")
+        lines.append("   (on Windows: copy /b \"P.part-0001\" + \"P.part-0002\" + ... \"P\")")
+    else:
+        lines.append("   No file in this bundle is split into parts.")
+    lines += [
+        f"   Each file's size and sha256 are in {MANIFEST_NAME}. Then place the folder as",
+        "   $AMSHOME/repository (move an existing one aside first):",
+        "     mv \"$AMSHOME/repository\" \"$AMSHOME/repository.old\"",
+        "     mv repository \"$AMSHOME/repository\"",
+    ]
+    if manifest.compression == "zstd":
+        lines += [
+            "",
+            "NOTE: these chunks use zstd compression, which stock 7-Zip cannot unpack. Use",
+            "amsrepomirror unpack, or a 7-Zip build with zstd support (e.g. 7-Zip-zstd).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _hash_file(path: Path) -> str:
+    from .hashing import sha256_file
+
+    return sha256_file(path)
+
+
+def write_sums(bundle_dir: Path, names, known: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+    """Write ``SHA256SUMS`` (``<hex>  <name>``, sorted) for ``names`` in ``bundle_dir``.
+
+    Files are hashed (streaming) unless their sha256 is given in ``known``. Returns the sums.
+    """
+    bundle_dir = Path(bundle_dir)
+    known = known or {}
+    sums: Dict[str, str] = {}
+    for name in sorted(set(names)):
+        if not _is_safe_name(name) or name == SUMS_NAME:
+            raise ValueError(f"cannot list {name!r} in {SUMS_NAME}")
+        sums[name] = known[name] if name in known else _hash_file(bundle_dir / name)
+    body = "".join(f"{sums[name]}  {name}\n" for name in sorted(sums))
+    atomic_write_bytes(bundle_dir / SUMS_NAME, body.encode("utf-8"))
+    return sums
+
+
+def read_sums(bundle_dir: Path) -> Dict[str, str]:
+    """Parse ``SHA256SUMS`` into ``name -> hex``; IntegrityError if missing or malformed."""
+    path = Path(bundle_dir) / SUMS_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IntegrityError(f"{path} is missing: the bundle is incomplete (it is written last)") from None
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"cannot read {path}: {exc}") from exc
+    sums: Dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition(" ")
+        if name.startswith((" ", "*")):
+            name = name[1:]
+        digest = digest.lower()
+        if not sep or len(digest) != 64 or not set(digest) <= _HEX or not _is_safe_name(name):
+            raise IntegrityError(f"{path} line {number} is malformed: {line[:80]!r}")
+        if name in sums:
+            raise IntegrityError(f"{path} lists {name} twice")
+        sums[name] = digest
+    return sums
+
+
+def remove_partial_files(bundle_dir: Path) -> List[Path]:
+    """Delete temp files a killed run may have left (``.<name>.<random>.tmp``); return them."""
+    removed = []
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        return removed
+    for p in sorted(bundle_dir.iterdir()):
+        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = False) -> Dict[str, str]:
+    """Write ``manifest.json``, ``README.txt`` and, last, ``SHA256SUMS``.
+
+    Any old SHA256SUMS is removed first, so its presence always means a finished bundle. Each
+    chunk must exist with its recorded size; its sha256 is taken from the manifest (computed from
+    the finished file by ``write_chunk``) unless ``rehash``.
+    """
+    bundle_dir = Path(bundle_dir)
+    sums_path = bundle_dir / SUMS_NAME
+    if sums_path.exists():
+        sums_path.unlink()
+    for chunk in manifest.chunks:
+        if not _is_safe_name(chunk.name) or chunk.name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+            raise IntegrityError(f"bad chunk name {chunk.name!r} in bundle manifest")
+        path = bundle_dir / chunk.name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise IntegrityError(f"chunk {chunk.name} is missing from {bundle_dir}; re-run bundle") from None
+        if size != chunk.size:
+            raise IntegrityError(f"chunk {chunk.name} is {size} bytes, expected {chunk.size}; re-run bundle")
+    manifest.write(bundle_dir / MANIFEST_NAME)
+    atomic_write_bytes(bundle_dir / README_NAME, readme_text(manifest).encode("utf-8"))
+    known = {} if rehash else {c.name: c.sha256 for c in manifest.chunks}
+    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME]
+    return write_sums(bundle_dir, names, known)
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str     # file in the bundle folder (a chunk, manifest.json, SHA256SUMS, README.txt)
+    problem: str  # missing, truncated, wrong size, corrupt, unexpected, bad archive, ...
+    detail: str = ""
+    chunk: bool = False  # True when ``name`` is (or looks like) a chunk
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.problem}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class VerifyReport:
+    bundle_dir: Path
+    problems: List[Problem] = field(default_factory=list)
+    manifest: Optional[BundleManifest] = None
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_chunks(self) -> List[str]:
+        """Chunks to copy again (missing, truncated, corrupt, ...); not the unexpected ones."""
+        return sorted({p.name for p in self.problems if p.chunk and p.problem != "unexpected"})
+
+    @property
+    def unexpected_chunks(self) -> List[str]:
+        return sorted({p.name for p in self.problems if p.chunk and p.problem == "unexpected"})
+
+    def problem_of(self, name: str) -> List[str]:
+        return [p.problem for p in self.problems if p.name == name]
+
+    def message(self) -> str:
+        """One line naming what is wrong and what to do."""
+        if self.ok:
+            return f"bundle {self.bundle_dir} is intact ({self.chunks_checked} chunks, {self.bytes_checked} bytes)"
+        parts = []
+        bad = self.bad_chunks
+        if bad:
+            why = {}
+            for p in self.problems:
+                if p.chunk and p.name in bad:
+                    why.setdefault(p.name, p.problem)
+            parts.append("re-copy these chunks: " + ", ".join(f"{n} ({why[n]})" for n in bad))
+        if self.unexpected_chunks:
+            parts.append("chunks not in manifest.json (remove them): " + ", ".join(self.unexpected_chunks))
+        others = [str(p) for p in self.problems if not p.chunk]
+        if others:
+            parts.append("; ".join(others))
+        return f"bundle {self.bundle_dir} failed verification: " + "; ".join(parts)
+
+    def raise_for_problems(self) -> None:
+        require_intact(self)
+
+
+def require_intact(report: VerifyReport) -> VerifyReport:
+    """Raise IntegrityError with a one-line message when the report has problems."""
+    if not report.ok:
+        raise IntegrityError(report.message())
+    return report
+
+
+def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
+    """Problems inside manifest.json itself (parts vs chunks); a few at most."""
+    issues = []
+    chunks = {c.name: c for c in manifest.chunks}
+    if len(chunks) != len(manifest.chunks):
+        issues.append("a chunk is listed twice")
+    referenced: Dict[str, set] = {name: set() for name in chunks}
+    for f in manifest.files:
+        pos = 0
+        for p in sorted(f.parts, key=lambda p: p.offset):
+            if p.offset != pos:
+                issues.append(f"parts of {f.path} are not contiguous")
+                break
+            pos += p.size
+            if p.chunk not in chunks:
+                issues.append(f"{f.path} refers to chunk {p.chunk}, which is not listed")
+                break
+            referenced[p.chunk].add(p.member)
+        else:
+            if pos != f.size:
+                issues.append(f"parts of {f.path} cover {pos} of {f.size} bytes")
+        if len(issues) >= 3:
+            return issues
+    for name, chunk in chunks.items():
+        if referenced[name] != set(chunk.members):
+            issues.append(f"members of chunk {name} do not match the files' parts")
+            if len(issues) >= 3:
+                break
+    return issues
+
+
+def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyReport:
+    """Check a bundle folder; the report names every bad chunk and what is wrong with it.
+
+    Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
+    with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
+    ("truncated" when short) and sha256 ("corrupt"); no ``*.7z`` file that is not in the manifest
+    ("unexpected"); and, with ``test_archives``, each intact chunk decompresses with correct
+    CRCs and holds exactly the members the manifest lists. Each chunk is hashed once (streaming).
+    """
+    from .hashing import sha256_file
+
+    bundle_dir = Path(bundle_dir)
+    report = VerifyReport(bundle_dir=bundle_dir)
+    add = report.problems.append
+
+    if not bundle_dir.is_dir():
+        add(Problem(str(bundle_dir), "missing", "not a folder"))
+        return report
+
+    sums: Optional[Dict[str, str]] = None
+    try:
+        sums = read_sums(bundle_dir)
+    except IntegrityError as exc:
+        missing = not (bundle_dir / SUMS_NAME).exists()
+        add(Problem(SUMS_NAME, "missing" if missing else "corrupt",
+                    "bundle incomplete: it is written last" if missing else str(exc)))
+
+    manifest: Optional[BundleManifest] = None
+    manifest_path = bundle_dir / MANIFEST_NAME
+    if not manifest_path.exists():
+        add(Problem(MANIFEST_NAME, "missing"))
+    else:
+        if sums is not None:
+            actual = sha256_file(manifest_path)
+            if sums.get(MANIFEST_NAME) != actual:
+                add(Problem(MANIFEST_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+        try:
+            manifest = BundleManifest.read(manifest_path)
+        except IntegrityError as exc:
+            add(Problem(MANIFEST_NAME, "unreadable", str(exc)))
+    report.manifest = manifest
+
+    readme_path = bundle_dir / README_NAME
+    if not readme_path.exists():
+        add(Problem(README_NAME, "missing"))
+    elif sums is not None and sums.get(README_NAME) != sha256_file(readme_path):
+        add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+
+    # What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS.
+    expected: Dict[str, Optional[int]] = {}
+    expected_sha: Dict[str, str] = {}
+    members: Dict[str, List[str]] = {}
+    if manifest is not None:
+        for issue in _check_manifest_consistency(manifest):
+            add(Problem(MANIFEST_NAME, "inconsistent", issue))
+        for c in manifest.chunks:
+            expected[c.name] = c.size
+            expected_sha[c.name] = c.sha256
+            members[c.name] = sorted(c.members)
+        if sums is not None:
+            for c in manifest.chunks:
+                if c.name not in sums:
+                    add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
+                elif sums[c.name] != c.sha256:
+                    add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
+            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME}):
+                add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
+    elif sums is not None:
+        for name, digest in sums.items():
+            if name not in (MANIFEST_NAME, README_NAME):
+                expected[name] = None
+                expected_sha[name] = digest
+
+    for name in sorted(expected):
+        if not _is_safe_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+            add(Problem(name, "unsafe chunk name", chunk=False))
+            continue
+        path = bundle_dir / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            add(Problem(name, "missing", chunk=True))
+            continue
+        want = expected[name]
+        if want is not None and size < want:
+            add(Problem(name, "truncated", f"{size} of {want} bytes", chunk=True))
+            continue
+        if want is not None and size > want:
+            add(Problem(name, "wrong size", f"{size} bytes, expected {want}", chunk=True))
+            continue
+        digest = sha256_file(path)
+        report.chunks_checked += 1
+        report.bytes_checked += size
+        if digest != expected_sha[name]:
+            add(Problem(name, "corrupt", "sha256 differs", chunk=True))
+            continue
+        if test_archives:
+            from .sevenzip import archive_members, test_archive
+
+            trouble = test_archive(path)
+            if trouble is not None:
+                add(Problem(name, "bad archive", trouble, chunk=True))
+            elif name in members and archive_members(path) != members[name]:
+                add(Problem(name, "bad archive", f"members differ from {MANIFEST_NAME}", chunk=True))
+
+    known_chunks = manifest is not None or sums is not None
+    for path in sorted(bundle_dir.iterdir()) if known_chunks else []:
+        if path.name.endswith(CHUNK_SUFFIX) and not path.name.startswith(".") and path.name not in expected:
+            add(Problem(path.name, "unexpected", f"not in {MANIFEST_NAME}", chunk=True))
+    return report
