@@ -52,6 +52,7 @@ unpack: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+	$(BIN)/python -m bench.airgap $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

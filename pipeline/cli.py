@@ -178,6 +178,9 @@ def run_bundle(args) -> int:
     from .workspace import Workspace
 
     parse_size(args.chunk_size)
+    if args.compression == "zstd":
+        say("note: --compression zstd: stock 7-Zip cannot open zstd chunks (7-Zip-zstd and amsrepomirror can); "
+            "checking by hand with 7z needs copy or lzma2")
     if args.dry_run:
         return _print_plan(args.mirror, args.version, args.chunk_size, args.compression, args.stick_size)
     if not args.offline:
@@ -341,7 +344,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed one line of usage error
         return errors.USAGE_ERROR if exc.code else 0
-    if getattr(args, "dry_run", False) and not getattr(args, "delete_unlisted", True):
+    if args.command == "mirror" and args.dry_run and not args.delete_unlisted:
         say("error: --dry-run needs --delete-unlisted")
         return errors.USAGE_ERROR
     try:
