@@ -8,7 +8,7 @@ BUNDLE  ?= bundle/$(VERSION)
 CHUNK_SIZE ?= 3900MiB
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
-.PHONY: help venv test demo mirror bundle plan verify unpack bench clean
+.PHONY: help venv test demo mirror bundle plan verify unpack bench wheels clean
 
 help:
 	@echo "make test                          run the test suite (sets up $(VENV))"
@@ -19,11 +19,16 @@ help:
 	@echo "make verify BUNDLE=DIR"
 	@echo "make unpack BUNDLE=DIR AMSHOME=DIR"
 	@echo "make bench                         benchmarks against wget, 7zz and sha256sum (docs/benchmarks.md)"
+	@echo "make wheels                        the tool and its dependencies as wheels, for offline installs"
+
+# Offline machines: `make wheels` online, carry wheels/ along, then `make unpack WHEELS=wheels ...`.
+WHEELS  ?=
+PIP_FROM := $(if $(WHEELS),--no-index --find-links $(WHEELS),)
 
 $(BIN)/amsrepomirror: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(if $(WHEELS),,$(BIN)/python -m pip install --quiet --upgrade pip)
+	$(BIN)/python -m pip install --quiet $(PIP_FROM) $(if $(WHEELS),amsrepomirror,-e '.[test]')
 	@touch $@
 
 venv: $(BIN)/amsrepomirror
@@ -53,6 +58,10 @@ unpack: venv
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 	$(BIN)/python -m bench.airgap $(ARGS)
+
+wheels: venv
+	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels .
+	@echo "wheels/ holds amsrepomirror and its dependencies; carry it with the bundle"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -314,3 +314,22 @@ def test_many_files_run_in_several_luigi_batches(tmp_path):
         assert mirror(double, tmp_path / "m", "--report", report, env=env).returncode == 0
         assert body_gets(double) == []
     assert json.loads(report.read_text())["up_to_date"] == len(served_tree(root, VERSION))
+
+
+def test_verify_trusts_size_and_mtime_unless_deep(scm_double, repo_tree, tmp_path):
+    """The hash cache is keyed on size+mtime: a same-size, same-mtime corruption is only found by --deep."""
+    dest = tmp_path / "m"
+    assert mirror(scm_double, dest).returncode == 0
+    victim = dest / "common/data/basis-sets-2026.101.tar.zst"
+    st = victim.stat()
+    with open(victim, "r+b") as f:
+        f.seek(10)
+        f.write(b"\x00\xff\x00")
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert mirror(scm_double, dest).returncode == 0  # trusted: not re-read
+    deep = mirror(scm_double, dest, "--deep")
+    assert deep.returncode == 4 and "basis-sets" in deep.stderr
+    scm_double.clear_log()
+    assert mirror(scm_double, dest).returncode == 0
+    assert [r.relpath for r in body_gets(scm_double)] == ["common/data/basis-sets-2026.101.tar.zst"]
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
