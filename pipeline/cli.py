@@ -13,7 +13,7 @@ import luigi
 from . import __version__, errors
 from .errors import MirrorError, UsageError, exit_code_for
 from .fsutil import atomic_write_json
-from .listing import listing_url_for, redact, repository_root
+from .listing import listing_url_for, repository_root
 from .units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)

@@ -32,7 +32,6 @@ import errno
 import hashlib
 import os
 import re
-import shutil
 import stat
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -42,6 +41,7 @@ import py7zr.exceptions
 
 from .bundle import BundleFile, Chunk
 from .errors import DiskSpaceError, IntegrityError
+from .fsutil import fsync_dir, remove_entry
 from .hashing import BLOCK
 
 #: Names starting with this, at any level of the tree, are ours (temporary files).
@@ -73,17 +73,6 @@ def _os_error(exc: OSError, what: str) -> Exception:
     return IntegrityError(f"{what} failed: {exc}")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _hash_regular(path: Path, fsync: bool = False) -> Tuple[int, str]:
@@ -113,16 +102,6 @@ def _hash_regular(path: Path, fsync: bool = False) -> Tuple[int, str]:
         os.close(fd)
 
 
-def _rmtree(path: Path) -> None:
-    """Remove ``path`` (a tree or a single entry) without following symlinks; missing is fine."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 def safe_makedirs(root: Path, rel_dir: str) -> Path:
@@ -293,7 +272,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected) -> L
         raise _os_error(exc, f"creating {dest_dir}") from exc
     tmp_root = safe_makedirs(dest_dir, EXTRACT_TMP)
     tmp = tmp_root / chunk.name
-    _rmtree(tmp)
+    remove_entry(tmp)
     try:
         os.mkdir(tmp, 0o700)
         limit = sum(size for size, _ in exp.values())
@@ -351,11 +330,11 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected) -> L
             os.replace(src, target)  # rename never follows a symlink at target
             touched.add(parent)
         for d in touched:
-            _fsync_dir(d)
+            fsync_dir(d)
         return sorted(exp)
     finally:
         try:
-            _rmtree(tmp)
+            remove_entry(tmp)
             os.rmdir(tmp_root)
         except OSError:
             pass  # another chunk's temp dir still there, or already gone
@@ -412,7 +391,7 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
             pass
         if not complete:
             partial = final.with_name(final.name + "." + PARTIAL_SUFFIX)
-            _rmtree(partial)
+            remove_entry(partial)
             try:
                 fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
             except OSError as exc:
@@ -465,7 +444,7 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
                 except FileNotFoundError:
                     pass
                 os.replace(partial, final)
-                _fsync_dir(parent)
+                fsync_dir(parent)
             except BaseException:
                 try:
                     os.unlink(partial)
@@ -479,7 +458,7 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
                 os.unlink(dest_dir / p.member)
             except FileNotFoundError:
                 pass
-        _fsync_dir(parent)
+        fsync_dir(parent)
         done.append(bf.path)
     return done
 

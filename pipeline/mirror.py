@@ -18,7 +18,7 @@ import requests
 from . import __version__
 from .errors import AuthError, FetchError, IntegrityError, MirrorError, UsageError
 from .fetch import RemoteInfo, fetch_text, fetch_to_part, probe
-from .fsutil import atomic_write_json, require_free_space
+from .fsutil import require_free_space
 from .hashing import sha256_file
 from .listing import ListedFile, parse_listing, redact, select_platforms
 from .manifest import FileEntry, Manifest

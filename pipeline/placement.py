@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .errors import IntegrityError, UsageError
-from .fsutil import atomic_write_json, require_free_space
+from .fsutil import atomic_write_json, fsync_dir, remove_entry, require_free_space
 
 REPOSITORY = "repository"
 PREVIOUS = "repository.previous"
@@ -90,12 +90,6 @@ def _checkpoint(name: str) -> None:
 # low-level helpers
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _exists(path: Path) -> bool:
@@ -106,16 +100,6 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _rm(path: Path) -> None:
-    """Remove a tree or a single entry without following symlinks; missing is fine."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 def _remove_tree(amshome: Path, path: Path) -> None:
@@ -124,7 +108,7 @@ def _remove_tree(amshome: Path, path: Path) -> None:
         return
     trash = Path(tempfile.mkdtemp(prefix=TRASH_PREFIX, dir=amshome))
     os.rename(path, trash / "t")  # rename into the fresh trash dir: atomic, one fs
-    _fsync_dir(amshome)
+    fsync_dir(amshome)
     shutil.rmtree(trash)
 
 
@@ -308,7 +292,7 @@ def _finish(home: Path, journal: dict) -> None:
         if keep:
             _remove_tree(home, prev)
             os.rename(staging, prev)
-            _fsync_dir(home)
+            fsync_dir(home)
             _checkpoint("swap:old-to-previous")
         else:
             _remove_tree(home, staging)
@@ -320,10 +304,10 @@ def _finish(home: Path, journal: dict) -> None:
         atomic_write_json(home / RECEIPT, receipt)
     else:
         _remove_receipt(home)
-    _fsync_dir(home)
+    fsync_dir(home)
     _checkpoint("swap:receipt")
     os.unlink(home / JOURNAL)
-    _fsync_dir(home)
+    fsync_dir(home)
     _checkpoint("swap:journal-removed")
 
 
@@ -354,23 +338,23 @@ def swap_into_place(amshome, staging, keep_previous: bool = False,
     atomic_write_json(home / JOURNAL, {"schema": JOURNAL_SCHEMA, "new": _ident(staging),
                                        "staging": staging.name, "keep_previous": bool(keep_previous),
                                        "receipt": receipt})
-    _fsync_dir(home)
+    fsync_dir(home)
     _checkpoint("swap:journal-written")
     if not _exists(repo):
         os.rename(staging, repo)
         how = "first-install"
     elif exchange(staging, repo):
         how = "exchange"
-        _fsync_dir(home)
+        fsync_dir(home)
         _checkpoint("swap:exchanged")
         os.rename(staging, prev)
     else:
         how = "rename"
         os.rename(repo, prev)
-        _fsync_dir(home)
+        fsync_dir(home)
         _checkpoint("swap:old-renamed")
         os.rename(staging, repo)
-    _fsync_dir(home)
+    fsync_dir(home)
     _checkpoint("swap:new-in-place")
     _finish(home, {"keep_previous": keep_previous, "receipt": receipt, "staging": staging.name})
     return how
@@ -388,7 +372,7 @@ def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
     for name in sorted(os.listdir(home)):
         temp = name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in (JOURNAL, RECEIPT))
         if name.startswith(TRASH_PREFIX) or name.startswith(PROBE_PREFIX) or temp:
-            _rm(home / name)
+            remove_entry(home / name)
             actions.append(f"removed leftover {name}")
     journal = _read_journal(home)
     if journal is not None:
@@ -400,7 +384,7 @@ def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
         else:
             if not _exists(repo) and _exists(prev):
                 os.rename(prev, repo)
-                _fsync_dir(home)
+                fsync_dir(home)
                 actions.append(f"interrupted swap rolled back: restored {REPOSITORY} from {PREVIOUS}")
             elif new is None:
                 _remove_receipt(home)  # unreadable journal: we cannot vouch for the receipt any more
@@ -408,19 +392,19 @@ def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
             else:
                 actions.append("interrupted swap had not started: the old repository is untouched")
             os.unlink(home / JOURNAL)
-            _fsync_dir(home)
+            fsync_dir(home)
     elif not _exists(repo) and _exists(prev):
         os.rename(prev, repo)
-        _fsync_dir(home)
+        fsync_dir(home)
         actions.append(f"restored {REPOSITORY} from {PREVIOUS}")
     for name in sorted(os.listdir(home)):
         if name == keep_staging:
             continue
         if name == STAGING or name.startswith(STAGING + "."):
-            _rm(home / name)
+            remove_entry(home / name)
             actions.append(f"removed stale staging {name}")
     if actions:
-        _fsync_dir(home)
+        fsync_dir(home)
     return actions
 
 

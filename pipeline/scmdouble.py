@@ -44,7 +44,6 @@ import signal
 import socket
 import stat
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -52,6 +51,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote, unquote, urlsplit
+
+from .fsutil import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -107,20 +108,6 @@ def listing_path(root: Path, version: str = DEFAULT_VERSION) -> Path:
     return _packages_dir(root) / "listings" / f"{version}.txt"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _check_relpath(relpath: str) -> str:
@@ -205,7 +192,7 @@ def write_listing(
     data = "".join(_url_for(base_url, r) + "\n" for r in rels).encode("utf-8")
     path = listing_path(root, version)
     if not (path.is_file() and path.read_bytes() == data):
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
     return rels
 
 
@@ -222,7 +209,7 @@ def retarget_listing(root: Path, version: str, base_url: str) -> bool:
     new = "\n".join(_ORIGIN_RE.sub(lambda m: base, line, count=1) for line in lines).encode("utf-8")
     if new == old:
         return False
-    _atomic_write(path, new)
+    atomic_write_bytes(path, new)
     return True
 
 
@@ -339,7 +326,7 @@ def make_repository(
         yml.append(f"    size: {sizes[rel]}")
     texts[f"{version}.yml"] = "\n".join(yml) + "\n"
     for rel, text in texts.items():
-        _atomic_write(base / rel, text.encode("utf-8"))
+        atomic_write_bytes(base / rel, text.encode("utf-8"))
 
     base_str = str(base)
     for i in range(tiny):

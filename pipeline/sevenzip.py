@@ -31,6 +31,7 @@ import py7zr
 from .bundle import COMPRESSIONS, Chunk
 from .chunking import ChunkSpec
 from .errors import IntegrityError, MirrorError, UsageError
+from .fsutil import fsync_dir
 from .hashing import sha256_stream
 from .manifest import FileEntry
 
@@ -115,17 +116,6 @@ class ChunkResult:
     piece_sha256: Dict[str, str]  # archive member name -> sha256 of that member's bytes
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _source_path(mirror_dir: Path, rel: str) -> Path:
@@ -159,6 +149,7 @@ def write_chunk(
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{spec.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, 0o644)  # chunks are read by other accounts on shared filesystems
         with os.fdopen(fd, "w+b") as fp:
             piece_sha = _write_archive(fp, spec, Path(mirror_dir), filters, expected)
             fp.flush()
@@ -172,7 +163,7 @@ def write_chunk(
                 f"{spec.chunk_size} (planned at most {spec.max_size}); the 7z overhead budget is wrong"
             )
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         try:
             tmp.unlink()

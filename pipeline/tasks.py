@@ -6,12 +6,11 @@ Each task's ``output()`` is the single truth of "done"; the work is done by plai
 """
 
 import datetime
-from pathlib import Path
 import json
 import os
 import traceback
-
 import warnings
+from pathlib import Path
 
 import luigi
 from luigi.util import inherits
@@ -20,7 +19,7 @@ from . import mirror, progress
 from .credentials import resolve_credentials
 from .errors import FetchError, MirrorError, exit_code_for
 from .fetch import make_session
-from .listing import compile_platform_rules, listing_url_for, redact
+from .listing import compile_platform_rules, listing_url_for
 from .manifest import Manifest
 from .workspace import Workspace
 
