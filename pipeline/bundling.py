@@ -25,6 +25,7 @@ from .manifest import Manifest
 from .mirror import utc_now
 from .sevenzip import ChunkResult, write_chunk
 from .units import parse_size
+from .workspace import Workspace
 
 WORK_DIR = ".amsrepomirror-work"
 
@@ -80,8 +81,22 @@ def prepare_out(out: str, plan: BundlePlan) -> None:
     require_free_space(folder, sum(c.max_size for c in pending), f"{len(pending)} chunk(s) of the bundle")
 
 
+def check_unchanged(mirror: str, plan: BundlePlan, index: int) -> None:
+    """Refuse when a file of this chunk is no longer the one verified (size, mtime and recorded sha256).
+
+    write_chunk hashes whole files as it packs them, but the parts of a split file land in
+    different chunks, so only this check ties them to the verified file before they travel.
+    """
+    ws, entries = Workspace(mirror), plan.manifest.by_path()
+    for path in sorted({piece.path for piece in plan.chunks[index].pieces}):
+        record = ws.current_record(path)
+        if record is None or record.sha256 != entries[path].sha256:
+            raise IntegrityError(f"{path} changed in the mirror since it was verified; run mirror again, then bundle")
+
+
 def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int) -> ChunkResult:
     spec = plan.chunks[index]
+    check_unchanged(mirror, plan, index)
     result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path())
     atomic_write_json(_marker(out, plan, index), {"chunk": asdict(result.chunk), "piece_sha256": result.piece_sha256})
     print(f"bundle: wrote {spec.name} ({len(spec.pieces)} file(s) or parts, {result.chunk.size} bytes)", flush=True)

@@ -1,6 +1,7 @@
 """``amsrepomirror``: the command line over the task graph. Errors end here as one line and an exit code."""
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -12,8 +13,9 @@ import luigi
 
 from . import __version__, errors
 from .errors import MirrorError, UsageError, exit_code_for
-from .fsutil import atomic_write_json
+from .fsutil import atomic_write_json, exclusive_lock
 from .listing import listing_url_for, repository_root
+from .bundle import COMPRESSIONS
 from .units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
@@ -25,6 +27,7 @@ def say(message: str) -> None:
 
 def _configure_logging(log_file: Optional[Path], verbose: bool) -> None:
     """Luigi's chatter goes to a log file (and the terminal with --verbose), never in the way of our summary."""
+    logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks over our one-line error
     for name in ("luigi", "luigi-interface"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
@@ -81,30 +84,37 @@ def add_mirror_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--platform", action="append", default=[], help="keep only this platform (repeatable); rules in luigi.cfg [platforms]")
     p.add_argument("--strict-authentication", action="store_true", help="a 401 on any file is fatal (exit 3)")
     p.add_argument("--no-ssl", action="store_true", help="do not verify TLS certificates (warns every run)")
-    p.add_argument("--jobs", type=int, default=4, help="concurrent connections (default 4)")
-    p.add_argument("--deep", action="store_true", help="re-hash every file instead of trusting size+mtime")
+    p.add_argument("--jobs", type=int, help="concurrent connections (default: luigi.cfg [FetchListing] jobs, else 4)")
+    p.add_argument("--deep", action="store_true", default=None,
+                   help="re-hash every file instead of trusting size+mtime (luigi.cfg [VerifyTree] deep)")
     p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
+
+
+def setting(given, section: str, key: str, fallback: str) -> str:
+    """A command-line value, else the luigi.cfg setting of that task, else the built-in default."""
+    if given is not None:
+        return str(given)
+    return luigi.configuration.get_config().get(section, key, fallback)
 
 
 def _mirror_params(args) -> Dict:
     url = listing_url_for(args.version, args.listing_url)
     repository_root(url)
-    if args.jobs < 1:
-        raise UsageError("--jobs must be at least 1")
+    jobs = setting(args.jobs, "FetchListing", "jobs", "4")
+    if not jobs.isdigit() or int(jobs) < 1:
+        raise UsageError(f"--jobs must be a whole number of at least 1 (got {jobs})")
     from .tasks import new_run_id, platform_rules
     from .listing import select_platforms
     select_platforms([], args.platform, platform_rules())  # refuse unknown platform names up front
     return dict(version=args.version, mirror=str(args.mirror.absolute()), listing_url=args.listing_url,
                 platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
-                no_ssl=args.no_ssl, jobs=args.jobs, run_id=new_run_id())
+                no_ssl=args.no_ssl, jobs=int(jobs), run_id=new_run_id())
 
 
 def run_mirror(args) -> int:
     """Mirror the listing into --mirror; print the summary; return the exit code."""
-    from . import mirror as work
     from .credentials import resolve_credentials
-    from .tasks import FetchListing, VerifyTree
     from .workspace import Workspace
 
     params = _mirror_params(args)
@@ -115,9 +125,18 @@ def run_mirror(args) -> int:
     if credentials is None:
         say("note: no SCM account found (SCM_USER/SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
     ws = Workspace(args.mirror)
-    ws.mirror.mkdir(parents=True, exist_ok=True)
+    ws.state.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
+        return _locked_mirror(args, params, ws)
+
+
+def _locked_mirror(args, params: Dict, ws) -> int:
+    from . import mirror as work
+    from .tasks import FetchListing, VerifyTree
+
     started = time.monotonic()
-    failures = run_graph([VerifyTree(deep=args.deep, **params)], log_file=ws.run_dir(params["run_id"]) / "luigi.log",
+    deep = {} if args.deep is None else {"deep": True}
+    failures = run_graph([VerifyTree(**deep, **params)], log_file=ws.run_dir(params["run_id"]) / "luigi.log",
                          verbose=args.verbose)
     snapshot_task = FetchListing(**params)
     snapshot = work.load_snapshot(snapshot_task.output().path) if snapshot_task.complete() else None
@@ -164,25 +183,43 @@ def _print_mirror_summary(s: Dict, args) -> None:
 
 def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    p.add_argument("--chunk-size", default="3900MiB", help="largest chunk, with units (default 3900MiB: fits FAT32)")
-    p.add_argument("--compression", default="copy", choices=["copy", "zstd", "lzma2"],
-                   help="copy (default): packages are already compressed")
+    p.add_argument("--chunk-size", help="largest chunk, with units (default: luigi.cfg [BundleArchive], else 3900MiB)")
+    p.add_argument("--compression", choices=COMPRESSIONS,
+                   help="default: luigi.cfg [BundleArchive], else copy (packages are already compressed)")
     p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
     p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
     p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
 
 
-def run_bundle(args) -> int:
-    """Mirror (unless --offline), then write the bundle folder."""
-    from .tasks import BundleArchive
-    from .workspace import Workspace
+FAT32_LIMIT = 4 * 1024**3 - 1
+MIN_CHUNK = 64 * 1024
 
-    parse_size(args.chunk_size)
-    if args.compression == "zstd":
+
+def _bundle_settings(args):
+    """Chunk size and compression from the command line, else luigi.cfg [BundleArchive]; checked up front."""
+    chunk_size = setting(args.chunk_size, "BundleArchive", "chunk_size", "3900MiB")
+    compression = setting(args.compression, "BundleArchive", "compression", "copy")
+    size = parse_size(chunk_size)
+    if size < MIN_CHUNK:
+        raise UsageError(f"chunk size {chunk_size} is too small: use at least 64KiB (3900MiB suits USB sticks)")
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r} in luigi.cfg: use one of {', '.join(COMPRESSIONS)}")
+    if size > FAT32_LIMIT:
+        say(f"note: chunks of {chunk_size} do not fit on FAT32 sticks (files must stay below 4 GiB)")
+    if compression == "zstd":
         say("note: --compression zstd: stock 7-Zip cannot open zstd chunks (7-Zip-zstd and amsrepomirror can); "
             "checking by hand with 7z needs copy or lzma2")
+    return chunk_size, compression
+
+
+def run_bundle(args) -> int:
+    """Mirror (unless --offline), then write the bundle folder."""
+    from .tasks import BundleArchive, new_run_id
+    from .workspace import Workspace
+
+    chunk_size, compression = _bundle_settings(args)
     if args.dry_run:
-        return _print_plan(args.mirror, args.version, args.chunk_size, args.compression, args.stick_size)
+        return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size)
     if not args.offline:
         code = run_mirror(args)
         if code:
@@ -192,10 +229,11 @@ def run_bundle(args) -> int:
     if not ws.manifest_path(args.version).exists():
         raise UsageError(f"--offline: {args.mirror} has no verified {args.version} mirror yet; run mirror first")
     # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
-    params = dict(version=args.version, mirror=str(ws.mirror), offline=True)
-    log = ws.state / "bundle.log"
-    task = BundleArchive(out=str(args.out.absolute()), chunk_size=args.chunk_size, compression=args.compression, **params)
-    failure = worst(run_graph([task], workers=2, log_file=log, verbose=args.verbose))
+    task = BundleArchive(version=args.version, mirror=str(ws.mirror), offline=True, out=str(args.out.absolute()),
+                         chunk_size=chunk_size, compression=compression)
+    with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
+        failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
+                                  verbose=args.verbose))
     if failure:
         say(f"error: {failure['message']}")
         return failure["code"]
@@ -220,12 +258,16 @@ def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compressi
         raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
     manifest = Manifest.read(path)
     plan = chunk_plan(manifest.files, parse_size(chunk_size), manifest.version, compression)
-    print(describe_plan(plan, manifest.files, parse_size(stick_size) if stick_size else None), end="")
+    stick = parse_size(stick_size) if stick_size else None
+    print(describe_plan(plan, manifest.files, stick), end="")
+    if stick and any(c.max_size > stick for c in plan):
+        raise UsageError(f"chunks of {chunk_size} do not fit on sticks of {stick_size}: use a smaller --chunk-size")
     return 0
 
 
 def run_plan(args) -> int:
-    return _print_plan(args.mirror, args.version, args.chunk_size, args.compression, args.stick_size)
+    chunk_size, compression = _bundle_settings(args)
+    return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size)
 
 
 def run_verify(args) -> int:
@@ -314,8 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
     p.add_argument("--mirror", required=True, type=Path)
     p.add_argument("--version", help="AMS version (needed when the mirror holds several)")
-    p.add_argument("--chunk-size", default="3900MiB")
-    p.add_argument("--compression", default="copy", choices=["copy", "zstd", "lzma2"])
+    p.add_argument("--chunk-size", help="default: luigi.cfg [BundleArchive], else 3900MiB")
+    p.add_argument("--compression", choices=COMPRESSIONS)
     p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
     p.set_defaults(func=run_plan)
 
@@ -338,7 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+def _use_project_config() -> None:
+    """Read the project's luigi.cfg when run from elsewhere (cron) and no other config was named."""
+    import os
+    project_cfg = Path(__file__).resolve().parent.parent / "luigi.cfg"
+    if not Path("luigi.cfg").exists() and "LUIGI_CONFIG_PATH" not in os.environ and project_cfg.exists():
+        luigi.configuration.add_config_path(str(project_cfg))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    _use_project_config()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -355,6 +406,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MirrorError as exc:
         say(f"error: {exc}")
         return exit_code_for(exc)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            say(f"error: disk full: {exc.filename or ''} {exc.strerror}".replace("  ", " "))
+            return errors.NO_SPACE
+        say(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+        return errors.RUNTIME_FAILURE
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from urllib3.util.retry import Retry
 from . import __version__
 from .credentials import Credentials
 from .errors import AuthError, FetchError
+from .fsutil import local_writes
 from .hashing import sha256_stream
 from .listing import redact
 
@@ -186,23 +187,20 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
             else:
                 raise FetchError(f"cannot fetch {redact(url)}: HTTP {resp.status_code}")
             etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-            _part_meta_path(part).write_text(json.dumps({"etag": etag, "last_modified": last_modified}))
-            with open(part, "r+b" if offset else "wb") as out:
-                out.seek(offset)
-                out.truncate()
-                try:
-                    for block in resp.iter_content(chunk_size=STREAM_BLOCK):
-                        out.write(block)
-                        hasher.update(block)
-                        transferred += len(block)
-                        on_bytes(len(block))
-                except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-                    out.flush()
-                    retry = _spend(retry, url, exc)
-                    continue
-                size = out.tell()
-                out.flush()
-                os.fsync(out.fileno())
+            with local_writes(str(part)):
+                _part_meta_path(part).write_text(json.dumps({"etag": etag, "last_modified": last_modified}))
+                with open(part, "r+b" if offset else "wb") as out:
+                    out.seek(offset)
+                    out.truncate()
+                    cut = _stream_into(resp, out, hasher, on_bytes)
+                    size = out.tell()
+                    if cut is None:
+                        out.flush()
+                        os.fsync(out.fileno())
+                transferred += size - offset
+            if cut is not None:
+                retry = _spend(retry, url, cut)
+                continue
         finally:
             resp.close()
         total = total if total is not None else remote.size
@@ -211,6 +209,24 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
             continue
         _part_meta_path(part).unlink()
         return FetchResult(size, hasher.hexdigest(), etag, last_modified, transferred)
+
+
+def _stream_into(resp: requests.Response, out, hasher, on_bytes: Callable[[int], None]) -> Optional[Exception]:
+    """Copy the body into ``out``; return the network error that cut it, if any.
+
+    Local write errors propagate (a full disk is not worth a retry).
+    """
+    blocks = resp.iter_content(chunk_size=STREAM_BLOCK)
+    while True:
+        try:
+            block = next(blocks, None)
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            return exc
+        if block is None:
+            return None
+        out.write(block)
+        hasher.update(block)
+        on_bytes(len(block))
 
 
 def _discard(part: Path) -> None:

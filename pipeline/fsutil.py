@@ -1,5 +1,7 @@
 """Small filesystem helpers: atomic writes and free-space checks."""
 
+import contextlib
+import errno
 import json
 import os
 import shutil
@@ -7,7 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import DiskSpaceError
+from .errors import DiskSpaceError, MirrorError, UsageError
 from .units import format_size
 
 
@@ -77,3 +79,35 @@ def remove_entry(path: Path) -> None:
         shutil.rmtree(path)
     else:
         os.unlink(path)
+
+
+@contextlib.contextmanager
+def local_writes(what: str):
+    """Turn a local disk error into the project's errors: a full disk or quota is exit 5."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise DiskSpaceError(f"disk full while writing {what}: {exc.strerror}") from None
+        raise MirrorError(f"cannot write {what}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str):
+    """Hold an advisory lock on ``path`` (created if needed); UsageError(``busy``) if another process has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        try:
+            if os.name == "nt":
+                import msvcrt
+                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+                raise UsageError(f"{busy} (lock {path} is held); wait for it to finish") from None
+            raise
+        yield path
+    finally:
+        os.close(fd)  # releases the lock

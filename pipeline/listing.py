@@ -38,7 +38,10 @@ def listing_url_for(version: str, listing_url: str = "") -> str:
     """The listing URL to use: the given one, or SCM's for ``version``."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", version or ""):
         raise UsageError(f"invalid version {version!r}: expected something like AMS2026.1")
-    return listing_url or DEFAULT_LISTING_URL.format(version=version)
+    url = listing_url or DEFAULT_LISTING_URL.format(version=version)
+    if "@" in urlsplit(url).netloc:
+        raise UsageError("the listing URL must not carry a user or password: use SCM_USER/SCM_PASSWORD or ~/.netrc")
+    return url
 
 
 def repository_root(listing_url: str) -> str:

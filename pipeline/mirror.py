@@ -7,18 +7,19 @@ import datetime
 import json
 import os
 import posixpath
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import requests
 
 from . import __version__
-from .errors import AuthError, FetchError, IntegrityError, MirrorError, UsageError
+from .errors import AuthError, DiskSpaceError, FetchError, IntegrityError, MirrorError, UsageError
 from .fetch import RemoteInfo, fetch_text, fetch_to_part, probe
-from .fsutil import require_free_space
+from .fsutil import local_writes, require_free_space
 from .hashing import sha256_file
 from .listing import ListedFile, parse_listing, redact, select_platforms
 from .manifest import FileEntry, Manifest
@@ -36,9 +37,11 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
                   rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float) -> Dict:
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
     listed = parse_listing(fetch_text(session, listing_url, timeout), listing_url)
+    index = f"{version}.yml"
+    if index not in {f.path for f in listed}:
+        raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
     selected = select_platforms(listed, platforms, rules)
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        answers = list(pool.map(lambda f: _probe_or_error(session, f, timeout), selected))
+    answers = run_concurrently(lambda f: _probe_or_error(session, f, timeout), selected, jobs)
     files, unauthorized, failed = [], [], []
     for item, answer in zip(selected, answers):
         if isinstance(answer, MirrorError):
@@ -75,6 +78,30 @@ def _probe_or_error(session, item: ListedFile, timeout: float):
         return exc
 
 
+class Stopped(Exception):
+    """Raised inside a worker thread when the run is being interrupted."""
+
+
+def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[threading.Event] = None) -> List:
+    """``[fn(x) for x in items]`` on ``jobs`` threads; Ctrl-C or an error stops the rest at once.
+
+    Queued items are cancelled and running ones see ``stop`` set, so an interrupted run ends
+    promptly (their partial downloads stay for the next run to resume).
+    """
+    stop = stop or threading.Event()
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = [pool.submit(fn, item) for item in items]
+    try:
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return [f.result() for f in futures]
+
+
 @lru_cache(maxsize=8)
 def load_snapshot(path: str) -> Dict:
     """A run's snapshot (immutable once written), indexed by path; cached per process."""
@@ -107,18 +134,21 @@ class DownloadOutcome:
 
 
 def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: str, timeout: float,
-                 progress: Optional[ByteProgress]) -> None:
+                 on_bytes: Callable[[int], None]) -> None:
     """Fetch one file into its ``.part``, then move it into the mirror and write its record."""
     rel, part = entry["path"], ws.part_path(entry["path"])
     remote = RemoteInfo(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
-    result = fetch_to_part(session, entry["url"], part, remote, timeout, progress.update if progress else (lambda n: None))
+    with local_writes(str(part)):
+        part.parent.mkdir(parents=True, exist_ok=True)
+    result = fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes)
     target = ws.file(rel)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ws.drop_record(rel)  # the old record must never describe the new file
-    os.replace(part, target)
-    st = os.stat(target)
-    ws.write_record(rel, FileRecord(st.st_size, st.st_mtime_ns, result.sha256, entry["url"], result.etag,
-                                    result.last_modified, run_id, result.bytes_transferred))
+    with local_writes(str(target)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ws.drop_record(rel)  # the old record must never describe the new file
+        os.replace(part, target)
+        st = os.stat(target)
+        ws.write_record(rel, FileRecord(st.st_size, st.st_mtime_ns, result.sha256, entry["url"], result.etag,
+                                        result.last_modified, run_id, result.bytes_transferred))
     if (result.etag, result.last_modified) != (entry.get("etag"), entry.get("last_modified")):
         raise FetchError(f"{rel} changed on the server during this run; run mirror again to pick up the new version")
 
@@ -131,18 +161,28 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
     unlicensed files are sorted out).
     """
     outcome = DownloadOutcome()
+    stop = threading.Event()
+
+    def on_bytes(n):
+        if stop.is_set():
+            raise Stopped()
+        if progress:
+            progress.update(n)
 
     def work(entry):
+        if stop.is_set():
+            return
         try:
-            download_one(session, ws, entry, run_id, timeout, progress)
+            download_one(session, ws, entry, run_id, timeout, on_bytes)
             outcome.fetched.append(entry["path"])
+        except Stopped:
+            pass
+        except (DiskSpaceError, AuthError):
+            raise  # no other file can do better: stop the run
         except MirrorError as exc:
             outcome.failed[entry["path"]] = str(exc)
-        except OSError as exc:
-            outcome.failed[entry["path"]] = f"{entry['path']}: {exc.strerror or exc}"
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(work, entries))
+    run_concurrently(work, entries, jobs, stop)
     for path, message in sorted(outcome.failed.items()):
         ws.note_failure(run_id, "file", message, path)
     return outcome

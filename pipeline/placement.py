@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .errors import IntegrityError, UsageError
-from .fsutil import atomic_write_json, fsync_dir, remove_entry, require_free_space
+from .fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
 
 REPOSITORY = "repository"
 PREVIOUS = "repository.previous"
@@ -415,21 +415,8 @@ def amshome_lock(amshome):
     Two unpacks into one AMSHOME would remove each other's staging; the second one gets a
     UsageError instead. The lock file ``.amsrepomirror.lock`` stays (it is never inside the tree).
     """
-    import fcntl
-
-    path = Path(amshome) / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UsageError(f"another amsrepomirror unpack is running in AMSHOME {amshome} "
-                                 f"(lock {path} is held); wait for it to finish") from exc
-            raise
+    with exclusive_lock(Path(amshome) / LOCK, f"another amsrepomirror unpack is running in AMSHOME {amshome}") as path:
         yield path
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def usage_hint(amshome, version: str) -> str:

@@ -21,6 +21,7 @@ from .errors import FetchError, MirrorError, exit_code_for
 from .fetch import make_session
 from .listing import compile_platform_rules, listing_url_for
 from .manifest import Manifest
+from .units import parse_size
 from .workspace import Workspace
 
 DEFAULT_PLATFORM_RULES = {
@@ -131,7 +132,7 @@ class DownloadFile(MirrorTask):
         return self.path.split("\n")
 
     def output(self):
-        snapshot = self.input().path
+        snapshot = str(self.workspace.snapshot_path(self.run_id))  # FetchListing's output, without a clone per check
         return [MirrorFileTarget(self.workspace, snapshot, p) for p in self.paths()]
 
     def run(self):
@@ -194,20 +195,22 @@ class VerifiedMirror(luigi.ExternalTask):
 
 
 class BundleTarget(luigi.Target):
-    """Exists when the bundle folder is finished (SHA256SUMS written last) for exactly this mirror manifest."""
+    """Exists when the bundle folder is finished (SHA256SUMS written last) for this mirror manifest and settings."""
 
-    def __init__(self, out: str, mirror_manifest_path: str):
+    def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
+        self.chunk_size, self.compression = parse_size(chunk_size), compression
 
     def exists(self):
         from .bundle import MANIFEST_NAME, SUMS_NAME, BundleManifest
         if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
             return False
         try:
-            built_from = BundleManifest.read(self.out / MANIFEST_NAME).mirror_manifest_sha256
+            built = BundleManifest.read(self.out / MANIFEST_NAME)
         except MirrorError:
             return False
-        return built_from == Manifest.read(self.mirror_manifest_path).sha256()
+        return ((built.chunk_size, built.compression) == (self.chunk_size, self.compression)
+                and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256())
 
 
 @inherits(VerifyTree)
@@ -226,7 +229,7 @@ class BundleArchive(MirrorTask):
         return self.clone(VerifyTree)
 
     def output(self):
-        return BundleTarget(self.out, self.input().path)
+        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression)
 
     def run(self):
         from . import bundling

@@ -335,3 +335,40 @@ def test_make_bundle_and_make_unpack_do_the_whole_job(server, request, repo_tree
     placed = _make("unpack", BUNDLE=out, AMSHOME=amshome)
     assert placed.returncode == 0, placed.stderr
     assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
+
+
+def test_bundle_refuses_a_split_file_changed_after_verification(made, tmp_path):
+    """Parts of a split file travel in several chunks: a change after verification must stop the bundle."""
+    mirror, out = made
+    big = mirror / BIG
+    data = bytearray(big.read_bytes())
+    data[-5] ^= 0xFF  # same size, new content, new mtime
+    big.write_bytes(bytes(data))
+    result = run_cli("bundle", "--version", VERSION, "--mirror", mirror, "--out", tmp_path / "b2",
+                     "--chunk-size", "1MiB", "--offline")
+    assert result.returncode == 4 and BIG in result.stderr and "run mirror again" in result.stderr
+    assert not (tmp_path / "b2" / "SHA256SUMS").exists()
+
+
+def test_rebundling_with_other_settings_rewrites_the_bundle(made):
+    mirror, out = made
+    before = len(chunks(out))
+    result = run_cli("bundle", "--version", VERSION, "--mirror", mirror, "--out", out, "--chunk-size", "2MiB", "--offline")
+    assert result.returncode == 0, result.stderr
+    manifest = BundleManifest.read(out / MANIFEST_NAME)
+    assert manifest.chunk_size == 2 * 1024 * 1024 and len(chunks(out)) < before
+    assert sorted(c.name for c in chunks(out)) == sorted(c.name for c in manifest.chunks)
+    assert run_cli("verify", out).returncode == 0
+
+
+def test_chunk_size_from_luigi_cfg_applies_to_the_command(made, tmp_path):
+    mirror, out = made
+    cfg = tmp_path / "cfg"
+    cfg.write_text("[BundleArchive]\nchunk_size = 2MiB\n")
+    result = run_cli("bundle", "--version", VERSION, "--mirror", mirror, "--out", tmp_path / "b3", "--offline",
+                     env=cli_env(LUIGI_CONFIG_PATH=str(cfg)))
+    assert result.returncode == 0, result.stderr
+    assert BundleManifest.read(tmp_path / "b3" / MANIFEST_NAME).chunk_size == 2 * 1024 * 1024
+    tiny = run_cli("bundle", "--version", VERSION, "--mirror", mirror, "--out", tmp_path / "b4", "--offline",
+                   "--chunk-size", "10")
+    assert tiny.returncode == 2 and "too small" in tiny.stderr

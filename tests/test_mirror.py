@@ -233,14 +233,30 @@ def test_platform_selection_keeps_platform_and_independent_files(scm_double, rep
     assert bad.returncode == 2 and "unknown platform" in bad.stderr
 
 
-def test_missing_index_yml_fails_verification(scm_double, repo_tree, tmp_path):
-    remove_file(repo_tree, f"{VERSION}.yml")
+def test_listing_without_the_version_index_is_refused_before_downloading(scm_double, repo_tree, tmp_path):
     write_listing(repo_tree, VERSION, scm_double.base_url,
                   [p for p in repository_files(repo_tree) if p != f"{VERSION}.yml"])
+    scm_double.clear_log()
     result = mirror(scm_double, tmp_path / "m")
-    assert result.returncode == 4
+    assert result.returncode == 2
     assert f"{VERSION}.yml" in result.stderr
+    assert body_gets(scm_double) == [] and scm_double.records("HEAD") == []
+
+
+def test_index_yml_refused_by_the_server_fails_verification(repo_tree, tmp_path):
+    with ScmDouble(repo_tree, unauthorized_prefixes=("licensed/", f"{VERSION}.yml")) as double:
+        result = mirror(double, tmp_path / "m")
+    assert result.returncode == 4
+    assert f"{VERSION}.yml" in result.stderr and "401" in result.stderr
     assert not (tmp_path / "m" / ".amsrepomirror" / f"{VERSION}.manifest.json").exists()
+
+
+def test_credentials_in_the_listing_url_are_refused(scm_double, tmp_path):
+    url = scm_double.listing_url(VERSION).replace("http://", "http://demo:demo-pass@")
+    result = mirror(url, tmp_path / "m")
+    assert result.returncode == 2 and "SCM_PASSWORD" in result.stderr
+    assert "demo-pass" not in result.stderr
+    assert not (tmp_path / "m").exists()
 
 
 def test_no_ssl_warns_every_run(scm_double, tmp_path):
@@ -333,3 +349,63 @@ def test_verify_trusts_size_and_mtime_unless_deep(scm_double, repo_tree, tmp_pat
     assert mirror(scm_double, dest).returncode == 0
     assert [r.relpath for r in body_gets(scm_double)] == ["common/data/basis-sets-2026.101.tar.zst"]
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def _wait_for_part(dest, min_bytes=1, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parts = [p for p in (dest / ".amsrepomirror" / "parts").rglob("*.part") if p.stat().st_size >= min_bytes] \
+            if (dest / ".amsrepomirror" / "parts").exists() else []
+        if parts:
+            return parts[0]
+        time.sleep(0.02)
+    raise AssertionError("no download started")
+
+
+def test_ctrl_c_stops_promptly_and_the_rerun_resumes(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "m"
+    scm_double.throttle(200_000)
+    proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION))
+    _wait_for_part(dest, 50_000)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=15)  # not after every queued file has downloaded
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    scm_double.throttle(None)
+    scm_double.clear_log()
+    assert mirror(scm_double, dest).returncode == 0
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    assert any(r.range for r in scm_double.records("GET"))  # something resumed at the byte
+
+
+def test_disk_filling_up_during_download_is_exit_5(scm_double, repo_tree, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=8m tmpfs {small} 2>/dev/null") != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        scm_double.throttle(500_000)
+        proc = popen_cli("mirror", "--version", VERSION, "--mirror", small / "m",
+                         "--listing-url", scm_double.listing_url(VERSION))
+        _wait_for_part(small / "m")
+        os.system(f"dd if=/dev/zero of={small}/filler bs=64k 2>/dev/null")  # another process fills the disk
+        scm_double.throttle(None)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 5, err
+        assert "disk full" in err and "Traceback" not in err
+        os.unlink(small / "filler")
+        assert mirror(scm_double, small / "m").returncode == 0
+        assert tree_hashes(small / "m") == served_tree(repo_tree, VERSION)
+    finally:
+        os.system(f"umount {small}")
+
+
+def test_two_runs_on_one_mirror_do_not_collide(scm_double, tmp_path):
+    dest = tmp_path / "m"
+    scm_double.throttle(300_000)
+    first = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION))
+    _wait_for_part(dest)
+    second = mirror(scm_double, dest)
+    assert second.returncode == 2 and "another amsrepomirror run" in second.stderr
+    first.kill()
+    first.wait()
