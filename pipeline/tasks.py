@@ -6,6 +6,7 @@ Each task's ``output()`` is the single truth of "done"; the work is done by plai
 """
 
 import datetime
+import functools
 import json
 import os
 import traceback
@@ -69,6 +70,13 @@ class MirrorTask(luigi.Task):
     @property
     def workspace(self) -> Workspace:
         return Workspace(self.mirror)
+
+    @classmethod
+    @functools.lru_cache(maxsize=None)
+    def get_params(cls):
+        # Luigi rebuilds this list with dir(cls) on every instantiation and clone; with one
+        # DownloadFile per listed file that alone costs seconds, and a class's parameters never change.
+        return super().get_params()
 
     def on_failure(self, exception):
         message = str(exception) if isinstance(exception, MirrorError) else f"{exception.__class__.__name__}: {exception}"
