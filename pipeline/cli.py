@@ -28,13 +28,18 @@ def say(message: str) -> None:
 def _configure_logging(log_file: Optional[Path], verbose: bool) -> None:
     """Luigi's chatter goes to a log file (and the terminal with --verbose), never in the way of our summary."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks over our one-line error
+    if log_file:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.open("a").close()
+        except OSError:
+            log_file = None  # unwritable (read-only AMSHOME, full disk): the task reports that itself
     for name in ("luigi", "luigi-interface"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = False
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
         if log_file:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
             handler = logging.FileHandler(log_file)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
@@ -152,7 +157,8 @@ def _locked_mirror(args, params: Dict, ws) -> int:
     summary["exit_code"] = failure["code"] if failure else (errors.RUNTIME_FAILURE if summary["failed"] else 0)
     summary["error"] = failure["message"] if failure else ""
     summary["manifest"] = str(ws.manifest_path(args.version)) if not failure else ""
-    _print_mirror_summary(summary, args)
+    if snapshot is not None:  # without a listing there is nothing to summarize: the error line says why
+        _print_mirror_summary(summary, args)
     if args.report:
         atomic_write_json(args.report, summary)
     ws.prune_runs()
@@ -292,7 +298,8 @@ def run_unpack(args) -> int:
     if task.complete():
         say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
     else:
-        failure = worst(run_graph([task], verbose=args.verbose))
+        log = args.amshome.absolute() / ".amsrepomirror-unpack.log" if args.amshome.is_dir() else None
+        failure = worst(run_graph([task], log_file=log, verbose=args.verbose))
         if failure:
             say(f"error: {failure['message']}")
             return failure["code"]

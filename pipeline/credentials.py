@@ -26,7 +26,7 @@ class Credentials:
 def resolve_credentials(url: str, *, interactive: bool = False) -> Optional[Credentials]:
     """SCM_USER/SCM_PASSWORD, else ~/.netrc for the URL's host, else a prompt on a terminal."""
     user, password = os.environ.get("SCM_USER"), os.environ.get("SCM_PASSWORD")
-    if user and password is not None:
+    if user and password:
         return Credentials(user, password, "environment (SCM_USER/SCM_PASSWORD)")
     netrc = get_netrc_auth(url)
     if netrc:

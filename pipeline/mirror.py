@@ -182,7 +182,8 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
         except MirrorError as exc:
             outcome.failed[entry["path"]] = str(exc)
 
-    run_concurrently(work, entries, jobs, stop)
+    # Largest first: the long transfers start early and the last minutes keep every connection busy.
+    run_concurrently(work, sorted(entries, key=lambda e: -(e.get("size") or 0)), jobs, stop)
     for path, message in sorted(outcome.failed.items()):
         ws.note_failure(run_id, "file", message, path)
     return outcome

@@ -113,6 +113,9 @@ class Workspace:
             return None
         return record if record.matches_stat(st) else None
 
+    def drop_parts(self) -> None:
+        shutil.rmtree(self.state / "parts", ignore_errors=True)
+
     def part_bytes(self, rel: str) -> int:
         try:
             return self.part_path(rel).stat().st_size
