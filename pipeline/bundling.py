@@ -97,7 +97,9 @@ def check_unchanged(mirror: str, plan: BundlePlan, index: int) -> None:
 def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int) -> ChunkResult:
     spec = plan.chunks[index]
     check_unchanged(mirror, plan, index)
-    result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path())
+    # check_unchanged tied every file to its verified record: hash only the parts of split files.
+    result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path(),
+                         rehash_whole_files=False)
     atomic_write_json(_marker(out, plan, index), {"chunk": asdict(result.chunk), "piece_sha256": result.piece_sha256})
     print(f"bundle: wrote {spec.name} ({len(spec.pieces)} file(s) or parts, {result.chunk.size} bytes)", flush=True)
     return result

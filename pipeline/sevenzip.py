@@ -51,20 +51,20 @@ def filters_for(compression: str):
 
 
 class _PieceReader(io.BufferedIOBase):
-    """Bytes ``offset .. offset+size`` of ``raw``, hashed (sha256) as they are read.
+    """Bytes ``offset .. offset+size`` of ``raw``, hashed (sha256) as they are read unless ``hash`` is False.
 
     Seeking is allowed (py7zr seeks to the end and back to learn the size), but reads must be
     sequential so that the hash covers each byte once and in order.
     """
 
-    def __init__(self, raw, offset: int, size: int, hasher=None):
+    def __init__(self, raw, offset: int, size: int, hash: bool = True):
         super().__init__()
         self._raw = raw
         self._offset = offset
         self._size = size
         self._pos = 0
         self.hashed = 0  # bytes hashed so far
-        self.hasher = hasher or hashlib.sha256()
+        self.hasher = hashlib.sha256() if hash else None
         raw.seek(offset)
 
     def readable(self) -> bool:
@@ -100,7 +100,8 @@ class _PieceReader(io.BufferedIOBase):
             want = min(n, want)
         self._raw.seek(self._offset + self._pos)
         data = self._raw.read(want)
-        self.hasher.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         self._pos += len(data)
         self.hashed += len(data)
         return data
@@ -128,8 +129,15 @@ def write_chunk(
     dest: Path,
     compression: str,
     expected: Mapping[str, FileEntry],
+    *,
+    rehash_whole_files: bool = True,
 ) -> ChunkResult:
     """Write chunk ``spec`` from files under ``mirror_dir`` into the bundle folder ``dest``.
+
+    Parts of split files are always hashed as they are packed (their sha256 goes into the
+    bundle manifest). Whole files are hashed and compared with ``expected`` unless
+    ``rehash_whole_files`` is False, for callers that have already tied each file to its
+    verified record (size and mtime), as the mirror's own hash cache does.
 
     ``dest`` is the bundle folder (the chunk becomes ``dest/spec.name``); a path whose name is
     ``spec.name`` is accepted too. The archive is built under a hidden temp name
@@ -151,7 +159,7 @@ def write_chunk(
     try:
         os.chmod(tmp, 0o644)  # chunks are read by other accounts on shared filesystems
         with os.fdopen(fd, "w+b") as fp:
-            piece_sha = _write_archive(fp, spec, Path(mirror_dir), filters, expected)
+            piece_sha = _write_archive(fp, spec, Path(mirror_dir), filters, expected, rehash_whole_files)
             fp.flush()
             os.fsync(fp.fileno())
             # py7zr rewrites the signature header at the end: hash the finished file.
@@ -174,7 +182,8 @@ def write_chunk(
     return ChunkResult(chunk=chunk, piece_sha256=piece_sha)
 
 
-def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Mapping[str, FileEntry]) -> Dict[str, str]:
+def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Mapping[str, FileEntry],
+                   rehash_whole_files: bool) -> Dict[str, str]:
     piece_sha: Dict[str, str] = {}
     archive = py7zr.SevenZipFile(fp, "w", filters=filters)
     archive.set_encoded_header_mode(False)
@@ -196,13 +205,16 @@ def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Map
                 )
             if piece.offset + piece.size > entry.size:
                 raise UsageError(f"plan piece {piece.member} lies beyond the end of {piece.path}; re-plan")
-            reader = _PieceReader(src, piece.offset, piece.size)
+            reader = _PieceReader(src, piece.offset, piece.size, hash=piece.is_part or rehash_whole_files)
             archive.writef(reader, piece.member)
             if reader.hashed != piece.size:
                 raise IntegrityError(
                     f"{piece.path} changed since it was verified; re-run mirror "
                     f"(read {reader.hashed} of {piece.size} bytes of {piece.member})"
                 )
+        if reader.hasher is None:
+            piece_sha[piece.member] = entry.sha256
+            continue
         digest = reader.hasher.hexdigest()
         if not piece.is_part and digest != entry.sha256:
             raise IntegrityError(f"{piece.path} changed since it was verified; re-run mirror (sha256 differs)")
