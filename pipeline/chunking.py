@@ -237,16 +237,6 @@ def _check_collisions(paths: set, split_paths: List[str], groups: List[List[Piec
             )
 
 
-def plan_files_by_chunk(plan: Sequence[ChunkSpec]) -> Dict[str, List[Piece]]:
-    """``path -> pieces in offset order`` across the whole plan."""
-    out: Dict[str, List[Piece]] = {}
-    for spec in plan:
-        for p in spec.pieces:
-            out.setdefault(p.path, []).append(p)
-    for pieces in out.values():
-        pieces.sort(key=lambda p: p.offset)
-    return out
-
 
 def _pack_sticks(sizes: Mapping[str, int], stick_size: int) -> List[List[str]]:
     """First-fit decreasing; every size must be <= stick_size."""

@@ -5,8 +5,10 @@ stored at ``<mirror>/X``. Every URL is checked before anything is fetched, so a 
 never touches the mirror.
 """
 
+import os
 import posixpath
 import re
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
 from urllib.parse import unquote, urlsplit
@@ -75,9 +77,20 @@ def _relative_path(url: str, root: str, lineno: int) -> str:
     for seg in segments:
         if seg in ("", ".", "..") or "\\" in seg or "/" in seg or "\x00" in seg:
             raise UsageError(f"{where}: refusing unsafe path {raw!r} in {redact(url)}")
+    if WINDOWS and any(_bad_on_windows(seg) for seg in segments):
+        raise UsageError(f"{where}: {raw!r} cannot be stored on Windows (reserved name or character)")
     if segments[0] == STATE_DIR:
         raise UsageError(f"{where}: path {raw!r} collides with the mirror's own state folder {STATE_DIR}/")
     return "/".join(segments)
+
+
+WINDOWS = os.name == "nt"
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+
+
+def _bad_on_windows(segment: str) -> bool:
+    return (any(c in segment for c in '<>:"|?*') or segment.endswith((".", " "))
+            or segment.split(".")[0].lower() in _WINDOWS_RESERVED)
 
 
 def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
@@ -93,6 +106,12 @@ def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
             seen[path] = ListedFile(url=line, path=path)
     if not seen:
         raise UsageError(f"the listing {redact(listing_url)} lists no files")
+    if WINDOWS or sys.platform == "darwin":  # case-insensitive filesystems: two paths, one file
+        folded = {}
+        for path in seen:
+            other = folded.setdefault(path.lower(), path)
+            if other != path:
+                raise UsageError(f"the listing names {other!r} and {path!r}, one file on this case-insensitive system")
     _refuse_file_dir_clashes(seen)
     return list(seen.values())
 

@@ -44,8 +44,9 @@ class ByteProgress:
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0
         pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta_text = f"ETA {eta:.0f} s" if rate > 0 else "starting"
         print(f"{self.desc}: {format_size(self.done)} of {format_size(self.total)} ({pct:.0f}%), "
-              f"{format_size(rate)}/s, ETA {eta:.0f} s", file=self.stream, flush=True)
+              f"{format_size(rate)}/s, {eta_text}", file=self.stream, flush=True)
 
     def close(self) -> None:
         with self._lock:

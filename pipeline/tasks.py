@@ -186,10 +186,6 @@ class VerifyTree(MirrorTask):
             f.write(manifest.to_json().decode())
 
 
-def verified_manifest(mirror_dir: str, version: str) -> Manifest:
-    """The latest verified manifest of a mirror (for bundling without the network)."""
-    return Manifest.read(Workspace(mirror_dir).manifest_path(version))
-
 
 # ---- bundle (online side, after VerifyTree) -------------------------------------------------------
 

@@ -73,3 +73,15 @@ def test_platform_rules_select_platform_and_independent_files():
     assert len(select_platforms(files, [], rules)) == 5
     with pytest.raises(UsageError, match="unknown platform"):
         select_platforms(files, ["beos"], rules)
+
+
+def test_names_windows_cannot_store_are_refused_on_windows(monkeypatch):
+    import pipeline.listing as listing
+    monkeypatch.setattr(listing, "WINDOWS", True)
+    for bad in ("common/con.txt", "a:b.zip", "trailing.", "x|y"):
+        with pytest.raises(UsageError, match="cannot be stored on Windows"):
+            parse_listing(f"{ROOT}{bad}\n", LISTING_URL)
+    with pytest.raises(UsageError, match="case-insensitive"):
+        parse_listing(f"{ROOT}Docs/a.pdf\n{ROOT}docs/A.pdf\n", LISTING_URL)
+    monkeypatch.setattr(listing, "WINDOWS", False)
+    assert len(parse_listing(f"{ROOT}a:b.zip\n", LISTING_URL)) == 1
