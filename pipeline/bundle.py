@@ -5,7 +5,10 @@ archive; a file larger than a chunk is stored as parts named ``<path>.part-0001`
 concatenated in order on unpack.
 """
 
+import hashlib
+import io
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -19,6 +22,9 @@ SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
 COMPRESSIONS = ("copy", "zstd", "lzma2")
 CHUNK_SUFFIX = ".7z"
+#: verify_bundle hashes this many chunks at a time (hashlib releases the GIL on large buffers).
+HASH_THREADS = 2
+HASH_BLOCK = 8 * 1024 * 1024
 
 
 def part_member(path: str, index: int) -> str:
@@ -202,6 +208,20 @@ def _hash_file(path: Path) -> str:
     from .hashing import sha256_file
 
     return sha256_file(path)
+
+
+def _sha256_chunk(path: Path) -> str:
+    """Hex SHA-256 of a (large) file: big reads into one reused buffer, so a hashing thread
+    spends its time in hashlib and the kernel, outside the GIL."""
+    hasher = hashlib.sha256()
+    view = memoryview(bytearray(HASH_BLOCK))
+    with io.FileIO(path, "rb") as f:
+        while True:
+            n = f.readinto(view)
+            if not n:
+                break
+            hasher.update(view[:n])
+    return hasher.hexdigest()
 
 
 def write_sums(bundle_dir: Path, names, known: Optional[Dict[str, str]] = None) -> Dict[str, str]:
@@ -390,7 +410,11 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
     ("truncated" when short) and sha256 ("corrupt"); no ``*.7z`` file that is not in the manifest
     ("unexpected"); and, with ``test_archives``, each intact chunk decompresses with correct
-    CRCs and holds exactly the members the manifest lists. Each chunk is hashed once (streaming).
+    CRCs and holds exactly the members the manifest lists.
+
+    Each chunk of the right size is read once to hash it (streaming, ``HASH_THREADS`` chunks at
+    a time); with ``test_archives`` each intact chunk is then read a second time, to decompress
+    it. The problems come in the order of the chunk names either way.
     """
     from .hashing import sha256_file
 
@@ -456,37 +480,58 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
                 expected[name] = None
                 expected_sha[name] = digest
 
+    # Sizes first (cheap); the chunks of the right size are hashed HASH_THREADS at a time while
+    # the results are taken (and archives tested) in name order.
+    hashing: Dict[str, "Future[str]"] = {}
+    sizes: Dict[str, Optional[int]] = {}
     for name in sorted(expected):
         if not _is_safe_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
-            add(Problem(name, "unsafe chunk name", chunk=False))
             continue
-        path = bundle_dir / name
         try:
-            size = path.stat().st_size
+            sizes[name] = (bundle_dir / name).stat().st_size
         except FileNotFoundError:
-            add(Problem(name, "missing", chunk=True))
-            continue
-        want = expected[name]
-        if want is not None and size < want:
-            add(Problem(name, "truncated", f"{size} of {want} bytes", chunk=True))
-            continue
-        if want is not None and size > want:
-            add(Problem(name, "wrong size", f"{size} bytes, expected {want}", chunk=True))
-            continue
-        digest = sha256_file(path)
-        report.chunks_checked += 1
-        report.bytes_checked += size
-        if digest != expected_sha[name]:
-            add(Problem(name, "corrupt", "sha256 differs", chunk=True))
-            continue
-        if test_archives:
-            from .sevenzip import archive_members, test_archive
+            sizes[name] = None
+    pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="amsrepomirror-verify")
+    try:
+        for name, size in sizes.items():
+            want = expected[name]
+            if size is not None and (want is None or size == want):
+                hashing[name] = pool.submit(_sha256_chunk, bundle_dir / name)
 
-            trouble = test_archive(path)
-            if trouble is not None:
-                add(Problem(name, "bad archive", trouble, chunk=True))
-            elif name in members and archive_members(path) != members[name]:
-                add(Problem(name, "bad archive", f"members differ from {MANIFEST_NAME}", chunk=True))
+        for name in sorted(expected):
+            if not _is_safe_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+                add(Problem(name, "unsafe chunk name", chunk=False))
+                continue
+            path = bundle_dir / name
+            size = sizes[name]
+            if size is None:
+                add(Problem(name, "missing", chunk=True))
+                continue
+            want = expected[name]
+            if want is not None and size < want:
+                add(Problem(name, "truncated", f"{size} of {want} bytes", chunk=True))
+                continue
+            if want is not None and size > want:
+                add(Problem(name, "wrong size", f"{size} bytes, expected {want}", chunk=True))
+                continue
+            digest = hashing[name].result()
+            report.chunks_checked += 1
+            report.bytes_checked += size
+            if digest != expected_sha[name]:
+                add(Problem(name, "corrupt", "sha256 differs", chunk=True))
+                continue
+            if test_archives:
+                from .sevenzip import archive_members, test_archive
+
+                trouble = test_archive(path)
+                if trouble is not None:
+                    add(Problem(name, "bad archive", trouble, chunk=True))
+                elif name in members and archive_members(path) != members[name]:
+                    add(Problem(name, "bad archive", f"members differ from {MANIFEST_NAME}", chunk=True))
+    finally:
+        for future in hashing.values():
+            future.cancel()
+        pool.shutdown(wait=True)
 
     known_chunks = manifest is not None or sums is not None
     for path in sorted(bundle_dir.iterdir()) if known_chunks else []:

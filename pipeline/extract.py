@@ -12,15 +12,20 @@ bundle's SHA256SUMS: the bundle may have been tampered with or built by a buggy 
   (7-Zip writes such entries when it archives a folder); any other directory entry is refused.
   (The 7z format has no hard-link member type; a member with Unix mode bits of anything but a
   regular file or directory is refused as a special file.)
-* :func:`extract_chunk` extracts into a private, freshly created temporary directory inside
-  ``dest_dir`` (so a pre-existing symlink in ``dest_dir`` can never redirect a write), with
-  py7zr's ``max_extract_size`` set to the expected total, then checks that exactly the expected
-  regular files appeared with the expected size and SHA-256 (hashed as a stream, opened with
-  ``O_NOFOLLOW``), and only then renames them into place. Every directory component on the
-  way is checked with ``lstat`` and created by us; nothing ever follows a symlink in
-  ``dest_dir``.
-* :func:`reassemble` joins split files from their parts and is resumable.
+* :func:`extract_chunk` decompresses through py7zr's writer factory, so py7zr itself creates
+  nothing on disk: every byte goes through our writers, which accept only the expected members,
+  never more bytes than expected (py7zr's ``max_extract_size`` is set to the expected total as
+  well), and hash each member (SHA-256, in a second thread) as it is written. Whole files are
+  written into a private, freshly created temporary directory inside ``dest_dir`` (opened with
+  ``O_EXCL | O_NOFOLLOW``, so a pre-existing symlink can never redirect a write) and renamed into
+  place only after every member of the chunk has the expected size and SHA-256. With ``files``,
+  the parts of a split file are written straight to their offset in
+  ``<path>.amsrepomirror-partial`` (see :func:`reassemble`). Every directory component on the way
+  is checked with ``lstat`` and created by us; nothing ever follows a symlink in ``dest_dir``.
+* :func:`reassemble` finishes split files: it checks the whole file's SHA-256 (one read) and
+  renames it into place, or joins parts extracted as separate files; it is resumable.
 * :func:`verify_tree` is the final gate: the tree equals the manifest, nothing more, nothing less.
+* :func:`sync_tree` makes it all durable with one ``syncfs`` (instead of an fsync per file).
 
 Every problem with the content is an :class:`IntegrityError` (exit code 4); running out of disk
 space is a :class:`DiskSpaceError` (exit code 5).
@@ -28,21 +33,25 @@ space is a :class:`DiskSpaceError` (exit code 5).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
+import io
 import os
+import queue
 import re
 import stat
-from pathlib import Path
+import threading
+from pathlib import Path, PurePosixPath
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import py7zr
 import py7zr.exceptions
+from py7zr.io import Py7zIO, WriterFactory
 
-from .bundle import BundleFile, Chunk
+from .bundle import BundleFile, Chunk, Part
 from .errors import DiskSpaceError, IntegrityError
-from .fsutil import fsync_dir, remove_entry
-from .hashing import BLOCK
+from .fsutil import remove_entry
 
 #: Names starting with this, at any level of the tree, are ours (temporary files).
 RESERVED_PREFIX = ".amsrepomirror-"
@@ -54,6 +63,14 @@ PARTIAL_SUFFIX = RESERVED_PREFIX + "partial"
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 MAX_LISTED = 5
+#: Read size when hashing or joining files we wrote (large blocks: fewer syscalls and GIL trips).
+READ_BLOCK = 8 * 1024 * 1024
+#: Written blocks (py7zr hands over ~1 MiB at a time) that may wait for the hashing thread.
+HASH_QUEUE_DEPTH = 8
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: No effect on regular files; keeps an open() of a fifo planted in the tree from blocking.
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 Expected = Dict[str, Tuple[int, str]]
 
@@ -73,35 +90,52 @@ def _os_error(exc: OSError, what: str) -> Exception:
     return IntegrityError(f"{what} failed: {exc}")
 
 
+def _hash_fd(fd: int) -> Tuple[int, str]:
+    """(bytes read, sha256) of what is left to read from ``fd``, in READ_BLOCK reads."""
+    hasher = hashlib.sha256()
+    view = memoryview(bytearray(READ_BLOCK))
+    raw = io.FileIO(fd, "rb", closefd=False)
+    size = 0
+    while True:
+        n = raw.readinto(view)
+        if not n:
+            break
+        hasher.update(view[:n])
+        size += n
+    return size, hasher.hexdigest()
 
 
-def _hash_regular(path: Path, fsync: bool = False) -> Tuple[int, str]:
-    """(size, sha256) of a regular file, never following a symlink; IntegrityError otherwise."""
+def _open_regular(path: Path, what: str = "") -> int:
+    """Open a regular file for reading, never following a symlink; IntegrityError otherwise."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise IntegrityError(f"{path} is a symlink, expected a regular file") from exc
-        raise IntegrityError(f"cannot open {path}: {exc}") from exc
+            raise IntegrityError(f"{what or path} is a symlink, expected a regular file") from exc
+        raise IntegrityError(f"cannot open {what or path}: {exc}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IntegrityError(f"{what or path} is not a regular file")
+    return fd
+
+
+def _hash_regular(path: Path) -> Tuple[int, str]:
+    """(size, sha256) of a regular file, never following a symlink; IntegrityError otherwise."""
+    fd = _open_regular(path)
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise IntegrityError(f"{path} is not a regular file")
-        hasher = hashlib.sha256()
-        size = 0
-        while True:
-            block = os.read(fd, BLOCK)
-            if not block:
-                break
-            hasher.update(block)
-            size += len(block)
-        if fsync:
-            os.fsync(fd)
-        return size, hasher.hexdigest()
+        return _hash_fd(fd)
     finally:
         os.close(fd)
 
 
+def _write_all(fd: int, data, offset: Optional[int] = None) -> None:
+    """Write all of ``data`` (at ``offset`` with pwrite, else at the file position)."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        if offset is not None:
+            offset += n
+        view = view[n:]
 
 
 def safe_makedirs(root: Path, rel_dir: str) -> Path:
@@ -148,7 +182,7 @@ def name_problem(name: str) -> Optional[str]:
             return "empty path segment"
         if seg in (".", ".."):
             return f"'{seg}' path segment"
-        if seg.startswith(RESERVED_PREFIX):
+        if seg.startswith(RESERVED_PREFIX) or seg.endswith("." + PARTIAL_SUFFIX):
             return f"reserved name '{seg}'"
     return None
 
@@ -185,6 +219,185 @@ def _refuse(archive_path, chunk: Chunk, problems: List[str]) -> IntegrityError:
     shown = "; ".join(problems[:MAX_LISTED])
     more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
     return IntegrityError(f"unsafe or unexpected content in chunk {chunk.name} ({archive_path}): {shown}{more}")
+
+
+# --------------------------------------------------------------------------------------------
+# writing members as py7zr decompresses them
+
+
+class _HashThread:
+    """Feeds written blocks to their SHA-256 in a second thread.
+
+    hashlib releases the GIL on large buffers, so hashing runs alongside py7zr's read, CRC and
+    write of the next block instead of after it. Blocks are handed over in order through one FIFO
+    queue (a member is decompressed by one thread, so its blocks reach its hasher in order); at
+    most ``HASH_QUEUE_DEPTH`` blocks wait, which bounds the memory this takes.
+    """
+
+    def __init__(self) -> None:
+        self._queue: "queue.Queue" = queue.Queue(HASH_QUEUE_DEPTH)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="amsrepomirror-sha256", daemon=True)
+        self._thread.start()
+        self._stopped = False
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    item[0].update(item[1])
+                except BaseException as exc:  # keep draining so producers never block
+                    self._error = exc
+
+    def update(self, hasher, data: bytes) -> None:
+        self._queue.put((hasher, data))
+
+    def stop(self) -> None:
+        """Wait until every block handed over is hashed (idempotent)."""
+        if not self._stopped:
+            self._stopped = True
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise IntegrityError(f"hashing extracted data failed: {self._error}")
+
+
+class _MemberWriter(Py7zIO):
+    """Receives one member from py7zr: writes it at ``offset`` of ``fd`` and hashes it."""
+
+    def __init__(self, member: str, fd: int, offset: int, limit: int, hashes: _HashThread) -> None:
+        self.member = member
+        self.fd = fd
+        self.offset = offset
+        self.limit = limit
+        self.hashes = hashes
+        self.hasher = hashlib.sha256()
+        self.written = 0
+
+    def write(self, s) -> int:
+        n = len(s)
+        if self.written + n > self.limit:
+            raise IntegrityError(f"member {self.member!r} is longer than the {self.limit} bytes the bundle "
+                                 f"manifest lists")
+        # The hashing thread sees the block later: hand it an immutable copy, never a buffer
+        # py7zr might reuse (py7zr passes bytes or a fresh bytearray; copying 1 MiB is cheap).
+        data = s if isinstance(s, bytes) else bytes(s)
+        _write_all(self.fd, data, self.offset + self.written)
+        self.written += n
+        self.hashes.update(self.hasher, data)
+        return n
+
+    def read(self, size: Optional[int] = None) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation("extraction writers are not seekable")
+
+    def seekable(self) -> bool:  # tells py7zr's MemIO.close() not to rewind us
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return self.written
+
+
+class _Writers(WriterFactory):
+    """py7zr's writer factory for one chunk: a writer only for each expected member, once.
+
+    Whole files go to ``tmp/<member>`` (private directory, created ``O_EXCL | O_NOFOLLOW``);
+    members in ``in_place`` (parts of split files) go to their offset in the split file's
+    ``<path>.amsrepomirror-partial`` in ``dest_dir``. py7zr may call ``create`` from several
+    threads (one per 7z folder), hence the lock.
+    """
+
+    def __init__(self, tmp: Path, dest_dir: Path, exp: Expected, in_place: Dict[str, Tuple[BundleFile, Part]]):
+        self.tmp = PurePosixPath(tmp.as_posix())
+        self.tmp_path = tmp
+        self.dest_dir = dest_dir
+        self.exp = exp
+        self.in_place = in_place
+        self.hashes = _HashThread()
+        self.writers: Dict[str, _MemberWriter] = {}
+        self.fds: List[int] = []
+        self.partials: Dict[str, Tuple[Path, int]] = {}  # split file path -> (partial path, fd)
+        self.lock = threading.Lock()
+
+    def create(self, filename: str) -> Py7zIO:
+        try:
+            rel = PurePosixPath(filename).relative_to(self.tmp).as_posix()
+        except ValueError:
+            raise IntegrityError(f"py7zr asked to write {filename!r}, outside the extraction folder") from None
+        with self.lock:
+            if rel not in self.exp:
+                raise IntegrityError(f"member {rel!r}: not listed for this chunk in the bundle manifest")
+            if rel in self.writers:
+                raise IntegrityError(f"member {rel!r}: duplicate name")
+            if rel in self.in_place:
+                bf, part = self.in_place[rel]
+                fd, offset = self._partial(bf), part.offset
+            else:
+                parent = safe_makedirs(self.tmp_path, rel.rpartition("/")[0])
+                fd = os.open(parent / rel.rpartition("/")[2],
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _O_CLOEXEC, 0o600)
+                self.fds.append(fd)
+                offset = 0
+            writer = _MemberWriter(rel, fd, offset, self.exp[rel][0], self.hashes)
+            self.writers[rel] = writer
+            return writer
+
+    def _partial(self, bf: BundleFile) -> int:
+        """fd of ``bf``'s partial file, sized to the whole file; created if missing."""
+        if bf.path in self.partials:
+            return self.partials[bf.path][1]
+        parent = safe_makedirs(self.dest_dir, bf.path.rpartition("/")[0])
+        path = parent / (bf.path.rpartition("/")[2] + "." + PARTIAL_SUFFIX)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, FILE_MODE)
+        self.fds.append(fd)
+        self.partials[bf.path] = (path, fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise IntegrityError(f"{path} is not a plain regular file (special file or hard link); refusing "
+                                 f"to write {bf.path} into it")
+        if st.st_size != bf.size:
+            os.ftruncate(fd, bf.size)  # earlier chunks' parts stay; a stale tail is cut off
+        os.fchmod(fd, FILE_MODE)
+        return fd
+
+    def finish(self) -> Dict[str, Tuple[int, str]]:
+        """Wait for the hashes; {member: (bytes written, sha256)} of every member py7zr wrote."""
+        self.hashes.stop()
+        return {m: (w.written, w.hasher.hexdigest()) for m, w in self.writers.items()}
+
+    def close(self) -> None:
+        """Stop hashing and close every fd (idempotent; also after a failure)."""
+        try:
+            self.hashes.stop()
+        except IntegrityError:
+            pass
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _split_layout(files: Iterable[BundleFile]) -> Dict[str, Tuple[BundleFile, Part]]:
+    """{part member: (split file, part)} for every split file, after checking its layout."""
+    layout: Dict[str, Tuple[BundleFile, Part]] = {}
+    for bf in split_files(files):
+        for name in [bf.path] + [p.member for p in bf.parts]:
+            why = name_problem(name)
+            if why:
+                raise IntegrityError(f"bundle manifest: unsafe path {name!r} ({why})")
+        for p in _check_parts(bf):
+            layout[p.member] = (bf, p)
+    return layout
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,13 +462,22 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
     return files
 
 
-def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected) -> List[str]:
+def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
+                  files: Optional[Iterable[BundleFile]] = None) -> List[str]:
     """Extract ``chunk`` into ``dest_dir`` after :func:`check_members`, verifying every member.
 
     ``expected`` maps each member name (at least all of ``chunk.members``) to (size, sha256).
-    On success the members are in place under ``dest_dir`` (existing files of the same name are
-    replaced) and the list of members is returned. On failure nothing of this chunk is left in
-    ``dest_dir``. Re-extracting a chunk is idempotent.
+    Each member is hashed as it is written (no re-read). Whole files are renamed into place
+    (existing files of the same name are replaced) only when every member of the chunk matches.
+    Without ``files``, parts of split files are extracted as files of their own (``<path>.part-N``)
+    for :func:`reassemble` to join. With ``files`` (the bundle manifest's files), each part is
+    written straight to its offset in ``<path>.amsrepomirror-partial`` and checked on its own
+    (size and sha256); :func:`reassemble` then checks the whole file and renames it into place.
+
+    On failure nothing of this chunk is left in ``dest_dir`` (a partial file it wrote parts into
+    is removed, so :func:`reassemble` reports those parts missing). Re-extracting a chunk is
+    idempotent. Nothing is fsynced: call :func:`sync_tree` before relying on the tree surviving
+    a crash. Returns the list of members.
     """
     missing = [m for m in chunk.members if m not in expected]
     if missing:
@@ -263,6 +485,11 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected) -> L
     exp = {m: (int(expected[m][0]), str(expected[m][1]).lower()) for m in chunk.members}
     if name_problem(chunk.name) or "/" in chunk.name:
         raise IntegrityError(f"unsafe chunk name {chunk.name!r}")
+    layout = _split_layout(files) if files is not None else {}
+    in_place = {m: layout[m] for m in exp if m in layout}
+    for m, (bf, part) in in_place.items():
+        if exp[m] != (part.size, part.sha256.lower()):
+            raise IntegrityError(f"bundle manifest: part {m!r} of {bf.path} has two different sizes/sha256")
     check_members(archive_path, chunk, exp)
 
     dest_dir = Path(os.path.abspath(dest_dir))
@@ -273,22 +500,33 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected) -> L
     tmp_root = safe_makedirs(dest_dir, EXTRACT_TMP)
     tmp = tmp_root / chunk.name
     remove_entry(tmp)
+    writers: Optional[_Writers] = None
+    placed = False
     try:
         os.mkdir(tmp, 0o700)
         limit = sum(size for size, _ in exp.values())
+        writers = _Writers(tmp, dest_dir, exp, in_place)
         try:
+            # With a writer factory py7zr creates nothing itself (no files, directories, links,
+            # modes or times): every byte goes through ``writers``. ``path`` is only the root
+            # py7zr checks member names against -- our private, empty directory.
             with py7zr.SevenZipFile(archive_path, mode="r", max_extract_size=limit) as sz:
-                sz.extractall(path=tmp)
+                sz.extractall(path=tmp, factory=writers)
+            got = writers.finish()
+        except IntegrityError as exc:  # from our writers: unexpected member, too long, unsafe target
+            raise IntegrityError(f"extracting chunk {chunk.name} ({archive_path}) refused: {exc}") from exc
         except OSError as exc:
             raise _os_error(exc, f"extracting chunk {chunk.name}") from exc
         except py7zr.exceptions.DecompressionBombError as exc:
             raise IntegrityError(f"chunk {chunk.name} expands beyond the expected {limit} bytes: {exc}") from exc
         except Exception as exc:  # py7zr raises assorted types on corrupt input
             raise IntegrityError(f"extracting chunk {chunk.name} ({archive_path}) failed: {exc}") from exc
+        finally:
+            writers.close()
 
-        # Exactly the expected regular files (and their parent dirs) may have appeared.
+        # Exactly the expected regular files (and their parent dirs) may be in tmp. Only our
+        # writers created anything there; this walk is a cheap second look.
         problems: List[str] = []
-        found = set()
         for dirpath, dirnames, filenames in os.walk(tmp, followlinks=False):
             for entry in dirnames + filenames:
                 full = Path(dirpath) / entry
@@ -298,24 +536,20 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected) -> L
                     continue
                 if not stat.S_ISREG(st.st_mode):
                     problems.append(f"{rel!r} extracted as a non-regular file")
-                elif rel not in exp:
+                elif rel not in exp or rel in in_place:
                     problems.append(f"{rel!r} appeared but is not expected")
-                else:
-                    found.add(rel)
-        for m in sorted(set(exp) - found):
-            problems.append(f"member {m!r} was not extracted")
-        for m in sorted(found):
-            size, digest = _hash_regular(tmp / m, fsync=True)
-            if size != exp[m][0]:
-                problems.append(f"member {m!r}: size {size} != expected {exp[m][0]}")
-            elif digest != exp[m][1]:
-                problems.append(f"member {m!r}: sha256 {digest} != expected {exp[m][1]}")
+        for m in sorted(exp):
+            if m not in got:
+                problems.append(f"member {m!r} was not extracted")
+            elif got[m][0] != exp[m][0]:
+                problems.append(f"member {m!r}: size {got[m][0]} != expected {exp[m][0]}")
+            elif got[m][1] != exp[m][1]:
+                problems.append(f"member {m!r}: sha256 {got[m][1]} != expected {exp[m][1]}")
         if problems:
             raise _refuse(archive_path, chunk, problems)
 
         # Move into place; every directory on the way is checked/created without following links.
-        touched = set()
-        for m in sorted(exp):
+        for m in sorted(set(exp) - set(in_place)):
             parent_rel = m.rpartition("/")[0]
             parent = safe_makedirs(dest_dir, parent_rel)
             target = parent / m.rpartition("/")[2]
@@ -328,11 +562,15 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected) -> L
             src = tmp / m
             os.chmod(src, FILE_MODE)  # just verified a regular file in our private dir
             os.replace(src, target)  # rename never follows a symlink at target
-            touched.add(parent)
-        for d in touched:
-            fsync_dir(d)
+        placed = True
         return sorted(exp)
     finally:
+        if writers is not None and not placed:
+            for path, _ in writers.partials.values():
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         try:
             remove_entry(tmp)
             os.rmdir(tmp_root)
@@ -345,11 +583,13 @@ def split_files(files: Iterable[BundleFile]) -> List[BundleFile]:
     return [f for f in files if len(f.parts) != 1 or f.parts[0].member != f.path]
 
 
-def space_needed(files: Iterable[BundleFile]) -> int:
-    """Peak bytes an unpack writes into staging: the whole tree plus the largest split file
-    (its parts and the reassembled file coexist until the parts are removed)."""
+def space_needed(files: Iterable[BundleFile], in_place: bool = False) -> int:
+    """Peak bytes an unpack writes into staging: the whole tree, plus the largest split file
+    unless its parts are written in place (``extract_chunk(..., files=...)``): joined from
+    separate part files, the parts and the joined file coexist until the parts are removed."""
     files = list(files)
-    return sum(f.size for f in files) + max((f.size for f in split_files(files)), default=0)
+    extra = 0 if in_place else max((f.size for f in split_files(files)), default=0)
+    return sum(f.size for f in files) + extra
 
 
 def _check_parts(bf: BundleFile) -> list:
@@ -364,13 +604,90 @@ def _check_parts(bf: BundleFile) -> list:
     return parts
 
 
+def _holds(path: Path, bf: BundleFile) -> Optional[bool]:
+    """None when ``path`` is missing; else whether it is a plain regular file (not hard-linked)
+    with the size and sha256 of ``bf`` (one read when the size is right)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != bf.size:
+        return False
+    return _hash_regular(path) == (bf.size, bf.sha256.lower())
+
+
+def _place(src: Path, final: Path, bf: BundleFile) -> None:
+    try:
+        if stat.S_ISDIR(os.lstat(final).st_mode):
+            raise IntegrityError(f"{final} is a directory, expected file {bf.path}")
+    except FileNotFoundError:
+        pass
+    os.replace(src, final)  # rename never follows a symlink at final
+
+
+def _join_parts(dest_dir: Path, bf: BundleFile, parts: List[Part], partial: Path) -> None:
+    """Join part files into ``partial`` (one read and one write of each byte), hashing the whole
+    file on the way. The parts were verified when their chunk was extracted, so only when the
+    whole file is wrong are they hashed again, to name the culprit."""
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise _os_error(exc, f"creating {partial}") from exc
+    hasher = hashlib.sha256()
+    view = memoryview(bytearray(READ_BLOCK))
+    total = 0
+    try:
+        for p in parts:
+            try:
+                pfd = _open_regular(dest_dir / p.member, f"part {p.member}")
+            except IntegrityError as exc:
+                if not os.path.lexists(dest_dir / p.member):
+                    raise IntegrityError(
+                        f"part {p.member} of {bf.path} is missing (re-extract chunk {p.chunk})") from None
+                raise exc
+            try:
+                raw = io.FileIO(pfd, "rb", closefd=False)
+                psize = 0
+                while True:
+                    n = raw.readinto(view)
+                    if not n:
+                        break
+                    hasher.update(view[:n])
+                    try:
+                        _write_all(fd, view[:n])
+                    except OSError as exc:
+                        raise _os_error(exc, f"reassembling {bf.path}") from exc
+                    psize += n
+            finally:
+                os.close(pfd)
+            if psize != p.size:
+                raise IntegrityError(f"part {p.member} of {bf.path} is {psize} bytes, the manifest says {p.size} "
+                                     f"(re-extract chunk {p.chunk})")
+            total += psize
+    finally:
+        os.close(fd)
+    if total != bf.size or hasher.hexdigest() != bf.sha256.lower():
+        for p in parts:
+            if _hash_regular(dest_dir / p.member) != (p.size, p.sha256.lower()):
+                raise IntegrityError(
+                    f"part {p.member} of {bf.path} does not match the manifest (re-extract chunk {p.chunk})")
+        raise IntegrityError(f"reassembled {bf.path} does not match the manifest (size {total}, "
+                             f"sha256 {hasher.hexdigest()})")
+
+
 def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
-    """Join split files from their parts (in offset order, streamed), verify, remove the parts.
+    """Finish split files: check the whole file's size and sha256, rename it into place, remove
+    the parts. Returns the paths reassembled (or finished).
+
+    A split file comes either from its partial file ``<path>.amsrepomirror-partial``, into which
+    ``extract_chunk(..., files=...)`` wrote each part at its offset (then the whole file is hashed
+    once and renamed into place: no copy), or from its parts extracted as separate files (then
+    they are joined into the partial file, hashed on the way, and it is renamed into place).
 
     Resumable: if the final file is already complete and correct, leftover parts are just
-    removed; otherwise the file is rebuilt into a temporary file next to it and renamed into
-    place, so a kill at any moment leaves either the parts or the correct file (or both).
-    Returns the paths reassembled (or finished).
+    removed; a partial file with the right content is used as it is; otherwise the file is
+    rebuilt from its parts. A kill of the process at any moment leaves either the parts, or the
+    partial file, or the correct file. Nothing is fsynced (see :func:`sync_tree`).
     """
     dest_dir = Path(os.path.abspath(dest_dir))
     done = []
@@ -382,75 +699,28 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
         parts = _check_parts(bf)
         parent = safe_makedirs(dest_dir, bf.path.rpartition("/")[0])
         final = parent / bf.path.rpartition("/")[2]
-        complete = False
-        try:
-            st = os.lstat(final)
-            if stat.S_ISREG(st.st_mode) and st.st_size == bf.size:
-                complete = _hash_regular(final)[1] == bf.sha256.lower()
-        except FileNotFoundError:
-            pass
-        if not complete:
-            partial = final.with_name(final.name + "." + PARTIAL_SUFFIX)
-            remove_entry(partial)
-            try:
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
-            except OSError as exc:
-                raise _os_error(exc, f"creating {partial}") from exc
-            hasher = hashlib.sha256()
-            total = 0
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    for p in parts:
-                        part_path = dest_dir / p.member
-                        try:
-                            pfd = os.open(part_path, os.O_RDONLY | os.O_NOFOLLOW)
-                        except FileNotFoundError as exc:
-                            raise IntegrityError(
-                                f"part {p.member} of {bf.path} is missing (re-extract chunk {p.chunk})") from exc
-                        except OSError as exc:
-                            raise IntegrityError(f"cannot open part {p.member}: {exc}") from exc
-                        with os.fdopen(pfd, "rb") as src:
-                            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
-                                raise IntegrityError(f"part {p.member} is not a regular file")
-                            ph = hashlib.sha256()
-                            psize = 0
-                            while True:
-                                block = src.read(BLOCK)
-                                if not block:
-                                    break
-                                ph.update(block)
-                                hasher.update(block)
-                                psize += len(block)
-                                try:
-                                    out.write(block)
-                                except OSError as exc:
-                                    raise _os_error(exc, f"reassembling {bf.path}") from exc
-                        if psize != p.size or ph.hexdigest() != p.sha256.lower():
-                            raise IntegrityError(
-                                f"part {p.member} of {bf.path} does not match the manifest (re-extract chunk {p.chunk})")
-                        total += psize
+        partial = final.with_name(final.name + "." + PARTIAL_SUFFIX)
+        if not _holds(final, bf):
+            in_place = _holds(partial, bf)
+            if in_place:
+                _place(partial, final, bf)
+            else:
+                if in_place is False and not any(os.path.lexists(dest_dir / p.member) for p in parts):
+                    remove_entry(partial)
+                    raise IntegrityError(
+                        f"{bf.path}, written in place from its parts, does not match the manifest's size and "
+                        f"sha256 (a chunk of it was not extracted, or the bundle manifest is inconsistent; "
+                        f"chunks {', '.join(sorted({p.chunk for p in parts}))})")
+                remove_entry(partial)
+                try:
+                    _join_parts(dest_dir, bf, parts, partial)
+                    _place(partial, final, bf)
+                except BaseException:
                     try:
-                        out.flush()
-                        os.fsync(out.fileno())
-                    except OSError as exc:
-                        raise _os_error(exc, f"reassembling {bf.path}") from exc
-                if total != bf.size or hasher.hexdigest() != bf.sha256.lower():
-                    raise IntegrityError(f"reassembled {bf.path} does not match the manifest (size {total}, "
-                                         f"sha256 {hasher.hexdigest()})")
-                try:
-                    st = os.lstat(final)
-                    if stat.S_ISDIR(st.st_mode):
-                        raise IntegrityError(f"{final} is a directory, expected file {bf.path}")
-                except FileNotFoundError:
-                    pass
-                os.replace(partial, final)
-                fsync_dir(parent)
-            except BaseException:
-                try:
-                    os.unlink(partial)
-                except OSError:
-                    pass
-                raise
+                        os.unlink(partial)
+                    except OSError:
+                        pass
+                    raise
         for p in parts:
             if p.member == bf.path:
                 continue
@@ -458,9 +728,36 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
                 os.unlink(dest_dir / p.member)
             except FileNotFoundError:
                 pass
-        fsync_dir(parent)
+        if os.path.lexists(partial):
+            remove_entry(partial)  # a stale one, when the final file was already right
         done.append(bf.path)
     return done
+
+
+def sync_tree(dest_dir) -> None:
+    """Make everything written under ``dest_dir`` durable: file data, new names, renames.
+
+    One ``syncfs(2)`` of the filesystem holding ``dest_dir`` (Linux) -- the writeback of the
+    whole tree at once, instead of an fsync per file and directory while extracting; elsewhere
+    (or where syncfs is missing) ``sync()``. A write-back error is a DiskSpaceError (ENOSPC,
+    EDQUOT) or an IntegrityError: the tree must not be swapped in then.
+    """
+    fd = os.open(dest_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
+    try:
+        syncfs = None
+        try:
+            syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+        except (OSError, AttributeError):
+            pass
+        if syncfs is not None:
+            if syncfs(fd) == 0:
+                return
+            err = ctypes.get_errno()
+            if err not in (errno.ENOSYS, errno.EINVAL, errno.EBADF):
+                raise _os_error(OSError(err, os.strerror(err)), f"syncing {dest_dir} to disk")
+        os.sync()
+    finally:
+        os.close(fd)
 
 
 def verify_tree(dest_dir, files: Iterable[BundleFile], check_hashes: bool = True) -> None:

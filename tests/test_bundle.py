@@ -352,16 +352,33 @@ def test_archive_test_catches_bad_archive_with_matching_hash(damaged):
 
 
 def test_verify_hashes_each_chunk_once(copy_bundle, monkeypatch):
+    """Every file SHA256SUMS lists is hashed exactly once (chunks in HASH_THREADS threads)."""
+    import threading
+
+    import pipeline.bundle
     import pipeline.hashing
 
     counts = {}
-    real = pipeline.hashing.sha256_file
+    lock = threading.Lock()
 
-    def counting(path):
-        counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
-        return real(path)
+    def counting(real):
+        def hash_once(path):
+            with lock:
+                counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
+            return real(path)
+        return hash_once
 
-    monkeypatch.setattr(pipeline.hashing, "sha256_file", counting)
+    monkeypatch.setattr(pipeline.hashing, "sha256_file", counting(pipeline.hashing.sha256_file))
+    monkeypatch.setattr(pipeline.bundle, "_sha256_chunk", counting(pipeline.bundle._sha256_chunk))
     assert verify_bundle(copy_bundle).ok
     assert counts and all(n == 1 for n in counts.values()), counts
     assert set(counts) == set(read_sums(copy_bundle))
+
+
+def test_chunk_hash_matches_sha256_file(tmp_path):
+    from pipeline.bundle import HASH_BLOCK, _sha256_chunk
+
+    for size in (0, 1, HASH_BLOCK - 1, HASH_BLOCK, 2 * HASH_BLOCK + 7):
+        p = tmp_path / f"f{size}"
+        p.write_bytes(os.urandom(size))
+        assert _sha256_chunk(p) == sha256_file(p)

@@ -19,6 +19,7 @@ from pipeline.extract import (
     extract_chunk,
     reassemble,
     space_needed,
+    sync_tree,
     verify_tree,
 )
 
@@ -86,12 +87,13 @@ def expected_members(manifest: BundleManifest) -> dict:
     return {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
 
 
-def unpack_bundle(bundle_dir: Path, dest: Path) -> BundleManifest:
-    """What the Unpack task does between recover() and swap_into_place()."""
+def unpack_bundle(bundle_dir: Path, dest: Path, in_place: bool = False) -> BundleManifest:
+    """What the Unpack task does between recover() and swap_into_place() (``in_place``: parts
+    written straight into their split file, as pipeline.unpacking does; else as part files)."""
     manifest = BundleManifest.read(Path(bundle_dir) / "manifest.json")
     exp = expected_members(manifest)
     for c in manifest.chunks:
-        extract_chunk(Path(bundle_dir) / c.name, c, dest, exp)
+        extract_chunk(Path(bundle_dir) / c.name, c, dest, exp, files=manifest.files if in_place else None)
     reassemble(dest, manifest.files)
     verify_tree(dest, manifest.files)
     return manifest
@@ -210,6 +212,8 @@ def _hostile(tmp_path, kind):
         write_7z(arc, [good, ("..\\evil", b"evil")])
     elif kind == "reserved":
         write_7z(arc, [good, (EXTRACT_TMP + "/x", b"evil")])
+    elif kind == "reserved-partial":
+        write_7z(arc, [good, ("good.txt." + PARTIAL_SUFFIX, b"evil")])
     elif kind == "duplicate":
         write_7z(arc, [good, ("good.txt", b"evil")])
     elif kind == "not-in-manifest":
@@ -271,6 +275,7 @@ HOSTILE = {
     "dot-segment": "'.' path segment",
     "backslash-dotdot": "'..' path segment",
     "reserved": "reserved name",
+    "reserved-partial": "reserved name",
     "duplicate": "duplicate name",
     "not-in-manifest": "'extra.txt': not listed",
     "missing": "'absent.txt': listed in the bundle manifest but missing",
@@ -357,6 +362,35 @@ def test_max_extract_size_stops_an_archive_that_lies_about_sizes(tmp_path, monke
     assert os.listdir(tmp_path / "dest") == []
 
 
+def test_writer_refuses_a_member_longer_than_expected(tmp_path, monkeypatch):
+    """Each member's writer stops at its expected size, even when the chunk's total stays within
+    max_extract_size (a header that swaps the sizes of two members)."""
+    import pipeline.extract as extract_mod
+
+    arc = tmp_path / "c.7z"
+    write_7z(arc, [("a.bin", b"a" * 1000), ("b.bin", b"b" * 10)])
+    chunk = Chunk(name="c.7z", size=0, sha256="", members=["a.bin", "b.bin"])
+    monkeypatch.setattr(extract_mod, "check_members", lambda *a, **k: {"a.bin": 10, "b.bin": 1000})
+    with pytest.raises(IntegrityError, match="'a.bin' is longer than the 10 bytes"):
+        extract_chunk(arc, chunk, tmp_path / "dest", {"a.bin": (10, sha(b"a" * 10)), "b.bin": (1000, sha(b"b" * 1000))})
+    assert os.listdir(tmp_path / "dest") == []
+
+
+def test_extracted_members_are_not_read_back(tmp_path, monkeypatch):
+    """Members are hashed as they are written: extract_chunk never re-reads a file."""
+    import pipeline.extract as extract_mod
+
+    m = build_bundle(tmp_path / "bundle", SAMPLE, chunk_size=100)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("extract_chunk read a file back")
+
+    monkeypatch.setattr(extract_mod, "_hash_regular", no_reading)
+    monkeypatch.setattr(extract_mod, "_hash_fd", no_reading)
+    for c in m.chunks:
+        extract_chunk(tmp_path / "bundle" / c.name, c, tmp_path / "dest", expected_members(m), files=m.files)
+
+
 def test_reassemble_rejects_inconsistent_manifest(tmp_path):
     bad = BundleFile(path="f", size=10, sha256=sha(b"0123456789"),
                      parts=[Part(chunk="c", member="f.part-0001", offset=0, size=4, sha256=""),
@@ -429,6 +463,193 @@ def test_reassemble_rejects_tampered_part(tmp_path):
     with pytest.raises(IntegrityError, match="part-0003 of big.bin does not match"):
         reassemble(dest, m.files)
     assert not (dest / "big.bin").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# split files written in place (extract_chunk(..., files=...)), as pipeline.unpacking does
+
+
+def _in_place_setup(tmp_path, data=None):
+    data = data if data is not None else os.urandom(1000)
+    m = build_bundle(tmp_path / "bundle", {"big.bin": data, "small.txt": b"s", "d/e.txt": b"e" * 50},
+                     chunk_size=300)
+    big = next(f for f in m.files if f.path == "big.bin")
+    assert len(big.parts) == 4
+    return m, big, data, tmp_path / "dest"
+
+
+def test_in_place_parts_go_straight_into_the_split_file(tmp_path):
+    m, big, data, dest = _in_place_setup(tmp_path)
+    partial = dest / ("big.bin." + PARTIAL_SUFFIX)
+    for c in reversed(m.chunks):  # parts arriving out of order land at their offsets all the same
+        extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m), files=m.files)
+        assert not any(n.startswith("big.bin.part-") for n in os.listdir(dest))  # no part files
+    assert partial.read_bytes() == data and not (dest / "big.bin").exists()
+    assert reassemble(dest, m.files) == ["big.bin"]
+    assert not partial.exists()
+    assert (dest / "big.bin").read_bytes() == data
+    assert stat.S_IMODE(os.lstat(dest / "big.bin").st_mode) == 0o644
+    verify_tree(dest, m.files)
+    assert space_needed(m.files, in_place=True) == sum(f.size for f in m.files)
+
+    # idempotent: again into the same tree (the final file is right: the new partial is dropped)
+    before = tree(dest)
+    unpack_bundle(tmp_path / "bundle", dest, in_place=True)
+    assert tree(dest) == before
+
+
+def test_in_place_unpack_of_sample(tmp_path):
+    build_bundle(tmp_path / "bundle", SAMPLE, chunk_size=100)
+    dest = tmp_path / "dest"
+    unpack_bundle(tmp_path / "bundle", dest, in_place=True)
+    assert tree(dest) == {**{k: sha(v) for k, v in SAMPLE.items()},
+                          "packages": "DIR", "packages/a": "DIR", "packages/b": "DIR"}
+
+
+def test_in_place_tampered_part_is_refused_at_extraction(tmp_path):
+    """A part whose content differs from the manifest (same size, chunk rebuilt, as a chunk made
+    by a buggy or hostile tool would be) is refused by extract_chunk, naming chunk and member;
+    the split file is not left behind half-written."""
+    m, big, data, dest = _in_place_setup(tmp_path)
+    bad = big.parts[1]
+    chunk = next(c for c in m.chunks if c.name == bad.chunk)
+    others = [c for c in m.chunks if c.name != bad.chunk]
+    for c in others:
+        extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m), files=m.files)
+    arc = tmp_path / "bundle" / chunk.name
+    content = {p.member: data[p.offset:p.offset + p.size] for p in big.parts}
+    content.update({"small.txt": b"s", "d/e.txt": b"e" * 50})
+    entries = [(name, b"X" * bad.size if name == bad.member else content[name]) for name in chunk.members]
+    arc.unlink()
+    write_7z(arc, entries)
+    with pytest.raises(IntegrityError, match=rf"{chunk.name}.*'{bad.member}': sha256"):
+        extract_chunk(arc, chunk, dest, expected_members(m), files=m.files)
+    assert not (dest / ("big.bin." + PARTIAL_SUFFIX)).exists()
+    assert not (dest / "big.bin").exists()
+    with pytest.raises(IntegrityError, match="missing"):
+        reassemble(dest, m.files)
+
+
+def test_in_place_missing_chunk_is_caught_by_the_whole_file_hash(tmp_path):
+    m, big, data, dest = _in_place_setup(tmp_path)
+    skipped = big.parts[2].chunk
+    for c in m.chunks:
+        if c.name != skipped:
+            extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m), files=m.files)
+    with pytest.raises(IntegrityError, match=rf"big\.bin, written in place.*does not match.*{skipped}"):
+        reassemble(dest, m.files)
+    assert not (dest / "big.bin").exists()
+    assert not (dest / ("big.bin." + PARTIAL_SUFFIX)).exists()
+
+
+def test_in_place_whole_file_hash_is_checked_end_to_end(tmp_path):
+    """Every part matches, but the manifest's whole-file sha256 does not: refused, not placed."""
+    m, big, data, dest = _in_place_setup(tmp_path)
+    wrong = BundleFile(path=big.path, size=big.size, sha256=sha(b"something else"), parts=big.parts)
+    files = [wrong if f.path == big.path else f for f in m.files]
+    for c in m.chunks:
+        extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m), files=files)
+    with pytest.raises(IntegrityError, match="does not match the manifest"):
+        reassemble(dest, files)
+    assert not (dest / "big.bin").exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo"])
+def test_in_place_partial_is_never_followed_or_shared(tmp_path, kind):
+    m, big, data, dest = _in_place_setup(tmp_path)
+    dest.mkdir()
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    partial = dest / ("big.bin." + PARTIAL_SUFFIX)
+    if kind == "symlink":
+        os.symlink(outside, partial)
+    elif kind == "hardlink":
+        os.link(outside, partial)
+    else:
+        os.mkfifo(partial)
+    c = next(c for c in m.chunks if big.parts[0].member in c.members)
+    with pytest.raises(IntegrityError, match=c.name):
+        extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m), files=m.files)
+    assert outside.read_bytes() == b"precious"
+    assert not (dest / EXTRACT_TMP).exists()
+
+
+def test_in_place_stale_partial_of_a_killed_run_is_overwritten(tmp_path):
+    m, big, data, dest = _in_place_setup(tmp_path)
+    dest.mkdir()
+    (dest / ("big.bin." + PARTIAL_SUFFIX)).write_bytes(os.urandom(5000))  # longer, other content
+    unpack_bundle(tmp_path / "bundle", dest, in_place=True)
+    assert (dest / "big.bin").read_bytes() == data
+
+
+def test_in_place_with_non_solid_archives(tmp_path):
+    """7zz -ms=off writes one 7z folder per file, which py7zr extracts in parallel threads: the
+    writers and the hashing thread must cope (and the parts still land at their offsets)."""
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    files = {"big.bin": data, "a.txt": b"a" * 1000, "sub/b.txt": b"b" * 2000, "sub/c/d.txt": b"dd"}
+    src = tmp_path / "src"
+    members = {}
+    cut = [0, 1024 * 1024, 2 * 1024 * 1024 + 5, len(data)]
+    for path, content in files.items():
+        if path == "big.bin":
+            for i in range(3):
+                members[part_member(path, i + 1)] = content[cut[i]:cut[i + 1]]
+        else:
+            members[path] = content
+    for name, content in members.items():
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(content)
+    arc = tmp_path / "c.7z"
+    subprocess.run([SEVENZIP, "a", "-mx=0", "-ms=off", str(arc), *sorted(members)], cwd=src, check=True,
+                   capture_output=True)
+    with py7zr.SevenZipFile(arc, "r") as sz:
+        assert sz.header.main_streams.unpackinfo.numfolders > 1
+    chunk = Chunk(name="c.7z", size=0, sha256="", members=sorted(members))
+    bfiles = [BundleFile(path="big.bin", size=len(data), sha256=sha(data),
+                         parts=[Part(chunk="c.7z", member=part_member("big.bin", i + 1), offset=cut[i],
+                                     size=cut[i + 1] - cut[i], sha256=sha(data[cut[i]:cut[i + 1]]))
+                                for i in range(3)])]
+    bfiles += [BundleFile(path=p, size=len(c), sha256=sha(c), parts=[Part("c.7z", p, 0, len(c), sha(c))])
+               for p, c in files.items() if p != "big.bin"]
+    dest = tmp_path / "dest"
+    extract_chunk(arc, chunk, dest, {m: (len(c), sha(c)) for m, c in members.items()}, files=bfiles)
+    reassemble(dest, bfiles)
+    verify_tree(dest, bfiles)
+    assert {p: (dest / p).read_bytes() for p in files} == files
+
+
+def test_verify_tree_without_hashes_checks_the_shape(tmp_path):
+    m = build_bundle(tmp_path / "bundle", SAMPLE, chunk_size=100)
+    dest = tmp_path / "dest"
+    unpack_bundle(tmp_path / "bundle", dest, in_place=True)
+    (dest / "AMS2026.1.yml").write_bytes(b"index: 2\n" * 3)  # same size, other content
+    verify_tree(dest, m.files, check_hashes=False)
+    (dest / "extra.txt").write_bytes(b"x")
+    (dest / "packages/b/b.txt").write_bytes(b"longer")
+    with pytest.raises(IntegrityError) as info:
+        verify_tree(dest, m.files, check_hashes=False)
+    assert "extra file extra.txt" in str(info.value) and "wrong size packages/b/b.txt" in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# sync_tree
+
+
+def test_sync_tree(tmp_path, monkeypatch):
+    import pipeline.extract as extract_mod
+
+    (tmp_path / "f").write_bytes(b"x")
+    synced = []
+    monkeypatch.setattr(extract_mod.os, "sync", lambda: synced.append(True))
+    sync_tree(tmp_path)  # syncfs(2) on Linux
+    assert synced == ([] if hasattr(__import__("ctypes").CDLL(None), "syncfs") else [True])
+
+    def no_libc(*args, **kwargs):
+        raise OSError("no libc")
+
+    monkeypatch.setattr(extract_mod.ctypes, "CDLL", no_libc)
+    sync_tree(tmp_path)  # falls back to sync()
+    assert synced[-1] is True
 
 
 # ---------------------------------------------------------------------------------------------
