@@ -624,8 +624,8 @@ def render(results: List[TreeResult], verdicts: Verdicts, info: Dict[str, str], 
         "double (not measured).",
         "- Peak RSS is `ru_maxrss` of the process tree (the largest single process: the CLI or a forked Luigi "
         "worker, whichever peaks higher). The PSS sum adds up all processes alive at once (sampled every 50 ms).",
-        "- “+ `sync`”: a `sync` right after the run. Our bundle and unpack fsync what they write; 7zz and "
-        "sha256sum do not, so their data may still be in the page cache when they exit.",
+        "- “+ `sync`”: a `sync` right after the run. Our bundle fsyncs each chunk and unpack syncs the "
+        "staging filesystem once before the swap; 7zz and sha256sum do not, so their data may still be in the page cache when they exit.",
         "",
     ]
     if quick:
