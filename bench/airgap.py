@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import replace_section  # noqa: E402
 from pipeline.scmdouble import (  # noqa: E402
     DEFAULT_VERSION,
     DEMO_PASSWORD,
@@ -652,27 +653,6 @@ def render(results: List[TreeResult], verdicts: Verdicts, info: Dict[str, str], 
     return "\n".join(lines)
 
 
-def replace_section(doc: Path, heading: str, body: str) -> None:
-    """Put ``heading`` + ``body`` into ``doc`` (read right now), replacing only that ``## `` section
-    (up to the next ``## `` heading) or appending it; every other line is kept as it is."""
-    text = doc.read_text() if doc.is_file() else "# Benchmarks\n\nProduced by `make bench`.\n"
-    lines = text.splitlines()
-    section = [heading, "", *body.strip("\n").splitlines(), ""]
-    try:
-        start = lines.index(heading)
-    except ValueError:
-        while lines and not lines[-1].strip():
-            lines.pop()
-        new = lines + [""] + section
-    else:
-        end = start + 1
-        while end < len(lines) and not lines[end].startswith("## "):
-            end += 1
-        new = lines[:start] + section + lines[end:]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_name(f".{doc.name}.airgap.tmp")
-    tmp.write_text("\n".join(new).rstrip("\n") + "\n")
-    os.replace(tmp, doc)
 
 
 # ---- main ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -405,4 +405,6 @@ def replace_section(doc: Path, heading: str, body: str, title: str = "# Benchmar
             end += 1
         new = lines[:start] + section + lines[end:]
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text("\n".join(new).rstrip("\n") + "\n")
+    tmp = doc.with_name(f".{doc.name}.tmp")  # two benchmarks may write their sections in turn
+    tmp.write_text("\n".join(new).rstrip("\n") + "\n")
+    os.replace(tmp, doc)
