@@ -12,10 +12,10 @@ from typing import Dict, List, Optional
 import luigi
 
 from . import __version__, errors
+from .bundle import COMPRESSIONS
 from .errors import MirrorError, UsageError, exit_code_for
 from .fsutil import atomic_write_json, exclusive_lock
 from .listing import listing_url_for, repository_root
-from .bundle import COMPRESSIONS
 from .units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)

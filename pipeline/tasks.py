@@ -186,7 +186,6 @@ class VerifyTree(MirrorTask):
             f.write(manifest.to_json().decode())
 
 
-
 # ---- bundle (online side, after VerifyTree) -------------------------------------------------------
 
 class VerifiedMirror(luigi.ExternalTask):
