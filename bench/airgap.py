@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import replace_section  # noqa: E402
+from bench.common import first_line, replace_section  # noqa: E402
 from pipeline.scmdouble import (  # noqa: E402
     DEFAULT_VERSION,
     DEMO_PASSWORD,
@@ -531,16 +531,6 @@ def table(results: List[TreeResult]) -> Verdicts:
     return v
 
 
-def _first_line(cmd: Sequence[str], pattern: str = "") -> str:
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "not installed"
-    for line in (p.stdout + p.stderr).splitlines():
-        if line.strip() and (not pattern or re.search(pattern, line)):
-            return line.strip()
-    return "unknown"
-
 
 def hash_speeds(work: Path) -> str:
     """Warm-cache sha256 throughput of coreutils' sha256sum and of Python's hashlib (OpenSSL) on
@@ -599,14 +589,14 @@ def machine_info(work: Path, cache: Cache) -> Dict[str, str]:
         "Python": platform.python_version(),
         "py7zr": versions["py7zr"],
         "luigi": versions["luigi"],
-        "7zz": _first_line(["7zz"], "7-Zip"),
-        "sha256sum": _first_line(["sha256sum", "--version"]),
+        "7zz": first_line(["7zz"], "7-Zip"),
+        "sha256sum": first_line(["sha256sum", "--version"]),
         "sha256 speed": hash_speeds(work),
         "Scratch filesystem": f"{work} ({fs})",
         "Page cache": cache.description,
         "Peak RSS from": ("GNU time (`/usr/bin/time -f %M`), i.e. ru_maxrss of the command's process tree"
                           if TIME_BIN else "wait4's ru_maxrss (includes the benchmark process's RSS at fork: an overestimate)"),
-        "Commit": _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "Commit": first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
     }
 
 

@@ -329,7 +329,7 @@ def print_row(r: Row) -> None:
 # ---- machine -------------------------------------------------------------------------------------
 
 
-def _first_line(cmd: Sequence[str], pattern: str = "") -> str:
+def first_line(cmd: Sequence[str], pattern: str = "") -> str:
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -360,7 +360,7 @@ def machine_info() -> Dict[str, str]:
         luigi_version = luigi.__version__
     except Exception:  # noqa: BLE001 - informational only
         luigi_version = "unknown"
-    commit = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
     return {
         "Date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "CPU": f"{os.cpu_count()} × {cpu}",
@@ -368,10 +368,10 @@ def machine_info() -> Dict[str, str]:
         "OS": f"{platform.system()} {platform.release()}",
         "Python": platform.python_version(),
         "luigi": luigi_version,
-        "nginx": _first_line([find_tool("nginx") or "nginx", "-v"]),
-        "wget": _first_line(["wget", "--version"]),
-        "7zz": _first_line(["7zz"], "7-Zip"),
-        "sha256sum": _first_line(["sha256sum", "--version"]),
+        "nginx": first_line([find_tool("nginx") or "nginx", "-v"]),
+        "wget": first_line(["wget", "--version"]),
+        "7zz": first_line(["7zz"], "7-Zip"),
+        "sha256sum": first_line(["sha256sum", "--version"]),
         "Commit": commit,
         "Load average at start (1/5/15 min)": load_average(),
     }
