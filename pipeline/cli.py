@@ -56,6 +56,11 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
     if not config.has_section("core"):
         config.add_section("core")
     config.set("core", "no_configure_logging", "true")
+    # A task whose output is missing after a successful run() fails instead of being run again:
+    # no task may loop. Not a setting: the task graph depends on it.
+    if not config.has_section("worker"):
+        config.add_section("worker")
+    config.set("worker", "check_complete_on_run", "true")
     result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
     scheduler = result.worker._scheduler
     failures = []
@@ -169,11 +174,11 @@ def _locked_mirror(args, params: Dict, ws) -> int:
 
 def _print_mirror_summary(s: Dict, args) -> None:
     say(f"mirror {args.mirror}: {s['fetched']} fetched, {s['up_to_date']} up to date, "
-        f"{len(s['skipped_unauthorized'])} skipped (HTTP 401), {len(s['failed'])} failed; "
+        f"{len(s['skipped_unauthorized'])} skipped (not licensed), {len(s['failed'])} failed; "
         f"{format_size(s['bytes_transferred'])} transferred in {s['seconds']:.1f} s "
         f"({format_size(s['rate_bytes_per_second'])}/s)")
     for path in s["skipped_unauthorized"][:10]:
-        say(f"  skipped (401, not licensed for this account): {path}")
+        say(f"  skipped (HTTP {s['refused_with'][path]}, not licensed for this account): {path}")
     if len(s["skipped_unauthorized"]) > 10:
         say(f"  ... and {len(s['skipped_unauthorized']) - 10} more skipped")
     for path in s["failed"][:10]:

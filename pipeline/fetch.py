@@ -5,13 +5,18 @@ inside the adapter. A body cut mid-stream cannot be retried there, so ``fetch_to
 the same ``Retry`` budget on resuming at the byte with ``Range`` + ``If-Range``.
 """
 
+import base64
+import contextlib
 import hashlib
 import json
 import os
+import re
+import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import requests
 import urllib3
@@ -82,7 +87,9 @@ def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True,
     session.mount("https://", adapter)
     session.headers["User-Agent"] = f"amsrepomirror/{__version__}"
     if credentials:
-        session.auth = credentials.as_auth()
+        # UTF-8, as browsers and curl send it (RFC 7617): requests would encode str as Latin-1 and
+        # fail with an error that quotes a character of the password.
+        session.auth = tuple(s.encode("utf-8") for s in credentials.as_auth())
     if not verify_ssl:
         session.verify = False
         warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
@@ -144,11 +151,14 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
     """HEAD a file: size and validators, or the refusing status."""
     headers = {"User-Agent": session.headers["User-Agent"], "Accept-Encoding": "identity"}
     if session.auth:
-        headers.update(urllib3.util.make_headers(basic_auth=":".join(session.auth)))
+        headers["Authorization"] = basic_auth_header(*session.auth)
     try:
         resp = _head_client(session, url).request("HEAD", url, headers=headers, timeout=timeout, redirect=True)
     except urllib3.exceptions.HTTPError as exc:
         raise FetchError(f"cannot fetch {redact(url)}: {_reason(exc)}") from None
+    if resp.status in (403, 405):
+        # Some servers and CDNs refuse HEAD but serve GET; a 401 is a challenge for any method.
+        return _probe_with_get(session, url, timeout)
     if resp.status != 200:
         return RemoteInfo(status=resp.status)
     length = resp.headers.get("Content-Length")
@@ -160,34 +170,141 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
     )
 
 
+def _probe_with_get(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
+    """What HEAD would have said, from a GET of the first byte (the body is not read)."""
+    resp = _request(session, "GET", url, timeout, headers={"Range": "bytes=0-0", "Accept-Encoding": "identity"},
+                    stream=True)
+    with resp:
+        if resp.status_code == 206:
+            size = _content_range(resp)[1]
+        elif resp.status_code == 200:
+            size = _content_length(resp)
+        else:
+            return RemoteInfo(status=resp.status_code)
+        return RemoteInfo(200, size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+
+
+def basic_auth_header(user: bytes, password: bytes) -> str:
+    return "Basic " + base64.b64encode(user + b":" + password).decode("ascii")
+
+
 def _part_meta_path(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
+def if_range_validator(remote: RemoteInfo) -> Optional[str]:
+    """What ``If-Range`` may carry: a strong ETag, else a Last-Modified date, else nothing (no resume).
+
+    A weak ETag must not be used: RFC 9110 forbids it in If-Range, and a server that compared it
+    weakly would splice a changed file.
+    """
+    if remote.etag and not remote.etag.startswith("W/"):
+        return remote.etag
+    return remote.last_modified or None
+
+
+def same_file(remote: RemoteInfo, etag: Optional[str], last_modified: Optional[str]) -> Optional[bool]:
+    """Whether a response's validators name the file ``remote`` describes: the ETag when both carry
+    one, else Last-Modified; None when there is nothing to compare."""
+    if etag is not None and remote.etag is not None:
+        return etag == remote.etag
+    if last_modified is not None and remote.last_modified is not None:
+        return last_modified == remote.last_modified
+    return None
+
+
 def _resume_point(part: Path, remote: RemoteInfo) -> int:
     """Bytes of ``part`` that belong to the file the server serves now (0 when unknown or stale)."""
+    if if_range_validator(remote) is None:
+        return 0
     try:
         meta = json.loads(_part_meta_path(part).read_text())
         size = part.stat().st_size
     except (OSError, ValueError):
         return 0
     same = meta.get("etag") == remote.etag and meta.get("last_modified") == remote.last_modified
-    if not same or not (remote.etag or remote.last_modified) or (remote.size is not None and size > remote.size):
+    if not same or (remote.size is not None and size > remote.size):
         return 0
     return size
 
 
+class Stopped(Exception):
+    """The run is being interrupted: the transfer stopped, its part stays for the next run."""
+
+
+class StopSignal(threading.Event):
+    """An Event that also aborts the transfers in flight when set (Ctrl-C must not wait for a
+    slow body): ``set()`` shuts down the socket of every response read under ``watching``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._responses: set = set()
+        self._guard = threading.Lock()
+
+    def set(self) -> None:
+        super().set()
+        with self._guard:
+            responses = list(self._responses)
+        for resp in responses:
+            _shutdown(resp)
+
+    @contextlib.contextmanager
+    def watching(self, resp: requests.Response):
+        with self._guard:
+            self._responses.add(resp)
+        try:
+            if self.is_set():
+                raise Stopped()
+            yield
+        finally:
+            with self._guard:
+                self._responses.discard(resp)
+
+
+def _shutdown(resp: requests.Response) -> None:
+    try:
+        resp.raw.shutdown()  # unblocks a read in another thread (urllib3 >= 2.3)
+    except (OSError, AttributeError):
+        pass
+
+
+class FileChanged(FetchError):
+    """The server now serves other bytes than the HEAD answer this run planned with."""
+
+
+@dataclass(frozen=True)
+class LowSpeed:
+    """Give up an attempt whose average rate stays below ``limit`` bytes/s for ``seconds``
+    (curl's --speed-limit/--speed-time): a trickle that beats every read timeout must not hold a
+    run forever. ``limit`` 0 turns it off."""
+
+    limit: int = 0
+    seconds: float = 30.0
+
+
+class TooSlow(Exception):
+    pass
+
+
 def fetch_to_part(session: requests.Session, url: str, part: Path, remote: RemoteInfo, timeout: float,
-                  on_bytes: Callable[[int], None] = lambda n: None) -> FetchResult:
+                  on_bytes: Callable[[int], None] = lambda n: None, *, stop: Optional[StopSignal] = None,
+                  low_speed: LowSpeed = LowSpeed()) -> FetchResult:
     """Download ``url`` into ``part``, resuming at the byte; return size, sha256 and validators.
 
-    The part is accepted only when its length equals the length the server announced; the
-    caller renames it into the mirror. ``remote`` is the HEAD answer this run planned with.
+    ``remote`` is the HEAD answer this run planned with, and the one truth of what is expected:
+    its size (or, when HEAD sent none, the first GET's) is the length the part must reach, and a
+    response whose validators name another file raises :class:`FileChanged` with the part
+    dropped, so bytes of two versions are never joined. The body is stored exactly as sent
+    (never decoded), so a server that compresses on the fly fails the length check.
     """
     part.parent.mkdir(parents=True, exist_ok=True)
+    stop = stop or StopSignal()
     retry = getattr(session, "retry_template", None) or make_retry(5, 0.5)
+    expected = remote.size
     transferred = 0
     while True:
+        if stop.is_set():
+            raise Stopped()
         offset = _resume_point(part, remote)
         hasher = hashlib.sha256()
         if offset:
@@ -196,62 +313,92 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
         headers = {"Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
-            headers["If-Range"] = remote.etag or remote.last_modified
+            headers["If-Range"] = if_range_validator(remote)
         resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
         try:
-            if resp.status_code in (401, 403):
-                raise Unauthorized(f"HTTP {resp.status_code} for {redact(url)}")
-            if resp.status_code == 416 and offset:
-                _discard(part)
-                continue
-            if resp.status_code == 206 and offset:
-                total = _content_range_total(resp, offset, url)
-            elif resp.status_code == 200:
-                offset, hasher = 0, hashlib.sha256()
-                total = int(resp.headers["Content-Length"]) if "Content-Length" in resp.headers else None
-            else:
-                raise FetchError(f"cannot fetch {redact(url)}: HTTP {resp.status_code}")
-            etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-            with local_writes(str(part)):
-                _part_meta_path(part).write_text(json.dumps({"etag": etag, "last_modified": last_modified}))
-                with open(part, "r+b" if offset else "wb") as out:
-                    out.seek(offset)
-                    out.truncate()
-                    cut = _stream_into(resp, out, hasher, on_bytes)
-                    size = out.tell()
-                    if cut is None:
-                        out.flush()
-                        os.fsync(out.fileno())
-                transferred += size - offset
-            if cut is not None:
-                retry = _spend(retry, url, cut)
-                continue
+            with stop.watching(resp):
+                etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+                if resp.status_code in (401, 403):
+                    raise Unauthorized(f"HTTP {resp.status_code} for {redact(url)}")
+                if resp.status_code == 416 and offset:
+                    _discard(part)
+                    continue
+                if resp.status_code not in (200, 206) or (resp.status_code == 206 and not offset):
+                    raise FetchError(f"cannot fetch {redact(url)}: HTTP {resp.status_code}")
+                if same_file(remote, etag, last_modified) is False:
+                    _discard(part)
+                    raise FileChanged(f"{redact(url)} changed on the server during this run (its validators no "
+                                      "longer match); not stored: run mirror again to fetch the new version")
+                if resp.status_code == 206:
+                    start, total = _content_range(resp)
+                    if start != offset or same_file(remote, etag, last_modified) is None or \
+                            (expected is not None and total not in (None, expected)):
+                        # a range we cannot tie to the bytes we hold: start again from byte 0
+                        _discard(part)
+                        retry = _spend(retry, url, FetchError(f"unusable 206 ({resp.headers.get('Content-Range')!r})"))
+                        continue
+                else:
+                    offset, hasher = 0, hashlib.sha256()
+                    announced = _content_length(resp)
+                    if expected is None:
+                        expected = announced
+                    elif announced is not None and announced != expected:
+                        _discard(part)
+                        raise FetchError(f"{redact(url)}: the server announces {announced} bytes on GET but "
+                                         f"{expected} on HEAD; not stored")
+                with local_writes(str(part)):
+                    _part_meta_path(part).write_text(json.dumps({"etag": etag or remote.etag,
+                                                                 "last_modified": last_modified or remote.last_modified}))
+                    with open(part, "r+b" if offset else "wb") as out:
+                        out.seek(offset)
+                        out.truncate()
+                        cut = _stream_into(resp, out, hasher, on_bytes, low_speed)
+                        size = out.tell()
+                        if cut is None:
+                            out.flush()
+                            os.fsync(out.fileno())
+                    transferred += size - offset
         finally:
             resp.close()
-        total = total if total is not None else remote.size
-        if total is not None and size != total:
-            retry = _spend(retry, url, FetchError(f"got {size} of {total} bytes"))
+        if stop.is_set():
+            raise Stopped()
+        if cut is not None:
+            retry = _spend(retry, url, cut)
             continue
+        if expected is not None and size != expected:
+            # the body ended cleanly at another length than announced (e.g. chunked on the fly)
+            _discard(part)
+            raise FetchError(f"{redact(url)}: got {size} bytes, expected {expected}; not stored")
         _part_meta_path(part).unlink()
-        return FetchResult(size, hasher.hexdigest(), etag, last_modified, transferred)
+        return FetchResult(size, hasher.hexdigest(), etag or remote.etag, last_modified or remote.last_modified,
+                           transferred)
 
 
-def _stream_into(resp: requests.Response, out, hasher, on_bytes: Callable[[int], None]) -> Optional[Exception]:
-    """Copy the body into ``out``; return the network error that cut it, if any.
+def _stream_into(resp: requests.Response, out, hasher, on_bytes: Callable[[int], None],
+                 low_speed: LowSpeed) -> Optional[Exception]:
+    """Copy the raw body (never decoded) into ``out``; return what cut it (network error, too slow).
 
-    Local write errors propagate (a full disk is not worth a retry).
+    ``read1`` returns what has arrived instead of waiting for a whole block, so a trickle is
+    measured as it comes. Local write errors propagate (a full disk is not worth a retry).
     """
-    blocks = resp.iter_content(chunk_size=STREAM_BLOCK)
+    window_start, window_bytes = time.monotonic(), 0
     while True:
         try:
-            block = next(blocks, None)
+            block = resp.raw.read1(STREAM_BLOCK, decode_content=False)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             return exc
-        if block is None:
+        if not block:
             return None
         out.write(block)
         hasher.update(block)
         on_bytes(len(block))
+        if low_speed.limit:
+            window_bytes += len(block)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= low_speed.seconds:
+                if window_bytes < low_speed.limit * elapsed:
+                    return TooSlow(f"slower than {low_speed.limit} bytes/s for {low_speed.seconds:g} s")
+                window_start, window_bytes = time.monotonic(), 0
 
 
 def _discard(part: Path) -> None:
@@ -262,17 +409,17 @@ def _discard(part: Path) -> None:
             pass
 
 
-def _content_range_total(resp: requests.Response, offset: int, url: str) -> Optional[int]:
-    value = resp.headers.get("Content-Range", "")
-    try:
-        unit, rest = value.split(" ", 1)
-        span, total = rest.split("/")
-        start = int(span.split("-")[0])
-    except ValueError:
-        raise FetchError(f"bad Content-Range {value!r} from {redact(url)}") from None
-    if unit != "bytes" or start != offset:
-        raise FetchError(f"server resumed {redact(url)} at the wrong offset ({value!r}, wanted {offset})")
-    return int(total) if total.isdigit() else None
+def _content_range(resp: requests.Response) -> Tuple[Optional[int], Optional[int]]:
+    """(first byte, complete length) of a 206's Content-Range; None where it says nothing usable."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", "").strip())
+    if not match:
+        return None, None
+    return int(match.group(1)), (int(match.group(3)) if match.group(3).isdigit() else None)
+
+
+def _content_length(resp: requests.Response) -> Optional[int]:
+    value = resp.headers.get("Content-Length", "")
+    return int(value) if value.isdigit() else None
 
 
 def _spend(retry: Retry, url: str, exc: BaseException) -> Retry:

@@ -7,7 +7,6 @@ import datetime
 import json
 import os
 import posixpath
-import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,7 +17,7 @@ import requests
 
 from . import __version__
 from .errors import AuthError, DiskSpaceError, FetchError, IntegrityError, MirrorError, UsageError
-from .fetch import RemoteInfo, fetch_text, fetch_to_part, probe
+from .fetch import LowSpeed, RemoteInfo, StopSignal, Stopped, fetch_text, fetch_to_part, probe
 from .fsutil import local_writes, require_free_space
 from .hashing import sha256_file
 from .listing import ListedFile, parse_listing, redact, select_platforms
@@ -42,12 +41,13 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
     selected = select_platforms(listed, platforms, rules)
     answers = run_concurrently(lambda f: _probe_or_error(session, f, timeout), selected, jobs)
-    files, unauthorized, failed = [], [], []
+    files, unauthorized, refused_with, failed = [], [], {}, []
     for item, answer in zip(selected, answers):
         if isinstance(answer, MirrorError):
             failed.append({"path": item.path, "message": str(answer)})
         elif answer.status in (401, 403):
             unauthorized.append(item.path)
+            refused_with[item.path] = answer.status
         elif answer.status != 200:
             failed.append({"path": item.path, "message": f"HTTP {answer.status} for {redact(item.url)}"})
         else:
@@ -56,7 +56,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         raise AuthError(f"the server refused the SCM account for all {len(unauthorized)} files: wrong user or password?")
     if unauthorized and strict_authentication:
         raise AuthError(
-            f"HTTP 401 for {len(unauthorized)} file(s), e.g. {unauthorized[0]}; "
+            f"HTTP {refused_with[unauthorized[0]]} for {len(unauthorized)} file(s), e.g. {unauthorized[0]}; "
             "--strict-authentication makes this fatal (the account is not licensed for them)"
         )
     return {
@@ -67,6 +67,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         "listed": [f.path for f in listed],
         "files": files,
         "unauthorized": unauthorized,
+        "refused_with": refused_with,  # path -> HTTP status (401 or 403), for the summary
         "failed": failed,
     }
 
@@ -78,17 +79,13 @@ def _probe_or_error(session, item: ListedFile, timeout: float):
         return exc
 
 
-class Stopped(Exception):
-    """Raised inside a worker thread when the run is being interrupted."""
-
-
-def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[threading.Event] = None) -> List:
+def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[StopSignal] = None) -> List:
     """``[fn(x) for x in items]`` on ``jobs`` threads; Ctrl-C or an error stops the rest at once.
 
-    Queued items are cancelled and running ones see ``stop`` set, so an interrupted run ends
-    promptly (their partial downloads stay for the next run to resume).
+    Queued items are cancelled and transfers in flight are aborted (``StopSignal``), so an
+    interrupted run ends promptly (their partial downloads stay for the next run to resume).
     """
-    stop = stop or threading.Event()
+    stop = stop or StopSignal()
     pool = ThreadPoolExecutor(max_workers=max(1, jobs))
     futures = [pool.submit(fn, item) for item in items]
     try:
@@ -134,13 +131,18 @@ class DownloadOutcome:
 
 
 def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: str, timeout: float,
-                 on_bytes: Callable[[int], None]) -> None:
-    """Fetch one file into its ``.part``, then move it into the mirror and write its record."""
+                 on_bytes: Callable[[int], None], *, stop: Optional[StopSignal] = None,
+                 low_speed: LowSpeed = LowSpeed()) -> None:
+    """Fetch one file into its ``.part``, then move it into the mirror and write its record.
+
+    Only a part that ``fetch_to_part`` accepted (the length and validators of this run's HEAD
+    answer) is moved into the mirror; anything else raises and leaves the mirror as it was.
+    """
     rel, part = entry["path"], ws.part_path(entry["path"])
     remote = RemoteInfo(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
     with local_writes(str(part)):
         part.parent.mkdir(parents=True, exist_ok=True)
-    result = fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes)
+    result = fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes, stop=stop, low_speed=low_speed)
     target = ws.file(rel)
     with local_writes(str(target)):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -149,19 +151,17 @@ def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: 
         st = os.stat(target)
         ws.write_record(rel, FileRecord(st.st_size, st.st_mtime_ns, result.sha256, entry["url"], result.etag,
                                         result.last_modified, run_id, result.bytes_transferred))
-    if (result.etag, result.last_modified) != (entry.get("etag"), entry.get("last_modified")):
-        raise FetchError(f"{rel} changed on the server during this run; run mirror again to pick up the new version")
 
 
 def download_many(session: requests.Session, ws: Workspace, entries: List[Dict], run_id: str, *, jobs: int,
-                  timeout: float, progress: Optional[ByteProgress]) -> DownloadOutcome:
+                  timeout: float, progress: Optional[ByteProgress], low_speed: LowSpeed = LowSpeed()) -> DownloadOutcome:
     """Fetch entries with ``jobs`` concurrent connections; one failure does not stop the others.
 
     A 401 here, after HEAD was allowed, is a failure like any other (the HEAD probe is where
     unlicensed files are sorted out).
     """
     outcome = DownloadOutcome()
-    stop = threading.Event()
+    stop = StopSignal()
 
     def on_bytes(n):
         if stop.is_set():
@@ -173,7 +173,7 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
         if stop.is_set():
             return
         try:
-            download_one(session, ws, entry, run_id, timeout, on_bytes)
+            download_one(session, ws, entry, run_id, timeout, on_bytes, stop=stop, low_speed=low_speed)
             outcome.fetched.append(entry["path"])
         except Stopped:
             pass
@@ -267,6 +267,7 @@ def summarize(ws: Workspace, run_id: str, snapshot: Optional[Dict], elapsed: flo
         "fetched": len(fetched),
         "up_to_date": up_to_date,
         "skipped_unauthorized": unauthorized,
+        "refused_with": {p: (snapshot or {}).get("refused_with", {}).get(p, 401) for p in unauthorized},
         "failed": failed,
         "bytes_fetched": fetched_bytes,
         "bytes_transferred": transferred,

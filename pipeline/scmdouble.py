@@ -34,8 +34,10 @@ import argparse
 import base64
 import email.utils
 import fnmatch
+import gzip
 import hashlib
 import hmac
+import io
 import mimetypes
 import os
 import random
@@ -49,7 +51,7 @@ import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote, unquote, urlsplit
 
 from .fsutil import atomic_write_bytes
@@ -387,6 +389,7 @@ class _Fault:
     status: int = 503
     retry_after: Optional[str] = None
     seconds: float = 0.0
+    then: Optional[Callable[[], None]] = None  # run (in the server thread) right after a cut
 
     def matches(self, method: str, target: str) -> bool:
         if self.times is not None and self.times <= 0:
@@ -561,9 +564,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_file(self, double: "ScmDouble", head: bool, f, st, rec: RequestRecord, target: str):
         size = st.st_size
         mtime = int(st.st_mtime)
+        quirks = double._quirks_for(target)
         etag = f'"{st.st_mtime_ns:x}-{size:x}"'
+        if quirks.get("etag") == "weak":
+            etag = "W/" + etag
         last_modified = email.utils.formatdate(mtime, usegmt=True)
         validators = {"ETag": etag, "Last-Modified": last_modified}
+        if quirks.get("etag") == "none":
+            del validators["ETag"]
 
         inm = self.headers.get("If-None-Match")
         if inm is not None:
@@ -580,7 +588,7 @@ class _Handler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         if range_header is not None:
             if_range = self.headers.get("If-Range")
-            if if_range is None or _if_range_matches(if_range, etag, mtime):
+            if if_range is None or quirks.get("ignore_if_range") or _if_range_matches(if_range, etag, mtime):
                 byte_range = _parse_range(range_header, size)
         if byte_range == "unsatisfiable":
             self.send_response(416)
@@ -597,10 +605,17 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             start, end = byte_range
             length, status = end - start + 1, 206
+        if quirks.get("gzip_on_the_fly") and status == 200 and not head:
+            # Compress on the fly, as a misconfigured front end would (test files are small).
+            f = io.BytesIO(gzip.compress(f.read(), mtime=0))
+            length = len(f.getvalue())
+        announced = length + (quirks.get("head_length", 0) if head else 0)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Length", str(announced))
         self.send_header("Accept-Ranges", "bytes")
+        if quirks.get("gzip_on_the_fly") or quirks.get("content_encoding"):
+            self.send_header("Content-Encoding", quirks.get("content_encoding") or "gzip")
         for k, v in validators.items():
             self.send_header(k, v)
         if status == 206:
@@ -663,6 +678,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
             except OSError:
                 pass
+            if cut is not None and cut.then is not None:
+                cut.then()
 
 
 def _etag_list_matches(header: str, etag: str) -> bool:
@@ -757,6 +774,7 @@ class ScmDouble:
         self._lock = threading.Lock()
         self._log: List[RequestRecord] = []
         self._faults: List[_Fault] = []
+        self._quirks: List[Tuple[str, Dict[str, object]]] = []
         self._rate: Optional[int] = None
         self._conns: set = set()
         self._stopping = threading.Event()
@@ -859,9 +877,11 @@ class ScmDouble:
     # fail_status fires before the auth check (like an overloaded front end) and counts any
     # matching request; cut_after/stall_after only count responses that carry a body.
 
-    def cut_after(self, glob: str = "*", nbytes: int = 0, times: Optional[int] = 1, method: Optional[str] = None) -> None:
-        """Send full headers (whole Content-Length), then close after ``nbytes`` of body."""
-        self._add_fault(_Fault("cut", glob, times, method, nbytes=nbytes))
+    def cut_after(self, glob: str = "*", nbytes: int = 0, times: Optional[int] = 1, method: Optional[str] = None,
+                  then: Optional[Callable[[], None]] = None) -> None:
+        """Send full headers (whole Content-Length), then close after ``nbytes`` of body; call
+        ``then()`` right after the cut (e.g. to change the file before the client resumes)."""
+        self._add_fault(_Fault("cut", glob, times, method, nbytes=nbytes, then=then))
 
     def fail_status(self, glob: str = "*", status: int = 503, retry_after=None, times: Optional[int] = 1,
                     method: Optional[str] = None) -> None:
@@ -882,10 +902,35 @@ class ScmDouble:
             raise ValueError("bytes_per_second must be positive or None")
         self._rate = bytes_per_second
 
+    def misbehave(self, glob: str = "*", *, head_length: int = 0, ignore_if_range: bool = False,
+                  content_encoding: Optional[str] = None, gzip_on_the_fly: bool = False,
+                  etag: Optional[str] = None) -> None:
+        """Lasting quirks of real servers, for files matching ``glob`` (until ``clear_faults``):
+
+        ``head_length``: HEAD announces this many bytes more (or fewer) than GET sends;
+        ``ignore_if_range``: honour Range even when If-Range no longer matches (splices a resume);
+        ``content_encoding``: label bodies with this Content-Encoding, bytes unchanged (a common
+        setting for files that are gzip on disk); ``gzip_on_the_fly``: gzip 200 bodies and announce
+        the compressed length; ``etag``: "weak" sends a weak tag, "none" sends no ETag at all.
+        """
+        quirks = {"head_length": head_length, "ignore_if_range": ignore_if_range,
+                  "content_encoding": content_encoding, "gzip_on_the_fly": gzip_on_the_fly, "etag": etag}
+        with self._lock:
+            self._quirks.append((glob, {k: v for k, v in quirks.items() if v}))
+
+    def _quirks_for(self, target: str) -> Dict[str, object]:
+        merged: Dict[str, object] = {}
+        with self._lock:
+            for glob, quirks in self._quirks:
+                if fnmatch.fnmatchcase(target, glob):
+                    merged.update(quirks)
+        return merged
+
     def clear_faults(self) -> None:
-        """Remove every fault switch and the throttle."""
+        """Remove every fault switch, quirk and the throttle."""
         with self._lock:
             self._faults.clear()
+            self._quirks.clear()
         self._rate = None
 
     def _add_fault(self, fault: _Fault) -> None:

@@ -19,7 +19,7 @@ from luigi.util import inherits
 from . import mirror, progress
 from .credentials import resolve_credentials
 from .errors import FetchError, MirrorError, exit_code_for
-from .fetch import make_session
+from .fetch import LowSpeed, make_session
 from .listing import compile_platform_rules, listing_url_for
 from .manifest import Manifest
 from .units import parse_size
@@ -50,6 +50,11 @@ class http(luigi.Config):
     retries = luigi.IntParameter(default=6, description="attempts per request for connection errors, 5xx and 429")
     backoff = luigi.FloatParameter(default=0.5, description="urllib3 backoff factor in seconds")
     timeout = luigi.FloatParameter(default=60.0, description="connect/read timeout in seconds")
+    low_speed_limit = luigi.IntParameter(default=1000, description="bytes/s below which an attempt is given up (0: off)")
+    low_speed_time = luigi.FloatParameter(default=60.0, description="... when the rate stays below it this many seconds")
+
+    def low_speed(self) -> LowSpeed:
+        return LowSpeed(self.low_speed_limit, self.low_speed_time)
 
 
 def platform_rules():
@@ -149,7 +154,8 @@ class DownloadFile(MirrorTask):
         entries = [e for e in entries if not mirror.is_current(self.workspace, e)]
         bar = progress.for_run(self.run_id, mirror.bytes_to_fetch(self.workspace, entries))
         outcome = mirror.download_many(self.requires().session(), self.workspace, entries, self.run_id,
-                                       jobs=self.jobs, timeout=http().timeout, progress=bar)
+                                       jobs=self.jobs, timeout=http().timeout, progress=bar,
+                                       low_speed=http().low_speed())
         if outcome.failed:
             first = sorted(outcome.failed.items())[0][1]
             raise FetchError(f"{len(outcome.failed)} of {len(entries)} file(s) could not be fetched; first: {first}")

@@ -36,7 +36,7 @@ def test_first_run_mirrors_exactly_what_is_served_and_rerun_transfers_no_bodies(
     assert sorted(summary["skipped_unauthorized"]) == ["licensed/adfcrs-db-2026.101.tar.zst",
                                                        "licensed/qe-pseudopotentials-2026.101.tar.zst"]
     assert summary["bytes_fetched"] == sum((dest / p).stat().st_size for p in expected)
-    assert "skipped (401" in first.stderr and "fetched" in first.stderr
+    assert "skipped (HTTP 401" in first.stderr and "fetched" in first.stderr
 
     manifest = json.loads((dest / ".amsrepomirror" / f"{VERSION}.manifest.json").read_text())
     assert {f["path"]: f["sha256"] for f in manifest["files"]} == expected

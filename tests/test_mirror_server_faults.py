@@ -1,0 +1,204 @@
+"""A server that lies or misbehaves: every case ends, and nothing SCM never served is taken as done.
+
+Each test drives the real `amsrepomirror mirror` command against the SCM double switched to one
+misbehaviour (``ScmDouble.misbehave``, ``cut_after(then=...)``, ``throttle``, ``fail_status``).
+"""
+
+import gzip
+import random
+import signal
+import time
+
+import luigi
+import pytest
+
+from clihelp import cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
+from pipeline import cli
+from pipeline.scmdouble import ScmDouble, change_file, write_listing
+
+VERSION = "AMS2026.1"
+BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB, the largest file of the synthetic tree
+
+
+def mirror(double, dest, *extra, env=None, timeout=180):
+    return run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION),
+                   *extra, env=env, timeout=timeout)
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def without(tree, path):
+    return {p: h for p, h in tree.items() if p != path}
+
+
+def config_with(tmp_path, **http):
+    """A luigi.cfg for one test: the test [http] settings with these values changed."""
+    settings = {"retries": 3, "backoff": 0.1, "timeout": 10, **http}
+    path = tmp_path / "luigi.cfg"
+    path.write_text("[http]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
+    return str(path)
+
+
+# 1. One expected length per run: HEAD and GET disagreeing is a failed file, never a loop.
+
+@pytest.mark.parametrize("head_length", [+100, -100], ids=["head-says-more", "head-says-less"])
+def test_head_and_get_lengths_disagree_file_fails_run_ends(scm_double, repo_tree, tmp_path, head_length):
+    dest = tmp_path / "m"
+    scm_double.misbehave(BIG, head_length=head_length)
+    result = mirror(scm_double, dest, timeout=120)  # before the fix this run never ended
+    assert result.returncode == 1, result.stderr
+    assert "error:" in error_line(result.stderr)
+    assert "python3.11" in result.stderr and "announces" in result.stderr
+    assert tree_hashes(dest) == without(served_tree(repo_tree, VERSION), BIG)  # never a truncated file
+    assert len(scm_double.records("GET", BIG)) <= 2  # failed once, not fetched again and again
+    scm_double.clear_faults()
+    assert mirror(scm_double, dest).returncode == 0
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def test_a_task_whose_output_is_missing_after_run_fails_instead_of_looping(tmp_path):
+    runs = []
+
+    class NeverDone(luigi.Task):
+        def output(self):
+            return luigi.LocalTarget(str(tmp_path / "never-written"))
+
+        def run(self):
+            runs.append(1)
+
+    class Wants(luigi.WrapperTask):
+        def requires(self):
+            return NeverDone()
+
+    failures = cli.run_graph([Wants()])
+    assert runs == [1]
+    assert [f["code"] for f in failures] == [1]
+    assert "complete() is still returning false" in failures[0]["message"]
+
+
+# 2. A resume is joined only to bytes of the same file.
+
+def test_resume_against_server_ignoring_if_range_never_splices(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "m"
+    scm_double.misbehave(BIG, ignore_if_range=True)
+    # The connection drops after 700 kB and the file changes (same size) before the client resumes.
+    scm_double.cut_after(BIG, nbytes=700_000, method="GET", then=lambda: change_file(repo_tree, BIG, seed=99))
+    first = mirror(scm_double, dest)
+    assert first.returncode == 1, first.stderr
+    assert "changed on the server" in error_line(first.stderr)
+    resumed = [r for r in scm_double.records("GET", BIG) if r.range]
+    assert resumed and resumed[0].status == 206  # the server did splice; the client refused it
+    assert not (dest / BIG).exists()
+    assert not list((dest / ".amsrepomirror").rglob("*.part"))  # the part was dropped
+    scm_double.clear_log()
+    second = mirror(scm_double, dest)
+    assert second.returncode == 0, second.stderr
+    assert [r.range for r in scm_double.records("GET", BIG)] == [None]  # fetched whole
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    assert mirror(scm_double, dest, "--deep").returncode == 0
+
+
+@pytest.mark.parametrize("etag", [None, "weak", "none"], ids=["strong-etag", "weak-etag", "no-etag"])
+def test_if_range_carries_a_strong_etag_else_the_date(scm_double, repo_tree, tmp_path, etag):
+    scm_double.misbehave(BIG, etag=etag)
+    scm_double.cut_after(BIG, nbytes=700_000, method="GET")
+    result = mirror(scm_double, tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+    resumed = [r for r in scm_double.records("GET", BIG) if r.range]
+    assert resumed and resumed[0].status == 206
+    if etag is None:
+        assert resumed[0].if_range.startswith('"')
+    else:  # never a weak tag: the Last-Modified date
+        assert resumed[0].if_range.endswith("GMT")
+
+
+# 3. The body is stored exactly as sent, never decoded.
+
+def test_gzip_label_on_gzip_files_stores_the_served_bytes(scm_double, repo_tree, tmp_path):
+    packages = repo_tree / "Downloads/packages"
+    tgz = packages / "common/data/extra-2026.101.tgz"
+    tgz.write_bytes(gzip.compress(random.Random(5).randbytes(300_000), mtime=0))
+    write_listing(repo_tree, VERSION, scm_double.base_url)
+    scm_double.misbehave("common/*", content_encoding="gzip")  # what many web servers add to .tgz
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert sha256(dest / "common/data/extra-2026.101.tgz") == sha256(tgz)
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def test_server_compressing_on_the_fly_fails_that_file(scm_double, repo_tree, tmp_path):
+    victim = "common/docs/manual-2026.101.tar.zst"
+    scm_double.misbehave(victim, gzip_on_the_fly=True)
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest)
+    assert result.returncode == 1, result.stderr
+    assert "manual-2026.101" in result.stderr
+    assert tree_hashes(dest) == without(served_tree(repo_tree, VERSION), victim)
+
+
+# 7. A trickle ends the attempt; Ctrl-C ends the run while bytes trickle.
+
+def test_trickling_server_is_given_up_and_the_run_ends(scm_double, repo_tree, tmp_path):
+    env = cli_env(LUIGI_CONFIG_PATH=config_with(tmp_path, low_speed_limit=5000, low_speed_time=1, retries=1))
+    scm_double.throttle(400)  # every read arrives well within the timeout
+    started = time.monotonic()
+    result = mirror(scm_double, tmp_path / "m", env=env, timeout=150)
+    assert result.returncode == 1, result.stderr
+    assert "slower than 5000 bytes/s" in result.stderr
+    assert time.monotonic() - started < 150
+    scm_double.clear_faults()
+    assert mirror(scm_double, tmp_path / "m").returncode == 0
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+
+
+def test_ctrl_c_while_bytes_trickle_ends_the_run_with_130(scm_double, repo_tree, tmp_path):
+    scm_double.throttle(400)
+    proc = popen_cli("mirror", "--version", VERSION, "--mirror", tmp_path / "m", "--listing-url",
+                     scm_double.listing_url(VERSION))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not [r for r in scm_double.records("GET") if r.body_bytes > 0
+                                                 and not r.relpath.startswith("listings/")]:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # once
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+
+
+# 9. HEAD refused while GET works; a password outside Latin-1.
+
+def test_head_403_with_get_allowed_is_mirrored_and_403_is_named(scm_double, repo_tree, tmp_path):
+    head_only = "common/data/forcefields-2026.101.tar.zst"
+    refused = "windows/x86_64/band-2026.101.zip"
+    scm_double.fail_status(head_only, status=403, times=None, method="HEAD")
+    scm_double.fail_status(refused, status=403, times=None)
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert sha256(dest / head_only) == sha256(repo_tree / "Downloads/packages" / head_only)
+    assert tree_hashes(dest) == without(served_tree(repo_tree, VERSION), refused)
+    assert f"skipped (HTTP 403, not licensed for this account): {refused}" in result.stderr
+    assert "skipped (HTTP 401, not licensed for this account): licensed/" in result.stderr
+
+
+def test_password_outside_latin1_works_and_never_shows_in_messages(repo_tree, tmp_path):
+    password = "pässwörd-€-密码"
+    with ScmDouble(repo_tree, users={"démo": password}) as double:
+        good = mirror(double, tmp_path / "good", env=cli_env(user="démo", password=password))
+        assert good.returncode == 0, good.stderr
+        assert tree_hashes(tmp_path / "good") == served_tree(repo_tree, VERSION)
+        bad = mirror(double, tmp_path / "bad", env=cli_env(user="démo", password="wröng-€-密"))
+    assert bad.returncode == 3, bad.stderr
+    assert error_line(bad.stderr).startswith("error: the server refused the SCM account")
+    for secret in ("wröng", "€", "密", "\\u20ac", "position"):
+        assert secret not in bad.stderr and secret not in good.stderr
