@@ -49,7 +49,7 @@ _WARNED: Set[Path] = set()
 
 def _netrc_path() -> Optional[Path]:
     """The file requests took the account from: $NETRC, else ~/.netrc or ~/_netrc."""
-    names = [os.environ["NETRC"]] if os.environ.get("NETRC") is not None else [f"~/{n}" for n in NETRC_FILES]
+    names = [os.environ["NETRC"]] if "NETRC" in os.environ else [f"~/{n}" for n in NETRC_FILES]
     for name in names:
         path = Path(os.path.expanduser(name))
         if path.exists():

@@ -134,12 +134,11 @@ class Workspace:
             self._legacy_record_path(rel).unlink()
 
     def clear_way(self, rel: str) -> None:
-        """Make room to place the file ``rel``, for paths that changed between file and folder upstream.
+        """Make room for the file ``rel`` when a path changed between file and folder upstream.
 
-        A file standing where one of its folders must be, or a folder standing where it must go,
-        is no longer listed (a listing never names a path as both), so it goes with its records:
-        the listing wins. Several downloads into one new folder may race here; unlink() never
-        removes a folder another one has just made.
+        A file where one of its folders must be, or a folder where it must go, is no longer listed
+        (a listing never names a path as both): it goes, with its records. Downloads into one new
+        folder may race here, which is safe: unlink() never removes the folder another one made.
         """
         parts = rel.split("/")
         for depth in range(1, len(parts)):
