@@ -6,11 +6,13 @@ inherit it); it is never logged, written, or put in an exception message.
 
 import getpass
 import os
+import stat
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Optional, Set
 
-from requests.utils import get_netrc_auth
+from requests.utils import NETRC_FILES, get_netrc_auth
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ def resolve_credentials(url: str, *, interactive: bool = False) -> Optional[Cred
         return Credentials(user, password, "environment (SCM_USER/SCM_PASSWORD)")
     netrc = get_netrc_auth(url)
     if netrc:
+        if netrc[1]:
+            _warn_if_others_can_touch(_netrc_path())
         return Credentials(netrc[0], netrc[1], "~/.netrc")
     if interactive and sys.stdin.isatty():
         user = user or input("SCM user: ").strip()
@@ -38,3 +42,38 @@ def resolve_credentials(url: str, *, interactive: bool = False) -> Optional[Cred
         os.environ["SCM_USER"], os.environ["SCM_PASSWORD"] = user, password
         return Credentials(user, password, "prompt")
     return None
+
+
+_WARNED: Set[Path] = set()
+
+
+def _netrc_path() -> Optional[Path]:
+    """The file requests took the account from: $NETRC, else ~/.netrc or ~/_netrc."""
+    names = [os.environ["NETRC"]] if "NETRC" in os.environ else [f"~/{n}" for n in NETRC_FILES]
+    for name in names:
+        path = Path(os.path.expanduser(name))
+        if path.exists():
+            return path
+    return None
+
+
+def _warn_if_others_can_touch(path: Optional[Path]) -> None:
+    """Warn once per process when a netrc holding the password is not private to this user.
+
+    ftp and Python's netrc module refuse such a file; we use it (refusing would only turn a
+    cron job's run into an authentication failure) and say how to fix it.
+    """
+    if path is None or os.name != "posix" or path in _WARNED:
+        return
+    st = path.stat()
+    problems, fixes = [], []
+    if st.st_uid != os.getuid():
+        problems.append(f"belongs to uid {st.st_uid}, not to you")
+        fixes.append(f"chown {os.getuid()} {path}")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        problems.append(f"is readable or writable by others (mode {stat.S_IMODE(st.st_mode):04o})")
+        fixes.append(f"chmod 600 {path}")
+    if problems:
+        _WARNED.add(path)
+        print(f"warning: {path} holds the SCM password but {' and '.join(problems)}; fix: {' && '.join(fixes)}",
+              file=sys.stderr, flush=True)

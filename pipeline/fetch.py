@@ -29,7 +29,7 @@ from .credentials import Credentials
 from .errors import AuthError, FetchError
 from .fsutil import local_writes
 from .hashing import sha256_stream
-from .listing import redact
+from .listing import decode_listing, redact
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
@@ -115,7 +115,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
-    """GET a small text resource (the listing); 401/403 is an AuthError."""
+    """GET the listing and decode it from its bytes (``decode_listing``); 401/403 is an AuthError."""
     resp = _request(session, "GET", url, timeout)
     if resp.status_code in (401, 403):
         raise AuthError(
@@ -124,8 +124,7 @@ def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
         )
     if resp.status_code != 200:
         raise FetchError(f"cannot fetch the listing {redact(url)}: HTTP {resp.status_code}")
-    resp.encoding = resp.encoding or "utf-8"
-    return resp.text
+    return decode_listing(resp.content, url)
 
 
 def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:

@@ -5,17 +5,19 @@ stored at ``<mirror>/X``. Every URL is checked before anything is fetched, so a 
 never touches the mirror.
 """
 
+import codecs
 import os
 import posixpath
 import re
 import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from .errors import UsageError
 
 STATE_DIR = ".amsrepomirror"
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: would break one-line messages
 DEFAULT_LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/{version}.txt"
 
 
@@ -73,10 +75,13 @@ def _relative_path(url: str, root: str, lineno: int) -> str:
     ):
         raise UsageError(f"{where}: URL outside the repository root {redact(root)}: {redact(url)}")
     raw = parts.path[len(root_parts.path):]
-    segments = [unquote(s) for s in raw.split("/")]
+    try:  # strict: unquote() would turn every undecodable escape into the same U+FFFD
+        segments = [unquote_to_bytes(s).decode("utf-8") for s in raw.split("/")]
+    except UnicodeDecodeError:
+        raise UsageError(f"{where}: the path {raw!r} is not UTF-8 once percent-decoded") from None
     for seg in segments:
-        if seg in ("", ".", "..") or "\\" in seg or "/" in seg or "\x00" in seg:
-            raise UsageError(f"{where}: refusing unsafe path {raw!r} in {redact(url)}")
+        if seg in ("", ".", "..") or "\\" in seg or "/" in seg or _CONTROL_CHARACTER.search(seg):
+            raise UsageError(f"{where}: refusing unsafe path {raw!r} in {redact(url)!r}")
     if WINDOWS and any(_bad_on_windows(seg) for seg in segments):
         raise UsageError(f"{where}: {raw!r} cannot be stored on Windows (reserved name or character)")
     if segments[0] == STATE_DIR:
@@ -93,12 +98,28 @@ def _bad_on_windows(segment: str) -> bool:
             or segment.split(".")[0].lower() in _WINDOWS_RESERVED)
 
 
+def decode_listing(body: bytes, listing_url: str) -> str:
+    """The listing's text, read as UTF-8 (BOM tolerated) whatever charset the server claims.
+
+    A ``.txt`` file is typically served as ``text/plain`` without a charset, which HTTP clients
+    then read as ISO-8859-1: a BOM and every non-ASCII name would come out wrong.
+    """
+    body = body.removeprefix(codecs.BOM_UTF8)
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = body.count(b"\n", 0, exc.start) + 1
+        raise UsageError(f"listing line {lineno}: the listing {redact(listing_url)} is not UTF-8 text "
+                         f"(byte 0x{body[exc.start]:02X})") from None
+
+
 def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
     """Parse listing text: tolerate blank lines, ``#`` comments and CRLF; drop duplicates; refuse unsafe URLs."""
     root = repository_root(listing_url)
     seen: Dict[str, ListedFile] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        line = line.strip().lstrip("\ufeff")
+    # Lines end at LF only (CR is stripped): splitlines() would also break at U+0085 or U+2028 inside a name.
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        line = line.strip()
         if not line or line.startswith("#"):
             continue
         path = _relative_path(line, root, lineno)

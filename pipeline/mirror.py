@@ -145,6 +145,7 @@ def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: 
     result = fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes, stop=stop, low_speed=low_speed)
     target = ws.file(rel)
     with local_writes(str(target)):
+        ws.clear_way(rel)
         target.parent.mkdir(parents=True, exist_ok=True)
         ws.drop_record(rel)  # the old record must never describe the new file
         os.replace(part, target)
@@ -189,22 +190,32 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
     return outcome
 
 
-def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, deep: bool = False) -> Manifest:
+def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, run_id: str, deep: bool = False) -> Manifest:
     """The manifest of the verified tree: every selected file, its hash and validators.
 
     A file whose size and mtime still match its record keeps the hash taken while it streamed
-    in; ``deep`` re-reads every file instead. A file that no longer matches is an integrity failure.
+    in; ``deep`` re-reads every file instead. Every file that no longer matches is noted as a
+    failure of the run (its record dropped, so the next run fetches it), then one IntegrityError
+    counts them.
     """
-    entries = []
+    entries, bad = [], {}
     for remote in snapshot["files"]:
         rel = remote["path"]
         record = ws.current_record(rel)
         if record is None or not record.matches_remote(remote):
-            raise IntegrityError(f"{rel} is missing or was modified in the mirror after download; run mirror again")
-        if deep and sha256_file(ws.file(rel)) != record.sha256:
+            bad[rel] = f"{rel} is missing or was modified in the mirror after download"
+        elif deep and sha256_file(ws.file(rel)) != record.sha256:
             ws.drop_record(rel)
-            raise IntegrityError(f"{rel} does not match the sha256 recorded when it was downloaded; run mirror again")
-        entries.append(FileEntry(rel, record.size, record.sha256, redact(record.url), record.etag, record.last_modified))
+            bad[rel] = f"{rel} does not match the sha256 recorded when it was downloaded"
+        else:
+            entries.append(FileEntry(rel, record.size, record.sha256, redact(record.url), record.etag,
+                                     record.last_modified))
+    for rel, message in bad.items():
+        ws.note_failure(run_id, "file", message, rel)
+    if bad:
+        first = next(iter(bad.values()))
+        raise IntegrityError(f"{len(bad)} file(s) in the mirror are missing or corrupt (first: {first}); "
+                             "run mirror again to fetch them")
     index = f"{version}.yml"
     if index not in {e.path for e in entries}:
         why = "the server refused it (HTTP 401)" if index in snapshot["unauthorized"] else "it is not in the verified tree"

@@ -185,7 +185,7 @@ class VerifyTree(MirrorTask):
         if snapshot["failed"]:
             first = snapshot["failed"][0]
             raise FetchError(f"{len(snapshot['failed'])} listed file(s) could not be fetched; first: {first['message']}")
-        manifest = mirror.build_manifest(self.workspace, snapshot, self.version, deep=self.deep)
+        manifest = mirror.build_manifest(self.workspace, snapshot, self.version, run_id=self.run_id, deep=self.deep)
         self.workspace.drop_parts()  # every selected file is current: any partial download left is stale
         manifest.write(self.workspace.manifest_path(self.version))
         with self.output().open("w") as f:

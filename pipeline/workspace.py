@@ -2,12 +2,17 @@
 
 State (never part of the repository): listing snapshots per run, one record per file (size,
 mtime, sha256 and the server's validators, written after the file is in place), ``.part``
-files of interrupted downloads, the mirror manifest, and per-run failure notes.
+files of interrupted downloads, the mirror manifest, and per-run failure notes. Records and
+parts are named by the sha256 of the file's path: a repository name may already be as long as
+the filesystem allows, and no suffix of ours may push it over.
 """
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
@@ -48,6 +53,13 @@ class FileRecord:
 _RECORDS: Dict[Path, Optional[FileRecord]] = {}
 
 
+def _load_record(path: Path) -> Optional[FileRecord]:
+    try:
+        return FileRecord(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 class Workspace:
     """Knows every path in a mirror folder, so tasks never build paths by hand."""
 
@@ -58,11 +70,19 @@ class Workspace:
     def file(self, rel: str) -> Path:
         return self.mirror.joinpath(*rel.split("/"))
 
+    def _hashed(self, folder: str, rel: str, suffix: str) -> Path:
+        digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
+        return self.state / folder / digest[:2] / (digest + suffix)
+
     def record_path(self, rel: str) -> Path:
-        return self.state.joinpath("records", *rel.split("/")).with_name(rel.rsplit("/", 1)[-1] + ".json")
+        return self._hashed("records", rel, ".json")
 
     def part_path(self, rel: str) -> Path:
-        return self.state.joinpath("parts", *rel.split("/")).with_name(rel.rsplit("/", 1)[-1] + ".part")
+        return self._hashed("parts", rel, ".part")
+
+    def _legacy_record_path(self, rel: str) -> Path:
+        """Where records lived before their names were hashed: ``records/<path>.json``."""
+        return self.state.joinpath("records", *rel.split("/")).with_name(rel.rsplit("/", 1)[-1] + ".json")
 
     def run_dir(self, run_id: str) -> Path:
         return self.state / "runs" / run_id
@@ -83,11 +103,20 @@ class Workspace:
     def read_record(self, rel: str) -> Optional[FileRecord]:
         path = self.record_path(rel)
         if path not in _RECORDS:
-            try:
-                _RECORDS[path] = FileRecord(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
+            record = _load_record(path) or self._adopt_legacy_record(rel)
+            if record is None:
                 return None
+            _RECORDS[path] = record
         return _RECORDS[path]
+
+    def _adopt_legacy_record(self, rel: str) -> Optional[FileRecord]:
+        """A record of the earlier layout, moved to its hashed name, so an upgrade fetches nothing again."""
+        legacy = self._legacy_record_path(rel)
+        record = _load_record(legacy)
+        if record is not None:
+            self.write_record(rel, record)
+            legacy.unlink()
+        return record
 
     def write_record(self, rel: str, record: FileRecord) -> None:
         path = self.record_path(rel)
@@ -101,6 +130,36 @@ class Workspace:
             path.unlink()
         except FileNotFoundError:
             pass
+        with contextlib.suppress(OSError):  # absent, or a name the earlier layout could not hold
+            self._legacy_record_path(rel).unlink()
+
+    def clear_way(self, rel: str) -> None:
+        """Make room for the file ``rel`` when a path changed between file and folder upstream.
+
+        A file where one of its folders must be, or a folder where it must go, is no longer listed
+        (a listing never names a path as both): it goes, with its records. Downloads into one new
+        folder may race here, which is safe: unlink() never removes the folder another one made.
+        """
+        parts = rel.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if self.file(folder).is_dir():
+                continue
+            try:
+                os.unlink(self.file(folder))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                if not self.file(folder).is_dir():
+                    raise
+            self.drop_record(folder)
+            break
+        target = self.file(rel)
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(target).st_mode):
+                for inner in list(self.repository_files(under=rel)):
+                    self.drop_record(inner)
+                shutil.rmtree(target)
 
     def current_record(self, rel: str) -> Optional[FileRecord]:
         """The record, if the file on disk is still exactly the one it describes (size and mtime)."""
@@ -140,9 +199,9 @@ class Workspace:
             return []
         return [json.loads(line) for line in lines if line.strip()]
 
-    def repository_files(self) -> Iterator[str]:
-        """Relative paths of every file in the mirror outside the state folder."""
-        for dirpath, dirnames, filenames in os.walk(self.mirror):
+    def repository_files(self, under: str = "") -> Iterator[str]:
+        """Relative paths of every file in the mirror (or in its folder ``under``) outside the state folder."""
+        for dirpath, dirnames, filenames in os.walk(self.file(under) if under else self.mirror):
             if Path(dirpath) == self.mirror and STATE_DIR in dirnames:
                 dirnames.remove(STATE_DIR)
             rel_dir = os.path.relpath(dirpath, self.mirror)

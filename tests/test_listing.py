@@ -1,8 +1,8 @@
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.listing import (compile_platform_rules, listing_url_for, parse_listing, platform_of, redact,
-                              repository_root, select_platforms)
+from pipeline.listing import (compile_platform_rules, decode_listing, listing_url_for, parse_listing, platform_of,
+                              redact, repository_root, select_platforms)
 from pipeline.tasks import DEFAULT_PLATFORM_RULES
 
 LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/AMS2026.1.txt"
@@ -32,12 +32,36 @@ def test_listing_tolerates_blank_lines_comments_crlf_and_duplicates():
     (f"{ROOT}a%2Fb", "unsafe"),
     (f"{ROOT}.amsrepomirror/records/x.json", "state"),
     (f"{ROOT}x.zip?token=1", "query"),
+    (f"{ROOT}bad%FF.zip", "UTF-8"),
+    (f"{ROOT}two%0Alines.zip", "unsafe"),
+    (f"{ROOT}bell%07.zip", "unsafe"),
+    (f"{ROOT}next%C2%85line.zip", "unsafe"),
+    (f"{ROOT}next\u0085line.zip", "unsafe"),
 ])
 def test_unsafe_urls_refuse_the_whole_listing(bad, why):
     text = f"{ROOT}AMS2026.1.yml\n{bad}\n"
     with pytest.raises(UsageError, match=r"listing line 2|state") as info:
         parse_listing(text, LISTING_URL)
     assert "\n" not in str(info.value)
+
+
+def test_listing_is_utf8_from_its_bytes_bom_tolerated():
+    body = f"\ufeff{ROOT}AMS2026.1.yml\n{ROOT}donn%C3%A9es/%C3%BCn%C3%AF.tgz\n{ROOT}r\u00e4w/\u00c5ngstr\u00f6m.tgz\n"
+    files = parse_listing(decode_listing(body.encode("utf-8"), LISTING_URL), LISTING_URL)
+    assert [f.path for f in files] == ["AMS2026.1.yml", "données/ünï.tgz", "räw/Ångström.tgz"]
+    with pytest.raises(UsageError, match=r"^listing line 3: .* not UTF-8 text \(byte 0xE9\)$"):
+        decode_listing(f"{ROOT}a\n\n{ROOT}donn".encode() + b"\xe9es\n", LISTING_URL)
+
+
+def test_two_undecodable_escapes_are_refused_not_merged():
+    with pytest.raises(UsageError, match=r"listing line 2: .*not UTF-8 once percent-decoded"):
+        parse_listing(f"{ROOT}AMS2026.1.yml\n{ROOT}a%FF.zip\n{ROOT}a%FE.zip\n", LISTING_URL)
+
+
+def test_lines_end_at_lf_only():
+    """U+2028 is a character of a name, not a line end (str.splitlines would split there)."""
+    files = parse_listing(f"{ROOT}AMS2026.1.yml\r\n{ROOT}c\u2028d.zip\n", LISTING_URL)
+    assert [f.path for f in files] == ["AMS2026.1.yml", "c\u2028d.zip"]
 
 
 def test_file_and_folder_clash_and_empty_listing_are_refused():

@@ -10,6 +10,7 @@ import pytest
 
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 from pipeline.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
+from pipeline.workspace import Workspace
 
 VERSION = "AMS2026.1"
 
@@ -116,7 +117,7 @@ def test_kill_9_mid_file_then_rerun_resumes_at_the_byte(scm_double, repo_tree, t
     big = max(repository_files(repo_tree), key=lambda p: (packages / p).stat().st_size)
     scm_double.throttle(300_000)
     proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION))
-    part = dest / ".amsrepomirror" / "parts" / (big + ".part")
+    part = Workspace(dest).part_path(big)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 400_000):
         time.sleep(0.05)
