@@ -8,10 +8,12 @@ concatenated in order on unpack.
 import hashlib
 import io
 import json
+import re
+import unicodedata
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from .errors import IntegrityError
 from .fsutil import atomic_write_bytes
@@ -34,7 +36,57 @@ def part_member(path: str, index: int) -> str:
 
 def chunk_name(version: str, index: int, count: int) -> str:
     """File name of chunk ``index`` (1-based) of ``count``; zero-padded so names sort in order."""
-    return f"{version}-{index:0{max(4, len(str(count)))}d}.7z"
+    return f"{version}-{index:0{max(4, len(str(count)))}d}{CHUNK_SUFFIX}"
+
+
+def chunk_name_pattern(version: str) -> "re.Pattern[str]":
+    """What :func:`chunk_name` gives for ``version`` (for ``fullmatch``): ASCII only."""
+    return re.compile(re.escape(version) + r"-[0-9]{4,}" + re.escape(CHUNK_SUFFIX))
+
+
+#: An AMS version as bundles carry it: AMS, then digits and dots (AMS2026.1).
+VERSION_PATTERN = re.compile(r"AMS[0-9]+(?:\.[0-9]+)*")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+#: Names holding this, at any level of a tree, are the tool's own temporary files, never content.
+RESERVED_PREFIX = ".amsrepomirror-"
+
+
+def shown(text: str) -> str:
+    """``text`` as it may appear in a one-line message: as it is when printable, else escaped."""
+    return text if text.isprintable() else repr(text)
+
+
+def path_problem(name) -> Optional[str]:
+    """Why ``name`` is not an acceptable relative path in a bundle or a placed tree, or None.
+
+    The one path check for bundle content (manifest paths, archive members, the tree on disk).
+    UTF-8 names are fine; control and format characters, line separators, backslashes, absolute
+    paths, drive letters, ``.``/``..``/empty segments and our reserved names are not.
+    """
+    if not isinstance(name, str):
+        return "not a string"
+    if not name:
+        return "empty name"
+    if "\x00" in name:
+        return "NUL byte in name"
+    for ch in name:
+        kind = unicodedata.category(ch)
+        if kind.startswith("C") or kind in ("Zl", "Zp"):
+            return f"control character {ch!r} in name"
+    if "\\" in name:
+        return "backslash in name"
+    if name.startswith("/"):
+        return "absolute path"
+    if re.match(r"^[A-Za-z]:", name):
+        return "drive letter"
+    for seg in name.split("/"):
+        if seg == "":
+            return "empty path segment"
+        if seg in (".", ".."):
+            return f"'{seg}' path segment"
+        if RESERVED_PREFIX in seg:
+            return f"reserved name {seg!r}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,25 +152,135 @@ class BundleManifest:
 
     @classmethod
     def read(cls, path: Path) -> "BundleManifest":
+        """Read and check ``manifest.json``: IntegrityError naming the first bad field, its value escaped.
+
+        Every string is checked before anything uses it in a path, a log line or a message.
+        """
         try:
             body = json.loads(Path(path).read_text(encoding="utf-8"))
-            if body.get("schema") != SCHEMA:
-                raise IntegrityError(f"{path} is not a bundle manifest of schema {SCHEMA} (found {body.get('schema')!r})")
-            return cls(
-                version=body["version"],
-                files=[BundleFile(**{**f, "parts": [Part(**p) for p in f["parts"]]}) for f in body["files"]],
-                chunks=[Chunk(**c) for c in body["chunks"]],
-                compression=body.get("compression", "copy"),
-                chunk_size=body.get("chunk_size", 0),
-                tool_version=body.get("tool_version", ""),
-                created=body.get("created", ""),
-                mirror_manifest_sha256=body.get("mirror_manifest_sha256", ""),
-                base=body.get("base"),
-            )
-        except IntegrityError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
+        if not isinstance(body, dict) or body.get("schema") != SCHEMA:
+            found = body.get("schema") if isinstance(body, dict) else body
+            raise IntegrityError(f"{path} is not a bundle manifest of schema {SCHEMA} (found {_escaped(found)})")
+        try:
+            return _manifest_from(body)
+        except IntegrityError as exc:
+            raise IntegrityError(f"bad bundle manifest {path}: {exc}") from None
+
+
+# --- checking manifest.json field by field --------------------------------------------------------
+
+_REQUIRED = object()
+Check = Callable[[object], Optional[str]]  # why a value is bad, or None
+
+
+def _escaped(value) -> str:
+    """A value from an untrusted manifest, escaped (repr) and cut short for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _field(record: dict, key: str, name: str, check: Check, default=_REQUIRED):
+    """``record[key]`` after ``check``; IntegrityError naming the field ``name`` otherwise."""
+    if key not in record:
+        if default is _REQUIRED:
+            raise IntegrityError(f"field {name} is missing")
+        return default
+    value = record[key]
+    why = check(value)
+    if why:
+        raise IntegrityError(f"field {name} is {_escaped(value)}: {why}")
+    return value
+
+
+def _record(value, name: str, keys: set) -> dict:
+    """A JSON object with exactly ``keys``."""
+    if not isinstance(value, dict):
+        raise IntegrityError(f"field {name} is {_escaped(value)}: not an object")
+    if set(value) != keys:
+        odd = sorted(set(value) ^ keys, key=str)
+        raise IntegrityError(f"field {name} has keys {_escaped(sorted(value, key=str))}: expected {sorted(keys)} "
+                             f"(differs in {_escaped(odd)})")
+    return value
+
+
+def _list_of(value) -> Optional[str]:
+    return None if isinstance(value, list) else "not a list"
+
+
+def _count(value) -> Optional[str]:
+    return None if type(value) is int and value >= 0 else "not a whole number of at least 0"
+
+
+def _matching(pattern: "re.Pattern[str]", expected: str, empty_ok: bool = False) -> Check:
+    def check(value) -> Optional[str]:
+        if isinstance(value, str) and ((empty_ok and value == "") or pattern.fullmatch(value)):
+            return None
+        return f"expected {expected}"
+    return check
+
+
+_is_version = _matching(VERSION_PATTERN, "AMS followed by digits and dots, e.g. AMS2026.1")
+_is_sha256 = _matching(SHA256_PATTERN, "64 lowercase hex digits (sha256)")
+_is_optional_sha256 = _matching(SHA256_PATTERN, "64 lowercase hex digits (sha256) or nothing", empty_ok=True)
+_is_tool_version = _matching(re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}"), "a version like 0.1.0", empty_ok=True)
+_is_created = _matching(re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"),
+                        "a UTC time like 2026-01-31T12:00:00Z", empty_ok=True)
+
+
+def _compression(value) -> Optional[str]:
+    return None if value in COMPRESSIONS else f"expected one of {', '.join(COMPRESSIONS)}"
+
+
+def _base(value) -> Optional[str]:
+    return None if value is None else _is_sha256(value)
+
+
+def _manifest_from(body: dict) -> BundleManifest:
+    """The manifest in ``body`` (parsed JSON), every field checked; IntegrityError names the first bad one."""
+    version = _field(body, "version", "version", _is_version)
+    is_chunk = _matching(chunk_name_pattern(version), f"a chunk name like {chunk_name(version, 1, 1)}")
+    files = []
+    for i, raw in enumerate(_field(body, "files", "files", _list_of)):
+        f = _record(raw, f"files[{i}]", {"path", "size", "sha256", "parts"})
+        path = _field(f, "path", f"files[{i}].path", path_problem)
+        of = f"of file {shown(path)}"
+        parts = []
+        for j, raw_part in enumerate(_field(f, "parts", f"parts {of}", _list_of)):
+            p = _record(raw_part, f"parts[{j}] {of}", {"chunk", "member", "offset", "size", "sha256"})
+            parts.append(Part(chunk=_field(p, "chunk", f"parts[{j}].chunk {of}", is_chunk),
+                              member=_field(p, "member", f"parts[{j}].member {of}", path_problem),
+                              offset=_field(p, "offset", f"parts[{j}].offset {of}", _count),
+                              size=_field(p, "size", f"parts[{j}].size {of}", _count),
+                              sha256=_field(p, "sha256", f"parts[{j}].sha256 {of}", _is_sha256)))
+        if not parts:
+            raise IntegrityError(f"field parts {of} is empty")
+        files.append(BundleFile(path=path, size=_field(f, "size", f"size {of}", _count),
+                                sha256=_field(f, "sha256", f"sha256 {of}", _is_sha256), parts=parts))
+    chunks = []
+    for i, raw in enumerate(_field(body, "chunks", "chunks", _list_of)):
+        c = _record(raw, f"chunks[{i}]", {"name", "size", "sha256", "members"})
+        name = _field(c, "name", f"chunks[{i}].name", is_chunk)
+        of = f"of chunk {name}"
+        members = _field(c, "members", f"members {of}", _list_of)
+        for j, member in enumerate(members):
+            why = path_problem(member)
+            if why:
+                raise IntegrityError(f"field members[{j}] {of} is {_escaped(member)}: {why}")
+        chunks.append(Chunk(name=name, size=_field(c, "size", f"size {of}", _count),
+                            sha256=_field(c, "sha256", f"sha256 {of}", _is_sha256), members=members))
+    return BundleManifest(
+        version=version,
+        files=files,
+        chunks=chunks,
+        compression=_field(body, "compression", "compression", _compression, "copy"),
+        chunk_size=_field(body, "chunk_size", "chunk_size", _count, 0),
+        tool_version=_field(body, "tool_version", "tool_version", _is_tool_version, ""),
+        created=_field(body, "created", "created", _is_created, ""),
+        mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
+        base=_field(body, "base", "base", _base, None),
+    )
 
 
 # --- README.txt, SHA256SUMS, finishing and verifying a bundle folder ------------------------------

@@ -4,6 +4,8 @@ import argparse
 import errno
 import json
 import logging
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -25,22 +27,41 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _open_log(log_file: Path):
+    """``log_file`` opened for appending, or None when it cannot be used.
+
+    Opened without following a symlink (or blocking on a fifo): a link planted at the log's name,
+    e.g. in a shared AMSHOME, must not make this run append to, or create, a file elsewhere.
+    """
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        for name in ("O_NOFOLLOW", "O_NONBLOCK", "O_CLOEXEC"):  # POSIX; Windows has no symlinks to plant here
+            flags |= getattr(os, name, 0)
+        fd = os.open(log_file, flags, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            say(f"warning: {log_file} is a symlink; not writing the log there (remove the link to get the log back)")
+        return None  # otherwise unwritable (read-only AMSHOME, full disk): the task reports that itself
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        say(f"warning: {log_file} is not a plain file (special file or hard link); not writing the log there")
+        return None
+    return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+
 def _configure_logging(log_file: Optional[Path], verbose: bool) -> None:
     """Luigi's chatter goes to a log file (and the terminal with --verbose), never in the way of our summary."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks over our one-line error
-    if log_file:
-        try:
-            log_file.parent.mkdir(parents=True, exist_ok=True)
-            log_file.open("a").close()
-        except OSError:
-            log_file = None  # unwritable (read-only AMSHOME, full disk): the task reports that itself
+    log = _open_log(log_file) if log_file else None
     for name in ("luigi", "luigi-interface"):
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = False
         logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        if log_file:
-            handler = logging.FileHandler(log_file)
+        if log:
+            handler = logging.StreamHandler(log)
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             logger.addHandler(handler)
         if verbose:
@@ -299,7 +320,8 @@ def run_verify(args) -> int:
 def run_unpack(args) -> int:
     from .tasks import Unpack
 
-    task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous)
+    task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
+                  reinstall=args.reinstall)
     if task.complete():
         say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
     else:
@@ -382,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
+    p.add_argument("--reinstall", action="store_true",
+                   help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_unpack)
 

@@ -5,9 +5,10 @@ bundle's SHA256SUMS: the bundle may have been tampered with or built by a buggy 
 
 * :func:`check_members` reads only the archive's header and refuses, before anything is
   written, every member that is not a plain, safely named regular file listed in the chunk:
-  absolute names, drive letters, backslashes, ``.``/``..``/empty segments, NUL bytes, names in
-  our reserved ``.amsrepomirror-`` namespace, symlinks, junctions, sockets, device files and
-  fifos, duplicates, members not in ``chunk.members`` and expected members that are missing.
+  names :func:`bundle.path_problem` refuses (absolute names, drive letters, backslashes,
+  ``.``/``..``/empty segments, control characters, our reserved ``.amsrepomirror-`` names),
+  symlinks, junctions, sockets, device files and fifos, duplicates, members not in
+  ``chunk.members`` and expected members that are missing.
   Directory entries are allowed only when they are a parent directory of an expected member
   (7-Zip writes such entries when it archives a folder); any other directory entry is refused.
   (The 7z format has no hard-link member type; a member with Unix mode bits of anything but a
@@ -39,7 +40,6 @@ import hashlib
 import io
 import os
 import queue
-import re
 import stat
 import threading
 from pathlib import Path, PurePosixPath
@@ -49,12 +49,10 @@ import py7zr
 import py7zr.exceptions
 from py7zr.io import Py7zIO, WriterFactory
 
-from .bundle import BundleFile, Chunk, Part
+from .bundle import RESERVED_PREFIX, BundleFile, Chunk, Part, path_problem, shown
 from .errors import DiskSpaceError, IntegrityError
 from .fsutil import remove_entry
 
-#: Names starting with this, at any level of the tree, are ours (temporary files).
-RESERVED_PREFIX = ".amsrepomirror-"
 #: Per-chunk temporary extraction directories live under ``dest_dir/EXTRACT_TMP``.
 EXTRACT_TMP = RESERVED_PREFIX + "extract"
 #: Suffix of the temporary file a split file is reassembled into.
@@ -105,7 +103,7 @@ def _hash_fd(fd: int) -> Tuple[int, str]:
     return size, hasher.hexdigest()
 
 
-def _open_regular(path: Path, what: str = "") -> int:
+def open_regular(path: Path, what: str = "") -> int:
     """Open a regular file for reading, never following a symlink; IntegrityError otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC)
@@ -121,7 +119,7 @@ def _open_regular(path: Path, what: str = "") -> int:
 
 def _hash_regular(path: Path) -> Tuple[int, str]:
     """(size, sha256) of a regular file, never following a symlink; IntegrityError otherwise."""
-    fd = _open_regular(path)
+    fd = open_regular(path)
     try:
         return _hash_fd(fd)
     finally:
@@ -163,28 +161,6 @@ def safe_makedirs(root: Path, rel_dir: str) -> Path:
                 f"{current} exists and is not a real directory (symlink or file); refusing to write through it"
             )
     return current
-
-
-def name_problem(name: str) -> Optional[str]:
-    """Why ``name`` is not an acceptable member/tree path, or None when it is fine."""
-    if not name:
-        return "empty name"
-    if "\x00" in name:
-        return "NUL byte in name"
-    if "\\" in name:
-        return "backslash in name"
-    if name.startswith("/"):
-        return "absolute path"
-    if re.match(r"^[A-Za-z]:", name):
-        return "drive letter"
-    for seg in name.split("/"):
-        if seg == "":
-            return "empty path segment"
-        if seg in (".", ".."):
-            return f"'{seg}' path segment"
-        if seg.startswith(RESERVED_PREFIX) or seg.endswith("." + PARTIAL_SUFFIX):
-            return f"reserved name '{seg}'"
-    return None
 
 
 def _parents(name: str) -> Iterable[str]:
@@ -392,7 +368,7 @@ def _split_layout(files: Iterable[BundleFile]) -> Dict[str, Tuple[BundleFile, Pa
     layout: Dict[str, Tuple[BundleFile, Part]] = {}
     for bf in split_files(files):
         for name in [bf.path] + [p.member for p in bf.parts]:
-            why = name_problem(name)
+            why = path_problem(name)
             if why:
                 raise IntegrityError(f"bundle manifest: unsafe path {name!r} ({why})")
         for p in _check_parts(bf):
@@ -426,7 +402,7 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
     wanted = set(chunk.members)
     problems: List[str] = []
     for m in sorted(wanted):
-        why = name_problem(m)
+        why = path_problem(m)
         if why:
             problems.append(f"manifest lists unsafe member {m!r} ({why})")
     allowed_dirs = {p for m in wanted for p in _parents(m)}
@@ -434,7 +410,7 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
     seen = set()
     for f in entries:
         name = f.filename
-        why = name_problem(name)
+        why = path_problem(name)
         if why:
             problems.append(f"member {name!r}: {why}")
             continue
@@ -483,7 +459,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
     if missing:
         raise IntegrityError(f"bundle manifest has no size/sha256 for member(s) {missing[:MAX_LISTED]} of chunk {chunk.name}")
     exp = {m: (int(expected[m][0]), str(expected[m][1]).lower()) for m in chunk.members}
-    if name_problem(chunk.name) or "/" in chunk.name:
+    if path_problem(chunk.name) or "/" in chunk.name:
         raise IntegrityError(f"unsafe chunk name {chunk.name!r}")
     layout = _split_layout(files) if files is not None else {}
     in_place = {m: layout[m] for m in exp if m in layout}
@@ -639,7 +615,7 @@ def _join_parts(dest_dir: Path, bf: BundleFile, parts: List[Part], partial: Path
     try:
         for p in parts:
             try:
-                pfd = _open_regular(dest_dir / p.member, f"part {p.member}")
+                pfd = open_regular(dest_dir / p.member, f"part {p.member}")
             except IntegrityError as exc:
                 if not os.path.lexists(dest_dir / p.member):
                     raise IntegrityError(
@@ -693,7 +669,7 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
     done = []
     for bf in split_files(files):
         for name in [bf.path] + [p.member for p in bf.parts]:
-            why = name_problem(name)
+            why = path_problem(name)
             if why:
                 raise IntegrityError(f"bundle manifest: unsafe path {name!r} ({why})")
         parts = _check_parts(bf)
@@ -760,46 +736,53 @@ def sync_tree(dest_dir) -> None:
         os.close(fd)
 
 
-def verify_tree(dest_dir, files: Iterable[BundleFile], check_hashes: bool = True) -> None:
-    """The tree at ``dest_dir`` must hold exactly ``files`` (size and sha256), nothing else.
+def tree_problems(dest_dir, files: Iterable[BundleFile], check_hashes: bool = True) -> List[str]:
+    """How the tree at ``dest_dir`` differs from ``files`` (one line each; empty when it holds
+    exactly them: each with its size, and sha256 when ``check_hashes``, nothing else).
 
     Extra directories that are not a parent of any expected file count as extra entries;
-    symlinks and special files are always wrong. IntegrityError lists the first few problems.
+    symlinks and special files are always wrong. Names found on disk are shown escaped.
     """
     dest_dir = Path(os.path.abspath(dest_dir))
     want = {f.path: f for f in files}
     dirs = {p for path in want for p in _parents(path)}
-    problems: List[str] = []
     try:
         st = os.lstat(dest_dir)
     except FileNotFoundError:
-        raise IntegrityError(f"{dest_dir} does not exist")
+        return [f"{dest_dir} does not exist"]
     if not stat.S_ISDIR(st.st_mode):
-        raise IntegrityError(f"{dest_dir} is not a directory")
+        return [f"{dest_dir} is not a directory"]
+    problems: List[str] = []
     seen = set()
     for dirpath, dirnames, filenames in os.walk(dest_dir, followlinks=False):
         for entry in sorted(dirnames + filenames):
             full = Path(dirpath) / entry
             rel = full.relative_to(dest_dir).as_posix()
-            mode = os.lstat(full).st_mode
-            if stat.S_ISDIR(mode):
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
                 if rel not in dirs:
-                    problems.append(f"extra directory {rel}")
-            elif not stat.S_ISREG(mode):
-                problems.append(f"not a regular file: {rel}")
+                    problems.append(f"extra directory {shown(rel)}")
+            elif not stat.S_ISREG(st.st_mode):
+                problems.append(f"not a regular file: {shown(rel)}")
             elif rel not in want:
-                problems.append(f"extra file {rel}")
+                problems.append(f"extra file {shown(rel)}")
             else:
                 seen.add(rel)
                 f = want[rel]
-                size = os.lstat(full).st_size
-                if size != f.size:
-                    problems.append(f"wrong size {rel} ({size} != {f.size})")
+                if st.st_size != f.size:
+                    problems.append(f"wrong size {shown(rel)} ({st.st_size} != {f.size})")
                 elif check_hashes and _hash_regular(full)[1] != f.sha256.lower():
-                    problems.append(f"wrong sha256 {rel}")
+                    problems.append(f"wrong sha256 {shown(rel)}")
     for rel in sorted(set(want) - seen):
-        problems.append(f"missing {rel}")
+        problems.append(f"missing {shown(rel)}")
+    return problems
+
+
+def verify_tree(dest_dir, files: Iterable[BundleFile], check_hashes: bool = True) -> None:
+    """The tree at ``dest_dir`` must hold exactly ``files`` (see :func:`tree_problems`);
+    IntegrityError lists the first few problems."""
+    problems = tree_problems(dest_dir, files, check_hashes)
     if problems:
-        shown = "; ".join(problems[:MAX_LISTED])
+        shown_problems = "; ".join(problems[:MAX_LISTED])
         more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
-        raise IntegrityError(f"{len(problems)} problem(s) in {dest_dir}: {shown}{more}")
+        raise IntegrityError(f"{len(problems)} problem(s) in {os.path.abspath(dest_dir)}: {shown_problems}{more}")

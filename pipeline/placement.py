@@ -15,6 +15,11 @@ Names, all directly inside AMSHOME (one filesystem, so renames are atomic):
 ``C``  ``.amsrepomirror-receipt.json`` receipt: which bundle manifest R holds
 ``L``  ``.amsrepomirror.lock``      flock held by the running unpack (:func:`amshome_lock`)
 
+No link planted at one of these names is ever followed: J and C are written to a fresh temp file
+renamed over the name and read with O_NOFOLLOW; L is opened O_NOFOLLOW (a link there is refused);
+S, T and write probes are made with mkdir/mkstemp, which never reuse an existing name. A failed
+unpack removes its S at once unless the swap has begun (J exists); after a kill, recover() does.
+
 State machine of :func:`swap_into_place` (each arrow is one atomic rename or write)::
 
     0  R=old  S=new (verified)          [P=older from keep_previous: moved to T and removed]
@@ -63,6 +68,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .errors import IntegrityError, UsageError
+from .extract import open_regular
 from .fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
 
 REPOSITORY = "repository"
@@ -80,6 +86,8 @@ DEFAULT_VERSION_PATTERN = r"AMS\d{4}\.\d+"
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 1 << 1
+#: The receipt and the journal are a few hundred bytes; reading stops here whatever is planted there.
+MAX_STATE_BYTES = 1 << 20
 
 
 def _checkpoint(name: str) -> None:
@@ -100,6 +108,16 @@ def _exists(path: Path) -> bool:
         return False
 
 
+def _read_state(path: Path):
+    """Parse our JSON file ``path`` in AMSHOME; None when there is none.
+
+    Opened without following a symlink or blocking on a fifo planted at its name (IntegrityError);
+    ValueError when it is not JSON.
+    """
+    if not _exists(path):
+        return None
+    with open(open_regular(path), "rb") as f:
+        return json.loads(f.read(MAX_STATE_BYTES).decode("utf-8"))
 
 
 def _remove_tree(amshome: Path, path: Path) -> None:
@@ -219,6 +237,22 @@ def staging_dir(amshome) -> Path:
     return Path(amshome).absolute() / STAGING
 
 
+@contextlib.contextmanager
+def new_staging(amshome):
+    """Create the (empty) staging folder; remove it again when the block fails before the swap
+    has begun. From the swap journal on, :func:`recover` decides, as after a kill."""
+    home = Path(amshome).absolute()
+    staging = staging_dir(home)
+    os.mkdir(staging, 0o755)  # never through a link: recover() has just removed any old staging
+    try:
+        yield staging
+    except BaseException:
+        if not _exists(home / JOURNAL):
+            with contextlib.suppress(OSError):  # else the next run's recover() removes it
+                _remove_tree(home, staging)
+        raise
+
+
 def require_space(amshome, needed: int) -> None:
     """DiskSpaceError (exit 5) unless ``needed`` bytes are free on AMSHOME's filesystem."""
     require_free_space(Path(amshome), int(needed), "unpacking the repository into AMSHOME")
@@ -249,11 +283,11 @@ def read_receipt(amshome) -> Optional[Dict[str, object]]:
     """The receipt, or None when there is none; IntegrityError when it is unreadable."""
     path = Path(amshome) / RECEIPT
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+        body = _read_state(path)
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"cannot read receipt {path}: {exc}") from exc
+    if body is None:
+        return None
     if not isinstance(body, dict) or body.get("schema") != RECEIPT_SCHEMA or "manifest_sha256" not in body:
         raise IntegrityError(f"{path} is not an amsrepomirror receipt")
     return body
@@ -272,12 +306,10 @@ def _remove_receipt(home: Path) -> None:
 
 def _read_journal(home: Path) -> Optional[dict]:
     try:
-        body = json.loads((home / JOURNAL).read_text(encoding="utf-8"))
-        if isinstance(body, dict) and body.get("schema") == JOURNAL_SCHEMA:
+        body = _read_state(home / JOURNAL)
+        if body is None or (isinstance(body, dict) and body.get("schema") == JOURNAL_SCHEMA):
             return body
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
+    except (OSError, ValueError, IntegrityError):
         pass
     return {}  # unreadable: atomic writes make this impossible short of tampering; treat as empty
 
@@ -415,7 +447,10 @@ def amshome_lock(amshome):
     Two unpacks into one AMSHOME would remove each other's staging; the second one gets a
     UsageError instead. The lock file ``.amsrepomirror.lock`` stays (it is never inside the tree).
     """
-    with exclusive_lock(Path(amshome) / LOCK, f"another amsrepomirror unpack is running in AMSHOME {amshome}") as path:
+    lock = Path(amshome) / LOCK
+    if os.path.islink(lock):  # the lock is opened O_NOFOLLOW; say why instead of "too many links"
+        raise UsageError(f"{lock} is a symlink; remove it (amsrepomirror never writes through links in AMSHOME)")
+    with exclusive_lock(lock, f"another amsrepomirror unpack is running in AMSHOME {amshome}") as path:
         yield path
 
 

@@ -287,7 +287,7 @@ class unpack(luigi.Config):
 
 
 class ReceiptTarget(luigi.Target):
-    """Exists when AMSHOME's receipt says its repository holds this bundle's manifest."""
+    """Exists when AMSHOME's receipt says its repository holds this bundle's manifest, and it still does."""
 
     def __init__(self, amshome: str, bundle: str):
         self.amshome, self.bundle = amshome, bundle
@@ -303,13 +303,17 @@ class Unpack(luigi.Task):
     bundle = luigi.Parameter(description="bundle folder (the chunks, manifest.json, SHA256SUMS)")
     amshome = luigi.Parameter(description="the AMS installation folder")
     keep_previous = luigi.BoolParameter(default=False, significant=False, description="keep repository.previous")
+    reinstall = luigi.BoolParameter(default=False, significant=False, description="install even when already installed")
 
     def output(self):
         return ReceiptTarget(self.amshome, self.bundle)
 
+    def complete(self):
+        return not self.reinstall and super().complete()
+
     def run(self):
         from . import unpacking
-        unpacking.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous,
+        unpacking.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall,
                                 version_files=list(unpack().installed_version_files))
 
     on_failure = MirrorTask.on_failure

@@ -9,9 +9,10 @@ file or a part of a split file) against the manifest; a split file is then hashe
 (the end-to-end check of what was joined). Nothing is read back and hashed again after that.
 """
 
+import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 from . import extract, placement
 from .bundle import MANIFEST_NAME, BundleManifest, require_intact, verify_bundle
@@ -27,20 +28,55 @@ def manifest_sha256(bundle: str) -> str:
     return sha256_file(Path(bundle) / MANIFEST_NAME)
 
 
-def is_installed(bundle: str, amshome: str) -> bool:
-    """True when AMSHOME's receipt names this bundle's manifest and the repository holds its index."""
+#: At most this many differences of an installed tree are listed, one line each.
+MAX_CHANGES_LISTED = 20
+
+
+def installed_changes(bundle, amshome) -> Optional[List[str]]:
+    """How $AMSHOME/repository differs from this bundle (missing, extra, other size, not a plain
+    file; one line each) when AMSHOME's receipt says it holds the bundle; None when it does not.
+
+    Names, sizes and file types only: re-hashing the whole tree on every rerun would cost as much
+    as unpacking again, so a same-size change is undone only by ``--reinstall``.
+    """
+    manifest_path = Path(bundle) / MANIFEST_NAME
     try:
         receipt = placement.read_receipt(amshome)
-        if not receipt or not (Path(bundle) / MANIFEST_NAME).is_file():
-            return False
-        index = Path(amshome) / placement.REPOSITORY / f"{BundleManifest.read(Path(bundle) / MANIFEST_NAME).version}.yml"
-        return receipt.get("manifest_sha256") == manifest_sha256(bundle) and index.is_file()
+    except IntegrityError:
+        return None  # an unreadable receipt vouches for nothing; the next swap writes a new one
+    if not receipt or not manifest_path.is_file() or receipt.get("manifest_sha256") != manifest_sha256(bundle):
+        return None
+    files = BundleManifest.read(manifest_path).files
+    return extract.tree_problems(Path(amshome) / placement.REPOSITORY, files, check_hashes=False)
+
+
+def is_installed(bundle: str, amshome: str) -> bool:
+    """True when AMSHOME's receipt names this bundle's manifest and the repository still matches it."""
+    try:
+        return installed_changes(bundle, amshome) == []
     except IntegrityError:
         return False
 
 
-def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str]) -> str:
-    """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know."""
+def _refuse_changed(bundle_dir: Path, home: Path, changes: List[str]) -> IntegrityError:
+    """List what changed in the installed tree; the error says how to install the bundle again."""
+    for line in changes[:MAX_CHANGES_LISTED]:
+        say(f"unpack: {line}")
+    if len(changes) > MAX_CHANGES_LISTED:
+        say(f"unpack: ... and {len(changes) - MAX_CHANGES_LISTED} more")
+    return IntegrityError(
+        f"{home / placement.REPOSITORY} no longer matches the bundle its receipt names ({len(changes)} "
+        f"difference(s), listed above); to install it again run: amsrepomirror unpack {shlex.quote(str(bundle_dir))} "
+        f"--amshome {shlex.quote(str(home))} --reinstall")
+
+
+def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
+                  reinstall: bool = False) -> str:
+    """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know.
+
+    When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
+    unless ``reinstall``.
+    """
     bundle_dir = Path(bundle)
     if not bundle_dir.is_dir():
         raise UsageError(f"bundle folder {bundle} does not exist")
@@ -48,31 +84,37 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     with placement.amshome_lock(home):
         for action in placement.recover(home):
             say(f"unpack: {action} (left by an interrupted run)")
+        changes = None if reinstall else installed_changes(bundle_dir, home)
+        if changes:
+            raise _refuse_changed(bundle_dir.absolute(), home, changes)
+        if changes == []:
+            say(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
+            return placement.usage_hint(home, BundleManifest.read(bundle_dir / MANIFEST_NAME).version)
         say(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         report = require_intact(verify_bundle(bundle_dir, test_archives=False))
         manifest = report.manifest
         say(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
         placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
-        staging = placement.staging_dir(home)
         expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
-        for i, chunk in enumerate(manifest.chunks, start=1):
-            say(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
-            # files=: parts of split files go straight to their offset in the joined file
-            extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
-        extract.reassemble(staging, manifest.files)
-        say(f"unpack: verifying {len(manifest.files)} files")
-        # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
-        # (extract_chunk hashes each member as it writes it, reassemble hashes each split file
-        # whole), into the private staging folder that only this process writes to, under the
-        # AMSHOME lock. Hashing 2 GB again here would add time, not safety. What is left to check
-        # is the shape: every file present with its size, nothing else, no links or special files.
-        extract.verify_tree(staging, manifest.files, check_hashes=False)
-        index = f"{manifest.version}.yml"
-        if not (staging / index).is_file():
-            raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
-        receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()))
-        say("unpack: writing the new tree to disk (sync)")
-        extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
-        how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
+        with placement.new_staging(home) as staging:
+            for i, chunk in enumerate(manifest.chunks, start=1):
+                say(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
+                # files=: parts of split files go straight to their offset in the joined file
+                extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
+            extract.reassemble(staging, manifest.files)
+            say(f"unpack: verifying {len(manifest.files)} files")
+            # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
+            # (extract_chunk hashes each member as it writes it, reassemble hashes each split file
+            # whole), into the private staging folder that only this process writes to, under the
+            # AMSHOME lock. Hashing 2 GB again here would add time, not safety. What is left to check
+            # is the shape: every file present with its size, nothing else, no links or special files.
+            extract.verify_tree(staging, manifest.files, check_hashes=False)
+            index = f"{manifest.version}.yml"
+            if not (staging / index).is_file():
+                raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
+            receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()))
+            say("unpack: writing the new tree to disk (sync)")
+            extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
+            how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
         say(f"unpack: {home / placement.REPOSITORY} now holds {manifest.version} ({how})")
         return placement.usage_hint(home, manifest.version)
