@@ -309,11 +309,15 @@ class Unpack(luigi.Task):
         return ReceiptTarget(self.amshome, self.bundle)
 
     def complete(self):
-        return not self.reinstall and super().complete()
+        # --reinstall: not done until this run has installed the bundle again (then the receipt decides)
+        if self.reinstall and not getattr(self, "_reinstalled", False):
+            return False
+        return super().complete()
 
     def run(self):
         from . import unpacking
         unpacking.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall,
                                 version_files=list(unpack().installed_version_files))
+        self._reinstalled = True
 
     on_failure = MirrorTask.on_failure
