@@ -21,7 +21,7 @@ bundle's SHA256SUMS: the bundle may have been tampered with or built by a buggy 
   ``O_EXCL | O_NOFOLLOW``, so a pre-existing symlink can never redirect a write) and renamed into
   place only after every member of the chunk has the expected size and SHA-256. With ``files``,
   the parts of a split file are written straight to their offset in
-  ``<path>.amsrepomirror-partial`` (see :func:`reassemble`). Every directory component on the way
+  a partial file named by a hash of its name (see :func:`reassemble`). Every directory component on the way
   is checked with ``lstat`` and created by us; nothing ever follows a symlink in ``dest_dir``.
 * :func:`reassemble` finishes split files: it checks the whole file's SHA-256 (one read) and
   renames it into place, or joins parts extracted as separate files; it is resumable.
@@ -56,7 +56,13 @@ from .fsutil import remove_entry
 #: Per-chunk temporary extraction directories live under ``dest_dir/EXTRACT_TMP``.
 EXTRACT_TMP = RESERVED_PREFIX + "extract"
 #: Suffix of the temporary file a split file is reassembled into.
-PARTIAL_SUFFIX = RESERVED_PREFIX + "partial"
+PARTIAL_PREFIX = RESERVED_PREFIX + "partial-"
+
+
+def partial_name(path: str) -> str:
+    """Name of the file a split file is joined in, beside it: short (a hash of the name), so a
+    name already as long as the filesystem allows never overflows."""
+    return PARTIAL_PREFIX + hashlib.sha256(path.rpartition("/")[2].encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -287,7 +293,7 @@ class _Writers(WriterFactory):
 
     Whole files go to ``tmp/<member>`` (private directory, created ``O_EXCL | O_NOFOLLOW``);
     members in ``in_place`` (parts of split files) go to their offset in the split file's
-    ``<path>.amsrepomirror-partial`` in ``dest_dir``. py7zr may call ``create`` from several
+    partial file (:func:`partial_name`) in ``dest_dir``. py7zr may call ``create`` from several
     threads (one per 7z folder), hence the lock.
     """
 
@@ -331,7 +337,7 @@ class _Writers(WriterFactory):
         if bf.path in self.partials:
             return self.partials[bf.path][1]
         parent = safe_makedirs(self.dest_dir, bf.path.rpartition("/")[0])
-        path = parent / (bf.path.rpartition("/")[2] + "." + PARTIAL_SUFFIX)
+        path = parent / partial_name(bf.path)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC, FILE_MODE)
         self.fds.append(fd)
         self.partials[bf.path] = (path, fd)
@@ -675,7 +681,7 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
         parts = _check_parts(bf)
         parent = safe_makedirs(dest_dir, bf.path.rpartition("/")[0])
         final = parent / bf.path.rpartition("/")[2]
-        partial = final.with_name(final.name + "." + PARTIAL_SUFFIX)
+        partial = final.with_name(partial_name(bf.path))
         if not _holds(final, bf):
             in_place = _holds(partial, bf)
             if in_place:

@@ -14,9 +14,9 @@ from pipeline.bundle import BundleFile, BundleManifest, Chunk, Part, chunk_name,
 from pipeline.errors import DiskSpaceError, IntegrityError
 from pipeline.extract import (
     EXTRACT_TMP,
-    PARTIAL_SUFFIX,
     check_members,
     extract_chunk,
+    partial_name,
     reassemble,
     space_needed,
     sync_tree,
@@ -213,7 +213,7 @@ def _hostile(tmp_path, kind):
     elif kind == "reserved":
         write_7z(arc, [good, (EXTRACT_TMP + "/x", b"evil")])
     elif kind == "reserved-partial":
-        write_7z(arc, [good, ("good.txt." + PARTIAL_SUFFIX, b"evil")])
+        write_7z(arc, [good, ("good.txt." + partial_name("good.txt"), b"evil")])
     elif kind == "duplicate":
         write_7z(arc, [good, ("good.txt", b"evil")])
     elif kind == "not-in-manifest":
@@ -428,7 +428,7 @@ def _split_setup(tmp_path):
 
 def test_reassemble_resumes_from_partial_file(tmp_path):
     m, big, data, dest = _split_setup(tmp_path)
-    (dest / ("big.bin." + PARTIAL_SUFFIX)).write_bytes(data[:123])  # killed mid-write
+    (dest / partial_name("big.bin")).write_bytes(data[:123])  # killed mid-write
     assert reassemble(dest, m.files) == ["big.bin"]
     assert (dest / "big.bin").read_bytes() == data
     verify_tree(dest, m.files)
@@ -453,7 +453,7 @@ def test_reassemble_rebuilds_wrong_final_and_reports_missing_parts(tmp_path):
     (dest / "big.bin").write_bytes(b"garbage")  # parts are gone now
     with pytest.raises(IntegrityError, match=r"part big\.bin\.part-0001 .* missing \(re-extract chunk"):
         reassemble(dest, m.files)
-    assert not (dest / ("big.bin." + PARTIAL_SUFFIX)).exists()
+    assert not (dest / partial_name("big.bin")).exists()
 
 
 def test_reassemble_rejects_tampered_part(tmp_path):
@@ -480,7 +480,7 @@ def _in_place_setup(tmp_path, data=None):
 
 def test_in_place_parts_go_straight_into_the_split_file(tmp_path):
     m, big, data, dest = _in_place_setup(tmp_path)
-    partial = dest / ("big.bin." + PARTIAL_SUFFIX)
+    partial = dest / partial_name("big.bin")
     for c in reversed(m.chunks):  # parts arriving out of order land at their offsets all the same
         extract_chunk(tmp_path / "bundle" / c.name, c, dest, expected_members(m), files=m.files)
         assert not any(n.startswith("big.bin.part-") for n in os.listdir(dest))  # no part files
@@ -524,7 +524,7 @@ def test_in_place_tampered_part_is_refused_at_extraction(tmp_path):
     write_7z(arc, entries)
     with pytest.raises(IntegrityError, match=rf"{chunk.name}.*'{bad.member}': sha256"):
         extract_chunk(arc, chunk, dest, expected_members(m), files=m.files)
-    assert not (dest / ("big.bin." + PARTIAL_SUFFIX)).exists()
+    assert not (dest / partial_name("big.bin")).exists()
     assert not (dest / "big.bin").exists()
     with pytest.raises(IntegrityError, match="missing"):
         reassemble(dest, m.files)
@@ -539,7 +539,7 @@ def test_in_place_missing_chunk_is_caught_by_the_whole_file_hash(tmp_path):
     with pytest.raises(IntegrityError, match=rf"big\.bin, written in place.*does not match.*{skipped}"):
         reassemble(dest, m.files)
     assert not (dest / "big.bin").exists()
-    assert not (dest / ("big.bin." + PARTIAL_SUFFIX)).exists()
+    assert not (dest / partial_name("big.bin")).exists()
 
 
 def test_in_place_whole_file_hash_is_checked_end_to_end(tmp_path):
@@ -560,7 +560,7 @@ def test_in_place_partial_is_never_followed_or_shared(tmp_path, kind):
     dest.mkdir()
     outside = tmp_path / "outside"
     outside.write_bytes(b"precious")
-    partial = dest / ("big.bin." + PARTIAL_SUFFIX)
+    partial = dest / partial_name("big.bin")
     if kind == "symlink":
         os.symlink(outside, partial)
     elif kind == "hardlink":
@@ -577,7 +577,7 @@ def test_in_place_partial_is_never_followed_or_shared(tmp_path, kind):
 def test_in_place_stale_partial_of_a_killed_run_is_overwritten(tmp_path):
     m, big, data, dest = _in_place_setup(tmp_path)
     dest.mkdir()
-    (dest / ("big.bin." + PARTIAL_SUFFIX)).write_bytes(os.urandom(5000))  # longer, other content
+    (dest / partial_name("big.bin")).write_bytes(os.urandom(5000))  # longer, other content
     unpack_bundle(tmp_path / "bundle", dest, in_place=True)
     assert (dest / "big.bin").read_bytes() == data
 

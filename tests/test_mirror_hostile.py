@@ -165,6 +165,22 @@ def test_name_of_255_bytes_mirrors_and_reruns_up_to_date(scm_double, repo_tree, 
     assert (summary["fetched"], summary["up_to_date"]) == (0, len(served_tree(repo_tree, VERSION)))
 
 
+def test_name_of_255_bytes_split_across_chunks_crosses_the_gap(scm_double, repo_tree, tmp_path):
+    """A file whose name is as long as allowed and that is larger than a chunk: bundle and unpack."""
+    name = "common/" + "s" * 251 + ".tgz"
+    with open(packages(repo_tree) / name, "wb") as f:
+        f.write(os.urandom(300_000))
+    _relist(repo_tree, scm_double)
+    dest, out, amshome = tmp_path / "m", tmp_path / "bundle", tmp_path / "ams"
+    amshome.mkdir()
+    bundled = run_cli("bundle", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION),
+                      "--out", out, "--chunk-size", "128KiB")
+    assert bundled.returncode == 0, bundled.stderr
+    unpacked = run_cli("unpack", out, "--amshome", amshome)
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
+
+
 def _legacy_record_path(ws, rel):
     """Where records lived before state names were hashed: ``records/<path>.json``."""
     return ws.state.joinpath("records", *rel.split("/")).with_name(rel.rsplit("/", 1)[-1] + ".json")
