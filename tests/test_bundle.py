@@ -73,7 +73,10 @@ def build_mirror(root: Path):
 def build_bundle(mirror: Path, files, bundle: Path, compression: str):
     plan = chunk_plan(files, CHUNK, VERSION, compression)
     expected = {f.path: f for f in files}
-    results = [write_chunk(spec, mirror, bundle, compression, expected) for spec in plan]
+    results = []
+    for spec in plan:  # in order: a split file's hash goes on where the chunk before left it
+        results.append(write_chunk(spec, mirror, bundle, compression, expected,
+                                   resume=results[-1].sha256_state if results else None))
     manifest = build_bundle_manifest(plan, results, files, version=VERSION, tool_version="test",
                                      created="2026-01-01T00:00:00Z", mirror_manifest_sha256="ab" * 32)
     finish_bundle(bundle, manifest)
@@ -382,3 +385,4 @@ def test_chunk_hash_matches_sha256_file(tmp_path):
         p = tmp_path / f"f{size}"
         p.write_bytes(os.urandom(size))
         assert _sha256_chunk(p) == sha256_file(p)
+
