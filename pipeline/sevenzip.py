@@ -23,7 +23,6 @@ Note: stock 7-Zip (7zz 26.01 tested) cannot decode the zstd method in 7z archive
 """
 
 import ctypes
-import ctypes.util
 import hashlib
 import io
 import os
@@ -68,10 +67,8 @@ class ContentMismatch(IntegrityError):
 
 @lru_cache(maxsize=1)
 def _libcrypto():
-    """OpenSSL's libcrypto (the library behind hashlib), for its SHA256_* functions."""
-    for name in (ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.dylib"):
-        if not name:
-            continue
+    """OpenSSL's libcrypto (the library behind hashlib: already loaded), for its SHA256_* functions."""
+    for name in ("libcrypto.so.3", "libcrypto.so.1.1"):
         try:
             lib = ctypes.CDLL(name)
             init, update, final = lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final
