@@ -26,6 +26,7 @@ import ctypes
 import hashlib
 import io
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -111,7 +112,7 @@ class Sha256State:
     @property
     def length(self) -> int:
         """Bytes hashed so far (from the context's 64-bit bit count, words 8 and 9)."""
-        low, high = int.from_bytes(self._ctx.raw[32:36], "little"), int.from_bytes(self._ctx.raw[36:40], "little")
+        low, high = (int.from_bytes(self._ctx.raw[i:i + 4], sys.byteorder) for i in (32, 36))
         return ((high << 32) | low) >> 3
 
     def state(self) -> str:
