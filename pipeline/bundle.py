@@ -542,7 +542,7 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
         issues.append("a chunk is listed twice")
     referenced: Dict[str, set] = {name: set() for name in chunks}
     for f in manifest.files:
-        pos = 0
+        pos, previous_chunk = 0, ""
         for p in sorted(f.parts, key=lambda p: p.offset):
             if p.offset != pos:
                 issues.append(f"parts of {f.path} are not contiguous")
@@ -551,6 +551,10 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
             if p.chunk not in chunks:
                 issues.append(f"{f.path} refers to chunk {p.chunk}, which is not listed")
                 break
+            if p.chunk <= previous_chunk:  # verify hashes a split file whole, chunk after chunk
+                issues.append(f"parts of {f.path} are not in successive chunks")
+                break
+            previous_chunk = p.chunk
             referenced[p.chunk].add(p.member)
         else:
             if pos != f.size:
@@ -565,18 +569,87 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
     return issues
 
 
+class _ContentCheck:
+    """What verify checks inside the chunks, in the one pass that decompresses them (name order).
+
+    Per chunk: ``extract.check_members`` (unsafe names, links and special files, members not in
+    the manifest or missing, declared sizes), as unpack does before it writes anything; then every
+    member decompressed (CRCs) and hashed, to compare with the manifest's size and sha256. Each
+    file is also hashed whole: a split file's parts are fed, in chunk order, to one hash that is
+    compared with the file's sha256 at the end (what unpack checks after joining the parts).
+    """
+
+    def __init__(self, manifest: Optional[BundleManifest]):
+        self.members: Dict[str, Dict[str, tuple]] = {}  # chunk name -> {member: (BundleFile, Part)}
+        self.whole: Dict[str, list] = {}  # split file -> [its hash, bytes hashed]
+        self.files = manifest.files if manifest is not None else []
+        for f in self.files:
+            for p in f.parts:
+                self.members.setdefault(p.chunk, {})[p.member] = (f, p)
+            if len(f.parts) > 1:
+                self.whole[f.path] = [hashlib.sha256(), 0]
+
+    def check(self, path: Path, chunk: Optional[Chunk]) -> List[Problem]:
+        from .extract import check_members
+        from .sevenzip import hash_members
+
+        mine = self.members.get(path.name, {})
+        if chunk is not None:
+            try:
+                check_members(path, chunk, {m: (p.size, p.sha256) for m, (_, p) in mine.items()})
+            except IntegrityError as exc:
+                self._forget(mine)
+                return [Problem(path.name, "refused as unpack would refuse it", str(exc))]
+        also = {}
+        for m, (f, p) in mine.items():
+            running = self.whole.get(f.path)
+            if running is not None and running[1] == p.offset:
+                also[m] = running[0]
+                running[1] += p.size
+            else:
+                self.whole.pop(f.path, None)  # out of order: manifest inconsistent or an earlier chunk bad
+        got, trouble = hash_members(path, also)
+        if trouble is not None:
+            self._forget(mine)
+            return [Problem(path.name, "bad archive", trouble, chunk=True)]
+        problems = []
+        for m, (f, p) in sorted(mine.items()):
+            size, digest = got.get(m, (0, "none: not decompressed"))
+            wanted = {p.sha256.lower()} | ({f.sha256.lower()} if len(f.parts) == 1 else set())
+            if size != p.size or wanted != {digest}:
+                problems.append(Problem(path.name, f"member {m} does not match {MANIFEST_NAME}",
+                                        f"{size} bytes, sha256 {digest}; the bundle itself is bad: build it again"))
+        return problems
+
+    def _forget(self, mine) -> None:
+        """A chunk could not be read through: its split files cannot be hashed whole."""
+        for f, _ in mine.values():
+            self.whole.pop(f.path, None)
+
+    def finish(self) -> List[Problem]:
+        problems = []
+        for f in self.files:
+            running = self.whole.get(f.path)
+            if running is not None and running[1] == f.size and running[0].hexdigest() != f.sha256.lower():
+                problems.append(Problem(f.path, f"does not match {MANIFEST_NAME}",
+                                        f"its {len(f.parts)} parts joined have sha256 {running[0].hexdigest()}; "
+                                        "the bundle itself is bad: build it again"))
+        return problems
+
+
 def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyReport:
     """Check a bundle folder; the report names every bad chunk and what is wrong with it.
 
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
     with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
     ("truncated" when short) and sha256 ("corrupt"); no ``*.7z`` file that is not in the manifest
-    ("unexpected"); and, with ``test_archives``, each intact chunk decompresses with correct
-    CRCs and holds exactly the members the manifest lists.
+    ("unexpected"); and, with ``test_archives``, what the chunks hold (``_ContentCheck``): the
+    member checks unpack applies, correct CRCs, and every member and every file with the size
+    and sha256 the manifest lists. So a bundle that verifies is one that unpack accepts.
 
     Each chunk of the right size is read once to hash it (streaming, ``HASH_THREADS`` chunks at
     a time); with ``test_archives`` each intact chunk is then read a second time, to decompress
-    it. The problems come in the order of the chunk names either way.
+    and hash its members. The problems come in the order of the chunk names either way.
     """
     from .hashing import sha256_file
 
@@ -620,14 +693,14 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     # What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS.
     expected: Dict[str, Optional[int]] = {}
     expected_sha: Dict[str, str] = {}
-    members: Dict[str, List[str]] = {}
+    chunks: Dict[str, Chunk] = {}
     if manifest is not None:
         for issue in _check_manifest_consistency(manifest):
             add(Problem(MANIFEST_NAME, "inconsistent", issue))
         for c in manifest.chunks:
             expected[c.name] = c.size
             expected_sha[c.name] = c.sha256
-            members[c.name] = sorted(c.members)
+            chunks[c.name] = c
         if sums is not None:
             for c in manifest.chunks:
                 if c.name not in sums:
@@ -653,6 +726,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
             sizes[name] = (bundle_dir / name).stat().st_size
         except FileNotFoundError:
             sizes[name] = None
+    content = _ContentCheck(manifest) if test_archives else None
     pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="amsrepomirror-verify")
     try:
         for name, size in sizes.items():
@@ -682,14 +756,10 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
             if digest != expected_sha[name]:
                 add(Problem(name, "corrupt", "sha256 differs", chunk=True))
                 continue
-            if test_archives:
-                from .sevenzip import archive_members, test_archive
-
-                trouble = test_archive(path)
-                if trouble is not None:
-                    add(Problem(name, "bad archive", trouble, chunk=True))
-                elif name in members and archive_members(path) != members[name]:
-                    add(Problem(name, "bad archive", f"members differ from {MANIFEST_NAME}", chunk=True))
+            if content is not None:
+                report.problems += content.check(path, chunks.get(name))
+        if content is not None:
+            report.problems += content.finish()
     finally:
         for future in hashing.values():
             future.cancel()

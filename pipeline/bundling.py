@@ -1,8 +1,10 @@
 """The work of BundleArchive and WriteChunk: plan, write chunks with resumable targets, finish.
 
 A chunk's done-marker is a small JSON beside the chunk results (``.amsrepomirror-work/<key>/``,
-key = mirror manifest + settings), written after the chunk is renamed into place. The work
-folder is removed once SHA256SUMS is written.
+key = mirror manifest + settings), written after the chunk is renamed into place. It also holds
+the SHA-256 state of a split file whose next part is in the next chunk, so that chunk's writer
+(another process) goes on hashing the file where this one stopped. The work folder is removed
+once SHA256SUMS is written.
 """
 
 import hashlib
@@ -12,7 +14,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import luigi
 
@@ -23,7 +25,7 @@ from .errors import IntegrityError
 from .fsutil import atomic_write_json, require_free_space
 from .manifest import Manifest
 from .mirror import utc_now
-from .sevenzip import ChunkResult, write_chunk
+from .sevenzip import ChunkResult, ContentMismatch, write_chunk
 from .units import parse_size
 from .workspace import Workspace
 
@@ -66,7 +68,8 @@ class ChunkTarget(luigi.Target):
     def exists(self):
         try:
             recorded = json.loads(_marker(self.out, self.plan, self.index).read_text())
-            return (Path(self.out) / self.plan.chunks[self.index].name).stat().st_size == recorded["chunk"]["size"]
+            return ((Path(self.out) / self.plan.chunks[self.index].name).stat().st_size == recorded["chunk"]["size"]
+                    and "sha256_state" in recorded)  # markers of older versions lack what the next chunk needs
         except (OSError, ValueError, KeyError):
             return False
 
@@ -82,10 +85,11 @@ def prepare_out(out: str, plan: BundlePlan) -> None:
 
 
 def check_unchanged(mirror: str, plan: BundlePlan, index: int) -> None:
-    """Refuse when a file of this chunk is no longer the one verified (size, mtime and recorded sha256).
+    """Refuse up front when a file of this chunk is no longer the one verified (size, mtime, sha256).
 
-    write_chunk hashes whole files as it packs them, but the parts of a split file land in
-    different chunks, so only this check ties them to the verified file before they travel.
+    A cheap first look, before anything is written: a file replaced or touched since the mirror
+    run. Bytes that changed under the same size and mtime only show when hashed: write_chunk
+    does that as it packs them.
     """
     ws, entries = Workspace(mirror), plan.manifest.by_path()
     for path in sorted({piece.path for piece in plan.chunks[index].pieces}):
@@ -94,20 +98,45 @@ def check_unchanged(mirror: str, plan: BundlePlan, index: int) -> None:
             raise IntegrityError(f"{path} changed in the mirror since it was verified; run mirror again, then bundle")
 
 
+def continued_from(plan: BundlePlan, index: int) -> Optional[int]:
+    """The chunk holding the part before chunk ``index``'s first piece, when that piece continues a
+    split file: its writer leaves the file's SHA-256 state, so it must be written first."""
+    first = plan.chunks[index].pieces[0]
+    if not first.is_part or first.offset == 0:
+        return None
+    return next(i for i in range(index - 1, -1, -1)
+                if any(p.path == first.path and p.offset + p.size == first.offset for p in plan.chunks[i].pieces))
+
+
 def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int) -> ChunkResult:
     spec = plan.chunks[index]
     check_unchanged(mirror, plan, index)
-    # check_unchanged tied every file to its verified record: hash only the parts of split files.
-    result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path(),
-                         rehash_whole_files=False)
-    atomic_write_json(_marker(out, plan, index), {"chunk": asdict(result.chunk), "piece_sha256": result.piece_sha256})
+    previous = continued_from(plan, index)
+    resume = _read_result(out, plan, previous).sha256_state if previous is not None else None
+    try:
+        result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path(), resume=resume)
+    except ContentMismatch as exc:
+        mark_stale(mirror, out, plan, exc.path)
+        raise IntegrityError(f"{exc}; it is marked stale: run mirror again, then bundle") from None
+    atomic_write_json(_marker(out, plan, index), {"chunk": asdict(result.chunk), "piece_sha256": result.piece_sha256,
+                                                  "sha256_state": result.sha256_state})
     print(f"bundle: wrote {spec.name} ({len(spec.pieces)} file(s) or parts, {result.chunk.size} bytes)", flush=True)
     return result
 
 
+def mark_stale(mirror: str, out: str, plan: BundlePlan, path: str) -> None:
+    """``path`` rotted in the mirror: drop its record, so the next mirror run fetches it again (no
+    --deep needed), and forget the chunks already written with its earlier parts."""
+    Workspace(mirror).drop_record(path)
+    for i, spec in enumerate(plan.chunks):
+        if any(piece.path == path for piece in spec.pieces):
+            _marker(out, plan, i).unlink(missing_ok=True)
+
+
 def _read_result(out: str, plan: BundlePlan, index: int) -> ChunkResult:
     body = json.loads(_marker(out, plan, index).read_text())
-    return ChunkResult(chunk=Chunk(**body["chunk"]), piece_sha256=body["piece_sha256"])
+    return ChunkResult(chunk=Chunk(**body["chunk"]), piece_sha256=body["piece_sha256"],
+                       sha256_state=body["sha256_state"])
 
 
 def finish(out: str, plan: BundlePlan) -> None:

@@ -244,11 +244,24 @@ def _bundle_settings(args):
     return chunk_size, compression
 
 
+def _check_bundle_folder(mirror: Path, out: Path) -> None:
+    """The bundle folder and the mirror must not hold each other: a later ``mirror --delete-unlisted``
+    would delete a bundle inside the mirror, and a mirror inside the bundle folder would travel in it."""
+    mirror_real, out_real = mirror.resolve(), out.resolve()
+    if out_real == mirror_real or mirror_real in out_real.parents:
+        raise UsageError(f"--out {out} is inside the mirror {mirror} (mirror --delete-unlisted would remove it): "
+                         "choose a bundle folder outside the mirror")
+    if out_real in mirror_real.parents:
+        raise UsageError(f"the mirror {mirror} is inside the bundle folder --out {out}: "
+                         "choose a bundle folder outside the mirror")
+
+
 def run_bundle(args) -> int:
     """Mirror (unless --offline), then write the bundle folder."""
     from .tasks import BundleArchive, new_run_id
     from .workspace import Workspace
 
+    _check_bundle_folder(args.mirror, args.out)
     chunk_size, compression = _bundle_settings(args)
     if args.dry_run:
         return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size)

@@ -9,7 +9,11 @@ to the archive file. Only per-member header records (name, size, CRC, times) are
 (zstd window; lzma2 preset 6 dictionary), independent of file size.
 
 We feed ``writef`` a ``_PieceReader``: a read-only view of one byte range of a mirror file that
-hashes every byte as py7zr reads it, so each piece is read exactly once.
+hashes every byte as py7zr reads it, so each piece is read exactly once. That hash is the only
+check that the bytes packed are the bytes downloaded (a file rotted on disk keeps its size and
+mtime), so every piece is hashed and compared: a whole file with its verified sha256 right away;
+the parts of a split file each on their own (for the bundle manifest) and, through a
+``Sha256State`` carried from chunk to chunk, as the whole file when its last part is packed.
 
 The header is written plain (``set_encoded_header_mode(False)``) so its size is exactly
 predictable for the chunk-size budget in ``pipeline.chunking``.
@@ -18,15 +22,19 @@ Note: stock 7-Zip (7zz 26.01 tested) cannot decode the zstd method in 7z archive
 ("Unsupported Method"); zstd chunks need py7zr or a 7-Zip build with zstd support.
 """
 
+import ctypes
 import hashlib
 import io
 import os
+import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import py7zr
+from py7zr.io import Py7zIO, WriterFactory
 
 from .bundle import COMPRESSIONS, Chunk
 from .chunking import ChunkSpec
@@ -50,21 +58,88 @@ def filters_for(compression: str):
     raise UsageError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
 
 
-class _PieceReader(io.BufferedIOBase):
-    """Bytes ``offset .. offset+size`` of ``raw``, hashed (sha256) as they are read unless ``hash`` is False.
+class ContentMismatch(IntegrityError):
+    """A mirror file's bytes, hashed as they were packed, are not the bytes verified when it was downloaded."""
 
-    Seeking is allowed (py7zr seeks to the end and back to learn the size), but reads must be
-    sequential so that the hash covers each byte once and in order.
+    def __init__(self, path: str):
+        super().__init__(f"{path} does not match the sha256 recorded when it was downloaded")
+        self.path = path
+
+
+@lru_cache(maxsize=1)
+def _libcrypto():
+    """OpenSSL's libcrypto (the library behind hashlib: already loaded), for its SHA256_* functions."""
+    for name in ("libcrypto.so.3", "libcrypto.so.1.1"):
+        try:
+            lib = ctypes.CDLL(name)
+            init, update, final = lib.SHA256_Init, lib.SHA256_Update, lib.SHA256_Final
+        except (OSError, AttributeError):
+            continue
+        init.argtypes = [ctypes.c_void_p]
+        update.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        final.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+        return lib
+    raise MirrorError("cannot bundle a file split over several chunks: OpenSSL's libcrypto was not found "
+                      "(its SHA-256 state carries the file's hash from chunk to chunk); use a chunk size "
+                      "larger than the largest file")
+
+
+class Sha256State:
+    """SHA-256 whose running state can be saved and resumed in another process.
+
+    The parts of a split file are packed by different chunk writers (separate processes), yet
+    the whole file must be hashed from the very bytes packed, without reading it twice.
+    hashlib's state cannot leave its process; OpenSSL's plain ``SHA256_CTX`` (112 bytes: the
+    eight state words, the bit count, the pending block) can: ``state()`` is its hex.
     """
 
-    def __init__(self, raw, offset: int, size: int, hash: bool = True):
+    CTX_SIZE = 112
+
+    def __init__(self, state: Optional[str] = None):
+        self._lib = _libcrypto()
+        if state is None:
+            self._ctx = ctypes.create_string_buffer(self.CTX_SIZE)
+            self._lib.SHA256_Init(self._ctx)
+        else:
+            raw = bytes.fromhex(state)
+            if len(raw) != self.CTX_SIZE:
+                raise ValueError(f"a SHA-256 state is {self.CTX_SIZE} bytes, not {len(raw)}")
+            self._ctx = ctypes.create_string_buffer(raw, self.CTX_SIZE)
+
+    def update(self, data: bytes) -> None:
+        self._lib.SHA256_Update(self._ctx, data, len(data))
+
+    @property
+    def length(self) -> int:
+        """Bytes hashed so far (from the context's 64-bit bit count, words 8 and 9)."""
+        low, high = (int.from_bytes(self._ctx.raw[i:i + 4], sys.byteorder) for i in (32, 36))
+        return ((high << 32) | low) >> 3
+
+    def state(self) -> str:
+        return self._ctx.raw.hex()
+
+    def hexdigest(self) -> str:
+        done = ctypes.create_string_buffer(self._ctx.raw, self.CTX_SIZE)  # finishing must not end this one
+        digest = ctypes.create_string_buffer(32)
+        self._lib.SHA256_Final(digest, done)
+        return digest.raw.hex()
+
+
+class _PieceReader(io.BufferedIOBase):
+    """Bytes ``offset .. offset+size`` of ``raw``, fed to each of ``hashers`` as they are read.
+
+    Seeking is allowed (py7zr seeks to the end and back to learn the size), but reads must be
+    sequential so that the hashes cover each byte once and in order.
+    """
+
+    def __init__(self, raw, offset: int, size: int, hashers: Sequence = ()):
         super().__init__()
         self._raw = raw
         self._offset = offset
         self._size = size
         self._pos = 0
         self.hashed = 0  # bytes hashed so far
-        self.hasher = hashlib.sha256() if hash else None
+        self._hashers = hashers
         raw.seek(offset)
 
     def readable(self) -> bool:
@@ -100,8 +175,8 @@ class _PieceReader(io.BufferedIOBase):
             want = min(n, want)
         self._raw.seek(self._offset + self._pos)
         data = self._raw.read(want)
-        if self.hasher is not None:
-            self.hasher.update(data)
+        for hasher in self._hashers:
+            hasher.update(data)
         self._pos += len(data)
         self.hashed += len(data)
         return data
@@ -115,6 +190,8 @@ class ChunkResult:
 
     chunk: Chunk                 # name, size and sha256 of the finished 7z file, sorted members
     piece_sha256: Dict[str, str]  # archive member name -> sha256 of that member's bytes
+    # split file -> Sha256State.state() after its part in this chunk, when more parts follow
+    sha256_state: Dict[str, str] = field(default_factory=dict)
 
 
 
@@ -130,14 +207,15 @@ def write_chunk(
     compression: str,
     expected: Mapping[str, FileEntry],
     *,
-    rehash_whole_files: bool = True,
+    resume: Optional[Mapping[str, str]] = None,
 ) -> ChunkResult:
     """Write chunk ``spec`` from files under ``mirror_dir`` into the bundle folder ``dest``.
 
-    Parts of split files are always hashed as they are packed (their sha256 goes into the
-    bundle manifest). Whole files are hashed and compared with ``expected`` unless
-    ``rehash_whole_files`` is False, for callers that have already tied each file to its
-    verified record (size and mtime), as the mirror's own hash cache does.
+    Every byte is hashed as it is packed. A whole file must match its sha256 in ``expected``;
+    so must a split file, hashed across chunks: its first part starts a ``Sha256State``, a later
+    part resumes the state in ``resume`` (``sha256_state`` of the chunk with the part before),
+    and its last part finishes it. A mismatch raises ``ContentMismatch`` naming the file and
+    leaves no chunk behind.
 
     ``dest`` is the bundle folder (the chunk becomes ``dest/spec.name``); a path whose name is
     ``spec.name`` is accepted too. The archive is built under a hidden temp name
@@ -159,7 +237,7 @@ def write_chunk(
     try:
         os.chmod(tmp, 0o644)  # chunks are read by other accounts on shared filesystems
         with os.fdopen(fd, "w+b") as fp:
-            piece_sha = _write_archive(fp, spec, Path(mirror_dir), filters, expected, rehash_whole_files)
+            piece_sha, carried = _write_archive(fp, spec, Path(mirror_dir), filters, expected, resume or {})
             fp.flush()
             os.fsync(fp.fileno())
             # py7zr rewrites the signature header at the end: hash the finished file.
@@ -179,12 +257,28 @@ def write_chunk(
             pass
         raise
     chunk = Chunk(name=spec.name, size=size, sha256=hasher.hexdigest(), members=sorted(piece_sha))
-    return ChunkResult(chunk=chunk, piece_sha256=piece_sha)
+    return ChunkResult(chunk=chunk, piece_sha256=piece_sha, sha256_state=carried)
+
+
+def _whole_file_hasher(piece, resume: Mapping[str, str]) -> Sha256State:
+    """The running hash of split file ``piece.path`` up to the first byte of ``piece``."""
+    if piece.offset == 0:
+        return Sha256State()
+    state = resume.get(piece.path)
+    whole = Sha256State(state) if state else None
+    if whole is None or whole.length != piece.offset:
+        raise MirrorError(
+            f"cannot pack {piece.member}: the SHA-256 state of {piece.path} up to byte {piece.offset} "
+            "(left by the chunk with the part before) is missing; run bundle again"
+        )
+    return whole
 
 
 def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Mapping[str, FileEntry],
-                   rehash_whole_files: bool) -> Dict[str, str]:
+                   resume: Mapping[str, str]) -> Tuple[Dict[str, str], Dict[str, str]]:
+    """Pack the pieces; return ({member: sha256}, {split file: Sha256State.state() when more parts follow})."""
     piece_sha: Dict[str, str] = {}
+    carried: Dict[str, str] = {}
     archive = py7zr.SevenZipFile(fp, "w", filters=filters)
     archive.set_encoded_header_mode(False)
     for piece in spec.pieces:
@@ -205,42 +299,82 @@ def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Map
                 )
             if piece.offset + piece.size > entry.size:
                 raise UsageError(f"plan piece {piece.member} lies beyond the end of {piece.path}; re-plan")
-            reader = _PieceReader(src, piece.offset, piece.size, hash=piece.is_part or rehash_whole_files)
+            hasher = hashlib.sha256()
+            whole = _whole_file_hasher(piece, resume) if piece.is_part else None
+            reader = _PieceReader(src, piece.offset, piece.size, (hasher, whole) if whole else (hasher,))
             archive.writef(reader, piece.member)
             if reader.hashed != piece.size:
                 raise IntegrityError(
                     f"{piece.path} changed since it was verified; re-run mirror "
                     f"(read {reader.hashed} of {piece.size} bytes of {piece.member})"
                 )
-        if reader.hasher is None:
-            piece_sha[piece.member] = entry.sha256
-            continue
-        digest = reader.hasher.hexdigest()
-        if not piece.is_part and digest != entry.sha256:
-            raise IntegrityError(f"{piece.path} changed since it was verified; re-run mirror (sha256 differs)")
-        piece_sha[piece.member] = digest
+        piece_sha[piece.member] = hasher.hexdigest()
+        if whole is not None and piece.offset + piece.size < entry.size:
+            carried[piece.path] = whole.state()
+        elif (whole.hexdigest() if whole else piece_sha[piece.member]) != entry.sha256:
+            raise ContentMismatch(piece.path)
     archive.close()  # writes the header; does not close fp (we passed a file object)
-    return piece_sha
+    return piece_sha, carried
 
 
-def test_archive(path: Path) -> Optional[str]:
-    """Check a 7z file's structure and every member's CRC by decompressing it (streaming).
+class _HashingSink(Py7zIO):
+    """Takes one member from py7zr and only hashes it: verify decompresses without writing."""
 
-    Returns None when it is fine, else a short description of the problem. (py7zr's ``test()``
-    only checks packed-stream CRCs, which py7zr does not write for unencrypted archives, so it
-    would check nothing here; ``testzip()`` decompresses each member and checks its CRC32.)
+    def __init__(self, hashers: Sequence):
+        self.hashers = hashers
+        self.written = 0
+
+    def write(self, s) -> int:
+        for hasher in self.hashers:
+            hasher.update(s)
+        self.written += len(s)
+        return len(s)
+
+    def read(self, size: Optional[int] = None) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation("verify's sinks are not seekable")
+
+    def seekable(self) -> bool:  # tells py7zr's MemIO.close() not to rewind us
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return self.written
+
+
+class _HashingSinks(WriterFactory):
+    """py7zr's writer factory for verify: one hashing sink per member; ``also`` adds a hasher to a member."""
+
+    def __init__(self, also: Mapping[str, object]):
+        self.also = also
+        self.sinks: Dict[str, Tuple[_HashingSink, "hashlib._Hash"]] = {}
+
+    def create(self, filename: str) -> Py7zIO:
+        if filename in self.sinks:
+            raise IntegrityError(f"member {filename!r}: duplicate name")
+        own = hashlib.sha256()
+        sink = _HashingSink((own, self.also[filename]) if filename in self.also else (own,))
+        self.sinks[filename] = (sink, own)
+        return sink
+
+
+def hash_members(path: Path, also: Optional[Mapping[str, object]] = None) -> Tuple[Dict[str, Tuple[int, str]], Optional[str]]:
+    """Decompress every member of a 7z file (streaming; py7zr checks each member's CRC) and hash it.
+
+    Returns ``({member: (size, sha256)}, None)``, or ``(..., a short description of the damage)``
+    when the archive cannot be read through. ``also`` maps a member to one more hasher to feed
+    (verify hashes split files whole across chunks). Names and types of members are not checked
+    here: call ``extract.check_members`` first, as unpack does.
     """
+    sinks = _HashingSinks(also or {})
+    trouble = None
     try:
         with py7zr.SevenZipFile(path, "r") as archive:
-            bad = archive.testzip()
-        if bad is not None:
-            return f"CRC error in member {bad}"
-        return None
+            archive.extractall(factory=sinks)
     except Exception as exc:  # py7zr raises many types for damaged archives
-        return f"{type(exc).__name__}: {exc}"
-
-
-def archive_members(path: Path):
-    """Sorted member names of a 7z file (reads only the header)."""
-    with py7zr.SevenZipFile(path, "r") as archive:
-        return sorted(archive.getnames())
+        trouble = f"{type(exc).__name__}: {exc}"
+    return {m: (sink.written, own.hexdigest()) for m, (sink, own) in sinks.sinks.items()}, trouble

@@ -267,6 +267,12 @@ class WriteChunk(luigi.Task):
         from . import bundling
         return bundling.plan_for(self.manifest_path, self.chunk_size, self.version, self.compression)
 
+    def requires(self):
+        # A chunk that continues a split file resumes its hash where the chunk before left it.
+        from . import bundling
+        previous = bundling.continued_from(self.plan(), self.index)
+        return [] if previous is None else self.clone(index=previous)
+
     def output(self):
         from . import bundling
         return bundling.ChunkTarget(self.out, self.plan(), self.index)

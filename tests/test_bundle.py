@@ -73,7 +73,10 @@ def build_mirror(root: Path):
 def build_bundle(mirror: Path, files, bundle: Path, compression: str):
     plan = chunk_plan(files, CHUNK, VERSION, compression)
     expected = {f.path: f for f in files}
-    results = [write_chunk(spec, mirror, bundle, compression, expected) for spec in plan]
+    results = []
+    for spec in plan:  # in order: a split file's hash goes on where the chunk before left it
+        results.append(write_chunk(spec, mirror, bundle, compression, expected,
+                                   resume=results[-1].sha256_state if results else None))
     manifest = build_bundle_manifest(plan, results, files, version=VERSION, tool_version="test",
                                      created="2026-01-01T00:00:00Z", mirror_manifest_sha256="ab" * 32)
     finish_bundle(bundle, manifest)
@@ -382,3 +385,28 @@ def test_chunk_hash_matches_sha256_file(tmp_path):
         p = tmp_path / f"f{size}"
         p.write_bytes(os.urandom(size))
         assert _sha256_chunk(p) == sha256_file(p)
+
+
+# --- where the bundle folder may be -------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["out-inside-mirror", "out-is-mirror", "out-through-symlink", "mirror-inside-out"])
+@pytest.mark.parametrize("offline", [True, False], ids=["offline", "online"])
+def test_bundle_folder_and_mirror_must_not_hold_each_other(tmp_path, layout, offline):
+    """A bundle inside the mirror would be deleted by mirror --delete-unlisted; refused before any work."""
+    from clihelp import run_cli
+
+    mirror = tmp_path / ("bundle/mirror" if layout == "mirror-inside-out" else "mirror")
+    mirror.mkdir(parents=True)
+    (mirror / "keep.txt").write_text("a mirror file")
+    out = {"out-inside-mirror": mirror / "bundles" / "b1", "out-is-mirror": mirror,
+           "out-through-symlink": tmp_path / "link" / "b1", "mirror-inside-out": tmp_path / "bundle"}[layout]
+    (tmp_path / "link").symlink_to(mirror)
+    before = sorted(tmp_path.rglob("*"))
+    # online: a listing URL nobody answers; the refusal must come before any connection
+    online = [] if offline else ["--listing-url", "http://127.0.0.1:9/Downloads/packages/listings/AMS2026.1.txt"]
+    result = run_cli("bundle", "--version", VERSION, "--mirror", mirror, "--out", out, "--chunk-size", "1MiB",
+                     *(["--offline"] if offline else online), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert ("is inside the mirror" if layout != "mirror-inside-out" else "is inside the bundle folder") in result.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written: no bundle folder, no mirror state

@@ -21,10 +21,10 @@ from pipeline.chunking import (
     describe_plan,
     member_overhead,
 )
-from pipeline.errors import IntegrityError, UsageError
+from pipeline.errors import IntegrityError, MirrorError, UsageError
 from pipeline.hashing import sha256_file
 from pipeline.manifest import FileEntry
-from pipeline.sevenzip import ChunkResult, write_chunk
+from pipeline.sevenzip import ChunkResult, ContentMismatch, Sha256State, write_chunk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KiB, MiB = 1024, 1024**2
@@ -193,8 +193,13 @@ def test_describe_plan_counts_chunks_and_sticks():
 # --- write_chunk ---------------------------------------------------------------------------------
 
 def write_all(plan, mirror, dest, files, compression):
+    """Every chunk in order, each resuming the split-file hash state the one before left."""
     expected = {f.path: f for f in files}
-    return [write_chunk(spec, mirror, dest, compression, expected) for spec in plan]
+    results = []
+    for spec in plan:
+        results.append(write_chunk(spec, mirror, dest, compression, expected,
+                                   resume=results[-1].sha256_state if results else None))
+    return results
 
 
 @pytest.mark.parametrize("compression", ["copy", "zstd", "lzma2"])
@@ -253,8 +258,9 @@ def test_write_chunk_detects_file_changed_since_verification(tmp_path):
     data = bytearray((mirror / "b.bin").read_bytes())
     data[100] ^= 0xFF
     (mirror / "b.bin").write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match=r"b\.bin changed since it was verified; re-run mirror"):
+    with pytest.raises(ContentMismatch, match=r"b\.bin does not match the sha256 recorded when it was downloaded") as caught:
         write_chunk(plan[0], mirror, out, "copy", expected)
+    assert caught.value.path == "b.bin" and caught.value.exit_code == 4
     assert not (out / plan[0].name).exists()
     assert list(out.iterdir()) == []  # temp file removed too
     # a split file whose size changed
@@ -379,7 +385,8 @@ def test_piece_reader_hashes_sequential_range(tmp_path):
 
     data = os.urandom(10000)
     raw = io.BytesIO(data)
-    r = _PieceReader(raw, 1000, 5000)
+    piece, whole = hashlib.sha256(), Sha256State()
+    r = _PieceReader(raw, 1000, 5000, (piece, whole))
     assert r.seek(0, io.SEEK_END) == 5000 and r.tell() == 5000
     r.seek(0)
     got = b""
@@ -389,8 +396,49 @@ def test_piece_reader_hashes_sequential_range(tmp_path):
             break
         got += chunk
     assert got == data[1000:6000]
-    assert r.hasher.hexdigest() == hashlib.sha256(data[1000:6000]).hexdigest()
+    assert piece.hexdigest() == whole.hexdigest() == hashlib.sha256(data[1000:6000]).hexdigest()
     r2 = _PieceReader(raw, 0, 100)
     r2.seek(50)
     with pytest.raises(RuntimeError):
         r2.read(10)
+
+
+def test_sha256_state_resumes_where_it_was_saved():
+    """A split file is hashed whole across chunk writers: the state saved after one part goes on with the next."""
+    import hashlib
+
+    data = random.Random(3).randbytes(300_001)
+    first = Sha256State()
+    first.update(data[:100_003])  # not a multiple of the 64-byte block: the pending bytes travel too
+    saved = first.state()
+    assert first.length == 100_003
+    assert first.hexdigest() == hashlib.sha256(data[:100_003]).hexdigest()  # finishing leaves it usable
+    second = Sha256State(saved)
+    second.update(data[100_003:])
+    assert second.length == len(data)
+    assert second.hexdigest() == hashlib.sha256(data).hexdigest()
+    with pytest.raises(ValueError):
+        Sha256State(saved[:-2])
+
+
+def test_write_chunk_checks_a_split_file_whole_at_its_last_part(tmp_path):
+    mirror = tmp_path / "m"
+    files = make_tree(mirror, {"big.bin": 3 * MiB})
+    plan = chunk_plan(files, 1 * MiB, "V1")
+    expected = {f.path: f for f in files}
+    first = write_chunk(plan[0], mirror, tmp_path / "out", "copy", expected)
+    assert first.sha256_state and "big.bin" in first.sha256_state
+    with pytest.raises(MirrorError, match="SHA-256 state of big.bin .* is missing"):
+        write_chunk(plan[1], mirror, tmp_path / "out", "copy", expected)
+    # a byte of the last part rots after the earlier parts were packed
+    with open(mirror / "big.bin", "r+b") as f:
+        f.seek(3 * MiB - 1)
+        last = f.read(1)
+        f.seek(3 * MiB - 1)
+        f.write(bytes([last[0] ^ 0xFF]))
+    resume = first.sha256_state
+    for spec in plan[1:-1]:
+        resume = write_chunk(spec, mirror, tmp_path / "out", "copy", expected, resume=resume).sha256_state
+    with pytest.raises(ContentMismatch, match="big.bin does not match"):
+        write_chunk(plan[-1], mirror, tmp_path / "out", "copy", expected, resume=resume)
+    assert not (tmp_path / "out" / plan[-1].name).exists()
