@@ -708,8 +708,9 @@ def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
                 continue
             try:
                 os.unlink(dest_dir / p.member)
-            except FileNotFoundError:
-                pass
+            except OSError as exc:  # absent, or a name too long to exist (parts are joined in place)
+                if exc.errno not in (errno.ENOENT, errno.ENAMETOOLONG):
+                    raise
         if os.path.lexists(partial):
             remove_entry(partial)  # a stale one, when the final file was already right
         done.append(bf.path)
