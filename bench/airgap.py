@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import first_line, replace_section  # noqa: E402
-from pipeline.scmdouble import (  # noqa: E402
+from amsrepomirror.testing.scmdouble import (  # noqa: E402
     DEFAULT_VERSION,
     DEMO_PASSWORD,
     DEMO_USER,
@@ -139,7 +139,7 @@ def prepare_mirror(spec: TreeSpec, work: Path) -> Path:
           flush=True)
     t0 = time.monotonic()
     with ScmDouble(server) as double:
-        cmd = [sys.executable, "-m", "pipeline", "mirror", "--version", VERSION, "--mirror", str(mirror),
+        cmd = [sys.executable, "-m", "amsrepomirror", "mirror", "--version", VERSION, "--mirror", str(mirror),
                "--listing-url", double.listing_url(VERSION)]
         p = subprocess.run(cmd, cwd=ROOT, env=ours_env(), capture_output=True, text=True)
     if p.returncode != 0 or not manifest_path(mirror).is_file():
@@ -294,7 +294,7 @@ def remove(path: Path) -> None:
 
 def ours_bundle(mirror: Path, out: Path, spec: TreeSpec, logs: Path, name: str):
     remove(out)
-    cmd = [sys.executable, "-m", "pipeline", "bundle", "--version", VERSION, "--mirror", str(mirror),
+    cmd = [sys.executable, "-m", "amsrepomirror", "bundle", "--version", VERSION, "--mirror", str(mirror),
            "--out", str(out), "--chunk-size", spec.chunk, "--offline"]
     return cmd, dict(cwd=ROOT, env=ours_env(), log_dir=logs, name=name)
 
@@ -314,7 +314,7 @@ def peer_bundle(mirror: Path, out: Path, spec: TreeSpec, logs: Path, name: str):
 def ours_unpack(bundle: Path, amshome: Path, logs: Path, name: str):
     remove(amshome)
     amshome.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "pipeline", "unpack", str(bundle), "--amshome", str(amshome)]
+    cmd = [sys.executable, "-m", "amsrepomirror", "unpack", str(bundle), "--amshome", str(amshome)]
     return cmd, dict(cwd=ROOT, env=ours_env(), log_dir=logs, name=name)
 
 

@@ -26,7 +26,7 @@ for _p in (str(ROOT), str(TESTS)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from pipeline.scmdouble import (  # noqa: E402
+from amsrepomirror.testing.scmdouble import (  # noqa: E402
     DEFAULT_VERSION,
     DEMO_PASSWORD,
     DEMO_USER,
@@ -114,10 +114,10 @@ def tail(text: str, n: int = 15) -> str:
 
 
 def ours_env(config: Optional[Path] = None) -> Dict[str, str]:
-    """Environment of an amsrepomirror run: credentials from the environment, the project on
-    PYTHONPATH, luigi.cfg from the project folder (plus ``config`` read after it, if given)."""
+    """Environment of an amsrepomirror run: credentials from the environment,
+    luigi.cfg from the project folder (plus ``config`` read after it, if given)."""
     env = {k: v for k, v in os.environ.items() if k not in ("LUIGI_CONFIG_PATH", "SCM_USER", "SCM_PASSWORD")}
-    env.update(SCM_USER=DEMO_USER, SCM_PASSWORD=DEMO_PASSWORD, PYTHONPATH=str(ROOT))
+    env.update(SCM_USER=DEMO_USER, SCM_PASSWORD=DEMO_PASSWORD)
     if config is not None:
         env["LUIGI_CONFIG_PATH"] = str(config)
     return env
@@ -125,11 +125,11 @@ def ours_env(config: Optional[Path] = None) -> Dict[str, str]:
 
 def run_ours(listing_url: str, dest: Path, *, log_dir: Path, name: str, config: Optional[Path] = None,
              timeout: Optional[float] = None, extra: Sequence[str] = ()) -> (Run, Dict):
-    """``python -m pipeline mirror`` with its default --jobs; returns the run and its --report."""
+    """``python -m amsrepomirror mirror`` with its default --jobs; returns the run and its --report."""
     report = log_dir / f"{name}.report.json"
     if report.exists():
         report.unlink()
-    cmd = [sys.executable, "-m", "pipeline", "mirror", "--version", VERSION, "--mirror", str(dest),
+    cmd = [sys.executable, "-m", "amsrepomirror", "mirror", "--version", VERSION, "--mirror", str(dest),
            "--listing-url", listing_url, "--report", str(report), *extra]
     run = timed(cmd, cwd=ROOT, env=ours_env(config), log_dir=log_dir, name=name, timeout=timeout)
     if run.timed_out:

@@ -32,7 +32,7 @@ from .common import (
     warm,
 )
 from .latency import LatencyProxy
-from pipeline.scmdouble import PACKAGES_PREFIX, retarget_listing
+from amsrepomirror.testing.scmdouble import PACKAGES_PREFIX, retarget_listing
 
 RTT_MS = 20  # round trip the latency proxy adds in scenario (c)
 

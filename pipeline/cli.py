@@ -13,12 +13,13 @@ from typing import Dict, List, Optional
 
 import luigi
 
-from . import __version__, errors
-from .bundle import COMPRESSIONS
-from .errors import MirrorError, UsageError, exit_code_for
-from .fsutil import atomic_write_json, exclusive_lock
-from .listing import listing_url_for, repository_root
-from .units import format_size, parse_size
+from amsrepomirror import __version__
+from amsrepomirror import errors
+from amsrepomirror.bundle.format import COMPRESSIONS
+from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
+from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock
+from amsrepomirror.online.listing import listing_url_for, repository_root
+from amsrepomirror.util.units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
 
@@ -135,8 +136,8 @@ def _mirror_params(args) -> Dict:
     jobs = setting(args.jobs, "FetchListing", "jobs", "4")
     if not jobs.isdigit() or int(jobs) < 1:
         raise UsageError(f"--jobs must be a whole number of at least 1 (got {jobs})")
-    from .tasks import new_run_id, platform_rules
-    from .listing import select_platforms
+    from amsrepomirror.tasks import new_run_id, platform_rules
+    from amsrepomirror.online.listing import select_platforms
     select_platforms([], args.platform, platform_rules())  # refuse unknown platform names up front
     return dict(version=args.version, mirror=str(args.mirror.absolute()), listing_url=args.listing_url,
                 platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
@@ -145,8 +146,8 @@ def _mirror_params(args) -> Dict:
 
 def run_mirror(args) -> int:
     """Mirror the listing into --mirror; print the summary; return the exit code."""
-    from .credentials import resolve_credentials
-    from .workspace import Workspace
+    from amsrepomirror.online.credentials import resolve_credentials
+    from amsrepomirror.online.workspace import Workspace
 
     params = _mirror_params(args)
     if args.no_ssl:
@@ -162,8 +163,8 @@ def run_mirror(args) -> int:
 
 
 def _locked_mirror(args, params: Dict, ws) -> int:
-    from . import mirror as work
-    from .tasks import FetchListing, VerifyTree
+    from amsrepomirror.online import sync as work
+    from amsrepomirror.tasks import FetchListing, VerifyTree
 
     started = time.monotonic()
     deep = {} if args.deep is None else {"deep": True}
@@ -258,8 +259,8 @@ def _check_bundle_folder(mirror: Path, out: Path) -> None:
 
 def run_bundle(args) -> int:
     """Mirror (unless --offline), then write the bundle folder."""
-    from .tasks import BundleArchive, new_run_id
-    from .workspace import Workspace
+    from amsrepomirror.tasks import BundleArchive, new_run_id
+    from amsrepomirror.online.workspace import Workspace
 
     _check_bundle_folder(args.mirror, args.out)
     chunk_size, compression = _bundle_settings(args)
@@ -287,9 +288,9 @@ def run_bundle(args) -> int:
 
 
 def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
-    from .chunking import chunk_plan, describe_plan
-    from .manifest import Manifest
-    from .workspace import Workspace
+    from amsrepomirror.bundle.plan import chunk_plan, describe_plan
+    from amsrepomirror.online.manifest import Manifest
+    from amsrepomirror.online.workspace import Workspace
 
     ws = Workspace(mirror)
     if version is None:
@@ -316,7 +317,7 @@ def run_plan(args) -> int:
 
 
 def run_verify(args) -> int:
-    from .bundle import verify_bundle
+    from amsrepomirror.bundle.verify import verify_bundle
 
     report = verify_bundle(args.bundle, test_archives=not args.no_test)
     if report.ok:
@@ -331,7 +332,7 @@ def run_verify(args) -> int:
 
 
 def run_unpack(args) -> int:
-    from .tasks import Unpack
+    from amsrepomirror.tasks import Unpack
 
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall)
@@ -343,8 +344,8 @@ def run_unpack(args) -> int:
         if failure:
             say(f"error: {failure['message']}")
             return failure["code"]
-    from .bundle import BundleManifest, MANIFEST_NAME
-    from .placement import usage_hint
+    from amsrepomirror.bundle.format import BundleManifest, MANIFEST_NAME
+    from amsrepomirror.offline.placement import usage_hint
     print(usage_hint(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).version))
     return 0
 
@@ -354,7 +355,7 @@ def run_demo(args) -> int:
     import os
     import tempfile
 
-    from .scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository
+    from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository
 
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="amsrepomirror-demo-"))).absolute()
     server_root, mirror_dir, bundle_dir, amshome = work / "scm", work / "mirror", work / "bundle", work / "amshome"

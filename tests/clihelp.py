@@ -18,20 +18,19 @@ def cli_env(user: Optional[str] = "demo", password: Optional[str] = "demo-pass",
         env["SCM_USER"] = user
     if password is not None:
         env["SCM_PASSWORD"] = password
-    env["PYTHONPATH"] = str(REPO)
     env["LUIGI_CONFIG_PATH"] = str(REPO / "tests" / "luigi-test.cfg")
     env.update(extra)
     return env
 
 
 def run_cli(*args, env=None, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m pipeline ARGS`` from the project folder (so luigi.cfg applies)."""
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env or cli_env(),
+    """Run ``python -m amsrepomirror ARGS`` from the project folder (so luigi.cfg applies)."""
+    return subprocess.run([sys.executable, "-m", "amsrepomirror", *map(str, args)], cwd=REPO, env=env or cli_env(),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)
 
 
 def popen_cli(*args, env=None, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=REPO, env=env or cli_env(),
+    return subprocess.Popen([sys.executable, "-m", "amsrepomirror", *map(str, args)], cwd=REPO, env=env or cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL, **kwargs)
 
 

@@ -11,14 +11,11 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # the package need not be installed to run the tests
-    sys.path.insert(0, str(REPO_ROOT))
 TESTS_DIR = str(Path(__file__).resolve().parent)
 if TESTS_DIR not in sys.path:  # so test modules can `from servers import ...`
     sys.path.insert(0, TESTS_DIR)
 
-from pipeline.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository  # noqa: E402
+from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository  # noqa: E402
 from servers import NginxServer, require_tool  # noqa: E402
 
 

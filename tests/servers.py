@@ -1,7 +1,7 @@
 """Test helpers: a real nginx serving a repository tree on loopback, its access log, and
 ``require_tool`` (skip when a tool is missing, fail instead when CI demands the tools).
 
-nginx serves ``root`` the way :class:`pipeline.scmdouble.ScmDouble` does: basic auth on
+nginx serves ``root`` the way :class:`amsrepomirror.testing.scmdouble.ScmDouble` does: basic auth on
 everything, 401 (with ``WWW-Authenticate``) for unauthorized prefixes, ``etag on``, Range.
 Differences from the double worth knowing: nginx's ETag/Last-Modified have one-second
 resolution (``"<hex mtime s>-<hex size>"``), a directory answers 301/403 rather than 404, and
@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
-from pipeline.scmdouble import (
+from amsrepomirror.testing.scmdouble import (
     DEFAULT_VERSION,
     DEMO_PASSWORD,
     DEMO_USER,

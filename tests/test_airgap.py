@@ -12,8 +12,9 @@ import py7zr
 import pytest
 
 from clihelp import REPO, cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
-from pipeline.bundle import MANIFEST_NAME, README_NAME, BundleManifest, Chunk, write_sums
-from pipeline.scmdouble import ScmDouble, change_file
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest, Chunk
+from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.testing.scmdouble import ScmDouble, change_file
 from servers import require_tool
 
 VERSION = "AMS2026.1"

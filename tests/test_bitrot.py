@@ -10,9 +10,10 @@ import py7zr
 import pytest
 
 from clihelp import run_cli, served_tree, tree_hashes
-from pipeline.bundle import MANIFEST_NAME, README_NAME, BundleFile, BundleManifest, Chunk, Part, write_sums
-from pipeline.chunking import chunk_plan
-from pipeline.manifest import Manifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleFile, BundleManifest, Chunk, Part
+from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.bundle.plan import chunk_plan
+from amsrepomirror.online.manifest import Manifest
 
 VERSION = "AMS2026.1"
 CHUNK = "1MiB"

@@ -13,23 +13,16 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from pipeline.bundle import (
-    MANIFEST_NAME,
-    README_NAME,
-    SUMS_NAME,
-    BundleManifest,
-    finish_bundle,
-    read_sums,
-    readme_text,
-    require_intact,
-    verify_bundle,
-    write_sums,
-)
-from pipeline.chunking import build_bundle_manifest, chunk_plan
-from pipeline.errors import IntegrityError
-from pipeline.hashing import sha256_file
-from pipeline.manifest import FileEntry
-from pipeline.sevenzip import write_chunk
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.build import finish_bundle
+from amsrepomirror.bundle.readme import readme_text
+from amsrepomirror.bundle.sums import read_sums, write_sums
+from amsrepomirror.bundle.verify import require_intact, verify_bundle
+from amsrepomirror.bundle.plan import build_bundle_manifest, chunk_plan
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.bundle.sevenzip import write_chunk
 
 KiB, MiB = 1024, 1024**2
 VERSION = "AMS2026.1"
@@ -358,8 +351,7 @@ def test_verify_hashes_each_chunk_once(copy_bundle, monkeypatch):
     """Every file SHA256SUMS lists is hashed exactly once (chunks in HASH_THREADS threads)."""
     import threading
 
-    import pipeline.bundle
-    import pipeline.hashing
+    import amsrepomirror.bundle.verify
 
     counts = {}
     lock = threading.Lock()
@@ -371,20 +363,22 @@ def test_verify_hashes_each_chunk_once(copy_bundle, monkeypatch):
             return real(path)
         return hash_once
 
-    monkeypatch.setattr(pipeline.hashing, "sha256_file", counting(pipeline.hashing.sha256_file))
-    monkeypatch.setattr(pipeline.bundle, "_sha256_chunk", counting(pipeline.bundle._sha256_chunk))
+    monkeypatch.setattr(amsrepomirror.bundle.verify, "sha256_file", counting(amsrepomirror.bundle.verify.sha256_file))
     assert verify_bundle(copy_bundle).ok
     assert counts and all(n == 1 for n in counts.values()), counts
     assert set(counts) == set(read_sums(copy_bundle))
 
 
-def test_chunk_hash_matches_sha256_file(tmp_path):
-    from pipeline.bundle import HASH_BLOCK, _sha256_chunk
+def test_file_hash_across_block_boundaries(tmp_path):
+    import hashlib
 
-    for size in (0, 1, HASH_BLOCK - 1, HASH_BLOCK, 2 * HASH_BLOCK + 7):
+    from amsrepomirror.util.hashing import FILE_BLOCK
+
+    for size in (0, 1, FILE_BLOCK - 1, FILE_BLOCK, 2 * FILE_BLOCK + 7):
         p = tmp_path / f"f{size}"
-        p.write_bytes(os.urandom(size))
-        assert _sha256_chunk(p) == sha256_file(p)
+        data = os.urandom(size)
+        p.write_bytes(data)
+        assert sha256_file(p) == hashlib.sha256(data).hexdigest()
 
 
 # --- where the bundle folder may be -------------------------------------------------------------

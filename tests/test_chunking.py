@@ -1,4 +1,4 @@
-"""chunk_plan / describe_plan (pipeline.chunking) and write_chunk (pipeline.sevenzip)."""
+"""chunk_plan / describe_plan (amsrepomirror.bundle.plan) and write_chunk (amsrepomirror.bundle.sevenzip)."""
 
 import os
 import random
@@ -11,8 +11,9 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from pipeline.bundle import chunk_name, part_member, remove_partial_files
-from pipeline.chunking import (
+from amsrepomirror.bundle.format import chunk_name, part_member
+from amsrepomirror.bundle.build import remove_partial_files
+from amsrepomirror.bundle.plan import (
     DEFAULT_CHUNK_SIZE,
     FIXED_OVERHEAD,
     ChunkSpec,
@@ -21,10 +22,10 @@ from pipeline.chunking import (
     describe_plan,
     member_overhead,
 )
-from pipeline.errors import IntegrityError, MirrorError, UsageError
-from pipeline.hashing import sha256_file
-from pipeline.manifest import FileEntry
-from pipeline.sevenzip import ChunkResult, ContentMismatch, Sha256State, write_chunk
+from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
+from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, Sha256State, write_chunk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KiB, MiB = 1024, 1024**2
@@ -296,10 +297,10 @@ KILL_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-import pipeline.sevenzip as sz
-from pipeline.chunking import chunk_plan
-from pipeline.hashing import sha256_file
-from pipeline.manifest import FileEntry
+import amsrepomirror.bundle.sevenzip as sz
+from amsrepomirror.bundle.plan import chunk_plan
+from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.online.manifest import FileEntry
 mirror, out = Path(sys.argv[2]), Path(sys.argv[3])
 orig = sz._PieceReader.read
 def slow_read(self, n=-1):
@@ -339,7 +340,7 @@ def test_killed_write_leaves_no_final_chunk(tmp_path):
 
 
 def test_error_mid_write_removes_temp_file(tmp_path, monkeypatch):
-    import pipeline.sevenzip as sz
+    import amsrepomirror.bundle.sevenzip as sz
 
     files = make_tree(tmp_path / "m", {"a": 300 * KiB, "b": 300 * KiB})
     spec = chunk_plan(files, 1 * MiB, "V1")[0]
@@ -379,7 +380,7 @@ def test_write_chunk_memory_does_not_grow_with_file_size(tmp_path, compression):
 
 
 def test_piece_reader_hashes_sequential_range(tmp_path):
-    from pipeline.sevenzip import _PieceReader
+    from amsrepomirror.bundle.sevenzip import _PieceReader
     import hashlib
     import io
 

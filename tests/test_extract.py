@@ -10,9 +10,9 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from pipeline.bundle import BundleFile, BundleManifest, Chunk, Part, chunk_name, part_member
-from pipeline.errors import DiskSpaceError, IntegrityError
-from pipeline.extract import (
+from amsrepomirror.bundle.format import BundleFile, BundleManifest, Chunk, Part, chunk_name, part_member
+from amsrepomirror.errors import DiskSpaceError, IntegrityError
+from amsrepomirror.offline.extract import (
     EXTRACT_TMP,
     check_members,
     extract_chunk,
@@ -89,7 +89,7 @@ def expected_members(manifest: BundleManifest) -> dict:
 
 def unpack_bundle(bundle_dir: Path, dest: Path, in_place: bool = False) -> BundleManifest:
     """What the Unpack task does between recover() and swap_into_place() (``in_place``: parts
-    written straight into their split file, as pipeline.unpacking does; else as part files)."""
+    written straight into their split file, as amsrepomirror.offline.install does; else as part files)."""
     manifest = BundleManifest.read(Path(bundle_dir) / "manifest.json")
     exp = expected_members(manifest)
     for c in manifest.chunks:
@@ -349,7 +349,7 @@ def test_symlink_already_in_dest_is_never_followed(tmp_path):
 
 
 def test_max_extract_size_stops_an_archive_that_lies_about_sizes(tmp_path, monkeypatch):
-    import pipeline.extract as extract_mod
+    import amsrepomirror.offline.extract as extract_mod
 
     data = b"x" * 1000
     arc = tmp_path / "c.7z"
@@ -365,7 +365,7 @@ def test_max_extract_size_stops_an_archive_that_lies_about_sizes(tmp_path, monke
 def test_writer_refuses_a_member_longer_than_expected(tmp_path, monkeypatch):
     """Each member's writer stops at its expected size, even when the chunk's total stays within
     max_extract_size (a header that swaps the sizes of two members)."""
-    import pipeline.extract as extract_mod
+    import amsrepomirror.offline.extract as extract_mod
 
     arc = tmp_path / "c.7z"
     write_7z(arc, [("a.bin", b"a" * 1000), ("b.bin", b"b" * 10)])
@@ -378,7 +378,7 @@ def test_writer_refuses_a_member_longer_than_expected(tmp_path, monkeypatch):
 
 def test_extracted_members_are_not_read_back(tmp_path, monkeypatch):
     """Members are hashed as they are written: extract_chunk never re-reads a file."""
-    import pipeline.extract as extract_mod
+    import amsrepomirror.offline.extract as extract_mod
 
     m = build_bundle(tmp_path / "bundle", SAMPLE, chunk_size=100)
 
@@ -466,7 +466,7 @@ def test_reassemble_rejects_tampered_part(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# split files written in place (extract_chunk(..., files=...)), as pipeline.unpacking does
+# split files written in place (extract_chunk(..., files=...)), as amsrepomirror.offline.install does
 
 
 def _in_place_setup(tmp_path, data=None):
@@ -636,7 +636,7 @@ def test_verify_tree_without_hashes_checks_the_shape(tmp_path):
 
 
 def test_sync_tree(tmp_path, monkeypatch):
-    import pipeline.extract as extract_mod
+    import amsrepomirror.offline.extract as extract_mod
 
     (tmp_path / "f").write_bytes(b"x")
     synced = []

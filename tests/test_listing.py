@@ -1,9 +1,9 @@
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.listing import (compile_platform_rules, decode_listing, listing_url_for, parse_listing, platform_of,
+from amsrepomirror.errors import UsageError
+from amsrepomirror.online.listing import (compile_platform_rules, decode_listing, listing_url_for, parse_listing, platform_of,
                               redact, repository_root, select_platforms)
-from pipeline.tasks import DEFAULT_PLATFORM_RULES
+from amsrepomirror.tasks.base import DEFAULT_PLATFORM_RULES
 
 LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/AMS2026.1.txt"
 ROOT = "https://downloads.scm.com/Downloads/packages/"
@@ -100,7 +100,7 @@ def test_platform_rules_select_platform_and_independent_files():
 
 
 def test_names_windows_cannot_store_are_refused_on_windows(monkeypatch):
-    import pipeline.listing as listing
+    import amsrepomirror.online.listing as listing
     monkeypatch.setattr(listing, "WINDOWS", True)
     for bad in ("common/con.txt", "a:b.zip", "trailing.", "x|y"):
         with pytest.raises(UsageError, match="cannot be stored on Windows"):

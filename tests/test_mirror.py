@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
-from pipeline.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
-from pipeline.workspace import Workspace
+from amsrepomirror.testing.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
+from amsrepomirror.online.workspace import Workspace
 
 VERSION = "AMS2026.1"
 
@@ -287,7 +287,7 @@ def test_plain_luigi_invocation_runs_the_same_graph(scm_double, repo_tree, tmp_p
     import sys
     dest = tmp_path / "m"
     result = subprocess.run(
-        [sys.executable, "-m", "luigi", "--module", "pipeline.tasks", "VerifyTree", "--version", VERSION,
+        [sys.executable, "-m", "luigi", "--module", "amsrepomirror.tasks", "VerifyTree", "--version", VERSION,
          "--mirror", str(dest), "--listing-url", scm_double.listing_url(VERSION), "--local-scheduler"],
         cwd=Path(__file__).resolve().parent.parent, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -311,7 +311,7 @@ def test_mirror_from_real_nginx(nginx_server, repo_tree, tmp_path):
 
 def test_many_files_run_in_several_luigi_batches(tmp_path):
     """1,200 listed files with batches of 500: every file lands once, the rerun fetches nothing."""
-    from pipeline.scmdouble import make_repository
+    from amsrepomirror.testing.scmdouble import make_repository
     root = tmp_path / "scm"
     make_repository(root, VERSION, tiny=1200)
     cfg = tmp_path / "batch.cfg"

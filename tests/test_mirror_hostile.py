@@ -13,8 +13,8 @@ from pathlib import Path
 import requests
 
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
-from pipeline.scmdouble import listing_path, remove_file, repository_files, write_file, write_listing
-from pipeline.workspace import Workspace
+from amsrepomirror.testing.scmdouble import listing_path, remove_file, repository_files, write_file, write_listing
+from amsrepomirror.online.workspace import Workspace
 
 VERSION = "AMS2026.1"
 

@@ -13,8 +13,8 @@ import luigi
 import pytest
 
 from clihelp import cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
-from pipeline import cli
-from pipeline.scmdouble import ScmDouble, change_file, write_listing
+from amsrepomirror import cli
+from amsrepomirror.testing.scmdouble import ScmDouble, change_file, write_listing
 
 VERSION = "AMS2026.1"
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB, the largest file of the synthetic tree

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from clihelp import run_cli, tree_hashes
-from pipeline.bundle import MANIFEST_NAME, README_NAME, BundleManifest, write_sums
-from pipeline.errors import IntegrityError
-from pipeline.placement import JOURNAL, LOCK, RECEIPT, STAGING
-from pipeline.scmdouble import ScmDouble, make_repository
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
+from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
+from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
 from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
 LOG = ".amsrepomirror-unpack.log"

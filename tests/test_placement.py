@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import placement
-from pipeline.bundle import BundleManifest
-from pipeline.extract import extract_chunk, reassemble, verify_tree
-from pipeline.errors import DiskSpaceError, IntegrityError, UsageError
-from pipeline.placement import (
+from amsrepomirror.offline import placement
+from amsrepomirror.bundle.format import BundleManifest
+from amsrepomirror.offline.extract import extract_chunk, reassemble, verify_tree
+from amsrepomirror.errors import DiskSpaceError, IntegrityError, UsageError
+from amsrepomirror.offline.placement import (
     JOURNAL,
     PREVIOUS,
     RECEIPT,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.scmdouble import (
+from amsrepomirror.testing.scmdouble import (
     DEMO_PASSWORD,
     DEMO_USER,
     PLACEHOLDER_ORIGIN,
@@ -335,7 +335,7 @@ def test_stop_drops_keepalive_connections(repo_tree):
 def test_main_serves_until_sigterm(tmp_path):
     env = dict(os.environ, SCM_TEST_PW="s3cret", PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.scmdouble", "--root", str(tmp_path / "r"), "--make",
+        [sys.executable, "-m", "amsrepomirror.testing.scmdouble", "--root", str(tmp_path / "r"), "--make",
          "--big-size", "1000", "--tiny", "5", "--user", "alice", "--password-env", "SCM_TEST_PW"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )

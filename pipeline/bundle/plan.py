@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-from .bundle import COMPRESSIONS, BundleFile, BundleManifest, Part, chunk_name, part_member
-from .errors import IntegrityError, UsageError
-from .manifest import FileEntry
-from .units import format_size
+from amsrepomirror.bundle.format import COMPRESSIONS, BundleFile, BundleManifest, Part, chunk_name, part_member
+from amsrepomirror.errors import IntegrityError, UsageError
+from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.util.units import format_size
 
 DEFAULT_CHUNK_SIZE = 3900 * 1024**2  # below FAT32's 4 GiB - 1 file size limit, with room to spare
 

@@ -3,7 +3,6 @@
 Tasks in ``tasks.py`` call these; each function is usable (and tested) without Luigi.
 """
 
-import datetime
 import json
 import os
 import posixpath
@@ -15,21 +14,18 @@ from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import requests
 
-from . import __version__
-from .errors import AuthError, DiskSpaceError, FetchError, IntegrityError, MirrorError, UsageError
-from .fetch import LowSpeed, RemoteInfo, StopSignal, Stopped, fetch_text, fetch_to_part, probe
-from .fsutil import local_writes, require_free_space
-from .hashing import sha256_file
-from .listing import ListedFile, parse_listing, redact, select_platforms
-from .manifest import FileEntry, Manifest
-from .progress import ByteProgress
-from .workspace import FileRecord, Workspace
+from amsrepomirror import __version__
+from amsrepomirror.errors import AuthError, DiskSpaceError, IntegrityError, MirrorError, UsageError
+from amsrepomirror.online.http import LowSpeed, RemoteInfo, StopSignal, Stopped, fetch_text, fetch_to_part, probe
+from amsrepomirror.util.time import utc_now
+from amsrepomirror.util.fsutil import local_writes, require_free_space
+from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.online.listing import ListedFile, parse_listing, redact, select_platforms
+from amsrepomirror.online.manifest import FileEntry, Manifest
+from amsrepomirror.online.progress import ByteProgress
+from amsrepomirror.online.workspace import FileRecord, Workspace
 
 SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],

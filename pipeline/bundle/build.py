@@ -1,4 +1,4 @@
-"""The work of BundleArchive and WriteChunk: plan, write chunks with resumable targets, finish.
+"""The work of BundleArchive and WriteChunk: plan, write chunks (each with a done-marker), finish.
 
 A chunk's done-marker is a small JSON beside the chunk results (``.amsrepomirror-work/<key>/``,
 key = mirror manifest + settings), written after the chunk is renamed into place. It also holds
@@ -14,20 +14,21 @@ import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
-import luigi
-
-from . import __version__
-from .bundle import CHUNK_SUFFIX, SUMS_NAME, Chunk, finish_bundle, remove_partial_files
-from .chunking import ChunkSpec, build_bundle_manifest, chunk_plan
-from .errors import IntegrityError
-from .fsutil import atomic_write_json, require_free_space
-from .manifest import Manifest
-from .mirror import utc_now
-from .sevenzip import ChunkResult, ContentMismatch, write_chunk
-from .units import parse_size
-from .workspace import Workspace
+from amsrepomirror import __version__
+from amsrepomirror.bundle.format import CHUNK_SUFFIX, MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest, Chunk
+from amsrepomirror.bundle.plan import ChunkSpec, build_bundle_manifest, chunk_plan
+from amsrepomirror.bundle.readme import readme_text
+from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, write_chunk
+from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.util.fsutil import atomic_write_bytes, atomic_write_json, require_free_space
+from amsrepomirror.util.paths import is_plain_file_name
+from amsrepomirror.util.time import utc_now
+from amsrepomirror.util.units import parse_size
 
 WORK_DIR = ".amsrepomirror-work"
 
@@ -59,19 +60,14 @@ def _marker(out: str, plan: BundlePlan, index: int) -> Path:
     return Path(out) / WORK_DIR / plan.key / (plan.chunks[index].name + ".json")
 
 
-class ChunkTarget(luigi.Target):
-    """Exists when chunk ``index`` of this plan is in place with the size its marker records."""
-
-    def __init__(self, out: str, plan: BundlePlan, index: int):
-        self.out, self.plan, self.index = out, plan, index
-
-    def exists(self):
-        try:
-            recorded = json.loads(_marker(self.out, self.plan, self.index).read_text())
-            return ((Path(self.out) / self.plan.chunks[self.index].name).stat().st_size == recorded["chunk"]["size"]
-                    and "sha256_state" in recorded)  # markers of older versions lack what the next chunk needs
-        except (OSError, ValueError, KeyError):
-            return False
+def chunk_done(out: str, plan: BundlePlan, index: int) -> bool:
+    """Chunk ``index`` of this plan is in place with the size its marker records."""
+    try:
+        recorded = json.loads(_marker(out, plan, index).read_text())
+        return ((Path(out) / plan.chunks[index].name).stat().st_size == recorded["chunk"]["size"]
+                and "sha256_state" in recorded)  # markers of older versions lack what the next chunk needs
+    except (OSError, ValueError, KeyError):
+        return False
 
 
 def prepare_out(out: str, plan: BundlePlan) -> None:
@@ -80,7 +76,7 @@ def prepare_out(out: str, plan: BundlePlan) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SUMS_NAME).unlink(missing_ok=True)
     remove_partial_files(folder)
-    pending = [c for i, c in enumerate(plan.chunks) if not ChunkTarget(out, plan, i).exists()]
+    pending = [c for i, c in enumerate(plan.chunks) if not chunk_done(out, plan, i)]
     require_free_space(folder, sum(c.max_size for c in pending), f"{len(pending)} chunk(s) of the bundle")
 
 
@@ -154,3 +150,46 @@ def finish(out: str, plan: BundlePlan) -> None:
             stale.unlink()
     finish_bundle(folder, manifest)
     shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
+
+
+def remove_partial_files(bundle_dir: Path) -> List[Path]:
+    """Delete temp files a killed run may have left (``.<name>.<random>.tmp``); return them."""
+    removed = []
+    bundle_dir = Path(bundle_dir)
+    if not bundle_dir.is_dir():
+        return removed
+    for p in sorted(bundle_dir.iterdir()):
+        if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = False) -> Dict[str, str]:
+    """Write ``manifest.json``, ``README.txt`` and, last, ``SHA256SUMS``.
+
+    Any old SHA256SUMS is removed first, so its presence always means a finished bundle. Each
+    chunk must exist with its recorded size; its sha256 is taken from the manifest (computed from
+    the finished file by ``write_chunk``) unless ``rehash``.
+    """
+    bundle_dir = Path(bundle_dir)
+    sums_path = bundle_dir / SUMS_NAME
+    if sums_path.exists():
+        sums_path.unlink()
+    for chunk in manifest.chunks:
+        if not is_plain_file_name(chunk.name) or chunk.name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+            raise IntegrityError(f"bad chunk name {chunk.name!r} in bundle manifest")
+        path = bundle_dir / chunk.name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise IntegrityError(f"chunk {chunk.name} is missing from {bundle_dir}; re-run bundle") from None
+        if size != chunk.size:
+            raise IntegrityError(f"chunk {chunk.name} is {size} bytes, expected {chunk.size}; re-run bundle")
+    manifest.write(bundle_dir / MANIFEST_NAME)
+    atomic_write_bytes(bundle_dir / README_NAME, readme_text(manifest).encode("utf-8"))
+    known = {} if rehash else {c.name: c.sha256 for c in manifest.chunks}
+    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME]
+    return write_sums(bundle_dir, names, known)
+
+

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from .errors import UsageError
+from amsrepomirror.errors import UsageError
 
 STATE_DIR = ".amsrepomirror"
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: would break one-line messages

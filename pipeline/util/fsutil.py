@@ -9,8 +9,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import DiskSpaceError, MirrorError, UsageError
-from .units import format_size
+from amsrepomirror.errors import DiskSpaceError, MirrorError, UsageError
+from amsrepomirror.util.units import format_size
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -7,7 +7,7 @@ from typing import Dict, Optional
 
 from tqdm import tqdm
 
-from .units import format_size
+from amsrepomirror.util.units import format_size
 
 
 class ByteProgress:

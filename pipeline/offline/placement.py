@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import datetime
 import errno
 import glob
 import json
@@ -67,9 +66,10 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .errors import IntegrityError, UsageError
-from .extract import open_regular
-from .fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
+from amsrepomirror.errors import IntegrityError, UsageError
+from amsrepomirror.offline.extract import open_regular
+from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
+from amsrepomirror.util.time import utc_now
 
 REPOSITORY = "repository"
 PREVIOUS = "repository.previous"
@@ -268,7 +268,7 @@ def make_receipt(manifest_sha256: str, version: str, bundle_path) -> Dict[str, o
         "manifest_sha256": manifest_sha256,
         "version": version,
         "bundle_path": str(Path(bundle_path).absolute()) if bundle_path else "",
-        "installed": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "installed": utc_now(),
     }
 
 

@@ -2,7 +2,7 @@
 
 import re
 
-from .errors import UsageError
+from amsrepomirror.errors import UsageError
 
 _FACTORS = {
     "": 1, "b": 1,

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from . import extract, placement
-from .bundle import MANIFEST_NAME, BundleManifest, require_intact, verify_bundle
-from .errors import IntegrityError, UsageError
-from .hashing import sha256_file
+from amsrepomirror.offline import extract
+from amsrepomirror.offline import placement
+from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.verify import require_intact, verify_bundle
+from amsrepomirror.errors import IntegrityError, UsageError
+from amsrepomirror.util.hashing import sha256_file
 
 
 def say(message: str) -> None:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote, unquote, urlsplit
 
-from .fsutil import atomic_write_bytes
+from amsrepomirror.util.fsutil import atomic_write_bytes
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -954,7 +954,7 @@ class ScmDouble:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m pipeline.scmdouble",
+        prog="python -m amsrepomirror.testing.scmdouble",
         description="Serve a (synthetic) SCM package repository on loopback. The first line on "
         "stdout is the listing URL; runs until SIGINT/SIGTERM.",
     )

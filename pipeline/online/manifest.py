@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .errors import IntegrityError
-from .fsutil import atomic_write_bytes
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.util.fsutil import atomic_write_bytes
 
 SCHEMA = "amsrepomirror/mirror-manifest/1"
 

@@ -24,12 +24,12 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
-from . import __version__
-from .credentials import Credentials
-from .errors import AuthError, FetchError
-from .fsutil import local_writes
-from .hashing import sha256_stream
-from .listing import decode_listing, redact
+from amsrepomirror import __version__
+from amsrepomirror.online.credentials import Credentials
+from amsrepomirror.errors import AuthError, FetchError
+from amsrepomirror.util.fsutil import local_writes
+from amsrepomirror.util.hashing import sha256_stream
+from amsrepomirror.online.listing import decode_listing, redact
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:

@@ -16,7 +16,7 @@ the parts of a split file each on their own (for the bundle manifest) and, throu
 ``Sha256State`` carried from chunk to chunk, as the whole file when its last part is packed.
 
 The header is written plain (``set_encoded_header_mode(False)``) so its size is exactly
-predictable for the chunk-size budget in ``pipeline.chunking``.
+predictable for the chunk-size budget in ``amsrepomirror.bundle.plan``.
 
 Note: stock 7-Zip (7zz 26.01 tested) cannot decode the zstd method in 7z archives
 ("Unsupported Method"); zstd chunks need py7zr or a 7-Zip build with zstd support.
@@ -36,12 +36,12 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import py7zr
 from py7zr.io import Py7zIO, WriterFactory
 
-from .bundle import COMPRESSIONS, Chunk
-from .chunking import ChunkSpec
-from .errors import IntegrityError, MirrorError, UsageError
-from .fsutil import fsync_dir
-from .hashing import sha256_stream
-from .manifest import FileEntry
+from amsrepomirror.bundle.format import COMPRESSIONS, Chunk
+from amsrepomirror.bundle.plan import ChunkSpec
+from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
+from amsrepomirror.util.fsutil import fsync_dir
+from amsrepomirror.util.hashing import sha256_stream
+from amsrepomirror.online.manifest import FileEntry
 
 ZSTD_LEVEL = 3
 LZMA2_PRESET = 6  # xz's default; ~94 MiB to compress, 8 MiB dictionary

@@ -49,9 +49,10 @@ import py7zr
 import py7zr.exceptions
 from py7zr.io import Py7zIO, WriterFactory
 
-from .bundle import RESERVED_PREFIX, BundleFile, Chunk, Part, path_problem, shown
-from .errors import DiskSpaceError, IntegrityError
-from .fsutil import remove_entry
+from amsrepomirror.bundle.format import BundleFile, Chunk, Part
+from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, shown
+from amsrepomirror.errors import DiskSpaceError, IntegrityError
+from amsrepomirror.util.fsutil import remove_entry
 
 #: Per-chunk temporary extraction directories live under ``dest_dir/EXTRACT_TMP``.
 EXTRACT_TMP = RESERVED_PREFIX + "extract"

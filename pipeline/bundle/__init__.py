@@ -1,0 +1,1 @@
+"""The bundle folder: its format, the chunk plan, writing chunks and verifying a bundle."""

@@ -1,0 +1,235 @@
+"""The bundle folder's names and ``manifest.json`` (contract): read, written and validated here only.
+
+``SHA256SUMS`` is owned by ``bundle.sums``, ``README.txt`` by ``bundle.readme``. Each chunk is a standalone 7z
+archive; a file larger than a chunk is stored as parts named ``<path>.part-0001``, ... that are
+concatenated in order on unpack.
+"""
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
+from amsrepomirror.util.fsutil import atomic_write_bytes
+
+SCHEMA = "amsrepomirror/bundle-manifest/1"
+MANIFEST_NAME = "manifest.json"
+SUMS_NAME = "SHA256SUMS"
+README_NAME = "README.txt"
+COMPRESSIONS = ("copy", "zstd", "lzma2")
+CHUNK_SUFFIX = ".7z"
+
+
+def part_member(path: str, index: int) -> str:
+    """Archive member name of part ``index`` (1-based) of a split file."""
+    return f"{path}.part-{index:04d}"
+
+
+def chunk_name(version: str, index: int, count: int) -> str:
+    """File name of chunk ``index`` (1-based) of ``count``; zero-padded so names sort in order."""
+    return f"{version}-{index:0{max(4, len(str(count)))}d}{CHUNK_SUFFIX}"
+
+
+def chunk_name_pattern(version: str) -> "re.Pattern[str]":
+    """What :func:`chunk_name` gives for ``version`` (for ``fullmatch``): ASCII only."""
+    return re.compile(re.escape(version) + r"-[0-9]{4,}" + re.escape(CHUNK_SUFFIX))
+
+
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Part:
+    chunk: str   # chunk file name
+    member: str  # member name inside that chunk
+    offset: int  # byte offset of this part within the file
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    path: str
+    size: int
+    sha256: str
+    parts: List[Part]  # one part (member == path) unless the file is split
+
+
+@dataclass(frozen=True)
+class Chunk:
+    name: str
+    size: int
+    sha256: str
+    members: List[str]  # sorted
+
+
+@dataclass
+class BundleManifest:
+    version: str
+    files: List[BundleFile]
+    chunks: List[Chunk]
+    compression: str = "copy"
+    chunk_size: int = 0
+    tool_version: str = ""
+    created: str = ""
+    mirror_manifest_sha256: str = ""
+    base: Optional[str] = None  # room for delta bundles: sha256 of the manifest this one applies to
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_json(self) -> bytes:
+        body = {
+            "schema": SCHEMA,
+            "version": self.version,
+            "tool_version": self.tool_version,
+            "created": self.created,
+            "compression": self.compression,
+            "chunk_size": self.chunk_size,
+            "mirror_manifest_sha256": self.mirror_manifest_sha256,
+            "base": self.base,
+            "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
+            "chunks": [asdict(c) for c in sorted(self.chunks, key=lambda c: c.name)],
+        }
+        body.update(self.extra)
+        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+
+    def write(self, path: Path) -> None:
+        atomic_write_bytes(Path(path), self.to_json())
+
+    @classmethod
+    def read(cls, path: Path) -> "BundleManifest":
+        """Read and check ``manifest.json``: IntegrityError naming the first bad field, its value escaped.
+
+        Every string is checked before anything uses it in a path, a log line or a message.
+        """
+        try:
+            body = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
+        if not isinstance(body, dict) or body.get("schema") != SCHEMA:
+            found = body.get("schema") if isinstance(body, dict) else body
+            raise IntegrityError(f"{path} is not a bundle manifest of schema {SCHEMA} (found {_escaped(found)})")
+        try:
+            return _manifest_from(body)
+        except IntegrityError as exc:
+            raise IntegrityError(f"bad bundle manifest {path}: {exc}") from None
+
+
+# --- checking manifest.json field by field --------------------------------------------------------
+
+_REQUIRED = object()
+Check = Callable[[object], Optional[str]]  # why a value is bad, or None
+
+
+def _escaped(value) -> str:
+    """A value from an untrusted manifest, escaped (repr) and cut short for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _field(record: dict, key: str, name: str, check: Check, default=_REQUIRED):
+    """``record[key]`` after ``check``; IntegrityError naming the field ``name`` otherwise."""
+    if key not in record:
+        if default is _REQUIRED:
+            raise IntegrityError(f"field {name} is missing")
+        return default
+    value = record[key]
+    why = check(value)
+    if why:
+        raise IntegrityError(f"field {name} is {_escaped(value)}: {why}")
+    return value
+
+
+def _record(value, name: str, keys: set) -> dict:
+    """A JSON object with exactly ``keys``."""
+    if not isinstance(value, dict):
+        raise IntegrityError(f"field {name} is {_escaped(value)}: not an object")
+    if set(value) != keys:
+        odd = sorted(set(value) ^ keys, key=str)
+        raise IntegrityError(f"field {name} has keys {_escaped(sorted(value, key=str))}: expected {sorted(keys)} "
+                             f"(differs in {_escaped(odd)})")
+    return value
+
+
+def _list_of(value) -> Optional[str]:
+    return None if isinstance(value, list) else "not a list"
+
+
+def _count(value) -> Optional[str]:
+    return None if type(value) is int and value >= 0 else "not a whole number of at least 0"
+
+
+def _matching(pattern: "re.Pattern[str]", expected: str, empty_ok: bool = False) -> Check:
+    def check(value) -> Optional[str]:
+        if isinstance(value, str) and ((empty_ok and value == "") or pattern.fullmatch(value)):
+            return None
+        return f"expected {expected}"
+    return check
+
+
+_is_version = _matching(VERSION_PATTERN, "AMS followed by digits and dots, e.g. AMS2026.1")
+_is_sha256 = _matching(SHA256_PATTERN, "64 lowercase hex digits (sha256)")
+_is_optional_sha256 = _matching(SHA256_PATTERN, "64 lowercase hex digits (sha256) or nothing", empty_ok=True)
+_is_tool_version = _matching(re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}"), "a version like 0.1.0", empty_ok=True)
+_is_created = _matching(re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"),
+                        "a UTC time like 2026-01-31T12:00:00Z", empty_ok=True)
+
+
+def _compression(value) -> Optional[str]:
+    return None if value in COMPRESSIONS else f"expected one of {', '.join(COMPRESSIONS)}"
+
+
+def _base(value) -> Optional[str]:
+    return None if value is None else _is_sha256(value)
+
+
+def _manifest_from(body: dict) -> BundleManifest:
+    """The manifest in ``body`` (parsed JSON), every field checked; IntegrityError names the first bad one."""
+    version = _field(body, "version", "version", _is_version)
+    is_chunk = _matching(chunk_name_pattern(version), f"a chunk name like {chunk_name(version, 1, 1)}")
+    files = []
+    for i, raw in enumerate(_field(body, "files", "files", _list_of)):
+        f = _record(raw, f"files[{i}]", {"path", "size", "sha256", "parts"})
+        path = _field(f, "path", f"files[{i}].path", path_problem)
+        of = f"of file {shown(path)}"
+        parts = []
+        for j, raw_part in enumerate(_field(f, "parts", f"parts {of}", _list_of)):
+            p = _record(raw_part, f"parts[{j}] {of}", {"chunk", "member", "offset", "size", "sha256"})
+            parts.append(Part(chunk=_field(p, "chunk", f"parts[{j}].chunk {of}", is_chunk),
+                              member=_field(p, "member", f"parts[{j}].member {of}", path_problem),
+                              offset=_field(p, "offset", f"parts[{j}].offset {of}", _count),
+                              size=_field(p, "size", f"parts[{j}].size {of}", _count),
+                              sha256=_field(p, "sha256", f"parts[{j}].sha256 {of}", _is_sha256)))
+        if not parts:
+            raise IntegrityError(f"field parts {of} is empty")
+        files.append(BundleFile(path=path, size=_field(f, "size", f"size {of}", _count),
+                                sha256=_field(f, "sha256", f"sha256 {of}", _is_sha256), parts=parts))
+    chunks = []
+    for i, raw in enumerate(_field(body, "chunks", "chunks", _list_of)):
+        c = _record(raw, f"chunks[{i}]", {"name", "size", "sha256", "members"})
+        name = _field(c, "name", f"chunks[{i}].name", is_chunk)
+        of = f"of chunk {name}"
+        members = _field(c, "members", f"members {of}", _list_of)
+        for j, member in enumerate(members):
+            why = path_problem(member)
+            if why:
+                raise IntegrityError(f"field members[{j}] {of} is {_escaped(member)}: {why}")
+        chunks.append(Chunk(name=name, size=_field(c, "size", f"size {of}", _count),
+                            sha256=_field(c, "sha256", f"sha256 {of}", _is_sha256), members=members))
+    return BundleManifest(
+        version=version,
+        files=files,
+        chunks=chunks,
+        compression=_field(body, "compression", "compression", _compression, "copy"),
+        chunk_size=_field(body, "chunk_size", "chunk_size", _count, 0),
+        tool_version=_field(body, "tool_version", "tool_version", _is_tool_version, ""),
+        created=_field(body, "created", "created", _is_created, ""),
+        mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
+        base=_field(body, "base", "base", _base, None),
+    )

@@ -1,0 +1,316 @@
+"""``verify``: check a bundle folder offline with the checks unpack applies, and report every problem."""
+
+import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from amsrepomirror.bundle.format import CHUNK_SUFFIX, MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest, Chunk
+from amsrepomirror.bundle.sevenzip import hash_members
+from amsrepomirror.bundle.sums import read_sums
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.offline.extract import check_members
+from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.util.paths import is_plain_file_name
+
+#: verify_bundle hashes this many chunks at a time (hashlib releases the GIL on large buffers).
+HASH_THREADS = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    name: str     # file in the bundle folder (a chunk, manifest.json, SHA256SUMS, README.txt)
+    problem: str  # missing, truncated, wrong size, corrupt, unexpected, bad archive, ...
+    detail: str = ""
+    chunk: bool = False  # True when ``name`` is (or looks like) a chunk
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.problem}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class VerifyReport:
+    bundle_dir: Path
+    problems: List[Problem] = field(default_factory=list)
+    manifest: Optional[BundleManifest] = None
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def bad_chunks(self) -> List[str]:
+        """Chunks to copy again (missing, truncated, corrupt, ...); not the unexpected ones."""
+        return sorted({p.name for p in self.problems if p.chunk and p.problem != "unexpected"})
+
+    @property
+    def unexpected_chunks(self) -> List[str]:
+        return sorted({p.name for p in self.problems if p.chunk and p.problem == "unexpected"})
+
+    def problem_of(self, name: str) -> List[str]:
+        return [p.problem for p in self.problems if p.name == name]
+
+    def message(self) -> str:
+        """One line naming what is wrong and what to do."""
+        if self.ok:
+            return f"bundle {self.bundle_dir} is intact ({self.chunks_checked} chunks, {self.bytes_checked} bytes)"
+        parts = []
+        bad = self.bad_chunks
+        if bad:
+            why = {}
+            for p in self.problems:
+                if p.chunk and p.name in bad:
+                    why.setdefault(p.name, p.problem)
+            parts.append("re-copy these chunks: " + ", ".join(f"{n} ({why[n]})" for n in bad))
+        if self.unexpected_chunks:
+            parts.append("chunks not in manifest.json (remove them): " + ", ".join(self.unexpected_chunks))
+        others = [str(p) for p in self.problems if not p.chunk]
+        if others:
+            parts.append("; ".join(others))
+        return f"bundle {self.bundle_dir} failed verification: " + "; ".join(parts)
+
+    def raise_for_problems(self) -> None:
+        require_intact(self)
+
+
+def require_intact(report: VerifyReport) -> VerifyReport:
+    """Raise IntegrityError with a one-line message when the report has problems."""
+    if not report.ok:
+        raise IntegrityError(report.message())
+    return report
+
+
+def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
+    """Problems inside manifest.json itself (parts vs chunks); a few at most."""
+    issues = []
+    chunks = {c.name: c for c in manifest.chunks}
+    if len(chunks) != len(manifest.chunks):
+        issues.append("a chunk is listed twice")
+    referenced: Dict[str, set] = {name: set() for name in chunks}
+    for f in manifest.files:
+        pos, previous_chunk = 0, ""
+        for p in sorted(f.parts, key=lambda p: p.offset):
+            if p.offset != pos:
+                issues.append(f"parts of {f.path} are not contiguous")
+                break
+            pos += p.size
+            if p.chunk not in chunks:
+                issues.append(f"{f.path} refers to chunk {p.chunk}, which is not listed")
+                break
+            if p.chunk <= previous_chunk:  # verify hashes a split file whole, chunk after chunk
+                issues.append(f"parts of {f.path} are not in successive chunks")
+                break
+            previous_chunk = p.chunk
+            referenced[p.chunk].add(p.member)
+        else:
+            if pos != f.size:
+                issues.append(f"parts of {f.path} cover {pos} of {f.size} bytes")
+        if len(issues) >= 3:
+            return issues
+    for name, chunk in chunks.items():
+        if referenced[name] != set(chunk.members):
+            issues.append(f"members of chunk {name} do not match the files' parts")
+            if len(issues) >= 3:
+                break
+    return issues
+
+
+class _ContentCheck:
+    """What verify checks inside the chunks, in the one pass that decompresses them (name order).
+
+    Per chunk: ``extract.check_members`` (unsafe names, links and special files, members not in
+    the manifest or missing, declared sizes), as unpack does before it writes anything; then every
+    member decompressed (CRCs) and hashed, to compare with the manifest's size and sha256. Each
+    file is also hashed whole: a split file's parts are fed, in chunk order, to one hash that is
+    compared with the file's sha256 at the end (what unpack checks after joining the parts).
+    """
+
+    def __init__(self, manifest: Optional[BundleManifest]):
+        self.members: Dict[str, Dict[str, tuple]] = {}  # chunk name -> {member: (BundleFile, Part)}
+        self.whole: Dict[str, list] = {}  # split file -> [its hash, bytes hashed]
+        self.files = manifest.files if manifest is not None else []
+        for f in self.files:
+            for p in f.parts:
+                self.members.setdefault(p.chunk, {})[p.member] = (f, p)
+            if len(f.parts) > 1:
+                self.whole[f.path] = [hashlib.sha256(), 0]
+
+    def check(self, path: Path, chunk: Optional[Chunk]) -> List[Problem]:
+        mine = self.members.get(path.name, {})
+        if chunk is not None:
+            try:
+                check_members(path, chunk, {m: (p.size, p.sha256) for m, (_, p) in mine.items()})
+            except IntegrityError as exc:
+                self._forget(mine)
+                return [Problem(path.name, "refused as unpack would refuse it", str(exc))]
+        also = {}
+        for m, (f, p) in mine.items():
+            running = self.whole.get(f.path)
+            if running is not None and running[1] == p.offset:
+                also[m] = running[0]
+                running[1] += p.size
+            else:
+                self.whole.pop(f.path, None)  # out of order: manifest inconsistent or an earlier chunk bad
+        got, trouble = hash_members(path, also)
+        if trouble is not None:
+            self._forget(mine)
+            return [Problem(path.name, "bad archive", trouble, chunk=True)]
+        problems = []
+        for m, (f, p) in sorted(mine.items()):
+            size, digest = got.get(m, (0, "none: not decompressed"))
+            wanted = {p.sha256.lower()} | ({f.sha256.lower()} if len(f.parts) == 1 else set())
+            if size != p.size or wanted != {digest}:
+                problems.append(Problem(path.name, f"member {m} does not match {MANIFEST_NAME}",
+                                        f"{size} bytes, sha256 {digest}; the bundle itself is bad: build it again"))
+        return problems
+
+    def _forget(self, mine) -> None:
+        """A chunk could not be read through: its split files cannot be hashed whole."""
+        for f, _ in mine.values():
+            self.whole.pop(f.path, None)
+
+    def finish(self) -> List[Problem]:
+        problems = []
+        for f in self.files:
+            running = self.whole.get(f.path)
+            if running is not None and running[1] == f.size and running[0].hexdigest() != f.sha256.lower():
+                problems.append(Problem(f.path, f"does not match {MANIFEST_NAME}",
+                                        f"its {len(f.parts)} parts joined have sha256 {running[0].hexdigest()}; "
+                                        "the bundle itself is bad: build it again"))
+        return problems
+
+
+def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyReport:
+    """Check a bundle folder; the report names every bad chunk and what is wrong with it.
+
+    Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
+    with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
+    ("truncated" when short) and sha256 ("corrupt"); no ``*.7z`` file that is not in the manifest
+    ("unexpected"); and, with ``test_archives``, what the chunks hold (``_ContentCheck``): the
+    member checks unpack applies, correct CRCs, and every member and every file with the size
+    and sha256 the manifest lists. So a bundle that verifies is one that unpack accepts.
+
+    Each chunk of the right size is read once to hash it (streaming, ``HASH_THREADS`` chunks at
+    a time); with ``test_archives`` each intact chunk is then read a second time, to decompress
+    and hash its members. The problems come in the order of the chunk names either way.
+    """
+    bundle_dir = Path(bundle_dir)
+    report = VerifyReport(bundle_dir=bundle_dir)
+    add = report.problems.append
+
+    if not bundle_dir.is_dir():
+        add(Problem(str(bundle_dir), "missing", "not a folder"))
+        return report
+
+    sums: Optional[Dict[str, str]] = None
+    try:
+        sums = read_sums(bundle_dir)
+    except IntegrityError as exc:
+        missing = not (bundle_dir / SUMS_NAME).exists()
+        add(Problem(SUMS_NAME, "missing" if missing else "corrupt",
+                    "bundle incomplete: it is written last" if missing else str(exc)))
+
+    manifest: Optional[BundleManifest] = None
+    manifest_path = bundle_dir / MANIFEST_NAME
+    if not manifest_path.exists():
+        add(Problem(MANIFEST_NAME, "missing"))
+    else:
+        if sums is not None:
+            actual = sha256_file(manifest_path)
+            if sums.get(MANIFEST_NAME) != actual:
+                add(Problem(MANIFEST_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+        try:
+            manifest = BundleManifest.read(manifest_path)
+        except IntegrityError as exc:
+            add(Problem(MANIFEST_NAME, "unreadable", str(exc)))
+    report.manifest = manifest
+
+    readme_path = bundle_dir / README_NAME
+    if not readme_path.exists():
+        add(Problem(README_NAME, "missing"))
+    elif sums is not None and sums.get(README_NAME) != sha256_file(readme_path):
+        add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+
+    # What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS.
+    expected: Dict[str, Optional[int]] = {}
+    expected_sha: Dict[str, str] = {}
+    chunks: Dict[str, Chunk] = {}
+    if manifest is not None:
+        for issue in _check_manifest_consistency(manifest):
+            add(Problem(MANIFEST_NAME, "inconsistent", issue))
+        for c in manifest.chunks:
+            expected[c.name] = c.size
+            expected_sha[c.name] = c.sha256
+            chunks[c.name] = c
+        if sums is not None:
+            for c in manifest.chunks:
+                if c.name not in sums:
+                    add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
+                elif sums[c.name] != c.sha256:
+                    add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
+            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME}):
+                add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
+    elif sums is not None:
+        for name, digest in sums.items():
+            if name not in (MANIFEST_NAME, README_NAME):
+                expected[name] = None
+                expected_sha[name] = digest
+
+    # Sizes first (cheap); the chunks of the right size are hashed HASH_THREADS at a time while
+    # the results are taken (and archives tested) in name order.
+    hashing: Dict[str, "Future[str]"] = {}
+    sizes: Dict[str, Optional[int]] = {}
+    for name in sorted(expected):
+        if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+            continue
+        try:
+            sizes[name] = (bundle_dir / name).stat().st_size
+        except FileNotFoundError:
+            sizes[name] = None
+    content = _ContentCheck(manifest) if test_archives else None
+    pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="amsrepomirror-verify")
+    try:
+        for name, size in sizes.items():
+            want = expected[name]
+            if size is not None and (want is None or size == want):
+                hashing[name] = pool.submit(sha256_file, bundle_dir / name)
+
+        for name in sorted(expected):
+            if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+                add(Problem(name, "unsafe chunk name", chunk=False))
+                continue
+            path = bundle_dir / name
+            size = sizes[name]
+            if size is None:
+                add(Problem(name, "missing", chunk=True))
+                continue
+            want = expected[name]
+            if want is not None and size < want:
+                add(Problem(name, "truncated", f"{size} of {want} bytes", chunk=True))
+                continue
+            if want is not None and size > want:
+                add(Problem(name, "wrong size", f"{size} bytes, expected {want}", chunk=True))
+                continue
+            digest = hashing[name].result()
+            report.chunks_checked += 1
+            report.bytes_checked += size
+            if digest != expected_sha[name]:
+                add(Problem(name, "corrupt", "sha256 differs", chunk=True))
+                continue
+            if content is not None:
+                report.problems += content.check(path, chunks.get(name))
+        if content is not None:
+            report.problems += content.finish()
+    finally:
+        for future in hashing.values():
+            future.cancel()
+        pool.shutdown(wait=True)
+
+    known_chunks = manifest is not None or sums is not None
+    for path in sorted(bundle_dir.iterdir()) if known_chunks else []:
+        if path.name.endswith(CHUNK_SUFFIX) and not path.name.startswith(".") and path.name not in expected:
+            add(Problem(path.name, "unexpected", f"not in {MANIFEST_NAME}", chunk=True))
+    return report

@@ -1,0 +1,107 @@
+"""Bundle wiring: BundleArchive (after VerifyTree, or the last verified mirror) → WriteChunk per chunk."""
+
+from pathlib import Path
+
+import luigi
+from luigi.util import inherits
+
+from amsrepomirror.bundle import build
+from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.errors import MirrorError
+from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.tasks.base import MirrorTask, ReportsFailure
+from amsrepomirror.tasks.mirror import VerifyTree
+from amsrepomirror.util.units import parse_size
+
+
+class VerifiedMirror(luigi.ExternalTask):
+    """The latest verified manifest of a mirror, for bundling without contacting the server."""
+
+    version = luigi.Parameter()
+    mirror = luigi.Parameter()
+
+    def output(self):
+        return luigi.LocalTarget(str(Workspace(self.mirror).manifest_path(self.version)))
+
+
+class BundleTarget(luigi.Target):
+    """Exists when the bundle folder is finished (SHA256SUMS written last) for this mirror manifest and settings."""
+
+    def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str):
+        self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
+        self.chunk_size, self.compression = parse_size(chunk_size), compression
+
+    def exists(self):
+        if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
+            return False
+        try:
+            built = BundleManifest.read(self.out / MANIFEST_NAME)
+        except MirrorError:
+            return False
+        return ((built.chunk_size, built.compression) == (self.chunk_size, self.compression)
+                and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256())
+
+
+@inherits(VerifyTree)
+class BundleArchive(MirrorTask):
+    """The bundle folder: independent 7z chunks, manifest.json, README.txt and SHA256SUMS."""
+
+    out = luigi.Parameter(description="bundle folder to write")
+    chunk_size = luigi.Parameter(default="3900MiB", description="largest chunk file (fits FAT32 below 4 GiB)")
+    compression = luigi.ChoiceParameter(default="copy", choices=COMPRESSIONS,
+                                        description="copy: packages are already compressed")
+    offline = luigi.BoolParameter(default=False, description="bundle the last verified mirror without the network")
+
+    def requires(self):
+        if self.offline:
+            return VerifiedMirror(version=self.version, mirror=self.mirror)
+        return self.clone(VerifyTree)
+
+    def output(self):
+        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression)
+
+    def run(self):
+        manifest_path = self.input().path
+        plan = build.plan_for(manifest_path, self.chunk_size, self.version, self.compression)
+        build.prepare_out(self.out, plan)
+        yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
+                          chunk_size=self.chunk_size, compression=self.compression, index=i)
+               for i in range(len(plan.chunks))]
+        build.finish(self.out, plan)
+
+
+class ChunkTarget(luigi.Target):
+    """Exists when chunk ``index`` of this plan is in place with the size its done-marker records."""
+
+    def __init__(self, out: str, plan: build.BundlePlan, index: int):
+        self.out, self.plan, self.index = out, plan, index
+
+    def exists(self):
+        return build.chunk_done(self.out, self.plan, self.index)
+
+
+class WriteChunk(ReportsFailure, luigi.Task):
+    """One chunk of a bundle; its own target, so a killed bundle run resumes at the chunk where it stopped."""
+
+    mirror = luigi.Parameter()
+    version = luigi.Parameter()
+    out = luigi.Parameter()
+    manifest_path = luigi.Parameter()
+    chunk_size = luigi.Parameter()
+    compression = luigi.Parameter()
+    index = luigi.IntParameter()
+
+    def plan(self):
+        return build.plan_for(self.manifest_path, self.chunk_size, self.version, self.compression)
+
+    def requires(self):
+        # A chunk that continues a split file resumes its hash where the chunk before left it.
+        previous = build.continued_from(self.plan(), self.index)
+        return [] if previous is None else self.clone(index=previous)
+
+    def output(self):
+        return ChunkTarget(self.out, self.plan(), self.index)
+
+    def run(self):
+        build.write_planned_chunk(self.mirror, self.out, self.plan(), self.index)

@@ -1,0 +1,120 @@
+"""Mirror wiring: FetchListing → DownloadFile (one per file, batched) → VerifyTree."""
+
+import json
+import warnings
+
+import luigi
+from luigi.util import inherits
+
+from amsrepomirror.errors import FetchError
+from amsrepomirror.online import progress, sync
+from amsrepomirror.online.credentials import resolve_credentials
+from amsrepomirror.online.http import make_session
+from amsrepomirror.online.listing import listing_url_for
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.tasks.base import PROCESS_RUN_ID, MirrorTask, http, platform_rules
+
+# max_batch_size in [DownloadFile] is read as a class attribute, not a parameter.
+warnings.filterwarnings("ignore", message=".*'max_batch_size'.*", category=luigi.parameter.UnconsumedParameterWarning)
+
+class FetchListing(MirrorTask):
+    """The listing of one version plus what the server says of each selected file now."""
+
+    listing_url = luigi.Parameter(default="", description="default: SCM's listing for the version")
+    platform = luigi.ListParameter(default=[], description="keep only these platforms (+ platform-independent)")
+    strict_authentication = luigi.BoolParameter(default=False, description="a 401 on any file is fatal")
+    no_ssl = luigi.BoolParameter(default=False, significant=False, description="do not verify TLS certificates")
+    jobs = luigi.IntParameter(default=4, significant=False, description="concurrent connections")
+    run_id = luigi.Parameter(default=PROCESS_RUN_ID, description="one per mirror run; a new run re-reads the listing")
+
+    def output(self):
+        return luigi.LocalTarget(str(self.workspace.snapshot_path(self.run_id)))
+
+    def session(self):
+        url = listing_url_for(self.version, self.listing_url)
+        return make_session(resolve_credentials(url), verify_ssl=not self.no_ssl, retries=http().retries,
+                            backoff=http().backoff, pool_size=self.jobs)
+
+    def run(self):
+        url = listing_url_for(self.version, self.listing_url)
+        snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
+                                      strict_authentication=self.strict_authentication, jobs=self.jobs,
+                                      timeout=http().timeout)
+        with self.output().open("w") as f:
+            json.dump(snapshot, f, indent=1)
+
+    def snapshot(self):
+        return sync.load_snapshot(self.output().path)
+
+
+class MirrorFileTarget(luigi.Target):
+    """Exists when the mirror holds exactly the file the run's snapshot says the server serves."""
+
+    def __init__(self, workspace: Workspace, snapshot_path: str, path: str):
+        self.workspace, self.snapshot_path, self.path = workspace, snapshot_path, path
+
+    def exists(self):
+        remote = sync.load_snapshot(self.snapshot_path)["by_path"].get(self.path)
+        return remote is not None and sync.is_current(self.workspace, remote)
+
+
+@inherits(FetchListing)
+class DownloadFile(MirrorTask):
+    """One listed file; Luigi batches many into one run so scheduling stays linear."""
+
+    path = luigi.Parameter(batch_method="\n".join, description="repository path (newline-joined when batched)")
+    # Luigi reads this class attribute to size batches; luigi.cfg [DownloadFile] max_batch_size sets it.
+    max_batch_size = luigi.configuration.get_config().getint("DownloadFile", "max_batch_size", 2000)
+
+    def requires(self):
+        return self.clone(FetchListing)
+
+    def paths(self):
+        return self.path.split("\n")
+
+    def output(self):
+        snapshot = str(self.workspace.snapshot_path(self.run_id))  # FetchListing's output, without a clone per check
+        return [MirrorFileTarget(self.workspace, snapshot, p) for p in self.paths()]
+
+    def run(self):
+        snapshot = self.requires().snapshot()
+        entries = [snapshot["by_path"][p] for p in self.paths()]
+        entries = [e for e in entries if not sync.is_current(self.workspace, e)]
+        bar = progress.for_run(self.run_id, sync.bytes_to_fetch(self.workspace, entries))
+        outcome = sync.download_many(self.requires().session(), self.workspace, entries, self.run_id,
+                                     jobs=self.jobs, timeout=http().timeout, progress=bar,
+                                     low_speed=http().low_speed())
+        if outcome.failed:
+            first = sorted(outcome.failed.items())[0][1]
+            raise FetchError(f"{len(outcome.failed)} of {len(entries)} file(s) could not be fetched; first: {first}")
+
+
+@inherits(FetchListing)
+class VerifyTree(MirrorTask):
+    """The verified mirror: every selected file present and current, recorded in the manifest."""
+
+    deep = luigi.BoolParameter(default=False, description="re-read and re-hash every file instead of trusting size+mtime")
+
+    def requires(self):
+        return self.clone(FetchListing)
+
+    def output(self):
+        return luigi.LocalTarget(str(self.workspace.run_manifest_path(self.run_id)))
+
+    def run(self):
+        snapshot = self.requires().snapshot()
+        downloads = [self.clone(DownloadFile, path=e["path"]) for e in snapshot["files"]]
+        pending = [e for e in snapshot["files"] if not sync.is_current(self.workspace, e)]
+        if pending:
+            needed = sync.check_space(self.workspace, pending)
+            progress.for_run(self.run_id, needed, desc="download")
+        yield downloads
+        progress.close_run(self.run_id)
+        if snapshot["failed"]:
+            first = snapshot["failed"][0]
+            raise FetchError(f"{len(snapshot['failed'])} listed file(s) could not be fetched; first: {first['message']}")
+        manifest = sync.build_manifest(self.workspace, snapshot, self.version, run_id=self.run_id, deep=self.deep)
+        self.workspace.drop_parts()  # every selected file is current: any partial download left is stale
+        manifest.write(self.workspace.manifest_path(self.version))
+        with self.output().open("w") as f:
+            f.write(manifest.to_json().decode())

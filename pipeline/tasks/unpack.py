@@ -1,0 +1,45 @@
+"""Unpack wiring (offline side): one task whose target is AMSHOME's receipt."""
+
+import luigi
+
+from amsrepomirror.offline import install
+from amsrepomirror.tasks.base import ReportsFailure
+
+
+class unpack(luigi.Config):
+    """[unpack] in luigi.cfg: where the installed AMS version can be read, relative to AMSHOME."""
+
+    installed_version_files = luigi.ListParameter(default=[])
+
+
+class ReceiptTarget(luigi.Target):
+    """Exists when AMSHOME's receipt says its repository holds this bundle's manifest, and it still does."""
+
+    def __init__(self, amshome: str, bundle: str):
+        self.amshome, self.bundle = amshome, bundle
+
+    def exists(self):
+        return install.is_installed(self.bundle, self.amshome)
+
+
+class Unpack(ReportsFailure, luigi.Task):
+    """Verify a bundle, stage it inside AMSHOME, and swap it in as $AMSHOME/repository."""
+
+    bundle = luigi.Parameter(description="bundle folder (the chunks, manifest.json, SHA256SUMS)")
+    amshome = luigi.Parameter(description="the AMS installation folder")
+    keep_previous = luigi.BoolParameter(default=False, significant=False, description="keep repository.previous")
+    reinstall = luigi.BoolParameter(default=False, significant=False, description="install even when already installed")
+
+    def output(self):
+        return ReceiptTarget(self.amshome, self.bundle)
+
+    def complete(self):
+        # --reinstall: not done until this run has installed the bundle again (then the receipt decides)
+        if self.reinstall and not getattr(self, "_reinstalled", False):
+            return False
+        return super().complete()
+
+    def run(self):
+        install.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall,
+                              version_files=list(unpack().installed_version_files))
+        self._reinstalled = True

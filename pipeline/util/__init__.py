@@ -1,0 +1,1 @@
+"""Small shared utilities: files, hashing, sizes, paths, time."""
