@@ -263,8 +263,8 @@ class StopSignal(threading.Event):
 def _shutdown(resp: requests.Response) -> None:
     try:
         resp.raw.shutdown()  # unblocks a read in another thread (urllib3 >= 2.3)
-    except (OSError, AttributeError):
-        pass
+    except (OSError, ValueError):
+        pass  # ValueError: the body is already read and its connection released: nothing to abort
 
 
 class FileChanged(FetchError):
