@@ -7,18 +7,26 @@ import logging
 import os
 import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import luigi
 
-from amsrepomirror import __version__
-from amsrepomirror import errors
-from amsrepomirror.bundle.format import COMPRESSIONS
+from amsrepomirror import __version__, errors
+from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.plan import chunk_plan, describe_plan
+from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
+from amsrepomirror.offline.placement import usage_hint
+from amsrepomirror.online import sync
+from amsrepomirror.online.credentials import resolve_credentials
+from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
+from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.tasks import BundleArchive, FetchListing, Unpack, VerifyTree, new_run_id, platform_rules
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock
-from amsrepomirror.online.listing import listing_url_for, repository_root
 from amsrepomirror.util.units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
@@ -136,8 +144,6 @@ def _mirror_params(args) -> Dict:
     jobs = setting(args.jobs, "FetchListing", "jobs", "4")
     if not jobs.isdigit() or int(jobs) < 1:
         raise UsageError(f"--jobs must be a whole number of at least 1 (got {jobs})")
-    from amsrepomirror.tasks import new_run_id, platform_rules
-    from amsrepomirror.online.listing import select_platforms
     select_platforms([], args.platform, platform_rules())  # refuse unknown platform names up front
     return dict(version=args.version, mirror=str(args.mirror.absolute()), listing_url=args.listing_url,
                 platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
@@ -146,8 +152,6 @@ def _mirror_params(args) -> Dict:
 
 def run_mirror(args) -> int:
     """Mirror the listing into --mirror; print the summary; return the exit code."""
-    from amsrepomirror.online.credentials import resolve_credentials
-    from amsrepomirror.online.workspace import Workspace
 
     params = _mirror_params(args)
     if args.no_ssl:
@@ -163,20 +167,18 @@ def run_mirror(args) -> int:
 
 
 def _locked_mirror(args, params: Dict, ws) -> int:
-    from amsrepomirror.online import sync as work
-    from amsrepomirror.tasks import FetchListing, VerifyTree
 
     started = time.monotonic()
     deep = {} if args.deep is None else {"deep": True}
     failures = run_graph([VerifyTree(**deep, **params)], log_file=ws.run_dir(params["run_id"]) / "luigi.log",
                          verbose=args.verbose)
     snapshot_task = FetchListing(**params)
-    snapshot = work.load_snapshot(snapshot_task.output().path) if snapshot_task.complete() else None
-    summary = work.summarize(ws, params["run_id"], snapshot, time.monotonic() - started)
+    snapshot = sync.load_snapshot(snapshot_task.output().path) if snapshot_task.complete() else None
+    summary = sync.summarize(ws, params["run_id"], snapshot, time.monotonic() - started)
     if snapshot is not None and args.delete_unlisted and not failures:
         keep = [f["path"] for f in snapshot["files"]] + snapshot["unauthorized"] + [f["path"] for f in snapshot["failed"]]
         try:
-            removed = work.prune_unlisted(ws, keep, dry_run=args.dry_run, force=args.force)
+            removed = sync.prune_unlisted(ws, keep, dry_run=args.dry_run, force=args.force)
             summary["unlisted_" + ("would_delete" if args.dry_run else "deleted")] = removed
         except MirrorError as exc:
             failures.append({"code": exc.exit_code, "message": str(exc)})
@@ -259,8 +261,6 @@ def _check_bundle_folder(mirror: Path, out: Path) -> None:
 
 def run_bundle(args) -> int:
     """Mirror (unless --offline), then write the bundle folder."""
-    from amsrepomirror.tasks import BundleArchive, new_run_id
-    from amsrepomirror.online.workspace import Workspace
 
     _check_bundle_folder(args.mirror, args.out)
     chunk_size, compression = _bundle_settings(args)
@@ -288,9 +288,6 @@ def run_bundle(args) -> int:
 
 
 def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
-    from amsrepomirror.bundle.plan import chunk_plan, describe_plan
-    from amsrepomirror.online.manifest import Manifest
-    from amsrepomirror.online.workspace import Workspace
 
     ws = Workspace(mirror)
     if version is None:
@@ -317,7 +314,6 @@ def run_plan(args) -> int:
 
 
 def run_verify(args) -> int:
-    from amsrepomirror.bundle.verify import verify_bundle
 
     report = verify_bundle(args.bundle, test_archives=not args.no_test)
     if report.ok:
@@ -332,7 +328,6 @@ def run_verify(args) -> int:
 
 
 def run_unpack(args) -> int:
-    from amsrepomirror.tasks import Unpack
 
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall)
@@ -344,17 +339,14 @@ def run_unpack(args) -> int:
         if failure:
             say(f"error: {failure['message']}")
             return failure["code"]
-    from amsrepomirror.bundle.format import BundleManifest, MANIFEST_NAME
-    from amsrepomirror.offline.placement import usage_hint
     print(usage_hint(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).version))
     return 0
 
 
 def run_demo(args) -> int:
     """Mirror, bundle, verify and unpack the SCM double's synthetic repository, end to end."""
-    import os
-    import tempfile
 
+    # Imported here: the SCM double is test and demo material, not part of a production run.
     from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository
 
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="amsrepomirror-demo-"))).absolute()
@@ -432,7 +424,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _use_project_config() -> None:
     """Read the project's luigi.cfg when run from elsewhere (cron) and no other config was named."""
-    import os
     project_cfg = Path(__file__).resolve().parent.parent / "luigi.cfg"
     if not Path("luigi.cfg").exists() and "LUIGI_CONFIG_PATH" not in os.environ and project_cfg.exists():
         luigi.configuration.add_config_path(str(project_cfg))

@@ -63,8 +63,11 @@ class DownloadFile(MirrorTask):
     """One listed file; Luigi batches many into one run so scheduling stays linear."""
 
     path = luigi.Parameter(batch_method="\n".join, description="repository path (newline-joined when batched)")
-    # Luigi reads this class attribute to size batches; luigi.cfg [DownloadFile] max_batch_size sets it.
-    max_batch_size = luigi.configuration.get_config().getint("DownloadFile", "max_batch_size", 2000)
+    @property
+    def max_batch_size(self):
+        # Luigi reads this from the task to size batches; [DownloadFile] max_batch_size sets it (read
+        # here, when the graph is scheduled, so a --config file given on the command line counts).
+        return luigi.configuration.get_config().getint("DownloadFile", "max_batch_size", 2000)
 
     def requires(self):
         return self.clone(FetchListing)
