@@ -36,6 +36,26 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class _ConsoleFormat(logging.Formatter):
+    """The package's log on the terminal: plain lines, warnings marked as such."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def _console_logging() -> None:
+    """Messages the package's modules log (logging.getLogger(__name__)) go to stderr as lines."""
+    logger = logging.getLogger("amsrepomirror")
+    if not any(getattr(h, "console", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_ConsoleFormat())
+        handler.console = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _open_log(log_file: Path):
     """``log_file`` opened for appending, or None when it cannot be used.
 
@@ -430,6 +450,7 @@ def _use_project_config() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    _console_logging()
     _use_project_config()
     parser = build_parser()
     try:

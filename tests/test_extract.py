@@ -584,35 +584,35 @@ def test_in_place_stale_partial_of_a_killed_run_is_overwritten(tmp_path):
 
 def test_in_place_with_non_solid_archives(tmp_path):
     """7zz -ms=off writes one 7z folder per file, which py7zr extracts in parallel threads: the
-    writers and the hashing thread must cope (and the parts still land at their offsets)."""
+    writers and the hashing thread must cope (and the parts still land at their offsets). As the
+    chunk plan does, each part of the split file sits in its own chunk, the last one with others."""
     data = os.urandom(3 * 1024 * 1024 + 17)
     files = {"big.bin": data, "a.txt": b"a" * 1000, "sub/b.txt": b"b" * 2000, "sub/c/d.txt": b"dd"}
-    src = tmp_path / "src"
-    members = {}
     cut = [0, 1024 * 1024, 2 * 1024 * 1024 + 5, len(data)]
-    for path, content in files.items():
-        if path == "big.bin":
-            for i in range(3):
-                members[part_member(path, i + 1)] = content[cut[i]:cut[i + 1]]
-        else:
-            members[path] = content
-    for name, content in members.items():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_bytes(content)
-    arc = tmp_path / "c.7z"
-    subprocess.run([SEVENZIP, "a", "-mx=0", "-ms=off", str(arc), *sorted(members)], cwd=src, check=True,
-                   capture_output=True)
-    with py7zr.SevenZipFile(arc, "r") as sz:
-        assert sz.header.main_streams.unpackinfo.numfolders > 1
-    chunk = Chunk(name="c.7z", size=0, sha256="", members=sorted(members))
+    chunks = {"c1.7z": {}, "c2.7z": {}, "c3.7z": {}}
+    for i, name in enumerate(chunks):
+        chunks[name][part_member("big.bin", i + 1)] = data[cut[i]:cut[i + 1]]
+    chunks["c3.7z"].update({p: c for p, c in files.items() if p != "big.bin"})
     bfiles = [BundleFile(path="big.bin", size=len(data), sha256=sha(data),
-                         parts=[Part(chunk="c.7z", member=part_member("big.bin", i + 1), offset=cut[i],
+                         parts=[Part(chunk=f"c{i + 1}.7z", member=part_member("big.bin", i + 1), offset=cut[i],
                                      size=cut[i + 1] - cut[i], sha256=sha(data[cut[i]:cut[i + 1]]))
                                 for i in range(3)])]
-    bfiles += [BundleFile(path=p, size=len(c), sha256=sha(c), parts=[Part("c.7z", p, 0, len(c), sha(c))])
+    bfiles += [BundleFile(path=p, size=len(c), sha256=sha(c), parts=[Part("c3.7z", p, 0, len(c), sha(c))])
                for p, c in files.items() if p != "big.bin"]
     dest = tmp_path / "dest"
-    extract_chunk(arc, chunk, dest, {m: (len(c), sha(c)) for m, c in members.items()}, files=bfiles)
+    for name, members in chunks.items():
+        src = tmp_path / ("src-" + name)
+        for member, content in members.items():
+            (src / member).parent.mkdir(parents=True, exist_ok=True)
+            (src / member).write_bytes(content)
+        arc = tmp_path / name
+        subprocess.run([SEVENZIP, "a", "-mx=0", "-ms=off", str(arc), *sorted(members)], cwd=src, check=True,
+                       capture_output=True)
+        if name == "c3.7z":
+            with py7zr.SevenZipFile(arc, "r") as sz:
+                assert sz.header.main_streams.unpackinfo.numfolders > 1
+        chunk = Chunk(name=name, size=0, sha256="", members=sorted(members))
+        extract_chunk(arc, chunk, dest, {m: (len(c), sha(c)) for m, c in members.items()}, files=bfiles)
     reassemble(dest, bfiles)
     verify_tree(dest, bfiles)
     assert {p: (dest / p).read_bytes() for p in files} == files

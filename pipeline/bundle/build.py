@@ -9,6 +9,7 @@ once SHA256SUMS is written.
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from amsrepomirror.util.time import utc_now
 from amsrepomirror.util.units import parse_size
 
 WORK_DIR = ".amsrepomirror-work"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int) -> 
         raise IntegrityError(f"{exc}; it is marked stale: run mirror again, then bundle") from None
     atomic_write_json(_marker(out, plan, index), {"chunk": asdict(result.chunk), "piece_sha256": result.piece_sha256,
                                                   "sha256_state": result.sha256_state})
-    print(f"bundle: wrote {spec.name} ({len(spec.pieces)} file(s) or parts, {result.chunk.size} bytes)", flush=True)
+    log.info(f"bundle: wrote {spec.name} ({len(spec.pieces)} file(s) or parts, {result.chunk.size} bytes)")
     return result
 
 

@@ -66,6 +66,25 @@ class Chunk:
     members: List[str]  # sorted
 
 
+def part_layout_problem(bf: BundleFile) -> Optional[str]:
+    """Why ``bf``'s parts do not lay out the file, or None: the one part-layout rule.
+
+    Parts, by offset, must be contiguous from byte 0, cover exactly the file's size, and sit in
+    successive chunks (chunk names sort in writing order), so a file can be joined, and hashed
+    whole, chunk after chunk.
+    """
+    offset, previous_chunk = 0, ""
+    for part in sorted(bf.parts, key=lambda p: p.offset):
+        if part.offset != offset or part.size < 0:
+            return f"parts of {bf.path} are not contiguous at offset {offset}"
+        if len(bf.parts) > 1 and part.chunk <= previous_chunk:
+            return f"parts of {bf.path} are not in successive chunks"
+        offset, previous_chunk = offset + part.size, part.chunk
+    if offset != bf.size:
+        return f"parts of {bf.path} add up to {offset} bytes, the file has {bf.size}"
+    return None
+
+
 @dataclass
 class BundleManifest:
     version: str

@@ -10,10 +10,10 @@ chunk, then whole chunks, and the last part shares its chunk with the files that
 
 import bisect
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from amsrepomirror.bundle.format import COMPRESSIONS, BundleFile, BundleManifest, Part, chunk_name, part_member
+from amsrepomirror.util.paths import path_problem, shown
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.util.units import format_size
@@ -107,16 +107,9 @@ class ChunkSpec:
 
 
 def _check_path(path: str) -> None:
-    pure = PurePosixPath(path)
-    if (
-        not path
-        or "\x00" in path
-        or "\\" in path
-        or pure.is_absolute()
-        or pure.as_posix() != path
-        or any(part in ("", ".", "..") for part in path.split("/"))
-    ):
-        raise UsageError(f"cannot bundle file with unsafe or non-normalized path {path!r}")
+    why = path_problem(path)
+    if why:
+        raise UsageError(f"cannot bundle file with unsafe path {shown(path)} ({why})")
 
 
 def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compression: str = "copy") -> List[ChunkSpec]:

@@ -6,7 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from amsrepomirror.bundle.format import CHUNK_SUFFIX, MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest, Chunk
+from amsrepomirror.bundle.format import (
+    CHUNK_SUFFIX,
+    MANIFEST_NAME,
+    README_NAME,
+    SUMS_NAME,
+    BundleManifest,
+    Chunk,
+    part_layout_problem,
+)
 from amsrepomirror.bundle.sevenzip import hash_members
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.errors import IntegrityError
@@ -91,23 +99,15 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
         issues.append("a chunk is listed twice")
     referenced: Dict[str, set] = {name: set() for name in chunks}
     for f in manifest.files:
-        pos, previous_chunk = 0, ""
-        for p in sorted(f.parts, key=lambda p: p.offset):
-            if p.offset != pos:
-                issues.append(f"parts of {f.path} are not contiguous")
-                break
-            pos += p.size
-            if p.chunk not in chunks:
-                issues.append(f"{f.path} refers to chunk {p.chunk}, which is not listed")
-                break
-            if p.chunk <= previous_chunk:  # verify hashes a split file whole, chunk after chunk
-                issues.append(f"parts of {f.path} are not in successive chunks")
-                break
-            previous_chunk = p.chunk
-            referenced[p.chunk].add(p.member)
+        why = part_layout_problem(f)
+        unknown = [p.chunk for p in f.parts if p.chunk not in chunks]
+        if why:
+            issues.append(why)
+        elif unknown:
+            issues.append(f"{f.path} refers to chunk {unknown[0]}, which is not listed")
         else:
-            if pos != f.size:
-                issues.append(f"parts of {f.path} cover {pos} of {f.size} bytes")
+            for p in f.parts:
+                referenced[p.chunk].add(p.member)
         if len(issues) >= 3:
             return issues
     for name, chunk in chunks.items():

@@ -47,12 +47,11 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import py7zr
 import py7zr.exceptions
-from py7zr.io import Py7zIO, WriterFactory
-
-from amsrepomirror.bundle.format import BundleFile, Chunk, Part
-from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, shown
+from amsrepomirror.bundle.format import BundleFile, Chunk, Part, part_layout_problem
 from amsrepomirror.errors import DiskSpaceError, IntegrityError
 from amsrepomirror.util.fsutil import remove_entry
+from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, shown
+from py7zr.io import Py7zIO, WriterFactory
 
 #: Per-chunk temporary extraction directories live under ``dest_dir/EXTRACT_TMP``.
 EXTRACT_TMP = RESERVED_PREFIX + "extract"
@@ -576,15 +575,11 @@ def space_needed(files: Iterable[BundleFile], in_place: bool = False) -> int:
 
 
 def _check_parts(bf: BundleFile) -> list:
-    parts = sorted(bf.parts, key=lambda p: p.offset)
-    offset = 0
-    for p in parts:
-        if p.offset != offset or p.size < 0:
-            raise IntegrityError(f"bundle manifest: parts of {bf.path} are not contiguous at offset {offset}")
-        offset += p.size
-    if offset != bf.size:
-        raise IntegrityError(f"bundle manifest: parts of {bf.path} add up to {offset} bytes, file has {bf.size}")
-    return parts
+    """``bf``'s parts by offset, after the one part-layout rule (``part_layout_problem``)."""
+    why = part_layout_problem(bf)
+    if why:
+        raise IntegrityError(f"bundle manifest: {why}")
+    return sorted(bf.parts, key=lambda p: p.offset)
 
 
 def _holds(path: Path, bf: BundleFile) -> Optional[bool]:

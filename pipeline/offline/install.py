@@ -10,7 +10,7 @@ file or a part of a split file) against the manifest; a split file is then hashe
 """
 
 import shlex
-import sys
+import logging
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -22,8 +22,7 @@ from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.util.hashing import sha256_file
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+log = logging.getLogger(__name__)
 
 
 def manifest_sha256(bundle: str) -> str:
@@ -63,9 +62,9 @@ def is_installed(bundle: str, amshome: str) -> bool:
 def _refuse_changed(bundle_dir: Path, home: Path, changes: List[str]) -> IntegrityError:
     """List what changed in the installed tree; the error says how to install the bundle again."""
     for line in changes[:MAX_CHANGES_LISTED]:
-        say(f"unpack: {line}")
+        log.info(f"unpack: {line}")
     if len(changes) > MAX_CHANGES_LISTED:
-        say(f"unpack: ... and {len(changes) - MAX_CHANGES_LISTED} more")
+        log.info(f"unpack: ... and {len(changes) - MAX_CHANGES_LISTED} more")
     return IntegrityError(
         f"{home / placement.REPOSITORY} no longer matches the bundle its receipt names ({len(changes)} "
         f"difference(s), listed above); to install it again run: amsrepomirror unpack {shlex.quote(str(bundle_dir))} "
@@ -85,26 +84,26 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     home = placement.check_amshome(amshome)
     with placement.amshome_lock(home):
         for action in placement.recover(home):
-            say(f"unpack: {action} (left by an interrupted run)")
+            log.info(f"unpack: {action} (left by an interrupted run)")
         changes = None if reinstall else installed_changes(bundle_dir, home)
         if changes:
             raise _refuse_changed(bundle_dir.absolute(), home, changes)
         if changes == []:
-            say(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
+            log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
             return placement.usage_hint(home, BundleManifest.read(bundle_dir / MANIFEST_NAME).version)
-        say(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
+        log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         report = require_intact(verify_bundle(bundle_dir, test_archives=False))
         manifest = report.manifest
-        say(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
+        log.info(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
         placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
         expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
         with placement.new_staging(home) as staging:
             for i, chunk in enumerate(manifest.chunks, start=1):
-                say(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
+                log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
                 # files=: parts of split files go straight to their offset in the joined file
                 extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
             extract.reassemble(staging, manifest.files)
-            say(f"unpack: verifying {len(manifest.files)} files")
+            log.info(f"unpack: verifying {len(manifest.files)} files")
             # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
             # (extract_chunk hashes each member as it writes it, reassemble hashes each split file
             # whole), into the private staging folder that only this process writes to, under the
@@ -115,8 +114,8 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             if not (staging / index).is_file():
                 raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
             receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()))
-            say("unpack: writing the new tree to disk (sync)")
+            log.info("unpack: writing the new tree to disk (sync)")
             extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
             how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
-        say(f"unpack: {home / placement.REPOSITORY} now holds {manifest.version} ({how})")
+        log.info(f"unpack: {home / placement.REPOSITORY} now holds {manifest.version} ({how})")
         return placement.usage_hint(home, manifest.version)

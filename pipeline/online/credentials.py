@@ -5,6 +5,7 @@ inherit it); it is never logged, written, or put in an exception message.
 """
 
 import getpass
+import logging
 import os
 import stat
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Optional, Set
 
 from requests.utils import NETRC_FILES, get_netrc_auth
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,5 +78,4 @@ def _warn_if_others_can_touch(path: Optional[Path]) -> None:
         fixes.append(f"chmod 600 {path}")
     if problems:
         _WARNED.add(path)
-        print(f"warning: {path} holds the SCM password but {' and '.join(problems)}; fix: {' && '.join(fixes)}",
-              file=sys.stderr, flush=True)
+        log.warning(f"{path} holds the SCM password but {' and '.join(problems)}; fix: {' && '.join(fixes)}")

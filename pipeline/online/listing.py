@@ -15,9 +15,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from amsrepomirror.errors import UsageError
+from amsrepomirror.util.paths import VERSION_PATTERN, path_problem
 
 STATE_DIR = ".amsrepomirror"
-_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc: would break one-line messages
 DEFAULT_LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/{version}.txt"
 
 
@@ -40,8 +40,8 @@ def redact(url: str) -> str:
 
 def listing_url_for(version: str, listing_url: str = "") -> str:
     """The listing URL to use: the given one, or SCM's for ``version``."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", version or ""):
-        raise UsageError(f"invalid version {version!r}: expected something like AMS2026.1")
+    if not VERSION_PATTERN.fullmatch(version or ""):
+        raise UsageError(f"invalid version {version!r}: expected AMS followed by digits and dots, e.g. AMS2026.1")
     url = listing_url or DEFAULT_LISTING_URL.format(version=version)
     if "@" in urlsplit(url).netloc:
         raise UsageError("the listing URL must not carry a user or password: use SCM_USER/SCM_PASSWORD or ~/.netrc")
@@ -79,9 +79,9 @@ def _relative_path(url: str, root: str, lineno: int) -> str:
         segments = [unquote_to_bytes(s).decode("utf-8") for s in raw.split("/")]
     except UnicodeDecodeError:
         raise UsageError(f"{where}: the path {raw!r} is not UTF-8 once percent-decoded") from None
-    for seg in segments:
-        if seg in ("", ".", "..") or "\\" in seg or "/" in seg or _CONTROL_CHARACTER.search(seg):
-            raise UsageError(f"{where}: refusing unsafe path {raw!r} in {redact(url)!r}")
+    why = "an encoded '/' in a name" if any("/" in seg for seg in segments) else path_problem("/".join(segments))
+    if why:
+        raise UsageError(f"{where}: refusing unsafe path {raw!r} ({why}) in {redact(url)!r}")
     if WINDOWS and any(_bad_on_windows(seg) for seg in segments):
         raise UsageError(f"{where}: {raw!r} cannot be stored on Windows (reserved name or character)")
     if segments[0] == STATE_DIR:
