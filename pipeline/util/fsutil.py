@@ -99,10 +99,10 @@ def exclusive_lock(path: Path, busy: str):
     try:
         try:
             if os.name == "nt":
-                import msvcrt
+                import msvcrt  # platform: exists on Windows only
                 msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             else:
-                import fcntl
+                import fcntl  # platform: exists on POSIX only
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
