@@ -148,7 +148,7 @@ def test_trickling_server_is_given_up_and_the_run_ends(scm_double, repo_tree, tm
     env = cli_env(LUIGI_CONFIG_PATH=config_with(tmp_path, low_speed_limit=5000, low_speed_time=1, retries=1))
     scm_double.throttle(400)  # every read arrives well within the timeout
     started = time.monotonic()
-    result = mirror(scm_double, tmp_path / "m", env=env, timeout=150)
+    result = mirror(scm_double, tmp_path / "m", "--jobs", "16", env=env, timeout=150)
     assert result.returncode == 1, result.stderr
     assert "slower than 5000 bytes/s" in result.stderr
     assert time.monotonic() - started < 150
