@@ -4,7 +4,6 @@ Every failure a user can act on is one of these; the CLI prints ``str(exc)`` as 
 and exits with ``exc.exit_code``. Messages never contain a password.
 """
 
-SUCCESS = 0
 RUNTIME_FAILURE = 1
 USAGE_ERROR = 2
 AUTH_FAILURE = 3

@@ -26,7 +26,6 @@ DEFAULT_CHUNK_SIZE = 3900 * 1024**2  # below FAT32's 4 GiB - 1 file size limit, 
 # The header holds a fixed part (streams info, coder info, property ids: well under 300 bytes;
 # we allow 1 KiB) and, per member, its UTF-16LE name + NUL (2), mtime (8), attributes (4),
 # unpack size (<= 9), CRC32 (4) and a share of some bit vectors (<= 1).
-SIGNATURE_HEADER_SIZE = 32
 FIXED_OVERHEAD = 1024  # signature header + fixed header fields, generously rounded up
 MEMBER_OVERHEAD = 2 + 8 + 4 + 9 + 4 + 1  # per member, on top of the UTF-16LE name
 

@@ -80,9 +80,6 @@ class VerifyReport:
             parts.append("; ".join(others))
         return f"bundle {self.bundle_dir} failed verification: " + "; ".join(parts)
 
-    def raise_for_problems(self) -> None:
-        require_intact(self)
-
 
 def require_intact(report: VerifyReport) -> VerifyReport:
     """Raise IntegrityError with a one-line message when the report has problems."""
