@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 VERSION ?= AMS2026.1
 MIRROR  ?= mirror/$(VERSION)
 BUNDLE  ?= bundle/$(VERSION)
-CHUNK_SIZE ?= 3900MiB
+# Unset: the settings decide (amsrepomirror config shows them).
+CHUNK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
 .PHONY: help venv test demo mirror bundle plan verify unpack bench wheels clean
@@ -14,7 +15,7 @@ help:
 	@echo "make test                          run the test suite (sets up $(VENV))"
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
 	@echo "make mirror VERSION=AMS2026.1 MIRROR=DIR"
-	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=3900MiB]"
+	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE]"
 	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB]"
 	@echo "make verify BUNDLE=DIR"
 	@echo "make unpack BUNDLE=DIR AMSHOME=DIR"
@@ -43,10 +44,10 @@ mirror: venv
 	$(BIN)/amsrepomirror mirror --version $(VERSION) --mirror $(MIRROR) $(ARGS)
 
 bundle: venv
-	$(BIN)/amsrepomirror bundle --version $(VERSION) --mirror $(MIRROR) --out $(BUNDLE) --chunk-size $(CHUNK_SIZE) $(ARGS)
+	$(BIN)/amsrepomirror bundle --version $(VERSION) --mirror $(MIRROR) --out $(BUNDLE) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(ARGS)
 
 plan: venv
-	$(BIN)/amsrepomirror plan --version $(VERSION) --mirror $(MIRROR) --chunk-size $(CHUNK_SIZE) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(ARGS)
+	$(BIN)/amsrepomirror plan --version $(VERSION) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(ARGS)
 
 verify: venv
 	$(BIN)/amsrepomirror verify $(BUNDLE)

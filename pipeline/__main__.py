@@ -1,5 +1,24 @@
+"""``python -m amsrepomirror`` and the ``amsrepomirror`` command.
+
+Importing Luigi reads every luigi.cfg, so a file that does not parse fails that import: it becomes
+one usage error here, before the command-line module (which imports Luigi) is loaded.
+"""
+
+import configparser
 import sys
 
-from amsrepomirror.cli import main
+from amsrepomirror.errors import settings_file_error
 
-sys.exit(main())
+
+def run() -> int:
+    try:
+        from amsrepomirror.cli import main
+    except configparser.Error as exc:
+        error = settings_file_error(exc)
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(run())

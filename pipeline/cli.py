@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 import luigi
 
-from amsrepomirror import __version__, errors
+from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan
 from amsrepomirror.bundle.verify import verify_bundle
@@ -102,15 +102,12 @@ def _configure_logging(log_file: Optional[Path], verbose: bool) -> None:
 def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[Path] = None, verbose: bool = False) -> List[Dict]:
     """Run tasks with the local scheduler; return the failures (code, message) of failed tasks."""
     _configure_logging(log_file, verbose)
-    config = luigi.configuration.get_config()
-    if not config.has_section("core"):
-        config.add_section("core")
-    config.set("core", "no_configure_logging", "true")
-    # A task whose output is missing after a successful run() fails instead of being run again:
-    # no task may loop. Not a setting: the task graph depends on it.
-    if not config.has_section("worker"):
-        config.add_section("worker")
-    config.set("worker", "check_complete_on_run", "true")
+    # Shipped defaults for plain luigi runs; forced here so that no settings file can turn them off:
+    # this command owns logging, and a task whose output is missing after a successful run() must
+    # fail instead of being run again (no task may loop).
+    settings = luigi.configuration.get_config()
+    settings.set("core", "no_configure_logging", "true")
+    settings.set("worker", "check_complete_on_run", "true")
     result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
     scheduler = result.worker._scheduler
     failures = []
@@ -141,27 +138,27 @@ def add_mirror_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", required=True, help="AMS version whose listing to mirror, e.g. AMS2026.1")
     p.add_argument("--mirror", required=True, type=Path, help="mirror folder; becomes $AMSHOME/repository")
     p.add_argument("--listing-url", default="", help="default: https://downloads.scm.com/Downloads/packages/listings/<VERSION>.txt")
-    p.add_argument("--platform", action="append", default=[], help="keep only this platform (repeatable); rules in luigi.cfg [platforms]")
+    p.add_argument("--platform", action="append", default=[], help="keep only this platform (repeatable); rules in [platforms]")
     p.add_argument("--strict-authentication", action="store_true", help="a 401 on any file is fatal (exit 3)")
     p.add_argument("--no-ssl", action="store_true", help="do not verify TLS certificates (warns every run)")
-    p.add_argument("--jobs", type=int, help="concurrent connections (default: luigi.cfg [FetchListing] jobs, else 4)")
+    p.add_argument("--jobs", type=int, help="concurrent connections (default: [FetchListing] jobs)")
     p.add_argument("--deep", action="store_true", default=None,
-                   help="re-hash every file instead of trusting size+mtime (luigi.cfg [VerifyTree] deep)")
+                   help="re-hash every file instead of trusting size+mtime (default: [VerifyTree] deep)")
     p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
 
 
-def setting(given, section: str, key: str, fallback: str) -> str:
-    """A command-line value, else the luigi.cfg setting of that task, else the built-in default."""
+def setting(given, section: str, key: str) -> str:
+    """A command-line value, else the effective setting (shipped defaults under every settings file)."""
     if given is not None:
         return str(given)
-    return luigi.configuration.get_config().get(section, key, fallback)
+    return luigi.configuration.get_config().get(section, key)
 
 
 def _mirror_params(args) -> Dict:
     url = listing_url_for(args.version, args.listing_url)
     repository_root(url)
-    jobs = setting(args.jobs, "FetchListing", "jobs", "4")
+    jobs = setting(args.jobs, "FetchListing", "jobs")
     if not jobs.isdigit() or int(jobs) < 1:
         raise UsageError(f"--jobs must be a whole number of at least 1 (got {jobs})")
     select_platforms([], args.platform, platform_rules())  # refuse unknown platform names up front
@@ -238,9 +235,8 @@ def _print_mirror_summary(s: Dict, args) -> None:
 
 def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    p.add_argument("--chunk-size", help="largest chunk, with units (default: luigi.cfg [BundleArchive], else 3900MiB)")
-    p.add_argument("--compression", choices=COMPRESSIONS,
-                   help="default: luigi.cfg [BundleArchive], else copy (packages are already compressed)")
+    p.add_argument("--chunk-size", help="largest chunk, with units (default: [BundleArchive] chunk_size)")
+    p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
     p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
     p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
     p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
@@ -251,14 +247,15 @@ MIN_CHUNK = 64 * 1024
 
 
 def _bundle_settings(args):
-    """Chunk size and compression from the command line, else luigi.cfg [BundleArchive]; checked up front."""
-    chunk_size = setting(args.chunk_size, "BundleArchive", "chunk_size", "3900MiB")
-    compression = setting(args.compression, "BundleArchive", "compression", "copy")
+    """Chunk size and compression from the command line, else [BundleArchive]; checked up front."""
+    chunk_size = setting(args.chunk_size, "BundleArchive", "chunk_size")
+    compression = setting(args.compression, "BundleArchive", "compression")
     size = parse_size(chunk_size)
     if size < MIN_CHUNK:
         raise UsageError(f"chunk size {chunk_size} is too small: use at least 64KiB (3900MiB suits USB sticks)")
     if compression not in COMPRESSIONS:
-        raise UsageError(f"unknown compression {compression!r} in luigi.cfg: use one of {', '.join(COMPRESSIONS)}")
+        raise UsageError(f"unknown compression {compression!r} in [BundleArchive] (see amsrepomirror config): "
+                         f"use one of {', '.join(COMPRESSIONS)}")
     if size > FAT32_LIMIT:
         say(f"note: chunks of {chunk_size} do not fit on FAT32 sticks (files must stay below 4 GiB)")
     if compression == "zstd":
@@ -363,6 +360,27 @@ def run_unpack(args) -> int:
     return 0
 
 
+def run_config(args) -> int:
+    """Print the effective settings, each with the file it came from."""
+
+    print("# settings files, lowest priority first (a later file wins key by key; command-line options beat all):")
+    read = config.sources()
+    width = max(len(label) for label, _ in read)
+    for label, path in read:
+        if path is None:
+            where = "(not set)" if label.startswith("$") else "(not given)"
+        else:
+            where = Path(path).absolute() if Path(path).is_file() else f"(no {path})"
+        print(f"#   {label:<{width}}  {where}")
+    section = None
+    for (name, key), (value, label) in config.effective().items():
+        if name != section:
+            print(f"\n[{name}]")
+            section = name
+        print(f"{key} = {value}  # {label}")
+    return 0
+
+
 def run_demo(args) -> int:
     """Mirror, bundle, verify and unpack the SCM double's synthetic repository, end to end."""
 
@@ -399,6 +417,8 @@ def run_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amsrepomirror", description=__doc__)
     parser.add_argument("--tool-version", action="version", version=f"amsrepomirror {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="settings file read last, over every luigi.cfg "
+                        "(amsrepomirror config shows what applies)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("mirror", help="mirror the SCM repository from its listing, resumably, and verify it")
@@ -416,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
     p.add_argument("--mirror", required=True, type=Path)
     p.add_argument("--version", help="AMS version (needed when the mirror holds several)")
-    p.add_argument("--chunk-size", help="default: luigi.cfg [BundleArchive], else 3900MiB")
-    p.add_argument("--compression", choices=COMPRESSIONS)
+    p.add_argument("--chunk-size", help="default: [BundleArchive] chunk_size")
+    p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
     p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
     p.set_defaults(func=run_plan)
 
@@ -435,23 +455,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_unpack)
 
+    p = sub.add_parser("config", help="print the effective settings and the file each came from")
+    p.set_defaults(func=run_config)
+
     p = sub.add_parser("demo", help="the whole chain against a local SCM double, in a temporary folder")
     p.add_argument("--workdir", type=Path, help="where to put the demo (default: a new temporary folder)")
     p.set_defaults(func=run_demo)
     return parser
 
 
-
-def _use_project_config() -> None:
-    """Read the project's luigi.cfg when run from elsewhere (cron) and no other config was named."""
-    project_cfg = Path(__file__).resolve().parent.parent / "luigi.cfg"
-    if not Path("luigi.cfg").exists() and "LUIGI_CONFIG_PATH" not in os.environ and project_cfg.exists():
-        luigi.configuration.add_config_path(str(project_cfg))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     _console_logging()
-    _use_project_config()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -461,6 +475,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         say("error: --dry-run needs --delete-unlisted")
         return errors.USAGE_ERROR
     try:
+        config.load(args.config)
         return args.func(args)
     except KeyboardInterrupt:
         say("interrupted; rerun the same command to continue where it stopped")

@@ -4,6 +4,8 @@ Every failure a user can act on is one of these; the CLI prints ``str(exc)`` as 
 and exits with ``exc.exit_code``. Messages never contain a password.
 """
 
+import configparser
+
 RUNTIME_FAILURE = 1
 USAGE_ERROR = 2
 AUTH_FAILURE = 3
@@ -45,6 +47,22 @@ class DiskSpaceError(MirrorError):
     """Not enough free space for what must be written."""
 
     exit_code = NO_SPACE
+
+
+def settings_file_error(exc: configparser.Error) -> UsageError:
+    """A settings file that does not parse: what is wrong and where, never the line itself (it may hold a password)."""
+    where = f"{exc.source}, line {exc.lineno}" if getattr(exc, "lineno", None) else str(getattr(exc, "source", ""))
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        what = "a setting before the first [section]"
+    elif isinstance(exc, configparser.DuplicateOptionError):
+        what = f"[{exc.section}] {exc.option} is set twice"
+    elif isinstance(exc, configparser.DuplicateSectionError):
+        what = f"[{exc.section}] appears twice"
+    elif isinstance(exc, configparser.ParsingError):
+        where, what = f"{exc.source}, line {exc.errors[0][0]}", "not a [section], a key = value or a comment"
+    else:
+        what = exc.__class__.__name__
+    return UsageError(f"bad settings file: {where}: {what}")
 
 
 def exit_code_for(exc: BaseException) -> int:

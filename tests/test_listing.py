@@ -1,9 +1,9 @@
 import pytest
 
 from amsrepomirror.errors import UsageError
-from amsrepomirror.online.listing import (compile_platform_rules, decode_listing, listing_url_for, parse_listing, platform_of,
+from amsrepomirror.online.listing import (decode_listing, listing_url_for, parse_listing, platform_of,
                               redact, repository_root, select_platforms)
-from amsrepomirror.tasks.base import DEFAULT_PLATFORM_RULES
+from amsrepomirror.tasks import platform_rules
 
 LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/AMS2026.1.txt"
 ROOT = "https://downloads.scm.com/Downloads/packages/"
@@ -85,7 +85,7 @@ def test_redact_removes_userinfo():
 
 
 def test_platform_rules_select_platform_and_independent_files():
-    rules = compile_platform_rules(DEFAULT_PLATFORM_RULES)
+    rules = platform_rules()  # the shipped [platforms] rules
     assert platform_of("linux/x86_64/adf-2026.101.tar.zst", rules) == "linux"
     assert platform_of("macos/arm64/adf.tar.zst", rules) == "macos"
     assert platform_of("windows/x86_64/adf.zip", rules) == "windows"

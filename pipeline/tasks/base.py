@@ -13,13 +13,6 @@ from amsrepomirror.online.listing import compile_platform_rules
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.time import utc_stamp
 
-DEFAULT_PLATFORM_RULES = {
-    "linux": r"(^|/)linux([/._-]|$)|[._-]linux([/._-]|$)|manylinux",
-    "macos": r"(^|/)(macos|darwin|osx)([/._-]|$)|[._-](macos|darwin|osx)([/._-]|$)|macosx",
-    "windows": r"(^|/)(windows|win32|win64)([/._-]|$)|[._-](windows|win32|win_amd64|win64)([/._-]|$)",
-}
-
-
 def new_run_id() -> str:
     return f"{utc_stamp()}-{os.getpid()}"
 
@@ -29,25 +22,22 @@ PROCESS_RUN_ID = new_run_id()
 
 
 class http(luigi.Config):
-    """[http] in luigi.cfg: how patient we are with the network."""
+    """[http]: how patient we are with the network (values: the shipped defaults.cfg and any luigi.cfg)."""
 
-    retries = luigi.IntParameter(default=6, description="attempts per request for connection errors, 5xx and 429")
-    backoff = luigi.FloatParameter(default=0.5, description="urllib3 backoff factor in seconds")
-    timeout = luigi.FloatParameter(default=60.0, description="connect/read timeout in seconds")
-    low_speed_limit = luigi.IntParameter(default=1000, description="bytes/s below which an attempt is given up (0: off)")
-    low_speed_time = luigi.FloatParameter(default=60.0, description="... when the rate stays below it this many seconds")
+    retries = luigi.IntParameter(description="attempts per request for connection errors, 5xx and 429")
+    backoff = luigi.FloatParameter(description="urllib3 backoff factor in seconds")
+    timeout = luigi.FloatParameter(description="connect/read timeout in seconds")
+    low_speed_limit = luigi.IntParameter(description="bytes/s below which an attempt is given up (0: off)")
+    low_speed_time = luigi.FloatParameter(description="... when the rate stays below it this many seconds")
 
     def low_speed(self) -> LowSpeed:
         return LowSpeed(self.low_speed_limit, self.low_speed_time)
 
 
 def platform_rules():
-    """[platforms] in luigi.cfg: name = regex over repository paths; defaults when absent."""
+    """[platforms]: name = regex over repository paths (shipped rules, changed or added to by any luigi.cfg)."""
     config = luigi.configuration.get_config()
-    rules = dict(DEFAULT_PLATFORM_RULES)
-    if config.has_section("platforms"):
-        rules = {k: v for k, v in config.items("platforms") if k not in config.defaults()} or rules
-    return compile_platform_rules(rules)
+    return compile_platform_rules({k: v for k, v in config.items("platforms") if k not in config.defaults()})
 
 
 class ReportsFailure:

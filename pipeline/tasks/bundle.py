@@ -48,9 +48,8 @@ class BundleArchive(MirrorTask):
     """The bundle folder: independent 7z chunks, manifest.json, README.txt and SHA256SUMS."""
 
     out = luigi.Parameter(description="bundle folder to write")
-    chunk_size = luigi.Parameter(default="3900MiB", description="largest chunk file (fits FAT32 below 4 GiB)")
-    compression = luigi.ChoiceParameter(default="copy", choices=COMPRESSIONS,
-                                        description="copy: packages are already compressed")
+    chunk_size = luigi.Parameter(description="largest chunk file (fits FAT32 below 4 GiB)")
+    compression = luigi.ChoiceParameter(choices=COMPRESSIONS, description="copy: packages are already compressed")
     offline = luigi.BoolParameter(default=False, description="bundle the last verified mirror without the network")
 
     def requires(self):

@@ -16,6 +16,11 @@ from amsrepomirror.tasks.base import PROCESS_RUN_ID, MirrorTask, http, platform_
 
 # max_batch_size in [DownloadFile] is read as a class attribute, not a parameter.
 warnings.filterwarnings("ignore", message=".*'max_batch_size'.*", category=luigi.parameter.UnconsumedParameterWarning)
+# A task that inherits jobs or deep reads its own section first, then the declaring task's (config_path):
+# one setting for every task, which Luigi calls deprecated but still supports.
+warnings.filterwarnings("ignore", message=r"The use of the configuration \[(FetchListing\] jobs|VerifyTree\] deep)",
+                        category=DeprecationWarning)
+
 
 class FetchListing(MirrorTask):
     """The listing of one version plus what the server says of each selected file now."""
@@ -24,7 +29,8 @@ class FetchListing(MirrorTask):
     platform = luigi.ListParameter(default=[], description="keep only these platforms (+ platform-independent)")
     strict_authentication = luigi.BoolParameter(default=False, description="a 401 on any file is fatal")
     no_ssl = luigi.BoolParameter(default=False, significant=False, description="do not verify TLS certificates")
-    jobs = luigi.IntParameter(default=4, significant=False, description="concurrent connections")
+    jobs = luigi.IntParameter(significant=False, config_path=dict(section="FetchListing", name="jobs"),
+                              description="concurrent connections")
     run_id = luigi.Parameter(default=PROCESS_RUN_ID, description="one per mirror run; a new run re-reads the listing")
 
     def output(self):
@@ -67,7 +73,7 @@ class DownloadFile(MirrorTask):
     def max_batch_size(self):
         # Luigi reads this from the task to size batches; [DownloadFile] max_batch_size sets it (read
         # here, when the graph is scheduled, so a --config file given on the command line counts).
-        return luigi.configuration.get_config().getint("DownloadFile", "max_batch_size", 2000)
+        return luigi.configuration.get_config().getint("DownloadFile", "max_batch_size")
 
     def requires(self):
         return self.clone(FetchListing)
@@ -96,7 +102,8 @@ class DownloadFile(MirrorTask):
 class VerifyTree(MirrorTask):
     """The verified mirror: every selected file present and current, recorded in the manifest."""
 
-    deep = luigi.BoolParameter(default=False, description="re-read and re-hash every file instead of trusting size+mtime")
+    deep = luigi.BoolParameter(config_path=dict(section="VerifyTree", name="deep"),
+                               description="re-read and re-hash every file instead of trusting size+mtime")
 
     def requires(self):
         return self.clone(FetchListing)

@@ -7,9 +7,9 @@ from amsrepomirror.tasks.base import ReportsFailure
 
 
 class unpack(luigi.Config):
-    """[unpack] in luigi.cfg: where the installed AMS version can be read, relative to AMSHOME."""
+    """[unpack]: where the installed AMS version can be read, relative to AMSHOME."""
 
-    installed_version_files = luigi.ListParameter(default=[])
+    installed_version_files = luigi.ListParameter()
 
 
 class ReceiptTarget(luigi.Target):
