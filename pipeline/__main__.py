@@ -12,6 +12,7 @@ from amsrepomirror.errors import settings_file_error
 
 def run() -> int:
     try:
+        # Imported here: importing it imports Luigi, which parses every luigi.cfg (see above).
         from amsrepomirror.cli import main
     except configparser.Error as exc:
         error = settings_file_error(exc)
