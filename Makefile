@@ -9,10 +9,11 @@ BUNDLE  ?= bundle/$(VERSION)
 CHUNK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
-.PHONY: help venv test demo mirror bundle plan verify unpack bench wheels clean
+.PHONY: help venv test lint demo mirror bundle plan verify unpack bench wheels clean
 
 help:
 	@echo "make test                          run the test suite (sets up $(VENV))"
+	@echo "make lint                          ruff: pyflakes, pycodestyle, import order, banned imports"
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
 	@echo "make mirror VERSION=AMS2026.1 MIRROR=DIR"
 	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE]"
@@ -36,6 +37,9 @@ venv: $(BIN)/amsrepomirror
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+lint: venv
+	$(BIN)/python -m ruff check pipeline tests bench
 
 demo: venv
 	$(BIN)/amsrepomirror demo

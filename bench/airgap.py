@@ -47,7 +47,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import first_line, replace_section  # noqa: E402
 from amsrepomirror.testing.scmdouble import (  # noqa: E402
     DEFAULT_VERSION,
     DEMO_PASSWORD,
@@ -58,6 +57,7 @@ from amsrepomirror.testing.scmdouble import (  # noqa: E402
     write_file,
     write_listing,
 )
+from bench.common import first_line, replace_section  # noqa: E402
 
 VERSION = DEFAULT_VERSION
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -616,7 +616,8 @@ def render(results: List[TreeResult], verdicts: Verdicts, info: Dict[str, str], 
         "- Peak RSS is `ru_maxrss` of the process tree (the largest single process: the CLI or a forked Luigi "
         "worker, whichever peaks higher). The PSS sum adds up all processes alive at once (sampled every 50 ms).",
         "- “+ `sync`”: a `sync` right after the run. Our bundle fsyncs each chunk and unpack syncs the "
-        "staging filesystem once before the swap; 7zz and sha256sum do not, so their data may still be in the page cache when they exit.",
+        "staging filesystem once before the swap; 7zz and sha256sum do not, so their data may still be in the page "
+        "cache when they exit.",
         "",
     ]
     if quick:

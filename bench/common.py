@@ -26,6 +26,8 @@ for _p in (str(ROOT), str(TESTS)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from servers import NginxServer, find_tool, parse_access_log  # noqa: E402  (tests/servers.py, reused as is)
+
 from amsrepomirror.testing.scmdouble import (  # noqa: E402
     DEFAULT_VERSION,
     DEMO_PASSWORD,
@@ -34,7 +36,6 @@ from amsrepomirror.testing.scmdouble import (  # noqa: E402
     write_file,
     write_listing,
 )
-from servers import NginxServer, find_tool, parse_access_log  # noqa: E402  (tests/servers.py, reused as is)
 
 VERSION = DEFAULT_VERSION
 TIME_BIN = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -309,7 +310,8 @@ def md_row(cells: Sequence[str]) -> str:
 def md_table(rows: List[Row]) -> str:
     lines = [md_row(COLUMNS), md_row(["---"] * len(COLUMNS))]
     for r in rows:
-        lines.append(md_row([r.scenario, r.measure, r.ours, r.peer, r.ratio, r.target, f"**{r.result}**" if r.result else "", r.notes]))
+        result = f"**{r.result}**" if r.result else ""
+        lines.append(md_row([r.scenario, r.measure, r.ours, r.peer, r.ratio, r.target, result, r.notes]))
     return "\n".join(lines)
 
 

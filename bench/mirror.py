@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
+from amsrepomirror.testing.scmdouble import PACKAGES_PREFIX, retarget_listing
+
 from .common import (
     BenchError,
     Nginx,
@@ -32,7 +34,6 @@ from .common import (
     warm,
 )
 from .latency import LatencyProxy
-from amsrepomirror.testing.scmdouble import PACKAGES_PREFIX, retarget_listing
 
 RTT_MS = 20  # round trip the latency proxy adds in scenario (c)
 
@@ -134,7 +135,8 @@ def phases(dest: Path, report: Dict, total: float) -> Dict[str, float]:
 def fmt_phases(p: Dict[str, float]) -> str:
     if not p:
         return ""
-    names = {"probe": "listing+HEADs", "plan": "plan", "download": "download", "verify": "verify", "other": "other (start-up, gaps, summary)"}
+    names = {"probe": "listing+HEADs", "plan": "plan", "download": "download", "verify": "verify",
+             "other": "other (start-up, gaps, summary)"}
     return "ours' time: " + ", ".join(f"{names[k]} {v:.1f} s" for k, v in p.items() if v >= 0.05)
 
 
@@ -240,7 +242,8 @@ def mirror_bigfile(ctx: Context) -> None:
                 f"wget {size / wget.seconds / MiB:.0f} MiB/s (no hash, no fsync); medians: ours "
                 f"{fmt_s(_median(r.seconds for r, _ in ours_runs))}, wget {fmt_s(_median(r.seconds for r, _ in wget_runs))}; "
                 f"all runs (alternating): ours "
-                + ", ".join(fmt_s(r.seconds) for r, _ in ours_runs) + "; wget " + ", ".join(fmt_s(r.seconds) for r, _ in wget_runs)
+                + ", ".join(fmt_s(r.seconds) for r, _ in ours_runs)
+                + "; wget " + ", ".join(fmt_s(r.seconds) for r, _ in wget_runs)
                 + "; best run of " + fmt_phases(report["phases"])))
 
 
@@ -356,7 +359,8 @@ def mirror_tiny(ctx: Context) -> None:
     for i, label in ((0, "first run"), (1, "no-op rerun")):
         ratio = figures[big][i] / figures[small][i]
         ctx.add(Row("(d) tiny files", f"scaling {big:,} ÷ {small:,} files, {label}", f"{ratio:.1f}", "", "",
-                    f"≤ {factor * 1.2:.0f}", verdict(ratio <= factor * 1.2, ratio, factor * 1.2), f"{factor}× the files; linear = {factor}"))
+                    f"≤ {factor * 1.2:.0f}", verdict(ratio <= factor * 1.2, ratio, factor * 1.2),
+                    f"{factor}× the files; linear = {factor}"))
 
 
 # ---- (e) Luigi scheduling: batches vs one task per file -----------------------------------------

@@ -117,9 +117,11 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
             failure = json.loads(expl)
             failures.append(json.loads(failure) if isinstance(failure, str) else failure)  # luigi may encode it twice
         except ValueError:
-            failures.append({"code": errors.RUNTIME_FAILURE, "message": expl.strip().splitlines()[-1] if expl.strip() else task_id})
+            last_line = expl.strip().splitlines()[-1] if expl.strip() else task_id
+            failures.append({"code": errors.RUNTIME_FAILURE, "message": last_line})
     if not failures and not result.scheduling_succeeded:
-        failures.append({"code": errors.RUNTIME_FAILURE, "message": f"the task graph did not complete ({result.status.name}); see {log_file or 'the log'}"})
+        failures.append({"code": errors.RUNTIME_FAILURE,
+                         "message": f"the task graph did not complete ({result.status.name}); see {log_file or 'the log'}"})
     return failures
 
 

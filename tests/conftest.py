@@ -15,8 +15,9 @@ TESTS_DIR = str(Path(__file__).resolve().parent)
 if TESTS_DIR not in sys.path:  # so test modules can `from servers import ...`
     sys.path.insert(0, TESTS_DIR)
 
-from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository  # noqa: E402
 from servers import NginxServer, require_tool  # noqa: E402
+
+from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository  # noqa: E402
 
 
 @pytest.fixture

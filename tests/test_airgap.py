@@ -10,12 +10,12 @@ from pathlib import Path
 
 import py7zr
 import pytest
-
 from clihelp import REPO, cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
+from servers import require_tool
+
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest, Chunk
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.testing.scmdouble import ScmDouble, change_file
-from servers import require_tool
 
 VERSION = "AMS2026.1"
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB: split across chunks of 1 MiB
@@ -50,7 +50,8 @@ def test_round_trip_equals_mirror_and_peers_agree(made, repo_tree, tmp_path):
     assert len(chunks(out)) >= 4 and all(c.stat().st_size <= 1024 * 1024 for c in chunks(out))
     big = [f for f in manifest["files"] if f["path"] == BIG][0]
     assert len({p["chunk"] for p in big["parts"]}) >= 3  # split across chunks
-    assert sorted(p.name for p in out.iterdir()) == sorted([c.name for c in chunks(out)] + [MANIFEST_NAME, README_NAME, "SHA256SUMS"])
+    expected = [c.name for c in chunks(out)] + [MANIFEST_NAME, README_NAME, "SHA256SUMS"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(expected)
 
     # Peers: coreutils and the real 7-Zip.
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)

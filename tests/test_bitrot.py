@@ -8,11 +8,11 @@ from pathlib import Path
 
 import py7zr
 import pytest
-
 from clihelp import run_cli, served_tree, tree_hashes
+
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleFile, BundleManifest, Chunk, Part
-from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.bundle.plan import chunk_plan
+from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.online.manifest import Manifest
 
 VERSION = "AMS2026.1"

@@ -11,8 +11,8 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from amsrepomirror.bundle.format import chunk_name, part_member
 from amsrepomirror.bundle.build import remove_partial_files
+from amsrepomirror.bundle.format import chunk_name, part_member
 from amsrepomirror.bundle.plan import (
     DEFAULT_CHUNK_SIZE,
     FIXED_OVERHEAD,
@@ -22,10 +22,10 @@ from amsrepomirror.bundle.plan import (
     describe_plan,
     member_overhead,
 )
-from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
-from amsrepomirror.util.hashing import sha256_file
-from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, Sha256State, write_chunk
+from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
+from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.util.hashing import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KiB, MiB = 1024, 1024**2
@@ -380,9 +380,10 @@ def test_write_chunk_memory_does_not_grow_with_file_size(tmp_path, compression):
 
 
 def test_piece_reader_hashes_sequential_range(tmp_path):
-    from amsrepomirror.bundle.sevenzip import _PieceReader
     import hashlib
     import io
+
+    from amsrepomirror.bundle.sevenzip import _PieceReader
 
     data = os.urandom(10000)
     raw = io.BytesIO(data)

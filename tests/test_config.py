@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from clihelp import REPO, cli_env, run_cli, served_tree, tree_hashes
+
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
 from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
 from amsrepomirror.util.units import format_size, parse_size
@@ -211,7 +211,8 @@ def test_a_missing_or_broken_settings_file_is_one_usage_error(place):
     (cwd / "luigi.cfg").write_text("[http]\nretries = 2\nsecret stuff\n")
     garbled = tool("plan", "--mirror", cwd, cwd=cwd, env=env_for(home))
     assert garbled.returncode == 2
-    assert garbled.stderr.splitlines() == ["error: bad settings file: luigi.cfg, line 3: not a [section], a key = value or a comment"]
+    assert garbled.stderr.splitlines() == [
+        "error: bad settings file: luigi.cfg, line 3: not a [section], a key = value or a comment"]
 
 
 def test_config_never_prints_a_secret(place):

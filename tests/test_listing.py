@@ -1,8 +1,15 @@
 import pytest
 
 from amsrepomirror.errors import UsageError
-from amsrepomirror.online.listing import (decode_listing, listing_url_for, parse_listing, platform_of,
-                              redact, repository_root, select_platforms)
+from amsrepomirror.online.listing import (
+    decode_listing,
+    listing_url_for,
+    parse_listing,
+    platform_of,
+    redact,
+    repository_root,
+    select_platforms,
+)
 from amsrepomirror.tasks import platform_rules
 
 LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/AMS2026.1.txt"

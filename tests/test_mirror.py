@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
-from amsrepomirror.testing.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
+
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.testing.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
 
 VERSION = "AMS2026.1"
 

@@ -11,10 +11,10 @@ import shutil
 from pathlib import Path
 
 import requests
-
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
-from amsrepomirror.testing.scmdouble import listing_path, remove_file, repository_files, write_file, write_listing
+
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.testing.scmdouble import listing_path, remove_file, repository_files, write_file, write_listing
 
 VERSION = "AMS2026.1"
 

@@ -11,8 +11,8 @@ import time
 
 import luigi
 import pytest
-
 from clihelp import cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
+
 from amsrepomirror import cli
 from amsrepomirror.testing.scmdouble import ScmDouble, change_file, write_listing
 

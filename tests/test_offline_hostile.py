@@ -11,14 +11,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from clihelp import run_cli, tree_hashes
+from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
+
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
 from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
-from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
 LOG = ".amsrepomirror-unpack.log"
 #: Generous: an unpack of this bundle takes a second or two; a run blocked on a planted fifo never ends.

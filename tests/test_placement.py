@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from amsrepomirror.offline import placement
 from amsrepomirror.bundle.format import BundleManifest
-from amsrepomirror.offline.extract import extract_chunk, reassemble, verify_tree
 from amsrepomirror.errors import DiskSpaceError, IntegrityError, UsageError
+from amsrepomirror.offline import placement
+from amsrepomirror.offline.extract import extract_chunk, reassemble, verify_tree
 from amsrepomirror.offline.placement import (
     JOURNAL,
     PREVIOUS,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from servers import REQUIRE_TOOLS_ENV, parse_access_log, require_tool
 
 from amsrepomirror.testing.scmdouble import (
     DEMO_PASSWORD,
@@ -27,7 +28,6 @@ from amsrepomirror.testing.scmdouble import (
     write_file,
     write_listing,
 )
-from servers import REQUIRE_TOOLS_ENV, parse_access_log, require_tool
 
 AUTH = (DEMO_USER, DEMO_PASSWORD)
 REPO_ROOT = Path(__file__).resolve().parent.parent

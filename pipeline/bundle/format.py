@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from amsrepomirror.errors import IntegrityError
-from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 from amsrepomirror.util.fsutil import atomic_write_bytes
+from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 
 SCHEMA = "amsrepomirror/bundle-manifest/1"
 MANIFEST_NAME = "manifest.json"

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from amsrepomirror.bundle.format import COMPRESSIONS, BundleFile, BundleManifest, Part, chunk_name, part_member
-from amsrepomirror.util.paths import path_problem, shown
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.util.paths import path_problem, shown
 from amsrepomirror.util.units import format_size
 
 DEFAULT_CHUNK_SIZE = 3900 * 1024**2  # below FAT32's 4 GiB - 1 file size limit, with room to spare
@@ -258,7 +258,8 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
     for spec in plan:
         parts = sum(1 for p in spec.pieces if p.is_part)
         what = f"{len(spec.pieces)} pieces" + (f" ({parts} parts of split files)" if parts else "")
-        lines.append(f"  {spec.name:<{width}}  {what:<40}  {format_size(spec.payload):>10}  (file <= {format_size(spec.max_size)})")
+        lines.append(f"  {spec.name:<{width}}  {what:<40}  {format_size(spec.payload):>10}  "
+                     f"(file <= {format_size(spec.max_size)})")
     split = {}
     for spec in plan:
         for p in spec.pieces:

@@ -39,9 +39,9 @@ from py7zr.io import Py7zIO, WriterFactory
 from amsrepomirror.bundle.format import COMPRESSIONS, Chunk
 from amsrepomirror.bundle.plan import ChunkSpec
 from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
+from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.util.fsutil import fsync_dir
 from amsrepomirror.util.hashing import sha256_stream
-from amsrepomirror.online.manifest import FileEntry
 
 ZSTD_LEVEL = 3
 LZMA2_PRESET = 6  # xz's default; ~94 MiB to compress, 8 MiB dictionary

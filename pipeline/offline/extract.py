@@ -47,11 +47,12 @@ from typing import Dict, Iterable, List, Optional, Tuple
 
 import py7zr
 import py7zr.exceptions
+from py7zr.io import Py7zIO, WriterFactory
+
 from amsrepomirror.bundle.format import BundleFile, Chunk, Part, part_layout_problem
 from amsrepomirror.errors import DiskSpaceError, IntegrityError
 from amsrepomirror.util.fsutil import remove_entry
 from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, shown
-from py7zr.io import Py7zIO, WriterFactory
 
 #: Per-chunk temporary extraction directories live under ``dest_dir/EXTRACT_TMP``.
 EXTRACT_TMP = RESERVED_PREFIX + "extract"

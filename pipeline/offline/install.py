@@ -9,18 +9,16 @@ file or a part of a split file) against the manifest; a split file is then hashe
 (the end-to-end check of what was joined). Nothing is read back and hashed again after that.
 """
 
-import shlex
 import logging
+import shlex
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from amsrepomirror.offline import extract
-from amsrepomirror.offline import placement
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
+from amsrepomirror.offline import extract, placement
 from amsrepomirror.util.hashing import sha256_file
-
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ import requests
 
 from amsrepomirror import __version__
 from amsrepomirror.errors import AuthError, DiskSpaceError, IntegrityError, MirrorError, UsageError
-from amsrepomirror.online.http import LowSpeed, RemoteInfo, StopSignal, Stopped, fetch_text, fetch_to_part, probe
-from amsrepomirror.util.time import utc_now
-from amsrepomirror.util.fsutil import local_writes, require_free_space
-from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.online.http import LowSpeed, RemoteInfo, Stopped, StopSignal, fetch_text, fetch_to_part, probe
 from amsrepomirror.online.listing import ListedFile, parse_listing, redact, select_platforms
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress
 from amsrepomirror.online.workspace import FileRecord, Workspace
+from amsrepomirror.util.fsutil import local_writes, require_free_space
+from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.util.time import utc_now
 
 SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
 

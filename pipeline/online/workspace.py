@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
-from amsrepomirror.util.fsutil import atomic_write_json
 from amsrepomirror.online.listing import STATE_DIR
+from amsrepomirror.util.fsutil import atomic_write_json
 
 
 @dataclass(frozen=True)

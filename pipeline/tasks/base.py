@@ -13,6 +13,7 @@ from amsrepomirror.online.listing import compile_platform_rules
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.time import utc_stamp
 
+
 def new_run_id() -> str:
     return f"{utc_stamp()}-{os.getpid()}"
 
