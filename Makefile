@@ -3,8 +3,13 @@ PYTHON  ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 VERSION ?= AMS2026.1
+# Several versions in one mirror: VERSION="AMS2025.1 AMS2026.1" MIRROR=DIR (MIRROR must then be given).
+MIRROR_GIVEN := $(filter-out undefined default,$(origin MIRROR))
 MIRROR  ?= mirror/$(VERSION)
-BUNDLE  ?= bundle/$(VERSION)
+BUNDLE  ?= bundle/$(subst $(eval) ,+,$(strip $(VERSION)))
+VERSION_ARGS = $(foreach v,$(VERSION),--version $(v))
+NEED_MIRROR = @test -z "$(word 2,$(VERSION))" -o -n "$(MIRROR_GIVEN)" || \
+	{ echo "error: with several versions (VERSION=\"$(VERSION)\") give the shared mirror folder: MIRROR=DIR"; exit 2; }
 # Unset: the settings decide (amsrepomirror config shows them).
 CHUNK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
@@ -17,6 +22,7 @@ help:
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
 	@echo "make mirror VERSION=AMS2026.1 MIRROR=DIR"
 	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE]"
+	@echo "make bundle VERSION=\"AMS2025.1 AMS2026.1\" MIRROR=DIR   several versions in one mirror and bundle"
 	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB]"
 	@echo "make verify BUNDLE=DIR"
 	@echo "make unpack BUNDLE=DIR AMSHOME=DIR"
@@ -45,13 +51,16 @@ demo: venv
 	$(BIN)/amsrepomirror demo
 
 mirror: venv
-	$(BIN)/amsrepomirror mirror --version $(VERSION) --mirror $(MIRROR) $(ARGS)
+	$(NEED_MIRROR)
+	$(BIN)/amsrepomirror mirror $(VERSION_ARGS) --mirror $(MIRROR) $(ARGS)
 
 bundle: venv
-	$(BIN)/amsrepomirror bundle --version $(VERSION) --mirror $(MIRROR) --out $(BUNDLE) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(ARGS)
+	$(NEED_MIRROR)
+	$(BIN)/amsrepomirror bundle $(VERSION_ARGS) --mirror $(MIRROR) --out $(BUNDLE) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(ARGS)
 
 plan: venv
-	$(BIN)/amsrepomirror plan --version $(VERSION) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(ARGS)
+	$(NEED_MIRROR)
+	$(BIN)/amsrepomirror plan $(VERSION_ARGS) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(ARGS)
 
 verify: venv
 	$(BIN)/amsrepomirror verify $(BUNDLE)

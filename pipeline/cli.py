@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import luigi
 
@@ -19,11 +19,11 @@ from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManif
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan
 from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
-from amsrepomirror.offline.placement import usage_hint
+from amsrepomirror.offline.install import usage_hints
 from amsrepomirror.online import sync
 from amsrepomirror.online.credentials import resolve_credentials
 from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
-from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import BundleArchive, FetchListing, Unpack, VerifyTree, new_run_id, platform_rules
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock
@@ -137,9 +137,12 @@ def worst(failures: List[Dict]) -> Optional[Dict]:
 # ---- mirror -----------------------------------------------------------------------------------
 
 def add_mirror_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--version", required=True, help="AMS version whose listing to mirror, e.g. AMS2026.1")
+    p.add_argument("--version", action="append", required=True,
+                   help="AMS version whose listing to mirror, e.g. AMS2026.1; repeat it to hold several versions in one mirror")
     p.add_argument("--mirror", required=True, type=Path, help="mirror folder; becomes $AMSHOME/repository")
-    p.add_argument("--listing-url", default="", help="default: https://downloads.scm.com/Downloads/packages/listings/<VERSION>.txt")
+    p.add_argument("--listing-url", action="append", default=[],
+                   help="default: https://downloads.scm.com/Downloads/packages/listings/<VERSION>.txt; "
+                        "repeat it once per --version, in the same order")
     p.add_argument("--platform", action="append", default=[], help="keep only this platform (repeatable); rules in [platforms]")
     p.add_argument("--strict-authentication", action="store_true", help="a 401 on any file is fatal (exit 3)")
     p.add_argument("--no-ssl", action="store_true", help="do not verify TLS certificates (warns every run)")
@@ -157,36 +160,52 @@ def setting(given, section: str, key: str) -> str:
     return luigi.configuration.get_config().get(section, key)
 
 
-def _mirror_params(args) -> Dict:
-    url = listing_url_for(args.version, args.listing_url)
-    repository_root(url)
+def versions_and_urls(args) -> List[Tuple[str, str]]:
+    """(version, listing URL or "") for each --version, in order; the URLs checked up front."""
+    versions, urls = args.version, args.listing_url
+    if urls and len(urls) != len(versions):
+        raise UsageError(f"give --listing-url once per --version, in the same order "
+                         f"({len(versions)} version(s), {len(urls)} listing URL(s))")
+    repeated = sorted({v for v in versions if versions.count(v) > 1})
+    if repeated:
+        raise UsageError(f"--version {repeated[0]} is given more than once")
+    pairs = list(zip(versions, urls or [""] * len(versions)))
+    for version, url in pairs:
+        repository_root(listing_url_for(version, url))
+    return pairs
+
+
+def _mirror_params(args) -> List[Dict]:
+    """The task parameters of each version's mirror run (one run id each, so their state stays apart)."""
+    pairs = versions_and_urls(args)
     jobs = setting(args.jobs, "FetchListing", "jobs")
     if not jobs.isdigit() or int(jobs) < 1:
         raise UsageError(f"--jobs must be a whole number of at least 1 (got {jobs})")
     select_platforms([], args.platform, platform_rules())  # refuse unknown platform names up front
-    return dict(version=args.version, mirror=str(args.mirror.absolute()), listing_url=args.listing_url,
-                platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
-                no_ssl=args.no_ssl, jobs=int(jobs), run_id=new_run_id())
+    run_id = new_run_id()
+    return [dict(version=version, mirror=str(args.mirror.absolute()), listing_url=url,
+                 platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
+                 no_ssl=args.no_ssl, jobs=int(jobs), run_id=run_id if len(pairs) == 1 else f"{run_id}-{version}")
+            for version, url in pairs]
 
 
 def run_mirror(args) -> int:
-    """Mirror the listing into --mirror; print the summary; return the exit code."""
+    """Mirror the listing(s) into --mirror; print the summary; return the exit code."""
 
-    params = _mirror_params(args)
+    runs = _mirror_params(args)
     if args.no_ssl:
         say("WARNING: --no-ssl: TLS certificates are NOT verified; anyone on the network path can alter what is mirrored")
-    url = listing_url_for(args.version, args.listing_url)
-    credentials = resolve_credentials(url, interactive=True)
-    if credentials is None:
+    found = [resolve_credentials(listing_url_for(r["version"], r["listing_url"]), interactive=True) for r in runs]
+    if None in found:
         say("note: no SCM account found (SCM_USER/SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
     ws = Workspace(args.mirror)
     ws.state.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
-        return _locked_mirror(args, params, ws)
+        return _locked_mirror(args, runs, ws)
 
 
-def _locked_mirror(args, params: Dict, ws) -> int:
-
+def _mirror_one_version(args, params: Dict, ws) -> Tuple[Optional[Dict], Dict, List[Dict]]:
+    """Run one version's graph: its snapshot (None without a listing), its summary and its failures."""
     started = time.monotonic()
     deep = {} if args.deep is None else {"deep": True}
     failures = run_graph([VerifyTree(**deep, **params)], log_file=ws.run_dir(params["run_id"]) / "luigi.log",
@@ -194,29 +213,44 @@ def _locked_mirror(args, params: Dict, ws) -> int:
     snapshot_task = FetchListing(**params)
     snapshot = sync.load_snapshot(snapshot_task.output().path) if snapshot_task.complete() else None
     summary = sync.summarize(ws, params["run_id"], snapshot, time.monotonic() - started)
-    if snapshot is not None and args.delete_unlisted and not failures:
-        keep = [f["path"] for f in snapshot["files"]] + snapshot["unauthorized"] + [f["path"] for f in snapshot["failed"]]
+    summary["version"] = params["version"]
+    summary["manifest"] = "" if failures else str(ws.manifest_path(params["version"]))
+    return snapshot, summary, failures
+
+
+def _locked_mirror(args, runs: List[Dict], ws) -> int:
+    """Each version in turn, then (when all succeeded) one prune that keeps what any version held lists."""
+    results = [_mirror_one_version(args, params, ws) for params in runs]
+    snapshots = [snapshot for snapshot, _, _ in results]
+    failures = [f for _, _, version_failures in results for f in version_failures]
+    pruned: Dict[str, List[str]] = {}
+    if args.delete_unlisted and not failures and None not in snapshots:
         try:
-            removed = sync.prune_unlisted(ws, keep, dry_run=args.dry_run, force=args.force)
-            summary["unlisted_" + ("would_delete" if args.dry_run else "deleted")] = removed
+            keep = sync.paths_of_held_versions(ws).union(*(sync.selected_paths(s) for s in snapshots))
+            pruned["unlisted_" + ("would_delete" if args.dry_run else "deleted")] = sync.prune_unlisted(
+                ws, keep, dry_run=args.dry_run, force=args.force)
         except MirrorError as exc:
             failures.append({"code": exc.exit_code, "message": str(exc)})
     failure = worst(failures)
-    summary["exit_code"] = failure["code"] if failure else (errors.RUNTIME_FAILURE if summary["failed"] else 0)
-    summary["error"] = failure["message"] if failure else ""
-    summary["manifest"] = str(ws.manifest_path(args.version)) if not failure else ""
-    if snapshot is not None:  # without a listing there is nothing to summarize: the error line says why
-        _print_mirror_summary(summary, args)
+    summaries = [summary for _, summary, _ in results]
+    exit_code = failure["code"] if failure else (errors.RUNTIME_FAILURE if any(s["failed"] for s in summaries) else 0)
+    for snapshot, summary, _ in results:
+        if snapshot is not None:  # without a listing there is nothing to summarize: the error line says why
+            _print_mirror_summary(summary, args, several=len(results) > 1)
+    _print_pruned(pruned)
+    report = dict(summaries[0]) if len(summaries) == 1 else {"mirror": str(ws.mirror), "versions": summaries}
+    report.update(pruned, exit_code=exit_code, error=failure["message"] if failure else "")
     if args.report:
-        atomic_write_json(args.report, summary)
-    ws.prune_runs()
+        atomic_write_json(args.report, report)
+    ws.prune_runs(keep=5 * len(runs))
     if failure:
         say(f"error: {failure['message']}")
-    return summary["exit_code"]
+    return exit_code
 
 
-def _print_mirror_summary(s: Dict, args) -> None:
-    say(f"mirror {args.mirror}: {s['fetched']} fetched, {s['up_to_date']} up to date, "
+def _print_mirror_summary(s: Dict, args, several: bool) -> None:
+    which = f" ({s['version']})" if several else ""
+    say(f"mirror {args.mirror}{which}: {s['fetched']} fetched, {s['up_to_date']} up to date, "
         f"{len(s['skipped_unauthorized'])} skipped (not licensed), {len(s['failed'])} failed; "
         f"{format_size(s['bytes_transferred'])} transferred in {s['seconds']:.1f} s "
         f"({format_size(s['rate_bytes_per_second'])}/s)")
@@ -226,11 +260,14 @@ def _print_mirror_summary(s: Dict, args) -> None:
         say(f"  ... and {len(s['skipped_unauthorized']) - 10} more skipped")
     for path in s["failed"][:10]:
         say(f"  failed: {path}")
+
+
+def _print_pruned(pruned: Dict[str, List[str]]) -> None:
     for key, verb in (("unlisted_would_delete", "would delete"), ("unlisted_deleted", "deleted")):
-        for path in s.get(key, [])[:20]:
+        for path in pruned.get(key, [])[:20]:
             say(f"  {verb} (no longer listed): {path}")
-        if key in s:
-            say(f"  {len(s[key])} unlisted file(s) {verb.split()[-1]}")
+        if key in pruned:
+            say(f"  {len(pruned[key])} unlisted file(s) {verb.split()[-1]}")
 
 
 # ---- bundle, plan, verify, unpack -------------------------------------------------------------------
@@ -282,20 +319,22 @@ def run_bundle(args) -> int:
     """Mirror (unless --offline), then write the bundle folder."""
 
     _check_bundle_folder(args.mirror, args.out)
+    versions = [version for version, _ in versions_and_urls(args)]
     chunk_size, compression = _bundle_settings(args)
     if args.dry_run:
-        return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size)
+        return _print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
     if not args.offline:
         code = run_mirror(args)
         if code:
             say("bundle: not written, because the mirror is not complete")
             return code
     ws = Workspace(args.mirror)
-    if not ws.manifest_path(args.version).exists():
-        raise UsageError(f"--offline: {args.mirror} has no verified {args.version} mirror yet; run mirror first")
+    for version in versions:
+        if not ws.manifest_path(version).exists():
+            raise UsageError(f"--offline: {args.mirror} has no verified {version} mirror yet; run mirror first")
     # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
-    task = BundleArchive(version=args.version, mirror=str(ws.mirror), offline=True, out=str(args.out.absolute()),
-                         chunk_size=chunk_size, compression=compression)
+    task = BundleArchive(version=versions[0], versions=versions if len(versions) > 1 else [], mirror=str(ws.mirror),
+                         offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression)
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
                                   verbose=args.verbose))
@@ -306,19 +345,23 @@ def run_bundle(args) -> int:
     return 0
 
 
-def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
+def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
 
     ws = Workspace(mirror)
-    if version is None:
+    if not versions:
         found = sorted(ws.state.glob("*.manifest.json"))
         if len(found) != 1:
             raise UsageError(f"{mirror}: give --version ({len(found)} verified versions found)")
-        path = found[0]
+        paths = found
     else:
-        path = ws.manifest_path(version)
-    if not path.exists():
-        raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
-    manifest = Manifest.read(path)
+        for version in versions:
+            listing_url_for(version)  # refuses a malformed version before it names a file
+        paths = [ws.manifest_path(version) for version in versions]
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
+    manifests = [Manifest.read(path) for path in paths]
+    manifest = manifests[0] if len(manifests) == 1 else union_manifest(manifests)
     plan = chunk_plan(manifest.files, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
     print(describe_plan(plan, manifest.files, stick), end="")
@@ -358,7 +401,7 @@ def run_unpack(args) -> int:
         if failure:
             say(f"error: {failure['message']}")
             return failure["code"]
-    print(usage_hint(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).version))
+    print(usage_hints(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).all_versions))
     return 0
 
 
@@ -437,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
     p.add_argument("--mirror", required=True, type=Path)
-    p.add_argument("--version", help="AMS version (needed when the mirror holds several)")
+    p.add_argument("--version", action="append", default=[],
+                   help="AMS version (needed when the mirror holds several; repeat it to plan a bundle of several)")
     p.add_argument("--chunk-size", help="default: [BundleArchive] chunk_size")
     p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
     p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")

@@ -144,6 +144,7 @@ def finish(out: str, plan: BundlePlan) -> None:
                                      compression=plan.compression, chunk_size=plan.chunk_size,
                                      tool_version=__version__, created=utc_now(),
                                      mirror_manifest_sha256=plan.manifest_sha256)
+    manifest.versions = plan.manifest.all_versions
     folder = Path(out)
     keep = {c.name for c in plan.chunks}
     ours = re.compile(re.escape(plan.manifest.version) + r"-\d{4,}" + re.escape(CHUNK_SUFFIX))

@@ -97,6 +97,11 @@ class BundleManifest:
     mirror_manifest_sha256: str = ""
     base: Optional[str] = None  # room for delta bundles: sha256 of the manifest this one applies to
     extra: Dict[str, object] = field(default_factory=dict)
+    versions: List[str] = field(default_factory=list)  # every AMS version whose tree this is, ``version`` first
+
+    @property
+    def all_versions(self) -> List[str]:
+        return list(self.versions) or [self.version]
 
     @property
     def total_bytes(self) -> int:
@@ -112,6 +117,7 @@ class BundleManifest:
             "chunk_size": self.chunk_size,
             "mirror_manifest_sha256": self.mirror_manifest_sha256,
             "base": self.base,
+            "versions": self.all_versions,
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
             "chunks": [asdict(c) for c in sorted(self.chunks, key=lambda c: c.name)],
         }
@@ -208,9 +214,23 @@ def _base(value) -> Optional[str]:
     return None if value is None else _is_sha256(value)
 
 
+def _versions_of(version: str) -> Check:
+    """Check of ``versions``: distinct AMS versions, ``version`` (the field read by older tools) first."""
+    def check(value) -> Optional[str]:
+        if not isinstance(value, list) or not value:
+            return "not a list of AMS versions"
+        if any(_is_version(v) for v in value):
+            return "expected AMS versions, e.g. AMS2026.1"
+        if value[0] != version or len(set(value)) != len(value):
+            return f"expected distinct versions, {version} (the field version) first"
+        return None
+    return check
+
+
 def _manifest_from(body: dict) -> BundleManifest:
     """The manifest in ``body`` (parsed JSON), every field checked; IntegrityError names the first bad one."""
     version = _field(body, "version", "version", _is_version)
+    versions = _field(body, "versions", "versions", _versions_of(version), [version])
     is_chunk = _matching(chunk_name_pattern(version), f"a chunk name like {chunk_name(version, 1, 1)}")
     files = []
     for i, raw in enumerate(_field(body, "files", "files", _list_of)):
@@ -251,4 +271,5 @@ def _manifest_from(body: dict) -> BundleManifest:
         created=_field(body, "created", "created", _is_created, ""),
         mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
         base=_field(body, "base", "base", _base, None),
+        versions=list(versions),
     )

@@ -10,7 +10,7 @@ def readme_text(manifest: BundleManifest) -> str:
     """The text of README.txt for ``manifest``."""
     split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
     lines = [
-        f"AMS package repository bundle {manifest.version}",
+        f"AMS package repository bundle {' + '.join(manifest.all_versions)}",
         "",
         f"{len(manifest.files)} files, {format_size(manifest.total_bytes)} ({manifest.total_bytes} bytes), "
         f"in {len(manifest.chunks)} chunks (standalone 7z archives, compression {manifest.compression}).",

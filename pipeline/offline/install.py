@@ -69,6 +69,11 @@ def _refuse_changed(bundle_dir: Path, home: Path, changes: List[str]) -> Integri
         f"--amshome {shlex.quote(str(home))} --reinstall")
 
 
+def usage_hints(home: Path, versions: Sequence[str]) -> str:
+    """What the package manager of each version needs: several AMS installations share one repository."""
+    return "\n".join(placement.usage_hint(home, version) for version in versions)
+
+
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False) -> str:
     """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know.
@@ -88,11 +93,11 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             raise _refuse_changed(bundle_dir.absolute(), home, changes)
         if changes == []:
             log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
-            return placement.usage_hint(home, BundleManifest.read(bundle_dir / MANIFEST_NAME).version)
+            return usage_hints(home, BundleManifest.read(bundle_dir / MANIFEST_NAME).all_versions)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         report = require_intact(verify_bundle(bundle_dir, test_archives=False))
         manifest = report.manifest
-        log.info(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
+        log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
         placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
         expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
         with placement.new_staging(home) as staging:
@@ -108,12 +113,12 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             # AMSHOME lock. Hashing 2 GB again here would add time, not safety. What is left to check
             # is the shape: every file present with its size, nothing else, no links or special files.
             extract.verify_tree(staging, manifest.files, check_hashes=False)
-            index = f"{manifest.version}.yml"
-            if not (staging / index).is_file():
-                raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
+            for index in (f"{version}.yml" for version in manifest.all_versions):
+                if not (staging / index).is_file():
+                    raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
             receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()))
             log.info("unpack: writing the new tree to disk (sync)")
             extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
             how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
-        log.info(f"unpack: {home / placement.REPOSITORY} now holds {manifest.version} ({how})")
-        return placement.usage_hint(home, manifest.version)
+        log.info(f"unpack: {home / placement.REPOSITORY} now holds {' and '.join(manifest.all_versions)} ({how})")
+        return usage_hints(home, manifest.all_versions)

@@ -216,18 +216,20 @@ def installed_version(amshome, candidates: Sequence[str], pattern: str = DEFAULT
     return None
 
 
-def check_version(bundle_version: str, amshome, candidates: Sequence[str],
+def check_version(bundle_versions, amshome, candidates: Sequence[str],
                   pattern: str = DEFAULT_VERSION_PATTERN) -> str:
-    """Compare the bundle's AMS version with the installed one; UsageError on a mismatch.
+    """Compare the bundle's AMS version (or the list of versions it holds) with the installed one;
+    UsageError when the bundle does not hold the installed version.
 
     Returns a one-line message for the log (matched, or could not be read and not checked).
     """
+    held = [bundle_versions] if isinstance(bundle_versions, str) else list(bundle_versions)
     found = installed_version(amshome, candidates, pattern)
     if found is None:
         looked = ", ".join(candidates) if candidates else "no candidate files configured"
         return f"could not read the installed AMS version from AMSHOME (looked at {looked}); not checked"
-    if found.upper() != str(bundle_version).upper():
-        raise UsageError(f"bundle is for {bundle_version} but AMSHOME {amshome} has {found} installed; "
+    if found.upper() not in {v.upper() for v in held}:
+        raise UsageError(f"bundle is for {' and '.join(held)} but AMSHOME {amshome} has {found} installed; "
                          f"use a bundle built for {found}")
     return f"installed AMS version {found} matches"
 

@@ -9,7 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
@@ -35,6 +35,11 @@ class Manifest:
     created: str = ""
     tool_version: str = ""
     skipped_unauthorized: List[str] = field(default_factory=list)
+    versions: List[str] = field(default_factory=list)  # several versions in one tree: all of them, ``version`` first
+
+    @property
+    def all_versions(self) -> List[str]:
+        return list(self.versions) or [self.version]
 
     def by_path(self) -> Dict[str, FileEntry]:
         return {f.path: f for f in self.files}
@@ -53,6 +58,8 @@ class Manifest:
             "skipped_unauthorized": sorted(self.skipped_unauthorized),
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
         }
+        if len(self.all_versions) > 1:  # a one-version manifest stays byte for byte what it was
+            body["versions"] = self.all_versions
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
     def sha256(self) -> str:
@@ -77,4 +84,27 @@ class Manifest:
             created=body.get("created", ""),
             tool_version=body.get("tool_version", ""),
             skipped_unauthorized=list(body.get("skipped_unauthorized", [])),
+            versions=list(body.get("versions", [])),
         )
+
+
+def union_manifest(manifests: Sequence[Manifest]) -> Manifest:
+    """One manifest over the trees of several versions, each path once, ``version`` the first one's.
+
+    Versions that list the same path share one mirror file, so their manifests must agree on it; when
+    they do not, one of them was verified before the server changed the file.
+    """
+    files: Dict[str, FileEntry] = {}
+    owner: Dict[str, str] = {}
+    for manifest in manifests:
+        for entry in manifest.files:
+            other = files.setdefault(entry.path, entry)
+            owner.setdefault(entry.path, manifest.version)
+            if (other.size, other.sha256) != (entry.size, entry.sha256):
+                raise IntegrityError(f"{entry.path} differs between the verified mirrors of {owner[entry.path]} and "
+                                     f"{manifest.version}; run mirror for both versions again, then bundle")
+    skipped = {p for m in manifests for p in m.skipped_unauthorized} - set(files)
+    return Manifest(version=manifests[0].version, files=sorted(files.values(), key=lambda f: f.path),
+                    listing_url=manifests[0].listing_url, created=max(m.created for m in manifests),
+                    tool_version=manifests[0].tool_version, skipped_unauthorized=sorted(skipped),
+                    versions=[m.version for m in manifests])

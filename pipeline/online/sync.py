@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import requests
 
@@ -21,11 +21,12 @@ from amsrepomirror.online.listing import ListedFile, parse_listing, redact, sele
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress
 from amsrepomirror.online.workspace import FileRecord, Workspace
-from amsrepomirror.util.fsutil import local_writes, require_free_space
+from amsrepomirror.util.fsutil import atomic_write_json, local_writes, require_free_space
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.time import utc_now
 
 SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
+SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 
 
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
@@ -218,6 +219,50 @@ def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, run_id: str, 
         raise IntegrityError(f"{index}, the index amspackages needs, is missing: {why}")
     return Manifest(version=version, files=entries, listing_url=snapshot["listing_url"], created=utc_now(),
                     tool_version=__version__, skipped_unauthorized=list(snapshot["unauthorized"]))
+
+
+def drop_stale_parts(ws: Workspace, snapshot: Dict) -> None:
+    """Once every selected file is current, partial downloads of this version's files are stale; so are all
+    partial downloads when the mirror holds no other version (whose next run may still resume its own)."""
+    if ws.held_versions() in ([], [snapshot["version"]]):
+        ws.drop_parts()
+        return
+    for entry in snapshot["files"]:
+        ws.part_path(entry["path"]).unlink(missing_ok=True)
+
+
+def selected_paths(snapshot: Dict) -> List[str]:
+    """The paths a run keeps in the mirror: those it fetched or verified, and those refused or failed."""
+    return sorted([f["path"] for f in snapshot["files"]] + snapshot["unauthorized"] + [f["path"] for f in snapshot["failed"]])
+
+
+def record_selection(ws: Workspace, snapshot: Dict) -> None:
+    """Record what this version's listing selects, so a run for another version knows not to delete it."""
+    atomic_write_json(ws.selection_path(snapshot["version"]), {
+        "schema": SELECTION_SCHEMA, "version": snapshot["version"], "listing_url": snapshot["listing_url"],
+        "created": snapshot["created"], "paths": selected_paths(snapshot)})
+
+
+def paths_of_held_versions(ws: Workspace) -> Set[str]:
+    """Every path that some version held by the mirror lists: its last recorded selection, else (a mirror
+    made before selections were recorded) its last verified manifest. Unreadable state stops a prune."""
+    keep: Set[str] = set()
+    for version in ws.held_versions():
+        path = ws.selection_path(version)
+        if not path.exists():
+            manifest = Manifest.read(ws.manifest_path(version))
+            keep.update(f.path for f in manifest.files)
+            keep.update(manifest.skipped_unauthorized)
+            continue
+        try:
+            body = json.loads(path.read_text(encoding="utf-8"))
+            if body.get("schema") != SELECTION_SCHEMA or not all(isinstance(p, str) for p in body["paths"]):
+                raise ValueError(f"not a selection of schema {SELECTION_SCHEMA}")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"cannot tell what {version} lists ({path}: {exc}); nothing deleted: "
+                                 f"run mirror for {version} again") from None
+        keep.update(body["paths"])
+    return keep
 
 
 def unlisted_files(ws: Workspace, keep: Iterable[str]) -> List[str]:

@@ -19,6 +19,7 @@ from typing import Dict, Iterator, List, Optional
 
 from amsrepomirror.online.listing import STATE_DIR
 from amsrepomirror.util.fsutil import atomic_write_json
+from amsrepomirror.util.paths import VERSION_PATTERN
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,20 @@ class Workspace:
     def manifest_path(self, version: str) -> Path:
         """The latest verified manifest of ``version`` (what ``bundle --offline`` uses)."""
         return self.state / f"{version}.manifest.json"
+
+    def selection_path(self, version: str) -> Path:
+        """The paths the last listing of ``version`` selected: what ``--delete-unlisted`` of any version keeps."""
+        return self.state / f"{version}.selection.json"
+
+    def union_manifest_path(self, versions) -> Path:
+        """The manifest of several versions bundled together (kept apart from the per-version manifests)."""
+        return self.state / "union" / f"{'+'.join(versions)}.manifest.json"
+
+    def held_versions(self) -> List[str]:
+        """The AMS versions this mirror holds: each one with a recorded selection or a verified manifest."""
+        names = [p.name for p in self.state.glob("*.json")]
+        found = {n[:-len(suffix)] for n in names for suffix in (".selection.json", ".manifest.json") if n.endswith(suffix)}
+        return sorted(v for v in found if VERSION_PATTERN.fullmatch(v))
 
     def read_record(self, rel: str) -> Optional[FileRecord]:
         path = self.record_path(rel)

@@ -8,7 +8,7 @@ from luigi.util import inherits
 from amsrepomirror.bundle import build
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.errors import MirrorError
-from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks.base import MirrorTask, ReportsFailure
 from amsrepomirror.tasks.mirror import VerifyTree
@@ -23,6 +23,38 @@ class VerifiedMirror(luigi.ExternalTask):
 
     def output(self):
         return luigi.LocalTarget(str(Workspace(self.mirror).manifest_path(self.version)))
+
+
+class UnionTarget(luigi.Target):
+    """Exists when the union manifest on disk is the union of the versions' current verified manifests."""
+
+    def __init__(self, path: str, sources):
+        self.path, self.sources = path, list(sources)
+
+    def union(self) -> Manifest:
+        return union_manifest([Manifest.read(Path(source)) for source in self.sources])
+
+    def exists(self):
+        try:
+            return Path(self.path).read_bytes() == self.union().to_json()
+        except (OSError, MirrorError):
+            return False
+
+
+class VersionsUnion(ReportsFailure, luigi.Task):
+    """Several versions' verified mirrors as one tree: what a bundle of them carries, each path once."""
+
+    versions = luigi.ListParameter()
+    mirror = luigi.Parameter()
+
+    def requires(self):
+        return [VerifiedMirror(version=v, mirror=self.mirror) for v in self.versions]
+
+    def output(self):
+        return UnionTarget(str(Workspace(self.mirror).union_manifest_path(self.versions)), [t.path for t in self.input()])
+
+    def run(self):
+        self.output().union().write(Path(self.output().path))
 
 
 class BundleTarget(luigi.Target):
@@ -51,8 +83,12 @@ class BundleArchive(MirrorTask):
     chunk_size = luigi.Parameter(description="largest chunk file (fits FAT32 below 4 GiB)")
     compression = luigi.ChoiceParameter(choices=COMPRESSIONS, description="copy: packages are already compressed")
     offline = luigi.BoolParameter(default=False, description="bundle the last verified mirror without the network")
+    versions = luigi.ListParameter(default=[], description="several versions in one bundle, version first "
+                                   "(bundles their last verified mirrors: mirror each first)")
 
     def requires(self):
+        if len(self.versions) > 1:
+            return VersionsUnion(versions=self.versions, mirror=self.mirror)
         if self.offline:
             return VerifiedMirror(version=self.version, mirror=self.mirror)
         return self.clone(VerifyTree)

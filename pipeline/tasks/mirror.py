@@ -46,6 +46,7 @@ class FetchListing(MirrorTask):
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
                                       timeout=http().timeout)
+        sync.record_selection(self.workspace, snapshot)
         with self.output().open("w") as f:
             json.dump(snapshot, f, indent=1)
 
@@ -124,7 +125,7 @@ class VerifyTree(MirrorTask):
             first = snapshot["failed"][0]
             raise FetchError(f"{len(snapshot['failed'])} listed file(s) could not be fetched; first: {first['message']}")
         manifest = sync.build_manifest(self.workspace, snapshot, self.version, run_id=self.run_id, deep=self.deep)
-        self.workspace.drop_parts()  # every selected file is current: any partial download left is stale
+        sync.drop_stale_parts(self.workspace, snapshot)
         manifest.write(self.workspace.manifest_path(self.version))
         with self.output().open("w") as f:
             f.write(manifest.to_json().decode())

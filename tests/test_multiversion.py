@@ -1,0 +1,187 @@
+"""Several AMS versions in one mirror: the real command against the SCM double serving two listings from one tree.
+
+AMS2026.1 is the double's default repository; AMS2025.1 lists its own index and two packages of its own
+plus every other file of AMS2026.1 (about half of it), as SCM's server shares files between versions.
+"""
+
+import json
+import subprocess
+from collections import Counter
+
+import pytest
+from clihelp import REPO, run_cli, served_tree, tree_hashes
+
+from amsrepomirror.bundle.format import BundleManifest
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.testing.scmdouble import PLACEHOLDER_ORIGIN, ScmDouble, make_repository, remove_file, write_file, write_listing
+
+NEW, OLD = "AMS2026.1", "AMS2025.1"
+OLD_ONLY = ["AMS2025.1.yml", "linux/x86_64/adf-2025.101.tar.zst", "common/docs/manual-2025.101.tar.zst"]
+
+
+@pytest.fixture
+def two_versions(tmp_path):
+    """(server root, {version: listed paths}): two listings in one tree that share half of AMS2026.1's files."""
+    root = tmp_path / "scm"
+    new = make_repository(root, NEW)
+    for i, rel in enumerate(OLD_ONLY):
+        write_file(root, rel, 50_000 + i, seed="old")
+    shared = [p for p in new if p != f"{NEW}.yml"][::2]
+    old = write_listing(root, OLD, PLACEHOLDER_ORIGIN, OLD_ONLY + shared)
+    return root, {NEW: new, OLD: old}
+
+
+@pytest.fixture
+def double(two_versions):
+    with ScmDouble(two_versions[0]) as server:
+        yield server
+
+
+def served(root, paths):
+    """The part of the served tree that ``paths`` lists (what the demo account may read)."""
+    tree = served_tree(root, NEW)
+    return {p: tree[p] for p in paths if p in tree}
+
+
+def version_args(double, *versions):
+    return [arg for v in versions for arg in ("--version", v, "--listing-url", double.listing_url(v))]
+
+
+def file_gets(double):
+    """Relative paths of every GET the double answered with a file (listings left out), one per request."""
+    return [r.relpath for r in double.records("GET") if r.status in (200, 206) and not (r.relpath or "").startswith("listings/")]
+
+
+def manifest_files(mirror, version):
+    body = json.loads((mirror / ".amsrepomirror" / f"{version}.manifest.json").read_text())
+    return {f["path"]: f["sha256"] for f in body["files"]}
+
+
+def test_two_versions_share_one_mirror_and_each_shared_file_is_fetched_once(double, two_versions, tmp_path):
+    root, listed = two_versions
+    mirror, report = tmp_path / "mirror", tmp_path / "report.json"
+    result = run_cli("mirror", "--mirror", mirror, *version_args(double, NEW, OLD), "--report", report)
+    assert result.returncode == 0, result.stderr
+    union = served(root, listed[NEW] + listed[OLD])
+    assert tree_hashes(mirror) == union
+    assert (mirror / f"{NEW}.yml").is_file() and (mirror / f"{OLD}.yml").is_file()
+    gets = Counter(file_gets(double))
+    shared = set(listed[NEW]) & set(listed[OLD]) & set(union)
+    assert len(shared) >= 10 and all(gets[p] == 1 for p in shared), {p: gets[p] for p in shared}
+    assert sorted(gets) == sorted(union) and set(gets.values()) == {1}
+    # The state holds both versions, each with its own verified manifest.
+    assert Workspace(mirror).held_versions() == [OLD, NEW]
+    for version in (NEW, OLD):
+        assert manifest_files(mirror, version) == served(root, listed[version])
+    summary = json.loads(report.read_text())
+    assert [s["version"] for s in summary["versions"]] == [NEW, OLD] and summary["exit_code"] == 0
+    assert f"({NEW})" in result.stderr and f"({OLD})" in result.stderr
+
+    double.clear_log()
+    again = run_cli("mirror", "--mirror", mirror, *version_args(double, OLD, NEW))
+    assert again.returncode == 0, again.stderr
+    assert file_gets(double) == []
+
+
+def test_a_run_for_one_version_never_deletes_files_another_version_lists(double, two_versions, tmp_path):
+    root, listed = two_versions
+    mirror = tmp_path / "mirror"
+    for version in (NEW, OLD):  # two separate runs: the mirror's state must remember both
+        assert run_cli("mirror", "--mirror", mirror, *version_args(double, version)).returncode == 0
+    old_manifest = (mirror / ".amsrepomirror" / f"{OLD}.manifest.json").read_bytes()
+
+    pruned = run_cli("mirror", "--mirror", mirror, *version_args(double, NEW), "--delete-unlisted")
+    assert pruned.returncode == 0, pruned.stderr
+    assert tree_hashes(mirror) == served(root, listed[NEW] + listed[OLD])
+    assert "0 unlisted file(s) deleted" in pruned.stderr
+    assert (mirror / ".amsrepomirror" / f"{OLD}.manifest.json").read_bytes() == old_manifest
+    offline = run_cli("bundle", "--mirror", mirror, "--version", OLD, "--offline", "--out", tmp_path / "old-bundle",
+                      "--chunk-size", "1MiB")
+    assert offline.returncode == 0, offline.stderr  # the other version's files are still what it verified
+
+    # AMS2026.1 drops a file of its own and one it shares with AMS2025.1: only the first goes.
+    in_mirror = set(tree_hashes(mirror))
+    shared = sorted(set(listed[NEW]) & set(listed[OLD]) & in_mirror)[0]
+    own = sorted((set(listed[NEW]) - set(listed[OLD]) - {f"{NEW}.yml"}) & in_mirror)[0]
+    remove_file(root, own)
+    write_listing(root, NEW, double.base_url, [p for p in listed[NEW] if p not in (own, shared)])
+    pruned = run_cli("mirror", "--mirror", mirror, *version_args(double, NEW), "--delete-unlisted")
+    assert pruned.returncode == 0, pruned.stderr
+    assert not (mirror / own).exists() and (mirror / shared).is_file()
+    assert "1 unlisted file(s) deleted" in pruned.stderr
+    assert tree_hashes(mirror) == served(root, listed[OLD] + [p for p in listed[NEW] if p != own])
+
+
+def test_bundle_of_two_versions_carries_each_file_once_and_unpacks_both_indexes(double, two_versions, tmp_path):
+    root, listed = two_versions
+    mirror, bundle, amshome = tmp_path / "mirror", tmp_path / "bundle", tmp_path / "amshome"
+    made = run_cli("bundle", "--mirror", mirror, *version_args(double, NEW, OLD), "--out", bundle, "--chunk-size", "1MiB")
+    assert made.returncode == 0, made.stderr
+    union = served(root, listed[NEW] + listed[OLD])
+    manifest = BundleManifest.read(bundle / "manifest.json")
+    assert (manifest.version, manifest.versions) == (NEW, [NEW, OLD])
+    assert sorted(f.path for f in manifest.files) == sorted(union)  # each path once
+    carried = sum(c.size for c in manifest.chunks)
+    assert carried <= 1.02 * manifest.total_bytes + 4096 * len(manifest.chunks)
+    assert f"{NEW} + {OLD}" in (bundle / "README.txt").read_text()
+    assert run_cli("verify", bundle).returncode == 0
+    plan = run_cli("plan", "--mirror", mirror, "--version", NEW, "--version", OLD, "--chunk-size", "1MiB")
+    assert plan.returncode == 0 and f"{len(union)} files" in plan.stdout, plan.stdout + plan.stderr
+
+    amshome.mkdir()
+    (amshome / "VERSION.txt").write_text(f"{OLD}\n")  # the bundle holds the installed version (its second)
+    unpacked = run_cli("unpack", bundle, "--amshome", amshome)
+    assert unpacked.returncode == 0, unpacked.stderr
+    repository = amshome / "repository"
+    assert tree_hashes(repository) == union
+    assert (repository / f"{NEW}.yml").is_file() and (repository / f"{OLD}.yml").is_file()
+    for version in (NEW, OLD):
+        assert f"SCM_AMSPKGS_REPO={repository / f'{version}.yml'}" in unpacked.stdout
+
+    other = tmp_path / "other-home"
+    other.mkdir()
+    (other / "VERSION.txt").write_text("AMS2024.1\n")
+    refused = run_cli("unpack", bundle, "--amshome", other)
+    assert refused.returncode == 2
+    assert f"bundle is for {NEW} and {OLD} but AMSHOME {other} has AMS2024.1 installed" in refused.stderr
+    assert not (other / "repository").exists()
+
+
+def test_listing_urls_must_pair_with_versions(double, tmp_path):
+    result = run_cli("mirror", "--mirror", tmp_path / "m", "--version", NEW, "--version", OLD,
+                     "--listing-url", double.listing_url(NEW))
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == ("error: give --listing-url once per --version, in the same order "
+                                             "(2 version(s), 1 listing URL(s))")
+    twice = run_cli("mirror", "--mirror", tmp_path / "m", *version_args(double, NEW, NEW))
+    assert twice.returncode == 2 and twice.stderr.splitlines()[0] == f"error: --version {NEW} is given more than once"
+    assert double.log == [] and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("versions, why", [
+    (["AMS2025.1", "AMS2026.1"], "AMS2026.1 (the field version) first"),
+    (["AMS2026.1", "AMS2026.1"], "expected distinct versions"),
+    (["AMS2026.1", "../AMS2025.1"], "expected AMS versions"),
+    ([], "not a list of AMS versions"),
+])
+def test_bundle_manifest_versions_are_checked(tmp_path, versions, why):
+    path = tmp_path / "manifest.json"
+    body = json.loads(BundleManifest(version=NEW, files=[], chunks=[]).to_json())
+    assert body["versions"] == [NEW]
+    body["versions"] = versions
+    path.write_text(json.dumps(body))
+    with pytest.raises(IntegrityError, match="field versions"):
+        BundleManifest.read(path)
+    with pytest.raises(IntegrityError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        BundleManifest.read(path)
+
+
+def test_make_refuses_several_versions_without_a_mirror_folder():
+    several = subprocess.run(["make", "-s", "bundle", "VERSION=AMS2025.1 AMS2026.1", "-o", "venv"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    assert several.returncode != 0
+    assert "give the shared mirror folder: MIRROR=DIR" in several.stdout
+    dry = subprocess.run(["make", "-n", "bundle", "VERSION=AMS2025.1 AMS2026.1", "MIRROR=/srv/ams", "-o", "venv"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "--version AMS2025.1 --version AMS2026.1 --mirror /srv/ams --out bundle/AMS2025.1+AMS2026.1" in dry.stdout
