@@ -16,7 +16,7 @@ import luigi
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
-from amsrepomirror.bundle.plan import chunk_plan, describe_plan
+from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since
 from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline.install import usage_hints
@@ -345,8 +345,16 @@ def run_bundle(args) -> int:
     return 0
 
 
-def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
+def _base_manifest(base: Path) -> BundleManifest:
+    """The manifest of bundle ``base`` (its folder or its manifest.json), for ``plan --since``."""
+    path = base / MANIFEST_NAME if base.is_dir() else base
+    if not path.is_file():
+        raise UsageError(f"--since {base}: no bundle manifest there (give a bundle folder or its {MANIFEST_NAME})")
+    return BundleManifest.read(path)
 
+
+def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: Optional[str],
+                since: Optional[Path] = None) -> int:
     ws = Workspace(mirror)
     if not versions:
         found = sorted(ws.state.glob("*.manifest.json"))
@@ -360,11 +368,14 @@ def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compress
     for path in paths:
         if not path.exists():
             raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
+    base = _base_manifest(since) if since is not None else None
     manifests = [Manifest.read(path) for path in paths]
     manifest = manifests[0] if len(manifests) == 1 else union_manifest(manifests)
     plan = chunk_plan(manifest.files, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
     print(describe_plan(plan, manifest.files, stick), end="")
+    if base is not None:
+        print(describe_since(plan, base, str(since)), end="")
     if stick and any(c.max_size > stick for c in plan):
         raise UsageError(f"chunks of {chunk_size} do not fit on sticks of {stick_size}: use a smaller --chunk-size")
     return 0
@@ -372,11 +383,10 @@ def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compress
 
 def run_plan(args) -> int:
     chunk_size, compression = _bundle_settings(args)
-    return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size)
+    return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
 
 
 def run_verify(args) -> int:
-
     report = verify_bundle(args.bundle, test_archives=not args.no_test)
     if report.ok:
         manifest = report.manifest
@@ -485,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", help="default: [BundleArchive] chunk_size")
     p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
     p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
+    p.add_argument("--since", type=Path, metavar="BASE",
+                   help="a bundle folder (or its manifest.json) already on the transfer disk: list the chunks to copy")
     p.set_defaults(func=run_plan)
 
     p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")

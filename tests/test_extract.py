@@ -67,7 +67,7 @@ def build_bundle(out: Path, files: dict, chunk_size: int = 64, version: str = "A
         groups.append(cur)
     chunks, where = [], {}
     for i, group in enumerate(groups, start=1):
-        name = chunk_name(version, i, len(groups))
+        name = chunk_name(sha(f"{version} chunk {i}".encode()))  # named by content: unrelated to the order
         with py7zr.SevenZipFile(out / name, "w", filters=COPY) as sz:
             for m, data in group:
                 sz.writestr(data, m)

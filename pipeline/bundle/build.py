@@ -5,12 +5,15 @@ key = mirror manifest + settings), written after the chunk is renamed into place
 the SHA-256 state of a split file whose next part is in the next chunk, so that chunk's writer
 (another process) goes on hashing the file where this one stopped. The work folder is removed
 once SHA256SUMS is written.
+
+Chunks are named by content and written deterministically, so a bundle written into the folder of
+the previous one keeps each chunk that folder already holds with the name, size and sha256 its
+manifest.json lists (``reusable``), writes only the others, and removes the chunks no longer planned.
 """
 
 import hashlib
 import json
 import logging
-import re
 import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -18,7 +21,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from amsrepomirror import __version__
-from amsrepomirror.bundle.format import CHUNK_SUFFIX, MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest, Chunk
+from amsrepomirror.bundle.format import (
+    CHUNK_SUFFIX,
+    MANIFEST_NAME,
+    README_NAME,
+    SUMS_NAME,
+    BundleManifest,
+    Chunk,
+    chunk_name_pattern,
+)
 from amsrepomirror.bundle.plan import ChunkSpec, build_bundle_manifest, chunk_plan
 from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, write_chunk
@@ -27,6 +38,7 @@ from amsrepomirror.errors import IntegrityError
 from amsrepomirror.online.manifest import Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.fsutil import atomic_write_bytes, atomic_write_json, require_free_space
+from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.paths import is_plain_file_name
 from amsrepomirror.util.time import utc_now
 from amsrepomirror.util.units import parse_size
@@ -106,19 +118,64 @@ def continued_from(plan: BundlePlan, index: int) -> Optional[int]:
                 if any(p.path == first.path and p.offset + p.size == first.offset for p in plan.chunks[i].pieces))
 
 
+@lru_cache(maxsize=2)
+def _manifest_in(path: str, stamp: tuple) -> Optional[BundleManifest]:
+    """The bundle manifest at ``path`` (as of ``stamp``: its mtime and size), or None if unreadable."""
+    try:
+        return BundleManifest.read(Path(path))
+    except IntegrityError:
+        return None
+
+
+def reusable(out: str, plan: BundlePlan, index: int) -> Optional[ChunkResult]:
+    """Chunk ``index`` as the bundle already in ``out`` holds it, or None.
+
+    Reused only when that bundle's manifest.json lists a chunk of this name (the same content key:
+    members, their files' sha256, offsets and sizes) with the same pieces of the same files, and
+    the file in ``out`` has the size and sha256 listed there: then it is the very chunk
+    ``write_chunk`` would write, and the member hashes recorded when it was written still hold.
+    """
+    spec, entries = plan.chunks[index], plan.manifest.by_path()
+    path = Path(out) / MANIFEST_NAME
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    previous = _manifest_in(str(path), (st.st_mtime_ns, st.st_size))
+    chunk = next((c for c in previous.chunks if c.name == spec.name), None) if previous else None
+    if chunk is None or sorted(chunk.members) != spec.members:
+        return None
+    held = {p.member: (f, p) for f in previous.files for p in f.parts if p.chunk == spec.name}
+    for piece in spec.pieces:
+        f, part = held.get(piece.member, (None, None))
+        if f is None or (f.path, f.sha256, part.offset, part.size) != (
+                piece.path, entries[piece.path].sha256, piece.offset, piece.size):
+            return None
+    try:
+        if (Path(out) / spec.name).stat().st_size != chunk.size or sha256_file(Path(out) / spec.name) != chunk.sha256:
+            return None
+    except OSError:
+        return None
+    return ChunkResult(chunk=chunk, piece_sha256={m: part.sha256 for m, (_, part) in held.items()})
+
+
 def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int) -> ChunkResult:
     spec = plan.chunks[index]
     check_unchanged(mirror, plan, index)
-    previous = continued_from(plan, index)
-    resume = _read_result(out, plan, previous).sha256_state if previous is not None else None
-    try:
-        result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path(), resume=resume)
-    except ContentMismatch as exc:
-        mark_stale(mirror, out, plan, exc.path)
-        raise IntegrityError(f"{exc}; it is marked stale: run mirror again, then bundle") from None
+    result = reusable(out, plan, index)
+    if result is not None:
+        log.info(f"bundle: kept {spec.name} from the bundle already in {out} ({result.chunk.size} bytes)")
+    else:
+        previous = continued_from(plan, index)
+        resume = _read_result(out, plan, previous).sha256_state if previous is not None else None
+        try:
+            result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path(), resume=resume)
+        except ContentMismatch as exc:
+            mark_stale(mirror, out, plan, exc.path)
+            raise IntegrityError(f"{exc}; it is marked stale: run mirror again, then bundle") from None
+        log.info(f"bundle: wrote {spec.name} ({len(spec.pieces)} file(s) or parts, {result.chunk.size} bytes)")
     atomic_write_json(_marker(out, plan, index), {"chunk": asdict(result.chunk), "piece_sha256": result.piece_sha256,
                                                   "sha256_state": result.sha256_state})
-    log.info(f"bundle: wrote {spec.name} ({len(spec.pieces)} file(s) or parts, {result.chunk.size} bytes)")
     return result
 
 
@@ -147,7 +204,7 @@ def finish(out: str, plan: BundlePlan) -> None:
     manifest.versions = plan.manifest.all_versions
     folder = Path(out)
     keep = {c.name for c in plan.chunks}
-    ours = re.compile(re.escape(plan.manifest.version) + r"-\d{4,}" + re.escape(CHUNK_SUFFIX))
+    ours = chunk_name_pattern(plan.manifest.version)
     for stale in folder.glob("*" + CHUNK_SUFFIX):
         if stale.name not in keep and ours.fullmatch(stale.name):
             stale.unlink()

@@ -1,7 +1,8 @@
 """The bundle folder's names and ``manifest.json`` (contract): read, written and validated here only.
 
 ``SHA256SUMS`` is owned by ``bundle.sums``, ``README.txt`` by ``bundle.readme``. Each chunk is a standalone 7z
-archive; a file larger than a chunk is stored as parts named ``<path>.part-0001``, ... that are
+archive named by its content (``chunk_name``); the manifest's chunk list is the writing and unpacking
+order. A file larger than a chunk is stored as parts named ``<path>.part-0001``, ... that are
 concatenated in order on unpack.
 """
 
@@ -9,7 +10,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
@@ -28,14 +29,27 @@ def part_member(path: str, index: int) -> str:
     return f"{path}.part-{index:04d}"
 
 
-def chunk_name(version: str, index: int, count: int) -> str:
-    """File name of chunk ``index`` (1-based) of ``count``; zero-padded so names sort in order."""
-    return f"{version}-{index:0{max(4, len(str(count)))}d}{CHUNK_SUFFIX}"
+CHUNK_PREFIX = "chunk-"
+CHUNK_KEY_HEX = 16
+
+
+def chunk_name(key: str) -> str:
+    """File name of the chunk whose content key (a sha256 hex, see ``plan.chunk_key``) is ``key``.
+
+    Named by content, not by position: a chunk keeps its name when chunks before it are added or
+    removed, so an unchanged chunk is the same file, under the same name, in the next bundle.
+    """
+    return f"{CHUNK_PREFIX}{key[:CHUNK_KEY_HEX]}{CHUNK_SUFFIX}"
 
 
 def chunk_name_pattern(version: str) -> "re.Pattern[str]":
-    """What :func:`chunk_name` gives for ``version`` (for ``fullmatch``): ASCII only."""
-    return re.compile(re.escape(version) + r"-[0-9]{4,}" + re.escape(CHUNK_SUFFIX))
+    """The chunk names a manifest of ``version`` may use (for ``fullmatch``): ASCII only.
+
+    ``chunk-<16 hex>.7z``, or ``<version>-0001.7z`` ... of bundles written before chunks were named by
+    content (their names sort in writing order, and so does their chunk list).
+    """
+    return re.compile(re.escape(CHUNK_PREFIX) + f"[0-9a-f]{{{CHUNK_KEY_HEX}}}" + re.escape(CHUNK_SUFFIX)
+                      + "|" + re.escape(version) + r"-[0-9]{4,}" + re.escape(CHUNK_SUFFIX))
 
 
 SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
@@ -66,20 +80,24 @@ class Chunk:
     members: List[str]  # sorted
 
 
-def part_layout_problem(bf: BundleFile) -> Optional[str]:
+def part_layout_problem(bf: BundleFile, chunk_order: Optional[Mapping[str, int]] = None) -> Optional[str]:
     """Why ``bf``'s parts do not lay out the file, or None: the one part-layout rule.
 
-    Parts, by offset, must be contiguous from byte 0, cover exactly the file's size, and sit in
-    successive chunks (chunk names sort in writing order), so a file can be joined, and hashed
-    whole, chunk after chunk.
+    Parts, by offset, must be contiguous from byte 0 and cover exactly the file's size, so a file
+    can be joined. With ``chunk_order`` (chunk name -> its place in the manifest's chunk list, the
+    writing and unpacking order) they must also sit in successive chunks of that list, so a file
+    can be hashed whole, chunk after chunk. (Chunk names say nothing about the order.)
     """
-    offset, previous_chunk = 0, ""
+    offset, previous = 0, -1
     for part in sorted(bf.parts, key=lambda p: p.offset):
         if part.offset != offset or part.size < 0:
             return f"parts of {bf.path} are not contiguous at offset {offset}"
-        if len(bf.parts) > 1 and part.chunk <= previous_chunk:
-            return f"parts of {bf.path} are not in successive chunks"
-        offset, previous_chunk = offset + part.size, part.chunk
+        if chunk_order is not None and len(bf.parts) > 1:
+            place = chunk_order.get(part.chunk, -1)
+            if place <= previous:
+                return f"parts of {bf.path} are not in successive chunks"
+            previous = place
+        offset += part.size
     if offset != bf.size:
         return f"parts of {bf.path} add up to {offset} bytes, the file has {bf.size}"
     return None
@@ -107,6 +125,11 @@ class BundleManifest:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    @property
+    def chunk_order(self) -> Dict[str, int]:
+        """Chunk name -> its place in the chunk list (the writing and unpacking order)."""
+        return {c.name: i for i, c in enumerate(self.chunks)}
+
     def to_json(self) -> bytes:
         body = {
             "schema": SCHEMA,
@@ -119,7 +142,7 @@ class BundleManifest:
             "base": self.base,
             "versions": self.all_versions,
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
-            "chunks": [asdict(c) for c in sorted(self.chunks, key=lambda c: c.name)],
+            "chunks": [asdict(c) for c in self.chunks],  # in writing (and unpacking) order
         }
         body.update(self.extra)
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
@@ -231,7 +254,7 @@ def _manifest_from(body: dict) -> BundleManifest:
     """The manifest in ``body`` (parsed JSON), every field checked; IntegrityError names the first bad one."""
     version = _field(body, "version", "version", _is_version)
     versions = _field(body, "versions", "versions", _versions_of(version), [version])
-    is_chunk = _matching(chunk_name_pattern(version), f"a chunk name like {chunk_name(version, 1, 1)}")
+    is_chunk = _matching(chunk_name_pattern(version), f"a chunk name like {chunk_name('0' * CHUNK_KEY_HEX)}")
     files = []
     for i, raw in enumerate(_field(body, "files", "files", _list_of)):
         f = _record(raw, f"files[{i}]", {"path", "size", "sha256", "parts"})

@@ -1,14 +1,27 @@
 """Plan how mirror files are packed into bundle chunks (no I/O here).
 
-``chunk_plan`` is deterministic: files are sorted by path and packed greedily in that order.
+``chunk_plan`` is deterministic *and local*: a change to a few files changes only the chunks that
+hold them (and at most a neighbour each), so a full bundle made after a small change shares every
+other chunk, byte for byte and by name, with the previous one.
+
+* Files are taken in path order. Files that fit in an empty chunk form a stream cut into chunks
+  at content-defined boundaries: after each file, ``_cut_after`` cuts when a hash of its name and
+  sha256 falls under a threshold proportional to its size (chunks then hold about half a chunk's
+  capacity on average); a file that would not fit forces a cut before it. After a change the
+  plan falls back into step at the next content-defined cut.
+* A file too big for one chunk is split at fixed offsets: every part but the last is
+  ``part_size`` bytes (from the chunk size, compression and the file's own name only) and gets a
+  chunk of its own; the last part starts the next chunk of the stream. So its parts are the same
+  bytes, under the same names, month after month.
+* A chunk is named by its content (``chunk_key``): compression and each member's name, file
+  sha256, offset and size, known before it is written (the 7z file is written deterministically).
+
 Each chunk is one standalone 7z archive whose finished size must stay at or below the chunk
-size, so the plan budgets for the 7z overhead (see ``chunk_size_bound``). A file that fits in an
-empty chunk is never split (it starts a new chunk when the current one is too full); a file too
-big for one chunk is split into parts ``part_member(path, i)`` that fill the rest of the current
-chunk, then whole chunks, and the last part shares its chunk with the files that follow.
+size, so the plan budgets for the 7z overhead (see ``chunk_size_bound``).
 """
 
 import bisect
+import hashlib
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -29,9 +42,11 @@ DEFAULT_CHUNK_SIZE = 3900 * 1024**2  # below FAT32's 4 GiB - 1 file size limit, 
 FIXED_OVERHEAD = 1024  # signature header + fixed header fields, generously rounded up
 MEMBER_OVERHEAD = 2 + 8 + 4 + 9 + 4 + 1  # per member, on top of the UTF-16LE name
 
-# A file that does not fit whole in the current chunk but must be split anyway only starts in
-# that chunk when at least this fraction of a chunk is left (avoids silly tiny first parts).
-MIN_PART_FRACTION = 64
+# Part names are budgeted as if a file had this many parts, so the part size does not depend on it.
+MAX_PARTS = 10**9 - 1
+# What a chunk's bytes depend on besides its members: the 7z writer's settings (fixed times and
+# attributes, compression levels, plain header). Change it when they change, so names stay honest.
+CHUNK_KEY_SCHEME = "amsrepomirror-chunk/1"
 
 
 def member_overhead(member: str) -> int:
@@ -93,7 +108,7 @@ class Piece:
 
 @dataclass(frozen=True)
 class ChunkSpec:
-    name: str                # chunk file name (``chunk_name``)
+    name: str                # chunk file name: ``chunk_name(chunk_key(...))``, by content
     pieces: List[Piece]      # in archive order (path order)
     payload: int             # data bytes (sum of piece sizes)
     chunk_size: int = 0      # the limit the finished 7z file must respect
@@ -111,12 +126,37 @@ def _check_path(path: str) -> None:
         raise UsageError(f"cannot bundle file with unsafe path {shown(path)} ({why})")
 
 
+def part_size(path: str, chunk_size: int, compression: str) -> int:
+    """Bytes in each part of split file ``path`` but the last: what a chunk of its own holds of it.
+
+    Depends on the chunk size, the compression and the file's name only, never on its neighbours,
+    so the split offsets stay where they are from one bundle to the next.
+    """
+    return _room(chunk_size, 0, member_overhead(part_member(path, MAX_PARTS)), compression)
+
+
+def _cut_after(piece: Piece, file_sha256: str, target: int) -> bool:
+    """Content-defined boundary after ``piece``: with probability (its bytes / ``target``), decided by
+    a hash of its name, content and offset only, so the same file cuts the same way in every plan."""
+    key = f"{piece.member}\0{file_sha256}\0{piece.offset}".encode("utf-8", "surrogatepass")
+    draw = int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
+    return draw * target < (piece.size + member_overhead(piece.member)) << 64
+
+
+def chunk_key(compression: str, pieces: Sequence[Piece], sha256_of: Mapping[str, str]) -> str:
+    """sha256 (hex) of what a chunk holds: the bytes of its 7z file follow from it."""
+    hasher = hashlib.sha256(f"{CHUNK_KEY_SCHEME}\n{compression}\n".encode())
+    for p in pieces:
+        hasher.update(f"{p.member}\0{sha256_of[p.path]}\0{p.offset}\0{p.size}\n".encode("utf-8", "surrogatepass"))
+    return hasher.hexdigest()
+
+
 def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compression: str = "copy") -> List[ChunkSpec]:
     """Pack ``files`` into chunks of at most ``chunk_size`` bytes each; same input, same plan."""
     if compression not in COMPRESSIONS:
         raise UsageError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
     if not version or "/" in version or "\\" in version or version.startswith("."):
-        raise UsageError(f"bad version {version!r} for chunk names")
+        raise UsageError(f"bad version {version!r}")
     ordered = sorted(files, key=lambda f: f.path)
     paths = set()
     for f in ordered:
@@ -135,73 +175,63 @@ def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compre
             f"about {FIXED_OVERHEAD} bytes; use something like {format_size(DEFAULT_CHUNK_SIZE)}"
         )
     for f in ordered:
-        longest = f.path if f.size == 0 else part_member(f.path, 9999)
+        longest = f.path if f.size == 0 else part_member(f.path, MAX_PARTS)
         if _room(chunk_size, 0, member_overhead(longest), compression) < min(1, f.size):
             raise UsageError(
                 f"chunk size {chunk_size} bytes is too small to hold any data of {f.path!r} "
                 f"(7z header for its name alone needs {FIXED_OVERHEAD + member_overhead(longest)} bytes)"
             )
-    min_first_part = max(1, chunk_size // MIN_PART_FRACTION)
+    target = max(1, empty_room // 2)  # the average chunk holds about half of what it could
 
     groups: List[List[Piece]] = []
     current: List[Piece] = []
-    state = {"payload": 0, "header": 0}
+    used = {"payload": 0, "header": 0}
 
     def close() -> None:
         nonlocal current
         if current:
             groups.append(current)
         current = []
-        state["payload"] = 0
-        state["header"] = 0
+        used["payload"] = used["header"] = 0
 
-    def room_for(member: str) -> int:
-        return _room(chunk_size, state["payload"], state["header"] + member_overhead(member), compression)
-
-    def add(piece: Piece) -> None:
+    def stream(piece: Piece, file_sha256: str) -> None:
+        """Add ``piece`` to the chunk being filled: after a forced cut if it does not fit; cut after it
+        where its content says so."""
+        if current and _room(chunk_size, used["payload"], used["header"] + member_overhead(piece.member),
+                             compression) < piece.size:
+            close()
         current.append(piece)
-        state["payload"] += piece.size
-        state["header"] += member_overhead(piece.member)
+        used["payload"] += piece.size
+        used["header"] += member_overhead(piece.member)
+        if _cut_after(piece, file_sha256, target):
+            close()
 
     split_paths = []
     for f in ordered:
-        if room_for(f.path) >= f.size:
-            add(Piece(f.path, f.path, 0, f.size))
-            continue
         if _room(chunk_size, 0, member_overhead(f.path), compression) >= f.size:
-            close()  # fits whole in a fresh chunk: never split it
-            add(Piece(f.path, f.path, 0, f.size))
+            stream(Piece(f.path, f.path, 0, f.size), f.sha256)
             continue
         split_paths.append(f.path)
+        close()
+        size = part_size(f.path, chunk_size, compression)
         offset, index = 0, 1
-        while offset < f.size:
-            member = part_member(f.path, index)
-            room = room_for(member)
-            remaining = f.size - offset
-            if current and (room < 1 or (index == 1 and room < min(min_first_part, remaining))):
-                close()
-                continue
-            take = min(room, remaining)
-            if take < 1:  # cannot happen after the size check above
-                raise UsageError(f"chunk size {chunk_size} bytes is too small for {f.path!r}")
-            add(Piece(f.path, member, offset, take))
-            offset += take
-            index += 1
-            if offset < f.size:
-                close()
+        while f.size - offset > size:
+            groups.append([Piece(f.path, part_member(f.path, index), offset, size)])
+            offset, index = offset + size, index + 1
+        stream(Piece(f.path, part_member(f.path, index), offset, f.size - offset), f.sha256)
     close()
 
     _check_collisions(paths, split_paths, groups)
 
-    count = len(groups)
+    sha256_of = {f.path: f.sha256 for f in ordered}
     plan = []
-    for i, pieces in enumerate(groups, start=1):
+    for pieces in groups:
         payload = sum(p.size for p in pieces)
         header = sum(member_overhead(p.member) for p in pieces)
         bound = chunk_size_bound(payload, header, compression)
         assert bound <= chunk_size, (bound, chunk_size)
         plan.append(ChunkSpec(
-            name=chunk_name(version, i, count), pieces=pieces, payload=payload,
+            name=chunk_name(chunk_key(compression, pieces, sha256_of)), pieces=pieces, payload=payload,
             chunk_size=chunk_size, compression=compression, max_size=bound,
         ))
     return plan
@@ -284,6 +314,23 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
             for i, names in enumerate(sticks, start=1):
                 used = sum(sizes[n] for n in names)
                 lines.append(f"  stick {i}: {len(names)} chunks, {format_size(used)}: {', '.join(names)}")
+    return "\n".join(lines) + "\n"
+
+
+def describe_since(plan: Sequence[ChunkSpec], base: BundleManifest, base_label: str) -> str:
+    """What to carry when the transfer disk holds the bundle ``base``: the planned chunks it lacks
+    (chunks are named by content, so a name it has is the same bytes), and its chunks no longer used."""
+    have = {c.name: c for c in base.chunks}
+    planned = {s.name for s in plan}
+    new = [s for s in plan if s.name not in have]
+    kept = [s for s in plan if s.name in have]
+    gone = [c for c in base.chunks if c.name not in planned]
+    new_bytes, kept_bytes = sum(s.max_size for s in new), sum(have[s.name].size for s in kept)
+    lines = [f"since {base_label}: copy {len(new)} of {len(plan)} chunks (at most {format_size(new_bytes)}, "
+             f"{new_bytes} bytes); {len(kept)} chunks ({format_size(kept_bytes)}) are unchanged; "
+             f"{len(gone)} chunks of the base are no longer used"]
+    lines += [f"  copy    {s.name}  (file <= {format_size(s.max_size)})" for s in new]
+    lines += [f"  remove  {c.name}" for c in gone]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,10 @@ the parts of a split file each on their own (for the bundle manifest) and, throu
 The header is written plain (``set_encoded_header_mode(False)``) so its size is exactly
 predictable for the chunk-size budget in ``amsrepomirror.bundle.plan``.
 
+Chunks are written deterministically (members in plan order, fixed times and attributes; see
+``_FixedTimeSevenZipFile``): the same members give the same bytes, so a chunk named by its content
+(``plan.chunk_key``) is the same file in every bundle that holds it.
+
 Note: stock 7-Zip (7zz 26.01 tested) cannot decode the zstd method in 7z archives
 ("Unsupported Method"); zstd chunks need py7zr or a 7-Zip build with zstd support.
 """
@@ -34,6 +38,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import py7zr
+from py7zr.helpers import ArchiveTimestamp
 from py7zr.io import Py7zIO, WriterFactory
 
 from amsrepomirror.bundle.format import COMPRESSIONS, Chunk
@@ -45,6 +50,26 @@ from amsrepomirror.util.hashing import sha256_stream
 
 ZSTD_LEVEL = 3
 LZMA2_PRESET = 6  # xz's default; ~94 MiB to compress, 8 MiB dictionary
+# (a change to how chunks are written, e.g. these levels, must change plan.CHUNK_KEY_SCHEME)
+
+#: The times of every member (7z FILETIME): 1980-01-01T00:00:00Z, the DOS epoch, never the clock.
+MEMBER_TIME = ArchiveTimestamp.from_datetime(315532800)
+
+
+class _FixedTimeSevenZipFile(py7zr.SevenZipFile):
+    """py7zr's writer with fixed member times, so two writes of the same members are byte-identical.
+
+    py7zr's public ``writef`` stamps each member with the current time, in
+    ``SevenZipFile._make_file_info_from_name`` (py7zr 1.1.x). That is private API: pyproject.toml
+    pins ``py7zr>=1.1.3,<1.2``, and tests/test_stable_chunks.py checks that the same chunk written
+    twice is the same bytes. Attributes are py7zr's constant ones for a regular file.
+    """
+
+    @staticmethod
+    def _make_file_info_from_name(bio, size: int, arcname: str):
+        info = py7zr.SevenZipFile._make_file_info_from_name(bio, size, arcname)
+        info.update(creationtime=MEMBER_TIME, lastwritetime=MEMBER_TIME, lastaccesstime=MEMBER_TIME)
+        return info
 
 
 def filters_for(compression: str):
@@ -260,17 +285,23 @@ def write_chunk(
     return ChunkResult(chunk=chunk, piece_sha256=piece_sha, sha256_state=carried)
 
 
-def _whole_file_hasher(piece, resume: Mapping[str, str]) -> Sha256State:
-    """The running hash of split file ``piece.path`` up to the first byte of ``piece``."""
-    if piece.offset == 0:
-        return Sha256State()
-    state = resume.get(piece.path)
-    whole = Sha256State(state) if state else None
-    if whole is None or whole.length != piece.offset:
-        raise MirrorError(
-            f"cannot pack {piece.member}: the SHA-256 state of {piece.path} up to byte {piece.offset} "
-            "(left by the chunk with the part before) is missing; run bundle again"
-        )
+def _whole_file_hasher(piece, resume: Mapping[str, str], src) -> Sha256State:
+    """The running hash of split file ``piece.path`` up to the first byte of ``piece``: resumed from
+    the state the chunk with the part before left, else (that chunk was reused from an earlier
+    bundle, so it left none) hashed afresh from ``src``, the file itself."""
+    state = resume.get(piece.path) if piece.offset else None
+    whole = Sha256State(state) if state else Sha256State()
+    if whole.length == piece.offset:
+        return whole
+    whole = Sha256State()
+    src.seek(0)
+    done = 0
+    while done < piece.offset:
+        block = src.read(min(1 << 20, piece.offset - done))
+        if not block:
+            raise IntegrityError(f"{piece.path} changed since it was verified; re-run mirror (ends at byte {done})")
+        whole.update(block)
+        done += len(block)
     return whole
 
 
@@ -279,7 +310,7 @@ def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Map
     """Pack the pieces; return ({member: sha256}, {split file: Sha256State.state() when more parts follow})."""
     piece_sha: Dict[str, str] = {}
     carried: Dict[str, str] = {}
-    archive = py7zr.SevenZipFile(fp, "w", filters=filters)
+    archive = _FixedTimeSevenZipFile(fp, "w", filters=filters)
     archive.set_encoded_header_mode(False)
     for piece in spec.pieces:
         entry = expected.get(piece.path)
@@ -300,7 +331,7 @@ def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Map
             if piece.offset + piece.size > entry.size:
                 raise UsageError(f"plan piece {piece.member} lies beyond the end of {piece.path}; re-plan")
             hasher = hashlib.sha256()
-            whole = _whole_file_hasher(piece, resume) if piece.is_part else None
+            whole = _whole_file_hasher(piece, resume, src) if piece.is_part else None
             reader = _PieceReader(src, piece.offset, piece.size, (hasher, whole) if whole else (hasher,))
             archive.writef(reader, piece.member)
             if reader.hashed != piece.size:

@@ -95,8 +95,9 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
     if len(chunks) != len(manifest.chunks):
         issues.append("a chunk is listed twice")
     referenced: Dict[str, set] = {name: set() for name in chunks}
+    order = manifest.chunk_order
     for f in manifest.files:
-        why = part_layout_problem(f)
+        why = part_layout_problem(f, order)
         unknown = [p.chunk for p in f.parts if p.chunk not in chunks]
         if why:
             issues.append(why)
@@ -116,7 +117,8 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
 
 
 class _ContentCheck:
-    """What verify checks inside the chunks, in the one pass that decompresses them (name order).
+    """What verify checks inside the chunks, in the one pass that decompresses them (in the order of
+    the manifest's chunk list).
 
     Per chunk: ``extract.check_members`` (unsafe names, links and special files, members not in
     the manifest or missing, declared sizes), as unpack does before it writes anything; then every
@@ -192,7 +194,8 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
 
     Each chunk of the right size is read once to hash it (streaming, ``HASH_THREADS`` chunks at
     a time); with ``test_archives`` each intact chunk is then read a second time, to decompress
-    and hash its members. The problems come in the order of the chunk names either way.
+    and hash its members. Chunks are taken in the order of the manifest's chunk list (the
+    writing order: a split file's parts are hashed whole in that order), else of their names.
     """
     bundle_dir = Path(bundle_dir)
     report = VerifyReport(bundle_dir=bundle_dir)
@@ -257,10 +260,11 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
                 expected_sha[name] = digest
 
     # Sizes first (cheap); the chunks of the right size are hashed HASH_THREADS at a time while
-    # the results are taken (and archives tested) in name order.
+    # the results are taken (and archives tested) in the order of the chunk list.
+    order = list(dict.fromkeys(c.name for c in manifest.chunks)) if manifest is not None else sorted(expected)
     hashing: Dict[str, "Future[str]"] = {}
     sizes: Dict[str, Optional[int]] = {}
-    for name in sorted(expected):
+    for name in order:
         if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
             continue
         try:
@@ -275,7 +279,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
             if size is not None and (want is None or size == want):
                 hashing[name] = pool.submit(sha256_file, bundle_dir / name)
 
-        for name in sorted(expected):
+        for name in order:
             if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
                 add(Problem(name, "unsafe chunk name", chunk=False))
                 continue

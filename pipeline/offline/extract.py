@@ -576,7 +576,9 @@ def space_needed(files: Iterable[BundleFile], in_place: bool = False) -> int:
 
 
 def _check_parts(bf: BundleFile) -> list:
-    """``bf``'s parts by offset, after the one part-layout rule (``part_layout_problem``)."""
+    """``bf``'s parts by offset, after the one part-layout rule (``part_layout_problem``): contiguous,
+    covering the file. Parts are written at their offsets, so the chunk order does not matter here
+    (``verify_bundle``, which unpack runs first, checks it against the manifest's chunk list)."""
     why = part_layout_problem(bf)
     if why:
         raise IntegrityError(f"bundle manifest: {why}")
