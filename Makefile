@@ -7,6 +7,8 @@ MIRROR  ?= mirror/$(VERSION)
 BUNDLE  ?= bundle/$(VERSION)
 # Unset: the settings decide (amsrepomirror config shows them).
 CHUNK_SIZE ?=
+# A delta bundle: last, a bundle folder, its manifest.json, or a receipt (unset: a full bundle).
+SINCE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
 .PHONY: help venv test lint demo mirror bundle plan verify unpack bench wheels clean
@@ -16,8 +18,8 @@ help:
 	@echo "make lint                          ruff: pyflakes, pycodestyle, import order, banned imports"
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
 	@echo "make mirror VERSION=AMS2026.1 MIRROR=DIR"
-	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE]"
-	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB]"
+	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE] [SINCE=last|BUNDLE|RECEIPT]"
+	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB] [SINCE=...]"
 	@echo "make verify BUNDLE=DIR"
 	@echo "make unpack BUNDLE=DIR AMSHOME=DIR"
 	@echo "make bench                         benchmarks against wget, 7zz and sha256sum (docs/benchmarks.md)"
@@ -48,10 +50,10 @@ mirror: venv
 	$(BIN)/amsrepomirror mirror --version $(VERSION) --mirror $(MIRROR) $(ARGS)
 
 bundle: venv
-	$(BIN)/amsrepomirror bundle --version $(VERSION) --mirror $(MIRROR) --out $(BUNDLE) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(ARGS)
+	$(BIN)/amsrepomirror bundle --version $(VERSION) --mirror $(MIRROR) --out $(BUNDLE) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(SINCE),--since $(SINCE)) $(ARGS)
 
 plan: venv
-	$(BIN)/amsrepomirror plan --version $(VERSION) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(ARGS)
+	$(BIN)/amsrepomirror plan --version $(VERSION) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(if $(SINCE),--since $(SINCE)) $(ARGS)
 
 verify: venv
 	$(BIN)/amsrepomirror verify $(BUNDLE)

@@ -15,10 +15,13 @@ from typing import Dict, List, Optional
 import luigi
 
 from amsrepomirror import __version__, config, errors
+from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan
 from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
+from amsrepomirror.offline import placement
+from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.placement import usage_hint
 from amsrepomirror.online import sync
 from amsrepomirror.online.credentials import resolve_credentials
@@ -244,6 +247,11 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
 
 
+def add_since_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="BASE", help="a delta: only what changed since BASE (last, a bundle folder, "
+                   "its manifest.json, or a receipt from the offline side)")
+
+
 FAT32_LIMIT = 4 * 1024**3 - 1
 MIN_CHUNK = 64 * 1024
 
@@ -283,6 +291,8 @@ def run_bundle(args) -> int:
 
     _check_bundle_folder(args.mirror, args.out)
     chunk_size, compression = _bundle_settings(args)
+    if args.dry_run and args.since:
+        return _print_delta_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
     if args.dry_run:
         return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size)
     if not args.offline:
@@ -295,7 +305,7 @@ def run_bundle(args) -> int:
         raise UsageError(f"--offline: {args.mirror} has no verified {args.version} mirror yet; run mirror first")
     # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
     task = BundleArchive(version=args.version, mirror=str(ws.mirror), offline=True, out=str(args.out.absolute()),
-                         chunk_size=chunk_size, compression=compression)
+                         chunk_size=chunk_size, compression=compression, since=_delta_base(ws, args.version, args.since))
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
                                   verbose=args.verbose))
@@ -306,8 +316,19 @@ def run_bundle(args) -> int:
     return 0
 
 
-def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
+def _delta_base(ws: Workspace, version: str, since: Optional[str]) -> str:
+    """``--since`` resolved against the verified mirror and snapshotted in its history: the file
+    BundleArchive plans the delta against ("" for a full bundle)."""
+    if not since:
+        return ""
+    current = Manifest.read(ws.manifest_path(version))
+    base = resolve_base(since, ws, version, placement.tree_identity(current.files))
+    say(f"bundle: a delta since {base.described} (tree {base.identity[:12]})")
+    return str(write_base(ws, base))
 
+
+def _verified_manifest(mirror: Path, version: Optional[str]) -> Manifest:
+    """The mirror's verified manifest of ``version`` (or of its only version)."""
     ws = Workspace(mirror)
     if version is None:
         found = sorted(ws.state.glob("*.manifest.json"))
@@ -318,7 +339,12 @@ def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compressi
         path = ws.manifest_path(version)
     if not path.exists():
         raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
-    manifest = Manifest.read(path)
+    return Manifest.read(path)
+
+
+def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str, stick_size: Optional[str]) -> int:
+
+    manifest = _verified_manifest(mirror, version)
     plan = chunk_plan(manifest.files, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
     print(describe_plan(plan, manifest.files, stick), end="")
@@ -327,8 +353,30 @@ def _print_plan(mirror: Path, version: Optional[str], chunk_size: str, compressi
     return 0
 
 
+def _print_delta_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str,
+                      stick_size: Optional[str], since: str) -> int:
+    """What a delta since ``since`` would carry, reuse and remove, and its chunk plan; writes nothing."""
+    manifest = _verified_manifest(mirror, version)
+    base = resolve_base(since, Workspace(mirror), manifest.version, placement.tree_identity(manifest.files))
+    delta = select_delta(base, manifest.files)
+    carried = sum(f.size for f in delta.carried)
+    print(f"delta since {base.described} (tree {base.identity[:12]}): {len(delta.carried)} of {len(manifest.files)} "
+          f"files new or changed, {format_size(carried)} ({carried} bytes) of {format_size(manifest.total_bytes)}; "
+          f"{len(delta.reused)} reused from the base under another path; {len(delta.removed)} removed")
+    reused = [f"{r.path} (from {r.source})" for r in delta.reused]
+    for title, paths in (("carried", [f.path for f in delta.carried]), ("reused", reused), ("removed", delta.removed)):
+        for path in paths:
+            print(f"  {title}: {path}")
+    plan = chunk_plan(delta.carried, parse_size(chunk_size), manifest.version, compression)
+    stick = parse_size(stick_size) if stick_size else None
+    print(describe_plan(plan, delta.carried, stick), end="")
+    return 0
+
+
 def run_plan(args) -> int:
     chunk_size, compression = _bundle_settings(args)
+    if args.since:
+        return _print_delta_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
     return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size)
 
 
@@ -349,7 +397,7 @@ def run_verify(args) -> int:
 def run_unpack(args) -> int:
 
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
-                  reinstall=args.reinstall)
+                  reinstall=args.reinstall, deep=args.deep)
     if task.complete():
         say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
     else:
@@ -359,6 +407,29 @@ def run_unpack(args) -> int:
             say(f"error: {failure['message']}")
             return failure["code"]
     print(usage_hint(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).version))
+    return 0
+
+
+def run_receipt(args) -> int:
+    """Write AMSHOME's receipt (the installed tree; no secrets) to a file to carry to the online side."""
+
+    home = args.amshome.absolute()
+    receipt = placement.read_receipt(home)
+    if receipt is None:
+        raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror")
+    tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
+    changes = tree_problems(home / placement.REPOSITORY, tree, check_hashes=False)
+    if changes:
+        say(f"warning: {home / placement.REPOSITORY} no longer matches this receipt ({changes[0]}); "
+            "a delta built on it will be refused: unpack a full bundle with --reinstall")
+    identity = receipt["tree_sha256"]
+    out = args.out or Path(f"receipt-{receipt['version']}-{identity[:12]}.json")
+    if str(out) == "-":
+        print(json.dumps(receipt, indent=1, sort_keys=True))
+    else:
+        atomic_write_json(out, receipt)
+        say(f"receipt: wrote {out}: {receipt['version']}, {len(tree)} files, tree {identity[:12]}; carry it to the "
+            f"online side for: amsrepomirror bundle ... --since {out}")
     return 0
 
 
@@ -433,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="mirror, then pack the verified mirror into checksummed 7z chunks")
     add_mirror_options(p)
     add_bundle_options(p)
+    add_since_option(p)
     p.set_defaults(func=run_bundle, delete_unlisted=False, force=False)
 
     p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
@@ -441,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", help="default: [BundleArchive] chunk_size")
     p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
     p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
+    add_since_option(p)
     p.set_defaults(func=run_plan)
 
     p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")
@@ -454,8 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
     p.add_argument("--reinstall", action="store_true",
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
+    p.add_argument("--deep", action="store_true",
+                   help="delta: re-hash the installed files it keeps instead of trusting size, mtime and inode")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_unpack)
+
+    p = sub.add_parser("receipt", help="write what AMSHOME's repository holds (for bundle --since on the online side)")
+    p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
+    p.add_argument("--out", type=Path, help="file to write (default: receipt-<VERSION>-<tree>.json here; - for stdout)")
+    p.set_defaults(func=run_receipt)
 
     p = sub.add_parser("config", help="print the effective settings and the file each came from")
     p.set_defaults(func=run_config)
