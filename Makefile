@@ -12,6 +12,8 @@ NEED_MIRROR = @test -z "$(word 2,$(VERSION))" -o -n "$(MIRROR_GIVEN)" || \
 	{ echo "error: with several versions (VERSION=\"$(VERSION)\") give the shared mirror folder: MIRROR=DIR"; exit 2; }
 # Unset: the settings decide (amsrepomirror config shows them).
 CHUNK_SIZE ?=
+# A delta bundle: last, a bundle folder, its manifest.json, or a receipt (unset: a full bundle).
+SINCE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
 .PHONY: help venv test lint demo mirror bundle plan verify unpack bench wheels clean
@@ -21,9 +23,9 @@ help:
 	@echo "make lint                          ruff: pyflakes, pycodestyle, import order, banned imports"
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
 	@echo "make mirror VERSION=AMS2026.1 MIRROR=DIR"
-	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE]"
+	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE] [SINCE=last|BUNDLE|RECEIPT]"
 	@echo "make bundle VERSION=\"AMS2025.1 AMS2026.1\" MIRROR=DIR   several versions in one mirror and bundle"
-	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB]"
+	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB] [SINCE=...]"
 	@echo "make verify BUNDLE=DIR"
 	@echo "make unpack BUNDLE=DIR AMSHOME=DIR"
 	@echo "make bench                         benchmarks against wget, 7zz and sha256sum (docs/benchmarks.md)"
@@ -56,11 +58,11 @@ mirror: venv
 
 bundle: venv
 	$(NEED_MIRROR)
-	$(BIN)/amsrepomirror bundle $(VERSION_ARGS) --mirror $(MIRROR) --out $(BUNDLE) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(ARGS)
+	$(BIN)/amsrepomirror bundle $(VERSION_ARGS) --mirror $(MIRROR) --out $(BUNDLE) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(SINCE),--since $(SINCE)) $(ARGS)
 
 plan: venv
 	$(NEED_MIRROR)
-	$(BIN)/amsrepomirror plan $(VERSION_ARGS) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(ARGS)
+	$(BIN)/amsrepomirror plan $(VERSION_ARGS) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(if $(SINCE),--since $(SINCE)) $(ARGS)
 
 verify: venv
 	$(BIN)/amsrepomirror verify $(BUNDLE)

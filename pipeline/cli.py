@@ -15,10 +15,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import luigi
 
 from amsrepomirror import __version__, config, errors
+from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since
 from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
+from amsrepomirror.offline import placement
+from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.install import usage_hints
 from amsrepomirror.online import sync
 from amsrepomirror.online.credentials import resolve_credentials
@@ -281,6 +284,11 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
 
 
+def add_since_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="BASE", help="a delta: only what changed since BASE (last, a bundle folder, "
+                   "its manifest.json, or a receipt from the offline side)")
+
+
 FAT32_LIMIT = 4 * 1024**3 - 1
 MIN_CHUNK = 64 * 1024
 
@@ -321,6 +329,10 @@ def run_bundle(args) -> int:
     _check_bundle_folder(args.mirror, args.out)
     versions = [version for version, _ in versions_and_urls(args)]
     chunk_size, compression = _bundle_settings(args)
+    if args.since and len(versions) > 1:
+        raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
+    if args.dry_run and args.since:
+        return _print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since)
     if args.dry_run:
         return _print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
     if not args.offline:
@@ -334,7 +346,8 @@ def run_bundle(args) -> int:
             raise UsageError(f"--offline: {args.mirror} has no verified {version} mirror yet; run mirror first")
     # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
     task = BundleArchive(version=versions[0], versions=versions if len(versions) > 1 else [], mirror=str(ws.mirror),
-                         offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression)
+                         offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression,
+                         since=_delta_base(ws, versions[0], args.since))
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
                                   verbose=args.verbose))
@@ -345,16 +358,36 @@ def run_bundle(args) -> int:
     return 0
 
 
-def _base_manifest(base: Path) -> BundleManifest:
-    """The manifest of bundle ``base`` (its folder or its manifest.json), for ``plan --since``."""
+def _base_manifest(base: Path) -> Optional[BundleManifest]:
+    """The manifest of bundle ``base`` (its folder or its manifest.json), or None when BASE is not a
+    bundle (``last``, a receipt): the chunks to copy over an earlier full bundle need one."""
     path = base / MANIFEST_NAME if base.is_dir() else base
     if not path.is_file():
-        raise UsageError(f"--since {base}: no bundle manifest there (give a bundle folder or its {MANIFEST_NAME})")
-    return BundleManifest.read(path)
+        return None
+    try:
+        return BundleManifest.read(path)
+    except MirrorError:
+        return None
 
 
-def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: Optional[str],
-                since: Optional[Path] = None) -> int:
+def _delta_base(ws: Workspace, version: str, since: Optional[str]) -> str:
+    """``--since`` resolved against the verified mirror and snapshotted in its history: the file
+    BundleArchive plans the delta against ("" for a full bundle)."""
+    if not since:
+        return ""
+    current = Manifest.read(ws.manifest_path(version))
+    base = resolve_base(since, ws, version, placement.tree_identity(current.files))
+    say(f"bundle: a delta since {base.described} (tree {base.identity[:12]})")
+    return str(write_base(ws, base))
+
+
+def _verified_manifest(mirror: Path, version: Optional[str]) -> Manifest:
+    """The mirror's verified manifest of ``version`` (or of its only version)."""
+    paths = _verified_manifest_paths(mirror, [version] if version else [])
+    return Manifest.read(paths[0])
+
+
+def _verified_manifest_paths(mirror: Path, versions: Sequence[str]) -> List[Path]:
     ws = Workspace(mirror)
     if not versions:
         found = sorted(ws.state.glob("*.manifest.json"))
@@ -368,9 +401,16 @@ def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compress
     for path in paths:
         if not path.exists():
             raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
-    base = _base_manifest(since) if since is not None else None
-    manifests = [Manifest.read(path) for path in paths]
+    return paths
+
+
+def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: Optional[str],
+                since: Optional[str] = None) -> int:
+    """The full bundle's chunk plan; with ``since`` a bundle already on the transfer disk, the
+    chunks of it to copy again (the others are the same bytes)."""
+    manifests = [Manifest.read(path) for path in _verified_manifest_paths(mirror, versions)]
     manifest = manifests[0] if len(manifests) == 1 else union_manifest(manifests)
+    base = _base_manifest(Path(since)) if since else None
     plan = chunk_plan(manifest.files, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
     print(describe_plan(plan, manifest.files, stick), end="")
@@ -381,8 +421,36 @@ def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compress
     return 0
 
 
+def _print_delta_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str,
+                      stick_size: Optional[str], since: str) -> int:
+    """What a delta since ``since`` would carry, reuse and remove, and its chunk plan; writes nothing."""
+    manifest = _verified_manifest(mirror, version)
+    base = resolve_base(since, Workspace(mirror), manifest.version, placement.tree_identity(manifest.files))
+    delta = select_delta(base, manifest.files)
+    carried = sum(f.size for f in delta.carried)
+    print(f"delta since {base.described} (tree {base.identity[:12]}): {len(delta.carried)} of {len(manifest.files)} "
+          f"files new or changed, {format_size(carried)} ({carried} bytes) of {format_size(manifest.total_bytes)}; "
+          f"{len(delta.reused)} reused from the base under another path; {len(delta.removed)} removed")
+    reused = [f"{r.path} (from {r.source})" for r in delta.reused]
+    for title, paths in (("carried", [f.path for f in delta.carried]), ("reused", reused), ("removed", delta.removed)):
+        for path in paths:
+            print(f"  {title}: {path}")
+    plan = chunk_plan(delta.carried, parse_size(chunk_size), manifest.version, compression)
+    stick = parse_size(stick_size) if stick_size else None
+    print(describe_plan(plan, delta.carried, stick), end="")
+    return 0
+
+
 def run_plan(args) -> int:
     chunk_size, compression = _bundle_settings(args)
+    if args.since and len(args.version) > 1:
+        raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
+    if args.since:
+        _print_delta_plan(args.mirror, args.version[0] if args.version else None, chunk_size, compression,
+                          args.stick_size, args.since)
+        if _base_manifest(Path(args.since)) is None:
+            return 0
+        print(f"\nor a full bundle over the one in {args.since}:")
     return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
 
 
@@ -402,7 +470,7 @@ def run_verify(args) -> int:
 def run_unpack(args) -> int:
 
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
-                  reinstall=args.reinstall)
+                  reinstall=args.reinstall, deep=args.deep)
     if task.complete():
         say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
     else:
@@ -412,6 +480,29 @@ def run_unpack(args) -> int:
             say(f"error: {failure['message']}")
             return failure["code"]
     print(usage_hints(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).all_versions))
+    return 0
+
+
+def run_receipt(args) -> int:
+    """Write AMSHOME's receipt (the installed tree; no secrets) to a file to carry to the online side."""
+
+    home = args.amshome.absolute()
+    receipt = placement.read_receipt(home)
+    if receipt is None:
+        raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror")
+    tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
+    changes = tree_problems(home / placement.REPOSITORY, tree, check_hashes=False)
+    if changes:
+        say(f"warning: {home / placement.REPOSITORY} no longer matches this receipt ({changes[0]}); "
+            "a delta built on it will be refused: unpack a full bundle with --reinstall")
+    identity = receipt["tree_sha256"]
+    out = args.out or Path(f"receipt-{receipt['version']}-{identity[:12]}.json")
+    if str(out) == "-":
+        print(json.dumps(receipt, indent=1, sort_keys=True))
+    else:
+        atomic_write_json(out, receipt)
+        say(f"receipt: wrote {out}: {receipt['version']}, {len(tree)} files, tree {identity[:12]}; carry it to the "
+            f"online side for: amsrepomirror bundle ... --since {out}")
     return 0
 
 
@@ -486,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="mirror, then pack the verified mirror into checksummed 7z chunks")
     add_mirror_options(p)
     add_bundle_options(p)
+    add_since_option(p)
     p.set_defaults(func=run_bundle, delete_unlisted=False, force=False)
 
     p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
@@ -495,8 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", help="default: [BundleArchive] chunk_size")
     p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
     p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
-    p.add_argument("--since", type=Path, metavar="BASE",
-                   help="a bundle folder (or its manifest.json) already on the transfer disk: list the chunks to copy")
+    p.add_argument("--since", metavar="BASE",
+                   help="what a delta since BASE (last, a bundle folder, its manifest.json, a receipt) carries; "
+                   "for a bundle on the transfer disk also the chunks of a new full bundle to copy over it")
     p.set_defaults(func=run_plan)
 
     p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")
@@ -510,8 +603,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
     p.add_argument("--reinstall", action="store_true",
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
+    p.add_argument("--deep", action="store_true",
+                   help="delta: re-hash the installed files it keeps instead of trusting size, mtime and inode")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_unpack)
+
+    p = sub.add_parser("receipt", help="write what AMSHOME's repository holds (for bundle --since on the online side)")
+    p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
+    p.add_argument("--out", type=Path, help="file to write (default: receipt-<VERSION>-<tree>.json here; - for stdout)")
+    p.set_defaults(func=run_receipt)
 
     p = sub.add_parser("config", help="print the effective settings and the file each came from")
     p.set_defaults(func=run_config)

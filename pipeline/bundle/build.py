@@ -11,6 +11,7 @@ the previous one keeps each chunk that folder already holds with the name, size 
 manifest.json lists (``reusable``), writes only the others, and removes the chunks no longer planned.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from amsrepomirror import __version__
+from amsrepomirror.bundle.delta import Base, DeltaSelection, read_base, record_bundle, select_delta
 from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
     MANIFEST_NAME,
@@ -54,20 +56,33 @@ class BundlePlan:
     chunks: List[ChunkSpec]
     chunk_size: int
     compression: str
+    base: Optional[Base] = None  # a delta bundle's base tree
+    delta: Optional[DeltaSelection] = None  # what the delta carries, reuses and removes
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(f"{self.manifest_sha256}/{self.chunk_size}/{self.compression}".encode()).hexdigest()[:16]
+        base = self.base.identity if self.base else ""
+        return hashlib.sha256(f"{self.manifest_sha256}/{self.chunk_size}/{self.compression}/{base}".encode()).hexdigest()[:16]
+
+    @property
+    def files(self):
+        """The files the chunks hold: all of the mirror's, or what a delta carries."""
+        return self.delta.carried if self.delta else self.manifest.files
 
 
 @lru_cache(maxsize=4)
-def plan_for(manifest_path: str, chunk_size: str, version: str, compression: str) -> BundlePlan:
-    """The deterministic chunk plan of a verified mirror manifest (cached per process)."""
+def plan_for(manifest_path: str, chunk_size: str, version: str, compression: str, base_path: str = "") -> BundlePlan:
+    """The deterministic chunk plan of a verified mirror manifest (cached per process); with
+    ``base_path`` (a snapshot from ``bundle.delta.write_base``), of the delta against that base."""
     manifest = Manifest.read(Path(manifest_path))
     if manifest.version != version:
         raise IntegrityError(f"{manifest_path} is a manifest of {manifest.version}, not {version}")
     size = parse_size(chunk_size)
-    return BundlePlan(manifest, manifest.sha256(), chunk_plan(manifest.files, size, version, compression), size, compression)
+    base = read_base(base_path) if base_path else None
+    delta = select_delta(base, manifest.files) if base else None
+    files = delta.carried if delta else manifest.files
+    return BundlePlan(manifest, manifest.sha256(), chunk_plan(files, size, version, compression), size, compression,
+                      base, delta)
 
 
 def _marker(out: str, plan: BundlePlan, index: int) -> Path:
@@ -194,14 +209,18 @@ def _read_result(out: str, plan: BundlePlan, index: int) -> ChunkResult:
                        sha256_state=body["sha256_state"])
 
 
-def finish(out: str, plan: BundlePlan) -> None:
-    """Write manifest.json, README.txt and SHA256SUMS; drop chunks of older plans and the work folder."""
+def finish(mirror: str, out: str, plan: BundlePlan) -> None:
+    """Write manifest.json, README.txt and SHA256SUMS; drop chunks of older plans and the work
+    folder; keep a copy of the manifest in the mirror's bundle history."""
     results = [_read_result(out, plan, i) for i in range(len(plan.chunks))]
-    manifest = build_bundle_manifest(plan.chunks, results, plan.manifest.files, version=plan.manifest.version,
+    manifest = build_bundle_manifest(plan.chunks, results, plan.files, version=plan.manifest.version,
                                      compression=plan.compression, chunk_size=plan.chunk_size,
                                      tool_version=__version__, created=utc_now(),
                                      mirror_manifest_sha256=plan.manifest_sha256)
     manifest.versions = plan.manifest.all_versions
+    if plan.delta:
+        manifest = dataclasses.replace(manifest, base=plan.base.identity, base_created=plan.base.created,
+                                       removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target)
     folder = Path(out)
     keep = {c.name for c in plan.chunks}
     ours = chunk_name_pattern(plan.manifest.version)
@@ -210,6 +229,7 @@ def finish(out: str, plan: BundlePlan) -> None:
             stale.unlink()
     finish_bundle(folder, manifest)
     shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
+    record_bundle(Workspace(mirror), manifest)
 
 
 def remove_partial_files(bundle_dir: Path) -> List[Path]:

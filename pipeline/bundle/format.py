@@ -103,6 +103,23 @@ def part_layout_problem(bf: BundleFile, chunk_order: Optional[Mapping[str, int]]
     return None
 
 
+@dataclass(frozen=True)
+class TreeFile:
+    """One file of a whole repository tree (a delta's target): what must be there after unpack."""
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ReusedFile:
+    """A target file a delta does not carry: the base holds the same bytes at ``source`` (e.g. a rename)."""
+    path: str
+    size: int
+    sha256: str
+    source: str
+
+
 @dataclass
 class BundleManifest:
     version: str
@@ -113,7 +130,12 @@ class BundleManifest:
     tool_version: str = ""
     created: str = ""
     mirror_manifest_sha256: str = ""
-    base: Optional[str] = None  # room for delta bundles: sha256 of the manifest this one applies to
+    # A delta bundle (base set): ``files`` holds only what is new or changed since the base tree.
+    base: Optional[str] = None  # tree identity (bundle.delta.tree_identity) of the tree this applies to
+    base_created: str = ""  # when the base's bundle was made, to name it in messages
+    removed: List[str] = field(default_factory=list)  # base paths gone from the target
+    reused: List[ReusedFile] = field(default_factory=list)  # target files taken from the base by sha256
+    target: List[TreeFile] = field(default_factory=list)  # the whole tree after unpack
     extra: Dict[str, object] = field(default_factory=dict)
     versions: List[str] = field(default_factory=list)  # every AMS version whose tree this is, ``version`` first
 
@@ -130,6 +152,10 @@ class BundleManifest:
         """Chunk name -> its place in the chunk list (the writing and unpacking order)."""
         return {c.name: i for i, c in enumerate(self.chunks)}
 
+    @property
+    def is_delta(self) -> bool:
+        return self.base is not None
+
     def to_json(self) -> bytes:
         body = {
             "schema": SCHEMA,
@@ -144,6 +170,13 @@ class BundleManifest:
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
             "chunks": [asdict(c) for c in self.chunks],  # in writing (and unpacking) order
         }
+        if self.is_delta:
+            body.update({
+                "base_created": self.base_created,
+                "removed": sorted(self.removed),
+                "reused": [asdict(r) for r in sorted(self.reused, key=lambda r: r.path)],
+                "target": [asdict(t) for t in sorted(self.target, key=lambda t: t.path)],
+            })
         body.update(self.extra)
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
@@ -250,6 +283,36 @@ def _versions_of(version: str) -> Check:
     return check
 
 
+def _delta_fields(body: dict, base: Optional[str]) -> dict:
+    """``base_created``, ``removed``, ``reused`` and ``target`` of a delta (base set); none of them otherwise."""
+    names = ("base_created", "removed", "reused", "target")
+    if base is None:
+        present = [name for name in names if name in body]
+        if present:
+            raise IntegrityError(f"field {present[0]} is set, but base is not (only a delta bundle has it)")
+        return {}
+    removed = _field(body, "removed", "removed", _list_of)
+    for i, path in enumerate(removed):
+        why = path_problem(path)
+        if why:
+            raise IntegrityError(f"field removed[{i}] is {_escaped(path)}: {why}")
+    reused = []
+    for i, raw in enumerate(_field(body, "reused", "reused", _list_of)):
+        r = _record(raw, f"reused[{i}]", {"path", "size", "sha256", "source"})
+        reused.append(ReusedFile(path=_field(r, "path", f"reused[{i}].path", path_problem),
+                                 size=_field(r, "size", f"reused[{i}].size", _count),
+                                 sha256=_field(r, "sha256", f"reused[{i}].sha256", _is_sha256),
+                                 source=_field(r, "source", f"reused[{i}].source", path_problem)))
+    target = []
+    for i, raw in enumerate(_field(body, "target", "target", _list_of)):
+        t = _record(raw, f"target[{i}]", {"path", "size", "sha256"})
+        target.append(TreeFile(path=_field(t, "path", f"target[{i}].path", path_problem),
+                               size=_field(t, "size", f"target[{i}].size", _count),
+                               sha256=_field(t, "sha256", f"target[{i}].sha256", _is_sha256)))
+    return dict(base_created=_field(body, "base_created", "base_created", _is_created, ""),
+                removed=removed, reused=reused, target=target)
+
+
 def _manifest_from(body: dict) -> BundleManifest:
     """The manifest in ``body`` (parsed JSON), every field checked; IntegrityError names the first bad one."""
     version = _field(body, "version", "version", _is_version)
@@ -284,6 +347,7 @@ def _manifest_from(body: dict) -> BundleManifest:
                 raise IntegrityError(f"field members[{j}] {of} is {_escaped(member)}: {why}")
         chunks.append(Chunk(name=name, size=_field(c, "size", f"size {of}", _count),
                             sha256=_field(c, "sha256", f"sha256 {of}", _is_sha256), members=members))
+    base = _field(body, "base", "base", _base, None)
     return BundleManifest(
         version=version,
         files=files,
@@ -293,6 +357,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         tool_version=_field(body, "tool_version", "tool_version", _is_tool_version, ""),
         created=_field(body, "created", "created", _is_created, ""),
         mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
-        base=_field(body, "base", "base", _base, None),
+        base=base,
         versions=list(versions),
+        **_delta_fields(body, base),
     )

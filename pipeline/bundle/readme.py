@@ -8,6 +8,8 @@ from amsrepomirror.util.units import format_size
 
 def readme_text(manifest: BundleManifest) -> str:
     """The text of README.txt for ``manifest``."""
+    if manifest.is_delta:
+        return _delta_readme(manifest)
     split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
     lines = [
         f"AMS package repository bundle {' + '.join(manifest.all_versions)}",
@@ -67,4 +69,54 @@ def readme_text(manifest: BundleManifest) -> str:
             "NOTE: these chunks use zstd compression, which stock 7-Zip cannot unpack. Use",
             "amsrepomirror unpack, or a 7-Zip build with zstd support (e.g. 7-Zip-zstd).",
         ]
+    return "\n".join(lines) + "\n"
+
+
+def _delta_readme(manifest: BundleManifest) -> str:
+    """README.txt of a delta: what it needs (its base), and how to apply it with the tool or by hand."""
+    q = shlex.quote
+    carried = sorted(f.path for f in manifest.files)
+    lines = [
+        f"AMS package repository DELTA bundle {manifest.version}",
+        "",
+        "This bundle holds only what changed since its base; it cannot be unpacked on its own.",
+        f"Base: the repository tree {manifest.base}",
+        f"      (the bundle of {manifest.base_created or 'an unknown date'}); `amsrepomirror receipt --amshome DIR`",
+        "      shows the tree an AMSHOME holds (tree_sha256).",
+        "",
+        f"Carried: {len(manifest.files)} new or changed files, {format_size(manifest.total_bytes)} "
+        f"({manifest.total_bytes} bytes), in {len(manifest.chunks)} chunks (7z, compression {manifest.compression}).",
+        f"Reused from the base (same bytes under another path, not carried): {len(manifest.reused)} files.",
+        f"Removed: {len(manifest.removed)} files. After unpacking the repository holds {len(manifest.target)} files",
+        f"(every one with its size and sha256 in {MANIFEST_NAME}, list \"target\").",
+        "",
+        "1. Check the copy (in this folder):",
+        f"     sha256sum -c {SUMS_NAME}",
+        "",
+        "2. Apply with amsrepomirror (recommended: refuses another base, builds the new tree beside the",
+        "   installed one from hard links and the carried files, checks every file, then swaps it in):",
+        "     amsrepomirror unpack BUNDLE --amshome \"$AMSHOME\"",
+        "",
+        "3. Or by hand, in $AMSHOME (BUNDLE is this folder; never change files of repository itself):",
+        "     cp -al repository repository.new      (hard links; cp -a where links are refused)",
+        "     cd repository.new",
+    ]
+    for r in sorted(manifest.reused, key=lambda r: r.path):
+        parent = r.path.rpartition("/")[0]
+        lines.append(f"     {'mkdir -p ' + q(parent) + ' && ' if parent else ''}cp -- {q(r.source)} {q(r.path)}")
+    for path in sorted(set(manifest.removed) | set(carried)):
+        lines.append(f"     rm -f -- {q(path)}")
+    lines += ["     for c in \"$BUNDLE\"/*.7z; do 7z x -o. \"$c\" || break; done"]
+    split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
+    for f in split:
+        stem = q(f.path + ".part-")
+        lines.append(f"     cat {stem}* > {q(f.path)} && rm {stem}*")
+    lines += [
+        "     (then remove folders left empty by the removals)",
+        f"   Check every file's sha256 against the \"target\" list in {MANIFEST_NAME}, then swap:",
+        "     cd .. && mv repository repository.old && mv repository.new repository",
+        "   (Carried files are removed first, so that 7z never writes through a hard link into the old tree.)",
+    ]
+    if manifest.compression == "zstd":
+        lines += ["", "NOTE: zstd chunks: stock 7-Zip cannot unpack them; use amsrepomirror unpack."]
     return "\n".join(lines) + "\n"

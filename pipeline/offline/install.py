@@ -14,10 +14,12 @@ import shlex
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from amsrepomirror.bundle.delta import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
+from amsrepomirror.offline.delta import unpack_delta
 from amsrepomirror.util.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def installed_changes(bundle, amshome) -> Optional[List[str]]:
         return None  # an unreadable receipt vouches for nothing; the next swap writes a new one
     if not receipt or not manifest_path.is_file() or receipt.get("manifest_sha256") != manifest_sha256(bundle):
         return None
-    files = BundleManifest.read(manifest_path).files
+    files = target_of(BundleManifest.read(manifest_path))  # a delta's whole tree, not what it carries
     return extract.tree_problems(Path(amshome) / placement.REPOSITORY, files, check_hashes=False)
 
 
@@ -63,9 +65,10 @@ def _refuse_changed(bundle_dir: Path, home: Path, changes: List[str]) -> Integri
         log.info(f"unpack: {line}")
     if len(changes) > MAX_CHANGES_LISTED:
         log.info(f"unpack: ... and {len(changes) - MAX_CHANGES_LISTED} more")
+    again = "FULL_BUNDLE" if BundleManifest.read(bundle_dir / MANIFEST_NAME).is_delta else shlex.quote(str(bundle_dir))
     return IntegrityError(
         f"{home / placement.REPOSITORY} no longer matches the bundle its receipt names ({len(changes)} "
-        f"difference(s), listed above); to install it again run: amsrepomirror unpack {shlex.quote(str(bundle_dir))} "
+        f"difference(s), listed above); to install it again run: amsrepomirror unpack {again} "
         f"--amshome {shlex.quote(str(home))} --reinstall")
 
 
@@ -74,12 +77,23 @@ def usage_hints(home: Path, versions: Sequence[str]) -> str:
     return "\n".join(placement.usage_hint(home, version) for version in versions)
 
 
+def _delta_manifest(bundle_dir: Path) -> Optional[BundleManifest]:
+    """The bundle's manifest when it is a delta; None otherwise, or when it is unreadable (the
+    chunk check of a full unpack then names what is wrong with it)."""
+    try:
+        manifest = BundleManifest.read(bundle_dir / MANIFEST_NAME)
+    except IntegrityError:
+        return None
+    return manifest if manifest.is_delta else None
+
+
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
-                  reinstall: bool = False) -> str:
+                  reinstall: bool = False, deep: bool = False) -> str:
     """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know.
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
-    unless ``reinstall``.
+    unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``;
+    ``deep``: re-hash the installed files it relies on).
     """
     bundle_dir = Path(bundle)
     if not bundle_dir.is_dir():
@@ -94,6 +108,10 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         if changes == []:
             log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
             return usage_hints(home, BundleManifest.read(bundle_dir / MANIFEST_NAME).all_versions)
+        delta = _delta_manifest(bundle_dir)
+        if delta is not None:
+            return unpack_delta(bundle_dir.absolute(), home, delta, manifest_sha256(bundle), keep_previous=keep_previous,
+                                deep=deep, version_files=version_files)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         report = require_intact(verify_bundle(bundle_dir, test_archives=False))
         manifest = report.manifest
@@ -116,7 +134,9 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             for index in (f"{version}.yml" for version in manifest.all_versions):
                 if not (staging / index).is_file():
                     raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
-            receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()))
+            receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
+                                             tree=placement.installed_files(staging, manifest.files),
+                                             bundle_created=manifest.created)
             log.info("unpack: writing the new tree to disk (sync)")
             extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
             how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)

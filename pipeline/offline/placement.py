@@ -12,7 +12,8 @@ Names, all directly inside AMSHOME (one filesystem, so renames are atomic):
 ``T``  ``.repository.trash-*``       a tree being deleted (renamed here first, then removed)
 ``J``  ``.amsrepomirror-swap.json``  swap journal: (st_dev, st_ino) of the verified S,
                                      keep_previous, and the receipt to write afterwards
-``C``  ``.amsrepomirror-receipt.json`` receipt: which bundle manifest R holds
+``C``  ``.amsrepomirror-receipt.json`` receipt: which bundle manifest R holds, and the installed
+                                     tree (path, size, sha256, and mtime and inode after the swap)
 ``L``  ``.amsrepomirror.lock``      flock held by the running unpack (:func:`amshome_lock`)
 
 No link planted at one of these names is ever followed: J and C are written to a fresh temp file
@@ -51,11 +52,14 @@ the unpack (or finds the receipt in place when the kill came after step 5).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import ctypes.util
 import errno
 import glob
+import gzip
+import hashlib
 import json
 import os
 import re
@@ -63,12 +67,15 @@ import shutil
 import stat
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
+from amsrepomirror.bundle.format import SHA256_PATTERN
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline.extract import open_regular
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
+from amsrepomirror.util.paths import path_problem, shown
 from amsrepomirror.util.time import utc_now
 
 REPOSITORY = "repository"
@@ -86,8 +93,11 @@ DEFAULT_VERSION_PATTERN = r"AMS\d{4}\.\d+"
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 1 << 1
-#: The receipt and the journal are a few hundred bytes; reading stops here whatever is planted there.
-MAX_STATE_BYTES = 1 << 20
+#: The journal and the receipt hold the installed tree (gzip-compressed when large: about 100 bytes a
+#: file); reading stops here whatever is planted there.
+MAX_STATE_BYTES = 64 << 20
+#: A receipt's tree is stored as plain JSON up to this size, else gzip-compressed (base64).
+TREE_INLINE_BYTES = 256 << 10
 
 
 def _checkpoint(name: str) -> None:
@@ -264,14 +274,56 @@ def require_space(amshome, needed: int) -> None:
 # receipt
 
 
-def make_receipt(manifest_sha256: str, version: str, bundle_path) -> Dict[str, object]:
-    return {
+@dataclass(frozen=True)
+class InstalledFile:
+    """A file of the installed tree as the receipt records it, right after the swap that placed it."""
+    path: str
+    size: int
+    sha256: str
+    mtime_ns: int
+    ino: int
+
+
+def tree_identity(files: Iterable) -> str:
+    """The identity of a whole tree (anything with path, size and sha256): sha256 of its sorted
+    (path, size, sha256) list. Bundles, deltas and receipts name trees by it, whatever the chunks."""
+    rows = sorted([f.path, f.size, f.sha256] for f in files)
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def installed_files(tree_dir, files: Iterable) -> List[InstalledFile]:
+    """``files`` (path, size, sha256) with the mtime and inode they have in ``tree_dir`` now; a
+    directory rename keeps both, so taken in staging they hold after the swap."""
+    rows = []
+    for f in files:
+        st = os.lstat(Path(tree_dir).joinpath(*f.path.split("/")))
+        rows.append(InstalledFile(f.path, f.size, f.sha256, st.st_mtime_ns, st.st_ino))
+    return rows
+
+
+def _encode_tree(rows: List[InstalledFile]) -> Dict[str, object]:
+    listed = [[r.path, r.size, r.sha256, r.mtime_ns, r.ino] for r in sorted(rows, key=lambda r: r.path)]
+    text = json.dumps(listed, separators=(",", ":"))
+    if len(text) <= TREE_INLINE_BYTES:
+        return {"tree": listed}
+    return {"tree_gz": base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")}
+
+
+def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optional[List[InstalledFile]] = None,
+                 bundle_created: str = "") -> Dict[str, object]:
+    """The receipt of an unpack: the bundle manifest installed and, with ``tree``, the installed
+    tree itself (what a delta is built against and checked with)."""
+    receipt = {
         "schema": RECEIPT_SCHEMA,
         "manifest_sha256": manifest_sha256,
         "version": version,
         "bundle_path": str(Path(bundle_path).absolute()) if bundle_path else "",
         "installed": utc_now(),
     }
+    if tree is not None:
+        receipt.update(bundle_created=bundle_created, tree_sha256=tree_identity(tree), files=len(tree),
+                       bytes=sum(r.size for r in tree), **_encode_tree(tree))
+    return receipt
 
 
 def write_receipt(amshome, manifest_sha256: str, version: str, bundle_path) -> Dict[str, object]:
@@ -293,6 +345,42 @@ def read_receipt(amshome) -> Optional[Dict[str, object]]:
     if not isinstance(body, dict) or body.get("schema") != RECEIPT_SCHEMA or "manifest_sha256" not in body:
         raise IntegrityError(f"{path} is not an amsrepomirror receipt")
     return body
+
+
+def _decoded_rows(receipt: dict):
+    if "tree" in receipt:
+        return receipt["tree"]
+    try:
+        return json.loads(gzip.decompress(base64.b64decode(str(receipt["tree_gz"]), validate=True)))
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"its compressed tree does not decode ({exc})") from None
+
+
+def receipt_tree(receipt: dict, where) -> List[InstalledFile]:
+    """The installed tree a receipt records, every row checked and the whole against its
+    ``tree_sha256``: IntegrityError naming ``where`` when damaged, UsageError when the receipt
+    predates installed trees (written before delta bundles)."""
+    if "tree_sha256" not in receipt or ("tree" not in receipt and "tree_gz" not in receipt):
+        raise UsageError(f"receipt {where} does not list the installed tree (written by an older amsrepomirror): "
+                         "unpack a full bundle once, then its receipt can base a delta")
+    try:
+        rows = _decoded_rows(receipt)
+        if not isinstance(rows, list):
+            raise ValueError("its tree is not a list")
+        tree = []
+        for row in rows:
+            if not (isinstance(row, list) and len(row) == 5 and not path_problem(row[0])
+                    and all(type(v) is int and v >= 0 for v in (row[1], row[3], row[4]))
+                    and isinstance(row[2], str) and SHA256_PATTERN.fullmatch(row[2])):
+                raise ValueError(f"row {shown(repr(row)[:80])} is not a safe path, size, sha256, mtime and inode")
+            tree.append(InstalledFile(*row))
+        if len({r.path for r in tree}) != len(tree):
+            raise ValueError("it lists a path twice")
+        if tree_identity(tree) != receipt["tree_sha256"]:
+            raise ValueError("its tree does not match its tree_sha256 (truncated or edited)")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"receipt {where} is damaged: {exc}") from None
+    return tree
 
 
 def _remove_receipt(home: Path) -> None:

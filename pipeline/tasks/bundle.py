@@ -1,11 +1,13 @@
 """Bundle wiring: BundleArchive (after VerifyTree, or the last verified mirror) → WriteChunk per chunk."""
 
 from pathlib import Path
+from typing import Optional
 
 import luigi
 from luigi.util import inherits
 
 from amsrepomirror.bundle import build
+from amsrepomirror.bundle.delta import read_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.manifest import Manifest, union_manifest
@@ -58,11 +60,13 @@ class VersionsUnion(ReportsFailure, luigi.Task):
 
 
 class BundleTarget(luigi.Target):
-    """Exists when the bundle folder is finished (SHA256SUMS written last) for this mirror manifest and settings."""
+    """Exists when the bundle folder is finished (SHA256SUMS written last) for this mirror manifest,
+    settings and delta base (None: a full bundle)."""
 
-    def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str):
+    def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
+                 base: Optional[str] = None):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
-        self.chunk_size, self.compression = parse_size(chunk_size), compression
+        self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
 
     def exists(self):
         if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
@@ -71,7 +75,7 @@ class BundleTarget(luigi.Target):
             built = BundleManifest.read(self.out / MANIFEST_NAME)
         except MirrorError:
             return False
-        return ((built.chunk_size, built.compression) == (self.chunk_size, self.compression)
+        return ((built.chunk_size, built.compression, built.base) == (self.chunk_size, self.compression, self.base)
                 and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256())
 
 
@@ -85,6 +89,7 @@ class BundleArchive(MirrorTask):
     offline = luigi.BoolParameter(default=False, description="bundle the last verified mirror without the network")
     versions = luigi.ListParameter(default=[], description="several versions in one bundle, version first "
                                    "(bundles their last verified mirrors: mirror each first)")
+    since = luigi.Parameter(default="", description="delta base snapshot (bundle.delta.write_base); empty: a full bundle")
 
     def requires(self):
         if len(self.versions) > 1:
@@ -94,16 +99,17 @@ class BundleArchive(MirrorTask):
         return self.clone(VerifyTree)
 
     def output(self):
-        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression)
+        base = read_base(self.since).identity if self.since else None
+        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base)
 
     def run(self):
         manifest_path = self.input().path
-        plan = build.plan_for(manifest_path, self.chunk_size, self.version, self.compression)
+        plan = build.plan_for(manifest_path, self.chunk_size, self.version, self.compression, self.since)
         build.prepare_out(self.out, plan)
         yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
-                          chunk_size=self.chunk_size, compression=self.compression, index=i)
+                          chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
-        build.finish(self.out, plan)
+        build.finish(self.mirror, self.out, plan)
 
 
 class ChunkTarget(luigi.Target):
@@ -125,10 +131,11 @@ class WriteChunk(ReportsFailure, luigi.Task):
     manifest_path = luigi.Parameter()
     chunk_size = luigi.Parameter()
     compression = luigi.Parameter()
+    since = luigi.Parameter(default="")
     index = luigi.IntParameter()
 
     def plan(self):
-        return build.plan_for(self.manifest_path, self.chunk_size, self.version, self.compression)
+        return build.plan_for(self.manifest_path, self.chunk_size, self.version, self.compression, self.since)
 
     def requires(self):
         # A chunk that continues a split file resumes its hash where the chunk before left it.

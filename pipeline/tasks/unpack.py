@@ -29,6 +29,8 @@ class Unpack(ReportsFailure, luigi.Task):
     amshome = luigi.Parameter(description="the AMS installation folder")
     keep_previous = luigi.BoolParameter(default=False, significant=False, description="keep repository.previous")
     reinstall = luigi.BoolParameter(default=False, significant=False, description="install even when already installed")
+    deep = luigi.BoolParameter(default=False, significant=False,
+                               description="delta: re-hash the installed files it relies on instead of trusting the receipt")
 
     def output(self):
         return ReceiptTarget(self.amshome, self.bundle)
@@ -41,5 +43,5 @@ class Unpack(ReportsFailure, luigi.Task):
 
     def run(self):
         install.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall,
-                              version_files=list(unpack().installed_version_files))
+                              deep=self.deep, version_files=list(unpack().installed_version_files))
         self._reinstalled = True

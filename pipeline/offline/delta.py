@@ -1,0 +1,193 @@
+"""Unpack of a delta bundle: the new tree is built in staging from the installed repository plus
+the delta, checked whole against the delta's target manifest, and swapped in like a full unpack.
+
+Nothing in ``$AMSHOME/repository`` is ever written: unchanged and reused files are hard-linked
+into staging (copied where a link is refused), carried files are extracted there. Every refusal
+(another base, a damaged receipt or delta, an installed file the delta relies on that changed
+since the receipt) happens before staging exists.
+
+What is trusted how: carried files by sha256 as they are extracted (like a full unpack); files
+taken from the installed tree by size, mtime and inode as the receipt recorded them right after
+the swap that placed them (checked on the live file before, and on the link in staging after),
+or, with ``deep``, re-hashed; copies are hashed as they are copied.
+"""
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from amsrepomirror.bundle.delta import delta_problems
+from amsrepomirror.bundle.format import BundleManifest
+from amsrepomirror.bundle.verify import require_intact, verify_bundle
+from amsrepomirror.errors import IntegrityError, UsageError
+from amsrepomirror.offline import extract, placement
+from amsrepomirror.offline.extract import open_regular
+from amsrepomirror.offline.placement import InstalledFile
+from amsrepomirror.util.paths import shown
+
+log = logging.getLogger(__name__)
+
+#: A hard link refused for these reasons is replaced by a copy (other filesystem, protected_hardlinks,
+#: too many links, a filesystem without hard links).
+LINK_REFUSED = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)}
+COPY_BLOCK = 8 * 1024 * 1024
+
+
+def _short(identity: Optional[str]) -> str:
+    return (identity or "?")[:12]
+
+
+def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Optional[List[InstalledFile]]:
+    """The tree AMSHOME's receipt records when it is the delta's base; None when it already is the
+    delta's target. UsageError (naming the base needed and what is installed) otherwise."""
+    needs = f"the tree {_short(manifest.base)} (the bundle of {manifest.base_created or '?'})"
+    try:
+        receipt = placement.read_receipt(home)
+        if receipt is None:
+            raise UsageError(f"delta {bundle_dir} applies to {needs}, but AMSHOME {home} has no receipt "
+                             "(nothing unpacked by amsrepomirror): unpack a full bundle first")
+        tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc}; a delta cannot be applied: unpack a full bundle with --reinstall") from None
+    installed = receipt["tree_sha256"]
+    if installed == placement.tree_identity(manifest.target):
+        return None
+    if installed != manifest.base:
+        raise UsageError(f"delta {bundle_dir} applies to {needs}, but {home / placement.REPOSITORY} holds the tree "
+                         f"{_short(installed)} (the bundle of {receipt.get('bundle_created') or '?'}, installed "
+                         f"{receipt.get('installed', '?')}): carry the delta made from that tree, or a full bundle")
+    return tree
+
+
+def _sources(manifest: BundleManifest, installed: Dict[str, InstalledFile]) -> Dict[str, InstalledFile]:
+    """target path -> the installed file it is taken from, for every target file the delta does not carry."""
+    carried = {f.path for f in manifest.files}
+    reused = {r.path: r.source for r in manifest.reused}
+    sources = {}
+    for t in manifest.target:
+        if t.path in carried:
+            continue
+        source = installed.get(reused.get(t.path, t.path))
+        if source is None or (source.size, source.sha256) != (t.size, t.sha256):
+            raise IntegrityError(f"the delta's target manifest does not match its files: {shown(t.path)} is neither "
+                                 "carried nor in its base with that size and sha256; carry the delta again")
+        sources[t.path] = source
+    return sources
+
+
+def _changed(path: Path, row: InstalledFile, st: Optional[os.stat_result] = None) -> bool:
+    """``path`` is not the file the receipt recorded (type, size, mtime, inode)."""
+    try:
+        st = st or os.lstat(path)
+    except FileNotFoundError:
+        return True
+    return (not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns, st.st_ino) != (row.size, row.mtime_ns, row.ino))
+
+
+def check_installed(repo: Path, rows: Sequence[InstalledFile], deep: bool) -> None:
+    """Every installed file the delta relies on is still the one the receipt recorded (and, with
+    ``deep``, has its sha256); IntegrityError naming the first that is not."""
+    for row in sorted(set(rows), key=lambda r: r.path):
+        path = repo.joinpath(*row.path.split("/"))
+        if _changed(path, row) or (deep and extract._hash_regular(path)[1] != row.sha256):
+            raise IntegrityError(
+                f"{repo} no longer matches its receipt: {shown(row.path)} was changed, replaced or removed since it "
+                "was installed, and the delta relies on it; nothing was changed: unpack a full bundle with --reinstall")
+
+
+def _copy(src: Path, dst: Path, row: InstalledFile) -> None:
+    """Copy ``src`` to a new file ``dst``, hashing on the way: it must have the receipt's sha256."""
+    hasher, size = hashlib.sha256(), 0
+    view = memoryview(bytearray(COPY_BLOCK))
+    sfd = open_regular(src)
+    try:
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, extract.FILE_MODE)
+        try:
+            raw = io.FileIO(sfd, "rb", closefd=False)
+            while True:
+                n = raw.readinto(view)
+                if not n:
+                    break
+                hasher.update(view[:n])
+                extract._write_all(dfd, view[:n])
+                size += n
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise extract._os_error(exc, f"copying {row.path} into staging") from exc
+    finally:
+        os.close(sfd)
+    if (size, hasher.hexdigest()) != (row.size, row.sha256):
+        raise IntegrityError(f"installed {shown(row.path)} does not have the sha256 its receipt records; "
+                             "nothing was changed: unpack a full bundle with --reinstall")
+
+
+def link_or_copy(src: Path, dst: Path, row: InstalledFile) -> bool:
+    """Put the installed file ``src`` (recorded as ``row``) at ``dst``: a hard link, checked to be
+    that very file, or a hashed copy where links are refused. True when linked."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in LINK_REFUSED:
+            raise extract._os_error(exc, f"linking {row.path} into staging") from exc
+        _copy(src, dst, row)
+        return False
+    if _changed(dst, row):  # replaced between the check and the link
+        raise IntegrityError(f"installed {shown(row.path)} changed while the delta was applied; nothing was changed")
+    return True
+
+
+def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_sha256: str, *,
+                 keep_previous: bool, deep: bool, version_files: Sequence[str]) -> str:
+    """Build the delta's target tree in staging from the installed tree and the delta; swap it in."""
+    problems = delta_problems(manifest)
+    if problems:
+        raise IntegrityError(f"delta {bundle_dir} contradicts itself: {problems[0]}; carry it again")
+    tree = installed_tree(home, manifest, bundle_dir)
+    repo = home / placement.REPOSITORY
+    if tree is None:
+        changes = extract.tree_problems(repo, manifest.target, check_hashes=False)
+        if changes:
+            raise IntegrityError(f"{repo} should hold this delta's tree but differs from it ({changes[0]}); "
+                                 "unpack a full bundle with --reinstall")
+        log.info(f"unpack: {repo} already holds the tree this delta makes; nothing to do")
+        return placement.usage_hint(home, manifest.version)
+    sources = _sources(manifest, {r.path: r for r in tree})
+    log.info(f"unpack: checking the {len(set(sources.values()))} installed files the delta relies on"
+             f"{' (re-hashing them: --deep)' if deep else ' (size, mtime, inode from the receipt)'}")
+    check_installed(repo, list(sources.values()), deep)
+    log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
+    require_intact(verify_bundle(bundle_dir, test_archives=False))
+    log.info(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
+    placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
+    expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
+    with placement.new_staging(home) as staging:
+        linked = 0
+        for path, row in sorted(sources.items()):
+            parent, _, name = path.rpartition("/")
+            linked += link_or_copy(repo.joinpath(*row.path.split("/")), extract.safe_makedirs(staging, parent) / name, row)
+        log.info(f"unpack: {linked} unchanged files hard-linked, {len(sources) - linked} copied")
+        for i, chunk in enumerate(manifest.chunks, start=1):
+            log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
+            extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
+        extract.reassemble(staging, manifest.files)
+        log.info(f"unpack: verifying {len(manifest.target)} files against the delta's target manifest")
+        extract.verify_tree(staging, manifest.target, check_hashes=False)
+        index = f"{manifest.version}.yml"
+        if not (staging / index).is_file():
+            raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
+        receipt = placement.make_receipt(manifest_sha256, manifest.version, str(bundle_dir.absolute()),
+                                         tree=placement.installed_files(staging, manifest.target),
+                                         bundle_created=manifest.created)
+        log.info("unpack: writing the new tree to disk (sync)")
+        extract.sync_tree(staging)
+        how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
+    log.info(f"unpack: {repo} now holds {manifest.version} after the delta ({how}): "
+             f"{len(manifest.files)} carried, {len(manifest.reused)} reused, {len(manifest.removed)} removed")
+    return placement.usage_hint(home, manifest.version)
+
