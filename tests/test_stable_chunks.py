@@ -115,7 +115,8 @@ def test_small_change_in_the_middle_changes_at_most_two_chunks(double, tree, tmp
     assert to_remove == sorted(name for name, _ in before - after)
     assert f"copy {len(changed)} of {len(after)} chunks" in since.stdout
     by_manifest = run_cli("plan", "--mirror", mirror, "--chunk-size", "256KiB", "--since", old / MANIFEST_NAME)
-    assert by_manifest.stdout.replace(str(old / MANIFEST_NAME), str(old)) == since.stdout
+    copy_lines = [line for line in since.stdout.splitlines() if line.startswith(("  copy ", "  remove "))]
+    assert [line for line in by_manifest.stdout.splitlines() if line.startswith(("  copy ", "  remove "))] == copy_lines
 
     check_by_hand_and_with_the_tool(new, mirror, tmp_path / "ams")
 
