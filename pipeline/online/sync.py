@@ -16,7 +16,8 @@ import requests
 
 from amsrepomirror import __version__
 from amsrepomirror.errors import AuthError, DiskSpaceError, IntegrityError, MirrorError, UsageError
-from amsrepomirror.online.http import LowSpeed, RemoteInfo, StopSignal, Stopped, fetch_text, fetch_to_part, probe
+from amsrepomirror.online.http import (LowSpeed, RemoteInfo, ServerNotAuthenticated, StopSignal, Stopped, fetch_text,
+                                      fetch_to_part, probe)
 from amsrepomirror.util.time import utc_now
 from amsrepomirror.util.fsutil import local_writes, require_free_space
 from amsrepomirror.util.hashing import sha256_file
@@ -71,6 +72,8 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
 def _probe_or_error(session, item: ListedFile, timeout: float):
     try:
         return probe(session, item.url, timeout)
+    except ServerNotAuthenticated:
+        raise  # not one file's failure: nothing this server answers can be trusted
     except MirrorError as exc:
         return exc
 
