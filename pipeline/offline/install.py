@@ -53,8 +53,12 @@ def installed_changes(bundle, amshome) -> Optional[List[str]]:
 
 
 def is_installed(bundle: str, amshome: str) -> bool:
-    """True when AMSHOME's receipt names this bundle's manifest and the repository still matches it."""
+    """True when AMSHOME's receipt names this bundle's manifest and the repository still matches it,
+    and a killed unpack left nothing there for the next one to recover (a swap to finish, a staging
+    tree to remove)."""
     try:
+        if placement.interrupted(amshome):
+            return False
         return installed_changes(bundle, amshome) == []
     except IntegrityError:
         return False
@@ -103,6 +107,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                 say(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
                 # files=: parts of split files go straight to their offset in the joined file
                 extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
+                placement.checkpoint("unpack:chunk-extracted")
             extract.reassemble(staging, manifest.files)
             say(f"unpack: verifying {len(manifest.files)} files")
             # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
@@ -114,6 +119,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             index = f"{manifest.version}.yml"
             if not (staging / index).is_file():
                 raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
+            placement.checkpoint("unpack:verified")
             receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()))
             say("unpack: writing the new tree to disk (sync)")
             extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
