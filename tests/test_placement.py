@@ -511,27 +511,42 @@ def test_rerun_of_the_installed_bundle_still_clears_what_a_killed_unpack_left(tm
 
 @pytest.mark.parametrize("mode", ["exchange", "rename"])
 def test_kill_at_random_moments(tmp_path, bundles, installed_a, mode):
+    """Kills between the named steps too: at moments that home in on the swap (later after a kill
+    that came before it, earlier after one that came after it), so both sides are hit."""
     if mode == "exchange" and placement._renameat2 is None:
         pytest.skip("renameat2 not available here")
     home = amshome_with_a(installed_a, tmp_path)
+
+    def start(target, keep=False):
+        """The unpack, once it printed its first line (recovery done; the work starts)."""
+        proc = subprocess.Popen(unpack_command(bundles, target, home, mode, keep), cwd=REPO, env=cli_env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            if line.startswith("unpack: checking every chunk"):
+                break
+        return proc, time.monotonic()
+
+    proc, started = start("B")  # one whole run: how long the work takes up to the swap, here and now
+    for line in proc.stderr:
+        if line.startswith("unpack: ") and " now holds " in line:
+            break
+    delay = time.monotonic() - started
+    assert proc.wait(timeout=120) == 0
     rng = random.Random(1234)
     seen = set()
     for i in range(8):
-        target = "B" if i % 2 == 0 else "A"
-        proc = subprocess.Popen(unpack_command(bundles, target, home, mode, keep=bool(i % 3 == 0)), cwd=REPO,
-                                env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        try:  # from the first line the unpack proper prints (recovery done), a random moment later
-            for line in proc.stderr:
-                if line.startswith("unpack: checking every chunk"):
-                    break
-            time.sleep(rng.random() * 0.15)
+        target = "A" if i % 2 == 0 else "B"
+        proc, started = start(target, keep=bool(i % 3 == 0))
+        try:
+            time.sleep(delay * (0.5 + rng.random()))
             proc.send_signal(signal.SIGKILL)
             proc.communicate(timeout=60)
         finally:
             proc.kill()
         assert proc.returncode in (0, -signal.SIGKILL)  # (an exit code 1 would mean the unpack failed)
-        seen.add(assert_consistent(bundles, home, mode) == target)
-    assert seen == {True, False}  # some kills landed before the swap, some after
+        after_swap = assert_consistent(bundles, home, mode) == target
+        seen.add(after_swap)
+        delay *= 0.6 if after_swap else 1.6
+    assert seen == {True, False}
     assert run_unpack(bundles, "B", home, mode).returncode == 0
     assert_clean(bundles, home, "B")
