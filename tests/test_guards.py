@@ -124,7 +124,8 @@ def test_a_complete_run_leaves_no_partial_download(scm_double, repo_tree, tmp_pa
     else:
         remove_file(repo_tree, BIG)
         write_listing(repo_tree, VERSION, scm_double.base_url, repository_files(repo_tree))
-    result = run_cli("mirror", "--version", VERSION, "--mirror", mirror, "--listing-url", scm_double.listing_url(VERSION))
+    result = run_cli("mirror", "--version", VERSION, "--mirror", mirror, "--listing-url",
+                     scm_double.listing_url(VERSION))
     assert result.returncode == 0, result.stderr
     assert tree_hashes(mirror) == served_tree(repo_tree, VERSION)
     assert parts_left(mirror) == []

@@ -80,7 +80,8 @@ def assert_not_authenticated(result):
 # --- the double --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("certificate,why", [("stranger", "unable to get local issuer certificate"),
-                                             ("wrong_name", "not valid for '127.0.0.1'")], ids=["unknown-ca", "wrong-name"])
+                                             ("wrong_name", "not valid for '127.0.0.1'")],
+                         ids=["unknown-ca", "wrong-name"])
 def test_unauthenticated_server_is_exit_3_and_is_sent_nothing(repo_tree, pki, tmp_path, certificate, why):
     dest = tmp_path / "m"
     with ScmDouble(repo_tree, tls=pki[certificate]) as double:
@@ -131,8 +132,8 @@ def test_no_ssl_mirrors_and_warns_once(https_double, repo_tree, pki, tmp_path, b
 LAST_LISTED = "windows/x86_64/python3.11-2026.101.zip"
 
 
-@pytest.mark.parametrize("when,hook", [("after-listing", ("listings/*", "GET")), ("before-downloads", (LAST_LISTED, "HEAD"))],
-                         ids=["after-listing", "before-downloads"])
+@pytest.mark.parametrize("when,hook", [("after-listing", ("listings/*", "GET")),
+                                       ("before-downloads", (LAST_LISTED, "HEAD"))], ids=["after-listing", "before-downloads"])
 def test_certificate_changing_mid_run_stops_it_with_exit_3(https_double, repo_tree, pki, tmp_path, when, hook):
     """A node with a foreign certificate behind the same name (a CDN gone wrong, an interceptor):
     connections opened after the switch fail verification. "after-listing": the HEAD probes'
@@ -168,10 +169,10 @@ def test_head_probe_alone_refuses_an_untrusted_server(https_double, pki, monkeyp
 
 
 def test_ca_variable_naming_a_missing_file_is_a_usage_error(https_double, tmp_path):
-    result = mirror(https_double.listing_url(VERSION), tmp_path / "m",
-                    env=env_trusting(tmp_path / "no-such-ca.pem", "SSL_CERT_FILE"))
+    missing = tmp_path / "no-such-ca.pem"
+    result = mirror(https_double.listing_url(VERSION), tmp_path / "m", env=env_trusting(missing, "SSL_CERT_FILE"))
     assert result.returncode == 2, result.stderr
-    assert error_lines(result) == [f"error: SSL_CERT_FILE={tmp_path / 'no-such-ca.pem'}: no such CA certificate file or folder"]
+    assert error_lines(result) == [f"error: SSL_CERT_FILE={missing}: no such CA certificate file or folder"]
     assert https_double.log == []
 
 
