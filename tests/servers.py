@@ -2,7 +2,8 @@
 ``require_tool`` (skip when a tool is missing, fail instead when CI demands the tools).
 
 nginx serves ``root`` the way :class:`amsrepomirror.testing.scmdouble.ScmDouble` does: basic auth on
-everything, 401 (with ``WWW-Authenticate``) for unauthorized prefixes, ``etag on``, Range.
+everything, 401 (with ``WWW-Authenticate``) for unauthorized prefixes, ``etag on``, Range; over
+HTTPS when given ``tls=`` (one PEM file holding the private key and the certificate chain).
 Differences from the double worth knowing: nginx's ETag/Last-Modified have one-second
 resolution (``"<hex mtime s>-<hex size>"``), a directory answers 301/403 rather than 404, and
 nginx writes its access-log line *after* the response, so use ``access_log(min_records=...)``
@@ -80,6 +81,7 @@ class AccessRecord:
     user: Optional[str]
     connection: int  # $connection: equal numbers = same (keep-alive) connection
     request_time: float
+    tls: Optional[str] = None  # $ssl_protocol, e.g. "TLSv1.3"; None over plain HTTP
 
     @property
     def relpath(self) -> Optional[str]:
@@ -88,7 +90,7 @@ class AccessRecord:
 
 _LOG_FORMAT = (
     "$request_method\\t$uri\\t$status\\t$body_bytes_sent\\t$http_range\\t$http_if_range"
-    "\\t$remote_user\\t$connection\\t$request_time"
+    "\\t$remote_user\\t$connection\\t$request_time\\t$ssl_protocol"
 )
 _ESC = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 
@@ -109,9 +111,9 @@ def parse_access_log(path: Union[str, Path]) -> List[AccessRecord]:
         return out
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) != 9:
+        if len(parts) != 10:
             continue
-        method, uri, status, nbytes, rng, if_range, user, conn, rtime = parts
+        method, uri, status, nbytes, rng, if_range, user, conn, rtime, tls = parts
         out.append(AccessRecord(
             method=method,
             uri=_unescape(uri) or "",
@@ -122,6 +124,7 @@ def parse_access_log(path: Union[str, Path]) -> List[AccessRecord]:
             user=_unescape(user),
             connection=int(conn) if conn.isdigit() else 0,
             request_time=float(rtime) if rtime not in ("", "-") else 0.0,
+            tls=_unescape(tls),
         ))
     return out
 
@@ -149,11 +152,13 @@ class NginxServer:
         *,
         nginx: Optional[str] = None,
         workdir: Union[str, Path, None] = None,
+        tls: Union[str, Path, None] = None,
     ):
         self.root = Path(root).resolve()
         self.users = dict(users) if users is not None else {DEMO_USER: DEMO_PASSWORD}
         self.unauthorized_prefixes = tuple(unauthorized_prefixes)
         self.limit_rate = limit_rate
+        self.tls = Path(tls).resolve() if tls is not None else None
         self.nginx = nginx or find_tool("nginx") or "/usr/sbin/nginx"
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nginx-"))
@@ -163,7 +168,7 @@ class NginxServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def listing_url(self, version: str = DEFAULT_VERSION) -> str:
         return f"{self.base_url}{PACKAGES_PREFIX}listings/{quote(version)}.txt"
@@ -205,6 +210,8 @@ class NginxServer:
         # pytest's tmp dirs (mode 0700): keep them as root in that case.
         user_line = "user root;\n" if os.geteuid() == 0 else ""
         mime = "    include /etc/nginx/mime.types;\n" if Path("/etc/nginx/mime.types").is_file() else ""
+        pem = _nginx_string(str(self.tls)) if self.tls else ""
+        tls = f"        ssl_certificate {pem};\n        ssl_certificate_key {pem};\n" if self.tls else ""
         conf = f"""{user_line}worker_processes 1;
 pid {wd / 'nginx.pid'};
 error_log {wd / 'error.log'} warn;
@@ -223,8 +230,8 @@ http {{
     keepalive_requests 100000;
     server_tokens off;
     server {{
-        listen {self.host}:{self.port};
-        root {_nginx_string(str(self.root))};
+        listen {self.host}:{self.port}{" ssl" if self.tls else ""};
+{tls}        root {_nginx_string(str(self.root))};
         etag on;
         auth_basic "SCM";
         auth_basic_user_file {wd / 'htpasswd'};

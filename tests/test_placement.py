@@ -6,20 +6,24 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
+import sys
 import time
-import traceback
 from pathlib import Path
 
 import pytest
+from clihelp import REPO, cli_env
 
-from amsrepomirror.bundle.format import BundleManifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME
+from amsrepomirror.bundle.readme import readme_text
+from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import DiskSpaceError, IntegrityError, UsageError
 from amsrepomirror.offline import placement
-from amsrepomirror.offline.extract import extract_chunk, reassemble, verify_tree
 from amsrepomirror.offline.placement import (
     JOURNAL,
+    LOCK,
     PREVIOUS,
     RECEIPT,
     REPOSITORY,
@@ -60,6 +64,9 @@ def make_tree(path: Path, files: dict) -> None:
     for rel, data in files.items():
         (path / rel).parent.mkdir(parents=True, exist_ok=True)
         (path / rel).write_bytes(data)
+
+
+UNPACK_LOG = ".amsrepomirror-unpack.log"
 
 
 def files_of(t: dict) -> dict:
@@ -349,83 +356,57 @@ def test_recover_removes_trash_and_stale_staging(home):
 
 
 # ---------------------------------------------------------------------------------------------
-# real kill -9
+# real kill -9, through the real command: `python -m amsrepomirror unpack` kills itself at a named
+# step (placement.KILL_AT_ENV, the one test seam) or is killed from outside at a random moment.
+
+#: The same command on a system without renameat2 (not Linux, or a libc without the wrapper):
+#: the loader found nothing, so the swap takes the two-rename path.
+WITHOUT_RENAMEAT2 = ("import runpy, amsrepomirror.offline.placement as placement; placement._renameat2 = None; "
+                     "runpy.run_module('amsrepomirror', run_name='__main__', alter_sys=True)")
 
 
-def child_main(cfg):
-    """Runs in a forked child process (a real process, killed with a real SIGKILL): what the
-    Unpack task does -- recover, extract into staging, reassemble, verify, swap with receipt."""
-    home = Path(cfg["amshome"])
-    if cfg.get("mode") == "rename":
-        placement._renameat2 = None
-    kill_at = cfg.get("kill_at")
+def unpack_command(bundles, name, home, mode, keep=False):
+    args = ["unpack", str(bundles[name][0]), "--amshome", str(home)] + (["--keep-previous"] if keep else [])
+    entry = ["-c", WITHOUT_RENAMEAT2] if mode == "rename" else ["-m", "amsrepomirror"]
+    return [sys.executable, *entry, *args]
 
-    def cp(name):
-        if name == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
 
-    placement._checkpoint = cp
-
-    def unpack(bundle):
-        bundle = Path(bundle)
-        placement.recover(home)
-        cp("unpack:recovered")
-        m = BundleManifest.read(bundle / "manifest.json")
-        stg = placement.staging_dir(home)
-        stg.mkdir()
-        exp = {p.member: (p.size, p.sha256) for f in m.files for p in f.parts}
-        for c in m.chunks:
-            extract_chunk(bundle / c.name, c, stg, exp)
-            cp("unpack:chunk-extracted")
-        reassemble(stg, m.files)
-        cp("unpack:reassembled")
-        verify_tree(stg, m.files)
-        cp("unpack:verified")
-        sha = hashlib.sha256((bundle / "manifest.json").read_bytes()).hexdigest()
-        placement.swap_into_place(home, stg, keep_previous=cfg.get("keep_previous", False),
-                                  receipt=placement.make_receipt(sha, m.version, bundle))
-
-    i = 0
-    while True:
-        unpack(cfg["bundles"][i % len(cfg["bundles"])])
-        i += 1
-        if not cfg.get("loop"):
-            break
+def run_unpack(bundles, name, home, mode, kill_at=None, keep=False) -> subprocess.CompletedProcess:
+    """Run the unpack of bundle ``name`` (returncode -9 when it was killed)."""
+    env = cli_env(**({placement.KILL_AT_ENV: kill_at} if kill_at else {}))
+    result = subprocess.run(unpack_command(bundles, name, home, mode, keep), cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
 
 
 @pytest.fixture(scope="module")
 def bundles(tmp_path_factory):
+    """Complete bundles A and B (chunks, manifest.json, README.txt, SHA256SUMS) of TREE_A and TREE_B."""
     root = tmp_path_factory.mktemp("bundles")
     out = {}
     for name, files in (("A", TREE_A), ("B", TREE_B)):
-        build_bundle(root / name, files, chunk_size=300)
-        sha = hashlib.sha256((root / name / "manifest.json").read_bytes()).hexdigest()
+        manifest = build_bundle(root / name, files, chunk_size=300)
+        (root / name / README_NAME).write_text(readme_text(manifest), encoding="utf-8")
+        write_sums(root / name, [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME])
+        sha = hashlib.sha256((root / name / MANIFEST_NAME).read_bytes()).hexdigest()
         out[name] = (root / name, expect(files), sha)
     return out
 
 
-def run_child(bundles, home, names_, mode="exchange", kill_at=None, loop=False, keep=False, wait=True):
-    """Fork a child running child_main; return its exit code (-9 when killed) or, if not wait, its pid."""
-    cfg = {"amshome": str(home), "bundles": [str(bundles[n][0]) for n in names_], "mode": mode,
-           "kill_at": kill_at, "loop": loop, "keep_previous": keep}
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        code = 1
-        try:
-            child_main(cfg)
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    if not wait:
-        return pid
-    return wait_child(pid)
+@pytest.fixture(scope="module")
+def installed_a(bundles, tmp_path_factory):
+    """An AMSHOME holding bundle A, unpacked by the command (copy it: do not change it)."""
+    home = tmp_path_factory.mktemp("installed") / "amshome"
+    home.mkdir()
+    assert run_unpack(bundles, "A", home, "exchange").returncode == 0
+    return home
 
 
-def wait_child(pid):
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+def amshome_with_a(installed_a, tmp_path):
+    home = tmp_path / "amshome"
+    shutil.copytree(installed_a, home)
+    return home
 
 
 def which_tree(bundles, path: Path):
@@ -437,27 +418,24 @@ def which_tree(bundles, path: Path):
     raise AssertionError(f"{path} is a mix or incomplete: {sorted(got)}")
 
 
-def assert_consistent(bundles, home, mode, allow_missing_repo=False):
+def assert_consistent(bundles, home, mode):
     repo = home / REPOSITORY
     if not repo.exists():
         # only the fallback has a window without repository, and then the old tree is complete
-        assert allow_missing_repo and mode == "rename", names(home)
+        assert mode == "rename" and (home / JOURNAL).exists(), names(home)
         which_tree(bundles, home / PREVIOUS)
         return None
     return which_tree(bundles, repo)
 
 
-def assert_clean_after_recover(bundles, home):
-    recover(home)
-    n = which_tree(bundles, home / REPOSITORY)
-    rec = read_receipt(home)
-    if rec is not None:  # the receipt, when present, always names what repository holds
-        assert rec["manifest_sha256"] == bundles[n][2]
-    leftovers = [x for x in names(home) if x not in (REPOSITORY, PREVIOUS, RECEIPT)]
+def assert_clean(bundles, home, expected):
+    """``expected`` is in place, the receipt names it, and nothing of an unpack is left over."""
+    assert which_tree(bundles, home / REPOSITORY) == expected
+    assert read_receipt(home)["manifest_sha256"] == bundles[expected][2]
+    leftovers = [x for x in names(home) if x not in (REPOSITORY, PREVIOUS, RECEIPT, LOCK, UNPACK_LOG)]
     assert leftovers == []
     if (home / PREVIOUS).exists():
         which_tree(bundles, home / PREVIOUS)
-    return n
 
 
 KILL_POINTS = {
@@ -473,51 +451,102 @@ KILL_POINTS = {
                                                for keep in (False, True)
                                                if not keep or k in ("swap:exchanged", "swap:old-renamed",
                                                                     "swap:new-in-place")])
-def test_kill_at_each_step(tmp_path, bundles, mode, kill_at, keep):
+def test_kill_at_each_step(tmp_path, bundles, installed_a, mode, kill_at, keep):
     if mode == "exchange" and placement._renameat2 is None:
         pytest.skip("renameat2 not available here")
-    home = tmp_path / "amshome"
-    home.mkdir()
-    assert run_child(bundles, home, ["A"], mode=mode) == 0
-    assert which_tree(bundles, home / REPOSITORY) == "A"
+    home = amshome_with_a(installed_a, tmp_path)
 
-    assert run_child(bundles, home, ["B"], mode=mode, kill_at=kill_at, keep=keep) == -signal.SIGKILL
-    assert_consistent(bundles, home, mode, allow_missing_repo=True)
+    killed = -signal.SIGKILL
+    assert run_unpack(bundles, "B", home, mode, kill_at=kill_at, keep=keep).returncode == killed
+    assert_consistent(bundles, home, mode)
 
     # the rerun is itself killed while recovering (when there is a journal to act on) ...
-    r = run_child(bundles, home, ["B"], mode=mode, kill_at="recover:journal-found", keep=keep)
-    assert r in (0, -signal.SIGKILL)
-    assert_consistent(bundles, home, mode, allow_missing_repo=True)
+    assert run_unpack(bundles, "B", home, mode, kill_at="recover:journal-found", keep=keep).returncode in (0, killed)
+    assert_consistent(bundles, home, mode)
     # ... or after the old tree was handled during recovery
-    r = run_child(bundles, home, ["B"], mode=mode, kill_at="swap:old-to-previous", keep=keep)
-    assert r in (0, -signal.SIGKILL)
-    assert_consistent(bundles, home, mode, allow_missing_repo=True)
+    assert run_unpack(bundles, "B", home, mode, kill_at="swap:old-to-previous", keep=keep).returncode in (0, killed)
+    assert_consistent(bundles, home, mode)
 
     # a plain rerun completes the job
-    assert run_child(bundles, home, ["B"], mode=mode, keep=keep) == 0
-    assert assert_clean_after_recover(bundles, home) == "B"
-    assert read_receipt(home)["manifest_sha256"] == bundles["B"][2]
+    assert run_unpack(bundles, "B", home, mode, keep=keep).returncode == 0
+    assert_clean(bundles, home, "B")
     if keep:
         assert which_tree(bundles, home / PREVIOUS) in ("A", "B")
     else:
         assert not (home / PREVIOUS).exists()
 
 
+def test_two_rename_fallback_unpacks_and_a_kill_between_the_renames_is_rolled_back(tmp_path, bundles, installed_a):
+    """Where renameat2 is unavailable the swap is two renames, with a moment without repository:
+    a kill there leaves the old tree as repository.previous, and the next unpack restores it
+    before it goes on."""
+    home = amshome_with_a(installed_a, tmp_path)
+    assert run_unpack(bundles, "B", home, "rename", kill_at="swap:old-renamed").returncode == -signal.SIGKILL
+    assert not (home / REPOSITORY).exists() and which_tree(bundles, home / PREVIOUS) == "A"
+    assert which_tree(bundles, home / STAGING) == "B" and (home / JOURNAL).exists()
+    assert read_receipt(home)["manifest_sha256"] == bundles["A"][2]  # still true of the tree at previous
+
+    rerun = run_unpack(bundles, "B", home, "rename", kill_at="swap:begin")  # stopped right after its recovery
+    assert rerun.returncode == -signal.SIGKILL
+    assert "interrupted swap rolled back: restored repository from repository.previous" in rerun.stderr
+    assert which_tree(bundles, home / REPOSITORY) == "A" and not (home / PREVIOUS).exists()
+
+    result = run_unpack(bundles, "B", home, "rename")
+    assert result.returncode == 0, result.stderr
+    assert "now holds AMS2026.1 (rename)" in result.stderr  # the fallback did the swap
+    assert_clean(bundles, home, "B")
+
+
+def test_rerun_of_the_installed_bundle_still_clears_what_a_killed_unpack_left(tmp_path, bundles, installed_a):
+    """The receipt says A is in place, but a killed unpack of B left its staging tree (which can be
+    as large as the repository): unpacking A again must not skip the recovery that removes it."""
+    home = amshome_with_a(installed_a, tmp_path)
+    assert run_unpack(bundles, "B", home, "exchange", kill_at="unpack:verified").returncode == -signal.SIGKILL
+    assert which_tree(bundles, home / STAGING) == "B"
+    result = run_unpack(bundles, "A", home, "exchange")
+    assert result.returncode == 0, result.stderr
+    assert "removed stale staging .repository.staging" in result.stderr and "already holds" in result.stderr
+    assert_clean(bundles, home, "A")
+
+
 @pytest.mark.parametrize("mode", ["exchange", "rename"])
-def test_kill_at_random_moments(tmp_path, bundles, mode):
+def test_kill_at_random_moments(tmp_path, bundles, installed_a, mode):
+    """Kills between the named steps too: at moments that home in on the swap (later after a kill
+    that came before it, earlier after one that came after it), so both sides are hit."""
     if mode == "exchange" and placement._renameat2 is None:
         pytest.skip("renameat2 not available here")
-    home = tmp_path / "amshome"
-    home.mkdir()
-    assert run_child(bundles, home, ["A"], mode=mode) == 0
+    home = amshome_with_a(installed_a, tmp_path)
+
+    def start(target, keep=False):
+        """The unpack, once it printed its first line (recovery done; the work starts)."""
+        proc = subprocess.Popen(unpack_command(bundles, target, home, mode, keep), cwd=REPO, env=cli_env(),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            if line.startswith("unpack: checking every chunk"):
+                break
+        return proc, time.monotonic()
+
+    proc, started = start("B")  # one whole run: how long the work takes up to the swap, here and now
+    for line in proc.stderr:
+        if line.startswith("unpack: ") and " now holds " in line:
+            break
+    delay = time.monotonic() - started
+    assert proc.wait(timeout=120) == 0
     rng = random.Random(1234)
     seen = set()
-    for i in range(16):
-        pid = run_child(bundles, home, ["B", "A"], mode=mode, loop=True, wait=False, keep=bool(i % 2))
-        time.sleep(rng.random() * 0.3)
-        os.kill(pid, signal.SIGKILL)
-        assert wait_child(pid) == -signal.SIGKILL  # (an exit code 1 would mean the child failed)
-        assert_consistent(bundles, home, mode, allow_missing_repo=True)
-        seen.add(assert_clean_after_recover(bundles, home))
-    assert run_child(bundles, home, ["B"], mode=mode) == 0
-    assert assert_clean_after_recover(bundles, home) == "B"
+    for i in range(8):
+        target = "A" if i % 2 == 0 else "B"
+        proc, started = start(target, keep=bool(i % 3 == 0))
+        try:
+            time.sleep(delay * (0.5 + rng.random()))
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode in (0, -signal.SIGKILL)  # (an exit code 1 would mean the unpack failed)
+        after_swap = assert_consistent(bundles, home, mode) == target
+        seen.add(after_swap)
+        delay *= 0.6 if after_swap else 1.6
+    assert seen == {True, False}
+    assert run_unpack(bundles, "B", home, mode).returncode == 0
+    assert_clean(bundles, home, "B")

@@ -52,8 +52,12 @@ def installed_changes(bundle, amshome) -> Optional[List[str]]:
 
 
 def is_installed(bundle: str, amshome: str) -> bool:
-    """True when AMSHOME's receipt names this bundle's manifest and the repository still matches it."""
+    """True when AMSHOME's receipt names this bundle's manifest and the repository still matches it,
+    and a killed unpack left nothing there for the next one to recover (a swap to finish, a staging
+    tree to remove)."""
     try:
+        if placement.interrupted(amshome):
+            return False
         return installed_changes(bundle, amshome) == []
     except IntegrityError:
         return False
@@ -123,6 +127,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                 log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
                 # files=: parts of split files go straight to their offset in the joined file
                 extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
+                placement.checkpoint("unpack:chunk-extracted")
             extract.reassemble(staging, manifest.files)
             log.info(f"unpack: verifying {len(manifest.files)} files")
             # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
@@ -134,6 +139,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             for index in (f"{version}.yml" for version in manifest.all_versions):
                 if not (staging / index).is_file():
                     raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
+            placement.checkpoint("unpack:verified")
             receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
                                              tree=placement.installed_files(staging, manifest.files),
                                              bundle_created=manifest.created)

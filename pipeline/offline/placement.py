@@ -48,6 +48,10 @@ State machine of :func:`swap_into_place` (each arrow is one atomic rename or wri
 
 A rerun after recover() starts a fresh staging tree, so a kill anywhere "completes" by redoing
 the unpack (or finds the receipt in place when the kill came after step 5).
+
+Test seam (the only one): :func:`checkpoint` names each step above (and install.py names its
+own); when ``AMSREPOMIRROR_KILL_AT`` holds a step's name, the process kills itself with SIGKILL
+there. The crash tests run the real ``amsrepomirror unpack`` with it; nothing else sets it.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
@@ -100,8 +105,13 @@ MAX_STATE_BYTES = 64 << 20
 TREE_INLINE_BYTES = 256 << 10
 
 
-def _checkpoint(name: str) -> None:
-    """Test hook: called at every step of the state machine (tests kill the process here)."""
+KILL_AT_ENV = "AMSREPOMIRROR_KILL_AT"
+
+
+def checkpoint(name: str) -> None:
+    """A named step of the unpack; the crash tests' kill point (see the module docstring)."""
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,22 +425,22 @@ def _finish(home: Path, journal: dict) -> None:
             _remove_tree(home, prev)
             os.rename(staging, prev)
             fsync_dir(home)
-            _checkpoint("swap:old-to-previous")
+            checkpoint("swap:old-to-previous")
         else:
             _remove_tree(home, staging)
     if not keep:
         _remove_tree(home, prev)
-    _checkpoint("swap:old-handled")
+    checkpoint("swap:old-handled")
     receipt = journal.get("receipt")
     if receipt:
         atomic_write_json(home / RECEIPT, receipt)
     else:
         _remove_receipt(home)
     fsync_dir(home)
-    _checkpoint("swap:receipt")
+    checkpoint("swap:receipt")
     os.unlink(home / JOURNAL)
     fsync_dir(home)
-    _checkpoint("swap:journal-removed")
+    checkpoint("swap:journal-removed")
 
 
 def swap_into_place(amshome, staging, keep_previous: bool = False,
@@ -454,32 +464,52 @@ def swap_into_place(amshome, staging, keep_previous: bool = False,
     if st.st_dev != os.stat(home).st_dev:
         raise UsageError(f"staging {staging} is not on the same filesystem as AMSHOME {home}")
     recover(home, keep_staging=staging.name)
-    _checkpoint("swap:begin")
+    checkpoint("swap:begin")
     if _exists(repo):
         _remove_tree(home, prev)  # an older kept tree: we are about to make a new previous
     atomic_write_json(home / JOURNAL, {"schema": JOURNAL_SCHEMA, "new": _ident(staging),
                                        "staging": staging.name, "keep_previous": bool(keep_previous),
                                        "receipt": receipt})
     fsync_dir(home)
-    _checkpoint("swap:journal-written")
+    checkpoint("swap:journal-written")
     if not _exists(repo):
         os.rename(staging, repo)
         how = "first-install"
     elif exchange(staging, repo):
         how = "exchange"
         fsync_dir(home)
-        _checkpoint("swap:exchanged")
+        checkpoint("swap:exchanged")
         os.rename(staging, prev)
     else:
         how = "rename"
         os.rename(repo, prev)
         fsync_dir(home)
-        _checkpoint("swap:old-renamed")
+        checkpoint("swap:old-renamed")
         os.rename(staging, repo)
     fsync_dir(home)
-    _checkpoint("swap:new-in-place")
+    checkpoint("swap:new-in-place")
     _finish(home, {"keep_previous": keep_previous, "receipt": receipt, "staging": staging.name})
     return how
+
+
+def _debris(name: str) -> bool:
+    """A name in AMSHOME that only a killed run leaves: trash, a write probe, a temp file of J or C."""
+    temp = name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in (JOURNAL, RECEIPT))
+    return name.startswith(TRASH_PREFIX) or name.startswith(PROBE_PREFIX) or temp
+
+
+def _is_staging(name: str) -> bool:
+    return name == STAGING or name.startswith(STAGING + ".")
+
+
+def interrupted(amshome) -> bool:
+    """Whether a killed unpack left something in AMSHOME that :func:`recover` acts on (a journal,
+    a staging tree, trash): then no run may skip recovery, even when the receipt is right."""
+    try:
+        names = os.listdir(amshome)
+    except OSError:
+        return False  # no AMSHOME, or not readable: the unpack itself says what is wrong
+    return any(name == JOURNAL or _debris(name) or _is_staging(name) for name in names)
 
 
 def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
@@ -492,13 +522,12 @@ def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
     repo, prev = home / REPOSITORY, home / PREVIOUS
     actions: List[str] = []
     for name in sorted(os.listdir(home)):
-        temp = name.endswith(".tmp") and any(name.startswith(f".{n}.") for n in (JOURNAL, RECEIPT))
-        if name.startswith(TRASH_PREFIX) or name.startswith(PROBE_PREFIX) or temp:
+        if _debris(name):
             remove_entry(home / name)
             actions.append(f"removed leftover {name}")
     journal = _read_journal(home)
     if journal is not None:
-        _checkpoint("recover:journal-found")
+        checkpoint("recover:journal-found")
         new = journal.get("new")
         if _exists(repo) and new is not None and _ident(repo) == list(new):
             _finish(home, journal)
@@ -520,9 +549,7 @@ def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
         fsync_dir(home)
         actions.append(f"restored {REPOSITORY} from {PREVIOUS}")
     for name in sorted(os.listdir(home)):
-        if name == keep_staging:
-            continue
-        if name == STAGING or name.startswith(STAGING + "."):
+        if name != keep_staging and _is_staging(name):
             remove_entry(home / name)
             actions.append(f"removed stale staging {name}")
     if actions:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import ssl
 import threading
 import time
 import warnings
@@ -25,11 +26,11 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
 from amsrepomirror import __version__
+from amsrepomirror.errors import AuthError, FetchError, UsageError
 from amsrepomirror.online.credentials import Credentials
-from amsrepomirror.errors import AuthError, FetchError
+from amsrepomirror.online.listing import decode_listing, redact
 from amsrepomirror.util.fsutil import local_writes
 from amsrepomirror.util.hashing import sha256_stream
-from amsrepomirror.online.listing import decode_listing, redact
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
@@ -39,6 +40,52 @@ STREAM_BLOCK = 128 * 1024
 
 class Unauthorized(FetchError):
     """The server answered 401/403 for this URL (the account is not licensed for it)."""
+
+
+class ServerNotAuthenticated(AuthError):
+    """The server's TLS certificate failed verification: who answered is unproven, so nothing it
+    sends may be mirrored (exit 3, the authentication failure)."""
+
+
+#: Where a CA bundle to trust may be named, in the order requests and curl read them. requests
+#: itself ignores SSL_CERT_FILE (OpenSSL's variable); here every connection honours all three.
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+def ca_bundle() -> str:
+    """The CA certificates that verify servers: the first of ``CA_BUNDLE_VARIABLES`` set, else
+    requests' bundle (certifi). A named path that does not exist is a UsageError."""
+    for name in CA_BUNDLE_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            if not os.path.exists(value):
+                raise UsageError(f"{name}={value}: no such CA certificate file or folder")
+            return value
+    return requests.certs.where()
+
+
+def _certificate_failure(exc: BaseException) -> Optional[ssl.SSLCertVerificationError]:
+    """The certificate verification failure behind ``exc`` (requests and urllib3 wrap it in
+    several layers), or None when ``exc`` is something else."""
+    pending, seen = [exc], set()
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ssl.SSLCertVerificationError):
+            return e
+        pending += [e.__cause__, e.__context__, getattr(e, "reason", None)]
+        pending += [a for a in e.args if isinstance(a, BaseException)]
+    return None
+
+
+def _not_authenticated(url: str, failure: ssl.SSLCertVerificationError) -> ServerNotAuthenticated:
+    reason = failure.verify_message or failure.reason or "verification failed"
+    return ServerNotAuthenticated(
+        f"the server of {redact(url)} could not be authenticated: certificate verification failed ({reason}); "
+        "if it uses a private CA, name that CA's certificate in REQUESTS_CA_BUNDLE or SSL_CERT_FILE "
+        "(--no-ssl only if you trust the network)")
 
 
 @dataclass(frozen=True)
@@ -63,8 +110,18 @@ class FetchResult:
     bytes_transferred: int  # body bytes received, including those of resumed attempts
 
 
+class _Retry(Retry):
+    """urllib3's Retry, except that a certificate that failed verification is not tried again:
+    it fails the same way every time, and the user should hear so at once."""
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        if error is not None and _certificate_failure(error) is not None:
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 def make_retry(retries: int, backoff: float) -> Retry:
-    return Retry(
+    return _Retry(
         total=retries,
         connect=retries,
         read=retries,
@@ -80,7 +137,11 @@ def make_retry(retries: int, backoff: float) -> Retry:
 
 def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True, retries: int = 5,
                  backoff: float = 0.5, pool_size: int = 4) -> requests.Session:
-    """A pooled session: basic auth (or ~/.netrc through requests), retries, our User-Agent."""
+    """A pooled session: basic auth (or ~/.netrc through requests), retries, our User-Agent.
+
+    ``session.verify`` is the one TLS setting of the run: False (``--no-ssl``) or the CA bundle
+    (:func:`ca_bundle`); the HEAD probes (:func:`_head_client`) read it from there too.
+    """
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=make_retry(retries, backoff), pool_connections=4, pool_maxsize=max(pool_size, 4))
     session.mount("http://", adapter)
@@ -90,8 +151,8 @@ def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True,
         # UTF-8, as browsers and curl send it (RFC 7617): requests would encode str as Latin-1 and
         # fail with an error that quotes a character of the password.
         session.auth = tuple(s.encode("utf-8") for s in credentials.as_auth())
+    session.verify = ca_bundle() if verify_ssl else False
     if not verify_ssl:
-        session.verify = False
         warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     session.retry_template = make_retry(retries, backoff)  # budget for mid-body resumes
     session.pool_size = max(pool_size, 4)
@@ -100,10 +161,13 @@ def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True,
 
 def _request(session: requests.Session, method: str, url: str, timeout: float, **kwargs) -> requests.Response:
     try:
-        return session.request(method, url, timeout=timeout, allow_redirects=True, **kwargs)
-    except requests.exceptions.SSLError as exc:
-        raise FetchError(f"TLS error for {redact(url)} (use --no-ssl only if you trust the network): {exc.__class__.__name__}") from None
+        # verify given per request: requests would otherwise let REQUESTS_CA_BUNDLE override the
+        # session's setting, even a --no-ssl False
+        return session.request(method, url, timeout=timeout, allow_redirects=True, verify=session.verify, **kwargs)
     except requests.exceptions.RequestException as exc:
+        failure = _certificate_failure(exc)
+        if failure is not None:
+            raise _not_authenticated(url, failure) from None
         raise FetchError(f"cannot fetch {redact(url)}: {_reason(exc)}") from None
 
 
@@ -135,10 +199,11 @@ def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
     key = (parts.scheme, parts.host, parts.port)
     clients = session.__dict__.setdefault("head_clients", {})
     if key not in clients:
-        tls = {"cert_reqs": "CERT_NONE"} if session.verify is False else {
-            "cert_reqs": "CERT_REQUIRED",
-            "ca_certs": os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or requests.certs.where(),
-        }
+        if session.verify is False:
+            tls = {"cert_reqs": "CERT_NONE"}
+        else:  # the CA bundle make_session chose, as a file or (like requests allows) a folder
+            where = "ca_cert_dir" if os.path.isdir(session.verify) else "ca_certs"
+            tls = {"cert_reqs": "CERT_REQUIRED", where: session.verify}
         retries = session.get_adapter(url).max_retries
         proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
         common = dict(num_pools=4, maxsize=getattr(session, "pool_size", 4), retries=retries, **tls)
@@ -154,6 +219,9 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
     try:
         resp = _head_client(session, url).request("HEAD", url, headers=headers, timeout=timeout, redirect=True)
     except urllib3.exceptions.HTTPError as exc:
+        failure = _certificate_failure(exc)
+        if failure is not None:
+            raise _not_authenticated(url, failure) from None
         raise FetchError(f"cannot fetch {redact(url)}: {_reason(exc)}") from None
     if resp.status in (403, 405):
         # Some servers and CDNs refuse HEAD but serve GET; a 401 is a challenge for any method.

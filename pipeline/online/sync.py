@@ -16,7 +16,16 @@ import requests
 
 from amsrepomirror import __version__
 from amsrepomirror.errors import AuthError, DiskSpaceError, IntegrityError, MirrorError, UsageError
-from amsrepomirror.online.http import LowSpeed, RemoteInfo, Stopped, StopSignal, fetch_text, fetch_to_part, probe
+from amsrepomirror.online.http import (
+    LowSpeed,
+    RemoteInfo,
+    ServerNotAuthenticated,
+    Stopped,
+    StopSignal,
+    fetch_text,
+    fetch_to_part,
+    probe,
+)
 from amsrepomirror.online.listing import ListedFile, parse_listing, redact, select_platforms
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress
@@ -72,6 +81,8 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
 def _probe_or_error(session, item: ListedFile, timeout: float):
     try:
         return probe(session, item.url, timeout)
+    except ServerNotAuthenticated:
+        raise  # not one file's failure: nothing this server answers can be trusted
     except MirrorError as exc:
         return exc
 

@@ -10,7 +10,9 @@ Two parts:
   ``root/Downloads/packages/`` (URL path == disk path, so nginx with ``root <root>`` serves the
   same tree), with a listing of absolute URLs in ``listings/<version>.txt``.
 * :class:`ScmDouble` serves ``root`` with HTTP basic auth, Range, ETag/Last-Modified validators,
-  conditional requests, a request log and fault switches.
+  conditional requests, a request log and fault switches; over HTTPS when given a certificate
+  (``tls=``: one PEM file holding the private key and the certificate chain, e.g. made with
+  ``trustme`` in a test), which can be swapped while it runs (:meth:`ScmDouble.use_certificate`).
 
 Listings and ports: a listing holds absolute URLs but a server's port is only known once it
 listens. :func:`make_repository` writes the listing with the placeholder origin
@@ -44,6 +46,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import stat
 import sys
 import threading
@@ -375,13 +378,14 @@ class RequestRecord:
     status: Optional[int] = None
     body_bytes: int = 0
     fault: Optional[str] = None  # "cut", "stall", "status" when a fault switch fired
+    tls: Optional[str] = None  # TLS version of the connection (e.g. "TLSv1.3"); None over plain HTTP
     started: float = field(default_factory=time.monotonic)
     duration: Optional[float] = None  # set when the handler finished (informational)
 
 
 @dataclass
 class _Fault:
-    kind: str  # "cut" | "status" | "stall"
+    kind: str  # "cut" | "status" | "stall" | "hook"
     glob: str
     times: Optional[int]
     method: Optional[str]
@@ -389,7 +393,7 @@ class _Fault:
     status: int = 503
     retry_after: Optional[str] = None
     seconds: float = 0.0
-    then: Optional[Callable[[], None]] = None  # run (in the server thread) right after a cut
+    then: Optional[Callable[[], None]] = None  # run (in the server thread) right after a cut; a hook's action
 
     def matches(self, method: str, target: str) -> bool:
         if self.times is not None and self.times <= 0:
@@ -405,11 +409,20 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
     double: "ScmDouble"
 
+    def get_request(self):
+        """Accept; over HTTPS wrap the socket with the certificate in use now. The handshake is
+        left to the handler's thread (``_Handler.handle``), so a slow client blocks no one."""
+        conn, address = super().get_request()
+        context = self.double._tls_context
+        if context is not None:
+            conn = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
+
     def handle_error(self, request, client_address):
         """Dropped connections are normal here (faults, clients giving up): quiet unless
         verbose. Anything else is a bug in the double: always print it."""
         exc = sys.exc_info()[1]
-        if self.double.verbose or not isinstance(exc, (ConnectionError, socket.timeout)):
+        if self.double.verbose or not isinstance(exc, (ConnectionError, socket.timeout, ssl.SSLError)):
             super().handle_error(request, client_address)
 
 
@@ -424,6 +437,17 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.server.double._register(self.connection)
+
+    def handle(self):
+        if isinstance(self.connection, ssl.SSLSocket):
+            try:
+                self.connection.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                # e.g. the client did not trust the certificate: no request was sent
+                self.server.double._note_handshake_failure(exc)
+                self.close_connection = True
+                return
+        super().handle()
 
     def finish(self):
         try:
@@ -512,6 +536,7 @@ class _Handler(BaseHTTPRequestHandler):
             if_range=self.headers.get("If-Range"),
             user=None,
             client_port=self.client_address[1] if isinstance(self.client_address, tuple) else 0,
+            tls=self.connection.version() if isinstance(self.connection, ssl.SSLSocket) else None,
         )
         self._rec = rec
         double._append(rec)
@@ -532,6 +557,10 @@ class _Handler(BaseHTTPRequestHandler):
         user = self._auth_user()
         rec.user = user
         target = relpath if relpath is not None else path
+
+        hook = double._take_fault(("hook",), self.command, target)
+        if hook is not None:
+            hook.then()
 
         fault = double._take_fault(("status",), self.command, target)
         if fault is not None:
@@ -763,6 +792,7 @@ class ScmDouble:
         port: int = 0,
         *,
         verbose: bool = False,
+        tls: Optional[Path] = None,
     ):
         self.root = Path(root).resolve()
         self.root_str = str(self.root)
@@ -771,6 +801,11 @@ class ScmDouble:
         self.host = host
         self.port = port
         self.verbose = verbose
+        self.scheme = "https" if tls is not None else "http"
+        self._tls_context: Optional[ssl.SSLContext] = None
+        self._handshake_failures: List[str] = []
+        if tls is not None:
+            self.use_certificate(tls)
         self._lock = threading.Lock()
         self._log: List[RequestRecord] = []
         self._faults: List[_Fault] = []
@@ -825,7 +860,7 @@ class ScmDouble:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def listing_url(self, version: str = DEFAULT_VERSION) -> str:
         return f"{self.base_url}{PACKAGES_PREFIX}listings/{quote(version)}.txt"
@@ -842,8 +877,31 @@ class ScmDouble:
             return list(self._log)
 
     def clear_log(self) -> None:
+        """Forget the request records and the failed TLS handshakes."""
         with self._lock:
             self._log.clear()
+            self._handshake_failures.clear()
+
+    # -- TLS -----------------------------------------------------------------------------------
+    def use_certificate(self, pem: Path) -> None:
+        """Serve new connections with the key and certificate chain in ``pem`` (connections
+        already open keep theirs). Only for a double made with ``tls=``."""
+        if self.scheme != "https":
+            raise RuntimeError("this double serves plain HTTP: make it with tls=")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(pem))
+        self._tls_context = context
+
+    @property
+    def handshake_failures(self) -> List[str]:
+        """Why TLS handshakes failed (the client refused the certificate, ...), oldest first. No
+        request record exists for these connections: the client sent nothing."""
+        with self._lock:
+            return list(self._handshake_failures)
+
+    def _note_handshake_failure(self, exc: BaseException) -> None:
+        with self._lock:
+            self._handshake_failures.append(f"{exc.__class__.__name__}: {exc}")
 
     def records(self, method: Optional[str] = None, glob: str = "*", status: Optional[int] = None) -> List[RequestRecord]:
         """Filtered log: ``glob`` matches the relpath (or the URL path outside the repository)."""
@@ -894,6 +952,12 @@ class ScmDouble:
         """Send headers and ``nbytes`` of body, then go silent for ``seconds`` before going on
         (for client read timeouts)."""
         self._add_fault(_Fault("stall", glob, times, method, nbytes=nbytes, seconds=seconds))
+
+    def on_request(self, glob: str, then: Callable[[], None], times: Optional[int] = 1,
+                   method: Optional[str] = None) -> None:
+        """Call ``then()`` (in the server thread) when a matching request arrives, before it is
+        answered: e.g. ``on_request("listings/*", lambda: double.use_certificate(other))``."""
+        self._add_fault(_Fault("hook", glob, times, method, then=then))
 
     def throttle(self, bytes_per_second: Optional[int]) -> None:
         """Limit every body to ``bytes_per_second`` per connection; ``None`` lifts it. Takes
