@@ -87,6 +87,15 @@ def test_unpack_refuses_a_bundle_without_the_version_index(bundle_of_the_double,
     assert sorted(p.name for p in home.iterdir() if p.name.startswith(".repository")) == []
 
 
+def test_verify_refuses_a_bundle_without_the_version_index(bundle_of_the_double, tmp_path):
+    """verify applies what unpack applies: a bundle unpack refuses never verifies as intact."""
+    out = without_index(bundle_of_the_double, tmp_path / "no-index")
+    result = run_cli("verify", out)
+    assert result.returncode == 4, result.stdout + result.stderr
+    lines = error_lines(result)
+    assert len(lines) == 1 and INDEX in lines[0], result.stderr
+
+
 # --- no stale .part after a complete run ----------------------------------------------------------
 
 def parts_left(mirror: Path) -> list:

@@ -91,6 +91,10 @@ def require_intact(report: VerifyReport) -> VerifyReport:
 def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
     """Problems inside manifest.json itself (parts vs chunks); a few at most."""
     issues = []
+    tree = {t.path for t in manifest.target} if manifest.is_delta else {f.path for f in manifest.files}
+    for index in (f"{version}.yml" for version in manifest.all_versions):
+        if index not in tree:  # unpack refuses a tree without the index amspackages needs
+            issues.append(f"it lists no {index}, the index amspackages needs")
     chunks = {c.name: c for c in manifest.chunks}
     if len(chunks) != len(manifest.chunks):
         issues.append("a chunk is listed twice")
