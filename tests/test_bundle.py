@@ -47,6 +47,7 @@ TREE = {
     "ams/2026.1/docs/ünïcødé-Handbuch.pdf": 40 * KiB,
     "ams/2026.1/docs/empty.txt": 0,
     "ams/index.json": b'{"packages": ["ams-core", "ams-gui"]}\n' * 200,
+    f"{VERSION}.yml": b"packages: [ams-core, ams-gui]\n",  # the index amspackages reads; verify requires it
 }
 TREE.update({f"ams/2026.1/small/pkg-{i:03d}.zip": 1000 + 37 * i for i in range(30)})
 
