@@ -74,6 +74,7 @@ unpack: venv
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 	$(BIN)/python -m bench.airgap $(ARGS)
+	$(BIN)/python -m bench.stable $(ARGS)
 
 wheels: venv
 	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels .
