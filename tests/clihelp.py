@@ -2,8 +2,11 @@
 
 import hashlib
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -61,3 +64,28 @@ def served_tree(repo_root: Path, version: str, unauthorized_prefixes=("licensed/
     hashes = tree_hashes(packages, skip_state=False)
     return {p: h for p, h in hashes.items()
             if not p.startswith("listings/") and not any(p.startswith(u) for u in unauthorized_prefixes)}
+
+
+def kill_unpack_repeatedly(bundle: Path, amshome: Path, old_tree: Dict[str, str], new_tree: Dict[str, str],
+                           seed: int) -> set:
+    """Start ``amsrepomirror unpack`` and kill -9 it, up to 6 times (the first as soon as staging
+    begins, then at random moments); after each kill the repository must be the old tree or the
+    new one, never a mix. Returns which were seen ("old", "new")."""
+    rng = random.Random(seed)
+    seen = set()
+    for attempt in range(6):
+        proc = popen_cli("unpack", bundle, "--amshome", amshome)
+        if attempt == 0:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (amshome / ".repository.staging").exists():
+                time.sleep(0.002)
+        else:
+            time.sleep(rng.uniform(0.3, 1.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        now = tree_hashes(amshome / "repository")
+        assert now in (old_tree, new_tree), f"attempt {attempt}: a mixed repository"
+        seen.add("new" if now == new_tree else "old")
+        if now == new_tree:
+            break
+    return seen

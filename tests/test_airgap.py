@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import py7zr
 import pytest
-from clihelp import REPO, cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
+from clihelp import REPO, cli_env, kill_unpack_repeatedly, popen_cli, run_cli, served_tree, sha256, tree_hashes
 from servers import require_tool
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest, Chunk
@@ -283,23 +282,7 @@ def test_kill_9_during_unpack_leaves_old_or_new_and_rerun_completes(scm_double, 
     amshome = tmp_path / "ams"
     amshome.mkdir()
     assert unpack(tmp_path / "old", amshome).returncode == 0
-    rng = random.Random(7)
-    seen = set()
-    for attempt in range(6):
-        proc = popen_cli("unpack", tmp_path / "new", "--amshome", amshome)
-        if attempt == 0:  # first kill: as soon as staging has begun
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (amshome / ".repository.staging").exists():
-                time.sleep(0.002)
-        else:
-            time.sleep(rng.uniform(0.3, 1.2))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        now = tree_hashes(amshome / "repository")
-        assert now in (old_tree, new_tree), f"attempt {attempt}: a mixed repository"
-        seen.add("new" if now == new_tree else "old")
-        if now == new_tree:
-            break
+    seen = kill_unpack_repeatedly(tmp_path / "new", amshome, old_tree, new_tree, seed=7)
     assert "old" in seen  # at least one kill landed before the swap
     result = unpack(tmp_path / "new", amshome)
     assert result.returncode == 0, result.stderr

@@ -3,14 +3,11 @@ chunks, the SCM double and the command line."""
 
 import json
 import os
-import random
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import pytest
-from clihelp import popen_cli, run_cli, served_tree, sha256, tree_hashes
+from clihelp import kill_unpack_repeatedly, run_cli, served_tree, sha256, tree_hashes
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
 from amsrepomirror.bundle.sums import write_sums
@@ -223,23 +220,7 @@ def test_kill_9_during_a_delta_unpack_leaves_old_or_new_and_a_rerun_completes(in
     change_month(repo_tree, scm_double, MONTHS[1])
     assert bundle(url, mirror, tmp_path / "d", "--since", "last").returncode == 0
     new_tree = served_tree(repo_tree, VERSION)
-    rng = random.Random(8)
-    seen = set()
-    for attempt in range(6):
-        proc = popen_cli("unpack", tmp_path / "d", "--amshome", amshome)
-        if attempt == 0:  # first kill: as soon as staging has begun
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not (amshome / ".repository.staging").exists():
-                time.sleep(0.002)
-        else:
-            time.sleep(rng.uniform(0.3, 1.2))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        now = tree_hashes(amshome / "repository")
-        assert now in (old_tree, new_tree), f"attempt {attempt}: a mixed repository"
-        seen.add("new" if now == new_tree else "old")
-        if now == new_tree:
-            break
+    seen = kill_unpack_repeatedly(tmp_path / "d", amshome, old_tree, new_tree, seed=8)
     assert "old" in seen
     result = unpack(tmp_path / "d", amshome)
     assert result.returncode == 0, result.stderr

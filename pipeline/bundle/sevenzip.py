@@ -348,7 +348,29 @@ def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Map
     return piece_sha, carried
 
 
-class _HashingSink(Py7zIO):
+class WriteOnlySink(Py7zIO):
+    """Base of the sinks py7zr writes a member into when we only take its bytes (hash or place
+    them): nothing to read back, and never rewound; ``written`` counts what was taken."""
+
+    written = 0
+
+    def read(self, size: Optional[int] = None) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation(f"{type(self).__name__} is not seekable")
+
+    def seekable(self) -> bool:  # tells py7zr's MemIO.close() not to rewind us
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return self.written
+
+
+class _HashingSink(WriteOnlySink):
     """Takes one member from py7zr and only hashes it: verify decompresses without writing."""
 
     def __init__(self, hashers: Sequence):
@@ -360,21 +382,6 @@ class _HashingSink(Py7zIO):
             hasher.update(s)
         self.written += len(s)
         return len(s)
-
-    def read(self, size: Optional[int] = None) -> bytes:
-        return b""
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        raise io.UnsupportedOperation("verify's sinks are not seekable")
-
-    def seekable(self) -> bool:  # tells py7zr's MemIO.close() not to rewind us
-        return False
-
-    def flush(self) -> None:
-        pass
-
-    def size(self) -> int:
-        return self.written
 
 
 class _HashingSinks(WriterFactory):

@@ -50,6 +50,7 @@ import py7zr.exceptions
 from py7zr.io import Py7zIO, WriterFactory
 
 from amsrepomirror.bundle.format import BundleFile, Chunk, Part, part_layout_problem
+from amsrepomirror.bundle.sevenzip import WriteOnlySink
 from amsrepomirror.errors import DiskSpaceError, IntegrityError
 from amsrepomirror.util.fsutil import remove_entry
 from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, shown
@@ -248,7 +249,7 @@ class _HashThread:
             raise IntegrityError(f"hashing extracted data failed: {self._error}")
 
 
-class _MemberWriter(Py7zIO):
+class _MemberWriter(WriteOnlySink):
     """Receives one member from py7zr: writes it at ``offset`` of ``fd`` and hashes it."""
 
     def __init__(self, member: str, fd: int, offset: int, limit: int, hashes: _HashThread) -> None:
@@ -272,21 +273,6 @@ class _MemberWriter(Py7zIO):
         self.written += n
         self.hashes.update(self.hasher, data)
         return n
-
-    def read(self, size: Optional[int] = None) -> bytes:
-        return b""
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        raise io.UnsupportedOperation("extraction writers are not seekable")
-
-    def seekable(self) -> bool:  # tells py7zr's MemIO.close() not to rewind us
-        return False
-
-    def flush(self) -> None:
-        pass
-
-    def size(self) -> int:
-        return self.written
 
 
 class _Writers(WriterFactory):
