@@ -75,6 +75,7 @@ bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 	$(BIN)/python -m bench.airgap $(ARGS)
 	$(BIN)/python -m bench.stable $(ARGS)
+	$(BIN)/python -m bench.updates $(ARGS)
 
 wheels: venv
 	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels .
