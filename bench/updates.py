@@ -31,14 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from bench.common import (ROOT, BenchError, Run, load_average, machine_info, ours_env, replace_section, tail,
-                          timed)
 from clihelp import served_tree, tree_hashes  # tests/clihelp.py (bench.common puts tests/ on sys.path)
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.offline.placement import RECEIPT
-from amsrepomirror.testing.scmdouble import (PLACEHOLDER_ORIGIN, ScmDouble, change_file, remove_file,
-                                             write_file, write_listing)
+from amsrepomirror.testing.scmdouble import PLACEHOLDER_ORIGIN, ScmDouble, change_file, remove_file, write_file, write_listing
+from bench.common import ROOT, BenchError, Run, load_average, machine_info, ours_env, replace_section, tail, timed
 
 MiB = 1024**2
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -217,7 +215,6 @@ def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> Dict[str, ob
         fig["full_chunks"] = len(list(full.glob("*.7z")))
         amshome_a.mkdir()
         bench.cli("unpack-full-a", "unpack", full, "--amshome", amshome_a)
-        old_tree = tree_hashes(amshome_a / "repository")
         shutil.rmtree(full)
 
         print("== 2. monthly change on the server", flush=True)
