@@ -17,7 +17,7 @@ import luigi
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
-from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since
+from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, distinct_contents
 from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
@@ -411,9 +411,10 @@ def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compress
     manifests = [Manifest.read(path) for path in _verified_manifest_paths(mirror, versions)]
     manifest = manifests[0] if len(manifests) == 1 else union_manifest(manifests)
     base = _base_manifest(Path(since)) if since else None
-    plan = chunk_plan(manifest.files, parse_size(chunk_size), manifest.version, compression)
+    carried, _ = distinct_contents(manifest.files)
+    plan = chunk_plan(carried, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
-    print(describe_plan(plan, manifest.files, stick), end="")
+    print(describe_plan(plan, carried, stick), end="")
     if base is not None:
         print(describe_since(plan, base, str(since)), end="")
     if stick and any(c.max_size > stick for c in plan):
@@ -435,9 +436,10 @@ def _print_delta_plan(mirror: Path, version: Optional[str], chunk_size: str, com
     for title, paths in (("carried", [f.path for f in delta.carried]), ("reused", reused), ("removed", delta.removed)):
         for path in paths:
             print(f"  {title}: {path}")
-    plan = chunk_plan(delta.carried, parse_size(chunk_size), manifest.version, compression)
+    carried, _ = distinct_contents(delta.carried)
+    plan = chunk_plan(carried, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
-    print(describe_plan(plan, delta.carried, stick), end="")
+    print(describe_plan(plan, carried, stick), end="")
     return 0
 
 

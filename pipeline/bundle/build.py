@@ -30,14 +30,15 @@ from amsrepomirror.bundle.format import (
     SUMS_NAME,
     BundleManifest,
     Chunk,
+    ReusedFile,
     chunk_name_pattern,
 )
-from amsrepomirror.bundle.plan import ChunkSpec, build_bundle_manifest, chunk_plan
+from amsrepomirror.bundle.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents
 from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, write_chunk
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError
-from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.fsutil import atomic_write_bytes, atomic_write_json, require_free_space
 from amsrepomirror.util.hashing import sha256_file
@@ -56,6 +57,8 @@ class BundlePlan:
     chunks: List[ChunkSpec]
     chunk_size: int
     compression: str
+    files: List[FileEntry]  # what the chunks hold: one file per distinct content of the mirror (or the delta)
+    copies: List[ReusedFile]  # the other paths of those contents, placed by unpack
     base: Optional[Base] = None  # a delta bundle's base tree
     delta: Optional[DeltaSelection] = None  # what the delta carries, reuses and removes
 
@@ -63,11 +66,6 @@ class BundlePlan:
     def key(self) -> str:
         base = self.base.identity if self.base else ""
         return hashlib.sha256(f"{self.manifest_sha256}/{self.chunk_size}/{self.compression}/{base}".encode()).hexdigest()[:16]
-
-    @property
-    def files(self):
-        """The files the chunks hold: all of the mirror's, or what a delta carries."""
-        return self.delta.carried if self.delta else self.manifest.files
 
 
 @lru_cache(maxsize=4)
@@ -80,9 +78,9 @@ def plan_for(manifest_path: str, chunk_size: str, version: str, compression: str
     size = parse_size(chunk_size)
     base = read_base(base_path) if base_path else None
     delta = select_delta(base, manifest.files) if base else None
-    files = delta.carried if delta else manifest.files
+    files, copies = distinct_contents(delta.carried if delta else manifest.files)
     return BundlePlan(manifest, manifest.sha256(), chunk_plan(files, size, version, compression), size, compression,
-                      base, delta)
+                      files, copies, base, delta)
 
 
 def _marker(out: str, plan: BundlePlan, index: int) -> Path:
@@ -218,6 +216,7 @@ def finish(mirror: str, out: str, plan: BundlePlan) -> None:
                                      tool_version=__version__, created=utc_now(),
                                      mirror_manifest_sha256=plan.manifest_sha256)
     manifest.versions = plan.manifest.all_versions
+    manifest.copies = plan.copies
     if plan.delta:
         manifest = dataclasses.replace(manifest, base=plan.base.identity, base_created=plan.base.created,
                                        removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target)

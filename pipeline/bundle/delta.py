@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Sequence
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, SCHEMA, BundleManifest, ReusedFile, TreeFile
+from amsrepomirror.bundle.format import MANIFEST_NAME, SCHEMAS, BundleManifest, ReusedFile, TreeFile, copy_problems
 from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
 from amsrepomirror.offline.placement import RECEIPT_SCHEMA, receipt_tree, tree_identity
 from amsrepomirror.online.manifest import FileEntry
@@ -54,10 +54,8 @@ class DeltaSelection:
 
 
 def target_of(manifest: BundleManifest) -> List[TreeFile]:
-    """The whole tree a bundle installs: a full bundle's files, a delta's target."""
-    if manifest.is_delta:
-        return list(manifest.target)
-    return [TreeFile(f.path, f.size, f.sha256) for f in manifest.files]
+    """The whole tree a bundle installs: a full bundle's files and their copies, a delta's target."""
+    return manifest.tree
 
 
 def select_delta(base: Base, files: Sequence[FileEntry]) -> DeltaSelection:
@@ -83,16 +81,16 @@ def select_delta(base: Base, files: Sequence[FileEntry]) -> DeltaSelection:
 
 
 def delta_problems(manifest: BundleManifest) -> List[str]:
-    """How a delta's lists contradict each other (carried and reused files must be in the target
-    with their size and sha256, nothing both carried and reused, nothing removed that is a target)."""
+    """How a delta's lists contradict each other (carried, copied and reused files must be in the
+    target with their size and sha256, none in two of those lists, nothing removed that is a target)."""
     target = {t.path: (t.size, t.sha256) for t in manifest.target}
-    problems = []
+    problems = copy_problems(manifest)
     if len(target) != len(manifest.target):
         problems.append("its target lists a path twice")
-    for f in manifest.files:
+    for f in list(manifest.files) + list(manifest.copies):
         if target.get(f.path) != (f.size, f.sha256):
             problems.append(f"carried file {shown(f.path)} is not in its target manifest with that size and sha256")
-    carried = {f.path for f in manifest.files}
+    carried = {f.path for f in manifest.files} | {c.path for c in manifest.copies}
     for r in manifest.reused:
         if target.get(r.path) != (r.size, r.sha256) or r.path in carried:
             problems.append(f"reused file {shown(r.path)} is not in its target manifest with that size and sha256, "
@@ -147,7 +145,7 @@ def _read_base_file(path: Path) -> Base:
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"cannot read {path} ({exc}): it is damaged or cut short; carry it again") from None
     schema = body.get("schema") if isinstance(body, dict) else None
-    if schema == SCHEMA:
+    if schema in SCHEMAS:
         manifest = BundleManifest.read(path)
         return Base(manifest.version, target_of(manifest), manifest.created, f"the bundle {path}")
     if schema == RECEIPT_SCHEMA:

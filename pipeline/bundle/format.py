@@ -17,6 +17,10 @@ from amsrepomirror.util.fsutil import atomic_write_bytes
 from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 
 SCHEMA = "amsrepomirror/bundle-manifest/1"
+#: The schema of a manifest with ``copies``: a tool that cannot place them refuses the bundle
+#: instead of installing a tree without them.
+SCHEMA_WITH_COPIES = "amsrepomirror/bundle-manifest/2"
+SCHEMAS = (SCHEMA, SCHEMA_WITH_COPIES)
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
@@ -113,7 +117,11 @@ class TreeFile:
 
 @dataclass(frozen=True)
 class ReusedFile:
-    """A target file a delta does not carry: the base holds the same bytes at ``source`` (e.g. a rename)."""
+    """A file a bundle does not carry under its own path: the same bytes are at ``source``.
+
+    In a delta's ``reused`` list, ``source`` is a path of the base tree (e.g. a rename); in a
+    bundle's ``copies`` list, it is a file the bundle carries (identical bytes under several paths).
+    """
     path: str
     size: int
     sha256: str
@@ -137,6 +145,8 @@ class BundleManifest:
     reused: List[ReusedFile] = field(default_factory=list)  # target files taken from the base by sha256
     target: List[TreeFile] = field(default_factory=list)  # the whole tree after unpack
     extra: Dict[str, object] = field(default_factory=dict)
+    # Carried once: each is placed by unpack from ``source``, a path in ``files`` with the same bytes.
+    copies: List[ReusedFile] = field(default_factory=list)
     versions: List[str] = field(default_factory=list)  # every AMS version whose tree this is, ``version`` first
 
     @property
@@ -156,9 +166,17 @@ class BundleManifest:
     def is_delta(self) -> bool:
         return self.base is not None
 
+    @property
+    def tree(self) -> List[TreeFile]:
+        """The whole tree this bundle installs: a delta's target; else the files and their copies."""
+        if self.is_delta:
+            return list(self.target)
+        return [TreeFile(f.path, f.size, f.sha256) for f in self.files] + [
+            TreeFile(c.path, c.size, c.sha256) for c in self.copies]
+
     def to_json(self) -> bytes:
         body = {
-            "schema": SCHEMA,
+            "schema": SCHEMA_WITH_COPIES if self.copies else SCHEMA,
             "version": self.version,
             "tool_version": self.tool_version,
             "created": self.created,
@@ -170,11 +188,13 @@ class BundleManifest:
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
             "chunks": [asdict(c) for c in self.chunks],  # in writing (and unpacking) order
         }
+        if self.copies:  # absent when no bytes repeat: such manifests read as before
+            body["copies"] = _records(self.copies)
         if self.is_delta:
             body.update({
                 "base_created": self.base_created,
                 "removed": sorted(self.removed),
-                "reused": [asdict(r) for r in sorted(self.reused, key=lambda r: r.path)],
+                "reused": _records(self.reused),
                 "target": [asdict(t) for t in sorted(self.target, key=lambda t: t.path)],
             })
         body.update(self.extra)
@@ -193,13 +213,31 @@ class BundleManifest:
             body = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
-        if not isinstance(body, dict) or body.get("schema") != SCHEMA:
+        if not isinstance(body, dict) or body.get("schema") not in SCHEMAS:
             found = body.get("schema") if isinstance(body, dict) else body
-            raise IntegrityError(f"{path} is not a bundle manifest of schema {SCHEMA} (found {_escaped(found)})")
+            raise IntegrityError(f"{path} is not a bundle manifest of schema {' or '.join(SCHEMAS)} "
+                                 f"(found {_escaped(found)})")
         try:
             return _manifest_from(body)
         except IntegrityError as exc:
             raise IntegrityError(f"bad bundle manifest {path}: {exc}") from None
+
+
+def _records(files: List[ReusedFile]) -> List[dict]:
+    return [asdict(r) for r in sorted(files, key=lambda r: r.path)]
+
+
+def copy_problems(manifest: BundleManifest) -> List[str]:
+    """How ``copies`` contradicts the carried files: each copy's source must be a carried file with
+    its size and sha256, and no path may be both carried and a copy, or a copy twice."""
+    carried = {f.path: (f.size, f.sha256) for f in manifest.files}
+    problems, seen = [], set()
+    for c in manifest.copies:
+        if carried.get(c.source) != (c.size, c.sha256) or c.path in carried or c.path in seen:
+            problems.append(f"copy {shown(c.path)} does not name a carried file with its size and sha256 as its "
+                            "source, or its path is carried or listed twice")
+        seen.add(c.path)
+    return problems
 
 
 # --- checking manifest.json field by field --------------------------------------------------------
@@ -283,6 +321,18 @@ def _versions_of(version: str) -> Check:
     return check
 
 
+def _reused_files(body: dict, name: str, default=_REQUIRED) -> List[ReusedFile]:
+    """The list ``name`` of {path, size, sha256, source} records (``reused``, ``copies``)."""
+    files = []
+    for i, raw in enumerate(_field(body, name, name, _list_of, default)):
+        r = _record(raw, f"{name}[{i}]", {"path", "size", "sha256", "source"})
+        files.append(ReusedFile(path=_field(r, "path", f"{name}[{i}].path", path_problem),
+                                size=_field(r, "size", f"{name}[{i}].size", _count),
+                                sha256=_field(r, "sha256", f"{name}[{i}].sha256", _is_sha256),
+                                source=_field(r, "source", f"{name}[{i}].source", path_problem)))
+    return files
+
+
 def _delta_fields(body: dict, base: Optional[str]) -> dict:
     """``base_created``, ``removed``, ``reused`` and ``target`` of a delta (base set); none of them otherwise."""
     names = ("base_created", "removed", "reused", "target")
@@ -296,13 +346,7 @@ def _delta_fields(body: dict, base: Optional[str]) -> dict:
         why = path_problem(path)
         if why:
             raise IntegrityError(f"field removed[{i}] is {_escaped(path)}: {why}")
-    reused = []
-    for i, raw in enumerate(_field(body, "reused", "reused", _list_of)):
-        r = _record(raw, f"reused[{i}]", {"path", "size", "sha256", "source"})
-        reused.append(ReusedFile(path=_field(r, "path", f"reused[{i}].path", path_problem),
-                                 size=_field(r, "size", f"reused[{i}].size", _count),
-                                 sha256=_field(r, "sha256", f"reused[{i}].sha256", _is_sha256),
-                                 source=_field(r, "source", f"reused[{i}].source", path_problem)))
+    reused = _reused_files(body, "reused")
     target = []
     for i, raw in enumerate(_field(body, "target", "target", _list_of)):
         t = _record(raw, f"target[{i}]", {"path", "size", "sha256"})
@@ -359,5 +403,6 @@ def _manifest_from(body: dict) -> BundleManifest:
         mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
         base=base,
         versions=list(versions),
+        copies=_reused_files(body, "copies", []),
         **_delta_fields(body, base),
     )

@@ -23,9 +23,17 @@ size, so the plan budgets for the 7z overhead (see ``chunk_size_bound``).
 import bisect
 import hashlib
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from amsrepomirror.bundle.format import COMPRESSIONS, BundleFile, BundleManifest, Part, chunk_name, part_member
+from amsrepomirror.bundle.format import (
+    COMPRESSIONS,
+    BundleFile,
+    BundleManifest,
+    Part,
+    ReusedFile,
+    chunk_name,
+    part_member,
+)
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.util.paths import path_problem, shown
@@ -118,6 +126,20 @@ class ChunkSpec:
     @property
     def members(self) -> List[str]:
         return sorted(p.member for p in self.pieces)
+
+
+def distinct_contents(files: Iterable[FileEntry]) -> Tuple[List[FileEntry], List[ReusedFile]]:
+    """The files to carry, one per distinct content (the first in path order), and the others as
+    copies of it: identical bytes under several paths (a file of two versions under two names)
+    are carried once and placed again by unpack."""
+    carried, copies, first = [], [], {}
+    for f in sorted(files, key=lambda f: f.path):
+        source = first.setdefault((f.size, f.sha256), f.path)
+        if source == f.path:
+            carried.append(f)
+        else:
+            copies.append(ReusedFile(f.path, f.size, f.sha256, source))
+    return carried, copies
 
 
 def _check_path(path: str) -> None:

@@ -17,6 +17,9 @@ def readme_text(manifest: BundleManifest) -> str:
         f"{len(manifest.files)} files, {format_size(manifest.total_bytes)} ({manifest.total_bytes} bytes), "
         f"in {len(manifest.chunks)} chunks (standalone 7z archives, compression {manifest.compression}).",
     ]
+    if manifest.copies:
+        lines.append(f"{len(manifest.copies)} more files have the bytes of one of these and are carried once "
+                     f"(\"copies\" in {MANIFEST_NAME}).")
     if manifest.created or manifest.tool_version:
         lines.append(f"Created {manifest.created or '?'} by amsrepomirror {manifest.tool_version or '?'}.")
     lines += [
@@ -57,6 +60,14 @@ def readme_text(manifest: BundleManifest) -> str:
         lines.append("   (on Windows: copy /b \"P.part-0001\" + \"P.part-0002\" + ... \"P\")")
     else:
         lines.append("   No file in this bundle is split into parts.")
+    if manifest.copies:
+        lines += [
+            "   Files with the same bytes as another path are carried once; put them in place (in the",
+            "   repository folder, after the above):",
+        ]
+        if not split:
+            lines.append("     cd repository")
+        lines += _copy_commands(manifest)
     lines += [
         f"   Each file's size and sha256 are in {MANIFEST_NAME}. Then place the folder as",
         "   $AMSHOME/repository (move an existing one aside first):",
@@ -70,6 +81,16 @@ def readme_text(manifest: BundleManifest) -> str:
             "amsrepomirror unpack, or a 7-Zip build with zstd support (e.g. 7-Zip-zstd).",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _copy_commands(manifest: BundleManifest) -> list:
+    """The commands that place each copy (bytes carried once under another path) from its source."""
+    lines = []
+    for c in sorted(manifest.copies, key=lambda c: c.path):
+        parent = c.path.rpartition("/")[0]
+        lines.append(f"     {'mkdir -p -- ' + shlex.quote(parent) + ' && ' if parent else ''}"
+                     f"cp -- {shlex.quote(c.source)} {shlex.quote(c.path)}")
+    return lines
 
 
 def _delta_readme(manifest: BundleManifest) -> str:
@@ -104,13 +125,14 @@ def _delta_readme(manifest: BundleManifest) -> str:
     for r in sorted(manifest.reused, key=lambda r: r.path):
         parent = r.path.rpartition("/")[0]
         lines.append(f"     {'mkdir -p ' + q(parent) + ' && ' if parent else ''}cp -- {q(r.source)} {q(r.path)}")
-    for path in sorted(set(manifest.removed) | set(carried)):
+    for path in sorted(set(manifest.removed) | set(carried) | {c.path for c in manifest.copies}):
         lines.append(f"     rm -f -- {q(path)}")
     lines += ["     for c in \"$BUNDLE\"/*.7z; do 7z x -o. \"$c\" || break; done"]
     split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
     for f in split:
         stem = q(f.path + ".part-")
         lines.append(f"     cat {stem}* > {q(f.path)} && rm {stem}*")
+    lines += _copy_commands(manifest)
     lines += [
         "     (then remove folders left empty by the removals)",
         f"   Check every file's sha256 against the \"target\" list in {MANIFEST_NAME}, then swap:",

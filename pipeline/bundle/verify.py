@@ -13,6 +13,7 @@ from amsrepomirror.bundle.format import (
     SUMS_NAME,
     BundleManifest,
     Chunk,
+    copy_problems,
     part_layout_problem,
 )
 from amsrepomirror.bundle.sevenzip import hash_members
@@ -89,9 +90,9 @@ def require_intact(report: VerifyReport) -> VerifyReport:
 
 
 def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
-    """Problems inside manifest.json itself (parts vs chunks); a few at most."""
-    issues = []
-    tree = {t.path for t in manifest.target} if manifest.is_delta else {f.path for f in manifest.files}
+    """Problems inside manifest.json itself (parts vs chunks, copies vs files); a few at most."""
+    issues = copy_problems(manifest)[:1]
+    tree = {t.path for t in manifest.tree}
     for index in (f"{version}.yml" for version in manifest.all_versions):
         if index not in tree:  # unpack refuses a tree without the index amspackages needs
             issues.append(f"it lists no {index}, the index amspackages needs")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from amsrepomirror.bundle.delta import delta_problems
-from amsrepomirror.bundle.format import BundleManifest
+from amsrepomirror.bundle.format import BundleManifest, ReusedFile
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
@@ -65,8 +65,9 @@ def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Op
 
 
 def _sources(manifest: BundleManifest, installed: Dict[str, InstalledFile]) -> Dict[str, InstalledFile]:
-    """target path -> the installed file it is taken from, for every target file the delta does not carry."""
-    carried = {f.path for f in manifest.files}
+    """target path -> the installed file it is taken from, for every target file the delta does not
+    carry (nor places as a copy of a carried file)."""
+    carried = {f.path for f in manifest.files} | {c.path for c in manifest.copies}
     reused = {r.path: r.source for r in manifest.reused}
     sources = {}
     for t in manifest.target:
@@ -100,8 +101,9 @@ def check_installed(repo: Path, rows: Sequence[InstalledFile], deep: bool) -> No
                 "was installed, and the delta relies on it; nothing was changed: unpack a full bundle with --reinstall")
 
 
-def _copy(src: Path, dst: Path, row: InstalledFile) -> None:
-    """Copy ``src`` to a new file ``dst``, hashing on the way: it must have the receipt's sha256."""
+def _copy(src: Path, dst: Path, row, mismatch: str) -> None:
+    """Copy ``src`` to a new file ``dst``, hashing on the way: it must have ``row``'s size and sha256
+    (``mismatch``: the message when it has not)."""
     hasher, size = hashlib.sha256(), 0
     view = memoryview(bytearray(COPY_BLOCK))
     sfd = open_regular(src)
@@ -123,8 +125,7 @@ def _copy(src: Path, dst: Path, row: InstalledFile) -> None:
     finally:
         os.close(sfd)
     if (size, hasher.hexdigest()) != (row.size, row.sha256):
-        raise IntegrityError(f"installed {shown(row.path)} does not have the sha256 its receipt records; "
-                             "nothing was changed: unpack a full bundle with --reinstall")
+        raise IntegrityError(mismatch)
 
 
 def link_or_copy(src: Path, dst: Path, row: InstalledFile) -> bool:
@@ -135,11 +136,34 @@ def link_or_copy(src: Path, dst: Path, row: InstalledFile) -> bool:
     except OSError as exc:
         if exc.errno not in LINK_REFUSED:
             raise extract._os_error(exc, f"linking {row.path} into staging") from exc
-        _copy(src, dst, row)
+        _copy(src, dst, row, f"installed {shown(row.path)} does not have the sha256 its receipt records; "
+                             "nothing was changed: unpack a full bundle with --reinstall")
         return False
     if _changed(dst, row):  # replaced between the check and the link
         raise IntegrityError(f"installed {shown(row.path)} changed while the delta was applied; nothing was changed")
     return True
+
+
+def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
+    """Put each copy (identical bytes carried once, see ``BundleManifest.copies``) at its path in
+    ``staging``: a hard link to its source, already extracted and checked there, or a hashed copy
+    where links are refused. Returns how many were linked."""
+    linked = 0
+    for copy in sorted(copies, key=lambda c: c.path):
+        src = staging.joinpath(*copy.source.split("/"))
+        parent, _, name = copy.path.rpartition("/")
+        dst = extract.safe_makedirs(staging, parent) / name
+        try:
+            os.link(src, dst, follow_symlinks=False)
+            linked += 1
+        except OSError as exc:
+            if exc.errno not in LINK_REFUSED:
+                raise extract._os_error(exc, f"linking {copy.path} in staging") from exc
+            _copy(src, dst, copy, f"{shown(copy.source)}, copied to {shown(copy.path)}, does not have the size and "
+                                  "sha256 the bundle lists; nothing was placed")
+    if copies:
+        log.info(f"unpack: {len(copies)} files with the bytes of another path placed ({linked} hard-linked)")
+    return linked
 
 
 def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_sha256: str, *,
@@ -176,6 +200,7 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
             log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
             extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
         extract.reassemble(staging, manifest.files)
+        place_copies(staging, manifest.copies)
         log.info(f"unpack: verifying {len(manifest.target)} files against the delta's target manifest")
         extract.verify_tree(staging, manifest.target, check_hashes=False)
         index = f"{manifest.version}.yml"

@@ -19,7 +19,7 @@ from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
-from amsrepomirror.offline.delta import unpack_delta
+from amsrepomirror.offline.delta import place_copies, unpack_delta
 from amsrepomirror.util.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -129,19 +129,20 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                 extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
                 placement.checkpoint("unpack:chunk-extracted")
             extract.reassemble(staging, manifest.files)
-            log.info(f"unpack: verifying {len(manifest.files)} files")
+            place_copies(staging, manifest.copies)
+            log.info(f"unpack: verifying {len(manifest.tree)} files")
             # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
             # (extract_chunk hashes each member as it writes it, reassemble hashes each split file
             # whole), into the private staging folder that only this process writes to, under the
             # AMSHOME lock. Hashing 2 GB again here would add time, not safety. What is left to check
             # is the shape: every file present with its size, nothing else, no links or special files.
-            extract.verify_tree(staging, manifest.files, check_hashes=False)
+            extract.verify_tree(staging, manifest.tree, check_hashes=False)
             for index in (f"{version}.yml" for version in manifest.all_versions):
                 if not (staging / index).is_file():
                     raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
             placement.checkpoint("unpack:verified")
             receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
-                                             tree=placement.installed_files(staging, manifest.files),
+                                             tree=placement.installed_files(staging, manifest.tree),
                                              bundle_created=manifest.created)
             log.info("unpack: writing the new tree to disk (sync)")
             extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
