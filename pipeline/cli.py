@@ -29,6 +29,7 @@ from amsrepomirror.online.listing import listing_url_for, repository_root, selec
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import BundleArchive, FetchListing, Unpack, VerifyTree, new_run_id, platform_rules
+from amsrepomirror.util import lacking
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock
 from amsrepomirror.util.units import format_size, parse_size
 
@@ -462,6 +463,8 @@ def run_verify(args) -> int:
         manifest = report.manifest
         print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
               f"{format_size(manifest.total_bytes)} of {manifest.version}")
+        for line in lacking.describe(manifest.lacking, "the bundle"):
+            print(line)
         return 0
     for problem in report.problems:
         say(f"  {problem}")
@@ -481,7 +484,10 @@ def run_unpack(args) -> int:
         if failure:
             say(f"error: {failure['message']}")
             return failure["code"]
-    print(usage_hints(args.amshome.absolute(), BundleManifest.read(args.bundle / MANIFEST_NAME).all_versions))
+    manifest = BundleManifest.read(args.bundle / MANIFEST_NAME)
+    for line in lacking.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
+        say(line)
+    print(usage_hints(args.amshome.absolute(), manifest.all_versions))
     return 0
 
 
@@ -497,6 +503,8 @@ def run_receipt(args) -> int:
     if changes:
         say(f"warning: {home / placement.REPOSITORY} no longer matches this receipt ({changes[0]}); "
             "a delta built on it will be refused: unpack a full bundle with --reinstall")
+    for line in lacking.describe(placement.receipt_lacking(receipt, home / placement.RECEIPT), "receipt: the installed tree"):
+        say(line)
     identity = receipt["tree_sha256"]
     out = args.out or Path(f"receipt-{receipt['version']}-{identity[:12]}.json")
     if str(out) == "-":

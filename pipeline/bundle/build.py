@@ -217,6 +217,7 @@ def finish(mirror: str, out: str, plan: BundlePlan) -> None:
                                      mirror_manifest_sha256=plan.manifest_sha256)
     manifest.versions = plan.manifest.all_versions
     manifest.copies = plan.copies
+    manifest.lacking = plan.manifest.lacking  # a delta's mirror manifest is its target's
     if plan.delta:
         manifest = dataclasses.replace(manifest, base=plan.base.identity, base_created=plan.base.created,
                                        removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target)

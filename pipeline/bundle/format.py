@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
+from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 
 SCHEMA = "amsrepomirror/bundle-manifest/1"
@@ -148,6 +149,8 @@ class BundleManifest:
     # Carried once: each is placed by unpack from ``source``, a path in ``files`` with the same bytes.
     copies: List[ReusedFile] = field(default_factory=list)
     versions: List[str] = field(default_factory=list)  # every AMS version whose tree this is, ``version`` first
+    # Listed files the tree does not hold (not licensed, or left out by --platform): a delta's are its target's.
+    lacking: List[Lacking] = field(default_factory=list)
 
     @property
     def all_versions(self) -> List[str]:
@@ -190,6 +193,8 @@ class BundleManifest:
         }
         if self.copies:  # absent when no bytes repeat: such manifests read as before
             body["copies"] = _records(self.copies)
+        if self.lacking:  # absent when nothing is lacking: such manifests read as before
+            body["lacking"] = [asdict(e) for e in sorted(self.lacking, key=lambda e: e.path)]
         if self.is_delta:
             body.update({
                 "base_created": self.base_created,
@@ -357,6 +362,20 @@ def _delta_fields(body: dict, base: Optional[str]) -> dict:
                 removed=removed, reused=reused, target=target)
 
 
+def _lacking(body: dict) -> List[Lacking]:
+    """The optional ``lacking`` list of {path, reason} records: each path once, each reason of the vocabulary."""
+    entries, seen = [], set()
+    for i, raw in enumerate(_field(body, "lacking", "lacking", _list_of, [])):
+        r = _record(raw, f"lacking[{i}]", {"path", "reason"})
+        entry = Lacking(path=_field(r, "path", f"lacking[{i}].path", path_problem),
+                        reason=_field(r, "reason", f"lacking[{i}].reason", reason_problem))
+        if entry.path in seen:
+            raise IntegrityError(f"field lacking[{i}].path is {_escaped(entry.path)}: listed twice")
+        seen.add(entry.path)
+        entries.append(entry)
+    return entries
+
+
 def _manifest_from(body: dict) -> BundleManifest:
     """The manifest in ``body`` (parsed JSON), every field checked; IntegrityError names the first bad one."""
     version = _field(body, "version", "version", _is_version)
@@ -404,5 +423,6 @@ def _manifest_from(body: dict) -> BundleManifest:
         base=base,
         versions=list(versions),
         copies=_reused_files(body, "copies", []),
+        lacking=_lacking(body),
         **_delta_fields(body, base),
     )

@@ -21,7 +21,7 @@ from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.extract import check_members
 from amsrepomirror.util.hashing import sha256_file
-from amsrepomirror.util.paths import is_plain_file_name
+from amsrepomirror.util.paths import is_plain_file_name, shown
 
 #: verify_bundle hashes this many chunks at a time (hashlib releases the GIL on large buffers).
 HASH_THREADS = 2
@@ -96,6 +96,9 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
     for index in (f"{version}.yml" for version in manifest.all_versions):
         if index not in tree:  # unpack refuses a tree without the index amspackages needs
             issues.append(f"it lists no {index}, the index amspackages needs")
+    held = sorted(tree & {e.path for e in manifest.lacking})
+    if held:
+        issues.append(f"{shown(held[0])} is listed as lacking and as part of the tree")
     chunks = {c.name: c for c in manifest.chunks}
     if len(chunks) != len(manifest.chunks):
         issues.append("a chunk is listed twice")

@@ -143,7 +143,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             placement.checkpoint("unpack:verified")
             receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
                                              tree=placement.installed_files(staging, manifest.tree),
-                                             bundle_created=manifest.created)
+                                             bundle_created=manifest.created, lacking=manifest.lacking)
             log.info("unpack: writing the new tree to disk (sync)")
             extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
             how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)

@@ -79,6 +79,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from amsrepomirror.bundle.format import SHA256_PATTERN
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline.extract import open_regular
+from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
 from amsrepomirror.util.paths import path_problem, shown
 from amsrepomirror.util.time import utc_now
@@ -320,9 +321,10 @@ def _encode_tree(rows: List[InstalledFile]) -> Dict[str, object]:
 
 
 def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optional[List[InstalledFile]] = None,
-                 bundle_created: str = "") -> Dict[str, object]:
+                 bundle_created: str = "", lacking: Sequence[Lacking] = ()) -> Dict[str, object]:
     """The receipt of an unpack: the bundle manifest installed and, with ``tree``, the installed
-    tree itself (what a delta is built against and checked with)."""
+    tree itself (what a delta is built against and checked with); ``lacking``, the listed files the
+    bundle did not carry and why (kept so the admin can still tell why amspackages misses them)."""
     receipt = {
         "schema": RECEIPT_SCHEMA,
         "manifest_sha256": manifest_sha256,
@@ -333,7 +335,21 @@ def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optio
     if tree is not None:
         receipt.update(bundle_created=bundle_created, tree_sha256=tree_identity(tree), files=len(tree),
                        bytes=sum(r.size for r in tree), **_encode_tree(tree))
+    if lacking:  # absent when nothing is lacking: such receipts read as before
+        receipt["lacking"] = [{"path": e.path, "reason": e.reason} for e in sorted(lacking, key=lambda e: e.path)]
     return receipt
+
+
+def receipt_lacking(receipt: dict, where) -> List[Lacking]:
+    """The lacking files a receipt records (none in receipts written before they were kept), each
+    row checked; IntegrityError naming ``where`` when one is damaged."""
+    entries = []
+    for row in receipt.get("lacking", []):
+        if not (isinstance(row, dict) and set(row) == {"path", "reason"} and not path_problem(row["path"])
+                and not reason_problem(row["reason"])):
+            raise IntegrityError(f"receipt {where} is damaged: a lacking file reads {shown(repr(row))[:120]}")
+        entries.append(Lacking(row["path"], row["reason"]))
+    return entries
 
 
 def write_receipt(amshome, manifest_sha256: str, version: str, bundle_path) -> Dict[str, object]:

@@ -177,3 +177,9 @@ def select_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rule
     if not wanted:
         return files
     return [f for f in files if platform_of(f.path, rules) in wanted | {None}]
+
+
+def excluded_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rules: Mapping[str, Pattern]) -> Dict[str, str]:
+    """``{path: platform}`` of the files ``select_platforms`` leaves out: the platform rule that excluded each."""
+    kept = {f.path for f in select_platforms(files, platforms, rules)}
+    return {f.path: platform_of(f.path, rules) for f in files if f.path not in kept}

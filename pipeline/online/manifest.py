@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence
 
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
+from amsrepomirror.util.lacking import Lacking, merged
 
 SCHEMA = "amsrepomirror/mirror-manifest/1"
 
@@ -36,6 +37,8 @@ class Manifest:
     tool_version: str = ""
     skipped_unauthorized: List[str] = field(default_factory=list)
     versions: List[str] = field(default_factory=list)  # several versions in one tree: all of them, ``version`` first
+    # Listed files the tree does not hold (not licensed, or left out by --platform), with the reason.
+    lacking: List[Lacking] = field(default_factory=list)
 
     @property
     def all_versions(self) -> List[str]:
@@ -60,6 +63,8 @@ class Manifest:
         }
         if len(self.all_versions) > 1:  # a one-version manifest stays byte for byte what it was
             body["versions"] = self.all_versions
+        if self.lacking:  # absent when nothing is lacking: such manifests stay what they were
+            body["lacking"] = [asdict(e) for e in sorted(self.lacking, key=lambda e: e.path)]
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
 
     def sha256(self) -> str:
@@ -85,6 +90,7 @@ class Manifest:
             tool_version=body.get("tool_version", ""),
             skipped_unauthorized=list(body.get("skipped_unauthorized", [])),
             versions=list(body.get("versions", [])),
+            lacking=[Lacking(**e) for e in body.get("lacking", [])],
         )
 
 
@@ -107,4 +113,5 @@ def union_manifest(manifests: Sequence[Manifest]) -> Manifest:
     return Manifest(version=manifests[0].version, files=sorted(files.values(), key=lambda f: f.path),
                     listing_url=manifests[0].listing_url, created=max(m.created for m in manifests),
                     tool_version=manifests[0].tool_version, skipped_unauthorized=sorted(skipped),
-                    versions=[m.version for m in manifests])
+                    versions=[m.version for m in manifests],
+                    lacking=merged((m.lacking for m in manifests), held=files))

@@ -26,12 +26,13 @@ from amsrepomirror.online.http import (
     fetch_to_part,
     probe,
 )
-from amsrepomirror.online.listing import ListedFile, parse_listing, redact, select_platforms
+from amsrepomirror.online.listing import ListedFile, excluded_platforms, parse_listing, redact, select_platforms
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress
 from amsrepomirror.online.workspace import FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, require_free_space
 from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.util.lacking import Lacking, excluded_by, unlicensed
 from amsrepomirror.util.time import utc_now
 
 SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
@@ -75,6 +76,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         "unauthorized": unauthorized,
         "refused_with": refused_with,  # path -> HTTP status (401 or 403), for the summary
         "failed": failed,
+        "excluded": excluded_platforms(listed, platforms, rules),  # path -> the platform --platform left out
     }
 
 
@@ -229,7 +231,16 @@ def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, run_id: str, 
         why = "the server refused it (HTTP 401)" if index in snapshot["unauthorized"] else "it is not in the verified tree"
         raise IntegrityError(f"{index}, the index amspackages needs, is missing: {why}")
     return Manifest(version=version, files=entries, listing_url=snapshot["listing_url"], created=utc_now(),
-                    tool_version=__version__, skipped_unauthorized=list(snapshot["unauthorized"]))
+                    tool_version=__version__, skipped_unauthorized=list(snapshot["unauthorized"]),
+                    lacking=lacking_of(snapshot))
+
+
+def lacking_of(snapshot: Dict) -> List[Lacking]:
+    """The listed files this run's tree does not hold on purpose: refused by the server (only when
+    authentication is not strict, else the run failed) or left out by ``--platform``."""
+    refused = [Lacking(p, unlicensed(snapshot.get("refused_with", {}).get(p, 401))) for p in snapshot["unauthorized"]]
+    excluded = [Lacking(p, excluded_by(platform)) for p, platform in snapshot.get("excluded", {}).items()]
+    return sorted(refused + excluded, key=lambda e: e.path)
 
 
 def drop_stale_parts(ws: Workspace, snapshot: Dict) -> None:
