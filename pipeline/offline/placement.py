@@ -79,8 +79,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from amsrepomirror.bundle.format import SHA256_PATTERN
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline.extract import open_regular
-from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
+from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.paths import path_problem, shown
 from amsrepomirror.util.time import utc_now
 
