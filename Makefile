@@ -31,11 +31,19 @@ help:
 	@echo "make bench                         benchmarks against wget, 7zz and sha256sum (docs/benchmarks.md)"
 	@echo "make wheels                        the tool and its dependencies as wheels, for offline installs"
 
-# Offline machines: `make wheels` online, carry wheels/ along, then `make unpack WHEELS=wheels ...`.
+# Offline machines: a bundle made with --with-tool installs the tool itself (sh BUNDLE/tool/install.sh);
+# or `make wheels` online, carry wheels/ along, then `make unpack WHEELS=wheels ...`.
 WHEELS  ?=
 PIP_FROM := $(if $(WHEELS),--no-index --find-links $(WHEELS),)
+# Without WHEELS the venv comes from the package index: on a machine with no network, say so at once.
+INDEX_URL := $(or $(PIP_INDEX_URL),https://pypi.org/simple)
+NEED_INDEX = @$(PYTHON) -c 'import socket, sys, urllib.parse as u; i = u.urlsplit(sys.argv[1]); \
+	i.scheme == "file" or socket.create_connection((i.hostname, i.port or (443 if i.scheme == "https" else 80)), 3)' \
+	'$(INDEX_URL)' 2>/dev/null || { echo "error: cannot reach $(INDEX_URL) to install amsrepomirror: offline, run the \
+	bundle's tool/install.sh (bundle --with-tool) or give wheels: make $(MAKECMDGOALS) WHEELS=DIR" >&2; exit 2; }
 
 $(BIN)/amsrepomirror: pyproject.toml
+	$(if $(WHEELS),,$(NEED_INDEX))
 	$(PYTHON) -m venv $(VENV)
 	$(if $(WHEELS),,$(BIN)/python -m pip install --quiet --upgrade pip)
 	$(BIN)/python -m pip install --quiet $(PIP_FROM) $(if $(WHEELS),amsrepomirror,-e '.[test]')

@@ -18,6 +18,7 @@ from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, distinct_contents
+from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
 from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
@@ -283,6 +284,12 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
     p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
     p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
+    p.add_argument("--with-tool", action="store_true",
+                   help="add tool/: amsrepomirror and its dependencies as wheels, and install.sh for the offline side")
+    p.add_argument("--tool-python", action="append", default=[], choices=SUPPORTED_PYTHONS, metavar="X.Y",
+                   help="with --with-tool: the offline side's Python (repeatable; default: this one)")
+    p.add_argument("--tool-platform", action="append", default=[], metavar="TAG",
+                   help="with --with-tool: pip platform tag, e.g. manylinux2014_x86_64 (repeatable; default: this machine's)")
 
 
 def add_since_option(p: argparse.ArgumentParser) -> None:
@@ -330,6 +337,8 @@ def run_bundle(args) -> int:
     _check_bundle_folder(args.mirror, args.out)
     versions = [version for version, _ in versions_and_urls(args)]
     chunk_size, compression = _bundle_settings(args)
+    if (args.tool_python or args.tool_platform) and not args.with_tool:
+        raise UsageError("--tool-python and --tool-platform go with --with-tool")
     if args.since and len(versions) > 1:
         raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
     if args.dry_run and args.since:
@@ -348,7 +357,8 @@ def run_bundle(args) -> int:
     # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
     task = BundleArchive(version=versions[0], versions=versions if len(versions) > 1 else [], mirror=str(ws.mirror),
                          offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression,
-                         since=_delta_base(ws, versions[0], args.since))
+                         since=_delta_base(ws, versions[0], args.since), with_tool=args.with_tool,
+                         tool_pythons=args.tool_python, tool_platforms=args.tool_platform)
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
                                   verbose=args.verbose))

@@ -37,6 +37,7 @@ from amsrepomirror.bundle.plan import ChunkSpec, build_bundle_manifest, chunk_pl
 from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, write_chunk
 from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.bundle.tool import ToolSpec, write_tool
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
@@ -207,9 +208,9 @@ def _read_result(out: str, plan: BundlePlan, index: int) -> ChunkResult:
                        sha256_state=body["sha256_state"])
 
 
-def finish(mirror: str, out: str, plan: BundlePlan) -> None:
-    """Write manifest.json, README.txt and SHA256SUMS; drop chunks of older plans and the work
-    folder; keep a copy of the manifest in the mirror's bundle history."""
+def finish(mirror: str, out: str, plan: BundlePlan, tool: Optional[ToolSpec] = None) -> None:
+    """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS;
+    drop chunks of older plans and the work folder; keep a copy of the manifest in the mirror's bundle history."""
     results = [_read_result(out, plan, i) for i in range(len(plan.chunks))]
     manifest = build_bundle_manifest(plan.chunks, results, plan.files, version=plan.manifest.version,
                                      compression=plan.compression, chunk_size=plan.chunk_size,
@@ -218,6 +219,7 @@ def finish(mirror: str, out: str, plan: BundlePlan) -> None:
     manifest.versions = plan.manifest.all_versions
     manifest.copies = plan.copies
     manifest.lacking = plan.manifest.lacking  # a delta's mirror manifest is its target's
+    manifest.tool = write_tool(Path(out), Path(out) / WORK_DIR, tool)
     if plan.delta:
         manifest = dataclasses.replace(manifest, base=plan.base.identity, base_created=plan.base.created,
                                        removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target)
@@ -246,7 +248,7 @@ def remove_partial_files(bundle_dir: Path) -> List[Path]:
 
 
 def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = False) -> Dict[str, str]:
-    """Write ``manifest.json``, ``README.txt`` and, last, ``SHA256SUMS``.
+    """Write ``manifest.json``, ``README.txt`` and, last, ``SHA256SUMS`` (chunks, those two, the tool/ files).
 
     Any old SHA256SUMS is removed first, so its presence always means a finished bundle. Each
     chunk must exist with its recorded size; its sha256 is taken from the manifest (computed from
@@ -268,8 +270,8 @@ def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = 
             raise IntegrityError(f"chunk {chunk.name} is {size} bytes, expected {chunk.size}; re-run bundle")
     manifest.write(bundle_dir / MANIFEST_NAME)
     atomic_write_bytes(bundle_dir / README_NAME, readme_text(manifest).encode("utf-8"))
-    known = {} if rehash else {c.name: c.sha256 for c in manifest.chunks}
-    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME]
+    known = {} if rehash else {**{c.name: c.sha256 for c in manifest.chunks}, **{t.path: t.sha256 for t in manifest.tool}}
+    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME] + [t.path for t in manifest.tool]
     return write_sums(bundle_dir, names, known)
 
 

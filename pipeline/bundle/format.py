@@ -27,6 +27,13 @@ SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
 COMPRESSIONS = ("copy", "zstd", "lzma2")
 CHUNK_SUFFIX = ".7z"
+#: The folder of a bundle made with ``--with-tool``: wheels of amsrepomirror and install.sh (``bundle.tool``).
+TOOL_DIR = "tool"
+
+
+def is_tool_path(name) -> bool:
+    """A file of the bundle's tool folder (``tool/...``), a safe relative path."""
+    return isinstance(name, str) and name.startswith(TOOL_DIR + "/") and path_problem(name) is None
 
 
 def part_member(path: str, index: int) -> str:
@@ -129,6 +136,15 @@ class ReusedFile:
     source: str
 
 
+@dataclass(frozen=True)
+class ToolFile:
+    """A file of the bundle's ``tool/`` folder: listed with its sha256, so SHA256SUMS and a signature
+    of the manifest cover the tool that will check the bundle."""
+    path: str  # relative to the bundle folder, under tool/
+    size: int
+    sha256: str
+
+
 @dataclass
 class BundleManifest:
     version: str
@@ -151,6 +167,7 @@ class BundleManifest:
     versions: List[str] = field(default_factory=list)  # every AMS version whose tree this is, ``version`` first
     # Listed files the tree does not hold (not licensed, or left out by --platform): a delta's are its target's.
     lacking: List[Lacking] = field(default_factory=list)
+    tool: List[ToolFile] = field(default_factory=list)  # bundle --with-tool: the tool/ folder's files
 
     @property
     def all_versions(self) -> List[str]:
@@ -195,6 +212,8 @@ class BundleManifest:
             body["copies"] = _records(self.copies)
         if self.lacking:  # absent when nothing is lacking: such manifests read as before
             body["lacking"] = [asdict(e) for e in sorted(self.lacking, key=lambda e: e.path)]
+        if self.tool:  # absent without --with-tool
+            body["tool"] = [asdict(t) for t in sorted(self.tool, key=lambda t: t.path)]
         if self.is_delta:
             body.update({
                 "base_created": self.base_created,
@@ -338,6 +357,24 @@ def _reused_files(body: dict, name: str, default=_REQUIRED) -> List[ReusedFile]:
     return files
 
 
+def _tool_path(value) -> Optional[str]:
+    return None if is_tool_path(value) else f"expected a safe path under {TOOL_DIR}/"
+
+
+def _tool_files(body: dict) -> List[ToolFile]:
+    """The ``tool`` list of {path, size, sha256} records (bundle --with-tool), each path once."""
+    files, seen = [], set()
+    for i, raw in enumerate(_field(body, "tool", "tool", _list_of, [])):
+        t = _record(raw, f"tool[{i}]", {"path", "size", "sha256"})
+        path = _field(t, "path", f"tool[{i}].path", _tool_path)
+        if path in seen:
+            raise IntegrityError(f"field tool[{i}].path is {_escaped(path)}: listed twice")
+        seen.add(path)
+        files.append(ToolFile(path=path, size=_field(t, "size", f"tool[{i}].size", _count),
+                              sha256=_field(t, "sha256", f"tool[{i}].sha256", _is_sha256)))
+    return files
+
+
 def _delta_fields(body: dict, base: Optional[str]) -> dict:
     """``base_created``, ``removed``, ``reused`` and ``target`` of a delta (base set); none of them otherwise."""
     names = ("base_created", "removed", "reused", "target")
@@ -424,5 +461,6 @@ def _manifest_from(body: dict) -> BundleManifest:
         versions=list(versions),
         copies=_reused_files(body, "copies", []),
         lacking=_lacking(body),
+        tool=_tool_files(body),
         **_delta_fields(body, base),
     )

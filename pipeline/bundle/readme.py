@@ -2,7 +2,7 @@
 
 import shlex
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, TOOL_DIR, BundleManifest
 from amsrepomirror.util.units import format_size
 
 
@@ -30,6 +30,10 @@ def readme_text(manifest: BundleManifest) -> str:
         f"  {SUMS_NAME:<14} sha256 of every other file here. It is written last: if it is",
         "                 missing, the bundle is incomplete.",
         f"  {README_NAME:<14} this file",
+    ]
+    if manifest.tool:
+        lines.append(f"  {TOOL_DIR + '/':<14} amsrepomirror itself: wheels and install.sh (listed in {MANIFEST_NAME})")
+    lines += [
         "",
         "Chunks may be spread over several USB sticks: first copy all of them into one folder.",
         "",
@@ -38,6 +42,7 @@ def readme_text(manifest: BundleManifest) -> str:
         "   Every line must end in OK. A chunk that fails was damaged or cut short: copy it again.",
         "   Optionally test the archives too:   7z t '*.7z'   (7zz or 7za work as well)",
         "",
+        *_install_lines(manifest),
         "2. Unpack with amsrepomirror (recommended: checks every chunk and every file, refuses unsafe",
         "   paths, joins split files and only then puts the tree in place):",
         "     amsrepomirror unpack BUNDLE --amshome DIR",
@@ -83,6 +88,19 @@ def readme_text(manifest: BundleManifest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _install_lines(manifest: BundleManifest) -> list:
+    """With a tool/ folder: how to install amsrepomirror from it, once the copy is checked."""
+    if not manifest.tool:
+        return []
+    return [
+        f"   Then install amsrepomirror from this bundle (no network needed; {SUMS_NAME} covers it):",
+        f"     sh {TOOL_DIR}/install.sh [VENV]      (default VENV: $HOME/amsrepomirror-venv)",
+        "   It picks a Python the wheels fit, makes the venv and runs amsrepomirror verify on this folder;",
+        "   use VENV/bin/amsrepomirror below.",
+        "",
+    ]
+
+
 def _copy_commands(manifest: BundleManifest) -> list:
     """The commands that place each copy (bytes carried once under another path) from its source."""
     lines = []
@@ -114,6 +132,7 @@ def _delta_readme(manifest: BundleManifest) -> str:
         "1. Check the copy (in this folder):",
         f"     sha256sum -c {SUMS_NAME}",
         "",
+        *_install_lines(manifest),
         "2. Apply with amsrepomirror (recommended: refuses another base, builds the new tree beside the",
         "   installed one from hard links and the carried files, checks every file, then swaps it in):",
         "     amsrepomirror unpack BUNDLE --amshome \"$AMSHOME\"",

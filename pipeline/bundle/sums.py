@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Dict, Optional
 
-from amsrepomirror.bundle.format import SUMS_NAME
+from amsrepomirror.bundle.format import SUMS_NAME, is_tool_path
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
 from amsrepomirror.util.hashing import sha256_file
@@ -21,7 +21,7 @@ def write_sums(bundle_dir: Path, names, known: Optional[Dict[str, str]] = None) 
     known = known or {}
     sums: Dict[str, str] = {}
     for name in sorted(set(names)):
-        if not is_plain_file_name(name) or name == SUMS_NAME:
+        if not (is_plain_file_name(name) or is_tool_path(name)) or name == SUMS_NAME:
             raise ValueError(f"cannot list {name!r} in {SUMS_NAME}")
         sums[name] = known[name] if name in known else sha256_file(bundle_dir / name)
     body = "".join(f"{sums[name]}  {name}\n" for name in sorted(sums))
@@ -46,7 +46,7 @@ def read_sums(bundle_dir: Path) -> Dict[str, str]:
         if name.startswith((" ", "*")):
             name = name[1:]
         digest = digest.lower()
-        if not sep or len(digest) != 64 or not set(digest) <= _HEX or not is_plain_file_name(name):
+        if not sep or len(digest) != 64 or not set(digest) <= _HEX or not (is_plain_file_name(name) or is_tool_path(name)):
             raise IntegrityError(f"{path} line {number} is malformed: {line[:80]!r}")
         if name in sums:
             raise IntegrityError(f"{path} lists {name} twice")

@@ -14,10 +14,12 @@ from amsrepomirror.bundle.format import (
     BundleManifest,
     Chunk,
     copy_problems,
+    is_tool_path,
     part_layout_problem,
 )
 from amsrepomirror.bundle.sevenzip import hash_members
 from amsrepomirror.bundle.sums import read_sums
+from amsrepomirror.bundle.tool import tool_problems
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.extract import check_members
 from amsrepomirror.util.hashing import sha256_file
@@ -198,7 +200,8 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     ("truncated" when short) and sha256 ("corrupt"); no ``*.7z`` file that is not in the manifest
     ("unexpected"); and, with ``test_archives``, what the chunks hold (``_ContentCheck``): the
     member checks unpack applies, correct CRCs, and every member and every file with the size
-    and sha256 the manifest lists. So a bundle that verifies is one that unpack accepts.
+    and sha256 the manifest lists; the tool/ files of a --with-tool bundle with the size and sha256
+    the manifest lists. So a bundle that verifies is one that unpack accepts.
 
     Each chunk of the right size is read once to hash it (streaming, ``HASH_THREADS`` chunks at
     a time); with ``test_archives`` each intact chunk is then read a second time, to decompress
@@ -259,11 +262,13 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
                     add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
                 elif sums[c.name] != c.sha256:
                     add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
-            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME}):
+            tool = {t.path for t in manifest.tool}
+            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME} - tool):
                 add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
+        report.problems += [Problem(path, what) for path, what in tool_problems(bundle_dir, manifest, sums)]
     elif sums is not None:
         for name, digest in sums.items():
-            if name not in (MANIFEST_NAME, README_NAME):
+            if name not in (MANIFEST_NAME, README_NAME) and not is_tool_path(name):
                 expected[name] = None
                 expected_sha[name] = digest
 

@@ -9,6 +9,7 @@ from luigi.util import inherits
 from amsrepomirror.bundle import build
 from amsrepomirror.bundle.delta import read_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.tool import check_spec
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
@@ -61,12 +62,13 @@ class VersionsUnion(ReportsFailure, luigi.Task):
 
 class BundleTarget(luigi.Target):
     """Exists when the bundle folder is finished (SHA256SUMS written last) for this mirror manifest,
-    settings and delta base (None: a full bundle)."""
+    settings, delta base (None: a full bundle) and with a tool/ folder or without."""
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
-                 base: Optional[str] = None):
+                 base: Optional[str] = None, with_tool: bool = False):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
         self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
+        self.with_tool = with_tool
 
     def exists(self):
         if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
@@ -75,7 +77,8 @@ class BundleTarget(luigi.Target):
             built = BundleManifest.read(self.out / MANIFEST_NAME)
         except MirrorError:
             return False
-        return ((built.chunk_size, built.compression, built.base) == (self.chunk_size, self.compression, self.base)
+        return ((built.chunk_size, built.compression, built.base, bool(built.tool))
+                == (self.chunk_size, self.compression, self.base, self.with_tool)
                 and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256())
 
 
@@ -90,6 +93,9 @@ class BundleArchive(MirrorTask):
     versions = luigi.ListParameter(default=[], description="several versions in one bundle, version first "
                                    "(bundles their last verified mirrors: mirror each first)")
     since = luigi.Parameter(default="", description="delta base snapshot (bundle.delta.write_base); empty: a full bundle")
+    with_tool = luigi.BoolParameter(default=False, description="add tool/: wheels of amsrepomirror and install.sh")
+    tool_pythons = luigi.ListParameter(default=[], description="with_tool: Python versions X.Y (default: this one)")
+    tool_platforms = luigi.ListParameter(default=[], description="with_tool: pip platform tags (default: this machine's)")
 
     def requires(self):
         if len(self.versions) > 1:
@@ -100,7 +106,7 @@ class BundleArchive(MirrorTask):
 
     def output(self):
         base = read_base(self.since).identity if self.since else None
-        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base)
+        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base, self.with_tool)
 
     def run(self):
         manifest_path = self.input().path
@@ -109,7 +115,8 @@ class BundleArchive(MirrorTask):
         yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
-        build.finish(self.mirror, self.out, plan)
+        tool = check_spec(self.tool_pythons, self.tool_platforms) if self.with_tool else None
+        build.finish(self.mirror, self.out, plan, tool)
 
 
 class ChunkTarget(luigi.Target):

@@ -1,0 +1,159 @@
+"""A bundle that carries its own tool (``bundle --with-tool``): the ``tool/`` folder.
+
+``tool/wheels`` holds wheels of amsrepomirror, of all its dependencies and of pip, for the offline
+side's Python (``--tool-python``, default the running one) and platform (``--tool-platform``);
+``tool/install.sh`` picks a matching interpreter, makes a venv from those wheels alone (no network,
+no ensurepip: the shipped pip wheel installs pip) and verifies the bundle. Every file is listed in
+manifest.json (``tool``) and SHA256SUMS, so the bundle's checks cover the tool too.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote, urlparse
+
+from amsrepomirror.bundle.format import MANIFEST_NAME, SUMS_NAME, TOOL_DIR, BundleManifest, ToolFile
+from amsrepomirror.errors import MirrorError, UsageError
+from amsrepomirror.util.hashing import sha256_file
+
+DIST_NAME = "amsrepomirror"
+INSTALL_SCRIPT = "install.sh"
+WHEELS_DIR = "wheels"
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")  # pyproject requires-python >= 3.10; luigi 3.8.1: < 3.14
+PIP_TIMEOUT = 900  # seconds for one pip run: downloads of the whole dependency set
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """What ``tool/`` is built for: Python versions (X.Y) and pip platform tags ([] for this machine's)."""
+    pythons: Sequence[str]
+    platforms: Sequence[str] = ()
+
+
+def running_python() -> str:
+    return f"{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def check_spec(pythons: Sequence[str], platforms: Sequence[str]) -> ToolSpec:
+    """The --tool-python/--tool-platform choice, checked up front (UsageError)."""
+    pythons = list(dict.fromkeys(pythons or [running_python()]))
+    odd = [p for p in pythons if p not in SUPPORTED_PYTHONS]
+    if odd:
+        raise UsageError(f"--tool-python {odd[0]}: amsrepomirror runs on Python {', '.join(SUPPORTED_PYTHONS)}")
+    return ToolSpec(pythons=pythons, platforms=list(dict.fromkeys(platforms or [])))
+
+
+def _pip(args: List[str], what: str) -> None:
+    """Run ``python -m pip ARGS``; MirrorError with pip's last error line when it fails."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, timeout=PIP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise MirrorError(f"bundle --with-tool: {what} took longer than {PIP_TIMEOUT} s") from None
+    if done.returncode:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip().startswith("ERROR")]
+        last = lines[-1] if lines else (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise MirrorError(f"bundle --with-tool: {what} failed: {last}")
+
+
+def _project_source() -> Path:
+    """The source folder amsrepomirror was installed from (pip's direct_url.json of a local install;
+    an egg-info of the source folder may come first on sys.path, and has none)."""
+    sources = []
+    for dist in metadata.distributions(name=DIST_NAME):
+        try:
+            url = urlparse(json.loads(dist.read_text("direct_url.json") or "{}").get("url", ""))
+        except ValueError:
+            continue
+        if url.scheme == "file" and (Path(unquote(url.path)) / "pyproject.toml").is_file():
+            sources.append(Path(unquote(url.path)))
+    if not sources:
+        raise UsageError("bundle --with-tool needs amsrepomirror installed from its source folder "
+                         "(pip install -e . or pip install DIR, as make venv does)")
+    return sources[0]
+
+
+def build_wheels(dest: Path, spec: ToolSpec) -> None:
+    """amsrepomirror's wheel (built from its source), its dependencies and pip, into ``dest``."""
+    dest.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="amsrepomirror-wheel-") as tmp:
+        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", tmp, str(_project_source())], "building amsrepomirror's wheel")
+        own = next(Path(tmp).glob("*.whl"))
+        shutil.copy2(own, dest / own.name)
+        for python in spec.pythons:
+            target = ["--python-version", python] + [a for p in spec.platforms for a in ("--platform", p)]
+            _pip(["download", "--quiet", "--only-binary=:all:", "--dest", str(dest), *target, str(own), "pip"],
+                 f"downloading the wheels for Python {python}{' ' + ' '.join(spec.platforms) if spec.platforms else ''}")
+
+
+def install_script(spec: ToolSpec) -> str:
+    """tool/install.sh: pick an interpreter the wheels fit, make a venv from them alone, verify the bundle."""
+    wanted = " ".join(sorted(spec.pythons, key=lambda v: tuple(map(int, v.split("."))), reverse=True))
+    candidates = " ".join(f"python{v}" for v in reversed(SUPPORTED_PYTHONS))
+    newest = wanted.split()[0]
+    return f"""#!/bin/sh
+# Install amsrepomirror from this bundle's wheels into a venv (no network needed), then verify the bundle.
+# Usage: sh tool/install.sh [VENV]     VENV default: $HOME/amsrepomirror-venv; PYTHON=... picks the interpreter.
+# The wheels are for Python {wanted}{' on ' + ' '.join(spec.platforms) if spec.platforms else ''}.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+bundle=$(dirname "$here")
+venv=${{1:-$HOME/amsrepomirror-venv}}
+wanted="{wanted}"
+py=""
+for candidate in ${{PYTHON:-}} {candidates} python3; do
+  command -v "$candidate" >/dev/null 2>&1 || continue
+  version=$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
+  case " $wanted " in *" $version "*) py=$candidate; break ;; esac
+done
+if [ -z "$py" ]; then
+  echo "install.sh: no Python $wanted here: install python{newest} (RHEL/Rocky 8 and 9: dnf install python{newest}," \\
+    "from AppStream) or bundle again with --tool-python X.Y" >&2
+  exit 1
+fi
+pip_wheel=$(ls "$here"/{WHEELS_DIR}/pip-*.whl | head -n 1)
+"$py" -m venv --without-pip "$venv"
+"$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet --disable-pip-version-check --no-index \\
+  --find-links "$here/{WHEELS_DIR}" --force-reinstall pip {DIST_NAME}
+echo "install.sh: amsrepomirror is installed in $venv (Python $version); verifying $bundle"
+exec "$venv/bin/amsrepomirror" verify "$bundle"
+"""
+
+
+def write_tool(bundle_dir: Path, work: Path, spec: Optional[ToolSpec]) -> List[ToolFile]:
+    """Make ``bundle_dir/tool`` for ``spec`` (built in ``work`` first, then moved in place) and return
+    its files; without a spec, remove a tool folder an earlier bundle left there."""
+    folder = Path(bundle_dir) / TOOL_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    if spec is None:
+        return []
+    staging = Path(work) / TOOL_DIR
+    shutil.rmtree(staging, ignore_errors=True)
+    build_wheels(staging / WHEELS_DIR, spec)
+    script = staging / INSTALL_SCRIPT
+    script.write_text(install_script(spec))
+    script.chmod(0o755)
+    staging.rename(folder)
+    return [ToolFile(path=path.relative_to(bundle_dir).as_posix(), size=path.stat().st_size, sha256=sha256_file(path))
+            for path in sorted(folder.rglob("*")) if path.is_file()]
+
+
+def tool_problems(bundle_dir: Path, manifest: BundleManifest, sums: Optional[Dict[str, str]]) -> List[Tuple[str, str]]:
+    """How the tool/ folder differs from the manifest's ``tool`` list and SHA256SUMS: (path, what) each."""
+    problems = []
+    for t in manifest.tool:
+        path = Path(bundle_dir) / t.path
+        if sums is not None and sums.get(t.path) != t.sha256:
+            problems.append((t.path, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
+        elif not path.is_file():
+            problems.append((t.path, "missing"))
+        elif path.stat().st_size != t.size or sha256_file(path) != t.sha256:
+            problems.append((t.path, "corrupt"))
+    return problems
+
