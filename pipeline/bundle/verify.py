@@ -17,6 +17,7 @@ from amsrepomirror.bundle.format import (
     part_layout_problem,
 )
 from amsrepomirror.bundle.sevenzip import hash_members
+from amsrepomirror.bundle.signature import SIGNATURE_NAME
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.extract import check_members
@@ -239,6 +240,12 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     elif sums is not None and sums.get(README_NAME) != sha256_file(readme_path):
         add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
 
+    signature_path = bundle_dir / SIGNATURE_NAME  # what it proves is checked by bundle.signature
+    if sums is not None and signature_path.exists() != (SIGNATURE_NAME in sums):
+        add(Problem(SIGNATURE_NAME, f"not in {SUMS_NAME}" if signature_path.exists() else "missing"))
+    elif sums is not None and signature_path.exists() and sums[SIGNATURE_NAME] != sha256_file(signature_path):
+        add(Problem(SIGNATURE_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+
     # What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS.
     expected: Dict[str, Optional[int]] = {}
     expected_sha: Dict[str, str] = {}
@@ -256,11 +263,11 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
                     add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
                 elif sums[c.name] != c.sha256:
                     add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
-            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME}):
+            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME, SIGNATURE_NAME}):
                 add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
     elif sums is not None:
         for name, digest in sums.items():
-            if name not in (MANIFEST_NAME, README_NAME):
+            if name not in (MANIFEST_NAME, README_NAME, SIGNATURE_NAME):
                 expected[name] = None
                 expected_sha[name] = digest
 

@@ -9,6 +9,7 @@ from luigi.util import inherits
 from amsrepomirror.bundle import build
 from amsrepomirror.bundle.delta import read_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.signature import is_signed
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
@@ -61,15 +62,18 @@ class VersionsUnion(ReportsFailure, luigi.Task):
 
 class BundleTarget(luigi.Target):
     """Exists when the bundle folder is finished (SHA256SUMS written last) for this mirror manifest,
-    settings and delta base (None: a full bundle)."""
+    settings and delta base (None: a full bundle), signed when ``signed``."""
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
-                 base: Optional[str] = None):
+                 base: Optional[str] = None, signed: bool = False):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
         self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
+        self.signed = signed
 
     def exists(self):
         if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
+            return False
+        if self.signed and not is_signed(self.out):
             return False
         try:
             built = BundleManifest.read(self.out / MANIFEST_NAME)
@@ -90,6 +94,8 @@ class BundleArchive(MirrorTask):
     versions = luigi.ListParameter(default=[], description="several versions in one bundle, version first "
                                    "(bundles their last verified mirrors: mirror each first)")
     since = luigi.Parameter(default="", description="delta base snapshot (bundle.delta.write_base); empty: a full bundle")
+    sign_key = luigi.Parameter(default="", significant=False,
+                               description="OpenSSH key (path; or its .pub with the key in ssh-agent) to sign manifest.json")
 
     def requires(self):
         if len(self.versions) > 1:
@@ -100,7 +106,7 @@ class BundleArchive(MirrorTask):
 
     def output(self):
         base = read_base(self.since).identity if self.since else None
-        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base)
+        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base, bool(self.sign_key))
 
     def run(self):
         manifest_path = self.input().path
@@ -109,7 +115,7 @@ class BundleArchive(MirrorTask):
         yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
-        build.finish(self.mirror, self.out, plan)
+        build.finish(self.mirror, self.out, plan, self.sign_key)
 
 
 class ChunkTarget(luigi.Target):
