@@ -18,6 +18,7 @@ from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, distinct_contents
+from amsrepomirror.bundle.signature import check_signature
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
 from amsrepomirror.bundle.verify import verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
@@ -290,6 +291,9 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
                    help="with --with-tool: the offline side's Python (repeatable; default: this one)")
     p.add_argument("--tool-platform", action="append", default=[], metavar="TAG",
                    help="with --with-tool: pip platform tag, e.g. manylinux2014_x86_64 (repeatable; default: this machine's)")
+    p.add_argument("--sign-key", type=Path, metavar="KEY",
+                   help="sign manifest.json with this OpenSSH key (ssh-keygen -Y sign; a passphrase is asked for "
+                   "or the key is used through ssh-agent); writes manifest.json.sig")
 
 
 def add_since_option(p: argparse.ArgumentParser) -> None:
@@ -345,6 +349,8 @@ def run_bundle(args) -> int:
         return _print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since)
     if args.dry_run:
         return _print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
+    if args.sign_key is not None and not args.sign_key.is_file():
+        raise UsageError(f"--sign-key {args.sign_key} does not exist")
     if not args.offline:
         code = run_mirror(args)
         if code:
@@ -358,7 +364,8 @@ def run_bundle(args) -> int:
     task = BundleArchive(version=versions[0], versions=versions if len(versions) > 1 else [], mirror=str(ws.mirror),
                          offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression,
                          since=_delta_base(ws, versions[0], args.since), with_tool=args.with_tool,
-                         tool_pythons=args.tool_python, tool_platforms=args.tool_platform)
+                         tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
+                         sign_key=str(args.sign_key.absolute()) if args.sign_key else "")
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
                                   verbose=args.verbose))
@@ -467,12 +474,31 @@ def run_plan(args) -> int:
     return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
 
 
+def signature_verdict(args) -> Optional[str]:
+    """Print what the bundle's signature says; the error line when it is bad, or missing while
+    --allowed-signers asks for one."""
+    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys)
+    if check is None:
+        print("signature: unsigned")
+        if args.allowed_signers is not None:
+            return f"bundle {args.bundle} is not signed, but {args.allowed_signers} requires a signature by an allowed key"
+        return None
+    print(check.describe())
+    return f"bundle {args.bundle}: {check.describe()}" if check.problem else None
+
+
 def run_verify(args) -> int:
+    if args.revoked_keys is not None and args.allowed_signers is None:
+        raise UsageError("--revoked-keys needs --allowed-signers")
     report = verify_bundle(args.bundle, test_archives=not args.no_test)
     if report.ok:
         manifest = report.manifest
         print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
               f"{format_size(manifest.total_bytes)} of {manifest.version}")
+        bad_signature = signature_verdict(args)
+        if bad_signature:
+            say(f"error: {bad_signature}")
+            return errors.INTEGRITY_FAILURE
         for line in lacking.describe(manifest.lacking, "the bundle"):
             print(line)
         return 0
@@ -485,7 +511,9 @@ def run_verify(args) -> int:
 def run_unpack(args) -> int:
 
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
-                  reinstall=args.reinstall, deep=args.deep)
+                  reinstall=args.reinstall, deep=args.deep, allow_downgrade=args.allow_downgrade,
+                  allowed_signers=str(args.allowed_signers.absolute()) if args.allowed_signers else "",
+                  revoked_keys=str(args.revoked_keys.absolute()) if args.revoked_keys else "")
     if task.complete():
         say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
     else:
@@ -580,6 +608,13 @@ def run_demo(args) -> int:
 
 # ---- entry point --------------------------------------------------------------------------------
 
+def add_signer_options(p: argparse.ArgumentParser, required_help: str = "") -> None:
+    p.add_argument("--allowed-signers", type=Path, metavar="FILE",
+                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it" + required_help)
+    p.add_argument("--revoked-keys", type=Path, metavar="FILE",
+                   help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amsrepomirror", description=__doc__)
     parser.add_argument("--tool-version", action="version", version=f"amsrepomirror {__version__}")
@@ -615,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")
     p.add_argument("bundle", type=Path)
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
+    add_signer_options(p)
     p.set_defaults(func=run_verify)
 
     p = sub.add_parser("unpack", help="verify a bundle and place it atomically as $AMSHOME/repository")
@@ -625,6 +661,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
     p.add_argument("--deep", action="store_true",
                    help="delta: re-hash the installed files it keeps instead of trusting size, mtime and inode")
+    add_signer_options(p, required_help=" (default: [unpack] allowed_signers)")
+    p.add_argument("--allow-downgrade", action="store_true",
+                   help="install a bundle older than the installed one (a lower sequence of its mirror)")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(func=run_unpack)
 

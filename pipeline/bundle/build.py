@@ -36,6 +36,7 @@ from amsrepomirror.bundle.format import (
 from amsrepomirror.bundle.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents
 from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, write_chunk
+from amsrepomirror.bundle.signature import SIGNATURE_NAME, drop_signature, sign_manifest
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.bundle.tool import ToolSpec, write_tool
 from amsrepomirror.errors import IntegrityError
@@ -48,6 +49,7 @@ from amsrepomirror.util.time import utc_now
 from amsrepomirror.util.units import parse_size
 
 WORK_DIR = ".amsrepomirror-work"
+SEQUENCE_FILE = "bundle-sequence"  # in the mirror's state folder: how many bundles the mirror has written
 log = logging.getLogger(__name__)
 
 
@@ -208,14 +210,31 @@ def _read_result(out: str, plan: BundlePlan, index: int) -> ChunkResult:
                        sha256_state=body["sha256_state"])
 
 
-def finish(mirror: str, out: str, plan: BundlePlan, tool: Optional[ToolSpec] = None) -> None:
-    """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS;
-    drop chunks of older plans and the work folder; keep a copy of the manifest in the mirror's bundle history."""
+def next_sequence(ws: Workspace) -> int:
+    """The mirror's bundle count, this bundle included (kept in its state folder): each bundle the
+    mirror writes gets a higher one than the one before."""
+    path = ws.state / SEQUENCE_FILE
+    try:
+        last = int(path.read_text().strip())
+    except FileNotFoundError:
+        last = 0
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"cannot read the bundle count {path}: {exc}; remove it only if no bundle of this "
+                             "mirror is installed anywhere (unpack would need --allow-downgrade)") from None
+    atomic_write_bytes(path, f"{last + 1}\n".encode())
+    return last + 1
+
+
+def finish(mirror: str, out: str, plan: BundlePlan, tool: Optional[ToolSpec] = None, sign_key: str = "") -> None:
+    """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS
+    (with ``sign_key``, manifest.json.sig too); drop chunks of older plans and the work folder; keep
+    a copy of the manifest in the mirror's bundle history."""
     results = [_read_result(out, plan, i) for i in range(len(plan.chunks))]
     manifest = build_bundle_manifest(plan.chunks, results, plan.files, version=plan.manifest.version,
                                      compression=plan.compression, chunk_size=plan.chunk_size,
                                      tool_version=__version__, created=utc_now(),
                                      mirror_manifest_sha256=plan.manifest_sha256)
+    manifest.sequence = next_sequence(Workspace(mirror))
     manifest.versions = plan.manifest.all_versions
     manifest.copies = plan.copies
     manifest.lacking = plan.manifest.lacking  # a delta's mirror manifest is its target's
@@ -229,7 +248,7 @@ def finish(mirror: str, out: str, plan: BundlePlan, tool: Optional[ToolSpec] = N
     for stale in folder.glob("*" + CHUNK_SUFFIX):
         if stale.name not in keep and ours.fullmatch(stale.name):
             stale.unlink()
-    finish_bundle(folder, manifest)
+    finish_bundle(folder, manifest, sign_key=Path(sign_key) if sign_key else None)
     shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
     record_bundle(Workspace(mirror), manifest)
 
@@ -247,8 +266,10 @@ def remove_partial_files(bundle_dir: Path) -> List[Path]:
     return removed
 
 
-def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = False) -> Dict[str, str]:
-    """Write ``manifest.json``, ``README.txt`` and, last, ``SHA256SUMS`` (chunks, those two, the tool/ files).
+def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = False,
+                  sign_key: Optional[Path] = None) -> Dict[str, str]:
+    """Write ``manifest.json``, with ``sign_key`` its signature ``manifest.json.sig``, ``README.txt``
+    and, last, ``SHA256SUMS`` (chunks, those files, the tool/ files).
 
     Any old SHA256SUMS is removed first, so its presence always means a finished bundle. Each
     chunk must exist with its recorded size; its sha256 is taken from the manifest (computed from
@@ -269,9 +290,14 @@ def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = 
         if size != chunk.size:
             raise IntegrityError(f"chunk {chunk.name} is {size} bytes, expected {chunk.size}; re-run bundle")
     manifest.write(bundle_dir / MANIFEST_NAME)
-    atomic_write_bytes(bundle_dir / README_NAME, readme_text(manifest).encode("utf-8"))
+    drop_signature(bundle_dir)  # an older one signs another manifest
+    if sign_key is not None:
+        sign_manifest(bundle_dir, sign_key)
+    atomic_write_bytes(bundle_dir / README_NAME, readme_text(manifest, signed=sign_key is not None).encode("utf-8"))
     known = {} if rehash else {**{c.name: c.sha256 for c in manifest.chunks}, **{t.path: t.sha256 for t in manifest.tool}}
     names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME] + [t.path for t in manifest.tool]
+    if sign_key is not None:
+        names.append(SIGNATURE_NAME)
     return write_sums(bundle_dir, names, known)
 
 

@@ -155,6 +155,9 @@ class BundleManifest:
     tool_version: str = ""
     created: str = ""
     mirror_manifest_sha256: str = ""
+    # The mirror's count of bundles written, this one included: a later bundle of that mirror has a
+    # higher one, so unpack can refuse to go back to an older bundle (0: written before it was kept).
+    sequence: int = 0
     # A delta bundle (base set): ``files`` holds only what is new or changed since the base tree.
     base: Optional[str] = None  # tree identity (bundle.delta.tree_identity) of the tree this applies to
     base_created: str = ""  # when the base's bundle was made, to name it in messages
@@ -208,6 +211,8 @@ class BundleManifest:
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
             "chunks": [asdict(c) for c in self.chunks],  # in writing (and unpacking) order
         }
+        if self.sequence:  # absent from manifests of tools that kept no sequence
+            body["sequence"] = self.sequence
         if self.copies:  # absent when no bytes repeat: such manifests read as before
             body["copies"] = _records(self.copies)
         if self.lacking:  # absent when nothing is lacking: such manifests read as before
@@ -457,6 +462,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         tool_version=_field(body, "tool_version", "tool_version", _is_tool_version, ""),
         created=_field(body, "created", "created", _is_created, ""),
         mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
+        sequence=_field(body, "sequence", "sequence", _count, 0),
         base=base,
         versions=list(versions),
         copies=_reused_files(body, "copies", []),

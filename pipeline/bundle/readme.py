@@ -3,13 +3,42 @@
 import shlex
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, TOOL_DIR, BundleManifest
+from amsrepomirror.bundle.signature import NAMESPACE, SIGNATURE_NAME
 from amsrepomirror.util.units import format_size
 
 
-def readme_text(manifest: BundleManifest) -> str:
-    """The text of README.txt for ``manifest``."""
-    if manifest.is_delta:
-        return _delta_readme(manifest)
+def signature_check_lines() -> list:
+    """Step 0 of a signed bundle's README: check the signature by hand, with OpenSSH (>= 8.2) only.
+
+    The signature covers manifest.json; SHA256SUMS is not signed, so each chunk's sha256 in it must
+    also be one manifest.json lists before ``sha256sum -c`` proves anything.
+    """
+    return [
+        "0. Check the signature FIRST (OpenSSH 8.2 or later; run in this folder). ALLOWED is the",
+        "   allowed_signers file holding the site's public bundle key (e.g. /etc/amsrepomirror/allowed_signers:",
+        f"   a line   site-bundles namespaces=\"{NAMESPACE}\" ssh-ed25519 AAAA...):",
+        f"     ssh-keygen -Y verify -f ALLOWED -n {NAMESPACE} -s {SIGNATURE_NAME} \\",
+        f"       -I \"$(ssh-keygen -Y find-principals -f ALLOWED -s {SIGNATURE_NAME})\" < {MANIFEST_NAME}",
+        "   It must print: Good \"amsrepomirror\" signature for ... Otherwise do not use this bundle.",
+        f"   {SUMS_NAME} is not signed itself: check that every chunk's sha256 in it is in the signed {MANIFEST_NAME}",
+        "   (no output means all are):",
+        f"     grep '\\.7z$' {SUMS_NAME} | while read -r sum name; do "
+        f"grep -q \"$sum\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
+        "   (amsrepomirror verify . --allowed-signers ALLOWED does all of this and more.)",
+        "",
+    ]
+
+
+def readme_text(manifest: BundleManifest, signed: bool = False) -> str:
+    """The text of README.txt for ``manifest`` (``signed``: the bundle has manifest.json.sig)."""
+    text = _delta_readme(manifest) if manifest.is_delta else _full_readme(manifest)
+    if not signed:
+        return text
+    head, sep, rest = text.partition("1. Check the copy")
+    return head + "\n".join(signature_check_lines()) + "\n" + sep + rest
+
+
+def _full_readme(manifest: BundleManifest) -> str:
     split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
     lines = [
         f"AMS package repository bundle {' + '.join(manifest.all_versions)}",

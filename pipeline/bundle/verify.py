@@ -18,6 +18,7 @@ from amsrepomirror.bundle.format import (
     part_layout_problem,
 )
 from amsrepomirror.bundle.sevenzip import hash_members
+from amsrepomirror.bundle.signature import SIGNATURE_NAME
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import tool_problems
 from amsrepomirror.errors import IntegrityError
@@ -245,6 +246,12 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     elif sums is not None and sums.get(README_NAME) != sha256_file(readme_path):
         add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
 
+    signature_path = bundle_dir / SIGNATURE_NAME  # what it proves is checked by bundle.signature
+    if sums is not None and signature_path.exists() != (SIGNATURE_NAME in sums):
+        add(Problem(SIGNATURE_NAME, f"not in {SUMS_NAME}" if signature_path.exists() else "missing"))
+    elif sums is not None and signature_path.exists() and sums[SIGNATURE_NAME] != sha256_file(signature_path):
+        add(Problem(SIGNATURE_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+
     # What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS.
     expected: Dict[str, Optional[int]] = {}
     expected_sha: Dict[str, str] = {}
@@ -263,12 +270,12 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
                 elif sums[c.name] != c.sha256:
                     add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
             tool = {t.path for t in manifest.tool}
-            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME} - tool):
+            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME, SIGNATURE_NAME} - tool):
                 add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
         report.problems += [Problem(path, what) for path, what in tool_problems(bundle_dir, manifest, sums)]
     elif sums is not None:
         for name, digest in sums.items():
-            if name not in (MANIFEST_NAME, README_NAME) and not is_tool_path(name):
+            if name not in (MANIFEST_NAME, README_NAME, SIGNATURE_NAME) and not is_tool_path(name):
                 expected[name] = None
                 expected_sha[name] = digest
 

@@ -208,7 +208,8 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
             raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
         receipt = placement.make_receipt(manifest_sha256, manifest.version, str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.target),
-                                         bundle_created=manifest.created, lacking=manifest.lacking)
+                                         bundle_created=manifest.created, bundle_sequence=manifest.sequence,
+                                         lacking=manifest.lacking)
         log.info("unpack: writing the new tree to disk (sync)")
         extract.sync_tree(staging)
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)

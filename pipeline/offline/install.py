@@ -16,6 +16,7 @@ from typing import List, Optional, Sequence
 
 from amsrepomirror.bundle.delta import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.signature import require_signature
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
@@ -91,21 +92,48 @@ def _delta_manifest(bundle_dir: Path) -> Optional[BundleManifest]:
     return manifest if manifest.is_delta else None
 
 
+def refuse_downgrade(bundle_dir: Path, home: Path) -> None:
+    """UsageError when the receipt says a later bundle of the mirror is installed (higher sequence):
+    going back needs ``--allow-downgrade``."""
+    try:
+        receipt = placement.read_receipt(home) or {}
+        manifest = BundleManifest.read(bundle_dir / MANIFEST_NAME)
+    except IntegrityError:
+        return  # an unreadable receipt vouches for nothing; an unreadable manifest is refused by the checks
+    if manifest.is_delta and manifest.base != receipt.get("tree_sha256"):
+        return  # refused by the delta's base check, which says which tree it needs
+    installed = receipt.get("bundle_sequence")
+    if type(installed) is int and manifest.sequence and manifest.sequence < installed:
+        raise UsageError(f"bundle {bundle_dir} (number {manifest.sequence} of its mirror, made "
+                         f"{manifest.created or '?'}) is older than the installed one (number {installed}, made "
+                         f"{receipt.get('bundle_created') or '?'}); to go back to it add --allow-downgrade")
+
+
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
-                  reinstall: bool = False, deep: bool = False) -> str:
+                  reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
+                  allow_downgrade: bool = False) -> str:
     """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know.
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
     unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``;
-    ``deep``: re-hash the installed files it relies on).
+    ``deep``: re-hash the installed files it relies on). With ``allowed_signers``, a bundle whose
+    manifest is not signed by a key listed there (and not in ``revoked_keys``) is refused before
+    anything else; a bundle older than the installed one is refused unless ``allow_downgrade``.
     """
     bundle_dir = Path(bundle)
     if not bundle_dir.is_dir():
         raise UsageError(f"bundle folder {bundle} does not exist")
+    if revoked_keys and not allowed_signers:
+        raise UsageError("--revoked-keys needs --allowed-signers (or [unpack] allowed_signers)")
+    if allowed_signers:
+        signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None)
+        log.info(f"unpack: {signed.describe()}")
     home = placement.check_amshome(amshome)
     with placement.amshome_lock(home):
         for action in placement.recover(home):
             log.info(f"unpack: {action} (left by an interrupted run)")
+        if not allow_downgrade:
+            refuse_downgrade(bundle_dir, home)
         changes = None if reinstall else installed_changes(bundle_dir, home)
         if changes:
             raise _refuse_changed(bundle_dir.absolute(), home, changes)
@@ -143,7 +171,8 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             placement.checkpoint("unpack:verified")
             receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
                                              tree=placement.installed_files(staging, manifest.tree),
-                                             bundle_created=manifest.created, lacking=manifest.lacking)
+                                             bundle_created=manifest.created, bundle_sequence=manifest.sequence,
+                                             lacking=manifest.lacking)
             log.info("unpack: writing the new tree to disk (sync)")
             extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
             how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)

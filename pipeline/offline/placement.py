@@ -321,7 +321,8 @@ def _encode_tree(rows: List[InstalledFile]) -> Dict[str, object]:
 
 
 def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optional[List[InstalledFile]] = None,
-                 bundle_created: str = "", lacking: Sequence[Lacking] = ()) -> Dict[str, object]:
+                 bundle_created: str = "", bundle_sequence: int = 0,
+                 lacking: Sequence[Lacking] = ()) -> Dict[str, object]:
     """The receipt of an unpack: the bundle manifest installed and, with ``tree``, the installed
     tree itself (what a delta is built against and checked with); ``lacking``, the listed files the
     bundle did not carry and why (kept so the admin can still tell why amspackages misses them)."""
@@ -333,8 +334,8 @@ def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optio
         "installed": utc_now(),
     }
     if tree is not None:
-        receipt.update(bundle_created=bundle_created, tree_sha256=tree_identity(tree), files=len(tree),
-                       bytes=sum(r.size for r in tree), **_encode_tree(tree))
+        receipt.update(bundle_created=bundle_created, bundle_sequence=bundle_sequence, tree_sha256=tree_identity(tree),
+                       files=len(tree), bytes=sum(r.size for r in tree), **_encode_tree(tree))
     if lacking:  # absent when nothing is lacking: such receipts read as before
         receipt["lacking"] = [{"path": e.path, "reason": e.reason} for e in sorted(lacking, key=lambda e: e.path)]
     return receipt

@@ -9,6 +9,7 @@ from luigi.util import inherits
 from amsrepomirror.bundle import build
 from amsrepomirror.bundle.delta import read_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.signature import is_signed
 from amsrepomirror.bundle.tool import check_spec
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.manifest import Manifest, union_manifest
@@ -62,16 +63,18 @@ class VersionsUnion(ReportsFailure, luigi.Task):
 
 class BundleTarget(luigi.Target):
     """Exists when the bundle folder is finished (SHA256SUMS written last) for this mirror manifest,
-    settings, delta base (None: a full bundle) and with a tool/ folder or without."""
+    settings and delta base (None: a full bundle), with a tool/ folder or without, signed when ``signed``."""
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
-                 base: Optional[str] = None, with_tool: bool = False):
+                 base: Optional[str] = None, with_tool: bool = False, signed: bool = False):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
         self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
-        self.with_tool = with_tool
+        self.with_tool, self.signed = with_tool, signed
 
     def exists(self):
         if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
+            return False
+        if self.signed and not is_signed(self.out):
             return False
         try:
             built = BundleManifest.read(self.out / MANIFEST_NAME)
@@ -96,6 +99,8 @@ class BundleArchive(MirrorTask):
     with_tool = luigi.BoolParameter(default=False, description="add tool/: wheels of amsrepomirror and install.sh")
     tool_pythons = luigi.ListParameter(default=[], description="with_tool: Python versions X.Y (default: this one)")
     tool_platforms = luigi.ListParameter(default=[], description="with_tool: pip platform tags (default: this machine's)")
+    sign_key = luigi.Parameter(default="", significant=False,
+                               description="OpenSSH key (path; or its .pub with the key in ssh-agent) to sign manifest.json")
 
     def requires(self):
         if len(self.versions) > 1:
@@ -106,7 +111,8 @@ class BundleArchive(MirrorTask):
 
     def output(self):
         base = read_base(self.since).identity if self.since else None
-        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base, self.with_tool)
+        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base, self.with_tool,
+                            bool(self.sign_key))
 
     def run(self):
         manifest_path = self.input().path
@@ -116,7 +122,7 @@ class BundleArchive(MirrorTask):
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
         tool = check_spec(self.tool_pythons, self.tool_platforms) if self.with_tool else None
-        build.finish(self.mirror, self.out, plan, tool)
+        build.finish(self.mirror, self.out, plan, tool, self.sign_key)
 
 
 class ChunkTarget(luigi.Target):

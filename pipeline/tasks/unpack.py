@@ -7,9 +7,11 @@ from amsrepomirror.tasks.base import ReportsFailure
 
 
 class unpack(luigi.Config):
-    """[unpack]: where the installed AMS version can be read, relative to AMSHOME."""
+    """[unpack]: where the installed AMS version can be read, relative to AMSHOME; whose signature
+    a bundle must carry (an OpenSSH allowed_signers file; empty: none required)."""
 
     installed_version_files = luigi.ListParameter()
+    allowed_signers = luigi.Parameter(default="")
 
 
 class ReceiptTarget(luigi.Target):
@@ -31,6 +33,11 @@ class Unpack(ReportsFailure, luigi.Task):
     reinstall = luigi.BoolParameter(default=False, significant=False, description="install even when already installed")
     deep = luigi.BoolParameter(default=False, significant=False,
                                description="delta: re-hash the installed files it relies on instead of trusting the receipt")
+    allowed_signers = luigi.Parameter(default="", significant=False,
+                                      description="OpenSSH allowed_signers file: a signature by a key in it is required")
+    revoked_keys = luigi.Parameter(default="", significant=False, description="OpenSSH revoked keys file")
+    allow_downgrade = luigi.BoolParameter(default=False, significant=False,
+                                          description="install a bundle older than the installed one")
 
     def output(self):
         return ReceiptTarget(self.amshome, self.bundle)
@@ -43,5 +50,7 @@ class Unpack(ReportsFailure, luigi.Task):
 
     def run(self):
         install.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall,
-                              deep=self.deep, version_files=list(unpack().installed_version_files))
+                              deep=self.deep, version_files=list(unpack().installed_version_files),
+                              allowed_signers=self.allowed_signers or unpack().allowed_signers,
+                              revoked_keys=self.revoked_keys, allow_downgrade=self.allow_downgrade)
         self._reinstalled = True

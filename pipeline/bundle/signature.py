@@ -1,0 +1,136 @@
+"""``manifest.json.sig``: an OpenSSH signature (``ssh-keygen -Y``, namespace ``amsrepomirror``) of a
+bundle's manifest.json. The manifest holds every chunk's and file's sha256, so one signature covers
+the whole bundle, and any admin can check it by hand with ``ssh-keygen -Y verify``.
+
+The signing key never leaves ssh-keygen: we pass its path, never its bytes or a passphrase; a
+passphrase-protected key prompts on the terminal, or is used through ssh-agent (SSH_AUTH_SOCK).
+"""
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from amsrepomirror.bundle.format import MANIFEST_NAME
+from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
+from amsrepomirror.util.fsutil import atomic_write_bytes
+
+NAMESPACE = "amsrepomirror"
+SIGNATURE_NAME = MANIFEST_NAME + ".sig"
+#: Signing may wait for a passphrase typed at the terminal; checking never waits for anyone.
+SIGN_TIMEOUT = 3600
+CHECK_TIMEOUT = 120
+_FINGERPRINT = re.compile(r"with (\S+) key (SHA256:[A-Za-z0-9+/=]+)")
+
+
+@dataclass(frozen=True)
+class SignatureCheck:
+    """What a bundle's signature says: the key, and (with allowed signers) who it is and whether allowed."""
+    key_type: str = ""
+    fingerprint: str = ""
+    principal: str = ""  # from allowed_signers; empty when none was given or the key is not in it
+    allowed: Optional[bool] = None  # None: not checked against allowed signers
+    problem: str = ""  # why the signature does not hold, when it does not
+
+    def describe(self) -> str:
+        if self.problem:
+            return f"signature: BAD ({self.problem})"
+        key = f"{self.key_type} key {self.fingerprint}"
+        if self.allowed is None:
+            return f"signature: good, by {key} (not checked against allowed signers)"
+        return f"signature: good, by {self.principal} ({key}), allowed"
+
+
+def _ssh_keygen(args: List[str], *, stdin_path: Path, timeout: int) -> subprocess.CompletedProcess:
+    tool = shutil.which("ssh-keygen")
+    if tool is None:
+        raise MirrorError("ssh-keygen was not found: install OpenSSH (Debian: openssh-client) to sign or check "
+                          "bundle signatures")
+    with open(stdin_path, "rb") as data:
+        try:
+            return subprocess.run([tool, "-Y", *args], stdin=data, capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise MirrorError(f"ssh-keygen -Y {args[0]} did not finish within {timeout} s") from None
+
+
+def _last_line(output: bytes) -> str:
+    lines = [line for line in output.decode("utf-8", "replace").splitlines() if line.strip()]
+    return lines[-1].strip()[:200] if lines else "no message"
+
+
+def sign_manifest(bundle_dir: Path, key: Path) -> None:
+    """Write ``manifest.json.sig`` beside manifest.json, signed with the OpenSSH key ``key``."""
+    bundle_dir = Path(bundle_dir)
+    if not Path(key).is_file():
+        raise UsageError(f"signing key {key} does not exist")
+    done = _ssh_keygen(["sign", "-n", NAMESPACE, "-f", str(key)], stdin_path=bundle_dir / MANIFEST_NAME,
+                       timeout=SIGN_TIMEOUT)
+    if done.returncode != 0 or b"BEGIN SSH SIGNATURE" not in done.stdout:
+        raise MirrorError(f"signing {MANIFEST_NAME} with {key} failed: {_last_line(done.stderr)}")
+    atomic_write_bytes(bundle_dir / SIGNATURE_NAME, done.stdout)
+
+
+def drop_signature(bundle_dir: Path) -> None:
+    """Remove a signature left from an earlier bundle in this folder (it signs another manifest)."""
+    (Path(bundle_dir) / SIGNATURE_NAME).unlink(missing_ok=True)
+
+
+def is_signed(bundle_dir: Path) -> bool:
+    return (Path(bundle_dir) / SIGNATURE_NAME).is_file()
+
+
+def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
+                    revoked_keys: Optional[Path] = None) -> Optional[SignatureCheck]:
+    """Check ``manifest.json.sig`` against manifest.json; None when the bundle is unsigned.
+
+    Without ``allowed_signers`` only the signature itself (and its namespace) is checked, which
+    names the key but proves nothing about who made it; with it, the key must be listed there
+    (and not in ``revoked_keys``).
+    """
+    bundle_dir = Path(bundle_dir)
+    signature, manifest = bundle_dir / SIGNATURE_NAME, bundle_dir / MANIFEST_NAME
+    if not signature.is_file():
+        return None
+    for given in (allowed_signers, revoked_keys):
+        if given is not None and not Path(given).is_file():
+            raise UsageError(f"{given} does not exist (an OpenSSH allowed_signers or revoked keys file)")
+    if not manifest.is_file():
+        return SignatureCheck(problem=f"{MANIFEST_NAME} is missing")
+    if allowed_signers is None:
+        done = _ssh_keygen(["check-novalidate", "-n", NAMESPACE, "-s", str(signature)], stdin_path=manifest,
+                           timeout=CHECK_TIMEOUT)
+        found = _FINGERPRINT.search(done.stdout.decode("utf-8", "replace"))
+        if done.returncode != 0 or not found:
+            return SignatureCheck(problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: "
+                                          f"{_last_line(done.stderr)}")
+        return SignatureCheck(key_type=found.group(1), fingerprint=found.group(2))
+    found_principals = _ssh_keygen(["find-principals", "-s", str(signature), "-f", str(allowed_signers)],
+                                   stdin_path=manifest, timeout=CHECK_TIMEOUT)
+    principals = found_principals.stdout.decode("utf-8", "replace").split()
+    if found_principals.returncode != 0 or not principals:
+        return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
+    principal = principals[0].split(",")[0]
+    args = ["verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)]
+    if revoked_keys is not None:
+        args += ["-r", str(revoked_keys)]
+    done = _ssh_keygen(args, stdin_path=manifest, timeout=CHECK_TIMEOUT)
+    found = _FINGERPRINT.search(done.stdout.decode("utf-8", "replace"))
+    if done.returncode != 0 or not found:
+        return SignatureCheck(principal=principal, allowed=False,
+                              problem=f"it does not verify as {principal}'s signature of this {MANIFEST_NAME} in "
+                                      f"namespace {NAMESPACE}: {_last_line(done.stderr)}")
+    return SignatureCheck(key_type=found.group(1), fingerprint=found.group(2), principal=principal, allowed=True)
+
+
+def require_signature(bundle_dir: Path, allowed_signers: Path, revoked_keys: Optional[Path] = None) -> SignatureCheck:
+    """A valid signature by a key in ``allowed_signers`` (not revoked), or IntegrityError (one line)."""
+    check = check_signature(bundle_dir, allowed_signers, revoked_keys)
+    if check is None:
+        raise IntegrityError(f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but "
+                             f"{allowed_signers} requires a signature by an allowed key; nothing was extracted")
+    if check.problem:
+        raise IntegrityError(f"bundle {bundle_dir} is refused: its signature is bad ({check.problem}); "
+                             "nothing was extracted")
+    return check

@@ -1,0 +1,272 @@
+"""Signed bundles: ssh-keygen -Y sign on the online side; by hand and --allowed-signers on the offline side.
+
+Real ssh-keygen and ssh-agent, keys generated in tmp folders; every refusal must leave $AMSHOME as it was.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from clihelp import cli_env, run_cli, served_tree, sha256, tree_hashes
+
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME
+from amsrepomirror.bundle.sums import read_sums, write_sums
+from amsrepomirror.testing.scmdouble import change_file
+
+VERSION = "AMS2026.1"
+SIG = MANIFEST_NAME + ".sig"
+PRINCIPAL = "site-bundles"
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None and not os.environ.get("AMSREPOMIRROR_REQUIRE_TOOLS"),
+                                reason="ssh-keygen (openssh-client) is not installed")
+
+
+def keygen(*args, **kwargs):
+    return subprocess.run(["ssh-keygen", *map(str, args)], capture_output=True, timeout=60, **kwargs)
+
+
+def new_key(folder: Path, name: str, passphrase: str = "") -> Path:
+    key = folder / name
+    keygen("-q", "-t", "ed25519", "-N", passphrase, "-C", name, "-f", key).check_returncode()
+    return key
+
+
+def allowed_signers(folder: Path, key: Path, principal: str = PRINCIPAL) -> Path:
+    path = folder / f"allowed_signers-{key.name}"
+    path.write_text(f'{principal} namespaces="amsrepomirror" {(key.parent / (key.name + ".pub")).read_text()}')
+    return path
+
+
+def bundle(listing_url, mirror, out, *extra, env=None):
+    return run_cli("bundle", "--version", VERSION, "--mirror", mirror, "--listing-url", listing_url,
+                   "--out", out, "--chunk-size", "1MiB", *extra, env=env)
+
+
+def resum(out: Path) -> None:
+    """Recompute SHA256SUMS over what the folder now holds (as someone swapping files on a stick would)."""
+    write_sums(out, [n for n in read_sums(out) if (out / n).exists()] + ([SIG] if (out / SIG).exists() else []))
+
+
+def listing(folder: Path):
+    """Every path under AMSHOME with its size, but unpack's own log (where it says why it refused)."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*")
+                  if p.name != ".amsrepomirror-unpack.log")
+
+
+@pytest.fixture
+def keys(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    key = new_key(folder, "site")
+    return key, allowed_signers(folder, key)
+
+
+@pytest.fixture
+def signed(scm_double, repo_tree, tmp_path, keys):
+    key, _ = keys
+    mirror, out = tmp_path / "mirror", tmp_path / "bundle"
+    result = bundle(scm_double.listing_url(VERSION), mirror, out, "--sign-key", key)
+    assert result.returncode == 0, result.stderr
+    return mirror, out
+
+
+def refused(out: Path, amshome: Path, *extra, config=None):
+    """Unpack with the site's allowed signers; assert it is refused with exit 4, one line, AMSHOME untouched."""
+    before = listing(amshome)
+    result = run_cli(*(["--config", config] if config else []), "unpack", out, "--amshome", amshome, *extra)
+    assert result.returncode == 4, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and ("signature is bad" in errors[0] or "is not signed" in errors[0]), result.stderr
+    assert "nothing was extracted" in errors[0]
+    assert listing(amshome) == before
+    return errors[0]
+
+
+def test_signed_bundle_checks_by_hand_and_unpacks(signed, keys, repo_tree, tmp_path):
+    mirror, out = signed
+    key, allowed = keys
+    assert SIG in read_sums(out) and read_sums(out)[SIG] == sha256(out / SIG)
+    assert "PRIVATE" not in (out / SIG).read_text() and key.read_text() not in "".join(
+        p.read_text(errors="replace") for p in out.iterdir() if p.suffix != ".7z")
+    # By hand, as README.txt says: find the principal, verify the signature, then the sums.
+    principal = keygen("-Y", "find-principals", "-f", allowed, "-s", out / SIG).stdout.decode().strip()
+    assert principal == PRINCIPAL
+    with open(out / MANIFEST_NAME, "rb") as manifest:
+        by_hand = keygen("-Y", "verify", "-f", allowed, "-I", principal, "-n", "amsrepomirror", "-s", out / SIG,
+                         stdin=manifest)
+    assert by_hand.returncode == 0 and b'Good "amsrepomirror" signature for site-bundles' in by_hand.stdout
+    assert subprocess.run(["sha256sum", "-c", SUMS_NAME], cwd=out, capture_output=True).returncode == 0
+    readme = (out / README_NAME).read_text()
+    assert "ssh-keygen -Y verify" in readme and readme.index("ssh-keygen -Y verify") < readme.index("sha256sum -c")
+    fingerprint = keygen("-l", "-f", str(key) + ".pub").stdout.decode().split()[1]
+
+    result = run_cli("verify", out)
+    assert result.returncode == 0 and f"signature: good, by ED25519 key {fingerprint}" in result.stdout
+    result = run_cli("verify", out, "--allowed-signers", allowed)
+    assert result.returncode == 0 and f"signature: good, by {PRINCIPAL} (ED25519 key {fingerprint}), allowed" \
+        in result.stdout, result.stdout + result.stderr
+
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    result = run_cli("unpack", out, "--amshome", amshome, "--allowed-signers", allowed)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
+
+
+def _wrong_key(out, folder):
+    other = new_key(folder, "intruder")
+    with open(out / MANIFEST_NAME, "rb") as manifest:
+        (out / SIG).write_bytes(keygen("-Y", "sign", "-n", "amsrepomirror", "-f", other, stdin=manifest).stdout)
+
+
+def _wrong_namespace(out, folder):
+    with open(out / MANIFEST_NAME, "rb") as manifest:
+        (out / SIG).write_bytes(keygen("-Y", "sign", "-n", "file", "-f", folder / "site", stdin=manifest).stdout)
+
+
+def _other_manifest(out, folder):
+    other = folder / "other-manifest.json"
+    body = json.loads((out / MANIFEST_NAME).read_text())
+    body["created"] = "2020-01-01T00:00:00Z"
+    other.write_text(json.dumps(body))
+    with open(other, "rb") as manifest:
+        (out / SIG).write_bytes(keygen("-Y", "sign", "-n", "amsrepomirror", "-f", folder / "site", stdin=manifest).stdout)
+
+
+def _unsigned(out, folder):
+    (out / SIG).unlink()
+
+
+def _chunk_replaced(out, folder):
+    """A chunk swapped for a valid 7z with other content; manifest.json and SHA256SUMS recomputed."""
+    body = json.loads((out / MANIFEST_NAME).read_text())
+    chunk = body["chunks"][0]
+    evil = folder / "evil"
+    evil.mkdir()
+    for member in chunk["members"]:
+        (evil / member).parent.mkdir(parents=True, exist_ok=True)
+        (evil / member).write_bytes(b"#!/bin/sh\necho owned\n")
+    (out / chunk["name"]).unlink()
+    subprocess.run(["7zz", "a", "-bd", "-mx=0", out / chunk["name"], "."], cwd=evil, check=True, capture_output=True)
+    chunk["size"], chunk["sha256"] = (out / chunk["name"]).stat().st_size, sha256(out / chunk["name"])
+    for f in body["files"]:
+        for part in f["parts"]:
+            if part["chunk"] == chunk["name"]:
+                part["size"] = part["offset"] = 0
+                part["sha256"] = f["sha256"] = sha256(evil / part["member"])
+                f["size"] = part["size"] = (evil / part["member"]).stat().st_size
+    (out / MANIFEST_NAME).write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.mark.parametrize("tamper", [_wrong_key, _wrong_namespace, _other_manifest, _unsigned, _chunk_replaced])
+def test_refused_before_extraction_when_signature_does_not_hold(signed, keys, tmp_path, tamper):
+    _, out = signed
+    _, allowed = keys
+    tamper(out, allowed.parent)
+    resum(out)
+    if tamper is not _unsigned and tamper is not _chunk_replaced:
+        assert subprocess.run(["sha256sum", "-c", SUMS_NAME], cwd=out, capture_output=True).returncode == 0
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    (amshome / "VERSION.txt").write_text(f"{VERSION}\n")
+    refused(out, amshome, "--allowed-signers", allowed)
+    result = run_cli("verify", out, "--allowed-signers", allowed)
+    assert result.returncode == 4, result.stdout + result.stderr
+
+
+def test_revoked_key_is_refused(signed, keys, tmp_path):
+    _, out = signed
+    key, allowed = keys
+    revoked = tmp_path / "revoked"
+    shutil.copy(str(key) + ".pub", revoked)
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    line = refused(out, amshome, "--allowed-signers", allowed, "--revoked-keys", revoked)
+    assert "PRIVATE" not in line
+
+
+def test_allowed_signers_from_the_configuration(signed, keys, tmp_path):
+    _, out = signed
+    _, allowed = keys
+    (out / SIG).unlink()
+    resum(out)
+    config = tmp_path / "site.cfg"
+    config.write_text(f"[unpack]\nallowed_signers = {allowed}\n")
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    refused(out, amshome, config=config)
+    result = run_cli("verify", out)
+    assert result.returncode == 0 and "signature: unsigned" in result.stdout
+
+
+def test_passphrase_key_signs_through_ssh_agent(scm_double, repo_tree, tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    key = new_key(folder, "site", passphrase="correct horse battery")
+    allowed = allowed_signers(folder, key)
+    askpass = folder / "askpass"
+    askpass.write_text("#!/bin/sh\necho 'correct horse battery'\n")
+    askpass.chmod(0o700)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            subprocess.run(["sleep", "0.05"])
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock), SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force",
+                   DISPLAY=":0")
+        subprocess.run(["ssh-add", str(key)], env=env, check=True, capture_output=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+        out = tmp_path / "bundle"
+        result = bundle(scm_double.listing_url(VERSION), tmp_path / "mirror", out, "--sign-key", key,
+                        env=cli_env(SSH_AUTH_SOCK=str(sock)))
+        assert result.returncode == 0, result.stderr
+        assert "correct horse" not in result.stdout + result.stderr
+    finally:
+        agent.kill()
+        agent.wait(timeout=30)
+    result = run_cli("verify", out, "--allowed-signers", allowed)
+    assert result.returncode == 0 and f"signature: good, by {PRINCIPAL}" in result.stdout, result.stderr
+
+
+def test_older_bundle_is_refused_unless_downgrade_allowed(scm_double, repo_tree, tmp_path):
+    mirror, old, new = tmp_path / "mirror", tmp_path / "old", tmp_path / "new"
+    url = scm_double.listing_url(VERSION)
+    assert bundle(url, mirror, old).returncode == 0
+    change_file(repo_tree, "linux/x86_64/adf-2026.101.tar.zst", seed="newer")
+    assert bundle(url, mirror, new).returncode == 0
+    assert [json.loads((b / MANIFEST_NAME).read_text())["sequence"] for b in (old, new)] == [1, 2]
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    assert run_cli("unpack", new, "--amshome", amshome).returncode == 0
+    installed = tree_hashes(amshome / "repository")
+    receipt = json.loads((amshome / ".amsrepomirror-receipt.json").read_text())
+    assert receipt["bundle_sequence"] == 2
+    result = run_cli("unpack", old, "--amshome", amshome)
+    assert result.returncode == 2, result.stderr
+    assert "older than the installed one" in result.stderr and "--allow-downgrade" in result.stderr
+    assert tree_hashes(amshome / "repository") == installed
+    result = run_cli("unpack", old, "--amshome", amshome, "--allow-downgrade")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(amshome / "repository") != installed
+
+
+def test_a_delta_bundle_is_signed_the_same_way(signed, keys, scm_double, repo_tree, tmp_path):
+    mirror, out = signed
+    key, allowed = keys
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    assert run_cli("unpack", out, "--amshome", amshome, "--allowed-signers", allowed).returncode == 0
+    change_file(repo_tree, "linux/x86_64/adf-2026.101.tar.zst", seed="next")
+    delta = tmp_path / "delta"
+    result = bundle(scm_double.listing_url(VERSION), mirror, delta, "--since", "last", "--sign-key", key)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((delta / MANIFEST_NAME).read_text())["base"] and SIG in read_sums(delta)
+    assert "ssh-keygen -Y verify" in (delta / README_NAME).read_text()
+    result = run_cli("unpack", delta, "--amshome", amshome, "--allowed-signers", allowed)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
