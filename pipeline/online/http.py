@@ -33,9 +33,9 @@ from amsrepomirror.util.fsutil import local_writes
 from amsrepomirror.util.hashing import sha256_stream
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-# The most one read1() takes: it returns what has arrived (never waits to fill the block), so a
-# cut loses nothing already read; large reads keep the per-call cost low on fast links.
-STREAM_BLOCK = 1024 * 1024
+# urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
+# after a cut at most this much is fetched again.
+STREAM_BLOCK = 128 * 1024
 
 
 class Unauthorized(FetchError):
