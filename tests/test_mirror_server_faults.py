@@ -147,11 +147,10 @@ def test_server_compressing_on_the_fly_fails_that_file(scm_double, repo_tree, tm
 def test_trickling_server_is_given_up_and_the_run_ends(scm_double, repo_tree, tmp_path):
     env = cli_env(LUIGI_CONFIG_PATH=config_with(tmp_path, low_speed_limit=5000, low_speed_time=1, retries=1))
     scm_double.throttle(400)  # every read arrives well within the timeout
-    started = time.monotonic()
+    # The run must end: the subprocess timeout fails the test when it does not (before the fix it never did).
     result = mirror(scm_double, tmp_path / "m", "--jobs", "16", env=env, timeout=150)
     assert result.returncode == 1, result.stderr
     assert "slower than 5000 bytes/s" in result.stderr
-    assert time.monotonic() - started < 150
     scm_double.clear_faults()
     assert mirror(scm_double, tmp_path / "m").returncode == 0
     assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
