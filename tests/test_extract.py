@@ -386,7 +386,7 @@ def test_extracted_members_are_not_read_back(tmp_path, monkeypatch):
         raise AssertionError("extract_chunk read a file back")
 
     monkeypatch.setattr(extract_mod, "_hash_regular", no_reading)
-    monkeypatch.setattr(extract_mod, "_hash_fd", no_reading)
+    monkeypatch.setattr(extract_mod, "sha256_fd", no_reading)
     for c in m.chunks:
         extract_chunk(tmp_path / "bundle" / c.name, c, tmp_path / "dest", expected_members(m), files=m.files)
 

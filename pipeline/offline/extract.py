@@ -53,6 +53,7 @@ from amsrepomirror.bundle.format import BundleFile, Chunk, Part, part_layout_pro
 from amsrepomirror.bundle.sevenzip import WriteOnlySink
 from amsrepomirror.errors import DiskSpaceError, IntegrityError
 from amsrepomirror.util.fsutil import remove_entry
+from amsrepomirror.util.hashing import sha256_fd
 from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, shown
 
 #: Per-chunk temporary extraction directories live under ``dest_dir/EXTRACT_TMP``.
@@ -96,21 +97,6 @@ def _os_error(exc: OSError, what: str) -> Exception:
     return IntegrityError(f"{what} failed: {exc}")
 
 
-def _hash_fd(fd: int) -> Tuple[int, str]:
-    """(bytes read, sha256) of what is left to read from ``fd``, in READ_BLOCK reads."""
-    hasher = hashlib.sha256()
-    view = memoryview(bytearray(READ_BLOCK))
-    raw = io.FileIO(fd, "rb", closefd=False)
-    size = 0
-    while True:
-        n = raw.readinto(view)
-        if not n:
-            break
-        hasher.update(view[:n])
-        size += n
-    return size, hasher.hexdigest()
-
-
 def open_regular(path: Path, what: str = "") -> int:
     """Open a regular file for reading, never following a symlink; IntegrityError otherwise."""
     try:
@@ -129,7 +115,7 @@ def _hash_regular(path: Path) -> Tuple[int, str]:
     """(size, sha256) of a regular file, never following a symlink; IntegrityError otherwise."""
     fd = open_regular(path)
     try:
-        return _hash_fd(fd)
+        return sha256_fd(fd)
     finally:
         os.close(fd)
 
