@@ -477,7 +477,8 @@ def run_plan(args) -> int:
 def signature_verdict(args) -> Optional[str]:
     """Print what the bundle's signature says; the error line when it is bad, or missing while
     --allowed-signers asks for one."""
-    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys)
+    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys,
+                            setting(None, "unpack", "signature_verifier"))
     if check is None:
         print("signature: unsigned")
         if args.allowed_signers is not None:

@@ -4,8 +4,13 @@ the whole bundle, and any admin can check it by hand with ``ssh-keygen -Y verify
 
 The signing key never leaves ssh-keygen: we pass its path, never its bytes or a passphrase; a
 passphrase-protected key prompts on the terminal, or is used through ssh-agent (SSH_AUTH_SOCK).
+
+Checking uses ssh-keygen where it has ``-Y find-principals`` (OpenSSH 8.2 or later), else the same
+checks in Python (bundle.sshsig); ``[unpack] signature_verifier`` can force either.
 """
 
+import dataclasses
+import functools
 import re
 import shutil
 import subprocess
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from amsrepomirror.bundle import sshsig
 from amsrepomirror.bundle.format import MANIFEST_NAME
 from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
 from amsrepomirror.util.fsutil import atomic_write_bytes
@@ -23,6 +29,9 @@ SIGNATURE_NAME = MANIFEST_NAME + ".sig"
 SIGN_TIMEOUT = 3600
 CHECK_TIMEOUT = 120
 _FINGERPRINT = re.compile(r"with (\S+) key (SHA256:[A-Za-z0-9+/=]+)")
+VERIFIERS = ("auto", "ssh-keygen", "python")
+CHECKED_BY = {"ssh-keygen": "checked with ssh-keygen",
+              "python": "checked with the built-in SSHSIG verifier (this ssh-keygen is older than OpenSSH 8.2)"}
 
 
 @dataclass(frozen=True)
@@ -33,14 +42,41 @@ class SignatureCheck:
     principal: str = ""  # from allowed_signers; empty when none was given or the key is not in it
     allowed: Optional[bool] = None  # None: not checked against allowed signers
     problem: str = ""  # why the signature does not hold, when it does not
+    verifier: str = ""  # which checked it: ssh-keygen or python
 
     def describe(self) -> str:
+        checked = f"; {CHECKED_BY[self.verifier]}" if self.verifier else ""
         if self.problem:
-            return f"signature: BAD ({self.problem})"
+            return f"signature: BAD ({self.problem}){checked}"
         key = f"{self.key_type} key {self.fingerprint}"
         if self.allowed is None:
-            return f"signature: good, by {key} (not checked against allowed signers)"
-        return f"signature: good, by {self.principal} ({key}), allowed"
+            return f"signature: good, by {key} (not checked against allowed signers){checked}"
+        return f"signature: good, by {self.principal} ({key}), allowed{checked}"
+
+
+@functools.lru_cache(maxsize=None)
+def keygen_can_verify() -> bool:
+    """Whether this ssh-keygen has ``-Y find-principals`` (OpenSSH 8.2 or later): its usage text says so."""
+    tool = shutil.which("ssh-keygen")
+    if tool is None:
+        return False
+    try:
+        usage = subprocess.run([tool, "-?"], capture_output=True, timeout=CHECK_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"find-principals" in usage.stdout + usage.stderr
+
+
+def choose_verifier(setting: str = "auto") -> str:
+    """ssh-keygen or python, from the ``[unpack] signature_verifier`` setting (auto: ssh-keygen when new enough)."""
+    if setting not in VERIFIERS:
+        raise UsageError(f"[unpack] signature_verifier = {setting!r}: use one of {', '.join(VERIFIERS)}")
+    if setting == "auto":
+        return "ssh-keygen" if keygen_can_verify() else "python"
+    if setting == "ssh-keygen" and not keygen_can_verify():
+        raise UsageError("[unpack] signature_verifier = ssh-keygen, but this ssh-keygen has no -Y find-principals "
+                         "(it needs OpenSSH 8.2 or later): set auto or python")
+    return setting
 
 
 def _ssh_keygen(args: List[str], *, stdin_path: Path, timeout: int) -> subprocess.CompletedProcess:
@@ -82,12 +118,12 @@ def is_signed(bundle_dir: Path) -> bool:
 
 
 def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
-                    revoked_keys: Optional[Path] = None) -> Optional[SignatureCheck]:
+                    revoked_keys: Optional[Path] = None, verifier: str = "auto") -> Optional[SignatureCheck]:
     """Check ``manifest.json.sig`` against manifest.json; None when the bundle is unsigned.
 
     Without ``allowed_signers`` only the signature itself (and its namespace) is checked, which
     names the key but proves nothing about who made it; with it, the key must be listed there
-    (and not in ``revoked_keys``).
+    (and not in ``revoked_keys``). ``verifier``: the [unpack] signature_verifier setting.
     """
     bundle_dir = Path(bundle_dir)
     signature, manifest = bundle_dir / SIGNATURE_NAME, bundle_dir / MANIFEST_NAME
@@ -98,6 +134,14 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
             raise UsageError(f"{given} does not exist (an OpenSSH allowed_signers or revoked keys file)")
     if not manifest.is_file():
         return SignatureCheck(problem=f"{MANIFEST_NAME} is missing")
+    used = choose_verifier(verifier)
+    check = (_check_with_keygen if used == "ssh-keygen" else _check_in_python)(signature, manifest, allowed_signers,
+                                                                                 revoked_keys)
+    return dataclasses.replace(check, verifier=used)
+
+
+def _check_with_keygen(signature: Path, manifest: Path, allowed_signers: Optional[Path],
+                       revoked_keys: Optional[Path]) -> SignatureCheck:
     if allowed_signers is None:
         done = _ssh_keygen(["check-novalidate", "-n", NAMESPACE, "-s", str(signature)], stdin_path=manifest,
                            timeout=CHECK_TIMEOUT)
@@ -111,7 +155,7 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
     principals = found_principals.stdout.decode("utf-8", "replace").split()
     if found_principals.returncode != 0 or not principals:
         return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
-    principal = principals[0].split(",")[0]
+    principal = first_principal(principals[0])
     args = ["verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)]
     if revoked_keys is not None:
         args += ["-r", str(revoked_keys)]
@@ -120,13 +164,53 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
     if done.returncode != 0 or not found:
         return SignatureCheck(principal=principal, allowed=False,
                               problem=f"it does not verify as {principal}'s signature of this {MANIFEST_NAME} in "
-                                      f"namespace {NAMESPACE}: {_last_line(done.stderr)}")
+                                      f"namespace {NAMESPACE}: {_last_line(done.stderr or done.stdout)}")
     return SignatureCheck(key_type=found.group(1), fingerprint=found.group(2), principal=principal, allowed=True)
 
 
-def require_signature(bundle_dir: Path, allowed_signers: Path, revoked_keys: Optional[Path] = None) -> SignatureCheck:
+def first_principal(principals: str) -> str:
+    """The principal to verify as, from find-principals' answer (a pattern list): its first plain entry."""
+    return next((p for p in principals.split(",") if p and not p.startswith("!")), principals.split(",")[0])
+
+
+def _check_in_python(signature: Path, manifest: Path, allowed_signers: Optional[Path],
+                     revoked_keys: Optional[Path]) -> SignatureCheck:
+    """What _check_with_keygen finds, in the same steps, with bundle.sshsig (no OpenSSH needed)."""
+    try:
+        parsed = sshsig.read_signature(signature)
+    except (OSError, sshsig.SshsigError) as e:
+        return SignatureCheck(allowed=None if allowed_signers is None else False,
+                              problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: {e}")
+    key = dict(key_type=parsed.key.label, fingerprint=parsed.key.fingerprint)
+    if allowed_signers is None:
+        try:
+            sshsig.verify(parsed, manifest, NAMESPACE)
+        except sshsig.SshsigError as e:
+            return SignatureCheck(problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: {e}")
+        return SignatureCheck(**key)
+    try:
+        principals = sshsig.find_principals(allowed_signers, parsed.key)
+    except sshsig.SshsigError:
+        principals = None
+    if not principals:
+        return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
+    principal = first_principal(principals)
+    try:
+        sshsig.verify(parsed, manifest, NAMESPACE)
+        if revoked_keys is not None:
+            sshsig.check_not_revoked(revoked_keys, parsed.key)
+        sshsig.check_allowed(allowed_signers, parsed.key, principal, NAMESPACE)
+    except sshsig.SshsigError as e:
+        return SignatureCheck(principal=principal, allowed=False,
+                              problem=f"it does not verify as {principal}'s signature of this {MANIFEST_NAME} in "
+                                      f"namespace {NAMESPACE}: {e}")
+    return SignatureCheck(**key, principal=principal, allowed=True)
+
+
+def require_signature(bundle_dir: Path, allowed_signers: Path, revoked_keys: Optional[Path] = None,
+                      verifier: str = "auto") -> SignatureCheck:
     """A valid signature by a key in ``allowed_signers`` (not revoked), or IntegrityError (one line)."""
-    check = check_signature(bundle_dir, allowed_signers, revoked_keys)
+    check = check_signature(bundle_dir, allowed_signers, revoked_keys, verifier)
     if check is None:
         raise IntegrityError(f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but "
                              f"{allowed_signers} requires a signature by an allowed key; nothing was extracted")

@@ -111,7 +111,7 @@ def refuse_downgrade(bundle_dir: Path, home: Path) -> None:
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
-                  allow_downgrade: bool = False) -> str:
+                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> str:
     """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know.
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
@@ -126,7 +126,8 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     if revoked_keys and not allowed_signers:
         raise UsageError("--revoked-keys needs --allowed-signers (or [unpack] allowed_signers)")
     if allowed_signers:
-        signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None)
+        signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None,
+                                   signature_verifier)
         log.info(f"unpack: {signed.describe()}")
     home = placement.check_amshome(amshome)
     with placement.amshome_lock(home):

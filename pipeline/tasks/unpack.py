@@ -12,6 +12,7 @@ class unpack(luigi.Config):
 
     installed_version_files = luigi.ListParameter()
     allowed_signers = luigi.Parameter(default="")
+    signature_verifier = luigi.Parameter(default="auto")
 
 
 class ReceiptTarget(luigi.Target):
@@ -52,5 +53,6 @@ class Unpack(ReportsFailure, luigi.Task):
         install.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall,
                               deep=self.deep, version_files=list(unpack().installed_version_files),
                               allowed_signers=self.allowed_signers or unpack().allowed_signers,
-                              revoked_keys=self.revoked_keys, allow_downgrade=self.allow_downgrade)
+                              revoked_keys=self.revoked_keys, allow_downgrade=self.allow_downgrade,
+                              signature_verifier=unpack().signature_verifier)
         self._reinstalled = True
