@@ -142,6 +142,19 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
 
 def _check_with_keygen(signature: Path, manifest: Path, allowed_signers: Optional[Path],
                        revoked_keys: Optional[Path]) -> SignatureCheck:
+    """ssh-keygen's verdict; a good one must also pass the one check ssh-keygen -Y leaves out (touch)."""
+    check = _keygen_verdict(signature, manifest, allowed_signers, revoked_keys)
+    if not check.problem:
+        try:
+            sshsig.require_user_presence(sshsig.read_signature(signature))
+        except sshsig.SshsigError as e:
+            return SignatureCheck(principal=check.principal, allowed=None if check.allowed is None else False,
+                                  problem=str(e))
+    return check
+
+
+def _keygen_verdict(signature: Path, manifest: Path, allowed_signers: Optional[Path],
+                    revoked_keys: Optional[Path]) -> SignatureCheck:
     if allowed_signers is None:
         done = _ssh_keygen(["check-novalidate", "-n", NAMESPACE, "-s", str(signature)], stdin_path=manifest,
                            timeout=CHECK_TIMEOUT)
@@ -152,7 +165,7 @@ def _check_with_keygen(signature: Path, manifest: Path, allowed_signers: Optiona
         return SignatureCheck(key_type=found.group(1), fingerprint=found.group(2))
     found_principals = _ssh_keygen(["find-principals", "-s", str(signature), "-f", str(allowed_signers)],
                                    stdin_path=manifest, timeout=CHECK_TIMEOUT)
-    principals = found_principals.stdout.decode("utf-8", "replace").split()
+    principals = [line for line in found_principals.stdout.decode("utf-8", "replace").splitlines() if line.strip()]
     if found_principals.returncode != 0 or not principals:
         return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
     principal = first_principal(principals[0])
@@ -188,10 +201,7 @@ def _check_in_python(signature: Path, manifest: Path, allowed_signers: Optional[
         except sshsig.SshsigError as e:
             return SignatureCheck(problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: {e}")
         return SignatureCheck(**key)
-    try:
-        principals = sshsig.find_principals(allowed_signers, parsed.key)
-    except sshsig.SshsigError:
-        principals = None
+    principals = sshsig.find_principals(allowed_signers, parsed.key)
     if not principals:
         return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
     principal = first_principal(principals)
@@ -215,6 +225,6 @@ def require_signature(bundle_dir: Path, allowed_signers: Path, revoked_keys: Opt
         raise IntegrityError(f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but "
                              f"{allowed_signers} requires a signature by an allowed key; nothing was extracted")
     if check.problem:
-        raise IntegrityError(f"bundle {bundle_dir} is refused: its signature is bad ({check.problem}); "
-                             "nothing was extracted")
+        raise IntegrityError(f"bundle {bundle_dir} is refused: its signature is bad ({check.problem}; "
+                             f"{CHECKED_BY[check.verifier]}); nothing was extracted")
     return check

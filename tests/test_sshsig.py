@@ -1,0 +1,231 @@
+"""The two signature checkers agree: ssh-keygen -Y (OpenSSH 8.2 or later) and the built-in SSHSIG verifier
+used where ssh-keygen is older (bundle.sshsig). Keys and signatures come from real ssh-keygen; FIDO (sk-)
+signatures, which need hardware to make, are laid out by tests/skkeys.py and judged by real ssh-keygen too.
+"""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from skkeys import USER_PRESENT, USER_VERIFIED, SkKey
+
+from amsrepomirror.bundle.format import MANIFEST_NAME
+from amsrepomirror.bundle.signature import CHECKED_BY, SIGNATURE_NAME, check_signature, choose_verifier
+
+VERIFIERS = ("ssh-keygen", "python")
+PRINCIPAL = "site-bundles"
+KEY_TYPES = {"ed25519": ("ed25519", None, "ED25519"), "ecdsa-256": ("ecdsa", "256", "ECDSA"),
+             "ecdsa-384": ("ecdsa", "384", "ECDSA"), "ecdsa-521": ("ecdsa", "521", "ECDSA"), "rsa": ("rsa", "2048", "RSA")}
+
+pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="ssh-keygen (openssh-client) is not installed")
+
+
+def keygen(*args, stdin=None):
+    return subprocess.run(["ssh-keygen", *map(str, args)], capture_output=True, timeout=60, stdin=stdin)
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """A real key of each type (and an intruder's), made once for the module."""
+    folder = tmp_path_factory.mktemp("keys")
+    made = {}
+    for name, (kind, bits, _) in {**KEY_TYPES, "intruder": ("ed25519", None, "")}.items():
+        made[name] = folder / name
+        keygen("-q", "-t", kind, *(["-b", bits] if bits else []), "-N", "", "-C", name, "-f", made[name]).check_returncode()
+    return made
+
+
+def public(key: Path) -> str:
+    return Path(str(key) + ".pub").read_text().strip()
+
+
+def sign(folder: Path, key: Path, namespace="amsrepomirror", message: bytes = None, *options) -> None:
+    """manifest.json.sig of folder/manifest.json (or of ``message``), signed by real ssh-keygen."""
+    source = folder / MANIFEST_NAME
+    if message is not None:
+        source = folder / "other.json"
+        source.write_bytes(message)
+    with open(source, "rb") as data:
+        done = keygen("-Y", "sign", "-n", namespace, "-f", key, *options, stdin=data)
+    done.check_returncode()
+    (folder / SIGNATURE_NAME).write_bytes(done.stdout)
+
+
+def bundle_folder(tmp_path: Path, name="bundle") -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text(json.dumps({"version": "AMS2026.1", "files": [{"path": "a", "sha256": "0" * 64}]}))
+    return folder
+
+
+def verdict(check):
+    return None if check is None else (bool(check.problem), check.key_type, check.fingerprint, check.principal, check.allowed)
+
+
+def both(folder: Path, allowed=None, revoked=None):
+    """Check with each verifier; they must reach the same verdict. Returns the python path's check."""
+    checks = {v: check_signature(folder, allowed, revoked, v) for v in VERIFIERS}
+    assert [c.verifier for c in checks.values()] == list(VERIFIERS)
+    assert verdict(checks["ssh-keygen"]) == verdict(checks["python"]), checks
+    return checks["python"]
+
+
+def fingerprint(key: Path) -> str:
+    return keygen("-l", "-f", str(key) + ".pub").stdout.decode().split()[1]
+
+
+@pytest.mark.parametrize("hashalg", ["sha512", "sha256"])
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_good_signatures_agree(keys, tmp_path, key_type, hashalg):
+    folder = bundle_folder(tmp_path)
+    sign(folder, keys[key_type], "amsrepomirror", None, "-O", f"hashalg={hashalg}")
+    check = both(folder)
+    assert (check.problem, check.key_type, check.fingerprint) == ("", KEY_TYPES[key_type][2], fingerprint(keys[key_type]))
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"{PRINCIPAL},backup namespaces=\"amsrepomirror\" {public(keys[key_type])}\n")
+    check = both(folder, allowed)
+    assert (check.problem, check.principal, check.allowed) == ("", PRINCIPAL, True)
+    assert CHECKED_BY["python"] in check.describe()
+
+
+def _tampered(folder, keys, key, allowed):
+    (folder / MANIFEST_NAME).write_text((folder / MANIFEST_NAME).read_text().replace("0" * 64, "1" * 64))
+
+
+def _wrong_key(folder, keys, key, allowed):
+    sign(folder, keys["intruder"])
+
+
+def _wrong_namespace(folder, keys, key, allowed):
+    sign(folder, key, "file")
+
+
+def _other_manifest(folder, keys, key, allowed):
+    sign(folder, key, "amsrepomirror", b'{"version": "AMS2020.1"}')
+
+
+def _namespace_option(folder, keys, key, allowed):
+    allowed.write_text(f'{PRINCIPAL} namespaces="file,git" {public(key)}\n')
+
+
+def _expired(folder, keys, key, allowed):
+    allowed.write_text(f'{PRINCIPAL} valid-before="20200101" {public(key)}\n')
+
+
+def _not_yet_valid(folder, keys, key, allowed):
+    allowed.write_text(f'{PRINCIPAL} valid-after="20991231Z" {public(key)}\n')
+
+
+def _cert_authority(folder, keys, key, allowed):
+    allowed.write_text(f'{PRINCIPAL} cert-authority {public(key)}\n')  # vouches for certificates it signed only
+
+
+@pytest.mark.parametrize("tamper", [_tampered, _wrong_key, _wrong_namespace, _other_manifest, _namespace_option,
+                                    _expired, _not_yet_valid, _cert_authority])
+@pytest.mark.parametrize("key_type", ["ed25519", "ecdsa-256", "rsa"])
+def test_refusals_agree(keys, tmp_path, key_type, tamper):
+    folder = bundle_folder(tmp_path)
+    key = keys[key_type]
+    sign(folder, key)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"{PRINCIPAL} {public(key)}\n")
+    assert not both(folder, allowed).problem
+    tamper(folder, keys, key, allowed)
+    check = both(folder, allowed)
+    assert check.problem and check.allowed is False
+
+
+def test_revoked_key_refused_by_both(keys, tmp_path):
+    folder = bundle_folder(tmp_path)
+    sign(folder, keys["ed25519"])
+    allowed, revoked = tmp_path / "allowed_signers", tmp_path / "revoked"
+    allowed.write_text(f"{PRINCIPAL} {public(keys['ed25519'])}\n")
+    revoked.write_text(f"# retired keys\n\n{public(keys['rsa'])}\n")
+    assert not both(folder, allowed, revoked).problem
+    revoked.write_text(f"{public(keys['rsa'])}\n  {public(keys['ed25519'])}\n")
+    assert "revoked" in both(folder, allowed, revoked).problem
+
+
+def test_a_binary_krl_is_refused_by_the_python_path_with_one_clear_reason(keys, tmp_path):
+    folder = bundle_folder(tmp_path)
+    sign(folder, keys["ed25519"])
+    allowed, krl = tmp_path / "allowed_signers", tmp_path / "revoked.krl"
+    allowed.write_text(f"{PRINCIPAL} {public(keys['ed25519'])}\n")
+    keygen("-k", "-f", krl, str(keys["rsa"]) + ".pub").check_returncode()  # revokes another key only
+    assert not check_signature(folder, allowed, krl, "ssh-keygen").problem
+    check = check_signature(folder, allowed, krl, "python")
+    assert check.allowed is False and "is a binary KRL" in check.problem and "OpenSSH 8.2" in check.problem
+
+
+@pytest.mark.parametrize("lines, principal", [
+    (['# site keys', '', 'other {intruder}', '{principal},backup {key} comment words'], PRINCIPAL),
+    (['"site bundles" {key}'], "site bundles"),
+    (['*@example.org,{principal} NAMESPACES="amsrepo*,git",valid-after="20200101",valid-before="20991231235959Z" {key}'],
+     "*@example.org"),
+    (['{principal} namespaces="file" {key}', 'backup namespaces="amsrepomirror" {key}'], None),
+    (['{principal} {key}', 'backup namespaces="amsrepomirror" {key}'], PRINCIPAL),
+    (['{principal} cert-authority {key}', 'backup {key}'], "backup"),
+    (['broken', '{principal} {key}'], PRINCIPAL),  # a malformed line is passed over
+    (['{principal} trusted {key}'], None),  # an unknown option
+    (['{principal} valid-after="20991231",valid-before="20200101" {key}'], None),
+    (['{principal} namespaces=amsrepomirror {key}'], None),  # option values must be quoted
+    (['{principal} {intruder}'], None),
+])
+def test_allowed_signers_files_are_read_alike(keys, tmp_path, lines, principal):
+    folder = bundle_folder(tmp_path)
+    sign(folder, keys["ed25519"])
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text("\n".join(lines).format(principal=PRINCIPAL, key=public(keys["ed25519"]),
+                                               intruder=public(keys["intruder"])) + "\n")
+    check = both(folder, allowed)
+    assert (check.principal if not check.problem else None) == principal, check
+
+
+@pytest.mark.parametrize("kind", ["ed25519-sk", "ecdsa-sk"])
+def test_security_key_signatures_agree_with_real_ssh_keygen(tmp_path, kind):
+    folder = bundle_folder(tmp_path)
+    key = SkKey.generate(kind)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"{PRINCIPAL} {key.public_line()}\n")
+    (tmp_path / "sk.pub").write_text(key.public_line() + "\n")
+
+    def by_hand():
+        with open(folder / MANIFEST_NAME, "rb") as data:
+            return keygen("-Y", "verify", "-f", allowed, "-I", PRINCIPAL, "-n", "amsrepomirror",
+                          "-s", folder / SIGNATURE_NAME, stdin=data).returncode
+
+    for flags in (USER_PRESENT, USER_PRESENT | USER_VERIFIED):
+        (folder / SIGNATURE_NAME).write_text(key.sign_file(folder / MANIFEST_NAME, flags=flags))
+        assert by_hand() == 0
+        check = both(folder, allowed)
+        assert (check.problem, check.key_type, check.principal) == ("", kind.upper(), PRINCIPAL)
+        assert check.fingerprint == fingerprint(tmp_path / "sk")
+    (folder / SIGNATURE_NAME).write_text(key.sign_file(folder / MANIFEST_NAME, namespace="file"))
+    assert by_hand() != 0 and both(folder, allowed).problem
+    (folder / SIGNATURE_NAME).write_text(key.sign_file(folder / MANIFEST_NAME))
+    _tampered(folder, None, None, None)
+    assert by_hand() != 0 and both(folder, allowed).problem
+
+
+@pytest.mark.parametrize("kind", ["ed25519-sk", "ecdsa-sk"])
+def test_a_security_key_signature_made_without_a_touch_is_refused_by_both(tmp_path, kind):
+    """ssh-keygen -Y verify alone accepts it (sshd would not); both our paths ask for the touch."""
+    folder = bundle_folder(tmp_path)
+    key = SkKey.generate(kind)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"{PRINCIPAL} {key.public_line()}\n")
+    (folder / SIGNATURE_NAME).write_text(key.sign_file(folder / MANIFEST_NAME, flags=USER_VERIFIED))
+    with open(folder / MANIFEST_NAME, "rb") as data:
+        assert keygen("-Y", "verify", "-f", allowed, "-I", PRINCIPAL, "-n", "amsrepomirror",
+                      "-s", folder / SIGNATURE_NAME, stdin=data).returncode == 0
+    both(folder, allowed)
+    for verifier in VERIFIERS:
+        check = check_signature(folder, allowed, None, verifier)
+        assert "did not confirm user presence" in check.problem and check.allowed is False, check
+
+
+def test_auto_picks_ssh_keygen_where_it_can_find_principals():
+    assert choose_verifier("auto") == "ssh-keygen"  # OpenSSH 9 here
+    assert choose_verifier("python") == "python"
