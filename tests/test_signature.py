@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 from clihelp import cli_env, run_cli, served_tree, sha256, tree_hashes
+from skkeys import USER_PRESENT, USER_VERIFIED, SkKey
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME
+from amsrepomirror.bundle.signature import CHECKED_BY
 from amsrepomirror.bundle.sums import read_sums, write_sums
-from amsrepomirror.testing.scmdouble import change_file
+from amsrepomirror.testing.scmdouble import PLACEHOLDER_ORIGIN, ScmDouble, change_file, make_repository, write_file, write_listing
 
 VERSION = "AMS2026.1"
 SIG = MANIFEST_NAME + ".sig"
@@ -73,16 +75,37 @@ def signed(scm_double, repo_tree, tmp_path, keys):
     return mirror, out
 
 
-def refused(out: Path, amshome: Path, *extra, config=None):
+def refused(out: Path, amshome: Path, *extra, config=None, env=None):
     """Unpack with the site's allowed signers; assert it is refused with exit 4, one line, AMSHOME untouched."""
     before = listing(amshome)
-    result = run_cli(*(["--config", config] if config else []), "unpack", out, "--amshome", amshome, *extra)
+    result = run_cli(*(["--config", config] if config else []), "unpack", out, "--amshome", amshome, *extra, env=env)
     assert result.returncode == 4, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and ("signature is bad" in errors[0] or "is not signed" in errors[0]), result.stderr
     assert "nothing was extracted" in errors[0]
     assert listing(amshome) == before
     return errors[0]
+
+
+@pytest.fixture(params=["ssh-keygen", "python"])
+def verifier(request, tmp_path):
+    """(name, settings file forcing it): each signature test runs with either checker."""
+    config = tmp_path / f"verifier-{request.param}.cfg"
+    config.write_text(f"[unpack]\nsignature_verifier = {request.param}\n")
+    return request.param, config
+
+
+def assert_refused_by(verifier, out, amshome, *extra):
+    """Refused through unpack and verify, each saying which checker refused it."""
+    name, config = verifier
+    line = refused(out, amshome, *extra, config=config)
+    if "is not signed" not in line:
+        assert CHECKED_BY[name] in line, line
+    result = run_cli("--config", config, "verify", out, *extra)
+    assert result.returncode == 4, result.stdout + result.stderr
+    if "signature: unsigned" not in result.stdout:
+        assert "signature: BAD" in result.stdout and CHECKED_BY[name] in result.stdout, result.stdout
+    return line
 
 
 def test_signed_bundle_checks_by_hand_and_unpacks(signed, keys, repo_tree, tmp_path):
@@ -162,7 +185,7 @@ def _chunk_replaced(out, folder):
 
 
 @pytest.mark.parametrize("tamper", [_wrong_key, _wrong_namespace, _other_manifest, _unsigned, _chunk_replaced])
-def test_refused_before_extraction_when_signature_does_not_hold(signed, keys, tmp_path, tamper):
+def test_refused_before_extraction_when_signature_does_not_hold(signed, keys, tmp_path, tamper, verifier):
     _, out = signed
     _, allowed = keys
     tamper(out, allowed.parent)
@@ -172,20 +195,131 @@ def test_refused_before_extraction_when_signature_does_not_hold(signed, keys, tm
     amshome = tmp_path / "ams"
     amshome.mkdir()
     (amshome / "VERSION.txt").write_text(f"{VERSION}\n")
-    refused(out, amshome, "--allowed-signers", allowed)
-    result = run_cli("verify", out, "--allowed-signers", allowed)
-    assert result.returncode == 4, result.stdout + result.stderr
+    assert_refused_by(verifier, out, amshome, "--allowed-signers", allowed)
 
 
-def test_revoked_key_is_refused(signed, keys, tmp_path):
+def test_revoked_key_is_refused(signed, keys, tmp_path, verifier):
     _, out = signed
     key, allowed = keys
     revoked = tmp_path / "revoked"
     shutil.copy(str(key) + ".pub", revoked)
     amshome = tmp_path / "ams"
     amshome.mkdir()
-    line = refused(out, amshome, "--allowed-signers", allowed, "--revoked-keys", revoked)
+    line = assert_refused_by(verifier, out, amshome, "--allowed-signers", allowed, "--revoked-keys", revoked)
     assert "PRIVATE" not in line
+
+
+@pytest.mark.parametrize("options", ['namespaces="file,git"', 'valid-before="20200101"', 'valid-after="20991231Z"'])
+def test_a_key_its_allowed_signers_line_restricts_is_refused(signed, keys, tmp_path, verifier, options):
+    """Listed, but only for other namespaces, or not (any more, yet) at this time."""
+    _, out = signed
+    key, _ = keys
+    allowed = tmp_path / "restricted_signers"
+    allowed.write_text(f"{PRINCIPAL} {options} {(key.parent / (key.name + '.pub')).read_text()}")
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    assert_refused_by(verifier, out, amshome, "--allowed-signers", allowed)
+
+
+def test_a_binary_krl_is_used_by_ssh_keygen_and_refused_by_the_python_checker(signed, keys, tmp_path, verifier):
+    _, out = signed
+    key, allowed = keys
+    other = new_key(allowed.parent, "retired")
+    krl = tmp_path / "revoked.krl"
+    keygen("-k", "-f", krl, str(other) + ".pub").check_returncode()
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    name, config = verifier
+    if name == "ssh-keygen":
+        result = run_cli("--config", config, "unpack", out, "--amshome", amshome, "--allowed-signers", allowed,
+                         "--revoked-keys", krl)
+        assert result.returncode == 0, result.stderr
+        keygen("-k", "-u", "-f", krl, str(key) + ".pub").check_returncode()  # now the signing key too
+        result = run_cli("--config", config, "verify", out, "--allowed-signers", allowed, "--revoked-keys", krl)
+        assert result.returncode == 4 and "signature: BAD" in result.stdout, result.stdout
+    else:
+        line = assert_refused_by(verifier, out, amshome, "--allowed-signers", allowed, "--revoked-keys", krl)
+        assert "is a binary KRL" in line and "OpenSSH 8.2" in line
+
+
+@pytest.mark.parametrize("kind", ["ed25519-sk", "ecdsa-sk"])
+def test_a_bundle_signed_with_a_security_key(signed, tmp_path, verifier, kind):
+    """An sk- key's signature (laid out as the authenticator makes it) installs; without a touch it is refused."""
+    _, out = signed
+    name, config = verifier
+    key = SkKey.generate(kind)
+    allowed = tmp_path / "sk_signers"
+    allowed.write_text(f"{PRINCIPAL} {key.public_line()}\n")
+    (out / SIG).write_text(key.sign_file(out / MANIFEST_NAME, flags=USER_VERIFIED))  # verified, but no touch
+    resum(out)
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    line = assert_refused_by(verifier, out, amshome, "--allowed-signers", allowed)
+    assert "did not confirm user presence" in line
+    (out / SIG).write_text(key.sign_file(out / MANIFEST_NAME, flags=USER_PRESENT))
+    resum(out)
+    result = run_cli("--config", config, "verify", out, "--allowed-signers", allowed)
+    assert result.returncode == 0 and f"signature: good, by {PRINCIPAL} ({kind.upper()} key SHA256:" in result.stdout
+    assert CHECKED_BY[name] in result.stdout
+    result = run_cli("--config", config, "unpack", out, "--amshome", amshome, "--allowed-signers", allowed)
+    assert result.returncode == 0, result.stderr
+
+
+def old_ssh_keygen(folder: Path) -> Path:
+    """A bin folder whose ssh-keygen is OpenSSH 8.0's as far as -Y goes: it has none (RHEL/Rocky 8)."""
+    bin_dir = folder / "old-openssh"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh-keygen"
+    fake.write_text("#!/bin/sh\necho \"ssh-keygen: illegal option -- ${1#-}\" >&2\n"
+                    "echo 'usage: ssh-keygen [-q] [-b bits] [-C comment] [-f output_keyfile] [-m format]' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    return bin_dir
+
+
+def test_where_ssh_keygen_is_older_than_8_2_the_python_checker_steps_in(signed, keys, tmp_path):
+    _, out = signed
+    _, allowed = keys
+    env = cli_env(PATH=f"{old_ssh_keygen(tmp_path)}:{os.environ['PATH']}")
+    result = run_cli("verify", out, "--allowed-signers", allowed, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"signature: good, by {PRINCIPAL} (ED25519 key" in result.stdout and CHECKED_BY["python"] in result.stdout
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    _other_manifest(out, allowed.parent)
+    resum(out)
+    line = refused(out, amshome, "--allowed-signers", allowed, env=env)
+    assert CHECKED_BY["python"] in line
+    config = tmp_path / "force.cfg"
+    config.write_text("[unpack]\nsignature_verifier = ssh-keygen\n")
+    result = run_cli("--config", config, "verify", out, "--allowed-signers", allowed, env=env)
+    assert result.returncode == 2 and "has no -Y find-principals" in result.stderr, result.stderr
+
+
+def test_a_bundle_of_several_versions_is_signed_and_checked(tmp_path, keys, verifier):
+    key, allowed = keys
+    name, config = verifier
+    root = tmp_path / "scm"
+    new = make_repository(root, VERSION)
+    old_only = ["AMS2025.1.yml", "linux/x86_64/adf-2025.101.tar.zst"]
+    for i, rel in enumerate(old_only):
+        write_file(root, rel, 50_000 + i, seed="old")
+    write_listing(root, "AMS2025.1", PLACEHOLDER_ORIGIN, old_only + new[1::2])
+    out = tmp_path / "bundle"
+    with ScmDouble(root) as double:
+        result = run_cli("bundle", "--mirror", tmp_path / "mirror", "--out", out, "--chunk-size", "1MiB", "--sign-key", key,
+                         *[a for v in (VERSION, "AMS2025.1") for a in ("--version", v, "--listing-url", double.listing_url(v))])
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / MANIFEST_NAME).read_text())["versions"] == [VERSION, "AMS2025.1"]
+    with open(out / MANIFEST_NAME, "rb") as manifest:
+        assert keygen("-Y", "verify", "-f", allowed, "-I", PRINCIPAL, "-n", "amsrepomirror", "-s", out / SIG,
+                      stdin=manifest).returncode == 0
+    result = run_cli("--config", config, "verify", out, "--allowed-signers", allowed)
+    assert result.returncode == 0 and f"signature: good, by {PRINCIPAL}" in result.stdout and CHECKED_BY[name] in result.stdout
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    _chunk_replaced(out, allowed.parent)
+    resum(out)
+    assert_refused_by(verifier, out, amshome, "--allowed-signers", allowed)
 
 
 def test_allowed_signers_from_the_configuration(signed, keys, tmp_path):
