@@ -18,6 +18,7 @@ from servers import require_tool
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME
 from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.bundle.tool import ToolSpec, install_script, tool_matches
 from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, ScmDouble, make_repository
 
 PYENV = Path("/root/.pyenv/versions")
@@ -167,3 +168,52 @@ def test_a_tool_path_outside_tool_is_refused(tool_bundle, tmp_path):
     result = run_cli("verify", bundle)
     assert result.returncode == 4
     assert "field tool[0].path is 'tool/../../escape.sh': expected a safe path under tool/" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("where", ["AMSBIN", "AMSHOME"])
+def test_install_sh_falls_back_to_ams_own_python(tool_bundle, tmp_path, where):
+    """No python3.X on PATH, python3 too old: AMS's amspython (a wrapper script) serves when it is new enough."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").symlink_to(sorted(PYENV.glob("3.9.*/bin/python3.9"))[-1])
+    for tool in ("dirname", "ls", "head"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    amshome = tmp_path / "ams2026.101"
+    (amshome / "bin").mkdir(parents=True)
+    wrapper = amshome / "bin" / "amspython"
+    wrapper.write_text(f'#!/bin/sh\nexec "{interpreter(OTHER_PYTHON)}" "$@"\n')
+    wrapper.chmod(0o755)
+    ams = {"AMSBIN": str(amshome / "bin")} if where == "AMSBIN" else {"AMSHOME": str(amshome)}
+    venv = tmp_path / "venv"
+    result = offline(["/bin/sh", str(tool_bundle / "tool" / "install.sh"), str(venv)],
+                     env=clean_env(tmp_path, str(bin_dir), **ams), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"(Python {OTHER_PYTHON} from {wrapper})" in result.stdout and "is intact" in result.stdout
+    version = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys, amsrepomirror; "
+                              "print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True, cwd=tmp_path)
+    assert version.stdout.strip() == OTHER_PYTHON, version.stderr
+
+
+def test_bundling_again_for_another_python_rebuilds_the_tool(tool_bundle, tmp_path):
+    out = copied(tool_bundle, tmp_path / "bundle")
+    before = {t["path"] for t in json.loads((out / MANIFEST_NAME).read_text())["tool"]}
+    running = f"cp{sys.version_info[0]}{sys.version_info[1]}"
+    assert any(running in Path(p).name for p in before) and running != "cp310"
+    result = run_cli("bundle", "--offline", "--version", DEFAULT_VERSION, "--mirror", tool_bundle.parent / "mirror",
+                     "--out", out, "--chunk-size", "1MiB", "--with-tool", "--tool-python", OTHER_PYTHON, timeout=600)
+    assert result.returncode == 0, result.stderr
+    after = {t["path"] for t in json.loads((out / MANIFEST_NAME).read_text())["tool"]}
+    assert not any(running in Path(p).name for p in after) and any("cp310" in Path(p).name for p in after)
+    assert f"The wheels are for Python {OTHER_PYTHON}.\n" in (out / "tool" / "install.sh").read_text()
+    assert {p.relative_to(out).as_posix() for p in (out / "tool").rglob("*") if p.is_file()} == after
+    assert run_cli("verify", out).returncode == 0
+
+
+def test_a_tool_for_other_platforms_is_not_the_tool_asked_for(tmp_path):
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "install.sh").write_text(install_script(ToolSpec(pythons=["3.12"], platforms=["manylinux2014_x86_64"])))
+    assert tool_matches(tmp_path, True, ["3.12"], ["manylinux2014_x86_64"])
+    assert not tool_matches(tmp_path, True, ["3.12"], ["manylinux2014_aarch64"])
+    assert not tool_matches(tmp_path, True, ["3.12", "3.10"], ["manylinux2014_x86_64"])
+    assert not tool_matches(tmp_path, False, [], [])
+    assert tool_matches(tmp_path / "elsewhere", False, [], [])

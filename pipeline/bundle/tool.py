@@ -40,13 +40,30 @@ def running_python() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"
 
 
+def _spec(pythons: Sequence[str], platforms: Sequence[str]) -> ToolSpec:
+    return ToolSpec(pythons=list(dict.fromkeys(pythons or [running_python()])), platforms=list(dict.fromkeys(platforms or [])))
+
+
 def check_spec(pythons: Sequence[str], platforms: Sequence[str]) -> ToolSpec:
     """The --tool-python/--tool-platform choice, checked up front (UsageError)."""
-    pythons = list(dict.fromkeys(pythons or [running_python()]))
-    odd = [p for p in pythons if p not in SUPPORTED_PYTHONS]
+    spec = _spec(pythons, platforms)
+    odd = [p for p in spec.pythons if p not in SUPPORTED_PYTHONS]
     if odd:
         raise UsageError(f"--tool-python {odd[0]}: amsrepomirror runs on Python {', '.join(SUPPORTED_PYTHONS)}")
-    return ToolSpec(pythons=pythons, platforms=list(dict.fromkeys(platforms or [])))
+    return spec
+
+
+def tool_matches(bundle_dir: Path, with_tool: bool, pythons: Sequence[str], platforms: Sequence[str]) -> bool:
+    """Whether ``bundle_dir/tool`` is what --with-tool/--tool-python/--tool-platform ask for: absent without
+    --with-tool, else made for these Pythons and platforms (its install.sh names them, so it must read
+    as the script for them would)."""
+    script = Path(bundle_dir) / TOOL_DIR / INSTALL_SCRIPT
+    if not with_tool:
+        return not script.exists()
+    try:
+        return script.read_text() == install_script(_spec(pythons, platforms))
+    except OSError:
+        return False
 
 
 def _pip(args: List[str], what: str) -> None:
@@ -96,10 +113,13 @@ def install_script(spec: ToolSpec) -> str:
     """tool/install.sh: pick an interpreter the wheels fit, make a venv from them alone, verify the bundle."""
     wanted = " ".join(sorted(spec.pythons, key=lambda v: tuple(map(int, v.split("."))), reverse=True))
     candidates = " ".join(f"python{v}" for v in reversed(SUPPORTED_PYTHONS))
+    # AMS's own Python (a wrapper script) last: it serves where the system has no new enough python3.X.
+    ams_pythons = "${AMSBIN:+$AMSBIN/amspython} ${AMSHOME:+$AMSHOME/bin/amspython}"
     newest = wanted.split()[0]
     return f"""#!/bin/sh
 # Install amsrepomirror from this bundle's wheels into a venv (no network needed), then verify the bundle.
-# Usage: sh tool/install.sh [VENV]     VENV default: $HOME/amsrepomirror-venv; PYTHON=... picks the interpreter.
+# Usage: sh tool/install.sh [VENV]     VENV default: $HOME/amsrepomirror-venv; PYTHON=... picks the interpreter
+# (else the newest fitting python3.X, python3, or AMS's amspython from $AMSBIN or $AMSHOME/bin).
 # The wheels are for Python {wanted}{' on ' + ' '.join(spec.platforms) if spec.platforms else ''}.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -107,21 +127,21 @@ bundle=$(dirname "$here")
 venv=${{1:-$HOME/amsrepomirror-venv}}
 wanted="{wanted}"
 py=""
-for candidate in ${{PYTHON:-}} {candidates} python3; do
+for candidate in ${{PYTHON:-}} {candidates} python3 {ams_pythons}; do
   command -v "$candidate" >/dev/null 2>&1 || continue
   version=$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
   case " $wanted " in *" $version "*) py=$candidate; break ;; esac
 done
 if [ -z "$py" ]; then
   echo "install.sh: no Python $wanted here: install python{newest} (RHEL/Rocky 8 and 9: dnf install python{newest}," \\
-    "from AppStream) or bundle again with --tool-python X.Y" >&2
+    "from AppStream), set AMSHOME to an AMS whose amspython is one of these, or bundle again with --tool-python X.Y" >&2
   exit 1
 fi
 pip_wheel=$(ls "$here"/{WHEELS_DIR}/pip-*.whl | head -n 1)
 "$py" -m venv --without-pip "$venv"
 "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet --disable-pip-version-check --no-index \\
   --find-links "$here/{WHEELS_DIR}" --force-reinstall pip {DIST_NAME}
-echo "install.sh: amsrepomirror is installed in $venv (Python $version); verifying $bundle"
+echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
 exec "$venv/bin/amsrepomirror" verify "$bundle"
 """
 

@@ -10,7 +10,7 @@ from amsrepomirror.bundle import build
 from amsrepomirror.bundle.delta import read_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.signature import is_signed
-from amsrepomirror.bundle.tool import check_spec
+from amsrepomirror.bundle.tool import check_spec, tool_matches
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
@@ -66,10 +66,10 @@ class BundleTarget(luigi.Target):
     settings and delta base (None: a full bundle), with a tool/ folder or without, signed when ``signed``."""
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
-                 base: Optional[str] = None, with_tool: bool = False, signed: bool = False):
+                 base: Optional[str] = None, with_tool: bool = False, signed: bool = False, tool_for=((), ())):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
         self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
-        self.with_tool, self.signed = with_tool, signed
+        self.with_tool, self.signed, self.tool_for = with_tool, signed, tool_for
 
     def exists(self):
         if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
@@ -82,7 +82,8 @@ class BundleTarget(luigi.Target):
             return False
         return ((built.chunk_size, built.compression, built.base, bool(built.tool))
                 == (self.chunk_size, self.compression, self.base, self.with_tool)
-                and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256())
+                and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256()
+                and tool_matches(self.out, self.with_tool, *self.tool_for))
 
 
 @inherits(VerifyTree)
@@ -112,7 +113,7 @@ class BundleArchive(MirrorTask):
     def output(self):
         base = read_base(self.since).identity if self.since else None
         return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base, self.with_tool,
-                            bool(self.sign_key))
+                            bool(self.sign_key), (self.tool_pythons, self.tool_platforms))
 
     def run(self):
         manifest_path = self.input().path
