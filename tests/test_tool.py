@@ -7,6 +7,7 @@ install.sh tried to fetch would fail.
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -217,3 +218,16 @@ def test_a_tool_for_other_platforms_is_not_the_tool_asked_for(tmp_path):
     assert not tool_matches(tmp_path, True, ["3.12", "3.10"], ["manylinux2014_x86_64"])
     assert not tool_matches(tmp_path, False, [], [])
     assert tool_matches(tmp_path / "elsewhere", False, [], [])
+
+
+def test_linux_wheels_install_on_glibc_2_28_by_default(tool_bundle):
+    """RHEL/Rocky 8 (glibc 2.28) must be able to install every wheel, though this machine's glibc is newer
+    (pip alone would take e.g. cryptography's manylinux_2_34 wheel)."""
+    def runs_on_glibc_2_28(tag):
+        legacy = {"manylinux1": 5, "manylinux2010": 12, "manylinux2014": 17}
+        found = re.match(r"(manylinux1|manylinux2010|manylinux2014|manylinux_2_(\d+))_", tag)
+        return found is not None and (legacy.get(found.group(1)) or int(found.group(2))) <= 28
+    wheels = [p.name for p in (tool_bundle / "tool" / "wheels").glob("*.whl")]
+    assert any(name.startswith("cryptography-") for name in wheels)
+    binary = {name: name[:-len(".whl")].split("-")[-1].split(".") for name in wheels if not name.endswith("-any.whl")}
+    assert binary and {name: tags for name, tags in binary.items() if not any(map(runs_on_glibc_2_28, tags))} == {}

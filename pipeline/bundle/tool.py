@@ -8,6 +8,7 @@ manifest.json (``tool``) and SHA256SUMS, so the bundle's checks cover the tool t
 """
 
 import json
+import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,9 @@ INSTALL_SCRIPT = "install.sh"
 WHEELS_DIR = "wheels"
 SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")  # pyproject requires-python >= 3.10; luigi 3.8.1: < 3.14
 PIP_TIMEOUT = 900  # seconds for one pip run: downloads of the whole dependency set
+#: Without --tool-platform, Linux wheels are taken for glibc up to 2.28 (RHEL/Rocky 8), not for this
+#: machine's newer glibc: pip would pick e.g. cryptography's manylinux_2_34 wheel, which RHEL 8 cannot install.
+GLIBC_FLOOR_MINOR = 28
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,21 @@ def _project_source() -> Path:
     return sources[0]
 
 
+def download_platforms(spec: ToolSpec) -> List[str]:
+    """pip --platform tags for the download: --tool-platform's, else on Linux every manylinux tag of this
+    machine's architecture up to glibc 2.28, newest first (pip prefers earlier tags); elsewhere pip's own."""
+    if spec.platforms or sys.platform != "linux" or not platform.machine():
+        return list(spec.platforms)
+    arch = platform.machine()
+    legacy = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}  # PEP 600 aliases some wheels carry alone
+    tags = []
+    for minor in range(GLIBC_FLOOR_MINOR, 4, -1):
+        tags.append(f"manylinux_2_{minor}_{arch}")
+        if minor in legacy:
+            tags.append(f"{legacy[minor]}_{arch}")
+    return tags
+
+
 def build_wheels(dest: Path, spec: ToolSpec) -> None:
     """amsrepomirror's wheel (built from its source), its dependencies and pip, into ``dest``."""
     dest.mkdir(parents=True)
@@ -104,7 +123,7 @@ def build_wheels(dest: Path, spec: ToolSpec) -> None:
         own = next(Path(tmp).glob("*.whl"))
         shutil.copy2(own, dest / own.name)
         for python in spec.pythons:
-            target = ["--python-version", python] + [a for p in spec.platforms for a in ("--platform", p)]
+            target = ["--python-version", python] + [a for p in download_platforms(spec) for a in ("--platform", p)]
             _pip(["download", "--quiet", "--only-binary=:all:", "--dest", str(dest), *target, str(own), "pip"],
                  f"downloading the wheels for Python {python}{' ' + ' '.join(spec.platforms) if spec.platforms else ''}")
 
