@@ -229,3 +229,17 @@ def test_a_security_key_signature_made_without_a_touch_is_refused_by_both(tmp_pa
 def test_auto_picks_ssh_keygen_where_it_can_find_principals():
     assert choose_verifier("auto") == "ssh-keygen"  # OpenSSH 9 here
     assert choose_verifier("python") == "python"
+
+
+def test_a_key_type_the_python_path_cannot_check_is_refused_with_its_name(tmp_path):
+    """DSA (still signed by this OpenSSH): ssh-keygen checks it, the built-in verifier says it cannot."""
+    key = tmp_path / "dsa"
+    if keygen("-q", "-t", "dsa", "-N", "", "-f", key).returncode != 0:
+        pytest.skip("this OpenSSH makes no DSA keys")
+    folder = bundle_folder(tmp_path)
+    sign(folder, key)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"{PRINCIPAL} {public(key)}\n")
+    assert not check_signature(folder, allowed, None, "ssh-keygen").problem
+    check = check_signature(folder, allowed, None, "python")
+    assert "made with a ssh-dss key, which only ssh-keygen of OpenSSH 8.2 or later can check" in check.problem

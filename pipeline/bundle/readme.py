@@ -24,7 +24,8 @@ def signature_check_lines() -> list:
         "   (no output means all are):",
         f"     grep '\\.7z$' {SUMS_NAME} | while read -r sum name; do "
         f"grep -q \"$sum\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
-        "   (amsrepomirror verify . --allowed-signers ALLOWED does all of this and more.)",
+        "   (amsrepomirror verify . --allowed-signers ALLOWED does all of this and more, also where OpenSSH is",
+        "   older than 8.2, as on RHEL/Rocky 8: it then checks the signature itself.)",
         "",
     ]
 

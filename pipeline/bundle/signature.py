@@ -31,7 +31,7 @@ CHECK_TIMEOUT = 120
 _FINGERPRINT = re.compile(r"with (\S+) key (SHA256:[A-Za-z0-9+/=]+)")
 VERIFIERS = ("auto", "ssh-keygen", "python")
 CHECKED_BY = {"ssh-keygen": "checked with ssh-keygen",
-              "python": "checked with the built-in SSHSIG verifier (this ssh-keygen is older than OpenSSH 8.2)"}
+              "python": "checked with the built-in SSHSIG verifier"}
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,7 @@ def _check_in_python(signature: Path, manifest: Path, allowed_signers: Optional[
     """What _check_with_keygen finds, in the same steps, with bundle.sshsig (no OpenSSH needed)."""
     try:
         parsed = sshsig.read_signature(signature)
+        sshsig.require_checkable(parsed.key)
     except (OSError, sshsig.SshsigError) as e:
         return SignatureCheck(allowed=None if allowed_signers is None else False,
                               problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: {e}")

@@ -146,9 +146,14 @@ def _crypto_key(key: PublicKey):
         application = f.string() if key.type == SK_ECDSA else None
         digest = hashes.SHA256 if key.type == SK_ECDSA else CURVES[curve][1]  # the sk data is hashed with SHA-256
     else:
-        raise SshsigError(f"{key.type} signatures cannot be checked without OpenSSH 8.2 or later")
+        raise SshsigError(f"it is made with a {key.type} key, which only ssh-keygen of OpenSSH 8.2 or later can check")
     f.end()
     return public, application, digest
+
+
+def require_checkable(key: PublicKey) -> None:
+    """SshsigError naming the key type when this module cannot verify it (certificates, DSA, ...)."""
+    _crypto_key(key)
 
 
 @dataclass(frozen=True)
@@ -239,7 +244,7 @@ def _require_presence(flags: int) -> None:
 def require_user_presence(signature: Signature) -> None:
     """A FIDO (sk-) key's signature must carry the flag "user present": a key made with
     no-touch-required signs without anyone there. verify() asks it; this is for ssh-keygen's verdicts."""
-    if signature.key.type in (SK_ED25519, SK_ECDSA):
+    if signature.key.type.startswith("sk-"):  # certificates of sk- keys too
         r = _Reader(signature.blob, "signature blob")
         r.string(), r.string()
         _require_presence(r.u8())
