@@ -20,19 +20,19 @@ from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManif
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, distinct_contents
 from amsrepomirror.bundle.signature import check_signature
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
-from amsrepomirror.bundle.verify import verify_bundle
+from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.install import usage_hints
 from amsrepomirror.online import sync
-from amsrepomirror.online.credentials import resolve_credentials
+from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import BundleArchive, FetchListing, Unpack, VerifyTree, new_run_id, platform_rules
 from amsrepomirror.util import lacking
-from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock
+from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, why_unwritable
 from amsrepomirror.util.units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
@@ -201,10 +201,13 @@ def run_mirror(args) -> int:
     runs = _mirror_params(args)
     if args.no_ssl:
         say("WARNING: --no-ssl: TLS certificates are NOT verified; anyone on the network path can alter what is mirrored")
-    found = [resolve_credentials(listing_url_for(r["version"], r["listing_url"]), interactive=True) for r in runs]
+    found = [require_account_or_none(listing_url_for(r["version"], r["listing_url"]), interactive=True) for r in runs]
     if None in found:
-        say("note: no SCM account found (SCM_USER/SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
+        say("note: no SCM account found (SCM_USER and SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
     ws = Workspace(args.mirror)
+    why = why_unwritable(ws.state if ws.state.is_dir() else args.mirror)
+    if why:
+        raise UsageError(f"cannot write to the mirror {args.mirror}: {why}")
     ws.state.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         return _locked_mirror(args, runs, ws)
@@ -490,11 +493,23 @@ def signature_verdict(args) -> Optional[str]:
 def run_verify(args) -> int:
     if args.revoked_keys is not None and args.allowed_signers is None:
         raise UsageError("--revoked-keys needs --allowed-signers")
-    report = verify_bundle(args.bundle, test_archives=not args.no_test)
+    why_not = not_a_bundle(args.bundle)
+    if why_not:
+        raise UsageError(why_not)
+    report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial)
+    for warning in report.warnings:
+        say(f"warning: {warning}")
+    if report.not_here:
+        print(f"not here yet ({len(report.not_here)} of {len(report.manifest.chunks) if report.manifest else '?'} "
+              f"chunks): {', '.join(report.not_here)}")
     if report.ok:
         manifest = report.manifest
-        print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
-              f"{format_size(manifest.total_bytes)} of {manifest.version}")
+        if report.not_here:
+            print(f"bundle {args.bundle}: the {report.chunks_checked} chunk(s) here are intact; verify again, without "
+                  "--partial, once all chunks are in one folder")
+        else:
+            print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
+                  f"{format_size(manifest.total_bytes)} of {manifest.version}")
         bad_signature = signature_verdict(args)
         if bad_signature:
             say(f"error: {bad_signature}")
@@ -508,8 +523,22 @@ def run_verify(args) -> int:
     return errors.INTEGRITY_FAILURE
 
 
-def run_unpack(args) -> int:
+def amshome_of(args) -> Path:
+    """--amshome, else $AMSHOME from the environment (said on stderr, so the admin sees which)."""
+    if args.amshome is not None:
+        return args.amshome
+    from_environment = os.environ.get("AMSHOME", "")
+    if not from_environment:
+        raise UsageError("give --amshome DIR or set AMSHOME: the AMS installation folder whose repository/ to fill")
+    say(f"{args.command}: AMSHOME {from_environment} (from the environment; --amshome overrides it)")
+    return Path(from_environment)
 
+
+def run_unpack(args) -> int:
+    why_not = not_a_bundle(args.bundle)
+    if why_not:
+        raise UsageError(why_not)
+    args.amshome = amshome_of(args)
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall, deep=args.deep, allow_downgrade=args.allow_downgrade,
                   allowed_signers=str(args.allowed_signers.absolute()) if args.allowed_signers else "",
@@ -532,7 +561,7 @@ def run_unpack(args) -> int:
 def run_receipt(args) -> int:
     """Write AMSHOME's receipt (the installed tree; no secrets) to a file to carry to the online side."""
 
-    home = args.amshome.absolute()
+    home = amshome_of(args).absolute()
     receipt = placement.read_receipt(home)
     if receipt is None:
         raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror")
@@ -650,12 +679,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")
     p.add_argument("bundle", type=Path)
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
+    p.add_argument("--partial", action="store_true",
+                   help="one stick of several: check the chunks that are here, list the others as not here yet")
     add_signer_options(p)
     p.set_defaults(func=run_verify)
 
     p = sub.add_parser("unpack", help="verify a bundle and place it atomically as $AMSHOME/repository")
     p.add_argument("bundle", type=Path)
-    p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
+    p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
     p.add_argument("--reinstall", action="store_true",
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
@@ -668,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=run_unpack)
 
     p = sub.add_parser("receipt", help="write what AMSHOME's repository holds (for bundle --since on the online side)")
-    p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
+    p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--out", type=Path, help="file to write (default: receipt-<VERSION>-<tree>.json here; - for stdout)")
     p.set_defaults(func=run_receipt)
 

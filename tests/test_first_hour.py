@@ -5,12 +5,18 @@ Driven through the command (run_cli) against the SCM double, real 7zz bundles an
 read-only cases, a read-only tmpfs (when the tests run as root).
 """
 
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
 import trustme
-from clihelp import run_cli
+from clihelp import cli_env, run_cli, tree_hashes
 from servers import free_port
 
-from amsrepomirror.errors import RUNTIME_FAILURE
-from amsrepomirror.testing.scmdouble import ScmDouble
+from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
+from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
 
 VERSION = "AMS2026.1"
 
@@ -84,3 +90,192 @@ def test_http_url_against_an_https_server_says_so(repo_tree, tmp_path):
     where = url.split("/")[2]
     assert error_line(result) == (f"error: cannot fetch the listing {url}: the server at {where} speaks HTTPS (TLS), "
                                   "not plain HTTP: use an https:// URL")
+
+
+# --- bundles for the offline-side mistakes ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A mirror and a bundle of it in several chunks (real 7zz-readable chunks, built by the command)."""
+    work = tmp_path_factory.mktemp("made")
+    root = work / "scm"
+    make_repository(root, VERSION)
+    with ScmDouble(root) as double:
+        result = run_cli("bundle", "--version", VERSION, "--mirror", work / "mirror", "--listing-url",
+                         double.listing_url(VERSION), "--out", work / "bundle", "--chunk-size", "1MiB")
+    assert result.returncode == 0, result.stderr
+    return work
+
+
+@pytest.fixture
+def bundle(made, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(made / "bundle", copy)
+    return copy
+
+
+def chunk_names(bundle_dir):
+    return [c["name"] for c in json.loads((bundle_dir / "manifest.json").read_text())["chunks"]]
+
+
+# --- 5: a folder that is not a bundle ----------------------------------------------------------
+
+def test_mirror_given_as_bundle_says_it_is_a_mirror(made):
+    for command in (["verify", made / "mirror"], ["unpack", made / "mirror", "--amshome", made]):
+        result = run_cli(*command)
+        assert result.returncode == USAGE_ERROR, result.stderr
+        assert stderr_lines(result)[0] == (
+            f"error: {made / 'mirror'} is a mirror, not a bundle folder: make a bundle of it with amsrepomirror bundle "
+            f"--offline --version VERSION --mirror {made / 'mirror'} --out BUNDLE, then pass BUNDLE")
+
+
+def test_chunk_given_as_bundle_says_to_pass_its_folder(made):
+    chunk = made / "bundle" / chunk_names(made / "bundle")[0]
+    result = run_cli("verify", chunk)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert stderr_lines(result)[0] == (f"error: {chunk} is a chunk of a bundle, not a bundle folder: "
+                                       f"pass the folder that holds it ({made / 'bundle'})")
+
+
+def test_empty_folder_is_not_a_bundle(tmp_path):
+    result = run_cli("verify", tmp_path)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert stderr_lines(result)[0].startswith(f"error: {tmp_path} is not a bundle folder: it holds no manifest.json")
+
+
+# --- 6: a version without its AMS prefix; a listing that does not exist ----------------------------
+
+def test_version_without_ams_prefix_is_suggested(tmp_path):
+    result = run_cli("mirror", "--version", "2026.1", "--mirror", tmp_path / "m")
+    assert result.returncode == USAGE_ERROR
+    assert stderr_lines(result)[0] == "error: invalid version '2026.1': did you mean --version AMS2026.1?"
+
+
+def test_listing_404_is_a_usage_error_naming_version_and_url(scm_double, tmp_path):
+    url = scm_double.listing_url("AMS2099.1")
+    result = run_cli("mirror", "--version", "AMS2099.1", "--mirror", tmp_path / "m", "--listing-url", url)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert error_line(result) == (f"error: there is no listing at {url} (HTTP 404): "
+                                  "check --version (e.g. AMS2026.1) and --listing-url")
+
+
+# --- 7: half an account in the environment -------------------------------------------------------
+
+@pytest.mark.parametrize("user, password, given, missing", [("demo", None, "SCM_USER", "SCM_PASSWORD"),
+                                                            (None, "demo-pass", "SCM_PASSWORD", "SCM_USER")])
+def test_half_an_account_names_the_missing_variable(scm_double, tmp_path, user, password, given, missing):
+    env = cli_env(user=user, password=password, home=str(tmp_path))  # no ~/.netrc there
+    result = mirror(scm_double.listing_url(VERSION), tmp_path / "m", env=env)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert stderr_lines(result)[0] == (f"error: {given} is set but {missing} is not (also tried: ~/.netrc has no "
+                                       "account for 127.0.0.1, and there is no terminal to ask on): "
+                                       f"set {missing} too")
+    assert scm_double.log == []  # nothing was asked without the account
+
+
+# --- 8: a destination that cannot be written -------------------------------------------------------
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only tmpfs (root only: mounting needs it)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a read-only file system needs root")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_read_only_mirror_is_a_usage_error_naming_the_file_system(scm_double, read_only_folder):
+    result = mirror(scm_double.listing_url(VERSION), read_only_folder / "mirror")
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert stderr_lines(result)[0] == (f"error: cannot write to the mirror {read_only_folder / 'mirror'}: {read_only_folder} "
+                                       "is on a read-only file system: mount it read-write or choose another folder")
+    assert scm_double.log == []  # refused before anything started
+
+
+def test_read_only_amshome_as_root_is_not_blamed_on_the_user(bundle, read_only_folder):
+    result = run_cli("unpack", bundle, "--amshome", read_only_folder)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert error_line(result) == (f"error: cannot write to AMSHOME: {read_only_folder} is on a read-only file system: "
+                                  "mount it read-write or choose another folder")
+
+
+# --- 9: README.txt is documentation ----------------------------------------------------------------
+
+def test_missing_readme_warns_and_does_not_block(made, bundle, tmp_path):
+    (bundle / "README.txt").unlink()
+    result = run_cli("verify", bundle)
+    assert result.returncode == 0, result.stderr
+    assert stderr_lines(result)[0] == (f"warning: README.txt is missing from {bundle} (it only documents the bundle; "
+                                       "the chunks are checked against manifest.json and SHA256SUMS)")
+    amshome = tmp_path / "amshome"
+    amshome.mkdir()
+    result = run_cli("unpack", bundle, "--amshome", amshome)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(amshome / "repository") == tree_hashes(made / "mirror")
+
+
+# --- 11: one stick at a time -----------------------------------------------------------------------
+
+def half_the_chunks(bundle):
+    """Remove every second chunk (as if they were on the next stick); return the removed names."""
+    names = chunk_names(bundle)
+    assert len(names) >= 3
+    gone = names[1::2]
+    for name in gone:
+        (bundle / name).unlink()
+    return gone
+
+
+def test_partial_verify_checks_the_chunks_here_and_lists_the_rest(bundle):
+    gone = half_the_chunks(bundle)
+    result = run_cli("verify", bundle, "--partial")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert out[0] == f"not here yet ({len(gone)} of {len(chunk_names(bundle))} chunks): {', '.join(gone)}"
+    assert out[1].startswith(f"bundle {bundle}: the {len(chunk_names(bundle)) - len(gone)} chunk(s) here are intact")
+    assert run_cli("verify", bundle).returncode == INTEGRITY_FAILURE  # without --partial a missing chunk is an error
+
+
+def test_partial_verify_still_finds_a_bad_chunk_here(bundle):
+    half_the_chunks(bundle)
+    here = chunk_names(bundle)[0]
+    data = bytearray((bundle / here).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / here).write_bytes(bytes(data))
+    result = run_cli("verify", bundle, "--partial")
+    assert result.returncode == INTEGRITY_FAILURE, result.stderr
+    assert error_line(result).startswith(f"error: bundle {bundle} failed verification: re-copy these chunks: {here} (corrupt)")
+
+
+def test_readme_shows_the_check_by_hand_for_one_stick(bundle):
+    half_the_chunks(bundle)
+    readme = (bundle / "README.txt").read_text()
+    assert "sha256sum -c --ignore-missing SHA256SUMS" in readme
+    done = subprocess.run(["sha256sum", "-c", "--ignore-missing", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- 13: AMSHOME from the environment --------------------------------------------------------------
+
+def test_unpack_takes_amshome_from_the_environment_and_says_so(made, bundle, tmp_path):
+    amshome = tmp_path / "amshome"
+    amshome.mkdir()
+    result = run_cli("unpack", bundle, env=cli_env(AMSHOME=str(amshome)))
+    assert result.returncode == 0, result.stderr
+    assert stderr_lines(result)[0] == f"unpack: AMSHOME {amshome} (from the environment; --amshome overrides it)"
+    assert tree_hashes(amshome / "repository") == tree_hashes(made / "mirror")
+
+
+def test_unpack_without_amshome_anywhere_is_a_usage_error(bundle):
+    env = {k: v for k, v in cli_env().items() if k != "AMSHOME"}
+    result = run_cli("unpack", bundle, env=env)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert stderr_lines(result)[0] == ("error: give --amshome DIR or set AMSHOME: the AMS installation folder "
+                                       "whose repository/ to fill")

@@ -64,7 +64,11 @@ def _full_readme(manifest: BundleManifest) -> str:
         lines.append(f"  {TOOL_DIR + '/':<14} amsrepomirror itself: wheels and install.sh (listed in {MANIFEST_NAME})")
     lines += [
         "",
-        "Chunks may be spread over several USB sticks: first copy all of them into one folder.",
+        "Chunks may be spread over several USB sticks, each with manifest.json, SHA256SUMS and this file.",
+        "Check each stick as it arrives (in its folder; missing chunks are skipped):",
+        f"     sha256sum -c --ignore-missing {SUMS_NAME}",
+        "   or: amsrepomirror verify --partial STICK   (lists the chunks not here yet)",
+        "Then copy all chunks into one folder.",
         "",
         "1. Check the copy (run in this folder):",
         f"     sha256sum -c {SUMS_NAME}",

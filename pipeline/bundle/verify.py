@@ -23,6 +23,7 @@ from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import tool_problems
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.extract import check_members
+from amsrepomirror.online.listing import STATE_DIR
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.paths import is_plain_file_name, shown
 
@@ -48,6 +49,8 @@ class VerifyReport:
     manifest: Optional[BundleManifest] = None
     chunks_checked: int = 0
     bytes_checked: int = 0
+    not_here: List[str] = field(default_factory=list)  # with ``partial``: chunks not (yet) in the folder
+    warnings: List[str] = field(default_factory=list)  # what does not make the bundle unusable
 
     @property
     def ok(self) -> bool:
@@ -193,7 +196,26 @@ class _ContentCheck:
         return problems
 
 
-def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyReport:
+def not_a_bundle(path: Path) -> Optional[str]:
+    """Why ``path`` is not a bundle folder, and what to pass instead; None when it looks like one
+    (a folder with manifest.json, SHA256SUMS or chunks; what they hold is for verify_bundle)."""
+    path = Path(path)
+    if path.is_file():
+        if path.name.endswith(CHUNK_SUFFIX) or path.name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+            what = "a chunk" if path.name.endswith(CHUNK_SUFFIX) else f"the {path.name}"
+            return f"{path} is {what} of a bundle, not a bundle folder: pass the folder that holds it ({path.parent})"
+        return f"{path} is a file, not a bundle folder"
+    if not path.is_dir():
+        return f"{path} does not exist: pass the bundle folder (the one holding manifest.json, SHA256SUMS and the chunks)"
+    if any((path / name).exists() for name in (MANIFEST_NAME, SUMS_NAME)) or any(path.glob("*" + CHUNK_SUFFIX)):
+        return None
+    if (path / STATE_DIR).is_dir():
+        return (f"{path} is a mirror, not a bundle folder: make a bundle of it with "
+                f"amsrepomirror bundle --offline --version VERSION --mirror {path} --out BUNDLE, then pass BUNDLE")
+    return f"{path} is not a bundle folder: it holds no {MANIFEST_NAME}, {SUMS_NAME} or *{CHUNK_SUFFIX} chunks"
+
+
+def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool = False) -> VerifyReport:
     """Check a bundle folder; the report names every bad chunk and what is wrong with it.
 
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
@@ -241,8 +263,9 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     report.manifest = manifest
 
     readme_path = bundle_dir / README_NAME
-    if not readme_path.exists():
-        add(Problem(README_NAME, "missing"))
+    if not readme_path.exists():  # documentation: its absence does not make the bundle unusable
+        report.warnings.append(f"{README_NAME} is missing from {bundle_dir} (it only documents the bundle; "
+                               "the chunks are checked against manifest.json and SHA256SUMS)")
     elif sums is not None and sums.get(README_NAME) != sha256_file(readme_path):
         add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
 
@@ -306,7 +329,10 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
             path = bundle_dir / name
             size = sizes[name]
             if size is None:
-                add(Problem(name, "missing", chunk=True))
+                if partial:
+                    report.not_here.append(name)
+                else:
+                    add(Problem(name, "missing", chunk=True))
                 continue
             want = expected[name]
             if want is not None and size < want:

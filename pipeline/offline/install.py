@@ -146,6 +146,8 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                                 deep=deep, version_files=version_files)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         report = require_intact(verify_bundle(bundle_dir, test_archives=False))
+        for warning in report.warnings:
+            log.warning(f"unpack: {warning}")
         manifest = report.manifest
         log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
         placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
