@@ -143,19 +143,23 @@ def worst(failures: List[Dict]) -> Optional[Dict]:
 # ---- mirror -----------------------------------------------------------------------------------
 
 def add_mirror_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--version", action="append", required=True,
-                   help="AMS version whose listing to mirror, e.g. AMS2026.1; repeat it to hold several versions in one mirror")
-    p.add_argument("--mirror", required=True, type=Path, help="mirror folder; becomes $AMSHOME/repository")
-    p.add_argument("--listing-url", action="append", default=[],
-                   help="default: https://downloads.scm.com/Downloads/packages/listings/<VERSION>.txt; "
+    p.add_argument("--version", action="append", required=True, metavar="AMS_VERSION",
+                   help="AMS version whose listing to mirror, e.g. AMS2026.1 (not the tool's version); "
+                   "repeat it to hold several versions in one mirror")
+    p.add_argument("--mirror", required=True, type=Path,
+                   help="mirror folder, best outside this checkout; it becomes $AMSHOME/repository offline")
+    p.add_argument("--listing-url", action="append", default=[], metavar="URL",
+                   help="default: https://downloads.scm.com/Downloads/packages/listings/<AMS_VERSION>.txt; "
                         "repeat it once per --version, in the same order")
-    p.add_argument("--platform", action="append", default=[], help="keep only this platform (repeatable); rules in [platforms]")
-    p.add_argument("--strict-authentication", action="store_true", help="a 401 on any file is fatal (exit 3)")
+    p.add_argument("--platform", action="append", default=[],
+                   help="keep only this platform (repeatable; rules in [platforms]; default: every platform)")
+    p.add_argument("--strict-authentication", action="store_true",
+                   help="a 401 on any file is fatal (exit 3), instead of skipping files the account is not licensed for")
     p.add_argument("--no-ssl", action="store_true", help="do not verify TLS certificates (warns every run)")
-    p.add_argument("--jobs", type=int, help="concurrent connections (default: [FetchListing] jobs)")
+    p.add_argument("--jobs", type=int, help=f"concurrent connections ({setting_default('FetchListing', 'jobs')})")
     p.add_argument("--deep", action="store_true", default=None,
-                   help="re-hash every file instead of trusting size+mtime (default: [VerifyTree] deep)")
-    p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
+                   help=f"re-hash every file instead of trusting size+mtime ({setting_default('VerifyTree', 'deep')})")
+    p.add_argument("--report", type=Path, metavar="FILE", help="write the run summary as JSON to this file (default: none)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
 
 
@@ -282,12 +286,14 @@ def _print_pruned(pruned: Dict[str, List[str]]) -> None:
 # ---- bundle, plan, verify, unpack -------------------------------------------------------------------
 
 def add_bundle_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    p.add_argument("--chunk-size", help="largest chunk, with units (default: [BundleArchive] chunk_size)")
-    p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write (outside the mirror)")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"largest chunk, e.g. 3900MiB ({setting_default('BundleArchive', 'chunk_size')})")
+    p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
     p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
     p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
-    p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
+    p.add_argument("--stick-size", metavar="SIZE",
+                   help="size of one USB stick, e.g. 64GB: print which chunks go on which stick (default: no stick plan)")
     p.add_argument("--with-tool", action="store_true",
                    help="add tool/: amsrepomirror and its dependencies as wheels, and install.sh for the offline side")
     p.add_argument("--tool-python", action="append", default=[], choices=SUPPORTED_PYTHONS, metavar="X.Y",
@@ -296,12 +302,12 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
                    help="with --with-tool: pip platform tag, e.g. manylinux2014_x86_64 (repeatable; default: this machine's)")
     p.add_argument("--sign-key", type=Path, metavar="KEY",
                    help="sign manifest.json with this OpenSSH key (ssh-keygen -Y sign; a passphrase is asked for "
-                   "or the key is used through ssh-agent); writes manifest.json.sig")
+                   "or the key is used through ssh-agent); writes manifest.json.sig (default: unsigned)")
 
 
 def add_since_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", metavar="BASE", help="a delta: only what changed since BASE (last, a bundle folder, "
-                   "its manifest.json, or a receipt from the offline side)")
+                   "its manifest.json, or a receipt from the offline side; default: a full bundle)")
 
 
 FAT32_LIMIT = 4 * 1024**3 - 1
@@ -637,76 +643,139 @@ def run_demo(args) -> int:
 
 # ---- entry point --------------------------------------------------------------------------------
 
-def add_signer_options(p: argparse.ArgumentParser, required_help: str = "") -> None:
+def add_signer_options(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--allowed-signers", type=Path, metavar="FILE",
-                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it" + required_help)
+                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it" + default)
     p.add_argument("--revoked-keys", type=Path, metavar="FILE",
-                   help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys")
+                   help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys "
+                   "(default: none)")
+
+
+PURPOSE = ("Mirror SCM's AMS package repository, carry it across an air gap in checksummed 7z chunks, "
+           "and place it as $AMSHOME/repository.")
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    runtime failure (network, server, a file that could not be fetched)
+  2    usage: a bad option, setting, folder or listing URL; nothing was changed
+  3    authentication: the server refused the SCM account, or its TLS certificate failed
+  4    integrity: a checksum, size or archive does not match
+  5    not enough disk space
+  130  interrupted (Ctrl-C): run the same command again to continue"""
+
+ACCOUNT = """SCM account (never on the command line), the first found:
+  SCM_USER and SCM_PASSWORD   both in the environment
+  ~/.netrc                    machine downloads.scm.com login USER password PASS  (chmod 600)
+  a prompt                    when run on a terminal
+A private CA: name its certificate in REQUESTS_CA_BUNDLE or SSL_CERT_FILE.
+Settings (defaults of the options below): amsrepomirror config shows each and the file it came from."""
+
+WORKFLOW = """online, with network:
+  amsrepomirror bundle --version AMS2026.1 --mirror /data/ams-mirror --out /data/bundle-2026.1
+offline, on the cluster (AMSHOME set, or --amshome DIR):
+  amsrepomirror verify BUNDLE      (or verify --partial STICK, one stick at a time)
+  amsrepomirror unpack BUNDLE"""
+
+
+class AdminHelp(argparse.RawDescriptionHelpFormatter):
+    """Help for admins: every option says its default (a flag: off), epilogs printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.required or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default not in (None, []):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+def setting_default(section: str, key: str) -> str:
+    """'default: VALUE, the [SECTION] key setting' for an option's help (the value in effect now)."""
+    config.install_defaults()
+    try:
+        value = luigi.configuration.get_config().get(section, key)
+    except (KeyError, ValueError, luigi.configuration.core.NoSectionError, luigi.configuration.core.NoOptionError):
+        value = "?"
+    return f"default: {value or 'none'}, the [{section}] {key} setting"
+
+
+def add_command(sub, name: str, purpose: str, epilog: str = EXIT_CODES) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=purpose, description=purpose[0].upper() + purpose[1:] + ".", epilog=epilog,
+                          formatter_class=AdminHelp)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amsrepomirror", description=__doc__)
-    parser.add_argument("--tool-version", action="version", version=f"amsrepomirror {__version__}")
+    parser = argparse.ArgumentParser(prog="amsrepomirror", description=f"{PURPOSE}\n\n{WORKFLOW}",
+                                     epilog=f"{ACCOUNT}\n\n{EXIT_CODES}", formatter_class=AdminHelp)
+    parser.add_argument("--version", action="version", version=f"amsrepomirror {__version__}",
+                        help="print the version of amsrepomirror and exit (after a command, --version is an AMS version)")
     parser.add_argument("--config", metavar="FILE", help="settings file read last, over every luigi.cfg "
-                        "(amsrepomirror config shows what applies)")
-    sub = parser.add_subparsers(dest="command", required=True)
+                        "(amsrepomirror config shows what applies; default: none)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    online = f"{ACCOUNT}\n\n{EXIT_CODES}"
 
-    p = sub.add_parser("mirror", help="mirror the SCM repository from its listing, resumably, and verify it")
+    p = add_command(sub, "mirror", "mirror the SCM repository from its listing, resumably, and verify it", online)
     add_mirror_options(p)
     p.add_argument("--delete-unlisted", action="store_true", help="remove mirror files the listing no longer names")
     p.add_argument("--dry-run", action="store_true", help="with --delete-unlisted: only list what would be removed")
     p.add_argument("--force", action="store_true", help="with --delete-unlisted: allow removing more than a quarter")
     p.set_defaults(func=run_mirror)
 
-    p = sub.add_parser("bundle", help="mirror, then pack the verified mirror into checksummed 7z chunks")
+    p = add_command(sub, "bundle", "mirror, then pack the verified mirror into checksummed 7z chunks", online)
     add_mirror_options(p)
     add_bundle_options(p)
     add_since_option(p)
     p.set_defaults(func=run_bundle, delete_unlisted=False, force=False)
 
-    p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
-    p.add_argument("--mirror", required=True, type=Path)
-    p.add_argument("--version", action="append", default=[],
-                   help="AMS version (needed when the mirror holds several; repeat it to plan a bundle of several)")
-    p.add_argument("--chunk-size", help="default: [BundleArchive] chunk_size")
-    p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
-    p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
+    p = add_command(sub, "plan", "show the chunk plan and which chunks go on which USB stick; writes nothing")
+    p.add_argument("--mirror", required=True, type=Path, help="the mirror folder")
+    p.add_argument("--version", action="append", default=[], metavar="AMS_VERSION",
+                   help="AMS version, e.g. AMS2026.1, not the tool's (repeatable, to plan a bundle of several; "
+                   "default: the mirror's only version)")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"largest chunk, e.g. 3900MiB ({setting_default('BundleArchive', 'chunk_size')})")
+    p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
+    p.add_argument("--stick-size", metavar="SIZE", help="size of one USB stick, e.g. 64GB: print which chunks go on which "
+                   "stick (default: no stick plan)")
     p.add_argument("--since", metavar="BASE",
                    help="what a delta since BASE (last, a bundle folder, its manifest.json, a receipt) carries; "
-                   "for a bundle on the transfer disk also the chunks of a new full bundle to copy over it")
+                   "for a bundle on the transfer disk also the chunks of a new full bundle to copy over it "
+                   "(default: a full bundle)")
     p.set_defaults(func=run_plan)
 
-    p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")
-    p.add_argument("bundle", type=Path)
+    p = add_command(sub, "verify", "check a bundle folder offline: every chunk's sha256, size and 7z CRCs")
+    p.add_argument("bundle", type=Path, help="the bundle folder (holding manifest.json, SHA256SUMS and the chunks)")
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
     p.add_argument("--partial", action="store_true",
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
-    add_signer_options(p)
+    add_signer_options(p, default=" (default: no signature required)")
     p.set_defaults(func=run_verify)
 
-    p = sub.add_parser("unpack", help="verify a bundle and place it atomically as $AMSHOME/repository")
-    p.add_argument("bundle", type=Path)
+    p = add_command(sub, "unpack", "verify a bundle and place it atomically as $AMSHOME/repository")
+    p.add_argument("bundle", type=Path, help="the bundle folder (all chunks in it)")
     p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
     p.add_argument("--reinstall", action="store_true",
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
     p.add_argument("--deep", action="store_true",
                    help="delta: re-hash the installed files it keeps instead of trusting size, mtime and inode")
-    add_signer_options(p, required_help=" (default: [unpack] allowed_signers)")
+    add_signer_options(p, default=f" ({setting_default('unpack', 'allowed_signers')})")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a bundle older than the installed one (a lower sequence of its mirror)")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
     p.set_defaults(func=run_unpack)
 
-    p = sub.add_parser("receipt", help="write what AMSHOME's repository holds (for bundle --since on the online side)")
+    p = add_command(sub, "receipt", "write what AMSHOME's repository holds (for bundle --since on the online side)")
     p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--out", type=Path, help="file to write (default: receipt-<VERSION>-<tree>.json here; - for stdout)")
     p.set_defaults(func=run_receipt)
 
-    p = sub.add_parser("config", help="print the effective settings and the file each came from")
+    p = add_command(sub, "config", "print the effective settings and the file each came from")
     p.set_defaults(func=run_config)
 
-    p = sub.add_parser("demo", help="the whole chain against a local SCM double, in a temporary folder")
+    p = add_command(sub, "demo", "the whole chain against a local SCM double, in a temporary folder")
     p.add_argument("--workdir", type=Path, help="where to put the demo (default: a new temporary folder)")
     p.set_defaults(func=run_demo)
     return parser

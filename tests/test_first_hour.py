@@ -5,6 +5,7 @@ Driven through the command (run_cli) against the SCM double, real 7zz bundles an
 read-only cases, a read-only tmpfs (when the tests run as root).
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ import trustme
 from clihelp import cli_env, run_cli, tree_hashes
 from servers import free_port
 
+import amsrepomirror
+from amsrepomirror.cli import build_parser
 from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
 from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
 
@@ -279,3 +282,42 @@ def test_unpack_without_amshome_anywhere_is_a_usage_error(bundle):
     assert result.returncode == USAGE_ERROR, result.stderr
     assert stderr_lines(result)[0] == ("error: give --amshome DIR or set AMSHOME: the AMS installation folder "
                                        "whose repository/ to fill")
+
+
+# --- 12: help written for an admin ---------------------------------------------------------------
+
+def parsers():
+    """(name, parser) of the command and of each subcommand."""
+    top = build_parser()
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return [("amsrepomirror", top), *commands.choices.items()]
+
+
+def test_every_option_help_says_its_default():
+    without = []
+    for name, parser in parsers():
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.required or \
+                    isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+                continue
+            if "default" not in formatter._expand_help(action):
+                without.append(f"{name} {action.option_strings[0]}")
+    assert without == []
+
+
+def test_help_gives_purpose_account_variables_and_exit_codes():
+    for command in ([], ["mirror"], ["bundle"]):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0
+        assert "SCM_USER and SCM_PASSWORD" in result.stdout and "~/.netrc" in result.stdout
+        assert "130  interrupted" in result.stdout and "4    integrity" in result.stdout
+    assert "usage: a bad option" in run_cli("verify", "--help").stdout
+    assert run_cli("--help").stdout.splitlines()[2].startswith("Mirror SCM's AMS package repository")
+
+
+def test_tool_version_and_ams_version():
+    result = run_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"amsrepomirror {amsrepomirror.__version__}\n")
+    result = run_cli("mirror", "--version", "2026.1", "--mirror", "m")  # inside a command: the AMS version
+    assert stderr_lines(result)[0] == "error: invalid version '2026.1': did you mean --version AMS2026.1?"
