@@ -16,8 +16,8 @@ import luigi
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
-from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
-from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, distinct_contents
+from amsrepomirror.bundle.format import CHUNK_SUFFIX, COMPRESSIONS, MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
 from amsrepomirror.bundle.signature import check_signature
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
@@ -293,7 +293,8 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
     p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
     p.add_argument("--stick-size", metavar="SIZE",
-                   help="size of one USB stick, e.g. 64GB: print which chunks go on which stick (default: no stick plan)")
+                   help="size of one USB stick, e.g. 64GB: print which chunks go on which stick, with --dry-run or "
+                   "once the bundle is written (default: no stick plan)")
     p.add_argument("--with-tool", action="store_true",
                    help="add tool/: amsrepomirror and its dependencies as wheels, and install.sh for the offline side")
     p.add_argument("--tool-python", action="append", default=[], choices=SUPPORTED_PYTHONS, metavar="X.Y",
@@ -358,6 +359,8 @@ def run_bundle(args) -> int:
         return _print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since)
     if args.dry_run:
         return _print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
+    if args.stick_size:
+        parse_size(args.stick_size)  # refused now, not after the bundle is written
     if args.sign_key is not None and not args.sign_key.is_file():
         raise UsageError(f"--sign-key {args.sign_key} does not exist")
     if not args.offline:
@@ -382,7 +385,22 @@ def run_bundle(args) -> int:
         say(f"error: {failure['message']}")
         return failure["code"]
     say(f"bundle: {args.out} is complete; check it with: amsrepomirror verify {args.out}")
+    if args.stick_size:
+        print_sticks(args.out, parse_size(args.stick_size))
     return 0
+
+
+def print_sticks(bundle: Path, stick_size: int) -> None:
+    """Which chunks of the written bundle go on which stick; manifest, sums and README go on each."""
+    manifest = BundleManifest.read(bundle / MANIFEST_NAME)
+    extras = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file() and not p.name.endswith(CHUNK_SUFFIX))
+    sizes = {c.name: c.size for c in manifest.chunks}
+    too_big = [name for name, size in sizes.items() if size + extras > stick_size]
+    if too_big:
+        raise UsageError(f"chunk {too_big[0]} and the bundle's small files do not fit on a stick of "
+                         f"{format_size(stick_size)}: use a smaller --chunk-size")
+    for line in describe_sticks(sizes, stick_size, extras):
+        print(line)
 
 
 def _base_manifest(base: Path) -> Optional[BundleManifest]:

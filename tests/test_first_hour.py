@@ -321,3 +321,23 @@ def test_tool_version_and_ams_version():
     assert (result.returncode, result.stdout) == (0, f"amsrepomirror {amsrepomirror.__version__}\n")
     result = run_cli("mirror", "--version", "2026.1", "--mirror", "m")  # inside a command: the AMS version
     assert stderr_lines(result)[0] == "error: invalid version '2026.1': did you mean --version AMS2026.1?"
+
+
+def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tmp_path):
+    out = tmp_path / "bundle"
+    result = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made / "mirror", "--out", out,
+                     "--chunk-size", "1MiB", "--stick-size", "2500KiB")
+    assert result.returncode == 0, result.stderr
+    sticks = [line.split(": ", 2)[2].split(", ") for line in result.stdout.splitlines() if line.startswith("  stick ")]
+    assert len(sticks) > 1
+    assert sorted(name for stick in sticks for name in stick) == sorted(chunk_names(out))
+    small = ["manifest.json", "SHA256SUMS", "README.txt"]
+    for i, stick in enumerate(sticks):
+        folder = tmp_path / f"stick{i}"
+        folder.mkdir()
+        for name in stick + small:
+            shutil.copy(out / name, folder / name)
+        assert sum((folder / name).stat().st_size for name in stick + small) <= 2500 * 1024
+        checked = run_cli("verify", folder, "--partial")
+        assert checked.returncode == 0, checked.stderr
+        assert checked.stdout.splitlines()[0].startswith("not here yet (")
