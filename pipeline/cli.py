@@ -5,6 +5,8 @@ import errno
 import json
 import logging
 import os
+import shlex
+import shutil
 import stat
 import sys
 import tempfile
@@ -237,11 +239,14 @@ def _locked_mirror(args, runs: List[Dict], ws) -> int:
     snapshots = [snapshot for snapshot, _, _ in results]
     failures = [f for _, _, version_failures in results for f in version_failures]
     pruned: Dict[str, List[str]] = {}
-    if args.delete_unlisted and not failures and None not in snapshots:
+    if not failures and None not in snapshots:
         try:
             keep = sync.paths_of_held_versions(ws).union(*(sync.selected_paths(s) for s in snapshots))
-            pruned["unlisted_" + ("would_delete" if args.dry_run else "deleted")] = sync.prune_unlisted(
-                ws, keep, dry_run=args.dry_run, force=args.force)
+            if args.delete_unlisted:
+                pruned["unlisted_" + ("would_delete" if args.dry_run else "deleted")] = sync.prune_unlisted(
+                    ws, keep, dry_run=args.dry_run, force=args.force)
+            else:
+                pruned["unlisted_kept"] = sync.unlisted_files(ws, keep)
         except MirrorError as exc:
             failures.append({"code": exc.exit_code, "message": str(exc)})
     failure = worst(failures)
@@ -250,7 +255,7 @@ def _locked_mirror(args, runs: List[Dict], ws) -> int:
     for snapshot, summary, _ in results:
         if snapshot is not None:  # without a listing there is nothing to summarize: the error line says why
             _print_mirror_summary(summary, args, several=len(results) > 1)
-    _print_pruned(pruned)
+    _print_pruned(pruned, args)
     report = dict(summaries[0]) if len(summaries) == 1 else {"mirror": str(ws.mirror), "versions": summaries}
     report.update(pruned, exit_code=exit_code, error=failure["message"] if failure else "")
     if args.report:
@@ -275,12 +280,38 @@ def _print_mirror_summary(s: Dict, args, several: bool) -> None:
         say(f"  failed: {path}")
 
 
-def _print_pruned(pruned: Dict[str, List[str]]) -> None:
-    for key, verb in (("unlisted_would_delete", "would delete"), ("unlisted_deleted", "deleted")):
-        for path in pruned.get(key, [])[:20]:
-            say(f"  {verb} (no longer listed): {path}")
-        if key in pruned:
-            say(f"  {len(pruned[key])} unlisted file(s) {verb.split()[-1]}")
+def _print_pruned(pruned: Dict[str, List[str]], args) -> None:
+    """What happened to the files no listing names any more: kept (and how to remove them), the list
+    of what would be deleted (on stdout, one path a line), or what was deleted."""
+    kept = pruned.get("unlisted_kept", [])
+    if kept:
+        say(f"  {len(kept)} file(s) in the mirror are no longer listed (kept); to see them: "
+            f"{command_line(args, '--delete-unlisted', '--dry-run')}")
+    if "unlisted_would_delete" in pruned:
+        doomed = pruned["unlisted_would_delete"]
+        say(f"  --dry-run: --delete-unlisted would delete {len(doomed)} file(s) no longer listed"
+            + (" (listed on stdout; run again without --dry-run to delete them):" if doomed else ""))
+        for path in doomed:
+            print(path)
+    deleted = pruned.get("unlisted_deleted")
+    if deleted is not None:
+        for path in deleted[:20]:
+            say(f"  deleted (no longer listed): {path}")
+        say(f"  {len(deleted)} unlisted file(s) deleted")
+
+
+def tool_command() -> str:
+    """How to run this tool as typed: ``amsrepomirror`` when that is on PATH, else its full path."""
+    script = Path(sys.executable).with_name("amsrepomirror")
+    found = shutil.which("amsrepomirror")
+    if found and Path(found).resolve() == script.resolve():
+        return "amsrepomirror"
+    return shlex.quote(str(script)) if script.exists() else f"{shlex.quote(sys.executable)} -m amsrepomirror"
+
+
+def command_line(args, *extra: str) -> str:
+    """This run's command line with ``extra`` options added, ready to paste."""
+    return f"{tool_command()} {shlex.join([*[a for a in args.argv if a not in extra], *extra])}"
 
 
 # ---- bundle, plan, verify, unpack -------------------------------------------------------------------
@@ -384,7 +415,7 @@ def run_bundle(args) -> int:
     if failure:
         say(f"error: {failure['message']}")
         return failure["code"]
-    say(f"bundle: {args.out} is complete; check it with: amsrepomirror verify {args.out}")
+    say(f"bundle: {args.out} is complete; check it with: {tool_command()} verify {shlex.quote(str(args.out))}")
     if args.stick_size:
         print_sticks(args.out, parse_size(args.stick_size))
     return 0
@@ -804,6 +835,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed one line of usage error
         return errors.USAGE_ERROR if exc.code else 0
     if args.command == "mirror" and args.dry_run and not args.delete_unlisted:

@@ -10,16 +10,18 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import trustme
-from clihelp import cli_env, run_cli, tree_hashes
+from clihelp import REPO, cli_env, run_cli, tree_hashes
 from servers import free_port
 
 import amsrepomirror
 from amsrepomirror.cli import build_parser
 from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
-from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
+from amsrepomirror.testing.scmdouble import ScmDouble, make_repository, repository_files, write_listing
 
 VERSION = "AMS2026.1"
 
@@ -341,3 +343,36 @@ def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tm
         checked = run_cli("verify", folder, "--partial")
         assert checked.returncode == 0, checked.stderr
         assert checked.stdout.splitlines()[0].startswith("not here yet (")
+
+
+# --- 16: size units --------------------------------------------------------------------------------
+
+def test_single_letter_size_is_refused_as_ambiguous(made):
+    result = run_cli("plan", "--mirror", made / "mirror", "--stick-size", "64G")
+    assert result.returncode == USAGE_ERROR
+    assert stderr_lines(result)[0] == ("error: size '64G' is ambiguous: write 64GiB (1024-based, as split and dd "
+                                       "read it) or 64GB (1000-based, as USB sticks are sold)")
+    result = run_cli("plan", "--mirror", made / "mirror", "--stick-size", "64GB")
+    assert result.returncode == 0, result.stderr
+    assert "1 sticks of 59.6 GiB needed" in result.stdout  # shown 1024-based, always
+
+
+# --- 10: files removed upstream ---------------------------------------------------------------------
+
+def test_unlisted_files_are_counted_with_the_command_that_lists_them(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "mirror"
+    assert mirror(scm_double.listing_url(VERSION), dest).returncode == 0
+    gone = sorted(p for p in repository_files(repo_tree) if p.startswith("linux/"))[:2]
+    write_listing(repo_tree, VERSION, scm_double.base_url, [p for p in repository_files(repo_tree) if p not in gone])
+    url = scm_double.listing_url(VERSION)
+    result = mirror(url, dest)
+    assert result.returncode == 0, result.stderr
+    hint = [line for line in stderr_lines(result) if "no longer listed" in line]
+    tool = str(Path(sys.executable).with_name("amsrepomirror"))
+    assert hint == [f"  2 file(s) in the mirror are no longer listed (kept); to see them: {tool} mirror --version "
+                    f"{VERSION} --mirror {dest} --listing-url {url} --delete-unlisted --dry-run"]
+    listed = subprocess.run(hint[0].split("to see them: ")[1].split(), cwd=REPO, env=cli_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == gone
+    assert all((dest / p).exists() for p in gone)
