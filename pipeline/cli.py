@@ -27,7 +27,7 @@ from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.install import usage_hints
-from amsrepomirror.online import sync
+from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
@@ -845,6 +845,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config.load(args.config)
         return args.func(args)
     except KeyboardInterrupt:
+        progress.clear_all()  # the bar's line wiped first: the message starts on a clean line
         say("interrupted; rerun the same command to continue where it stopped")
         return 130
     except MirrorError as exc:

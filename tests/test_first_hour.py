@@ -6,11 +6,18 @@ read-only cases, a read-only tmpfs (when the tests run as root).
 """
 
 import argparse
+import fcntl
 import json
 import os
+import re
+import select
 import shutil
+import signal
+import struct
 import subprocess
 import sys
+import termios
+import time
 from pathlib import Path
 
 import pytest
@@ -376,3 +383,52 @@ def test_unlisted_files_are_counted_with_the_command_that_lists_them(scm_double,
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.splitlines() == gone
     assert all((dest / p).exists() for p in gone)
+
+
+# --- 3: feedback while waiting, and a clean line after Ctrl-C ----------------------------------------
+
+def run_in_terminal(args, until, timeout=120):
+    """Run the command with a pseudo-terminal as stdout and stderr; send SIGINT once ``until(output)``
+    holds; return (exit code, every byte it wrote)."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "amsrepomirror", *map(str, args)], cwd=REPO, env=cli_env(),
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    out, sent = b"", False
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            chunk = b""
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the command ended and closed the terminal
+                    break
+                out += chunk
+            if not sent and until(out):
+                proc.send_signal(signal.SIGINT)
+                sent = True
+            if not chunk and proc.poll() is not None:
+                break
+        return proc.wait(timeout=30), out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+
+
+def test_terminal_shows_the_check_counter_and_files_in_the_bar_and_ctrl_c_clears_it(scm_double, repo_tree, tmp_path):
+    scm_double.throttle(300_000)  # long enough to be interrupted mid-download
+    listed = len(repository_files(repo_tree))
+    code, out = run_in_terminal(["mirror", "--version", VERSION, "--mirror", tmp_path / "m", "--listing-url",
+                                 scm_double.listing_url(VERSION)], until=lambda out: out.count(b"download: ") >= 3)
+    assert code == 130, out
+    text = out.decode("utf-8", "replace")
+    assert f"checking {listed} files: " in text
+    bars = [segment for segment in text.split("\r") if segment.startswith("download: ")]
+    assert bars and all(re.match(r"download: \S+ \S+ of \S+ MiB, \d+ of \d+ files, ", bar) for bar in bars), bars
+    before, _, after = text.partition("interrupted; rerun the same command")
+    assert after, text
+    assert before.endswith("\r") and before.rstrip("\r").rsplit("\r", 1)[-1].strip() == "", before[-300:]
