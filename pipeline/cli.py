@@ -671,7 +671,13 @@ def run_demo(args) -> int:
         make_repository(server_root, DEFAULT_VERSION)
     amshome.mkdir(parents=True, exist_ok=True)
     os.environ["SCM_USER"], os.environ["SCM_PASSWORD"] = DEMO_USER, DEMO_PASSWORD  # the double's public demo account
-    with ScmDouble(server_root) as double:
+    double = ScmDouble(server_root, port=args.port)
+    try:
+        double.start()
+    except OSError as exc:
+        raise UsageError(f"demo: cannot serve on port {args.port} ({exc.strerror}): choose another --port, "
+                         "or --port 0 for any free one") from None
+    try:
         say(f"demo: SCM double serving {server_root} at {double.base_url} (user {DEMO_USER})")
         steps = [
             ["bundle", "--version", DEFAULT_VERSION, "--mirror", mirror_dir, "--listing-url", double.listing_url(DEFAULT_VERSION),
@@ -683,10 +689,17 @@ def run_demo(args) -> int:
             say(f"\n$ amsrepomirror {' '.join(map(str, step))}")
             code = main([str(s) for s in step])
             if code:
-                say(f"demo: step failed with exit code {code}")
+                say(f"demo: step failed with exit code {code}; what it left is in {work} (remove it with: "
+                    f"rm -rf {shlex.quote(str(work))})")
                 return code
+    finally:
+        double.stop()
+    if args.clean:
+        shutil.rmtree(work)
+        say(f"\ndemo: done; removed {work} (--clean)")
+        return 0
     say(f"\ndemo: everything is in {work}:\n  mirror  {mirror_dir}\n  bundle  {bundle_dir}\n"
-        f"  AMSHOME {amshome} (repository/ placed there)")
+        f"  AMSHOME {amshome} (repository/ placed there)\nremove it with: rm -rf {shlex.quote(str(work))}")
     return 0
 
 
@@ -826,7 +839,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command(sub, "demo", "the whole chain against a local SCM double, in a temporary folder")
     p.add_argument("--workdir", type=Path, help="where to put the demo (default: a new temporary folder)")
-    p.set_defaults(func=run_demo)
+    p.add_argument("--port", type=int, default=0, help="port of the local SCM double (default: 0, any free port)")
+    kept = p.add_mutually_exclusive_group()
+    kept.add_argument("--keep", dest="clean", action="store_false", help="keep what the demo made (default)")
+    kept.add_argument("--clean", dest="clean", action="store_true", help="remove what the demo made when it succeeds "
+                      "(default: off)")
+    p.set_defaults(func=run_demo, clean=False)
     return parser
 
 

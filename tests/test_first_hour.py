@@ -432,3 +432,24 @@ def test_terminal_shows_the_check_counter_and_files_in_the_bar_and_ctrl_c_clears
     before, _, after = text.partition("interrupted; rerun the same command")
     assert after, text
     assert before.endswith("\r") and before.rstrip("\r").rsplit("\r", 1)[-1].strip() == "", before[-300:]
+
+
+# --- 17: the demo ------------------------------------------------------------------------------------
+
+def test_demo_on_a_given_port_says_how_to_remove_what_it_left_or_cleans_up(tmp_path):
+    port = free_port()
+    kept = run_cli("demo", "--workdir", tmp_path / "kept", "--port", port)
+    assert kept.returncode == 0, kept.stderr
+    assert f" at http://127.0.0.1:{port} " in kept.stderr
+    assert stderr_lines(kept)[-1] == f"remove it with: rm -rf {tmp_path / 'kept'}"
+    assert (tmp_path / "kept" / "amshome" / "repository").is_dir()
+    cleaned = run_cli("demo", "--workdir", tmp_path / "cleaned", "--clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert stderr_lines(cleaned)[-1] == f"demo: done; removed {tmp_path / 'cleaned'} (--clean)"
+    assert not (tmp_path / "cleaned").exists()
+
+
+def test_demo_on_a_busy_port_is_a_usage_error(scm_double, tmp_path):
+    result = run_cli("demo", "--workdir", tmp_path / "demo", "--port", scm_double.port)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert stderr_lines(result)[0].startswith(f"error: demo: cannot serve on port {scm_double.port} (Address already in use)")
