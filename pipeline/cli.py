@@ -551,7 +551,13 @@ def run_verify(args) -> int:
     why_not = not_a_bundle(args.bundle)
     if why_not:
         raise UsageError(why_not)
-    report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial)
+    bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None  # in logs: only the verdict
+    try:
+        report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial,
+                               on_bytes=bar.update if bar else None, on_total=bar.set_total if bar else None)
+    finally:
+        if bar is not None:
+            bar.close(clear=True)
     for warning in report.warnings:
         say(f"warning: {warning}")
     if report.not_here:

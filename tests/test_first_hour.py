@@ -29,6 +29,7 @@ import amsrepomirror
 from amsrepomirror.cli import build_parser
 from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
 from amsrepomirror.testing.scmdouble import ScmDouble, make_repository, repository_files, write_listing
+from amsrepomirror.util.units import format_size
 
 VERSION = "AMS2026.1"
 
@@ -453,3 +454,14 @@ def test_demo_on_a_busy_port_is_a_usage_error(scm_double, tmp_path):
     result = run_cli("demo", "--workdir", tmp_path / "demo", "--port", scm_double.port)
     assert result.returncode == USAGE_ERROR, result.stderr
     assert stderr_lines(result)[0].startswith(f"error: demo: cannot serve on port {scm_double.port} (Address already in use)")
+
+
+def test_verify_shows_one_byte_bar_over_the_whole_job_on_a_terminal(bundle):
+    code, out = run_in_terminal(["verify", bundle], until=lambda out: False)
+    text = out.decode("utf-8", "replace")
+    assert code == 0, text
+    total = sum((bundle / name).stat().st_size for name in chunk_names(bundle))
+    total += sum(f["size"] for f in json.loads((bundle / "manifest.json").read_text())["files"])
+    bars = [segment for segment in text.split("\r") if segment.startswith("verify: ")]
+    assert bars and all(f" of {format_size(total)}, " in bar for bar in bars), bars
+    assert f"bundle {bundle} is intact" in text

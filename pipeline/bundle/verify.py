@@ -4,7 +4,7 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
@@ -141,7 +141,8 @@ class _ContentCheck:
     compared with the file's sha256 at the end (what unpack checks after joining the parts).
     """
 
-    def __init__(self, manifest: Optional[BundleManifest]):
+    def __init__(self, manifest: Optional[BundleManifest], on_bytes: Optional[Callable[[int], None]] = None):
+        self.on_bytes = on_bytes
         self.members: Dict[str, Dict[str, tuple]] = {}  # chunk name -> {member: (BundleFile, Part)}
         self.whole: Dict[str, list] = {}  # split file -> [its hash, bytes hashed]
         self.files = manifest.files if manifest is not None else []
@@ -167,7 +168,7 @@ class _ContentCheck:
                 running[1] += p.size
             else:
                 self.whole.pop(f.path, None)  # out of order: manifest inconsistent or an earlier chunk bad
-        got, trouble = hash_members(path, also)
+        got, trouble = hash_members(path, also, self.on_bytes)
         if trouble is not None:
             self._forget(mine)
             return [Problem(path.name, "bad archive", trouble, chunk=True)]
@@ -215,7 +216,9 @@ def not_a_bundle(path: Path) -> Optional[str]:
     return f"{path} is not a bundle folder: it holds no {MANIFEST_NAME}, {SUMS_NAME} or *{CHUNK_SUFFIX} chunks"
 
 
-def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool = False) -> VerifyReport:
+def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool = False,
+                  on_bytes: Optional[Callable[[int], None]] = None,
+                  on_total: Optional[Callable[[int], None]] = None) -> VerifyReport:
     """Check a bundle folder; the report names every bad chunk and what is wrong with it.
 
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
@@ -230,6 +233,13 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     a time); with ``test_archives`` each intact chunk is then read a second time, to decompress
     and hash its members. Chunks are taken in the order of the manifest's chunk list (the
     writing order: a split file's parts are hashed whole in that order), else of their names.
+
+    README.txt only documents the bundle: its absence is a warning (``warnings``), not a problem.
+    With ``partial`` (one stick of several) a missing chunk is not a problem but "not here yet"
+    (``not_here``); what is present is checked as above. ``on_total`` hears, once the chunks are
+    found, how many bytes will be read (chunks hashed, plus members decompressed with
+    ``test_archives``); ``on_bytes`` each block as it is read (from several threads): a progress
+    bar over the whole job.
     """
     bundle_dir = Path(bundle_dir)
     report = VerifyReport(bundle_dir=bundle_dir)
@@ -314,13 +324,17 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
             sizes[name] = (bundle_dir / name).stat().st_size
         except FileNotFoundError:
             sizes[name] = None
-    content = _ContentCheck(manifest) if test_archives else None
+    content = _ContentCheck(manifest, on_bytes) if test_archives else None
+    if on_total is not None:
+        present = {n for n, size in sizes.items() if size is not None and expected[n] in (None, size)}
+        members = sum(p.size for f in manifest.files for p in f.parts if p.chunk in present) if content and manifest else 0
+        on_total(sum(sizes[n] for n in present) + members)
     pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="amsrepomirror-verify")
     try:
         for name, size in sizes.items():
             want = expected[name]
             if size is not None and (want is None or size == want):
-                hashing[name] = pool.submit(sha256_file, bundle_dir / name)
+                hashing[name] = pool.submit(sha256_file, bundle_dir / name, on_bytes)
 
         for name in order:
             if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):

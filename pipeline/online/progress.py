@@ -18,18 +18,26 @@ REDRAW_SECONDS = 1.0
 class ByteProgress:
     """Thread-safe progress over a known number of bytes (and, when given, files)."""
 
-    def __init__(self, total: int, desc: str, stream=None, interval: float = 5.0, files: int = 0):
+    def __init__(self, total: Optional[int], desc: str, stream=None, interval: float = 5.0, files: int = 0):
+        """``total`` None: not known yet; nothing is shown until :meth:`set_total`."""
         self.stream = stream or sys.stderr
-        self.total, self.desc, self.interval = total, desc, interval
+        self.desc, self.interval = desc, interval
         self.files_total, self.files_done = files, 0
         self.done = 0
+        self.total = total or 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._last_line = 0.0
         self._bar = None
+        self._shown = False
         self._closed = threading.Event()
+        if total is not None:
+            self._start()
+
+    def _start(self) -> None:
+        self._shown = True
         if self.stream.isatty():
-            self._bar = tqdm(total=total, desc=self._status(), file=self.stream, dynamic_ncols=True,
+            self._bar = tqdm(total=self.total, desc=self._status(), file=self.stream, dynamic_ncols=True,
                              bar_format="{desc} {percentage:3.0f}%|{bar}|")
             threading.Thread(target=self._redraw, name="amsrepomirror-progress", daemon=True).start()
         else:
@@ -41,8 +49,14 @@ class ByteProgress:
             if self._bar is not None:
                 self._bar.set_description_str(self._status(), refresh=False)
                 self._bar.update(n)  # redraws at most every mininterval
-            else:
+            elif self._shown:
                 self._line()
+
+    def set_total(self, total: int) -> None:
+        """The total, once known (after ``total`` None): the bar starts here."""
+        with self._lock:
+            self.total = total
+            self._start()
 
     def file_done(self) -> None:
         with self._lock:
@@ -81,7 +95,7 @@ class ByteProgress:
                     self._bar.set_description_str(self._status(), refresh=False)
                 self._bar.close()
                 self._bar = None
-            elif self.done and not clear:
+            elif self.done and not clear and self._shown:
                 self._line(force=True)
 
 
