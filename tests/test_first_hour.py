@@ -311,7 +311,7 @@ def test_every_option_help_says_its_default():
             if not action.option_strings or action.required or \
                     isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
                 continue
-            if "default" not in formatter._expand_help(action):
+            if action.help is None or "default" not in formatter._expand_help(action):
                 without.append(f"{name} {action.option_strings[0]}")
     assert without == []
 
