@@ -205,15 +205,15 @@ def run_mirror(args) -> int:
     """Mirror the listing(s) into --mirror; print the summary; return the exit code."""
 
     runs = _mirror_params(args)
+    ws = Workspace(args.mirror)
+    why = why_unwritable(ws.state if ws.state.is_dir() else args.mirror)  # before a password is asked for
+    if why:
+        raise UsageError(f"cannot write to the mirror {args.mirror}: {why}")
     if args.no_ssl:
         say("WARNING: --no-ssl: TLS certificates are NOT verified; anyone on the network path can alter what is mirrored")
     found = [require_account_or_none(listing_url_for(r["version"], r["listing_url"]), interactive=True) for r in runs]
     if None in found:
         say("note: no SCM account found (SCM_USER and SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
-    ws = Workspace(args.mirror)
-    why = why_unwritable(ws.state if ws.state.is_dir() else args.mirror)
-    if why:
-        raise UsageError(f"cannot write to the mirror {args.mirror}: {why}")
     ws.state.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         return _locked_mirror(args, runs, ws)
@@ -392,6 +392,9 @@ def run_bundle(args) -> int:
         return _print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
     if args.stick_size:
         parse_size(args.stick_size)  # refused now, not after the bundle is written
+    why = why_unwritable(args.out)
+    if why:
+        raise UsageError(f"cannot write the bundle folder --out {args.out}: {why}")
     if args.sign_key is not None and not args.sign_key.is_file():
         raise UsageError(f"--sign-key {args.sign_key} does not exist")
     if not args.offline:

@@ -465,3 +465,11 @@ def test_verify_shows_one_byte_bar_over_the_whole_job_on_a_terminal(bundle):
     bars = [segment for segment in text.split("\r") if segment.startswith("verify: ")]
     assert bars and all(f" of {format_size(total)}, " in bar for bar in bars), bars
     assert f"bundle {bundle} is intact" in text
+
+
+def test_read_only_bundle_folder_is_refused_before_any_work(made, read_only_folder):
+    out = read_only_folder / "bundle"
+    result = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made / "mirror", "--out", out)
+    assert result.returncode == USAGE_ERROR, result.stderr
+    assert stderr_lines(result)[0] == (f"error: cannot write the bundle folder --out {out}: {read_only_folder} is on a "
+                                       "read-only file system: mount it read-write or choose another folder")
