@@ -433,7 +433,7 @@ def print_sticks(bundle: Path, stick_size: int) -> None:
     if too_big:
         raise UsageError(f"chunk {too_big[0]} and the bundle's small files do not fit on a stick of "
                          f"{format_size(stick_size)}: use a smaller --chunk-size")
-    for line in describe_sticks(sizes, stick_size, extras):
+    for line in describe_sticks(sizes, stick_size, extras, tool_command()):
         print(line)
 
 
@@ -551,7 +551,7 @@ def signature_verdict(args) -> Optional[str]:
 def run_verify(args) -> int:
     if args.revoked_keys is not None and args.allowed_signers is None:
         raise UsageError("--revoked-keys needs --allowed-signers")
-    why_not = not_a_bundle(args.bundle)
+    why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None  # in logs: only the verdict
@@ -599,7 +599,7 @@ def amshome_of(args) -> Path:
 
 
 def run_unpack(args) -> int:
-    why_not = not_a_bundle(args.bundle)
+    why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
     args.amshome = amshome_of(args)

@@ -32,6 +32,7 @@ from amsrepomirror.testing.scmdouble import ScmDouble, make_repository, reposito
 from amsrepomirror.util.units import format_size
 
 VERSION = "AMS2026.1"
+TOOL = str(Path(sys.executable).with_name("amsrepomirror"))  # hints name the tool as typed: not on PATH here
 
 
 def stderr_lines(result):
@@ -138,7 +139,7 @@ def test_mirror_given_as_bundle_says_it_is_a_mirror(made):
         result = run_cli(*command)
         assert result.returncode == USAGE_ERROR, result.stderr
         assert stderr_lines(result)[0] == (
-            f"error: {made / 'mirror'} is a mirror, not a bundle folder: make a bundle of it with amsrepomirror bundle "
+            f"error: {made / 'mirror'} is a mirror, not a bundle folder: make a bundle of it with {TOOL} bundle "
             f"--offline --version VERSION --mirror {made / 'mirror'} --out BUNDLE, then pass BUNDLE")
 
 
@@ -338,6 +339,9 @@ def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tm
     result = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made / "mirror", "--out", out,
                      "--chunk-size", "1MiB", "--stick-size", "2500KiB")
     assert result.returncode == 0, result.stderr
+    assert f"bundle: {out} is complete; check it with: {TOOL} verify {out}" in stderr_lines(result)  # as typed
+    assert f"copy manifest.json, SHA256SUMS and README.txt onto every stick, and check each one as it arrives with: " \
+           f"{TOOL} verify --partial STICK" in result.stdout
     sticks = [line.split(": ", 2)[2].split(", ") for line in result.stdout.splitlines() if line.startswith("  stick ")]
     assert len(sticks) > 1
     assert sorted(name for stick in sticks for name in stick) == sorted(chunk_names(out))
@@ -376,8 +380,7 @@ def test_unlisted_files_are_counted_with_the_command_that_lists_them(scm_double,
     result = mirror(url, dest)
     assert result.returncode == 0, result.stderr
     hint = [line for line in stderr_lines(result) if "no longer listed" in line]
-    tool = str(Path(sys.executable).with_name("amsrepomirror"))
-    assert hint == [f"  2 file(s) in the mirror are no longer listed (kept); to see them: {tool} mirror --version "
+    assert hint == [f"  2 file(s) in the mirror are no longer listed (kept); to see them: {TOOL} mirror --version "
                     f"{VERSION} --mirror {dest} --listing-url {url} --delete-unlisted --dry-run"]
     listed = subprocess.run(hint[0].split("to see them: ")[1].split(), cwd=REPO, env=cli_env(), capture_output=True,
                             text=True, timeout=300)

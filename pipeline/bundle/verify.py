@@ -197,9 +197,10 @@ class _ContentCheck:
         return problems
 
 
-def not_a_bundle(path: Path) -> Optional[str]:
-    """Why ``path`` is not a bundle folder, and what to pass instead; None when it looks like one
-    (a folder with manifest.json, SHA256SUMS or chunks; what they hold is for verify_bundle)."""
+def not_a_bundle(path: Path, tool: str = "amsrepomirror") -> Optional[str]:
+    """Why ``path`` is not a bundle folder, and what to pass instead (``tool``: the command as it
+    can be typed); None when it looks like one (a folder with manifest.json, SHA256SUMS or chunks;
+    what they hold is for verify_bundle)."""
     path = Path(path)
     if path.is_file():
         if path.name.endswith(CHUNK_SUFFIX) or path.name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
@@ -212,7 +213,7 @@ def not_a_bundle(path: Path) -> Optional[str]:
         return None
     if (path / STATE_DIR).is_dir():
         return (f"{path} is a mirror, not a bundle folder: make a bundle of it with "
-                f"amsrepomirror bundle --offline --version VERSION --mirror {path} --out BUNDLE, then pass BUNDLE")
+                f"{tool} bundle --offline --version VERSION --mirror {path} --out BUNDLE, then pass BUNDLE")
     return f"{path} is not a bundle folder: it holds no {MANIFEST_NAME}, {SUMS_NAME} or *{CHUNK_SUFFIX} chunks"
 
 
