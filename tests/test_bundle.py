@@ -359,10 +359,10 @@ def test_verify_hashes_each_chunk_once(copy_bundle, monkeypatch):
     lock = threading.Lock()
 
     def counting(real):
-        def hash_once(path):
+        def hash_once(path, *more):
             with lock:
                 counts[Path(path).name] = counts.get(Path(path).name, 0) + 1
-            return real(path)
+            return real(path, *more)
         return hash_once
 
     monkeypatch.setattr(amsrepomirror.bundle.verify, "sha256_file", counting(amsrepomirror.bundle.verify.sha256_file))
