@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import luigi
+from tqdm import tqdm
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
@@ -52,13 +53,24 @@ class _ConsoleFormat(logging.Formatter):
         return f"warning: {message}" if record.levelno >= logging.WARNING else message
 
 
+class _ConsoleHandler(logging.Handler):
+    """Log lines on stderr, above any progress bar shown there (tqdm.write redraws the bar below)."""
+
+    console = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 -- logging's contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
 def _console_logging() -> None:
     """Messages the package's modules log (logging.getLogger(__name__)) go to stderr as lines."""
     logger = logging.getLogger("amsrepomirror")
     if not any(getattr(h, "console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ConsoleHandler()
         handler.setFormatter(_ConsoleFormat())
-        handler.console = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

@@ -476,3 +476,16 @@ def test_read_only_bundle_folder_is_refused_before_any_work(made, read_only_fold
     assert result.returncode == USAGE_ERROR, result.stderr
     assert stderr_lines(result)[0] == (f"error: cannot write the bundle folder --out {out}: {read_only_folder} is on a "
                                        "read-only file system: mount it read-write or choose another folder")
+
+
+def test_unpack_shows_one_byte_bar_over_the_whole_job_on_a_terminal(made, bundle, tmp_path):
+    amshome = tmp_path / "amshome"
+    amshome.mkdir()
+    code, out = run_in_terminal(["unpack", bundle, "--amshome", amshome], until=lambda out: False)
+    text = out.decode("utf-8", "replace")
+    assert code == 0, text
+    total = sum((bundle / name).stat().st_size for name in chunk_names(bundle))
+    total += sum(p["size"] for f in json.loads((bundle / "manifest.json").read_text())["files"] for p in f["parts"])
+    bars = [segment for segment in text.split("\r") if segment.startswith("unpack: ") and "%|" in segment]
+    assert bars and all(f" of {format_size(total)}, " in bar for bar in bars), bars
+    assert tree_hashes(amshome / "repository") == tree_hashes(made / "mirror")

@@ -37,6 +37,7 @@ class ByteProgress:
     def _start(self) -> None:
         self._shown = True
         if self.stream.isatty():
+            _OPEN.add(self)
             self._bar = tqdm(total=self.total, desc=self._status(), file=self.stream, dynamic_ncols=True,
                              bar_format="{desc} {percentage:3.0f}%|{bar}|")
             threading.Thread(target=self._redraw, name="amsrepomirror-progress", daemon=True).start()
@@ -97,6 +98,7 @@ class ByteProgress:
                 self._bar = None
             elif self.done and not clear and self._shown:
                 self._line(force=True)
+        _OPEN.discard(self)
 
 
 class CountProgress:
@@ -125,16 +127,17 @@ class CountProgress:
                 self._last_line = time.monotonic()
                 print(f"{self.desc}: {self.done:,} done", file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def close(self, clear: bool = True) -> None:
+        """Wipe the counter's line (it only matters while it counts)."""
         with self._lock:
             if self._bar is not None:
-                self._bar.close()  # leave=False: the counter's line is wiped
+                self._bar.close()  # leave=False: the line is wiped
                 self._bar = None
         _OPEN.discard(self)
 
 
 _RUNS: Dict[str, ByteProgress] = {}
-_OPEN: set = set()  # counters being shown
+_OPEN: set = set()  # bars and counters shown on a terminal now
 
 
 def for_run(run_id: str, total: int = 0, desc: str = "download", files: int = 0) -> ByteProgress:
@@ -153,7 +156,6 @@ def close_run(run_id: str) -> Optional[ByteProgress]:
 
 def clear_all() -> None:
     """Wipe every bar and counter still shown (Ctrl-C), so the next line starts on a clean line."""
-    for run_id in list(_RUNS):
-        _RUNS.pop(run_id).close(clear=True)
-    for counter in list(_OPEN):
-        counter.close()
+    _RUNS.clear()
+    for shown in list(_OPEN):
+        shown.close(clear=True)
