@@ -753,6 +753,9 @@ ACCOUNT = """SCM account (never on the command line), the first found:
 A private CA: name its certificate in REQUESTS_CA_BUNDLE or SSL_CERT_FILE.
 Settings (defaults of the options below): amsrepomirror config shows each and the file it came from."""
 
+SIZES = """sizes: KiB, MiB, GiB are 1024-based, kB, MB, GB 1000-based (as USB sticks are sold); a bare K, M or G
+is refused as ambiguous. Sizes are shown 1024-based (KiB, MiB, GiB) everywhere."""
+
 WORKFLOW = """online, with network:
   amsrepomirror bundle --version AMS2026.1 --mirror /data/ams-mirror --out /data/bundle-2026.1
 offline, on the cluster (AMSHOME set, or --amshome DIR):
@@ -791,7 +794,7 @@ def add_command(sub, name: str, purpose: str, epilog: str = EXIT_CODES) -> argpa
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amsrepomirror", description=f"{PURPOSE}\n\n{WORKFLOW}",
-                                     epilog=f"{ACCOUNT}\n\n{EXIT_CODES}", formatter_class=AdminHelp)
+                                     epilog=f"{ACCOUNT}\n\n{SIZES}\n\n{EXIT_CODES}", formatter_class=AdminHelp)
     parser.add_argument("--version", action="version", version=f"amsrepomirror {__version__}",
                         help="print the version of amsrepomirror and exit (after a command, --version is an AMS version)")
     parser.add_argument("--config", metavar="FILE", help="settings file read last, over every luigi.cfg "
