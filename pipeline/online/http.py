@@ -135,10 +135,13 @@ def _cause(exc: BaseException) -> str:
         return "connection reset by the server"
     if any(isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) for e in causes):
         return "network or host unreachable"
-    if any(issubclass(k, (ConnectionAbortedError, urllib3.exceptions.ProtocolError)) or k.__name__ == "RemoteDisconnected"
-           for k in kinds):
+    if any(issubclass(k, urllib3.exceptions.IncompleteRead) or k.__name__ == "IncompleteRead" for k in kinds):
+        return "the connection broke before the whole body arrived"
+    if any(issubclass(k, ConnectionAbortedError) or k.__name__ == "RemoteDisconnected" for k in kinds):
         return "the server closed the connection without an answer"
     inner = causes[-1] if causes else exc
+    if isinstance(inner, urllib3.exceptions.ProtocolError) and all(isinstance(a, str) for a in inner.args):
+        return str(inner).splitlines()[0][:300]  # a cut or too slow body, already said in words (_as_urllib3)
     return f"{inner.__class__.__name__}: {inner}".splitlines()[0][:300]
 
 
