@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import requests
 import urllib3
@@ -79,22 +79,12 @@ def ca_bundle() -> str:
 def _certificate_failure(exc: BaseException) -> Optional[ssl.SSLCertVerificationError]:
     """The certificate verification failure behind ``exc`` (requests and urllib3 wrap it in
     several layers), or None when ``exc`` is something else."""
-    pending, seen = [exc], set()
-    while pending:
-        e = pending.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return e
-        pending += [e.__cause__, e.__context__, getattr(e, "reason", None)]
-        pending += [a for a in e.args if isinstance(a, BaseException)]
-        pending = [p for p in pending if isinstance(p, BaseException)]  # SSLError.reason is a str
-    return None
+    return next((e for e in _causes(exc) if isinstance(e, ssl.SSLCertVerificationError)), None)
 
 
-def _causes(exc: BaseException):
-    """``exc`` and every exception behind it (requests and urllib3 wrap the socket's error in layers)."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception behind it (requests and urllib3 wrap the socket's error in layers;
+    SSLError.reason is a str, not one of them)."""
     pending, seen = [exc], set()
     while pending:
         e = pending.pop()
