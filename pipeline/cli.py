@@ -780,10 +780,7 @@ class AdminHelp(argparse.RawDescriptionHelpFormatter):
 def setting_default(section: str, key: str) -> str:
     """'default: VALUE, the [SECTION] key setting' for an option's help (the value in effect now)."""
     config.install_defaults()
-    try:
-        value = luigi.configuration.get_config().get(section, key)
-    except (KeyError, ValueError, luigi.configuration.core.NoSectionError, luigi.configuration.core.NoOptionError):
-        value = "?"
+    value = luigi.configuration.get_config().get(section, key, "")
     return f"default: {value or 'none'}, the [{section}] {key} setting"
 
 
