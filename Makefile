@@ -90,8 +90,7 @@ verify: venv
 	$(BIN)/amsrepomirror verify $(BUNDLE) $(ARGS)
 
 unpack: venv
-	@test -n "$(AMSHOME)" || { echo "error: set AMSHOME (make unpack BUNDLE=DIR AMSHOME=DIR)"; exit 2; }
-	$(BIN)/amsrepomirror unpack $(BUNDLE) --amshome $(AMSHOME) $(ARGS)
+	$(BIN)/amsrepomirror unpack $(BUNDLE) $(if $(AMSHOME),--amshome $(AMSHOME)) $(ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
