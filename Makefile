@@ -14,6 +14,8 @@ NEED_MIRROR = @test -z "$(word 2,$(VERSION))" -o -n "$(MIRROR_GIVEN)" || \
 CHUNK_SIZE ?=
 # A delta bundle: last, a bundle folder, its manifest.json, or a receipt (unset: a full bundle).
 SINCE ?=
+# Size of one USB stick for `make plan` (unset: no stick plan).
+STICK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
 .PHONY: help venv test lint demo mirror bundle plan verify unpack bench wheels clean
@@ -26,10 +28,22 @@ help:
 	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE] [SINCE=last|BUNDLE|RECEIPT]"
 	@echo "make bundle VERSION=\"AMS2025.1 AMS2026.1\" MIRROR=DIR   several versions in one mirror and bundle"
 	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB] [SINCE=...]"
-	@echo "make verify BUNDLE=DIR"
-	@echo "make unpack BUNDLE=DIR AMSHOME=DIR"
+	@echo "make verify BUNDLE=DIR                 (ARGS=--partial: one stick of several)"
+	@echo "make unpack BUNDLE=DIR [AMSHOME=DIR]   (AMSHOME from the environment when set there)"
 	@echo "make bench                         benchmarks against wget, 7zz and sha256sum (docs/benchmarks.md)"
 	@echo "make wheels                        the tool and its dependencies as wheels, for offline installs"
+	@echo ""
+	@echo "variables (now):"
+	@echo "  VERSION=$(VERSION)    AMS version(s), e.g. AMS2026.1 (several: VERSION=\"AMS2025.1 AMS2026.1\")"
+	@echo "  MIRROR=$(MIRROR)    mirror folder; put real mirrors outside this checkout"
+	@echo "  BUNDLE=$(BUNDLE)    bundle folder to write, verify or unpack"
+	@echo "  AMSHOME=$(AMSHOME)    the AMS installation folder (unpack)"
+	@echo "  CHUNK_SIZE=$(CHUNK_SIZE)    largest chunk, e.g. 3900MiB (empty: the [BundleArchive] chunk_size setting)"
+	@echo "  STICK_SIZE=$(STICK_SIZE)    size of one USB stick, e.g. 64GB (plan: which chunks go on which stick)"
+	@echo "  SINCE=$(SINCE)    a delta since last, a bundle folder or a receipt (empty: a full bundle)"
+	@echo "  WHEELS=$(WHEELS)    folder of wheels (make wheels) to install from without network"
+	@echo "  ARGS=$(ARGS)    any other option, e.g. ARGS=\"--listing-url URL\" or ARGS=--partial"
+	@echo "sizes: KiB/MiB/GiB are 1024-based, kB/MB/GB 1000-based; a bare K/M/G is refused as ambiguous"
 
 # Offline machines: a bundle made with --with-tool installs the tool itself (sh BUNDLE/tool/install.sh);
 # or `make wheels` online, carry wheels/ along, then `make unpack WHEELS=wheels ...`.
@@ -73,11 +87,10 @@ plan: venv
 	$(BIN)/amsrepomirror plan $(VERSION_ARGS) --mirror $(MIRROR) $(if $(CHUNK_SIZE),--chunk-size $(CHUNK_SIZE)) $(if $(STICK_SIZE),--stick-size $(STICK_SIZE)) $(if $(SINCE),--since $(SINCE)) $(ARGS)
 
 verify: venv
-	$(BIN)/amsrepomirror verify $(BUNDLE)
+	$(BIN)/amsrepomirror verify $(BUNDLE) $(ARGS)
 
 unpack: venv
-	@test -n "$(AMSHOME)" || { echo "error: set AMSHOME (make unpack BUNDLE=DIR AMSHOME=DIR)"; exit 2; }
-	$(BIN)/amsrepomirror unpack $(BUNDLE) --amshome $(AMSHOME) $(ARGS)
+	$(BIN)/amsrepomirror unpack $(BUNDLE) $(if $(AMSHOME),--amshome $(AMSHOME)) $(ARGS)
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)

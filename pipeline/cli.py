@@ -5,6 +5,8 @@ import errno
 import json
 import logging
 import os
+import shlex
+import shutil
 import stat
 import sys
 import tempfile
@@ -13,26 +15,27 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import luigi
+from tqdm import tqdm
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
-from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
-from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, distinct_contents
+from amsrepomirror.bundle.format import CHUNK_SUFFIX, COMPRESSIONS, MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
 from amsrepomirror.bundle.signature import check_signature
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
-from amsrepomirror.bundle.verify import verify_bundle
+from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.install import usage_hints
-from amsrepomirror.online import sync
-from amsrepomirror.online.credentials import resolve_credentials
+from amsrepomirror.online import progress, sync
+from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import BundleArchive, FetchListing, Unpack, VerifyTree, new_run_id, platform_rules
 from amsrepomirror.util import lacking
-from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock
+from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, why_unwritable
 from amsrepomirror.util.units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
@@ -50,13 +53,24 @@ class _ConsoleFormat(logging.Formatter):
         return f"warning: {message}" if record.levelno >= logging.WARNING else message
 
 
+class _ConsoleHandler(logging.Handler):
+    """Log lines on stderr, above any progress bar shown there (tqdm.write redraws the bar below)."""
+
+    console = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 -- logging's contract: a failing handler reports, never raises
+            self.handleError(record)
+
+
 def _console_logging() -> None:
     """Messages the package's modules log (logging.getLogger(__name__)) go to stderr as lines."""
     logger = logging.getLogger("amsrepomirror")
     if not any(getattr(h, "console", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _ConsoleHandler()
         handler.setFormatter(_ConsoleFormat())
-        handler.console = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -143,19 +157,23 @@ def worst(failures: List[Dict]) -> Optional[Dict]:
 # ---- mirror -----------------------------------------------------------------------------------
 
 def add_mirror_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--version", action="append", required=True,
-                   help="AMS version whose listing to mirror, e.g. AMS2026.1; repeat it to hold several versions in one mirror")
-    p.add_argument("--mirror", required=True, type=Path, help="mirror folder; becomes $AMSHOME/repository")
-    p.add_argument("--listing-url", action="append", default=[],
-                   help="default: https://downloads.scm.com/Downloads/packages/listings/<VERSION>.txt; "
+    p.add_argument("--version", action="append", required=True, metavar="AMS_VERSION",
+                   help="AMS version whose listing to mirror, e.g. AMS2026.1 (not the tool's version); "
+                   "repeat it to hold several versions in one mirror")
+    p.add_argument("--mirror", required=True, type=Path,
+                   help="mirror folder, best outside this checkout; it becomes $AMSHOME/repository offline")
+    p.add_argument("--listing-url", action="append", default=[], metavar="URL",
+                   help="default: https://downloads.scm.com/Downloads/packages/listings/<AMS_VERSION>.txt; "
                         "repeat it once per --version, in the same order")
-    p.add_argument("--platform", action="append", default=[], help="keep only this platform (repeatable); rules in [platforms]")
-    p.add_argument("--strict-authentication", action="store_true", help="a 401 on any file is fatal (exit 3)")
+    p.add_argument("--platform", action="append", default=[],
+                   help="keep only this platform (repeatable; rules in [platforms]; default: every platform)")
+    p.add_argument("--strict-authentication", action="store_true",
+                   help="a 401 on any file is fatal (exit 3), instead of skipping files the account is not licensed for")
     p.add_argument("--no-ssl", action="store_true", help="do not verify TLS certificates (warns every run)")
-    p.add_argument("--jobs", type=int, help="concurrent connections (default: [FetchListing] jobs)")
+    p.add_argument("--jobs", type=int, help=f"concurrent connections ({setting_default('FetchListing', 'jobs')})")
     p.add_argument("--deep", action="store_true", default=None,
-                   help="re-hash every file instead of trusting size+mtime (default: [VerifyTree] deep)")
-    p.add_argument("--report", type=Path, help="write the run summary as JSON to this file")
+                   help=f"re-hash every file instead of trusting size+mtime ({setting_default('VerifyTree', 'deep')})")
+    p.add_argument("--report", type=Path, metavar="FILE", help="write the run summary as JSON to this file (default: none)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
 
 
@@ -199,12 +217,15 @@ def run_mirror(args) -> int:
     """Mirror the listing(s) into --mirror; print the summary; return the exit code."""
 
     runs = _mirror_params(args)
+    ws = Workspace(args.mirror)
+    why = why_unwritable(ws.state if ws.state.is_dir() else args.mirror)  # before a password is asked for
+    if why:
+        raise UsageError(f"cannot write to the mirror {args.mirror}: {why}")
     if args.no_ssl:
         say("WARNING: --no-ssl: TLS certificates are NOT verified; anyone on the network path can alter what is mirrored")
-    found = [resolve_credentials(listing_url_for(r["version"], r["listing_url"]), interactive=True) for r in runs]
+    found = [require_account_or_none(listing_url_for(r["version"], r["listing_url"]), interactive=True) for r in runs]
     if None in found:
-        say("note: no SCM account found (SCM_USER/SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
-    ws = Workspace(args.mirror)
+        say("note: no SCM account found (SCM_USER and SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
     ws.state.mkdir(parents=True, exist_ok=True)
     with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
         return _locked_mirror(args, runs, ws)
@@ -230,11 +251,14 @@ def _locked_mirror(args, runs: List[Dict], ws) -> int:
     snapshots = [snapshot for snapshot, _, _ in results]
     failures = [f for _, _, version_failures in results for f in version_failures]
     pruned: Dict[str, List[str]] = {}
-    if args.delete_unlisted and not failures and None not in snapshots:
+    if not failures and None not in snapshots:
         try:
             keep = sync.paths_of_held_versions(ws).union(*(sync.selected_paths(s) for s in snapshots))
-            pruned["unlisted_" + ("would_delete" if args.dry_run else "deleted")] = sync.prune_unlisted(
-                ws, keep, dry_run=args.dry_run, force=args.force)
+            if args.delete_unlisted:
+                pruned["unlisted_" + ("would_delete" if args.dry_run else "deleted")] = sync.prune_unlisted(
+                    ws, keep, dry_run=args.dry_run, force=args.force)
+            else:
+                pruned["unlisted_kept"] = sync.unlisted_files(ws, keep)
         except MirrorError as exc:
             failures.append({"code": exc.exit_code, "message": str(exc)})
     failure = worst(failures)
@@ -243,7 +267,7 @@ def _locked_mirror(args, runs: List[Dict], ws) -> int:
     for snapshot, summary, _ in results:
         if snapshot is not None:  # without a listing there is nothing to summarize: the error line says why
             _print_mirror_summary(summary, args, several=len(results) > 1)
-    _print_pruned(pruned)
+    _print_pruned(pruned, args)
     report = dict(summaries[0]) if len(summaries) == 1 else {"mirror": str(ws.mirror), "versions": summaries}
     report.update(pruned, exit_code=exit_code, error=failure["message"] if failure else "")
     if args.report:
@@ -268,23 +292,52 @@ def _print_mirror_summary(s: Dict, args, several: bool) -> None:
         say(f"  failed: {path}")
 
 
-def _print_pruned(pruned: Dict[str, List[str]]) -> None:
-    for key, verb in (("unlisted_would_delete", "would delete"), ("unlisted_deleted", "deleted")):
-        for path in pruned.get(key, [])[:20]:
-            say(f"  {verb} (no longer listed): {path}")
-        if key in pruned:
-            say(f"  {len(pruned[key])} unlisted file(s) {verb.split()[-1]}")
+def _print_pruned(pruned: Dict[str, List[str]], args) -> None:
+    """What happened to the files no listing names any more: kept (and how to remove them), the list
+    of what would be deleted (on stdout, one path a line), or what was deleted."""
+    kept = pruned.get("unlisted_kept", [])
+    if kept:
+        say(f"  {len(kept)} file(s) in the mirror are no longer listed (kept); to see them: "
+            f"{command_line(args, '--delete-unlisted', '--dry-run')}")
+    if "unlisted_would_delete" in pruned:
+        doomed = pruned["unlisted_would_delete"]
+        say(f"  --dry-run: --delete-unlisted would delete {len(doomed)} file(s) no longer listed"
+            + (" (listed on stdout; run again without --dry-run to delete them):" if doomed else ""))
+        for path in doomed:
+            print(path)
+    deleted = pruned.get("unlisted_deleted")
+    if deleted is not None:
+        for path in deleted[:20]:
+            say(f"  deleted (no longer listed): {path}")
+        say(f"  {len(deleted)} unlisted file(s) deleted")
+
+
+def tool_command() -> str:
+    """How to run this tool as typed: ``amsrepomirror`` when that is on PATH, else its full path."""
+    script = Path(sys.executable).with_name("amsrepomirror")
+    found = shutil.which("amsrepomirror")
+    if found and Path(found).resolve() == script.resolve():
+        return "amsrepomirror"
+    return shlex.quote(str(script)) if script.exists() else f"{shlex.quote(sys.executable)} -m amsrepomirror"
+
+
+def command_line(args, *extra: str) -> str:
+    """This run's command line with ``extra`` options added, ready to paste."""
+    return f"{tool_command()} {shlex.join([*[a for a in args.argv if a not in extra], *extra])}"
 
 
 # ---- bundle, plan, verify, unpack -------------------------------------------------------------------
 
 def add_bundle_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    p.add_argument("--chunk-size", help="largest chunk, with units (default: [BundleArchive] chunk_size)")
-    p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write (outside the mirror)")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"largest chunk, e.g. 3900MiB ({setting_default('BundleArchive', 'chunk_size')})")
+    p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
     p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
     p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
-    p.add_argument("--stick-size", help="with --dry-run: how many sticks of this size the bundle needs")
+    p.add_argument("--stick-size", metavar="SIZE",
+                   help="size of one USB stick, e.g. 64GB: print which chunks go on which stick, with --dry-run or "
+                   "once the bundle is written (default: no stick plan)")
     p.add_argument("--with-tool", action="store_true",
                    help="add tool/: amsrepomirror and its dependencies as wheels, and install.sh for the offline side")
     p.add_argument("--tool-python", action="append", default=[], choices=SUPPORTED_PYTHONS, metavar="X.Y",
@@ -293,12 +346,12 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
                    help="with --with-tool: pip platform tag, e.g. manylinux2014_x86_64 (repeatable; default: this machine's)")
     p.add_argument("--sign-key", type=Path, metavar="KEY",
                    help="sign manifest.json with this OpenSSH key (ssh-keygen -Y sign; a passphrase is asked for "
-                   "or the key is used through ssh-agent); writes manifest.json.sig")
+                   "or the key is used through ssh-agent); writes manifest.json.sig (default: unsigned)")
 
 
 def add_since_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", metavar="BASE", help="a delta: only what changed since BASE (last, a bundle folder, "
-                   "its manifest.json, or a receipt from the offline side)")
+                   "its manifest.json, or a receipt from the offline side; default: a full bundle)")
 
 
 FAT32_LIMIT = 4 * 1024**3 - 1
@@ -349,6 +402,11 @@ def run_bundle(args) -> int:
         return _print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since)
     if args.dry_run:
         return _print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
+    if args.stick_size:
+        parse_size(args.stick_size)  # refused now, not after the bundle is written
+    why = why_unwritable(args.out)
+    if why:
+        raise UsageError(f"cannot write the bundle folder --out {args.out}: {why}")
     if args.sign_key is not None and not args.sign_key.is_file():
         raise UsageError(f"--sign-key {args.sign_key} does not exist")
     if not args.offline:
@@ -372,8 +430,23 @@ def run_bundle(args) -> int:
     if failure:
         say(f"error: {failure['message']}")
         return failure["code"]
-    say(f"bundle: {args.out} is complete; check it with: amsrepomirror verify {args.out}")
+    say(f"bundle: {args.out} is complete; check it with: {tool_command()} verify {shlex.quote(str(args.out))}")
+    if args.stick_size:
+        print_sticks(args.out, parse_size(args.stick_size))
     return 0
+
+
+def print_sticks(bundle: Path, stick_size: int) -> None:
+    """Which chunks of the written bundle go on which stick; manifest, sums and README go on each."""
+    manifest = BundleManifest.read(bundle / MANIFEST_NAME)
+    extras = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file() and not p.name.endswith(CHUNK_SUFFIX))
+    sizes = {c.name: c.size for c in manifest.chunks}
+    too_big = [name for name, size in sizes.items() if size + extras > stick_size]
+    if too_big:
+        raise UsageError(f"chunk {too_big[0]} and the bundle's small files do not fit on a stick of "
+                         f"{format_size(stick_size)}: use a smaller --chunk-size")
+    for line in describe_sticks(sizes, stick_size, extras, tool_command()):
+        print(line)
 
 
 def _base_manifest(base: Path) -> Optional[BundleManifest]:
@@ -491,11 +564,29 @@ def signature_verdict(args) -> Optional[str]:
 def run_verify(args) -> int:
     if args.revoked_keys is not None and args.allowed_signers is None:
         raise UsageError("--revoked-keys needs --allowed-signers")
-    report = verify_bundle(args.bundle, test_archives=not args.no_test)
+    why_not = not_a_bundle(args.bundle, tool_command())
+    if why_not:
+        raise UsageError(why_not)
+    bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None  # in logs: only the verdict
+    try:
+        report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial,
+                               on_bytes=bar.update if bar else None, on_total=bar.set_total if bar else None)
+    finally:
+        if bar is not None:
+            bar.close(clear=True)
+    for warning in report.warnings:
+        say(f"warning: {warning}")
+    if report.not_here:
+        print(f"not here yet ({len(report.not_here)} of {len(report.manifest.chunks) if report.manifest else '?'} "
+              f"chunks): {', '.join(report.not_here)}")
     if report.ok:
         manifest = report.manifest
-        print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
-              f"{format_size(manifest.total_bytes)} of {manifest.version}")
+        if report.not_here:
+            print(f"bundle {args.bundle}: the {report.chunks_checked} chunk(s) here are intact; verify again, without "
+                  "--partial, once all chunks are in one folder")
+        else:
+            print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
+                  f"{format_size(manifest.total_bytes)} of {manifest.version}")
         bad_signature = signature_verdict(args)
         if bad_signature:
             say(f"error: {bad_signature}")
@@ -509,8 +600,22 @@ def run_verify(args) -> int:
     return errors.INTEGRITY_FAILURE
 
 
-def run_unpack(args) -> int:
+def amshome_of(args) -> Path:
+    """--amshome, else $AMSHOME from the environment (said on stderr, so the admin sees which)."""
+    if args.amshome is not None:
+        return args.amshome
+    from_environment = os.environ.get("AMSHOME", "")
+    if not from_environment:
+        raise UsageError("give --amshome DIR or set AMSHOME: the AMS installation folder whose repository/ to fill")
+    say(f"{args.command}: AMSHOME {from_environment} (from the environment; --amshome overrides it)")
+    return Path(from_environment)
 
+
+def run_unpack(args) -> int:
+    why_not = not_a_bundle(args.bundle, tool_command())
+    if why_not:
+        raise UsageError(why_not)
+    args.amshome = amshome_of(args)
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall, deep=args.deep, allow_downgrade=args.allow_downgrade,
                   allowed_signers=str(args.allowed_signers.absolute()) if args.allowed_signers else "",
@@ -533,7 +638,7 @@ def run_unpack(args) -> int:
 def run_receipt(args) -> int:
     """Write AMSHOME's receipt (the installed tree; no secrets) to a file to carry to the online side."""
 
-    home = args.amshome.absolute()
+    home = amshome_of(args).absolute()
     receipt = placement.read_receipt(home)
     if receipt is None:
         raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror")
@@ -588,7 +693,13 @@ def run_demo(args) -> int:
         make_repository(server_root, DEFAULT_VERSION)
     amshome.mkdir(parents=True, exist_ok=True)
     os.environ["SCM_USER"], os.environ["SCM_PASSWORD"] = DEMO_USER, DEMO_PASSWORD  # the double's public demo account
-    with ScmDouble(server_root) as double:
+    double = ScmDouble(server_root, port=args.port)
+    try:
+        double.start()
+    except OSError as exc:
+        raise UsageError(f"demo: cannot serve on port {args.port} ({exc.strerror}): choose another --port, "
+                         "or --port 0 for any free one") from None
+    try:
         say(f"demo: SCM double serving {server_root} at {double.base_url} (user {DEMO_USER})")
         steps = [
             ["bundle", "--version", DEFAULT_VERSION, "--mirror", mirror_dir, "--listing-url", double.listing_url(DEFAULT_VERSION),
@@ -600,85 +711,162 @@ def run_demo(args) -> int:
             say(f"\n$ amsrepomirror {' '.join(map(str, step))}")
             code = main([str(s) for s in step])
             if code:
-                say(f"demo: step failed with exit code {code}")
+                say(f"demo: step failed with exit code {code}; what it left is in {work} (remove it with: "
+                    f"rm -rf {shlex.quote(str(work))})")
                 return code
+    finally:
+        double.stop()
+    if args.clean:
+        shutil.rmtree(work)
+        say(f"\ndemo: done; removed {work} (--clean)")
+        return 0
     say(f"\ndemo: everything is in {work}:\n  mirror  {mirror_dir}\n  bundle  {bundle_dir}\n"
-        f"  AMSHOME {amshome} (repository/ placed there)")
+        f"  AMSHOME {amshome} (repository/ placed there)\nremove it with: rm -rf {shlex.quote(str(work))}")
     return 0
 
 
 # ---- entry point --------------------------------------------------------------------------------
 
-def add_signer_options(p: argparse.ArgumentParser, required_help: str = "") -> None:
+def add_signer_options(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--allowed-signers", type=Path, metavar="FILE",
-                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it" + required_help)
+                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it" + default)
     p.add_argument("--revoked-keys", type=Path, metavar="FILE",
-                   help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys")
+                   help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys "
+                   "(default: none)")
+
+
+PURPOSE = ("Mirror SCM's AMS package repository, carry it across an air gap in checksummed 7z chunks, "
+           "and place it as $AMSHOME/repository.")
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    runtime failure (network, server, a file that could not be fetched)
+  2    usage: a bad option, setting, folder or listing URL; nothing was changed
+  3    authentication: the server refused the SCM account, or its TLS certificate failed
+  4    integrity: a checksum, size or archive does not match
+  5    not enough disk space
+  130  interrupted (Ctrl-C): run the same command again to continue"""
+
+ACCOUNT = """SCM account (never on the command line), the first found:
+  SCM_USER and SCM_PASSWORD   both in the environment
+  ~/.netrc                    machine downloads.scm.com login USER password PASS  (chmod 600)
+  a prompt                    when run on a terminal
+A private CA: name its certificate in REQUESTS_CA_BUNDLE or SSL_CERT_FILE.
+Settings (defaults of the options below): amsrepomirror config shows each and the file it came from."""
+
+SIZES = """sizes: KiB, MiB, GiB are 1024-based, kB, MB, GB 1000-based (as USB sticks are sold); a bare K, M or G
+is refused as ambiguous. Sizes are shown 1024-based (KiB, MiB, GiB) everywhere."""
+
+WORKFLOW = """online, with network:
+  amsrepomirror bundle --version AMS2026.1 --mirror /data/ams-mirror --out /data/bundle-2026.1
+offline, on the cluster (AMSHOME set, or --amshome DIR):
+  amsrepomirror verify BUNDLE      (or verify --partial STICK, one stick at a time)
+  amsrepomirror unpack BUNDLE"""
+
+
+class AdminHelp(argparse.RawDescriptionHelpFormatter):
+    """Help for admins: every option says its default (a flag: off), epilogs printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.required or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default not in (None, []):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+def setting_default(section: str, key: str) -> str:
+    """'default: VALUE, the [SECTION] key setting' for an option's help (the value in effect now)."""
+    config.install_defaults()
+    value = luigi.configuration.get_config().get(section, key, "")
+    return f"default: {value or 'none'}, the [{section}] {key} setting"
+
+
+def add_command(sub, name: str, purpose: str, epilog: str = EXIT_CODES) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=purpose, description=purpose[0].upper() + purpose[1:] + ".", epilog=epilog,
+                          formatter_class=AdminHelp)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amsrepomirror", description=__doc__)
-    parser.add_argument("--tool-version", action="version", version=f"amsrepomirror {__version__}")
+    parser = argparse.ArgumentParser(prog="amsrepomirror", description=f"{PURPOSE}\n\n{WORKFLOW}",
+                                     epilog=f"{ACCOUNT}\n\n{SIZES}\n\n{EXIT_CODES}", formatter_class=AdminHelp)
+    parser.add_argument("--version", action="version", version=f"amsrepomirror {__version__}",
+                        help="print the version of amsrepomirror and exit (after a command, --version is an AMS version)")
     parser.add_argument("--config", metavar="FILE", help="settings file read last, over every luigi.cfg "
-                        "(amsrepomirror config shows what applies)")
-    sub = parser.add_subparsers(dest="command", required=True)
+                        "(amsrepomirror config shows what applies; default: none)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    online = f"{ACCOUNT}\n\n{EXIT_CODES}"
 
-    p = sub.add_parser("mirror", help="mirror the SCM repository from its listing, resumably, and verify it")
+    p = add_command(sub, "mirror", "mirror the SCM repository from its listing, resumably, and verify it", online)
     add_mirror_options(p)
     p.add_argument("--delete-unlisted", action="store_true", help="remove mirror files the listing no longer names")
     p.add_argument("--dry-run", action="store_true", help="with --delete-unlisted: only list what would be removed")
     p.add_argument("--force", action="store_true", help="with --delete-unlisted: allow removing more than a quarter")
     p.set_defaults(func=run_mirror)
 
-    p = sub.add_parser("bundle", help="mirror, then pack the verified mirror into checksummed 7z chunks")
+    p = add_command(sub, "bundle", "mirror, then pack the verified mirror into checksummed 7z chunks", online)
     add_mirror_options(p)
     add_bundle_options(p)
     add_since_option(p)
     p.set_defaults(func=run_bundle, delete_unlisted=False, force=False)
 
-    p = sub.add_parser("plan", help="show the chunk plan and how many sticks a bundle needs; writes nothing")
-    p.add_argument("--mirror", required=True, type=Path)
-    p.add_argument("--version", action="append", default=[],
-                   help="AMS version (needed when the mirror holds several; repeat it to plan a bundle of several)")
-    p.add_argument("--chunk-size", help="default: [BundleArchive] chunk_size")
-    p.add_argument("--compression", choices=COMPRESSIONS, help="default: [BundleArchive] compression")
-    p.add_argument("--stick-size", help="size of one USB stick, e.g. 64GB")
+    p = add_command(sub, "plan", "show the chunk plan and which chunks go on which USB stick; writes nothing")
+    p.add_argument("--mirror", required=True, type=Path, help="the mirror folder")
+    p.add_argument("--version", action="append", default=[], metavar="AMS_VERSION",
+                   help="AMS version, e.g. AMS2026.1, not the tool's (repeatable, to plan a bundle of several; "
+                   "default: the mirror's only version)")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"largest chunk, e.g. 3900MiB ({setting_default('BundleArchive', 'chunk_size')})")
+    p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
+    p.add_argument("--stick-size", metavar="SIZE", help="size of one USB stick, e.g. 64GB: print which chunks go on which "
+                   "stick (default: no stick plan)")
     p.add_argument("--since", metavar="BASE",
                    help="what a delta since BASE (last, a bundle folder, its manifest.json, a receipt) carries; "
-                   "for a bundle on the transfer disk also the chunks of a new full bundle to copy over it")
+                   "for a bundle on the transfer disk also the chunks of a new full bundle to copy over it "
+                   "(default: a full bundle)")
     p.set_defaults(func=run_plan)
 
-    p = sub.add_parser("verify", help="check a bundle offline: every chunk's sha256, size and 7z CRCs")
-    p.add_argument("bundle", type=Path)
+    p = add_command(sub, "verify", "check a bundle folder offline: every chunk's sha256, size and 7z CRCs")
+    p.add_argument("bundle", type=Path, help="the bundle folder (holding manifest.json, SHA256SUMS and the chunks)")
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
-    add_signer_options(p)
+    p.add_argument("--partial", action="store_true",
+                   help="one stick of several: check the chunks that are here, list the others as not here yet")
+    add_signer_options(p, default=" (default: no signature required)")
     p.set_defaults(func=run_verify)
 
-    p = sub.add_parser("unpack", help="verify a bundle and place it atomically as $AMSHOME/repository")
-    p.add_argument("bundle", type=Path)
-    p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
+    p = add_command(sub, "unpack", "verify a bundle and place it atomically as $AMSHOME/repository")
+    p.add_argument("bundle", type=Path, help="the bundle folder (all chunks in it)")
+    p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
     p.add_argument("--reinstall", action="store_true",
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
     p.add_argument("--deep", action="store_true",
                    help="delta: re-hash the installed files it keeps instead of trusting size, mtime and inode")
-    add_signer_options(p, required_help=" (default: [unpack] allowed_signers)")
+    add_signer_options(p, default=f" ({setting_default('unpack', 'allowed_signers')})")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a bundle older than the installed one (a lower sequence of its mirror)")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
     p.set_defaults(func=run_unpack)
 
-    p = sub.add_parser("receipt", help="write what AMSHOME's repository holds (for bundle --since on the online side)")
-    p.add_argument("--amshome", required=True, type=Path, help="the AMS installation folder ($AMSHOME)")
+    p = add_command(sub, "receipt", "write what AMSHOME's repository holds (for bundle --since on the online side)")
+    p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--out", type=Path, help="file to write (default: receipt-<VERSION>-<tree>.json here; - for stdout)")
     p.set_defaults(func=run_receipt)
 
-    p = sub.add_parser("config", help="print the effective settings and the file each came from")
+    p = add_command(sub, "config", "print the effective settings and the file each came from")
     p.set_defaults(func=run_config)
 
-    p = sub.add_parser("demo", help="the whole chain against a local SCM double, in a temporary folder")
+    p = add_command(sub, "demo", "the whole chain against a local SCM double, in a temporary folder")
     p.add_argument("--workdir", type=Path, help="where to put the demo (default: a new temporary folder)")
-    p.set_defaults(func=run_demo)
+    p.add_argument("--port", type=int, default=0, help="port of the local SCM double (default: 0, any free port)")
+    kept = p.add_mutually_exclusive_group()
+    kept.add_argument("--keep", dest="clean", action="store_false", help="keep what the demo made (default)")
+    kept.add_argument("--clean", dest="clean", action="store_true", help="remove what the demo made when it succeeds "
+                      "(default: off)")
+    p.set_defaults(func=run_demo, clean=False)
     return parser
 
 
@@ -687,6 +875,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed one line of usage error
         return errors.USAGE_ERROR if exc.code else 0
     if args.command == "mirror" and args.dry_run and not args.delete_unlisted:
@@ -696,6 +885,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         config.load(args.config)
         return args.func(args)
     except KeyboardInterrupt:
+        progress.clear_all()  # the bar's line wiped first: the message starts on a clean line
         say("interrupted; rerun the same command to continue where it stopped")
         return 130
     except MirrorError as exc:

@@ -248,7 +248,7 @@ def test_read_only_amshome(made, tmp_path):
         pytest.skip("needs root to mount a read-only tmpfs")
     try:
         result = unpack(out, ro)
-        assert result.returncode == 2 and "writable" in result.stderr
+        assert result.returncode == 2 and "read-only file system" in result.stderr
     finally:
         os.system(f"umount {ro}")
 

@@ -73,7 +73,7 @@ def test_changed_and_removed_files_are_detected_on_rerun(scm_double, repo_tree, 
     assert mirror(scm_double, dest).returncode == 0
     assert (dest / gone).exists()
     dry = mirror(scm_double, dest, "--delete-unlisted", "--dry-run")
-    assert dry.returncode == 0 and gone in dry.stderr and (dest / gone).exists()
+    assert dry.returncode == 0 and dry.stdout.splitlines() == [gone] and (dest / gone).exists()
     real = mirror(scm_double, dest, "--delete-unlisted")
     assert real.returncode == 0, real.stderr
     assert not (dest / gone).exists()

@@ -301,22 +301,24 @@ def _pack_sticks(sizes: Mapping[str, int], stick_size: int) -> List[List[str]]:
 
 
 def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: Optional[int] = None) -> str:
-    """Human summary for the ``plan`` command: totals, each chunk, and how many sticks are needed."""
+    """Human summary for the ``plan`` command: totals, each chunk, and which chunks go on which stick."""
     total = sum(f.size for f in files)
     lines = [f"{len(files)} files, {format_size(total)} ({total} bytes) in {len(plan)} chunks"]
     if plan:
         lines[0] += f" of at most {format_size(plan[0].chunk_size)}, compression {plan[0].compression}"
-    width = max((len(s.name) for s in plan), default=0)
-    for spec in plan:
-        parts = sum(1 for p in spec.pieces if p.is_part)
-        what = f"{len(spec.pieces)} pieces" + (f" ({parts} parts of split files)" if parts else "")
-        lines.append(f"  {spec.name:<{width}}  {what:<40}  {format_size(spec.payload):>10}  "
-                     f"(file <= {format_size(spec.max_size)})")
     split = {}
     for spec in plan:
         for p in spec.pieces:
             if p.is_part:
                 split[p.path] = split.get(p.path, 0) + 1
+    lines.append("Each chunk holds whole files" + (", and parts of the files too big for one chunk (unpack joins "
+                                                   "the parts again)" if split else "") + ":")
+    width = max((len(s.name) for s in plan), default=0)
+    for spec in plan:
+        parts = sum(1 for p in spec.pieces if p.is_part)
+        what = f"{len(spec.pieces) - parts} files" + (f" + {parts} parts" if parts else "")
+        lines.append(f"  {spec.name:<{width}}  {what:<24}  {format_size(spec.payload):>10}  "
+                     f"(file <= {format_size(spec.max_size)})")
     if split:
         lines.append(f"{len(split)} files are split into parts:")
         for path in sorted(split):
@@ -331,12 +333,21 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
                 f"below the stick size"
             )
         else:
-            sticks = _pack_sticks(sizes, stick_size)
-            lines.append(f"{len(sticks)} sticks of {format_size(stick_size)} needed (file system overhead not counted):")
-            for i, names in enumerate(sticks, start=1):
-                used = sum(sizes[n] for n in names)
-                lines.append(f"  stick {i}: {len(names)} chunks, {format_size(used)}: {', '.join(names)}")
+            lines += describe_sticks(sizes, stick_size)
     return "\n".join(lines) + "\n"
+
+
+def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror") -> List[str]:
+    """Which chunks go on which stick (``sizes``: chunk name -> bytes); every stick also carries the
+    manifest, the sums and the README (``extras`` bytes, when known), so each can be checked alone."""
+    sticks = _pack_sticks(sizes, stick_size - extras)
+    lines = [f"{len(sticks)} sticks of {format_size(stick_size)} needed (file system overhead not counted); "
+             "copy manifest.json, SHA256SUMS and README.txt onto every stick, and check each one as it arrives "
+             f"with: {tool} verify --partial STICK"]
+    for i, names in enumerate(sticks, start=1):
+        used = sum(sizes[n] for n in names)
+        lines.append(f"  stick {i}: {len(names)} chunks, {format_size(used)}: {', '.join(names)}")
+    return lines
 
 
 def describe_since(plan: Sequence[ChunkSpec], base: BundleManifest, base_label: str) -> str:

@@ -65,11 +65,15 @@ def _full_readme(manifest: BundleManifest) -> str:
         lines.append(f"  {TOOL_DIR + '/':<14} amsrepomirror itself: wheels and install.sh (listed in {MANIFEST_NAME})")
     lines += [
         "",
-        "Chunks may be spread over several USB sticks: first copy all of them into one folder.",
+        f"Chunks may be spread over several USB sticks, each with {MANIFEST_NAME}, {SUMS_NAME} and this file:",
+        "first copy all chunks into one folder.",
         "",
         "1. Check the copy (run in this folder):",
         f"     sha256sum -c {SUMS_NAME}",
         "   Every line must end in OK. A chunk that fails was damaged or cut short: copy it again.",
+        "   One stick of several, as it arrives (in its folder; chunks on other sticks are skipped):",
+        f"     sha256sum -c --ignore-missing {SUMS_NAME}",
+        "   or: amsrepomirror verify --partial STICK   (also lists the chunks not here yet)",
         "   Optionally test the archives too:   7z t '*.7z'   (7zz or 7za work as well)",
         "",
         *_install_lines(manifest),

@@ -35,7 +35,7 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import py7zr
 from py7zr.helpers import ArchiveTimestamp
@@ -373,34 +373,38 @@ class WriteOnlySink(Py7zIO):
 class _HashingSink(WriteOnlySink):
     """Takes one member from py7zr and only hashes it: verify decompresses without writing."""
 
-    def __init__(self, hashers: Sequence):
+    def __init__(self, hashers: Sequence, on_bytes: Optional[Callable[[int], None]] = None):
         self.hashers = hashers
+        self.on_bytes = on_bytes
         self.written = 0
 
     def write(self, s) -> int:
         for hasher in self.hashers:
             hasher.update(s)
         self.written += len(s)
+        if self.on_bytes is not None:
+            self.on_bytes(len(s))
         return len(s)
 
 
 class _HashingSinks(WriterFactory):
     """py7zr's writer factory for verify: one hashing sink per member; ``also`` adds a hasher to a member."""
 
-    def __init__(self, also: Mapping[str, object]):
-        self.also = also
+    def __init__(self, also: Mapping[str, object], on_bytes: Optional[Callable[[int], None]] = None):
+        self.also, self.on_bytes = also, on_bytes
         self.sinks: Dict[str, Tuple[_HashingSink, "hashlib._Hash"]] = {}
 
     def create(self, filename: str) -> Py7zIO:
         if filename in self.sinks:
             raise IntegrityError(f"member {filename!r}: duplicate name")
         own = hashlib.sha256()
-        sink = _HashingSink((own, self.also[filename]) if filename in self.also else (own,))
+        sink = _HashingSink((own, self.also[filename]) if filename in self.also else (own,), self.on_bytes)
         self.sinks[filename] = (sink, own)
         return sink
 
 
-def hash_members(path: Path, also: Optional[Mapping[str, object]] = None) -> Tuple[Dict[str, Tuple[int, str]], Optional[str]]:
+def hash_members(path: Path, also: Optional[Mapping[str, object]] = None,
+                 on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[Dict[str, Tuple[int, str]], Optional[str]]:
     """Decompress every member of a 7z file (streaming; py7zr checks each member's CRC) and hash it.
 
     Returns ``({member: (size, sha256)}, None)``, or ``(..., a short description of the damage)``
@@ -408,7 +412,7 @@ def hash_members(path: Path, also: Optional[Mapping[str, object]] = None) -> Tup
     (verify hashes split files whole across chunks). Names and types of members are not checked
     here: call ``extract.check_members`` first, as unpack does.
     """
-    sinks = _HashingSinks(also or {})
+    sinks = _HashingSinks(also or {}, on_bytes)
     trouble = None
     try:
         with py7zr.SevenZipFile(path, "r") as archive:

@@ -4,7 +4,7 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
@@ -23,6 +23,7 @@ from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import tool_problems
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.extract import check_members
+from amsrepomirror.online.listing import STATE_DIR
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.paths import is_plain_file_name, shown
 
@@ -48,6 +49,8 @@ class VerifyReport:
     manifest: Optional[BundleManifest] = None
     chunks_checked: int = 0
     bytes_checked: int = 0
+    not_here: List[str] = field(default_factory=list)  # with ``partial``: chunks not (yet) in the folder
+    warnings: List[str] = field(default_factory=list)  # what does not make the bundle unusable
 
     @property
     def ok(self) -> bool:
@@ -138,7 +141,8 @@ class _ContentCheck:
     compared with the file's sha256 at the end (what unpack checks after joining the parts).
     """
 
-    def __init__(self, manifest: Optional[BundleManifest]):
+    def __init__(self, manifest: Optional[BundleManifest], on_bytes: Optional[Callable[[int], None]] = None):
+        self.on_bytes = on_bytes
         self.members: Dict[str, Dict[str, tuple]] = {}  # chunk name -> {member: (BundleFile, Part)}
         self.whole: Dict[str, list] = {}  # split file -> [its hash, bytes hashed]
         self.files = manifest.files if manifest is not None else []
@@ -164,7 +168,7 @@ class _ContentCheck:
                 running[1] += p.size
             else:
                 self.whole.pop(f.path, None)  # out of order: manifest inconsistent or an earlier chunk bad
-        got, trouble = hash_members(path, also)
+        got, trouble = hash_members(path, also, self.on_bytes)
         if trouble is not None:
             self._forget(mine)
             return [Problem(path.name, "bad archive", trouble, chunk=True)]
@@ -193,7 +197,29 @@ class _ContentCheck:
         return problems
 
 
-def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyReport:
+def not_a_bundle(path: Path, tool: str = "amsrepomirror") -> Optional[str]:
+    """Why ``path`` is not a bundle folder, and what to pass instead (``tool``: the command as it
+    can be typed); None when it looks like one (a folder with manifest.json, SHA256SUMS or chunks;
+    what they hold is for verify_bundle)."""
+    path = Path(path)
+    if path.is_file():
+        if path.name.endswith(CHUNK_SUFFIX) or path.name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+            what = "a chunk" if path.name.endswith(CHUNK_SUFFIX) else f"the {path.name}"
+            return f"{path} is {what} of a bundle, not a bundle folder: pass the folder that holds it ({path.parent})"
+        return f"{path} is a file, not a bundle folder"
+    if not path.is_dir():
+        return f"{path} does not exist: pass the bundle folder (the one holding manifest.json, SHA256SUMS and the chunks)"
+    if any((path / name).exists() for name in (MANIFEST_NAME, SUMS_NAME)) or any(path.glob("*" + CHUNK_SUFFIX)):
+        return None
+    if (path / STATE_DIR).is_dir():
+        return (f"{path} is a mirror, not a bundle folder: make a bundle of it with "
+                f"{tool} bundle --offline --version VERSION --mirror {path} --out BUNDLE, then pass BUNDLE")
+    return f"{path} is not a bundle folder: it holds no {MANIFEST_NAME}, {SUMS_NAME} or *{CHUNK_SUFFIX} chunks"
+
+
+def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool = False,
+                  on_bytes: Optional[Callable[[int], None]] = None,
+                  on_total: Optional[Callable[[int], None]] = None) -> VerifyReport:
     """Check a bundle folder; the report names every bad chunk and what is wrong with it.
 
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
@@ -208,6 +234,13 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     a time); with ``test_archives`` each intact chunk is then read a second time, to decompress
     and hash its members. Chunks are taken in the order of the manifest's chunk list (the
     writing order: a split file's parts are hashed whole in that order), else of their names.
+
+    README.txt only documents the bundle: its absence is a warning (``warnings``), not a problem.
+    With ``partial`` (one stick of several) a missing chunk is not a problem but "not here yet"
+    (``not_here``); what is present is checked as above. ``on_total`` hears, once the chunks are
+    found, how many bytes will be read (chunks hashed, plus members decompressed with
+    ``test_archives``); ``on_bytes`` each block as it is read (from several threads): a progress
+    bar over the whole job.
     """
     bundle_dir = Path(bundle_dir)
     report = VerifyReport(bundle_dir=bundle_dir)
@@ -241,8 +274,9 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
     report.manifest = manifest
 
     readme_path = bundle_dir / README_NAME
-    if not readme_path.exists():
-        add(Problem(README_NAME, "missing"))
+    if not readme_path.exists():  # documentation: its absence does not make the bundle unusable
+        report.warnings.append(f"{README_NAME} is missing from {bundle_dir} (it only documents the bundle; "
+                               "the chunks are checked against manifest.json and SHA256SUMS)")
     elif sums is not None and sums.get(README_NAME) != sha256_file(readme_path):
         add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
 
@@ -291,13 +325,17 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
             sizes[name] = (bundle_dir / name).stat().st_size
         except FileNotFoundError:
             sizes[name] = None
-    content = _ContentCheck(manifest) if test_archives else None
+    content = _ContentCheck(manifest, on_bytes) if test_archives else None
+    if on_total is not None:
+        present = {n for n, size in sizes.items() if size is not None and expected[n] in (None, size)}
+        members = sum(p.size for f in manifest.files for p in f.parts if p.chunk in present) if content and manifest else 0
+        on_total(sum(sizes[n] for n in present) + members)
     pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="amsrepomirror-verify")
     try:
         for name, size in sizes.items():
             want = expected[name]
             if size is not None and (want is None or size == want):
-                hashing[name] = pool.submit(sha256_file, bundle_dir / name)
+                hashing[name] = pool.submit(sha256_file, bundle_dir / name, on_bytes)
 
         for name in order:
             if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
@@ -306,7 +344,10 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True) -> VerifyRepo
             path = bundle_dir / name
             size = sizes[name]
             if size is None:
-                add(Problem(name, "missing", chunk=True))
+                if partial:
+                    report.not_here.append(name)
+                else:
+                    add(Problem(name, "missing", chunk=True))
                 continue
             want = expected[name]
             if want is not None and size < want:

@@ -43,7 +43,7 @@ import queue
 import stat
 import threading
 from pathlib import Path, PurePosixPath
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import py7zr
 import py7zr.exceptions
@@ -238,8 +238,10 @@ class _HashThread:
 class _MemberWriter(WriteOnlySink):
     """Receives one member from py7zr: writes it at ``offset`` of ``fd`` and hashes it."""
 
-    def __init__(self, member: str, fd: int, offset: int, limit: int, hashes: _HashThread) -> None:
+    def __init__(self, member: str, fd: int, offset: int, limit: int, hashes: _HashThread,
+                 on_bytes: Optional[Callable[[int], None]] = None) -> None:
         self.member = member
+        self.on_bytes = on_bytes
         self.fd = fd
         self.offset = offset
         self.limit = limit
@@ -258,6 +260,8 @@ class _MemberWriter(WriteOnlySink):
         _write_all(self.fd, data, self.offset + self.written)
         self.written += n
         self.hashes.update(self.hasher, data)
+        if self.on_bytes is not None:
+            self.on_bytes(n)
         return n
 
 
@@ -270,7 +274,9 @@ class _Writers(WriterFactory):
     threads (one per 7z folder), hence the lock.
     """
 
-    def __init__(self, tmp: Path, dest_dir: Path, exp: Expected, in_place: Dict[str, Tuple[BundleFile, Part]]):
+    def __init__(self, tmp: Path, dest_dir: Path, exp: Expected, in_place: Dict[str, Tuple[BundleFile, Part]],
+                 on_bytes: Optional[Callable[[int], None]] = None):
+        self.on_bytes = on_bytes
         self.tmp = PurePosixPath(tmp.as_posix())
         self.tmp_path = tmp
         self.dest_dir = dest_dir
@@ -301,7 +307,7 @@ class _Writers(WriterFactory):
                              os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _O_CLOEXEC, 0o600)
                 self.fds.append(fd)
                 offset = 0
-            writer = _MemberWriter(rel, fd, offset, self.exp[rel][0], self.hashes)
+            writer = _MemberWriter(rel, fd, offset, self.exp[rel][0], self.hashes, self.on_bytes)
             self.writers[rel] = writer
             return writer
 
@@ -418,7 +424,7 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
 
 
 def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
-                  files: Optional[Iterable[BundleFile]] = None) -> List[str]:
+                  files: Optional[Iterable[BundleFile]] = None, on_bytes: Optional[Callable[[int], None]] = None) -> List[str]:
     """Extract ``chunk`` into ``dest_dir`` after :func:`check_members`, verifying every member.
 
     ``expected`` maps each member name (at least all of ``chunk.members``) to (size, sha256).
@@ -432,7 +438,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
     On failure nothing of this chunk is left in ``dest_dir`` (a partial file it wrote parts into
     is removed, so :func:`reassemble` reports those parts missing). Re-extracting a chunk is
     idempotent. Nothing is fsynced: call :func:`sync_tree` before relying on the tree surviving
-    a crash. Returns the list of members.
+    a crash. Returns the list of members. ``on_bytes`` hears every block written (a progress bar).
     """
     missing = [m for m in chunk.members if m not in expected]
     if missing:
@@ -460,7 +466,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
     try:
         os.mkdir(tmp, 0o700)
         limit = sum(size for size, _ in exp.values())
-        writers = _Writers(tmp, dest_dir, exp, in_place)
+        writers = _Writers(tmp, dest_dir, exp, in_place, on_bytes)
         try:
             # With a writer factory py7zr creates nothing itself (no files, directories, links,
             # modes or times): every byte goes through ``writers``. ``path`` is only the root

@@ -11,6 +11,7 @@ file or a part of a split file) against the manifest; a split file is then hashe
 
 import logging
 import shlex
+import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
@@ -18,9 +19,10 @@ from amsrepomirror.bundle.delta import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
 from amsrepomirror.bundle.signature import require_signature
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
-from amsrepomirror.errors import IntegrityError, UsageError
+from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
 from amsrepomirror.offline import extract, placement
 from amsrepomirror.offline.delta import place_copies, unpack_delta
+from amsrepomirror.online.progress import ByteProgress
 from amsrepomirror.util.hashing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -146,36 +148,60 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             return unpack_delta(bundle_dir.absolute(), home, delta, manifest_sha256(bundle), keep_previous=keep_previous,
                                 deep=deep, version_files=version_files)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
-        report = require_intact(verify_bundle(bundle_dir, test_archives=False))
-        manifest = report.manifest
-        log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
-        placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
-        expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
-        with placement.new_staging(home) as staging:
-            for i, chunk in enumerate(manifest.chunks, start=1):
-                log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
-                # files=: parts of split files go straight to their offset in the joined file
-                extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
-                placement.checkpoint("unpack:chunk-extracted")
-            extract.reassemble(staging, manifest.files)
-            place_copies(staging, manifest.copies)
-            log.info(f"unpack: verifying {len(manifest.tree)} files")
-            # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
-            # (extract_chunk hashes each member as it writes it, reassemble hashes each split file
-            # whole), into the private staging folder that only this process writes to, under the
-            # AMSHOME lock. Hashing 2 GB again here would add time, not safety. What is left to check
-            # is the shape: every file present with its size, nothing else, no links or special files.
-            extract.verify_tree(staging, manifest.tree, check_hashes=False)
-            for index in (f"{version}.yml" for version in manifest.all_versions):
-                if not (staging / index).is_file():
-                    raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
-            placement.checkpoint("unpack:verified")
-            receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
-                                             tree=placement.installed_files(staging, manifest.tree),
-                                             bundle_created=manifest.created, bundle_sequence=manifest.sequence,
-                                             lacking=manifest.lacking)
-            log.info("unpack: writing the new tree to disk (sync)")
-            extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
-            how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
-        log.info(f"unpack: {home / placement.REPOSITORY} now holds {' and '.join(manifest.all_versions)} ({how})")
-        return usage_hints(home, manifest.all_versions)
+        bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
+        try:
+            return _unpack_full(bundle, bundle_dir, home, bar, keep_previous=keep_previous, version_files=version_files)
+        finally:
+            if bar is not None:
+                bar.close(clear=True)
+
+
+def _unpack_full(bundle: str, bundle_dir: Path, home: Path, bar: Optional[ByteProgress], *, keep_previous: bool,
+                 version_files: Sequence[str]) -> str:
+    """A full bundle into AMSHOME (locked by the caller): checked, extracted into staging, swapped in."""
+    extracting = _member_bytes(bundle_dir) if bar is not None else 0
+    report = require_intact(verify_bundle(bundle_dir, test_archives=False, on_bytes=bar.update if bar else None,
+                                          on_total=(lambda n: bar.set_total(n + extracting)) if bar else None))
+    for warning in report.warnings:
+        log.warning(f"unpack: {warning}")
+    manifest = report.manifest
+    log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
+    placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
+    expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
+    with placement.new_staging(home) as staging:
+        for i, chunk in enumerate(manifest.chunks, start=1):
+            log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
+            # files=: parts of split files go straight to their offset in the joined file
+            extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files,
+                                  on_bytes=bar.update if bar else None)
+            placement.checkpoint("unpack:chunk-extracted")
+        extract.reassemble(staging, manifest.files)
+        place_copies(staging, manifest.copies)
+        log.info(f"unpack: verifying {len(manifest.tree)} files")
+        # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
+        # (extract_chunk hashes each member as it writes it, reassemble hashes each split file
+        # whole), into the private staging folder that only this process writes to, under the
+        # AMSHOME lock. Hashing 2 GB again here would add time, not safety. What is left to check
+        # is the shape: every file present with its size, nothing else, no links or special files.
+        extract.verify_tree(staging, manifest.tree, check_hashes=False)
+        for index in (f"{version}.yml" for version in manifest.all_versions):
+            if not (staging / index).is_file():
+                raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
+        placement.checkpoint("unpack:verified")
+        receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
+                                         tree=placement.installed_files(staging, manifest.tree),
+                                         bundle_created=manifest.created, bundle_sequence=manifest.sequence,
+                                         lacking=manifest.lacking)
+        log.info("unpack: writing the new tree to disk (sync)")
+        extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
+        how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
+    log.info(f"unpack: {home / placement.REPOSITORY} now holds {' and '.join(manifest.all_versions)} ({how})")
+    return usage_hints(home, manifest.all_versions)
+
+
+def _member_bytes(bundle_dir: Path) -> int:
+    """Bytes unpack extracts from the bundle (0 when its manifest does not read: verify says why)."""
+    try:
+        return sum(p.size for f in BundleManifest.read(bundle_dir / MANIFEST_NAME).files for p in f.parts)
+    except MirrorError:
+        return 0

@@ -79,7 +79,14 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from amsrepomirror.bundle.format import SHA256_PATTERN
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline.extract import open_regular
-from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, fsync_dir, remove_entry, require_free_space
+from amsrepomirror.util.fsutil import (
+    atomic_write_json,
+    exclusive_lock,
+    fsync_dir,
+    remove_entry,
+    require_free_space,
+    why_unwritable,
+)
 from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.paths import path_problem, shown
 from amsrepomirror.util.time import utc_now
@@ -203,15 +210,9 @@ def check_amshome(amshome) -> Path:
         raise UsageError(f"AMSHOME {path} does not exist; install AMS first or point AMSHOME at it")
     if not path.is_dir():
         raise UsageError(f"AMSHOME {path} is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UsageError(f"AMSHOME {path} is not writable by this user; run as a user that may write there")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"AMSHOME {path} is not writable ({exc.strerror or exc}); "
-                         "fix its permissions or mount it read-write") from exc
+    why = why_unwritable(path, PROBE_PREFIX)
+    if why:
+        raise UsageError(f"cannot write to AMSHOME: {why}")
     return path
 
 

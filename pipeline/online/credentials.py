@@ -12,8 +12,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Set
+from urllib.parse import urlsplit
 
 from requests.utils import NETRC_FILES, get_netrc_auth
+
+from amsrepomirror.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,19 @@ def resolve_credentials(url: str, *, interactive: bool = False) -> Optional[Cred
         os.environ["SCM_USER"], os.environ["SCM_PASSWORD"] = user, password
         return Credentials(user, password, "prompt")
     return None
+
+
+def require_account_or_none(url: str, *, interactive: bool = False) -> Optional[Credentials]:
+    """The account for ``url`` (:func:`resolve_credentials`), None when none is configured at all; a
+    UsageError naming the missing half when only one of SCM_USER/SCM_PASSWORD is set and neither
+    ~/.netrc nor a prompt filled in the account."""
+    found = resolve_credentials(url, interactive=interactive)
+    user, password = os.environ.get("SCM_USER"), os.environ.get("SCM_PASSWORD")
+    if found is None and bool(user) != bool(password):
+        given, missing = ("SCM_USER", "SCM_PASSWORD") if user else ("SCM_PASSWORD", "SCM_USER")
+        raise UsageError(f"{given} is set but {missing} is not (also tried: ~/.netrc has no account for "
+                         f"{urlsplit(url).hostname}, and there is no terminal to ask on): set {missing} too")
+    return found
 
 
 _WARNED: Set[Path] = set()

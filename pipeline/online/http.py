@@ -7,17 +7,20 @@ the same ``Retry`` budget on resuming at the byte with ``Range`` + ``If-Range``.
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
+import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Iterator, Optional, Tuple
 
 import requests
 import urllib3
@@ -32,7 +35,16 @@ from amsrepomirror.online.listing import decode_listing, redact
 from amsrepomirror.util.fsutil import local_writes
 from amsrepomirror.util.hashing import sha256_stream
 
+log = logging.getLogger(__name__)
+
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+#: The listing is the first request of a run: a wrong host or port must show at once, so it gets
+#: a short connect timeout and a few quick retries (file bodies keep the patient [http] policy).
+LISTING_RETRIES = 4
+LISTING_CONNECT_TIMEOUT = 5.0
+LISTING_BACKOFF_MAX = 2.0
+#: A retry of a file that waits at least this long (seconds) is said on the terminal.
+ANNOUNCE_BACKOFF = 2.0
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
 # after a cut at most this much is fetched again.
 STREAM_BLOCK = 128 * 1024
@@ -67,17 +79,84 @@ def ca_bundle() -> str:
 def _certificate_failure(exc: BaseException) -> Optional[ssl.SSLCertVerificationError]:
     """The certificate verification failure behind ``exc`` (requests and urllib3 wrap it in
     several layers), or None when ``exc`` is something else."""
+    return next((e for e in _causes(exc) if isinstance(e, ssl.SSLCertVerificationError)), None)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception behind it (requests and urllib3 wrap the socket's error in layers;
+    SSLError.reason is a str, not one of them)."""
     pending, seen = [exc], set()
     while pending:
         e = pending.pop()
-        if e is None or id(e) in seen:
+        if not isinstance(e, BaseException) or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, ssl.SSLCertVerificationError):
-            return e
+        yield e
         pending += [e.__cause__, e.__context__, getattr(e, "reason", None)]
-        pending += [a for a in e.args if isinstance(a, BaseException)]
-    return None
+        pending += list(e.args)
+
+
+#: OpenSSL's reasons when the other end does not speak TLS at all (a plain-HTTP server).
+_NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG",
+                    "UNKNOWN_PROTOCOL")
+
+
+def _plain_http_answer(exc: BaseException) -> bool:
+    """Whether a TLS handshake failed because the server answered in plain HTTP."""
+    return any(isinstance(e, ssl.SSLError) and not isinstance(e, ssl.SSLCertVerificationError)
+               and (e.reason in _NOT_TLS_REASONS or "wrong version number" in str(e)) for e in _causes(exc))
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong on the connection, in words an admin reads (not an exception class name)."""
+    causes = list(_causes(exc))
+    kinds = tuple(type(e) for e in causes)
+    if any(issubclass(k, urllib3.exceptions.NameResolutionError) or issubclass(k, socket.gaierror) for k in kinds):
+        return "the host name does not resolve"
+    if any(issubclass(k, ConnectionRefusedError) for k in kinds):
+        return "connection refused"
+    if any(issubclass(k, urllib3.exceptions.ConnectTimeoutError) for k in kinds):
+        return "no answer within the connect timeout"
+    if any(issubclass(k, (urllib3.exceptions.ReadTimeoutError, TimeoutError, socket.timeout)) for k in kinds):
+        return "timed out waiting for the server"
+    if _plain_http_answer(exc):
+        return "the server answers plain HTTP, not TLS"
+    if any(issubclass(k, ConnectionResetError) for k in kinds):
+        return "connection reset by the server"
+    if any(isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) for e in causes):
+        return "network or host unreachable"
+    if any(issubclass(k, urllib3.exceptions.IncompleteRead) or k.__name__ == "IncompleteRead" for k in kinds):
+        return "the connection broke before the whole body arrived"
+    if any(issubclass(k, ConnectionAbortedError) or k.__name__ == "RemoteDisconnected" for k in kinds):
+        return "the server closed the connection without an answer"
+    inner = causes[-1] if causes else exc
+    if isinstance(inner, urllib3.exceptions.ProtocolError) and all(isinstance(a, str) for a in inner.args):
+        return str(inner).splitlines()[0][:300]  # a cut or too slow body, already said in words (_as_urllib3)
+    return f"{inner.__class__.__name__}: {inner}".splitlines()[0][:300]
+
+
+def _speaks_tls(url: str, timeout: float = 3.0) -> bool:
+    """Whether the server of a plain-http URL completes a TLS handshake (it is an https server)."""
+    parts = urllib3.util.parse_url(url)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # only asking which protocol it speaks
+    try:
+        with socket.create_connection((parts.host, parts.port or 80), timeout) as sock:
+            with context.wrap_socket(sock, server_hostname=parts.host):
+                return True
+    except (OSError, ValueError):
+        return False
+
+
+def _protocol_hint(url: str, exc: Optional[BaseException]) -> str:
+    """When the URL's scheme does not match what the server speaks: the fix; else ""."""
+    parts = urllib3.util.parse_url(url)
+    where = f"{parts.host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+    if parts.scheme == "https" and exc is not None and _plain_http_answer(exc):
+        return f"the server at {where} speaks plain HTTP, not HTTPS: use an http:// URL (--no-ssl does not change this)"
+    if parts.scheme == "http" and _speaks_tls(url):
+        return f"the server at {where} speaks HTTPS (TLS), not plain HTTP: use an https:// URL"
+    return ""
 
 
 def _not_authenticated(url: str, failure: ssl.SSLCertVerificationError) -> ServerNotAuthenticated:
@@ -114,14 +193,29 @@ class _Retry(Retry):
     """urllib3's Retry, except that a certificate that failed verification is not tried again:
     it fails the same way every time, and the user should hear so at once."""
 
+    #: Say each retry whose backoff is at least this many seconds on the terminal (None: never).
+    announce_after: Optional[float] = None
+    attempts = 0  # of the whole budget, for "attempt n/m"
+
+    def new(self, **kw):
+        retry = super().new(**kw)
+        retry.announce_after, retry.attempts = self.announce_after, self.attempts
+        return retry
+
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
-        if error is not None and _certificate_failure(error) is not None:
-            raise error
-        return super().increment(method, url, response, error, _pool, _stacktrace)
+        if error is not None and (_certificate_failure(error) is not None or _plain_http_answer(error)):
+            raise error  # fails the same way every time: say so at once
+        retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        if self.announce_after is not None and retry.get_backoff_time() >= self.announce_after:
+            where = f"{_pool.scheme}://{_pool.host}:{_pool.port}{url}" if _pool is not None else url
+            why = _cause(error) if error is not None else f"HTTP {response.status}" if response is not None else "?"
+            log.info(f"retrying {method} {redact(where or '')} (attempt {len(retry.history) + 1}/{self.attempts}, {why})")
+        return retry
 
 
-def make_retry(retries: int, backoff: float) -> Retry:
-    return _Retry(
+def make_retry(retries: int, backoff: float, *, announce_after: Optional[float] = ANNOUNCE_BACKOFF,
+               backoff_max: float = 120.0) -> Retry:
+    retry = _Retry(
         total=retries,
         connect=retries,
         read=retries,
@@ -132,7 +226,10 @@ def make_retry(retries: int, backoff: float) -> Retry:
         allowed_methods=frozenset({"GET", "HEAD"}),
         respect_retry_after_header=True,
         raise_on_status=False,
+        backoff_max=backoff_max,
     )
+    retry.announce_after, retry.attempts = announce_after, retries + 1
+    return retry
 
 
 def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True, retries: int = 5,
@@ -159,7 +256,7 @@ def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True,
     return session
 
 
-def _request(session: requests.Session, method: str, url: str, timeout: float, **kwargs) -> requests.Response:
+def _request(session: requests.Session, method: str, url: str, timeout, what: str = "", **kwargs) -> requests.Response:
     try:
         # verify given per request: requests would otherwise let REQUESTS_CA_BUNDLE override the
         # session's setting, even a --no-ssl False
@@ -168,26 +265,41 @@ def _request(session: requests.Session, method: str, url: str, timeout: float, *
         failure = _certificate_failure(exc)
         if failure is not None:
             raise _not_authenticated(url, failure) from None
-        raise FetchError(f"cannot fetch {redact(url)}: {_reason(exc)}") from None
+        raise FetchError(f"cannot fetch {what}{redact(url)}: {_protocol_hint(url, exc) or _cause(exc)}") from None
 
 
-def _reason(exc: BaseException) -> str:
-    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
-    if isinstance(inner, MaxRetryError):
-        inner = inner.reason or inner
-    return f"{inner.__class__.__name__}: {inner}".splitlines()[0][:300]
+def _listing_session(session: requests.Session) -> requests.Session:
+    """``session``'s account, TLS setting and headers with the listing's quick retry policy, each
+    retry said on the terminal."""
+    template = getattr(session, "retry_template", None)
+    retries = min(template.total, LISTING_RETRIES) if template is not None else LISTING_RETRIES
+    backoff = template.backoff_factor if template is not None else 0.5
+    listing = requests.Session()
+    adapter = HTTPAdapter(max_retries=make_retry(retries, backoff, announce_after=0.0, backoff_max=LISTING_BACKOFF_MAX))
+    listing.mount("http://", adapter)
+    listing.mount("https://", adapter)
+    listing.headers.update(session.headers)
+    listing.auth, listing.verify = session.auth, session.verify
+    return listing
 
 
 def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
-    """GET the listing and decode it from its bytes (``decode_listing``); 401/403 is an AuthError."""
-    resp = _request(session, "GET", url, timeout)
+    """GET the listing and decode it from its bytes (``decode_listing``); 401/403 is an AuthError,
+    404 a UsageError (a wrong version or URL). Connection failures show within seconds
+    (``_listing_session``): this is where a wrong host or port is noticed."""
+    with _listing_session(session) as listing:
+        resp = _request(listing, "GET", url, (min(LISTING_CONNECT_TIMEOUT, timeout), timeout), what="the listing ")
     if resp.status_code in (401, 403):
         raise AuthError(
             f"the server refused the SCM account for the listing {redact(url)} (HTTP {resp.status_code}): "
             "check SCM_USER/SCM_PASSWORD or ~/.netrc"
         )
+    if resp.status_code in (404, 410):
+        raise UsageError(f"there is no listing at {redact(url)} (HTTP {resp.status_code}): "
+                         "check --version (e.g. AMS2026.1) and --listing-url")
     if resp.status_code != 200:
-        raise FetchError(f"cannot fetch the listing {redact(url)}: HTTP {resp.status_code}")
+        hint = _protocol_hint(url, None) if resp.status_code == 400 else ""
+        raise FetchError(f"cannot fetch the listing {redact(url)}: HTTP {resp.status_code}" + (f"; {hint}" if hint else ""))
     return decode_listing(resp.content, url)
 
 
@@ -222,7 +334,7 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
         failure = _certificate_failure(exc)
         if failure is not None:
             raise _not_authenticated(url, failure) from None
-        raise FetchError(f"cannot fetch {redact(url)}: {_reason(exc)}") from None
+        raise FetchError(f"cannot fetch {redact(url)}: {_cause(exc)}") from None
     if resp.status in (403, 405):
         # Some servers and CDNs refuse HEAD but serve GET; a 401 is a challenge for any method.
         return _probe_with_get(session, url, timeout)
@@ -494,7 +606,7 @@ def _spend(retry: Retry, url: str, exc: BaseException) -> Retry:
     try:
         retry = retry.increment(method="GET", url=url, error=_as_urllib3(exc))
     except MaxRetryError:
-        raise FetchError(f"giving up on {redact(url)} after retries: {_reason(exc)}") from None
+        raise FetchError(f"giving up on {redact(url)} after retries: {_cause(exc)}") from None
     retry.sleep()
     return retry
 

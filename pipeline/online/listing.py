@@ -41,7 +41,11 @@ def redact(url: str) -> str:
 def listing_url_for(version: str, listing_url: str = "") -> str:
     """The listing URL to use: the given one, or SCM's for ``version``."""
     if not VERSION_PATTERN.fullmatch(version or ""):
-        raise UsageError(f"invalid version {version!r}: expected AMS followed by digits and dots, e.g. AMS2026.1")
+        given = (version or "").strip()
+        guess = given.upper() if given.upper().startswith("AMS") else f"AMS{given}"
+        suggestion = guess if VERSION_PATTERN.fullmatch(guess) else ""
+        raise UsageError(f"invalid version {version!r}: " + (f"did you mean --version {suggestion}?" if suggestion else
+                                                              "expected AMS followed by digits and dots, e.g. AMS2026.1"))
     url = listing_url or DEFAULT_LISTING_URL.format(version=version)
     if "@" in urlsplit(url).netloc:
         raise UsageError("the listing URL must not carry a user or password: use SCM_USER/SCM_PASSWORD or ~/.netrc")

@@ -1,4 +1,6 @@
-"""One byte counter across concurrent transfers: a tqdm bar on a terminal, plain lines otherwise."""
+"""Progress on the terminal: a byte bar across concurrent transfers (with files done of total) and a
+counter of files checked; a tqdm line redrawn in place on a terminal, plain lines every few seconds
+otherwise. Sizes in the same 1024-based units as every summary (``format_size``)."""
 
 import sys
 import threading
@@ -9,21 +11,36 @@ from tqdm import tqdm
 
 from amsrepomirror.util.units import format_size
 
+#: How often a terminal bar is redrawn even when no byte arrived (connections busy, server slow).
+REDRAW_SECONDS = 1.0
+
 
 class ByteProgress:
-    """Thread-safe progress over a known number of bytes."""
+    """Thread-safe progress over a known number of bytes (and, when given, files)."""
 
-    def __init__(self, total: int, desc: str, stream=None, interval: float = 5.0):
+    def __init__(self, total: Optional[int], desc: str, stream=None, interval: float = 5.0, files: int = 0):
+        """``total`` None: not known yet; nothing is shown until :meth:`set_total`."""
         self.stream = stream or sys.stderr
-        self.total, self.desc, self.interval = total, desc, interval
+        self.desc, self.interval = desc, interval
+        self.files_total, self.files_done = files, 0
         self.done = 0
+        self.total = total or 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
         self._last_line = 0.0
         self._bar = None
+        self._shown = False
+        self._closed = threading.Event()
+        if total is not None:
+            self._start()
+
+    def _start(self) -> None:
+        self._shown = True
         if self.stream.isatty():
-            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-                             file=self.stream, dynamic_ncols=True, smoothing=0.1)
+            _OPEN.add(self)
+            self._bar = tqdm(total=self.total, desc=self._status(), file=self.stream, dynamic_ncols=True,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}|")
+            threading.Thread(target=self._redraw, name="amsrepomirror-progress", daemon=True).start()
         else:
             self._line(force=True)
 
@@ -31,39 +48,102 @@ class ByteProgress:
         with self._lock:
             self.done += n
             if self._bar is not None:
-                self._bar.update(n)
-            else:
+                self._bar.set_description_str(self._status(), refresh=False)
+                self._bar.update(n)  # redraws at most every mininterval
+            elif self._shown:
                 self._line()
+
+    def set_total(self, total: int) -> None:
+        """The total, once known (after ``total`` None): the bar starts here."""
+        with self._lock:
+            self.total = total
+            self._start()
+
+    def file_done(self) -> None:
+        with self._lock:
+            self.files_done += 1
+
+    def _status(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0
+        files = f", {self.files_done:,} of {self.files_total:,} files" if self.files_total else ""
+        return (f"{self.desc}: {format_size(self.done)} of {format_size(self.total)}{files}, {format_size(rate)}/s, "
+                + (f"ETA {eta:.0f} s" if rate > 0 else "starting"))
+
+    def _redraw(self) -> None:
+        while not self._closed.wait(REDRAW_SECONDS):
+            with self._lock:
+                if self._bar is not None:
+                    self._bar.set_description_str(self._status(), refresh=True)
 
     def _line(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_line < self.interval:
             return
         self._last_line = now
-        elapsed = max(now - self.started, 1e-6)
-        rate = self.done / elapsed
-        eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        eta_text = f"ETA {eta:.0f} s" if rate > 0 else "starting"
-        print(f"{self.desc}: {format_size(self.done)} of {format_size(self.total)} ({pct:.0f}%), "
-              f"{format_size(rate)}/s, {eta_text}", file=self.stream, flush=True)
+        print(f"{self._status()} ({pct:.0f}%)", file=self.stream, flush=True)
 
-    def close(self) -> None:
+    def close(self, clear: bool = False) -> None:
+        """End the bar: its last state stays on the terminal, or (``clear``: interrupted) the line is wiped."""
+        self._closed.set()
         with self._lock:
             if self._bar is not None:
+                if clear:
+                    self._bar.leave = False
+                else:
+                    self._bar.set_description_str(self._status(), refresh=False)
                 self._bar.close()
                 self._bar = None
-            elif self.done:
+            elif self.done and not clear and self._shown:
                 self._line(force=True)
+        _OPEN.discard(self)
+
+
+class CountProgress:
+    """``checking 8,025 files: 3,100 done``: redrawn in place on a terminal, a line every
+    ``interval`` seconds otherwise (a quick run prints nothing)."""
+
+    def __init__(self, total: int, what: str, stream=None, interval: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.desc = f"{what} {total:,} files"
+        self.total, self.interval = total, interval
+        self.done = 0
+        self._lock = threading.Lock()
+        self._last_line = time.monotonic()
+        self._bar = None
+        if self.stream.isatty():
+            self._bar = tqdm(total=total, desc=self.desc, file=self.stream, dynamic_ncols=True, leave=False,
+                             bar_format="{desc}: {n:,} done")
+            _OPEN.add(self)
+
+    def update(self, n: int = 1) -> None:
+        with self._lock:
+            self.done += n
+            if self._bar is not None:
+                self._bar.update(n)
+            elif time.monotonic() - self._last_line >= self.interval:
+                self._last_line = time.monotonic()
+                print(f"{self.desc}: {self.done:,} done", file=self.stream, flush=True)
+
+    def close(self, clear: bool = True) -> None:
+        """Wipe the counter's line (it only matters while it counts)."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()  # leave=False: the line is wiped
+                self._bar = None
+        _OPEN.discard(self)
 
 
 _RUNS: Dict[str, ByteProgress] = {}
+_OPEN: set = set()  # bars and counters shown on a terminal now
 
 
-def for_run(run_id: str, total: int = 0, desc: str = "download") -> ByteProgress:
+def for_run(run_id: str, total: int = 0, desc: str = "download", files: int = 0) -> ByteProgress:
     """The progress of a run, shared by every download batch in this process."""
     if run_id not in _RUNS:
-        _RUNS[run_id] = ByteProgress(total, desc)
+        _RUNS[run_id] = ByteProgress(total, desc, files=files)
     return _RUNS[run_id]
 
 
@@ -72,3 +152,10 @@ def close_run(run_id: str) -> Optional[ByteProgress]:
     if bar is not None:
         bar.close()
     return bar
+
+
+def clear_all() -> None:
+    """Wipe every bar and counter still shown (Ctrl-C), so the next line starts on a clean line."""
+    _RUNS.clear()
+    for shown in list(_OPEN):
+        shown.close(clear=True)

@@ -28,7 +28,7 @@ from amsrepomirror.online.http import (
 )
 from amsrepomirror.online.listing import ListedFile, excluded_platforms, parse_listing, redact, select_platforms
 from amsrepomirror.online.manifest import FileEntry, Manifest
-from amsrepomirror.online.progress import ByteProgress
+from amsrepomirror.online.progress import ByteProgress, CountProgress
 from amsrepomirror.online.workspace import FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, require_free_space
 from amsrepomirror.util.hashing import sha256_file
@@ -47,7 +47,11 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
     if index not in {f.path for f in listed}:
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
     selected = select_platforms(listed, platforms, rules)
-    answers = run_concurrently(lambda f: _probe_or_error(session, f, timeout), selected, jobs)
+    checking = CountProgress(len(selected), "checking")
+    try:
+        answers = run_concurrently(lambda f: _counted(checking, _probe_or_error(session, f, timeout)), selected, jobs)
+    finally:
+        checking.close()
     files, unauthorized, refused_with, failed = [], [], {}, []
     for item, answer in zip(selected, answers):
         if isinstance(answer, MirrorError):
@@ -87,6 +91,11 @@ def _probe_or_error(session, item: ListedFile, timeout: float):
         raise  # not one file's failure: nothing this server answers can be trusted
     except MirrorError as exc:
         return exc
+
+
+def _counted(counter: CountProgress, answer):
+    counter.update()
+    return answer
 
 
 def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[StopSignal] = None) -> List:
@@ -186,6 +195,8 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
         try:
             download_one(session, ws, entry, run_id, timeout, on_bytes, stop=stop, low_speed=low_speed)
             outcome.fetched.append(entry["path"])
+            if progress:
+                progress.file_done()
         except Stopped:
             pass
         except (DiskSpaceError, AuthError):

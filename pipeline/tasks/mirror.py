@@ -118,7 +118,7 @@ class VerifyTree(MirrorTask):
         pending = [e for e in snapshot["files"] if not sync.is_current(self.workspace, e)]
         if pending:
             needed = sync.check_space(self.workspace, pending)
-            progress.for_run(self.run_id, needed, desc="download")
+            progress.for_run(self.run_id, needed, desc="download", files=len(pending))
         yield downloads
         progress.close_run(self.run_id)
         if snapshot["failed"]:

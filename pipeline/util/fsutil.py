@@ -8,6 +8,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 from amsrepomirror.errors import DiskSpaceError, MirrorError, UsageError
 from amsrepomirror.util.units import format_size
@@ -79,6 +80,29 @@ def remove_entry(path: Path) -> None:
         shutil.rmtree(path)
     else:
         os.unlink(path)
+
+
+def why_unwritable(folder: Path, probe_prefix: str = ".amsrepomirror-probe-") -> Optional[str]:
+    """Why no file can be created in ``folder`` (or, when it does not exist yet, in its nearest
+    existing parent), in words naming the real cause; None when one can (a file is made and removed)."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=probe_prefix, dir=folder)
+    except OSError as exc:
+        if exc.errno == errno.EROFS:
+            return f"{folder} is on a read-only file system: mount it read-write or choose another folder"
+        if exc.errno in (errno.EACCES, errno.EPERM) and os.name == "posix" and os.geteuid() == 0:
+            return (f"{folder} refuses writes even to root ({exc.strerror}): an immutable attribute, a root-squashed "
+                    "NFS export or a security policy")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return (f"{folder} is not writable by this user ({exc.strerror}): fix its permissions or run as a user "
+                    "who may write there")
+        return f"cannot create a file in {folder}: {exc.strerror or exc}"
+    os.close(fd)
+    os.unlink(probe)
+    return None
 
 
 @contextlib.contextmanager

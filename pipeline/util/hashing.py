@@ -3,7 +3,7 @@
 import hashlib
 import io
 from pathlib import Path
-from typing import BinaryIO, Optional, Tuple
+from typing import BinaryIO, Callable, Optional, Tuple
 
 BLOCK = 1024 * 1024
 FILE_BLOCK = 8 * 1024 * 1024
@@ -22,7 +22,7 @@ def sha256_stream(stream: BinaryIO, hasher: Optional["hashlib._Hash"] = None, li
     return hasher, total
 
 
-def sha256_fd(fd: int) -> Tuple[int, str]:
+def sha256_fd(fd: int, on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[int, str]:
     """(bytes read, hex SHA-256) of what is left to read from the open ``fd``: big reads into one
     reused buffer, so a hashing thread spends its time in hashlib and the kernel, outside the GIL."""
     hasher = hashlib.sha256()
@@ -35,10 +35,12 @@ def sha256_fd(fd: int) -> Tuple[int, str]:
                 break
             hasher.update(view[:n])
             size += n
+            if on_bytes is not None:
+                on_bytes(n)
     return size, hasher.hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file (verify hashes two chunks at a time with it)."""
+def sha256_file(path: Path, on_bytes: Optional[Callable[[int], None]] = None) -> str:
+    """Hex SHA-256 of a file (verify hashes two chunks at a time with it); ``on_bytes`` hears each block."""
     with io.FileIO(path, "rb") as f:
-        return sha256_fd(f.fileno())[1]
+        return sha256_fd(f.fileno(), on_bytes)[1]
