@@ -72,7 +72,7 @@ lint: venv
 	$(BIN)/python -m ruff check pipeline tests bench
 
 demo: venv
-	$(BIN)/amsrepomirror demo
+	$(BIN)/amsrepomirror demo $(ARGS)
 
 mirror: venv
 	$(NEED_MIRROR)
