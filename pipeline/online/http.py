@@ -126,6 +126,7 @@ class _Retry(Retry):
 
 
 def make_retry(retries: int, backoff: float, statuses=RETRY_STATUSES) -> Retry:
+    """urllib3's retries; with ``statuses`` lacking 429 and 503, those answers are returned, Retry-After or not."""
     return _Retry(
         total=retries,
         connect=retries,
@@ -135,7 +136,7 @@ def make_retry(retries: int, backoff: float, statuses=RETRY_STATUSES) -> Retry:
         backoff_factor=backoff,
         status_forcelist=statuses,
         allowed_methods=frozenset({"GET", "HEAD"}),
-        respect_retry_after_header=True,
+        respect_retry_after_header=429 in statuses,  # else urllib3 retries any 429/503 that sends Retry-After
         raise_on_status=False,
     )
 
