@@ -54,7 +54,11 @@ whole process: ours includes Python start-up, Luigi, the listing and one HEAD pe
 is handed the URLs as a local file (no listing, no HEADs) and stores files without their
 folders. Ours hashes every byte (SHA-256) and fsyncs; neither peer does. Ours fetches a file of
 `segment_threshold` (16 MiB) or more as byte ranges, at most `max_ranges_per_file` (8) at once;
-`aria2c -s N` splits a file only above its `--min-split-size` (20 MiB by default).
+`aria2c -s N` splits a file only above its `--min-split-size` (20 MiB by default). aria2c comes
+from Debian's `aria2` package, a need of this benchmark only (not of the tool or its tests).
+nginx's `limit_rate` lets each response send its first second's worth (20 MiB) at once, so a
+request for a file below 20 MiB is hardly throttled: the many-files scenario measures mostly
+per-request cost and start-up, the 1 GiB scenario the per-connection limit.
 """
 
 

@@ -173,10 +173,11 @@ class SegmentedFile:
                 return
             with self.lock:
                 extents = [[e.start, e.end, e.pos] for e in self.extents]  # read before the sync: all on disk
-            os.fdatasync(self.fd)
-            atomic_write_json(ranges_record_path(self.part), {
-                "schema": RANGES_SCHEMA, "size": self.remote.size, "etag": self.remote.etag,
-                "last_modified": self.remote.last_modified, "extents": extents})
+            with local_writes(str(self.part)):
+                os.fdatasync(self.fd)
+                atomic_write_json(ranges_record_path(self.part), {
+                    "schema": RANGES_SCHEMA, "size": self.remote.size, "etag": self.remote.etag,
+                    "last_modified": self.remote.last_modified, "extents": extents})
             self._recorded_at = time.monotonic()
         finally:
             self._record_lock.release()
@@ -312,10 +313,7 @@ class Transfers:
             entry = self.pending.pop()
             if not self._segmentable(entry):
                 return Unit(entry)
-            try:
-                f = SegmentedFile(entry, self.part_path(entry["path"]), self.cond)
-            except OSError as exc:
-                raise MirrorError(f"cannot write the partial download of {entry['path']}: {exc}") from None
+            f = SegmentedFile(entry, self.part_path(entry["path"]), self.cond)  # a disk error here stops the run
             self.files.append(f)
             extent = next((e for e in f.extents if e.pos < e.end), None)
             if extent is None:  # every byte was already on disk: only the check and the move remain
@@ -509,7 +507,8 @@ class Transfers:
             at += len(block)
             if keep:
                 data = memoryview(block)[skip:skip + keep]
-                os.pwrite(f.fd, data, offset)
+                with local_writes(str(f.part)):
+                    os.pwrite(f.fd, data, offset)
                 with self.cond:
                     before_on_disk = f.contiguous() >= offset
                 f.hash_written(offset, data, before_on_disk)
@@ -529,12 +528,11 @@ class Transfers:
             f.finishing = True
             prefix = f.contiguous()
         try:
-            f.hash_prefix(prefix)
-            if f.hashed != f.remote.size or os.fstat(f.fd).st_size != f.remote.size:
-                raise FetchError(f"{redact(f.entry['url'])}: got {f.hashed} bytes, expected {f.remote.size}; not stored")
-            os.fsync(f.fd)
-        except OSError as exc:
-            raise MirrorError(f"cannot write the partial download of {f.entry['path']}: {exc}") from None
+            with local_writes(str(f.part)):
+                f.hash_prefix(prefix)
+                if f.hashed != f.remote.size or os.fstat(f.fd).st_size != f.remote.size:
+                    raise FetchError(f"{redact(f.entry['url'])}: got {f.hashed} bytes, expected {f.remote.size}; not stored")
+                os.fsync(f.fd)
         finally:
             f.close()
         self.on_done(f.entry, FetchResult(f.remote.size, f.hasher.hexdigest(), f.remote.etag,
