@@ -457,7 +457,10 @@ class Transfers:
             try:
                 with self.stop.watching(resp):
                     if resp.status_code == 206:
-                        f.honours_ranges = True
+                        if not f.honours_ranges:
+                            with self.cond:
+                                f.honours_ranges = True
+                                self.cond.notify_all()  # idle connections may split it now
                         body_at = start
                     else:
                         body_at = 0
