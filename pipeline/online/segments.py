@@ -16,7 +16,11 @@ stopped and never takes unwritten bytes as data. Every range is checked against 
 answers a range with 200 does not honour Range: the file goes on as one stream.
 
 The SHA-256 follows the contiguous prefix: bytes written at the hash frontier are hashed as they
-stream, the rest is read back from the page cache when the range before them completes.
+stream, the rest is read back from the page cache once every byte before them is on disk.
+Measured on 1 GiB over 8 ranges: 360-910 MiB were left to read after the last range (ranges
+progress side by side, so the prefix mostly grows when the first one ends), 0.2-0.5 s against
+0.6-0.8 s for one read of the finished file, and 0.3-0.5 s less wall time under a per-connection
+limit; never slower.
 
 429 and 503 reach this code (``http.body_session``): the budget is halved, the request waits its
 ``Retry-After``, and the budget grows back by one connection per calm interval.
