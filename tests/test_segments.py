@@ -58,7 +58,9 @@ def test_drops_in_several_ranges_give_the_exact_file(scm_double, repo_tree, tmp_
     assert all(r.status == 206 and r.if_range for r in gets)  # every request a range tied to the HEAD answer
     assert sum(r.body_bytes for r in gets) < 24 * MiB + 8 * MiB  # each range resumed where it dropped
     assert not list((dest / ".amsrepomirror").rglob("*.part*"))
+    scm_double.clear_log()
     assert mirror(scm_double, dest, "--deep", env=settings(tmp_path)).returncode == 0
+    assert not [r for r in scm_double.records("GET") if r.body_bytes and not r.relpath.startswith("listings/")]  # 0 bodies
 
 
 def _ranges_record(dest):
