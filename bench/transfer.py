@@ -39,7 +39,7 @@ from .common import (
     verdict,
     warm,
 )
-from .mirror import Context, GiB, MiB, _bigfile_tree, _check_ours, _check_tree, _ours, _sync, _tree_size
+from .mirror import Context, GiB, MiB, _bigfile_tree, _check_ours, _check_tree, _ours, _sync, _tree_size, fmt_phases
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Transfer engine: segmented downloads and a connection budget"
@@ -112,6 +112,7 @@ def _ours_run(ctx: Context, web: Nginx, name: str, jobs: int, listed: int, nfile
     run, report = _ours(web.listing_url, dest, log_dir=ctx.logs, name=name, extra=["--jobs", str(jobs)])
     _check_ours(report, listed, name, fetched=listed)
     _check_tree(dest, nfiles, nbytes, name)
+    run.phases = report["phases"]
     return run, dest
 
 
@@ -126,6 +127,11 @@ def _aria_run(ctx: Context, root: Path, name: str, options: Sequence[str], nfile
 
 def _best(runs) -> float:
     return min(r.seconds for r in runs)
+
+
+def _phases(runs) -> str:
+    """Where the best run of ours spent its time (from its Luigi log)."""
+    return "best run of " + fmt_phases(min(runs, key=lambda r: r.seconds).phases)
 
 
 def _all(runs) -> str:
@@ -157,11 +163,13 @@ def throttled_files(ctx: Context, table: Table) -> None:
     table.add("throttled files", f"{what}: ours --jobs 16 vs the best aria2c (best of {rounds})", fmt_s(ours16), peer_name,
               fmt_s(peer), f"{ours16 / peer:.2f}", "≤ 1.0", verdict(ours16 <= peer, ours16, peer),
               f"all runs: ours {_all(runs['ours16'])}; aria2c -j 4 -x 4 -s 4 {_all(runs['aria4x4'])}; "
-              f"aria2c -j 16 {_all(runs['aria16'])}; max RSS ours {fmt_mb(max(r.max_rss_mb for r in runs['ours16']))}")
+              f"aria2c -j 16 {_all(runs['aria16'])}; max RSS ours {fmt_mb(max(r.max_rss_mb for r in runs['ours16']))}; "
+              + _phases(runs["ours16"]))
     ours4, wget = _best(runs["ours4"]), _best(runs["wget"])
     table.add("throttled files", f"{what}: ours --jobs 4 vs wget -xi (best of {rounds})", fmt_s(ours4), "wget -x -i",
               fmt_s(wget), f"{ours4 / wget:.2f}", "wget ÷ ours ≥ 3", verdict(wget / ours4 >= 3, wget / ours4, 3),
-              f"wget ÷ ours = {wget / ours4:.1f}; all runs: ours {_all(runs['ours4'])}; wget {_all(runs['wget'])}")
+              f"wget ÷ ours = {wget / ours4:.1f}; all runs: ours {_all(runs['ours4'])}; wget {_all(runs['wget'])}; "
+              + _phases(runs["ours4"]))
 
 
 def big_throttled(ctx: Context, table: Table) -> None:
@@ -185,7 +193,7 @@ def big_throttled(ctx: Context, table: Table) -> None:
               f"(best of {rounds})", fmt_s(best), "aria2c -x 8 -s 8", fmt_s(peer), f"{best / peer:.2f}", "≤ 1.0",
               verdict(best <= peer, best, peer),
               f"all runs: ours {_all(ours)}; aria2c {_all(aria)}; max RSS ours {fmt_mb(max(r.max_rss_mb for r in ours))}, "
-              f"aria2c {fmt_mb(max(r.max_rss_mb for r in aria))}")
+              f"aria2c {fmt_mb(max(r.max_rss_mb for r in aria))}; " + _phases(ours))
     table.add("one big file, throttled", "no-change rerun of the same mirror: bodies fetched", str(traffic["bodies"]),
               "", "", "", "0", verdict(traffic["bodies"] == 0), f"{traffic['requests']} requests, {fmt_s(rerun.seconds)}")
 
@@ -209,7 +217,8 @@ def big_unthrottled(ctx: Context, table: Table) -> None:
     table.add("one big file, unthrottled", f"1 file of {label}, loopback: ours (default --jobs 4) vs wget "
               f"(best of {rounds})", fmt_s(best), "wget -x -i", fmt_s(peer), f"{best / peer:.2f}", "≤ 1.1",
               verdict(best <= 1.1 * peer, best, 1.1 * peer),
-              f"all runs: ours {_all(ours)}; wget {_all(wget)}; max RSS ours {fmt_mb(max(r.max_rss_mb for r in ours))}")
+              f"all runs: ours {_all(ours)}; wget {_all(wget)}; max RSS ours {fmt_mb(max(r.max_rss_mb for r in ours))}; "
+              + _phases(ours))
 
 
 SCENARIOS = {"throttled_files": throttled_files, "big_throttled": big_throttled, "big_unthrottled": big_unthrottled}
