@@ -141,7 +141,6 @@ def check_space(ws: Workspace, entries: List[Dict]) -> int:
 class DownloadOutcome:
     fetched: List[str] = field(default_factory=list)
     failed: Dict[str, str] = field(default_factory=dict)
-    slowed_down: str = ""  # what 429/503 answers did to the number of connections, if any
 
 
 def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: str, timeout: float,
@@ -214,9 +213,8 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
     run_concurrently(transfers.worker, range(jobs), jobs, stop)
     for path, message in sorted(outcome.failed.items()):
         ws.note_failure(run_id, "file", message, path)
-    if transfers.slowdown is not None:
-        outcome.slowed_down = transfers.slowdown.message()
-        ws.note_failure(run_id, "slowdown", outcome.slowed_down)
+    if transfers.slowdown is not None:  # for the run summary (``summarize``)
+        ws.note_failure(run_id, "slowdown", transfers.slowdown.message())
     return outcome
 
 
