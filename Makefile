@@ -30,7 +30,7 @@ help:
 	@echo "make plan   [MIRROR=DIR] [CHUNK_SIZE=...] [STICK_SIZE=64GB] [SINCE=...]"
 	@echo "make verify BUNDLE=DIR                 (ARGS=--partial: one stick of several)"
 	@echo "make unpack BUNDLE=DIR [AMSHOME=DIR]   (AMSHOME from the environment when set there)"
-	@echo "make bench                         benchmarks against wget, 7zz and sha256sum (docs/benchmarks.md)"
+	@echo "make bench                         benchmarks against wget, aria2c, 7zz and sha256sum (docs/benchmarks.md)"
 	@echo "make wheels                        the tool and its dependencies as wheels, for offline installs"
 	@echo ""
 	@echo "variables (now):"
@@ -94,6 +94,7 @@ unpack: venv
 
 bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
+	$(BIN)/python -m bench.transfer $(ARGS)
 	$(BIN)/python -m bench.airgap $(ARGS)
 	$(BIN)/python -m bench.stable $(ARGS)
 	$(BIN)/python -m bench.updates $(ARGS)

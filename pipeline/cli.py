@@ -290,6 +290,8 @@ def _print_mirror_summary(s: Dict, args, several: bool) -> None:
         say(f"  ... and {len(s['skipped_unauthorized']) - 10} more skipped")
     for path in s["failed"][:10]:
         say(f"  failed: {path}")
+    for message in s.get("slowed_down", []):
+        say(f"  {message}")
 
 
 def _print_pruned(pruned: Dict[str, List[str]], args) -> None:

@@ -2,11 +2,14 @@
 
 Connection errors, 5xx and 429 (honouring ``Retry-After``) are retried by urllib3's ``Retry``
 inside the adapter. A body cut mid-stream cannot be retried there, so ``fetch_to_part`` spends
-the same ``Retry`` budget on resuming at the byte with ``Range`` + ``If-Range``.
+the same ``Retry`` budget on resuming at the byte with ``Range`` + ``If-Range``. Body downloads
+use :func:`body_session`, whose ``Retry`` leaves 429 and 503 alone: those raise
+:class:`ServerBusy`, so the code that schedules connections (``segments``) can open fewer.
 """
 
 import base64
 import contextlib
+import email.utils
 import errno
 import hashlib
 import json
@@ -45,6 +48,8 @@ LISTING_CONNECT_TIMEOUT = 5.0
 LISTING_BACKOFF_MAX = 2.0
 #: A retry of a file that waits at least this long (seconds) is said on the terminal.
 ANNOUNCE_BACKOFF = 2.0
+# "Too many requests" / "unavailable": the server asks for less; body downloads hand them to the scheduler.
+BUSY_STATUSES = (429, 503)
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
 # after a cut at most this much is fetched again.
 STREAM_BLOCK = 128 * 1024
@@ -213,8 +218,9 @@ class _Retry(Retry):
         return retry
 
 
-def make_retry(retries: int, backoff: float, *, announce_after: Optional[float] = ANNOUNCE_BACKOFF,
-               backoff_max: float = 120.0) -> Retry:
+def make_retry(retries: int, backoff: float, statuses=RETRY_STATUSES, *,
+               announce_after: Optional[float] = ANNOUNCE_BACKOFF, backoff_max: float = 120.0) -> Retry:
+    """urllib3's retries; with ``statuses`` lacking 429 and 503, those answers are returned, Retry-After or not."""
     retry = _Retry(
         total=retries,
         connect=retries,
@@ -222,9 +228,9 @@ def make_retry(retries: int, backoff: float, *, announce_after: Optional[float] 
         status=retries,
         other=retries,
         backoff_factor=backoff,
-        status_forcelist=RETRY_STATUSES,
+        status_forcelist=statuses,
         allowed_methods=frozenset({"GET", "HEAD"}),
-        respect_retry_after_header=True,
+        respect_retry_after_header=429 in statuses,  # else urllib3 retries any 429/503 that sends Retry-After
         raise_on_status=False,
         backoff_max=backoff_max,
     )
@@ -254,6 +260,24 @@ def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True,
     session.retry_template = make_retry(retries, backoff)  # budget for mid-body resumes
     session.pool_size = max(pool_size, 4)
     return session
+
+
+def body_session(session: requests.Session, pool_size: int) -> requests.Session:
+    """A session like ``session`` (auth, TLS, User-Agent, retry budget) for body downloads over up to
+    ``pool_size`` connections, whose adapter does not retry 429/503 itself: they raise
+    :class:`ServerBusy` instead, for the scheduler to lower the number of connections."""
+    retry = session.retry_template
+    body = requests.Session()
+    adapter = HTTPAdapter(max_retries=make_retry(retry.total, retry.backoff_factor,
+                                                 tuple(s for s in RETRY_STATUSES if s not in BUSY_STATUSES)),
+                          pool_connections=4, pool_maxsize=max(pool_size, 4))
+    body.mount("http://", adapter)
+    body.mount("https://", adapter)
+    body.headers.update(session.headers)
+    body.auth, body.verify, body.trust_env = session.auth, session.verify, session.trust_env
+    body.retry_template = retry
+    body.pool_size = max(pool_size, 4)
+    return body
 
 
 def _request(session: requests.Session, method: str, url: str, timeout, what: str = "", **kwargs) -> requests.Response:
@@ -392,7 +416,7 @@ def same_file(remote: RemoteInfo, etag: Optional[str], last_modified: Optional[s
     return None
 
 
-def _resume_point(part: Path, remote: RemoteInfo) -> int:
+def resume_point(part: Path, remote: RemoteInfo) -> int:
     """Bytes of ``part`` that belong to the file the server serves now (0 when unknown or stale)."""
     if if_range_validator(remote) is None:
         return 0
@@ -451,6 +475,31 @@ class FileChanged(FetchError):
     """The server now serves other bytes than the HEAD answer this run planned with."""
 
 
+def changed_message(url: str) -> str:
+    return (f"{redact(url)} changed on the server during this run (its validators no longer match); "
+            "not stored: run mirror again to fetch the new version")
+
+
+class ServerBusy(FetchError):
+    """429 or 503: the server asks for fewer requests (``retry_after``: its Retry-After in seconds, if any)."""
+
+    def __init__(self, url: str, status: int, retry_after: Optional[float]):
+        super().__init__(f"cannot fetch {redact(url)}: HTTP {status} (the server is busy)")
+        self.status, self.retry_after = status, retry_after
+
+
+def _busy(resp: requests.Response, url: str) -> ServerBusy:
+    value = (resp.headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        retry_after = float(value)
+    else:
+        try:
+            retry_after = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time()) if value else None
+        except (TypeError, ValueError):
+            retry_after = None
+    return ServerBusy(url, resp.status_code, retry_after)
+
+
 @dataclass(frozen=True)
 class LowSpeed:
     """Give up an attempt whose average rate stays below ``limit`` bytes/s for ``seconds``
@@ -484,7 +533,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     while True:
         if stop.is_set():
             raise Stopped()
-        offset = _resume_point(part, remote)
+        offset = resume_point(part, remote)
         hasher = hashlib.sha256()
         if offset:
             with open(part, "rb") as f:
@@ -502,19 +551,20 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                 if resp.status_code == 416 and offset:
                     _discard(part)
                     continue
+                if resp.status_code in BUSY_STATUSES:
+                    raise _busy(resp, url)
                 if resp.status_code not in (200, 206) or (resp.status_code == 206 and not offset):
                     raise FetchError(f"cannot fetch {redact(url)}: HTTP {resp.status_code}")
                 if same_file(remote, etag, last_modified) is False:
                     _discard(part)
-                    raise FileChanged(f"{redact(url)} changed on the server during this run (its validators no "
-                                      "longer match); not stored: run mirror again to fetch the new version")
+                    raise FileChanged(changed_message(url))
                 if resp.status_code == 206:
                     start, total = _content_range(resp)
                     if start != offset or same_file(remote, etag, last_modified) is None or \
                             (expected is not None and total not in (None, expected)):
                         # a range we cannot tie to the bytes we hold: start again from byte 0
                         _discard(part)
-                        retry = _spend(retry, url, FetchError(f"unusable 206 ({resp.headers.get('Content-Range')!r})"))
+                        retry = spend(retry, url, FetchError(f"unusable 206 ({resp.headers.get('Content-Range')!r})"))
                         continue
                 else:
                     offset, hasher = 0, hashlib.sha256()
@@ -531,7 +581,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                     with open(part, "r+b" if offset else "wb") as out:
                         out.seek(offset)
                         out.truncate()
-                        cut = _stream_into(resp, out, hasher, on_bytes, low_speed)
+                        cut = stream_into(resp, _writer(out, hasher), on_bytes, low_speed)
                         size = out.tell()
                         if cut is None:
                             out.flush()
@@ -542,7 +592,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
         if stop.is_set():
             raise Stopped()
         if cut is not None:
-            retry = _spend(retry, url, cut)
+            retry = spend(retry, url, cut)
             continue
         if expected is not None and size != expected:
             # the body ended cleanly at another length than announced (e.g. chunked on the fly)
@@ -553,9 +603,56 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                            transferred)
 
 
-def _stream_into(resp: requests.Response, out, hasher, on_bytes: Callable[[int], None],
-                 low_speed: LowSpeed) -> Optional[Exception]:
-    """Copy the raw body (never decoded) into ``out``; return what cut it (network error, too slow).
+class UnusableRange(FetchError):
+    """A 206 that cannot be tied to the bytes asked for (another first byte, another length, no validator)."""
+
+
+def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: int, end: int,
+              timeout: float) -> requests.Response:
+    """GET bytes [start, end) of the file ``remote`` describes, tied to it by ``If-Range``.
+
+    Returns the streaming response: a 206 whose body starts at ``start``, or a 200 carrying the
+    whole file (a server that does not honour Range). Anything else raises: 429/503
+    :class:`ServerBusy`, other validators (or a 416: the file got shorter) :class:`FileChanged`, a
+    206 that names other bytes :class:`UnusableRange`, a 200 of another length than HEAD said.
+    """
+    headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}",
+               "If-Range": if_range_validator(remote)}
+    resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
+    try:
+        status = resp.status_code
+        if status in (401, 403):
+            raise Unauthorized(f"HTTP {status} for {redact(url)}")
+        if status in BUSY_STATUSES:
+            raise _busy(resp, url)
+        same = same_file(remote, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+        if same is False or status == 416:
+            raise FileChanged(changed_message(url))
+        if status not in (200, 206):
+            raise FetchError(f"cannot fetch {redact(url)}: HTTP {status}")
+        if status == 206:
+            first, total = _content_range(resp)
+            if first != start or total != remote.size or same is None:
+                raise UnusableRange(f"unusable 206 ({resp.headers.get('Content-Range')!r})")
+        elif _content_length(resp) not in (None, remote.size):
+            raise FetchError(f"{redact(url)}: the server announces {_content_length(resp)} bytes on GET but "
+                             f"{remote.size} on HEAD; not stored")
+    except BaseException:
+        resp.close()
+        raise
+    return resp
+
+
+def _writer(out, hasher) -> Callable[[bytes], None]:
+    def write(block: bytes) -> None:
+        out.write(block)
+        hasher.update(block)
+    return write
+
+
+def stream_into(resp: requests.Response, write: Callable[[bytes], None], on_bytes: Callable[[int], None],
+                low_speed: LowSpeed) -> Optional[Exception]:
+    """Hand the raw body (never decoded) to ``write``; return what cut it (network error, too slow).
 
     ``read1`` returns what has arrived instead of waiting for a whole block, so a trickle is
     measured as it comes. Local write errors propagate (a full disk is not worth a retry).
@@ -568,8 +665,7 @@ def _stream_into(resp: requests.Response, out, hasher, on_bytes: Callable[[int],
             return exc
         if not block:
             return None
-        out.write(block)
-        hasher.update(block)
+        write(block)
         on_bytes(len(block))
         if low_speed.limit:
             window_bytes += len(block)
@@ -601,7 +697,7 @@ def _content_length(resp: requests.Response) -> Optional[int]:
     return int(value) if value.isdigit() else None
 
 
-def _spend(retry: Retry, url: str, exc: BaseException) -> Retry:
+def spend(retry: Retry, url: str, exc: BaseException) -> Retry:
     """Charge one failed attempt to the urllib3 retry budget, sleep its backoff, or give up."""
     try:
         retry = retry.increment(method="GET", url=url, error=_as_urllib3(exc))

@@ -17,11 +17,13 @@ import requests
 from amsrepomirror import __version__
 from amsrepomirror.errors import AuthError, DiskSpaceError, IntegrityError, MirrorError, UsageError
 from amsrepomirror.online.http import (
+    FetchResult,
     LowSpeed,
     RemoteInfo,
     ServerNotAuthenticated,
     Stopped,
     StopSignal,
+    body_session,
     fetch_text,
     fetch_to_part,
     probe,
@@ -29,6 +31,7 @@ from amsrepomirror.online.http import (
 from amsrepomirror.online.listing import ListedFile, excluded_platforms, parse_listing, redact, select_platforms
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress, CountProgress
+from amsrepomirror.online.segments import SegmentPolicy, Transfers, drop_ranges_record
 from amsrepomirror.online.workspace import FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, require_free_space
 from amsrepomirror.util.hashing import sha256_file
@@ -152,16 +155,23 @@ class DownloadOutcome:
 def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: str, timeout: float,
                  on_bytes: Callable[[int], None], *, stop: Optional[StopSignal] = None,
                  low_speed: LowSpeed = LowSpeed()) -> None:
-    """Fetch one file into its ``.part``, then move it into the mirror and write its record.
+    """Fetch one file into its ``.part`` as one stream, then move it into the mirror and write its record.
 
     Only a part that ``fetch_to_part`` accepted (the length and validators of this run's HEAD
     answer) is moved into the mirror; anything else raises and leaves the mirror as it was.
     """
-    rel, part = entry["path"], ws.part_path(entry["path"])
+    part = ws.part_path(entry["path"])
     remote = RemoteInfo(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
     with local_writes(str(part)):
         part.parent.mkdir(parents=True, exist_ok=True)
+    drop_ranges_record(part)  # ranges of an earlier run describe a part this stream rewrites
     result = fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes, stop=stop, low_speed=low_speed)
+    install_part(ws, entry, result, run_id)
+
+
+def install_part(ws: Workspace, entry: Dict, result: FetchResult, run_id: str) -> None:
+    """Move an accepted ``.part`` into the mirror and write its record (the old record goes first)."""
+    rel, part = entry["path"], ws.part_path(entry["path"])
     target = ws.file(rel)
     with local_writes(str(target)):
         ws.clear_way(rel)
@@ -174,14 +184,18 @@ def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: 
 
 
 def download_many(session: requests.Session, ws: Workspace, entries: List[Dict], run_id: str, *, jobs: int,
-                  timeout: float, progress: Optional[ByteProgress], low_speed: LowSpeed = LowSpeed()) -> DownloadOutcome:
-    """Fetch entries with ``jobs`` concurrent connections; one failure does not stop the others.
+                  timeout: float, progress: Optional[ByteProgress], low_speed: LowSpeed = LowSpeed(),
+                  segments: SegmentPolicy = SegmentPolicy()) -> DownloadOutcome:
+    """Fetch entries over at most ``jobs`` concurrent connections (files and byte ranges together,
+    largest file first, large files as several ranges: ``segments.Transfers``); one failure does
+    not stop the others. 429/503 answers lower the number of connections for a while.
 
     A 401 here, after HEAD was allowed, is a failure like any other (the HEAD probe is where
     unlicensed files are sorted out).
     """
     outcome = DownloadOutcome()
     stop = StopSignal()
+    bodies = body_session(session, jobs)
 
     def on_bytes(n):
         if stop.is_set():
@@ -189,25 +203,31 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
         if progress:
             progress.update(n)
 
-    def work(entry):
-        if stop.is_set():
-            return
-        try:
-            download_one(session, ws, entry, run_id, timeout, on_bytes, stop=stop, low_speed=low_speed)
-            outcome.fetched.append(entry["path"])
-            if progress:
-                progress.file_done()
-        except Stopped:
-            pass
-        except (DiskSpaceError, AuthError):
-            raise  # no other file can do better: stop the run
-        except MirrorError as exc:
-            outcome.failed[entry["path"]] = str(exc)
+    def fetch_whole(entry):
+        download_one(bodies, ws, entry, run_id, timeout, on_bytes, stop=stop, low_speed=low_speed)
+        outcome.fetched.append(entry["path"])
+        if progress:
+            progress.file_done()
 
-    # Largest first: the long transfers start early and the last minutes keep every connection busy.
-    run_concurrently(work, sorted(entries, key=lambda e: -(e.get("size") or 0)), jobs, stop)
+    def done(entry, result):
+        install_part(ws, entry, result, run_id)
+        outcome.fetched.append(entry["path"])
+        if progress:
+            progress.file_done()
+
+    def failed(entry, exc):
+        if isinstance(exc, (DiskSpaceError, AuthError)):
+            raise exc  # no other file can do better: stop the run
+        outcome.failed[entry["path"]] = str(exc)
+
+    transfers = Transfers(bodies, entries, ws.part_path, jobs=jobs, policy=segments, timeout=timeout,
+                          low_speed=low_speed, stop=stop, on_bytes=on_bytes, fetch_whole=fetch_whole,
+                          on_done=done, on_failed=failed)
+    run_concurrently(transfers.worker, range(jobs), jobs, stop)
     for path, message in sorted(outcome.failed.items()):
         ws.note_failure(run_id, "file", message, path)
+    if transfers.slowdown is not None:  # for the run summary (``summarize``)
+        ws.note_failure(run_id, "slowdown", transfers.slowdown.message())
     return outcome
 
 
@@ -261,7 +281,9 @@ def drop_stale_parts(ws: Workspace, snapshot: Dict) -> None:
         ws.drop_parts()
         return
     for entry in snapshot["files"]:
-        ws.part_path(entry["path"]).unlink(missing_ok=True)
+        part = ws.part_path(entry["path"])
+        part.unlink(missing_ok=True)
+        drop_ranges_record(part)
 
 
 def selected_paths(snapshot: Dict) -> List[str]:
@@ -358,5 +380,6 @@ def summarize(ws: Workspace, run_id: str, snapshot: Optional[Dict], elapsed: flo
         "bytes_transferred": transferred,
         "seconds": round(elapsed, 3),
         "rate_bytes_per_second": round(transferred / elapsed) if elapsed > 0 else 0,
-        "errors": [f["message"] for f in failures if f["kind"] != "file"],
+        "errors": [f["message"] for f in failures if f["kind"] not in ("file", "slowdown")],
+        "slowed_down": [f["message"] for f in failures if f["kind"] == "slowdown"],
     }

@@ -191,10 +191,12 @@ class Workspace:
         shutil.rmtree(self.state / "parts", ignore_errors=True)
 
     def part_bytes(self, rel: str) -> int:
+        """Bytes a partial download holds (ranges are written at their offsets: holes do not count)."""
         try:
-            return self.part_path(rel).stat().st_size
+            st = self.part_path(rel).stat()
         except OSError:
             return 0
+        return min(st.st_size, st.st_blocks * 512)
 
     def note_failure(self, run_id: str, kind: str, message: str, path: str = "") -> None:
         """Append a failure for the run summary; safe from several processes (O_APPEND, one write)."""

@@ -10,8 +10,10 @@ import luigi
 from amsrepomirror.errors import MirrorError, exit_code_for
 from amsrepomirror.online.http import LowSpeed
 from amsrepomirror.online.listing import compile_platform_rules
+from amsrepomirror.online.segments import SegmentPolicy
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.time import utc_stamp
+from amsrepomirror.util.units import parse_size
 
 
 def new_run_id() -> str:
@@ -31,8 +33,14 @@ class http(luigi.Config):
     low_speed_limit = luigi.IntParameter(description="bytes/s below which an attempt is given up (0: off)")
     low_speed_time = luigi.FloatParameter(description="... when the rate stays below it this many seconds")
 
+    segment_threshold = luigi.Parameter(description="files of this size or more are fetched as several byte ranges")
+    max_ranges_per_file = luigi.IntParameter(description="at most this many ranges of one file at once")
+
     def low_speed(self) -> LowSpeed:
         return LowSpeed(self.low_speed_limit, self.low_speed_time)
+
+    def segments(self) -> SegmentPolicy:
+        return SegmentPolicy(threshold=parse_size(self.segment_threshold), max_ranges=max(1, self.max_ranges_per_file))
 
 
 def platform_rules():

@@ -93,7 +93,7 @@ class DownloadFile(MirrorTask):
         bar = progress.for_run(self.run_id, sync.bytes_to_fetch(self.workspace, entries))
         outcome = sync.download_many(self.requires().session(), self.workspace, entries, self.run_id,
                                      jobs=self.jobs, timeout=http().timeout, progress=bar,
-                                     low_speed=http().low_speed())
+                                     low_speed=http().low_speed(), segments=http().segments())
         if outcome.failed:
             first = sorted(outcome.failed.items())[0][1]
             raise FetchError(f"{len(outcome.failed)} of {len(entries)} file(s) could not be fetched; first: {first}")

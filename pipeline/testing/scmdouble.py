@@ -379,6 +379,7 @@ class RequestRecord:
     body_bytes: int = 0
     fault: Optional[str] = None  # "cut", "stall", "status" when a fault switch fired
     tls: Optional[str] = None  # TLS version of the connection (e.g. "TLSv1.3"); None over plain HTTP
+    concurrent: int = 0  # requests being answered when this one arrived, itself included
     started: float = field(default_factory=time.monotonic)
     duration: Optional[float] = None  # set when the handler finished (informational)
 
@@ -548,6 +549,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             rec.duration = time.monotonic() - rec.started
             self._rec = None
+            with double._lock:
+                double._in_flight -= 1
 
     def _serve_inner(self, double: "ScmDouble", head: bool, path: str, relpath: Optional[str], rec: RequestRecord):
         segments = path.split("/")
@@ -617,7 +620,9 @@ class _Handler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         if range_header is not None:
             if_range = self.headers.get("If-Range")
-            if if_range is None or quirks.get("ignore_if_range") or _if_range_matches(if_range, etag, mtime):
+            if quirks.get("ignore_range"):
+                pass  # a server without range support: every GET is the whole file, with a 200
+            elif if_range is None or quirks.get("ignore_if_range") or _if_range_matches(if_range, etag, mtime):
                 byte_range = _parse_range(range_header, size)
         if byte_range == "unsatisfiable":
             self.send_response(416)
@@ -642,7 +647,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(announced))
-        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Accept-Ranges", "none" if quirks.get("ignore_range") else "bytes")
         if quirks.get("gzip_on_the_fly") or quirks.get("content_encoding"):
             self.send_header("Content-Encoding", quirks.get("content_encoding") or "gzip")
         for k, v in validators.items():
@@ -811,6 +816,7 @@ class ScmDouble:
         self._faults: List[_Fault] = []
         self._quirks: List[Tuple[str, Dict[str, object]]] = []
         self._rate: Optional[int] = None
+        self._in_flight = 0  # requests being answered now
         self._conns: set = set()
         self._stopping = threading.Event()
         self._httpd: Optional[_Server] = None
@@ -918,6 +924,8 @@ class ScmDouble:
 
     def _append(self, rec: RequestRecord) -> None:
         with self._lock:
+            self._in_flight += 1
+            rec.concurrent = self._in_flight
             self._log.append(rec)
 
     def _register(self, conn) -> None:
@@ -968,17 +976,18 @@ class ScmDouble:
 
     def misbehave(self, glob: str = "*", *, head_length: int = 0, ignore_if_range: bool = False,
                   content_encoding: Optional[str] = None, gzip_on_the_fly: bool = False,
-                  etag: Optional[str] = None) -> None:
+                  etag: Optional[str] = None, ignore_range: bool = False) -> None:
         """Lasting quirks of real servers, for files matching ``glob`` (until ``clear_faults``):
 
         ``head_length``: HEAD announces this many bytes more (or fewer) than GET sends;
         ``ignore_if_range``: honour Range even when If-Range no longer matches (splices a resume);
         ``content_encoding``: label bodies with this Content-Encoding, bytes unchanged (a common
         setting for files that are gzip on disk); ``gzip_on_the_fly``: gzip 200 bodies and announce
-        the compressed length; ``etag``: "weak" sends a weak tag, "none" sends no ETag at all.
+        the compressed length; ``etag``: "weak" sends a weak tag, "none" sends no ETag at all;
+        ``ignore_range``: answer every GET with the whole file and a 200, Range or not.
         """
-        quirks = {"head_length": head_length, "ignore_if_range": ignore_if_range,
-                  "content_encoding": content_encoding, "gzip_on_the_fly": gzip_on_the_fly, "etag": etag}
+        quirks = {"head_length": head_length, "ignore_if_range": ignore_if_range, "content_encoding": content_encoding,
+                  "gzip_on_the_fly": gzip_on_the_fly, "etag": etag, "ignore_range": ignore_range}
         with self._lock:
             self._quirks.append((glob, {k: v for k, v in quirks.items() if v}))
 

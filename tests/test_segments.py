@@ -1,0 +1,167 @@
+"""Large files as parallel byte ranges under one connection budget: every guarantee of one stream holds.
+
+Each test drives the real `amsrepomirror mirror` command against the SCM double with a large file
+(fetched as ranges: the test settings lower the threshold), a fault switched on, and asserts the
+tree's hashes and the exit code.
+"""
+
+import json
+import signal
+import time
+
+from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
+
+from amsrepomirror.testing.scmdouble import change_file, write_file, write_listing
+
+VERSION = "AMS2026.1"
+HUGE = "linux/x86_64/huge-2026.101.tar.zst"
+MiB = 1024 * 1024
+
+
+def settings(tmp_path, **http):
+    """A luigi.cfg for one test: quick retries, and files of 4 MiB or more fetched as ranges."""
+    values = {"retries": 3, "backoff": 0.1, "timeout": 10, "segment_threshold": "4MiB", **http}
+    path = tmp_path / "luigi.cfg"
+    path.write_text("[http]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
+    return cli_env(LUIGI_CONFIG_PATH=str(path))
+
+
+def add_huge(double, root, size=24 * MiB):
+    write_file(root, HUGE, size)
+    write_listing(root, VERSION, double.base_url)
+
+
+def mirror(double, dest, *extra, env, timeout=240):
+    return run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION),
+                   *extra, env=env, timeout=timeout)
+
+
+def huge_gets(double):
+    return double.records("GET", HUGE)
+
+
+def without(tree, path):
+    return {p: h for p, h in tree.items() if p != path}
+
+
+def test_drops_in_several_ranges_give_the_exact_file(scm_double, repo_tree, tmp_path):
+    add_huge(scm_double, repo_tree)
+    scm_double.throttle(12 * MiB)  # slow enough that the file is split while its first range runs
+    scm_double.cut_after(HUGE, nbytes=MiB, times=4, method="GET")  # the first four bodies drop after 1 MiB
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, "--jobs", "6", env=settings(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    gets = huge_gets(scm_double)
+    cut = [r for r in gets if r.fault == "cut"]
+    assert len(cut) == 4 and len({r.range for r in cut}) >= 2  # drops hit different ranges
+    assert all(r.status == 206 and r.if_range for r in gets)  # every request a range tied to the HEAD answer
+    assert sum(r.body_bytes for r in gets) < 24 * MiB + 8 * MiB  # each range resumed where it dropped
+    assert not list((dest / ".amsrepomirror").rglob("*.part*"))
+    scm_double.clear_log()
+    assert mirror(scm_double, dest, "--deep", env=settings(tmp_path)).returncode == 0
+    assert not [r for r in scm_double.records("GET") if r.body_bytes and not r.relpath.startswith("listings/")]  # 0 bodies
+
+
+def _ranges_record(dest):
+    for path in (dest / ".amsrepomirror" / "parts").rglob("*.ranges"):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def test_kill_9_with_ranges_half_done_resumes_every_range(scm_double, repo_tree, tmp_path):
+    add_huge(scm_double, repo_tree, 32 * MiB)
+    scm_double.throttle(2 * MiB)
+    dest, env = tmp_path / "m", settings(tmp_path)
+    proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url",
+                     scm_double.listing_url(VERSION), "--jobs", "4", env=env)
+    try:
+        deadline, record = time.monotonic() + 120, None
+        while time.monotonic() < deadline:
+            record = _ranges_record(dest)
+            if record and sum(1 for start, end, pos in record["extents"] if pos > start) >= 3:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    record = _ranges_record(dest)  # as the killed run left it
+    assert record and sum(1 for start, end, pos in record["extents"] if pos > start) >= 3, record
+    assert not (dest / HUGE).exists()
+    scm_double.clear_log()
+    result = mirror(scm_double, dest, "--jobs", "4", env=env)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    gets = huge_gets(scm_double)
+    starts = {int(r.range.split("=")[1].split("-")[0]) for r in gets}
+    assert {pos for start, end, pos in record["extents"] if start < pos < end} <= starts  # each range went on where it stopped
+    written = [(start, pos) for start, end, pos in record["extents"] if pos > start]
+    assert not [s for s in starts if any(a <= s < b for a, b in written)]  # no recorded byte asked for again
+    assert sum(r.body_bytes for r in gets) < 32 * MiB
+    assert mirror(scm_double, dest, "--deep", env=env).returncode == 0
+
+
+def test_server_ignoring_range_falls_back_to_one_stream(scm_double, repo_tree, tmp_path):
+    add_huge(scm_double, repo_tree)
+    scm_double.misbehave(HUGE, ignore_range=True)
+    scm_double.throttle(12 * MiB)
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, "--jobs", "6", env=settings(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    gets = huge_gets(scm_double)
+    assert all(r.status == 200 for r in gets)
+    assert len(gets) == 1 and gets[0].body_bytes == 24 * MiB  # one stream: never split, nothing fetched twice
+
+
+def test_file_changing_between_two_range_requests_is_caught_never_spliced(scm_double, repo_tree, tmp_path):
+    add_huge(scm_double, repo_tree)
+    scm_double.throttle(12 * MiB)
+    seen = []
+
+    def change_before_the_second_range():
+        seen.append(1)
+        if len(seen) == 2:
+            change_file(repo_tree, HUGE, seed=7)
+
+    scm_double.on_request(HUGE, change_before_the_second_range, times=None, method="GET")
+    dest, env = tmp_path / "m", settings(tmp_path)
+    first = mirror(scm_double, dest, "--jobs", "6", env=env)
+    assert first.returncode == 1, first.stderr
+    assert "changed on the server" in first.stderr
+    assert tree_hashes(dest) == without(served_tree(repo_tree, VERSION), HUGE)  # nothing spliced into the mirror
+    assert not list((dest / ".amsrepomirror").rglob("*.part*"))  # the part and its ranges were dropped
+    scm_double.clear_faults()
+    second = mirror(scm_double, dest, "--jobs", "6", env=env)
+    assert second.returncode == 0, second.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # the new version, whole
+
+
+def test_503_storm_lowers_the_number_of_connections(scm_double, repo_tree, tmp_path):
+    for i in range(36):
+        write_file(repo_tree, f"common/storm/part-{i:02d}.bin", MiB)
+    write_listing(repo_tree, VERSION, scm_double.base_url)
+    scm_double.throttle(2 * MiB)
+    gets = []
+
+    def storm_after_a_while():
+        gets.append(1)
+        if len(gets) == 14:  # all connections busy by now: 6 answers of 503, Retry-After 1
+            scm_double.fail_status("common/storm/*", 503, retry_after=1, times=6, method="GET")
+
+    scm_double.on_request("common/storm/*", storm_after_a_while, times=None, method="GET")
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, "--jobs", "6", env=settings(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    storm = scm_double.records("GET", "common/storm/*")
+    busy = [i for i, r in enumerate(storm) if r.status == 503]
+    assert len(busy) == 6
+    before, after = storm[:busy[0]], storm[busy[-1] + 1:]
+    assert max(r.concurrent for r in before) >= 5  # (the double also counts a request until its handler returns)
+    assert after and max(r.concurrent for r in after) <= 3  # the double counted fewer requests at once
+    assert "slowed down" in result.stdout + result.stderr and "503" in result.stdout + result.stderr
