@@ -93,17 +93,22 @@ def local_writes(what: str):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, busy: str):
-    """Hold an advisory lock on ``path`` (created if needed); UsageError(``busy``) if another process has it."""
+def exclusive_lock(path: Path, busy: str, shared: bool = False):
+    """Hold an advisory lock on ``path`` (created if needed); UsageError(``busy``) if another process has it.
+
+    ``shared``: many holders at once (processes coordinated by a central scheduler), none beside an
+    exclusive holder.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         try:
             if os.name == "nt":
                 import msvcrt  # platform: exists on Windows only
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                if not shared:  # msvcrt has no shared locks
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             else:
                 import fcntl  # platform: exists on POSIX only
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
                 raise UsageError(f"{busy} (lock {path} is held); wait for it to finish") from None
