@@ -84,6 +84,7 @@ bench: venv
 	$(BIN)/python -m bench.airgap $(ARGS)
 	$(BIN)/python -m bench.stable $(ARGS)
 	$(BIN)/python -m bench.updates $(ARGS)
+	$(BIN)/python -m bench.scale $(ARGS)
 
 # Luigi's central scheduler, so that several processes and hosts share a mirror run (--scheduler-url).
 # luigid has no authentication: it listens on loopback unless SCHEDULER_ADDRESS says otherwise

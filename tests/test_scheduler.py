@@ -31,7 +31,8 @@ def luigid(tmp_path):
     """A real luigid on loopback; a dead worker's batch is given up after 3 s (not the default 60 s)."""
     folder = tmp_path / "luigid"
     folder.mkdir()
-    (folder / "luigid.cfg").write_text("[scheduler]\nworker_disconnect_delay = 3\nrecord_task_history = false\n")
+    (folder / "luigid.cfg").write_text("[scheduler]\nworker_disconnect_delay = 3\nprune_on_get_work = true\n"
+                                       "record_task_history = false\n")
     port = free_port()
     env = cli_env(LUIGI_CONFIG_PATH=str(folder / "luigid.cfg"))
     proc = subprocess.Popen([sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address", "127.0.0.1",
@@ -163,6 +164,7 @@ def test_the_mirror_lock_still_keeps_a_local_run_out_of_a_shared_one(many_files,
     shared = popen_cli(*mirror_args(double, dest, "--scheduler-url", luigid))
     wait_for_task(luigid, "DownloadFile", "RUNNING")
     local = run_cli(*mirror_args(double, dest))
+    double.throttle(None)
     shared.communicate(timeout=600)
     assert local.returncode == 2 and "another amsrepomirror run is using the mirror" in local.stderr
     assert shared.returncode == 0
@@ -187,3 +189,22 @@ def test_plain_luigi_runs_against_the_scheduler(scm_double, repo_tree, luigid, t
     assert result.returncode == 0, result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
     assert any(t["name"] == "VerifyTree" and t["status"] == "DONE" for t in scheduler_tasks(luigid, "VerifyTree").values())
+
+
+def test_five_thousand_listed_files_through_the_scheduler_first_run_and_no_op_rerun(luigid, tmp_path):
+    """Many small batches through luigid: complete on the first run, nothing fetched on the rerun (20,000 files
+    and the timing: bench/scale.py)."""
+    root = tmp_path / "scm"
+    make_repository(root, VERSION, tiny=5_000)
+    dest = tmp_path / "mirror"
+    with ScmDouble(root) as double:
+        first = run_cli(*mirror_args(double, dest, "--scheduler-url", luigid), timeout=1200)
+        assert first.returncode == 0, first.stderr
+        expected = served_tree(root, VERSION)
+        assert len(expected) > 5_000 and tree_hashes(dest) == expected
+        assert max(body_counts(double).values()) == 1
+        double.clear_log()
+        again = run_cli(*mirror_args(double, dest, "--scheduler-url", luigid), timeout=1200)
+        assert again.returncode == 0, again.stderr
+        assert body_counts(double) == collections.Counter()
+        assert tree_hashes(dest) == expected
