@@ -1,6 +1,7 @@
 """``amsrepomirror``: the command line over the task graph. Errors end here as one line and an exit code."""
 
 import argparse
+import contextlib
 import errno
 import hashlib
 import json
@@ -35,7 +36,7 @@ from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import BundleArchive, FetchListing, JoinRun, Unpack, VerifyTree, central, new_run_id, platform_rules
 from amsrepomirror.util import lacking
-from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock
+from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, run_lock
 from amsrepomirror.util.units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
@@ -248,11 +249,18 @@ def use_scheduler(args) -> None:
         raise UsageError("--run-id goes with a central scheduler (--scheduler-url or [core] default-scheduler-url)")
 
 
-def mirror_lock(ws: Workspace, args):
-    """The per-mirror lock: exclusive for a local-scheduler run; shared by the processes a central
-    scheduler coordinates (it never runs one task twice at once), which still keeps a local run out."""
-    return exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}",
-                          shared=bool(args.scheduler_url))
+@contextlib.contextmanager
+def mirror_lock(ws: Workspace, args, run: str = ""):
+    """The per-mirror lock: exclusive for a local-scheduler run. The processes of one shared run
+    under a central scheduler (which never runs one task twice at once) hold it together, and keep
+    out local runs and processes of any other ``run`` (their tasks would write the same files)."""
+    busy = f"another amsrepomirror run is using the mirror {args.mirror}"
+    with exclusive_lock(ws.state / "lock", busy, shared=bool(args.scheduler_url)):
+        if not args.scheduler_url:
+            yield
+            return
+        with run_lock(ws.state / "shared-runs", run or "bundle", busy):
+            yield
 
 
 def run_mirror(args) -> int:
@@ -272,7 +280,7 @@ def mirror_versions(args) -> int:
         say("note: no SCM account found (SCM_USER/SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
     ws = Workspace(args.mirror)
     ws.state.mkdir(parents=True, exist_ok=True)
-    with mirror_lock(ws, args):
+    with mirror_lock(ws, args, "+".join(r["run_id"] for r in runs)):
         return _locked_mirror(args, runs, ws)
 
 
@@ -281,13 +289,12 @@ def _mirror_one_version(args, params: Dict, ws) -> Tuple[Optional[Dict], Dict, L
     started = time.monotonic()
     deep = {} if args.deep is None else {"deep": True}
     log_file = ws.run_dir(params["run_id"]) / "luigi.log"
-    if args.scheduler_url:  # first the shared snapshot, then every process adds every download (JoinRun)
+    if args.scheduler_url:  # the shared snapshot, every process adding every download, the verified tree
         joined = dict(deep, process=central.process_token(), **params)
-        failures = run_graph([JoinRun(stage="listing", **joined)], log_file=log_file, verbose=args.verbose,
-                             scheduler_url=args.scheduler_url)
-        if not failures:
-            failures = run_graph([JoinRun(stage="tree", **joined)], log_file=log_file, verbose=args.verbose,
-                                 scheduler_url=args.scheduler_url)
+        failures = []
+        for stage in ("listing", "downloads", "tree"):
+            failures = failures or run_graph([JoinRun(stage=stage, **joined)], log_file=log_file, verbose=args.verbose,
+                                             scheduler_url=args.scheduler_url)
     else:
         failures = run_graph([VerifyTree(**deep, **params)], log_file=log_file, verbose=args.verbose)
     snapshot_task = FetchListing(**params)

@@ -157,17 +157,20 @@ def test_default_scheduler_url_setting_is_used_and_local_scheduler_overrides_it(
     assert tree_hashes(tmp_path / "mirror") == served_tree(repo_tree, VERSION)
 
 
-def test_the_mirror_lock_still_keeps_a_local_run_out_of_a_shared_one(many_files, luigid, tmp_path):
+def test_the_mirror_lock_keeps_local_runs_and_other_runs_out_of_a_shared_one(many_files, luigid, tmp_path):
     root, double = many_files
     dest = tmp_path / "mirror"
     double.throttle(100_000)
     shared = popen_cli(*mirror_args(double, dest, "--scheduler-url", luigid))
     wait_for_task(luigid, "DownloadFile", "RUNNING")
     local = run_cli(*mirror_args(double, dest))
+    other_run = run_cli(*mirror_args(double, dest, "--scheduler-url", luigid, "--run-id", "another-run"))
     double.throttle(None)
     shared.communicate(timeout=600)
     assert local.returncode == 2 and "another amsrepomirror run is using the mirror" in local.stderr
+    assert other_run.returncode == 2 and "another amsrepomirror run is using the mirror" in other_run.stderr
     assert shared.returncode == 0
+    assert tree_hashes(dest) == served_tree(root, VERSION)
 
 
 def test_failures_of_other_runs_on_the_scheduler_are_not_reported(scm_double, repo_tree, luigid, tmp_path):

@@ -66,15 +66,15 @@ def work_key(params: Dict, listing_sha256: str) -> str:
 
 
 def shared_run_id(url: str, key: str) -> str:
-    """The run id of the run the scheduler still has going for this work (its VerifyTree pending or
-    running, none of its tasks failed), so this process joins it; else a new one, which later
+    """The run id of the run the scheduler still has going for this work (some process's JoinRun
+    pending, none of its tasks failed), so this process joins it; else a new one, which later
     processes will join. A run that failed or ended is never joined: the next run starts afresh."""
     def run_ids(status: str, search: str):
         tasks = _rpc(url, "task_list", status=status, upstream_status="", search=search, limit=False)
         return {t["params"]["run_id"] for t in tasks.values() if t.get("params", {}).get("run_id", "").endswith(key)}
 
     ended = run_ids("FAILED", key) | run_ids("DISABLED", key)
-    live = sorted((run_ids("PENDING", f"VerifyTree {key}") | run_ids("RUNNING", f"VerifyTree {key}")) - ended)
+    live = sorted(run_ids("PENDING", f"JoinRun {key}") - ended)
     return live[-1] if live else f"{utc_stamp()}-{key}"
 
 

@@ -178,17 +178,18 @@ class VerifyTree(MirrorTask):
 class JoinRun(luigi.WrapperTask):
     """One per process working on a shared run under a central scheduler (``process`` tells them apart).
 
-    Its ``stage`` "listing" waits for the run's snapshot; "tree" adds every DownloadFile of the snapshot
-    itself (a dynamic dependency goes only to the worker that yielded it, so the others could not take
-    any) and the run's VerifyTree. Until they are done or have failed it stays pending, which keeps this
+    Each ``stage`` waits for part of the shared graph: "listing" the run's snapshot; "downloads" every
+    DownloadFile of the snapshot, added by this process itself (a dynamic dependency goes only to the
+    worker that yielded it, so the others could not take any); "tree" the run's VerifyTree, which then
+    finds every download done. Until its part is done or has failed it stays pending, which keeps this
     process's worker alive (worker keep-alive) for whatever tasks the scheduler hands it.
     """
 
     process = luigi.Parameter(description="host and pid of the process this task keeps waiting")
-    stage = luigi.ChoiceParameter(choices=["listing", "tree"], description="listing: the snapshot; tree: the verified tree")
+    stage = luigi.ChoiceParameter(choices=["listing", "downloads", "tree"], description="the part of the run to wait for")
 
     def requires(self):
         if self.stage == "listing":
             return self.clone(FetchListing)
         tree = self.clone(VerifyTree)
-        return [tree] + tree.downloads()
+        return tree.downloads() if self.stage == "downloads" else tree
