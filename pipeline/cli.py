@@ -121,10 +121,8 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
     settings.set("core", "no_configure_logging", "true")
     settings.set("worker", "check_complete_on_run", "true")
     if scheduler_url:
-        # Idle workers wait for the tasks other processes still run (JoinRun keeps one pending), and
-        # batches are small enough to spread over the workers.
+        # Idle workers wait for the tasks other processes still run (JoinRun keeps one pending).
         settings.set("worker", "keep_alive", "true")
-        settings.set("DownloadFile", "max_batch_size", settings.get("DownloadFile", "shared_batch_size"))
         result = luigi.build(tasks, scheduler_url=scheduler_url, workers=workers, detailed_summary=True)
     else:
         result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
@@ -284,17 +282,30 @@ def mirror_versions(args) -> int:
         return _locked_mirror(args, runs, ws)
 
 
+def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
+    """One process's part in a run shared under a central scheduler, stage by stage (JoinRun): the
+    snapshot, the downloads (in batches small enough to spread over the workers), the verified tree."""
+    settings = luigi.configuration.get_config()
+    joined = dict(deep, process=central.process_token(), **params)
+    for stage in ("listing", "downloads", "tree"):
+        if stage == "downloads":
+            files = len(FetchListing(**params).snapshot()["files"])
+            settings.set("DownloadFile", "max_batch_size", str(central.batch_size(
+                files, params["jobs"], settings.getint("DownloadFile", "shared_batch_size"))))
+        failures = run_graph([JoinRun(stage=stage, **joined)], log_file=log_file, verbose=args.verbose,
+                             scheduler_url=args.scheduler_url)
+        if failures:
+            return failures
+    return []
+
+
 def _mirror_one_version(args, params: Dict, ws) -> Tuple[Optional[Dict], Dict, List[Dict]]:
     """Run one version's graph: its snapshot (None without a listing), its summary and its failures."""
     started = time.monotonic()
     deep = {} if args.deep is None else {"deep": True}
     log_file = ws.run_dir(params["run_id"]) / "luigi.log"
-    if args.scheduler_url:  # the shared snapshot, every process adding every download, the verified tree
-        joined = dict(deep, process=central.process_token(), **params)
-        failures = []
-        for stage in ("listing", "downloads", "tree"):
-            failures = failures or run_graph([JoinRun(stage=stage, **joined)], log_file=log_file, verbose=args.verbose,
-                                             scheduler_url=args.scheduler_url)
+    if args.scheduler_url:
+        failures = _shared_run(args, params, deep, log_file)
     else:
         failures = run_graph([VerifyTree(**deep, **params)], log_file=log_file, verbose=args.verbose)
     snapshot_task = FetchListing(**params)

@@ -111,6 +111,13 @@ def test_two_processes_share_one_run_each_file_served_once(many_files, luigid, t
     log = (dest / ".amsrepomirror" / "runs" / reports[0]["run_id"] / "luigi.log").read_text()
     assert set(re.findall(r"\[pid (\d+)\] Worker .* running   DownloadFile", log)) == {str(first.pid), str(second.pid)}
 
+    # luigid's page shows each batch's progress and what it did (the API behind the page).
+    batches = [t for t in scheduler_tasks(luigid, f"DownloadFile {reports[0]['run_id']}").values() if t["status"] == "DONE"]
+    messages = {t["status_message"] for t in batches}
+    assert all(re.fullmatch(r"\d+ fetched, 0 failed, \d+ already current of \d+ file\(s\); .* transferred", m or "")
+               for m in messages), messages
+    assert {t["progress_percentage"] for t in batches} == {100}
+
     double.clear_log()
     again = run_cli(*mirror_args(double, dest, "--scheduler-url", luigid))
     assert again.returncode == 0, again.stderr

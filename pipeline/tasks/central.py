@@ -78,6 +78,13 @@ def shared_run_id(url: str, key: str) -> str:
     return live[-1] if live else f"{utc_stamp()}-{key}"
 
 
+def batch_size(files: int, jobs: int, largest: int) -> int:
+    """DownloadFile batch size for a shared run of ``files``: enough batches (16 at least) for the
+    scheduler to spread them over the workers, at least ``jobs`` files so that one batch keeps every
+    connection busy, and never above ``largest`` ([DownloadFile] shared_batch_size)."""
+    return max(1, min(largest, max(jobs, -(-files // 16))))
+
+
 def process_token() -> str:
     """Names this process among the workers of one run (host and pid)."""
     return f"{socket.gethostname()}-{os.getpid()}"
