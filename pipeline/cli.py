@@ -128,7 +128,7 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
         result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
     scheduler, ours = result.worker._scheduler, set(result.worker._scheduled_tasks)
     failures = []
-    failed = {**scheduler.task_list("FAILED", "", search=None, limit=False), **scheduler.task_list("DISABLED", "", limit=False)}
+    failed = {**scheduler.task_list("FAILED", "", limit=False), **scheduler.task_list("DISABLED", "", limit=False)}
     for task_id in sorted(set(failed) & ours):
         expl = scheduler.fetch_error(task_id).get("error") or ""
         try:
@@ -230,12 +230,9 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 def _listing_sha256(params: Dict) -> str:
     """The listing's content as a digest: processes share a run only when they read the same listing."""
     task = FetchListing(**params)
-    text = fetch_text(task.session(), listing_url_for(params["version"], params["listing_url"]), http_timeout())
+    timeout = float(setting(None, "http", "timeout"))
+    text = fetch_text(task.session(), listing_url_for(params["version"], params["listing_url"]), timeout)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def http_timeout() -> float:
-    return float(setting(None, "http", "timeout"))
 
 
 def use_scheduler(args) -> None:
