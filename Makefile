@@ -18,7 +18,7 @@ SINCE ?=
 STICK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
-.PHONY: help venv test lint demo mirror bundle plan verify unpack bench wheels clean
+.PHONY: help venv test lint demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop
 
 help:
 	@echo "make test                          run the test suite (sets up $(VENV))"
@@ -98,6 +98,28 @@ bench: venv
 	$(BIN)/python -m bench.airgap $(ARGS)
 	$(BIN)/python -m bench.stable $(ARGS)
 	$(BIN)/python -m bench.updates $(ARGS)
+	$(BIN)/python -m bench.scale $(ARGS)
+
+# Luigi's central scheduler, so that several processes and hosts share a mirror run (--scheduler-url).
+# luigid has no authentication: it listens on loopback unless SCHEDULER_ADDRESS says otherwise
+# (SCHEDULER_ADDRESS= for every interface): do that only on a trusted network, else use an SSH tunnel.
+SCHEDULER_ADDRESS ?= 127.0.0.1
+SCHEDULER_PORT    ?= 8082
+LUIGID_DIR        ?= .luigid
+
+scheduler: venv
+	@mkdir -p $(LUIGID_DIR)
+	@if [ -f $(LUIGID_DIR)/luigid.pid ] && kill -0 $$(cat $(LUIGID_DIR)/luigid.pid) 2>/dev/null; then \
+		echo "luigid is already running (pid $$(cat $(LUIGID_DIR)/luigid.pid)); make scheduler-stop ends it"; exit 0; fi; \
+	$(BIN)/luigid --background $(if $(SCHEDULER_ADDRESS),--address $(SCHEDULER_ADDRESS)) --port $(SCHEDULER_PORT) \
+		--pidfile $(abspath $(LUIGID_DIR))/luigid.pid --logdir $(abspath $(LUIGID_DIR)) \
+		--state-path $(abspath $(LUIGID_DIR))/state.pickle && \
+	echo "luigid: http://$(or $(SCHEDULER_ADDRESS),<this host>):$(SCHEDULER_PORT)/ (state and log in $(LUIGID_DIR)/); run: \
+	amsrepomirror mirror ... --scheduler-url http://$(or $(SCHEDULER_ADDRESS),<this host>):$(SCHEDULER_PORT)"
+
+scheduler-stop:
+	@if [ -f $(LUIGID_DIR)/luigid.pid ] && kill $$(cat $(LUIGID_DIR)/luigid.pid) 2>/dev/null; then \
+		rm -f $(LUIGID_DIR)/luigid.pid; echo "luigid stopped"; else echo "luigid is not running"; fi
 
 wheels: venv
 	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels .

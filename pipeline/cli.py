@@ -1,10 +1,13 @@
 """``amsrepomirror``: the command line over the task graph. Errors end here as one line and an exit code."""
 
 import argparse
+import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -30,12 +33,13 @@ from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.install import usage_hints
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
+from amsrepomirror.online.http import fetch_text
 from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.tasks import BundleArchive, FetchListing, Unpack, VerifyTree, new_run_id, platform_rules
+from amsrepomirror.tasks import BundleArchive, FetchListing, JoinRun, Unpack, VerifyTree, central, new_run_id, platform_rules
 from amsrepomirror.util import lacking
-from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, why_unwritable
+from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, run_lock, why_unwritable
 from amsrepomirror.util.units import format_size, parse_size
 
 EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
@@ -119,8 +123,10 @@ def _configure_logging(log_file: Optional[Path], verbose: bool) -> None:
             logger.addHandler(logging.NullHandler())
 
 
-def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[Path] = None, verbose: bool = False) -> List[Dict]:
-    """Run tasks with the local scheduler; return the failures (code, message) of failed tasks."""
+def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[Path] = None, verbose: bool = False,
+              scheduler_url: Optional[str] = None) -> List[Dict]:
+    """Run tasks with the local scheduler, or the central one at ``scheduler_url``; return the
+    failures (code, message) of this graph's failed tasks (not those of other runs the scheduler knows)."""
     _configure_logging(log_file, verbose)
     # Shipped defaults for plain luigi runs; forced here so that no settings file can turn them off:
     # this command owns logging, and a task whose output is missing after a successful run() must
@@ -128,16 +134,24 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
     settings = luigi.configuration.get_config()
     settings.set("core", "no_configure_logging", "true")
     settings.set("worker", "check_complete_on_run", "true")
-    result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
-    scheduler = result.worker._scheduler
+    if scheduler_url:
+        # Idle workers wait for the tasks other processes still run (JoinRun keeps one pending).
+        settings.set("worker", "keep_alive", "true")
+        result = luigi.build(tasks, scheduler_url=scheduler_url, workers=workers, detailed_summary=True)
+    else:
+        result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
+    scheduler, ours = result.worker._scheduler, set(result.worker._scheduled_tasks)
     failures = []
-    for task_id in scheduler.task_list("FAILED", ""):
+    failed = {**scheduler.task_list("FAILED", "", limit=False), **scheduler.task_list("DISABLED", "", limit=False)}
+    for task_id in sorted(set(failed) & ours):
         expl = scheduler.fetch_error(task_id).get("error") or ""
         try:
             failure = json.loads(expl)
             failures.append(json.loads(failure) if isinstance(failure, str) else failure)  # luigi may encode it twice
         except ValueError:
-            last_line = expl.strip().splitlines()[-1] if expl.strip() else task_id
+            last_line = expl.strip().splitlines()[-1] if expl.strip() else (
+                f"{failed[task_id].get('name', task_id)} was given up: the process running it stopped or lost the "
+                "scheduler (killed, host down); run the command again")
             failures.append({"code": errors.RUNTIME_FAILURE, "message": last_line})
     if not failures and not result.scheduling_succeeded:
         failures.append({"code": errors.RUNTIME_FAILURE,
@@ -175,6 +189,15 @@ def add_mirror_options(p: argparse.ArgumentParser) -> None:
                    help=f"re-hash every file instead of trusting size+mtime ({setting_default('VerifyTree', 'deep')})")
     p.add_argument("--report", type=Path, metavar="FILE", help="write the run summary as JSON to this file (default: none)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
+    p.add_argument("--scheduler-url", metavar="URL",
+                   help="Luigi's central scheduler (luigid, see make scheduler), so that several processes or hosts "
+                        "share the run (default: [core] default-scheduler-url when set, else a local scheduler)")
+    p.add_argument("--local-scheduler", action="store_true",
+                   help="use a local scheduler even when [core] default-scheduler-url is set")
+    p.add_argument("--run-id", metavar="ID",
+                   help="with a central scheduler: name the shared run (letters, digits, . _ -), so that processes "
+                        "started at once join it; a new ID for each run (default: join the scheduler's live run "
+                        "of the same work, else start one)")
 
 
 def setting(given, section: str, key: str) -> str:
@@ -206,14 +229,60 @@ def _mirror_params(args) -> List[Dict]:
     if not jobs.isdigit() or int(jobs) < 1:
         raise UsageError(f"--jobs must be a whole number of at least 1 (got {jobs})")
     select_platforms([], args.platform, platform_rules())  # refuse unknown platform names up front
-    run_id = new_run_id()
-    return [dict(version=version, mirror=str(args.mirror.absolute()), listing_url=url,
+    if args.run_id is not None and not RUN_ID.fullmatch(args.run_id):
+        raise UsageError(f"--run-id {args.run_id!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
+    run_id = args.run_id or new_run_id()
+    runs = [dict(version=version, mirror=str(args.mirror.absolute()), listing_url=url,
                  platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
                  no_ssl=args.no_ssl, jobs=int(jobs), run_id=run_id if len(pairs) == 1 else f"{run_id}-{version}")
             for version, url in pairs]
+    if args.scheduler_url and not args.run_id:
+        for params in runs:
+            params["run_id"] = central.shared_run_id(args.scheduler_url, central.work_key(params, _listing_sha256(params)))
+    return runs
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _listing_sha256(params: Dict) -> str:
+    """The listing's content as a digest: processes share a run only when they read the same listing."""
+    task = FetchListing(**params)
+    timeout = float(setting(None, "http", "timeout"))
+    text = fetch_text(task.session(), listing_url_for(params["version"], params["listing_url"]), timeout)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def use_scheduler(args) -> None:
+    """Settle args.scheduler_url (None: a local scheduler) and check that a central one answers."""
+    args.scheduler_url = central.configured_url(args.scheduler_url, args.local_scheduler)
+    if args.scheduler_url:
+        central.check_reachable(args.scheduler_url)
+    elif args.run_id is not None:
+        raise UsageError("--run-id goes with a central scheduler (--scheduler-url or [core] default-scheduler-url)")
+
+
+@contextlib.contextmanager
+def mirror_lock(ws: Workspace, args, run: str = ""):
+    """The per-mirror lock: exclusive for a local-scheduler run. The processes of one shared run
+    under a central scheduler (which never runs one task twice at once) hold it together, and keep
+    out local runs and processes of any other ``run`` (their tasks would write the same files)."""
+    busy = f"another amsrepomirror run is using the mirror {args.mirror}"
+    with exclusive_lock(ws.state / "lock", busy, shared=bool(args.scheduler_url)):
+        if not args.scheduler_url:
+            yield
+            return
+        with run_lock(ws.state / "shared-runs", run or "bundle", busy):
+            yield
 
 
 def run_mirror(args) -> int:
+    """The mirror command."""
+    use_scheduler(args)
+    return mirror_versions(args)
+
+
+def mirror_versions(args) -> int:
     """Mirror the listing(s) into --mirror; print the summary; return the exit code."""
 
     runs = _mirror_params(args)
@@ -227,16 +296,36 @@ def run_mirror(args) -> int:
     if None in found:
         say("note: no SCM account found (SCM_USER and SCM_PASSWORD, ~/.netrc or a terminal prompt); trying without one")
     ws.state.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
+    with mirror_lock(ws, args, "+".join(r["run_id"] for r in runs)):
         return _locked_mirror(args, runs, ws)
+
+
+def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
+    """One process's part in a run shared under a central scheduler, stage by stage (JoinRun): the
+    snapshot, the downloads (in batches small enough to spread over the workers), the verified tree."""
+    settings = luigi.configuration.get_config()
+    joined = dict(deep, process=central.process_token(), **params)
+    for stage in ("listing", "downloads", "tree"):
+        if stage == "downloads":
+            files = len(FetchListing(**params).snapshot()["files"])
+            settings.set("DownloadFile", "max_batch_size", str(central.batch_size(
+                files, params["jobs"], settings.getint("DownloadFile", "shared_batch_size"))))
+        failures = run_graph([JoinRun(stage=stage, **joined)], log_file=log_file, verbose=args.verbose,
+                             scheduler_url=args.scheduler_url)
+        if failures:
+            return failures
+    return []
 
 
 def _mirror_one_version(args, params: Dict, ws) -> Tuple[Optional[Dict], Dict, List[Dict]]:
     """Run one version's graph: its snapshot (None without a listing), its summary and its failures."""
     started = time.monotonic()
     deep = {} if args.deep is None else {"deep": True}
-    failures = run_graph([VerifyTree(**deep, **params)], log_file=ws.run_dir(params["run_id"]) / "luigi.log",
-                         verbose=args.verbose)
+    log_file = ws.run_dir(params["run_id"]) / "luigi.log"
+    if args.scheduler_url:
+        failures = _shared_run(args, params, deep, log_file)
+    else:
+        failures = run_graph([VerifyTree(**deep, **params)], log_file=log_file, verbose=args.verbose)
     snapshot_task = FetchListing(**params)
     snapshot = sync.load_snapshot(snapshot_task.output().path) if snapshot_task.complete() else None
     summary = sync.summarize(ws, params["run_id"], snapshot, time.monotonic() - started)
@@ -411,8 +500,9 @@ def run_bundle(args) -> int:
         raise UsageError(f"cannot write the bundle folder --out {args.out}: {why}")
     if args.sign_key is not None and not args.sign_key.is_file():
         raise UsageError(f"--sign-key {args.sign_key} does not exist")
+    use_scheduler(args)
     if not args.offline:
-        code = run_mirror(args)
+        code = mirror_versions(args)
         if code:
             say("bundle: not written, because the mirror is not complete")
             return code
@@ -426,9 +516,9 @@ def run_bundle(args) -> int:
                          since=_delta_base(ws, versions[0], args.since), with_tool=args.with_tool,
                          tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
                          sign_key=str(args.sign_key.absolute()) if args.sign_key else "")
-    with exclusive_lock(ws.state / "lock", f"another amsrepomirror run is using the mirror {args.mirror}"):
+    with mirror_lock(ws, args):
         failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
-                                  verbose=args.verbose))
+                                  verbose=args.verbose, scheduler_url=args.scheduler_url))
     if failure:
         say(f"error: {failure['message']}")
         return failure["code"]

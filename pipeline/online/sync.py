@@ -339,7 +339,7 @@ def prune_unlisted(ws: Workspace, keep: Iterable[str], *, dry_run: bool, force: 
     if dry_run:
         return doomed
     for rel in doomed:
-        ws.file(rel).unlink()
+        ws.file(rel).unlink(missing_ok=True)  # another process of a shared run may have pruned it
         ws.drop_record(rel)
         folder = posixpath.dirname(rel)
         while folder:

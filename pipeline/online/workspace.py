@@ -48,9 +48,9 @@ class FileRecord:
         return True
 
 
-# Records read or written by this process, by record path. One process writes a mirror at a time
-# (the mirror lock), so what it wrote last is what is on disk; a no-op run of 10,000 files reads
-# each record once instead of once per check.
+# Records read or written by this process, by record path: a no-op run of 10,000 files reads each
+# record once instead of once per check. Processes sharing a run under a central scheduler write
+# records too, so a cached record that no longer describes the file on disk is read again.
 _RECORDS: Dict[Path, Optional[FileRecord]] = {}
 
 
@@ -185,7 +185,10 @@ class Workspace:
             st = os.stat(self.file(rel))
         except OSError:
             return None
-        return record if record.matches_stat(st) else None
+        if not record.matches_stat(st):  # perhaps another process fetched it since: its record is on disk
+            _RECORDS.pop(self.record_path(rel), None)
+            record = self.read_record(rel)
+        return record if record is not None and record.matches_stat(st) else None
 
     def drop_parts(self) -> None:
         shutil.rmtree(self.state / "parts", ignore_errors=True)

@@ -10,10 +10,10 @@ under Luigi's files, so ``luigi --module amsrepomirror.tasks VerifyTree ...`` ru
 from amsrepomirror import config
 from amsrepomirror.tasks.base import MirrorTask, ReportsFailure, http, new_run_id, platform_rules
 from amsrepomirror.tasks.bundle import BundleArchive, BundleTarget, VerifiedMirror, WriteChunk
-from amsrepomirror.tasks.mirror import DownloadFile, FetchListing, MirrorFileTarget, VerifyTree
+from amsrepomirror.tasks.mirror import DownloadFile, FetchListing, JoinRun, MirrorFileTarget, VerifyTree
 from amsrepomirror.tasks.unpack import ReceiptTarget, Unpack, unpack
 
-__all__ = ["BundleArchive", "BundleTarget", "DownloadFile", "FetchListing", "MirrorFileTarget", "MirrorTask",
+__all__ = ["BundleArchive", "BundleTarget", "DownloadFile", "FetchListing", "JoinRun", "MirrorFileTarget", "MirrorTask",
            "ReceiptTarget", "ReportsFailure", "Unpack", "VerifiedMirror", "VerifyTree", "WriteChunk", "http",
            "new_run_id", "platform_rules", "unpack"]
 

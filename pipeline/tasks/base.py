@@ -53,6 +53,10 @@ class ReportsFailure:
     """Mixin for every task: a failure becomes one JSON line (exit code, one-line message,
     traceback) that ``cli.run_graph`` reads back from the scheduler and maps to the exit code."""
 
+    # A failed task is not handed out again: under a central scheduler, workers that keep alive
+    # for others' tasks would otherwise wait for (and retry) it forever; the next run retries it.
+    retry_count = 1
+
     def on_failure(self, exception):
         message = str(exception) if isinstance(exception, MirrorError) else f"{exception.__class__.__name__}: {exception}"
         return json.dumps({"code": exit_code_for(exception), "message": message.splitlines()[0] if message else "",

@@ -1,6 +1,8 @@
-"""Mirror wiring: FetchListing → DownloadFile (one per file, batched) → VerifyTree."""
+"""Mirror wiring: FetchListing → DownloadFile (one per file, batched) → VerifyTree; JoinRun for shared runs."""
 
 import json
+import threading
+import time
 import warnings
 
 import luigi
@@ -13,9 +15,10 @@ from amsrepomirror.online.http import make_session
 from amsrepomirror.online.listing import listing_url_for
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks.base import PROCESS_RUN_ID, MirrorTask, http, platform_rules
+from amsrepomirror.util.units import format_size
 
-# max_batch_size in [DownloadFile] is read as a class attribute, not a parameter.
-warnings.filterwarnings("ignore", message=".*'max_batch_size'.*", category=luigi.parameter.UnconsumedParameterWarning)
+# max_batch_size and shared_batch_size in [DownloadFile] are read as settings, not parameters.
+warnings.filterwarnings("ignore", message=".*'(max|shared)_batch_size'.*", category=luigi.parameter.UnconsumedParameterWarning)
 # A task that inherits jobs or deep reads its own section first, then the declaring task's (config_path):
 # one setting for every task, which Luigi calls deprecated but still supports.
 warnings.filterwarnings("ignore", message=r"The use of the configuration \[(FetchListing\] jobs|VerifyTree\] deep)",
@@ -43,6 +46,7 @@ class FetchListing(MirrorTask):
 
     def run(self):
         url = listing_url_for(self.version, self.listing_url)
+        self.set_status_message(f"reading the listing and asking the server about each file ({self.jobs} connections)")
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
                                       timeout=http().timeout)
@@ -63,6 +67,43 @@ class MirrorFileTarget(luigi.Target):
     def exists(self):
         remote = sync.load_snapshot(self.snapshot_path)["by_path"].get(self.path)
         return remote is not None and sync.is_current(self.workspace, remote)
+
+
+class SchedulerProgress:
+    """Bytes go on to the terminal bar as they arrive, and every few seconds to the scheduler (progress
+    percentage and a status line: bytes, rate, files), so luigid's page shows each batch's state."""
+
+    EVERY = 2.0  # seconds between messages to the scheduler
+
+    def __init__(self, task: luigi.Task, bar, total_bytes: int, to_fetch: int, in_batch: int):
+        self.task, self.bar, self.total, self.to_fetch, self.in_batch = task, bar, total_bytes, to_fetch, in_batch
+        self.done, self.started, self.shown = 0, time.monotonic(), 0.0
+        self.lock = threading.Lock()
+        self._show()
+
+    def update(self, n: int) -> None:
+        if self.bar:
+            self.bar.update(n)
+        with self.lock:
+            self.done += n
+            if time.monotonic() - self.shown >= self.EVERY:
+                self._show()
+
+    def file_done(self) -> None:
+        if self.bar:
+            self.bar.file_done()
+
+    def _show(self) -> None:
+        self.shown = time.monotonic()
+        rate = self.done / max(self.shown - self.started, 1e-3)
+        self.task.set_progress_percentage(round(100 * self.done / self.total) if self.total else 0)
+        self.task.set_status_message(f"{format_size(self.done)} of {format_size(self.total)} at {format_size(rate)}/s; "
+                                     f"{self.to_fetch} of {self.in_batch} file(s) in this batch to fetch")
+
+    def finish(self, fetched: int, failed: int) -> None:
+        self.task.set_progress_percentage(100)
+        self.task.set_status_message(f"{fetched} fetched, {failed} failed, {self.in_batch - self.to_fetch} already "
+                                     f"current of {self.in_batch} file(s); {format_size(self.done)} transferred")
 
 
 @inherits(FetchListing)
@@ -90,10 +131,12 @@ class DownloadFile(MirrorTask):
         snapshot = self.requires().snapshot()
         entries = [snapshot["by_path"][p] for p in self.paths()]
         entries = [e for e in entries if not sync.is_current(self.workspace, e)]
-        bar = progress.for_run(self.run_id, sync.bytes_to_fetch(self.workspace, entries))
+        total = sync.bytes_to_fetch(self.workspace, entries)
+        shown = SchedulerProgress(self, progress.for_run(self.run_id, total), total, len(entries), len(self.paths()))
         outcome = sync.download_many(self.requires().session(), self.workspace, entries, self.run_id,
-                                     jobs=self.jobs, timeout=http().timeout, progress=bar,
+                                     jobs=self.jobs, timeout=http().timeout, progress=shown,
                                      low_speed=http().low_speed(), segments=http().segments())
+        shown.finish(len(outcome.fetched), len(outcome.failed))
         if outcome.failed:
             first = sorted(outcome.failed.items())[0][1]
             raise FetchError(f"{len(outcome.failed)} of {len(entries)} file(s) could not be fetched; first: {first}")
@@ -112,9 +155,12 @@ class VerifyTree(MirrorTask):
     def output(self):
         return luigi.LocalTarget(str(self.workspace.run_manifest_path(self.run_id)))
 
+    def downloads(self):
+        return [self.clone(DownloadFile, path=e["path"]) for e in self.requires().snapshot()["files"]]
+
     def run(self):
         snapshot = self.requires().snapshot()
-        downloads = [self.clone(DownloadFile, path=e["path"]) for e in snapshot["files"]]
+        downloads = self.downloads()
         pending = [e for e in snapshot["files"] if not sync.is_current(self.workspace, e)]
         if pending:
             needed = sync.check_space(self.workspace, pending)
@@ -124,8 +170,30 @@ class VerifyTree(MirrorTask):
         if snapshot["failed"]:
             first = snapshot["failed"][0]
             raise FetchError(f"{len(snapshot['failed'])} listed file(s) could not be fetched; first: {first['message']}")
+        self.set_status_message(f"verifying {len(snapshot['files'])} file(s) and writing the manifest")
         manifest = sync.build_manifest(self.workspace, snapshot, self.version, run_id=self.run_id, deep=self.deep)
         sync.drop_stale_parts(self.workspace, snapshot)
         manifest.write(self.workspace.manifest_path(self.version))
         with self.output().open("w") as f:
             f.write(manifest.to_json().decode())
+
+
+@inherits(VerifyTree)
+class JoinRun(luigi.WrapperTask):
+    """One per process working on a shared run under a central scheduler (``process`` tells them apart).
+
+    Each ``stage`` waits for part of the shared graph: "listing" the run's snapshot; "downloads" every
+    DownloadFile of the snapshot, added by this process itself (a dynamic dependency goes only to the
+    worker that yielded it, so the others could not take any); "tree" the run's VerifyTree, which then
+    finds every download done. Until its part is done or has failed it stays pending, which keeps this
+    process's worker alive (worker keep-alive) for whatever tasks the scheduler hands it.
+    """
+
+    process = luigi.Parameter(description="host and pid of the process this task keeps waiting")
+    stage = luigi.ChoiceParameter(choices=["listing", "downloads", "tree"], description="the part of the run to wait for")
+
+    def requires(self):
+        if self.stage == "listing":
+            return self.clone(FetchListing)
+        tree = self.clone(VerifyTree)
+        return tree.downloads() if self.stage == "downloads" else tree

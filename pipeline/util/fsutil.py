@@ -117,17 +117,56 @@ def local_writes(what: str):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path, busy: str):
-    """Hold an advisory lock on ``path`` (created if needed); UsageError(``busy``) if another process has it."""
+def run_lock(folder: Path, run: str, busy: str):
+    """Share ``folder`` with the processes of the same ``run`` only: each holds a shared lock on
+    ``folder/<run>.lock``; a newcomer, holding ``folder/gate`` meanwhile, first checks that no other
+    run's lock is held. UsageError(``busy``) if one is. Without fcntl (Windows) nothing is locked."""
+    try:
+        import fcntl  # platform: exists on POSIX only
+    except ImportError:
+        yield folder
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    gate, own = os.open(folder / "gate", flags, 0o644), os.open(folder / f"{run}.lock", flags, 0o644)
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX)  # held for a moment by each newcomer
+        for other in folder.glob("*.lock"):
+            if other.name == f"{run}.lock":
+                continue
+            fd = os.open(other, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise UsageError(f"{busy} (run {other.stem}); wait for it to finish") from None
+            finally:
+                os.close(fd)
+            other.unlink(missing_ok=True)  # a run nobody works on any more
+        fcntl.flock(own, fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        yield folder
+    finally:
+        os.close(gate)
+        os.close(own)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, busy: str, shared: bool = False):
+    """Hold an advisory lock on ``path`` (created if needed); UsageError(``busy``) if another process has it.
+
+    ``shared``: many holders at once (processes coordinated by a central scheduler), none beside an
+    exclusive holder.
+    """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         try:
             if os.name == "nt":
                 import msvcrt  # platform: exists on Windows only
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                if not shared:  # msvcrt has no shared locks
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             else:
                 import fcntl  # platform: exists on POSIX only
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
                 raise UsageError(f"{busy} (lock {path} is held); wait for it to finish") from None

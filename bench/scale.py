@@ -1,0 +1,229 @@
+"""Scale: many files and several workers (``python -m bench.scale [--quick] [--only a,b] [--out FILE]``).
+
+1. ``linear``: 2,000 vs 20,000 tiny files through nginx, first run and no-op rerun: time per file at
+   20,000 ÷ time per file at 2,000 (target ≤ 1.2), and the peak memory of each run.
+2. ``wget``: 10,000 tiny files, first run ÷ ``wget -x -i`` (target ≤ 2.0) and no-op rerun ÷
+   ``wget -N -x -i`` (target ≤ 1.0), on the same nginx.
+3. ``workers``: a listing throttled per connection (nginx ``limit_rate``), one process vs two
+   processes sharing the run through a real ``luigid`` (target: two ≥ 1.8× faster); and the central
+   scheduler's own cost per DownloadFile task (2,000 tiny files, one process, luigid vs local).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import requests
+
+from bench.common import (
+    ROOT,
+    BenchError,
+    Nginx,
+    Row,
+    build_tree,
+    fmt_mb,
+    fmt_s,
+    fresh,
+    load_average,
+    machine_info,
+    md_table,
+    ours_env,
+    print_row,
+    replace_section,
+    run_ours,
+    run_wget,
+    sized_files,
+    tiny_files,
+    verdict,
+    warm,
+)
+from bench.mirror import fmt_phases, phases
+
+DOC = ROOT / "docs" / "benchmarks.md"
+HEADING = "## Scale: many files, several workers (luigid)"
+
+
+class Luigid:
+    """A real luigid on a free loopback port, its state in ``folder``."""
+
+    def __init__(self, folder: Path):
+        self.folder = fresh(folder)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from luigi.cmdline import luigid; luigid()", "--address", "127.0.0.1",
+             "--port", str(self.port), "--state-path", str(self.folder / "state.pickle"), "--logdir", str(self.folder)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # ROOT: luigi.cfg's [scheduler] applies
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{self.url}/api/worker_list", timeout=2).raise_for_status()
+                return self
+            except requests.RequestException:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.proc.kill()
+                    raise BenchError("luigid did not start") from None
+                time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def ours(listing_url: str, dest: Path, ctx: "Context", name: str, *extra: str):
+    run, report = run_ours(listing_url, dest, log_dir=ctx.work / "logs", name=name, extra=extra)
+    report["phases"] = phases(dest, report, run.seconds)
+    return run, report
+
+
+class Context:
+    def __init__(self, work: Path, quick: bool):
+        self.work, self.quick, self.rows, self.notes = work, quick, [], []
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print_row(row)
+
+
+def _tiny_tree(ctx: Context, count: int) -> Path:
+    root = ctx.work / "trees" / f"tiny-{count}"
+    build_tree(root, tiny_files(count), tiny_fast=True)
+    return root
+
+
+def scale_linear(ctx: Context) -> None:
+    small, big = (500, 5000) if ctx.quick else (2000, 20000)
+    figures = {}
+    for count in (small, big):
+        with Nginx(_tiny_tree(ctx, count), ctx.work / f"nginx-linear-{count}") as web:
+            dest = fresh(ctx.work / "dest" / f"linear-{count}")
+            first, first_report = ours(web.listing_url, dest, ctx, f"linear-first-{count}")
+            web.clear()
+            rerun, rerun_report = ours(web.listing_url, dest, ctx, f"linear-rerun-{count}")
+            bodies = web.traffic()["bodies"]
+        if first_report["fetched"] != count + 1 or rerun_report["fetched"] != 0 or bodies:
+            raise BenchError(f"linear {count}: fetched {first_report['fetched']}, then {rerun_report['fetched']} "
+                             f"({bodies} bodies)")
+        figures[count] = (first.seconds / count, rerun.seconds / count)
+        for label, run, report in (("first run", first, first_report), ("no-op rerun", rerun, rerun_report)):
+            ctx.add(Row("linear", f"{label}, {count:,} tiny files", fmt_s(run.seconds), "", "", "", "",
+                        f"{run.seconds / count * 1000:.2f} ms per file; peak memory {fmt_mb(run.max_rss_mb)}; "
+                        + fmt_phases(report["phases"])))
+    for i, label in ((0, "first run"), (1, "no-op rerun")):
+        ratio = figures[big][i] / figures[small][i]
+        ctx.add(Row("linear", f"time per file, {big:,} ÷ {small:,} files, {label}", f"{ratio:.2f}", "", "",
+                    "≤ 1.2", verdict(ratio <= 1.2, ratio, 1.2), "1.0 = perfectly linear"))
+
+
+def scale_wget(ctx: Context) -> None:
+    count = 2000 if ctx.quick else 10000
+    with Nginx(_tiny_tree(ctx, count), ctx.work / f"nginx-wget-{count}") as web:
+        dest = fresh(ctx.work / "dest" / f"wget-ours-{count}")
+        first, first_report = ours(web.listing_url, dest, ctx, f"wget-ours-first-{count}")
+        rerun, rerun_report = ours(web.listing_url, dest, ctx, f"wget-ours-rerun-{count}")
+        wdest = fresh(ctx.work / "dest" / f"wget-wget-{count}")
+        wfirst = run_wget(web.listing_url, wdest, log_dir=ctx.work / "logs", name=f"wget-first-{count}")
+        wrerun = run_wget(web.listing_url, wdest, log_dir=ctx.work / "logs", name=f"wget-rerun-{count}", timestamping=True)
+    ratio = first.seconds / wfirst.seconds
+    ctx.add(Row("vs wget", f"first run, {count:,} tiny files", fmt_s(first.seconds), fmt_s(wfirst.seconds),
+                f"{wfirst.seconds / first.seconds:.2f}×", "ours ÷ wget -x -i ≤ 2.0", verdict(ratio <= 2.0, ratio, 2.0),
+                f"ours ÷ wget {ratio:.1f}; {count / first.seconds:.0f} files/s; " + fmt_phases(first_report["phases"])))
+    ratio = rerun.seconds / wrerun.seconds
+    ctx.add(Row("vs wget", f"no-op rerun, {count:,} tiny files", fmt_s(rerun.seconds), fmt_s(wrerun.seconds),
+                f"{wrerun.seconds / rerun.seconds:.2f}×", "ours ÷ wget -N -x -i ≤ 1.0", verdict(ratio <= 1.0, ratio, 1.0),
+                f"ours ÷ wget {ratio:.1f}; " + fmt_phases(rerun_report["phases"])))
+
+
+def scale_workers(ctx: Context) -> None:
+    count, total, rate = (16, 64 * 10**6, "2m") if ctx.quick else (40, 240 * 10**6, "2m")
+    root = ctx.work / "trees" / f"throttled-{count}"
+    build_tree(root, sized_files("linux/x86_64", count, total, seed="scale-workers"))
+    warm(root)
+    logs = ctx.work / "logs"
+    with Nginx(root, ctx.work / "nginx-workers", limit_rate=rate) as web, Luigid(ctx.work / "luigid") as luigid:
+        one, _ = ours(web.listing_url, fresh(ctx.work / "dest" / "workers-one"), ctx, "workers-one",
+                      "--scheduler-url", luigid.url)
+        dest = fresh(ctx.work / "dest" / "workers-two")
+        started = time.monotonic()
+        # Both at once: an explicit --run-id makes them one run without waiting for each other.
+        procs = [subprocess.Popen([sys.executable, "-m", "amsrepomirror", "mirror", "--version", "AMS2026.1",
+                                   "--mirror", str(dest), "--listing-url", web.listing_url, "--scheduler-url", luigid.url,
+                                   "--run-id", "bench-two-workers"], cwd=ROOT, env=ours_env(), stdin=subprocess.DEVNULL,
+                                  stdout=open(logs / f"workers-two-{i}.stdout", "w"),
+                                  stderr=open(logs / f"workers-two-{i}.stderr", "w")) for i in range(2)]
+        codes = [p.wait() for p in procs]
+        two = time.monotonic() - started
+        if codes != [0, 0]:
+            raise BenchError(f"two workers: exit codes {codes}; see {logs}/workers-two-*.stderr")
+    speedup = one.seconds / two
+    ctx.add(Row("workers", f"{count} files, {total / 10**6:.0f} MB, nginx limit_rate {rate}/request, --jobs 4 each",
+                f"two: {fmt_s(two)}", f"one: {fmt_s(one.seconds)}", f"{speedup:.2f}×", "two ≥ 1.8× faster",
+                verdict(speedup >= 1.8, speedup, 1.8), "both processes against one luigid, one shared run"))
+
+    count = 500 if ctx.quick else 2000
+    with Nginx(_tiny_tree(ctx, count), ctx.work / "nginx-overhead") as web, Luigid(ctx.work / "luigid-2") as luigid:
+        local, _ = ours(web.listing_url, fresh(ctx.work / "dest" / "overhead-local"), ctx, "overhead-local")
+        central, report = ours(web.listing_url, fresh(ctx.work / "dest" / "overhead-central"), ctx, "overhead-central",
+                               "--scheduler-url", luigid.url)
+    ctx.add(Row("workers", f"scheduler cost, {count:,} tiny files, one process", f"luigid: {fmt_s(central.seconds)}",
+                f"local: {fmt_s(local.seconds)}", "", "", "",
+                f"{(central.seconds - local.seconds) / count * 1000:+.2f} ms per DownloadFile task with luigid "
+                f"(batches of [DownloadFile] shared_batch_size); " + fmt_phases(report["phases"])))
+
+
+SCENARIOS: Dict[str, Callable[[Context], None]] = {"linear": scale_linear, "wget": scale_wget, "workers": scale_workers}
+
+
+def render(ctx: Context, info: Dict[str, str], names: List[str], elapsed: float) -> str:
+    lines = [__doc__.split("\n\n", 1)[1].strip(), ""]
+    if ctx.quick:
+        lines += ["**Quick run (`--quick`): reduced sizes, not the reference figures.**", ""]
+    lines += [md_table(ctx.rows), ""]
+    lines += ["Machine and tools:", ""] + [f"- {k}: {v}" for k, v in info.items()]
+    lines += [f"- Load average at end (1/5/15 min): {load_average()}",
+              f"- Scenarios run: {', '.join(names)} ({elapsed / 60:.0f} min in all)", ""]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    p.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    p.add_argument("--out", type=Path, help=f"results file (default {DOC.relative_to(ROOT)} for a full run)")
+    args = p.parse_args(argv)
+    asked = [n.strip() for n in args.only.split(",") if n.strip()]
+    names = [n for n in asked if n in SCENARIOS] if asked else list(SCENARIOS)  # make bench passes --only to all
+    if not names:
+        return 0
+    out = args.out or (None if (args.quick or args.only) else DOC)
+    work = Path(tempfile.mkdtemp(prefix="amsrepomirror-scale-"))
+    ctx, info, started = Context(work, args.quick), machine_info(), time.monotonic()
+    try:
+        for name in names:
+            print(f"== {name}", flush=True)
+            SCENARIOS[name](ctx)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if out:
+        replace_section(out, HEADING, render(ctx, info, names, time.monotonic() - started))
+        print(f"written: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
