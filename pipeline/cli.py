@@ -516,7 +516,7 @@ def run_bundle(args) -> int:
                          since=_delta_base(ws, versions[0], args.since), with_tool=args.with_tool,
                          tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
                          sign_key=str(args.sign_key.absolute()) if args.sign_key else "")
-    with mirror_lock(ws, args):
+    with mirror_lock(ws, args), progress.shared_bar("bundle"):
         failure = worst(run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log",
                                   verbose=args.verbose, scheduler_url=args.scheduler_url))
     if failure:

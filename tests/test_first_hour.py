@@ -470,6 +470,20 @@ def test_verify_shows_one_byte_bar_over_the_whole_job_on_a_terminal(bundle):
     assert f"bundle {bundle} is intact" in text
 
 
+def test_bundle_shows_one_byte_bar_over_the_whole_job_on_a_terminal(made, tmp_path):
+    # The chunks are written by forked Luigi workers; the bar is drawn by the command's own process.
+    out = tmp_path / "again"
+    code, seen = run_in_terminal(["bundle", "--offline", "--version", VERSION, "--mirror", made / "mirror",
+                                  "--out", out, "--chunk-size", "1MiB"], until=lambda out: False)
+    text = seen.decode("utf-8", "replace")
+    assert code == 0, text
+    total = sum(p["size"] for f in json.loads((out / "manifest.json").read_text())["files"] for p in f["parts"])
+    bars = [segment for segment in text.split("\r") if segment.startswith("bundle: ") and "%|" in segment]
+    assert bars and all(f" of {format_size(total)}, " in bar for bar in bars), bars
+    assert bars[-1].startswith(f"bundle: {format_size(total)} of {format_size(total)}"), bars[-1]
+    assert sorted(chunk_names(out)) == sorted(chunk_names(made / "bundle"))
+
+
 def test_read_only_bundle_folder_is_refused_before_any_work(made, read_only_folder):
     out = read_only_folder / "bundle"
     result = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made / "mirror", "--out", out)

@@ -19,7 +19,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from amsrepomirror import __version__
 from amsrepomirror.bundle.delta import Base, DeltaSelection, read_base, record_bundle, select_delta
@@ -175,17 +175,23 @@ def reusable(out: str, plan: BundlePlan, index: int) -> Optional[ChunkResult]:
     return ChunkResult(chunk=chunk, piece_sha256={m: part.sha256 for m, (_, part) in held.items()})
 
 
-def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int) -> ChunkResult:
+def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int,
+                        on_bytes: Optional[Callable[[int], None]] = None) -> ChunkResult:
+    """Write (or keep, when the bundle already holds it) chunk ``index``; ``on_bytes`` hears of
+    every byte packed (a kept chunk's all at once), for a progress bar."""
     spec = plan.chunks[index]
     check_unchanged(mirror, plan, index)
     result = reusable(out, plan, index)
     if result is not None:
         log.info(f"bundle: kept {spec.name} from the bundle already in {out} ({result.chunk.size} bytes)")
+        if on_bytes is not None:
+            on_bytes(sum(piece.size for piece in spec.pieces))
     else:
         previous = continued_from(plan, index)
         resume = _read_result(out, plan, previous).sha256_state if previous is not None else None
         try:
-            result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path(), resume=resume)
+            result = write_chunk(spec, Path(mirror), Path(out), plan.compression, plan.manifest.by_path(), resume=resume,
+                                 on_bytes=on_bytes)
         except ContentMismatch as exc:
             mark_stale(mirror, out, plan, exc.path)
             raise IntegrityError(f"{exc}; it is marked stale: run mirror again, then bundle") from None

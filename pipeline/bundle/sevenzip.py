@@ -157,8 +157,10 @@ class _PieceReader(io.BufferedIOBase):
     sequential so that the hashes cover each byte once and in order.
     """
 
-    def __init__(self, raw, offset: int, size: int, hashers: Sequence = ()):
+    def __init__(self, raw, offset: int, size: int, hashers: Sequence = (),
+                 on_bytes: Optional[Callable[[int], None]] = None):
         super().__init__()
+        self._on_bytes = on_bytes
         self._raw = raw
         self._offset = offset
         self._size = size
@@ -204,6 +206,8 @@ class _PieceReader(io.BufferedIOBase):
             hasher.update(data)
         self._pos += len(data)
         self.hashed += len(data)
+        if self._on_bytes is not None and data:
+            self._on_bytes(len(data))
         return data
 
     read1 = read
@@ -233,6 +237,7 @@ def write_chunk(
     expected: Mapping[str, FileEntry],
     *,
     resume: Optional[Mapping[str, str]] = None,
+    on_bytes: Optional[Callable[[int], None]] = None,
 ) -> ChunkResult:
     """Write chunk ``spec`` from files under ``mirror_dir`` into the bundle folder ``dest``.
 
@@ -262,7 +267,7 @@ def write_chunk(
     try:
         os.chmod(tmp, 0o644)  # chunks are read by other accounts on shared filesystems
         with os.fdopen(fd, "w+b") as fp:
-            piece_sha, carried = _write_archive(fp, spec, Path(mirror_dir), filters, expected, resume or {})
+            piece_sha, carried = _write_archive(fp, spec, Path(mirror_dir), filters, expected, resume or {}, on_bytes)
             fp.flush()
             os.fsync(fp.fileno())
             # py7zr rewrites the signature header at the end: hash the finished file.
@@ -306,7 +311,8 @@ def _whole_file_hasher(piece, resume: Mapping[str, str], src) -> Sha256State:
 
 
 def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Mapping[str, FileEntry],
-                   resume: Mapping[str, str]) -> Tuple[Dict[str, str], Dict[str, str]]:
+                   resume: Mapping[str, str], on_bytes: Optional[Callable[[int], None]] = None,
+                   ) -> Tuple[Dict[str, str], Dict[str, str]]:
     """Pack the pieces; return ({member: sha256}, {split file: Sha256State.state() when more parts follow})."""
     piece_sha: Dict[str, str] = {}
     carried: Dict[str, str] = {}
@@ -332,7 +338,7 @@ def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Map
                 raise UsageError(f"plan piece {piece.member} lies beyond the end of {piece.path}; re-plan")
             hasher = hashlib.sha256()
             whole = _whole_file_hasher(piece, resume, src) if piece.is_part else None
-            reader = _PieceReader(src, piece.offset, piece.size, (hasher, whole) if whole else (hasher,))
+            reader = _PieceReader(src, piece.offset, piece.size, (hasher, whole) if whole else (hasher,), on_bytes)
             archive.writef(reader, piece.member)
             if reader.hashed != piece.size:
                 raise IntegrityError(

@@ -2,10 +2,12 @@
 counter of files checked; a tqdm line redrawn in place on a terminal, plain lines every few seconds
 otherwise. Sizes in the same 1024-based units as every summary (``format_size``)."""
 
+import contextlib
+import multiprocessing
 import sys
 import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 from tqdm import tqdm
 
@@ -159,3 +161,73 @@ def clear_all() -> None:
     _RUNS.clear()
     for shown in list(_OPEN):
         shown.close(clear=True)
+
+
+class SharedBytes:
+    """Byte counters in shared memory: a Luigi build with several workers runs each task in a forked
+    process, so the processes that pack add to these and the one that started the build draws the bar."""
+
+    def __init__(self):
+        self.total = multiprocessing.Value("q", 0)
+        self.done = multiprocessing.Value("q", 0)
+
+    def set_total(self, n: int) -> None:
+        with self.total.get_lock():
+            self.total.value = n
+
+    def add_done(self, n: int) -> None:
+        with self.done.get_lock():
+            self.done.value += n
+
+
+_SHARED: Optional[SharedBytes] = None
+
+
+def shared_total(n: int) -> None:
+    """The whole job's bytes, from whichever process plans it (no bar is drawn: nothing happens)."""
+    if _SHARED is not None:
+        _SHARED.set_total(n)
+
+
+def shared_done(n: int) -> None:
+    """``n`` more bytes of the job done, from any process forked after :func:`shared_bar` began."""
+    if _SHARED is not None:
+        _SHARED.add_done(n)
+
+
+@contextlib.contextmanager
+def shared_bar(desc: str, stream=None) -> Iterator[None]:
+    """One byte bar over work done by forked worker processes, drawn on a terminal only (elsewhere
+    the per-chunk log lines say as much); it starts once a process has given the total."""
+    global _SHARED
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield
+        return
+    _SHARED = counters = SharedBytes()
+    stop = threading.Event()
+    state = {"bar": None, "shown": 0}
+
+    def feed() -> None:
+        total, done = counters.total.value, counters.done.value
+        if total and state["bar"] is None:
+            state["bar"] = ByteProgress(total, desc, stream=stream)
+        if state["bar"] is not None and done > state["shown"]:
+            state["bar"].update(done - state["shown"])
+            state["shown"] = done
+
+    def draw() -> None:
+        while not stop.wait(0.5):
+            feed()
+
+    drawer = threading.Thread(target=draw, name="amsrepomirror-shared-progress", daemon=True)
+    drawer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        drawer.join()
+        _SHARED = None
+        feed()
+        if state["bar"] is not None:
+            state["bar"].close()

@@ -12,6 +12,7 @@ from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, 
 from amsrepomirror.bundle.signature import is_signed
 from amsrepomirror.bundle.tool import check_spec, tool_matches
 from amsrepomirror.errors import MirrorError
+from amsrepomirror.online import progress
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks.base import MirrorTask, ReportsFailure
@@ -119,6 +120,7 @@ class BundleArchive(MirrorTask):
         manifest_path = self.input().path
         plan = build.plan_for(manifest_path, self.chunk_size, self.version, self.compression, self.since)
         build.prepare_out(self.out, plan)
+        progress.shared_total(sum(piece.size for chunk in plan.chunks for piece in chunk.pieces))
         yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
@@ -160,4 +162,4 @@ class WriteChunk(ReportsFailure, luigi.Task):
         return ChunkTarget(self.out, self.plan(), self.index)
 
     def run(self):
-        build.write_planned_chunk(self.mirror, self.out, self.plan(), self.index)
+        build.write_planned_chunk(self.mirror, self.out, self.plan(), self.index, on_bytes=progress.shared_done)
