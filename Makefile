@@ -32,6 +32,8 @@ help:
 	@echo "make unpack BUNDLE=DIR [AMSHOME=DIR]   (AMSHOME from the environment when set there)"
 	@echo "make bench                         benchmarks against wget, aria2c, 7zz and sha256sum (docs/benchmarks.md)"
 	@echo "make wheels                        the tool and its dependencies as wheels, for offline installs"
+	@echo "make scheduler [SCHEDULER_ADDRESS=IP] [SCHEDULER_PORT=8082]   start luigid (several processes or hosts share a run)"
+	@echo "make scheduler-stop                stop it"
 	@echo ""
 	@echo "variables (now):"
 	@echo "  VERSION=$(VERSION)    AMS version(s), e.g. AMS2026.1 (several: VERSION=\"AMS2025.1 AMS2026.1\")"
@@ -43,6 +45,11 @@ help:
 	@echo "  SINCE=$(SINCE)    a delta since last, a bundle folder or a receipt (empty: a full bundle)"
 	@echo "  WHEELS=$(WHEELS)    folder of wheels (make wheels) to install from without network"
 	@echo "  ARGS=$(ARGS)    any other option, e.g. ARGS=\"--listing-url URL\" or ARGS=--partial"
+	@echo "  SCHEDULER_ADDRESS=$(SCHEDULER_ADDRESS)    where luigid listens (make scheduler; empty: every interface, trusted networks only)"
+	@echo "  SCHEDULER_PORT=$(SCHEDULER_PORT)    luigid's port"
+	@echo "  PYTHON=$(PYTHON)    the interpreter that makes $(VENV)"
+	@echo "  VENV=$(VENV)    where the tool is installed for these targets"
+	@echo "  LUIGID_DIR=$(LUIGID_DIR)    luigid's state, log and pid (make scheduler)"
 	@echo "sizes: KiB/MiB/GiB are 1024-based, kB/MB/GB 1000-based; a bare K/M/G is refused as ambiguous"
 
 # Offline machines: a bundle made with --with-tool installs the tool itself (sh BUNDLE/tool/install.sh);

@@ -503,3 +503,15 @@ def test_unpack_shows_one_byte_bar_over_the_whole_job_on_a_terminal(made, bundle
     bars = [segment for segment in text.split("\r") if segment.startswith("unpack: ") and "%|" in segment]
     assert bars and all(f" of {format_size(total)}, " in bar for bar in bars), bars
     assert tree_hashes(amshome / "repository") == tree_hashes(made / "mirror")
+
+
+def test_make_help_lists_every_variable_with_its_value():
+    makefile = (REPO / "Makefile").read_text()
+    settable = set(re.findall(r"^([A-Z_]+)\s*\?=", makefile, re.M)) | {"ARGS"}
+    assert {"VERSION", "MIRROR", "BUNDLE", "CHUNK_SIZE", "WHEELS", "SINCE", "STICK_SIZE"} <= settable
+    shown = subprocess.run(["make", "-s", "help", "VERSION=AMS2025.1"], cwd=REPO, capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "AMSHOME": "/opt/ams"})
+    assert shown.returncode == 0, shown.stderr
+    listed = set(re.findall(r"^  ([A-Z_]+)=", shown.stdout, re.M))
+    assert settable | {"AMSHOME"} <= listed, sorted(settable | {"AMSHOME"} - listed)
+    assert "  VERSION=AMS2025.1 " in shown.stdout and "  AMSHOME=/opt/ams " in shown.stdout
