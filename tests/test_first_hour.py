@@ -515,3 +515,11 @@ def test_make_help_lists_every_variable_with_its_value():
     listed = set(re.findall(r"^  ([A-Z_]+)=", shown.stdout, re.M))
     assert settable | {"AMSHOME"} <= listed, sorted(settable | {"AMSHOME"} - listed)
     assert "  VERSION=AMS2025.1 " in shown.stdout and "  AMSHOME=/opt/ams " in shown.stdout
+
+
+def test_package_metadata_uses_the_spdx_license_form_its_build_backend_accepts():
+    # The table form (license = {text = ...}) makes setuptools >= 77 warn on every install.
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^license = "[A-Za-z0-9.-]+"$', pyproject, re.M), "project.license must be an SPDX string"
+    requires = re.search(r"^requires = \[(.*)\]$", pyproject, re.M).group(1)
+    assert re.search(r'"setuptools>=(\d+)', requires) and int(re.search(r'"setuptools>=(\d+)', requires).group(1)) >= 77
