@@ -143,7 +143,8 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
     scheduler, ours = result.worker._scheduler, set(result.worker._scheduled_tasks)
     failures = []
     failed = {**scheduler.task_list("FAILED", "", limit=False), **scheduler.task_list("DISABLED", "", limit=False)}
-    for task_id in sorted(set(failed) & ours):
+    # In the order they failed, so that worst() breaks ties as the run went.
+    for task_id in sorted(set(failed) & ours, key=lambda t: (failed[t].get("last_updated") or 0, t)):
         expl = scheduler.fetch_error(task_id).get("error") or ""
         try:
             failure = json.loads(expl)
