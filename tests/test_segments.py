@@ -63,6 +63,28 @@ def test_drops_in_several_ranges_give_the_exact_file(scm_double, repo_tree, tmp_
     assert not [r for r in scm_double.records("GET") if r.body_bytes and not r.relpath.startswith("listings/")]  # 0 bodies
 
 
+def test_a_whole_file_without_validators_is_never_joined_to_ranges(scm_double, repo_tree, tmp_path):
+    # After a drop, the file changes (same size) and the server stops honouring Range and stops
+    # sending validators: the 200 it sends cannot be tied to the bytes already written.
+    add_huge(scm_double, repo_tree)
+    scm_double.throttle(12 * MiB)
+
+    def change_and_stop_honouring_ranges():
+        change_file(repo_tree, HUGE, seed=7)
+        scm_double.misbehave(HUGE, ignore_range=True, bare_get=True)
+
+    scm_double.cut_after(HUGE, nbytes=MiB, times=1, method="GET", then=change_and_stop_honouring_ranges)
+    dest, env = tmp_path / "m", settings(tmp_path)
+    first = mirror(scm_double, dest, "--jobs", "6", env=env)
+    assert first.returncode == 1, first.stderr
+    assert "no ETag or Last-Modified" in first.stderr
+    assert tree_hashes(dest) == without(served_tree(repo_tree, VERSION), HUGE)  # nothing spliced into the mirror
+    assert not list((dest / ".amsrepomirror").rglob("*.part*"))
+    scm_double.clear_faults()
+    assert mirror(scm_double, dest, env=env).returncode == 0
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
 def _ranges_record(dest):
     for path in (dest / ".amsrepomirror" / "parts").rglob("*.ranges"):
         try:

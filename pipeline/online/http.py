@@ -614,7 +614,8 @@ def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: in
     Returns the streaming response: a 206 whose body starts at ``start``, or a 200 carrying the
     whole file (a server that does not honour Range). Anything else raises: 429/503
     :class:`ServerBusy`, other validators (or a 416: the file got shorter) :class:`FileChanged`, a
-    206 that names other bytes :class:`UnusableRange`, a 200 of another length than HEAD said.
+    206 that names other bytes :class:`UnusableRange`, a 200 of another length than HEAD said or
+    without the validators that tie it to HEAD's file (:class:`FileChanged`: never joined).
     """
     headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}",
                "If-Range": if_range_validator(remote)}
@@ -634,6 +635,12 @@ def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: in
             first, total = _content_range(resp)
             if first != start or total != remote.size or same is None:
                 raise UnusableRange(f"unusable 206 ({resp.headers.get('Content-Range')!r})")
+        elif same is not True:
+            # A 200 to If-Range may be a newer file; without validators it cannot be tied to the bytes
+            # the other ranges wrote, so it must not be joined to them.
+            raise FileChanged(f"{redact(url)} answered a byte range with the whole file and no ETag or "
+                              "Last-Modified to tie it to the rest; not stored (set [http] max_ranges_per_file "
+                              "= 1 for this server)")
         elif _content_length(resp) not in (None, remote.size):
             raise FetchError(f"{redact(url)}: the server announces {_content_length(resp)} bytes on GET but "
                              f"{remote.size} on HEAD; not stored")

@@ -604,6 +604,8 @@ class _Handler(BaseHTTPRequestHandler):
         validators = {"ETag": etag, "Last-Modified": last_modified}
         if quirks.get("etag") == "none":
             del validators["ETag"]
+        if quirks.get("bare_get") and not head:
+            validators = {}
 
         inm = self.headers.get("If-None-Match")
         if inm is not None:
@@ -976,7 +978,7 @@ class ScmDouble:
 
     def misbehave(self, glob: str = "*", *, head_length: int = 0, ignore_if_range: bool = False,
                   content_encoding: Optional[str] = None, gzip_on_the_fly: bool = False,
-                  etag: Optional[str] = None, ignore_range: bool = False) -> None:
+                  etag: Optional[str] = None, ignore_range: bool = False, bare_get: bool = False) -> None:
         """Lasting quirks of real servers, for files matching ``glob`` (until ``clear_faults``):
 
         ``head_length``: HEAD announces this many bytes more (or fewer) than GET sends;
@@ -984,10 +986,12 @@ class ScmDouble:
         ``content_encoding``: label bodies with this Content-Encoding, bytes unchanged (a common
         setting for files that are gzip on disk); ``gzip_on_the_fly``: gzip 200 bodies and announce
         the compressed length; ``etag``: "weak" sends a weak tag, "none" sends no ETag at all;
-        ``ignore_range``: answer every GET with the whole file and a 200, Range or not.
+        ``ignore_range``: answer every GET with the whole file and a 200, Range or not;
+        ``bare_get``: GET answers carry no ETag or Last-Modified (HEAD still does).
         """
         quirks = {"head_length": head_length, "ignore_if_range": ignore_if_range, "content_encoding": content_encoding,
-                  "gzip_on_the_fly": gzip_on_the_fly, "etag": etag, "ignore_range": ignore_range}
+                  "gzip_on_the_fly": gzip_on_the_fly, "etag": etag, "ignore_range": ignore_range,
+                  "bare_get": bare_get}
         with self._lock:
             self._quirks.append((glob, {k: v for k, v in quirks.items() if v}))
 
