@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
-from amsrepomirror.bundle.format import CHUNK_SUFFIX, COMPRESSIONS, MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
 from amsrepomirror.bundle.signature import check_signature
+from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
@@ -530,9 +531,12 @@ def run_bundle(args) -> int:
 
 
 def print_sticks(bundle: Path, stick_size: int) -> None:
-    """Which chunks of the written bundle go on which stick; manifest, sums and README go on each."""
+    """Which chunks of the written bundle go on which stick; every other file (manifest, sums, README,
+    signature, tool/) goes on each."""
     manifest = BundleManifest.read(bundle / MANIFEST_NAME)
-    extras = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file() and not p.name.endswith(CHUNK_SUFFIX))
+    chunks = {c.name for c in manifest.chunks}
+    carried = [name for name in read_sums(bundle) if name not in chunks] + [SUMS_NAME]  # signature and tool/ too
+    extras = sum((bundle / name).stat().st_size for name in carried)
     sizes = {c.name: c.size for c in manifest.chunks}
     too_big = [name for name, size in sizes.items() if size + extras > stick_size]
     if too_big:

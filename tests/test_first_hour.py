@@ -335,17 +335,21 @@ def test_tool_version_and_ams_version():
 
 
 def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tmp_path):
+    # A signed bundle: the signature is one of the small files every stick carries.
+    key = tmp_path / "site_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "site", "-f", key], check=True, timeout=60)
     out = tmp_path / "bundle"
     result = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made / "mirror", "--out", out,
-                     "--chunk-size", "1MiB", "--stick-size", "2500KiB")
+                     "--chunk-size", "1MiB", "--stick-size", "2500KiB", "--sign-key", key)
     assert result.returncode == 0, result.stderr
     assert f"bundle: {out} is complete; check it with: {TOOL} verify {out}" in stderr_lines(result)  # as typed
-    assert f"copy manifest.json, SHA256SUMS and README.txt onto every stick, and check each one as it arrives with: " \
+    assert "copy every file that is not a chunk (manifest.json, SHA256SUMS, README.txt, and manifest.json.sig and " \
+           "tool/ when the bundle has them) onto every stick, and check each one as it arrives with: " \
            f"{TOOL} verify --partial STICK" in result.stdout
     sticks = [line.split(": ", 2)[2].split(", ") for line in result.stdout.splitlines() if line.startswith("  stick ")]
     assert len(sticks) > 1
     assert sorted(name for stick in sticks for name in stick) == sorted(chunk_names(out))
-    small = ["manifest.json", "SHA256SUMS", "README.txt"]
+    small = ["manifest.json", "manifest.json.sig", "SHA256SUMS", "README.txt"]
     for i, stick in enumerate(sticks):
         folder = tmp_path / f"stick{i}"
         folder.mkdir()

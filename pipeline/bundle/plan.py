@@ -338,11 +338,13 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
 
 
 def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror") -> List[str]:
-    """Which chunks go on which stick (``sizes``: chunk name -> bytes); every stick also carries the
-    manifest, the sums and the README (``extras`` bytes, when known), so each can be checked alone."""
+    """Which chunks go on which stick (``sizes``: chunk name -> bytes); every stick also carries every
+    file that is not a chunk (manifest, sums, README, and the signature and tool/ of bundles that
+    have them: ``extras`` bytes, when known), so each can be checked alone."""
     sticks = _pack_sticks(sizes, stick_size - extras)
     lines = [f"{len(sticks)} sticks of {format_size(stick_size)} needed (file system overhead not counted); "
-             "copy manifest.json, SHA256SUMS and README.txt onto every stick, and check each one as it arrives "
+             "copy every file that is not a chunk (manifest.json, SHA256SUMS, README.txt, and manifest.json.sig and "
+             "tool/ when the bundle has them) onto every stick, and check each one as it arrives "
              f"with: {tool} verify --partial STICK"]
     for i, names in enumerate(sticks, start=1):
         used = sum(sizes[n] for n in names)
