@@ -274,6 +274,8 @@ def mirror_lock(ws: Workspace, args, run: str = ""):
         if not args.scheduler_url:
             yield
             return
+        if len(run) > 100:  # several versions' run ids: keep the lock file's name short
+            run = "runs-" + hashlib.sha256(run.encode()).hexdigest()[:32]
         with run_lock(ws.state / "shared-runs", run or "bundle", busy):
             yield
 

@@ -307,6 +307,12 @@ class Transfers:
         self.grow_at = 0.0
         self.slowdown: Optional[Slowdown] = None
 
+    def close_all(self) -> None:
+        """Close every part still open (a run stopped by Ctrl-C or a fatal error leaves some); only
+        once no connection is running."""
+        for f in self.files:
+            f.close()
+
     # -- the budget -----------------------------------------------------------------------------
 
     def next_unit(self) -> Optional[Unit]:

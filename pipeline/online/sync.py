@@ -223,7 +223,10 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
     transfers = Transfers(bodies, entries, ws.part_path, jobs=jobs, policy=segments, timeout=timeout,
                           low_speed=low_speed, stop=stop, on_bytes=on_bytes, fetch_whole=fetch_whole,
                           on_done=done, on_failed=failed)
-    run_concurrently(transfers.worker, range(jobs), jobs, stop)
+    try:
+        run_concurrently(transfers.worker, range(jobs), jobs, stop)
+    finally:
+        transfers.close_all()  # every connection has ended: no write can reach a closed part
     for path, message in sorted(outcome.failed.items()):
         ws.note_failure(run_id, "file", message, path)
     if transfers.slowdown is not None:  # for the run summary (``summarize``)

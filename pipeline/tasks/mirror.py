@@ -86,8 +86,11 @@ class SchedulerProgress:
             self.bar.update(n)
         with self.lock:
             self.done += n
-            if time.monotonic() - self.shown >= self.EVERY:
-                self._show()
+            due = time.monotonic() - self.shown >= self.EVERY
+            if due:
+                self.shown = time.monotonic()  # one thread tells the scheduler; the others go on
+        if due:
+            self._show()  # RPCs to luigid, outside the lock: a slow scheduler must not hold up transfers
 
     def file_done(self) -> None:
         if self.bar:

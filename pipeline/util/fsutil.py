@@ -128,9 +128,12 @@ def run_lock(folder: Path, run: str, busy: str):
         return
     folder.mkdir(parents=True, exist_ok=True)
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-    gate, own = os.open(folder / "gate", flags, 0o644), os.open(folder / f"{run}.lock", flags, 0o644)
+    gate, own = os.open(folder / "gate", flags, 0o644), None
     try:
         fcntl.flock(gate, fcntl.LOCK_EX)  # held for a moment by each newcomer
+        # Opened under the gate: a lock file nobody holds is one no newcomer is about to take, so it
+        # can be removed below without leaving someone locking a file that is gone.
+        own = os.open(folder / f"{run}.lock", flags, 0o644)
         for other in folder.glob("*.lock"):
             if other.name == f"{run}.lock":
                 continue
@@ -147,7 +150,8 @@ def run_lock(folder: Path, run: str, busy: str):
         yield folder
     finally:
         os.close(gate)
-        os.close(own)
+        if own is not None:
+            os.close(own)
 
 
 @contextlib.contextmanager
@@ -155,7 +159,7 @@ def exclusive_lock(path: Path, busy: str, shared: bool = False):
     """Hold an advisory lock on ``path`` (created if needed); UsageError(``busy``) if another process has it.
 
     ``shared``: many holders at once (processes coordinated by a central scheduler), none beside an
-    exclusive holder.
+    exclusive holder. On Windows (msvcrt has no shared locks) a shared lock locks nothing.
     """
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
