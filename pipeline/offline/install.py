@@ -127,9 +127,15 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         raise UsageError(f"bundle folder {bundle} does not exist")
     if revoked_keys and not allowed_signers:
         raise UsageError("--revoked-keys needs --allowed-signers (or [unpack] allowed_signers)")
+    signed_manifest = ""  # the sha256 of the manifest.json the signature was checked on
     if allowed_signers:
+        before = manifest_sha256(bundle)
         signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None,
                                    signature_verifier)
+        signed_manifest = manifest_sha256(bundle)
+        if signed_manifest != before:
+            raise IntegrityError(f"{MANIFEST_NAME} of {bundle_dir} changed while its signature was checked; "
+                                 "nothing was extracted")
         log.info(f"unpack: {signed.describe()}")
     home = placement.check_amshome(amshome)
     with placement.amshome_lock(home):
@@ -145,23 +151,35 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             return usage_hints(home, BundleManifest.read(bundle_dir / MANIFEST_NAME).all_versions)
         delta = _delta_manifest(bundle_dir)
         if delta is not None:
-            return unpack_delta(bundle_dir.absolute(), home, delta, manifest_sha256(bundle), keep_previous=keep_previous,
+            return unpack_delta(bundle_dir.absolute(), home, delta, _still_signed(bundle, signed_manifest),
+                                keep_previous=keep_previous,
                                 deep=deep, version_files=version_files)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
         try:
-            return _unpack_full(bundle, bundle_dir, home, bar, keep_previous=keep_previous, version_files=version_files)
+            return _unpack_full(bundle, bundle_dir, home, bar, keep_previous=keep_previous, version_files=version_files,
+                                signed_manifest=signed_manifest)
         finally:
             if bar is not None:
                 bar.close(clear=True)
 
 
+def _still_signed(bundle: str, signed_manifest: str) -> str:
+    """The sha256 of the bundle's manifest.json, which must still be the one whose signature was
+    checked (``signed_manifest``; empty: no signature was asked for)."""
+    now = manifest_sha256(bundle)
+    if signed_manifest and now != signed_manifest:
+        raise IntegrityError(f"{MANIFEST_NAME} of {bundle} changed after its signature was checked; nothing was placed")
+    return now
+
+
 def _unpack_full(bundle: str, bundle_dir: Path, home: Path, bar: Optional[ByteProgress], *, keep_previous: bool,
-                 version_files: Sequence[str]) -> str:
+                 version_files: Sequence[str], signed_manifest: str = "") -> str:
     """A full bundle into AMSHOME (locked by the caller): checked, extracted into staging, swapped in."""
     extracting = _member_bytes(bundle_dir) if bar is not None else 0
     report = require_intact(verify_bundle(bundle_dir, test_archives=False, on_bytes=bar.update if bar else None,
                                           on_total=(lambda n: bar.set_total(n + extracting)) if bar else None))
+    _still_signed(bundle, signed_manifest)  # the manifest verify_bundle read is the one that was signed
     for warning in report.warnings:
         log.warning(f"unpack: {warning}")
     manifest = report.manifest
@@ -188,7 +206,8 @@ def _unpack_full(bundle: str, bundle_dir: Path, home: Path, bar: Optional[BytePr
             if not (staging / index).is_file():
                 raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
         placement.checkpoint("unpack:verified")
-        receipt = placement.make_receipt(manifest_sha256(bundle), manifest.version, str(bundle_dir.absolute()),
+        receipt = placement.make_receipt(_still_signed(bundle, signed_manifest), manifest.version,
+                                         str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.tree),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
                                          lacking=manifest.lacking)

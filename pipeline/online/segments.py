@@ -524,9 +524,11 @@ class Transfers:
             retry = spend(retry, url, cut or FetchError("the body ended before the range did"))
 
     def _one_stream(self, f: SegmentedFile, e: Extent) -> bool:
-        """A 200 to a range: the server does not honour Range, so no more splits. A range split off a
-        stream still running is handed back to it (True: nothing left to fetch here); else this
-        stream reads from byte 0 and writes from the range's start."""
+        """A 200 to a range (tied to HEAD's file by its validators, see ``get_range``): the server does
+        not honour Range, so no more splits. A range that starts where a running range ends is handed
+        back to it (True: nothing left to fetch here; if that one is a bounded 206 it ends at its old
+        end and the rest is fetched again by a retry); else this stream reads from byte 0 and writes
+        from the range's start."""
         with self.cond:
             f.honours_ranges = False
             index = f.extents.index(e)
