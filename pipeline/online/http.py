@@ -516,7 +516,7 @@ class TooSlow(Exception):
 
 def fetch_to_part(session: requests.Session, url: str, part: Path, remote: RemoteInfo, timeout: float,
                   on_bytes: Callable[[int], None] = lambda n: None, *, stop: Optional[StopSignal] = None,
-                  low_speed: LowSpeed = LowSpeed()) -> FetchResult:
+                  low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
     """Download ``url`` into ``part``, resuming at the byte; return size, sha256 and validators.
 
     ``remote`` is the HEAD answer this run planned with, and the one truth of what is expected:
@@ -524,6 +524,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     response whose validators name another file raises :class:`FileChanged` with the part
     dropped, so bytes of two versions are never joined. The body is stored exactly as sent
     (never decoded), so a server that compresses on the fly fails the length check.
+    ``durable=False``: the complete part is not fsynced here (the caller makes a group durable at once).
     """
     part.parent.mkdir(parents=True, exist_ok=True)
     stop = stop or StopSignal()
@@ -583,7 +584,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                         out.truncate()
                         cut = stream_into(resp, _writer(out, hasher), on_bytes, low_speed)
                         size = out.tell()
-                        if cut is None:
+                        if cut is None and durable:
                             out.flush()
                             os.fsync(out.fileno())
                     transferred += size - offset

@@ -15,7 +15,7 @@ import shutil
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
 from amsrepomirror.online.listing import STATE_DIR
 from amsrepomirror.util.fsutil import atomic_write_json
@@ -133,9 +133,10 @@ class Workspace:
             legacy.unlink()
         return record
 
-    def write_record(self, rel: str, record: FileRecord) -> None:
+    def write_record(self, rel: str, record: FileRecord, *, durable: bool = True) -> None:
+        """``durable=False``: the caller makes the record durable (with others, at once)."""
         path = self.record_path(rel)
-        atomic_write_json(path, asdict(record))
+        atomic_write_json(path, asdict(record), durable=durable)
         _RECORDS[path] = record
 
     def drop_record(self, rel: str) -> None:
@@ -148,15 +149,18 @@ class Workspace:
         with contextlib.suppress(OSError):  # absent, or a name the earlier layout could not hold
             self._legacy_record_path(rel).unlink()
 
-    def clear_way(self, rel: str) -> None:
+    def clear_way(self, rel: str, folders: Optional[Set[str]] = None) -> None:
         """Make room for the file ``rel`` when a path changed between file and folder upstream.
 
         A file where one of its folders must be, or a folder where it must go, is no longer listed
         (a listing never names a path as both): it goes, with its records. Downloads into one new
         folder may race here, which is safe: unlink() never removes the folder another one made.
+        ``folders``: mirror folders already known to be folders in this run (their ancestors are not
+        checked again).
         """
         parts = rel.split("/")
-        for depth in range(1, len(parts)):
+        known = folders is not None and "/".join(parts[:-1]) in folders
+        for depth in range(1, 1 if known else len(parts)):
             folder = "/".join(parts[:depth])
             if self.file(folder).is_dir():
                 continue

@@ -1,6 +1,7 @@
 """Small filesystem helpers: atomic writes and free-space checks."""
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
@@ -8,14 +9,18 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from amsrepomirror.errors import DiskSpaceError, MirrorError, UsageError
 from amsrepomirror.util.units import format_size
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` is either the old file or the complete new one."""
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` so that ``path`` is either the old file or the complete new one.
+
+    ``durable=False`` leaves the fsync to the caller, who makes a group of writes durable at once
+    (:func:`make_durable`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,8 +28,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide manifests and sums from other admins
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -34,8 +40,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+def atomic_write_json(path: Path, obj, *, durable: bool = True) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(), durable=durable)
 
 
 def free_bytes(path: Path) -> int:
@@ -68,6 +74,60 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _syncfs():
+    """Linux's syncfs(2) from the C library, or None where there is none."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_SYNCFS = _syncfs()
+
+
+def make_durable(files: Iterable[Path], folders: Iterable[Path] = ()) -> None:
+    """Make the written ``files`` and the entries of ``folders`` durable, at least as strongly as an
+    fsync of each would.
+
+    Where Linux's syncfs exists, one call per filesystem holding them flushes it whole (one journal
+    commit and one cache flush for a group of small files, instead of one per file); elsewhere, or
+    when it fails, each file and folder is fsynced.
+    """
+    files = [Path(f) for f in files]
+    folders = {Path(f) for f in folders} | {f.parent for f in files}
+    if not folders:
+        return
+    if _SYNCFS is not None and _sync_filesystems(folders):
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def _sync_filesystems(folders) -> bool:
+    """syncfs once per filesystem holding one of ``folders``; False if any could not be synced."""
+    synced = set()
+    for folder in folders:
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return False
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in synced:
+                if _SYNCFS(fd) != 0:
+                    return False
+                synced.add(device)
+        finally:
+            os.close(fd)
+    return True
 
 
 def remove_entry(path: Path) -> None:
