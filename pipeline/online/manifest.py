@@ -71,8 +71,11 @@ class Manifest:
         """Stable identity of this manifest (its canonical JSON bytes)."""
         return hashlib.sha256(self.to_json()).hexdigest()
 
-    def write(self, path: Path) -> None:
-        atomic_write_bytes(Path(path), self.to_json())
+    def write(self, path: Path) -> bytes:
+        """Write the manifest; returns its bytes (for a copy without serialising thousands of entries again)."""
+        body = self.to_json()
+        atomic_write_bytes(Path(path), body)
+        return body
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":

@@ -1,5 +1,6 @@
 """Mirror wiring: FetchListing → DownloadFile (one per file, batched) → VerifyTree; JoinRun for shared runs."""
 
+import functools
 import json
 import threading
 import time
@@ -106,6 +107,13 @@ class SchedulerProgress:
                                      f"current of {self.in_batch} file(s); {format_size(self.done)} transferred")
 
 
+@functools.lru_cache(maxsize=16)
+def listing_task(params: tuple) -> FetchListing:
+    """The FetchListing of these parameters, made once: Luigi asks each DownloadFile for it, and a
+    clone per file would parse every parameter again."""
+    return FetchListing(**dict(params))
+
+
 @inherits(FetchListing)
 class DownloadFile(MirrorTask):
     """One listed file; Luigi batches many into one run so scheduling stays linear."""
@@ -118,7 +126,7 @@ class DownloadFile(MirrorTask):
         return luigi.configuration.get_config().getint("DownloadFile", "max_batch_size")
 
     def requires(self):
-        return self.clone(FetchListing)
+        return listing_task(tuple((name, self.param_kwargs[name]) for name, _ in FetchListing.get_params()))
 
     def paths(self):
         return self.path.split("\n")
@@ -156,15 +164,22 @@ class VerifyTree(MirrorTask):
         return luigi.LocalTarget(str(self.workspace.run_manifest_path(self.run_id)))
 
     def downloads(self):
-        return [self.clone(DownloadFile, path=e["path"]) for e in self.requires().snapshot()["files"]]
+        if self._downloads is None:  # Luigi runs run() again from the start once they are done
+            self._downloads = [self.clone(DownloadFile, path=e["path"]) for e in self.requires().snapshot()["files"]]
+        return self._downloads
+
+    _downloads = None
+    _planned = False
 
     def run(self):
         snapshot = self.requires().snapshot()
         downloads = self.downloads()
-        pending = [e for e in snapshot["files"] if not sync.is_current(self.workspace, e)]
-        if pending:
-            needed = sync.check_space(self.workspace, pending)
-            progress.for_run(self.run_id, needed, desc="download", files=len(pending))
+        if not self._planned:  # on the run() after the downloads, the space check and the bar are behind us
+            self._planned = True
+            pending = [e for e in snapshot["files"] if not sync.is_current(self.workspace, e)]
+            if pending:
+                needed = sync.check_space(self.workspace, pending)
+                progress.for_run(self.run_id, needed, desc="download", files=len(pending))
         yield downloads
         progress.close_run(self.run_id)
         if snapshot["failed"]:
@@ -173,9 +188,9 @@ class VerifyTree(MirrorTask):
         self.set_status_message(f"verifying {len(snapshot['files'])} file(s) and writing the manifest")
         manifest = sync.build_manifest(self.workspace, snapshot, self.version, run_id=self.run_id, deep=self.deep)
         sync.drop_stale_parts(self.workspace, snapshot)
-        manifest.write(self.workspace.manifest_path(self.version))
+        body = manifest.write(self.workspace.manifest_path(self.version))
         with self.output().open("w") as f:
-            f.write(manifest.to_json().decode())
+            f.write(body.decode())
 
 
 @inherits(VerifyTree)
