@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 from dataclasses import asdict, dataclass
@@ -52,6 +53,7 @@ class FileRecord:
 # record once instead of once per check. Processes sharing a run under a central scheduler write
 # records too, so a cached record that no longer describes the file on disk is read again.
 _RECORDS: Dict[Path, Optional[FileRecord]] = {}
+_HASH_FOLDER = re.compile(r"[0-9a-f]{2}")
 
 
 def _load_record(path: Path) -> Optional[FileRecord]:
@@ -67,6 +69,7 @@ class Workspace:
     def __init__(self, mirror: Path):
         self.mirror = Path(mirror).absolute()
         self.state = self.mirror / STATE_DIR
+        self._legacy: Optional[bool] = None  # see _holds_legacy_records
         self._state = str(self.state)  # records' and parts' paths are built as strings: a third cheaper
 
     def file(self, rel: str) -> Path:
@@ -119,11 +122,23 @@ class Workspace:
     def read_record(self, rel: str) -> Optional[FileRecord]:
         path = self.record_path(rel)
         if path not in _RECORDS:
-            record = _load_record(path) or self._adopt_legacy_record(rel)
+            record = _load_record(path) or (self._adopt_legacy_record(rel) if self._holds_legacy_records() else None)
             if record is None:
                 return None
             _RECORDS[path] = record
         return _RECORDS[path]
+
+    def _holds_legacy_records(self) -> bool:
+        """Whether ``records/`` holds anything beside the two-hex-digit folders of hashed names (looked
+        at once: a first run would otherwise look for each missing record under both layouts, each check)."""
+        if self._legacy is None:
+            try:
+                with os.scandir(self.state / "records") as entries:
+                    self._legacy = any(not (e.is_dir(follow_symlinks=False) and _HASH_FOLDER.fullmatch(e.name))
+                                       for e in entries)
+            except OSError:
+                self._legacy = False
+        return self._legacy
 
     def _adopt_legacy_record(self, rel: str) -> Optional[FileRecord]:
         """A record of the earlier layout, moved to its hashed name, so an upgrade fetches nothing again."""
@@ -147,8 +162,9 @@ class Workspace:
             path.unlink()
         except FileNotFoundError:
             pass
-        with contextlib.suppress(OSError):  # absent, or a name the earlier layout could not hold
-            self._legacy_record_path(rel).unlink()
+        if self._holds_legacy_records():
+            with contextlib.suppress(OSError):  # absent, or a name the earlier layout could not hold
+                self._legacy_record_path(rel).unlink()
 
     def clear_way(self, rel: str, folders: Optional[Set[str]] = None) -> None:
         """Make room for the file ``rel`` when a path changed between file and folder upstream.
