@@ -106,12 +106,25 @@ def _counted(counter: CountProgress, answer):
 def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[StopSignal] = None) -> List:
     """``[fn(x) for x in items]`` on ``jobs`` threads; Ctrl-C or an error stops the rest at once.
 
-    Queued items are cancelled and transfers in flight are aborted (``StopSignal``), so an
+    The threads take items one by one (not a future per item: 100,000 of them would cost ~100 MB).
+    Items not yet taken are skipped and transfers in flight are aborted (``StopSignal``), so an
     interrupted run ends promptly (their partial downloads stay for the next run to resume).
     """
     stop = stop or StopSignal()
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    futures = [pool.submit(fn, item) for item in items]
+    results: List = [None] * len(items)
+    queue, taking = iter(enumerate(items)), threading.Lock()
+
+    def work(_thread: int) -> None:
+        while not stop.is_set():
+            with taking:
+                taken = next(queue, None)
+            if taken is None:
+                return
+            results[taken[0]] = fn(taken[1])
+
+    threads = max(1, min(jobs, len(items)))
+    pool = ThreadPoolExecutor(max_workers=threads)
+    futures = [pool.submit(work, n) for n in range(threads)]
     try:
         for future in as_completed(futures):
             future.result()
@@ -120,7 +133,7 @@ def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[St
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
-    return [f.result() for f in futures]
+    return results
 
 
 @lru_cache(maxsize=8)

@@ -23,7 +23,7 @@ from amsrepomirror.util.fsutil import atomic_write_json
 from amsrepomirror.util.paths import VERSION_PATTERN
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one is held per file, 100,000s of them
 class FileRecord:
     """What we know of a mirror file: its content and the server validators it was fetched under."""
 
@@ -52,13 +52,15 @@ class FileRecord:
 # Records read or written by this process, by record path: a no-op run of 10,000 files reads each
 # record once instead of once per check. Processes sharing a run under a central scheduler write
 # records too, so a cached record that no longer describes the file on disk is read again.
-_RECORDS: Dict[Path, Optional[FileRecord]] = {}
+# Keyed by the record's path as a string: a Path per file would cost half a kilobyte more each.
+_RECORDS: Dict[str, FileRecord] = {}
 _HASH_FOLDER = re.compile(r"[0-9a-f]{2}")
 
 
-def _load_record(path: Path) -> Optional[FileRecord]:
+def _load_record(path) -> Optional[FileRecord]:
     try:
-        return FileRecord(**json.loads(path.read_text()))
+        with open(path, encoding="utf-8") as f:
+            return FileRecord(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -75,15 +77,15 @@ class Workspace:
     def file(self, rel: str) -> Path:
         return self.mirror.joinpath(*rel.split("/"))
 
-    def _hashed(self, folder: str, rel: str, suffix: str) -> Path:
+    def _hashed(self, folder: str, rel: str, suffix: str) -> str:
         digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
-        return Path(f"{self._state}{os.sep}{folder}{os.sep}{digest[:2]}{os.sep}{digest}{suffix}")
+        return f"{self._state}{os.sep}{folder}{os.sep}{digest[:2]}{os.sep}{digest}{suffix}"
 
     def record_path(self, rel: str) -> Path:
-        return self._hashed("records", rel, ".json")
+        return Path(self._hashed("records", rel, ".json"))
 
     def part_path(self, rel: str) -> Path:
-        return self._hashed("parts", rel, ".part")
+        return Path(self._hashed("parts", rel, ".part"))
 
     def _legacy_record_path(self, rel: str) -> Path:
         """Where records lived before their names were hashed: ``records/<path>.json``."""
@@ -120,13 +122,13 @@ class Workspace:
         return sorted(v for v in found if VERSION_PATTERN.fullmatch(v))
 
     def read_record(self, rel: str) -> Optional[FileRecord]:
-        path = self.record_path(rel)
-        if path not in _RECORDS:
-            record = _load_record(path) or (self._adopt_legacy_record(rel) if self._holds_legacy_records() else None)
+        key = self._hashed("records", rel, ".json")
+        if key not in _RECORDS:
+            record = _load_record(key) or (self._adopt_legacy_record(rel) if self._holds_legacy_records() else None)
             if record is None:
                 return None
-            _RECORDS[path] = record
-        return _RECORDS[path]
+            _RECORDS[key] = record
+        return _RECORDS[key]
 
     def _holds_legacy_records(self) -> bool:
         """Whether ``records/`` holds anything beside the two-hex-digit folders of hashed names (looked
@@ -151,15 +153,15 @@ class Workspace:
 
     def write_record(self, rel: str, record: FileRecord, *, durable: bool = True) -> None:
         """``durable=False``: the caller makes the record durable (with others, at once)."""
-        path = self.record_path(rel)
-        atomic_write_json(path, asdict(record), durable=durable)
-        _RECORDS[path] = record
+        key = self._hashed("records", rel, ".json")
+        atomic_write_json(Path(key), asdict(record), durable=durable)
+        _RECORDS[key] = record
 
     def drop_record(self, rel: str) -> None:
-        path = self.record_path(rel)
-        _RECORDS.pop(path, None)
+        key = self._hashed("records", rel, ".json")
+        _RECORDS.pop(key, None)
         try:
-            path.unlink()
+            os.unlink(key)
         except FileNotFoundError:
             pass
         if self._holds_legacy_records():
@@ -207,7 +209,7 @@ class Workspace:
         except OSError:
             return None
         if not record.matches_stat(st):  # perhaps another process fetched it since: its record is on disk
-            _RECORDS.pop(self.record_path(rel), None)
+            _RECORDS.pop(self._hashed("records", rel, ".json"), None)
             record = self.read_record(rel)
         return record if record is not None and record.matches_stat(st) else None
 
