@@ -53,6 +53,7 @@ BUSY_STATUSES = (429, 503)
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
 # after a cut at most this much is fetched again.
 STREAM_BLOCK = 128 * 1024
+RESUMABLE_FROM = 256 * 1024  # a cut download of this many bytes or more resumes at the byte
 
 
 class Unauthorized(FetchError):
@@ -550,11 +551,14 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     stop = stop or StopSignal()
     retry = getattr(session, "retry_template", None) or make_retry(5, 0.5)
     expected = remote.size
+    # A small file is fetched again whole rather than resumed: no sidecar of validators to write,
+    # read and remove for each of thousands of them.
+    resumable = expected is None or expected >= RESUMABLE_FROM
     transferred = 0
     while True:
         if stop.is_set():
             raise Stopped()
-        offset = resume_point(part, remote)
+        offset = resume_point(part, remote) if resumable else 0
         hasher = hashlib.sha256()
         if offset:
             with open(part, "rb") as f:
@@ -597,8 +601,9 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                         raise FetchError(f"{redact(url)}: the server announces {announced} bytes on GET but "
                                          f"{expected} on HEAD; not stored")
                 with local_writes(str(part)):
-                    _part_meta_path(part).write_text(json.dumps({"etag": etag or remote.etag,
-                                                                 "last_modified": last_modified or remote.last_modified}))
+                    if resumable:
+                        _part_meta_path(part).write_text(json.dumps({"etag": etag or remote.etag,
+                                                                     "last_modified": last_modified or remote.last_modified}))
                     with open(part, "r+b" if offset else "wb") as out:
                         out.seek(offset)
                         out.truncate()
@@ -619,7 +624,8 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
             # the body ended cleanly at another length than announced (e.g. chunked on the fly)
             _discard(part)
             raise FetchError(f"{redact(url)}: got {size} bytes, expected {expected}; not stored")
-        _part_meta_path(part).unlink()
+        if resumable:
+            _part_meta_path(part).unlink()
         return FetchResult(size, hasher.hexdigest(), etag or remote.etag, last_modified or remote.last_modified,
                            transferred)
 

@@ -167,13 +167,6 @@ class DownloadOutcome:
     failed: Dict[str, str] = field(default_factory=dict)
 
 
-def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: str, timeout: float,
-                 on_bytes: Callable[[int], None], *, stop: Optional[StopSignal] = None,
-                 low_speed: LowSpeed = LowSpeed()) -> None:
-    """Fetch one file into its ``.part`` as one stream, then move it into the mirror and write its record."""
-    install_part(ws, entry, fetch_part(session, ws, entry, timeout, on_bytes, stop=stop, low_speed=low_speed), run_id)
-
-
 def fetch_part(session: requests.Session, ws: Workspace, entry: Dict, timeout: float, on_bytes: Callable[[int], None],
                *, stop: Optional[StopSignal] = None, low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
     """Fetch one file into its ``.part`` as one stream.

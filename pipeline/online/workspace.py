@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
 from amsrepomirror.online.listing import STATE_DIR
-from amsrepomirror.util.fsutil import atomic_write_json
+from amsrepomirror.util.fsutil import atomic_write_json, json_bytes, replace_without_sync
 from amsrepomirror.util.paths import VERSION_PATTERN
 
 
@@ -152,9 +152,13 @@ class Workspace:
         return record
 
     def write_record(self, rel: str, record: FileRecord, *, durable: bool = True) -> None:
-        """``durable=False``: the caller makes the record durable (with others, at once)."""
+        """Write the record atomically and durably; ``durable=False``: atomically, and the caller makes
+        it durable (with others, at once)."""
         key = self._hashed("records", rel, ".json")
-        atomic_write_json(Path(key), asdict(record), durable=durable)
+        if durable:
+            atomic_write_json(Path(key), asdict(record))
+        else:
+            replace_without_sync(key, json_bytes(asdict(record)))
         _RECORDS[key] = record
 
     def drop_record(self, rel: str) -> None:
@@ -201,12 +205,12 @@ class Workspace:
 
     def current_record(self, rel: str) -> Optional[FileRecord]:
         """The record, if the file on disk is still exactly the one it describes (size and mtime)."""
+        try:
+            st = os.stat(self.file(rel))  # first: a file not yet fetched costs no look for its record
+        except OSError:
+            return None
         record = self.read_record(rel)
         if record is None:
-            return None
-        try:
-            st = os.stat(self.file(rel))
-        except OSError:
             return None
         if not record.matches_stat(st):  # perhaps another process fetched it since: its record is on disk
             _RECORDS.pop(self._hashed("records", rel, ".json"), None)

@@ -5,6 +5,7 @@ import json
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import luigi
 from luigi.util import inherits
@@ -16,6 +17,7 @@ from amsrepomirror.online.http import make_session
 from amsrepomirror.online.listing import listing_url_for
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks.base import PROCESS_RUN_ID, MirrorTask, http, platform_rules
+from amsrepomirror.util.fsutil import atomic_write_bytes
 from amsrepomirror.util.units import format_size
 
 # max_batch_size and shared_batch_size in [DownloadFile] are read as settings, not parameters.
@@ -193,8 +195,7 @@ class VerifyTree(MirrorTask):
         manifest = sync.build_manifest(self.workspace, snapshot, self.version, run_id=self.run_id, deep=self.deep)
         sync.drop_stale_parts(self.workspace, snapshot)
         body = manifest.write(self.workspace.manifest_path(self.version))
-        with self.output().open("w") as f:
-            f.write(body.decode())
+        atomic_write_bytes(Path(self.output().path), body)  # the same bytes, not decoded again (tens of MB)
 
 
 @inherits(VerifyTree)
