@@ -136,6 +136,38 @@ def test_kill_9_mid_file_then_rerun_resumes_at_the_byte(scm_double, repo_tree, t
     assert gets[0].body_bytes == (packages / big).stat().st_size - kept
 
 
+def test_kill_9_while_small_files_are_recorded_in_groups_leaves_no_wrong_record(tmp_path):
+    """Small files are made durable and recorded a group at a time: after a kill -9 mid-run every
+    record on disk describes exactly the file in place and the server's bytes; the rerun fetches
+    just the files without one and ends with the exact tree."""
+    from amsrepomirror.testing.scmdouble import make_repository
+    root = tmp_path / "scm"
+    make_repository(root, VERSION, tiny=2000)
+    dest = tmp_path / "m"
+    ws = Workspace(dest)
+    served = served_tree(root, VERSION)
+    with ScmDouble(root) as double:
+        proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list(ws.state.glob("records/*/*.json"))) < 200:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        recorded = {rel for rel in served if ws.record_path(rel).exists()}
+        assert 200 <= len(recorded) < len(served)  # killed mid-run, some groups in
+        for rel in recorded:
+            record = json.loads(ws.record_path(rel).read_text())
+            st = (dest / rel).stat()
+            assert (record["size"], record["mtime_ns"]) == (st.st_size, st.st_mtime_ns), rel
+            assert record["sha256"] == served[rel] == tree_hashes(dest).get(rel), rel
+        double.clear_log()
+        result = mirror(double, dest)
+        assert result.returncode == 0, result.stderr
+        assert tree_hashes(dest) == served
+        fetched = {r.relpath for r in double.records("GET") if not (r.relpath or "").startswith("listings/")}
+        assert fetched == set(served) - recorded  # an empty file has no body: counted by its GET
+
+
 def test_file_that_keeps_failing_is_reported_others_complete_exit_1(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "mirror"
     scm_double.fail_status("common/data/basis-sets-2026.101.tar.zst", status=500, times=None)

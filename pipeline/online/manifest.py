@@ -6,6 +6,7 @@ compare two of them, so it carries a schema version and a stable hash of its own
 """
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,14 +66,23 @@ class Manifest:
             body["versions"] = self.all_versions
         if self.lacking:  # absent when nothing is lacking: such manifests stay what they were
             body["lacking"] = [asdict(e) for e in sorted(self.lacking, key=lambda e: e.path)]
-        return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+        # Encoded piece by piece: the same bytes as json.dumps(...).encode(), without a whole str beside
+        # them (tens of MB for 100,000 files).
+        out = io.BytesIO()
+        for piece in json.JSONEncoder(indent=1, sort_keys=True).iterencode(body):
+            out.write(piece.encode())
+        out.write(b"\n")
+        return out.getvalue()
 
     def sha256(self) -> str:
         """Stable identity of this manifest (its canonical JSON bytes)."""
         return hashlib.sha256(self.to_json()).hexdigest()
 
-    def write(self, path: Path) -> None:
-        atomic_write_bytes(Path(path), self.to_json())
+    def write(self, path: Path) -> bytes:
+        """Write the manifest; returns its bytes (for a copy without serialising thousands of entries again)."""
+        body = self.to_json()
+        atomic_write_bytes(Path(path), body)
+        return body
 
     @classmethod
     def read(cls, path: Path) -> "Manifest":

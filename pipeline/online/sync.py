@@ -3,9 +3,11 @@
 Tasks in ``tasks.py`` call these; each function is usable (and tested) without Luigi.
 """
 
+import contextlib
 import json
 import os
 import posixpath
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,7 +35,7 @@ from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress, CountProgress
 from amsrepomirror.online.segments import SegmentPolicy, Transfers, drop_ranges_record
 from amsrepomirror.online.workspace import FileRecord, Workspace
-from amsrepomirror.util.fsutil import atomic_write_json, local_writes, require_free_space
+from amsrepomirror.util.fsutil import atomic_write_json, local_writes, make_durable, require_free_space
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.lacking import Lacking, excluded_by, unlicensed
 from amsrepomirror.util.time import utc_now
@@ -104,12 +106,25 @@ def _counted(counter: CountProgress, answer):
 def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[StopSignal] = None) -> List:
     """``[fn(x) for x in items]`` on ``jobs`` threads; Ctrl-C or an error stops the rest at once.
 
-    Queued items are cancelled and transfers in flight are aborted (``StopSignal``), so an
+    The threads take items one by one (not a future per item: 100,000 of them would cost ~100 MB).
+    Items not yet taken are skipped and transfers in flight are aborted (``StopSignal``), so an
     interrupted run ends promptly (their partial downloads stay for the next run to resume).
     """
     stop = stop or StopSignal()
-    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
-    futures = [pool.submit(fn, item) for item in items]
+    results: List = [None] * len(items)
+    queue, taking = iter(enumerate(items)), threading.Lock()
+
+    def work(_thread: int) -> None:
+        while not stop.is_set():
+            with taking:
+                taken = next(queue, None)
+            if taken is None:
+                return
+            results[taken[0]] = fn(taken[1])
+
+    threads = max(1, min(jobs, len(items)))
+    pool = ThreadPoolExecutor(max_workers=threads)
+    futures = [pool.submit(work, n) for n in range(threads)]
     try:
         for future in as_completed(futures):
             future.result()
@@ -118,7 +133,7 @@ def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[St
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown()
-    return [f.result() for f in futures]
+    return results
 
 
 @lru_cache(maxsize=8)
@@ -152,35 +167,106 @@ class DownloadOutcome:
     failed: Dict[str, str] = field(default_factory=dict)
 
 
-def download_one(session: requests.Session, ws: Workspace, entry: Dict, run_id: str, timeout: float,
-                 on_bytes: Callable[[int], None], *, stop: Optional[StopSignal] = None,
-                 low_speed: LowSpeed = LowSpeed()) -> None:
-    """Fetch one file into its ``.part`` as one stream, then move it into the mirror and write its record.
+def fetch_part(session: requests.Session, ws: Workspace, entry: Dict, timeout: float, on_bytes: Callable[[int], None],
+               *, stop: Optional[StopSignal] = None, low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
+    """Fetch one file into its ``.part`` as one stream.
 
     Only a part that ``fetch_to_part`` accepted (the length and validators of this run's HEAD
-    answer) is moved into the mirror; anything else raises and leaves the mirror as it was.
+    answer) is returned, for ``install_part`` to move into the mirror; anything else raises and
+    leaves the mirror as it was.
     """
     part = ws.part_path(entry["path"])
     remote = RemoteInfo(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
     with local_writes(str(part)):
         part.parent.mkdir(parents=True, exist_ok=True)
     drop_ranges_record(part)  # ranges of an earlier run describe a part this stream rewrites
-    result = fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes, stop=stop, low_speed=low_speed)
-    install_part(ws, entry, result, run_id)
+    return fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes, stop=stop, low_speed=low_speed,
+                         durable=durable)
 
 
-def install_part(ws: Workspace, entry: Dict, result: FetchResult, run_id: str) -> None:
-    """Move an accepted ``.part`` into the mirror and write its record (the old record goes first)."""
+def install_part(ws: Workspace, entry: Dict, result: FetchResult, run_id: str, *, durable: bool = True,
+                 folders: Optional[Set[str]] = None) -> None:
+    """Move an accepted ``.part`` into the mirror and write its record (the old record goes first).
+
+    ``durable=False``: the part's bytes are durable already and the caller makes the new name and
+    the record durable (``GroupInstall``); ``folders``: mirror folders known to exist in this run.
+    """
     rel, part = entry["path"], ws.part_path(entry["path"])
     target = ws.file(rel)
+    folder = posixpath.dirname(rel)
     with local_writes(str(target)):
-        ws.clear_way(rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        ws.clear_way(rel, folders)
+        if folders is None or folder not in folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if folders is not None:
+                folders.add(folder)
         ws.drop_record(rel)  # the old record must never describe the new file
         os.replace(part, target)
         st = os.stat(target)
         ws.write_record(rel, FileRecord(st.st_size, st.st_mtime_ns, result.sha256, entry["url"], result.etag,
-                                        result.last_modified, run_id, result.bytes_transferred))
+                                        result.last_modified, run_id, result.bytes_transferred), durable=durable)
+
+
+class GroupInstall:
+    """Installs files fetched whole a group at a time, with the crash guarantee of one at a time.
+
+    A file counts as done once its record describes it, so a record may become durable only after
+    its file's bytes have: the group's parts are made durable together (one syncfs where Linux has
+    it, instead of an fsync per file and per record), then moved into the mirror with their records
+    written, then names and records are made durable together. A crash at any point leaves files
+    without records (fetched again by the next run), never a record over bytes that were not on disk.
+    """
+
+    FILES = 64  # files per group
+    BYTES = 64 * 2**20  # bytes per group: dirty data waiting for the group's flush stays bounded
+
+    def __init__(self, ws: Workspace, run_id: str, on_installed: Callable[[Dict], None],
+                 on_failed: Callable[[Dict, MirrorError], None]):
+        self.ws, self.run_id, self.on_installed, self.on_failed = ws, run_id, on_installed, on_failed
+        self.pending: List = []
+        self.pending_bytes = 0
+        self.folders: Set[str] = set()  # mirror folders made or checked in this run
+        self.lock, self.flushing = threading.Lock(), threading.Lock()
+
+    def add(self, entry: Dict, result: FetchResult) -> None:
+        with self.lock:
+            self.pending.append((entry, result))
+            self.pending_bytes += result.size
+            full = len(self.pending) >= self.FILES or self.pending_bytes >= self.BYTES
+        if full:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.flushing:
+            with self.lock:
+                group, self.pending, self.pending_bytes = self.pending, [], 0
+            if not group:
+                return
+            ws = self.ws
+            if not self._durable([entry for entry, _ in group], [ws.part_path(entry["path"]) for entry, _ in group]):
+                return
+            installed = []
+            for entry, result in group:
+                try:
+                    install_part(ws, entry, result, self.run_id, durable=False, folders=self.folders)
+                    installed.append(entry)
+                except MirrorError as exc:
+                    self.on_failed(entry, exc)
+            if self._durable(installed, [ws.record_path(entry["path"]) for entry in installed],
+                             {ws.file(entry["path"]).parent for entry in installed}):
+                for entry in installed:
+                    self.on_installed(entry)
+
+    def _durable(self, entries: List[Dict], files: List[Path], folders=()) -> bool:
+        """``make_durable``; when that fails, each of ``entries`` fails with its reason."""
+        try:
+            with local_writes(f"{len(entries)} downloaded file(s)"):
+                make_durable(files, folders)
+            return True
+        except MirrorError as exc:
+            for entry in entries:
+                self.on_failed(entry, exc)
+            return False
 
 
 def download_many(session: requests.Session, ws: Workspace, entries: List[Dict], run_id: str, *, jobs: int,
@@ -203,14 +289,7 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
         if progress:
             progress.update(n)
 
-    def fetch_whole(entry):
-        download_one(bodies, ws, entry, run_id, timeout, on_bytes, stop=stop, low_speed=low_speed)
-        outcome.fetched.append(entry["path"])
-        if progress:
-            progress.file_done()
-
-    def done(entry, result):
-        install_part(ws, entry, result, run_id)
+    def installed(entry):
         outcome.fetched.append(entry["path"])
         if progress:
             progress.file_done()
@@ -220,13 +299,27 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
             raise exc  # no other file can do better: stop the run
         outcome.failed[entry["path"]] = str(exc)
 
+    group = GroupInstall(ws, run_id, installed, failed)
+
+    def fetch_whole(entry):
+        group.add(entry, fetch_part(bodies, ws, entry, timeout, on_bytes, stop=stop, low_speed=low_speed, durable=False))
+
+    def done(entry, result):  # a file fetched as ranges: its part is durable (segments)
+        install_part(ws, entry, result, run_id)
+        installed(entry)
+
     transfers = Transfers(bodies, entries, ws.part_path, jobs=jobs, policy=segments, timeout=timeout,
                           low_speed=low_speed, stop=stop, on_bytes=on_bytes, fetch_whole=fetch_whole,
                           on_done=done, on_failed=failed)
     try:
         run_concurrently(transfers.worker, range(jobs), jobs, stop)
+    except BaseException:
+        with contextlib.suppress(MirrorError):
+            group.flush()  # files that arrived whole before the stop are kept
+        raise
     finally:
         transfers.close_all()  # every connection has ended: no write can reach a closed part
+    group.flush()
     for path, message in sorted(outcome.failed.items()):
         ws.note_failure(run_id, "file", message, path)
     if transfers.slowdown is not None:  # for the run summary (``summarize``)

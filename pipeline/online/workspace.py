@@ -11,18 +11,19 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Set
 
 from amsrepomirror.online.listing import STATE_DIR
-from amsrepomirror.util.fsutil import atomic_write_json
+from amsrepomirror.util.fsutil import atomic_write_json, json_bytes, replace_without_sync
 from amsrepomirror.util.paths import VERSION_PATTERN
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one is held per file, 100,000s of them
 class FileRecord:
     """What we know of a mirror file: its content and the server validators it was fetched under."""
 
@@ -51,12 +52,15 @@ class FileRecord:
 # Records read or written by this process, by record path: a no-op run of 10,000 files reads each
 # record once instead of once per check. Processes sharing a run under a central scheduler write
 # records too, so a cached record that no longer describes the file on disk is read again.
-_RECORDS: Dict[Path, Optional[FileRecord]] = {}
+# Keyed by the record's path as a string: a Path per file would cost half a kilobyte more each.
+_RECORDS: Dict[str, FileRecord] = {}
+_HASH_FOLDER = re.compile(r"[0-9a-f]{2}")
 
 
-def _load_record(path: Path) -> Optional[FileRecord]:
+def _load_record(path) -> Optional[FileRecord]:
     try:
-        return FileRecord(**json.loads(path.read_text()))
+        with open(path, encoding="utf-8") as f:
+            return FileRecord(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -67,19 +71,21 @@ class Workspace:
     def __init__(self, mirror: Path):
         self.mirror = Path(mirror).absolute()
         self.state = self.mirror / STATE_DIR
+        self._legacy: Optional[bool] = None  # see _holds_legacy_records
+        self._state = str(self.state)  # records' and parts' paths are built as strings: a third cheaper
 
     def file(self, rel: str) -> Path:
         return self.mirror.joinpath(*rel.split("/"))
 
-    def _hashed(self, folder: str, rel: str, suffix: str) -> Path:
+    def _hashed(self, folder: str, rel: str, suffix: str) -> str:
         digest = hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()
-        return self.state / folder / digest[:2] / (digest + suffix)
+        return f"{self._state}{os.sep}{folder}{os.sep}{digest[:2]}{os.sep}{digest}{suffix}"
 
     def record_path(self, rel: str) -> Path:
-        return self._hashed("records", rel, ".json")
+        return Path(self._hashed("records", rel, ".json"))
 
     def part_path(self, rel: str) -> Path:
-        return self._hashed("parts", rel, ".part")
+        return Path(self._hashed("parts", rel, ".part"))
 
     def _legacy_record_path(self, rel: str) -> Path:
         """Where records lived before their names were hashed: ``records/<path>.json``."""
@@ -116,13 +122,25 @@ class Workspace:
         return sorted(v for v in found if VERSION_PATTERN.fullmatch(v))
 
     def read_record(self, rel: str) -> Optional[FileRecord]:
-        path = self.record_path(rel)
-        if path not in _RECORDS:
-            record = _load_record(path) or self._adopt_legacy_record(rel)
+        key = self._hashed("records", rel, ".json")
+        if key not in _RECORDS:
+            record = _load_record(key) or (self._adopt_legacy_record(rel) if self._holds_legacy_records() else None)
             if record is None:
                 return None
-            _RECORDS[path] = record
-        return _RECORDS[path]
+            _RECORDS[key] = record
+        return _RECORDS[key]
+
+    def _holds_legacy_records(self) -> bool:
+        """Whether ``records/`` holds anything beside the two-hex-digit folders of hashed names (looked
+        at once: a first run would otherwise look for each missing record under both layouts, each check)."""
+        if self._legacy is None:
+            try:
+                with os.scandir(self.state / "records") as entries:
+                    self._legacy = any(not (e.is_dir(follow_symlinks=False) and _HASH_FOLDER.fullmatch(e.name))
+                                       for e in entries)
+            except OSError:
+                self._legacy = False
+        return self._legacy
 
     def _adopt_legacy_record(self, rel: str) -> Optional[FileRecord]:
         """A record of the earlier layout, moved to its hashed name, so an upgrade fetches nothing again."""
@@ -133,30 +151,39 @@ class Workspace:
             legacy.unlink()
         return record
 
-    def write_record(self, rel: str, record: FileRecord) -> None:
-        path = self.record_path(rel)
-        atomic_write_json(path, asdict(record))
-        _RECORDS[path] = record
+    def write_record(self, rel: str, record: FileRecord, *, durable: bool = True) -> None:
+        """Write the record atomically and durably; ``durable=False``: atomically, and the caller makes
+        it durable (with others, at once)."""
+        key = self._hashed("records", rel, ".json")
+        if durable:
+            atomic_write_json(Path(key), asdict(record))
+        else:
+            replace_without_sync(key, json_bytes(asdict(record)))
+        _RECORDS[key] = record
 
     def drop_record(self, rel: str) -> None:
-        path = self.record_path(rel)
-        _RECORDS.pop(path, None)
+        key = self._hashed("records", rel, ".json")
+        _RECORDS.pop(key, None)
         try:
-            path.unlink()
+            os.unlink(key)
         except FileNotFoundError:
             pass
-        with contextlib.suppress(OSError):  # absent, or a name the earlier layout could not hold
-            self._legacy_record_path(rel).unlink()
+        if self._holds_legacy_records():
+            with contextlib.suppress(OSError):  # absent, or a name the earlier layout could not hold
+                self._legacy_record_path(rel).unlink()
 
-    def clear_way(self, rel: str) -> None:
+    def clear_way(self, rel: str, folders: Optional[Set[str]] = None) -> None:
         """Make room for the file ``rel`` when a path changed between file and folder upstream.
 
         A file where one of its folders must be, or a folder where it must go, is no longer listed
         (a listing never names a path as both): it goes, with its records. Downloads into one new
         folder may race here, which is safe: unlink() never removes the folder another one made.
+        ``folders``: mirror folders already known to be folders in this run (their ancestors are not
+        checked again).
         """
         parts = rel.split("/")
-        for depth in range(1, len(parts)):
+        known = folders is not None and "/".join(parts[:-1]) in folders
+        for depth in range(1, 1 if known else len(parts)):
             folder = "/".join(parts[:depth])
             if self.file(folder).is_dir():
                 continue
@@ -178,15 +205,15 @@ class Workspace:
 
     def current_record(self, rel: str) -> Optional[FileRecord]:
         """The record, if the file on disk is still exactly the one it describes (size and mtime)."""
+        try:
+            st = os.stat(self.file(rel))  # first: a file not yet fetched costs no look for its record
+        except OSError:
+            return None
         record = self.read_record(rel)
         if record is None:
             return None
-        try:
-            st = os.stat(self.file(rel))
-        except OSError:
-            return None
         if not record.matches_stat(st):  # perhaps another process fetched it since: its record is on disk
-            _RECORDS.pop(self.record_path(rel), None)
+            _RECORDS.pop(self._hashed("records", rel, ".json"), None)
             record = self.read_record(rel)
         return record if record is not None and record.matches_stat(st) else None
 

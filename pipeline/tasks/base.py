@@ -63,6 +63,12 @@ class ReportsFailure:
                            "traceback": traceback.format_exc()})
 
 
+@functools.lru_cache(maxsize=16)
+def workspace_of(mirror: str) -> Workspace:
+    """One Workspace per mirror folder: every check of every task asks for it (10,000s of times)."""
+    return Workspace(mirror)
+
+
 class MirrorTask(ReportsFailure, luigi.Task):
     """Base of the tasks that work on a mirror folder."""
 
@@ -71,7 +77,7 @@ class MirrorTask(ReportsFailure, luigi.Task):
 
     @property
     def workspace(self) -> Workspace:
-        return Workspace(self.mirror)
+        return workspace_of(self.mirror)
 
     @classmethod
     @functools.lru_cache(maxsize=None)

@@ -1,14 +1,16 @@
 """Small filesystem helpers: atomic writes and free-space checks."""
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
 import shutil
 import stat
 import tempfile
+import threading
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from amsrepomirror.errors import DiskSpaceError, MirrorError, UsageError
 from amsrepomirror.util.units import format_size
@@ -34,8 +36,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def json_bytes(obj) -> bytes:
+    """The project's JSON layout for state files (indented, keys sorted, a final newline)."""
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
 def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(obj))
+
+
+def replace_without_sync(path: str, data: bytes) -> None:
+    """Write ``data`` so that ``path`` is either the old file or the complete new one, like
+    :func:`atomic_write_bytes` but not durably (the caller makes a group durable at once, see
+    :func:`make_durable`) and with the fewest system calls: thousands are written per run."""
+    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"  # one writer per name at a time
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(tmp, flags, 0o644)
+    try:
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def free_bytes(path: Path) -> int:
@@ -68,6 +98,60 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _syncfs():
+    """Linux's syncfs(2) from the C library, or None where there is none."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_SYNCFS = _syncfs()
+
+
+def make_durable(files: Iterable[Path], folders: Iterable[Path] = ()) -> None:
+    """Make the written ``files`` and the entries of ``folders`` durable, at least as strongly as an
+    fsync of each would.
+
+    Where Linux's syncfs exists, one call per filesystem holding them flushes it whole (one journal
+    commit and one cache flush for a group of small files, instead of one per file); elsewhere, or
+    when it fails, each file and folder is fsynced.
+    """
+    files = [Path(f) for f in files]
+    folders = {Path(f) for f in folders} | {f.parent for f in files}
+    if not folders:
+        return
+    if _SYNCFS is not None and _sync_filesystems(folders):
+        return
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in folders:
+        fsync_dir(folder)
+
+
+def _sync_filesystems(folders) -> bool:
+    """syncfs once per filesystem holding one of ``folders``; False if any could not be synced."""
+    synced = set()
+    for folder in folders:
+        try:
+            fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            return False
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in synced:
+                if _SYNCFS(fd) != 0:
+                    return False
+                synced.add(device)
+        finally:
+            os.close(fd)
+    return True
 
 
 def remove_entry(path: Path) -> None:
