@@ -42,23 +42,12 @@ def chunks_of(out, path):
 
 
 @pytest.fixture
-def tree(tmp_path):
-    """The double's repository with 300 tiny files more, so the small-file stream spans many chunks."""
+def repo_tree(tmp_path):
+    """conftest's repository with 300 tiny files more, so the small-file stream spans many chunks
+    (conftest's ``scm_double`` serves it)."""
     root = tmp_path / "scm"
     make_repository(root, VERSION, tiny=300)
     return root
-
-
-@pytest.fixture
-def double(tree):
-    from amsrepomirror.testing.scmdouble import ScmDouble
-
-    server = ScmDouble(tree)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def check_by_hand_and_with_the_tool(out, mirror, amshome):
@@ -76,8 +65,8 @@ def check_by_hand_and_with_the_tool(out, mirror, amshome):
     assert tree_hashes(amshome / "repository") == tree_hashes(mirror)
 
 
-def test_same_tree_bundled_twice_gives_identical_chunk_files(double, tmp_path):
-    url = double.listing_url(VERSION)
+def test_same_tree_bundled_twice_gives_identical_chunk_files(scm_double, tmp_path):
+    url = scm_double.listing_url(VERSION)
     mirror = tmp_path / "mirror"
     assert bundle(url, mirror, tmp_path / "one").returncode == 0
     assert bundle(url, mirror, tmp_path / "two", "--offline").returncode == 0
@@ -88,11 +77,11 @@ def test_same_tree_bundled_twice_gives_identical_chunk_files(double, tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
-def test_small_change_in_the_middle_changes_at_most_two_chunks(double, tree, tmp_path):
-    url = double.listing_url(VERSION)
+def test_small_change_in_the_middle_changes_at_most_two_chunks(scm_double, repo_tree, tmp_path):
+    url = scm_double.listing_url(VERSION)
     mirror, old, new = tmp_path / "mirror", tmp_path / "old", tmp_path / "new"
     assert bundle(url, mirror, old).returncode == 0
-    change_file(tree, MIDDLE, seed="v2")
+    change_file(repo_tree, MIDDLE, seed="v2")
     assert bundle(url, mirror, new).returncode == 0
 
     before, after = set(chunk_list(old)), set(chunk_list(new))
@@ -121,13 +110,13 @@ def test_small_change_in_the_middle_changes_at_most_two_chunks(double, tree, tmp
     check_by_hand_and_with_the_tool(new, mirror, tmp_path / "ams")
 
 
-def test_rebuild_in_the_previous_folder_keeps_unchanged_chunks_and_drops_old_ones(double, tree, tmp_path):
-    url = double.listing_url(VERSION)
+def test_rebuild_in_the_previous_folder_keeps_unchanged_chunks_and_drops_old_ones(scm_double, repo_tree, tmp_path):
+    url = scm_double.listing_url(VERSION)
     mirror, out = tmp_path / "mirror", tmp_path / "bundle"
     assert bundle(url, mirror, out).returncode == 0
     before = dict(chunk_list(out))
     stamps = {name: ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) for name in before}
-    change_file(tree, MIDDLE, seed="v2")
+    change_file(repo_tree, MIDDLE, seed="v2")
     rebuilt = bundle(url, mirror, out)
     assert rebuilt.returncode == 0, rebuilt.stderr
     after = dict(chunk_list(out))
@@ -142,10 +131,10 @@ def test_rebuild_in_the_previous_folder_keeps_unchanged_chunks_and_drops_old_one
     check_by_hand_and_with_the_tool(out, mirror, tmp_path / "ams")
 
 
-def test_chunk_list_order_is_what_verify_follows_not_name_order(double, tmp_path):
+def test_chunk_list_order_is_what_verify_follows_not_name_order(scm_double, tmp_path):
     """Content names sort in no useful order: the parts of a split file must follow the manifest's chunk list."""
     mirror, out = tmp_path / "mirror", tmp_path / "bundle"
-    assert bundle(double.listing_url(VERSION), mirror, out).returncode == 0
+    assert bundle(scm_double.listing_url(VERSION), mirror, out).returncode == 0
     names = [name for name, _ in chunk_list(out)]
     parts = chunks_of(out, BIG)
     assert [names.index(c) for c in parts] == sorted(names.index(c) for c in parts)
