@@ -185,6 +185,11 @@ class RemoteInfo:
     def validators(self):
         return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
 
+    @classmethod
+    def of_entry(cls, entry) -> "RemoteInfo":
+        """The answer a snapshot entry recorded (its ``validators()``), for the GETs that follow."""
+        return cls(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
+
 
 @dataclass(frozen=True)
 class FetchResult:

@@ -121,7 +121,7 @@ class SegmentedFile:
 
     def __init__(self, entry: Dict, part: Path, lock: threading.Condition):
         self.entry, self.part, self.lock = entry, part, lock  # lock: the scheduler's, which guards the extents
-        self.remote = RemoteInfo(200, entry["size"], entry.get("etag"), entry.get("last_modified"))
+        self.remote = RemoteInfo.of_entry(entry)
         self.honours_ranges = False  # a 206 seen: ranges may be split off
         self.stopped: Optional[BaseException] = None
         self.discarded = False
@@ -361,7 +361,7 @@ class Transfers:
         return None
 
     def _segmentable(self, entry: Dict) -> bool:
-        remote = RemoteInfo(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
+        remote = RemoteInfo.of_entry(entry)
         return remote.size is not None and remote.size >= self.policy.threshold and if_range_validator(remote) is not None
 
     def _split(self) -> Optional[Unit]:

@@ -176,7 +176,7 @@ def fetch_part(session: requests.Session, ws: Workspace, entry: Dict, timeout: f
     leaves the mirror as it was.
     """
     part = ws.part_path(entry["path"])
-    remote = RemoteInfo(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
+    remote = RemoteInfo.of_entry(entry)
     with local_writes(str(part)):
         part.parent.mkdir(parents=True, exist_ok=True)
     drop_ranges_record(part)  # ranges of an earlier run describe a part this stream rewrites
