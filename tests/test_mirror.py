@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 
+from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.testing.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
 
@@ -442,3 +443,33 @@ def test_two_runs_on_one_mirror_do_not_collide(scm_double, tmp_path):
     assert second.returncode == 2 and "another amsrepomirror run" in second.stderr
     first.kill()
     first.wait()
+
+
+def test_download_file_is_named_by_mirror_run_and_path_and_takes_the_rest_from_its_run(scm_double, tmp_path):
+    """The scheduler and the worker keep every DownloadFile: its parameters only name it, and the
+    run's other parameters come from the snapshot its FetchListing wrote (same task, same connections)."""
+    import subprocess
+    import sys
+
+    from amsrepomirror.tasks import DownloadFile
+    from amsrepomirror.tasks.mirror import listing_of_run
+    assert [name for name, _ in DownloadFile.get_params()] == ["mirror", "run_id", "path"]
+
+    dest = tmp_path / "m"
+    assert mirror(scm_double, dest, "--jobs", "3").returncode == 0
+    (run_id,) = [p.name for p in (dest / ".amsrepomirror" / "runs").iterdir()]
+    listing = listing_of_run(str(dest.absolute()), run_id)
+    assert (listing.version, listing.jobs, listing.run_id) == (VERSION, 3, run_id)
+    assert listing.complete() and listing.listing_url == scm_double.listing_url(VERSION)
+
+    def plain(run):
+        return subprocess.run(
+            [sys.executable, "-m", "luigi", "--module", "amsrepomirror.tasks", "DownloadFile", "--mirror", str(dest),
+             "--run-id", run, "--path", "common/data/empty.dat", "--local-scheduler",
+             "--retcode-scheduling-error", "7", "--retcode-task-failed", "8"],
+            cwd=Path(__file__).resolve().parent.parent, env=cli_env(), capture_output=True, text=True, timeout=120)
+    before = tree_hashes(dest)
+    assert plain(run_id).returncode == 0 and tree_hashes(dest) == before  # complete: nothing to do
+    assert plain("no-such-run").returncode == 7
+    with pytest.raises(MirrorError, match="run no-such-run of the mirror .* has no listing yet"):
+        listing_of_run(str(dest.absolute()), "no-such-run")

@@ -69,10 +69,9 @@ def workspace_of(mirror: str) -> Workspace:
     return Workspace(mirror)
 
 
-class MirrorTask(ReportsFailure, luigi.Task):
+class FolderTask(ReportsFailure, luigi.Task):
     """Base of the tasks that work on a mirror folder."""
 
-    version = luigi.Parameter(description="AMS version, e.g. AMS2026.1")
     mirror = luigi.Parameter(description="mirror folder (becomes $AMSHOME/repository)")
 
     @property
@@ -85,3 +84,9 @@ class MirrorTask(ReportsFailure, luigi.Task):
         # Luigi rebuilds this list with dir(cls) on every instantiation and clone; with one
         # DownloadFile per listed file that alone costs seconds, and a class's parameters never change.
         return super().get_params()
+
+
+class MirrorTask(FolderTask):
+    """Base of the tasks that work on one version in a mirror folder."""
+
+    version = luigi.Parameter(description="AMS version, e.g. AMS2026.1")

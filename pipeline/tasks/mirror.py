@@ -10,13 +10,13 @@ from pathlib import Path
 import luigi
 from luigi.util import inherits
 
-from amsrepomirror.errors import FetchError
+from amsrepomirror.errors import FetchError, MirrorError
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import resolve_credentials
 from amsrepomirror.online.http import make_session
 from amsrepomirror.online.listing import listing_url_for
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.tasks.base import PROCESS_RUN_ID, MirrorTask, http, platform_rules
+from amsrepomirror.tasks.base import PROCESS_RUN_ID, FolderTask, MirrorTask, http, platform_rules, workspace_of
 from amsrepomirror.util.fsutil import atomic_write_bytes
 from amsrepomirror.util.units import format_size
 
@@ -54,6 +54,7 @@ class FetchListing(MirrorTask):
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
                                       timeout=http().timeout)
         sync.record_selection(self.workspace, snapshot)
+        snapshot["task"] = self.to_str_params()  # the run's parameters, for DownloadFile (see listing_of_run)
         with self.output().open("w") as f:
             json.dump(snapshot, f, separators=(",", ":"))  # compact: Python's encoder is 5× slower with an indent
 
@@ -113,17 +114,32 @@ class SchedulerProgress:
 
 
 @functools.lru_cache(maxsize=16)
-def listing_task(params: tuple) -> FetchListing:
-    """The FetchListing of these parameters, made once: Luigi asks each DownloadFile for it, and a
-    clone per file would parse every parameter again."""
-    return FetchListing(**dict(params))
+def listing_of_run(mirror: str, run_id: str) -> FetchListing:
+    """The FetchListing that took run ``run_id``'s snapshot, rebuilt from the parameters the snapshot
+    records: made once per run, as Luigi asks every DownloadFile for it."""
+    path = workspace_of(mirror).snapshot_path(run_id)
+    try:
+        recorded = sync.load_snapshot(str(path)).get("task")
+    except FileNotFoundError:
+        recorded = None
+    if recorded is None:
+        raise MirrorError(f"run {run_id} of the mirror {mirror} has no listing yet ({path}); a DownloadFile is "
+                          "made by the run's VerifyTree: run that (or amsrepomirror mirror) instead")
+    return FetchListing.from_str_params(recorded)
 
 
-@inherits(FetchListing)
-class DownloadFile(MirrorTask):
-    """One listed file; Luigi batches many into one run so scheduling stays linear."""
+class DownloadFile(FolderTask):
+    """One listed file of a run; Luigi batches many into one run so scheduling stays linear.
 
+    Its parameters only name it (mirror, run, path): the scheduler and the worker keep a record of
+    every DownloadFile, 100,000s of them, and each parameter costs both. The run's other parameters
+    (version, listing, platforms, connections) come with its snapshot, which exists before any
+    DownloadFile is made (VerifyTree makes them after FetchListing).
+    """
+
+    run_id = luigi.Parameter(description="the mirror run this file belongs to (names its listing snapshot)")
     path = luigi.Parameter(batch_method="\n".join, description="repository path (newline-joined when batched)")
+
     @property
     def max_batch_size(self):
         # Luigi reads this from the task to size batches; [DownloadFile] max_batch_size sets it (read
@@ -131,7 +147,7 @@ class DownloadFile(MirrorTask):
         return luigi.configuration.get_config().getint("DownloadFile", "max_batch_size")
 
     def requires(self):
-        return listing_task(tuple((name, self.param_kwargs[name]) for name, _ in FetchListing.get_params()))
+        return listing_of_run(self.mirror, self.run_id)
 
     def paths(self):
         return self.path.split("\n")
@@ -147,7 +163,7 @@ class DownloadFile(MirrorTask):
         total = sync.bytes_to_fetch(self.workspace, entries)
         shown = SchedulerProgress(self, progress.for_run(self.run_id, total), total, len(entries), len(self.paths()))
         outcome = sync.download_many(self.requires().session(), self.workspace, entries, self.run_id,
-                                     jobs=self.jobs, timeout=http().timeout, progress=shown,
+                                     jobs=self.requires().jobs, timeout=http().timeout, progress=shown,
                                      low_speed=http().low_speed(), segments=http().segments())
         shown.finish(len(outcome.fetched), len(outcome.failed))
         if outcome.failed:
