@@ -137,6 +137,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             raise IntegrityError(f"{MANIFEST_NAME} of {bundle_dir} changed while its signature was checked; "
                                  "nothing was extracted")
         log.info(f"unpack: {signed.describe()}")
+        placement.checkpoint("unpack:signature-checked")
     home = placement.check_amshome(amshome)
     with placement.amshome_lock(home):
         for action in placement.recover(home):
