@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 from test_signature import SIG, VERSION, allowed_signers, bundle, new_key, resum
+from test_signature import pytestmark as needs_ssh_keygen
 
 from amsrepomirror.bundle.format import MANIFEST_NAME
 from amsrepomirror.offline.placement import RECEIPT, STOP_AT_ENV
@@ -27,8 +28,7 @@ CHANGED = "linux/x86_64/adf-2026.101.tar.zst"
 TIMEOUT = 120
 REFUSAL = "changed after its signature was checked; nothing was placed"
 
-pytestmark = pytest.mark.skipif(shutil.which("ssh-keygen") is None and not os.environ.get("AMSREPOMIRROR_REQUIRE_TOOLS"),
-                                reason="ssh-keygen (openssh-client) is not installed")
+pytestmark = needs_ssh_keygen
 
 
 @pytest.fixture
@@ -130,6 +130,8 @@ def full_bundles(installed, scm_double, repo_tree, tmp_path, keys):
 
 
 def test_a_full_bundle_swapped_after_its_signature_check_is_refused_before_extraction(installed, full_bundles, keys):
+    """Another bundle, whole and consistent, in place of the signed one: its chunks check out against
+    its own manifest, so only the signed manifest's hash stands between it and AMSHOME."""
     _, _, amshome = installed
     signed, stick, signed_tree, forged = full_bundles
     before = amshome_state(amshome)
@@ -142,8 +144,8 @@ def test_a_full_bundle_swapped_after_its_signature_check_is_refused_before_extra
     assert tree_hashes(amshome / "repository") == signed_tree
 
 
-def test_a_manifest_swapped_after_the_tree_is_verified_never_reaches_the_receipt(installed, full_bundles, keys,
-                                                                                 repo_tree):
+def test_a_manifest_swapped_after_the_tree_is_verified_never_reaches_the_receipt(installed, full_bundles, keys):
+    """Without the check the signed tree would be placed with a receipt naming the forged manifest."""
     _, _, amshome = installed
     _, stick, _, forged = full_bundles
     before = amshome_state(amshome)
@@ -170,6 +172,7 @@ def test_a_raised_sequence_claim_after_the_signature_check_is_refused(installed,
 
 
 def test_a_delta_bundle_swapped_after_its_signature_check_is_refused(installed, scm_double, repo_tree, tmp_path, keys):
+    """A forged delta on the same installed tree in place of the signed delta."""
     key, allowed = keys
     mirror, full, amshome = installed
     url = scm_double.listing_url(VERSION)
