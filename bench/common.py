@@ -336,7 +336,7 @@ def print_row(r: Row) -> None:
     if r.ratio:
         bits.append(f"wget/ours {r.ratio}")
     if r.target:
-        bits.append(f"target {r.target} -> {r.result}")
+        bits.append(f"target {r.target}" + (f" -> {r.result}" if r.result else ""))
     if r.notes:
         bits.append(r.notes)
     print("  " + "; ".join(bits), flush=True)
