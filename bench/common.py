@@ -3,6 +3,7 @@ machine information, the results table and the per-section update of ``docs/benc
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -33,9 +34,11 @@ from amsrepomirror.testing.scmdouble import (  # noqa: E402
     DEMO_PASSWORD,
     DEMO_USER,
     PLACEHOLDER_ORIGIN,
+    retarget_listing,
     write_file,
     write_listing,
 )
+from bench.latency import LatencyProxy  # noqa: E402
 
 VERSION = DEFAULT_VERSION
 TIME_BIN = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -259,6 +262,17 @@ class Nginx:
     def clear(self) -> None:
         self.server.clear_access_log()
 
+    @contextlib.contextmanager
+    def behind_latency(self, rtt_ms: float) -> Iterator[str]:
+        """This nginx behind a LatencyProxy adding ``rtt_ms`` of round trip; yields the listing URL
+        through the proxy. The listing on disk names the proxy until the block ends."""
+        with LatencyProxy(self.server.host, self.server.port, rtt_ms / 2000) as proxy:
+            retarget_listing(self.server.root, VERSION, proxy.base_url)
+            try:
+                yield self.listing_url.replace(self.server.base_url, proxy.base_url, 1)
+            finally:
+                retarget_listing(self.server.root, VERSION, self.server.base_url)
+
     def traffic(self) -> Dict[str, int]:
         """Requests since ``clear()``: all of them, and GETs that carried a body (listing left out)."""
         time.sleep(0.2)  # nginx logs a request just after its response
@@ -322,7 +336,7 @@ def print_row(r: Row) -> None:
     if r.ratio:
         bits.append(f"wget/ours {r.ratio}")
     if r.target:
-        bits.append(f"target {r.target} -> {r.result}")
+        bits.append(f"target {r.target}" + (f" -> {r.result}" if r.result else ""))
     if r.notes:
         bits.append(r.notes)
     print("  " + "; ".join(bits), flush=True)

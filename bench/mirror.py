@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from amsrepomirror.testing.scmdouble import PACKAGES_PREFIX, retarget_listing
-
 from .common import (
     BenchError,
     Nginx,
@@ -33,7 +31,6 @@ from .common import (
     verdict,
     warm,
 )
-from .latency import LatencyProxy
 
 RTT_MS = 20  # round trip the latency proxy adds in scenario (c)
 
@@ -278,9 +275,7 @@ def mirror_rerun(ctx: Context) -> None:
             reruns_wget.append((run, web.traffic(), None))
         _check_tree(dest_ours, nfiles, nbytes, "c ours")
         # The same reruns with a WAN-like round trip: a proxy in front of the same nginx.
-        with LatencyProxy(web.server.host, web.server.port, RTT_MS / 2000) as proxy:
-            retarget_listing(root, "AMS2026.1", proxy.base_url)
-            url = f"{proxy.base_url}{PACKAGES_PREFIX}listings/AMS2026.1.txt"
+        with web.behind_latency(RTT_MS) as url:
             _sync()
             web.clear()
             wan_ours, wan_report = _ours(url, dest_ours, log_dir=ctx.logs, name="c-ours-rerun-wan")

@@ -7,11 +7,18 @@
 3. ``workers``: a listing throttled per connection (nginx ``limit_rate``), one process vs two
    processes sharing the run through a real ``luigid`` (target: two ≥ 1.8× faster); and the central
    scheduler's own cost per DownloadFile task (2,000 tiny files, one process, luigid vs local).
+4. ``memory``: 100,000 listed tiny files through nginx, peak memory of the first run and of the
+   no-op rerun (target ≤ 400 MB each); per-file cost = (peak at 100,000 − peak at 1,000) per
+   1,000 files more.
+5. ``wan``: ``wget``'s comparison again through a proxy adding a 20 ms round trip
+   (bench/latency.py) in front of the same nginx, with 2,000 tiny files (wget asks for them one
+   after another, so 10,000 would take it minutes); context for the loopback rows, no target.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -42,13 +49,16 @@ from bench.common import (
     run_wget,
     sized_files,
     tiny_files,
+    tree_stats,
     verdict,
     warm,
 )
-from bench.mirror import fmt_phases, phases
+from bench.mirror import RTT_MS, fmt_phases, phases
 
 DOC = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Scale: many files, several workers (luigid)"
+MEMORY_LIMIT_MB = 400  # issue: a mirror of 100,000 listed files within 400 MB
+WGET_FILES = 10000  # the issue's comparison with wget, on loopback
 
 
 class Luigid:
@@ -113,9 +123,7 @@ def scale_linear(ctx: Context) -> None:
             web.clear()
             rerun, rerun_report = ours(web.listing_url, dest, ctx, f"linear-rerun-{count}")
             bodies = web.traffic()["bodies"]
-        if first_report["fetched"] != count + 1 or rerun_report["fetched"] != 0 or bodies:
-            raise BenchError(f"linear {count}: fetched {first_report['fetched']}, then {rerun_report['fetched']} "
-                             f"({bodies} bodies)")
+        _check_runs(f"linear {count}", count + 1, first_report, rerun_report, bodies)
         figures[count] = (first.seconds / count, rerun.seconds / count)
         for label, run, report in (("first run", first, first_report), ("no-op rerun", rerun, rerun_report)):
             ctx.add(Row("linear", f"{label}, {count:,} tiny files", fmt_s(run.seconds), "", "", "", "",
@@ -127,23 +135,92 @@ def scale_linear(ctx: Context) -> None:
                     "≤ 1.2", verdict(ratio <= 1.2, ratio, 1.2), "1.0 = perfectly linear"))
 
 
-def scale_wget(ctx: Context) -> None:
-    count = 2000 if ctx.quick else 10000
-    with Nginx(_tiny_tree(ctx, count), ctx.work / f"nginx-wget-{count}") as web:
-        dest = fresh(ctx.work / "dest" / f"wget-ours-{count}")
-        first, first_report = ours(web.listing_url, dest, ctx, f"wget-ours-first-{count}")
-        rerun, rerun_report = ours(web.listing_url, dest, ctx, f"wget-ours-rerun-{count}")
-        wdest = fresh(ctx.work / "dest" / f"wget-wget-{count}")
-        wfirst = run_wget(web.listing_url, wdest, log_dir=ctx.work / "logs", name=f"wget-first-{count}")
-        wrerun = run_wget(web.listing_url, wdest, log_dir=ctx.work / "logs", name=f"wget-rerun-{count}", timestamping=True)
+def _check_runs(name: str, listed: int, first: Dict, rerun: Dict, bodies: int) -> None:
+    """The first run fetched every listed file, the rerun none, and no file body was sent for it."""
+    if first["fetched"] != listed or rerun["fetched"] != 0 or bodies:
+        raise BenchError(f"{name}: fetched {first['fetched']} of {listed}, then {rerun['fetched']} ({bodies} bodies)")
+
+
+def _check_dest(name: str, root: Path, dest: Path) -> None:
+    """``dest`` holds as many files and bytes as the served tree (the listing left out)."""
+    served, got = tree_stats(root / "Downloads" / "packages", skip=("listings",)), tree_stats(dest)
+    if got != served:
+        raise BenchError(f"{name}: destination holds {got[0]} files / {got[1]} bytes, expected {served[0]} / {served[1]}")
+
+
+def _versus_wget(ctx: Context, scenario: str, tag: str, count: int, rtt_ms: int = 0, judged: bool = True) -> None:
+    """First run vs ``wget -x -i`` and no-op rerun vs ``wget -N -x -i``, ``count`` tiny files on one
+    nginx, reached directly or (``rtt_ms``) through a LatencyProxy; ``judged``: against the issue's targets."""
+    tag = f"{tag}-{count}"
+    root = _tiny_tree(ctx, count)
+    with Nginx(root, ctx.work / f"nginx-{tag}") as web, \
+            (web.behind_latency(rtt_ms) if rtt_ms else contextlib.nullcontext(web.listing_url)) as url:
+        dest = fresh(ctx.work / "dest" / f"{tag}-ours")
+        first, first_report = ours(url, dest, ctx, f"{tag}-ours-first")
+        web.clear()
+        rerun, rerun_report = ours(url, dest, ctx, f"{tag}-ours-rerun")
+        bodies = web.traffic()["bodies"]
+        wdest = fresh(ctx.work / "dest" / f"{tag}-wget")
+        wfirst = run_wget(url, wdest, log_dir=ctx.work / "logs", name=f"{tag}-wget-first")
+        web.clear()
+        wrerun = run_wget(url, wdest, log_dir=ctx.work / "logs", name=f"{tag}-wget-rerun", timestamping=True)
+        wtraffic = web.traffic()
+    _check_runs(scenario, count + 1, first_report, rerun_report, bodies)
+    _check_dest(scenario, root, dest)
+    _check_dest(f"{scenario} (wget)", root, wdest)
+    where = f", {rtt_ms} ms round trip" if rtt_ms else ""
     ratio = first.seconds / wfirst.seconds
-    ctx.add(Row("vs wget", f"first run, {count:,} tiny files", fmt_s(first.seconds), fmt_s(wfirst.seconds),
-                f"{wfirst.seconds / first.seconds:.2f}×", "ours ÷ wget -x -i ≤ 2.0", verdict(ratio <= 2.0, ratio, 2.0),
-                f"ours ÷ wget {ratio:.1f}; {count / first.seconds:.0f} files/s; " + fmt_phases(first_report["phases"])))
+    fewer = ""
+    if rtt_ms and not ctx.quick:  # wget asks for one file after another: at a WAN round trip, 10,000 take it minutes
+        fewer = (f"{count:,} files, not {WGET_FILES:,}: wget takes {wfirst.seconds / count * 1000:.0f} ms per file here, "
+                 f"~{(wfirst.seconds + wrerun.seconds) / count * WGET_FILES / 60:.0f} min for both runs of {WGET_FILES:,}; ")
+    ctx.add(Row(scenario, f"first run, {count:,} tiny files{where}", fmt_s(first.seconds), fmt_s(wfirst.seconds),
+                f"{wfirst.seconds / first.seconds:.2f}×", "ours ÷ wget -x -i ≤ 2.0" if judged else "context",
+                verdict(ratio <= 2.0, ratio, 2.0) if judged else "",
+                f"{fewer}ours ÷ wget {ratio:.1f}; {count / first.seconds:.0f} files/s; " + fmt_phases(first_report["phases"])))
     ratio = rerun.seconds / wrerun.seconds
-    ctx.add(Row("vs wget", f"no-op rerun, {count:,} tiny files", fmt_s(rerun.seconds), fmt_s(wrerun.seconds),
-                f"{wrerun.seconds / rerun.seconds:.2f}×", "ours ÷ wget -N -x -i ≤ 1.0", verdict(ratio <= 1.0, ratio, 1.0),
-                f"ours ÷ wget {ratio:.1f}; " + fmt_phases(rerun_report["phases"])))
+    requests = f"wget -N: {wtraffic['requests']:,} requests one after another, {wtraffic['bodies']} bodies; " if rtt_ms else ""
+    ctx.add(Row(scenario, f"no-op rerun, {count:,} tiny files{where}", fmt_s(rerun.seconds), fmt_s(wrerun.seconds),
+                f"{wrerun.seconds / rerun.seconds:.2f}×", "ours ÷ wget -N -x -i ≤ 1.0" if judged else "context",
+                verdict(ratio <= 1.0, ratio, 1.0) if judged else "",
+                f"ours ÷ wget {ratio:.1f}; {requests}" + fmt_phases(rerun_report["phases"])))
+    for folder in (dest, wdest):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def scale_wget(ctx: Context) -> None:
+    _versus_wget(ctx, "vs wget", "wget", 2000 if ctx.quick else WGET_FILES)
+
+
+def scale_wan(ctx: Context) -> None:
+    _versus_wget(ctx, "vs wget, WAN", "wan", 1000 if ctx.quick else 2000, rtt_ms=RTT_MS, judged=False)
+
+
+def scale_memory(ctx: Context) -> None:
+    base, count = 1000, 10000 if ctx.quick else 100000
+    runs = {}
+    for n in (base, count):
+        root = _tiny_tree(ctx, n)
+        with Nginx(root, ctx.work / f"nginx-memory-{n}") as web:
+            dest = fresh(ctx.work / "dest" / f"memory-{n}")
+            first, first_report = ours(web.listing_url, dest, ctx, f"memory-first-{n}")
+            web.clear()
+            rerun, rerun_report = ours(web.listing_url, dest, ctx, f"memory-rerun-{n}")
+            bodies = web.traffic()["bodies"]
+        _check_runs(f"memory {n:,}", n + 1, first_report, rerun_report, bodies)
+        _check_dest(f"memory {n:,}", root, dest)
+        shutil.rmtree(dest, ignore_errors=True)
+        runs[n] = ((first, first_report), (rerun, rerun_report))
+    shutil.rmtree(ctx.work / "trees" / f"tiny-{count}", ignore_errors=True)
+    for i, label in ((0, "first run"), (1, "no-op rerun")):
+        (run, report), base_mb = runs[count][i], runs[base][i][0].max_rss_mb
+        per_1000 = (run.max_rss_mb - base_mb) / (count - base) * 1000
+        at_100k = (f"; at that rate 100,000 files would peak at {base_mb + per_1000 * (100000 - base) / 1000:.0f} MB"
+                   if count < 100000 else "")
+        ctx.add(Row("memory", f"peak memory, {label}, {count:,} listed tiny files", fmt_mb(run.max_rss_mb), "", "",
+                    f"≤ {MEMORY_LIMIT_MB} MB", verdict(run.max_rss_mb <= MEMORY_LIMIT_MB, run.max_rss_mb, MEMORY_LIMIT_MB),
+                    f"{per_1000:.2f} MB per 1,000 files above the {base:,}-file run ({fmt_mb(base_mb)}){at_100k}; "
+                    f"{run.seconds / count * 1000:.2f} ms per file; " + fmt_phases(report["phases"])))
 
 
 def scale_workers(ctx: Context) -> None:
@@ -183,7 +260,8 @@ def scale_workers(ctx: Context) -> None:
                 f"(batches of [DownloadFile] shared_batch_size); " + fmt_phases(report["phases"])))
 
 
-SCENARIOS: Dict[str, Callable[[Context], None]] = {"linear": scale_linear, "wget": scale_wget, "workers": scale_workers}
+SCENARIOS: Dict[str, Callable[[Context], None]] = {
+    "linear": scale_linear, "wget": scale_wget, "workers": scale_workers, "memory": scale_memory, "wan": scale_wan}
 
 
 def render(ctx: Context, info: Dict[str, str], names: List[str], elapsed: float) -> str:
