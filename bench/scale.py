@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import socket
 import subprocess
@@ -221,6 +222,30 @@ def scale_memory(ctx: Context) -> None:
                     f"≤ {MEMORY_LIMIT_MB} MB", verdict(run.max_rss_mb <= MEMORY_LIMIT_MB, run.max_rss_mb, MEMORY_LIMIT_MB),
                     f"{per_1000:.2f} MB per 1,000 files above the {base:,}-file run ({fmt_mb(base_mb)}){at_100k}; "
                     f"{run.seconds / count * 1000:.2f} ms per file; " + fmt_phases(report["phases"])))
+    memory_shares(ctx)
+
+
+def memory_shares(ctx: Context) -> None:
+    """Whose memory the first run holds as VerifyTree writes the manifest (bench.memshare, tracemalloc):
+    bytes per listed file from the difference between two sizes, so start-up and imports cancel out."""
+    sizes = (500, 2000) if ctx.quick else (2000, 6000)
+    held = {}
+    for n in sizes:
+        with Nginx(_tiny_tree(ctx, n), ctx.work / f"nginx-shares-{n}") as web:
+            dest = fresh(ctx.work / "dest" / f"shares-{n}")
+            done = subprocess.run([sys.executable, "-m", "bench.memshare", web.listing_url, str(dest)], cwd=ROOT,
+                                  env=ours_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise BenchError(f"bench.memshare {n}: exit {done.returncode}: {done.stderr[-2000:]}")
+            held[n] = json.loads(done.stdout.strip().splitlines()[-1])
+            shutil.rmtree(dest, ignore_errors=True)
+    small, big = sizes
+    per_file = {k: (held[big][k] - held[small][k]) / (big - small) for k in ("luigi", "ours")}
+    ctx.add(Row("memory", f"who holds the first run's memory per listed file ({small:,} vs {big:,} files, tracemalloc)",
+                f"Luigi {per_file['luigi'] / 1000:.1f} KB + ours {per_file['ours'] / 1000:.1f} KB", "", "", "", "",
+                f"Luigi's records of the DownloadFile tasks (scheduler and worker) alone come to "
+                f"{per_file['luigi'] * 100000 / 1e6:.0f} MB at 100,000 listed files; ours (snapshot entry, record, "
+                f"target) {per_file['ours'] * 100000 / 1e6:.0f} MB; taken as VerifyTree starts the manifest"))
 
 
 def scale_workers(ctx: Context) -> None:
