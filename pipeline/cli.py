@@ -727,7 +727,8 @@ def run_unpack(args) -> int:
         if failure:
             say(f"error: {failure['message']}")
             return failure["code"]
-    manifest = BundleManifest.read(args.bundle / MANIFEST_NAME)
+    # What this run checked and placed, not the folder's manifest.json, which may hold another by now.
+    manifest = getattr(task, "placed", None) or BundleManifest.read(args.bundle / MANIFEST_NAME)
     for line in lacking.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
         say(line)
     print(usage_hints(args.amshome.absolute(), manifest.all_versions))

@@ -69,8 +69,8 @@ def process_state(pid: int) -> str:
 
 def unpack_with_swaps(bundle_dir: Path, amshome: Path, allowed: Path, *swaps) -> tuple:
     """Run the signature-checked unpack, stopped at each (step, swap) of ``swaps`` in turn; call
-    ``swap()`` while it is stopped there, then let it go on. Returns (exit code, stderr, the steps
-    reached): a run that ends before a step is not stopped there."""
+    ``swap()`` while it is stopped there, then let it go on. Returns (exit code, stdout, stderr, the
+    steps reached): a run that ends before a step is not stopped there."""
     proc = popen_cli("unpack", bundle_dir, "--amshome", amshome, "--allowed-signers", allowed,
                      env=cli_env(**{STOP_AT_ENV: ",".join(step for step, _ in swaps)}))
     reached = []
@@ -85,13 +85,13 @@ def unpack_with_swaps(bundle_dir: Path, amshome: Path, allowed: Path, *swaps) ->
             reached.append(step)
             swap()
             proc.send_signal(signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=TIMEOUT)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert "Traceback" not in stderr, stderr
-    return proc.returncode, stderr, reached
+    return proc.returncode, stdout, stderr, reached
 
 
 def files_of(bundle_dir: Path):
@@ -163,11 +163,11 @@ def test_a_full_bundle_swapped_after_its_signature_check_is_refused_before_extra
     _, _, amshome = installed
     signed, stick, signed_tree, forged, _ = full_bundles
     before = amshome_state(amshome)
-    code, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:signature-checked", swap_in(stick, forged)))
+    code, _, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:signature-checked", swap_in(stick, forged)))
     assert_refused(code, stderr, stick, amshome, before, f"{MANIFEST_NAME}: corrupt (does not match SHA256SUMS)")
 
     # The signed bundle, stopped at the same step and left alone, unpacks: the refusal was the swap.
-    code, stderr, _ = unpack_with_swaps(signed, amshome, keys[1], ("unpack:signature-checked", lambda: None))
+    code, _, stderr, _ = unpack_with_swaps(signed, amshome, keys[1], ("unpack:signature-checked", lambda: None))
     assert_signed_placed(code, stderr, amshome, signed, signed_tree)
 
 
@@ -179,7 +179,7 @@ def test_a_forged_manifest_swapped_in_and_the_signed_one_back_never_places_the_f
     _, _, amshome = installed
     signed, stick, _, forged, forged_tree = full_bundles
     before = amshome_state(amshome)
-    code, stderr, reached = unpack_with_swaps(stick, amshome, keys[1],
+    code, _, stderr, reached = unpack_with_swaps(stick, amshome, keys[1],
                                               ("unpack:signature-checked", swap_in(stick, forged)),
                                               ("unpack:chunks-checked", put_back(stick, signed, MANIFEST_NAME)))
     assert tree_hashes(amshome / "repository") != forged_tree
@@ -188,13 +188,25 @@ def test_a_forged_manifest_swapped_in_and_the_signed_one_back_never_places_the_f
     assert_refused(code, stderr, stick, amshome, before, "chunks not in manifest.json (remove them)")
 
 
-def test_a_manifest_swapped_after_the_tree_is_verified_changes_nothing(installed, full_bundles, keys):
+def garble(bundle_dir: Path):
+    """A swap() that writes a manifest.json that is no manifest at all, SHA256SUMS made to match."""
+    def swap():
+        (bundle_dir / MANIFEST_NAME).write_bytes(b"{ not a manifest")
+        resum(bundle_dir)
+    return swap
+
+
+@pytest.mark.parametrize("swap", ["forged bundle", "garbled manifest"])
+def test_a_manifest_swapped_after_the_tree_is_verified_changes_nothing(installed, full_bundles, keys, swap):
     """Everything placed was checked against the signed manifest.json as first read: the signed tree
-    is placed and the receipt names the signed manifest, not the one now in the folder."""
+    is placed, the receipt names the signed manifest, and what is reported comes from it too, not
+    from the one now in the folder (a garbled one is not even read)."""
     _, _, amshome = installed
     signed, stick, signed_tree, forged, _ = full_bundles
-    code, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:verified", swap_in(stick, forged)))
+    change = swap_in(stick, forged) if swap == "forged bundle" else garble(stick)
+    code, stdout, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:verified", change))
     assert_signed_placed(code, stderr, amshome, signed, signed_tree)
+    assert f"The {VERSION} package repository is at {amshome.absolute() / 'repository'}." in stdout, stdout
 
 
 def test_a_raised_sequence_claim_after_the_signature_check_is_refused(installed, full_bundles, keys):
@@ -211,7 +223,7 @@ def test_a_raised_sequence_claim_after_the_signature_check_is_refused(installed,
         (stick / MANIFEST_NAME).write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
         resum(stick)
 
-    code, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:signature-checked", raise_sequence))
+    code, _, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:signature-checked", raise_sequence))
     assert_refused(code, stderr, stick, amshome, before, f"{MANIFEST_NAME}: corrupt (does not match SHA256SUMS)")
 
 
@@ -231,9 +243,9 @@ def test_a_delta_bundle_swapped_after_its_signature_check_is_refused(installed, 
             (amshome / RECEIPT).read_text())["tree_sha256"]
     stick = shutil.copytree(signed, tmp_path / "stick")
     before = amshome_state(amshome)
-    code, stderr, _ = unpack_with_swaps(stick, amshome, allowed, ("unpack:signature-checked", swap_in(stick, forged)))
+    code, _, stderr, _ = unpack_with_swaps(stick, amshome, allowed, ("unpack:signature-checked", swap_in(stick, forged)))
     assert_refused(code, stderr, stick, amshome, before, f"{MANIFEST_NAME}: corrupt (does not match SHA256SUMS)")
 
     # The signed delta, stopped at the same step and left alone, unpacks: the refusal was the swap.
-    code, stderr, _ = unpack_with_swaps(signed, amshome, allowed, ("unpack:signature-checked", lambda: None))
+    code, _, stderr, _ = unpack_with_swaps(signed, amshome, allowed, ("unpack:signature-checked", lambda: None))
     assert_signed_placed(code, stderr, amshome, signed, signed_tree)

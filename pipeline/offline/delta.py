@@ -167,7 +167,7 @@ def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
 
 
 def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_bytes: bytes, *,
-                 keep_previous: bool, deep: bool, version_files: Sequence[str]) -> str:
+                 keep_previous: bool, deep: bool, version_files: Sequence[str]) -> None:
     """Build the delta's target tree in staging from the installed tree and the delta; swap it in.
 
     ``manifest`` is parsed from ``manifest_bytes``, the delta's manifest.json as unpack read (and
@@ -183,7 +183,7 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
             raise IntegrityError(f"{repo} should hold this delta's tree but differs from it ({changes[0]}); "
                                  "unpack a full bundle with --reinstall")
         log.info(f"unpack: {repo} already holds the tree this delta makes; nothing to do")
-        return placement.usage_hint(home, manifest.version)
+        return
     sources = _sources(manifest, {r.path: r for r in tree})
     log.info(f"unpack: checking the {len(set(sources.values()))} installed files the delta relies on"
              f"{' (re-hashing them: --deep)' if deep else ' (size, mtime, inode from the receipt)'}")
@@ -218,5 +218,4 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
     log.info(f"unpack: {repo} now holds {manifest.version} after the delta ({how}): "
              f"{len(manifest.files)} carried, {len(manifest.reused)} reused, {len(manifest.removed)} removed")
-    return placement.usage_hint(home, manifest.version)
 

@@ -111,8 +111,9 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
-                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> str:
-    """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know.
+                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> BundleManifest:
+    """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here
+    (what to tell the package manager and the admin comes from it, not from the folder).
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
     unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``;
@@ -150,10 +151,11 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                 raise _refuse_changed(bundle_dir.absolute(), manifest, home, changes)
             if changes == []:
                 log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
-                return usage_hints(home, manifest.all_versions)
+                return manifest
             if manifest.is_delta:
-                return unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous,
-                                    deep=deep, version_files=version_files)
+                unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous, deep=deep,
+                             version_files=version_files)
+                return manifest
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
         try:
@@ -165,7 +167,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
 
 
 def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home: Path, bar: Optional[ByteProgress], *,
-                 keep_previous: bool, version_files: Sequence[str]) -> str:
+                 keep_previous: bool, version_files: Sequence[str]) -> BundleManifest:
     """A full bundle into AMSHOME (locked by the caller): checked, extracted into staging, swapped in.
 
     ``manifest_bytes``: manifest.json as unpack read (and signature-checked) it; ``extracting``:
@@ -209,7 +211,7 @@ def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home:
         extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
     log.info(f"unpack: {home / placement.REPOSITORY} now holds {' and '.join(manifest.all_versions)} ({how})")
-    return usage_hints(home, manifest.all_versions)
+    return manifest
 
 
 def _member_bytes(manifest: Optional[BundleManifest]) -> int:
