@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from amsrepomirror.bundle import sshsig
-from amsrepomirror.bundle.format import MANIFEST_NAME, read_manifest_bytes
+from amsrepomirror.bundle.format import MANIFEST_NAME
 from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
 from amsrepomirror.util.fsutil import atomic_write_bytes
 
@@ -117,15 +117,8 @@ def is_signed(bundle_dir: Path) -> bool:
     return (Path(bundle_dir) / SIGNATURE_NAME).is_file()
 
 
-def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
+def check_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signers: Optional[Path] = None,
                     revoked_keys: Optional[Path] = None, verifier: str = "auto") -> Optional[SignatureCheck]:
-    """``check_manifest_signature`` of the bundle's manifest.json as it reads now (the verify command)."""
-    return check_manifest_signature(bundle_dir, read_manifest_bytes(bundle_dir), allowed_signers, revoked_keys,
-                                    verifier)
-
-
-def check_manifest_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signers: Optional[Path] = None,
-                             revoked_keys: Optional[Path] = None, verifier: str = "auto") -> Optional[SignatureCheck]:
     """Check ``manifest.json.sig`` against ``manifest``, the bundle's manifest.json as the caller
     read it (None: there was none); None when the bundle is unsigned. A caller that goes on to use
     the manifest uses these bytes: the file may hold others by its next read.
@@ -231,7 +224,7 @@ def require_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signe
                       revoked_keys: Optional[Path] = None, verifier: str = "auto") -> SignatureCheck:
     """A valid signature of ``manifest`` (the bundle's manifest.json as the caller read it, None:
     missing) by a key in ``allowed_signers`` (not revoked), or IntegrityError (one line)."""
-    check = check_manifest_signature(bundle_dir, manifest, allowed_signers, revoked_keys, verifier)
+    check = check_signature(bundle_dir, manifest, allowed_signers, revoked_keys, verifier)
     if check is None:
         raise IntegrityError(f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but "
                              f"{allowed_signers} requires a signature by an allowed key; nothing was extracted")
