@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
-from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest, read_manifest_bytes
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
 from amsrepomirror.bundle.signature import check_signature
 from amsrepomirror.bundle.sums import read_sums
@@ -646,10 +646,10 @@ def run_plan(args) -> int:
     return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
 
 
-def signature_verdict(args) -> Optional[str]:
-    """Print what the bundle's signature says; the error line when it is bad, or missing while
-    --allowed-signers asks for one."""
-    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys,
+def signature_verdict(args, manifest_bytes: Optional[bytes]) -> Optional[str]:
+    """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says; the
+    error line when it is bad, or missing while --allowed-signers asks for one."""
+    check = check_signature(args.bundle, manifest_bytes, args.allowed_signers, args.revoked_keys,
                             setting(None, "unpack", "signature_verifier"))
     if check is None:
         print("signature: unsigned")
@@ -666,10 +666,12 @@ def run_verify(args) -> int:
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
+    manifest_bytes = read_manifest_bytes(args.bundle)  # read once: the chunks and the signature are checked on it
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None  # in logs: only the verdict
     try:
         report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial,
-                               on_bytes=bar.update if bar else None, on_total=bar.set_total if bar else None)
+                               on_bytes=bar.update if bar else None, on_total=bar.set_total if bar else None,
+                               manifest_bytes=manifest_bytes)
     finally:
         if bar is not None:
             bar.close(clear=True)
@@ -686,7 +688,7 @@ def run_verify(args) -> int:
         else:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
                   f"{format_size(manifest.total_bytes)} of {manifest.version}")
-        bad_signature = signature_verdict(args)
+        bad_signature = signature_verdict(args, manifest_bytes)
         if bad_signature:
             say(f"error: {bad_signature}")
             return errors.INTEGRITY_FAILURE
@@ -727,7 +729,8 @@ def run_unpack(args) -> int:
         if failure:
             say(f"error: {failure['message']}")
             return failure["code"]
-    manifest = BundleManifest.read(args.bundle / MANIFEST_NAME)
+    # What this run checked and placed, not the folder's manifest.json, which may hold another by now.
+    manifest = getattr(task, "placed", None) or BundleManifest.read(args.bundle / MANIFEST_NAME)
     for line in lacking.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
         say(line)
     print(usage_hints(args.amshome.absolute(), manifest.all_versions))

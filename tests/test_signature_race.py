@@ -1,12 +1,16 @@
 """A signed bundle's manifest.json swapped after its signature was checked, while unpack runs.
 
-The real ``amsrepomirror unpack --allowed-signers`` stops itself at a named step (placement.STOP_AT_ENV);
+The real ``amsrepomirror unpack --allowed-signers`` stops itself at named steps (placement.STOP_AT_ENV);
 the test then changes the bundle folder as someone holding the stick could (another bundle's
-manifest.json with the chunks and SHA256SUMS that match it, manifest.json.sig kept) and lets it go
-on. Unpack must refuse with exit 4 and leave $AMSHOME exactly as it was: the signature vouches for
-one manifest.json, and no other may be placed or named in the receipt.
+manifest.json with the chunks and SHA256SUMS that match it, manifest.json.sig kept), or as a hostile
+filesystem could that serves other bytes on each read, and lets it go on. Unpack reads manifest.json
+once and checks the signature on those bytes: a later swap changes nothing that is used. Either the
+signed bundle's tree is placed, with a receipt naming the signed manifest.json, or the run is refused
+(exit 4, $AMSHOME exactly as it was) because the chunks no longer match the signed manifest; never is
+another tree placed or another manifest named in the receipt.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,7 +30,6 @@ from amsrepomirror.testing.scmdouble import change_file
 CHANGED = "linux/x86_64/adf-2026.101.tar.zst"
 #: Generous bound for one unpack of the small test repository (never asserted as a speed).
 TIMEOUT = 120
-REFUSAL = "changed after its signature was checked; nothing was placed"
 
 pytestmark = needs_ssh_keygen
 
@@ -64,26 +67,31 @@ def process_state(pid: int) -> str:
     return stat[stat.rindex(")") + 2]
 
 
-def unpack_with_swap(bundle_dir: Path, amshome: Path, allowed: Path, step: str, swap) -> tuple:
-    """Run the signature-checked unpack, stopped at ``step``; call ``swap()`` while it is stopped, then
-    let it go on. Returns (exit code, stderr)."""
+def unpack_with_swaps(bundle_dir: Path, amshome: Path, allowed: Path, *swaps) -> tuple:
+    """Run the signature-checked unpack, stopped at each (step, swap) of ``swaps`` in turn; call
+    ``swap()`` while it is stopped there, then let it go on. Returns (exit code, stdout, stderr, the
+    steps reached): a run that ends before a step is not stopped there."""
     proc = popen_cli("unpack", bundle_dir, "--amshome", amshome, "--allowed-signers", allowed,
-                     env=cli_env(**{STOP_AT_ENV: step}))
+                     env=cli_env(**{STOP_AT_ENV: ",".join(step for step, _ in swaps)}))
+    reached = []
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while proc.poll() is None and process_state(proc.pid) != "T":
-            assert time.monotonic() < deadline, f"unpack did not reach {step}"
-            time.sleep(0.01)
-        assert proc.poll() is None, f"unpack ended before {step}: {proc.communicate()[1]}"
-        swap()
-        proc.send_signal(signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=TIMEOUT)
+        for step, swap in swaps:
+            deadline = time.monotonic() + TIMEOUT
+            while proc.poll() is None and process_state(proc.pid) != "T":
+                assert time.monotonic() < deadline, f"unpack did not reach {step}"
+                time.sleep(0.01)
+            if proc.poll() is not None:
+                break
+            reached.append(step)
+            swap()
+            proc.send_signal(signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert "Traceback" not in stderr, stderr
-    return proc.returncode, stderr
+    return proc.returncode, stdout, stderr, reached
 
 
 def files_of(bundle_dir: Path):
@@ -103,20 +111,38 @@ def swap_in(bundle_dir: Path, other: Path):
     return swap
 
 
-def assert_refused(code: int, stderr: str, bundle_dir: Path, amshome: Path, before, *, extracted: bool):
-    """Exit 4, one error line saying the manifest changed after its check, AMSHOME as it was (no
-    staging left). ``extracted``: whether the refusal came after extraction (the receipt's check)."""
+def put_back(bundle_dir: Path, signed: Path, *names: str):
+    """A swap() that puts the signed bundle's ``names`` (manifest.json, ...) back in ``bundle_dir``."""
+    def swap():
+        for name in names:
+            shutil.copy2(signed / name, bundle_dir / name)
+    return swap
+
+
+def assert_refused(code: int, stderr: str, bundle_dir: Path, amshome: Path, before, why: str):
+    """Exit 4, one error line saying the bundle failed its chunk check (``why``: in that line), before
+    anything was extracted; AMSHOME as it was (no staging left)."""
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert code == 4, stderr
-    assert errors == [f"error: {MANIFEST_NAME} of {bundle_dir} {REFUSAL}"], stderr
-    assert ("unpack: extracting" in stderr) == extracted, stderr
+    assert len(errors) == 1 and errors[0].startswith(f"error: bundle {bundle_dir} failed verification: "), stderr
+    assert why in errors[0], stderr
+    assert "unpack: extracting" not in stderr, stderr
     assert amshome_state(amshome) == before
+
+
+def assert_signed_placed(code: int, stderr: str, amshome: Path, signed: Path, signed_tree):
+    """Exit 0, the signed bundle's tree in AMSHOME, and a receipt naming its signed manifest.json."""
+    assert code == 0, stderr
+    assert tree_hashes(amshome / "repository") == signed_tree
+    receipt = json.loads((amshome / RECEIPT).read_text())
+    assert receipt["manifest_sha256"] == hashlib.sha256((signed / MANIFEST_NAME).read_bytes()).hexdigest()
 
 
 @pytest.fixture
 def full_bundles(installed, scm_double, repo_tree, tmp_path, keys):
     """(the next signed full bundle, a copy of it to tamper with, its tree, an unsigned full bundle of
-    other content): the forged one is a later one, so that no downgrade refusal gets in its way."""
+    other content, that one's tree): the forged one is a later one, so that no downgrade refusal
+    gets in its way."""
     key, _ = keys
     mirror, _, _ = installed
     url = scm_double.listing_url(VERSION)
@@ -125,40 +151,70 @@ def full_bundles(installed, scm_double, repo_tree, tmp_path, keys):
     signed_tree = served_tree(repo_tree, VERSION)
     change_file(repo_tree, CHANGED, seed="forged")
     assert bundle(url, mirror, tmp_path / "forged").returncode == 0
+    forged_tree = served_tree(repo_tree, VERSION)
+    assert forged_tree != signed_tree
     stick = shutil.copytree(tmp_path / "signed", tmp_path / "stick")
-    return tmp_path / "signed", stick, signed_tree, tmp_path / "forged"
+    return tmp_path / "signed", stick, signed_tree, tmp_path / "forged", forged_tree
 
 
 def test_a_full_bundle_swapped_after_its_signature_check_is_refused_before_extraction(installed, full_bundles, keys):
-    """Another bundle, whole and consistent, in place of the signed one: its chunks check out against
-    its own manifest, so only the signed manifest's hash stands between it and AMSHOME."""
+    """Another bundle, whole and consistent, in place of the signed one: the chunks are checked
+    against the signed manifest.json as it was read, so the signed chunk that is gone is missed."""
     _, _, amshome = installed
-    signed, stick, signed_tree, forged = full_bundles
+    signed, stick, signed_tree, forged, _ = full_bundles
     before = amshome_state(amshome)
-    code, stderr = unpack_with_swap(stick, amshome, keys[1], "unpack:signature-checked", swap_in(stick, forged))
-    assert_refused(code, stderr, stick, amshome, before, extracted=False)
+    code, _, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:signature-checked", swap_in(stick, forged)))
+    assert_refused(code, stderr, stick, amshome, before, f"{MANIFEST_NAME}: corrupt (does not match SHA256SUMS)")
 
     # The signed bundle, stopped at the same step and left alone, unpacks: the refusal was the swap.
-    code, stderr = unpack_with_swap(signed, amshome, keys[1], "unpack:signature-checked", lambda: None)
-    assert code == 0, stderr
-    assert tree_hashes(amshome / "repository") == signed_tree
+    code, _, stderr, _ = unpack_with_swaps(signed, amshome, keys[1], ("unpack:signature-checked", lambda: None))
+    assert_signed_placed(code, stderr, amshome, signed, signed_tree)
 
 
-def test_a_manifest_swapped_after_the_tree_is_verified_never_reaches_the_receipt(installed, full_bundles, keys):
-    """Without the check the signed tree would be placed with a receipt naming the forged manifest."""
+def test_a_forged_manifest_swapped_in_and_the_signed_one_back_never_places_the_forged_tree(installed, full_bundles,
+                                                                                           keys):
+    """The double swap: the forged bundle right after the signature check, for the chunk check to
+    read; the signed manifest.json back before anything could hash the file again (what a hostile
+    filesystem does without any timing, by serving other bytes on each read)."""
     _, _, amshome = installed
-    _, stick, _, forged = full_bundles
+    signed, stick, _, forged, forged_tree = full_bundles
     before = amshome_state(amshome)
-    # The signed chunks are extracted and verified; then the manifest the receipt would name is swapped.
-    code, stderr = unpack_with_swap(stick, amshome, keys[1], "unpack:verified", swap_in(stick, forged))
-    assert_refused(code, stderr, stick, amshome, before, extracted=True)
+    code, _, stderr, reached = unpack_with_swaps(stick, amshome, keys[1],
+                                              ("unpack:signature-checked", swap_in(stick, forged)),
+                                              ("unpack:chunks-checked", put_back(stick, signed, MANIFEST_NAME)))
+    assert tree_hashes(amshome / "repository") != forged_tree
+    # The chunk check used the signed manifest.json as first read: the forged chunks do not pass it.
+    assert reached == ["unpack:signature-checked"], stderr
+    assert_refused(code, stderr, stick, amshome, before, "chunks not in manifest.json (remove them)")
+
+
+def garble(bundle_dir: Path):
+    """A swap() that writes a manifest.json that is no manifest at all, SHA256SUMS made to match."""
+    def swap():
+        (bundle_dir / MANIFEST_NAME).write_bytes(b"{ not a manifest")
+        resum(bundle_dir)
+    return swap
+
+
+@pytest.mark.parametrize("swap", ["forged bundle", "garbled manifest"])
+def test_a_manifest_swapped_after_the_tree_is_verified_changes_nothing(installed, full_bundles, keys, swap):
+    """Everything placed was checked against the signed manifest.json as first read: the signed tree
+    is placed, the receipt names the signed manifest, and what is reported comes from it too, not
+    from the one now in the folder (a garbled one is not even read)."""
+    _, _, amshome = installed
+    signed, stick, signed_tree, forged, _ = full_bundles
+    change = swap_in(stick, forged) if swap == "forged bundle" else garble(stick)
+    code, stdout, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:verified", change))
+    assert_signed_placed(code, stderr, amshome, signed, signed_tree)
+    assert f"The {VERSION} package repository is at {amshome.absolute() / 'repository'}." in stdout, stdout
 
 
 def test_a_raised_sequence_claim_after_the_signature_check_is_refused(installed, full_bundles, keys):
     """The signed manifest itself with one claim changed (a sequence far ahead, which would make every
-    later real bundle look older), SHA256SUMS made to match: every chunk still checks out."""
+    later real bundle look older), SHA256SUMS made to match: SHA256SUMS no longer matches the signed
+    manifest.json as it was read."""
     _, _, amshome = installed
-    _, stick, _, _ = full_bundles
+    _, stick, _, _, _ = full_bundles
     before = amshome_state(amshome)
 
     def raise_sequence():
@@ -167,8 +223,8 @@ def test_a_raised_sequence_claim_after_the_signature_check_is_refused(installed,
         (stick / MANIFEST_NAME).write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
         resum(stick)
 
-    code, stderr = unpack_with_swap(stick, amshome, keys[1], "unpack:signature-checked", raise_sequence)
-    assert_refused(code, stderr, stick, amshome, before, extracted=False)
+    code, _, stderr, _ = unpack_with_swaps(stick, amshome, keys[1], ("unpack:signature-checked", raise_sequence))
+    assert_refused(code, stderr, stick, amshome, before, f"{MANIFEST_NAME}: corrupt (does not match SHA256SUMS)")
 
 
 def test_a_delta_bundle_swapped_after_its_signature_check_is_refused(installed, scm_double, repo_tree, tmp_path, keys):
@@ -187,10 +243,9 @@ def test_a_delta_bundle_swapped_after_its_signature_check_is_refused(installed, 
             (amshome / RECEIPT).read_text())["tree_sha256"]
     stick = shutil.copytree(signed, tmp_path / "stick")
     before = amshome_state(amshome)
-    code, stderr = unpack_with_swap(stick, amshome, allowed, "unpack:signature-checked", swap_in(stick, forged))
-    assert_refused(code, stderr, stick, amshome, before, extracted=False)
+    code, _, stderr, _ = unpack_with_swaps(stick, amshome, allowed, ("unpack:signature-checked", swap_in(stick, forged)))
+    assert_refused(code, stderr, stick, amshome, before, f"{MANIFEST_NAME}: corrupt (does not match SHA256SUMS)")
 
     # The signed delta, stopped at the same step and left alone, unpacks: the refusal was the swap.
-    code, stderr = unpack_with_swap(signed, amshome, allowed, "unpack:signature-checked", lambda: None)
-    assert code == 0, stderr
-    assert tree_hashes(amshome / "repository") == signed_tree
+    code, _, stderr, _ = unpack_with_swaps(signed, amshome, allowed, ("unpack:signature-checked", lambda: None))
+    assert_signed_placed(code, stderr, amshome, signed, signed_tree)

@@ -234,13 +234,24 @@ class BundleManifest:
 
     @classmethod
     def read(cls, path: Path) -> "BundleManifest":
-        """Read and check ``manifest.json``: IntegrityError naming the first bad field, its value escaped.
+        """Read and check ``manifest.json``: IntegrityError naming the first bad field, its value escaped."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
+        return cls.from_bytes(data, path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path) -> "BundleManifest":
+        """Check and parse ``manifest.json`` as already read (``path``: where, for messages): what a
+        signature was checked on is then exactly what is used. IntegrityError naming the first bad
+        field, its value escaped.
 
         Every string is checked before anything uses it in a path, a log line or a message.
         """
         try:
-            body = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            body = json.loads(data.decode("utf-8"))
+        except ValueError as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
         if not isinstance(body, dict) or body.get("schema") not in SCHEMAS:
             found = body.get("schema") if isinstance(body, dict) else body
@@ -250,6 +261,19 @@ class BundleManifest:
             return _manifest_from(body)
         except IntegrityError as exc:
             raise IntegrityError(f"bad bundle manifest {path}: {exc}") from None
+
+
+def read_manifest_bytes(bundle_dir: Path) -> Optional[bytes]:
+    """A bundle folder's manifest.json, read once and whole (metadata, small beside the chunks);
+    None when there is none. Check (signature, SHA256SUMS) and parse these bytes, never the file
+    again: it may be other bytes by the next read. IntegrityError when it cannot be read."""
+    path = Path(bundle_dir) / MANIFEST_NAME
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
 
 
 def _records(files: List[ReusedFile]) -> List[dict]:

@@ -79,16 +79,16 @@ def choose_verifier(setting: str = "auto") -> str:
     return setting
 
 
-def _ssh_keygen(args: List[str], *, stdin_path: Path, timeout: int) -> subprocess.CompletedProcess:
+def _ssh_keygen(args: List[str], *, message: bytes, timeout: int) -> subprocess.CompletedProcess:
+    """ssh-keygen -Y ``args``, the message to sign or check (manifest.json's bytes) on its stdin."""
     tool = shutil.which("ssh-keygen")
     if tool is None:
         raise MirrorError("ssh-keygen was not found: install OpenSSH (Debian: openssh-client) to sign or check "
                           "bundle signatures")
-    with open(stdin_path, "rb") as data:
-        try:
-            return subprocess.run([tool, "-Y", *args], stdin=data, capture_output=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise MirrorError(f"ssh-keygen -Y {args[0]} did not finish within {timeout} s") from None
+    try:
+        return subprocess.run([tool, "-Y", *args], input=message, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MirrorError(f"ssh-keygen -Y {args[0]} did not finish within {timeout} s") from None
 
 
 def _last_line(output: bytes) -> str:
@@ -101,7 +101,7 @@ def sign_manifest(bundle_dir: Path, key: Path) -> None:
     bundle_dir = Path(bundle_dir)
     if not Path(key).is_file():
         raise UsageError(f"signing key {key} does not exist")
-    done = _ssh_keygen(["sign", "-n", NAMESPACE, "-f", str(key)], stdin_path=bundle_dir / MANIFEST_NAME,
+    done = _ssh_keygen(["sign", "-n", NAMESPACE, "-f", str(key)], message=(bundle_dir / MANIFEST_NAME).read_bytes(),
                        timeout=SIGN_TIMEOUT)
     if done.returncode != 0 or b"BEGIN SSH SIGNATURE" not in done.stdout:
         raise MirrorError(f"signing {MANIFEST_NAME} with {key} failed: {_last_line(done.stderr)}")
@@ -117,22 +117,24 @@ def is_signed(bundle_dir: Path) -> bool:
     return (Path(bundle_dir) / SIGNATURE_NAME).is_file()
 
 
-def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
+def check_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signers: Optional[Path] = None,
                     revoked_keys: Optional[Path] = None, verifier: str = "auto") -> Optional[SignatureCheck]:
-    """Check ``manifest.json.sig`` against manifest.json; None when the bundle is unsigned.
+    """Check ``manifest.json.sig`` against ``manifest``, the bundle's manifest.json as the caller
+    read it (None: there was none); None when the bundle is unsigned. A caller that goes on to use
+    the manifest uses these bytes: the file may hold others by its next read.
 
     Without ``allowed_signers`` only the signature itself (and its namespace) is checked, which
     names the key but proves nothing about who made it; with it, the key must be listed there
     (and not in ``revoked_keys``). ``verifier``: the [unpack] signature_verifier setting.
     """
     bundle_dir = Path(bundle_dir)
-    signature, manifest = bundle_dir / SIGNATURE_NAME, bundle_dir / MANIFEST_NAME
+    signature = bundle_dir / SIGNATURE_NAME
     if not signature.is_file():
         return None
     for given in (allowed_signers, revoked_keys):
         if given is not None and not Path(given).is_file():
             raise UsageError(f"{given} does not exist (an OpenSSH allowed_signers or revoked keys file)")
-    if not manifest.is_file():
+    if manifest is None:
         return SignatureCheck(problem=f"{MANIFEST_NAME} is missing")
     used = choose_verifier(verifier)
     check = (_check_with_keygen if used == "ssh-keygen" else _check_in_python)(signature, manifest, allowed_signers,
@@ -140,7 +142,7 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None,
     return dataclasses.replace(check, verifier=used)
 
 
-def _check_with_keygen(signature: Path, manifest: Path, allowed_signers: Optional[Path],
+def _check_with_keygen(signature: Path, manifest: bytes, allowed_signers: Optional[Path],
                        revoked_keys: Optional[Path]) -> SignatureCheck:
     """ssh-keygen's verdict; a good one must also pass the one check ssh-keygen -Y leaves out (touch)."""
     check = _keygen_verdict(signature, manifest, allowed_signers, revoked_keys)
@@ -153,10 +155,10 @@ def _check_with_keygen(signature: Path, manifest: Path, allowed_signers: Optiona
     return check
 
 
-def _keygen_verdict(signature: Path, manifest: Path, allowed_signers: Optional[Path],
+def _keygen_verdict(signature: Path, manifest: bytes, allowed_signers: Optional[Path],
                     revoked_keys: Optional[Path]) -> SignatureCheck:
     if allowed_signers is None:
-        done = _ssh_keygen(["check-novalidate", "-n", NAMESPACE, "-s", str(signature)], stdin_path=manifest,
+        done = _ssh_keygen(["check-novalidate", "-n", NAMESPACE, "-s", str(signature)], message=manifest,
                            timeout=CHECK_TIMEOUT)
         found = _FINGERPRINT.search(done.stdout.decode("utf-8", "replace"))
         if done.returncode != 0 or not found:
@@ -164,7 +166,7 @@ def _keygen_verdict(signature: Path, manifest: Path, allowed_signers: Optional[P
                                           f"{_last_line(done.stderr)}")
         return SignatureCheck(key_type=found.group(1), fingerprint=found.group(2))
     found_principals = _ssh_keygen(["find-principals", "-s", str(signature), "-f", str(allowed_signers)],
-                                   stdin_path=manifest, timeout=CHECK_TIMEOUT)
+                                   message=manifest, timeout=CHECK_TIMEOUT)
     principals = [line for line in found_principals.stdout.decode("utf-8", "replace").splitlines() if line.strip()]
     if found_principals.returncode != 0 or not principals:
         return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
@@ -172,7 +174,7 @@ def _keygen_verdict(signature: Path, manifest: Path, allowed_signers: Optional[P
     args = ["verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)]
     if revoked_keys is not None:
         args += ["-r", str(revoked_keys)]
-    done = _ssh_keygen(args, stdin_path=manifest, timeout=CHECK_TIMEOUT)
+    done = _ssh_keygen(args, message=manifest, timeout=CHECK_TIMEOUT)
     found = _FINGERPRINT.search(done.stdout.decode("utf-8", "replace"))
     if done.returncode != 0 or not found:
         return SignatureCheck(principal=principal, allowed=False,
@@ -186,7 +188,7 @@ def first_principal(principals: str) -> str:
     return next((p for p in principals.split(",") if p and not p.startswith("!")), principals.split(",")[0])
 
 
-def _check_in_python(signature: Path, manifest: Path, allowed_signers: Optional[Path],
+def _check_in_python(signature: Path, manifest: bytes, allowed_signers: Optional[Path],
                      revoked_keys: Optional[Path]) -> SignatureCheck:
     """What _check_with_keygen finds, in the same steps, with bundle.sshsig (no OpenSSH needed)."""
     try:
@@ -218,10 +220,11 @@ def _check_in_python(signature: Path, manifest: Path, allowed_signers: Optional[
     return SignatureCheck(**key, principal=principal, allowed=True)
 
 
-def require_signature(bundle_dir: Path, allowed_signers: Path, revoked_keys: Optional[Path] = None,
-                      verifier: str = "auto") -> SignatureCheck:
-    """A valid signature by a key in ``allowed_signers`` (not revoked), or IntegrityError (one line)."""
-    check = check_signature(bundle_dir, allowed_signers, revoked_keys, verifier)
+def require_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signers: Path,
+                      revoked_keys: Optional[Path] = None, verifier: str = "auto") -> SignatureCheck:
+    """A valid signature of ``manifest`` (the bundle's manifest.json as the caller read it, None:
+    missing) by a key in ``allowed_signers`` (not revoked), or IntegrityError (one line)."""
+    check = check_signature(bundle_dir, manifest, allowed_signers, revoked_keys, verifier)
     if check is None:
         raise IntegrityError(f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but "
                              f"{allowed_signers} requires a signature by an allowed key; nothing was extracted")

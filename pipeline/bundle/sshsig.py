@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from amsrepomirror.util.hashing import sha256_stream
 
 MAGIC = b"SSHSIG"
 BEGIN = "-----BEGIN SSH SIGNATURE-----\n"
@@ -186,16 +185,15 @@ def read_signature(path: Path) -> Signature:
     return Signature(key, namespace, hash_name, blob)
 
 
-def verify(signature: Signature, message: Path, namespace: str) -> None:
-    """SshsigError unless ``signature`` signs the file ``message`` in ``namespace`` (streamed, never read whole)."""
+def verify(signature: Signature, message: bytes, namespace: str) -> None:
+    """SshsigError unless ``signature`` signs ``message`` (bytes the caller holds and goes on to use) in ``namespace``."""
     if signature.namespace != namespace:
         raise SshsigError(f"namespace does not match (it is {signature.namespace[:60]!r}, not {namespace!r})")
     if signature.hash_name not in HASHES:
         raise SshsigError(f"unsupported hash algorithm {signature.hash_name[:20]!r}")
-    with open(message, "rb") as f:
-        hasher, _ = sha256_stream(f, HASHES[signature.hash_name]())  # any hashlib hasher: sha256 or sha512
+    digest = HASHES[signature.hash_name](message).digest()  # sha256 or sha512
     signed = (MAGIC + _string(namespace.encode()) + _string(b"") + _string(signature.hash_name.encode())
-              + _string(hasher.digest()))
+              + _string(digest))
     _verify_raw(signature.key, signature.blob, signed)
 
 

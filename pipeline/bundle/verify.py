@@ -16,6 +16,7 @@ from amsrepomirror.bundle.format import (
     copy_problems,
     is_tool_path,
     part_layout_problem,
+    read_manifest_bytes,
 )
 from amsrepomirror.bundle.sevenzip import hash_members
 from amsrepomirror.bundle.signature import SIGNATURE_NAME
@@ -219,8 +220,13 @@ def not_a_bundle(path: Path, tool: str = "amsrepomirror") -> Optional[str]:
 
 def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool = False,
                   on_bytes: Optional[Callable[[int], None]] = None,
-                  on_total: Optional[Callable[[int], None]] = None) -> VerifyReport:
+                  on_total: Optional[Callable[[int], None]] = None,
+                  manifest_bytes: Optional[bytes] = None) -> VerifyReport:
     """Check a bundle folder; the report names every bad chunk and what is wrong with it.
+
+    ``manifest_bytes``: manifest.json as the caller read it (unpack: the bytes whose signature it
+    checked), checked and parsed instead of the file, which is then not read at all; None: the
+    file is read here, once. The report's manifest is parsed from exactly the bytes checked.
 
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
     with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
@@ -260,17 +266,17 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
 
     manifest: Optional[BundleManifest] = None
     manifest_path = bundle_dir / MANIFEST_NAME
-    if not manifest_path.exists():
-        add(Problem(MANIFEST_NAME, "missing"))
-    else:
-        if sums is not None:
-            actual = sha256_file(manifest_path)
-            if sums.get(MANIFEST_NAME) != actual:
+    try:
+        if manifest_bytes is None:
+            manifest_bytes = read_manifest_bytes(bundle_dir)
+        if manifest_bytes is None:
+            add(Problem(MANIFEST_NAME, "missing"))
+        else:
+            if sums is not None and sums.get(MANIFEST_NAME) != hashlib.sha256(manifest_bytes).hexdigest():
                 add(Problem(MANIFEST_NAME, "corrupt", f"does not match {SUMS_NAME}"))
-        try:
-            manifest = BundleManifest.read(manifest_path)
-        except IntegrityError as exc:
-            add(Problem(MANIFEST_NAME, "unreadable", str(exc)))
+            manifest = BundleManifest.from_bytes(manifest_bytes, manifest_path)
+    except IntegrityError as exc:
+        add(Problem(MANIFEST_NAME, "unreadable", str(exc)))
     report.manifest = manifest
 
     readme_path = bundle_dir / README_NAME

@@ -166,9 +166,12 @@ def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
     return linked
 
 
-def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_sha256: str, *,
-                 keep_previous: bool, deep: bool, version_files: Sequence[str]) -> str:
-    """Build the delta's target tree in staging from the installed tree and the delta; swap it in."""
+def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_bytes: bytes, *,
+                 keep_previous: bool, deep: bool, version_files: Sequence[str]) -> None:
+    """Build the delta's target tree in staging from the installed tree and the delta; swap it in.
+
+    ``manifest`` is parsed from ``manifest_bytes``, the delta's manifest.json as unpack read (and
+    signature-checked) it: the chunks are checked against these bytes and the receipt names them."""
     problems = delta_problems(manifest)
     if problems:
         raise IntegrityError(f"delta {bundle_dir} contradicts itself: {problems[0]}; carry it again")
@@ -180,13 +183,13 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
             raise IntegrityError(f"{repo} should hold this delta's tree but differs from it ({changes[0]}); "
                                  "unpack a full bundle with --reinstall")
         log.info(f"unpack: {repo} already holds the tree this delta makes; nothing to do")
-        return placement.usage_hint(home, manifest.version)
+        return
     sources = _sources(manifest, {r.path: r for r in tree})
     log.info(f"unpack: checking the {len(set(sources.values()))} installed files the delta relies on"
              f"{' (re-hashing them: --deep)' if deep else ' (size, mtime, inode from the receipt)'}")
     check_installed(repo, list(sources.values()), deep)
     log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
-    require_intact(verify_bundle(bundle_dir, test_archives=False))
+    require_intact(verify_bundle(bundle_dir, test_archives=False, manifest_bytes=manifest_bytes))
     log.info(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
     placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
     expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
@@ -206,7 +209,7 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         index = f"{manifest.version}.yml"
         if not (staging / index).is_file():
             raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
-        receipt = placement.make_receipt(manifest_sha256, manifest.version, str(bundle_dir.absolute()),
+        receipt = placement.make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version, str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.target),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
                                          lacking=manifest.lacking)
@@ -215,5 +218,4 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
     log.info(f"unpack: {repo} now holds {manifest.version} after the delta ({how}): "
              f"{len(manifest.files)} carried, {len(manifest.reused)} reused, {len(manifest.removed)} removed")
-    return placement.usage_hint(home, manifest.version)
 

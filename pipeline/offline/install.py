@@ -9,6 +9,7 @@ file or a part of a split file) against the manifest; a split file is then hashe
 (the end-to-end check of what was joined). Nothing is read back and hashed again after that.
 """
 
+import hashlib
 import logging
 import shlex
 import sys
@@ -16,41 +17,36 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from amsrepomirror.bundle.delta import target_of
-from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest, read_manifest_bytes
 from amsrepomirror.bundle.signature import require_signature
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
-from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
+from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
 from amsrepomirror.offline.delta import place_copies, unpack_delta
 from amsrepomirror.online.progress import ByteProgress
-from amsrepomirror.util.hashing import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def manifest_sha256(bundle: str) -> str:
-    return sha256_file(Path(bundle) / MANIFEST_NAME)
 
 
 #: At most this many differences of an installed tree are listed, one line each.
 MAX_CHANGES_LISTED = 20
 
 
-def installed_changes(bundle, amshome) -> Optional[List[str]]:
-    """How $AMSHOME/repository differs from this bundle (missing, extra, other size, not a plain
-    file; one line each) when AMSHOME's receipt says it holds the bundle; None when it does not.
+def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str) -> Optional[List[str]]:
+    """How $AMSHOME/repository differs from the bundle of ``manifest`` (the sha256 of its
+    manifest.json: ``manifest_sha256``) (missing, extra, other size, not a plain file; one line
+    each) when AMSHOME's receipt says it holds the bundle; None when it does not.
 
     Names, sizes and file types only: re-hashing the whole tree on every rerun would cost as much
     as unpacking again, so a same-size change is undone only by ``--reinstall``.
     """
-    manifest_path = Path(bundle) / MANIFEST_NAME
     try:
         receipt = placement.read_receipt(amshome)
     except IntegrityError:
         return None  # an unreadable receipt vouches for nothing; the next swap writes a new one
-    if not receipt or not manifest_path.is_file() or receipt.get("manifest_sha256") != manifest_sha256(bundle):
+    if not receipt or receipt.get("manifest_sha256") != manifest_sha256:
         return None
-    files = target_of(BundleManifest.read(manifest_path))  # a delta's whole tree, not what it carries
+    files = target_of(manifest)  # a delta's whole tree, not what it carries
     return extract.tree_problems(Path(amshome) / placement.REPOSITORY, files, check_hashes=False)
 
 
@@ -61,18 +57,22 @@ def is_installed(bundle: str, amshome: str) -> bool:
     try:
         if placement.interrupted(amshome):
             return False
-        return installed_changes(bundle, amshome) == []
+        data = read_manifest_bytes(Path(bundle))
+        if data is None:
+            return False
+        manifest = BundleManifest.from_bytes(data, Path(bundle) / MANIFEST_NAME)
+        return installed_changes(amshome, manifest, hashlib.sha256(data).hexdigest()) == []
     except IntegrityError:
         return False
 
 
-def _refuse_changed(bundle_dir: Path, home: Path, changes: List[str]) -> IntegrityError:
+def _refuse_changed(bundle_dir: Path, manifest: BundleManifest, home: Path, changes: List[str]) -> IntegrityError:
     """List what changed in the installed tree; the error says how to install the bundle again."""
     for line in changes[:MAX_CHANGES_LISTED]:
         log.info(f"unpack: {line}")
     if len(changes) > MAX_CHANGES_LISTED:
         log.info(f"unpack: ... and {len(changes) - MAX_CHANGES_LISTED} more")
-    again = "FULL_BUNDLE" if BundleManifest.read(bundle_dir / MANIFEST_NAME).is_delta else shlex.quote(str(bundle_dir))
+    again = "FULL_BUNDLE" if manifest.is_delta else shlex.quote(str(bundle_dir))
     return IntegrityError(
         f"{home / placement.REPOSITORY} no longer matches the bundle its receipt names ({len(changes)} "
         f"difference(s), listed above); to install it again run: amsrepomirror unpack {again} "
@@ -84,24 +84,22 @@ def usage_hints(home: Path, versions: Sequence[str]) -> str:
     return "\n".join(placement.usage_hint(home, version) for version in versions)
 
 
-def _delta_manifest(bundle_dir: Path) -> Optional[BundleManifest]:
-    """The bundle's manifest when it is a delta; None otherwise, or when it is unreadable (the
-    chunk check of a full unpack then names what is wrong with it)."""
+def _parsed(bundle_dir: Path, data: bytes) -> Optional[BundleManifest]:
+    """The manifest in ``data``; None when it does not parse (the chunk check then names what is
+    wrong with it)."""
     try:
-        manifest = BundleManifest.read(bundle_dir / MANIFEST_NAME)
+        return BundleManifest.from_bytes(data, bundle_dir / MANIFEST_NAME)
     except IntegrityError:
         return None
-    return manifest if manifest.is_delta else None
 
 
-def refuse_downgrade(bundle_dir: Path, home: Path) -> None:
+def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> None:
     """UsageError when the receipt says a later bundle of the mirror is installed (higher sequence):
     going back needs ``--allow-downgrade``."""
     try:
         receipt = placement.read_receipt(home) or {}
-        manifest = BundleManifest.read(bundle_dir / MANIFEST_NAME)
     except IntegrityError:
-        return  # an unreadable receipt vouches for nothing; an unreadable manifest is refused by the checks
+        return  # an unreadable receipt vouches for nothing
     if manifest.is_delta and manifest.base != receipt.get("tree_sha256"):
         return  # refused by the delta's base check, which says which tree it needs
     installed = receipt.get("bundle_sequence")
@@ -113,74 +111,71 @@ def refuse_downgrade(bundle_dir: Path, home: Path) -> None:
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
-                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> str:
-    """Place the bundle's tree as $AMSHOME/repository; return what the package manager needs to know.
+                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> BundleManifest:
+    """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here
+    (what to tell the package manager and the admin comes from it, not from the folder).
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
     unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``;
     ``deep``: re-hash the installed files it relies on). With ``allowed_signers``, a bundle whose
     manifest is not signed by a key listed there (and not in ``revoked_keys``) is refused before
     anything else; a bundle older than the installed one is refused unless ``allow_downgrade``.
+
+    manifest.json is read once: its signature is checked on those bytes, and every later step
+    (downgrade and installed checks, the chunk check, extraction, the receipt) uses what they say,
+    never the file again, which may hold other bytes by then.
     """
     bundle_dir = Path(bundle)
     if not bundle_dir.is_dir():
         raise UsageError(f"bundle folder {bundle} does not exist")
     if revoked_keys and not allowed_signers:
         raise UsageError("--revoked-keys needs --allowed-signers (or [unpack] allowed_signers)")
-    signed_manifest = ""  # the sha256 of the manifest.json the signature was checked on
+    data = read_manifest_bytes(bundle_dir)
     if allowed_signers:
-        before = manifest_sha256(bundle)
-        signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None,
-                                   signature_verifier)
-        signed_manifest = manifest_sha256(bundle)
-        if signed_manifest != before:
-            raise IntegrityError(f"{MANIFEST_NAME} of {bundle_dir} changed while its signature was checked; "
-                                 "nothing was extracted")
+        signed = require_signature(bundle_dir, data, Path(allowed_signers),
+                                   Path(revoked_keys) if revoked_keys else None, signature_verifier)
         log.info(f"unpack: {signed.describe()}")
         placement.checkpoint("unpack:signature-checked")
+    if data is None:
+        raise IntegrityError(f"bundle {bundle_dir} failed verification: {MANIFEST_NAME}: missing; nothing was extracted")
+    manifest = _parsed(bundle_dir, data)
     home = placement.check_amshome(amshome)
     with placement.amshome_lock(home):
         for action in placement.recover(home):
             log.info(f"unpack: {action} (left by an interrupted run)")
-        if not allow_downgrade:
-            refuse_downgrade(bundle_dir, home)
-        changes = None if reinstall else installed_changes(bundle_dir, home)
-        if changes:
-            raise _refuse_changed(bundle_dir.absolute(), home, changes)
-        if changes == []:
-            log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
-            return usage_hints(home, BundleManifest.read(bundle_dir / MANIFEST_NAME).all_versions)
-        delta = _delta_manifest(bundle_dir)
-        if delta is not None:
-            return unpack_delta(bundle_dir.absolute(), home, delta, _still_signed(bundle, signed_manifest),
-                                keep_previous=keep_previous,
-                                deep=deep, version_files=version_files)
+        if manifest is not None:
+            if not allow_downgrade:
+                refuse_downgrade(bundle_dir, manifest, home)
+            changes = None if reinstall else installed_changes(home, manifest, hashlib.sha256(data).hexdigest())
+            if changes:
+                raise _refuse_changed(bundle_dir.absolute(), manifest, home, changes)
+            if changes == []:
+                log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
+                return manifest
+            if manifest.is_delta:
+                unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous, deep=deep,
+                             version_files=version_files)
+                return manifest
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
         try:
-            return _unpack_full(bundle, bundle_dir, home, bar, keep_previous=keep_previous, version_files=version_files,
-                                signed_manifest=signed_manifest)
+            return _unpack_full(bundle_dir, data, _member_bytes(manifest) if bar else 0, home, bar,
+                                keep_previous=keep_previous, version_files=version_files)
         finally:
             if bar is not None:
                 bar.close(clear=True)
 
 
-def _still_signed(bundle: str, signed_manifest: str) -> str:
-    """The sha256 of the bundle's manifest.json, which must still be the one whose signature was
-    checked (``signed_manifest``; empty: no signature was asked for)."""
-    now = manifest_sha256(bundle)
-    if signed_manifest and now != signed_manifest:
-        raise IntegrityError(f"{MANIFEST_NAME} of {bundle} changed after its signature was checked; nothing was placed")
-    return now
+def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home: Path, bar: Optional[ByteProgress], *,
+                 keep_previous: bool, version_files: Sequence[str]) -> BundleManifest:
+    """A full bundle into AMSHOME (locked by the caller): checked, extracted into staging, swapped in.
 
-
-def _unpack_full(bundle: str, bundle_dir: Path, home: Path, bar: Optional[ByteProgress], *, keep_previous: bool,
-                 version_files: Sequence[str], signed_manifest: str = "") -> str:
-    """A full bundle into AMSHOME (locked by the caller): checked, extracted into staging, swapped in."""
-    extracting = _member_bytes(bundle_dir) if bar is not None else 0
+    ``manifest_bytes``: manifest.json as unpack read (and signature-checked) it; ``extracting``:
+    the bytes of the members it lists, for the progress bar."""
     report = require_intact(verify_bundle(bundle_dir, test_archives=False, on_bytes=bar.update if bar else None,
-                                          on_total=(lambda n: bar.set_total(n + extracting)) if bar else None))
-    _still_signed(bundle, signed_manifest)  # the manifest verify_bundle read is the one that was signed
+                                          on_total=(lambda n: bar.set_total(n + extracting)) if bar else None,
+                                          manifest_bytes=manifest_bytes))
+    placement.checkpoint("unpack:chunks-checked")
     for warning in report.warnings:
         log.warning(f"unpack: {warning}")
     manifest = report.manifest
@@ -207,7 +202,7 @@ def _unpack_full(bundle: str, bundle_dir: Path, home: Path, bar: Optional[BytePr
             if not (staging / index).is_file():
                 raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
         placement.checkpoint("unpack:verified")
-        receipt = placement.make_receipt(_still_signed(bundle, signed_manifest), manifest.version,
+        receipt = placement.make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version,
                                          str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.tree),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
@@ -216,12 +211,9 @@ def _unpack_full(bundle: str, bundle_dir: Path, home: Path, bar: Optional[BytePr
         extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
     log.info(f"unpack: {home / placement.REPOSITORY} now holds {' and '.join(manifest.all_versions)} ({how})")
-    return usage_hints(home, manifest.all_versions)
+    return manifest
 
 
-def _member_bytes(bundle_dir: Path) -> int:
-    """Bytes unpack extracts from the bundle (0 when its manifest does not read: verify says why)."""
-    try:
-        return sum(p.size for f in BundleManifest.read(bundle_dir / MANIFEST_NAME).files for p in f.parts)
-    except MirrorError:
-        return 0
+def _member_bytes(manifest: Optional[BundleManifest]) -> int:
+    """Bytes unpack extracts from the bundle (0 when its manifest does not parse: the chunk check says why)."""
+    return sum(p.size for f in manifest.files for p in f.parts) if manifest is not None else 0

@@ -52,9 +52,9 @@ the unpack (or finds the receipt in place when the kill came after step 5).
 Test seam (the only one): :func:`checkpoint` names each step above (and install.py names its
 own); when ``AMSREPOMIRROR_KILL_AT`` holds a step's name, the process kills itself with SIGKILL
 there. The crash tests run the real ``amsrepomirror unpack`` with it; nothing else sets it.
-``AMSREPOMIRROR_STOP_AT`` does the same with SIGSTOP: the process halts there until SIGCONT, so
-a test can change the bundle at that instant (the race tests of a signed manifest swapped after
-its check).
+``AMSREPOMIRROR_STOP_AT`` does the same with SIGSTOP (at each step it names, comma-separated): the
+process halts there until SIGCONT, so a test can change the bundle at that instant (the race tests
+of a signed manifest swapped after its check).
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def checkpoint(name: str) -> None:
     (see the module docstring)."""
     if os.environ.get(KILL_AT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(STOP_AT_ENV) == name:
+    if name in os.environ.get(STOP_AT_ENV, "").split(","):
         os.kill(os.getpid(), signal.SIGSTOP)
 
 

@@ -44,15 +44,15 @@ class Unpack(ReportsFailure, luigi.Task):
         return ReceiptTarget(self.amshome, self.bundle)
 
     def complete(self):
-        # --reinstall: not done until this run has installed the bundle again (then the receipt decides)
-        if self.reinstall and not getattr(self, "_reinstalled", False):
-            return False
-        return super().complete()
+        # Once run, done: the receipt names the manifest.json that run read and checked (``placed``),
+        # and the folder may hold another by now. --reinstall: not done until this run has installed it again.
+        if getattr(self, "placed", None) is not None:
+            return True
+        return not self.reinstall and super().complete()
 
     def run(self):
-        install.unpack_bundle(self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall,
-                              deep=self.deep, version_files=list(unpack().installed_version_files),
-                              allowed_signers=self.allowed_signers or unpack().allowed_signers,
-                              revoked_keys=self.revoked_keys, allow_downgrade=self.allow_downgrade,
-                              signature_verifier=unpack().signature_verifier)
-        self._reinstalled = True
+        self.placed = install.unpack_bundle(
+            self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall, deep=self.deep,
+            version_files=list(unpack().installed_version_files),
+            allowed_signers=self.allowed_signers or unpack().allowed_signers, revoked_keys=self.revoked_keys,
+            allow_downgrade=self.allow_downgrade, signature_verifier=unpack().signature_verifier)
