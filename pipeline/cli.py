@@ -312,7 +312,7 @@ def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
     for stage in ("listing", "downloads", "tree"):
         if stage == "downloads":
             files = len(FetchListing(**params).snapshot()["files"])
-            settings.set("DownloadFile", "max_batch_size", str(central.batch_size(
+            settings.set("DownloadFile", "run_batch_size", str(central.batch_size(
                 files, params["jobs"], settings.getint("DownloadFile", "shared_batch_size"))))
         failures = run_graph([JoinRun(stage=stage, **joined)], log_file=log_file, verbose=args.verbose,
                              scheduler_url=args.scheduler_url)

@@ -342,21 +342,26 @@ def test_mirror_from_real_nginx(nginx_server, repo_tree, tmp_path):
     assert strict.returncode == 3
 
 
-def test_many_files_run_in_several_luigi_batches(tmp_path):
-    """1,200 listed files with batches of 500: every file lands once, the rerun fetches nothing."""
+@pytest.mark.parametrize("max_batch_size, batches", [
+    (500, 3),  # 1,225 files in batches of at most 500
+    (20, 16),  # 62 batches of 20 would cost Luigi's scheduler O(tasks) each: at most 16, of ceil(1,225 / 16) = 77
+])
+def test_many_files_run_in_several_luigi_batches(tmp_path, max_batch_size, batches):
+    """1,200 listed files in batches: every file lands once, the rerun fetches nothing."""
     from amsrepomirror.testing.scmdouble import make_repository
     root = tmp_path / "scm"
     make_repository(root, VERSION, tiny=1200)
     cfg = tmp_path / "batch.cfg"
-    cfg.write_text((Path(__file__).parent / "luigi-test.cfg").read_text() + "\n[DownloadFile]\nmax_batch_size = 500\n")
+    cfg.write_text((Path(__file__).parent / "luigi-test.cfg").read_text() +
+                   f"\n[DownloadFile]\nmax_batch_size = {max_batch_size}\n")
     env = cli_env(LUIGI_CONFIG_PATH=str(cfg))
     report = tmp_path / "r.json"
     with ScmDouble(root) as double:
         result = mirror(double, tmp_path / "m", "--jobs", "8", "--report", report, env=env)
         assert result.returncode == 0, result.stderr
         runs = list((tmp_path / "m" / ".amsrepomirror" / "runs").glob("*/luigi.log"))
-        batches = [line for line in runs[0].read_text().splitlines() if "running   DownloadFile" in line]
-        assert len(batches) == 3  # 1,225 files in batches of at most 500
+        ran = [line for line in runs[0].read_text().splitlines() if "running   DownloadFile" in line]
+        assert len(ran) == batches
         assert tree_hashes(tmp_path / "m") == served_tree(root, VERSION)
         gets = [r.relpath for r in body_gets(double)]
         assert len(gets) == len(set(gets))

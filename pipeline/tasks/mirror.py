@@ -20,8 +20,9 @@ from amsrepomirror.tasks.base import PROCESS_RUN_ID, FolderTask, MirrorTask, htt
 from amsrepomirror.util.fsutil import atomic_write_bytes
 from amsrepomirror.util.units import format_size
 
-# max_batch_size and shared_batch_size in [DownloadFile] are read as settings, not parameters.
-warnings.filterwarnings("ignore", message=".*'(max|shared)_batch_size'.*", category=luigi.parameter.UnconsumedParameterWarning)
+# max_batch_size, shared_batch_size and run_batch_size in [DownloadFile] are read as settings, not parameters.
+warnings.filterwarnings("ignore", message=".*'(max|shared|run)_batch_size'.*",
+                        category=luigi.parameter.UnconsumedParameterWarning)
 # A task that inherits jobs or deep reads its own section first, then the declaring task's (config_path):
 # one setting for every task, which Luigi calls deprecated but still supports.
 warnings.filterwarnings("ignore", message=r"The use of the configuration \[(FetchListing\] jobs|VerifyTree\] deep)",
@@ -140,11 +141,25 @@ class DownloadFile(FolderTask):
     run_id = luigi.Parameter(description="the mirror run this file belongs to (names its listing snapshot)")
     path = luigi.Parameter(batch_method="\n".join, description="repository path (newline-joined when batched)")
 
+    LOCAL_BATCHES = 16
+
     @property
     def max_batch_size(self):
-        # Luigi reads this from the task to size batches; [DownloadFile] max_batch_size sets it (read
-        # here, when the graph is scheduled, so a --config file given on the command line counts).
-        return luigi.configuration.get_config().getint("DownloadFile", "max_batch_size")
+        """Files per batch, read by Luigi once per worker when the graph is scheduled (so a --config
+        file given on the command line counts). Luigi's scheduler spends O(tasks) for every batch it
+        hands out, so a local run hands out at most LOCAL_BATCHES of them, bigger than [DownloadFile]
+        max_batch_size on long listings (100,000 files in batches of 2,000 cost half a minute of
+        gaps). A run shared under a central scheduler keeps the small batches the CLI chose for it
+        ([DownloadFile] run_batch_size), so that they spread over the workers."""
+        settings = luigi.configuration.get_config()
+        if settings.has_option("DownloadFile", "run_batch_size"):
+            return settings.getint("DownloadFile", "run_batch_size")
+        size = settings.getint("DownloadFile", "max_batch_size")
+        try:
+            listed = len(self.requires().snapshot()["files"])
+        except MirrorError:  # no listing yet: Luigi reports that from requires()
+            return size
+        return max(size, -(-listed // self.LOCAL_BATCHES))
 
     def requires(self):
         return listing_of_run(self.mirror, self.run_id)
