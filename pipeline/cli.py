@@ -290,6 +290,11 @@ def mirror_versions(args) -> int:
     """Mirror the listing(s) into --mirror; print the summary; return the exit code."""
 
     runs = _mirror_params(args)
+    # This process's connections and TLS checking also for the FetchListing that DownloadFile rebuilds
+    # from a run's snapshot (listing_of_run), which records neither: they are each process's own.
+    settings = luigi.configuration.get_config()
+    settings.set("FetchListing", "jobs", str(runs[0]["jobs"]))
+    settings.set("FetchListing", "no_ssl", "true" if args.no_ssl else "false")
     ws = Workspace(args.mirror)
     why = why_unwritable(ws.state if ws.state.is_dir() else args.mirror)  # before a password is asked for
     if why:

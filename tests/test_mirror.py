@@ -452,20 +452,48 @@ def test_two_runs_on_one_mirror_do_not_collide(scm_double, tmp_path):
 
 def test_download_file_is_named_by_mirror_run_and_path_and_takes_the_rest_from_its_run(scm_double, tmp_path):
     """The scheduler and the worker keep every DownloadFile: its parameters only name it, and the
-    run's other parameters come from the snapshot its FetchListing wrote (same task, same connections)."""
+    run's other parameters come from the snapshot its FetchListing wrote; connections and TLS
+    checking stay each process's own."""
+    import shutil
     import subprocess
     import sys
+
+    import luigi
 
     from amsrepomirror.tasks import DownloadFile
     from amsrepomirror.tasks.mirror import listing_of_run
     assert [name for name, _ in DownloadFile.get_params()] == ["mirror", "run_id", "path"]
 
     dest = tmp_path / "m"
-    assert mirror(scm_double, dest, "--jobs", "3").returncode == 0
+    assert mirror(scm_double, dest, "--jobs", "3", "--no-ssl").returncode == 0
     (run_id,) = [p.name for p in (dest / ".amsrepomirror" / "runs").iterdir()]
-    listing = listing_of_run(str(dest.absolute()), run_id)
-    assert (listing.version, listing.jobs, listing.run_id) == (VERSION, 3, run_id)
-    assert listing.complete() and listing.listing_url == scm_double.listing_url(VERSION)
+    snapshot_file = dest / ".amsrepomirror" / "runs" / run_id / "listing.json"
+    recorded = json.loads(snapshot_file.read_text())["task"]
+    assert recorded["version"] == VERSION and "jobs" not in recorded and "no_ssl" not in recorded
+
+    settings = luigi.configuration.get_config()
+    shipped = settings.get("FetchListing", "jobs")
+    settings.set("FetchListing", "jobs", "7")  # what the CLI sets from this process's --jobs
+    try:
+        listing_of_run.cache_clear()
+        listing = listing_of_run(str(dest.absolute()), run_id)
+        assert (listing.version, listing.jobs, listing.no_ssl, listing.run_id) == (VERSION, 7, False, run_id)
+        assert listing.complete() and listing.listing_url == scm_double.listing_url(VERSION)
+    finally:
+        settings.set("FetchListing", "jobs", shipped)
+        listing_of_run.cache_clear()
+
+    # The mirror moved (or is mounted elsewhere): the run's listing task follows it.
+    moved = tmp_path / "moved"
+    shutil.copytree(dest, moved)
+    assert listing_of_run(str(moved.absolute()), run_id).mirror == str(moved.absolute())
+
+    # A snapshot from a version that did not record the run's parameters: one line saying what to do.
+    old = dest / ".amsrepomirror" / "runs" / "old-run" / "listing.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({k: v for k, v in json.loads(snapshot_file.read_text()).items() if k != "task"}))
+    with pytest.raises(MirrorError, match="taken by an earlier amsrepomirror .* start a new run"):
+        listing_of_run(str(dest.absolute()), "old-run")
 
     def plain(run):
         return subprocess.run(
@@ -474,7 +502,12 @@ def test_download_file_is_named_by_mirror_run_and_path_and_takes_the_rest_from_i
              "--retcode-scheduling-error", "7", "--retcode-task-failed", "8"],
             cwd=Path(__file__).resolve().parent.parent, env=cli_env(), capture_output=True, text=True, timeout=120)
     before = tree_hashes(dest)
-    assert plain(run_id).returncode == 0 and tree_hashes(dest) == before  # complete: nothing to do
-    assert plain("no-such-run").returncode == 7
+    (dest / "common" / "data" / "empty.dat").unlink()
+    scm_double.clear_log()
+    assert plain(run_id).returncode == 0 and tree_hashes(dest) == before  # fetched again through the rebuilt listing
+    assert [r.relpath for r in scm_double.records("GET", "*empty.dat")] == ["common/data/empty.dat"]
+    unknown = plain("no-such-run")
+    assert unknown.returncode == 7 and "run no-such-run of the mirror" in unknown.stderr, unknown.stderr[-2000:]
+    assert "has no listing yet" in unknown.stderr
     with pytest.raises(MirrorError, match="run no-such-run of the mirror .* has no listing yet"):
         listing_of_run(str(dest.absolute()), "no-such-run")

@@ -14,6 +14,7 @@ from typing import Dict, Optional
 import luigi
 import requests
 
+from amsrepomirror import __version__
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.listing import redact
 from amsrepomirror.util.time import utc_stamp
@@ -62,6 +63,7 @@ def work_key(params: Dict, listing_sha256: str) -> str:
     """What defines a mirror run's work, as a short digest: the same for every process that does the same work."""
     defining = {k: params[k] for k in ("mirror", "version", "listing_url", "platform", "strict_authentication")}
     defining["listing_sha256"] = listing_sha256
+    defining["tool"] = __version__  # processes of different versions may name their tasks differently
     return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
 
 

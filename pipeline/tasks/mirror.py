@@ -55,7 +55,9 @@ class FetchListing(MirrorTask):
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
                                       timeout=http().timeout)
         sync.record_selection(self.workspace, snapshot)
-        snapshot["task"] = self.to_str_params()  # the run's parameters, for DownloadFile (see listing_of_run)
+        # The run's parameters, for DownloadFile (listing_of_run); connections and TLS checking are
+        # each process's own (not part of the task's identity), so they are left out.
+        snapshot["task"] = self.to_str_params(only_significant=True)
         with self.output().open("w") as f:
             json.dump(snapshot, f, separators=(",", ":"))  # compact: Python's encoder is 5× slower with an indent
 
@@ -70,7 +72,10 @@ class MirrorFileTarget(luigi.Target):
         self.workspace, self.snapshot_path, self.path = workspace, snapshot_path, path
 
     def exists(self):
-        remote = sync.load_snapshot(self.snapshot_path)["by_path"].get(self.path)
+        try:
+            remote = sync.load_snapshot(self.snapshot_path)["by_path"].get(self.path)
+        except FileNotFoundError:  # no listing yet: not done (DownloadFile.requires says why)
+            return False
         return remote is not None and sync.is_current(self.workspace, remote)
 
 
@@ -122,11 +127,13 @@ def listing_of_run(mirror: str, run_id: str) -> FetchListing:
     try:
         recorded = sync.load_snapshot(str(path)).get("task")
     except FileNotFoundError:
-        recorded = None
-    if recorded is None:
         raise MirrorError(f"run {run_id} of the mirror {mirror} has no listing yet ({path}); a DownloadFile is "
-                          "made by the run's VerifyTree: run that (or amsrepomirror mirror) instead")
-    return FetchListing.from_str_params(recorded)
+                          "made by the run's VerifyTree: run that (or amsrepomirror mirror) instead") from None
+    if recorded is None:
+        raise MirrorError(f"the listing of run {run_id} ({path}) was taken by an earlier amsrepomirror that did not "
+                          "record the run's parameters: start a new run (a new --run-id, or none)")
+    # Where the mirror is now and the run asked for, whatever path the snapshot was taken under.
+    return FetchListing.from_str_params({**recorded, "mirror": mirror, "run_id": run_id})
 
 
 class DownloadFile(FolderTask):
