@@ -119,12 +119,8 @@ def scale_linear(ctx: Context) -> None:
     figures = {}
     for count in (small, big):
         with Nginx(_tiny_tree(ctx, count), ctx.work / f"nginx-linear-{count}") as web:
-            dest = fresh(ctx.work / "dest" / f"linear-{count}")
-            first, first_report = ours(web.listing_url, dest, ctx, f"linear-first-{count}")
-            web.clear()
-            rerun, rerun_report = ours(web.listing_url, dest, ctx, f"linear-rerun-{count}")
-            bodies = web.traffic()["bodies"]
-        _check_runs(f"linear {count}", count + 1, first_report, rerun_report, bodies)
+            first, first_report, rerun, rerun_report = _ours_twice(
+                ctx, web, web.listing_url, fresh(ctx.work / "dest" / f"linear-{count}"), f"linear-{count}", count)
         figures[count] = (first.seconds / count, rerun.seconds / count)
         for label, run, report in (("first run", first, first_report), ("no-op rerun", rerun, rerun_report)):
             ctx.add(Row("linear", f"{label}, {count:,} tiny files", fmt_s(run.seconds), "", "", "", "",
@@ -134,6 +130,16 @@ def scale_linear(ctx: Context) -> None:
         ratio = figures[big][i] / figures[small][i]
         ctx.add(Row("linear", f"time per file, {big:,} ÷ {small:,} files, {label}", f"{ratio:.2f}", "", "",
                     "≤ 1.2", verdict(ratio <= 1.2, ratio, 1.2), "1.0 = perfectly linear"))
+
+
+def _ours_twice(ctx: Context, web: Nginx, url: str, dest: Path, name: str, count: int):
+    """Our first run and no-op rerun of ``count`` listed tiny files into ``dest``, checked (every file
+    fetched once, nothing on the rerun, no body served for it): (first, its report, rerun, its report)."""
+    first, first_report = ours(url, dest, ctx, f"{name}-first")
+    web.clear()
+    rerun, rerun_report = ours(url, dest, ctx, f"{name}-rerun")
+    _check_runs(name, count + 1, first_report, rerun_report, web.traffic()["bodies"])
+    return first, first_report, rerun, rerun_report
 
 
 def _check_runs(name: str, listed: int, first: Dict, rerun: Dict, bodies: int) -> None:
@@ -157,16 +163,12 @@ def _versus_wget(ctx: Context, scenario: str, tag: str, count: int, rtt_ms: int 
     with Nginx(root, ctx.work / f"nginx-{tag}") as web, \
             (web.behind_latency(rtt_ms) if rtt_ms else contextlib.nullcontext(web.listing_url)) as url:
         dest = fresh(ctx.work / "dest" / f"{tag}-ours")
-        first, first_report = ours(url, dest, ctx, f"{tag}-ours-first")
-        web.clear()
-        rerun, rerun_report = ours(url, dest, ctx, f"{tag}-ours-rerun")
-        bodies = web.traffic()["bodies"]
+        first, first_report, rerun, rerun_report = _ours_twice(ctx, web, url, dest, f"{tag}-ours", count)
         wdest = fresh(ctx.work / "dest" / f"{tag}-wget")
         wfirst = run_wget(url, wdest, log_dir=ctx.work / "logs", name=f"{tag}-wget-first")
         web.clear()
         wrerun = run_wget(url, wdest, log_dir=ctx.work / "logs", name=f"{tag}-wget-rerun", timestamping=True)
         wtraffic = web.traffic()
-    _check_runs(scenario, count + 1, first_report, rerun_report, bodies)
     _check_dest(scenario, root, dest)
     _check_dest(f"{scenario} (wget)", root, wdest)
     where = f", {rtt_ms} ms round trip" if rtt_ms else ""
@@ -204,11 +206,7 @@ def scale_memory(ctx: Context) -> None:
         root = _tiny_tree(ctx, n)
         with Nginx(root, ctx.work / f"nginx-memory-{n}") as web:
             dest = fresh(ctx.work / "dest" / f"memory-{n}")
-            first, first_report = ours(web.listing_url, dest, ctx, f"memory-first-{n}")
-            web.clear()
-            rerun, rerun_report = ours(web.listing_url, dest, ctx, f"memory-rerun-{n}")
-            bodies = web.traffic()["bodies"]
-        _check_runs(f"memory {n:,}", n + 1, first_report, rerun_report, bodies)
+            first, first_report, rerun, rerun_report = _ours_twice(ctx, web, web.listing_url, dest, f"memory-{n}", n)
         _check_dest(f"memory {n:,}", root, dest)
         shutil.rmtree(dest, ignore_errors=True)
         runs[n] = ((first, first_report), (rerun, rerun_report))
