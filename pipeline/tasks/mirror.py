@@ -169,8 +169,8 @@ class DownloadFile(FolderTask):
         return max(size, -(-listed // self.LOCAL_BATCHES))
 
     def requires(self):
-        # Reads the run's snapshot (once per process): the one requires() here that does I/O, the
-        # price of naming each of 100,000s of tasks by three parameters instead of nine.
+        # Reads the run's snapshot (once per process), as JoinRun's does: the price of naming each
+        # of 100,000s of tasks by three parameters instead of nine.
         return listing_of_run(self.mirror, self.run_id)
 
     def paths(self):
