@@ -649,8 +649,8 @@ def run_plan(args) -> int:
 def signature_verdict(args, manifest_bytes: Optional[bytes]) -> Optional[str]:
     """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says; the
     error line when it is bad, or missing while --allowed-signers asks for one."""
-    check = check_signature(args.bundle, manifest_bytes, args.allowed_signers, args.revoked_keys,
-                            setting(None, "unpack", "signature_verifier"))
+    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys, setting(None, "unpack", "signature_verifier"),
+                            manifest=manifest_bytes)
     if check is None:
         print("signature: unsigned")
         if args.allowed_signers is not None:

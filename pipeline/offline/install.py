@@ -146,8 +146,8 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         raise UsageError("--revoked-keys needs --allowed-signers (or [unpack] allowed_signers)")
     data = read_manifest_bytes(bundle_dir)
     if allowed_signers:
-        signed = require_signature(bundle_dir, data, Path(allowed_signers),
-                                   Path(revoked_keys) if revoked_keys else None, signature_verifier)
+        signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None,
+                                   signature_verifier, manifest=data)
         log.info(f"unpack: {signed.describe()}")
         placement.checkpoint("unpack:signature-checked")
     if data is None:
