@@ -726,6 +726,8 @@ def run_unpack(args) -> int:
             say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
         else:
             log = args.amshome.absolute() / ".amsrepomirror-unpack.log" if args.amshome.is_dir() else None
+            # Run in this process: what the task checked and placed (task.checked) is read below.
+            luigi.configuration.get_config().set("worker", "force_multiprocessing", "false")
             failure = worst(run_graph([task], log_file=log, verbose=args.verbose))
             if failure:
                 say(f"error: {failure['message']}")

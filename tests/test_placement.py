@@ -623,3 +623,17 @@ def test_already_installed_ends_with_what_the_check_read_not_a_fresh_read_of_the
                             env=cli_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0 and "already holds this bundle; nothing to do" in result.stderr, result.stderr
     assert not bundle.exists() and placement.usage_hint(home, "AMS2026.1") in result.stdout
+
+
+def test_unpack_runs_in_its_own_process_whatever_the_worker_settings(tmp_path, bundles):
+    """What unpack checked and placed is read back from the task: [worker] force_multiprocessing
+    (run() in a child process) must not lose it."""
+    settings = tmp_path / "luigi.cfg"
+    settings.write_text((REPO / "tests" / "luigi-test.cfg").read_text() + "\n[worker]\nforce_multiprocessing = true\n")
+    home = tmp_path / "amshome"
+    home.mkdir()
+    result = subprocess.run(unpack_command(bundles, "A", home, "exchange"), cwd=REPO, capture_output=True, text=True,
+                            env=cli_env(LUIGI_CONFIG_PATH=str(settings)), timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert files_of(tree(home / REPOSITORY)) == bundles["A"][1]
+    assert placement.usage_hint(home, "AMS2026.1") in result.stdout
