@@ -654,8 +654,8 @@ def run_plan(args) -> int:
 def signature_verdict(args, manifest_bytes: Optional[bytes]) -> Optional[str]:
     """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says; the
     error line when it is bad, or missing while --allowed-signers asks for one."""
-    check = check_signature(args.bundle, manifest_bytes, args.allowed_signers, args.revoked_keys,
-                            setting(None, "unpack", "signature_verifier"))
+    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys, setting(None, "unpack", "signature_verifier"),
+                            manifest=manifest_bytes)
     if check is None:
         print("signature: unsigned")
         if args.allowed_signers is not None:
@@ -726,16 +726,21 @@ def run_unpack(args) -> int:
                   reinstall=args.reinstall, deep=args.deep, allow_downgrade=args.allow_downgrade,
                   allowed_signers=str(args.allowed_signers.absolute()) if args.allowed_signers else "",
                   revoked_keys=str(args.revoked_keys.absolute()) if args.revoked_keys else "")
-    if task.complete():
-        say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
-    else:
-        log = args.amshome.absolute() / ".amsrepomirror-unpack.log" if args.amshome.is_dir() else None
-        failure = worst(run_graph([task], log_file=log, verbose=args.verbose))
-        if failure:
-            say(f"error: {failure['message']}")
-            return failure["code"]
-    # What this run checked and placed, not the folder's manifest.json, which may hold another by now.
-    manifest = getattr(task, "placed", None) or BundleManifest.read(args.bundle / MANIFEST_NAME)
+    try:
+        if task.complete():
+            say(f"unpack: {args.amshome}/repository already holds this bundle; nothing to do")
+        else:
+            log = args.amshome.absolute() / ".amsrepomirror-unpack.log" if args.amshome.is_dir() else None
+            # Run in this process: what the task checked and placed (task.checked) is read below.
+            luigi.configuration.get_config().set("worker", "force_multiprocessing", "false")
+            failure = worst(run_graph([task], log_file=log, verbose=args.verbose))
+            if failure:
+                say(f"error: {failure['message']}")
+                return failure["code"]
+        # The manifest this run checked (placed, or found installed), not the folder's, which may hold another by now.
+        manifest = task.checked.manifest
+    finally:
+        task.checked = None  # the same object serves a later unpack of this bundle in this process: it must look again
     for line in lacking.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
         say(line)
     print(usage_hints(args.amshome.absolute(), manifest.all_versions))

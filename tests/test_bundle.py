@@ -368,8 +368,46 @@ def test_verify_hashes_each_chunk_once(copy_bundle, monkeypatch):
 
     monkeypatch.setattr(amsrepomirror.bundle.verify, "sha256_file", counting(amsrepomirror.bundle.verify.sha256_file))
     assert verify_bundle(copy_bundle).ok
-    assert counts and all(n == 1 for n in counts.values()), counts
-    assert set(counts) | {MANIFEST_NAME} == set(read_sums(copy_bundle))
+    assert MANIFEST_NAME not in counts, counts  # hashed from the bytes read once, not read again to hash
+    assert counts == {name: 1 for name in read_sums(copy_bundle) if name != MANIFEST_NAME}
+    assert {c.name for c in BundleManifest.read(copy_bundle / MANIFEST_NAME).chunks} <= set(counts)
+
+
+def test_a_manifest_the_caller_found_missing_is_missing_even_if_it_appears_later(copy_bundle):
+    """None is what the caller read (no manifest.json): verify_bundle must not read the file itself."""
+    report = verify_bundle(copy_bundle, test_archives=False, manifest_bytes=None)
+    assert not report.ok and report.manifest is None
+    assert report.problem_of(MANIFEST_NAME) == ["missing"]
+
+
+#: ``amsrepomirror verify BUNDLE`` in one process, where manifest.json (moved to BUNDLE/../held)
+#: comes back after the command's read of it and before the chunks are checked.
+VERIFY_MANIFEST_COMES_BACK = """
+import os, sys
+from amsrepomirror import cli
+bundle, held = sys.argv[1:3]
+checks = cli.verify_bundle
+def manifest_back_then_verify(*args, **kwargs):
+    os.replace(held, os.path.join(bundle, "manifest.json"))
+    return checks(*args, **kwargs)
+cli.verify_bundle = manifest_back_then_verify
+sys.exit(cli.main(["verify", bundle, "--no-test"]))
+"""
+
+
+def test_verify_uses_one_read_of_the_manifest_even_when_it_appears_after_it(copy_bundle, tmp_path):
+    import sys
+
+    from clihelp import REPO, cli_env
+
+    bundle, held = tmp_path / "bundle", tmp_path / "held"
+    shutil.copytree(copy_bundle, bundle)
+    os.replace(bundle / MANIFEST_NAME, held)
+    result = subprocess.run([sys.executable, "-c", VERIFY_MANIFEST_COMES_BACK, str(bundle), str(held)], cwd=REPO,
+                            env=cli_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert (bundle / MANIFEST_NAME).is_file() and "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 4 and "is intact" not in result.stdout, result.stdout + result.stderr
+    assert f"  {MANIFEST_NAME}: missing" in result.stderr.splitlines()
 
 
 def test_file_hash_across_block_boundaries(tmp_path):

@@ -548,3 +548,92 @@ def test_kill_at_random_moments(tmp_path, bundles, installed_a, mode):
     assert seen == {True, False}
     assert run_unpack(bundles, "B", home, mode).returncode == 0
     assert_clean(bundles, home, "B")
+
+
+
+#: Two unpacks of the same bundle folder in one process (Luigi hands out the same Unpack object for
+#: the same parameters): argv is BUNDLE AMSHOME ACTION, where ACTION, done between the two, is
+#: "replace:FOLDER" (the bundle folder now holds FOLDER's bundle) or "damage:PATH" (a file of the
+#: installed tree removed).
+UNPACK_TWICE = """
+import os, shutil, sys
+from amsrepomirror import cli
+bundle, home, action = sys.argv[1:4]
+unpack = ["unpack", bundle, "--amshome", home]
+print("first:", cli.main(unpack), file=sys.stderr, flush=True)
+what, _, arg = action.partition(":")
+if what == "replace":
+    shutil.rmtree(bundle)
+    shutil.copytree(arg, bundle)
+else:
+    os.remove(arg)
+print("second:", cli.main(unpack), file=sys.stderr, flush=True)
+"""
+
+
+def unpack_twice(bundles, tmp_path, action) -> subprocess.CompletedProcess:
+    """Copy bundle A to a folder of its own and unpack it twice in one process (see UNPACK_TWICE);
+    stderr holds the second unpack's lines after "first: 0"."""
+    home, bundle = tmp_path / "amshome", tmp_path / "bundle"
+    home.mkdir()
+    shutil.copytree(bundles["A"][0], bundle)
+    result = subprocess.run([sys.executable, "-c", UNPACK_TWICE, str(bundle), str(home), action], cwd=REPO,
+                            env=cli_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "first: 0" in result.stderr, result.stderr
+    return result
+
+
+def test_a_second_unpack_in_the_same_process_installs_the_bundle_now_in_the_folder(tmp_path, bundles):
+    result = unpack_twice(bundles, tmp_path, f"replace:{bundles['B'][0]}")
+    second = result.stderr.split("first: 0", 1)[1]
+    assert "second: 0" in second and "nothing to do" not in second, result.stderr
+    assert files_of(tree(tmp_path / "amshome" / REPOSITORY)) == bundles["B"][1]
+    assert read_receipt(tmp_path / "amshome")["manifest_sha256"] == bundles["B"][2]
+
+
+def test_a_second_unpack_in_the_same_process_finds_the_installed_tree_damaged(tmp_path, bundles):
+    result = unpack_twice(bundles, tmp_path, f"damage:{tmp_path / 'amshome' / REPOSITORY / 'packages/common.txt'}")
+    second = result.stderr.split("first: 0", 1)[1]
+    assert "second: 4" in second and "nothing to do" not in second, result.stderr
+    assert "no longer matches the bundle its receipt names" in second
+
+
+#: One unpack whose completeness check passes, after which the bundle folder is gone (the stick
+#: pulled) before the command prints its end lines: argv is BUNDLE AMSHOME.
+UNPACK_THEN_EJECT = """
+import shutil, sys
+from amsrepomirror import cli
+from amsrepomirror.tasks import Unpack
+bundle, home = sys.argv[1:3]
+checked = Unpack.complete
+def complete_then_eject(task):
+    done = checked(task)
+    shutil.rmtree(bundle, ignore_errors=True)
+    return done
+Unpack.complete = complete_then_eject
+sys.exit(cli.main(["unpack", bundle, "--amshome", home]))
+"""
+
+
+def test_already_installed_ends_with_what_the_check_read_not_a_fresh_read_of_the_folder(tmp_path, bundles, installed_a):
+    home, bundle = amshome_with_a(installed_a, tmp_path), tmp_path / "bundle"
+    shutil.copytree(bundles["A"][0], bundle)
+    result = subprocess.run([sys.executable, "-c", UNPACK_THEN_EJECT, str(bundle), str(home)], cwd=REPO,
+                            env=cli_env(), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and "already holds this bundle; nothing to do" in result.stderr, result.stderr
+    assert not bundle.exists() and placement.usage_hint(home, "AMS2026.1") in result.stdout
+
+
+def test_unpack_runs_in_its_own_process_whatever_the_worker_settings(tmp_path, bundles):
+    """What unpack checked and placed is read back from the task: [worker] force_multiprocessing
+    (run() in a child process) must not lose it."""
+    settings = tmp_path / "luigi.cfg"
+    settings.write_text((REPO / "tests" / "luigi-test.cfg").read_text() + "\n[worker]\nforce_multiprocessing = true\n")
+    home = tmp_path / "amshome"
+    home.mkdir()
+    result = subprocess.run(unpack_command(bundles, "A", home, "exchange"), cwd=REPO, capture_output=True, text=True,
+                            env=cli_env(LUIGI_CONFIG_PATH=str(settings)), timeout=120, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert files_of(tree(home / REPOSITORY)) == bundles["A"][1]
+    assert placement.usage_hint(home, "AMS2026.1") in result.stdout

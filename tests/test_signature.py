@@ -404,3 +404,48 @@ def test_a_delta_bundle_is_signed_the_same_way(signed, keys, scm_double, repo_tr
     result = run_cli("unpack", delta, "--amshome", amshome, "--allowed-signers", allowed)
     assert result.returncode == 0, result.stderr
     assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
+
+
+def test_ssh_keygen_and_the_touch_check_judge_the_same_bytes_of_the_signature(tmp_path, monkeypatch):
+    """manifest.json.sig read once: a valid security-key signature made without a touch, swapped
+    for a touched one (of another manifest) after ssh-keygen -Y verify read it, is still refused,
+    and every ssh-keygen run was handed the bytes that were there at the start."""
+    import amsrepomirror.bundle.signature as signature
+
+    folder, key = tmp_path / "bundle", SkKey.generate("ed25519-sk")
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text('{"version": "AMS2026.1"}')
+    (tmp_path / "other.json").write_text('{"version": "AMS2099.1"}')
+    untouched = key.sign_file(folder / MANIFEST_NAME, flags=USER_VERIFIED).encode()
+    touched_other = key.sign_file(tmp_path / "other.json", flags=USER_PRESENT).encode()
+    (folder / SIG).write_bytes(untouched)
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(f"{PRINCIPAL} {key.public_line()}\n")
+
+    seen = []
+    real_ssh_keygen = signature._ssh_keygen
+
+    def then_swap(args, **kwargs):
+        seen.append(Path(args[args.index("-s") + 1]).read_bytes())
+        done = real_ssh_keygen(args, **kwargs)
+        if args[0] == "verify":
+            (folder / SIG).write_bytes(touched_other)  # what the next read of the folder's file gets
+        return done
+
+    monkeypatch.setattr(signature, "_ssh_keygen", then_swap)
+    check = signature.check_signature(folder, allowed, manifest=(folder / MANIFEST_NAME).read_bytes(), verifier="ssh-keygen")
+    assert seen == [untouched, untouched]  # find-principals, verify
+    assert "did not confirm user presence" in check.problem and check.allowed is False, check
+
+
+def test_the_manifest_bytes_are_given_by_keyword_only(tmp_path):
+    """A path given where manifest.json's bytes belong is refused at the call, not checked as something else."""
+    from amsrepomirror.bundle.signature import check_signature, require_signature
+
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text("{}")
+    (folder / SIG).write_text("not a signature")
+    for check in (check_signature, require_signature):
+        with pytest.raises(TypeError, match="keyword-only argument: 'manifest'"):
+            check(folder, folder / MANIFEST_NAME, tmp_path / "allowed_signers")

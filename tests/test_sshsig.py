@@ -66,7 +66,7 @@ def verdict(check):
 
 def both(folder: Path, allowed=None, revoked=None):
     """Check with each verifier; they must reach the same verdict. Returns the python path's check."""
-    checks = {v: check_signature(folder, (folder / MANIFEST_NAME).read_bytes(), allowed, revoked, v) for v in VERIFIERS}
+    checks = {v: check_signature(folder, allowed, revoked, v, manifest=(folder / MANIFEST_NAME).read_bytes()) for v in VERIFIERS}
     assert [c.verifier for c in checks.values()] == list(VERIFIERS)
     assert verdict(checks["ssh-keygen"]) == verdict(checks["python"]), checks
     return checks["python"]
@@ -154,8 +154,8 @@ def test_a_binary_krl_is_refused_by_the_python_path_with_one_clear_reason(keys, 
     allowed, krl = tmp_path / "allowed_signers", tmp_path / "revoked.krl"
     allowed.write_text(f"{PRINCIPAL} {public(keys['ed25519'])}\n")
     keygen("-k", "-f", krl, str(keys["rsa"]) + ".pub").check_returncode()  # revokes another key only
-    assert not check_signature(folder, (folder / MANIFEST_NAME).read_bytes(), allowed, krl, "ssh-keygen").problem
-    check = check_signature(folder, (folder / MANIFEST_NAME).read_bytes(), allowed, krl, "python")
+    assert not check_signature(folder, allowed, krl, "ssh-keygen", manifest=(folder / MANIFEST_NAME).read_bytes()).problem
+    check = check_signature(folder, allowed, krl, "python", manifest=(folder / MANIFEST_NAME).read_bytes())
     assert check.allowed is False and "is a binary KRL" in check.problem and "OpenSSH 8.2" in check.problem
 
 
@@ -222,7 +222,7 @@ def test_a_security_key_signature_made_without_a_touch_is_refused_by_both(tmp_pa
                       "-s", folder / SIGNATURE_NAME, stdin=data).returncode == 0
     both(folder, allowed)
     for verifier in VERIFIERS:
-        check = check_signature(folder, (folder / MANIFEST_NAME).read_bytes(), allowed, None, verifier)
+        check = check_signature(folder, allowed, None, verifier, manifest=(folder / MANIFEST_NAME).read_bytes())
         assert "did not confirm user presence" in check.problem and check.allowed is False, check
 
 
@@ -240,6 +240,6 @@ def test_a_key_type_the_python_path_cannot_check_is_refused_with_its_name(tmp_pa
     sign(folder, key)
     allowed = tmp_path / "allowed_signers"
     allowed.write_text(f"{PRINCIPAL} {public(key)}\n")
-    assert not check_signature(folder, (folder / MANIFEST_NAME).read_bytes(), allowed, None, "ssh-keygen").problem
-    check = check_signature(folder, (folder / MANIFEST_NAME).read_bytes(), allowed, None, "python")
+    assert not check_signature(folder, allowed, None, "ssh-keygen", manifest=(folder / MANIFEST_NAME).read_bytes()).problem
+    check = check_signature(folder, allowed, None, "python", manifest=(folder / MANIFEST_NAME).read_bytes())
     assert "made with a ssh-dss key, which only ssh-keygen of OpenSSH 8.2 or later can check" in check.problem

@@ -9,11 +9,13 @@ Checking uses ssh-keygen where it has ``-Y find-principals`` (OpenSSH 8.2 or lat
 checks in Python (bundle.sshsig); ``[unpack] signature_verifier`` can force either.
 """
 
+import contextlib
 import dataclasses
 import functools
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -117,11 +119,12 @@ def is_signed(bundle_dir: Path) -> bool:
     return (Path(bundle_dir) / SIGNATURE_NAME).is_file()
 
 
-def check_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signers: Optional[Path] = None,
-                    revoked_keys: Optional[Path] = None, verifier: str = "auto") -> Optional[SignatureCheck]:
+def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None, revoked_keys: Optional[Path] = None,
+                    verifier: str = "auto", *, manifest: Optional[bytes]) -> Optional[SignatureCheck]:
     """Check ``manifest.json.sig`` against ``manifest``, the bundle's manifest.json as the caller
     read it (None: there was none); None when the bundle is unsigned. A caller that goes on to use
-    the manifest uses these bytes: the file may hold others by its next read.
+    the manifest uses these bytes: the file may hold others by its next read. manifest.json.sig is
+    read once too: every check (ssh-keygen's, the touch check) is of those bytes.
 
     Without ``allowed_signers`` only the signature itself (and its namespace) is checked, which
     names the key but proves nothing about who made it; with it, the key must be listed there
@@ -137,18 +140,37 @@ def check_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signers
     if manifest is None:
         return SignatureCheck(problem=f"{MANIFEST_NAME} is missing")
     used = choose_verifier(verifier)
-    check = (_check_with_keygen if used == "ssh-keygen" else _check_in_python)(signature, manifest, allowed_signers,
-                                                                                 revoked_keys)
+    try:
+        armored = signature.read_bytes()
+    except OSError as e:
+        check = SignatureCheck(allowed=None if allowed_signers is None else False,
+                               problem=f"{SIGNATURE_NAME} cannot be read: {e.strerror or e}")
+    else:
+        check = (_check_with_keygen if used == "ssh-keygen" else _check_in_python)(armored, manifest, allowed_signers,
+                                                                                     revoked_keys)
     return dataclasses.replace(check, verifier=used)
 
 
-def _check_with_keygen(signature: Path, manifest: bytes, allowed_signers: Optional[Path],
+@contextlib.contextmanager
+def _private_copy(data: bytes):
+    """``data`` in a file of a temporary folder only this user can enter, removed after: what
+    ssh-keygen reads is exactly these bytes, whatever the bundle folder serves by then."""
+    with tempfile.TemporaryDirectory(prefix="amsrepomirror-sig-") as folder:  # mode 0700
+        path = Path(folder) / SIGNATURE_NAME
+        with open(path, "xb") as f:
+            f.write(data)
+        yield path
+
+
+def _check_with_keygen(armored: bytes, manifest: bytes, allowed_signers: Optional[Path],
                        revoked_keys: Optional[Path]) -> SignatureCheck:
-    """ssh-keygen's verdict; a good one must also pass the one check ssh-keygen -Y leaves out (touch)."""
-    check = _keygen_verdict(signature, manifest, allowed_signers, revoked_keys)
+    """ssh-keygen's verdict; a good one must also pass the one check ssh-keygen -Y leaves out (touch),
+    on the same bytes."""
+    with _private_copy(armored) as signature:
+        check = _keygen_verdict(signature, manifest, allowed_signers, revoked_keys)
     if not check.problem:
         try:
-            sshsig.require_user_presence(sshsig.read_signature(signature))
+            sshsig.require_user_presence(sshsig.parse_signature(armored))
         except sshsig.SshsigError as e:
             return SignatureCheck(principal=check.principal, allowed=None if check.allowed is None else False,
                                   problem=str(e))
@@ -188,13 +210,13 @@ def first_principal(principals: str) -> str:
     return next((p for p in principals.split(",") if p and not p.startswith("!")), principals.split(",")[0])
 
 
-def _check_in_python(signature: Path, manifest: bytes, allowed_signers: Optional[Path],
+def _check_in_python(armored: bytes, manifest: bytes, allowed_signers: Optional[Path],
                      revoked_keys: Optional[Path]) -> SignatureCheck:
     """What _check_with_keygen finds, in the same steps, with bundle.sshsig (no OpenSSH needed)."""
     try:
-        parsed = sshsig.read_signature(signature)
+        parsed = sshsig.parse_signature(armored)
         sshsig.require_checkable(parsed.key)
-    except (OSError, sshsig.SshsigError) as e:
+    except sshsig.SshsigError as e:
         return SignatureCheck(allowed=None if allowed_signers is None else False,
                               problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: {e}")
     key = dict(key_type=parsed.key.label, fingerprint=parsed.key.fingerprint)
@@ -220,11 +242,11 @@ def _check_in_python(signature: Path, manifest: bytes, allowed_signers: Optional
     return SignatureCheck(**key, principal=principal, allowed=True)
 
 
-def require_signature(bundle_dir: Path, manifest: Optional[bytes], allowed_signers: Path,
-                      revoked_keys: Optional[Path] = None, verifier: str = "auto") -> SignatureCheck:
+def require_signature(bundle_dir: Path, allowed_signers: Path, revoked_keys: Optional[Path] = None,
+                      verifier: str = "auto", *, manifest: Optional[bytes]) -> SignatureCheck:
     """A valid signature of ``manifest`` (the bundle's manifest.json as the caller read it, None:
     missing) by a key in ``allowed_signers`` (not revoked), or IntegrityError (one line)."""
-    check = check_signature(bundle_dir, manifest, allowed_signers, revoked_keys, verifier)
+    check = check_signature(bundle_dir, allowed_signers, revoked_keys, verifier, manifest=manifest)
     if check is None:
         raise IntegrityError(f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but "
                              f"{allowed_signers} requires a signature by an allowed key; nothing was extracted")

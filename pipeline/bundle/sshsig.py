@@ -164,9 +164,10 @@ class Signature:
     blob: bytes
 
 
-def read_signature(path: Path) -> Signature:
-    """Parse an armored SSHSIG file, as sshsig_dearmor and sshsig_wrap_verify do."""
-    text = Path(path).read_text(encoding="ascii", errors="replace")
+def parse_signature(armored: bytes) -> Signature:
+    """Parse an armored SSHSIG (a manifest.json.sig's bytes, read once), as sshsig_dearmor and
+    sshsig_wrap_verify do."""
+    text = armored.decode("ascii", errors="replace")
     if not text.startswith(BEGIN) or END not in text:
         raise SshsigError("not an SSH signature (its BEGIN/END lines are missing)")
     try:

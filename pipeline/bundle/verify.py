@@ -4,7 +4,7 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
@@ -30,6 +30,8 @@ from amsrepomirror.util.paths import is_plain_file_name, shown
 
 #: verify_bundle hashes this many chunks at a time (hashlib releases the GIL on large buffers).
 HASH_THREADS = 2
+#: verify_bundle's ``manifest_bytes`` when the caller has not read manifest.json (None: it found none).
+READ_MANIFEST = object()
 
 
 @dataclass(frozen=True)
@@ -221,12 +223,14 @@ def not_a_bundle(path: Path, tool: str = "amsrepomirror") -> Optional[str]:
 def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool = False,
                   on_bytes: Optional[Callable[[int], None]] = None,
                   on_total: Optional[Callable[[int], None]] = None,
-                  manifest_bytes: Optional[bytes] = None) -> VerifyReport:
+                  manifest_bytes: Union[bytes, None, object] = READ_MANIFEST) -> VerifyReport:
     """Check a bundle folder; the report names every bad chunk and what is wrong with it.
 
-    ``manifest_bytes``: manifest.json as the caller read it (unpack: the bytes whose signature it
-    checked), checked and parsed instead of the file, which is then not read at all; None: the
-    file is read here, once. The report's manifest is parsed from exactly the bytes checked.
+    ``manifest_bytes``: manifest.json as the caller read it (unpack and verify: the bytes whose
+    signature they check), checked and parsed instead of the file, which is then not read at all;
+    None: the caller found none (it is then "missing", whatever the folder holds by now); left out
+    (``READ_MANIFEST``): the file is read here, once. The report's manifest is parsed from exactly
+    the bytes checked.
 
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
     with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
@@ -267,7 +271,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     manifest: Optional[BundleManifest] = None
     manifest_path = bundle_dir / MANIFEST_NAME
     try:
-        if manifest_bytes is None:
+        if manifest_bytes is READ_MANIFEST:
             manifest_bytes = read_manifest_bytes(bundle_dir)
         if manifest_bytes is None:
             add(Problem(MANIFEST_NAME, "missing"))

@@ -14,7 +14,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 from amsrepomirror.bundle.delta import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest, read_manifest_bytes
@@ -50,20 +50,33 @@ def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str) -
     return extract.tree_problems(Path(amshome) / placement.REPOSITORY, files, check_hashes=False)
 
 
-def is_installed(bundle: str, amshome: str) -> bool:
-    """True when AMSHOME's receipt names this bundle's manifest and the repository still matches it,
-    and a killed unpack left nothing there for the next one to recover (a swap to finish, a staging
-    tree to remove)."""
+class CheckedManifest(NamedTuple):
+    """A bundle's manifest.json as one read of it parsed, and the sha256 of those bytes (what a receipt names)."""
+    manifest: BundleManifest
+    sha256: str
+
+
+def holds(amshome, checked: CheckedManifest) -> bool:
+    """True when AMSHOME's receipt names ``checked`` and the repository still matches it, and a
+    killed unpack left nothing there for the next one to recover (a swap to finish, a staging tree
+    to remove)."""
     try:
-        if placement.interrupted(amshome):
-            return False
-        data = read_manifest_bytes(Path(bundle))
-        if data is None:
-            return False
-        manifest = BundleManifest.from_bytes(data, Path(bundle) / MANIFEST_NAME)
-        return installed_changes(amshome, manifest, hashlib.sha256(data).hexdigest()) == []
+        return not placement.interrupted(amshome) and installed_changes(amshome, *checked) == []
     except IntegrityError:
         return False
+
+
+def installed_bundle(bundle: str, amshome: str) -> Optional[CheckedManifest]:
+    """The bundle folder's manifest (read once) when AMSHOME holds it (``holds``); None when it does not."""
+    try:
+        data = read_manifest_bytes(Path(bundle))
+        if data is None:
+            return None
+        checked = CheckedManifest(BundleManifest.from_bytes(data, Path(bundle) / MANIFEST_NAME),
+                                  hashlib.sha256(data).hexdigest())
+    except IntegrityError:
+        return None
+    return checked if holds(amshome, checked) else None
 
 
 def _refuse_changed(bundle_dir: Path, manifest: BundleManifest, home: Path, changes: List[str]) -> IntegrityError:
@@ -111,9 +124,10 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
-                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> BundleManifest:
-    """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here
-    (what to tell the package manager and the admin comes from it, not from the folder).
+                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> CheckedManifest:
+    """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here,
+    and the sha256 of those bytes (what to tell the package manager and the admin, and what the
+    receipt must name from now on, come from them, not from the folder).
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
     unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``;
@@ -132,13 +146,13 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         raise UsageError("--revoked-keys needs --allowed-signers (or [unpack] allowed_signers)")
     data = read_manifest_bytes(bundle_dir)
     if allowed_signers:
-        signed = require_signature(bundle_dir, data, Path(allowed_signers),
-                                   Path(revoked_keys) if revoked_keys else None, signature_verifier)
+        signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None,
+                                   signature_verifier, manifest=data)
         log.info(f"unpack: {signed.describe()}")
         placement.checkpoint("unpack:signature-checked")
     if data is None:
         raise IntegrityError(f"bundle {bundle_dir} failed verification: {MANIFEST_NAME}: missing; nothing was extracted")
-    manifest = _parsed(bundle_dir, data)
+    manifest, sha256 = _parsed(bundle_dir, data), hashlib.sha256(data).hexdigest()
     home = placement.check_amshome(amshome)
     with placement.amshome_lock(home):
         for action in placement.recover(home):
@@ -146,21 +160,21 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         if manifest is not None:
             if not allow_downgrade:
                 refuse_downgrade(bundle_dir, manifest, home)
-            changes = None if reinstall else installed_changes(home, manifest, hashlib.sha256(data).hexdigest())
+            changes = None if reinstall else installed_changes(home, manifest, sha256)
             if changes:
                 raise _refuse_changed(bundle_dir.absolute(), manifest, home, changes)
             if changes == []:
                 log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
-                return manifest
+                return CheckedManifest(manifest, sha256)
             if manifest.is_delta:
                 unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous, deep=deep,
                              version_files=version_files)
-                return manifest
+                return CheckedManifest(manifest, sha256)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
         try:
-            return _unpack_full(bundle_dir, data, _member_bytes(manifest) if bar else 0, home, bar,
-                                keep_previous=keep_previous, version_files=version_files)
+            return CheckedManifest(_unpack_full(bundle_dir, data, _member_bytes(manifest) if bar else 0, home, bar,
+                                                keep_previous=keep_previous, version_files=version_files), sha256)
         finally:
             if bar is not None:
                 bar.close(clear=True)

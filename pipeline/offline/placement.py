@@ -49,12 +49,12 @@ State machine of :func:`swap_into_place` (each arrow is one atomic rename or wri
 A rerun after recover() starts a fresh staging tree, so a kill anywhere "completes" by redoing
 the unpack (or finds the receipt in place when the kill came after step 5).
 
-Test seam (the only one): :func:`checkpoint` names each step above (and install.py names its
-own); when ``AMSREPOMIRROR_KILL_AT`` holds a step's name, the process kills itself with SIGKILL
-there. The crash tests run the real ``amsrepomirror unpack`` with it; nothing else sets it.
-``AMSREPOMIRROR_STOP_AT`` does the same with SIGSTOP (at each step it names, comma-separated): the
-process halts there until SIGCONT, so a test can change the bundle at that instant (the race tests
-of a signed manifest swapped after its check).
+Test seams (the only ones, both in :func:`checkpoint`, which names each step above; install.py
+names its own): when ``AMSREPOMIRROR_KILL_AT`` holds a step's name, the process kills itself with
+SIGKILL there (the crash tests run the real ``amsrepomirror unpack`` with it); when
+``AMSREPOMIRROR_STOP_AT`` names it (comma-separated, several steps), the process stops itself with
+SIGSTOP there until SIGCONT, so a test can change the bundle at that instant (the race tests of a
+signed manifest swapped after its check). Nothing else sets either.
 """
 
 from __future__ import annotations

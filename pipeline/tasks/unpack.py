@@ -1,5 +1,7 @@
 """Unpack wiring (offline side): one task whose target is AMSHOME's receipt."""
 
+from typing import Optional
+
 import luigi
 
 from amsrepomirror.offline import install
@@ -16,13 +18,16 @@ class unpack(luigi.Config):
 
 
 class ReceiptTarget(luigi.Target):
-    """Exists when AMSHOME's receipt says its repository holds this bundle's manifest, and it still does."""
+    """Exists when AMSHOME's receipt says its repository holds this bundle's manifest, and it still does;
+    ``checked`` then holds that manifest as exists() read it."""
 
     def __init__(self, amshome: str, bundle: str):
         self.amshome, self.bundle = amshome, bundle
+        self.checked: Optional[install.CheckedManifest] = None
 
     def exists(self):
-        return install.is_installed(self.bundle, self.amshome)
+        self.checked = install.installed_bundle(self.bundle, self.amshome)
+        return self.checked is not None
 
 
 class Unpack(ReportsFailure, luigi.Task):
@@ -43,15 +48,27 @@ class Unpack(ReportsFailure, luigi.Task):
     def output(self):
         return ReceiptTarget(self.amshome, self.bundle)
 
+    #: The manifest run() placed, or complete() found installed, as read once; None until then. Luigi
+    #: hands out this same object for the same parameters for the rest of the process: whoever uses
+    #: it (the unpack command) sets it back to None, so that the next check reads the folder again.
+    checked: Optional[install.CheckedManifest] = None
+
     def complete(self):
-        # Once run, done: the receipt names the manifest.json that run read and checked (``placed``),
-        # and the folder may hold another by now. --reinstall: not done until this run has installed it again.
-        if getattr(self, "placed", None) is not None:
-            return True
-        return not self.reinstall and super().complete()
+        # After run: the receipt must still name the manifest.json that run read and checked, and the
+        # tree still match it; the folder is not read again (it may hold another by now).
+        # --reinstall: not done until this run has installed it again.
+        if self.checked is not None:
+            return install.holds(self.amshome, self.checked)
+        if self.reinstall:
+            return False
+        target = self.output()
+        if not target.exists():
+            return False
+        self.checked = target.checked
+        return True
 
     def run(self):
-        self.placed = install.unpack_bundle(
+        self.checked = install.unpack_bundle(
             self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall, deep=self.deep,
             version_files=list(unpack().installed_version_files),
             allowed_signers=self.allowed_signers or unpack().allowed_signers, revoked_keys=self.revoked_keys,
