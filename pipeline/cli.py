@@ -137,8 +137,8 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
     settings.set("worker", "check_complete_on_run", "true")
     if scheduler_url:
         # Idle workers wait for the tasks other processes still run (JoinRun keeps one pending).
-        settings.set("worker", "keep_alive", "true")
-        result = luigi.build(tasks, scheduler_url=scheduler_url, workers=workers, detailed_summary=True)
+        with config.for_this_command({("worker", "keep_alive"): "true"}):
+            result = luigi.build(tasks, scheduler_url=scheduler_url, workers=workers, detailed_summary=True)
     else:
         result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
     scheduler, ours = result.worker._scheduler, set(result.worker._scheduled_tasks)
@@ -292,9 +292,12 @@ def mirror_versions(args) -> int:
     runs = _mirror_params(args)
     # This process's connections and TLS checking also for the FetchListing that DownloadFile rebuilds
     # from a run's snapshot (listing_of_run), which records neither: they are each process's own.
-    settings = luigi.configuration.get_config()
-    settings.set("FetchListing", "jobs", str(runs[0]["jobs"]))
-    settings.set("FetchListing", "no_ssl", "true" if args.no_ssl else "false")
+    own = {("FetchListing", "jobs"): str(runs[0]["jobs"]), ("FetchListing", "no_ssl"): "true" if args.no_ssl else "false"}
+    with config.for_this_command(own):
+        return _mirror_versions(args, runs)
+
+
+def _mirror_versions(args, runs: List[Dict]) -> int:
     ws = Workspace(args.mirror)
     why = why_unwritable(ws.state if ws.state.is_dir() else args.mirror)  # before a password is asked for
     if why:
@@ -312,18 +315,19 @@ def mirror_versions(args) -> int:
 def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
     """One process's part in a run shared under a central scheduler, stage by stage (JoinRun): the
     snapshot, the downloads (in batches small enough to spread over the workers), the verified tree."""
-    settings = luigi.configuration.get_config()
     joined = dict(deep, process=central.process_token(), **params)
-    for stage in ("listing", "downloads", "tree"):
-        if stage == "downloads":
-            files = len(FetchListing(**params).snapshot()["files"])
-            settings.set("DownloadFile", "run_batch_size", str(central.batch_size(
-                files, params["jobs"], settings.getint("DownloadFile", "shared_batch_size"))))
-        failures = run_graph([JoinRun(stage=stage, **joined)], log_file=log_file, verbose=args.verbose,
-                             scheduler_url=args.scheduler_url)
-        if failures:
-            return failures
-    return []
+
+    def stage(name: str) -> List[Dict]:
+        return run_graph([JoinRun(stage=name, **joined)], log_file=log_file, verbose=args.verbose,
+                         scheduler_url=args.scheduler_url)
+
+    failures = stage("listing")
+    if failures:
+        return failures
+    files = len(FetchListing(**params).snapshot()["files"])
+    largest = luigi.configuration.get_config().getint("DownloadFile", "shared_batch_size")
+    with config.for_this_command({("DownloadFile", "run_batch_size"): str(central.batch_size(files, params["jobs"], largest))}):
+        return stage("downloads") or stage("tree")
 
 
 def _mirror_one_version(args, params: Dict, ws) -> Tuple[Optional[Dict], Dict, List[Dict]]:
@@ -732,8 +736,8 @@ def run_unpack(args) -> int:
         else:
             log = args.amshome.absolute() / ".amsrepomirror-unpack.log" if args.amshome.is_dir() else None
             # Run in this process: what the task checked and placed (task.checked) is read below.
-            luigi.configuration.get_config().set("worker", "force_multiprocessing", "false")
-            failure = worst(run_graph([task], log_file=log, verbose=args.verbose))
+            with config.for_this_command({("worker", "force_multiprocessing"): "false"}):
+                failure = worst(run_graph([task], log_file=log, verbose=args.verbose))
             if failure:
                 say(f"error: {failure['message']}")
                 return failure["code"]

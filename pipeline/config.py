@@ -47,6 +47,27 @@ def install_defaults() -> None:
         LuigiConfigParser.reload()
 
 
+@contextlib.contextmanager
+def for_this_command(values: Dict[Tuple[str, str], str]):
+    """Luigi settings (``{(section, name): value}``) that hold while one command runs and are put back
+    afterwards: Luigi's configuration is the whole process's, and tests and Python callers run
+    several commands in one process."""
+    settings = LuigiConfigParser.instance()
+    before = {key: settings.get(*key) if settings.has_option(*key) else None for key in values}
+    for (section, name), value in values.items():
+        if not settings.has_section(section):
+            settings.add_section(section)
+        settings.set(section, name, value)
+    try:
+        yield
+    finally:
+        for (section, name), value in before.items():
+            if value is None:
+                settings.remove_option(section, name)
+            else:
+                settings.set(section, name, value)
+
+
 def load(config_file: Optional[str]) -> None:
     """Shipped defaults first, ``--config FILE`` last (Luigi read the files in between when it was imported)."""
     install_defaults()

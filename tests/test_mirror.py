@@ -475,13 +475,12 @@ def test_download_file_is_named_by_mirror_run_and_path_and_takes_the_rest_from_i
     shipped = settings.get("FetchListing", "jobs")
     settings.set("FetchListing", "jobs", "7")  # what the CLI sets from this process's --jobs
     try:
-        listing_of_run.cache_clear()
         listing = listing_of_run(str(dest.absolute()), run_id)
         assert (listing.version, listing.jobs, listing.no_ssl, listing.run_id) == (VERSION, 7, False, run_id)
         assert listing.complete() and listing.listing_url == scm_double.listing_url(VERSION)
     finally:
         settings.set("FetchListing", "jobs", shipped)
-        listing_of_run.cache_clear()
+    assert listing_of_run(str(dest.absolute()), run_id).jobs == int(shipped)  # the setting, not a cached listing
 
     # The mirror moved (or is mounted elsewhere): the run's listing task follows it.
     moved = tmp_path / "moved"
@@ -511,3 +510,24 @@ def test_download_file_is_named_by_mirror_run_and_path_and_takes_the_rest_from_i
     assert "has no listing yet" in unknown.stderr
     with pytest.raises(MirrorError, match="run no-such-run of the mirror .* has no listing yet"):
         listing_of_run(str(dest.absolute()), "no-such-run")
+
+
+def test_a_command_leaves_luigi_settings_as_it_found_them(scm_double, repo_tree, tmp_path, monkeypatch):
+    """Luigi's settings are the whole process's: --jobs and --no-ssl of one mirror command must not
+    become the next command's (tests and Python callers run several in one process)."""
+    import luigi
+
+    from amsrepomirror import cli
+    for name, value in cli_env().items():
+        monkeypatch.setenv(name, value)
+    settings = luigi.configuration.get_config()
+    before = {(s, n): settings.get(s, n, fallback=None) for s, n in
+              (("FetchListing", "jobs"), ("FetchListing", "no_ssl"), ("DownloadFile", "run_batch_size"))}
+    args = ["mirror", "--version", VERSION, "--mirror", str(tmp_path / "m"), "--listing-url", scm_double.listing_url(VERSION)]
+    assert cli.main(args + ["--jobs", "9", "--no-ssl"]) == 0
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+    assert {key: settings.get(*key, fallback=None) for key in before} == before
+    (tmp_path / "ro").write_text("a file where the mirror folder would go")
+    assert cli.main(["mirror", "--version", VERSION, "--mirror", str(tmp_path / "ro"), "--listing-url",
+                     scm_double.listing_url(VERSION), "--jobs", "9"]) == 2
+    assert {key: settings.get(*key, fallback=None) for key in before} == before

@@ -56,14 +56,18 @@ class CheckedManifest(NamedTuple):
     sha256: str
 
 
-def holds(amshome, checked: CheckedManifest) -> bool:
-    """True when AMSHOME's receipt names ``checked`` and the repository still matches it, and a
-    killed unpack left nothing there for the next one to recover (a swap to finish, a staging tree
-    to remove)."""
+def placed(amshome, checked: CheckedManifest) -> bool:
+    """True when AMSHOME's receipt names ``checked`` and the repository still matches it."""
     try:
-        return not placement.interrupted(amshome) and installed_changes(amshome, *checked) == []
+        return installed_changes(amshome, *checked) == []
     except IntegrityError:
         return False
+
+
+def holds(amshome, checked: CheckedManifest) -> bool:
+    """``placed``, and a killed unpack left nothing there for the next one to recover (a swap to
+    finish, a staging tree to remove)."""
+    return not placement.interrupted(amshome) and placed(amshome, checked)
 
 
 def installed_bundle(bundle: str, amshome: str) -> Optional[CheckedManifest]:

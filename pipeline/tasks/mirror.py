@@ -119,10 +119,18 @@ class SchedulerProgress:
                                      f"current of {self.in_batch} file(s); {format_size(self.done)} transferred")
 
 
-@functools.lru_cache(maxsize=16)
 def listing_of_run(mirror: str, run_id: str) -> FetchListing:
     """The FetchListing that took run ``run_id``'s snapshot, rebuilt from the parameters the snapshot
-    records: made once per run, as Luigi asks every DownloadFile for it."""
+    records, with this process's connections and TLS checking ([FetchListing] jobs and no_ssl, which
+    the mirror command sets from --jobs and --no-ssl): made once per run and settings, as Luigi asks
+    every DownloadFile for it."""
+    settings = luigi.configuration.get_config()
+    own = tuple(settings.get("FetchListing", name, fallback="") for name in ("jobs", "no_ssl"))
+    return _listing_of_run(mirror, run_id, own)
+
+
+@functools.lru_cache(maxsize=16)
+def _listing_of_run(mirror: str, run_id: str, own: tuple) -> FetchListing:
     path = workspace_of(mirror).snapshot_path(run_id)
     try:
         recorded = sync.load_snapshot(str(path)).get("task")
@@ -132,8 +140,13 @@ def listing_of_run(mirror: str, run_id: str) -> FetchListing:
     if recorded is None:
         raise MirrorError(f"the listing of run {run_id} ({path}) was taken by an earlier amsrepomirror that did not "
                           "record the run's parameters: start a new run (a new --run-id, or none)")
-    # Where the mirror is now and the run asked for, whatever path the snapshot was taken under.
-    return FetchListing.from_str_params({**recorded, "mirror": mirror, "run_id": run_id})
+    # Only what names the run's work; where the mirror is now and the run asked for, whatever path
+    # the snapshot was taken under.
+    naming = {k: v for k, v in recorded.items() if k in _SIGNIFICANT}
+    return FetchListing.from_str_params({**naming, "mirror": mirror, "run_id": run_id})
+
+
+_SIGNIFICANT = {name for name, parameter in FetchListing.get_params() if parameter.significant}
 
 
 class DownloadFile(FolderTask):
@@ -141,8 +154,9 @@ class DownloadFile(FolderTask):
 
     Its parameters only name it (mirror, run, path): the scheduler and the worker keep a record of
     every DownloadFile, 100,000s of them, and each parameter costs both. The run's other parameters
-    (version, listing, platforms, connections) come with its snapshot, which exists before any
-    DownloadFile is made (VerifyTree makes them after FetchListing).
+    (version, listing, platforms) come with its snapshot, which exists before any DownloadFile is
+    made (VerifyTree makes them after FetchListing); connections and TLS checking are the running
+    process's own (listing_of_run).
     """
 
     run_id = luigi.Parameter(description="the mirror run this file belongs to (names its listing snapshot)")

@@ -55,10 +55,11 @@ class Unpack(ReportsFailure, luigi.Task):
 
     def complete(self):
         # After run: the receipt must still name the manifest.json that run read and checked, and the
-        # tree still match it; the folder is not read again (it may hold another by now).
+        # tree still match it; the folder is not read again (it may hold another by now), and another
+        # unpack's staging in AMSHOME by now is no sign against this one.
         # --reinstall: not done until this run has installed it again.
         if self.checked is not None:
-            return install.holds(self.amshome, self.checked)
+            return install.placed(self.amshome, self.checked)
         if self.reinstall:
             return False
         target = self.output()
