@@ -449,3 +449,28 @@ def test_the_manifest_bytes_are_given_by_keyword_only(tmp_path):
     for check in (check_signature, require_signature):
         with pytest.raises(TypeError, match="keyword-only argument: 'manifest'"):
             check(folder, folder / MANIFEST_NAME, tmp_path / "allowed_signers")
+
+
+@pytest.mark.parametrize("name, make, says", [
+    (SIG, lambda path: os.mkfifo(path), "is not a regular file"),
+    (MANIFEST_NAME, lambda path: os.mkfifo(path), "is not a regular file"),
+    (MANIFEST_NAME, lambda path: path.symlink_to("/dev/zero"), "is not a regular file"),
+    (SIG, lambda path: path.write_bytes(b"-----BEGIN SSH SIGNATURE-----\n" + b"A" * 70_000), "larger than 65536 bytes"),
+])
+def test_a_manifest_or_signature_that_is_no_small_file_is_refused_in_one_line(signed, keys, tmp_path, name, make, says):
+    """manifest.json or its .sig as a FIFO, a link to an endless device, or far too large: read with a
+    bound and refused with one line (exit 4), never waited on or read into memory without end."""
+    _, out = signed
+    _, allowed = keys
+    (out / name).unlink()
+    make(out / name)
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    before = listing(amshome)
+    result = run_cli("unpack", out, "--amshome", amshome, "--allowed-signers", allowed, timeout=60)
+    assert result.returncode == 4, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], result.stderr
+    assert listing(amshome) == before
+    verified = run_cli("verify", out, "--allowed-signers", allowed, timeout=60)  # (its SHA256SUMS check may tell first)
+    assert verified.returncode == 4 and len([line for line in verified.stderr.splitlines() if line.startswith("error:")]) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
 
 from amsrepomirror.errors import IntegrityError
-from amsrepomirror.util.fsutil import atomic_write_bytes
+from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
 from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 
@@ -23,6 +23,7 @@ SCHEMA = "amsrepomirror/bundle-manifest/1"
 SCHEMA_WITH_COPIES = "amsrepomirror/bundle-manifest/2"
 SCHEMAS = (SCHEMA, SCHEMA_WITH_COPIES)
 MANIFEST_NAME = "manifest.json"
+MANIFEST_LIMIT = 2**30  # bytes: a manifest takes well under 1 KB per file
 SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
 COMPRESSIONS = ("copy", "zstd", "lzma2")
@@ -269,9 +270,11 @@ def read_manifest_bytes(bundle_dir: Path) -> Optional[bytes]:
     again: it may be other bytes by the next read. IntegrityError when it cannot be read."""
     path = Path(bundle_dir) / MANIFEST_NAME
     try:
-        return path.read_bytes()
+        return read_bounded(path, MANIFEST_LIMIT)
     except FileNotFoundError:
         return None
+    except NotReadable as exc:
+        raise IntegrityError(f"cannot read bundle manifest: {exc}") from exc
     except OSError as exc:
         raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
 

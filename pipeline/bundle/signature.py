@@ -10,6 +10,7 @@ checks in Python (bundle.sshsig); ``[unpack] signature_verifier`` can force eith
 """
 
 import contextlib
+import os
 import dataclasses
 import functools
 import re
@@ -23,10 +24,11 @@ from typing import List, Optional
 from amsrepomirror.bundle import sshsig
 from amsrepomirror.bundle.format import MANIFEST_NAME
 from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
-from amsrepomirror.util.fsutil import atomic_write_bytes
+from amsrepomirror.util.fsutil import atomic_write_bytes, read_bounded
 
 NAMESPACE = "amsrepomirror"
 SIGNATURE_NAME = MANIFEST_NAME + ".sig"
+SIGNATURE_LIMIT = 64 * 1024  # bytes: an armored SSH signature is a few hundred, an RSA-16384 one 4 KB
 #: Signing may wait for a passphrase typed at the terminal; checking never waits for anyone.
 SIGN_TIMEOUT = 3600
 CHECK_TIMEOUT = 120
@@ -132,7 +134,7 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None, re
     """
     bundle_dir = Path(bundle_dir)
     signature = bundle_dir / SIGNATURE_NAME
-    if not signature.is_file():
+    if not os.path.lexists(signature):  # anything else by that name is read below, and refused if no file
         return None
     for given in (allowed_signers, revoked_keys):
         if given is not None and not Path(given).is_file():
@@ -141,7 +143,7 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None, re
         return SignatureCheck(problem=f"{MANIFEST_NAME} is missing")
     used = choose_verifier(verifier)
     try:
-        armored = signature.read_bytes()
+        armored = read_bounded(signature, SIGNATURE_LIMIT)
     except OSError as e:
         check = SignatureCheck(allowed=None if allowed_signers is None else False,
                                problem=f"{SIGNATURE_NAME} cannot be read: {e.strerror or e}")

@@ -68,6 +68,24 @@ def replace_without_sync(path: str, data: bytes) -> None:
         raise
 
 
+class NotReadable(OSError):
+    """A file that ``read_bounded`` will not read: not a regular file, or larger than it may be."""
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, whole, when it holds at most ``limit`` of them: what a hostile bundle
+    names manifest.json or its .sig may be a link to /dev/zero or a FIFO, or very large."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hold up the open
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotReadable(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise NotReadable(f"{path} is larger than {limit} bytes")
+    return data
+
+
 def free_bytes(path: Path) -> int:
     """Free bytes on the filesystem holding ``path`` (or its nearest existing parent)."""
     path = Path(path).absolute()
