@@ -474,3 +474,14 @@ def test_a_manifest_or_signature_that_is_no_small_file_is_refused_in_one_line(si
     assert listing(amshome) == before
     verified = run_cli("verify", out, "--allowed-signers", allowed, timeout=60)  # (its SHA256SUMS check may tell first)
     assert verified.returncode == 4 and len([line for line in verified.stderr.splitlines() if line.startswith("error:")]) == 1
+
+
+def test_a_fifo_in_place_of_the_readme_is_named_not_waited_on(signed, tmp_path):
+    """verify hashes README.txt against SHA256SUMS: a FIFO there is named in one line (exit 4)."""
+    _, out = signed
+    (out / README_NAME).unlink()
+    os.mkfifo(out / README_NAME)
+    result = run_cli("verify", out, timeout=60)
+    assert result.returncode == 4, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and README_NAME in errors[0] and "not a regular file" in errors[0], result.stderr

@@ -288,8 +288,12 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     if not readme_path.exists():  # documentation: its absence does not make the bundle unusable
         report.warnings.append(f"{README_NAME} is missing from {bundle_dir} (it only documents the bundle; "
                                "the chunks are checked against manifest.json and SHA256SUMS)")
-    elif sums is not None and sums.get(README_NAME) != sha256_file(readme_path):
-        add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+    elif sums is not None:
+        try:
+            if sums.get(README_NAME) != sha256_file(readme_path):
+                add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+        except OSError as exc:
+            add(Problem(README_NAME, "unreadable", str(exc)))
 
     signature_path = bundle_dir / SIGNATURE_NAME  # what it proves is checked by bundle.signature
     if sums is not None and signature_path.exists() != (SIGNATURE_NAME in sums):

@@ -79,7 +79,8 @@ def read_bounded(path: Path, limit: int) -> bytes:
     with open(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotReadable(f"{path} is not a regular file")
-        os.set_blocking(fd, True)
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
         data = f.read(limit + 1)
     if len(data) > limit:
         raise NotReadable(f"{path} is larger than {limit} bytes")

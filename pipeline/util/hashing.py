@@ -1,7 +1,10 @@
 """Streaming SHA-256: files are hashed in fixed-size blocks, never read whole."""
 
+import errno
 import hashlib
 import io
+import os
+import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Tuple
 
@@ -41,6 +44,12 @@ def sha256_fd(fd: int, on_bytes: Optional[Callable[[int], None]] = None) -> Tupl
 
 
 def sha256_file(path: Path, on_bytes: Optional[Callable[[int], None]] = None) -> str:
-    """Hex SHA-256 of a file (verify hashes two chunks at a time with it); ``on_bytes`` hears each block."""
-    with io.FileIO(path, "rb") as f:
-        return sha256_fd(f.fileno(), on_bytes)[1]
+    """Hex SHA-256 of a regular file; ``on_bytes`` hears each block. Anything else by that name (a
+    FIFO, a device) is an OSError at once, never waited on or read without end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hold up the open
+    with io.FileIO(fd, "rb"):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return sha256_fd(fd, on_bytes)[1]
