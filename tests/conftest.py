@@ -62,3 +62,13 @@ def nginx_server(repo_tree, tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """(a site signing key, an allowed_signers file naming it): the signature tests' keys."""
+    from test_signature import allowed_signers, new_key
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    key = new_key(folder, "site")
+    return key, allowed_signers(folder, key)

@@ -59,14 +59,6 @@ def listing(folder: Path):
 
 
 @pytest.fixture
-def keys(tmp_path):
-    folder = tmp_path / "keys"
-    folder.mkdir()
-    key = new_key(folder, "site")
-    return key, allowed_signers(folder, key)
-
-
-@pytest.fixture
 def signed(scm_double, repo_tree, tmp_path, keys):
     key, _ = keys
     mirror, out = tmp_path / "mirror", tmp_path / "bundle"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
-from test_signature import SIG, VERSION, allowed_signers, bundle, new_key, resum
+from test_signature import SIG, VERSION, bundle, resum
 from test_signature import pytestmark as needs_ssh_keygen
 
 from amsrepomirror.bundle.format import MANIFEST_NAME
@@ -32,14 +32,6 @@ CHANGED = "linux/x86_64/adf-2026.101.tar.zst"
 TIMEOUT = 120
 
 pytestmark = needs_ssh_keygen
-
-
-@pytest.fixture
-def keys(tmp_path):
-    folder = tmp_path / "keys"
-    folder.mkdir()
-    key = new_key(folder, "site")
-    return key, allowed_signers(folder, key)
 
 
 @pytest.fixture
