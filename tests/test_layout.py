@@ -4,8 +4,12 @@ Read from the source (``ast``), so a new module that breaks a rule fails here wi
 """
 
 import ast
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Dict, List, Set
+
+import pytest
 
 import amsrepomirror
 
@@ -83,3 +87,16 @@ def test_nothing_imports_the_source_folder_name():
             if any(n == "pipeline" or n.startswith("pipeline.") for n in names):
                 offenders.append(f"{path}:{node.lineno}")
     assert offenders == []
+
+
+def test_no_source_file_is_ignored_by_git():
+    """``.gitignore``'s patterns for the output folders (``bundle/``, ``mirror/``) are anchored to the
+    top level: unanchored, ``bundle/`` also matched ``pipeline/bundle/``, so ruff (which respects
+    ``.gitignore``) skipped its modules and a new module there would be left out of a commit."""
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    sources = [str(p.relative_to(ROOT)) for d in ("pipeline", "tests", "bench") for p in (ROOT / d).rglob("*.py")]
+    sources += ["pipeline/bundle/new_module.py", "pipeline/mirror/new_module.py", "tests/bundle/test_x.py"]
+    ignored = subprocess.run([git, "check-ignore", "--no-index", *sources], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == []

@@ -10,9 +10,9 @@ checks in Python (bundle.sshsig); ``[unpack] signature_verifier`` can force eith
 """
 
 import contextlib
-import os
 import dataclasses
 import functools
+import os
 import re
 import shutil
 import subprocess
