@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
 
+from amsrepomirror import __version__
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
 from amsrepomirror.util.lacking import Lacking, reason_problem
@@ -21,7 +22,12 @@ SCHEMA = "amsrepomirror/bundle-manifest/1"
 #: The schema of a manifest with ``copies``: a tool that cannot place them refuses the bundle
 #: instead of installing a tree without them.
 SCHEMA_WITH_COPIES = "amsrepomirror/bundle-manifest/2"
-SCHEMAS = (SCHEMA, SCHEMA_WITH_COPIES)
+# Schema 3: fields an older reader must not skip (docs/bundle-format.md); such manifests say which
+# tool version reads them first (``requires_tool``), so a newer schema is refused with that version.
+SCHEMA_3 = "amsrepomirror/bundle-manifest/3"
+SCHEMA_3_SINCE = "0.2.0"
+SCHEMAS = (SCHEMA, SCHEMA_WITH_COPIES, SCHEMA_3)
+SCHEMA_FAMILY = re.compile(r"amsrepomirror/bundle-manifest/([1-9][0-9]{0,5})")
 MANIFEST_NAME = "manifest.json"
 MANIFEST_LIMIT = 2**30  # bytes: a manifest takes well under 1 KB per file
 SUMS_NAME = "SHA256SUMS"
@@ -255,13 +261,26 @@ class BundleManifest:
         except ValueError as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
         if not isinstance(body, dict) or body.get("schema") not in SCHEMAS:
-            found = body.get("schema") if isinstance(body, dict) else body
-            raise IntegrityError(f"{path} is not a bundle manifest of schema {' or '.join(SCHEMAS)} "
-                                 f"(found {_escaped(found)})")
+            raise IntegrityError(unknown_schema_message(body, path))
         try:
             return _manifest_from(body)
         except IntegrityError as exc:
             raise IntegrityError(f"bad bundle manifest {path}: {exc}") from None
+
+
+def unknown_schema_message(body, path) -> str:
+    """Why a manifest of a schema this tool does not read is refused: for a newer schema of the
+    family, the tool version its maker says reads it (``requires_tool``); else what was found."""
+    found = body.get("schema") if isinstance(body, dict) else body
+    newer = SCHEMA_FAMILY.fullmatch(found) if isinstance(found, str) else None
+    known = max(int(SCHEMA_FAMILY.fullmatch(s).group(1)) for s in SCHEMAS)
+    if newer and int(newer.group(1)) > known:
+        needs = body.get("requires_tool")
+        need = (f"this bundle needs amsrepomirror {needs} or newer" if isinstance(needs, str) and not _is_tool_version(needs)
+                else "this bundle needs a newer amsrepomirror")
+        return (f"{path} is schema {found}, newer than amsrepomirror {__version__} reads (1 to {known}): {need} "
+                "(a bundle made with --with-tool carries it in tool/)")
+    return f"{path} is not a bundle manifest of schema {' or '.join(SCHEMAS)} (found {_escaped(found)})"
 
 
 def read_manifest_bytes(bundle_dir: Path) -> Optional[bytes]:
