@@ -89,10 +89,10 @@ def tree_path_problems(paths: Iterable[str], case_insensitive: Optional[bool] = 
         case_insensitive = CASE_INSENSITIVE
     check = TreePathCheck()
     files = set()
-    for path in paths:
+    for path in sorted(set(paths), key=repr):
         why = path_problem(path)
         if why:
-            check.problems.append(f"unsafe path {shown(str(path))} ({why})")
+            check.problems.append(f"unsafe path {path!r} ({why})")
         else:
             files.add(path)
     folders = {posixpath.dirname(p) for p in files} - {""}
