@@ -511,7 +511,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         **_delta_fields(body, base),
     )
     tree = tree_path_problems(_placed_paths(manifest))
-    if tree.problems:
+    if tree.problems:  # guard: manifest-tree-rule
         raise IntegrityError(f"its paths cannot be placed: {tree.problems[0]}")
     manifest.path_warnings = tree.warnings
     return manifest

@@ -132,7 +132,7 @@ def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
     if not seen:
         raise UsageError(f"the listing {redact(listing_url)} lists no files")
     tree = tree_path_problems(seen)
-    if tree.problems:
+    if tree.problems:  # guard: listing-tree-rule
         raise UsageError(f"the listing {redact(listing_url)} cannot be mirrored: {tree.problems[0]}")
     for warning in tree.warnings[:3]:
         log.warning(f"the listing {redact(listing_url)}: {warning}")
