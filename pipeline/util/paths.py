@@ -38,7 +38,7 @@ def path_problem(name) -> Optional[str]:
         return "empty name"
     if "\x00" in name:
         return "NUL byte in name"
-    for ch in name:
+    for ch in name if not name.isascii() or not name.isprintable() else ():
         kind = unicodedata.category(ch)
         if kind.startswith("C") or kind in ("Zl", "Zp"):
             return f"control character {ch!r} in name"
@@ -64,6 +64,8 @@ def folded(name: str) -> str:
     """``name`` as a case- and normalisation-insensitive filesystem compares it (NTFS, APFS, HFS+,
     FAT): two names with the same folded form may be one file there. Folds a little more than any
     one of them (``ß`` as ``ss``, ``ſ`` as ``s``), which errs on the side of refusing."""
+    if name.isascii():
+        return name.lower()  # the same, sooner: a listing has 100,000 names
     return unicodedata.normalize("NFC", unicodedata.normalize("NFD", name).upper().casefold())
 
 
