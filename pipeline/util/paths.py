@@ -51,7 +51,7 @@ def path_problem(name) -> Optional[str]:
     for depth, seg in enumerate(name.split("/")):
         if seg == "":
             return "empty path segment"
-        if seg in (".", ".."):  # guard: path-rule-dot-segments
+        if seg in (".", ".."):  # guard: member-path-check
             return f"'{seg}' path segment"
         if RESERVED_PREFIX in folded(seg):  # guard: path-rule-reserved-prefix
             return f"reserved name {seg!r}"
