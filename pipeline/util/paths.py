@@ -38,10 +38,11 @@ def path_problem(name) -> Optional[str]:
         return "empty name"
     if "\x00" in name:
         return "NUL byte in name"
-    for ch in name if not name.isascii() or not name.isprintable() else ():
-        kind = unicodedata.category(ch)
-        if kind.startswith("C") or kind in ("Zl", "Zp"):
-            return f"control character {ch!r} in name"
+    if not (name.isascii() and name.isprintable()):  # printable ASCII holds no control or format character
+        for ch in name:
+            kind = unicodedata.category(ch)
+            if kind.startswith("C") or kind in ("Zl", "Zp"):
+                return f"control character {ch!r} in name"
     if "\\" in name:
         return "backslash in name"
     if name.startswith("/"):
