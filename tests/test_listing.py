@@ -111,7 +111,9 @@ def test_platform_rules_select_platform_and_independent_files():
 
 def test_names_windows_cannot_store_are_refused_on_windows(monkeypatch):
     import amsrepomirror.online.listing as listing
+    import amsrepomirror.util.paths as paths
     monkeypatch.setattr(listing, "WINDOWS", True)
+    monkeypatch.setattr(paths, "CASE_INSENSITIVE", True)
     for bad in ("common/con.txt", "ab:c.zip", "trailing.", "x|y"):
         with pytest.raises(UsageError, match="cannot be stored on Windows"):
             parse_listing(f"{ROOT}{bad}\n", LISTING_URL)

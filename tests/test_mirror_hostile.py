@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
@@ -260,3 +261,48 @@ def test_private_netrc_gives_no_warning(scm_double, tmp_path):
     result, _ = _netrc_run(scm_double, tmp_path, 0o600)
     assert result.returncode == 0, result.stderr
     assert "warning:" not in result.stderr
+
+
+# ---- names a case- or normalisation-insensitive filesystem would merge -------------------------
+
+def _refused_before_any_download(double, repo_tree, tmp_path, extra_lines):
+    """The listing plus ``extra_lines`` (paths, percent-encoded as UTF-8): mirror exit 2 with one error
+    line, nothing but the listing fetched, nothing written."""
+    listing = listing_path(repo_tree, VERSION)
+    root = f"{double.base_url}/Downloads/packages/"
+    listing.write_text(listing.read_text() + "".join(f"{root}{quote(p)}\n" for p in extra_lines))
+    double.clear_log()
+    result = mirror(double, tmp_path / "m")
+    assert result.returncode == 2, result.stderr
+    errors = stderr_lines(result)
+    assert len(errors) == 1 and errors[0].startswith("error:"), result.stderr
+    assert [r for r in double.log if r.relpath != f"listings/{VERSION}.txt"] == []
+    assert tree_hashes(tmp_path / "m") == {}
+    return errors[0]
+
+
+def test_state_folder_in_another_case_is_refused_on_every_system(scm_double, repo_tree, tmp_path):
+    """A case-insensitive filesystem (or a copy of the mirror onto one) would write it into the state folder."""
+    for bad in (".AMSREPOMIRROR/records/x.json", ".AmsRepoMirror/locks/run", "common/x.AMSREPOMIRROR-partial"):
+        error = _refused_before_any_download(scm_double, repo_tree, tmp_path, [bad])
+        assert repr(bad) in error and ("state folder" in error or "reserved name" in error), error
+        write_listing(repo_tree, VERSION, scm_double.base_url)
+
+
+def test_names_that_differ_only_in_normalisation_are_refused(scm_double, repo_tree, tmp_path):
+    nfc, nfd = "common/caf\u00e9.tgz", "common/cafe\u0301.tgz"
+    error = _refused_before_any_download(scm_double, repo_tree, tmp_path, [nfc, nfd])
+    assert "normalisation" in error and repr(nfc) in error and repr(nfd) in error, error
+
+
+def test_names_that_differ_only_in_case_are_kept_on_linux_with_a_warning(scm_double, repo_tree, tmp_path):
+    write_file(repo_tree, "common/Docs/readme.txt", 300, seed="upper")
+    write_file(repo_tree, "common/docs/readme.txt", 200, seed="lower")
+    _relist(repo_tree, scm_double)
+    result = mirror(scm_double, tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, result.stderr
+    assert "'common/Docs' and 'common/docs' differ only in case" in warnings[0]
+    assert "case-insensitive filesystem" in warnings[0]

@@ -278,3 +278,62 @@ def test_changed_install_is_named_and_reinstall_restores_it(source, amshome):
     assert intact.returncode == 0 and "extracting" in intact.stderr and "nothing to do" not in intact.stderr
     assert tree_hashes(repo) == tree_hashes(mirror)
     assert "nothing to do" in unpack(out, amshome).stderr
+
+
+# --- E: what a manifest may name is what a listing may name (tree_path_problems) -----------------------
+
+def _with_copies(out: Path, *paths: str) -> None:
+    """A forged manifest that has unpack place the first carried file again under each of ``paths``."""
+    body = manifest_body(out)
+    first = body["files"][0]
+    body["schema"] = "amsrepomirror/bundle-manifest/2"
+    body["copies"] = body.get("copies", []) + [
+        {"path": p, "size": first["size"], "sha256": first["sha256"], "source": first["path"]} for p in paths]
+    resign(out, body)
+
+
+HOSTILE_NAMES = {  # id: (paths placed as copies, words of the refusal)
+    "state-folder-upper-case": ([".AMSREPOMIRROR/records/x.json"], "state folder"),
+    "reserved-prefix-mixed-case": (["common/x.AmsRepoMirror-partial"], "reserved name"),
+    "normalisation-pair": (["common/caf\u00e9.tgz", "common/cafe\u0301.tgz"], "normalisation"),
+    "normalisation-pair-of-folders": (["donn\u00e9es/a.tgz", "donne\u0301es/b.tgz"], "normalisation"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_NAMES))
+def test_names_a_filesystem_would_merge_are_refused_by_verify_and_unpack(source, amshome, tmp_path, case):
+    paths, words = HOSTILE_NAMES[case]
+    out = copy_of(source, tmp_path)
+    _with_copies(out, *paths)
+    for result in (run_cli("verify", out), unpack(out, amshome)):
+        assert result.returncode == 4, result.stdout + result.stderr
+        errors = error_lines(result)
+        assert len(errors) == 1 and words in errors[0], errors
+        assert repr(paths[-1].split("/")[0] if "folders" in case else paths[-1]) in errors[0], errors
+    assert not (amshome / "repository").exists()
+
+
+def test_names_that_differ_only_in_case_unpack_on_linux_with_a_warning(source, amshome, tmp_path):
+    out = copy_of(source, tmp_path)
+    _with_copies(out, "common/Twin.bin", "common/twin.bin")
+    for result in (run_cli("verify", out), unpack(out, amshome)):
+        assert result.returncode == 0, result.stdout + result.stderr
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+        assert any("'common/Twin.bin' and 'common/twin.bin' differ only in case" in w for w in warnings), result.stderr
+    placed = tree_hashes(amshome / "repository")
+    assert placed["common/Twin.bin"] == placed["common/twin.bin"] == tree_hashes(source[0])[
+        manifest_body(out)["files"][0]["path"]]
+
+
+def test_names_that_differ_only_in_case_are_refused_where_case_folds(source, tmp_path, monkeypatch):
+    import amsrepomirror.util.paths as paths
+    body = manifest_body(source[1])
+    first = body["files"][0]
+    body["copies"] = [{"path": p, "size": first["size"], "sha256": first["sha256"], "source": first["path"]}
+                      for p in ("common/Twin.bin", "common/twin.bin")]
+    manifest = tmp_path / MANIFEST_NAME
+    manifest.write_text(json.dumps(body), encoding="utf-8")
+    assert BundleManifest.read(manifest).path_warnings
+    monkeypatch.setattr(paths, "CASE_INSENSITIVE", True)
+    with pytest.raises(IntegrityError, match=r"'common/Twin\.bin' and 'common/twin\.bin' differ only in case"):
+        BundleManifest.read(manifest)

@@ -16,7 +16,7 @@ from amsrepomirror import __version__
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
 from amsrepomirror.util.lacking import Lacking, reason_problem
-from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
+from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown, tree_path_problems
 
 SCHEMA = "amsrepomirror/bundle-manifest/1"
 #: The schema of a manifest with ``copies``: a tool that cannot place them refuses the bundle
@@ -178,6 +178,9 @@ class BundleManifest:
     # Listed files the tree does not hold (not licensed, or left out by --platform): a delta's are its target's.
     lacking: List[Lacking] = field(default_factory=list)
     tool: List[ToolFile] = field(default_factory=list)  # bundle --with-tool: the tool/ folder's files
+    # Not in the JSON: what tree_path_problems warned of when the manifest was read (names that
+    # differ only in case, kept on a case-sensitive system).
+    path_warnings: List[str] = field(default_factory=list, compare=False, repr=False)
 
     @property
     def all_versions(self) -> List[str]:
@@ -464,6 +467,16 @@ def _lacking(body: dict) -> List[Lacking]:
     return entries
 
 
+def _placed_paths(manifest: BundleManifest) -> List[str]:
+    """Every path the manifest has unpack write or extract: they must form one tree (tree_path_problems).
+    (Removed paths are not among them: the new tree is built beside the old one, without them.)"""
+    paths = {t.path for t in manifest.tree}
+    paths.update(f.path for f in manifest.files)
+    paths.update(r.path for r in list(manifest.copies) + list(manifest.reused))
+    paths.update(m for c in manifest.chunks for m in c.members)
+    return sorted(paths)
+
+
 def _manifest_from(body: dict) -> BundleManifest:
     """The manifest in ``body`` (parsed JSON), every field checked; IntegrityError names the first bad one."""
     version = _field(body, "version", "version", _is_version)
@@ -499,7 +512,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         chunks.append(Chunk(name=name, size=_field(c, "size", f"size {of}", _count),
                             sha256=_field(c, "sha256", f"sha256 {of}", _is_sha256), members=members))
     base = _field(body, "base", "base", _base, None)
-    return BundleManifest(
+    manifest = BundleManifest(
         version=version,
         files=files,
         chunks=chunks,
@@ -516,3 +529,8 @@ def _manifest_from(body: dict) -> BundleManifest:
         tool=_tool_files(body),
         **_delta_fields(body, base),
     )
+    tree = tree_path_problems(_placed_paths(manifest))
+    if tree.problems:  # guard: manifest-tree-rule
+        raise IntegrityError(f"its paths cannot be placed: {tree.problems[0]}")
+    manifest.path_warnings = tree.warnings
+    return manifest

@@ -283,6 +283,8 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     except IntegrityError as exc:
         add(Problem(MANIFEST_NAME, "unreadable", str(exc)))
     report.manifest = manifest
+    if manifest is not None:
+        report.warnings.extend(manifest.path_warnings[:3])
 
     readme_path = bundle_dir / README_NAME
     if not readme_path.exists():  # documentation: its absence does not make the bundle unusable

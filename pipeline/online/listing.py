@@ -6,18 +6,19 @@ never touches the mirror.
 """
 
 import codecs
+import logging
 import os
 import posixpath
 import re
-import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from amsrepomirror.errors import UsageError
-from amsrepomirror.util.paths import VERSION_PATTERN, path_problem
+from amsrepomirror.util.paths import STATE_DIR as STATE_DIR  # the mirror's state folder, refused by path_problem
+from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, tree_path_problems
 
-STATE_DIR = ".amsrepomirror"
+log = logging.getLogger(__name__)
 DEFAULT_LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/{version}.txt"
 
 
@@ -88,8 +89,6 @@ def _relative_path(url: str, root: str, lineno: int) -> str:
         raise UsageError(f"{where}: refusing unsafe path {raw!r} ({why}) in {redact(url)!r}")
     if WINDOWS and any(_bad_on_windows(seg) for seg in segments):
         raise UsageError(f"{where}: {raw!r} cannot be stored on Windows (reserved name or character)")
-    if segments[0] == STATE_DIR:
-        raise UsageError(f"{where}: path {raw!r} collides with the mirror's own state folder {STATE_DIR}/")
     return "/".join(segments)
 
 
@@ -118,7 +117,8 @@ def decode_listing(body: bytes, listing_url: str) -> str:
 
 
 def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
-    """Parse listing text: tolerate blank lines, ``#`` comments and CRLF; drop duplicates; refuse unsafe URLs."""
+    """Parse listing text: tolerate blank lines, ``#`` comments and CRLF; drop duplicates; refuse unsafe URLs
+    and a tree of paths that ``tree_path_problems`` refuses (its warnings are logged)."""
     root = repository_root(listing_url)
     seen: Dict[str, ListedFile] = {}
     # Lines end at LF only (CR is stripped): splitlines() would also break at U+0085 or U+2028 inside a name.
@@ -131,23 +131,14 @@ def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
             seen[path] = ListedFile(url=line, path=path)
     if not seen:
         raise UsageError(f"the listing {redact(listing_url)} lists no files")
-    if WINDOWS or sys.platform == "darwin":  # case-insensitive filesystems: two paths, one file
-        folded = {}
-        for path in seen:
-            other = folded.setdefault(path.lower(), path)
-            if other != path:
-                raise UsageError(f"the listing names {other!r} and {path!r}, one file on this case-insensitive system")
-    _refuse_file_dir_clashes(seen)
+    tree = tree_path_problems(seen)
+    if tree.problems:  # guard: listing-tree-rule
+        raise UsageError(f"the listing {redact(listing_url)} cannot be mirrored: {tree.problems[0]}")
+    for warning in tree.warnings[:3]:
+        log.warning(f"the listing {redact(listing_url)}: {warning}")
+    if len(tree.warnings) > 3:
+        log.warning(f"the listing {redact(listing_url)} names {len(tree.warnings) - 3} more such pairs")
     return list(seen.values())
-
-
-def _refuse_file_dir_clashes(files: Mapping[str, ListedFile]) -> None:
-    folders = {posixpath.dirname(p) for p in files}
-    for folder in list(folders):
-        while folder:
-            if folder in files:
-                raise UsageError(f"the listing names {folder!r} both as a file and as a folder")
-            folder = posixpath.dirname(folder)
 
 
 def compile_platform_rules(rules: Mapping[str, str]) -> Dict[str, Pattern]:
