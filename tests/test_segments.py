@@ -11,7 +11,6 @@ import signal
 import time
 
 import pytest
-
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.testing.scmdouble import change_file, write_file, write_listing
