@@ -690,8 +690,8 @@ class _Handler(BaseHTTPRequestHandler):
             f.seek(0)
             status, body, delimited = 200, gzip.compress(f.read(), mtime=0), False
             headers["Content-Encoding"] = "gzip"
-        elif how == "multipart":  # the right Content-Range header over a multipart/byteranges body
-            boundary = "SCMDOUBLEBOUNDARY"
+        elif how == "multipart":  # the right Content-Range header over a multipart/byteranges body, no length
+            boundary, delimited = "SCMDOUBLEBOUNDARY", False
             headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
             body = (f"--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {first}-{last}/{total}\r\n\r\n"
                     .encode() + wanted + f"\r\n--{boundary}--\r\n".encode())
@@ -1041,7 +1041,7 @@ class ScmDouble:
         otherwise as usual. To a Range request the double would honour:
         ``gzip-200``: 200, the whole file gzip-compressed on the fly with ``Content-Encoding: gzip``
         and the same ETag, no Content-Length; ``multipart``: 206 with the right Content-Range header
-        but a ``multipart/byteranges`` body; ``range-end``: a range ``nbytes`` shorter than asked;
+        but a ``multipart/byteranges`` body, no Content-Length; ``range-end``: a range ``nbytes`` shorter than asked;
         ``range-start``: a range starting ``nbytes`` later; ``total``: another complete length;
         ``validators``: another strong ETag; ``no-etag``: no ETag, only Last-Modified; ``long`` / ``short``: the right headers, no
         Content-Length, and ``nbytes`` more / fewer body bytes. To a GET without Range:
