@@ -567,8 +567,8 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     ``remote`` is the HEAD answer this run planned with, and the one truth of what is expected:
     its size (or, when HEAD sent none, the first GET's) is the length the part must reach, and a
     response whose validators name another file raises :class:`FileChanged` with the part
-    dropped, so bytes of two versions are never joined. The body is stored exactly as sent
-    (never decoded), so a server that compresses on the fly fails the length check.
+    dropped, so bytes of two versions are never joined. Every answer passes
+    :func:`accept_response` before a byte of it is written; the body is stored exactly as sent.
     ``durable=False``: the complete part is not fsynced here (the caller makes a group durable at once).
     """
     part.parent.mkdir(parents=True, exist_ok=True)
