@@ -6,9 +6,11 @@ tree's hashes and the exit code.
 """
 
 import json
+import re
 import signal
 import time
 
+import pytest
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.testing.scmdouble import change_file, write_file, write_listing
@@ -187,3 +189,84 @@ def test_503_storm_lowers_the_number_of_connections(scm_double, repo_tree, tmp_p
     assert max(r.concurrent for r in before) >= 5  # (the double also counts a request until its handler returns)
     assert after and max(r.concurrent for r in after) <= 3  # the double counted fewer requests at once
     assert "slowed down" in result.stdout + result.stderr and "503" in result.stdout + result.stderr
+
+
+# What the mirror accepts from the network (http.accept_response): an answer to a range that is not
+# exactly the bytes asked for is never written; the range is asked again, or the file fails.
+
+def range_start(header):
+    match = re.fullmatch(r"bytes=(\d+)-(\d*)", header or "")
+    return int(match.group(1)) if match else None
+
+
+def lied_then_asked_again(double, how):
+    """The lying answer, and whether the same first byte was asked for again after it."""
+    gets = huge_gets(double)
+    lied = [i for i, r in enumerate(gets) if r.fault == f"lie:{how}"]
+    assert len(lied) == 1, [(r.range, r.status, r.fault) for r in gets]
+    start = range_start(gets[lied[0]].range)
+    return gets[lied[0]], any(range_start(r.range) == start for r in gets[lied[0] + 1:])
+
+
+@pytest.mark.parametrize("how", ["gzip-200", "multipart", "range-end", "range-start", "total", "no-etag"])
+def test_a_range_answer_that_is_not_the_bytes_asked_is_asked_again(scm_double, repo_tree, tmp_path, how):
+    add_huge(scm_double, repo_tree)
+    scm_double.lie(HUGE, how, times=1)  # the first answer to a range of the huge file lies
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, "--jobs", "4", env=settings(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # before: gzip or multipart bytes in the file
+    lie, asked_again = lied_then_asked_again(scm_double, how)
+    assert lie.range and lie.body_bytes
+    assert asked_again  # nothing of the lie was kept: its first byte was asked for again
+    assert not list((dest / ".amsrepomirror").rglob("*.part*"))
+
+
+def test_a_range_answer_with_another_etag_fails_the_file_and_drops_its_part(scm_double, repo_tree, tmp_path):
+    add_huge(scm_double, repo_tree)
+    scm_double.lie(HUGE, "validators", times=1)
+    dest, env = tmp_path / "m", settings(tmp_path)
+    result = mirror(scm_double, dest, "--jobs", "4", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "changed on the server" in result.stderr
+    assert tree_hashes(dest) == without(served_tree(repo_tree, VERSION), HUGE)
+    assert not list((dest / ".amsrepomirror").rglob("*.part*"))
+    assert mirror(scm_double, dest, env=env).returncode == 0
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def test_a_range_body_longer_than_announced_fails_the_file_and_drops_its_part(scm_double, repo_tree, tmp_path):
+    # No Content-Length: the body ends when the connection closes, 1000 bytes after the range asked.
+    add_huge(scm_double, repo_tree)
+    scm_double.lie(HUGE, "long", times=1)
+    dest, env = tmp_path / "m", settings(tmp_path)
+    result = mirror(scm_double, dest, "--jobs", "1", env=env)  # one connection: the range is never split
+    assert result.returncode == 1, result.stderr
+    assert "went on past" in result.stderr
+    assert tree_hashes(dest) == without(served_tree(repo_tree, VERSION), HUGE)
+    assert not list((dest / ".amsrepomirror").rglob("*.part*"))
+    assert mirror(scm_double, dest, env=env).returncode == 0
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def test_a_range_body_that_ends_early_is_resumed_where_it_ended(scm_double, repo_tree, tmp_path):
+    # No Content-Length and 1000 bytes short: indistinguishable from a cut, so what came is kept.
+    add_huge(scm_double, repo_tree)
+    scm_double.lie(HUGE, "short", times=1)
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, "--jobs", "1", env=settings(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    gets = huge_gets(scm_double)
+    assert [range_start(r.range) for r in gets] == [0, 24 * MiB - 1000]
+
+
+def test_a_range_answer_without_the_validator_asked_is_never_written(scm_double, repo_tree, tmp_path):
+    add_huge(scm_double, repo_tree)
+    scm_double.misbehave(HUGE, bare_get=True)  # every GET answer without ETag and Last-Modified
+    dest, env = tmp_path / "m", settings(tmp_path)
+    result = mirror(scm_double, dest, env=env)
+    assert result.returncode == 1, result.stderr
+    assert "If-Range" in result.stderr
+    assert not (dest / HUGE).exists()
+    assert len(huge_gets(scm_double)) == 4  # asked once and retried 3 times, then given up

@@ -405,9 +405,9 @@ def _probe_with_get(session: requests.Session, url: str, timeout: float) -> Remo
                     stream=True)
     with resp:
         if resp.status_code == 206:
-            size = _content_range(resp)[1]
+            size = (parse_content_range(resp.headers.get("Content-Range")) or (None, None, None))[2]
         elif resp.status_code == 200:
-            size = _content_length(resp)
+            size = parse_content_length(resp.headers.get("Content-Length"))
         else:
             return RemoteInfo(status=resp.status_code)
         return RemoteInfo(200, size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
@@ -497,8 +497,27 @@ def _shutdown(resp: requests.Response) -> None:
         pass  # ValueError: the body is already read and its connection released: nothing to abort
 
 
-class FileChanged(FetchError):
+class DropPart(FetchError):
+    """A refusal after which the part's bytes cannot be trusted: the part and its records are dropped."""
+
+
+class FileChanged(DropPart):
     """The server now serves other bytes than the HEAD answer this run planned with."""
+
+
+class WrongBody(DropPart):
+    """A whole-file answer that is not the file HEAD described (another length, an encoding, multipart)."""
+
+
+class BodyTooLong(DropPart):
+    """A body went on past the bytes its response announced (no Content-Length): some bytes of it
+    may already be written, so nothing of it is kept."""
+
+
+class UnusableRange(FetchError):
+    """An answer to a range or resume that cannot be tied to the bytes asked for (another status,
+    first or last byte, length, complete length or encoding; multipart; not the validator asked
+    for): nothing of it is written, the range is asked again."""
 
 
 def changed_message(url: str) -> str:
@@ -548,8 +567,8 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     ``remote`` is the HEAD answer this run planned with, and the one truth of what is expected:
     its size (or, when HEAD sent none, the first GET's) is the length the part must reach, and a
     response whose validators name another file raises :class:`FileChanged` with the part
-    dropped, so bytes of two versions are never joined. The body is stored exactly as sent
-    (never decoded), so a server that compresses on the fly fails the length check.
+    dropped, so bytes of two versions are never joined. Every answer passes
+    :func:`accept_response` before a byte of it is written; the body is stored exactly as sent.
     ``durable=False``: the complete part is not fsynced here (the caller makes a group durable at once).
     """
     part.parent.mkdir(parents=True, exist_ok=True)
@@ -568,43 +587,22 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
         if offset:
             with open(part, "rb") as f:
                 sha256_stream(f, hasher, limit=offset)
-        headers = {"Accept-Encoding": "identity"}
-        if offset:
-            headers["Range"] = f"bytes={offset}-"
-            headers["If-Range"] = if_range_validator(remote)
-        resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
+        asked = Asked(offset, ranged=True) if offset else Asked()
+        resp = _request(session, "GET", url, timeout, headers=asked.headers(remote), stream=True)
         try:
             with stop.watching(resp):
-                etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-                if resp.status_code in (401, 403):
-                    raise Unauthorized(f"HTTP {resp.status_code} for {redact(url)}")
-                if resp.status_code == 416 and offset:
+                try:
+                    body = accept_response(resp, url, remote, asked)
+                except UnusableRange as exc:  # a resume not tied to the bytes we hold: start again from byte 0
                     _discard(part)
+                    retry = spend(retry, url, exc)
                     continue
-                if resp.status_code in BUSY_STATUSES:
-                    raise _busy(resp, url)
-                if resp.status_code not in (200, 206) or (resp.status_code == 206 and not offset):
-                    raise FetchError(f"cannot fetch {redact(url)}: HTTP {resp.status_code}")
-                if same_file(remote, etag, last_modified) is False:
-                    _discard(part)
-                    raise FileChanged(changed_message(url))
-                if resp.status_code == 206:
-                    start, total = _content_range(resp)
-                    if start != offset or same_file(remote, etag, last_modified) is None or \
-                            (expected is not None and total not in (None, expected)):
-                        # a range we cannot tie to the bytes we hold: start again from byte 0
-                        _discard(part)
-                        retry = spend(retry, url, FetchError(f"unusable 206 ({resp.headers.get('Content-Range')!r})"))
-                        continue
-                else:
-                    offset, hasher = 0, hashlib.sha256()
-                    announced = _content_length(resp)
-                    if expected is None:
-                        expected = announced
-                    elif announced is not None and announced != expected:
-                        _discard(part)
-                        raise FetchError(f"{redact(url)}: the server announces {announced} bytes on GET but "
-                                         f"{expected} on HEAD; not stored")
+                etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+                offset = body.at
+                if offset == 0:
+                    hasher = hashlib.sha256()
+                if body.length is not None:
+                    expected = body.at + body.length
                 with local_writes(str(part)):
                     if resumable:
                         _part_meta_path(part).write_text(json.dumps({"etag": etag or remote.etag,
@@ -612,12 +610,15 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                     with open(part, "r+b" if offset else "wb") as out:
                         out.seek(offset)
                         out.truncate()
-                        cut = stream_into(resp, _writer(out, hasher), on_bytes, low_speed)
+                        cut = stream_into(resp, _writer(out, hasher), on_bytes, low_speed, limit=body.length)
                         size = out.tell()
                         if cut is None and durable:
                             out.flush()
                             os.fsync(out.fileno())
                     transferred += size - offset
+        except DropPart:
+            _discard(part)
+            raise
         finally:
             resp.close()
         if stop.is_set():
@@ -626,7 +627,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
             retry = spend(retry, url, cut)
             continue
         if expected is not None and size != expected:
-            # the body ended cleanly at another length than announced (e.g. chunked on the fly)
+            # the body ended cleanly before its length (no Content-Length: it may have been cut)
             _discard(part)
             raise FetchError(f"{redact(url)}: got {size} bytes, expected {expected}; not stored")
         if resumable:
@@ -635,51 +636,135 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                            transferred)
 
 
-class UnusableRange(FetchError):
-    """A 206 that cannot be tied to the bytes asked for (another first byte, another length, no validator)."""
+@dataclass(frozen=True)
+class Asked:
+    """What a GET asks for: the whole file, or (``ranged``) bytes ``start`` to ``end`` (exclusive;
+    None: to the end of the file) tied by ``If-Range`` to the file HEAD described. ``joined``: a
+    whole-file 200 answer would be joined to bytes other responses wrote (a range of a segmented file)."""
+
+    start: int = 0
+    end: Optional[int] = None
+    ranged: bool = False
+    joined: bool = False
+
+    def headers(self, remote: RemoteInfo) -> dict:
+        headers = {"Accept-Encoding": "identity"}
+        if self.ranged:
+            headers["Range"] = f"bytes={self.start}-{'' if self.end is None else self.end - 1}"
+            headers["If-Range"] = if_range_validator(remote)
+        return headers
 
 
-def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: int, end: int,
-              timeout: float) -> requests.Response:
-    """GET bytes [start, end) of the file ``remote`` describes, tied to it by ``If-Range``.
+@dataclass(frozen=True)
+class Body:
+    """Where an accepted response's body goes: its first byte is byte ``at`` of the file, and it
+    must be exactly ``length`` bytes long (None: not known before it ends)."""
 
-    Returns the streaming response: a 206 whose body starts at ``start``, or a 200 carrying the
-    whole file (a server that does not honour Range). Anything else raises: 429/503
-    :class:`ServerBusy`, other validators (or a 416: the file got shorter) :class:`FileChanged`, a
-    206 that names other bytes :class:`UnusableRange`, a 200 of another length than HEAD said or
-    without the validators that tie it to HEAD's file (:class:`FileChanged`: never joined).
+    at: int
+    length: Optional[int]
+
+
+def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked: Asked) -> Body:
+    """The one gate for what the mirror writes from the network: whether ``resp`` may be written to
+    a part as the bytes ``asked`` of the file ``remote`` (HEAD's answer) describes; where its body
+    goes and how long it must be (:func:`stream_into` enforces that length: never a byte more).
+
+    Refuses, by raising: 401/403 (:class:`Unauthorized`), 429/503 (:class:`ServerBusy`), other
+    validators than HEAD's or a 416 inside the file (:class:`FileChanged`), any status but 200 to a
+    whole-file request or 200/206 to a range, a Content-Encoding or Transfer-Encoding other than
+    identity (bodies are stored raw, never decoded), a ``multipart/byteranges`` body, a 206 whose
+    Content-Range is not exactly the first byte, last byte and complete length asked for or that
+    lacks the validator sent in If-Range, a Content-Length other than the bytes asked, and a 200
+    to a range that would be joined to other ranges without the validators that tie it to them.
+    Refusals of an answer to a range are :class:`UnusableRange` (asked again); of a whole-file
+    answer :class:`WrongBody` (the file fails).
     """
-    headers = {"Accept-Encoding": "identity", "Range": f"bytes={start}-{end - 1}",
-               "If-Range": if_range_validator(remote)}
-    resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
-    try:
-        status = resp.status_code
-        if status in (401, 403):
-            raise Unauthorized(f"HTTP {status} for {redact(url)}")
-        if status in BUSY_STATUSES:
-            raise _busy(resp, url)
-        same = same_file(remote, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
-        if same is False or status == 416:
-            raise FileChanged(changed_message(url))
-        if status not in (200, 206):
-            raise FetchError(f"cannot fetch {redact(url)}: HTTP {status}")
-        if status == 206:
-            first, total = _content_range(resp)
-            if first != start or total != remote.size or same is None:
-                raise UnusableRange(f"unusable 206 ({resp.headers.get('Content-Range')!r})")
-        elif same is not True:
+    status = resp.status_code
+    if status in (401, 403):
+        raise Unauthorized(f"HTTP {status} for {redact(url)}")
+    if status in BUSY_STATUSES:
+        raise _busy(resp, url)
+    if status == 416 and asked.ranged:
+        if remote.size is not None and asked.start < remote.size:
+            raise FileChanged(changed_message(url))  # the file got shorter
+        raise UnusableRange(f"HTTP 416 for bytes from {asked.start}")
+    if status not in ((200, 206) if asked.ranged else (200,)):  # guard: response-gate-status
+        raise FetchError(f"cannot fetch {redact(url)}: HTTP {status}")
+    etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+    if same_file(remote, etag, last_modified) is False:  # guard: response-gate-validators-changed
+        raise FileChanged(changed_message(url))
+    refused = UnusableRange if asked.ranged else WrongBody
+    encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):  # guard: response-gate-encoding
+        raise refused(f"{redact(url)}: the server sent the body with Content-Encoding {encoding!r}, although only "
+                      "identity was asked for: it may not be the file's bytes; not stored")
+    if resp.headers.get("Transfer-Encoding", "").strip().lower() not in ("", "chunked"):
+        raise refused(f"{redact(url)}: Transfer-Encoding {resp.headers['Transfer-Encoding']!r}; not stored")
+    media_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if media_type.startswith("multipart/"):  # guard: response-gate-multipart
+        raise refused(f"{redact(url)}: a {media_type} body where the bytes of one range were asked for; not stored")
+    if status == 206:
+        content_range = parse_content_range(resp.headers.get("Content-Range"))
+        if content_range is None:
+            raise UnusableRange(f"unusable 206 (Content-Range {resp.headers.get('Content-Range')!r})")
+        first, last, total = content_range
+        want_total = remote.size if remote.size is not None else total
+        want_last = asked.end - 1 if asked.end is not None else (want_total - 1 if want_total is not None else last)
+        unusable = f"unusable 206 (Content-Range {resp.headers.get('Content-Range')!r} for bytes {asked.start}-" \
+                   f"{'' if asked.end is None else asked.end - 1} of {want_total})"
+        if first != asked.start:  # guard: response-gate-range-start
+            raise UnusableRange(unusable)
+        if last != want_last:  # guard: response-gate-range-end
+            raise UnusableRange(unusable)
+        if total != want_total:  # guard: response-gate-total
+            raise UnusableRange(unusable)
+        if not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-asked
+            sent = "ETag" if remote.etag == if_range_validator(remote) else "Last-Modified"
+            raise UnusableRange(f"unusable 206 (not the {sent} asked for in If-Range)")
+        body = Body(first, last - first + 1)
+    else:
+        if asked.joined and not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-joined
             # A 200 to If-Range may be a newer file; without validators it cannot be tied to the bytes
             # the other ranges wrote, so it must not be joined to them.
             raise FileChanged(f"{redact(url)} answered a byte range with the whole file and no ETag or "
                               "Last-Modified to tie it to the rest; not stored (set [http] max_ranges_per_file "
                               "= 1 for this server)")
-        elif _content_length(resp) not in (None, remote.size):
-            raise FetchError(f"{redact(url)}: the server announces {_content_length(resp)} bytes on GET but "
-                             f"{remote.size} on HEAD; not stored")
+        body = Body(0, remote.size)
+    announced = resp.headers.get("Content-Length")
+    if announced is not None:
+        length = parse_content_length(announced)
+        if length is None or (body.length is not None and length != body.length):  # guard: response-gate-length
+            if status == 206:
+                raise UnusableRange(f"unusable 206 (Content-Length {announced!r} for a range of {body.length} bytes)")
+            raise (UnusableRange if asked.ranged else WrongBody)(
+                f"{redact(url)}: the server announces {announced} bytes on GET but {remote.size} on HEAD; not stored")
+        body = Body(body.at, length)
+    return body
+
+
+def validator_returned(remote: RemoteInfo, etag: Optional[str], last_modified: Optional[str]) -> bool:
+    """Whether a response carries the validator ``If-Range`` sent (:func:`if_range_validator`)
+    unchanged: the strong ETag, else the Last-Modified date."""
+    sent = if_range_validator(remote)
+    if sent is None:
+        return False
+    return etag == sent if sent == remote.etag else last_modified == sent
+
+
+def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: int, end: int,
+              timeout: float) -> Tuple[requests.Response, Body]:
+    """GET bytes [start, end) of the file ``remote`` describes, tied to it by ``If-Range``.
+
+    Returns the streaming response and where its body goes (:func:`accept_response`): a 206 of
+    exactly those bytes, or a 200 carrying the whole file (a server that does not honour Range).
+    """
+    asked = Asked(start, end, ranged=True, joined=True)
+    resp = _request(session, "GET", url, timeout, headers=asked.headers(remote), stream=True)
+    try:
+        return resp, accept_response(resp, url, remote, asked)
     except BaseException:
         resp.close()
         raise
-    return resp
 
 
 def _writer(out, hasher) -> Callable[[bytes], None]:
@@ -690,13 +775,15 @@ def _writer(out, hasher) -> Callable[[bytes], None]:
 
 
 def stream_into(resp: requests.Response, write: Callable[[bytes], None], on_bytes: Callable[[int], None],
-                low_speed: LowSpeed) -> Optional[Exception]:
+                low_speed: LowSpeed, limit: Optional[int] = None) -> Optional[Exception]:
     """Hand the raw body (never decoded) to ``write``; return what cut it (network error, too slow).
 
-    ``read1`` returns what has arrived instead of waiting for a whole block, so a trickle is
-    measured as it comes. Local write errors propagate (a full disk is not worth a retry).
+    ``limit``: the body's length as :func:`accept_response` accepted it; a body that goes on past
+    it raises :class:`BodyTooLong` before the extra bytes are written. ``read1`` returns what has
+    arrived instead of waiting for a whole block, so a trickle is measured as it comes. Local write
+    errors propagate (a full disk is not worth a retry).
     """
-    window_start, window_bytes = time.monotonic(), 0
+    window_start, window_bytes, received = time.monotonic(), 0, 0
     while True:
         try:
             block = resp.raw.read1(STREAM_BLOCK, decode_content=False)
@@ -704,6 +791,10 @@ def stream_into(resp: requests.Response, write: Callable[[bytes], None], on_byte
             return exc
         if not block:
             return None
+        received += len(block)
+        if limit is not None and received > limit:  # guard: response-gate-body-count
+            raise BodyTooLong(f"{redact(resp.url or '')}: the body went on past the {limit} bytes its response "
+                              "announced; not stored")
         write(block)
         on_bytes(len(block))
         if low_speed.limit:
@@ -723,17 +814,26 @@ def _discard(part: Path) -> None:
             pass
 
 
-def _content_range(resp: requests.Response) -> Tuple[Optional[int], Optional[int]]:
-    """(first byte, complete length) of a 206's Content-Range; None where it says nothing usable."""
-    match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", "").strip())
+_CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)", re.ASCII | re.IGNORECASE)
+
+
+def parse_content_range(value: Optional[str]) -> Optional[Tuple[int, int, Optional[int]]]:
+    """(first byte, last byte, complete length or None for ``*``) of a 206's Content-Range
+    (RFC 9110 14.4), or None unless it is exactly one valid range: first <= last < length."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip(" \t"))
     if not match:
-        return None, None
-    return int(match.group(1)), (int(match.group(3)) if match.group(3).isdigit() else None)
+        return None
+    first, last = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    if first > last or (total is not None and last >= total):
+        return None
+    return first, last, total
 
 
-def _content_length(resp: requests.Response) -> Optional[int]:
-    value = resp.headers.get("Content-Length", "")
-    return int(value) if value.isdigit() else None
+def parse_content_length(value: Optional[str]) -> Optional[int]:
+    """A Content-Length's number, or None unless it is plain ASCII digits (one value, not a list)."""
+    value = (value or "").strip(" \t")
+    return int(value) if re.fullmatch(r"[0-9]{1,20}", value, re.ASCII) else None
 
 
 def spend(retry: Retry, url: str, exc: BaseException) -> Retry:

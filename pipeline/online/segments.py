@@ -11,9 +11,11 @@ Each range is a ``Range`` + ``If-Range`` GET written with ``pwrite`` at its offs
 file's ``.part``. Which bytes are on disk is kept in a small record next to the part
 (``.part.ranges``: the validators and, per range, its start, end and bytes written), replaced
 atomically after an ``fdatasync`` of the part, so a killed run resumes every range where it
-stopped and never takes unwritten bytes as data. Every range is checked against the HEAD answer
-(Content-Range start and length, validators); a changed file fails, never spliced. A server that
-answers a range with 200 does not honour Range: the file goes on as one stream.
+stopped and never takes unwritten bytes as data. Every answer passes ``http.accept_response``
+(status, Content-Range first and last byte and length, body length, identity encoding, no
+multipart, the validator asked for) before a byte of it is written; a refused answer is asked
+again, a changed file (or a body longer than announced) fails with its part dropped, never
+spliced. A server that answers a range with 200 does not honour Range: the file goes on as one stream.
 
 The SHA-256 follows the contiguous prefix: a block written at the hash frontier is hashed as it
 streams; a follower thread per file reads back from the page cache what lies before a range once
@@ -42,9 +44,10 @@ import requests
 
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.http import (
+    Body,
+    DropPart,
     FetchError,
     FetchResult,
-    FileChanged,
     LowSpeed,
     RemoteInfo,
     ServerBusy,
@@ -472,7 +475,7 @@ class Transfers:
                 for waiting in [u for u in self.delayed if u.file is f]:
                     self.delayed.remove(waiting)
                     waiting.extent.busy = False
-            if isinstance(exc, FileChanged):
+            if isinstance(exc, DropPart):
                 f.discard()
             elif not finished:
                 f.record(force=True)
@@ -492,8 +495,8 @@ class Transfers:
                     return
                 start, end = e.pos, e.end
             try:
-                resp = get_range(self.session, url, f.remote, start, end, self.timeout)
-            except UnusableRange as exc:
+                resp, body = get_range(self.session, url, f.remote, start, end, self.timeout)
+            except UnusableRange as exc:  # nothing of it written: ask again
                 retry = spend(retry, url, exc)
                 continue
             try:
@@ -503,12 +506,9 @@ class Transfers:
                             with self.cond:
                                 f.honours_ranges = True
                                 self.cond.notify_all()  # idle connections may split it now
-                        body_at = start
-                    else:
-                        body_at = 0
-                        if self._one_stream(f, e):
-                            continue
-                    cut = stream_into(resp, self._writer(f, e, body_at), self.on_bytes, self.low_speed)
+                    elif self._one_stream(f, e):
+                        continue
+                    cut = stream_into(resp, self._writer(f, e, body), self.on_bytes, self.low_speed, limit=body.length)
             except RangeDone:
                 cut = None
             finally:
@@ -540,8 +540,9 @@ class Transfers:
                 return True
         return False
 
-    def _writer(self, f: SegmentedFile, e: Extent, body_at: int) -> Callable[[bytes], None]:
-        at = body_at  # offset in the file of the next body byte
+    def _writer(self, f: SegmentedFile, e: Extent, body: Body) -> Callable[[bytes], None]:
+        at = body.at  # offset in the file of the next body byte
+        body_end = body.at + body.length
 
         def write(block: bytes) -> None:
             nonlocal at
@@ -563,7 +564,7 @@ class Transfers:
                     e.pos += keep
                     f.transferred += keep
                 f.record()
-            if e.pos >= e.end:
+            if e.pos >= e.end and e.end < body_end:  # a split moved the range's end: the rest is another's
                 raise RangeDone()
         return write
 

@@ -386,7 +386,7 @@ class RequestRecord:
 
 @dataclass
 class _Fault:
-    kind: str  # "cut" | "status" | "stall" | "hook"
+    kind: str  # "cut" | "status" | "stall" | "hook" | "lie"
     glob: str
     times: Optional[int]
     method: Optional[str]
@@ -395,6 +395,7 @@ class _Fault:
     retry_after: Optional[str] = None
     seconds: float = 0.0
     then: Optional[Callable[[], None]] = None  # run (in the server thread) right after a cut; a hook's action
+    how: str = ""  # a lie's kind (see ScmDouble.lie)
 
     def matches(self, method: str, target: str) -> bool:
         if self.times is not None and self.times <= 0:
@@ -645,6 +646,14 @@ class _Handler(BaseHTTPRequestHandler):
             # Compress on the fly, as a misconfigured front end would (test files are small).
             f = io.BytesIO(gzip.compress(f.read(), mtime=0))
             length = len(f.getvalue())
+        if not head and self.command == "GET":
+            lie = double._take_fault(("lie",), self.command, target,
+                                     lambda fault: _LIES[fault.how] == ("range" if status == 206 else "whole"))
+            if lie is not None:
+                rec.fault = f"lie:{lie.how}"
+                f.seek(start)
+                self._send_lie(double, f, size, start, length, lie, validators, ctype, rec)
+                return
         announced = length + (quirks.get("head_length", 0) if head else 0)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -668,6 +677,59 @@ class _Handler(BaseHTTPRequestHandler):
             rec.fault = "stall"
         f.seek(start)
         self._send_body(double, f, length, rec, cut, stall)
+
+    def _send_lie(self, double: "ScmDouble", f, size: int, start: int, length: int, lie: _Fault,
+                  validators: Dict[str, str], ctype: str, rec: RequestRecord):
+        """Answer as a hostile or broken server would (``ScmDouble.lie``): headers that look right
+        around other bytes, or bytes that look right under other headers."""
+        how, n = lie.how, lie.nbytes or 1000
+        wanted = f.read(length)
+        status, headers, delimited = 206, {"Content-Type": ctype}, True
+        first, last, total = start, start + length - 1, size
+        if how == "gzip-200":  # the whole file, compressed on the fly, same validators, no length
+            f.seek(0)
+            status, body, delimited = 200, gzip.compress(f.read(), mtime=0), False
+            headers["Content-Encoding"] = "gzip"
+        elif how == "multipart":  # the right Content-Range header over a multipart/byteranges body, no length
+            boundary, delimited = "SCMDOUBLEBOUNDARY", False
+            headers["Content-Type"] = f"multipart/byteranges; boundary={boundary}"
+            body = (f"--{boundary}\r\nContent-Type: {ctype}\r\nContent-Range: bytes {first}-{last}/{total}\r\n\r\n"
+                    .encode() + wanted + f"\r\n--{boundary}--\r\n".encode())
+        elif how == "range-end":  # a shorter range than asked, said honestly
+            last, body = max(first, last - n), wanted[:max(1, length - n)]
+        elif how == "range-start":  # the bytes n after the first byte asked, said honestly
+            f.seek(min(start + n, size - 1))
+            first = min(start + n, size - 1)
+            body = f.read(last - first + 1)
+        elif how == "total":  # another complete length
+            body, total = wanted, size + n
+        elif how == "validators":  # a strong ETag other than the one asked for
+            body = wanted
+            validators = {**validators, "ETag": f'"other-{size:x}"'}
+        elif how == "no-etag":  # the Last-Modified date only, though If-Range carried the ETag
+            body = wanted
+            validators = {k: v for k, v in validators.items() if k != "ETag"}
+        elif how == "long":  # right headers, no Content-Length, n bytes more than the range
+            body, delimited = wanted + b"\0" * n, False
+        elif how == "short":  # right headers, no Content-Length, the body ends n bytes early
+            body, delimited = wanted[:max(0, length - n)], False
+        elif how == "206-whole":  # a 206 to a GET without Range
+            body = wanted
+        else:
+            raise ValueError(f"unknown lie {how!r}")
+        self.send_response(status)
+        for k, v in {**headers, **validators}.items():
+            self.send_header(k, v)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{total}")
+        if delimited:
+            self.send_header("Content-Length", str(len(body)))
+        else:  # the body ends when the connection closes (HTTP/1.1 without a length)
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        rec.body_bytes += len(body)
+        self.wfile.write(body)
 
     def _not_modified(self, validators: Dict[str, str]):
         self.send_response(304)
@@ -756,6 +818,11 @@ def _parse_http_date(value: Optional[str]) -> Optional[int]:
         return None
     return int(dt.timestamp())
 
+
+#: Each lie (``ScmDouble.lie``) and the requests it answers: "range" (a Range the double would
+#: honour with a 206) or "whole" (a GET without Range).
+_LIES = {"gzip-200": "range", "multipart": "range", "range-end": "range", "range-start": "range",
+         "total": "range", "validators": "range", "no-etag": "range", "long": "range", "short": "range", "206-whole": "whole"}
 
 _RANGE_RE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -969,6 +1036,20 @@ class ScmDouble:
         answered: e.g. ``on_request("listings/*", lambda: double.use_certificate(other))``."""
         self._add_fault(_Fault("hook", glob, times, method, then=then))
 
+    def lie(self, glob: str, how: str, times: Optional[int] = None, nbytes: int = 1000) -> None:
+        """Answer GETs with a response that is not the bytes asked for, its status and validators
+        otherwise as usual. To a Range request the double would honour:
+        ``gzip-200``: 200, the whole file gzip-compressed on the fly with ``Content-Encoding: gzip``
+        and the same ETag, no Content-Length; ``multipart``: 206 with the right Content-Range header
+        but a ``multipart/byteranges`` body, no Content-Length; ``range-end``: a range ``nbytes`` shorter than asked;
+        ``range-start``: a range starting ``nbytes`` later; ``total``: another complete length;
+        ``validators``: another strong ETag; ``no-etag``: no ETag, only Last-Modified; ``long`` / ``short``: the right headers, no
+        Content-Length, and ``nbytes`` more / fewer body bytes. To a GET without Range:
+        ``206-whole``: the whole file as a 206. ``times`` counts only requests the lie applies to."""
+        if how not in _LIES:
+            raise ValueError(f"unknown lie {how!r}: one of {sorted(_LIES)}")
+        self._add_fault(_Fault("lie", glob, times, "GET", nbytes=nbytes, how=how))
+
     def throttle(self, bytes_per_second: Optional[int]) -> None:
         """Limit every body to ``bytes_per_second`` per connection; ``None`` lifts it. Takes
         effect on transfers already running too."""
@@ -1014,10 +1095,11 @@ class ScmDouble:
         with self._lock:
             self._faults.append(fault)
 
-    def _take_fault(self, kinds: Tuple[str, ...], method: str, target: str) -> Optional[_Fault]:
+    def _take_fault(self, kinds: Tuple[str, ...], method: str, target: str,
+                    applies: Callable[[_Fault], bool] = lambda fault: True) -> Optional[_Fault]:
         with self._lock:
             for fault in self._faults:
-                if fault.kind in kinds and fault.matches(method, target):
+                if fault.kind in kinds and fault.matches(method, target) and applies(fault):
                     if fault.times is not None:
                         fault.times -= 1
                     return fault
