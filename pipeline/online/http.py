@@ -671,8 +671,9 @@ def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked
 
     Refuses, by raising: 401/403 (:class:`Unauthorized`), 429/503 (:class:`ServerBusy`), other
     validators than HEAD's or a 416 inside the file (:class:`FileChanged`), any status but 200 to a
-    whole-file request or 200/206 to a range, a Content-Encoding or Transfer-Encoding other than
-    identity (bodies are stored raw, never decoded), a ``multipart/byteranges`` body, a 206 whose
+    whole-file request or 200/206 to a range, a Content-Encoding other than identity on a range
+    or on a file of unknown length (bodies are stored raw, never decoded; a labelled whole file
+    must have HEAD's length), a Transfer-Encoding other than chunked, a ``multipart/byteranges`` body, a 206 whose
     Content-Range is not exactly the first byte, last byte and complete length asked for or that
     lacks the validator sent in If-Range, a Content-Length other than the bytes asked, and a 200
     to a range that would be joined to other ranges without the validators that tie it to them.
@@ -695,7 +696,10 @@ def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked
         raise FileChanged(changed_message(url))
     refused = UnusableRange if asked.ranged else WrongBody
     encoding = resp.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in ("", "identity"):  # guard: response-gate-encoding
+    # A label on a whole file whose length HEAD gave is stored raw, length-checked: Apache labels .tgz
+    # files gzip (AddEncoding) and sends their bytes as they are. A labelled range is never joined.
+    labelled_file = not asked.ranged and remote.size is not None
+    if encoding not in ("", "identity") and not labelled_file:  # guard: response-gate-encoding
         raise refused(f"{redact(url)}: the server sent the body with Content-Encoding {encoding!r}, although only "
                       "identity was asked for: it may not be the file's bytes; not stored")
     if resp.headers.get("Transfer-Encoding", "").strip().lower() not in ("", "chunked"):
