@@ -102,7 +102,7 @@ def _unlisted(repo: Path, paths: Sequence[str]) -> List[str]:
             if rel not in want:
                 added.append(rel)
         dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).relative_to(repo).as_posix() in dirs]
-    return added
+    return sorted(added)
 
 
 def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
