@@ -100,7 +100,7 @@ def check_installed(repo: Path, rows: Sequence[InstalledFile], trust_installed: 
     seen = {}
     for row in sorted(set(rows), key=lambda r: r.path):
         check = installed_file_problem(repo.joinpath(*row.path.split("/")), row, trust_metadata=trust_installed)
-        if check.problem:
+        if check.problem:  # guard: installed-reuse-refuse
             raise IntegrityError(
                 f"{repo} no longer matches its receipt: {shown(row.path)}, which the delta relies on: "
                 f"{check.problem}; nothing was changed: unpack a full bundle with --reinstall")
@@ -197,7 +197,7 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         log.info(f"unpack: {repo} already holds the tree this delta makes; nothing to do")
         return
     sources = _sources(manifest, {r.path: r for r in tree})
-    trust = trust_installed and not deep
+    trust = trust_installed and not deep  # guard: installed-reuse-default
     log.info(f"unpack: checking the {len(set(sources.values()))} installed files the delta relies on"
              f"{' (size, mtime, inode from the receipt: --trust-installed)' if trust else ' (hashing them)'}")
     seen = check_installed(repo, list(sources.values()), trust)
