@@ -597,7 +597,8 @@ def amshome_lock(amshome, shared: bool = False):
     lock = Path(amshome) / LOCK
     if os.path.islink(lock):  # the lock is opened O_NOFOLLOW; say why instead of "too many links"
         raise UsageError(f"{lock} is a symlink; remove it (amsrepomirror never writes through links in AMSHOME)")
-    with exclusive_lock(lock, f"another amsrepomirror unpack is running in AMSHOME {amshome}", shared=shared) as path:
+    busy = f"another amsrepomirror unpack is running in AMSHOME {amshome}, or a verify --installed"
+    with exclusive_lock(lock, busy, shared=shared) as path:
         yield path
 
 
