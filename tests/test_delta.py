@@ -185,11 +185,12 @@ def test_a_hand_edit_the_delta_relies_on_is_refused_and_nothing_changes(installe
     assert "linux/x86_64/band-2026.101.tar.zst" in errors(result)[0] and "receipt" in errors(result)[0]
     assert amshome_state(amshome) == state
 
-    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))  # size, mtime and inode as recorded: only --deep sees it
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))  # size, mtime and inode as recorded: the hash sees it
     state = amshome_state(amshome)
-    result = unpack(tmp_path / "d1", amshome, "--deep")
-    assert result.returncode == 4 and "band-2026.101.tar.zst" in errors(result)[0], result.stderr
-    assert amshome_state(amshome) == state
+    for extra in ((), ("--deep",)):
+        result = unpack(tmp_path / "d1", amshome, *extra)
+        assert result.returncode == 4 and "band-2026.101.tar.zst" in errors(result)[0], result.stderr
+        assert amshome_state(amshome) == state
 
 
 def test_a_delta_with_a_missing_chunk_or_a_target_that_does_not_match_is_refused(installed, scm_double, repo_tree, tmp_path):
@@ -320,8 +321,14 @@ def test_a_rotted_installed_file_a_delta_reuses_is_refused_unless_the_admin_trus
     assert f"  changed: {REUSED}: bytes other than the sha256" in scrub.stderr
     assert "1 changed, 0 missing, 0 added" in errors(scrub)[0]
 
-    # The fast path is the admin's explicit choice: it takes the file by size, mtime and inode, and says so.
-    result = unpack(tmp_path / "d1", amshome, "--trust-installed")
+    # The fast path is the admin's explicit choice (a setting; --deep overrides it): it takes the file by size,
+    # mtime and inode, and the receipt says so.
+    site = tmp_path / "site.cfg"
+    site.write_text("[unpack]\ntrust_installed = true\n")
+    result = run_cli("--config", site, "unpack", tmp_path / "d1", "--amshome", amshome, "--deep")
+    assert result.returncode == 4 and REUSED in errors(result)[0], result.stderr
+    assert amshome_state(amshome) == state
+    result = run_cli("--config", site, "unpack", tmp_path / "d1", "--amshome", amshome)
     assert result.returncode == 0, result.stderr
     receipt = read_receipt(amshome)
     assert receipt["trust_installed"] is True
