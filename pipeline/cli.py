@@ -673,7 +673,9 @@ def signature_verdict(args, manifest_bytes: Optional[bytes]) -> Optional[str]:
 def run_verify(args) -> int:
     if args.installed:
         return run_verify_installed(args)
-    if args.bundle is None or args.amshome is not None:
+    if args.amshome is not None:
+        raise UsageError("--amshome goes with --installed: verify --installed --amshome DIR checks the installed tree")
+    if args.bundle is None:
         raise UsageError("verify checks a bundle folder: give it (verify BUNDLE), or check the installed tree "
                          "with verify --installed [--amshome DIR]")
     if args.revoked_keys is not None and args.allowed_signers is None:

@@ -264,6 +264,8 @@ def test_verify_installed_refuses_without_a_receipt_beside_an_unpack_or_with_a_b
     assert result.returncode == 2 and "takes no bundle" in error_line(result.stderr), result.stderr
     result = run_cli("verify")
     assert result.returncode == 2 and "verify --installed" in error_line(result.stderr), result.stderr
+    result = run_cli("verify", made, "--amshome", amshome)
+    assert result.returncode == 2 and "--amshome goes with --installed" in error_line(result.stderr), result.stderr
 
     with open(amshome / ".amsrepomirror.lock", "r+b") as lock:  # an unpack is running
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
