@@ -728,7 +728,7 @@ def run_verify_installed(args) -> int:
         raise UsageError(f"AMSHOME {home} is not a directory")
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None
     try:
-        with placement.amshome_lock(home, shared=True):  # an unpack swapping the tree meanwhile waits, or is waited for
+        with placement.amshome_lock(home, shared=True):  # no unpack swaps the tree meanwhile (one running: exit 2)
             if placement.interrupted(home):
                 raise UsageError(f"an interrupted unpack left work in AMSHOME {home}: run that unpack again to finish "
                                  "it, then verify --installed")
