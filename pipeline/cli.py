@@ -31,7 +31,8 @@ from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
-from amsrepomirror.offline.install import usage_hints
+from amsrepomirror.offline.install import MAX_CHANGES_LISTED, usage_hints
+from amsrepomirror.offline.installed import require_intact, scrub
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.http import fetch_text
@@ -670,6 +671,13 @@ def signature_verdict(args, manifest_bytes: Optional[bytes]) -> Optional[str]:
 
 
 def run_verify(args) -> int:
+    if args.installed:
+        return run_verify_installed(args)
+    if args.amshome is not None:
+        raise UsageError("--amshome goes with --installed: verify --installed --amshome DIR checks the installed tree")
+    if args.bundle is None:
+        raise UsageError("verify checks a bundle folder: give it (verify BUNDLE), or check the installed tree "
+                         "with verify --installed [--amshome DIR]")
     if args.revoked_keys is not None and args.allowed_signers is None:
         raise UsageError("--revoked-keys needs --allowed-signers")
     why_not = not_a_bundle(args.bundle, tool_command())
@@ -710,6 +718,38 @@ def run_verify(args) -> int:
     return errors.INTEGRITY_FAILURE
 
 
+def run_verify_installed(args) -> int:
+    """The scrub (for cron): re-hash $AMSHOME/repository against its receipt; name what differs."""
+    if args.bundle is not None or args.partial or args.no_test or args.allowed_signers or args.revoked_keys:
+        raise UsageError("verify --installed checks AMSHOME's repository against its receipt: it takes no bundle "
+                         "folder and none of --partial, --no-test, --allowed-signers, --revoked-keys")
+    home = amshome_of(args).absolute()
+    if not home.is_dir():
+        raise UsageError(f"AMSHOME {home} is not a directory")
+    bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None
+    try:
+        with placement.amshome_lock(home, shared=True):  # no unpack swaps the tree meanwhile (one running: exit 2)
+            if placement.interrupted(home):
+                raise UsageError(f"an interrupted unpack left work in AMSHOME {home}: run that unpack again to finish "
+                                 "it, then verify --installed")
+            report = scrub(home, on_bytes=bar.update if bar else None, on_total=bar.set_total if bar else None)
+    finally:
+        if bar is not None:
+            bar.close(clear=True)
+    found = report.differences
+    for line in found[:MAX_CHANGES_LISTED]:
+        say(f"  {line}")
+    if len(found) > MAX_CHANGES_LISTED:
+        say(f"  ... and {len(found) - MAX_CHANGES_LISTED} more")
+    if report.receipt.get("trust_installed"):
+        say("note: the last delta unpack took installed files by size, mtime and inode without hashing them "
+            "(--trust-installed); this check is the first to hash them since")
+    require_intact(home, report)
+    print(f"{home / placement.REPOSITORY} is intact: {report.files} files, {format_size(report.bytes)} hashed against "
+          f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {report.receipt.get('version', '?')})")
+    return 0
+
+
 def amshome_of(args) -> Path:
     """--amshome, else $AMSHOME from the environment (said on stderr, so the admin sees which)."""
     if args.amshome is not None:
@@ -727,7 +767,8 @@ def run_unpack(args) -> int:
         raise UsageError(why_not)
     args.amshome = amshome_of(args)
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
-                  reinstall=args.reinstall, deep=args.deep, allow_downgrade=args.allow_downgrade,
+                  reinstall=args.reinstall, deep=args.deep, trust_installed=args.trust_installed,
+                  allow_downgrade=args.allow_downgrade,
                   allowed_signers=str(args.allowed_signers.absolute()) if args.allowed_signers else "",
                   revoked_keys=str(args.revoked_keys.absolute()) if args.revoked_keys else "")
     try:
@@ -945,8 +986,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: a full bundle)")
     p.set_defaults(func=run_plan)
 
-    p = add_command(sub, "verify", "check a bundle folder offline: every chunk's sha256, size and 7z CRCs")
-    p.add_argument("bundle", type=Path, help="the bundle folder (holding manifest.json, SHA256SUMS and the chunks)")
+    p = add_command(sub, "verify", "check a bundle folder offline: every chunk's sha256, size and 7z CRCs; "
+                    "or, with --installed, AMSHOME's repository against its receipt")
+    p.add_argument("bundle", type=Path, nargs="?",
+                   help="the bundle folder (holding manifest.json, SHA256SUMS and the chunks)")
+    p.add_argument("--installed", action="store_true",
+                   help="instead of a bundle, re-hash $AMSHOME/repository against its receipt and name every file "
+                   "changed, missing or added (for cron; exit 4 when it differs)")
+    p.add_argument("--amshome", type=Path, help="with --installed: the AMS installation folder "
+                   "(default: $AMSHOME from the environment)")
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
     p.add_argument("--partial", action="store_true",
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
@@ -959,8 +1007,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
     p.add_argument("--reinstall", action="store_true",
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
-    p.add_argument("--deep", action="store_true",
-                   help="delta: re-hash the installed files it keeps instead of trusting size, mtime and inode")
+    trust = p.add_mutually_exclusive_group()
+    trust.add_argument("--deep", action="store_true",
+                       help="delta: hash the installed files it keeps even when [unpack] trust_installed is set "
+                       "(hashing them is the default)")
+    trust.add_argument("--trust-installed", action="store_true",
+                       help="delta: take installed files whose size, mtime and inode are still the receipt's without "
+                       "hashing them (faster; bit rot goes unseen; the receipt records it) "
+                       f"({setting_default('unpack', 'trust_installed')})")
     add_signer_options(p, default=f" ({setting_default('unpack', 'allowed_signers')})")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a bundle older than the installed one (a lower sequence of its mirror)")

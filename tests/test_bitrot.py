@@ -2,13 +2,15 @@
 cross the air gap: bundle hashes every byte as it packs it, and verify checks every byte of every
 member the way unpack does, so a bundle that verifies is one that unpack accepts."""
 
+import fcntl
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import py7zr
 import pytest
-from clihelp import run_cli, served_tree, tree_hashes
+from clihelp import cli_env, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleFile, BundleManifest, Chunk, Part
 from amsrepomirror.bundle.plan import chunk_plan
@@ -203,3 +205,81 @@ def test_verify_refuses_what_unpack_refuses(made, tmp_path, case):
     refused = unpack(out, tmp_path / "ams")
     assert refused.returncode == 4, refused.stderr
     assert not (tmp_path / "ams" / "repository").exists()
+
+
+# --- the scrub: verify --installed re-hashes the installed tree against its receipt ----------------------
+
+def test_verify_installed_names_every_file_that_differs_from_the_receipt_and_changes_nothing(made, tmp_path):
+    amshome = tmp_path / "ams"
+    assert unpack(made, amshome).returncode == 0
+    repo = amshome / "repository"
+    intact = run_cli("verify", "--installed", "--amshome", amshome)
+    assert intact.returncode == 0, intact.stderr
+    assert f"{repo} is intact" in intact.stdout and "hashed against its receipt" in intact.stdout
+    from_env = run_cli("verify", "--installed", env=cli_env(AMSHOME=str(amshome)))
+    assert from_env.returncode == 0 and "from the environment" in from_env.stderr, from_env.stderr
+
+    rot(repo / SMALL, 1000)  # size, mtime and inode kept
+    (repo / "common" / "docs" / "manual-2026.101.tar.zst").unlink()
+    with open(repo / BIG, "ab") as f:
+        f.write(b"x")
+    (repo / "common" / "stray.dat").write_bytes(b"not installed by amsrepomirror")
+    (repo / "newdir" / "deeper").mkdir(parents=True)
+    os.symlink("/etc/passwd", repo / "linux" / "link")
+    before = tree_hashes(repo), (amshome / ".amsrepomirror-receipt.json").read_bytes()
+
+    scrub = run_cli("verify", "--installed", "--amshome", amshome)
+    assert scrub.returncode == 4, scrub.stderr
+    listed = [line.strip() for line in scrub.stderr.splitlines() if line.startswith("  ")]
+    assert listed == [f"changed: {SMALL}: bytes other than the sha256 the receipt records (changed in place, or "
+                      "rotted on disk)",
+                      f"changed: {BIG}: size {3 * 1024 * 1024 + 1}, the receipt says {3 * 1024 * 1024}",
+                      "missing: common/docs/manual-2026.101.tar.zst",
+                      "added: common/stray.dat", "added: linux/link", "added: newdir"]
+    line = error_line(scrub.stderr)
+    assert "2 changed, 1 missing, 3 added" in line and "--reinstall" in line
+    assert "intact" not in scrub.stdout
+    assert (tree_hashes(repo), (amshome / ".amsrepomirror-receipt.json").read_bytes()) == before
+
+
+def test_verify_installed_lists_at_most_twenty_differences_and_counts_the_rest(made, tmp_path):
+    amshome = tmp_path / "ams"
+    assert unpack(made, amshome).returncode == 0
+    for i in range(25):
+        (amshome / "repository" / f"extra-{i:02d}.dat").write_bytes(b"x")
+    scrub = run_cli("verify", "--installed", "--amshome", amshome)
+    assert scrub.returncode == 4, scrub.stderr
+    assert len([line for line in scrub.stderr.splitlines() if line.startswith("  added: ")]) == 20
+    assert "  ... and 5 more" in scrub.stderr and "0 changed, 0 missing, 25 added" in error_line(scrub.stderr)
+
+
+def test_verify_installed_refuses_without_a_receipt_beside_an_unpack_or_with_a_bundle(made, tmp_path):
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    result = run_cli("verify", "--installed", "--amshome", amshome)
+    assert result.returncode == 2 and "no receipt" in error_line(result.stderr), result.stderr
+    assert unpack(made, amshome).returncode == 0
+
+    result = run_cli("verify", made, "--installed", "--amshome", amshome)
+    assert result.returncode == 2 and "takes no bundle" in error_line(result.stderr), result.stderr
+    result = run_cli("verify")
+    assert result.returncode == 2 and "verify --installed" in error_line(result.stderr), result.stderr
+    result = run_cli("verify", made, "--amshome", amshome)
+    assert result.returncode == 2 and "--amshome goes with --installed" in error_line(result.stderr), result.stderr
+
+    with open(amshome / ".amsrepomirror.lock", "r+b") as lock:  # an unpack is running
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_cli("verify", "--installed", "--amshome", amshome)
+    assert result.returncode == 2 and "unpack is running" in error_line(result.stderr), result.stderr
+
+    (amshome / ".repository.staging").mkdir()  # left by a killed unpack
+    result = run_cli("verify", "--installed", "--amshome", amshome)
+    assert result.returncode == 2 and "interrupted unpack" in error_line(result.stderr), result.stderr
+    (amshome / ".repository.staging").rmdir()
+
+    receipt = amshome / ".amsrepomirror-receipt.json"
+    body = json.loads(receipt.read_text())
+    body["tree"][0][2] = "0" * 64  # edited: no longer its tree_sha256
+    receipt.write_text(json.dumps(body))
+    result = run_cli("verify", "--installed", "--amshome", amshome)
+    assert result.returncode == 4 and "damaged" in error_line(result.stderr), result.stderr

@@ -4,15 +4,19 @@ chunks, the SCM double and the command line."""
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from clihelp import kill_unpack_repeatedly, run_cli, served_tree, sha256, tree_hashes
+from servers import require_tool
+from test_bitrot import rot
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.offline.delta import link_or_copy
-from amsrepomirror.offline.placement import RECEIPT, InstalledFile, read_receipt, tree_identity
+from amsrepomirror.offline.installed import installed_file_problem
+from amsrepomirror.offline.placement import RECEIPT, InstalledFile, read_receipt, receipt_tree, tree_identity
 from amsrepomirror.testing.scmdouble import change_file, remove_file, write_file, write_listing
 
 VERSION = "AMS2026.1"
@@ -181,11 +185,12 @@ def test_a_hand_edit_the_delta_relies_on_is_refused_and_nothing_changes(installe
     assert "linux/x86_64/band-2026.101.tar.zst" in errors(result)[0] and "receipt" in errors(result)[0]
     assert amshome_state(amshome) == state
 
-    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))  # size, mtime and inode as recorded: only --deep sees it
+    os.utime(edited, ns=(st.st_atime_ns, st.st_mtime_ns))  # size, mtime and inode as recorded: the hash sees it
     state = amshome_state(amshome)
-    result = unpack(tmp_path / "d1", amshome, "--deep")
-    assert result.returncode == 4 and "band-2026.101.tar.zst" in errors(result)[0], result.stderr
-    assert amshome_state(amshome) == state
+    for extra in ((), ("--deep",)):
+        result = unpack(tmp_path / "d1", amshome, *extra)
+        assert result.returncode == 4 and "band-2026.101.tar.zst" in errors(result)[0], result.stderr
+        assert amshome_state(amshome) == state
 
 
 def test_a_delta_with_a_missing_chunk_or_a_target_that_does_not_match_is_refused(installed, scm_double, repo_tree, tmp_path):
@@ -244,3 +249,114 @@ def test_a_link_refused_across_filesystems_becomes_a_checked_copy(tmp_path):
             link_or_copy(src, tmp_path / "copy2", row)
     finally:
         src.unlink(missing_ok=True)
+
+
+#: Unchanged upstream in MONTHS[0]: a delta of that month reuses the installed file.
+REUSED = "linux/x86_64/band-2026.101.tar.zst"
+
+
+def copy_amshome(how, src: Path, dst: Path) -> None:
+    """A copy of AMSHOME as a backup restore or a move makes it: same bytes, new inodes."""
+    if how == "cp -a":
+        subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+    elif how == "rsync -a":
+        subprocess.run([require_tool("rsync"), "-a", f"{src}/", f"{dst}/"], check=True)
+    else:  # a copy that does not keep mtimes, then touched for good measure
+        subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+        for path in (dst / "repository").rglob("*"):
+            os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+
+
+@pytest.mark.parametrize("how", ["cp -a", "rsync -a", "cp -r, new mtimes"])
+def test_a_copied_or_restored_amshome_takes_its_delta_and_other_bytes_are_still_refused(installed, scm_double,
+                                                                                       repo_tree, tmp_path, how):
+    url, mirror, amshome = installed
+    change_month(repo_tree, scm_double, MONTHS[0])
+    assert bundle(url, mirror, tmp_path / "d1", "--since", "last").returncode == 0
+    new_tree = served_tree(repo_tree, VERSION)
+    recorded = {r.path: r for r in receipt_tree(read_receipt(amshome), amshome)}
+    for mode in ("", "--trust-installed", "--deep"):
+        home = tmp_path / f"copy{mode}"
+        copy_amshome(how, amshome, home)
+        st = os.stat(home / "repository" / REUSED)
+        assert st.st_ino != recorded[REUSED].ino  # the receipt's inodes are gone
+        assert (st.st_mtime_ns == recorded[REUSED].mtime_ns) == (how != "cp -r, new mtimes")
+        assert run_cli("verify", "--installed", "--amshome", home).returncode == 0  # the scrub goes by bytes too
+        result = unpack(tmp_path / "d1", home, *([mode] if mode else []))
+        assert result.returncode == 0, (mode, result.stderr)
+        assert tree_hashes(home / "repository") == new_tree
+        assert os.stat(home / "repository" / REUSED).st_ino == st.st_ino  # still linked, not copied
+        assert read_receipt(home)["tree_sha256"] == tree_identity(BundleManifest.read(tmp_path / "d1" / MANIFEST_NAME).target)
+
+    home = tmp_path / "copy-edited"  # new inodes: the fast path cannot vouch, the hash decides
+    copy_amshome(how, amshome, home)
+    rot(home / "repository" / REUSED, 5000)
+    state = amshome_state(home)
+    result = unpack(tmp_path / "d1", home, "--trust-installed")
+    assert result.returncode == 4 and len(errors(result)) == 1, result.stderr
+    assert REUSED in errors(result)[0] and "--reinstall" in errors(result)[0]
+    assert amshome_state(home) == state
+
+
+def test_a_rotted_installed_file_a_delta_reuses_is_refused_unless_the_admin_trusts_the_receipt(installed, scm_double,
+                                                                                              repo_tree, tmp_path):
+    url, mirror, amshome = installed
+    change_month(repo_tree, scm_double, MONTHS[0])
+    assert bundle(url, mirror, tmp_path / "d1", "--since", "last").returncode == 0
+    new_tree = served_tree(repo_tree, VERSION)
+    victim = amshome / "repository" / REUSED
+    inode = victim.stat().st_ino
+    rot(victim, 70_000)  # in place: size, mtime and inode are the receipt's
+    assert victim.stat().st_ino == inode
+    state = amshome_state(amshome)
+
+    result = unpack(tmp_path / "d1", amshome)
+    assert result.returncode == 4 and len(errors(result)) == 1, result.stderr
+    line = errors(result)[0]
+    assert REUSED in line and "sha256 the receipt records" in line and "unpack a full bundle with --reinstall" in line
+    assert amshome_state(amshome) == state
+
+    scrub = run_cli("verify", "--installed", "--amshome", amshome)
+    assert scrub.returncode == 4, scrub.stderr
+    assert f"  changed: {REUSED}: bytes other than the sha256" in scrub.stderr
+    assert "1 changed, 0 missing, 0 added" in errors(scrub)[0]
+
+    # The fast path is the admin's explicit choice (a setting; --deep overrides it): it takes the file by size,
+    # mtime and inode, and the receipt says so.
+    site = tmp_path / "site.cfg"
+    site.write_text("[unpack]\ntrust_installed = true\n")
+    result = run_cli("--config", site, "unpack", tmp_path / "d1", "--amshome", amshome, "--deep")
+    assert result.returncode == 4 and REUSED in errors(result)[0], result.stderr
+    assert amshome_state(amshome) == state
+    result = run_cli("--config", site, "unpack", tmp_path / "d1", "--amshome", amshome)
+    assert result.returncode == 0, result.stderr
+    receipt = read_receipt(amshome)
+    assert receipt["trust_installed"] is True
+    assert tree_hashes(amshome / "repository")[REUSED] != new_tree[REUSED]  # what trusting costs
+    scrub = run_cli("verify", "--installed", "--amshome", amshome)
+    assert scrub.returncode == 4 and REUSED in scrub.stderr and "--trust-installed" in scrub.stderr, scrub.stderr
+
+    assert bundle(url, mirror, tmp_path / "full-new").returncode == 0
+    result = unpack(tmp_path / "full-new", amshome, "--reinstall")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(amshome / "repository") == new_tree and "trust_installed" not in read_receipt(amshome)
+    scrub = run_cli("verify", "--installed", "--amshome", amshome)
+    assert scrub.returncode == 0 and "is intact" in scrub.stdout, scrub.stderr
+
+
+def test_the_installed_file_check_hashes_unless_trusted_metadata_still_matches(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"package bytes" * 100)
+    st = path.stat()
+    row = InstalledFile("f", st.st_size, sha256(path), st.st_mtime_ns, st.st_ino)
+    assert installed_file_problem(path, row) == ("", (st.st_ino, st.st_size, st.st_mtime_ns))
+    rot(path, 7)
+    assert "sha256" in installed_file_problem(path, row).problem
+    assert installed_file_problem(path, row, trust_metadata=True).problem == ""  # the fast path cannot see rot
+    moved = InstalledFile("f", row.size, row.sha256, row.mtime_ns, row.ino + 1)
+    assert "sha256" in installed_file_problem(path, moved, trust_metadata=True).problem  # other inode: hashed
+    assert "size" in installed_file_problem(path, InstalledFile("f", row.size + 1, row.sha256, 0, 0)).problem
+    path.unlink()
+    assert installed_file_problem(path, row).problem == "missing"
+    path.symlink_to(tmp_path)
+    assert installed_file_problem(path, row).problem == "not a regular file"

@@ -7,9 +7,11 @@ into staging (copied where a link is refused), carried files are extracted there
 since the receipt) happens before staging exists.
 
 What is trusted how: carried files by sha256 as they are extracted (like a full unpack); files
-taken from the installed tree by size, mtime and inode as the receipt recorded them right after
-the swap that placed them (checked on the live file before, and on the link in staging after),
-or, with ``deep``, re-hashed; copies are hashed as they are copied.
+taken from the installed tree by the sha256 the receipt records, each hashed once before it is
+linked (:func:`amsrepomirror.offline.installed.installed_file_problem`), and its link in staging
+checked to be the very file that was hashed; copies are hashed as they are copied. With
+``trust_installed`` (an admin's choice, recorded in the new receipt) a file whose size, mtime and
+inode are still the receipt's is taken without hashing; any other is hashed all the same.
 """
 
 import errno
@@ -27,6 +29,7 @@ from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
 from amsrepomirror.offline.extract import open_regular
+from amsrepomirror.offline.installed import Identity, installed_file_problem
 from amsrepomirror.offline.placement import InstalledFile
 from amsrepomirror.util.paths import shown
 
@@ -81,24 +84,28 @@ def _sources(manifest: BundleManifest, installed: Dict[str, InstalledFile]) -> D
     return sources
 
 
-def _changed(path: Path, row: InstalledFile, st: Optional[os.stat_result] = None) -> bool:
-    """``path`` is not the file the receipt recorded (type, size, mtime, inode)."""
+def _changed(path: Path, identity: Identity) -> bool:
+    """``path`` is not the regular file of ``identity`` (inode, size, mtime) any more."""
     try:
-        st = st or os.lstat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return True
-    return (not stat.S_ISREG(st.st_mode) or (st.st_size, st.st_mtime_ns, st.st_ino) != (row.size, row.mtime_ns, row.ino))
+    return not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_size, st.st_mtime_ns) != identity
 
 
-def check_installed(repo: Path, rows: Sequence[InstalledFile], deep: bool) -> None:
-    """Every installed file the delta relies on is still the one the receipt recorded (and, with
-    ``deep``, has its sha256); IntegrityError naming the first that is not."""
+def check_installed(repo: Path, rows: Sequence[InstalledFile], trust_installed: bool = False) -> Dict[str, Identity]:
+    """Every installed file the delta relies on holds the bytes the receipt names (hashed; with
+    ``trust_installed``, unless size, mtime and inode are still the receipt's); IntegrityError
+    naming the first that does not. Returns path -> the identity each file had when checked."""
+    seen = {}
     for row in sorted(set(rows), key=lambda r: r.path):
-        path = repo.joinpath(*row.path.split("/"))
-        if _changed(path, row) or (deep and extract._hash_regular(path)[1] != row.sha256):
+        check = installed_file_problem(repo.joinpath(*row.path.split("/")), row, trust_metadata=trust_installed)
+        if check.problem:  # guard: installed-reuse-refuse
             raise IntegrityError(
-                f"{repo} no longer matches its receipt: {shown(row.path)} was changed, replaced or removed since it "
-                "was installed, and the delta relies on it; nothing was changed: unpack a full bundle with --reinstall")
+                f"{repo} no longer matches its receipt: {shown(row.path)}, which the delta relies on: "
+                f"{check.problem}; nothing was changed: unpack a full bundle with --reinstall")
+        seen[row.path] = check.identity
+    return seen
 
 
 def _copy(src: Path, dst: Path, row, mismatch: str) -> None:
@@ -128,9 +135,10 @@ def _copy(src: Path, dst: Path, row, mismatch: str) -> None:
         raise IntegrityError(mismatch)
 
 
-def link_or_copy(src: Path, dst: Path, row: InstalledFile) -> bool:
+def link_or_copy(src: Path, dst: Path, row: InstalledFile, identity: Optional[Identity] = None) -> bool:
     """Put the installed file ``src`` (recorded as ``row``) at ``dst``: a hard link, checked to be
-    that very file, or a hashed copy where links are refused. True when linked."""
+    the very file :func:`check_installed` saw (``identity``; default: the receipt's), or a hashed
+    copy where links are refused. True when linked."""
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError as exc:
@@ -139,7 +147,7 @@ def link_or_copy(src: Path, dst: Path, row: InstalledFile) -> bool:
         _copy(src, dst, row, f"installed {shown(row.path)} does not have the sha256 its receipt records; "
                              "nothing was changed: unpack a full bundle with --reinstall")
         return False
-    if _changed(dst, row):  # replaced between the check and the link
+    if _changed(dst, identity or (row.ino, row.size, row.mtime_ns)):  # replaced between the check and the link
         raise IntegrityError(f"installed {shown(row.path)} changed while the delta was applied; nothing was changed")
     return True
 
@@ -167,8 +175,12 @@ def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
 
 
 def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_bytes: bytes, *,
-                 keep_previous: bool, deep: bool, version_files: Sequence[str]) -> None:
+                 keep_previous: bool, deep: bool, version_files: Sequence[str],
+                 trust_installed: bool = False) -> None:
     """Build the delta's target tree in staging from the installed tree and the delta; swap it in.
+
+    Every installed file it reuses is hashed first; ``trust_installed`` (unless ``deep``) takes
+    those whose size, mtime and inode are still the receipt's without hashing, and the receipt says so.
 
     ``manifest`` is parsed from ``manifest_bytes``, the delta's manifest.json as unpack read (and
     signature-checked) it: the chunks are checked against these bytes and the receipt names them."""
@@ -185,9 +197,10 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         log.info(f"unpack: {repo} already holds the tree this delta makes; nothing to do")
         return
     sources = _sources(manifest, {r.path: r for r in tree})
+    trust = trust_installed and not deep  # guard: installed-reuse-default
     log.info(f"unpack: checking the {len(set(sources.values()))} installed files the delta relies on"
-             f"{' (re-hashing them: --deep)' if deep else ' (size, mtime, inode from the receipt)'}")
-    check_installed(repo, list(sources.values()), deep)
+             f"{' (size, mtime, inode from the receipt: --trust-installed)' if trust else ' (hashing them)'}")
+    seen = check_installed(repo, list(sources.values()), trust)
     log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
     require_intact(verify_bundle(bundle_dir, test_archives=False, manifest_bytes=manifest_bytes))
     log.info(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
@@ -197,7 +210,8 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         linked = 0
         for path, row in sorted(sources.items()):
             parent, _, name = path.rpartition("/")
-            linked += link_or_copy(repo.joinpath(*row.path.split("/")), extract.safe_makedirs(staging, parent) / name, row)
+            linked += link_or_copy(repo.joinpath(*row.path.split("/")), extract.safe_makedirs(staging, parent) / name, row,
+                                   seen[row.path])
         log.info(f"unpack: {linked} unchanged files hard-linked, {len(sources) - linked} copied")
         for i, chunk in enumerate(manifest.chunks, start=1):
             log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
@@ -212,7 +226,7 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         receipt = placement.make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version, str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.target),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
-                                         lacking=manifest.lacking)
+                                         lacking=manifest.lacking, trust_installed=trust)
         log.info("unpack: writing the new tree to disk (sync)")
         extract.sync_tree(staging)
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)

@@ -128,14 +128,16 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
-                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> CheckedManifest:
+                  allow_downgrade: bool = False, signature_verifier: str = "auto",
+                  trust_installed: bool = False) -> CheckedManifest:
     """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here,
     and the sha256 of those bytes (what to tell the package manager and the admin, and what the
     receipt must name from now on, come from them, not from the folder).
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
-    unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``;
-    ``deep``: re-hash the installed files it relies on). With ``allowed_signers``, a bundle whose
+    unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``: every
+    installed file it relies on is hashed; ``trust_installed``, unless ``deep``: not those whose size,
+    mtime and inode are still the receipt's). With ``allowed_signers``, a bundle whose
     manifest is not signed by a key listed there (and not in ``revoked_keys``) is refused before
     anything else; a bundle older than the installed one is refused unless ``allow_downgrade``.
 
@@ -172,7 +174,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                 return CheckedManifest(manifest, sha256)
             if manifest.is_delta:
                 unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous, deep=deep,
-                             version_files=version_files)
+                             version_files=version_files, trust_installed=trust_installed)
                 return CheckedManifest(manifest, sha256)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted

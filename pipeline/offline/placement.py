@@ -330,10 +330,12 @@ def _encode_tree(rows: List[InstalledFile]) -> Dict[str, object]:
 
 def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optional[List[InstalledFile]] = None,
                  bundle_created: str = "", bundle_sequence: int = 0,
-                 lacking: Sequence[Lacking] = ()) -> Dict[str, object]:
+                 lacking: Sequence[Lacking] = (), trust_installed: bool = False) -> Dict[str, object]:
     """The receipt of an unpack: the bundle manifest installed and, with ``tree``, the installed
     tree itself (what a delta is built against and checked with); ``lacking``, the listed files the
-    bundle did not carry and why (kept so the admin can still tell why amspackages misses them)."""
+    bundle did not carry and why (kept so the admin can still tell why amspackages misses them);
+    ``trust_installed``: a delta took installed files by size, mtime and inode without hashing them
+    (so a scrub can say the tree was trusted, not checked)."""
     receipt = {
         "schema": RECEIPT_SCHEMA,
         "manifest_sha256": manifest_sha256,
@@ -346,6 +348,8 @@ def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optio
                        files=len(tree), bytes=sum(r.size for r in tree), **_encode_tree(tree))
     if lacking:  # absent when nothing is lacking: such receipts read as before
         receipt["lacking"] = [{"path": e.path, "reason": e.reason} for e in sorted(lacking, key=lambda e: e.path)]
+    if trust_installed:  # absent when every reused file was hashed: such receipts read as before
+        receipt["trust_installed"] = True
     return receipt
 
 
@@ -583,16 +587,18 @@ def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
 
 
 @contextlib.contextmanager
-def amshome_lock(amshome):
+def amshome_lock(amshome, shared: bool = False):
     """Hold an exclusive advisory lock on AMSHOME for the whole unpack (recover .. receipt).
 
     Two unpacks into one AMSHOME would remove each other's staging; the second one gets a
     UsageError instead. The lock file ``.amsrepomirror.lock`` stays (it is never inside the tree).
+    ``shared``: for readers of the tree and its receipt (the scrub), which only exclude an unpack.
     """
     lock = Path(amshome) / LOCK
     if os.path.islink(lock):  # the lock is opened O_NOFOLLOW; say why instead of "too many links"
         raise UsageError(f"{lock} is a symlink; remove it (amsrepomirror never writes through links in AMSHOME)")
-    with exclusive_lock(lock, f"another amsrepomirror unpack is running in AMSHOME {amshome}") as path:
+    busy = f"another amsrepomirror unpack is running in AMSHOME {amshome}, or a verify --installed"
+    with exclusive_lock(lock, busy, shared=shared) as path:
         yield path
 
 

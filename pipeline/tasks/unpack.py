@@ -10,11 +10,13 @@ from amsrepomirror.tasks.base import ReportsFailure
 
 class unpack(luigi.Config):
     """[unpack]: where the installed AMS version can be read, relative to AMSHOME; whose signature
-    a bundle must carry (an OpenSSH allowed_signers file; empty: none required)."""
+    a bundle must carry (an OpenSSH allowed_signers file; empty: none required); whether a delta
+    takes installed files by size, mtime and inode without hashing them."""
 
     installed_version_files = luigi.ListParameter()
     allowed_signers = luigi.Parameter(default="")
     signature_verifier = luigi.Parameter(default="auto")
+    trust_installed = luigi.BoolParameter(default=False)
 
 
 class ReceiptTarget(luigi.Target):
@@ -38,7 +40,10 @@ class Unpack(ReportsFailure, luigi.Task):
     keep_previous = luigi.BoolParameter(default=False, significant=False, description="keep repository.previous")
     reinstall = luigi.BoolParameter(default=False, significant=False, description="install even when already installed")
     deep = luigi.BoolParameter(default=False, significant=False,
-                               description="delta: re-hash the installed files it relies on instead of trusting the receipt")
+                               description="delta: hash the installed files it relies on even when trust_installed is set")
+    trust_installed = luigi.BoolParameter(default=False, significant=False,
+                                          description="delta: take installed files whose size, mtime and inode are the "
+                                          "receipt's without hashing them (else [unpack] trust_installed)")
     allowed_signers = luigi.Parameter(default="", significant=False,
                                       description="OpenSSH allowed_signers file: a signature by a key in it is required")
     revoked_keys = luigi.Parameter(default="", significant=False, description="OpenSSH revoked keys file")
@@ -73,4 +78,5 @@ class Unpack(ReportsFailure, luigi.Task):
             self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall, deep=self.deep,
             version_files=list(unpack().installed_version_files),
             allowed_signers=self.allowed_signers or unpack().allowed_signers, revoked_keys=self.revoked_keys,
-            allow_downgrade=self.allow_downgrade, signature_verifier=unpack().signature_verifier)
+            allow_downgrade=self.allow_downgrade, signature_verifier=unpack().signature_verifier,
+            trust_installed=self.trust_installed or unpack().trust_installed)
