@@ -116,6 +116,8 @@ def read_entries(ini: Path) -> List[Entry]:
             entry.tests = shlex.split(section.get("tests", ""))
         except ValueError as exc:
             problems.append(f"tests: {exc}")
+        if any(os.path.isabs(arg) for arg in entry.tests):
+            problems.append("tests: name test files relative to the tree (they run in its copy)")
         if entry.find and entry.find == entry.replace:
             problems.append("replace equals find: nothing would change")
         entry.problem = "; ".join(problems)
@@ -291,27 +293,26 @@ class Outcome:
 
 def run_pytest(box: Sandbox, args: Sequence[str], timeout: float, label: str) -> Outcome:
     """pytest ARGS in the copy (its folder as working folder and rootdir); killed with every
-    process it started when ``timeout`` runs out."""
-    probe_out = box.home / f"probe-{label}.json"
+    process it started when ``timeout`` runs out. Output goes to a file: a server a test leaves
+    behind cannot hold a pipe open."""
+    probe_out, log = box.home / f"probe-{label}.json", box.home / f"pytest-{label}.log"
     command = [sys.executable, "-m", "pytest", *PYTEST, f"--rootdir={box.src}", f"--basetemp={box.basetemp}", *args]
     started = time.monotonic()
-    proc = subprocess.Popen(command, cwd=box.src, env=box.env(probe_out), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=max(timeout, 1))
-        code: Optional[int] = proc.returncode
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        output, _ = proc.communicate()
-        code = None
-    finally:
-        _kill_group(proc)  # also what a test left running (a server, a CLI)
-        proc.wait()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=box.src, env=box.env(probe_out), stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code: Optional[int] = proc.wait(timeout=max(timeout, 1))
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            _kill_group(proc)  # also what a test left running (a server, a CLI)
+            proc.wait()
     try:
         probe = json.loads(probe_out.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         probe = {}
-    return Outcome(code, probe, output.decode("utf-8", "replace"), time.monotonic() - started)
+    return Outcome(code, probe, log.read_text(encoding="utf-8", errors="replace"), time.monotonic() - started)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -326,9 +327,15 @@ def tail(output: str, lines: int = TAIL) -> str:
 
 
 def check_probe(box: Sandbox, outcome: Outcome) -> None:
-    """The run imported ``amsrepomirror`` from the copy: else nothing it says counts."""
+    """The run imported ``amsrepomirror`` from the copy, else nothing it says counts: a run that
+    says nothing is Broken, one that used another copy stops the runner."""
     imported = outcome.probe.get(PACKAGE)
-    if outcome.probe and imported is not None and not box.ours(imported):
+    if outcome.code is None:
+        return  # timed out: reported as such
+    if imported is None:
+        raise Broken(f"pytest did not report where {PACKAGE} came from ({PYTEST_EXIT.get(outcome.code, outcome.code)})"
+                     f"\n{tail(outcome.output)}")
+    if not box.ours(imported):
         raise SystemExit(f"error: pytest in {box.src} imported {PACKAGE} from {imported}, not from the copy: "
                          "the results would be the checkout's, stopped")
 
@@ -403,16 +410,17 @@ class Runner:
             union = list(dict.fromkeys(t for tests in selected.values() for t in tests))
             print(f"unmutated: {len(union)} test(s) of {len(selected)} subset(s)", flush=True)
             plain = run_pytest(base, union, self.left(), "unmutated")
-            check_probe(base, plain)
             print(f"  unmutated run: {plain.seconds:.1f}s", flush=True)
+            try:
+                check_probe(base, plain)
+                lost = "the unmutated run of the subsets timed out (time budget)" if plain.code is None else ""
+            except Broken as exc:
+                lost = f"the unmutated run of the subsets: {exc}"
             failed, passed = set(plain.probe.get("failed", [])), set(plain.probe.get("passed", []))
             for tag in list(selected):
                 mine = selected[tag]
-                if plain.code is None:
-                    why = "the unmutated run of the subsets timed out (time budget)"
-                elif not plain.probe:
-                    why = f"the unmutated run ended without a result ({PYTEST_EXIT.get(plain.code, plain.code)})\n" \
-                          + tail(plain.output)
+                if lost:
+                    why = lost
                 elif failed & set(mine):
                     why = "its tests fail unmutated: " + ", ".join(t for t in mine if t in failed)[:400]
                 elif not passed & set(mine):
@@ -433,7 +441,8 @@ class Runner:
             try:
                 mutated = mutate(box.src, entry, located[entry.id])
                 box.check_import()
-                out = run_pytest(box, ["-x", *entry.tests], min(self.timeout, self.left()), entry.id)
+                limit = min(self.timeout, self.left())
+                out = run_pytest(box, ["-x", *entry.tests], limit, entry.id)
                 check_probe(box, out)
                 if out.code == 1:
                     self.report(Row(entry.id, "killed", out.seconds))
@@ -441,7 +450,7 @@ class Runner:
                     self.report(Row(entry.id, "survived", out.seconds,
                                     f"{entry.file}:{located[entry.id]} as `{mutated}`: {' '.join(entry.tests)} still passes"))
                 elif out.code is None:
-                    self.report(Row(entry.id, "timeout", out.seconds, f"no verdict within {min(self.timeout, self.left()):.0f}s"
+                    self.report(Row(entry.id, "timeout", out.seconds, f"no verdict within {limit:.0f}s"
                                                                         "\n" + tail(out.output)))
                 else:
                     self.report(Row(entry.id, "broken", out.seconds,
