@@ -113,7 +113,7 @@ def read_entries(ini: Path) -> List[Entry]:
         entry.find, entry.replace = section.get("find", "").strip(), section.get("replace", "").strip()
         entry.note = " ".join(section.get("note", "").split())
         try:
-            entry.tests = shlex.split(section.get("tests", ""))
+            entry.tests = test_args(section.get("tests", ""))
         except ValueError as exc:
             problems.append(f"tests: {exc}")
         if any(os.path.isabs(arg) for arg in entry.tests):
@@ -123,6 +123,24 @@ def read_entries(ini: Path) -> List[Entry]:
         entry.problem = "; ".join(problems)
         entries.append(entry)
     return entries
+
+
+def test_args(text: str) -> List[str]:
+    """pytest's arguments from an entry's ``tests``, split as the shell would; an unquoted ``-k`` or
+    ``-m`` expression (``-k a or b``) runs up to the next option or test path."""
+    args: List[str] = []
+    words = shlex.split(text)
+    while words:
+        word = words.pop(0)
+        args.append(word)
+        if word in ("-k", "-m"):
+            expression = []
+            while words and not (words[0].startswith("-") or "/" in words[0] or "::" in words[0]
+                                 or words[0].endswith(".py")):
+                expression.append(words.pop(0))
+            if expression:
+                args.append(" ".join(expression))
+    return args
 
 
 # --- the copy ---------------------------------------------------------------------------------
@@ -396,7 +414,7 @@ class Runner:
                     raise Broken("collecting its tests timed out")
                 if collect.code != 0 or not collect.probe.get("collected"):
                     why = PYTEST_EXIT.get(collect.code, f"pytest exit {collect.code}")
-                    raise Broken(f"its tests cannot be collected ({why}): {' '.join(entry.tests)}\n{tail(collect.output)}")
+                    raise Broken(f"its tests cannot be collected ({why}): {shlex.join(entry.tests)}\n{tail(collect.output)}")
                 selected[entry.id] = collect.probe["collected"]
             except Broken as exc:
                 self.report(Row(entry.id, "broken", time.monotonic() - started, str(exc)))
@@ -448,7 +466,7 @@ class Runner:
                     self.report(Row(entry.id, "killed", out.seconds))
                 elif out.code == 0:
                     self.report(Row(entry.id, "survived", out.seconds,
-                                    f"{entry.file}:{located[entry.id]} as `{mutated}`: {' '.join(entry.tests)} still passes"))
+                                    f"{entry.file}:{located[entry.id]} as `{mutated}`: {shlex.join(entry.tests)} still passes"))
                 elif out.code is None:
                     self.report(Row(entry.id, "timeout", out.seconds, f"no verdict within {limit:.0f}s"
                                                                         "\n" + tail(out.output)))
@@ -492,7 +510,7 @@ def list_entries(root: Path, entries: List[Entry]) -> int:
         except Broken as exc:
             where = f"broken: {exc}"
         note = f"\n    note: {entry.note}" if entry.note else ""
-        print(f"{entry.id}\n    {where}\n    tests: {' '.join(entry.tests)}{note}")
+        print(f"{entry.id}\n    {where}\n    tests: {shlex.join(entry.tests)}{note}")
     return 0
 
 
