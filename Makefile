@@ -77,7 +77,7 @@ test: venv
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
-	$(BIN)/python -m ruff check pipeline tests bench
+	$(BIN)/python -m ruff check pipeline tests bench .ci
 
 # Every entry of .ci/mutants.ini must be killed (ARGS=--list shows them, ARGS="--only ID,ID" runs some).
 mutants: venv

@@ -104,7 +104,7 @@ def read_entries(ini: Path) -> List[Entry]:
         if not ENTRY_ID.fullmatch(name):
             problems.append("its id must be lowercase words joined by dashes")
         unknown = sorted(set(section) - set(REQUIRED) - set(OPTIONAL))
-        missing = [k for k in REQUIRED if not section.get(k, "").strip()]
+        missing = [k for k in REQUIRED if k not in section or (k != "replace" and not section[k].strip())]
         if unknown:
             problems.append("unknown key(s) " + ", ".join(unknown))
         if missing:
@@ -113,7 +113,7 @@ def read_entries(ini: Path) -> List[Entry]:
         entry.find, entry.replace = section.get("find", "").strip(), section.get("replace", "").strip()
         entry.note = " ".join(section.get("note", "").split())
         try:
-            entry.tests = test_args(section.get("tests", ""))
+            entry.tests = split_tests(section.get("tests", ""))
         except ValueError as exc:
             problems.append(f"tests: {exc}")
         if any(os.path.isabs(arg) for arg in entry.tests):
@@ -125,7 +125,7 @@ def read_entries(ini: Path) -> List[Entry]:
     return entries
 
 
-def test_args(text: str) -> List[str]:
+def split_tests(text: str) -> List[str]:
     """pytest's arguments from an entry's ``tests``, split as the shell would; an unquoted ``-k`` or
     ``-m`` expression (``-k a or b``) runs up to the next option or test path."""
     args: List[str] = []
@@ -220,9 +220,12 @@ class Sandbox:
 
 # --- finding and breaking the check -----------------------------------------------------------
 
-def markers(tree: Path, files: Sequence[str]) -> Dict[str, List[Tuple[str, int]]]:
-    """{entry id: [(file, line)]} of every ``# guard: <id>`` comment in the tree's Python files."""
-    found: Dict[str, List[Tuple[str, int]]] = {}
+Marker = Tuple[str, int, int]  # file, line (1-based), column where the comment starts
+
+
+def markers(tree: Path, files: Sequence[str]) -> Dict[str, List[Marker]]:
+    """{entry id: [(file, line, column)]} of every ``# guard: <id>`` comment in the tree's Python files."""
+    found: Dict[str, List[Marker]] = {}
     for name in files:
         if not name.endswith(".py") or name.startswith(".ci/"):
             continue
@@ -234,7 +237,7 @@ def markers(tree: Path, files: Sequence[str]) -> Dict[str, List[Tuple[str, int]]
         for tok in tokens:
             match = MARKER.fullmatch(tok.string) if tok.type == tokenize.COMMENT else None
             if match:
-                found.setdefault(match.group(1), []).append((name, tok.start[0]))
+                found.setdefault(match.group(1), []).append((name, *tok.start))
     return found
 
 
@@ -253,9 +256,9 @@ def function_node(module: ast.Module, dotted: str, where: str):
     return scopes[0]
 
 
-def locate(tree: Path, entry: Entry, marks: Dict[str, List[Tuple[str, int]]]) -> int:
-    """The line (1-based) the entry's mutation goes on; Broken when it is not exactly one line
-    inside the entry's function that holds ``find`` once."""
+def locate(tree: Path, entry: Entry, marks: Dict[str, List[Marker]]) -> Marker:
+    """Where the entry's mutation goes: its marker; Broken unless it is exactly one line inside the
+    entry's function whose code holds ``find`` once."""
     if entry.problem:
         raise Broken(f"{ROOT_INI_NAME}: {entry.problem}")
     where = marks.get(entry.id, [])
@@ -263,33 +266,33 @@ def locate(tree: Path, entry: Entry, marks: Dict[str, List[Tuple[str, int]]]) ->
     if not where:
         raise Broken(f"no line carries '{tag}'")
     if len(where) > 1:
-        raise Broken(f"'{tag}' is on {len(where)} lines: " + ", ".join(f"{f}:{n}" for f, n in where))
-    name, line = where[0]
+        raise Broken(f"'{tag}' is on {len(where)} lines: " + ", ".join(f"{f}:{n}" for f, n, _ in where))
+    name, line, column = where[0]
     if name != entry.file:
         raise Broken(f"'{tag}' is in {name}:{line}, the entry names {entry.file}")
     source = (tree / name).read_text(encoding="utf-8")
     node = function_node(ast.parse(source, name), entry.function, name)
     if not node.lineno < line <= node.end_lineno:
         raise Broken(f"'{tag}' ({name}:{line}) is outside {entry.function} (lines {node.lineno}-{node.end_lineno})")
-    code = code_part(source.splitlines(keepends=True)[line - 1])
+    code = physical_lines(source)[line - 1][:column]
     count = code.count(entry.find)
     if count != 1:
         raise Broken(f"'{entry.find}' is {count} times on {name}:{line} (must be once): {code.strip()!r}")
-    return line
+    return where[0]
 
 
-def code_part(line: str) -> str:
-    """The line without its marker comment."""
-    return line[:MARKER.search(line).start()] if MARKER.search(line) else line
+def physical_lines(text: str) -> List[str]:
+    """The lines as tokenize counts them (``str.splitlines`` also splits at form feeds and the like)."""
+    return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
 
 
-def mutate(tree: Path, entry: Entry, line: int) -> str:
-    """Apply the entry's replacement on ``line`` of its file in ``tree``; the mutated line."""
+def mutate(tree: Path, entry: Entry, where: Marker) -> str:
+    """Apply the entry's replacement to the code of the marked line of its file in ``tree``; the mutated line."""
+    _, line, column = where
     path = tree / entry.file
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = physical_lines(path.read_text(encoding="utf-8"))
     old = lines[line - 1]
-    code = code_part(old)
-    lines[line - 1] = code.replace(entry.find, entry.replace, 1) + old[len(code):]
+    lines[line - 1] = old[:column].replace(entry.find, entry.replace, 1) + old[column:]
     text = "".join(lines)
     try:
         compile(text, str(path), "exec")
@@ -402,7 +405,7 @@ class Runner:
         print(f"mutants: {len(self.entries)} entr{'y' if len(self.entries) == 1 else 'ies'}, "
               f"a copy of {len(files)} files in {workdir}, time budget {self.budget:.0f}s", flush=True)
 
-        located: Dict[str, int] = {}
+        located: Dict[str, Marker] = {}
         selected: Dict[str, List[str]] = {}
         for entry in self.entries:  # where each mutation goes, and which tests it runs
             started = time.monotonic()
@@ -422,7 +425,7 @@ class Runner:
             for tag, where in sorted(marks.items()):
                 if tag not in self.known_ids:
                     self.report(Row(tag, "broken", 0.0, f"marker without an entry in {ROOT_INI_NAME}: "
-                                                        + ", ".join(f"{f}:{n}" for f, n in where)))
+                                                        + ", ".join(f"{f}:{n}" for f, n, _ in where)))
 
         if selected:  # every subset once, unmutated, all together: it must pass
             union = list(dict.fromkeys(t for tests in selected.values() for t in tests))
@@ -465,8 +468,9 @@ class Runner:
                 if out.code == 1:
                     self.report(Row(entry.id, "killed", out.seconds))
                 elif out.code == 0:
+                    where = f"{entry.file}:{located[entry.id][1]}"
                     self.report(Row(entry.id, "survived", out.seconds,
-                                    f"{entry.file}:{located[entry.id]} as `{mutated}`: {shlex.join(entry.tests)} still passes"))
+                                    f"{where} as `{mutated}`: {shlex.join(entry.tests)} still passes"))
                 elif out.code is None:
                     self.report(Row(entry.id, "timeout", out.seconds, f"no verdict within {limit:.0f}s"
                                                                         "\n" + tail(out.output)))
@@ -504,8 +508,8 @@ def list_entries(root: Path, entries: List[Entry]) -> int:
     marks = markers(root, files)
     for entry in entries:
         try:
-            line = locate(root, entry, marks)
-            text = code_part((root / entry.file).read_text(encoding="utf-8").splitlines()[line - 1]).strip()
+            _, line, column = locate(root, entry, marks)
+            text = physical_lines((root / entry.file).read_text(encoding="utf-8"))[line - 1][:column].strip()
             where = f"{entry.file}:{line} {entry.function}: `{text}` -> `{text.replace(entry.find, entry.replace, 1)}`"
         except Broken as exc:
             where = f"broken: {exc}"

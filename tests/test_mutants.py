@@ -25,6 +25,10 @@ def shout(word):
 
 def stray():
     return 1  # guard: gate-orphan
+
+
+def other():
+    return 2  # guard: gate-elsewhere
 '''
 
 TESTS = '''\
@@ -68,6 +72,13 @@ find = size
 replace = 0
 tests = tests/test_gate.py -k limit
 
+[gate-elsewhere]
+file = pipeline/gate.py
+function = Gate.allows
+find = 2
+replace = 3
+tests = tests/test_gate.py -k limit
+
 [gate-failing]
 file = pipeline/gate.py
 function = shout
@@ -106,13 +117,14 @@ def test_killed_survived_and_broken_entries_and_the_exit_code(tmp_path):
     done = run_runner(root)
     assert done.returncode == 1, done.stdout + done.stderr
     assert results(done.stdout) == {"gate-limit": "killed", "gate-answer": "survived", "gate-missing": "broken",
-                                    "gate-failing": "broken", "gate-orphan": "broken"}, done.stdout
+                                    "gate-elsewhere": "broken", "gate-failing": "broken", "gate-orphan": "broken"}, done.stdout
     out = done.stdout
     assert "pipeline/gate.py:5 as `return bool(1)  # guard: gate-answer`" in out
     assert "no line carries '# guard: gate-missing'" in out
+    assert "'# guard: gate-elsewhere' (pipeline/gate.py:17) is outside Gate.allows (lines 2-5)" in out
     assert "its tests fail unmutated: tests/test_gate.py::test_shout_is_wrong" in out
     assert "marker without an entry in mutants.ini: pipeline/gate.py:13" in out
-    assert out.splitlines()[-1].startswith("error: 4 of 5 not killed (broken, survived): ")
+    assert out.splitlines()[-1].startswith("error: 5 of 6 not killed (broken, survived): ")
     assert tree_hashes(root, skip_state=False) == before  # the project itself is never changed
     assert sorted(p.name for p in root.rglob("*") if p.is_dir()) == ["pipeline", "tests"]
 
