@@ -53,6 +53,8 @@ PACKAGE = "amsrepomirror"  # the import name ...
 SOURCE = "pipeline"        # ... of this folder
 #: What is copied when the tree is not a git checkout.
 FALLBACK = ("pipeline", "tests", "bench", "docs", ".ci", "pyproject.toml", "luigi.cfg", "Makefile", "README.md")
+#: Folders of tools' caches, never copied (a .hypothesis/ example database the checkout does not ignore).
+CACHES = {"__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache"}
 REQUIRED = ("file", "function", "find", "replace", "tests")
 OPTIONAL = ("note",)
 ENTRY_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -153,7 +155,8 @@ def tree_files(root: Path) -> List[str]:
                                 capture_output=True, check=True, timeout=60).stdout
         if (root / ".git").exists():
             names = sorted({n for n in listed.decode("utf-8", "surrogateescape").split("\0") if n})
-            return [n for n in names if os.path.lexists(root / n) and not (root / n).is_dir()]
+            return [n for n in names if os.path.lexists(root / n) and not (root / n).is_dir()
+                    and not set(n.split("/")) & CACHES]
     except (OSError, subprocess.SubprocessError):
         pass
     names = []
@@ -163,7 +166,7 @@ def tree_files(root: Path) -> List[str]:
             names.append(top)
         elif path.is_dir():
             for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = [d for d in dirnames if d != "__pycache__" and not d.startswith(".")]
+                dirnames[:] = [d for d in dirnames if d not in CACHES and not d.startswith(".")]
                 names += [Path(dirpath, f).relative_to(root).as_posix() for f in filenames if not f.endswith(".pyc")]
     return sorted(names)
 
