@@ -111,8 +111,21 @@ def results(stdout: str) -> dict:
     return {line.split()[0]: line.split()[1] for line in lines[start + 1:] if len(line.split()) == 3}
 
 
+def git(root: Path, *args) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True, capture_output=True)
+
+
 def test_killed_survived_and_broken_entries_and_the_exit_code(tmp_path):
+    """In a git checkout: tracked files as they are in the working tree, and new files, are what is mutated and run."""
     root = project(tmp_path / "project")
+    final_gate = (root / "pipeline" / "gate.py").read_text()
+    (root / "pipeline" / "gate.py").write_text(final_gate.split("\n\n\ndef other")[0] + "\n")
+    (root / "tests" / "test_gate.py").rename(root / "test_gate.py")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "tracked")
+    (root / "pipeline" / "gate.py").write_text(final_gate)  # other() and its marker: not committed
+    (root / "test_gate.py").rename(root / "tests" / "test_gate.py")  # not in git at all
     before = tree_hashes(root, skip_state=False)
     done = run_runner(root)
     assert done.returncode == 1, done.stdout + done.stderr
@@ -126,7 +139,7 @@ def test_killed_survived_and_broken_entries_and_the_exit_code(tmp_path):
     assert "marker without an entry in mutants.ini: pipeline/gate.py:13" in out
     assert out.splitlines()[-1].startswith("error: 5 of 6 not killed (broken, survived): ")
     assert tree_hashes(root, skip_state=False) == before  # the project itself is never changed
-    assert sorted(p.name for p in root.rglob("*") if p.is_dir()) == ["pipeline", "tests"]
+    assert sorted(p.name for p in root.rglob("*") if p.is_dir() and ".git" not in p.parts) == ["pipeline", "tests"]
 
 
 def test_only_the_killed_entry_passes(tmp_path):
