@@ -145,6 +145,22 @@ def split_tests(text: str) -> List[str]:
     return args
 
 
+def simple_selection(tests: Sequence[str]) -> Optional[Tuple[List[str], str]]:
+    """(test paths, -k expression) when ``tests`` is only that: such entries are collected together."""
+    paths, keyword = [], ""
+    words = list(tests)
+    while words:
+        word = words.pop(0)
+        if word == "-k" and words and not keyword:
+            keyword = words.pop(0)
+        elif word.startswith("-") or "*" in word:
+            return None
+        else:
+            file, sep, rest = word.partition("::")
+            paths.append(os.path.normpath(file) + sep + rest)
+    return (paths, keyword) if paths else None
+
+
 # --- the copy ---------------------------------------------------------------------------------
 
 def tree_files(root: Path) -> List[str]:
@@ -315,7 +331,8 @@ class Outcome:
     seconds: float
 
 
-def run_pytest(box: Sandbox, args: Sequence[str], timeout: float, label: str) -> Outcome:
+def run_pytest(box: Sandbox, args: Sequence[str], timeout: float, label: str,
+               extra_env: Optional[Dict[str, str]] = None) -> Outcome:
     """pytest ARGS in the copy (its folder as working folder and rootdir); killed with every
     process it started when ``timeout`` runs out. Output goes to a file: a server a test leaves
     behind cannot hold a pipe open."""
@@ -323,7 +340,7 @@ def run_pytest(box: Sandbox, args: Sequence[str], timeout: float, label: str) ->
     command = [sys.executable, "-m", "pytest", *PYTEST, f"--rootdir={box.src}", f"--basetemp={box.basetemp}", *args]
     started = time.monotonic()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(command, cwd=box.src, env=box.env(probe_out), stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen(command, cwd=box.src, env={**box.env(probe_out), **(extra_env or {})}, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code: Optional[int] = proc.wait(timeout=max(timeout, 1))
@@ -409,11 +426,17 @@ class Runner:
               f"a copy of {len(files)} files in {workdir}, time budget {self.budget:.0f}s", flush=True)
 
         located: Dict[str, Marker] = {}
-        selected: Dict[str, List[str]] = {}
-        for entry in self.entries:  # where each mutation goes, and which tests it runs
-            started = time.monotonic()
+        for entry in self.entries:  # where each mutation goes
             try:
                 located[entry.id] = locate(base.src, entry, marks)
+            except Broken as exc:
+                self.report(Row(entry.id, "broken", 0.0, str(exc)))
+        selected = self.collect_together(base, [e for e in self.entries if e.id in located])
+        for entry in self.entries:  # which tests each runs: alone, when collecting them together did not say
+            if entry.id not in located or entry.id in selected:
+                continue
+            started = time.monotonic()
+            try:
                 collect = run_pytest(base, ["--collect-only", *entry.tests], min(self.timeout, self.left()), entry.id)
                 check_probe(base, collect)
                 if collect.code is None:
@@ -486,6 +509,27 @@ class Runner:
                 if not self.keep:
                     box.remove()
         return self.summary()
+
+    def collect_together(self, base: Sandbox, entries: List[Entry]) -> Dict[str, List[str]]:
+        """{entry: its tests} from one collection of every test path the entries name (most entries
+        are test paths and a -k expression; the probe applies each expression as -k would). Entries
+        this cannot answer, or that it finds no test for, are left to a collection of their own."""
+        quick = {e.id: q for e in entries for q in [simple_selection(e.tests)]
+                 if q is not None and all((base.src / p.partition("::")[0]).exists() for p in q[0])}
+        if len(quick) < 2:
+            return {}
+        spec = base.home / "select.json"
+        spec.write_text(json.dumps(quick), encoding="utf-8")
+        paths = list(dict.fromkeys(p.partition("::")[0] for ps, _ in quick.values() for p in ps))  # node ids: by the probe
+        collect = run_pytest(base, ["--collect-only", *paths], min(self.timeout, self.left()), "together",
+                             {"MUTANTS_PROBE_SELECT": str(spec)})
+        chosen = collect.probe.get("selected", {}) if collect.code == 0 else {}
+        if collect.code != 0 or "\0error" in chosen:
+            print(f"note: collecting the subsets together failed ({collect.code}, {chosen.get(chr(0) + 'error', '')}): "
+                  "one by one", flush=True)
+            return {}
+        check_probe(base, collect)
+        return {tag: tests for tag, tests in chosen.items() if tests}
 
     def summary(self) -> int:
         order = [e.id for e in self.entries] + sorted(set(self.rows) - {e.id for e in self.entries})

@@ -395,7 +395,7 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
     seen = set()
     for f in entries:
         name = f.filename
-        why = path_problem(name)  # guard: member-path-check
+        why = path_problem(name)  # guard: extract-member-path
         if why:
             problems.append(f"member {name!r}: {why}")
             continue
