@@ -63,7 +63,7 @@ file = pipeline/gate.py
 function = Gate.allows
 find = True
 replace = bool(1)
-tests = tests/test_gate.py -k limit
+tests = tests/test_gate.py -k limit -m not slow
 
 [gate-missing]
 file = pipeline/gate.py
@@ -132,7 +132,8 @@ def test_killed_survived_and_broken_entries_and_the_exit_code(tmp_path):
     assert results(done.stdout) == {"gate-limit": "killed", "gate-answer": "survived", "gate-missing": "broken",
                                     "gate-elsewhere": "broken", "gate-failing": "broken", "gate-orphan": "broken"}, done.stdout
     out = done.stdout
-    assert "pipeline/gate.py:5 as `return bool(1)  # guard: gate-answer`" in out
+    assert ("pipeline/gate.py:5 as `return bool(1)  # guard: gate-answer`: "
+            "tests/test_gate.py -k limit -m 'not slow' still passes") in out
     assert "no line carries '# guard: gate-missing'" in out
     assert "'# guard: gate-elsewhere' (pipeline/gate.py:17) is outside Gate.allows (lines 2-5)" in out
     assert "its tests fail unmutated: tests/test_gate.py::test_shout_is_wrong" in out
