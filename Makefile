@@ -18,11 +18,12 @@ SINCE ?=
 STICK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
-.PHONY: help venv test lint demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop
+.PHONY: help venv test lint mutants demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop
 
 help:
 	@echo "make test                          run the test suite (sets up $(VENV))"
 	@echo "make lint                          ruff: pyflakes, pycodestyle, import order, banned imports"
+	@echo "make mutants [ARGS=--only ID]      break each guarded integrity check in a copy; its tests must fail (docs/development.md)"
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
 	@echo "make mirror VERSION=AMS2026.1 MIRROR=DIR"
 	@echo "make bundle VERSION=AMS2026.1 [MIRROR=DIR] [BUNDLE=DIR] [CHUNK_SIZE=SIZE] [SINCE=last|BUNDLE|RECEIPT]"
@@ -76,7 +77,11 @@ test: venv
 	$(BIN)/python -m pytest -q tests
 
 lint: venv
-	$(BIN)/python -m ruff check pipeline tests bench
+	$(BIN)/python -m ruff check pipeline tests bench .ci
+
+# Every entry of .ci/mutants.ini must be killed (ARGS=--list shows them, ARGS="--only ID,ID" runs some).
+mutants: venv
+	AMSREPOMIRROR_REQUIRE_TOOLS=1 $(BIN)/python .ci/mutants.py $(ARGS)
 
 demo: venv
 	$(BIN)/amsrepomirror demo $(ARGS)

@@ -310,6 +310,21 @@ def test_tampered_chunk_hash_in_manifest_and_sums_disagree(damaged):
     assert name in report.bad_chunks
 
 
+def test_sums_line_of_an_intact_chunk_that_disagrees_with_the_manifest(damaged):
+    """SHA256SUMS names another sha256 for an intact chunk: `sha256sum -c` fails, so verify fails too."""
+    name = chunks_of(damaged)[0]
+    sums = (damaged / SUMS_NAME).read_text(encoding="utf-8").splitlines()
+    (damaged / SUMS_NAME).write_text("".join(f"{'0' * 64}  {name}\n" if line.endswith(f"  {name}") else line + "\n"
+                                             for line in sums), encoding="utf-8")
+    by_hand = subprocess.run([tool("sha256sum"), "-c", "--quiet", SUMS_NAME], cwd=damaged, capture_output=True, text=True)
+    assert by_hand.returncode == 1 and by_hand.stdout == f"{name}: FAILED\n"
+    report = verify_bundle(damaged)
+    assert report.problem_of(name) == [f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"]
+    assert [p.name for p in report.problems] == [name]  # the chunk itself matches manifest.json
+    with pytest.raises(IntegrityError, match=f"{name} \\({SUMS_NAME} disagrees with {MANIFEST_NAME}\\)"):
+        require_intact(report)
+
+
 def test_missing_sums_and_readme(damaged):
     (damaged / SUMS_NAME).unlink()
     (damaged / README_NAME).unlink()

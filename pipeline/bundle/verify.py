@@ -277,7 +277,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
         if manifest_bytes is None:
             add(Problem(MANIFEST_NAME, "missing"))
         else:
-            if sums is not None and sums.get(MANIFEST_NAME) != hashlib.sha256(manifest_bytes).hexdigest():
+            if sums is not None and sums.get(MANIFEST_NAME) != hashlib.sha256(manifest_bytes).hexdigest():  # guard: manifest-sums
                 add(Problem(MANIFEST_NAME, "corrupt", f"does not match {SUMS_NAME}"))
             manifest = BundleManifest.from_bytes(manifest_bytes, manifest_path)
     except IntegrityError as exc:
@@ -322,7 +322,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
             for c in manifest.chunks:
                 if c.name not in sums:
                     add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
-                elif sums[c.name] != c.sha256:
+                elif sums[c.name] != c.sha256:  # guard: verify-sums-agree
                     add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
             tool = {t.path for t in manifest.tool}
             for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME, SIGNATURE_NAME} - tool):
@@ -380,7 +380,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
             digest = hashing[name].result()
             report.chunks_checked += 1
             report.bytes_checked += size
-            if digest != expected_sha[name]:
+            if digest != expected_sha[name]:  # guard: verify-chunk-hash
                 add(Problem(name, "corrupt", "sha256 differs", chunk=True))
                 continue
             if content is not None:

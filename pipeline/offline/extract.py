@@ -395,7 +395,7 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
     seen = set()
     for f in entries:
         name = f.filename
-        why = path_problem(name)
+        why = path_problem(name)  # guard: extract-member-path
         if why:
             problems.append(f"member {name!r}: {why}")
             continue
@@ -404,7 +404,7 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
             continue
         seen.add(name)
         kind, why = _member_type(f)
-        if kind == "bad":
+        if kind == "bad":  # guard: member-type-check
             problems.append(f"member {name!r}: {why} (only regular files are allowed)")
         elif kind == "dir":
             if name not in allowed_dirs:
@@ -504,7 +504,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
                 problems.append(f"member {m!r} was not extracted")
             elif got[m][0] != exp[m][0]:
                 problems.append(f"member {m!r}: size {got[m][0]} != expected {exp[m][0]}")
-            elif got[m][1] != exp[m][1]:
+            elif got[m][1] != exp[m][1]:  # guard: extract-member-hash
                 problems.append(f"member {m!r}: sha256 {got[m][1]} != expected {exp[m][1]}")
         if problems:
             raise _refuse(archive_path, chunk, problems)
@@ -755,7 +755,7 @@ def tree_problems(dest_dir, files: Iterable[BundleFile], check_hashes: bool = Tr
                 f = want[rel]
                 if st.st_size != f.size:
                     problems.append(f"wrong size {shown(rel)} ({st.st_size} != {f.size})")
-                elif check_hashes and _hash_regular(full)[1] != f.sha256.lower():
+                elif check_hashes and _hash_regular(full)[1] != f.sha256.lower():  # guard: tree-hash-check
                     problems.append(f"wrong sha256 {shown(rel)}")
     for rel in sorted(set(want) - seen):
         problems.append(f"missing {shown(rel)}")

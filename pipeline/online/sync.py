@@ -341,7 +341,7 @@ def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, run_id: str, 
         record = ws.current_record(rel)
         if record is None or not record.matches_remote(remote):
             bad[rel] = f"{rel} is missing or was modified in the mirror after download"
-        elif deep and sha256_file(ws.file(rel)) != record.sha256:
+        elif deep and sha256_file(ws.file(rel)) != record.sha256:  # guard: mirror-record-hash
             ws.drop_record(rel)
             bad[rel] = f"{rel} does not match the sha256 recorded when it was downloaded"
         else:
