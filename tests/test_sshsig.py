@@ -243,3 +243,32 @@ def test_a_key_type_the_python_path_cannot_check_is_refused_with_its_name(tmp_pa
     assert not check_signature(folder, allowed, None, "ssh-keygen", manifest=(folder / MANIFEST_NAME).read_bytes()).problem
     check = check_signature(folder, allowed, None, "python", manifest=(folder / MANIFEST_NAME).read_bytes())
     assert "made with a ssh-dss key, which only ssh-keygen of OpenSSH 8.2 or later can check" in check.problem
+
+
+@pytest.mark.parametrize("content, principal, refusal", [
+    # A lone CR inside a comment: OpenSSH reads one (comment) line, Python's universal newlines two.
+    (b"# retired\r{principal} {key}\n", None, "carriage return"),
+    # A NUL ends the line for OpenSSH: "other" alone is a malformed line.
+    (b"other\0,{principal} {key}\n", None, "NUL"),
+    # OpenSSH never matches a pattern list with an entry of 1023 bytes or more.
+    (b"{principal}," + b"x" * 1100 + b" {key}\n", None, "1023"),
+    (b"x" * 1100 + b",{principal} {key}\n", None, "1023"),
+    # Negations: verified as the plain entry, never as "!bad".
+    (b"!bad,{principal} {key}\n", PRINCIPAL, None),
+    (b"!{principal} {key}\n", None, "no principal"),
+    # Non-UTF-8 principals and empty entries: ssh-keygen prints them cut or changed.
+    (b"caf\xe9,{principal} {key}\n", None, "UTF-8"),
+    (b",{principal} {key}\n", None, "empty entry"),
+    (b"{principal},,backup {key}\n", None, "empty entry"),
+])
+def test_unusual_allowed_signers_files_get_one_verdict(keys, tmp_path, content, principal, refusal):
+    folder = bundle_folder(tmp_path)
+    sign(folder, keys["ed25519"])
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_bytes(content.replace(b"{principal}", PRINCIPAL.encode()).replace(
+        b"{key}", public(keys["ed25519"]).encode()))
+    check = both(folder, allowed)
+    if refusal is None:
+        assert (check.problem, check.principal, check.allowed) == ("", principal, True)
+    else:
+        assert check.allowed is False and refusal in check.problem, check
