@@ -348,3 +348,23 @@ def test_generated_allowed_signers_files_get_the_same_verdict_from_both_checkers
 
     same_verdict()
     assert seen["accepted"] >= 15 and seen["refused"] >= 15 and seen["refused as read"] >= 5, seen
+
+
+@pytest.mark.parametrize("revoked, says", [
+    (b"# retired\n\n  \t\n{intruder}\r\n", None),
+    (b"{intruder}\n  {signer}", "is revoked"),
+    (b"\r\n{intruder}\n", "not a public key"),  # sshkey_in_file skips only blanks before "#", LF or the end
+    (b"{intruder}\njunk\n", "not a public key"),
+    (b"\r{signer}\n", "carriage return"),
+    (b"\xff\n", "not UTF-8"),
+], ids=["comments-and-others", "listed", "crlf-blank-line", "junk", "cr", "not-utf8"])
+def test_revoked_keys_files_get_one_verdict(signed_once, revoked, says):
+    folder, key_lines = signed_once
+    allowed, revoked_keys = folder.parent / "allowed_signers", folder.parent / "revoked_keys"
+    allowed.write_bytes(PRINCIPAL.encode() + b" " + key_lines["signer"] + b"\n")
+    revoked_keys.write_bytes(revoked.replace(b"{signer}", key_lines["signer"]).replace(b"{intruder}", key_lines["intruder"]))
+    check = both(folder, allowed, revoked_keys)
+    if says is None:
+        assert (check.problem, check.principal, check.allowed) == ("", PRINCIPAL, True)
+    else:
+        assert check.allowed is False and says in check.problem, check
