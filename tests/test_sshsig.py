@@ -263,8 +263,9 @@ def test_a_key_type_the_python_path_cannot_check_is_refused_with_its_name(tmp_pa
     (b"caf\xe9,{principal} {key}\n", None, "UTF-8"),
     (b",{principal} {key}\n", None, "empty entry"),
     (b"{principal},,backup {key}\n", None, "empty entry"),
+    (b'"open quote {key}\n{principal} {key}\n', PRINCIPAL, None),  # a malformed line allows nothing, refuses nothing
 ], ids=["cr-in-comment", "nul", "long-entry-last", "long-entry-first", "negation", "negation-only", "not-utf8",
-        "empty-first", "empty-inside"])
+        "empty-first", "empty-inside", "open-quote"])
 def test_unusual_allowed_signers_files_get_one_verdict(keys, tmp_path, content, principal, refusal):
     folder = bundle_folder(tmp_path)
     sign(folder, keys["ed25519"])

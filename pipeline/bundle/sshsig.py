@@ -310,9 +310,9 @@ def allowed_signers_lines(data: bytes, name: str) -> List[Tuple[int, str]]:
     for number, text in lines:
         lists = []
         rest = text.lstrip(_BLANKS)
-        if rest and not rest.startswith("#"):
-            principals, _ = _strdelimw(rest)
-            lists.append(("principals", principals or ""))
+        principals = _strdelimw(rest)[0] if rest and not rest.startswith("#") else None
+        if principals is not None:  # None: a comment, blank, or an open quote (a line that allows nothing)
+            lists.append(("principals", principals))
             try:
                 line = _parse_line(text, None)
             except SshsigError:
@@ -370,10 +370,6 @@ def match_pattern_list(text: str, patterns: str) -> int:
     return positive
 
 
-def _skip(text: str, chars: str) -> str:
-    return text.lstrip(chars)
-
-
 def _strdelimw(text: str) -> Tuple[Optional[str], Optional[str]]:
     """misc.c strdelimw: the first field and the rest after the blanks that follow it. A double quote
     anywhere in the field opens a quoted part running to the next one (both quotes dropped). (None, None):
@@ -387,8 +383,8 @@ def _strdelimw(text: str) -> Tuple[Optional[str], Optional[str]]:
         close = text.find('"', at)
         if close < 0:
             return None, None
-        return text[:close], _skip(text[close + 1:], _BLANKS)
-    return text[:at], _skip(text[at + 1:], _BLANKS)
+        return text[:close], text[close + 1:].lstrip(_BLANKS)
+    return text[:at], text[at + 1:].lstrip(_BLANKS)
 
 
 _KEY_TYPE_NAMES = {**{t: t for t in KEY_TYPES}, "rsa-sha2-256": "ssh-rsa", "rsa-sha2-512": "ssh-rsa",
@@ -412,7 +408,7 @@ def _read_key(text: str) -> Tuple[Optional[PublicKey], str]:
     space = re.search(r"[ \t]", text)
     if space is None or text[:space.start()] not in _KEY_TYPE_NAMES:
         return None, text
-    rest = _skip(text[space.start():], " \t")
+    rest = text[space.start():].lstrip(" \t")
     end = re.search(r"[ \t]", rest)
     end = len(rest) if end is None else end.start()
     blob = _b64_pton(rest[:end]) if rest else None
@@ -422,7 +418,7 @@ def _read_key(text: str) -> Tuple[Optional[PublicKey], str]:
         key = None
     if key is None or key.type != _KEY_TYPE_NAMES[text[:space.start()]]:
         return None, text
-    return key, _skip(rest[end:], " \t")
+    return key, rest[end:].lstrip(" \t")
 
 
 def _options_end(text: str) -> int:
@@ -442,7 +438,7 @@ def _options_end(text: str) -> int:
 def _parse_line(line: str, principal: Optional[str]) -> Optional[_Line]:
     """sshsig.c parse_principals_key_and_options: one allowed_signers line; None for comments, blank
     lines and (looking for ``principal``) lines whose principals do not match it."""
-    text = _skip(line, _BLANKS)
+    text = line.lstrip(_BLANKS)
     if not text or text.startswith("#"):
         return None
     principals, rest = _strdelimw(text)
@@ -457,7 +453,7 @@ def _parse_line(line: str, principal: Optional[str]) -> Optional[_Line]:
         if end == len(rest):
             raise SshsigError("missing key")
         options = rest[:end]
-        key, _ = _read_key(_skip(rest[end + 1:], " \t"))
+        key, _ = _read_key(rest[end + 1:].lstrip(" \t"))
         if key is None:
             raise SshsigError("invalid key")
     return _Line(principals, key, _parse_options(options))
@@ -610,7 +606,7 @@ def check_not_revoked(data: bytes, name: str, key: PublicKey) -> None:
         raise SshsigError(f"{name} is a binary KRL, which only ssh-keygen (OpenSSH 8.2 or later) can "
                           "check: install it, or give the revoked keys as a file of public keys")
     for number, text in key_file_lines(data, name):
-        text = _skip(text, " \t")
+        text = text.lstrip(" \t")
         if not text or text[0] in "#\n":
             continue
         listed, _ = _read_key(text)
