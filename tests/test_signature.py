@@ -213,6 +213,22 @@ def test_a_key_its_allowed_signers_line_restricts_is_refused(signed, keys, tmp_p
     assert_refused_by(verifier, out, amshome, "--allowed-signers", allowed)
 
 
+@pytest.mark.parametrize("before, says", [(b"# retired key\r", "a carriage return inside the line"),
+                                          (b"old\0,", "a NUL byte")])
+def test_an_allowed_signers_file_that_can_be_read_two_ways_is_refused_by_both_checkers(signed, keys, tmp_path, verifier,
+                                                                                      before, says):
+    """A lone CR in a comment hid the key from ssh-keygen but not from the built-in checker; a NUL
+    cut the line for ssh-keygen only. Now neither checker picks a reading: exit 4, file and line named."""
+    _, out = signed
+    _, allowed = keys
+    two_ways = tmp_path / "allowed_signers-two-ways"
+    two_ways.write_bytes(before + allowed.read_bytes())
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    line = assert_refused_by(verifier, out, amshome, "--allowed-signers", two_ways)
+    assert f"{two_ways}:1: the line holds {says}" in line, line
+
+
 def test_a_binary_krl_is_used_by_ssh_keygen_and_refused_by_the_python_checker(signed, keys, tmp_path, verifier):
     _, out = signed
     key, allowed = keys
@@ -428,6 +444,33 @@ def test_ssh_keygen_and_the_touch_check_judge_the_same_bytes_of_the_signature(tm
     check = signature.check_signature(folder, allowed, manifest=(folder / MANIFEST_NAME).read_bytes(), verifier="ssh-keygen")
     assert seen == [untouched, untouched]  # find-principals, verify
     assert "did not confirm user presence" in check.problem and check.allowed is False, check
+
+
+def test_ssh_keygen_judges_the_allowed_signers_bytes_the_gate_read(tmp_path, monkeypatch, keys):
+    """allowed_signers is read once: a file rewritten to list an intruder after that read changes
+    nothing, because ssh-keygen is handed a private copy of the bytes that were checked."""
+    import amsrepomirror.bundle.signature as signature
+
+    _, allowed = keys
+    intruder = new_key(tmp_path, "intruder")
+    folder = tmp_path / "bundle"
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_text('{"version": "AMS2026.1"}')
+    with open(folder / MANIFEST_NAME, "rb") as manifest:
+        (folder / SIG).write_bytes(keygen("-Y", "sign", "-n", "amsrepomirror", "-f", intruder, stdin=manifest).stdout)
+    listed = allowed.read_bytes()
+    seen = []
+    real_ssh_keygen = signature._ssh_keygen
+
+    def swap_first(args, **kwargs):
+        allowed.write_text(f"{PRINCIPAL} {(tmp_path / 'intruder.pub').read_text()}")
+        seen.append(Path(args[args.index("-f") + 1]).read_bytes())
+        return real_ssh_keygen(args, **kwargs)
+
+    monkeypatch.setattr(signature, "_ssh_keygen", swap_first)
+    check = signature.check_signature(folder, allowed, manifest=(folder / MANIFEST_NAME).read_bytes(),
+                                      verifier="ssh-keygen")
+    assert seen == [listed] and check.allowed is False and "its key is not in" in check.problem, check
 
 
 def test_the_manifest_bytes_are_given_by_keyword_only(tmp_path):

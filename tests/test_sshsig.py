@@ -3,12 +3,15 @@ used where ssh-keygen is older (bundle.sshsig). Keys and signatures come from re
 signatures, which need hardware to make, are laid out by tests/skkeys.py and judged by real ssh-keygen too.
 """
 
+import collections
 import json
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from skkeys import USER_PRESENT, USER_VERIFIED, SkKey
 
 from amsrepomirror.bundle.format import MANIFEST_NAME
@@ -243,3 +246,126 @@ def test_a_key_type_the_python_path_cannot_check_is_refused_with_its_name(tmp_pa
     assert not check_signature(folder, allowed, None, "ssh-keygen", manifest=(folder / MANIFEST_NAME).read_bytes()).problem
     check = check_signature(folder, allowed, None, "python", manifest=(folder / MANIFEST_NAME).read_bytes())
     assert "made with a ssh-dss key, which only ssh-keygen of OpenSSH 8.2 or later can check" in check.problem
+
+
+@pytest.mark.parametrize("content, principal, refusal", [
+    # A lone CR inside a comment: OpenSSH reads one (comment) line, Python's universal newlines two.
+    (b"# retired\r{principal} {key}\n", None, "carriage return"),
+    # A NUL ends the line for OpenSSH: "other" alone is a malformed line.
+    (b"other\0,{principal} {key}\n", None, "NUL"),
+    # OpenSSH never matches a pattern list with an entry of 1023 bytes or more.
+    (b"{principal}," + b"x" * 1100 + b" {key}\n", None, "1023"),
+    (b"x" * 1100 + b",{principal} {key}\n", None, "1023"),
+    # Negations: verified as the plain entry, never as "!bad".
+    (b"!bad,{principal} {key}\n", PRINCIPAL, None),
+    (b"!{principal} {key}\n", None, "no principal"),
+    # Non-UTF-8 principals and empty entries: ssh-keygen prints them cut or changed.
+    (b"caf\xe9,{principal} {key}\n", None, "UTF-8"),
+    (b",{principal} {key}\n", None, "empty entry"),
+    (b"{principal},,backup {key}\n", None, "empty entry"),
+    (b'"open quote {key}\n{principal} {key}\n', PRINCIPAL, None),  # a malformed line allows nothing, refuses nothing
+], ids=["cr-in-comment", "nul", "long-entry-last", "long-entry-first", "negation", "negation-only", "not-utf8",
+        "empty-first", "empty-inside", "open-quote"])
+def test_unusual_allowed_signers_files_get_one_verdict(keys, tmp_path, content, principal, refusal):
+    folder = bundle_folder(tmp_path)
+    sign(folder, keys["ed25519"])
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_bytes(content.replace(b"{principal}", PRINCIPAL.encode()).replace(
+        b"{key}", public(keys["ed25519"]).encode()))
+    check = both(folder, allowed)
+    if refusal is None:
+        assert (check.problem, check.principal, check.allowed) == ("", principal, True)
+    else:
+        assert check.allowed is False and refusal in check.problem, check
+
+
+# ---- differential: generated allowed_signers files, one verdict from both checkers ----------------
+
+_ENTRIES = [PRINCIPAL.encode(), b"backup", b"*", b"site-*", b"?ite-bundles", b"!" + PRINCIPAL.encode(), b"!backup",
+            b"!*x", b"site bundles", b"s\xc3\xa9te"]
+_BAD_ENTRIES = [b"", b"x" * 1100, b"caf\xe9"]  # refused as read, on both paths
+_OPTIONS = [b"cert-authority", b'namespaces="amsrepomirror"', b'NAMESPACES="amsrepo*,git"', b'namespaces="file"',
+            b'namespaces="!amsrepomirror,*"', b'namespaces=""', b'namespaces="' + b"a" * 1100 + b',*"',
+            b'valid-after="20200101"', b'valid-after="20991231Z"', b'valid-before="20200101"',
+            b'valid-before="20991231235959Z"', b'valid-after=" 2020 1 1"', b'valid-before="20990231"',
+            b'Valid-Before="209912310000utc"', b'valid-after="19700101Z"', b'valid-after="20200132"', b"trusted",
+            b"namespaces=amsrepomirror", b'namespaces="a\\" b,*"', b"", b'namespaces="amsrepomirror']
+_NASTY = [b"\r", b"\0", b"\x0b", b"\x0c", b"\xff", b'"', b"\t"]
+
+
+@st.composite
+def _allowed_line(draw, keys: dict) -> bytes:
+    """One allowed_signers line: principals (plain, quoted, a quote inside), options, a key (the signer's,
+    another, a damaged one or none), blanks, a comment; sometimes a byte dropped in anywhere."""
+    blank = draw(st.sampled_from([b" ", b"\t", b"  ", b" \t"]))
+    entry = st.sampled_from(_BAD_ENTRIES) if draw(st.integers(0, 9)) == 0 else st.sampled_from(_ENTRIES)
+    field = b",".join(draw(st.lists(entry, min_size=1, max_size=3)))
+    quoting = draw(st.sampled_from(["plain", "plain", "quoted", "inside"]))
+    if quoting == "quoted":
+        field = b'"' + field + b'"'
+    elif quoting == "inside" and len(field) > 1:
+        at = draw(st.integers(1, len(field) - 1))
+        field = field[:at] + b'"' + field[at:] + b'"'
+    options = b",".join(draw(st.lists(st.sampled_from(_OPTIONS), max_size=2)))
+    key = keys["signer"] if draw(st.booleans()) else draw(st.sampled_from(list(keys.values())))
+    parts = [field, *([options] if options else []), key]
+    line = draw(st.sampled_from([b"", b" ", b"\t", b"#", b"# ", b"\n"])) + blank.join(parts)
+    line += draw(st.sampled_from([b"", b"", b" comment words", b"\t"]))
+    if draw(st.integers(0, 9)) == 0:
+        at = draw(st.integers(0, len(line)))
+        line = line[:at] + draw(st.sampled_from(_NASTY)) + line[at:]
+    return line + draw(st.sampled_from([b"\n", b"\n", b"\r\n", b""]))
+
+
+@pytest.fixture(scope="module")
+def signed_once(keys, tmp_path_factory):
+    """A bundle folder signed once with the ed25519 key by real ssh-keygen -Y sign, and the key lines to list."""
+    folder = bundle_folder(tmp_path_factory.mktemp("differential"))
+    sign(folder, keys["ed25519"])
+    signer = public(keys["ed25519"]).encode()
+    key_type, encoded = signer.split()[:2]
+    damaged = encoded[:-2] + (b"B" if encoded[-2:-1] == b"A" else b"A") + encoded[-1:]
+    lines = {"signer": signer, "signer-bare": key_type + b" " + encoded, "intruder": public(keys["intruder"]).encode(),
+             "damaged": key_type + b" " + damaged, "no-type": encoded, "wrong-type": b"ssh-rsa " + encoded,
+             "rsa-alias": b"rsa-sha2-256 " + public(keys["rsa"]).encode().split()[1]}
+    return folder, lines
+
+
+def test_generated_allowed_signers_files_get_the_same_verdict_from_both_checkers(signed_once):
+    """Property: for any allowed_signers file, ssh-keygen -Y and the built-in checker accept (as the same
+    principal) or refuse alike. Bounded: 150 files, about three ssh-keygen runs each."""
+    folder, key_lines = signed_once
+    allowed = folder.parent / "allowed_signers"
+    seen = collections.Counter()
+
+    @settings(derandomize=True, max_examples=150, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.lists(_allowed_line(key_lines), min_size=1, max_size=4))
+    def same_verdict(lines):
+        allowed.write_bytes(b"".join(lines))
+        check = both(folder, allowed)  # asserts the two verdicts are equal
+        seen["accepted" if not check.problem else "refused as read" if "read them alike" in check.problem
+             else "refused"] += 1
+
+    same_verdict()
+    assert seen["accepted"] >= 15 and seen["refused"] >= 15 and seen["refused as read"] >= 5, seen
+
+
+@pytest.mark.parametrize("revoked, says", [
+    (b"# retired\n\n  \t\n{intruder}\r\n", None),
+    (b"{intruder}\n  {signer}", "is revoked"),
+    (b"\r\n{intruder}\n", "not a public key"),  # sshkey_in_file skips only blanks before "#", LF or the end
+    (b"{intruder}\njunk\n", "not a public key"),
+    (b"\r{signer}\n", "carriage return"),
+    (b"\xff\n", "not UTF-8"),
+], ids=["comments-and-others", "listed", "crlf-blank-line", "junk", "cr", "not-utf8"])
+def test_revoked_keys_files_get_one_verdict(signed_once, revoked, says):
+    folder, key_lines = signed_once
+    allowed, revoked_keys = folder.parent / "allowed_signers", folder.parent / "revoked_keys"
+    allowed.write_bytes(PRINCIPAL.encode() + b" " + key_lines["signer"] + b"\n")
+    revoked_keys.write_bytes(revoked.replace(b"{signer}", key_lines["signer"]).replace(b"{intruder}", key_lines["intruder"]))
+    check = both(folder, allowed, revoked_keys)
+    if says is None:
+        assert (check.problem, check.principal, check.allowed) == ("", PRINCIPAL, True)
+    else:
+        assert check.allowed is False and says in check.problem, check

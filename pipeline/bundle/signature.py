@@ -29,6 +29,7 @@ from amsrepomirror.util.fsutil import atomic_write_bytes, read_bounded
 NAMESPACE = "amsrepomirror"
 SIGNATURE_NAME = MANIFEST_NAME + ".sig"
 SIGNATURE_LIMIT = 64 * 1024  # bytes: an armored SSH signature is a few hundred, an RSA-16384 one 4 KB
+KEY_FILE_LIMIT = 4 * 1024 * 1024  # bytes of an allowed_signers or revoked keys file (a KRL of many keys too)
 #: Signing may wait for a passphrase typed at the terminal; checking never waits for anyone.
 SIGN_TIMEOUT = 3600
 CHECK_TIMEOUT = 120
@@ -123,14 +124,17 @@ def is_signed(bundle_dir: Path) -> bool:
 
 def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None, revoked_keys: Optional[Path] = None,
                     verifier: str = "auto", *, manifest: Optional[bytes]) -> Optional[SignatureCheck]:
-    """Check ``manifest.json.sig`` against ``manifest``, the bundle's manifest.json as the caller
-    read it (None: there was none); None when the bundle is unsigned. A caller that goes on to use
-    the manifest uses these bytes: the file may hold others by its next read. manifest.json.sig is
-    read once too: every check (ssh-keygen's, the touch check) is of those bytes.
+    """The one gate of what a signature check accepts. Check ``manifest.json.sig`` against ``manifest``,
+    the bundle's manifest.json as the caller read it (None: there was none); None when the bundle is
+    unsigned. A caller that goes on to use the manifest uses these bytes: the file may hold others by
+    its next read. manifest.json.sig, allowed_signers and the revoked keys are read once too: every
+    check (ssh-keygen's, the built-in one, the touch check) is of those bytes.
 
     Without ``allowed_signers`` only the signature itself (and its namespace) is checked, which
     names the key but proves nothing about who made it; with it, the key must be listed there
-    (and not in ``revoked_keys``). ``verifier``: the [unpack] signature_verifier setting.
+    (and not in ``revoked_keys``). An allowed_signers or revoked keys file that the two checkers
+    could read differently is refused on both (sshsig.allowed_signers_lines). ``verifier``: the
+    [unpack] signature_verifier setting.
     """
     bundle_dir = Path(bundle_dir)
     signature = bundle_dir / SIGNATURE_NAME
@@ -142,34 +146,68 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None, re
     if manifest is None:
         return SignatureCheck(problem=f"{MANIFEST_NAME} is missing")
     used = choose_verifier(verifier)
+    refused = SignatureCheck(allowed=None if allowed_signers is None else False, verifier=used)
     try:
         armored = read_bounded(signature, SIGNATURE_LIMIT)
     except OSError as e:
-        check = SignatureCheck(allowed=None if allowed_signers is None else False,
-                               problem=f"{SIGNATURE_NAME} cannot be read: {e.strerror or e}")
-    else:
-        check = (_check_with_keygen if used == "ssh-keygen" else _check_in_python)(armored, manifest, allowed_signers,
-                                                                                     revoked_keys)
+        return dataclasses.replace(refused, problem=f"{SIGNATURE_NAME} cannot be read: {e.strerror or e}")
+    try:
+        trust = _read_trust_files(allowed_signers, revoked_keys)
+    except (OSError, sshsig.SshsigError) as e:
+        return dataclasses.replace(refused, problem=f"allowed signers or revoked keys refused (every checker must "
+                                                    f"read them alike): {e}")
+    check = (_check_with_keygen if used == "ssh-keygen" else _check_in_python)(armored, manifest, trust)
     return dataclasses.replace(check, verifier=used)
 
 
+@dataclass(frozen=True)
+class _KeyFile:
+    """An allowed_signers or revoked keys file as read once: its name (for messages), bytes and lines."""
+    path: Path
+    data: bytes
+    lines: list
+
+
+@dataclass(frozen=True)
+class _Trust:
+    allowed: Optional[_KeyFile] = None
+    revoked: Optional[_KeyFile] = None
+
+
+def _read_trust_files(allowed_signers: Optional[Path], revoked_keys: Optional[Path]) -> _Trust:
+    """Both files, read once and bounded; sshsig.SshsigError for a line OpenSSH and Python could read
+    differently (a binary KRL is passed on whole: ssh-keygen reads it, the built-in checker refuses it)."""
+    allowed = revoked = None
+    if allowed_signers is not None:
+        data = read_bounded(Path(allowed_signers), KEY_FILE_LIMIT)
+        allowed = _KeyFile(Path(allowed_signers), data, sshsig.allowed_signers_lines(data, str(allowed_signers)))
+    if revoked_keys is not None:
+        data = read_bounded(Path(revoked_keys), KEY_FILE_LIMIT)
+        lines = [] if data.startswith(sshsig.KRL_MAGIC) else sshsig.key_file_lines(data, str(revoked_keys))
+        revoked = _KeyFile(Path(revoked_keys), data, lines)
+    return _Trust(allowed, revoked)
+
+
 @contextlib.contextmanager
-def _private_copy(data: bytes):
-    """``data`` in a file of a temporary folder only this user can enter, removed after: what
-    ssh-keygen reads is exactly these bytes, whatever the bundle folder serves by then."""
+def _private_copies(files: dict):
+    """Each of ``files`` (name: bytes) in a temporary folder only this user can enter, removed after:
+    what ssh-keygen reads is exactly these bytes, whatever the bundle folder or /etc holds by then."""
     with tempfile.TemporaryDirectory(prefix="amsrepomirror-sig-") as folder:  # mode 0700
-        path = Path(folder) / SIGNATURE_NAME
-        with open(path, "xb") as f:
-            f.write(data)
-        yield path
+        paths = {}
+        for name, data in files.items():
+            paths[name] = Path(folder) / name
+            with open(paths[name], "xb") as f:
+                f.write(data)
+        yield paths
 
 
-def _check_with_keygen(armored: bytes, manifest: bytes, allowed_signers: Optional[Path],
-                       revoked_keys: Optional[Path]) -> SignatureCheck:
+def _check_with_keygen(armored: bytes, manifest: bytes, trust: _Trust) -> SignatureCheck:
     """ssh-keygen's verdict; a good one must also pass the one check ssh-keygen -Y leaves out (touch),
     on the same bytes."""
-    with _private_copy(armored) as signature:
-        check = _keygen_verdict(signature, manifest, allowed_signers, revoked_keys)
+    files = {SIGNATURE_NAME: armored, **({"allowed_signers": trust.allowed.data} if trust.allowed else {}),
+             **({"revoked_keys": trust.revoked.data} if trust.revoked else {})}
+    with _private_copies(files) as copies:
+        check = _keygen_verdict(copies, manifest, trust)
     if not check.problem:
         try:
             sshsig.require_user_presence(sshsig.parse_signature(armored))
@@ -179,9 +217,9 @@ def _check_with_keygen(armored: bytes, manifest: bytes, allowed_signers: Optiona
     return check
 
 
-def _keygen_verdict(signature: Path, manifest: bytes, allowed_signers: Optional[Path],
-                    revoked_keys: Optional[Path]) -> SignatureCheck:
-    if allowed_signers is None:
+def _keygen_verdict(copies: dict, manifest: bytes, trust: _Trust) -> SignatureCheck:
+    signature = copies[SIGNATURE_NAME]
+    if trust.allowed is None:
         done = _ssh_keygen(["check-novalidate", "-n", NAMESPACE, "-s", str(signature)], message=manifest,
                            timeout=CHECK_TIMEOUT)
         found = _FINGERPRINT.search(done.stdout.decode("utf-8", "replace"))
@@ -189,54 +227,74 @@ def _keygen_verdict(signature: Path, manifest: bytes, allowed_signers: Optional[
             return SignatureCheck(problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: "
                                           f"{_last_line(done.stderr)}")
         return SignatureCheck(key_type=found.group(1), fingerprint=found.group(2))
+    allowed_signers = copies["allowed_signers"]
     found_principals = _ssh_keygen(["find-principals", "-s", str(signature), "-f", str(allowed_signers)],
                                    message=manifest, timeout=CHECK_TIMEOUT)
-    principals = [line for line in found_principals.stdout.decode("utf-8", "replace").splitlines() if line.strip()]
-    if found_principals.returncode != 0 or not principals:
-        return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
-    principal = first_principal(principals[0])
+    # One principal a line: the list of the first line that holds the key, which has no empty entry
+    # (allowed_signers_lines refuses those), so the lines joined are that list.
+    printed = found_principals.stdout.decode("utf-8", "replace").split("\n")[:-1]
+    if found_principals.returncode != 0 or not printed:
+        return SignatureCheck(allowed=False, problem=f"its key is not in {trust.allowed.path}")
+    principals = ",".join(printed)
+    principal = first_principal(principals)
+    if principal is None:
+        return SignatureCheck(allowed=False, problem=_no_principal(principals, trust.allowed.path))
     args = ["verify", "-f", str(allowed_signers), "-I", principal, "-n", NAMESPACE, "-s", str(signature)]
-    if revoked_keys is not None:
-        args += ["-r", str(revoked_keys)]
+    if trust.revoked is not None:
+        args += ["-r", str(copies["revoked_keys"])]
     done = _ssh_keygen(args, message=manifest, timeout=CHECK_TIMEOUT)
     found = _FINGERPRINT.search(done.stdout.decode("utf-8", "replace"))
-    if done.returncode != 0 or not found:
+    if done.returncode != 0 or found is None:  # guard: signature-verdict-keygen
+        said = _last_line(done.stderr or done.stdout).replace(str(allowed_signers), str(trust.allowed.path))
+        if trust.revoked is not None:
+            said = said.replace(str(copies["revoked_keys"]), str(trust.revoked.path))
         return SignatureCheck(principal=principal, allowed=False,
                               problem=f"it does not verify as {principal}'s signature of this {MANIFEST_NAME} in "
-                                      f"namespace {NAMESPACE}: {_last_line(done.stderr or done.stdout)}")
-    return SignatureCheck(key_type=found.group(1), fingerprint=found.group(2), principal=principal, allowed=True)
+                                      f"namespace {NAMESPACE}: {said}")
+    key_type, fingerprint = found.groups() if found else ("", "")
+    return SignatureCheck(key_type=key_type, fingerprint=fingerprint, principal=principal, allowed=True)
 
 
-def first_principal(principals: str) -> str:
-    """The principal to verify as, from find-principals' answer (a pattern list): its first plain entry."""
-    return next((p for p in principals.split(",") if p and not p.startswith("!")), principals.split(",")[0])
+def first_principal(principals: str) -> Optional[str]:
+    """The principal to verify as (``-I``), from the pattern list of the line that lists the key: its first
+    entry that is not negated and that the whole list matches (``!bad,site`` is verified as site, never as
+    ``!bad``); None when there is none (``!site`` alone allows nobody). Both checkers ask it."""
+    return next((entry for entry in principals.split(",")
+                 if entry and not entry.startswith("!") and sshsig.match_pattern_list(entry, principals) == 1), None)
 
 
-def _check_in_python(armored: bytes, manifest: bytes, allowed_signers: Optional[Path],
-                     revoked_keys: Optional[Path]) -> SignatureCheck:
+def _no_principal(principals: str, allowed_signers: Path) -> str:
+    return (f"the line of {allowed_signers} that lists its key names no principal to verify as "
+            f"({principals[:60]!r}: only negated or unmatched patterns)")
+
+
+def _check_in_python(armored: bytes, manifest: bytes, trust: _Trust) -> SignatureCheck:
     """What _check_with_keygen finds, in the same steps, with bundle.sshsig (no OpenSSH needed)."""
     try:
         parsed = sshsig.parse_signature(armored)
         sshsig.require_checkable(parsed.key)
     except sshsig.SshsigError as e:
-        return SignatureCheck(allowed=None if allowed_signers is None else False,
+        return SignatureCheck(allowed=None if trust.allowed is None else False,
                               problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: {e}")
     key = dict(key_type=parsed.key.label, fingerprint=parsed.key.fingerprint)
-    if allowed_signers is None:
+    if trust.allowed is None:
         try:
             sshsig.verify(parsed, manifest, NAMESPACE)
         except sshsig.SshsigError as e:
             return SignatureCheck(problem=f"it does not sign this {MANIFEST_NAME} in namespace {NAMESPACE}: {e}")
         return SignatureCheck(**key)
-    principals = sshsig.find_principals(allowed_signers, parsed.key)
+    name = str(trust.allowed.path)
+    principals = sshsig.find_principals(trust.allowed.lines, parsed.key, name=name)
     if not principals:
-        return SignatureCheck(allowed=False, problem=f"its key is not in {allowed_signers}")
+        return SignatureCheck(allowed=False, problem=f"its key is not in {trust.allowed.path}")
     principal = first_principal(principals)
+    if principal is None:
+        return SignatureCheck(allowed=False, problem=_no_principal(principals, trust.allowed.path))
     try:
         sshsig.verify(parsed, manifest, NAMESPACE)
-        if revoked_keys is not None:
-            sshsig.check_not_revoked(revoked_keys, parsed.key)
-        sshsig.check_allowed(allowed_signers, parsed.key, principal, NAMESPACE)
+        if trust.revoked is not None:
+            sshsig.check_not_revoked(trust.revoked.data, str(trust.revoked.path), parsed.key)
+        sshsig.check_allowed(trust.allowed.lines, parsed.key, principal, NAMESPACE, name=name)
     except sshsig.SshsigError as e:
         return SignatureCheck(principal=principal, allowed=False,
                               problem=f"it does not verify as {principal}'s signature of this {MANIFEST_NAME} in "

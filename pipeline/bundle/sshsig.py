@@ -17,8 +17,7 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -249,12 +248,23 @@ def require_user_presence(signature: Signature) -> None:
 
 
 # ---- allowed_signers and revoked keys ---------------------------------------------------------
+#
+# Read as OpenSSH 8.2-9.x reads them (sshsig.c, misc.c, match.c, sshkey.c), byte for byte. Where a
+# file could be read two ways (a NUL, a lone CR, other control bytes, bytes that are not UTF-8, very
+# long lines, an empty entry or a 1023-byte entry in a pattern list), it is refused as a whole by
+# key_file_lines / allowed_signers_lines, on both checkers, instead of being read one way or the other.
+
+LINE_LIMIT = 16 * 1024  # bytes in one line: an RSA-16384 key with options and a long comment fits
+PATTERN_LIMIT = 1023  # match_pattern_list copies an entry into char[1024]: a longer one never matches
+_BLANKS = " \t\r\n"  # misc.c WHITESPACE, what strdelimw splits at
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # but tab; LF ends the line, CR may only come before it
+
 
 @dataclass(frozen=True)
 class _Line:
     principals: str
-    key: Optional[PublicKey]
-    options: str
+    key: PublicKey
+    options: "_Options"
 
 
 @dataclass(frozen=True)
@@ -265,85 +275,196 @@ class _Options:
     valid_before: int = 0
 
 
-def match_pattern(text: str, pattern: str) -> bool:
-    """OpenSSH's match_pattern: ``*`` and ``?`` wildcards, nothing else special."""
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, text, re.DOTALL) is not None
+def key_file_lines(data: bytes, name: str) -> List[Tuple[int, str]]:
+    """(number, line) of an allowed_signers or revoked keys file as OpenSSH's getline() cuts it: at LF
+    only, each line keeping its LF. SshsigError for any line Python and C could read differently: a NUL
+    (C ends the string there), a CR not right before the LF (other readers start a new line there),
+    another control byte (base64 decoding skips some), bytes that are not UTF-8, a line over LINE_LIMIT."""
+    pieces = data.split(b"\n")
+    lines = [piece + b"\n" for piece in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+    read = []
+    for number, raw in enumerate(lines, start=1):
+        where = f"{name}:{number}"
+        if len(raw) > LINE_LIMIT:
+            raise SshsigError(f"{where}: the line is longer than {LINE_LIMIT} bytes")
+        body = raw[:-2] if raw.endswith(b"\r\n") else raw.rstrip(b"\n")  # CRLF line ends are read alike
+        bad = _CONTROL.search(body)
+        if bad is not None:  # guard: signature-lines-control
+            what = {b"\0": "a NUL byte", b"\r": "a carriage return inside the line"}.get(bad.group(),
+                                                                                    f"control byte {bad.group()!r}")
+            raise SshsigError(f"{where}: the line holds {what}, which ssh-keygen and other readers take "
+                              "differently; remove it")
+        try:
+            read.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            raise SshsigError(f"{where}: the line is not UTF-8, so the names in it cannot be compared "
+                              "alike; save the file as UTF-8") from None
+    return read
+
+
+def allowed_signers_lines(data: bytes, name: str) -> List[Tuple[int, str]]:
+    """key_file_lines, and for every line that names principals: no empty entry in the list (ssh-keygen
+    -Y find-principals stops printing at one) and no entry of PATTERN_LIMIT bytes or more, there or in
+    namespaces= (OpenSSH never matches such a list)."""
+    lines = key_file_lines(data, name)
+    for number, text in lines:
+        lists = []
+        rest = text.lstrip(_BLANKS)
+        principals = _strdelimw(rest)[0] if rest and not rest.startswith("#") else None
+        if principals is not None:  # None: a comment, blank, or an open quote (a line that allows nothing)
+            lists.append(("principals", principals))
+            try:
+                line = _parse_line(text, None)
+            except SshsigError:
+                line = None  # allows nothing, on both checkers
+            if line is not None and line.options.namespaces is not None:
+                lists.append(("namespaces", line.options.namespaces))
+        for field, patterns in lists:
+            entries = patterns.split(",")
+            if field == "principals" and "" in entries:  # guard: signature-lines-empty-entry
+                raise SshsigError(f"{name}:{number}: the principals {patterns[:60]!r} hold an empty entry "
+                                  "(two commas, or one at either end); remove it")
+            if any(len(entry.encode()) >= PATTERN_LIMIT for entry in entries):
+                raise SshsigError(f"{name}:{number}: an entry of the {field} list is {PATTERN_LIMIT} bytes or "
+                                  "longer, which OpenSSH never matches; shorten it")
+    return lines
+
+
+def match_pattern(text: bytes, pattern: bytes) -> bool:
+    """match.c match_pattern, byte for byte: ``*`` any run of bytes, ``?`` one byte, nothing else special."""
+    t = p = 0
+    star, mark = -1, 0
+    while t < len(text):
+        if p < len(pattern) and pattern[p] != 0x2A and (pattern[p] == 0x3F or pattern[p] == text[t]):
+            t, p = t + 1, p + 1
+        elif p < len(pattern) and pattern[p] == 0x2A:
+            star, mark, p = p, t, p + 1
+        elif star >= 0:
+            mark += 1
+            t, p = mark, star + 1
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == 0x2A:
+        p += 1
+    return p == len(pattern)
 
 
 def match_pattern_list(text: str, patterns: str) -> int:
-    """OpenSSH's match_pattern_list: 1 when a pattern of the comma list matches, -1 when a negated one does, else 0."""
-    positive = 0
-    for pattern in patterns.split(","):
-        negated = pattern.startswith("!")
-        if match_pattern(text, pattern[1:] if negated else pattern):
+    """match.c match_pattern_list (case-sensitive): 1 when an entry of the comma list matches, -1 when a
+    negated one (``!``) does, else 0; an entry of PATTERN_LIMIT bytes or more makes the whole list 0."""
+    subject, data = text.encode(), patterns.encode()
+    positive, i = 0, 0
+    while i < len(data):
+        negated = data[i] == 0x21
+        i += negated
+        end = data.find(b",", i)
+        end = len(data) if end < 0 else end
+        entry = data[i:end]
+        if len(entry) >= PATTERN_LIMIT:
+            return 0
+        i = end + 1
+        if match_pattern(subject, entry):
             if negated:
                 return -1
             positive = 1
     return positive
 
 
-def _token(text: str) -> Tuple[str, str]:
-    """First field and the rest (strdelimw): a field in double quotes may hold spaces."""
-    if text.startswith('"'):
-        end = text.find('"', 1)
-        if end < 0:
-            raise SshsigError("unterminated quote")
-        return text[1:end], text[end + 1:].lstrip(" \t\r\n")
-    found = re.search(r"[ \t\r\n]", text)
-    return (text, "") if found is None else (text[:found.start()], text[found.end():].lstrip(" \t\r\n"))
+def _strdelimw(text: str) -> Tuple[Optional[str], Optional[str]]:
+    """misc.c strdelimw: the first field and the rest after the blanks that follow it. A double quote
+    anywhere in the field opens a quoted part running to the next one (both quotes dropped). (None, None):
+    unterminated quote; (field, None): no blank or quote at all, so no rest."""
+    found = re.search(r'[ \t\r\n"]', text)
+    if found is None:
+        return text, None
+    at = found.start()
+    if text[at] == '"':
+        text = text[:at] + text[at + 1:]
+        close = text.find('"', at)
+        if close < 0:
+            return None, None
+        return text[:close], text[close + 1:].lstrip(_BLANKS)
+    return text[:at], text[at + 1:].lstrip(_BLANKS)
 
 
-def _read_key_text(text: str) -> Tuple[Optional[PublicKey], str]:
-    """A key "TYPE BASE64 [comment]" at the start of ``text`` (None when TYPE names no key type)."""
-    key_type, rest = _token(text)
-    if key_type not in KEY_TYPES:
-        return None, text
-    encoded, rest = _token(rest)
+_KEY_TYPE_NAMES = {**{t: t for t in KEY_TYPES}, "rsa-sha2-256": "ssh-rsa", "rsa-sha2-512": "ssh-rsa",
+                   "rsa-sha2-256-cert-v01@openssh.com": "ssh-rsa-cert-v01@openssh.com",
+                   "rsa-sha2-512-cert-v01@openssh.com": "ssh-rsa-cert-v01@openssh.com"}
+
+
+def _b64_pton(text: str) -> Optional[bytes]:
+    """b64_pton as sshbuf_b64tod uses it: whitespace skipped, padding and the unused bits exact."""
+    squeezed = re.sub(r"[ \t\r\n\v\f]", "", text)
     try:
-        key = parse_key(base64.b64decode(encoded, validate=True))
-    except (ValueError, SshsigError):
-        raise SshsigError("invalid key") from None
-    if key.type != key_type:
-        raise SshsigError("invalid key (its type differs from its name)")
-    return key, rest
+        data = base64.b64decode(squeezed, validate=True)
+    except ValueError:
+        return None
+    return data if base64.b64encode(data).decode("ascii") == squeezed else None
+
+
+def _read_key(text: str) -> Tuple[Optional[PublicKey], str]:
+    """sshkey_read: (key, what follows) for "TYPE BASE64[ ...]" at the start of ``text``, fields split
+    at spaces and tabs only; (None, text) when it is no key OpenSSH would read."""
+    space = re.search(r"[ \t]", text)
+    if space is None or text[:space.start()] not in _KEY_TYPE_NAMES:
+        return None, text
+    rest = text[space.start():].lstrip(" \t")
+    end = re.search(r"[ \t]", rest)
+    end = len(rest) if end is None else end.start()
+    blob = _b64_pton(rest[:end]) if rest else None
+    try:
+        key = None if blob is None else parse_key(blob)
+    except SshsigError:
+        key = None
+    if key is None or key.type != _KEY_TYPE_NAMES[text[:space.start()]]:
+        return None, text
+    return key, rest[end:].lstrip(" \t")
 
 
 def _options_end(text: str) -> int:
-    """sshkey_advance_past_options: options run to the first blank outside double quotes."""
-    quoted = False
-    for i, c in enumerate(text):
-        if c == '"':
+    """sshkey_advance_past_options: options run to the first blank outside double quotes (\\" is no quote)."""
+    quoted, i = False, 0
+    while i < len(text) and (quoted or text[i] not in " \t"):
+        if text[i] == "\\" and text[i + 1:i + 2] == '"':
+            i += 1
+        elif text[i] == '"':
             quoted = not quoted
-        elif c in " \t" and not quoted:
-            return i
-    raise SshsigError("invalid options" if quoted else "missing key")
+        i += 1
+    if quoted:
+        raise SshsigError("invalid options")
+    return i
 
 
 def _parse_line(line: str, principal: Optional[str]) -> Optional[_Line]:
-    """One allowed_signers line (parse_principals_key_and_options); None for comments, blank lines
-    and (looking for ``principal``) lines that do not name it."""
-    text = line.lstrip(" \t\r\n")
+    """sshsig.c parse_principals_key_and_options: one allowed_signers line; None for comments, blank
+    lines and (looking for ``principal``) lines whose principals do not match it."""
+    text = line.lstrip(_BLANKS)
     if not text or text.startswith("#"):
         return None
-    principals, rest = _token(text)
-    if not rest:
+    principals, rest = _strdelimw(text)
+    if principals is None or rest is None:
         raise SshsigError("invalid line")
     if principal is not None and match_pattern_list(principal, principals) != 1:
         return None
-    key, _ = _read_key_text(rest)
+    key, _ = _read_key(rest)
     options = ""
     if key is None:
         end = _options_end(rest)
-        options, key_text = rest[:end], rest[end:].lstrip(" \t")
-        key, _ = _read_key_text(key_text) if key_text.strip() else (None, "")
+        if end == len(rest):
+            raise SshsigError("missing key")
+        options = rest[:end]
+        key, _ = _read_key(rest[end + 1:].lstrip(" \t"))
         if key is None:
-            raise SshsigError("invalid key" if key_text.strip() else "missing key")
-    return _Line(principals, key, options)
+            raise SshsigError("invalid key")
+    return _Line(principals, key, _parse_options(options))
+
+
+def _ascii_lower(text: str) -> str:
+    return "".join(c.lower() if c.isascii() else c for c in text)
 
 
 def _dequote(text: str) -> Tuple[str, str]:
-    """opt_dequote: a double-quoted option value (\\" inside), and what follows it."""
+    """misc.c opt_dequote: a double-quoted option value (\\" inside), and what follows it."""
     if not text.startswith('"'):
         raise SshsigError("bad options: missing start quote")
     out, i = [], 1
@@ -357,42 +478,62 @@ def _dequote(text: str) -> Tuple[str, str]:
     return "".join(out), text[i + 1:]
 
 
+#: parse_absolute_time: each field's width, and what glibc's strptime takes in it (%Y %m %d %H %M %S).
+_TIME_FIELDS = ((4, 0, 9999), (2, 1, 12), (2, 1, 31), (2, 0, 23), (2, 0, 59), (2, 0, 61))
+
+
 def parse_time(text: str) -> int:
-    """OpenSSH's parse_absolute_time: YYYYMMDD[HHMM[SS]], local time unless it ends in Z or UTC."""
+    """misc.c parse_absolute_time: YYYYMMDD[HHMM[SS]], local time unless it ends in Z or UTC (any case);
+    each field read as glibc's strptime does (blanks before a number, no check of the day against the
+    month: 20200231 is March 2), and a time before 1970 or at its first second refused."""
     utc = False
-    for suffix in ("Z", "UTC"):
-        if len(text) > len(suffix) and text.upper().endswith(suffix):
-            text, utc = text[:-len(suffix)], True
-            break
-    formats = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
-    if len(text) not in formats or not text.isdigit():
+    if len(text) > 1 and text[-1] in "zZ":
+        text, utc = text[:-1], True
+    elif len(text) > 3 and _ascii_lower(text[-3:]) == "utc":
+        text, utc = text[:-3], True
+    fields = {8: 3, 12: 5, 14: 6}.get(len(text)) if text.isascii() else None
+    if fields is None:
         raise SshsigError("invalid time")
+    values, pos = [], 0
+    for width, low, high in _TIME_FIELDS[:fields]:
+        field, pos = text[pos:pos + width], pos + width
+        i = len(field) - len(field.lstrip(" \t"))
+        if i == len(field) or not field[i].isdigit():
+            raise SshsigError("invalid time")
+        value, left = 0, width
+        while True:  # get_number: at most ``width`` digits, and no more once another would pass ``high``
+            value, i, left = value * 10 + int(field[i]), i + 1, left - 1
+            if not (left > 0 and value * 10 <= high and i < len(field) and field[i].isdigit()):
+                break
+        if i != len(field) or not low <= value <= high:
+            raise SshsigError("invalid time")
+        values.append(value)
+    stamp_of = calendar.timegm if utc else time.mktime
     try:
-        parsed = time.strptime(text, formats[len(text)])
-    except ValueError:
+        stamp = int(stamp_of(tuple(values + [0] * (6 - len(values))) + (0, 0, 0)))
+    except (ValueError, OverflowError):
         raise SshsigError("invalid time") from None
-    stamp = calendar.timegm(parsed) if utc else int(time.mktime(parsed[:8] + (0,)))
     if stamp <= 0:
         raise SshsigError("invalid time")
     return stamp
 
 
 def _parse_options(text: str) -> _Options:
-    """sshsigopt_parse: cert-authority, namespaces="...", valid-after="...", valid-before="..."; nothing else."""
+    """sshsigopt_parse: cert-authority, namespaces="...", valid-after="...", valid-before="..." (names in
+    any case); nothing else."""
     found = {}
-    while text:
-        lower = text.lower()
-        if lower.startswith("cert-authority"):
+    while text and text[0] not in " \t":
+        if _ascii_lower(text[:len("cert-authority")]) == "cert-authority":
             found["cert_authority"], text = True, text[len("cert-authority"):]
         else:
             for name in ("namespaces", "valid-after", "valid-before"):
-                if lower.startswith(name + "="):
+                if _ascii_lower(text[:len(name) + 1]) == name + "=":
                     if name in found:
                         raise SshsigError(f'bad options: multiple "{name}" clauses')
                     value, text = _dequote(text[len(name) + 1:])
                     found[name] = value if name == "namespaces" else parse_time(value)
                     break
-        if not text:
+        if not text or text[0] in " \t":
             break
         if not text.startswith(","):
             raise SshsigError("bad options: unknown key option")
@@ -406,15 +547,10 @@ def _parse_options(text: str) -> _Options:
     return options
 
 
-def _lines(path: Path) -> Iterator[Tuple[int, str]]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        yield from enumerate(f, start=1)
-
-
-def _usable(line: _Line, key: PublicKey, namespace: Optional[str], now: float) -> Tuple[bool, str]:
+def _usable(line: _Line, key: PublicKey, namespace: Optional[str], now: int) -> Tuple[bool, str]:
     """check_allowed_keys_line: does this line allow ``key`` (for ``namespace``, at ``now``)? With why not."""
-    options = _parse_options(line.options)
-    if options.cert_authority or line.key != key:
+    options = line.options
+    if options.cert_authority or line.key != key:  # guard: signature-verdict-python
         return False, "key not listed"  # a cert-authority line vouches only for certificates, refused before
     if options.namespaces is not None and namespace is not None and match_pattern_list(namespace, options.namespaces) != 1:
         return False, f'key is not permitted for use in signature namespace "{namespace}"'
@@ -425,11 +561,13 @@ def _usable(line: _Line, key: PublicKey, namespace: Optional[str], now: float) -
     return True, ""
 
 
-def _scan(path: Path, key: PublicKey, principal: Optional[str], namespace: Optional[str], now: float):
-    """The first line of allowed_signers ``path`` that allows ``key``, else (None, why). A malformed
+def _scan(lines: List[Tuple[int, str]], name: str, key: PublicKey, principal: Optional[str],
+          namespace: Optional[str], now: Optional[float]):
+    """The first line of allowed_signers ``lines`` that allows ``key``, else (None, why). A malformed
     line allows nothing and is passed over, as check_allowed_keys_line does (why names it)."""
+    now = int(time.time() if now is None else now)
     why = "key not listed"
-    for number, text in _lines(path):
+    for number, text in lines:
         try:
             line = _parse_line(text, principal)
             if line is None:
@@ -440,40 +578,39 @@ def _scan(path: Path, key: PublicKey, principal: Optional[str], namespace: Optio
         if ok:
             return line, ""
         if reason != "key not listed":
-            why = f"{path}:{number}: {reason}"
+            why = f"{name}:{number}: {reason}"
     return None, why
 
 
-def find_principals(allowed_signers: Path, key: PublicKey, now: Optional[float] = None) -> Optional[str]:
-    """``ssh-keygen -Y find-principals``: the principals field of the first line listing ``key``, or None."""
-    line, _ = _scan(allowed_signers, key, None, None, time.time() if now is None else now)
+def find_principals(lines: List[Tuple[int, str]], key: PublicKey, now: Optional[float] = None,
+                    name: str = "allowed_signers") -> Optional[str]:
+    """``ssh-keygen -Y find-principals``: the principals field of the first line listing ``key`` (namespaces
+    not asked, validity times asked), or None. ``lines``: from allowed_signers_lines."""
+    line, _ = _scan(lines, name, key, None, None, now)
     return None if line is None else line.principals
 
 
-def check_allowed(allowed_signers: Path, key: PublicKey, principal: str, namespace: str, now: Optional[float] = None) -> None:
+def check_allowed(lines: List[Tuple[int, str]], key: PublicKey, principal: str, namespace: str,
+                  now: Optional[float] = None, name: str = "allowed_signers") -> None:
     """The allowed_signers step of ``ssh-keygen -Y verify -I principal``: SshsigError unless a line allows it."""
-    line, why = _scan(allowed_signers, key, principal, namespace, time.time() if now is None else now)
+    line, why = _scan(lines, name, key, principal, namespace, now)
     if line is None:
         raise SshsigError(why)
 
 
-def check_not_revoked(revoked_keys: Path, key: PublicKey) -> None:
-    """SshsigError when ``key`` is in the file of public keys ``revoked_keys``; a binary KRL or a line
-    that is no key is refused too, because then we cannot tell (ssh-keygen fails on such lines too)."""
-    with open(revoked_keys, "rb") as f:
-        if f.read(len(KRL_MAGIC)) == KRL_MAGIC:
-            raise SshsigError(f"{revoked_keys} is a binary KRL, which only ssh-keygen (OpenSSH 8.2 or later) can "
-                              "check: install it, or give the revoked keys as a file of public keys")
-    for number, text in _lines(revoked_keys):
+def check_not_revoked(data: bytes, name: str, key: PublicKey) -> None:
+    """SshsigError when ``key`` is in ``data``, a revoked keys file of public keys (sshkey_in_file: comments
+    and empty lines skipped, any other line must be a key). A binary KRL is refused too, because then we
+    cannot tell."""
+    if data.startswith(KRL_MAGIC):
+        raise SshsigError(f"{name} is a binary KRL, which only ssh-keygen (OpenSSH 8.2 or later) can "
+                          "check: install it, or give the revoked keys as a file of public keys")
+    for number, text in key_file_lines(data, name):
         text = text.lstrip(" \t")
-        if not text.strip() or text.startswith("#"):
+        if not text or text[0] in "#\n":
             continue
-        try:
-            listed, _ = _read_key_text(text)
-        except SshsigError:
-            listed = None
+        listed, _ = _read_key(text)
         if listed is None:
-            raise SshsigError(f"{revoked_keys}:{number}: not a public key, so revocation cannot be checked")
+            raise SshsigError(f"{name}:{number}: not a public key, so revocation cannot be checked")
         if listed == key:
-            raise SshsigError(f"its key {key.fingerprint} is revoked ({revoked_keys}:{number})")
-
+            raise SshsigError(f"its key {key.fingerprint} is revoked ({name}:{number})")
