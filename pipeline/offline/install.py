@@ -128,7 +128,8 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
-                  allow_downgrade: bool = False, signature_verifier: str = "auto") -> CheckedManifest:
+                  allow_downgrade: bool = False, signature_verifier: str = "auto",
+                  drop_versions: Sequence[str] = ()) -> CheckedManifest:
     """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here,
     and the sha256 of those bytes (what to tell the package manager and the admin, and what the
     receipt must name from now on, come from them, not from the folder).
@@ -138,6 +139,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     ``deep``: re-hash the installed files it relies on). With ``allowed_signers``, a bundle whose
     manifest is not signed by a key listed there (and not in ``revoked_keys``) is refused before
     anything else; a bundle older than the installed one is refused unless ``allow_downgrade``.
+    ``drop_versions``: installed versions a delta may remove, when it says it drops them.
 
     manifest.json is read once: its signature is checked on those bytes, and every later step
     (downgrade and installed checks, the chunk check, extraction, the receipt) uses what they say,
@@ -172,8 +174,11 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                 return CheckedManifest(manifest, sha256)
             if manifest.is_delta:
                 unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous, deep=deep,
-                             version_files=version_files)
+                             version_files=version_files, drop_versions=drop_versions)
                 return CheckedManifest(manifest, sha256)
+            if drop_versions:
+                raise UsageError(f"--drop-version: {bundle_dir} is a full bundle, which replaces the whole repository "
+                                 f"with {' and '.join(manifest.all_versions)}; --drop-version goes with a delta")
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
         try:
@@ -224,7 +229,7 @@ def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home:
                                          str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.tree),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
-                                         lacking=manifest.lacking)
+                                         lacking=manifest.lacking, version_paths=manifest.paths_by_version)
         log.info("unpack: writing the new tree to disk (sync)")
         extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
