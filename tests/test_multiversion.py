@@ -334,3 +334,23 @@ def test_unpack_refuses_a_delta_that_removes_what_another_installed_version_need
     assert old_receipt.returncode == 2 and "does not say which files each AMS version needs" in errors(old_receipt)[0]
     assert "full bundle" in errors(old_receipt)[0]
     assert amshome_state(amshome) == state
+
+
+def test_a_full_bundle_of_one_version_removes_another_installed_version_only_when_asked(double, both_installed, tmp_path):
+    mirror, amshome, new_tree, old_tree, gone = both_installed
+    made = bundle_of(double, mirror, tmp_path / "old-only", OLD)
+    assert made.returncode == 0, made.stderr
+    state = amshome_state(amshome)
+    refused = run_cli("unpack", tmp_path / "old-only", "--amshome", amshome)
+    assert refused.returncode == 2 and len(errors(refused)) == 1, refused.stderr
+    assert f"file(s) that {NEW} still needs" in errors(refused)[0] and "--drop-version" in errors(refused)[0]
+    assert amshome_state(amshome) == state
+    held = run_cli("unpack", tmp_path / "old-only", "--amshome", amshome, "--drop-version", OLD)
+    assert held.returncode == 2 and f"does not drop {OLD}" in errors(held)[0], held.stderr
+    assert amshome_state(amshome) == state
+
+    (amshome / "VERSION.txt").write_text(f"{OLD}\n")
+    dropped = run_cli("unpack", tmp_path / "old-only", "--amshome", amshome, "--drop-version", NEW)
+    assert dropped.returncode == 0, dropped.stderr
+    assert tree_hashes(amshome / "repository") == old_tree
+    assert {v: set(p) for v, p in read_receipt(amshome)["version_paths"].items()} == {OLD: set(old_tree)}

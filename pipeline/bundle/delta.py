@@ -71,12 +71,13 @@ class DeltaSelection:
     version_paths: Dict[str, List[str]]
 
 
-def removal_problems(held: Optional[Mapping[str, Iterable[str]]], gone: Iterable[str], updated: str,
-                     dropped: Iterable[str] = ()) -> List[str]:
-    """Why a delta that updates ``updated`` may not remove the paths ``gone`` from a tree whose versions
-    need ``held`` (version -> paths; None when not known): a file another version still needs, unless
-    that version is ``dropped`` on purpose. The one rule of what a delta may remove: called when a delta
-    is selected and when it is unpacked."""
+def removal_problems(held: Optional[Mapping[str, Iterable[str]]], gone: Iterable[str],
+                     replaced: Iterable[str]) -> List[str]:
+    """Why a bundle may not remove the paths ``gone`` from a tree whose versions need ``held``
+    (version -> paths; None when not known): a file that a version other than those it ``replaced``
+    (the version a delta updates, those a bundle holds anew, those dropped on purpose) still needs.
+    The one rule of what a bundle may remove: called when a delta is selected and when a bundle is
+    unpacked."""
     gone = set(gone)
     if not gone:
         return []
@@ -84,7 +85,7 @@ def removal_problems(held: Optional[Mapping[str, Iterable[str]]], gone: Iterable
         return [f"would remove {len(gone)} file(s), e.g. {shown(min(gone))}, but the installed tree's record does not "
                 "say which files each AMS version needs (written by an older amsrepomirror)"]
     problems = []
-    for version in sorted(set(held) - {updated} - set(dropped)):
+    for version in sorted(set(held) - set(replaced)):
         needed = gone & set(held[version])  # guard: delta-removal-guard
         if needed:
             problems.append(f"would remove {len(needed)} file(s) that {version} still needs, e.g. {shown(min(needed))}")
@@ -138,7 +139,7 @@ def select_delta(base: Base, files: Sequence[FileEntry], version: str) -> DeltaS
     target = dict(kept)
     target.update((f.path, TreeFile(f.path, f.size, f.sha256)) for f in files)
     removed = sorted(set(at_path) - set(target))
-    problems = removal_problems(base.version_paths, removed, version, base.dropped)
+    problems = removal_problems(base.version_paths, removed, {version, *base.dropped})
     if problems:
         raise UsageError(f"a delta of {version} since {base.described} {problems[0]}; nothing was written: "
                          "make a full bundle of every version the far side holds, once")

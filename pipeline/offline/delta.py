@@ -66,31 +66,38 @@ def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Op
 
 def refuse_removals(home: Path, receipt: dict, tree: Sequence[InstalledFile], manifest: BundleManifest,
                     bundle_dir: Path, drop_versions: Sequence[str]) -> Optional[Dict[str, Set[str]]]:
-    """UsageError unless :func:`bundle.delta.removal_problems` allows what the delta removes (every
-    installed path not in its target, whatever its ``removed`` list says) against what the receipt
-    says each installed version needs. A version goes only when the delta drops it and the admin
-    says so too (``drop_versions``). Returns the paths each version needs afterwards (None: not known)."""
+    """UsageError unless :func:`bundle.delta.removal_problems` allows what the bundle removes (every
+    installed path not in its tree, whatever a delta's ``removed`` list says) against what the receipt
+    says each installed version needs. An installed version goes only when the admin says so
+    (``drop_versions``) and, for a delta, the delta drops it too; a full bundle replaces the versions
+    it holds. Returns the paths each version needs afterwards (None: not known)."""
     held = placement.receipt_version_paths(receipt, home / placement.RECEIPT, tree)
-    said, confirmed = set(manifest.dropped), set(drop_versions)
-    for version in sorted(confirmed - said):
-        raise UsageError(f"--drop-version {version}: delta {bundle_dir} does not drop {version}; nothing was changed: "
-                         f"to remove it, make a delta with bundle --since ... --drop-version {version}")
+    confirmed = set(drop_versions)
+    said = set(manifest.dropped) if manifest.is_delta else confirmed
+    what = f"delta {bundle_dir} of {manifest.version}" if manifest.is_delta else f"bundle {bundle_dir}"
+    for version in sorted(confirmed - said) + sorted(confirmed & set(manifest.all_versions)):
+        raise UsageError(f"--drop-version {version}: {what} does not drop {version}; nothing was changed: to remove "
+                         f"it, make a delta with bundle --since ... --drop-version {version}")
     for version in sorted(said - confirmed):
-        raise UsageError(f"delta {bundle_dir} drops {version}: it removes {version} and the files only it needs from "
+        raise UsageError(f"{what} drops {version}: it removes {version} and the files only it needs from "
                          f"{home / placement.REPOSITORY}; nothing was changed: to accept that, run unpack again "
                          f"with --drop-version {version}")
-    gone = {r.path for r in tree} - {t.path for t in manifest.target}
-    problems = removal_problems(held, gone, manifest.version, said)
+    if held is None and not manifest.is_delta:
+        return manifest.paths_by_version  # nothing known to keep: a full bundle is the way to a complete record
+    replaced = {manifest.version} if manifest.is_delta else set(manifest.all_versions)
+    problems = removal_problems(held, {r.path for r in tree} - {t.path for t in manifest.tree}, replaced | said)
     if problems:
         way = ("unpack a full bundle of every version installed here once (bundle --version ... --version ...); "
                "its receipt records what each version needs" if held is None else
                "make the delta again with this amsrepomirror from this AMSHOME (bundle --since last, or --since "
                "the file amsrepomirror receipt writes here: every other version is kept), or drop a version on "
-               "purpose with bundle --drop-version VERSION and unpack --drop-version VERSION")
-        raise UsageError(f"delta {bundle_dir} of {manifest.version} {problems[0]}; nothing was changed: {way}")
-    if held is None:
-        return None
-    after = {v: paths for v, paths in held.items() if v != manifest.version and v not in said}
+               "purpose with bundle --drop-version VERSION and unpack --drop-version VERSION" if manifest.is_delta else
+               "unpack a bundle of every version installed here (bundle --version ... --version ...), or remove "
+               "the other version on purpose with unpack --drop-version VERSION")
+        raise UsageError(f"{what} {problems[0]}; nothing was changed: {way}")
+    if held is None or not manifest.is_delta:
+        return None if held is None else manifest.paths_by_version
+    after = {v: paths for v, paths in held.items() if v not in replaced | said}
     after[manifest.version] = (manifest.paths_by_version or {}).get(manifest.version) or {t.path for t in manifest.target}
     return after
 
