@@ -12,11 +12,15 @@ from collections import Counter
 
 import pytest
 from clihelp import REPO, run_cli, served_tree, tree_hashes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from amsrepomirror.bundle.format import BundleManifest
+from amsrepomirror.bundle.delta import Base, removal_problems, select_delta
+from amsrepomirror.bundle.format import BundleManifest, TreeFile
 from amsrepomirror.bundle.sums import write_sums
-from amsrepomirror.errors import IntegrityError
+from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline.placement import RECEIPT, read_receipt
+from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.testing.scmdouble import (
     PLACEHOLDER_ORIGIN,
@@ -354,3 +358,52 @@ def test_a_full_bundle_of_one_version_removes_another_installed_version_only_whe
     assert dropped.returncode == 0, dropped.stderr
     assert tree_hashes(amshome / "repository") == old_tree
     assert {v: set(p) for v, p in read_receipt(amshome)["version_paths"].items()} == {OLD: set(old_tree)}
+
+
+# --- the rule itself, over many trees ----------------------------------------------------------------
+
+PATHS = [f"{p}.dat" for p in "abcdefghij"]
+VERSIONS = ["AMS2024.1", "AMS2025.1", "AMS2026.1"]
+
+
+@st.composite
+def delta_cases(draw):
+    """A base of two or three versions (each needing some of PATHS), the version a delta updates, its
+    files now (kept versions' files with the base's bytes, or now and then other bytes), and drops."""
+    versions = VERSIONS[:draw(st.integers(2, 3))]
+    held = {v: draw(st.sets(st.sampled_from(PATHS), min_size=1)) for v in versions}
+    tree = [TreeFile(p, 1, f"{PATHS.index(p):064x}") for p in sorted(set().union(*held.values()))]
+    updated = draw(st.sampled_from(versions))
+    dropped = draw(st.sets(st.sampled_from([v for v in versions if v != updated])))
+    now = draw(st.sets(st.sampled_from(PATHS), min_size=1))
+    changed = draw(st.sets(st.sampled_from(sorted(now))))
+    files = [FileEntry(p, 1, f"{PATHS.index(p) + (100 if p in changed else 0):064x}") for p in sorted(now)]
+    base = Base(versions[0], tree, "", "the base", tuple(versions), held, tuple(sorted(dropped)))
+    return base, updated, files
+
+
+@settings(derandomize=True, max_examples=150, deadline=None)
+@given(delta_cases())
+def test_a_delta_never_removes_what_a_kept_version_needs(case):
+    base, updated, files = case
+    kept = [v for v in base.all_versions if v != updated and v not in base.dropped]
+    needed = {p for v in kept for p in base.version_paths[v]}
+    at_base = {t.path: t for t in base.tree}
+    clash = [f.path for f in files if f.path in needed and f.sha256 != at_base[f.path].sha256]
+    if clash:
+        with pytest.raises(UsageError, match="still needs it"):
+            select_delta(base, files, updated)
+        return
+    delta = select_delta(base, files, updated)
+    target = {t.path: t for t in delta.target}
+    assert not needed & set(delta.removed)
+    assert set(delta.removed) == set(at_base) - set(target)
+    assert all(target[p] == at_base[p] for p in needed)
+    assert all((target[f.path].size, target[f.path].sha256) == (f.size, f.sha256) for f in files)
+    assert removal_problems(base.version_paths, delta.removed, {updated, *base.dropped}) == []
+    assert delta.versions == [updated] + kept and set(delta.version_paths[updated]) == {f.path for f in files}
+    # Without the kept versions' files, the same rule refuses the removal (naming the first such version).
+    taken = sorted(needed - {f.path for f in files})
+    if taken:
+        why = removal_problems(base.version_paths, set(delta.removed) | {taken[0]}, {updated, *base.dropped})
+        assert why and "still needs" in why[0]
