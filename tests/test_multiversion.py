@@ -19,7 +19,7 @@ from amsrepomirror.bundle.delta import Base, removal_problems, select_delta
 from amsrepomirror.bundle.format import BundleManifest, TreeFile
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError, UsageError
-from amsrepomirror.offline.placement import RECEIPT, read_receipt
+from amsrepomirror.offline.placement import RECEIPT, read_receipt, tree_identity
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.testing.scmdouble import (
@@ -269,6 +269,13 @@ def test_a_one_version_delta_since_last_keeps_the_other_version(double, both_ins
     assert again.returncode == 0, again.stderr
     assert BundleManifest.read(tmp_path / "d1-again" / "manifest.json").base == delta.base
 
+    # The other version's --since last finds the bundles that hold it too (not only those that name it first).
+    other = bundle_of(double, mirror, tmp_path / "d-new", NEW, since="last")
+    assert other.returncode == 0, other.stderr
+    nothing = BundleManifest.read(tmp_path / "d-new" / "manifest.json")
+    assert (nothing.base, nothing.removed, nothing.files) == (tree_identity(delta.target), [], [])
+    assert (nothing.versions, set(nothing.version_paths[OLD])) == ([NEW, OLD], set(old_tree))
+
 
 def test_a_version_is_dropped_only_when_both_sides_say_so(double, both_installed, tmp_path):
     mirror, amshome, new_tree, old_tree, gone = both_installed
@@ -407,3 +414,21 @@ def test_a_delta_never_removes_what_a_kept_version_needs(case):
     if taken:
         why = removal_problems(base.version_paths, set(delta.removed) | {taken[0]}, {updated, *base.dropped})
         assert why and "still needs" in why[0]
+
+
+@pytest.mark.parametrize("edit, why", [
+    (lambda b: b.update(version_paths={NEW: ["AMS2026.1.yml"], OLD: ["nowhere.dat"]}), "not a path of its tree"),
+    (lambda b: b.update(version_paths={NEW: ["AMS2026.1.yml"]}), "expected the versions"),
+    (lambda b: b.update(version_paths={NEW: ["AMS2026.1.yml"], OLD: []}), "to no version"),
+    (lambda b: b.update(dropped=[OLD]), "only a delta drops versions"),
+])
+def test_bundle_manifest_version_paths_and_drops_are_checked(tmp_path, edit, why):
+    files = [{"path": p, "size": 1, "sha256": "0" * 64, "parts": [{"chunk": "chunk-" + "0" * 16 + ".7z", "member": p,
+             "offset": 0, "size": 1, "sha256": "0" * 64}]} for p in ("AMS2026.1.yml", "AMS2025.1.yml")]
+    body = json.loads(BundleManifest(version=NEW, files=[], chunks=[], versions=[NEW, OLD]).to_json())
+    body["files"] = files
+    edit(body)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(body))
+    with pytest.raises(IntegrityError, match=why):
+        BundleManifest.read(path)
