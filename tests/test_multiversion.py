@@ -326,6 +326,8 @@ def test_unpack_refuses_a_delta_that_removes_what_another_installed_version_need
     hostile = tmp_path / "hostile"
     shutil.copytree(tmp_path / "d", hostile)
     reseal(hostile, as_older_tool)
+    (amshome / "VERSION.txt").write_text(f"{OLD}\n")  # the installation that reads the updated version
+    state = amshome_state(amshome)
     assert run_cli("verify", hostile).returncode == 0
     refused = run_cli("unpack", hostile, "--amshome", amshome)
     assert refused.returncode == 2 and len(errors(refused)) == 1, refused.stderr
