@@ -285,6 +285,7 @@ def test_a_version_is_dropped_only_when_both_sides_say_so(double, both_installed
     assert made.returncode == 0, made.stderr
     delta = BundleManifest.read(tmp_path / "d" / "manifest.json")
     assert (delta.versions, delta.dropped) == ([OLD], [NEW])
+    assert f'unpack BUNDLE --amshome "$AMSHOME" --drop-version {NEW}' in (tmp_path / "d" / "README.txt").read_text()
     assert set(delta.removed) == (set(new_tree) - set(old_tree)) | {gone}
 
     state = amshome_state(amshome)
