@@ -206,7 +206,13 @@ def _last_bundle(ws: Workspace, version: str, files: Sequence[FileEntry], droppe
         if version not in manifest.all_versions:
             continue
         base = _with_drops(base_of(manifest, f"the bundle of {manifest.created or '?'}"), version, dropped)
-        if tree_identity(select_delta(base, files, version).target) != base.identity:
+        try:
+            target = select_delta(base, files, version).target
+        except UsageError:
+            if same is None:
+                raise
+            break  # an older bundle this delta cannot be made from: the newest one holds the target already
+        if tree_identity(target) != base.identity:
             return base
         same = same or base
     if same is None:
