@@ -457,6 +457,9 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
 def add_since_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", metavar="BASE", help="a delta: only what changed since BASE (last, a bundle folder, "
                    "its manifest.json, or a receipt from the offline side; default: a full bundle)")
+    p.add_argument("--drop-version", action="append", default=[], metavar="AMS_VERSION",
+                   help="with --since: remove this other version BASE holds, with the files only it needs "
+                   "(repeatable; unpack needs the same --drop-version; default: every other version is kept)")
 
 
 FAT32_LIMIT = 4 * 1024**3 - 1
@@ -503,8 +506,12 @@ def run_bundle(args) -> int:
         raise UsageError("--tool-python and --tool-platform go with --with-tool")
     if args.since and len(versions) > 1:
         raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
+    if args.drop_version and not args.since:
+        raise UsageError("--drop-version goes with --since: a delta drops a version of its base "
+                         "(a full bundle holds only the versions it names)")
     if args.dry_run and args.since:
-        return _print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since)
+        return _print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since,
+                                 args.drop_version)
     if args.dry_run:
         return _print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
     if args.stick_size:
@@ -527,7 +534,7 @@ def run_bundle(args) -> int:
     # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
     task = BundleArchive(version=versions[0], versions=versions if len(versions) > 1 else [], mirror=str(ws.mirror),
                          offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression,
-                         since=_delta_base(ws, versions[0], args.since), with_tool=args.with_tool,
+                         since=_delta_base(ws, versions[0], args.since, args.drop_version), with_tool=args.with_tool,
                          tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
                          sign_key=str(args.sign_key.absolute()) if args.sign_key else "")
     with mirror_lock(ws, args), progress.shared_bar("bundle"):
@@ -570,14 +577,18 @@ def _base_manifest(base: Path) -> Optional[BundleManifest]:
         return None
 
 
-def _delta_base(ws: Workspace, version: str, since: Optional[str]) -> str:
+def _delta_base(ws: Workspace, version: str, since: Optional[str], dropped: Sequence[str] = ()) -> str:
     """``--since`` resolved against the verified mirror and snapshotted in its history: the file
     BundleArchive plans the delta against ("" for a full bundle)."""
     if not since:
         return ""
     current = Manifest.read(ws.manifest_path(version))
-    base = resolve_base(since, ws, version, placement.tree_identity(current.files))
-    say(f"bundle: a delta since {base.described} (tree {base.identity[:12]})")
+    base = resolve_base(since, ws, version, current.files, dropped)
+    select_delta(base, current.files, version)  # refused now (exit 2), not in a task
+    kept = [v for v in base.all_versions if v != version and v not in base.dropped]
+    say(f"bundle: a delta of {version} since {base.described} (tree {base.identity[:12]})"
+        + (f", keeping {' and '.join(kept)}" if kept else "")
+        + (f", dropping {' and '.join(base.dropped)}" if base.dropped else ""))
     return str(write_base(ws, base))
 
 
@@ -623,11 +634,11 @@ def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compress
 
 
 def _print_delta_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str,
-                      stick_size: Optional[str], since: str) -> int:
+                      stick_size: Optional[str], since: str, dropped: Sequence[str] = ()) -> int:
     """What a delta since ``since`` would carry, reuse and remove, and its chunk plan; writes nothing."""
     manifest = _verified_manifest(mirror, version)
-    base = resolve_base(since, Workspace(mirror), manifest.version, placement.tree_identity(manifest.files))
-    delta = select_delta(base, manifest.files)
+    base = resolve_base(since, Workspace(mirror), manifest.version, manifest.files, dropped)
+    delta = select_delta(base, manifest.files, manifest.version)
     carried = sum(f.size for f in delta.carried)
     print(f"delta since {base.described} (tree {base.identity[:12]}): {len(delta.carried)} of {len(manifest.files)} "
           f"files new or changed, {format_size(carried)} ({carried} bytes) of {format_size(manifest.total_bytes)}; "
@@ -768,7 +779,7 @@ def run_unpack(args) -> int:
     args.amshome = amshome_of(args)
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall, deep=args.deep, trust_installed=args.trust_installed,
-                  allow_downgrade=args.allow_downgrade,
+                  allow_downgrade=args.allow_downgrade, drop_versions=sorted(set(args.drop_version)),
                   allowed_signers=str(args.allowed_signers.absolute()) if args.allowed_signers else "",
                   revoked_keys=str(args.revoked_keys.absolute()) if args.revoked_keys else "")
     try:
@@ -1018,6 +1029,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_signer_options(p, default=f" ({setting_default('unpack', 'allowed_signers')})")
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a bundle older than the installed one (a lower sequence of its mirror)")
+    p.add_argument("--drop-version", action="append", default=[], metavar="AMS_VERSION",
+                   help="delta: accept that it removes this installed version (made with bundle --drop-version; "
+                   "repeatable; default: a delta that drops a version is refused)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
     p.set_defaults(func=run_unpack)
 

@@ -75,6 +75,10 @@ def test_a_damaged_receipt_or_one_of_another_version_is_refused_as_base(carried,
 
     body = json.loads(text)
     body["version"] = "AMS2025.1"
+    (tmp_path / "unnamed.json").write_text(json.dumps(body))  # its version_paths name another version
+    result = delta_since(tmp_path / "unnamed.json")
+    assert result.returncode == 4 and "unnamed.json is damaged" in errors(result)[0]
+    body["version_paths"] = {"AMS2025.1": body["version_paths"].pop(VERSION)}
     (tmp_path / "other.json").write_text(json.dumps(body))
     result = delta_since(tmp_path / "other.json")
     assert result.returncode == 2 and "AMS2025.1" in errors(result)[0] and len(errors(result)) == 1

@@ -67,7 +67,7 @@ class BundlePlan:
 
     @property
     def key(self) -> str:
-        base = self.base.identity if self.base else ""
+        base = self.base.identity + "".join(f"-{v}" for v in self.base.dropped) if self.base else ""
         return hashlib.sha256(f"{self.manifest_sha256}/{self.chunk_size}/{self.compression}/{base}".encode()).hexdigest()[:16]
 
 
@@ -80,7 +80,7 @@ def plan_for(manifest_path: str, chunk_size: str, version: str, compression: str
         raise IntegrityError(f"{manifest_path} is a manifest of {manifest.version}, not {version}")
     size = parse_size(chunk_size)
     base = read_base(base_path) if base_path else None
-    delta = select_delta(base, manifest.files) if base else None
+    delta = select_delta(base, manifest.files, version) if base else None
     files, copies = distinct_contents(delta.carried if delta else manifest.files)
     return BundlePlan(manifest, manifest.sha256(), chunk_plan(files, size, version, compression), size, compression,
                       files, copies, base, delta)
@@ -242,12 +242,15 @@ def finish(mirror: str, out: str, plan: BundlePlan, tool: Optional[ToolSpec] = N
                                      mirror_manifest_sha256=plan.manifest_sha256)
     manifest.sequence = next_sequence(Workspace(mirror))
     manifest.versions = plan.manifest.all_versions
+    manifest.version_paths = plan.manifest.version_paths
     manifest.copies = plan.copies
     manifest.lacking = plan.manifest.lacking  # a delta's mirror manifest is its target's
     manifest.tool = write_tool(Path(out), Path(out) / WORK_DIR, tool)
     if plan.delta:
         manifest = dataclasses.replace(manifest, base=plan.base.identity, base_created=plan.base.created,
-                                       removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target)
+                                       removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target,
+                                       versions=plan.delta.versions, version_paths=plan.delta.version_paths,
+                                       dropped=list(plan.base.dropped))
     folder = Path(out)
     keep = {c.name for c in plan.chunks}
     ours = chunk_name_pattern(plan.manifest.version)

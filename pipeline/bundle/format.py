@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Set
 
 from amsrepomirror import __version__
 from amsrepomirror.errors import IntegrityError
@@ -181,10 +181,25 @@ class BundleManifest:
     # Not in the JSON: what tree_path_problems warned of when the manifest was read (names that
     # differ only in case, kept on a case-sensitive system).
     path_warnings: List[str] = field(default_factory=list, compare=False, repr=False)
+    # Several versions: the paths of the tree each one needs (one version needs the whole tree). What a
+    # later delta of one version may remove is decided from it (``bundle.delta.removal_problems``).
+    version_paths: Dict[str, List[str]] = field(default_factory=dict)
+    # A delta only: versions of its base it removes on purpose (bundle --drop-version; unpack --drop-version).
+    dropped: List[str] = field(default_factory=list)
 
     @property
     def all_versions(self) -> List[str]:
         return list(self.versions) or [self.version]
+
+    @property
+    def paths_by_version(self) -> Optional[Dict[str, Set[str]]]:
+        """The paths of the tree each version needs; None when a bundle of several versions does not
+        say (written before it was kept)."""
+        if len(self.all_versions) == 1:
+            return {self.version: {t.path for t in self.tree}}
+        if not self.version_paths:
+            return None
+        return {v: set(paths) for v, paths in self.version_paths.items()}
 
     @property
     def total_bytes(self) -> int:
@@ -229,6 +244,10 @@ class BundleManifest:
             body["lacking"] = [asdict(e) for e in sorted(self.lacking, key=lambda e: e.path)]
         if self.tool:  # absent without --with-tool
             body["tool"] = [asdict(t) for t in sorted(self.tool, key=lambda t: t.path)]
+        if self.version_paths and len(self.all_versions) > 1:  # absent for one version: it needs the whole tree
+            body["version_paths"] = {v: sorted(paths) for v, paths in self.version_paths.items()}
+        if self.dropped:  # absent unless a delta drops a version on purpose
+            body["dropped"] = sorted(self.dropped)
         if self.is_delta:
             body.update({
                 "base_created": self.base_created,
@@ -453,6 +472,32 @@ def _delta_fields(body: dict, base: Optional[str]) -> dict:
                 removed=removed, reused=reused, target=target)
 
 
+def _version_fields(body: dict, manifest: BundleManifest) -> None:
+    """``version_paths`` (several versions: each one's paths, every one a path of the tree, together the
+    whole tree) and ``dropped`` (a delta: versions it removes, none of those it holds)."""
+    versions, tree = manifest.all_versions, {t.path for t in manifest.tree}
+    raw = _field(body, "version_paths", "version_paths",
+                 lambda v: None if isinstance(v, dict) else "not an object", {})
+    if raw and (len(versions) == 1 or set(raw) != set(versions)):
+        raise IntegrityError(f"field version_paths names {_escaped(sorted(raw))}: expected the versions "
+                             f"{_escaped(versions)} (only a bundle of several versions has it)")
+    needed: Set[str] = set()
+    for version in versions if raw else []:
+        paths = _field(raw, version, f"version_paths.{version}", _list_of)
+        for i, path in enumerate(paths):
+            if not isinstance(path, str) or path not in tree:
+                raise IntegrityError(f"field version_paths.{version}[{i}] is {_escaped(path)}: not a path of its tree")
+        needed.update(paths)
+    if raw and needed != tree:
+        raise IntegrityError(f"field version_paths leaves {_escaped(sorted(tree - needed)[:1])} of its tree to no version")
+    dropped = _field(body, "dropped", "dropped", _list_of, [])
+    for i, version in enumerate(dropped):
+        if manifest.base is None or _is_version(version) or version in versions or dropped.count(version) > 1:
+            raise IntegrityError(f"field dropped[{i}] is {_escaped(version)}: expected a version the delta does "
+                                 "not hold, once (only a delta drops versions)")
+    manifest.version_paths, manifest.dropped = {v: list(raw[v]) for v in raw}, list(dropped)
+
+
 def _lacking(body: dict) -> List[Lacking]:
     """The optional ``lacking`` list of {path, reason} records: each path once, each reason of the vocabulary."""
     entries, seen = [], set()
@@ -533,4 +578,5 @@ def _manifest_from(body: dict) -> BundleManifest:
     if tree.problems:  # guard: manifest-tree-rule
         raise IntegrityError(f"its paths cannot be placed: {tree.problems[0]}")
     manifest.path_warnings = tree.warnings
+    _version_fields(body, manifest)
     return manifest

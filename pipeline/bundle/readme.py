@@ -169,7 +169,10 @@ def _delta_readme(manifest: BundleManifest) -> str:
         *_install_lines(manifest),
         "2. Apply with amsrepomirror (recommended: refuses another base, builds the new tree beside the",
         "   installed one from hard links and the carried files, checks every file, then swaps it in):",
-        "     amsrepomirror unpack BUNDLE --amshome \"$AMSHOME\"",
+        "     amsrepomirror unpack BUNDLE --amshome \"$AMSHOME\""
+        + "".join(f" --drop-version {v}" for v in sorted(manifest.dropped)),
+        *([f"   It removes {' and '.join(sorted(manifest.dropped))} (bundle --drop-version): unpack asks for the same."]
+          if manifest.dropped else []),
         "",
         "3. Or by hand, in $AMSHOME (BUNDLE is this folder; never change files of repository itself):",
         "     cp -al repository repository.new      (hard links; cp -a where links are refused)",

@@ -21,9 +21,9 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from amsrepomirror.bundle.delta import delta_problems
+from amsrepomirror.bundle.delta import delta_problems, removal_problems
 from amsrepomirror.bundle.format import BundleManifest, ReusedFile
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
@@ -45,9 +45,9 @@ def _short(identity: Optional[str]) -> str:
     return (identity or "?")[:12]
 
 
-def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Optional[List[InstalledFile]]:
-    """The tree AMSHOME's receipt records when it is the delta's base; None when it already is the
-    delta's target. UsageError (naming the base needed and what is installed) otherwise."""
+def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Optional[Tuple[dict, List[InstalledFile]]]:
+    """AMSHOME's receipt and the tree it records when that is the delta's base; None when it already
+    is the delta's target. UsageError (naming the base needed and what is installed) otherwise."""
     needs = f"the tree {_short(manifest.base)} (the bundle of {manifest.base_created or '?'})"
     try:
         receipt = placement.read_receipt(home)
@@ -60,11 +60,49 @@ def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Op
     installed = receipt["tree_sha256"]
     if installed == placement.tree_identity(manifest.target):
         return None
-    if installed != manifest.base:
+    if installed != manifest.base:  # guard: delta-base-check
         raise UsageError(f"delta {bundle_dir} applies to {needs}, but {home / placement.REPOSITORY} holds the tree "
                          f"{_short(installed)} (the bundle of {receipt.get('bundle_created') or '?'}, installed "
                          f"{receipt.get('installed', '?')}): carry the delta made from that tree, or a full bundle")
-    return tree
+    return receipt, tree
+
+
+def refuse_removals(home: Path, receipt: dict, tree: Sequence[InstalledFile], manifest: BundleManifest,
+                    bundle_dir: Path, drop_versions: Sequence[str]) -> Optional[Dict[str, Set[str]]]:
+    """UsageError unless :func:`bundle.delta.removal_problems` allows what the bundle removes (every
+    installed path not in its tree, whatever a delta's ``removed`` list says) against what the receipt
+    says each installed version needs. An installed version goes only when the admin says so
+    (``drop_versions``) and, for a delta, the delta drops it too; a full bundle replaces the versions
+    it holds. Returns the paths each version needs afterwards (None: not known)."""
+    held = placement.receipt_version_paths(receipt, home / placement.RECEIPT, tree)
+    confirmed = set(drop_versions)
+    said = set(manifest.dropped) if manifest.is_delta else confirmed
+    what = f"delta {bundle_dir} of {manifest.version}" if manifest.is_delta else f"bundle {bundle_dir}"
+    for version in sorted(confirmed - said) + sorted(confirmed & set(manifest.all_versions)):
+        raise UsageError(f"--drop-version {version}: {what} does not drop {version}; nothing was changed: to remove "
+                         f"it, make a delta with bundle --since ... --drop-version {version}")
+    for version in sorted(said - confirmed):
+        raise UsageError(f"{what} drops {version}: it removes {version} and the files only it needs from "
+                         f"{home / placement.REPOSITORY}; nothing was changed: to accept that, run unpack again "
+                         f"with --drop-version {version}")
+    if held is None and not manifest.is_delta:
+        return manifest.paths_by_version  # nothing known to keep: a full bundle is the way to a complete record
+    replaced = {manifest.version} if manifest.is_delta else set(manifest.all_versions)
+    problems = removal_problems(held, {r.path for r in tree} - {t.path for t in manifest.tree}, replaced | said)
+    if problems:
+        way = ("unpack a full bundle of every version installed here once (bundle --version ... --version ...); "
+               "its receipt records what each version needs" if held is None else
+               "make the delta again with this amsrepomirror from this AMSHOME (bundle --since last, or --since "
+               "the file amsrepomirror receipt writes here: every other version is kept), or drop a version on "
+               "purpose with bundle --drop-version VERSION and unpack --drop-version VERSION" if manifest.is_delta else
+               "unpack a bundle of every version installed here (bundle --version ... --version ...), or remove "
+               "the other version on purpose with unpack --drop-version VERSION")
+        raise UsageError(f"{what} {problems[0]}; nothing was changed: {way}")
+    if held is None or not manifest.is_delta:
+        return None if held is None else manifest.paths_by_version
+    after = {v: paths for v, paths in held.items() if v not in replaced | said}
+    after[manifest.version] = (manifest.paths_by_version or {}).get(manifest.version) or {t.path for t in manifest.target}
+    return after
 
 
 def _sources(manifest: BundleManifest, installed: Dict[str, InstalledFile]) -> Dict[str, InstalledFile]:
@@ -176,26 +214,29 @@ def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
 
 def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_bytes: bytes, *,
                  keep_previous: bool, deep: bool, version_files: Sequence[str],
-                 trust_installed: bool = False) -> None:
+                 trust_installed: bool = False, drop_versions: Sequence[str] = ()) -> None:
     """Build the delta's target tree in staging from the installed tree and the delta; swap it in.
 
     Every installed file it reuses is hashed first; ``trust_installed`` (unless ``deep``) takes
     those whose size, mtime and inode are still the receipt's without hashing, and the receipt says so.
 
     ``manifest`` is parsed from ``manifest_bytes``, the delta's manifest.json as unpack read (and
-    signature-checked) it: the chunks are checked against these bytes and the receipt names them."""
+    signature-checked) it: the chunks are checked against these bytes and the receipt names them.
+    ``drop_versions``: installed versions the delta may remove (it must say it drops them)."""
     problems = delta_problems(manifest)
     if problems:
         raise IntegrityError(f"delta {bundle_dir} contradicts itself: {problems[0]}; carry it again")
-    tree = installed_tree(home, manifest, bundle_dir)
+    installed = installed_tree(home, manifest, bundle_dir)
     repo = home / placement.REPOSITORY
-    if tree is None:
+    if installed is None:
         changes = extract.tree_problems(repo, manifest.target, check_hashes=False)
         if changes:
             raise IntegrityError(f"{repo} should hold this delta's tree but differs from it ({changes[0]}); "
                                  "unpack a full bundle with --reinstall")
         log.info(f"unpack: {repo} already holds the tree this delta makes; nothing to do")
         return
+    receipt, tree = installed
+    version_paths = refuse_removals(home, receipt, tree, manifest, bundle_dir, drop_versions)
     sources = _sources(manifest, {r.path: r for r in tree})
     trust = trust_installed and not deep  # guard: installed-reuse-default
     log.info(f"unpack: checking the {len(set(sources.values()))} installed files the delta relies on"
@@ -203,7 +244,7 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
     seen = check_installed(repo, list(sources.values()), trust)
     log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
     require_intact(verify_bundle(bundle_dir, test_archives=False, manifest_bytes=manifest_bytes))
-    log.info(f"unpack: {placement.check_version(manifest.version, home, version_files)}")
+    log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
     placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
     expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
     with placement.new_staging(home) as staging:
@@ -220,13 +261,14 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         place_copies(staging, manifest.copies)
         log.info(f"unpack: verifying {len(manifest.target)} files against the delta's target manifest")
         extract.verify_tree(staging, manifest.target, check_hashes=False)
-        index = f"{manifest.version}.yml"
-        if not (staging / index).is_file():
-            raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
+        for index in (f"{version}.yml" for version in manifest.all_versions):
+            if not (staging / index).is_file():
+                raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
         receipt = placement.make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version, str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.target),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
-                                         lacking=manifest.lacking, trust_installed=trust)
+                                         lacking=manifest.lacking, trust_installed=trust,
+                                         version_paths=version_paths)
         log.info("unpack: writing the new tree to disk (sync)")
         extract.sync_tree(staging)
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)

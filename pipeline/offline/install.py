@@ -22,7 +22,7 @@ from amsrepomirror.bundle.signature import require_signature
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
-from amsrepomirror.offline.delta import place_copies, unpack_delta
+from amsrepomirror.offline.delta import place_copies, refuse_removals, unpack_delta
 from amsrepomirror.online.progress import ByteProgress
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
                   allow_downgrade: bool = False, signature_verifier: str = "auto",
-                  trust_installed: bool = False) -> CheckedManifest:
+                  trust_installed: bool = False, drop_versions: Sequence[str] = ()) -> CheckedManifest:
     """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here,
     and the sha256 of those bytes (what to tell the package manager and the admin, and what the
     receipt must name from now on, come from them, not from the folder).
@@ -140,6 +140,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     mtime and inode are still the receipt's). With ``allowed_signers``, a bundle whose
     manifest is not signed by a key listed there (and not in ``revoked_keys``) is refused before
     anything else; a bundle older than the installed one is refused unless ``allow_downgrade``.
+    ``drop_versions``: installed versions a delta may remove, when it says it drops them.
 
     manifest.json is read once: its signature is checked on those bytes, and every later step
     (downgrade and installed checks, the chunk check, extraction, the receipt) uses what they say,
@@ -174,20 +175,39 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
                 return CheckedManifest(manifest, sha256)
             if manifest.is_delta:
                 unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous, deep=deep,
-                             version_files=version_files, trust_installed=trust_installed)
+                             version_files=version_files, trust_installed=trust_installed,
+                             drop_versions=drop_versions)
                 return CheckedManifest(manifest, sha256)
         log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
         bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
         try:
             return CheckedManifest(_unpack_full(bundle_dir, data, _member_bytes(manifest) if bar else 0, home, bar,
-                                                keep_previous=keep_previous, version_files=version_files), sha256)
+                                                keep_previous=keep_previous, version_files=version_files,
+                                                drop_versions=drop_versions), sha256)
         finally:
             if bar is not None:
                 bar.close(clear=True)
 
 
+def _removals_allowed(home: Path, manifest: BundleManifest, bundle_dir: Path, drop_versions: Sequence[str]):
+    """What each version of a full bundle needs, for its receipt, once ``refuse_removals`` allows what it
+    removes from the installed tree. A receipt that cannot vouch for a tree (none, unreadable, damaged,
+    or written before receipts listed it) keeps nothing: a full bundle is the way out of it."""
+    try:
+        receipt = placement.read_receipt(home)
+        tree = placement.receipt_tree(receipt, home / placement.RECEIPT) if receipt else None
+    except (IntegrityError, UsageError):
+        tree = None
+    if tree is None:
+        return manifest.paths_by_version
+    try:
+        return refuse_removals(home, receipt, tree, manifest, bundle_dir, drop_versions)
+    except IntegrityError:  # its record of each version's paths is damaged
+        return manifest.paths_by_version
+
+
 def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home: Path, bar: Optional[ByteProgress], *,
-                 keep_previous: bool, version_files: Sequence[str]) -> BundleManifest:
+                 keep_previous: bool, version_files: Sequence[str], drop_versions: Sequence[str] = ()) -> BundleManifest:
     """A full bundle into AMSHOME (locked by the caller): checked, extracted into staging, swapped in.
 
     ``manifest_bytes``: manifest.json as unpack read (and signature-checked) it; ``extracting``:
@@ -199,6 +219,7 @@ def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home:
     for warning in report.warnings:
         log.warning(f"unpack: {warning}")
     manifest = report.manifest
+    version_paths = _removals_allowed(home, manifest, bundle_dir, drop_versions)
     log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
     placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
     expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
@@ -226,7 +247,7 @@ def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home:
                                          str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.tree),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
-                                         lacking=manifest.lacking)
+                                         lacking=manifest.lacking, version_paths=version_paths)
         log.info("unpack: writing the new tree to disk (sync)")
         extract.sync_tree(staging)  # one syncfs before the swap instead of an fsync per file
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)

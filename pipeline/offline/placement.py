@@ -77,7 +77,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 from amsrepomirror.bundle.format import SHA256_PATTERN
 from amsrepomirror.errors import IntegrityError, UsageError
@@ -91,7 +91,7 @@ from amsrepomirror.util.fsutil import (
     why_unwritable,
 )
 from amsrepomirror.util.lacking import Lacking, reason_problem
-from amsrepomirror.util.paths import path_problem, shown
+from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 from amsrepomirror.util.time import utc_now
 
 REPOSITORY = "repository"
@@ -102,7 +102,9 @@ JOURNAL = ".amsrepomirror-swap.json"
 RECEIPT = ".amsrepomirror-receipt.json"
 PROBE_PREFIX = ".amsrepomirror-probe-"
 LOCK = ".amsrepomirror.lock"
-RECEIPT_SCHEMA = "amsrepomirror/receipt/1"
+#: receipt/2 adds ``version_paths`` (each installed version's paths); receipt/1 is still read.
+RECEIPT_SCHEMA = "amsrepomirror/receipt/2"
+RECEIPT_SCHEMAS = ("amsrepomirror/receipt/1", RECEIPT_SCHEMA)
 JOURNAL_SCHEMA = "amsrepomirror/swap-journal/1"
 
 DEFAULT_VERSION_PATTERN = r"AMS\d{4}\.\d+"
@@ -328,14 +330,25 @@ def _encode_tree(rows: List[InstalledFile]) -> Dict[str, object]:
     return {"tree_gz": base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")}
 
 
+def _encode_version_paths(version_paths: Mapping[str, Iterable[str]]) -> Dict[str, object]:
+    listed = {v: sorted(paths) for v, paths in sorted(version_paths.items())}
+    text = json.dumps(listed, separators=(",", ":"))
+    if len(text) <= TREE_INLINE_BYTES:
+        return {"version_paths": listed}
+    return {"version_paths_gz": base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")}
+
+
 def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optional[List[InstalledFile]] = None,
                  bundle_created: str = "", bundle_sequence: int = 0,
-                 lacking: Sequence[Lacking] = (), trust_installed: bool = False) -> Dict[str, object]:
+                 lacking: Sequence[Lacking] = (), trust_installed: bool = False,
+                 version_paths: Optional[Mapping[str, Iterable[str]]] = None) -> Dict[str, object]:
     """The receipt of an unpack: the bundle manifest installed and, with ``tree``, the installed
     tree itself (what a delta is built against and checked with); ``lacking``, the listed files the
     bundle did not carry and why (kept so the admin can still tell why amspackages misses them);
     ``trust_installed``: a delta took installed files by size, mtime and inode without hashing them
-    (so a scrub can say the tree was trusted, not checked)."""
+    (so a scrub can say the tree was trusted, not checked); ``version_paths``, the paths each
+    installed AMS version needs (None: not known, as in receipts of older tools; then no delta may
+    remove a file: ``bundle.delta.removal_problems``)."""
     receipt = {
         "schema": RECEIPT_SCHEMA,
         "manifest_sha256": manifest_sha256,
@@ -350,7 +363,36 @@ def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optio
         receipt["lacking"] = [{"path": e.path, "reason": e.reason} for e in sorted(lacking, key=lambda e: e.path)]
     if trust_installed:  # absent when every reused file was hashed: such receipts read as before
         receipt["trust_installed"] = True
+    if version_paths is not None:
+        receipt.update(_encode_version_paths(version_paths))
     return receipt
+
+
+def receipt_version_paths(receipt: dict, where, tree: Iterable[InstalledFile]) -> Optional[Dict[str, Set[str]]]:
+    """The paths each installed version needs, as the receipt records them: None when it does not
+    (a receipt/1, or a bundle of several versions that did not say); IntegrityError naming ``where``
+    when damaged (a version that is not one, a path not in the installed ``tree``, the receipt's
+    ``version`` not among them)."""
+    if "version_paths" not in receipt and "version_paths_gz" not in receipt:
+        return None
+    paths_of_tree = {r.path for r in tree}
+    try:
+        if "version_paths" in receipt:
+            raw = receipt["version_paths"]
+        else:
+            raw = json.loads(gzip.decompress(base64.b64decode(str(receipt["version_paths_gz"]), validate=True)))
+        if not isinstance(raw, dict) or receipt.get("version") not in raw:
+            raise ValueError("its version_paths do not name its version")
+        held = {}
+        for version, paths in raw.items():
+            if not VERSION_PATTERN.fullmatch(version) or not isinstance(paths, list):
+                raise ValueError(f"its version_paths hold {shown(repr(version))[:40]}, not a version and its paths")
+            held[version] = set(paths)
+            if not held[version] <= paths_of_tree:
+                raise ValueError(f"its version_paths of {version} name a path its tree does not hold")
+    except (OSError, ValueError, EOFError, TypeError) as exc:
+        raise IntegrityError(f"receipt {where} is damaged: {exc}") from None
+    return held
 
 
 def receipt_lacking(receipt: dict, where) -> List[Lacking]:
@@ -381,7 +423,7 @@ def read_receipt(amshome) -> Optional[Dict[str, object]]:
         raise IntegrityError(f"cannot read receipt {path}: {exc}") from exc
     if body is None:
         return None
-    if not isinstance(body, dict) or body.get("schema") != RECEIPT_SCHEMA or "manifest_sha256" not in body:
+    if not isinstance(body, dict) or body.get("schema") not in RECEIPT_SCHEMAS or "manifest_sha256" not in body:
         raise IntegrityError(f"{path} is not an amsrepomirror receipt")
     return body
 

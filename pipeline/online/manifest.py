@@ -40,6 +40,9 @@ class Manifest:
     versions: List[str] = field(default_factory=list)  # several versions in one tree: all of them, ``version`` first
     # Listed files the tree does not hold (not licensed, or left out by --platform), with the reason.
     lacking: List[Lacking] = field(default_factory=list)
+    # Several versions in one tree: the paths each one lists and the tree holds (what a bundle records, so
+    # that a later delta of one version keeps what another still needs).
+    version_paths: Dict[str, List[str]] = field(default_factory=dict)
 
     @property
     def all_versions(self) -> List[str]:
@@ -64,6 +67,7 @@ class Manifest:
         }
         if len(self.all_versions) > 1:  # a one-version manifest stays byte for byte what it was
             body["versions"] = self.all_versions
+            body["version_paths"] = {v: sorted(paths) for v, paths in self.version_paths.items()}
         if self.lacking:  # absent when nothing is lacking: such manifests stay what they were
             body["lacking"] = [asdict(e) for e in sorted(self.lacking, key=lambda e: e.path)]
         # Encoded piece by piece: the same bytes as json.dumps(...).encode(), without a whole str beside
@@ -101,6 +105,7 @@ class Manifest:
             skipped_unauthorized=list(body.get("skipped_unauthorized", [])),
             versions=list(body.get("versions", [])),
             lacking=[Lacking(**e) for e in body.get("lacking", [])],
+            version_paths={v: list(paths) for v, paths in body.get("version_paths", {}).items()},
         )
 
 
@@ -124,4 +129,5 @@ def union_manifest(manifests: Sequence[Manifest]) -> Manifest:
                     listing_url=manifests[0].listing_url, created=max(m.created for m in manifests),
                     tool_version=manifests[0].tool_version, skipped_unauthorized=sorted(skipped),
                     versions=[m.version for m in manifests],
+                    version_paths={m.version: sorted(f.path for f in m.files) for m in manifests},
                     lacking=merged((m.lacking for m in manifests), held=files))

@@ -67,8 +67,10 @@ class BundleTarget(luigi.Target):
     settings and delta base (None: a full bundle), with a tool/ folder or without, signed when ``signed``."""
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
-                 base: Optional[str] = None, with_tool: bool = False, signed: bool = False, tool_for=((), ())):
+                 base: Optional[str] = None, with_tool: bool = False, signed: bool = False, tool_for=((), ()),
+                 dropped=()):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
+        self.dropped = sorted(dropped)
         self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
         self.with_tool, self.signed, self.tool_for = with_tool, signed, tool_for
 
@@ -81,8 +83,8 @@ class BundleTarget(luigi.Target):
             built = BundleManifest.read(self.out / MANIFEST_NAME)
         except MirrorError:
             return False
-        return ((built.chunk_size, built.compression, built.base, bool(built.tool))
-                == (self.chunk_size, self.compression, self.base, self.with_tool)
+        return ((built.chunk_size, built.compression, built.base, bool(built.tool), built.dropped)
+                == (self.chunk_size, self.compression, self.base, self.with_tool, self.dropped)
                 and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256()
                 and tool_matches(self.out, self.with_tool, *self.tool_for))
 
@@ -112,9 +114,10 @@ class BundleArchive(MirrorTask):
         return self.clone(VerifyTree)
 
     def output(self):
-        base = read_base(self.since).identity if self.since else None
-        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base, self.with_tool,
-                            bool(self.sign_key), (self.tool_pythons, self.tool_platforms))
+        base = read_base(self.since) if self.since else None
+        return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base and base.identity,
+                            self.with_tool, bool(self.sign_key), (self.tool_pythons, self.tool_platforms),
+                            list(base.dropped) if base else [])
 
     def run(self):
         manifest_path = self.input().path

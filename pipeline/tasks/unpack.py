@@ -49,6 +49,8 @@ class Unpack(ReportsFailure, luigi.Task):
     revoked_keys = luigi.Parameter(default="", significant=False, description="OpenSSH revoked keys file")
     allow_downgrade = luigi.BoolParameter(default=False, significant=False,
                                           description="install a bundle older than the installed one")
+    drop_versions = luigi.ListParameter(default=[], significant=False,
+                                        description="delta: installed versions it may remove (made with bundle --drop-version)")
 
     def output(self):
         return ReceiptTarget(self.amshome, self.bundle)
@@ -79,4 +81,5 @@ class Unpack(ReportsFailure, luigi.Task):
             version_files=list(unpack().installed_version_files),
             allowed_signers=self.allowed_signers or unpack().allowed_signers, revoked_keys=self.revoked_keys,
             allow_downgrade=self.allow_downgrade, signature_verifier=unpack().signature_verifier,
-            trust_installed=self.trust_installed or unpack().trust_installed)
+            trust_installed=self.trust_installed or unpack().trust_installed,
+            drop_versions=list(self.drop_versions))
