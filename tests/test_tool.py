@@ -336,3 +336,31 @@ def test_requirements_files_name_every_listed_wheel_with_its_sha256(tool_bundle)
         named.update({f"tool/{wheel}": digest for wheel, digest in pairs.items()})
     wheels = {path: digest for path, digest in listed.items() if path.endswith(".whl")}
     assert named == wheels  # every wheel is some Python's, each with the sha256 manifest.json lists
+
+
+def test_install_sh_checks_pips_wheel_before_it_runs(tmp_path):
+    """With no download: a tool/ folder whose requirements file and manifest.json agree, but whose pip wheel
+    is other bytes than they list. install.sh's check refuses it before it runs (pip's own check would
+    come too late: it runs inside that wheel)."""
+    bundle = tmp_path / "bundle"
+    wheels = bundle / "tool" / "wheels"
+    wheels.mkdir(parents=True)
+    marker = tmp_path / "added-code-ran"
+    hostile_pip(wheels / "pip-25.0-py3-none-any.whl", marker)
+    genuine = hashlib.sha256(b"the pip wheel that was signed").hexdigest()
+    requirements = bundle / "tool" / f"requirements-{OTHER_PYTHON}.txt"
+    requirements.write_text(f"wheels/pip-25.0-py3-none-any.whl --hash=sha256:{genuine}\n")
+    (bundle / "tool" / "install.sh").write_text(install_script(ToolSpec(pythons=[OTHER_PYTHON])))
+    tool = {f"tool/requirements-{OTHER_PYTHON}.txt": hashlib.sha256(requirements.read_bytes()).hexdigest(),
+            "tool/wheels/pip-25.0-py3-none-any.whl": genuine}
+    (bundle / MANIFEST_NAME).write_text(json.dumps({"tool": [{"path": p, "sha256": d} for p, d in tool.items()]}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
+    result = subprocess.run(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], capture_output=True,
+                            text=True, cwd=tmp_path, env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin"), timeout=120)
+    assert not marker.exists()
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.splitlines() == ["error: install.sh: tool/wheels/pip-25.0-py3-none-any.whl does not match its "
+                                          "sha256 in manifest.json; nothing was installed"]
+    assert not (tmp_path / "venv").exists()
