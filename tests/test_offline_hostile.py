@@ -12,10 +12,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from clihelp import run_cli, tree_hashes
+from clihelp import REPO, run_cli, tree_hashes
 from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
+from amsrepomirror.bundle.readme import FOLDER_CHECK
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
@@ -342,3 +343,4 @@ def test_readme_lists_the_files_and_its_by_hand_check_catches_an_added_one(sourc
     (out / "chunk-0123456789abcdef.7z").write_bytes(b"7z")
     (out / ".hidden.7z").write_bytes(b"7z")
     assert _folder_check(out) == ".hidden.7z\nchunk-0123456789abcdef.7z\n"
+    assert FOLDER_CHECK in (REPO / "README.md").read_text(encoding="utf-8")  # the same check in the project's README
