@@ -160,7 +160,8 @@ def _install_lines(manifest: BundleManifest) -> list:
     return [
         f"   Then install amsrepomirror from this bundle (no network needed; {SUMS_NAME} covers it):",
         f"     sh {TOOL_DIR}/install.sh [VENV]      (default VENV: $HOME/amsrepomirror-venv)",
-        "   It picks a Python the wheels fit, makes the venv and runs amsrepomirror verify on this folder;",
+        "   It picks a Python the wheels fit, checks each wheel it will use (pip's too) against manifest.json",
+        "   before any of them runs, installs exactly those and runs amsrepomirror verify on this folder;",
         "   use VENV/bin/amsrepomirror below.",
         "",
     ]

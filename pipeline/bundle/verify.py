@@ -238,9 +238,9 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
     with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
     ("truncated" when short) and sha256 ("corrupt"); nothing else under tool/ and no chunk-like
-    name that the manifest does not list ("unexpected"; ``format.unlisted_files``, which also names
-    the other unlisted files in one warning); and, with ``test_archives``, what the chunks hold (``_ContentCheck``): the
-    member checks unpack applies, correct CRCs, and every member and every file with the size
+    name that the manifest does not list ("unexpected"; ``format.unlisted_files``, whose other
+    unlisted files are named in one warning); and, with ``test_archives``, what the chunks hold
+    (``_ContentCheck``): the member checks unpack applies, correct CRCs, and every member and every file with the size
     and sha256 the manifest lists; the tool/ files of a --with-tool bundle with the size and sha256
     the manifest lists. So a bundle that verifies is one that unpack accepts.
 
