@@ -287,6 +287,7 @@ def test_changed_install_is_named_and_reinstall_restores_it(source, amshome):
 UNLISTED_REFUSED = [
     "tool/wheels/amsrepomirror-99.0-py3-none-any.whl",  # no tool list at all: every file under tool/ is unlisted
     "tool/install.sh",
+    "TOOL/install.sh",  # what a case-insensitive filesystem finds as tool/install.sh
     "CHUNK-0123456789ABCDEF.7Z",
     ".chunk-0123456789abcdef.7z",
     ".7Z",

@@ -56,11 +56,12 @@ def looks_like_chunk(name: str) -> bool:
 def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str], List[str]]:
     """What a bundle folder holds besides the files ``listed`` (paths relative to it), as (refused, ignored).
 
-    The one rule for what the far side may find in a bundle folder. Refused: anything under ``tool/`` that
-    is not listed (install.sh and the wheels run as code), ``tool`` itself when it is not a folder, and every
-    chunk-like name in the folder (``looks_like_chunk``: ``CHUNK-....7Z``, ``.chunk-....7z``) but the ``._*``
-    files macOS leaves beside every file it copies to FAT. Ignored: the rest (those, ``.DS_Store``, a stick's
-    own folders, shown with a trailing ``/``); they are never opened. Found by name only: links are not followed, nothing is read.
+    The one rule for what the far side may find in a bundle folder. Refused: anything under ``tool/`` (also
+    ``TOOL/``, which a case-insensitive filesystem finds for it) that is not listed: install.sh and the wheels
+    run as code; ``tool`` when it is not a folder; every chunk-like name (``looks_like_chunk``:
+    ``CHUNK-....7Z``, ``.chunk-....7z``) but the ``._*`` files macOS leaves beside each file it copies to FAT.
+    Ignored: the rest (those, ``.DS_Store``, a stick's own folders, shown with a trailing ``/``), never
+    opened. Found by name only: links are not followed, nothing is read.
     """
     root = Path(bundle_dir)
     refused: List[str] = []
@@ -69,9 +70,10 @@ def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str]
         if entry.name in listed:
             continue
         chunk_like = looks_like_chunk(entry.name) and not entry.name.startswith(APPLE_DOUBLE)
-        if entry.name == TOOL_DIR and entry.is_dir(follow_symlinks=False):
-            refused += _unlisted_under(Path(entry.path), TOOL_DIR, listed)
-        elif entry.name == TOOL_DIR or chunk_like:  # guard: unlisted-chunk-like
+        tool = entry.name.casefold() == TOOL_DIR  # also TOOL/ or Tool/: on FAT or macOS, tool/... finds it
+        if tool and entry.is_dir(follow_symlinks=False):
+            refused += _unlisted_under(Path(entry.path), entry.name, listed)
+        elif tool or chunk_like:  # guard: unlisted-chunk-like
             refused.append(entry.name)
         else:
             ignored.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
