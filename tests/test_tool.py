@@ -379,3 +379,21 @@ def test_readmes_signature_step_names_a_tool_file_the_signed_manifest_does_not_l
     command = next(line.strip() for line in readme.splitlines() if "NOT SIGNED" in line)
     found = subprocess.run(["sh", "-c", command], cwd=bundle, capture_output=True, text=True, timeout=60)
     assert found.stdout == "tool/install.sh: NOT SIGNED\n", found.stderr
+
+
+def test_install_sh_run_in_the_bundle_folder_imports_nothing_from_it(tool_bundle, tmp_path):
+    """README.txt has the admin work in the bundle folder; a venv.py added there must not stand in for
+    Python's own venv module (python -m looks in the current folder first)."""
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    marker = tmp_path / "added-code-ran"
+    (bundle / "venv.py").write_text(f"open({str(marker)!r}, 'w').write('venv.py ran')\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
+    venv = tmp_path / "venv"
+    result = offline(["sh", "tool/install.sh", str(venv)],
+                     env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin", PYTHON=f"python{OTHER_PYTHON}"), cwd=bundle)
+    assert not marker.exists(), result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ignored 1 file(s) that manifest.json does not list (never read): venv.py" in result.stderr
+    assert (venv / "bin" / "amsrepomirror").exists()

@@ -239,7 +239,8 @@ pip_wheel=$("$py" -I -S - "$bundle" "$requirements" <<'CHECK'
 {wheel_check()}CHECK
 ) || exit $?
 case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
-"$py" -m venv --without-pip "$venv"
+# From /: "python -m" imports from the current folder first (a venv.py beside the bundle's files, say).
+(cd / && "$py" -m venv --without-pip "$venv")
 cd "$here"
 PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet --disable-pip-version-check \\
   --no-index --no-deps --require-hashes --force-reinstall -r "$requirements"
