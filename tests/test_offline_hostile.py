@@ -9,10 +9,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from clihelp import REPO, run_cli, tree_hashes
+from clihelp import REPO, cli_env, run_cli, tree_hashes
 from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
@@ -293,6 +294,8 @@ UNLISTED_REFUSED = [
     ".7Z",
     "chunk-0123456789abcdef.7z.001",
     "chunk-0123456789abcdef.7z. ",  # Windows drops the trailing dot and space
+    "luigi.cfg",  # settings, for a command run in the bundle folder
+    "Client.cfg",
 ]
 
 
@@ -345,3 +348,16 @@ def test_readme_lists_the_files_and_its_by_hand_check_catches_an_added_one(sourc
     (out / ".hidden.7z").write_bytes(b"7z")
     assert _folder_check(out) == ".hidden.7z\nchunk-0123456789abcdef.7z\n"
     assert FOLDER_CHECK in (REPO / "README.md").read_text(encoding="utf-8")  # the same check in the project's README
+
+
+def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(source, tmp_path):
+    """An admin runs verify in the bundle folder (README.txt says so): Luigi reads ./luigi.cfg there, so one
+    added to the folder would be settings nobody listed."""
+    out = copy_of(source, tmp_path)
+    (out / "luigi.cfg").write_text("[unpack]\nsignature_verifier = planted\n")
+    result = subprocess.run([sys.executable, "-m", "amsrepomirror", "verify", "."], cwd=out, env=cli_env(),
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 4, result.stdout + result.stderr
+    errors = error_lines(result)
+    assert len(errors) == 1 and "luigi.cfg: unexpected (not in manifest.json: remove it)" in errors[0]
+    assert "planted" not in result.stdout + result.stderr

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Collection, Dict, List, Mapping, Optional, Tuple
 
+from amsrepomirror.config import LUIGI_FILES
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
 from amsrepomirror.util.lacking import Lacking, reason_problem
@@ -43,6 +44,9 @@ def is_tool_path(name) -> bool:
 _CHUNK_LIKE = re.compile(r".*\.7z(\.[0-9]+)?", re.IGNORECASE | re.DOTALL)
 
 
+#: Settings files a command reads from the folder it runs in (Luigi's ./luigi.cfg and ./client.cfg). The admin
+#: works in the bundle folder: one added there would be settings nobody listed (allowed signers, say).
+WORKING_FOLDER_SETTINGS = tuple(name for name in LUIGI_FILES if "/" not in name)
 #: The prefix of the AppleDouble files (extended attributes) macOS writes beside each file it copies to FAT.
 APPLE_DOUBLE = "._"
 
@@ -59,7 +63,8 @@ def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str]
     The one rule for what the far side may find in a bundle folder. Refused: anything under ``tool/`` (also
     ``TOOL/``, which a case-insensitive filesystem finds for it) that is not listed: install.sh and the wheels
     run as code; ``tool`` when it is not a folder; every chunk-like name (``looks_like_chunk``:
-    ``CHUNK-....7Z``, ``.chunk-....7z``) but the ``._*`` files macOS leaves beside each file it copies to FAT.
+    ``CHUNK-....7Z``, ``.chunk-....7z``) but the ``._*`` files macOS leaves beside each file it copies to FAT;
+    settings the tool would read when run in the folder (``WORKING_FOLDER_SETTINGS``: ``luigi.cfg``).
     Ignored: the rest (those, ``.DS_Store``, a stick's own folders, shown with a trailing ``/``), never
     opened. Found by name only: links are not followed, nothing is read.
     """
@@ -73,7 +78,7 @@ def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str]
         tool = entry.name.casefold() == TOOL_DIR  # also TOOL/ or Tool/: on FAT or macOS, tool/... finds it
         if tool and entry.is_dir(follow_symlinks=False):
             refused += _unlisted_under(Path(entry.path), entry.name, listed)
-        elif tool or chunk_like:  # guard: unlisted-chunk-like
+        elif tool or chunk_like or entry.name.casefold() in WORKING_FOLDER_SETTINGS:  # guard: unlisted-chunk-like
             refused.append(entry.name)
         else:
             ignored.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
