@@ -241,9 +241,9 @@ pip_wheel=$("$py" -I -S - "$bundle" "$requirements" <<'CHECK'
 case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
 # From /: "python -m" imports from the current folder first (a venv.py beside the bundle's files, say).
 (cd / && "$py" -m venv --without-pip "$venv")
-cd "$here"
-PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet --disable-pip-version-check \\
-  --no-index --no-deps --require-hashes --force-reinstall -r "$requirements"
+# In tool/: the requirements file names the wheels relative to it; no pip settings of this machine apply.
+(cd "$here" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet \\
+  --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r "$requirements")
 echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
 exec "$venv/bin/amsrepomirror" verify "$bundle"
 """
