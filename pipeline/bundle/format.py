@@ -7,12 +7,14 @@ concatenated in order on unpack.
 """
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Set
+from typing import Callable, Collection, Dict, List, Mapping, Optional, Set, Tuple
 
 from amsrepomirror import __version__
+from amsrepomirror.config import LUIGI_FILES
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
 from amsrepomirror.util.lacking import Lacking, reason_problem
@@ -41,6 +43,70 @@ TOOL_DIR = "tool"
 def is_tool_path(name) -> bool:
     """A file of the bundle's tool folder (``tool/...``), a safe relative path."""
     return isinstance(name, str) and name.startswith(TOOL_DIR + "/") and path_problem(name) is None
+
+
+#: What 7-Zip or an admin could take for a chunk (``looks_like_chunk``): ``*.7z`` in any case, hidden or not,
+#: or a volume of one (``*.7z.001``).
+_CHUNK_LIKE = re.compile(r".*\.7z(\.[0-9]+)?", re.IGNORECASE | re.DOTALL)
+
+
+#: Settings files a command reads from the folder it runs in (Luigi's ./luigi.cfg and ./client.cfg). The admin
+#: works in the bundle folder: one added there would be settings nobody listed (allowed signers, say).
+WORKING_FOLDER_SETTINGS = tuple(name for name in LUIGI_FILES if "/" not in name)
+#: The prefix of the AppleDouble files (extended attributes) macOS writes beside each file it copies to FAT.
+APPLE_DOUBLE = "._"
+
+
+def looks_like_chunk(name: str) -> bool:
+    """Whether a file named ``name`` could be taken for a chunk (by ``7z x '*.7z'``, 7-Zip or an admin),
+    also with the trailing dots and spaces Windows drops from a name."""
+    return _CHUNK_LIKE.fullmatch(name.rstrip(". ")) is not None
+
+
+def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str], List[str]]:
+    """What a bundle folder holds besides the files ``listed`` (paths relative to it), as (refused, ignored).
+
+    The one rule for what the far side may find in a bundle folder. Refused: anything under ``tool/`` (also
+    ``TOOL/``, which a case-insensitive filesystem finds for it) that is not listed: install.sh and the wheels
+    run as code; ``tool`` when it is not a folder; every chunk-like name (``looks_like_chunk``:
+    ``CHUNK-....7Z``, ``.chunk-....7z``) but the ``._*`` files macOS leaves beside each file it copies to FAT;
+    settings the tool would read when run in the folder (``WORKING_FOLDER_SETTINGS``: ``luigi.cfg``).
+    Ignored: the rest (those, ``.DS_Store``, a stick's own folders, shown with a trailing ``/``), never
+    opened. Found by name only: links are not followed, nothing is read.
+    """
+    root = Path(bundle_dir)
+    refused: List[str] = []
+    ignored: List[str] = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name in listed:
+            continue
+        chunk_like = looks_like_chunk(entry.name) and not entry.name.startswith(APPLE_DOUBLE)
+        tool = entry.name.casefold() == TOOL_DIR  # also TOOL/ or Tool/: on FAT or macOS, tool/... finds it
+        if tool and entry.is_dir(follow_symlinks=False):
+            refused += _unlisted_under(Path(entry.path), entry.name, listed)
+        elif tool or chunk_like or entry.name.casefold() in WORKING_FOLDER_SETTINGS:  # guard: unlisted-chunk-like
+            refused.append(entry.name)
+        else:
+            ignored.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
+    return refused, ignored
+
+
+def _unlisted_under(folder: Path, prefix: str, listed: Collection[str]) -> List[str]:
+    """Every entry below ``folder`` (named ``prefix/...``) that is not a listed path, folders aside; links
+    (also to folders) are entries, never followed; a folder that cannot be read is one."""
+    found: List[str] = []
+
+    def unreadable(exc: OSError) -> None:
+        inner = Path(exc.filename).relative_to(folder).as_posix() if exc.filename else "."
+        found.append(prefix if inner == "." else f"{prefix}/{inner}")
+
+    for parent, dirs, files in os.walk(folder, onerror=unreadable):
+        here = Path(parent).relative_to(folder)
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(parent, d))]:
+            rel = f"{prefix}/{(here / name).as_posix()}"
+            if rel not in listed:  # guard: unlisted-tool-file
+                found.append(rel)
+    return sorted(found)
 
 
 def part_member(path: str, index: int) -> str:

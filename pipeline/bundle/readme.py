@@ -20,9 +20,10 @@ def signature_check_lines() -> list:
         f"     ssh-keygen -Y verify -f ALLOWED -n {NAMESPACE} -s {SIGNATURE_NAME} \\",
         f"       -I \"$(ssh-keygen -Y find-principals -f ALLOWED -s {SIGNATURE_NAME})\" < {MANIFEST_NAME}",
         "   It must print: Good \"amsrepomirror\" signature for ... Otherwise do not use this bundle.",
-        f"   {SUMS_NAME} is not signed itself: check that every chunk's sha256 in it is in the signed {MANIFEST_NAME}",
-        "   (no output means all are):",
-        f"     grep '\\.7z$' {SUMS_NAME} | while read -r sum name; do "
+        f"   {SUMS_NAME} is not signed itself: check that every sha256 in it (chunks, {TOOL_DIR}/ files) is in the",
+        f"   signed {MANIFEST_NAME} (no output means all are):",
+        f"     grep -v -e ' {MANIFEST_NAME}$' -e ' {SIGNATURE_NAME}$' -e ' {README_NAME}$' {SUMS_NAME} | "
+        "while read -r sum name; do "
         f"grep -q \"$sum\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
         "   (amsrepomirror verify . --allowed-signers ALLOWED does all of this and more, also where OpenSSH is",
         "   older than 8.2, as on RHEL/Rocky 8: it then checks the signature itself.)",
@@ -32,11 +33,40 @@ def signature_check_lines() -> list:
 
 def readme_text(manifest: BundleManifest, signed: bool = False) -> str:
     """The text of README.txt for ``manifest`` (``signed``: the bundle has manifest.json.sig)."""
-    text = _delta_readme(manifest) if manifest.is_delta else _full_readme(manifest)
+    text = (_delta_readme(manifest) if manifest.is_delta else _full_readme(manifest)) + _files_section(manifest, signed)
     if not signed:
         return text
     head, sep, rest = text.partition("1. Check the copy")
     return head + "\n".join(signature_check_lines()) + "\n" + sep + rest
+
+
+def bundle_file_names(manifest: BundleManifest, signed: bool) -> list:
+    """Every file of the bundle folder (paths relative to it), sorted: the chunks, manifest.json (and its
+    signature), SHA256SUMS, README.txt and the tool/ files."""
+    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, SUMS_NAME, README_NAME] + [t.path for t in manifest.tool]
+    return sorted(set(names + ([SIGNATURE_NAME] if signed else [])))
+
+
+#: The by-hand check that a bundle folder holds exactly the files SHA256SUMS lists (and SHA256SUMS):
+#: ``sha256sum -c`` cannot see a file added beside them. POSIX sh; no output means none is added or missing.
+FOLDER_CHECK = (f"{{ echo {SUMS_NAME}; sed 's/^[0-9a-f]* [ *]//' {SUMS_NAME}; find . ! -type d | sed 's|^\\./||'; }}"
+                " | LC_ALL=C sort | uniq -u")
+
+
+def _folder_check_lines() -> list:
+    return [
+        f"   {SUMS_NAME} cannot show a file ADDED to this folder (a stray chunk that 7z would unpack too, a",
+        f"   wheel in {TOOL_DIR}/): check that the folder holds exactly the files it lists (no output means it does;",
+        "   remove what is named, e.g. .DS_Store or the ._* files a Mac leaves; the files are listed at the end):",
+        f"     {FOLDER_CHECK}",
+    ]
+
+
+def _files_section(manifest: BundleManifest, signed: bool) -> str:
+    """The end of README.txt: every file of the bundle folder, one a line."""
+    names = bundle_file_names(manifest, signed)
+    return "\n".join(["", f"Files of this bundle ({len(names)}; nothing else belongs in this folder):",
+                      *(f"  {name}" for name in names)]) + "\n"
 
 
 def _full_readme(manifest: BundleManifest) -> str:
@@ -71,6 +101,7 @@ def _full_readme(manifest: BundleManifest) -> str:
         "1. Check the copy (run in this folder):",
         f"     sha256sum -c {SUMS_NAME}",
         "   Every line must end in OK. A chunk that fails was damaged or cut short: copy it again.",
+        *_folder_check_lines(),
         "   One stick of several, as it arrives (in its folder; chunks on other sticks are skipped):",
         f"     sha256sum -c --ignore-missing {SUMS_NAME}",
         "   or: amsrepomirror verify --partial STICK   (also lists the chunks not here yet)",
@@ -129,7 +160,8 @@ def _install_lines(manifest: BundleManifest) -> list:
     return [
         f"   Then install amsrepomirror from this bundle (no network needed; {SUMS_NAME} covers it):",
         f"     sh {TOOL_DIR}/install.sh [VENV]      (default VENV: $HOME/amsrepomirror-venv)",
-        "   It picks a Python the wheels fit, makes the venv and runs amsrepomirror verify on this folder;",
+        "   It picks a Python the wheels fit, checks each wheel it will use (pip's too) against manifest.json",
+        "   before any of them runs, installs exactly those and runs amsrepomirror verify on this folder;",
         "   use VENV/bin/amsrepomirror below.",
         "",
     ]
@@ -165,6 +197,7 @@ def _delta_readme(manifest: BundleManifest) -> str:
         "",
         "1. Check the copy (in this folder):",
         f"     sha256sum -c {SUMS_NAME}",
+        *_folder_check_lines(),
         "",
         *_install_lines(manifest),
         "2. Apply with amsrepomirror (recommended: refuses another base, builds the new tree beside the",

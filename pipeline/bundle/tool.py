@@ -2,8 +2,11 @@
 
 ``tool/wheels`` holds wheels of amsrepomirror, of all its dependencies and of pip, for the offline
 side's Python (``--tool-python``, default the running one) and platform (``--tool-platform``);
-``tool/install.sh`` picks a matching interpreter, makes a venv from those wheels alone (no network,
-no ensurepip: the shipped pip wheel installs pip) and verifies the bundle. Every file is listed in
+``tool/requirements-X.Y.txt`` names the exact wheel files for Python X.Y with their sha256;
+``tool/install.sh`` picks a matching interpreter, checks every wheel that requirements file names
+(pip's own too) against manifest.json's ``tool`` list before any of them runs, and makes a venv from
+exactly those (no network, no ensurepip: the shipped pip wheel installs pip, ``--require-hashes``)
+and verifies the bundle. A wheel added to ``tool/wheels`` is never used. Every file is listed in
 manifest.json (``tool``) and SHA256SUMS, so the bundle's checks cover the tool too.
 """
 
@@ -115,21 +118,95 @@ def download_platforms(spec: ToolSpec) -> List[str]:
     return tags
 
 
-def build_wheels(dest: Path, spec: ToolSpec) -> None:
-    """amsrepomirror's wheel (built from its source), its dependencies and pip, into ``dest``."""
+def requirements_name(python: str) -> str:
+    """The file (in tool/) that names the wheels for Python ``python`` (X.Y), each with its sha256."""
+    return f"requirements-{python}.txt"
+
+
+def build_wheels(dest: Path, spec: ToolSpec) -> Dict[str, List[str]]:
+    """amsrepomirror's wheel (built from its source), its dependencies and pip, into ``dest``; returns,
+    per Python of ``spec``, the names of the wheels it installs (each Python is downloaded apart, so
+    that a requirements file names exactly what that Python needs)."""
     dest.mkdir(parents=True)
+    wheels: Dict[str, List[str]] = {}
     with tempfile.TemporaryDirectory(prefix="amsrepomirror-wheel-") as tmp:
-        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", tmp, str(_project_source())], "building amsrepomirror's wheel")
-        own = next(Path(tmp).glob("*.whl"))
-        shutil.copy2(own, dest / own.name)
+        built = Path(tmp) / "built"
+        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(built), str(_project_source())],
+             "building amsrepomirror's wheel")
+        own = next(built.glob("*.whl"))
         for python in spec.pythons:
+            into = Path(tmp) / f"python-{python}"
             target = ["--python-version", python] + [a for p in download_platforms(spec) for a in ("--platform", p)]
-            _pip(["download", "--quiet", "--only-binary=:all:", "--dest", str(dest), *target, str(own), "pip"],
+            _pip(["download", "--quiet", "--only-binary=:all:", "--dest", str(into), *target, str(own), "pip"],
                  f"downloading the wheels for Python {python}{' ' + ' '.join(spec.platforms) if spec.platforms else ''}")
+            wheels[python] = sorted(p.name for p in into.glob("*.whl"))
+            for wheel in into.glob("*.whl"):
+                if not (dest / wheel.name).exists():
+                    shutil.copy2(wheel, dest / wheel.name)
+    return wheels
+
+
+def requirements_text(python: str, wheels: Sequence[str], folder: Path) -> str:
+    """tool/requirements-X.Y.txt: the wheel files (in ``folder``) for Python X.Y, each with its sha256,
+    for pip --require-hashes; install.sh checks it and each wheel against manifest.json first."""
+    lines = [f"# The wheels tool/install.sh installs for Python {python}, exactly these files (pip --require-hashes).\n"]
+    for name in sorted(wheels):
+        lines.append(f"{WHEELS_DIR}/{name} --hash=sha256:{sha256_file(folder / name)}\n")
+    return "".join(lines)
+
+
+def wheel_check() -> str:
+    """The check install.sh runs with the chosen interpreter (``-I -S``: standard library only, no site,
+    no environment) before any wheel runs: the requirements file for this Python and every wheel it
+    names must be files that manifest.json's ``tool`` list names, with that sha256. It prints pip's
+    wheel; otherwise one line and exit 4. Sent as a quoted here-document: nothing in it is expanded."""
+    return r"""import hashlib, json, os, re, stat, sys
+bundle, requirements = sys.argv[1], "tool/" + sys.argv[2]
+def refuse(why):
+    sys.stderr.write("error: install.sh: " + why + "; nothing was installed\n")
+    sys.exit(4)
+def read(rel, limit):
+    path = os.path.join(bundle, *rel.split("/"))
+    try:
+        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK | os.O_NOFOLLOW)) as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                refuse(rel + " is not a regular file")
+            data = f.read(limit + 1)
+    except OSError as exc:
+        refuse("cannot read " + rel + ": " + str(exc))
+    if len(data) > limit:
+        refuse(rel + " is larger than " + str(limit) + " bytes")
+    return data
+try:
+    listed = {t["path"]: t["sha256"] for t in json.loads(read("manifest.json", 1 << 30))["tool"]}
+except Exception as exc:
+    refuse("manifest.json lists no tool files: " + type(exc).__name__)
+def check(rel):
+    if rel not in listed:
+        refuse(rel + " is not listed in manifest.json")
+    data = read(rel, 1 << 30)
+    if hashlib.sha256(data).hexdigest() != listed[rel]:  # guard: tool-wheel-pinning
+        refuse(rel + " does not match its sha256 in manifest.json")
+    return data
+pips = []
+for line in check(requirements).decode("utf-8", "replace").splitlines():
+    if not line.strip() or line.startswith("#"):
+        continue
+    found = re.fullmatch(r"(wheels/[A-Za-z0-9_.+-]+\.whl) --hash=sha256:([0-9a-f]{64})", line)
+    if not found or listed.get("tool/" + found.group(1)) != found.group(2):
+        refuse(requirements + " names a wheel that manifest.json does not list: " + ascii(line[:120]))
+    check("tool/" + found.group(1))
+    if found.group(1).startswith("wheels/pip-"):
+        pips.append(found.group(1))
+if len(pips) != 1:
+    refuse(requirements + " names " + str(len(pips)) + " pip wheels, not one")
+print(os.path.join(bundle, "tool", pips[0]))
+"""
 
 
 def install_script(spec: ToolSpec) -> str:
-    """tool/install.sh: pick an interpreter the wheels fit, make a venv from them alone, verify the bundle."""
+    """tool/install.sh: pick an interpreter the wheels fit, check the wheels it will use against
+    manifest.json (``wheel_check``), make a venv from exactly those, verify the bundle."""
     wanted = " ".join(sorted(spec.pythons, key=lambda v: tuple(map(int, v.split("."))), reverse=True))
     candidates = " ".join(f"python{v}" for v in reversed(SUPPORTED_PYTHONS))
     # AMS's own Python (a wrapper script) last: it serves where the system has no new enough python3.X.
@@ -156,10 +233,17 @@ if [ -z "$py" ]; then
     "from AppStream), set AMSHOME to an AMS whose amspython is one of these, or bundle again with --tool-python X.Y" >&2
   exit 1
 fi
-pip_wheel=$(ls "$here"/{WHEELS_DIR}/pip-*.whl | head -n 1)
-"$py" -m venv --without-pip "$venv"
-"$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet --disable-pip-version-check --no-index \\
-  --find-links "$here/{WHEELS_DIR}" --force-reinstall pip {DIST_NAME}
+requirements=requirements-$version.txt
+# Every wheel used below, pip's own too, is checked against manifest.json before any of it runs.
+pip_wheel=$("$py" -I -S - "$bundle" "$requirements" <<'CHECK'
+{wheel_check()}CHECK
+) || exit $?
+case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
+# From /: "python -m" imports from the current folder first (a venv.py beside the bundle's files, say).
+(cd / && "$py" -m venv --without-pip "$venv")
+# In tool/: the requirements file names the wheels relative to it; no pip settings of this machine apply.
+(cd "$here" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet \\
+  --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r "$requirements")
 echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
 exec "$venv/bin/amsrepomirror" verify "$bundle"
 """
@@ -174,7 +258,8 @@ def write_tool(bundle_dir: Path, work: Path, spec: Optional[ToolSpec]) -> List[T
         return []
     staging = Path(work) / TOOL_DIR
     shutil.rmtree(staging, ignore_errors=True)
-    build_wheels(staging / WHEELS_DIR, spec)
+    for python, wheels in build_wheels(staging / WHEELS_DIR, spec).items():
+        (staging / requirements_name(python)).write_text(requirements_text(python, wheels, staging / WHEELS_DIR))
     script = staging / INSTALL_SCRIPT
     script.write_text(install_script(spec))
     script.chmod(0o755)

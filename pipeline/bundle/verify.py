@@ -15,8 +15,10 @@ from amsrepomirror.bundle.format import (
     Chunk,
     copy_problems,
     is_tool_path,
+    looks_like_chunk,
     part_layout_problem,
     read_manifest_bytes,
+    unlisted_files,
 )
 from amsrepomirror.bundle.sevenzip import hash_members
 from amsrepomirror.bundle.signature import SIGNATURE_LIMIT, SIGNATURE_NAME
@@ -235,9 +237,10 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
 
     Checks: SHA256SUMS present and well-formed; manifest.json readable, consistent, and agreeing
     with SHA256SUMS; README.txt agrees with SHA256SUMS; every chunk present, of the right size
-    ("truncated" when short) and sha256 ("corrupt"); no ``*.7z`` file that is not in the manifest
-    ("unexpected"); and, with ``test_archives``, what the chunks hold (``_ContentCheck``): the
-    member checks unpack applies, correct CRCs, and every member and every file with the size
+    ("truncated" when short) and sha256 ("corrupt"); nothing else under tool/ and no chunk-like
+    name that the manifest does not list ("unexpected"; ``format.unlisted_files``, whose other
+    unlisted files are named in one warning); and, with ``test_archives``, what the chunks hold
+    (``_ContentCheck``): the member checks unpack applies, correct CRCs, and every member and every file with the size
     and sha256 the manifest lists; the tool/ files of a --with-tool bundle with the size and sha256
     the manifest lists. So a bundle that verifies is one that unpack accepts.
 
@@ -392,8 +395,25 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
             future.cancel()
         pool.shutdown(wait=True)
 
-    known_chunks = manifest is not None or sums is not None
-    for path in sorted(bundle_dir.iterdir()) if known_chunks else []:
-        if path.name.endswith(CHUNK_SUFFIX) and not path.name.startswith(".") and path.name not in expected:
-            add(Problem(path.name, "unexpected", f"not in {MANIFEST_NAME}", chunk=True))
+    if manifest is not None or sums is not None:
+        _check_unlisted(report, expected, [t.path for t in manifest.tool] if manifest is not None else list(sums or {}))
     return report
+
+
+#: verify names at most this many files it ignored.
+IGNORED_SHOWN = 20
+
+
+def _check_unlisted(report: VerifyReport, chunks, others) -> None:
+    """What the folder holds besides the bundle's files (``unlisted_files``): refused ones are problems,
+    the others one warning."""
+    listed = {MANIFEST_NAME, SUMS_NAME, README_NAME, SIGNATURE_NAME, *chunks, *others}
+    refused, ignored = unlisted_files(report.bundle_dir, listed)
+    for name in refused:
+        chunk = "/" not in name and looks_like_chunk(name)
+        report.problems.append(Problem(shown(name), "unexpected", f"not in {MANIFEST_NAME}" + ("" if chunk else ": remove it"),
+                                       chunk=chunk))
+    if ignored:
+        more = f" and {len(ignored) - IGNORED_SHOWN} more" if len(ignored) > IGNORED_SHOWN else ""
+        report.warnings.append(f"ignored {len(ignored)} file(s) that {MANIFEST_NAME} does not list (never read): "
+                               + ", ".join(shown(name) for name in ignored[:IGNORED_SHOWN]) + more)

@@ -243,7 +243,8 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
              f"{' (size, mtime, inode from the receipt: --trust-installed)' if trust else ' (hashing them)'}")
     seen = check_installed(repo, list(sources.values()), trust)
     log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
-    require_intact(verify_bundle(bundle_dir, test_archives=False, manifest_bytes=manifest_bytes))
+    for warning in require_intact(verify_bundle(bundle_dir, test_archives=False, manifest_bytes=manifest_bytes)).warnings:
+        log.warning(f"unpack: {warning}")
     log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
     placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
     expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
