@@ -35,7 +35,7 @@ from amsrepomirror.offline.install import usage_hints
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.http import fetch_text
-from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
+from amsrepomirror.online.listing import listing_sha256, listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import BundleArchive, FetchListing, JoinRun, Unpack, VerifyTree, central, new_run_id, platform_rules
@@ -238,21 +238,25 @@ def _mirror_params(args) -> List[Dict]:
                  platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
                  no_ssl=args.no_ssl, jobs=int(jobs), run_id=run_id if len(pairs) == 1 else f"{run_id}-{version}")
             for version, url in pairs]
-    if args.scheduler_url and not args.run_id:
-        for params in runs:
-            params["run_id"] = central.shared_run_id(args.scheduler_url, central.work_key(params, _listing_sha256(params)))
+    args.run_identities = {}  # run id -> this process's identity of that run's work (a shared run's only)
+    for params in runs if args.scheduler_url else []:
+        identity = _run_identity(params)
+        if not args.run_id:
+            params["run_id"] = central.shared_run_id(args.scheduler_url, central.work_key(params["mirror"], identity))
+        args.run_identities[params["run_id"]] = identity
     return runs
 
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def _listing_sha256(params: Dict) -> str:
-    """The listing's content as a digest: processes share a run only when they read the same listing."""
+def _run_identity(params: Dict) -> Dict[str, str]:
+    """This process's identity of a run's work (central.run_identity), with the listing's content as
+    read now: processes share a run only when they read the same listing."""
     task = FetchListing(**params)
     timeout = float(setting(None, "http", "timeout"))
     text = fetch_text(task.session(), listing_url_for(params["version"], params["listing_url"]), timeout)
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return task.identity(listing_sha256(text))
 
 
 def use_scheduler(args) -> None:
@@ -324,7 +328,9 @@ def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
     failures = stage("listing")
     if failures:
         return failures
-    files = len(FetchListing(**params).snapshot()["files"])
+    snapshot = FetchListing(**params).snapshot()  # of whichever process was first, when several started at once
+    central.check_run_identity(params["run_id"], args.run_identities[params["run_id"]], snapshot.get("identity"))
+    files = len(snapshot["files"])
     largest = luigi.configuration.get_config().getint("DownloadFile", "shared_batch_size")
     with config.for_this_command({("DownloadFile", "run_batch_size"): str(central.batch_size(files, params["jobs"], largest))}):
         return stage("downloads") or stage("tree")

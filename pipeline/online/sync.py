@@ -30,7 +30,14 @@ from amsrepomirror.online.http import (
     fetch_to_part,
     probe,
 )
-from amsrepomirror.online.listing import ListedFile, excluded_platforms, parse_listing, redact, select_platforms
+from amsrepomirror.online.listing import (
+    ListedFile,
+    excluded_platforms,
+    listing_sha256,
+    parse_listing,
+    redact,
+    select_platforms,
+)
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress, CountProgress
 from amsrepomirror.online.segments import SegmentPolicy, Transfers, drop_ranges_record
@@ -47,7 +54,8 @@ SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
                   rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float) -> Dict:
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
-    listed = parse_listing(fetch_text(session, listing_url, timeout), listing_url)
+    text = fetch_text(session, listing_url, timeout)
+    listed = parse_listing(text, listing_url)
     index = f"{version}.yml"
     if index not in {f.path for f in listed}:
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
@@ -79,6 +87,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         "schema": SNAPSHOT_SCHEMA,
         "version": version,
         "listing_url": redact(listing_url),
+        "listing_sha256": listing_sha256(text),
         "created": utc_now(),
         "listed": [f.path for f in listed],
         "files": files,
