@@ -381,6 +381,36 @@ def test_older_bundle_is_refused_unless_downgrade_allowed(scm_double, repo_tree,
     assert tree_hashes(amshome / "repository") != installed
 
 
+@pytest.mark.parametrize("sequence", [None, 0])
+def test_a_bundle_without_a_sequence_is_a_downgrade_when_the_receipt_has_one(scm_double, repo_tree, tmp_path,
+                                                                              sequence):
+    mirror, old, new = tmp_path / "mirror", tmp_path / "old", tmp_path / "new"
+    url = scm_double.listing_url(VERSION)
+    assert bundle(url, mirror, old).returncode == 0
+    change_file(repo_tree, "linux/x86_64/adf-2026.101.tar.zst", seed="newer")
+    assert bundle(url, mirror, new).returncode == 0
+    body = json.loads((old / MANIFEST_NAME).read_text())
+    body.pop("sequence")
+    if sequence is not None:
+        body["sequence"] = sequence
+    (old / MANIFEST_NAME).write_text(json.dumps(body))  # as an older tool wrote it, or a field removed
+    resum(old)
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    assert run_cli("unpack", new, "--amshome", amshome).returncode == 0
+    installed = tree_hashes(amshome / "repository")
+    result = run_cli("unpack", old, "--amshome", amshome)
+    assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: bundle {old} (no number of its mirror, made {body['created']}) is older than the installed one "
+        f"(number 2, made {json.loads((new / MANIFEST_NAME).read_text())['created']}); to go back to it add "
+        "--allow-downgrade"]
+    assert tree_hashes(amshome / "repository") == installed
+    result = run_cli("unpack", old, "--amshome", amshome, "--allow-downgrade")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(amshome / "repository") != installed
+
+
 def test_a_delta_bundle_is_signed_the_same_way(signed, keys, scm_double, repo_tree, tmp_path):
     mirror, out = signed
     key, allowed = keys

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
+from amsrepomirror.util.jsonread import parse_json
 from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 
@@ -251,7 +252,7 @@ class BundleManifest:
         Every string is checked before anything uses it in a path, a log line or a message.
         """
         try:
-            body = json.loads(data.decode("utf-8"))
+            body = parse_json(data, "bundle manifest")
         except ValueError as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
         if not isinstance(body, dict) or body.get("schema") not in SCHEMAS:

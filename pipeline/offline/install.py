@@ -111,8 +111,8 @@ def _parsed(bundle_dir: Path, data: bytes) -> Optional[BundleManifest]:
 
 
 def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> None:
-    """UsageError when the receipt says a later bundle of the mirror is installed (higher sequence):
-    going back needs ``--allow-downgrade``."""
+    """UsageError when the receipt says a later bundle of the mirror is installed (higher sequence,
+    or any sequence when the bundle has none): going back needs ``--allow-downgrade``."""
     try:
         receipt = placement.read_receipt(home) or {}
     except IntegrityError:
@@ -120,10 +120,14 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
     if manifest.is_delta and manifest.base != receipt.get("tree_sha256"):
         return  # refused by the delta's base check, which says which tree it needs
     installed = receipt.get("bundle_sequence")
-    if type(installed) is int and manifest.sequence and manifest.sequence < installed:
-        raise UsageError(f"bundle {bundle_dir} (number {manifest.sequence} of its mirror, made "
-                         f"{manifest.created or '?'}) is older than the installed one (number {installed}, made "
-                         f"{receipt.get('bundle_created') or '?'}); to go back to it add --allow-downgrade")
+    if type(installed) is not int or installed <= 0:
+        return  # the installed bundle carried no number: nothing to be older than
+    number = f"number {manifest.sequence} of its mirror" if manifest.sequence else "no number of its mirror"
+    # A bundle without a number cannot show that it is newer: it is taken for older, like a lower one.
+    if manifest.sequence < installed:  # guard: downgrade-check
+        raise UsageError(f"bundle {bundle_dir} ({number}, made {manifest.created or '?'}) is older than the "
+                         f"installed one (number {installed}, made {receipt.get('bundle_created') or '?'}); "
+                         "to go back to it add --allow-downgrade")
 
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],

@@ -4,7 +4,6 @@ Tasks in ``tasks.py`` call these; each function is usable (and tested) without L
 """
 
 import contextlib
-import json
 import os
 import posixpath
 import threading
@@ -44,6 +43,7 @@ from amsrepomirror.online.segments import SegmentPolicy, Transfers, drop_ranges_
 from amsrepomirror.online.workspace import FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, make_durable, require_free_space
 from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.util.jsonread import JsonDamaged, read_json
 from amsrepomirror.util.lacking import Lacking, excluded_by, unlicensed
 from amsrepomirror.util.time import utc_now
 
@@ -148,7 +148,10 @@ def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[St
 @lru_cache(maxsize=8)
 def load_snapshot(path: str) -> Dict:
     """A run's snapshot (immutable once written), indexed by path; cached per process."""
-    body = json.loads(Path(path).read_text())
+    try:
+        body = read_json(Path(path), "listing snapshot")
+    except JsonDamaged as exc:
+        raise MirrorError(f"cannot read the run's listing snapshot {path}: {exc}; start a new run") from None
     body["by_path"] = {f["path"]: f for f in body["files"]}
     return body
 
@@ -415,7 +418,7 @@ def paths_of_held_versions(ws: Workspace) -> Set[str]:
             keep.update(manifest.skipped_unauthorized)
             continue
         try:
-            body = json.loads(path.read_text(encoding="utf-8"))
+            body = read_json(path, "selection")
             if body.get("schema") != SELECTION_SCHEMA or not all(isinstance(p, str) for p in body["paths"]):
                 raise ValueError(f"not a selection of schema {SELECTION_SCHEMA}")
         except (OSError, ValueError, KeyError, TypeError) as exc:
