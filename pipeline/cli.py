@@ -24,9 +24,9 @@ from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest, read_manifest_bytes
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
-from amsrepomirror.bundle.signature import check_signature
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
+from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, resolve_trust, signature_verdict
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
@@ -661,23 +661,26 @@ def run_plan(args) -> int:
     return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
 
 
-def signature_verdict(args, manifest_bytes: Optional[bytes]) -> Optional[str]:
-    """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says; the
-    error line when it is bad, or missing while --allowed-signers asks for one."""
-    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys, setting(None, "unpack", "signature_verifier"),
-                            manifest=manifest_bytes)
-    if check is None:
-        print("signature: unsigned")
-        if args.allowed_signers is not None:
-            return f"bundle {args.bundle} is not signed, but {args.allowed_signers} requires a signature by an allowed key"
-        return None
-    print(check.describe())
-    return f"bundle {args.bundle}: {check.describe()}" if check.problem else None
+def site_trust(args) -> Trust:
+    """The site's trust setting for this command (trust.resolve_trust), its notes said once."""
+    found = resolve_trust(args.allowed_signers, args.revoked_keys)
+    for note in found.notes:
+        say(note)
+    return found
+
+
+def print_signature_verdict(bundle: Path, found: Trust, manifest_bytes: Optional[bytes]) -> Optional[str]:
+    """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says
+    under the site's trust setting; return the error line when unpack would refuse it."""
+    check, refusal = signature_verdict(bundle, found, manifest_bytes)
+    print(check.describe() if check else "signature: unsigned")
+    if refusal is None and found.allowed_signers is None:
+        print(NO_SIGNERS)
+    return refusal
 
 
 def run_verify(args) -> int:
-    if args.revoked_keys is not None and args.allowed_signers is None:
-        raise UsageError("--revoked-keys needs --allowed-signers")
+    found = site_trust(args)
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
@@ -703,7 +706,7 @@ def run_verify(args) -> int:
         else:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
                   f"{format_size(manifest.total_bytes)} of {manifest.version}")
-        bad_signature = signature_verdict(args, manifest_bytes)
+        bad_signature = print_signature_verdict(args.bundle, found, manifest_bytes)
         if bad_signature:
             say(f"error: {bad_signature}")
             return errors.INTEGRITY_FAILURE
@@ -732,6 +735,7 @@ def run_unpack(args) -> int:
     if why_not:
         raise UsageError(why_not)
     args.amshome = amshome_of(args)
+    site_trust(args)  # a setting that cannot be checked is refused before anything else; notes said once
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall, deep=args.deep, allow_downgrade=args.allow_downgrade,
                   allowed_signers=str(args.allowed_signers.absolute()) if args.allowed_signers else "",
@@ -849,12 +853,13 @@ def run_demo(args) -> int:
 
 # ---- entry point --------------------------------------------------------------------------------
 
-def add_signer_options(p: argparse.ArgumentParser, default: str) -> None:
+def add_signer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-signers", type=Path, metavar="FILE",
-                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it" + default)
+                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it "
+                        f"({setting_default('trust', 'allowed_signers')})")
     p.add_argument("--revoked-keys", type=Path, metavar="FILE",
                    help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys "
-                   "(default: none)")
+                   f"({setting_default('trust', 'revoked_keys')})")
 
 
 PURPOSE = ("Mirror SCM's AMS package repository, carry it across an air gap in checksummed 7z chunks, "
@@ -956,7 +961,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
     p.add_argument("--partial", action="store_true",
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
-    add_signer_options(p, default=" (default: no signature required)")
+    add_signer_options(p)
     p.set_defaults(func=run_verify)
 
     p = add_command(sub, "unpack", "verify a bundle and place it atomically as $AMSHOME/repository")
@@ -967,7 +972,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")
     p.add_argument("--deep", action="store_true",
                    help="delta: re-hash the installed files it keeps instead of trusting size, mtime and inode")
-    add_signer_options(p, default=f" ({setting_default('unpack', 'allowed_signers')})")
+    add_signer_options(p)
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a bundle older than the installed one (a lower sequence of its mirror)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
