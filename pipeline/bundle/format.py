@@ -238,7 +238,8 @@ class BundleManifest:
     def read(cls, path: Path) -> "BundleManifest":
         """Read and check ``manifest.json``: IntegrityError naming the first bad field, its value escaped."""
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(MANIFEST_LIMIT + 1)  # more is refused by from_bytes, never read whole
         except OSError as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
         return cls.from_bytes(data, path)
