@@ -24,9 +24,9 @@ from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest, read_manifest_bytes
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
-from amsrepomirror.bundle.signature import check_signature
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
+from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, resolve_trust, signature_verdict
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
@@ -36,7 +36,7 @@ from amsrepomirror.offline.installed import require_intact, scrub
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.http import fetch_text
-from amsrepomirror.online.listing import listing_url_for, repository_root, select_platforms
+from amsrepomirror.online.listing import listing_sha256, listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import BundleArchive, FetchListing, JoinRun, Unpack, VerifyTree, central, new_run_id, platform_rules
@@ -239,21 +239,25 @@ def _mirror_params(args) -> List[Dict]:
                  platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
                  no_ssl=args.no_ssl, jobs=int(jobs), run_id=run_id if len(pairs) == 1 else f"{run_id}-{version}")
             for version, url in pairs]
-    if args.scheduler_url and not args.run_id:
-        for params in runs:
-            params["run_id"] = central.shared_run_id(args.scheduler_url, central.work_key(params, _listing_sha256(params)))
+    args.run_identities = {}  # run id -> this process's identity of that run's work (a shared run's only)
+    for params in runs if args.scheduler_url else []:
+        identity = _run_identity(params)
+        if not args.run_id:
+            params["run_id"] = central.shared_run_id(args.scheduler_url, central.work_key(params["mirror"], identity))
+        args.run_identities[params["run_id"]] = identity
     return runs
 
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def _listing_sha256(params: Dict) -> str:
-    """The listing's content as a digest: processes share a run only when they read the same listing."""
+def _run_identity(params: Dict) -> Dict[str, str]:
+    """This process's identity of a run's work (central.run_identity), with the listing's content as
+    read now: processes share a run only when they read the same listing."""
     task = FetchListing(**params)
     timeout = float(setting(None, "http", "timeout"))
     text = fetch_text(task.session(), listing_url_for(params["version"], params["listing_url"]), timeout)
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+    return task.identity(listing_sha256(text))
 
 
 def use_scheduler(args) -> None:
@@ -325,7 +329,9 @@ def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
     failures = stage("listing")
     if failures:
         return failures
-    files = len(FetchListing(**params).snapshot()["files"])
+    snapshot = FetchListing(**params).snapshot()  # of whichever process was first, when several started at once
+    central.check_run_identity(params["run_id"], args.run_identities[params["run_id"]], snapshot.get("identity"))
+    files = len(snapshot["files"])
     largest = luigi.configuration.get_config().getint("DownloadFile", "shared_batch_size")
     with config.for_this_command({("DownloadFile", "run_batch_size"): str(central.batch_size(files, params["jobs"], largest))}):
         return stage("downloads") or stage("tree")
@@ -667,18 +673,22 @@ def run_plan(args) -> int:
     return _print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
 
 
-def signature_verdict(args, manifest_bytes: Optional[bytes]) -> Optional[str]:
-    """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says; the
-    error line when it is bad, or missing while --allowed-signers asks for one."""
-    check = check_signature(args.bundle, args.allowed_signers, args.revoked_keys, setting(None, "unpack", "signature_verifier"),
-                            manifest=manifest_bytes)
-    if check is None:
-        print("signature: unsigned")
-        if args.allowed_signers is not None:
-            return f"bundle {args.bundle} is not signed, but {args.allowed_signers} requires a signature by an allowed key"
-        return None
-    print(check.describe())
-    return f"bundle {args.bundle}: {check.describe()}" if check.problem else None
+def site_trust(args) -> Trust:
+    """The site's trust setting for this command (trust.resolve_trust), its notes said once."""
+    found = resolve_trust(args.allowed_signers, args.revoked_keys)
+    for note in found.notes:
+        say(note)
+    return found
+
+
+def print_signature_verdict(bundle: Path, found: Trust, manifest_bytes: Optional[bytes]) -> Optional[str]:
+    """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says
+    under the site's trust setting; return the error line when unpack would refuse it."""
+    check, refusal = signature_verdict(bundle, found, manifest_bytes)
+    print(check.describe() if check else "signature: unsigned")
+    if refusal is None and found.allowed_signers is None:
+        print(NO_SIGNERS)
+    return refusal
 
 
 def run_verify(args) -> int:
@@ -689,8 +699,7 @@ def run_verify(args) -> int:
     if args.bundle is None:
         raise UsageError("verify checks a bundle folder: give it (verify BUNDLE), or check the installed tree "
                          "with verify --installed [--amshome DIR]")
-    if args.revoked_keys is not None and args.allowed_signers is None:
-        raise UsageError("--revoked-keys needs --allowed-signers")
+    found = site_trust(args)
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
@@ -716,7 +725,7 @@ def run_verify(args) -> int:
         else:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
                   f"{format_size(manifest.total_bytes)} of {manifest.version}")
-        bad_signature = signature_verdict(args, manifest_bytes)
+        bad_signature = print_signature_verdict(args.bundle, found, manifest_bytes)
         if bad_signature:
             say(f"error: {bad_signature}")
             return errors.INTEGRITY_FAILURE
@@ -777,6 +786,7 @@ def run_unpack(args) -> int:
     if why_not:
         raise UsageError(why_not)
     args.amshome = amshome_of(args)
+    site_trust(args)  # a setting that cannot be checked is refused before anything else; notes said once
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall, deep=args.deep, trust_installed=args.trust_installed,
                   allow_downgrade=args.allow_downgrade, drop_versions=sorted(set(args.drop_version)),
@@ -895,12 +905,13 @@ def run_demo(args) -> int:
 
 # ---- entry point --------------------------------------------------------------------------------
 
-def add_signer_options(p: argparse.ArgumentParser, default: str) -> None:
+def add_signer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allowed-signers", type=Path, metavar="FILE",
-                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it" + default)
+                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it "
+                        f"({setting_default('trust', 'allowed_signers')})")
     p.add_argument("--revoked-keys", type=Path, metavar="FILE",
                    help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys "
-                   "(default: none)")
+                   f"({setting_default('trust', 'revoked_keys')})")
 
 
 PURPOSE = ("Mirror SCM's AMS package repository, carry it across an air gap in checksummed 7z chunks, "
@@ -1009,7 +1020,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
     p.add_argument("--partial", action="store_true",
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
-    add_signer_options(p, default=" (default: no signature required)")
+    add_signer_options(p)
     p.set_defaults(func=run_verify)
 
     p = add_command(sub, "unpack", "verify a bundle and place it atomically as $AMSHOME/repository")
@@ -1026,7 +1037,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delta: take installed files whose size, mtime and inode are still the receipt's without "
                        "hashing them (faster; bit rot goes unseen; the receipt records it) "
                        f"({setting_default('unpack', 'trust_installed')})")
-    add_signer_options(p, default=f" ({setting_default('unpack', 'allowed_signers')})")
+    add_signer_options(p)
     p.add_argument("--allow-downgrade", action="store_true",
                    help="install a bundle older than the installed one (a lower sequence of its mirror)")
     p.add_argument("--drop-version", action="append", default=[], metavar="AMS_VERSION",

@@ -126,6 +126,10 @@ def test_outside_the_checkout_config_shows_only_shipped_defaults(place):
     assert settings["worker", "check_complete_on_run"] == ("true", SHIPPED)
     assert {"linux", "macos", "windows"} <= {key for section, key in settings if section == "platforms"}
     assert json.loads(settings["unpack", "installed_version_files"][0])[0] == "VERSION.txt"
+    # One trust setting for verify, unpack and install.sh; the older [unpack] keys are no defaults any more.
+    assert {key: value for (section, key), (value, _) in settings.items() if section == "trust"} == {
+        "allowed_signers": "", "revoked_keys": "", "require_signature": "true", "signature_verifier": ""}
+    assert ("unpack", "allowed_signers") not in settings and ("unpack", "signature_verifier") not in settings
 
 
 def test_editable_install_finds_the_defaults_through_importlib_resources(place):

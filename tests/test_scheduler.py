@@ -10,12 +10,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import requests
 from clihelp import REPO, cli_env, popen_cli, run_cli, served_tree, tree_hashes
 
-from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, ScmDouble, make_repository
+from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, PACKAGES_PREFIX, ScmDouble, listing_path, make_repository
 
 VERSION = DEFAULT_VERSION
 
@@ -218,3 +219,72 @@ def test_five_thousand_listed_files_through_the_scheduler_first_run_and_no_op_re
         assert again.returncode == 0, again.stderr
         assert body_counts(double) == collections.Counter()
         assert tree_hashes(dest) == expected
+
+
+def short_listing(root: Path, double, lines: int = 7) -> tuple:
+    """A second listing of the double's version (its .yml, the largest file and others, ``lines`` in
+    all; nothing unlicensed): its URL and the tree a mirror of it holds."""
+    full = listing_path(root, VERSION).read_text().splitlines()
+    served = served_tree(root, VERSION)
+    packages = root / "Downloads" / "packages"
+    relpath = {line: unquote(line.split(PACKAGES_PREFIX, 1)[1]) for line in full}
+    usable = [line for line in full if relpath[line] in served]
+    largest = max(usable, key=lambda line: (packages / relpath[line]).stat().st_size)
+    chosen = sorted({usable[0], largest, *usable[1:lines - 1]})
+    assert len(chosen) == lines and any(relpath[line] == f"{VERSION}.yml" for line in chosen)
+    (packages / "listings" / "short.txt").write_text("".join(line + "\n" for line in chosen))
+    return f"{double.base_url}{PACKAGES_PREFIX}listings/short.txt", {relpath[line]: served[relpath[line]] for line in chosen}
+
+
+def test_a_run_id_is_joined_only_by_the_same_work(scm_double, repo_tree, luigid, tmp_path):
+    dest = tmp_path / "mirror"
+    short_url, short_tree = short_listing(repo_tree, scm_double)
+
+    def mirror(listing_url, *extra):
+        return ("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", listing_url, "--scheduler-url",
+                luigid, "--run-id", "2026-11-27", *extra)
+
+    scm_double.throttle(300_000)  # the first run is still downloading when the second process comes
+    first = popen_cli(*mirror(short_url))
+    wait_for_task(luigid, "DownloadFile", "RUNNING")
+    other = run_cli(*mirror(scm_double.listing_url(VERSION)))
+    scm_double.throttle(None)
+    out = first.communicate(timeout=300)
+    assert first.returncode == 0, out[1]
+    assert other.returncode == 2, other.stderr
+    assert other.stderr.splitlines() == [other.stderr.splitlines()[0]]
+    line = other.stderr.splitlines()[0]
+    assert line.startswith("error: run 2026-11-27 is a run of other work (listing: ") and "listing sha256: " in line
+    assert "platforms" not in line and "version" not in line  # only what differs is named
+    assert tree_hashes(dest) == short_tree  # the other listing's files were not fetched under this run
+
+    # The run over: its snapshot still names its work. Another listing, other platforms, or the same listing
+    # with other content are refused; the same work joins (nothing to fetch).
+    again = run_cli(*mirror(scm_double.listing_url(VERSION)))
+    assert again.returncode == 2 and "listing sha256: " in again.stderr, again.stderr
+    platforms = run_cli(*mirror(short_url, "--platform", "linux"))
+    assert platforms.returncode == 2 and "platforms: all in the run, linux here" in platforms.stderr, platforms.stderr
+    same = run_cli(*mirror(short_url))
+    assert same.returncode == 0, same.stderr
+    (repo_tree / "Downloads" / "packages" / "listings" / "short.txt").write_text(
+        "".join(line + "\n" for line in listing_path(repo_tree, VERSION).read_text().splitlines()[:3]))
+    changed = run_cli(*mirror(short_url))
+    assert changed.returncode == 2, changed.stderr
+    assert "listing sha256: " in changed.stderr and "listing: " not in changed.stderr.replace("listing sha256: ", "")
+    assert tree_hashes(dest) == short_tree
+
+
+def test_processes_of_other_work_started_at_once_under_one_run_id_one_is_refused(scm_double, repo_tree, luigid,
+                                                                                 tmp_path):
+    dest = tmp_path / "mirror"
+    short_url, short_tree = short_listing(repo_tree, scm_double)
+    listings = {"short": short_url, "full": scm_double.listing_url(VERSION)}
+    started = {name: popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", url,
+                               "--scheduler-url", luigid, "--run-id", "at-once") for name, url in listings.items()}
+    results = {name: (proc.communicate(timeout=300), proc.returncode) for name, proc in started.items()}
+    codes = sorted(code for _, code in results.values())
+    assert codes == [0, 2], {name: (code, out[1]) for name, (out, code) in results.items()}
+    winner = next(name for name, (_, code) in results.items() if code == 0)
+    loser_err = next(out[1] for name, (out, code) in results.items() if code == 2)
+    assert "error: run at-once is a run of other work" in loser_err
+    assert tree_hashes(dest) == (short_tree if winner == "short" else served_tree(repo_tree, VERSION))

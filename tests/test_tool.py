@@ -114,6 +114,7 @@ def test_install_sh_installs_from_the_bundle_alone_with_no_network(tool_bundle, 
         result = offline(["sh", str(bundle / "tool" / "install.sh"), str(venv)], env={**env, **extra}, cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "is intact" in result.stdout
+        assert "verified without allowed signers: the signature was not checked" in result.stdout
         where = subprocess.run([str(venv / "bin" / "python"), "-c", "import sys, amsrepomirror; "
                                 "print(amsrepomirror.__file__); print('%d.%d' % sys.version_info[:2])"],
                                capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -397,3 +398,19 @@ def test_install_sh_run_in_the_bundle_folder_imports_nothing_from_it(tool_bundle
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ignored 1 file(s) that manifest.json does not list (never read): venv.py" in result.stderr
     assert (venv / "bin" / "amsrepomirror").exists()
+
+
+def test_install_sh_passes_the_site_trust_setting_on_to_verify(tool_bundle, keys, tmp_path):
+    _, allowed = keys
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    site = tmp_path / "site settings.cfg"  # a space in the name: passed on as one argument
+    site.write_text(f"[trust]\nallowed_signers = {allowed}\n")
+    env = clean_env(tmp_path, "/usr/bin:/bin", PYTHON=interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}"),
+                    AMSREPOMIRROR_CONFIG=str(site))
+    result = offline(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], env=env, cwd=tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "is intact" in result.stdout and "signature: unsigned" in result.stdout
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: bundle {bundle} is not signed (manifest.json.sig is missing), but [trust] allowed_signers "
+        f"({allowed}) requires a signature by an allowed key"]
+    assert "verified without allowed signers" not in result.stdout

@@ -13,7 +13,6 @@ manifest.json lists (``reusable``), writes only the others, and removes the chun
 
 import dataclasses
 import hashlib
-import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass
@@ -44,6 +43,7 @@ from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.fsutil import atomic_write_bytes, atomic_write_json, require_free_space
 from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.util.jsonread import read_json
 from amsrepomirror.util.paths import is_plain_file_name
 from amsrepomirror.util.time import utc_now
 from amsrepomirror.util.units import parse_size
@@ -93,7 +93,7 @@ def _marker(out: str, plan: BundlePlan, index: int) -> Path:
 def chunk_done(out: str, plan: BundlePlan, index: int) -> bool:
     """Chunk ``index`` of this plan is in place with the size its marker records."""
     try:
-        recorded = json.loads(_marker(out, plan, index).read_text())
+        recorded = read_json(_marker(out, plan, index), "chunk marker")
         return ((Path(out) / plan.chunks[index].name).stat().st_size == recorded["chunk"]["size"]
                 and "sha256_state" in recorded)  # markers of older versions lack what the next chunk needs
     except (OSError, ValueError, KeyError):
@@ -211,7 +211,7 @@ def mark_stale(mirror: str, out: str, plan: BundlePlan, path: str) -> None:
 
 
 def _read_result(out: str, plan: BundlePlan, index: int) -> ChunkResult:
-    body = json.loads(_marker(out, plan, index).read_text())
+    body = read_json(_marker(out, plan, index), "chunk marker")
     return ChunkResult(chunk=Chunk(**body["chunk"]), piece_sha256=body["piece_sha256"],
                        sha256_state=body["sha256_state"])
 

@@ -15,7 +15,6 @@ when it is unpacked (``offline.delta``), against what the receipt says each vers
 """
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from amsrepomirror.offline.placement import RECEIPT_SCHEMAS, receipt_tree, recei
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.fsutil import atomic_write_bytes, atomic_write_json
+from amsrepomirror.util.jsonread import read_json
 from amsrepomirror.util.paths import shown
 
 HISTORY_DIR = "bundles"
@@ -224,7 +224,7 @@ def _last_bundle(ws: Workspace, version: str, files: Sequence[FileEntry], droppe
 def _read_base_file(path: Path) -> Base:
     """A bundle manifest (its target tree) or a receipt (its installed tree)."""
     try:
-        body = json.loads(path.read_bytes().decode("utf-8"))
+        body = read_json(path, "bundle manifest")
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"cannot read {path} ({exc}): it is damaged or cut short; carry it again") from None
     schema = body.get("schema") if isinstance(body, dict) else None
@@ -283,7 +283,7 @@ def write_base(ws: Workspace, base: Base) -> Path:
 def read_base(path: str) -> Base:
     """A base snapshot written by :func:`write_base`."""
     try:
-        body = json.loads(Path(path).read_text(encoding="utf-8"))
+        body = read_json(Path(path), "delta base")
         if body.get("schema") != BASE_SCHEMA:
             raise ValueError(f"not a {BASE_SCHEMA}")
         return Base(body["version"], [TreeFile(*row) for row in body["tree"]], body["created"], body["described"],

@@ -17,6 +17,7 @@ from amsrepomirror import __version__
 from amsrepomirror.config import LUIGI_FILES
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
+from amsrepomirror.util.jsonread import parse_json
 from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown, tree_path_problems
 
@@ -331,7 +332,8 @@ class BundleManifest:
     def read(cls, path: Path) -> "BundleManifest":
         """Read and check ``manifest.json``: IntegrityError naming the first bad field, its value escaped."""
         try:
-            data = Path(path).read_bytes()
+            with open(path, "rb") as f:
+                data = f.read(MANIFEST_LIMIT + 1)  # more is refused by from_bytes, never read whole
         except OSError as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
         return cls.from_bytes(data, path)
@@ -345,7 +347,7 @@ class BundleManifest:
         Every string is checked before anything uses it in a path, a log line or a message.
         """
         try:
-            body = json.loads(data.decode("utf-8"))
+            body = parse_json(data, "bundle manifest")
         except ValueError as exc:
             raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
         if not isinstance(body, dict) or body.get("schema") not in SCHEMAS:

@@ -216,6 +216,8 @@ def install_script(spec: ToolSpec) -> str:
 # Install amsrepomirror from this bundle's wheels into a venv (no network needed), then verify the bundle.
 # Usage: sh tool/install.sh [VENV]     VENV default: $HOME/amsrepomirror-venv; PYTHON=... picks the interpreter
 # (else the newest fitting python3.X, python3, or AMS's amspython from $AMSBIN or $AMSHOME/bin).
+# AMSREPOMIRROR_CONFIG=FILE: the site's settings file, whose [trust] (allowed signers) the final verify
+# reads as unpack does (else /etc/luigi/luigi.cfg and $LUIGI_CONFIG_PATH as always).
 # The wheels are for Python {wanted}{' on ' + ' '.join(spec.platforms) if spec.platforms else ''}.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -245,7 +247,7 @@ case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
 (cd "$here" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet \\
   --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r "$requirements")
 echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
-exec "$venv/bin/amsrepomirror" verify "$bundle"
+exec "$venv/bin/amsrepomirror" ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} verify "$bundle"
 """
 
 

@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 from amsrepomirror.bundle.delta import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest, read_manifest_bytes
-from amsrepomirror.bundle.signature import require_signature
+from amsrepomirror.bundle.trust import Trust, resolve_trust, signature_verdict
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
@@ -111,8 +111,8 @@ def _parsed(bundle_dir: Path, data: bytes) -> Optional[BundleManifest]:
 
 
 def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> None:
-    """UsageError when the receipt says a later bundle of the mirror is installed (higher sequence):
-    going back needs ``--allow-downgrade``."""
+    """UsageError when the receipt says a later bundle of the mirror is installed (higher sequence,
+    or any sequence when the bundle has none): going back needs ``--allow-downgrade``."""
     try:
         receipt = placement.read_receipt(home) or {}
     except IntegrityError:
@@ -120,16 +120,20 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
     if manifest.is_delta and manifest.base != receipt.get("tree_sha256"):
         return  # refused by the delta's base check, which says which tree it needs
     installed = receipt.get("bundle_sequence")
-    if type(installed) is int and manifest.sequence and manifest.sequence < installed:
-        raise UsageError(f"bundle {bundle_dir} (number {manifest.sequence} of its mirror, made "
-                         f"{manifest.created or '?'}) is older than the installed one (number {installed}, made "
-                         f"{receipt.get('bundle_created') or '?'}); to go back to it add --allow-downgrade")
+    if type(installed) is not int or installed <= 0:
+        return  # the installed bundle carried no number: nothing to be older than
+    number = f"number {manifest.sequence} of its mirror" if manifest.sequence else "no number of its mirror"
+    # A bundle without a number cannot show that it is newer: it is taken for older, like a lower one.
+    if manifest.sequence < installed:  # guard: downgrade-check
+        raise UsageError(f"bundle {bundle_dir} ({number}, made {manifest.created or '?'}) is older than the "
+                         f"installed one (number {installed}, made {receipt.get('bundle_created') or '?'}); "
+                         "to go back to it add --allow-downgrade")
 
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
-                  reinstall: bool = False, deep: bool = False, allowed_signers: str = "", revoked_keys: str = "",
-                  allow_downgrade: bool = False, signature_verifier: str = "auto",
-                  trust_installed: bool = False, drop_versions: Sequence[str] = ()) -> CheckedManifest:
+                  reinstall: bool = False, deep: bool = False, trust: Optional[Trust] = None,
+                  allow_downgrade: bool = False, trust_installed: bool = False,
+                  drop_versions: Sequence[str] = ()) -> CheckedManifest:
     """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here,
     and the sha256 of those bytes (what to tell the package manager and the admin, and what the
     receipt must name from now on, come from them, not from the folder).
@@ -137,10 +141,10 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
     unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``: every
     installed file it relies on is hashed; ``trust_installed``, unless ``deep``: not those whose size,
-    mtime and inode are still the receipt's). With ``allowed_signers``, a bundle whose
-    manifest is not signed by a key listed there (and not in ``revoked_keys``) is refused before
-    anything else; a bundle older than the installed one is refused unless ``allow_downgrade``.
-    ``drop_versions``: installed versions a delta may remove, when it says it drops them.
+    mtime and inode are still the receipt's). A bundle whose signature ``trust`` (the site's trust
+    setting, trust.resolve_trust) refuses is refused before anything else, by the same verdict as
+    verify's (trust.signature_verdict); a bundle older than the installed one is refused unless
+    ``allow_downgrade``. ``drop_versions``: installed versions a delta may remove, when it says it drops them.
 
     manifest.json is read once: its signature is checked on those bytes, and every later step
     (downgrade and installed checks, the chunk check, extraction, the receipt) uses what they say,
@@ -149,13 +153,14 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     bundle_dir = Path(bundle)
     if not bundle_dir.is_dir():
         raise UsageError(f"bundle folder {bundle} does not exist")
-    if revoked_keys and not allowed_signers:
-        raise UsageError("--revoked-keys needs --allowed-signers (or [unpack] allowed_signers)")
+    trust = trust or resolve_trust()
     data = read_manifest_bytes(bundle_dir)
-    if allowed_signers:
-        signed = require_signature(bundle_dir, Path(allowed_signers), Path(revoked_keys) if revoked_keys else None,
-                                   signature_verifier, manifest=data)
+    signed, refusal = signature_verdict(bundle_dir, trust, data)
+    if refusal:
+        raise IntegrityError(f"{refusal}; nothing was extracted")
+    if signed is not None:
         log.info(f"unpack: {signed.describe()}")
+    if trust.allowed_signers is not None:
         placement.checkpoint("unpack:signature-checked")
     if data is None:
         raise IntegrityError(f"bundle {bundle_dir} failed verification: {MANIFEST_NAME}: missing; nothing was extracted")

@@ -90,6 +90,7 @@ from amsrepomirror.util.fsutil import (
     require_free_space,
     why_unwritable,
 )
+from amsrepomirror.util.jsonread import LIMITS, decompress_bounded, parse_json
 from amsrepomirror.util.lacking import Lacking, reason_problem
 from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown
 from amsrepomirror.util.time import utc_now
@@ -111,9 +112,6 @@ DEFAULT_VERSION_PATTERN = r"AMS\d{4}\.\d+"
 
 AT_FDCWD = -100
 RENAME_EXCHANGE = 1 << 1
-#: The journal and the receipt hold the installed tree (gzip-compressed when large: about 100 bytes a
-#: file); reading stops here whatever is planted there.
-MAX_STATE_BYTES = 64 << 20
 #: A receipt's tree is stored as plain JSON up to this size, else gzip-compressed (base64).
 TREE_INLINE_BYTES = 256 << 10
 
@@ -145,7 +143,7 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _read_state(path: Path):
+def _read_state(path: Path, kind: str):
     """Parse our JSON file ``path`` in AMSHOME; None when there is none.
 
     Opened without following a symlink or blocking on a fifo planted at its name (IntegrityError);
@@ -154,7 +152,7 @@ def _read_state(path: Path):
     if not _exists(path):
         return None
     with open(open_regular(path), "rb") as f:
-        return json.loads(f.read(MAX_STATE_BYTES).decode("utf-8"))
+        return parse_json(f.read(LIMITS[kind] + 1), kind)
 
 
 def _remove_tree(amshome: Path, path: Path) -> None:
@@ -418,9 +416,9 @@ def read_receipt(amshome) -> Optional[Dict[str, object]]:
     """The receipt, or None when there is none; IntegrityError when it is unreadable."""
     path = Path(amshome) / RECEIPT
     try:
-        body = _read_state(path)
+        body = _read_state(path, "receipt")
     except (OSError, ValueError) as exc:
-        raise IntegrityError(f"cannot read receipt {path}: {exc}") from exc
+        raise IntegrityError(f"cannot read receipt {path}: {exc}") from None
     if body is None:
         return None
     if not isinstance(body, dict) or body.get("schema") not in RECEIPT_SCHEMAS or "manifest_sha256" not in body:
@@ -432,7 +430,8 @@ def _decoded_rows(receipt: dict):
     if "tree" in receipt:
         return receipt["tree"]
     try:
-        return json.loads(gzip.decompress(base64.b64decode(str(receipt["tree_gz"]), validate=True)))
+        return parse_json(decompress_bounded(base64.b64decode(str(receipt["tree_gz"]), validate=True), "receipt tree"),
+                          "receipt tree")
     except (OSError, ValueError, EOFError) as exc:
         raise ValueError(f"its compressed tree does not decode ({exc})") from None
 
@@ -477,7 +476,7 @@ def _remove_receipt(home: Path) -> None:
 
 def _read_journal(home: Path) -> Optional[dict]:
     try:
-        body = _read_state(home / JOURNAL)
+        body = _read_state(home / JOURNAL, "swap journal")
         if body is None or (isinstance(body, dict) and body.get("schema") == JOURNAL_SCHEMA):
             return body
     except (OSError, ValueError, IntegrityError):

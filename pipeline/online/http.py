@@ -37,6 +37,7 @@ from amsrepomirror.online.credentials import Credentials
 from amsrepomirror.online.listing import decode_listing, redact
 from amsrepomirror.util.fsutil import local_writes
 from amsrepomirror.util.hashing import sha256_stream
+from amsrepomirror.util.jsonread import read_json
 
 log = logging.getLogger(__name__)
 
@@ -447,7 +448,7 @@ def resume_point(part: Path, remote: RemoteInfo) -> int:
     if if_range_validator(remote) is None:
         return 0
     try:
-        meta = json.loads(_part_meta_path(part).read_text())
+        meta = read_json(_part_meta_path(part), "download record")
         size = part.stat().st_size
     except (OSError, ValueError):
         return 0

@@ -6,6 +6,7 @@ never touches the mirror.
 """
 
 import codecs
+import hashlib
 import logging
 import os
 import posixpath
@@ -26,6 +27,11 @@ DEFAULT_LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/{ve
 class ListedFile:
     url: str
     path: str  # relative to the repository root, '/'-separated, never '..'
+
+
+def listing_sha256(text: str) -> str:
+    """The listing's content as a digest (part of a run's identity): the same text, the same digest."""
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def redact(url: str) -> str:

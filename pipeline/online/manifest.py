@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
+from amsrepomirror.util.jsonread import read_json
 from amsrepomirror.util.lacking import Lacking, merged
 
 SCHEMA = "amsrepomirror/mirror-manifest/1"
@@ -91,9 +92,9 @@ class Manifest:
     @classmethod
     def read(cls, path: Path) -> "Manifest":
         try:
-            body = json.loads(Path(path).read_text(encoding="utf-8"))
+            body = read_json(Path(path), "mirror manifest")
         except (OSError, ValueError) as exc:
-            raise IntegrityError(f"cannot read mirror manifest {path}: {exc}") from exc
+            raise IntegrityError(f"cannot read mirror manifest {path}: {exc}") from None
         if body.get("schema") != SCHEMA:
             raise IntegrityError(f"{path} is not a mirror manifest of schema {SCHEMA} (found {body.get('schema')!r})")
         return cls(

@@ -31,7 +31,6 @@ for the same wall time within noise (the total hashing work is equal; it moves o
 
 import hashlib
 import io
-import json
 import os
 import threading
 import time
@@ -63,6 +62,7 @@ from amsrepomirror.online.http import (
 from amsrepomirror.online.listing import redact
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes
 from amsrepomirror.util.hashing import FILE_BLOCK
+from amsrepomirror.util.jsonread import read_json
 
 MiB = 1024 * 1024
 RANGES_SCHEMA = "amsrepomirror/part-ranges/1"
@@ -149,7 +149,7 @@ class SegmentedFile:
     def _resumable(self) -> List[Extent]:
         """The extents a previous run left, when its record names this very file; else nothing."""
         try:
-            body = json.loads(ranges_record_path(self.part).read_text())
+            body = read_json(ranges_record_path(self.part), "ranges record")
             on_disk = self.part.stat().st_size
         except (OSError, ValueError):
             on_disk = -1

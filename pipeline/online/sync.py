@@ -4,7 +4,6 @@ Tasks in ``tasks.py`` call these; each function is usable (and tested) without L
 """
 
 import contextlib
-import json
 import os
 import posixpath
 import threading
@@ -30,13 +29,21 @@ from amsrepomirror.online.http import (
     fetch_to_part,
     probe,
 )
-from amsrepomirror.online.listing import ListedFile, excluded_platforms, parse_listing, redact, select_platforms
+from amsrepomirror.online.listing import (
+    ListedFile,
+    excluded_platforms,
+    listing_sha256,
+    parse_listing,
+    redact,
+    select_platforms,
+)
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.progress import ByteProgress, CountProgress
 from amsrepomirror.online.segments import SegmentPolicy, Transfers, drop_ranges_record
 from amsrepomirror.online.workspace import FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, make_durable, require_free_space
 from amsrepomirror.util.hashing import sha256_file
+from amsrepomirror.util.jsonread import JsonDamaged, read_json
 from amsrepomirror.util.lacking import Lacking, excluded_by, unlicensed
 from amsrepomirror.util.time import utc_now
 
@@ -47,7 +54,8 @@ SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
                   rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float) -> Dict:
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
-    listed = parse_listing(fetch_text(session, listing_url, timeout), listing_url)
+    text = fetch_text(session, listing_url, timeout)
+    listed = parse_listing(text, listing_url)
     index = f"{version}.yml"
     if index not in {f.path for f in listed}:
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
@@ -79,6 +87,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         "schema": SNAPSHOT_SCHEMA,
         "version": version,
         "listing_url": redact(listing_url),
+        "listing_sha256": listing_sha256(text),
         "created": utc_now(),
         "listed": [f.path for f in listed],
         "files": files,
@@ -139,7 +148,10 @@ def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[St
 @lru_cache(maxsize=8)
 def load_snapshot(path: str) -> Dict:
     """A run's snapshot (immutable once written), indexed by path; cached per process."""
-    body = json.loads(Path(path).read_text())
+    try:
+        body = read_json(Path(path), "listing snapshot")
+    except JsonDamaged as exc:
+        raise MirrorError(f"cannot read the run's listing snapshot {path}: {exc}; start a new run") from None
     body["by_path"] = {f["path"]: f for f in body["files"]}
     return body
 
@@ -406,7 +418,7 @@ def paths_of_held_versions(ws: Workspace) -> Set[str]:
             keep.update(manifest.skipped_unauthorized)
             continue
         try:
-            body = json.loads(path.read_text(encoding="utf-8"))
+            body = read_json(path, "selection")
             if body.get("schema") != SELECTION_SCHEMA or not all(isinstance(p, str) for p in body["paths"]):
                 raise ValueError(f"not a selection of schema {SELECTION_SCHEMA}")
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Set
 
 from amsrepomirror.online.listing import STATE_DIR
 from amsrepomirror.util.fsutil import atomic_write_json, json_bytes, replace_without_sync
+from amsrepomirror.util.jsonread import parse_json_lines, read_json
 from amsrepomirror.util.paths import VERSION_PATTERN
 
 
@@ -59,8 +60,7 @@ _HASH_FOLDER = re.compile(r"[0-9a-f]{2}")
 
 def _load_record(path) -> Optional[FileRecord]:
     try:
-        with open(path, encoding="utf-8") as f:
-            return FileRecord(**json.load(f))
+        return FileRecord(**read_json(path, "file record"))
     except (OSError, ValueError, TypeError):
         return None
 
@@ -241,10 +241,10 @@ class Workspace:
 
     def failures(self, run_id: str) -> List[Dict]:
         try:
-            lines = self.failures_path(run_id).read_text().splitlines()
+            data = self.failures_path(run_id).read_bytes()
         except OSError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        return [f for f in parse_json_lines(data, "failure record") if isinstance(f, dict)]
 
     def repository_files(self, under: str = "") -> Iterator[str]:
         """Relative paths of every file in the mirror (or in its folder ``under``) outside the state folder."""

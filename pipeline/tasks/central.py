@@ -2,21 +2,22 @@
 
 Several processes (on one host or on hosts sharing the mirror folder) share the work of one run only
 when they build the same tasks, so they must agree on the run id: a process joins the run the scheduler
-has going for the same work (mirror, version, listing and its content), else it starts a new one.
+has going for the same work (mirror, version, listing and its content), else it starts a new one. A run
+named by --run-id is joined only when its recorded identity is this process's (check_run_identity).
 """
 
 import hashlib
 import json
 import os
 import socket
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import luigi
 import requests
 
 from amsrepomirror import __version__
-from amsrepomirror.errors import MirrorError
-from amsrepomirror.online.listing import redact
+from amsrepomirror.errors import MirrorError, UsageError
+from amsrepomirror.online.listing import listing_url_for, redact
 from amsrepomirror.util.time import utc_stamp
 
 REACH_TIMEOUT = 5.0  # seconds: Luigi's own RPC retries would take minutes to give up
@@ -59,12 +60,36 @@ def check_reachable(url: str) -> None:
         raise SchedulerUnreachable(f"{redact(url)} does not answer like a Luigi scheduler (luigid): {hint}") from None
 
 
-def work_key(params: Dict, listing_sha256: str) -> str:
-    """What defines a mirror run's work, as a short digest: the same for every process that does the same work."""
-    defining = {k: params[k] for k in ("mirror", "version", "listing_url", "platform", "strict_authentication")}
-    defining["listing_sha256"] = listing_sha256
-    defining["tool"] = __version__  # processes of different versions may name their tasks differently
-    return hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:16]
+def run_identity(version: str, listing_url: str, platform: Sequence[str], strict_authentication: bool,
+                 listing_sha256: str) -> Dict[str, str]:
+    """What names a mirror run's work (not where the mirror is): processes share a run only when
+    all of it is the same. Recorded in the run's snapshot and compared by ``check_run_identity``."""
+    return {
+        "tool": __version__,  # processes of different versions may name their tasks differently
+        "version": version,
+        "listing": redact(listing_url_for(version, listing_url)),
+        "listing sha256": listing_sha256,
+        "platforms": ",".join(sorted({p.lower() for p in platform})) or "all",
+        "strict authentication": "yes" if strict_authentication else "no",
+    }
+
+
+def work_key(mirror: str, identity: Dict[str, str]) -> str:
+    """A run's work on one mirror as a short digest: the same for every process that does the same work."""
+    return hashlib.sha256(json.dumps({"mirror": mirror, **identity}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_run_identity(run_id: str, ours: Dict[str, str], theirs: Optional[Dict[str, str]]) -> None:
+    """The one comparison of a run's identity: a process (or a FetchListing) joins run ``run_id``
+    only when the work the run records (``theirs``, from its snapshot) is this process's work
+    (``ours``). Anything else would download another listing's files under this one's name."""
+    theirs = theirs if isinstance(theirs, dict) else {}
+    differing = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if differing:  # guard: shared-run-identity
+        what = "; ".join(f"{k}: {theirs.get(k, 'not recorded')} in the run, {ours.get(k, 'not given')} here"
+                         for k in differing)
+        raise UsageError(f"run {run_id} is a run of other work ({what}): give this work a run id of its own "
+                         "(another --run-id, or none to join the scheduler's run of the same work)")
 
 
 def shared_run_id(url: str, key: str) -> str:

@@ -16,8 +16,9 @@ from amsrepomirror.online.credentials import resolve_credentials
 from amsrepomirror.online.http import make_session
 from amsrepomirror.online.listing import listing_url_for
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.tasks import central
 from amsrepomirror.tasks.base import PROCESS_RUN_ID, FolderTask, MirrorTask, http, platform_rules, workspace_of
-from amsrepomirror.util.fsutil import atomic_write_bytes
+from amsrepomirror.util.fsutil import atomic_write_bytes, write_new_bytes
 from amsrepomirror.util.units import format_size
 
 # max_batch_size, shared_batch_size and run_batch_size in [DownloadFile] are read as settings, not parameters.
@@ -58,8 +59,17 @@ class FetchListing(MirrorTask):
         # The run's parameters, for DownloadFile (listing_of_run); connections and TLS checking are
         # each process's own (not part of the task's identity), so they are left out.
         snapshot["task"] = self.to_str_params(only_significant=True)
-        with self.output().open("w") as f:
-            json.dump(snapshot, f, separators=(",", ":"))  # compact: Python's encoder is 5× slower with an indent
+        snapshot["identity"] = self.identity(snapshot["listing_sha256"])
+        body = json.dumps(snapshot, separators=(",", ":")).encode()  # compact: 5× faster than with an indent
+        if not write_new_bytes(Path(self.output().path), body):
+            # Another process's FetchListing of this run id (another listing, or the same) was first:
+            # its snapshot stays, and this one may go on only when it names the same work.
+            central.check_run_identity(self.run_id, snapshot["identity"], self.snapshot().get("identity"))
+
+    def identity(self, listing_sha256: str):
+        """This run's identity (central.run_identity) with the listing's content as ``listing_sha256``."""
+        return central.run_identity(self.version, self.listing_url, self.platform, self.strict_authentication,
+                                    listing_sha256)
 
     def snapshot(self):
         return sync.load_snapshot(self.output().path)

@@ -4,18 +4,19 @@ from typing import Optional
 
 import luigi
 
+from amsrepomirror.bundle.trust import resolve_trust
 from amsrepomirror.offline import install
 from amsrepomirror.tasks.base import ReportsFailure
 
 
 class unpack(luigi.Config):
-    """[unpack]: where the installed AMS version can be read, relative to AMSHOME; whose signature
-    a bundle must carry (an OpenSSH allowed_signers file; empty: none required); whether a delta
-    takes installed files by size, mtime and inode without hashing them."""
+    """[unpack]: where the installed AMS version can be read, relative to AMSHOME; whether a delta
+    takes installed files by size, mtime and inode without hashing them. Its older allowed_signers
+    and signature_verifier keys are read by trust.resolve_trust (now in [trust])."""
 
     installed_version_files = luigi.ListParameter()
     allowed_signers = luigi.Parameter(default="")
-    signature_verifier = luigi.Parameter(default="auto")
+    signature_verifier = luigi.Parameter(default="")
     trust_installed = luigi.BoolParameter(default=False)
 
 
@@ -45,8 +46,10 @@ class Unpack(ReportsFailure, luigi.Task):
                                           description="delta: take installed files whose size, mtime and inode are the "
                                           "receipt's without hashing them (else [unpack] trust_installed)")
     allowed_signers = luigi.Parameter(default="", significant=False,
-                                      description="OpenSSH allowed_signers file: a signature by a key in it is required")
-    revoked_keys = luigi.Parameter(default="", significant=False, description="OpenSSH revoked keys file")
+                                      description="OpenSSH allowed_signers file: a signature by a key in it is "
+                                                  "required (default: the [trust] setting)")
+    revoked_keys = luigi.Parameter(default="", significant=False,
+                                   description="OpenSSH revoked keys file (default: the [trust] setting)")
     allow_downgrade = luigi.BoolParameter(default=False, significant=False,
                                           description="install a bundle older than the installed one")
     drop_versions = luigi.ListParameter(default=[], significant=False,
@@ -79,7 +82,6 @@ class Unpack(ReportsFailure, luigi.Task):
         self.checked = install.unpack_bundle(
             self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall, deep=self.deep,
             version_files=list(unpack().installed_version_files),
-            allowed_signers=self.allowed_signers or unpack().allowed_signers, revoked_keys=self.revoked_keys,
-            allow_downgrade=self.allow_downgrade, signature_verifier=unpack().signature_verifier,
+            trust=resolve_trust(self.allowed_signers, self.revoked_keys), allow_downgrade=self.allow_downgrade,
             trust_installed=self.trust_installed or unpack().trust_installed,
             drop_versions=list(self.drop_versions))

@@ -36,6 +36,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def write_new_bytes(path: Path, data: bytes) -> bool:
+    """Write ``path`` complete and at once, only when it does not exist yet: False (and nothing
+    written) when another writer was first. A hard link never replaces, unlike a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def json_bytes(obj) -> bytes:
     """The project's JSON layout for state files (indented, keys sorted, a final newline)."""
     return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()

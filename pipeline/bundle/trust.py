@@ -1,0 +1,80 @@
+"""The site's one trust setting for bundle signatures, and the one verdict on a bundle's signature:
+``verify``, ``unpack`` (and tool/install.sh, which runs verify) read the same settings the same way,
+so a bundle that verifies is one that unpack accepts.
+
+Settings, highest first: the command's ``--allowed-signers`` / ``--revoked-keys``, then ``[trust]``
+(allowed_signers, revoked_keys, require_signature, signature_verifier), then the older ``[unpack]
+allowed_signers`` and ``signature_verifier`` (still read, with a note to move them to ``[trust]``).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import luigi
+
+from amsrepomirror.bundle.signature import CHECKED_BY, SIGNATURE_NAME, SignatureCheck, check_signature
+from amsrepomirror.errors import UsageError
+
+NO_SIGNERS = "verified without allowed signers: the signature was not checked"
+
+
+@dataclass(frozen=True)
+class Trust:
+    """Whose signature a bundle must carry, as this site set it."""
+    allowed_signers: Optional[Path]  # None: no signers configured; a signature then proves nothing
+    revoked_keys: Optional[Path]
+    require_signature: bool  # an unsigned bundle is refused (only meaningful with allowed_signers)
+    verifier: str  # auto, ssh-keygen or python
+    source: str  # where allowed_signers came from, to name it in messages
+    notes: Tuple[str, ...] = ()  # lines for the admin (a setting to move)
+
+
+def _setting(section: str, key: str) -> str:
+    return luigi.configuration.get_config().get(section, key, fallback="").strip()
+
+
+def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[str] = None) -> Trust:
+    """The site's trust setting: command-line options over ``[trust]`` over the older ``[unpack]``
+    keys. UsageError for a combination that cannot be checked."""
+    notes: List[str] = []
+
+    def pick(given: Optional[str], key: str, old_section: str = "") -> Tuple[str, str]:
+        if given:
+            return str(given), f"--{key.replace('_', '-')}"
+        if _setting("trust", key):
+            return _setting("trust", key), f"[trust] {key}"
+        if old_section and _setting(old_section, key):
+            notes.append(f"note: [{old_section}] {key} is read for now: move it to [trust], which verify, unpack "
+                         "and tool/install.sh all read")
+            return _setting(old_section, key), f"[{old_section}] {key}"
+        return "", ""
+
+    signers, source = pick(allowed_signers, "allowed_signers", "unpack")
+    revoked, revoked_source = pick(revoked_keys, "revoked_keys")
+    verifier = pick(None, "signature_verifier", "unpack")[0] or "auto"
+    required = _setting("trust", "require_signature").lower() or "true"
+    if required not in ("true", "false"):
+        raise UsageError(f"[trust] require_signature = {required!r}: use true or false")
+    if revoked and not signers:
+        raise UsageError(f"{revoked_source} needs allowed signers (--allowed-signers or [trust] allowed_signers)")
+    return Trust(allowed_signers=Path(signers).absolute() if signers else None,
+                 revoked_keys=Path(revoked).absolute() if revoked else None,
+                 require_signature=bool(signers) and required == "true", verifier=verifier, source=source,
+                 notes=tuple(notes))
+
+
+def signature_verdict(bundle_dir: Path, trust: Trust,
+                      manifest: Optional[bytes]) -> Tuple[Optional[SignatureCheck], Optional[str]]:
+    """What the bundle's signature of ``manifest`` (manifest.json as the caller read it) says under
+    ``trust``: (the check, None when unsigned; the reason to refuse the bundle, None when it may
+    pass). The one verdict for verify and unpack alike."""
+    check = check_signature(bundle_dir, trust.allowed_signers, trust.revoked_keys, trust.verifier, manifest=manifest)
+    if check is None:
+        if trust.require_signature:  # guard: trust-unsigned-refused
+            return None, (f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but {trust.source} "
+                          f"({trust.allowed_signers}) requires a signature by an allowed key")
+        return None, None
+    if check.problem:  # guard: trust-bad-signature-refused
+        return check, f"bundle {bundle_dir} is refused: its signature is bad ({check.problem}; {CHECKED_BY[check.verifier]})"
+    return check, None
