@@ -1,3 +1,3 @@
 """amsrepomirror: mirror, bundle and unpack the SCM package repository."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

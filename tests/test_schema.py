@@ -2,13 +2,16 @@
 newer one is refused in one line that names the tool version the bundle needs."""
 
 import json
+from dataclasses import replace
 
+import pytest
 import test_offline_hostile as hostile
 from clihelp import run_cli
 from test_offline_hostile import copy_of, manifest_body, resign
 
 from amsrepomirror import __version__
-from amsrepomirror.bundle.format import SCHEMA, SCHEMA_3, SCHEMAS, BundleManifest
+from amsrepomirror.bundle.format import SCHEMA, SCHEMA_3, SCHEMA_3_SINCE, SCHEMAS, BundleManifest
+from amsrepomirror.errors import IntegrityError
 
 source = hostile.source  # the module fixture: one bundle of the double, built once
 
@@ -53,3 +56,16 @@ def test_a_foreign_or_hostile_schema_is_named_escaped_not_trusted(source, tmp_pa
     resign(out, body)
     result = run_cli("verify", out)
     assert result.returncode == 4 and "(found 'other/manifest/1')" in result.stderr
+
+
+def test_a_manifest_that_drops_a_version_is_schema_3_and_names_the_tool_it_needs(source):
+    body = manifest_body(source[1])
+    plain = BundleManifest.from_bytes(json.dumps(body).encode(), "manifest.json")
+    assert plain.schema == body["schema"] and "requires_tool" not in json.loads(plain.to_json())
+    dropping = replace(plain, base="0" * 64, target=plain.tree, dropped=["AMS2025.1"])
+    written = json.loads(dropping.to_json())
+    assert written["schema"] == SCHEMA_3 and written["requires_tool"] == SCHEMA_3_SINCE
+    assert BundleManifest.from_bytes(dropping.to_json(), "manifest.json").dropped == ["AMS2025.1"]
+    written["schema"] = "amsrepomirror/bundle-manifest/2"  # an older reader would skip the drop: refused
+    with pytest.raises(IntegrityError, match="field dropped is set, but the schema is"):
+        BundleManifest.from_bytes(json.dumps(written).encode(), "manifest.json")

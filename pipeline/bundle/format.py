@@ -289,9 +289,17 @@ class BundleManifest:
         return [TreeFile(f.path, f.size, f.sha256) for f in self.files] + [
             TreeFile(c.path, c.size, c.sha256) for c in self.copies]
 
+    @property
+    def schema(self) -> str:
+        """The lowest schema that expresses this manifest (docs/bundle-format.md), so older tools read
+        what they can and refuse, naming the version they need, what they must not skip."""
+        if self.dropped:  # removes a version on purpose: a reader that ignored it would not guard removals
+            return SCHEMA_3
+        return SCHEMA_WITH_COPIES if self.copies else SCHEMA
+
     def to_json(self) -> bytes:
         body = {
-            "schema": SCHEMA_WITH_COPIES if self.copies else SCHEMA,
+            "schema": self.schema,
             "version": self.version,
             "tool_version": self.tool_version,
             "created": self.created,
@@ -315,6 +323,8 @@ class BundleManifest:
             body["version_paths"] = {v: sorted(paths) for v, paths in self.version_paths.items()}
         if self.dropped:  # absent unless a delta drops a version on purpose
             body["dropped"] = sorted(self.dropped)
+        if body["schema"] == SCHEMA_3:
+            body["requires_tool"] = SCHEMA_3_SINCE
         if self.is_delta:
             body.update({
                 "base_created": self.base_created,
@@ -559,6 +569,8 @@ def _version_fields(body: dict, manifest: BundleManifest) -> None:
     if raw and needed != tree:
         raise IntegrityError(f"field version_paths leaves {_escaped(sorted(tree - needed)[:1])} of its tree to no version")
     dropped = _field(body, "dropped", "dropped", _list_of, [])
+    if dropped and body.get("schema") != SCHEMA_3:  # an older reader would skip it: only schema 3 may drop
+        raise IntegrityError(f"field dropped is set, but the schema is {_escaped(body.get('schema'))}, not {SCHEMA_3}")
     for i, version in enumerate(dropped):
         if manifest.base is None or _is_version(version) or version in versions or dropped.count(version) > 1:
             raise IntegrityError(f"field dropped[{i}] is {_escaped(version)}: expected a version the delta does "
