@@ -368,6 +368,34 @@ def test_install_sh_checks_pips_wheel_before_it_runs(tmp_path):
     assert not (tmp_path / "venv").exists()
 
 
+def test_install_sh_checks_a_requirement_the_manifest_does_not_list(tmp_path):
+    """A requirements line whose sha256 is not the one manifest.json lists for that wheel is refused before
+    pip runs, even when the wheel itself matches manifest.json (the two lists must agree)."""
+    bundle = tmp_path / "bundle"
+    wheels = bundle / "tool" / "wheels"
+    wheels.mkdir(parents=True)
+    marker = tmp_path / "added-code-ran"
+    hostile_pip(wheels / "pip-25.0-py3-none-any.whl", marker)
+    listed = hashlib.sha256((wheels / "pip-25.0-py3-none-any.whl").read_bytes()).hexdigest()
+    requirements = bundle / "tool" / f"requirements-{OTHER_PYTHON}.txt"
+    requirements.write_text(f"wheels/pip-25.0-py3-none-any.whl --hash=sha256:{'0' * 64}\n")
+    (bundle / "tool" / "install.sh").write_text(install_script(ToolSpec(pythons=[OTHER_PYTHON])))
+    tool = {f"tool/requirements-{OTHER_PYTHON}.txt": hashlib.sha256(requirements.read_bytes()).hexdigest(),
+            "tool/wheels/pip-25.0-py3-none-any.whl": listed}
+    (bundle / MANIFEST_NAME).write_text(json.dumps({"tool": [{"path": p, "sha256": d} for p, d in tool.items()]}))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
+    result = subprocess.run(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], capture_output=True,
+                            text=True, cwd=tmp_path, env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin"), timeout=120)
+    assert not marker.exists()
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.splitlines() == [f"error: install.sh: tool/requirements-{OTHER_PYTHON}.txt names a wheel that "
+                                          "manifest.json does not list: 'wheels/pip-25.0-py3-none-any.whl --hash=sha256:"
+                                          f"{'0' * 64}'; nothing was installed"]
+    assert not (tmp_path / "venv").exists()
+
+
 def test_readmes_signature_step_names_a_tool_file_the_signed_manifest_does_not_list(tool_bundle, tmp_path):
     """By hand: SHA256SUMS is not signed, so a forger who changes tool/install.sh fixes its line there too;
     the signed README's step 0 must then name it."""

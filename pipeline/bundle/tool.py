@@ -156,52 +156,9 @@ def requirements_text(python: str, wheels: Sequence[str], folder: Path) -> str:
 
 
 def wheel_check() -> str:
-    """The check install.sh runs with the chosen interpreter (``-I -S``: standard library only, no site,
-    no environment) before any wheel runs: the requirements file for this Python and every wheel it
-    names must be files that manifest.json's ``tool`` list names, with that sha256. It prints pip's
-    wheel; otherwise one line and exit 4. Sent as a quoted here-document: nothing in it is expanded."""
-    return r"""import hashlib, json, os, re, stat, sys
-bundle, requirements = sys.argv[1], "tool/" + sys.argv[2]
-def refuse(why):
-    sys.stderr.write("error: install.sh: " + why + "; nothing was installed\n")
-    sys.exit(4)
-def read(rel, limit):
-    path = os.path.join(bundle, *rel.split("/"))
-    try:
-        with open(path, "rb", opener=lambda p, f: os.open(p, f | os.O_NONBLOCK | os.O_NOFOLLOW)) as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                refuse(rel + " is not a regular file")
-            data = f.read(limit + 1)
-    except OSError as exc:
-        refuse("cannot read " + rel + ": " + str(exc))
-    if len(data) > limit:
-        refuse(rel + " is larger than " + str(limit) + " bytes")
-    return data
-try:
-    listed = {t["path"]: t["sha256"] for t in json.loads(read("manifest.json", 1 << 30))["tool"]}
-except Exception as exc:
-    refuse("manifest.json lists no tool files: " + type(exc).__name__)
-def check(rel):
-    if rel not in listed:
-        refuse(rel + " is not listed in manifest.json")
-    data = read(rel, 1 << 30)
-    if hashlib.sha256(data).hexdigest() != listed[rel]:  # guard: tool-wheel-pinning
-        refuse(rel + " does not match its sha256 in manifest.json")
-    return data
-pips = []
-for line in check(requirements).decode("utf-8", "replace").splitlines():
-    if not line.strip() or line.startswith("#"):
-        continue
-    found = re.fullmatch(r"(wheels/[A-Za-z0-9_.+-]+\.whl) --hash=sha256:([0-9a-f]{64})", line)
-    if not found or listed.get("tool/" + found.group(1)) != found.group(2):
-        refuse(requirements + " names a wheel that manifest.json does not list: " + ascii(line[:120]))
-    check("tool/" + found.group(1))
-    if found.group(1).startswith("wheels/pip-"):
-        pips.append(found.group(1))
-if len(pips) != 1:
-    refuse(requirements + " names " + str(len(pips)) + " pip wheels, not one")
-print(os.path.join(bundle, "tool", pips[0]))
-"""
+    """The text of ``bundle.wheelcheck``, which install.sh runs before any wheel runs (sent as a
+    quoted here-document: nothing in it is expanded)."""
+    return Path(__file__).with_name("wheelcheck.py").read_text(encoding="utf-8")
 
 
 def install_script(spec: ToolSpec) -> str:
