@@ -239,3 +239,40 @@ def test_password_outside_latin1_works_and_never_shows_in_messages(repo_tree, tm
     assert error_line(bad.stderr).startswith("error: the server refused the SCM account")
     for secret in ("wröng", "€", "密", "\\u20ac", "position"):
         assert secret not in bad.stderr and secret not in good.stderr
+
+
+# A server's Retry-After is honoured only up to http.MAX_RETRY_AFTER: no answer parks a run for hours.
+
+@pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
+                         ids=["listing", "head", "body"])
+def test_a_retry_after_of_hours_is_not_slept(scm_double, repo_tree, tmp_path, glob, method):
+    dest = tmp_path / "m"
+    scm_double.fail_status(glob, 503, retry_after=100000, times=1, method=method)
+    started = time.monotonic()
+    result = mirror(scm_double, dest, timeout=90)  # before the fix: asleep for 27 hours
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 60
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    answered = [r.status for r in scm_double.records(method, glob)]
+    assert answered[0] == 503 and answered[-1] in (200, 206), answered
+
+
+# The listing is read as it arrives and refused past http.LISTING_MAX_BYTES once decoded: a small
+# gzip body that inflates to gigabytes (or a body that never ends) must not fill the memory.
+
+def test_a_listing_that_inflates_past_the_bound_is_refused(scm_double, repo_tree, tmp_path):
+    from amsrepomirror.testing.scmdouble import listing_path
+
+    LISTING_MAX_BYTES = 64 * 2**20  # http.LISTING_MAX_BYTES
+    listing = listing_path(repo_tree, VERSION)
+    with open(listing, "ab") as f:  # the real lines, then comment lines past the bound
+        line = b"#" * 1023 + b"\n"
+        for _ in range(LISTING_MAX_BYTES // len(line) + 1):
+            f.write(line)
+    scm_double.misbehave("listings/*", gzip_on_the_fly=True)
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "larger than 64 MiB" in error_line(result.stderr)
+    assert scm_double.records("GET", "linux/*") == []  # nothing fetched on such a listing
+    assert tree_hashes(dest) == {}

@@ -47,8 +47,13 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 LISTING_RETRIES = 4
 LISTING_CONNECT_TIMEOUT = 5.0
 LISTING_BACKOFF_MAX = 2.0
+#: A listing of 100,000 files is about 12 MiB; more than this is no listing (read as it arrives, decoded).
+LISTING_MAX_BYTES = 64 * 2**20
 #: A retry of a file that waits at least this long (seconds) is said on the terminal.
 ANNOUNCE_BACKOFF = 2.0
+#: The longest ``Retry-After`` (seconds) a run waits: a longer one is not honoured (the backoff
+#: applies, and after the retries the request fails), so no server can park a run for hours.
+MAX_RETRY_AFTER = 120.0
 # "Too many requests" / "unavailable": the server asks for less; body downloads hand them to the scheduler.
 BUSY_STATUSES = (429, 503)
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
@@ -209,6 +214,9 @@ class _Retry(Retry):
     announce_after: Optional[float] = None
     attempts = 0  # of the whole budget, for "attempt n/m"
 
+    def parse_retry_after(self, retry_after: str) -> float:
+        return retry_after_seconds(retry_after) or 0.0  # 0: urllib3 falls back to the backoff
+
     def new(self, **kw):
         retry = super().new(**kw)
         retry.announce_after, retry.attempts = self.announce_after, self.attempts
@@ -339,7 +347,16 @@ def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
     404 a UsageError (a wrong version or URL). Connection failures show within seconds
     (``_listing_session``): this is where a wrong host or port is noticed."""
     with _listing_session(session) as listing:
-        resp = _request(listing, "GET", url, (min(LISTING_CONNECT_TIMEOUT, timeout), timeout), what="the listing ")
+        resp = _request(listing, "GET", url, (min(LISTING_CONNECT_TIMEOUT, timeout), timeout), what="the listing ",
+                        stream=True)
+        with resp:
+            return decode_listing(_listing_body(resp, url), url)
+
+
+def _listing_body(resp: requests.Response, url: str) -> bytes:
+    """The listing's bytes (decoded from any Content-Encoding), refused past
+    :data:`LISTING_MAX_BYTES`: a listing that never ends, or a small compressed body that
+    inflates to gigabytes, must not fill the memory. 401/403 is an AuthError, 404 a UsageError."""
     if resp.status_code in (401, 403):
         raise AuthError(
             f"the server refused the SCM account for the listing {redact(url)} (HTTP {resp.status_code}): "
@@ -351,7 +368,16 @@ def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
     if resp.status_code != 200:
         hint = _protocol_hint(url, None) if resp.status_code == 400 else ""
         raise FetchError(f"cannot fetch the listing {redact(url)}: HTTP {resp.status_code}" + (f"; {hint}" if hint else ""))
-    return decode_listing(resp.content, url)
+    body = bytearray()
+    try:
+        for block in resp.iter_content(STREAM_BLOCK):
+            body += block
+            if len(body) > LISTING_MAX_BYTES:  # guard: listing-size-bound
+                raise UsageError(f"the listing {redact(url)} is larger than {LISTING_MAX_BYTES // 2**20} MiB "
+                                 "(once decoded): not a listing of this repository; check --listing-url")
+    except requests.exceptions.RequestException as exc:
+        raise FetchError(f"cannot fetch the listing {redact(url)}: {_cause(exc)}") from None
+    return bytes(body)
 
 
 def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
@@ -535,15 +561,24 @@ class ServerBusy(FetchError):
 
 
 def _busy(resp: requests.Response, url: str) -> ServerBusy:
-    value = (resp.headers.get("Retry-After") or "").strip()
-    if value.isdigit():
-        retry_after = float(value)
+    return ServerBusy(url, resp.status_code, retry_after_seconds(resp.headers.get("Retry-After")))
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """The one reading of ``Retry-After`` (every request path: listing, HEAD, bodies): seconds to
+    wait, or None when absent, unreadable or longer than :data:`MAX_RETRY_AFTER` (then the
+    run's own backoff applies: a server must not make a run sleep for hours)."""
+    value = (value or "").strip(" \t")
+    if re.fullmatch(r"[0-9]{1,20}", value, re.ASCII):
+        seconds = float(value)
     else:
         try:
-            retry_after = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time()) if value else None
-        except (TypeError, ValueError):
-            retry_after = None
-    return ServerBusy(url, resp.status_code, retry_after)
+            seconds = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time()) if value else None
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if seconds is None or seconds > MAX_RETRY_AFTER:  # guard: retry-after-bounded
+        return None
+    return seconds
 
 
 @dataclass(frozen=True)
