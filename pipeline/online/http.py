@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -223,6 +224,9 @@ class _Retry(Retry):
         return retry
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        location = response.get_redirect_location() if response is not None else None
+        if location:  # a redirect the HEAD probes' pool is about to follow
+            refuse_redirect(url or "", location)
         if error is not None and (_certificate_failure(error) is not None or _plain_http_answer(error)):
             raise error  # fails the same way every time: say so at once
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
@@ -253,6 +257,22 @@ def make_retry(retries: int, backoff: float, statuses=RETRY_STATUSES, *,
     return retry
 
 
+class RedirectRefused(FetchError):
+    """A redirect that is not followed (:func:`refuse_redirect`)."""
+
+
+def refuse_redirect(url: str, location: str) -> None:
+    """The one rule for redirects, on every request path (requests' sessions and the HEAD probes'
+    pool): one from https may only lead to https, and only to http(s) at all. A redirect to plain
+    http would carry the file, and the password that ~/.netrc gives for that host, across the
+    network unprotected."""
+    source, target = urlsplit(url), urlsplit(urljoin(url, location))
+    if target.scheme.lower() not in ("http", "https") or (  # guard: redirect-no-downgrade
+            source.scheme.lower() == "https" and target.scheme.lower() != "https"):
+        raise RedirectRefused(f"{redact(url)} redirects to {redact(target.geturl())}: a redirect from "
+                              f"{source.scheme} to {target.scheme or 'no scheme'} is not followed; not stored")
+
+
 class _Session(requests.Session):
     """A requests Session that reads the environment's proxy settings once per server, not per request
     (requests walks the whole environment twice per request: a tenth of a small file's cost)."""
@@ -261,6 +281,12 @@ class _Session(requests.Session):
         super().__init__()
         self._environment_settings: dict = {}
         self._environment_lock = threading.Lock()
+
+    def get_redirect_target(self, resp):
+        location = super().get_redirect_target(resp)
+        if location:
+            refuse_redirect(resp.url, location)
+        return location
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
         parts = urllib3.util.parse_url(url)
@@ -417,10 +443,9 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
         return _probe_with_get(session, url, timeout)
     if resp.status != 200:
         return RemoteInfo(status=resp.status)
-    length = resp.headers.get("Content-Length")
     return RemoteInfo(
         status=200,
-        size=int(length) if length is not None and length.isdigit() else None,
+        size=parse_content_length(resp.headers.get("Content-Length")),  # unreadable: the GET's length decides
         etag=resp.headers.get("ETag"),
         last_modified=resp.headers.get("Last-Modified"),
     )
