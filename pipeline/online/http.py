@@ -267,8 +267,8 @@ def refuse_redirect(url: str, location: str) -> None:
     http would carry the file, and the password that ~/.netrc gives for that host, across the
     network unprotected."""
     source, target = urlsplit(url), urlsplit(urljoin(url, location))
-    if target.scheme.lower() not in ("http", "https") or (  # guard: redirect-no-downgrade
-            source.scheme.lower() == "https" and target.scheme.lower() != "https"):
+    allowed = ("https",) if source.scheme.lower() == "https" else ("http", "https")
+    if target.scheme.lower() not in allowed:  # guard: redirect-no-downgrade
         raise RedirectRefused(f"{redact(url)} redirects to {redact(target.geturl())}: a redirect from "
                               f"{source.scheme} to {target.scheme or 'no scheme'} is not followed; not stored")
 
