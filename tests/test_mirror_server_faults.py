@@ -289,3 +289,20 @@ def test_an_unreadable_head_content_length_leaves_the_length_to_the_get(scm_doub
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr and "ValueError" not in result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+# A status line and headers must arrive within http.HEADER_DEADLINE_TIMEOUTS read timeouts: a server
+# that sends one header byte at a time beats every read timeout and held the run forever.
+
+@pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
+                         ids=["listing", "head", "body"])
+def test_headers_that_trickle_end_the_attempt(scm_double, repo_tree, tmp_path, glob, method):
+    dest = tmp_path / "m"
+    scm_double.slow_headers(glob, seconds=1.0, times=1, method=method)
+    config = config_with(tmp_path, timeout=3)  # headers within 3 × 3 s
+    started = time.monotonic()
+    result = mirror(scm_double, dest, env=cli_env(LUIGI_CONFIG_PATH=config), timeout=45)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 35
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    assert scm_double.records(method, glob)[0].fault == "slow-headers"

@@ -12,6 +12,8 @@ import contextlib
 import email.utils
 import errno
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -273,6 +275,131 @@ def refuse_redirect(url: str, location: str) -> None:
                               f"{source.scheme} to {target.scheme or 'no scheme'} is not followed; not stored")
 
 
+#: The status line and headers of every answer must arrive within this many read timeouts: a server
+#: that sends them a byte at a time beats every read timeout (a slowloris) and would hold a run forever.
+HEADER_DEADLINE_TIMEOUTS = 3
+
+
+class _Watchdog:
+    """One thread that runs each scheduled action at its deadline unless it was cancelled first
+    (cheaper than a timer thread per request: a no-change run makes thousands of HEAD probes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._order = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def schedule(self, delay: float, action: Callable[[], None]) -> list:
+        entry = [time.monotonic() + delay, next(self._order), action]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None or not self._thread.is_alive():  # none yet, or lost in a fork
+                self._thread = threading.Thread(target=self._run, name="header-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list) -> None:
+        with self._cond:
+            entry[2] = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][2] is None:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                action = heapq.heappop(self._heap)[2]
+            try:
+                action()
+            except Exception:  # an action only shuts a socket down; it must not stop the others
+                log.debug("header deadline action failed", exc_info=True)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _HeaderDeadline:
+    """A urllib3 connection whose answer (status line and headers) must arrive within
+    :data:`HEADER_DEADLINE_TIMEOUTS` read timeouts, on every request path (requests' adapters and
+    the HEAD probes' pools): past it the socket is shut down and the attempt is a read timeout,
+    retried like one."""
+
+    def getresponse(self, *args, **kwargs):
+        read_timeout = self.timeout if isinstance(self.timeout, (int, float)) else 60.0
+        late, settled = threading.Event(), threading.Lock()
+
+        def expire() -> None:
+            with settled:  # not once the headers are in: the socket then carries the body
+                if answered:
+                    return
+                late.set()
+                if self.sock is not None:
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_RDWR)
+
+        answered = False
+        entry = _WATCHDOG.schedule(read_timeout * HEADER_DEADLINE_TIMEOUTS, expire)
+        try:
+            response = super().getresponse(*args, **kwargs)
+        except Exception:
+            if late.is_set():
+                raise TimeoutError("the server sent its answer's headers too slowly") from None
+            raise
+        finally:
+            with settled:
+                answered = True
+            _WATCHDOG.cancel(entry)
+        if late.is_set():  # guard: header-deadline
+            # the headers read before the shutdown may end early and look complete: never used
+            response.close()
+            raise TimeoutError("the server sent its answer's headers too slowly")
+        return response
+
+
+class _HTTPConnection(_HeaderDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeaderDeadline, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+#: Every pool of the tool's: its connections keep the header deadline.
+POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _with_deadline(manager: urllib3.PoolManager) -> urllib3.PoolManager:
+    manager.pool_classes_by_scheme = POOL_CLASSES
+    return manager
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, its pools (direct or through a proxy) made of :class:`_HeaderDeadline` connections."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        _with_deadline(self.poolmanager)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        return _with_deadline(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+
 class _Session(requests.Session):
     """A requests Session that reads the environment's proxy settings once per server, not per request
     (requests walks the whole environment twice per request: a tenth of a small file's cost)."""
@@ -307,7 +434,7 @@ def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True,
     (:func:`ca_bundle`); the HEAD probes (:func:`_head_client`) read it from there too.
     """
     session = _Session()
-    adapter = HTTPAdapter(max_retries=make_retry(retries, backoff), pool_connections=4, pool_maxsize=max(pool_size, 4))
+    adapter = _Adapter(max_retries=make_retry(retries, backoff), pool_connections=4, pool_maxsize=max(pool_size, 4))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = f"amsrepomirror/{__version__}"
@@ -329,7 +456,7 @@ def body_session(session: requests.Session, pool_size: int) -> requests.Session:
     :class:`ServerBusy` instead, for the scheduler to lower the number of connections."""
     retry = session.retry_template
     body = _Session()
-    adapter = HTTPAdapter(max_retries=make_retry(retry.total, retry.backoff_factor,
+    adapter = _Adapter(max_retries=make_retry(retry.total, retry.backoff_factor,
                                                  tuple(s for s in RETRY_STATUSES if s not in BUSY_STATUSES)),
                           pool_connections=4, pool_maxsize=max(pool_size, 4))
     body.mount("http://", adapter)
@@ -360,7 +487,7 @@ def _listing_session(session: requests.Session) -> requests.Session:
     retries = min(template.total, LISTING_RETRIES) if template is not None else LISTING_RETRIES
     backoff = template.backoff_factor if template is not None else 0.5
     listing = _Session()
-    adapter = HTTPAdapter(max_retries=make_retry(retries, backoff, announce_after=0.0, backoff_max=LISTING_BACKOFF_MAX))
+    adapter = _Adapter(max_retries=make_retry(retries, backoff, announce_after=0.0, backoff_max=LISTING_BACKOFF_MAX))
     listing.mount("http://", adapter)
     listing.mount("https://", adapter)
     listing.headers.update(session.headers)
@@ -422,7 +549,7 @@ def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
         retries = session.get_adapter(url).max_retries
         proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
         common = dict(num_pools=4, maxsize=getattr(session, "pool_size", 4), retries=retries, **tls)
-        clients[key] = urllib3.ProxyManager(proxy, **common) if proxy else urllib3.PoolManager(**common)
+        clients[key] = _with_deadline(urllib3.ProxyManager(proxy, **common) if proxy else urllib3.PoolManager(**common))
     return clients[key]
 
 

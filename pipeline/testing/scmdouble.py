@@ -386,7 +386,7 @@ class RequestRecord:
 
 @dataclass
 class _Fault:
-    kind: str  # "cut" | "status" | "stall" | "hook" | "lie" | "redirect"
+    kind: str  # "cut" | "status" | "stall" | "hook" | "lie" | "redirect" | "slow-headers"
     glob: str
     times: Optional[int]
     method: Optional[str]
@@ -590,6 +590,15 @@ class _Handler(BaseHTTPRequestHandler):
             rec.fault = "status"
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             self._simple(fault.status, f"injected status {fault.status}\n", extra, head=head)
+            return
+
+        slow = double._take_fault(("slow-headers",), self.command, target)
+        if slow is not None:  # a status line, then one byte of a header line every `seconds`
+            rec.fault, self.close_connection = "slow-headers", True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not double._stopping.wait(slow.seconds):
+                self.wfile.write(b"a")
+                self.wfile.flush()
             return
 
         moved = double._take_fault(("redirect",), self.command, target)
@@ -1081,6 +1090,11 @@ class ScmDouble:
         """Answer ``status`` with ``Location: location(target)`` (before any auth check, as a front
         end would) instead of serving."""
         self._add_fault(_Fault("redirect", glob, times, method, status=status, location=location))
+
+    def slow_headers(self, glob: str, seconds: float, times: Optional[int] = 1, method: Optional[str] = None) -> None:
+        """Send a status line, then a header one byte every ``seconds`` without end (a slowloris:
+        each byte beats any read timeout)."""
+        self._add_fault(_Fault("slow-headers", glob, times, method, seconds=seconds))
 
     def throttle(self, bytes_per_second: Optional[int]) -> None:
         """Limit every body to ``bytes_per_second`` per connection; ``None`` lifts it. Takes
