@@ -306,3 +306,21 @@ def test_headers_that_trickle_end_the_attempt(scm_double, repo_tree, tmp_path, g
     assert time.monotonic() - started < 35
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
     assert scm_double.records(method, glob)[0].fault == "slow-headers"
+
+
+# A part's download record is JSON read back from the mirror: one that is valid JSON but no record
+# (a list, a string) means "nothing to resume", never a traceback.
+
+@pytest.mark.parametrize("record", ["[]", '"x"', "null"])
+def test_a_part_record_that_is_no_record_starts_the_file_again(scm_double, repo_tree, tmp_path, record):
+    from amsrepomirror.online.workspace import Workspace
+
+    dest = tmp_path / "m"
+    part = Workspace(dest).part_path(BIG)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    served = repo_tree / "Downloads" / "packages" / BIG
+    part.write_bytes(served.read_bytes()[:400_000])
+    part.with_name(part.name + ".json").write_text(record)
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)

@@ -630,6 +630,8 @@ def resume_point(part: Path, remote: RemoteInfo) -> int:
         size = part.stat().st_size
     except (OSError, ValueError):
         return 0
+    if not isinstance(meta, dict):  # valid JSON, but no record of ours
+        return 0
     same = meta.get("etag") == remote.etag and meta.get("last_modified") == remote.last_modified
     if not same or (remote.size is not None and size > remote.size):
         return 0
