@@ -324,3 +324,21 @@ def test_a_part_record_that_is_no_record_starts_the_file_again(scm_double, repo_
     result = mirror(scm_double, dest)
     assert result.returncode == 0, result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+# The mirror's manifest is JSON read back by bundle: valid JSON that is no manifest (a list, fields
+# missing or of another type) is one line, exit 4, never a traceback.
+
+@pytest.mark.parametrize("body", ["[]", '{"schema": "amsrepomirror/mirror-manifest/1"}',
+                                  '{"schema": "amsrepomirror/mirror-manifest/1", "version": "AMS2026.1", "files": [1]}'],
+                         ids=["list", "no-fields", "files-not-objects"])
+def test_a_mirror_manifest_that_is_no_manifest_is_exit_4(scm_double, repo_tree, tmp_path, body):
+    from amsrepomirror.online.workspace import Workspace
+
+    dest = tmp_path / "m"
+    assert mirror(scm_double, dest).returncode == 0
+    Workspace(dest).manifest_path(VERSION).write_text(body)
+    result = run_cli("bundle", "--version", VERSION, "--mirror", dest, "--out", tmp_path / "b", "--offline")
+    assert result.returncode == 4, result.stderr
+    assert "cannot read mirror manifest" in error_line(result.stderr) and "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.7z"))
