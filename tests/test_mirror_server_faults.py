@@ -342,3 +342,19 @@ def test_a_mirror_manifest_that_is_no_manifest_is_exit_4(scm_double, repo_tree, 
     assert result.returncode == 4, result.stderr
     assert "cannot read mirror manifest" in error_line(result.stderr) and "Traceback" not in result.stderr
     assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.7z"))
+
+
+# A file is up to date only when the server's answer carries a validator that agrees
+# (FileRecord.matches_remote): a HEAD with neither ETag nor Last-Modified proves nothing.
+
+@pytest.mark.parametrize("head_headers", [{"Content-Length": None, "ETag": None, "Last-Modified": None},
+                                          {"ETag": None, "Last-Modified": None}], ids=["nothing", "size-only"])
+def test_a_file_whose_head_carries_no_validator_is_fetched_again(scm_double, repo_tree, tmp_path, head_headers):
+    small = "linux/x86_64/dftb-2026.101.tar.zst"
+    dest = tmp_path / "m"
+    scm_double.misbehave(small, head_headers=head_headers)
+    assert mirror(scm_double, dest).returncode == 0
+    change_file(repo_tree, small, seed=7)  # the same length, other bytes
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # before the fix: the old bytes, "up to date"
