@@ -358,3 +358,18 @@ def test_a_file_whose_head_carries_no_validator_is_fetched_again(scm_double, rep
     result = mirror(scm_double, dest)
     assert result.returncode == 0, result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # before the fix: the old bytes, "up to date"
+
+
+# The listing's body is held to the run's low-speed limit ([http] low_speed_limit/low_speed_time),
+# as file bodies are: a listing that trickles just faster than the read timeout must not hold the run.
+
+def test_a_listing_that_trickles_is_given_up(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "m"
+    scm_double.throttle(40)  # bytes/s: a 3 KB listing would take over a minute
+    config = config_with(tmp_path, low_speed_limit=1000, low_speed_time=2, retries=1)
+    started = time.monotonic()
+    result = mirror(scm_double, dest, env=cli_env(LUIGI_CONFIG_PATH=config), timeout=25)  # before the fix: 70 s
+    assert result.returncode == 1, result.stderr
+    assert "slower than 1000 bytes/s" in error_line(result.stderr) and "listing" in error_line(result.stderr)
+    assert time.monotonic() - started < 20
+    assert scm_double.records("HEAD") == [] and tree_hashes(dest) == {}

@@ -495,21 +495,23 @@ def _listing_session(session: requests.Session) -> requests.Session:
     return listing
 
 
-def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
+def fetch_text(session: requests.Session, url: str, timeout: float, low_speed: Optional["LowSpeed"] = None) -> str:
     """GET the listing and decode it from its bytes (``decode_listing``); 401/403 is an AuthError,
     404 a UsageError (a wrong version or URL). Connection failures show within seconds
-    (``_listing_session``): this is where a wrong host or port is noticed."""
+    (``_listing_session``): this is where a wrong host or port is noticed. ``low_speed``: the
+    run's limit for bodies, which the listing's body is held to as well."""
     with _listing_session(session) as listing:
         resp = _request(listing, "GET", url, (min(LISTING_CONNECT_TIMEOUT, timeout), timeout), what="the listing ",
                         stream=True)
         with resp:
-            return decode_listing(_listing_body(resp, url), url)
+            return decode_listing(_listing_body(resp, url, low_speed or LowSpeed()), url)
 
 
-def _listing_body(resp: requests.Response, url: str) -> bytes:
+def _listing_body(resp: requests.Response, url: str, low_speed: "LowSpeed") -> bytes:
     """The listing's bytes (decoded from any Content-Encoding), refused past
-    :data:`LISTING_MAX_BYTES`: a listing that never ends, or a small compressed body that
-    inflates to gigabytes, must not fill the memory. 401/403 is an AuthError, 404 a UsageError."""
+    :data:`LISTING_MAX_BYTES`, or when they arrive slower than ``low_speed`` on average: a listing
+    that never ends, trickles, or a small compressed body that inflates to gigabytes, must not
+    fill the memory or hold the run. 401/403 is an AuthError, 404 a UsageError."""
     if resp.status_code in (401, 403):
         raise AuthError(
             f"the server refused the SCM account for the listing {redact(url)} (HTTP {resp.status_code}): "
@@ -521,16 +523,23 @@ def _listing_body(resp: requests.Response, url: str) -> bytes:
     if resp.status_code != 200:
         hint = _protocol_hint(url, None) if resp.status_code == 400 else ""
         raise FetchError(f"cannot fetch the listing {redact(url)}: HTTP {resp.status_code}" + (f"; {hint}" if hint else ""))
-    body = bytearray()
+    body, started = bytearray(), time.monotonic()
     try:
-        for block in resp.iter_content(STREAM_BLOCK):
+        while True:
+            block = resp.raw.read1(STREAM_BLOCK, decode_content=True)  # what has arrived, not a whole block
+            if not block:
+                return bytes(body)
             body += block
             if len(body) > LISTING_MAX_BYTES:  # guard: listing-size-bound
                 raise UsageError(f"the listing {redact(url)} is larger than {LISTING_MAX_BYTES // 2**20} MiB "
                                  "(once decoded): not a listing of this repository; check --listing-url")
-    except requests.exceptions.RequestException as exc:
+            elapsed = time.monotonic() - started
+            slow = len(body) < low_speed.limit * elapsed
+            if low_speed.limit and elapsed >= low_speed.seconds and slow:  # guard: listing-low-speed
+                raise FetchError(f"cannot fetch the listing {redact(url)}: slower than {low_speed.limit} bytes/s "
+                                 f"for {elapsed:.0f} s ([http] low_speed_limit)")
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise FetchError(f"cannot fetch the listing {redact(url)}: {_cause(exc)}") from None
-    return bytes(body)
 
 
 def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:

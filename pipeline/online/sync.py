@@ -52,9 +52,10 @@ SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 
 
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
-                  rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float) -> Dict:
+                  rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float,
+                  low_speed: Optional[LowSpeed] = None) -> Dict:
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
-    text = fetch_text(session, listing_url, timeout)
+    text = fetch_text(session, listing_url, timeout, low_speed)
     listed = parse_listing(text, listing_url)
     index = f"{version}.yml"
     if index not in {f.path for f in listed}:

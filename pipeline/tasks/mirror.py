@@ -54,7 +54,7 @@ class FetchListing(MirrorTask):
         self.set_status_message(f"reading the listing and asking the server about each file ({self.jobs} connections)")
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
-                                      timeout=http().timeout)
+                                      timeout=http().timeout, low_speed=http().low_speed())
         sync.record_selection(self.workspace, snapshot)
         # The run's parameters, for DownloadFile (listing_of_run); connections and TLS checking are
         # each process's own (not part of the task's identity), so they are left out.
