@@ -35,7 +35,7 @@ from amsrepomirror.offline.install import MAX_CHANGES_LISTED, usage_hints
 from amsrepomirror.offline.installed import require_intact, scrub
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
-from amsrepomirror.online.http import fetch_text
+from amsrepomirror.online.http import LowSpeed, fetch_text
 from amsrepomirror.online.listing import listing_sha256, listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
@@ -256,7 +256,8 @@ def _run_identity(params: Dict) -> Dict[str, str]:
     read now: processes share a run only when they read the same listing."""
     task = FetchListing(**params)
     timeout = float(setting(None, "http", "timeout"))
-    text = fetch_text(task.session(), listing_url_for(params["version"], params["listing_url"]), timeout)
+    low_speed = LowSpeed(int(setting(None, "http", "low_speed_limit")), float(setting(None, "http", "low_speed_time")))
+    text = fetch_text(task.session(), listing_url_for(params["version"], params["listing_url"]), timeout, low_speed)
     return task.identity(listing_sha256(text))
 
 

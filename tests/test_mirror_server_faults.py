@@ -239,3 +239,137 @@ def test_password_outside_latin1_works_and_never_shows_in_messages(repo_tree, tm
     assert error_line(bad.stderr).startswith("error: the server refused the SCM account")
     for secret in ("wröng", "€", "密", "\\u20ac", "position"):
         assert secret not in bad.stderr and secret not in good.stderr
+
+
+# A server's Retry-After is honoured only up to http.MAX_RETRY_AFTER: no answer parks a run for hours.
+
+@pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
+                         ids=["listing", "head", "body"])
+def test_a_retry_after_of_hours_is_not_slept(scm_double, repo_tree, tmp_path, glob, method):
+    dest = tmp_path / "m"
+    scm_double.fail_status(glob, 503, retry_after=100000, times=1, method=method)
+    started = time.monotonic()
+    result = mirror(scm_double, dest, timeout=25)  # before the fix: asleep for 27 hours
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    answered = [r.status for r in scm_double.records(method, glob)]
+    assert answered[0] == 503 and answered[-1] in (200, 206), answered
+
+
+# The listing is read as it arrives and refused past http.LISTING_MAX_BYTES once decoded: a small
+# gzip body that inflates to gigabytes (or a body that never ends) must not fill the memory.
+
+def test_a_listing_that_inflates_past_the_bound_is_refused(scm_double, repo_tree, tmp_path):
+    from amsrepomirror.testing.scmdouble import listing_path
+
+    LISTING_MAX_BYTES = 64 * 2**20  # http.LISTING_MAX_BYTES
+    listing = listing_path(repo_tree, VERSION)
+    with open(listing, "ab") as f:  # the real lines, then comment lines past the bound
+        line = b"#" * 1023 + b"\n"
+        for _ in range(LISTING_MAX_BYTES // len(line) + 1):
+            f.write(line)
+    scm_double.misbehave("listings/*", gzip_on_the_fly=True)
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "larger than 64 MiB" in error_line(result.stderr)
+    assert scm_double.records("GET", "linux/*") == []  # nothing fetched on such a listing
+    assert tree_hashes(dest) == {}
+
+
+# A HEAD answer's Content-Length is read by the GET's rule (http.parse_content_length): a value that
+# is no plain number ('²' passes str.isdigit) leaves the length to the GET, never a traceback.
+
+@pytest.mark.parametrize("value", ["\xb2", "+3145728", "3145728, 3145728", "-1"])
+def test_an_unreadable_head_content_length_leaves_the_length_to_the_get(scm_double, repo_tree, tmp_path, value):
+    dest = tmp_path / "m"
+    scm_double.misbehave(BIG, head_headers={"Content-Length": value})
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "ValueError" not in result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+# A status line and headers must arrive within http.HEADER_DEADLINE_TIMEOUTS read timeouts: a server
+# that sends one header byte at a time beats every read timeout and held the run forever.
+
+@pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
+                         ids=["listing", "head", "body"])
+def test_headers_that_trickle_end_the_attempt(scm_double, repo_tree, tmp_path, glob, method):
+    dest = tmp_path / "m"
+    scm_double.slow_headers(glob, seconds=1.0, times=1, method=method)
+    config = config_with(tmp_path, timeout=3)  # headers within 3 × 3 s
+    started = time.monotonic()
+    result = mirror(scm_double, dest, env=cli_env(LUIGI_CONFIG_PATH=config), timeout=45)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 35
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    assert scm_double.records(method, glob)[0].fault == "slow-headers"
+
+
+# A part's download record is JSON read back from the mirror: one that is valid JSON but no record
+# (a list, a string) means "nothing to resume", never a traceback.
+
+@pytest.mark.parametrize("record", ["[]", '"x"', "null"])
+def test_a_part_record_that_is_no_record_starts_the_file_again(scm_double, repo_tree, tmp_path, record):
+    from amsrepomirror.online.workspace import Workspace
+
+    dest = tmp_path / "m"
+    part = Workspace(dest).part_path(BIG)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    served = repo_tree / "Downloads" / "packages" / BIG
+    part.write_bytes(served.read_bytes()[:400_000])
+    part.with_name(part.name + ".json").write_text(record)
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+# The mirror's manifest is JSON read back by bundle: valid JSON that is no manifest (a list, fields
+# missing or of another type) is one line, exit 4, never a traceback.
+
+@pytest.mark.parametrize("body", ["[]", '{"schema": "amsrepomirror/mirror-manifest/1"}',
+                                  '{"schema": "amsrepomirror/mirror-manifest/1", "version": "AMS2026.1", "files": [1]}'],
+                         ids=["list", "no-fields", "files-not-objects"])
+def test_a_mirror_manifest_that_is_no_manifest_is_exit_4(scm_double, repo_tree, tmp_path, body):
+    from amsrepomirror.online.workspace import Workspace
+
+    dest = tmp_path / "m"
+    assert mirror(scm_double, dest).returncode == 0
+    Workspace(dest).manifest_path(VERSION).write_text(body)
+    result = run_cli("bundle", "--version", VERSION, "--mirror", dest, "--out", tmp_path / "b", "--offline")
+    assert result.returncode == 4, result.stderr
+    assert "cannot read mirror manifest" in error_line(result.stderr) and "Traceback" not in result.stderr
+    assert not (tmp_path / "b").exists() or not list((tmp_path / "b").glob("*.7z"))
+
+
+# A file is up to date only when the server's answer carries a validator that agrees
+# (FileRecord.matches_remote): a HEAD with neither ETag nor Last-Modified proves nothing.
+
+@pytest.mark.parametrize("head_headers", [{"Content-Length": None, "ETag": None, "Last-Modified": None},
+                                          {"ETag": None, "Last-Modified": None}], ids=["nothing", "size-only"])
+def test_a_file_whose_head_carries_no_validator_is_fetched_again(scm_double, repo_tree, tmp_path, head_headers):
+    small = "linux/x86_64/dftb-2026.101.tar.zst"
+    dest = tmp_path / "m"
+    scm_double.misbehave(small, head_headers=head_headers)
+    assert mirror(scm_double, dest).returncode == 0
+    change_file(repo_tree, small, seed=7)  # the same length, other bytes
+    result = mirror(scm_double, dest)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # before the fix: the old bytes, "up to date"
+
+
+# The listing's body is held to the run's low-speed limit ([http] low_speed_limit/low_speed_time),
+# as file bodies are: a listing that trickles just faster than the read timeout must not hold the run.
+
+def test_a_listing_that_trickles_is_given_up(scm_double, repo_tree, tmp_path):
+    dest = tmp_path / "m"
+    scm_double.throttle(40)  # bytes/s: a 3 KB listing would take over a minute
+    config = config_with(tmp_path, low_speed_limit=1000, low_speed_time=2, retries=1)
+    started = time.monotonic()
+    result = mirror(scm_double, dest, env=cli_env(LUIGI_CONFIG_PATH=config), timeout=25)  # before the fix: 70 s
+    assert result.returncode == 1, result.stderr
+    assert "slower than 1000 bytes/s" in error_line(result.stderr) and "listing" in error_line(result.stderr)
+    assert time.monotonic() - started < 20
+    assert scm_double.records("HEAD") == [] and tree_hashes(dest) == {}

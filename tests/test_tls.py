@@ -191,3 +191,32 @@ def test_nginx_over_https(repo_tree, pki, tmp_path):
         log = nginx.access_log(min_records=len(served_tree(repo_tree, VERSION)))
         assert {r.method for r in log if r.relpath and not r.relpath.startswith("listings/")} == {"HEAD", "GET"}
         assert {r.tls for r in log} <= {"TLSv1.2", "TLSv1.3"}, {r.tls for r in log}
+
+
+# One redirect rule on every request path (http.refuse_redirect): from https only to https.
+
+@pytest.mark.parametrize("glob,method", [("linux/x86_64/python3.11-2026.101.tar.zst", "GET"),
+                                         ("linux/x86_64/python3.11-2026.101.tar.zst", "HEAD"), ("listings/*", None)],
+                         ids=["GET", "HEAD", "listing"])
+def test_a_redirect_from_https_to_plain_http_is_not_followed(https_double, repo_tree, pki, tmp_path, glob, method):
+    """~/.netrc names the host: requests would strip the password on the way to plain http and
+    put it back from ~/.netrc; the file would come unprotected."""
+    from amsrepomirror.testing.scmdouble import retarget_listing
+
+    big = "linux/x86_64/python3.11-2026.101.tar.zst"
+    with ScmDouble(repo_tree) as plain:
+        retarget_listing(repo_tree, VERSION, https_double.base_url)
+        https_double.redirect(glob, plain.url, 302, method=method)
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / ".netrc").write_text(f"machine 127.0.0.1 login {DEMO_USER} password {DEMO_PASSWORD}\n")
+        (home / ".netrc").chmod(0o600)
+        env = env_trusting(pki["ca"], user=None, password=None, home=str(home))
+        dest = tmp_path / "m"
+        result = mirror(https_double.listing_url(VERSION), dest, env=env)
+        assert result.returncode == 1, result.stderr
+        [line] = error_lines(result)
+        assert "redirect from https to http is not followed" in line and DEMO_PASSWORD not in result.stderr
+        assert plain.log == []  # sent nothing: neither the password nor a request
+    expected = {} if glob == "listings/*" else {p: h for p, h in served_tree(repo_tree, VERSION).items() if p != big}
+    assert tree_hashes(dest) == expected

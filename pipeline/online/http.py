@@ -12,6 +12,8 @@ import contextlib
 import email.utils
 import errno
 import hashlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -24,6 +26,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Tuple
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -47,8 +50,13 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 LISTING_RETRIES = 4
 LISTING_CONNECT_TIMEOUT = 5.0
 LISTING_BACKOFF_MAX = 2.0
+#: A listing of 100,000 files is about 12 MiB; more than this is no listing (read as it arrives, decoded).
+LISTING_MAX_BYTES = 64 * 2**20
 #: A retry of a file that waits at least this long (seconds) is said on the terminal.
 ANNOUNCE_BACKOFF = 2.0
+#: The longest ``Retry-After`` (seconds) a run waits: a longer one is not honoured (the backoff
+#: applies, and after the retries the request fails), so no server can park a run for hours.
+MAX_RETRY_AFTER = 120.0
 # "Too many requests" / "unavailable": the server asks for less; body downloads hand them to the scheduler.
 BUSY_STATUSES = (429, 503)
 # urllib3 drops a partly filled read buffer when the connection dies, so read in modest blocks:
@@ -209,12 +217,18 @@ class _Retry(Retry):
     announce_after: Optional[float] = None
     attempts = 0  # of the whole budget, for "attempt n/m"
 
+    def parse_retry_after(self, retry_after: str) -> float:
+        return retry_after_seconds(retry_after) or 0.0  # 0: urllib3 falls back to the backoff
+
     def new(self, **kw):
         retry = super().new(**kw)
         retry.announce_after, retry.attempts = self.announce_after, self.attempts
         return retry
 
     def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        location = response.get_redirect_location() if response is not None else None
+        if location:  # a redirect the HEAD probes' pool is about to follow
+            refuse_redirect(url or "", location)
         if error is not None and (_certificate_failure(error) is not None or _plain_http_answer(error)):
             raise error  # fails the same way every time: say so at once
         retry = super().increment(method, url, response, error, _pool, _stacktrace)
@@ -245,6 +259,147 @@ def make_retry(retries: int, backoff: float, statuses=RETRY_STATUSES, *,
     return retry
 
 
+class RedirectRefused(FetchError):
+    """A redirect that is not followed (:func:`refuse_redirect`)."""
+
+
+def refuse_redirect(url: str, location: str) -> None:
+    """The one rule for redirects, on every request path (requests' sessions and the HEAD probes'
+    pool): one from https may only lead to https, and only to http(s) at all. A redirect to plain
+    http would carry the file, and the password that ~/.netrc gives for that host, across the
+    network unprotected."""
+    source, target = urlsplit(url), urlsplit(urljoin(url, location))
+    allowed = ("https",) if source.scheme.lower() == "https" else ("http", "https")
+    if target.scheme.lower() not in allowed:  # guard: redirect-no-downgrade
+        raise RedirectRefused(f"{redact(url)} redirects to {redact(target.geturl())}: a redirect from "
+                              f"{source.scheme} to {target.scheme or 'no scheme'} is not followed; not stored")
+
+
+#: The status line and headers of every answer must arrive within this many read timeouts: a server
+#: that sends them a byte at a time beats every read timeout (a slowloris) and would hold a run forever.
+HEADER_DEADLINE_TIMEOUTS = 3
+
+
+class _Watchdog:
+    """One thread that runs each scheduled action at its deadline unless it was cancelled first
+    (cheaper than a timer thread per request: a no-change run makes thousands of HEAD probes)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list = []
+        self._order = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+
+    def schedule(self, delay: float, action: Callable[[], None]) -> list:
+        entry = [time.monotonic() + delay, next(self._order), action]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None or not self._thread.is_alive():  # none yet, or lost in a fork
+                self._thread = threading.Thread(target=self._run, name="header-deadline", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return entry
+
+    def cancel(self, entry: list) -> None:
+        with self._cond:
+            entry[2] = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][2] is None:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                action = heapq.heappop(self._heap)[2]
+            try:
+                action()
+            except Exception:  # an action only shuts a socket down; it must not stop the others
+                log.debug("header deadline action failed", exc_info=True)
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _HeaderDeadline:
+    """A urllib3 connection whose answer (status line and headers) must arrive within
+    :data:`HEADER_DEADLINE_TIMEOUTS` read timeouts, on every request path (requests' adapters and
+    the HEAD probes' pools): past it the socket is shut down and the attempt is a read timeout,
+    retried like one."""
+
+    def getresponse(self, *args, **kwargs):
+        read_timeout = self.timeout if isinstance(self.timeout, (int, float)) else 60.0
+        late, settled = threading.Event(), threading.Lock()
+
+        def expire() -> None:
+            with settled:  # not once the headers are in: the socket then carries the body
+                if answered:
+                    return
+                late.set()
+                if self.sock is not None:
+                    with contextlib.suppress(OSError):
+                        self.sock.shutdown(socket.SHUT_RDWR)
+
+        answered = False
+        entry = _WATCHDOG.schedule(read_timeout * HEADER_DEADLINE_TIMEOUTS, expire)
+        try:
+            response = super().getresponse(*args, **kwargs)
+        except Exception:
+            if late.is_set():
+                raise TimeoutError("the server sent its answer's headers too slowly") from None
+            raise
+        finally:
+            with settled:
+                answered = True
+            _WATCHDOG.cancel(entry)
+        if late.is_set():  # guard: header-deadline
+            # the headers read before the shutdown may end early and look complete: never used
+            response.close()
+            raise TimeoutError("the server sent its answer's headers too slowly")
+        return response
+
+
+class _HTTPConnection(_HeaderDeadline, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_HeaderDeadline, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+#: Every pool of the tool's: its connections keep the header deadline.
+POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def _with_deadline(manager: urllib3.PoolManager) -> urllib3.PoolManager:
+    manager.pool_classes_by_scheme = POOL_CLASSES
+    return manager
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter, its pools (direct or through a proxy) made of :class:`_HeaderDeadline` connections."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        _with_deadline(self.poolmanager)
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        return _with_deadline(super().proxy_manager_for(proxy, **proxy_kwargs))
+
+
 class _Session(requests.Session):
     """A requests Session that reads the environment's proxy settings once per server, not per request
     (requests walks the whole environment twice per request: a tenth of a small file's cost)."""
@@ -253,6 +408,12 @@ class _Session(requests.Session):
         super().__init__()
         self._environment_settings: dict = {}
         self._environment_lock = threading.Lock()
+
+    def get_redirect_target(self, resp):
+        location = super().get_redirect_target(resp)
+        if location:
+            refuse_redirect(resp.url, location)
+        return location
 
     def merge_environment_settings(self, url, proxies, stream, verify, cert):
         parts = urllib3.util.parse_url(url)
@@ -273,7 +434,7 @@ def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True,
     (:func:`ca_bundle`); the HEAD probes (:func:`_head_client`) read it from there too.
     """
     session = _Session()
-    adapter = HTTPAdapter(max_retries=make_retry(retries, backoff), pool_connections=4, pool_maxsize=max(pool_size, 4))
+    adapter = _Adapter(max_retries=make_retry(retries, backoff), pool_connections=4, pool_maxsize=max(pool_size, 4))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = f"amsrepomirror/{__version__}"
@@ -295,7 +456,7 @@ def body_session(session: requests.Session, pool_size: int) -> requests.Session:
     :class:`ServerBusy` instead, for the scheduler to lower the number of connections."""
     retry = session.retry_template
     body = _Session()
-    adapter = HTTPAdapter(max_retries=make_retry(retry.total, retry.backoff_factor,
+    adapter = _Adapter(max_retries=make_retry(retry.total, retry.backoff_factor,
                                                  tuple(s for s in RETRY_STATUSES if s not in BUSY_STATUSES)),
                           pool_connections=4, pool_maxsize=max(pool_size, 4))
     body.mount("http://", adapter)
@@ -326,7 +487,7 @@ def _listing_session(session: requests.Session) -> requests.Session:
     retries = min(template.total, LISTING_RETRIES) if template is not None else LISTING_RETRIES
     backoff = template.backoff_factor if template is not None else 0.5
     listing = _Session()
-    adapter = HTTPAdapter(max_retries=make_retry(retries, backoff, announce_after=0.0, backoff_max=LISTING_BACKOFF_MAX))
+    adapter = _Adapter(max_retries=make_retry(retries, backoff, announce_after=0.0, backoff_max=LISTING_BACKOFF_MAX))
     listing.mount("http://", adapter)
     listing.mount("https://", adapter)
     listing.headers.update(session.headers)
@@ -334,12 +495,23 @@ def _listing_session(session: requests.Session) -> requests.Session:
     return listing
 
 
-def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
+def fetch_text(session: requests.Session, url: str, timeout: float, low_speed: Optional["LowSpeed"] = None) -> str:
     """GET the listing and decode it from its bytes (``decode_listing``); 401/403 is an AuthError,
     404 a UsageError (a wrong version or URL). Connection failures show within seconds
-    (``_listing_session``): this is where a wrong host or port is noticed."""
+    (``_listing_session``): this is where a wrong host or port is noticed. ``low_speed``: the
+    run's limit for bodies, which the listing's body is held to as well."""
     with _listing_session(session) as listing:
-        resp = _request(listing, "GET", url, (min(LISTING_CONNECT_TIMEOUT, timeout), timeout), what="the listing ")
+        resp = _request(listing, "GET", url, (min(LISTING_CONNECT_TIMEOUT, timeout), timeout), what="the listing ",
+                        stream=True)
+        with resp:
+            return decode_listing(_listing_body(resp, url, low_speed or LowSpeed()), url)
+
+
+def _listing_body(resp: requests.Response, url: str, low_speed: "LowSpeed") -> bytes:
+    """The listing's bytes (decoded from any Content-Encoding), refused past
+    :data:`LISTING_MAX_BYTES`, or when they arrive slower than ``low_speed`` on average: a listing
+    that never ends, trickles, or a small compressed body that inflates to gigabytes, must not
+    fill the memory or hold the run. 401/403 is an AuthError, 404 a UsageError."""
     if resp.status_code in (401, 403):
         raise AuthError(
             f"the server refused the SCM account for the listing {redact(url)} (HTTP {resp.status_code}): "
@@ -351,7 +523,23 @@ def fetch_text(session: requests.Session, url: str, timeout: float) -> str:
     if resp.status_code != 200:
         hint = _protocol_hint(url, None) if resp.status_code == 400 else ""
         raise FetchError(f"cannot fetch the listing {redact(url)}: HTTP {resp.status_code}" + (f"; {hint}" if hint else ""))
-    return decode_listing(resp.content, url)
+    body, started = bytearray(), time.monotonic()
+    try:
+        while True:
+            block = resp.raw.read1(STREAM_BLOCK, decode_content=True)  # what has arrived, not a whole block
+            if not block:
+                return bytes(body)
+            body += block
+            if len(body) > LISTING_MAX_BYTES:  # guard: listing-size-bound
+                raise UsageError(f"the listing {redact(url)} is larger than {LISTING_MAX_BYTES // 2**20} MiB "
+                                 "(once decoded): not a listing of this repository; check --listing-url")
+            elapsed = time.monotonic() - started
+            slow = len(body) < low_speed.limit * elapsed
+            if low_speed.limit and elapsed >= low_speed.seconds and slow:  # guard: listing-low-speed
+                raise FetchError(f"cannot fetch the listing {redact(url)}: slower than {low_speed.limit} bytes/s "
+                                 f"for {elapsed:.0f} s ([http] low_speed_limit)")
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise FetchError(f"cannot fetch the listing {redact(url)}: {_cause(exc)}") from None
 
 
 def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
@@ -370,7 +558,7 @@ def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
         retries = session.get_adapter(url).max_retries
         proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
         common = dict(num_pools=4, maxsize=getattr(session, "pool_size", 4), retries=retries, **tls)
-        clients[key] = urllib3.ProxyManager(proxy, **common) if proxy else urllib3.PoolManager(**common)
+        clients[key] = _with_deadline(urllib3.ProxyManager(proxy, **common) if proxy else urllib3.PoolManager(**common))
     return clients[key]
 
 
@@ -391,10 +579,9 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
         return _probe_with_get(session, url, timeout)
     if resp.status != 200:
         return RemoteInfo(status=resp.status)
-    length = resp.headers.get("Content-Length")
     return RemoteInfo(
         status=200,
-        size=int(length) if length is not None and length.isdigit() else None,
+        size=parse_content_length(resp.headers.get("Content-Length")),  # unreadable: the GET's length decides
         etag=resp.headers.get("ETag"),
         last_modified=resp.headers.get("Last-Modified"),
     )
@@ -451,6 +638,8 @@ def resume_point(part: Path, remote: RemoteInfo) -> int:
         meta = read_json(_part_meta_path(part), "download record")
         size = part.stat().st_size
     except (OSError, ValueError):
+        return 0
+    if not isinstance(meta, dict):  # valid JSON, but no record of ours
         return 0
     same = meta.get("etag") == remote.etag and meta.get("last_modified") == remote.last_modified
     if not same or (remote.size is not None and size > remote.size):
@@ -535,15 +724,24 @@ class ServerBusy(FetchError):
 
 
 def _busy(resp: requests.Response, url: str) -> ServerBusy:
-    value = (resp.headers.get("Retry-After") or "").strip()
-    if value.isdigit():
-        retry_after = float(value)
+    return ServerBusy(url, resp.status_code, retry_after_seconds(resp.headers.get("Retry-After")))
+
+
+def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+    """The one reading of ``Retry-After`` (every request path: listing, HEAD, bodies): seconds to
+    wait, or None when absent, unreadable or longer than :data:`MAX_RETRY_AFTER` (then the
+    run's own backoff applies: a server must not make a run sleep for hours)."""
+    value = (value or "").strip(" \t")
+    if re.fullmatch(r"[0-9]{1,20}", value, re.ASCII):
+        seconds = float(value)
     else:
         try:
-            retry_after = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time()) if value else None
-        except (TypeError, ValueError):
-            retry_after = None
-    return ServerBusy(url, resp.status_code, retry_after)
+            seconds = max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time()) if value else None
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if seconds is None or seconds > MAX_RETRY_AFTER:  # guard: retry-after-bounded
+        return None
+    return seconds
 
 
 @dataclass(frozen=True)

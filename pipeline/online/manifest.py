@@ -95,19 +95,24 @@ class Manifest:
             body = read_json(Path(path), "mirror manifest")
         except (OSError, ValueError) as exc:
             raise IntegrityError(f"cannot read mirror manifest {path}: {exc}") from None
-        if body.get("schema") != SCHEMA:
-            raise IntegrityError(f"{path} is not a mirror manifest of schema {SCHEMA} (found {body.get('schema')!r})")
-        return cls(
-            version=body["version"],
-            files=[FileEntry(**f) for f in body["files"]],
-            listing_url=body.get("listing_url", ""),
-            created=body.get("created", ""),
-            tool_version=body.get("tool_version", ""),
-            skipped_unauthorized=list(body.get("skipped_unauthorized", [])),
-            versions=list(body.get("versions", [])),
-            lacking=[Lacking(**e) for e in body.get("lacking", [])],
-            version_paths={v: list(paths) for v, paths in body.get("version_paths", {}).items()},
-        )
+        if not isinstance(body, dict) or body.get("schema") != SCHEMA:
+            found = body.get("schema") if isinstance(body, dict) else type(body).__name__
+            raise IntegrityError(f"cannot read mirror manifest {path}: not of schema {SCHEMA} (found {found!r})")
+        try:
+            return cls(
+                version=body["version"],
+                files=[FileEntry(**f) for f in body["files"]],
+                listing_url=body.get("listing_url", ""),
+                created=body.get("created", ""),
+                tool_version=body.get("tool_version", ""),
+                skipped_unauthorized=list(body.get("skipped_unauthorized", [])),
+                versions=list(body.get("versions", [])),
+                lacking=[Lacking(**e) for e in body.get("lacking", [])],
+                version_paths={v: list(paths) for v, paths in body.get("version_paths", {}).items()},
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise IntegrityError(f"cannot read mirror manifest {path}: a field is missing or of the wrong type "
+                                 f"({exc.__class__.__name__}: {exc}); run mirror again") from None
 
 
 def union_manifest(manifests: Sequence[Manifest]) -> Manifest:

@@ -52,9 +52,10 @@ SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 
 
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
-                  rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float) -> Dict:
+                  rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float,
+                  low_speed: Optional[LowSpeed] = None) -> Dict:
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
-    text = fetch_text(session, listing_url, timeout)
+    text = fetch_text(session, listing_url, timeout, low_speed)
     listed = parse_listing(text, listing_url)
     index = f"{version}.yml"
     if index not in {f.path for f in listed}:
@@ -156,10 +157,10 @@ def load_snapshot(path: str) -> Dict:
     return body
 
 
-def is_current(ws: Workspace, remote: Dict) -> bool:
-    """The mirror holds exactly what the server serves now for this entry."""
+def is_current(ws: Workspace, remote: Dict, run_id: str) -> bool:
+    """The mirror holds exactly what the server serves now for this entry of run ``run_id``'s snapshot."""
     record = ws.current_record(remote["path"])
-    return record is not None and record.matches_remote(remote)
+    return record is not None and record.matches_remote(remote, run_id)
 
 
 def bytes_to_fetch(ws: Workspace, entries: Iterable[Dict]) -> int:
@@ -351,7 +352,7 @@ def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, run_id: str, 
     for remote in snapshot["files"]:
         rel = remote["path"]
         record = ws.current_record(rel)
-        if record is None or not record.matches_remote(remote):
+        if record is None or not record.matches_remote(remote, run_id):
             bad[rel] = f"{rel} is missing or was modified in the mirror after download"
         elif deep and sha256_file(ws.file(rel)) != record.sha256:  # guard: mirror-record-hash
             ws.drop_record(rel)
@@ -472,7 +473,7 @@ def summarize(ws: Workspace, run_id: str, snapshot: Optional[Dict], elapsed: flo
             fetched.append(entry["path"])
             fetched_bytes += record.size
             transferred += record.bytes_transferred
-        elif record and entry["path"] not in failed and record.matches_remote(entry) and ws.current_record(entry["path"]):
+        elif record and entry["path"] not in failed and record.matches_remote(entry, run_id) and ws.current_record(entry["path"]):
             up_to_date += 1
     return {
         "run_id": run_id,

@@ -40,8 +40,14 @@ class FileRecord:
     def matches_stat(self, st: os.stat_result) -> bool:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
 
-    def matches_remote(self, remote: Dict) -> bool:
-        """True when the server still serves what we have (every validator it sends agrees)."""
+    def matches_remote(self, remote: Dict, run_id: str) -> bool:
+        """True when the server still serves what we have: every validator it sends agrees, and it
+        sends one (ETag or Last-Modified), or this file was fetched by run ``run_id`` itself (whose
+        snapshot ``remote`` is). Without a validator nothing tells a changed file from ours (a size
+        alone misses a change of the same length), so a later run fetches it again."""
+        unproven = remote.get("etag") is None and remote.get("last_modified") is None
+        if unproven and not (run_id and self.fetched_run == run_id):  # guard: current-needs-validator
+            return False
         if remote.get("size") is not None and remote["size"] != self.size:
             return False
         for key in ("etag", "last_modified"):

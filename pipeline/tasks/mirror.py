@@ -54,7 +54,7 @@ class FetchListing(MirrorTask):
         self.set_status_message(f"reading the listing and asking the server about each file ({self.jobs} connections)")
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
-                                      timeout=http().timeout)
+                                      timeout=http().timeout, low_speed=http().low_speed())
         sync.record_selection(self.workspace, snapshot)
         # The run's parameters, for DownloadFile (listing_of_run); connections and TLS checking are
         # each process's own (not part of the task's identity), so they are left out.
@@ -78,15 +78,15 @@ class FetchListing(MirrorTask):
 class MirrorFileTarget(luigi.Target):
     """Exists when the mirror holds exactly the file the run's snapshot says the server serves."""
 
-    def __init__(self, workspace: Workspace, snapshot_path: str, path: str):
-        self.workspace, self.snapshot_path, self.path = workspace, snapshot_path, path
+    def __init__(self, workspace: Workspace, snapshot_path: str, path: str, run_id: str):
+        self.workspace, self.snapshot_path, self.path, self.run_id = workspace, snapshot_path, path, run_id
 
     def exists(self):
         try:
             remote = sync.load_snapshot(self.snapshot_path)["by_path"].get(self.path)
         except FileNotFoundError:  # no listing yet: not done (DownloadFile.requires says why)
             return False
-        return remote is not None and sync.is_current(self.workspace, remote)
+        return remote is not None and sync.is_current(self.workspace, remote, self.run_id)
 
 
 class SchedulerProgress:
@@ -202,12 +202,12 @@ class DownloadFile(FolderTask):
 
     def output(self):
         snapshot = str(self.workspace.snapshot_path(self.run_id))  # FetchListing's output, without a clone per check
-        return [MirrorFileTarget(self.workspace, snapshot, p) for p in self.paths()]
+        return [MirrorFileTarget(self.workspace, snapshot, p, self.run_id) for p in self.paths()]
 
     def run(self):
         snapshot = self.requires().snapshot()
         entries = [snapshot["by_path"][p] for p in self.paths()]
-        entries = [e for e in entries if not sync.is_current(self.workspace, e)]
+        entries = [e for e in entries if not sync.is_current(self.workspace, e, self.run_id)]
         total = sync.bytes_to_fetch(self.workspace, entries)
         shown = SchedulerProgress(self, progress.for_run(self.run_id, total), total, len(entries), len(self.paths()))
         outcome = sync.download_many(self.requires().session(), self.workspace, entries, self.run_id,
@@ -240,7 +240,7 @@ class VerifyTree(MirrorTask):
         and check. Made once per task: Luigi runs run() again from the start once they are done."""
         if self._downloads is None:
             self._downloads = [self.clone(DownloadFile, path=e["path"]) for e in self.requires().snapshot()["files"]
-                               if not sync.is_current(self.workspace, e)]
+                               if not sync.is_current(self.workspace, e, self.run_id)]
         return self._downloads
 
     _planned = False

@@ -386,7 +386,7 @@ class RequestRecord:
 
 @dataclass
 class _Fault:
-    kind: str  # "cut" | "status" | "stall" | "hook" | "lie"
+    kind: str  # "cut" | "status" | "stall" | "hook" | "lie" | "redirect" | "slow-headers"
     glob: str
     times: Optional[int]
     method: Optional[str]
@@ -396,6 +396,7 @@ class _Fault:
     seconds: float = 0.0
     then: Optional[Callable[[], None]] = None  # run (in the server thread) right after a cut; a hook's action
     how: str = ""  # a lie's kind (see ScmDouble.lie)
+    location: Callable[[str], str] = str  # a redirect's Location for the target
 
     def matches(self, method: str, target: str) -> bool:
         if self.times is not None and self.times <= 0:
@@ -463,6 +464,24 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         if self.server.double.verbose:
             super().log_message(format, *args)
+
+    _override: Dict[str, str] = {}
+
+    def send_header(self, keyword, value):
+        """As sent, unless a ``misbehave(head_headers=/get_headers=)`` quirk replaces it (a value
+        of None drops the header; a list sends it once per item)."""
+        override = self._override
+        for name, replacement in override.items():
+            if name.lower() == keyword.lower():
+                for item in ([] if replacement is None else [replacement] if isinstance(replacement, str)
+                             else replacement):
+                    super().send_header(keyword, item)
+                return
+        super().send_header(keyword, value)
+
+    def end_headers(self):
+        self._override = {}
+        super().end_headers()
 
     def send_response(self, code, message=None):
         rec = getattr(self, "_rec", None)
@@ -573,6 +592,21 @@ class _Handler(BaseHTTPRequestHandler):
             self._simple(fault.status, f"injected status {fault.status}\n", extra, head=head)
             return
 
+        slow = double._take_fault(("slow-headers",), self.command, target)
+        if slow is not None:  # a status line, then one byte of a header line every `seconds`
+            rec.fault, self.close_connection = "slow-headers", True
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not double._stopping.wait(slow.seconds):
+                self.wfile.write(b"a")
+                self.wfile.flush()
+            return
+
+        moved = double._take_fault(("redirect",), self.command, target)
+        if moved is not None:
+            rec.fault = "redirect"
+            self._simple(moved.status, "moved\n", {"Location": moved.location(target)}, head=head)
+            return
+
         challenge = {"WWW-Authenticate": f'Basic realm="{REALM}"'}
         if user is None:
             self._simple(401, "authorization required\n", challenge, head=head)
@@ -655,6 +689,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_lie(double, f, size, start, length, lie, validators, ctype, rec)
                 return
         announced = length + (quirks.get("head_length", 0) if head else 0)
+        self._override = quirks.get("head_headers" if head else "get_headers") or {}
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(announced))
@@ -1050,6 +1085,17 @@ class ScmDouble:
             raise ValueError(f"unknown lie {how!r}: one of {sorted(_LIES)}")
         self._add_fault(_Fault("lie", glob, times, "GET", nbytes=nbytes, how=how))
 
+    def redirect(self, glob: str, location: Callable[[str], str], status: int = 302, times: Optional[int] = None,
+                 method: Optional[str] = None) -> None:
+        """Answer ``status`` with ``Location: location(target)`` (before any auth check, as a front
+        end would) instead of serving."""
+        self._add_fault(_Fault("redirect", glob, times, method, status=status, location=location))
+
+    def slow_headers(self, glob: str, seconds: float, times: Optional[int] = 1, method: Optional[str] = None) -> None:
+        """Send a status line, then a header one byte every ``seconds`` without end (a slowloris:
+        each byte beats any read timeout)."""
+        self._add_fault(_Fault("slow-headers", glob, times, method, seconds=seconds))
+
     def throttle(self, bytes_per_second: Optional[int]) -> None:
         """Limit every body to ``bytes_per_second`` per connection; ``None`` lifts it. Takes
         effect on transfers already running too."""
@@ -1059,7 +1105,8 @@ class ScmDouble:
 
     def misbehave(self, glob: str = "*", *, head_length: int = 0, ignore_if_range: bool = False,
                   content_encoding: Optional[str] = None, gzip_on_the_fly: bool = False,
-                  etag: Optional[str] = None, ignore_range: bool = False, bare_get: bool = False) -> None:
+                  etag: Optional[str] = None, ignore_range: bool = False, bare_get: bool = False,
+                  head_headers: Optional[Dict[str, object]] = None, get_headers: Optional[Dict[str, object]] = None) -> None:
         """Lasting quirks of real servers, for files matching ``glob`` (until ``clear_faults``):
 
         ``head_length``: HEAD announces this many bytes more (or fewer) than GET sends;
@@ -1068,11 +1115,13 @@ class ScmDouble:
         setting for files that are gzip on disk); ``gzip_on_the_fly``: gzip 200 bodies and announce
         the compressed length; ``etag``: "weak" sends a weak tag, "none" sends no ETag at all;
         ``ignore_range``: answer every GET with the whole file and a 200, Range or not;
-        ``bare_get``: GET answers carry no ETag or Last-Modified (HEAD still does).
+        ``bare_get``: GET answers carry no ETag or Last-Modified (HEAD still does);
+        ``head_headers`` / ``get_headers``: ``{name: value}`` sent instead of that header of a file's
+        HEAD / GET answer (None drops it, a list repeats it; headers not sent are not added).
         """
         quirks = {"head_length": head_length, "ignore_if_range": ignore_if_range, "content_encoding": content_encoding,
                   "gzip_on_the_fly": gzip_on_the_fly, "etag": etag, "ignore_range": ignore_range,
-                  "bare_get": bare_get}
+                  "bare_get": bare_get, "head_headers": head_headers, "get_headers": get_headers}
         with self._lock:
             self._quirks.append((glob, {k: v for k, v in quirks.items() if v}))
 
