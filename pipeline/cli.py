@@ -32,7 +32,7 @@ from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.install import MAX_CHANGES_LISTED, usage_hints
-from amsrepomirror.offline.installed import require_intact, scrub
+from amsrepomirror.offline.installed import no_receipt, require_intact, scrub
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.http import fetch_text
@@ -746,6 +746,8 @@ def run_verify_installed(args) -> int:
     home = amshome_of(args).absolute()
     if not home.is_dir():
         raise UsageError(f"AMSHOME {home} is not a directory")
+    if not os.path.lexists(home / placement.RECEIPT):  # only reads: no lock file is left in a folder that is no AMSHOME
+        raise no_receipt(home)
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None
     try:
         with placement.amshome_lock(home, shared=True):  # no unpack swaps the tree meanwhile (one running: exit 2)
@@ -773,11 +775,13 @@ def run_verify_installed(args) -> int:
 def amshome_of(args) -> Path:
     """--amshome, else $AMSHOME from the environment (said on stderr, so the admin sees which)."""
     if args.amshome is not None:
+        placement.refuse_repository_folder(args.amshome)  # before a log or lock is written there
         return args.amshome
     from_environment = os.environ.get("AMSHOME", "")
     if not from_environment:
         raise UsageError("give --amshome DIR or set AMSHOME: the AMS installation folder whose repository/ to fill")
     say(f"{args.command}: AMSHOME {from_environment} (from the environment; --amshome overrides it)")
+    placement.refuse_repository_folder(from_environment)
     return Path(from_environment)
 
 

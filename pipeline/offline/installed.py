@@ -105,6 +105,12 @@ def _unlisted(repo: Path, paths: Sequence[str]) -> List[str]:
     return sorted(added)
 
 
+def no_receipt(home: Path) -> UsageError:
+    """The scrub's answer for a folder that holds no receipt (not an AMSHOME amsrepomirror filled)."""
+    return UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror, "
+                      "so there is nothing to check the tree against")
+
+
 def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
           on_total: Optional[Callable[[int], None]] = None) -> ScrubReport:
     """Re-hash ``$AMSHOME/repository`` against its receipt: every file the receipt names must hold
@@ -113,8 +119,7 @@ def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
     lists the tree; IntegrityError when the receipt is damaged."""
     receipt = placement.read_receipt(home)
     if receipt is None:
-        raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror, "
-                         "so there is nothing to check the tree against")
+        raise no_receipt(home)
     tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
     repo = home / placement.REPOSITORY
     if not repo.is_dir() or repo.is_symlink():

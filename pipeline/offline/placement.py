@@ -208,6 +208,16 @@ def _ident(path: Path):
 # AMSHOME checks
 
 
+def refuse_repository_folder(amshome) -> None:
+    """UsageError when the folder given as AMSHOME is the ``repository`` of an AMSHOME that holds a
+    receipt (an easy slip from inside it, ``--amshome .``): the unpack would place a second tree, its
+    lock, log and receipt inside the installed one, and the scrub would lock and report there."""
+    path = Path(os.path.abspath(amshome))
+    if path.name == REPOSITORY and os.path.lexists(path.parent / RECEIPT):
+        raise UsageError(f"AMSHOME {path} is the repository folder of the AMSHOME {path.parent} (it holds "
+                         f"{RECEIPT}); nothing was changed: give --amshome {path.parent}")
+
+
 def check_amshome(amshome) -> Path:
     """AMSHOME must exist, be a directory and be writable (probed); UsageError otherwise."""
     if amshome is None or str(amshome) == "":
@@ -217,6 +227,7 @@ def check_amshome(amshome) -> Path:
         raise UsageError(f"AMSHOME {path} does not exist; install AMS first or point AMSHOME at it")
     if not path.is_dir():
         raise UsageError(f"AMSHOME {path} is not a directory")
+    refuse_repository_folder(path)
     why = why_unwritable(path, PROBE_PREFIX)
     if why:
         raise UsageError(f"cannot write to AMSHOME: {why}")

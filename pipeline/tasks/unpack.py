@@ -70,7 +70,7 @@ class Unpack(ReportsFailure, luigi.Task):
         # --reinstall: not done until this run has installed it again.
         if self.checked is not None:
             return install.placed(self.amshome, self.checked)
-        if self.reinstall:
+        if self.reinstall or self.drop_versions:  # a --drop-version is checked by run, also when nothing is to do
             return False
         target = self.output()
         if not target.exists():

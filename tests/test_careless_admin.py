@@ -1,0 +1,95 @@
+"""Slips an admin in a hurry makes with the offline commands: the wrong folder as AMSHOME, a
+--drop-version that cannot be carried out. Each is one ``error:`` line with exit 2 and a way
+forward, and AMSHOME is left exactly as it was."""
+
+import os
+
+from clihelp import cli_env, run_cli, tree_hashes
+from test_multiversion import (  # noqa: F401 (fixtures)
+    NEW,
+    OLD,
+    amshome_state,
+    both_installed,
+    bundle_of,
+    double,
+    errors,
+    two_versions,
+)
+
+VERSION = "AMS2026.1"
+
+
+def installed(scm_double, tmp_path):
+    """A mirror, a full bundle of it and an AMSHOME it was unpacked into: (bundle, AMSHOME)."""
+    mirror, out, amshome = tmp_path / "mirror", tmp_path / "bundle", tmp_path / "ams"
+    made = run_cli("mirror", "--version", VERSION, "--mirror", mirror, "--listing-url", scm_double.listing_url(VERSION))
+    assert made.returncode == 0, made.stderr
+    made = run_cli("bundle", "--version", VERSION, "--mirror", mirror, "--out", out, "--chunk-size", "1MiB", "--offline")
+    assert made.returncode == 0, made.stderr
+    amshome.mkdir()
+    unpacked = run_cli("unpack", out, "--amshome", amshome)
+    assert unpacked.returncode == 0, unpacked.stderr
+    return out, amshome
+
+
+def names_under(folder):
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, dirs, files in os.walk(folder) for n in dirs + files)
+
+
+def test_the_repository_folder_given_as_amshome_is_refused_and_nothing_is_written_into_it(scm_double, tmp_path):
+    out, amshome = installed(scm_double, tmp_path)
+    repo = amshome / "repository"
+    before = (names_under(amshome), tree_hashes(repo))
+
+    for args, env_home in [(("unpack", out, "--amshome", repo), None), (("unpack", out), repo),
+                           (("verify", "--installed", "--amshome", repo), None), (("receipt", "--amshome", repo), None)]:
+        refused = run_cli(*args, env=None if env_home is None else cli_env(AMSHOME=str(env_home)))
+        assert refused.returncode == 2 and len(errors(refused)) == 1, (args, refused.stderr)
+        line = errors(refused)[0]
+        assert f"is the repository folder of the AMSHOME {amshome}" in line and f"give --amshome {amshome}" in line
+        assert (names_under(amshome), tree_hashes(repo)) == before, args  # no second tree, lock, log or receipt in it
+
+    scrub = run_cli("verify", "--installed", "--amshome", amshome)
+    assert scrub.returncode == 0 and "is intact" in scrub.stdout, scrub.stderr + scrub.stdout
+
+
+def test_the_scrub_of_a_folder_without_receipt_leaves_no_lock_there(tmp_path):
+    folder = tmp_path / "not-an-amshome"
+    folder.mkdir()
+    refused = run_cli("verify", "--installed", "--amshome", folder)
+    assert refused.returncode == 2 and "has no receipt" in errors(refused)[0], refused.stderr
+    assert os.listdir(folder) == []
+
+
+def test_a_drop_version_that_cannot_be_carried_out_is_refused_never_ignored(double, both_installed, tmp_path):  # noqa: F811
+    mirror, amshome, new_tree, old_tree, gone = both_installed
+    state = amshome_state(amshome)
+
+    # The installed bundle holds the version named: "nothing to do" would hide that nothing was dropped.
+    held = run_cli("unpack", tmp_path / "full", "--amshome", amshome, "--drop-version", OLD)
+    assert held.returncode == 2 and len(errors(held)) == 1, held.stderr
+    assert f"holds {OLD} and installs it" in errors(held)[0] and f"leave out --drop-version {OLD}" in errors(held)[0]
+    assert amshome_state(amshome) == state
+
+    # A typo names a version that is not installed: refused, naming what is.
+    made = bundle_of(double, mirror, tmp_path / "both-again", OLD, NEW)
+    assert made.returncode == 0, made.stderr
+    typo = run_cli("unpack", tmp_path / "both-again", "--amshome", amshome, "--drop-version", "AMS2O25.1")
+    assert typo.returncode == 2 and len(errors(typo)) == 1, typo.stderr
+    assert "AMS2O25.1 is not installed" in errors(typo)[0] and f"{OLD}, {NEW}" in errors(typo)[0]
+    assert amshome_state(amshome) == state
+
+    # The version a delta updates cannot be dropped by it; the advice must not send the admin to a
+    # bundle command that refuses it too.
+    delta = bundle_of(double, mirror, tmp_path / "d1", OLD, since="last")
+    assert delta.returncode == 0, delta.stderr
+    target = run_cli("unpack", tmp_path / "d1", "--amshome", amshome, "--drop-version", OLD)
+    assert target.returncode == 2 and len(errors(target)) == 1, target.stderr
+    assert f"holds {OLD} and installs it" in errors(target)[0]
+    assert f"bundle --since ... --drop-version {OLD}" not in errors(target)[0]
+    assert amshome_state(amshome) == state
+
+    # What is right still works, and rerunning it is still nothing to do.
+    ok = run_cli("unpack", tmp_path / "both-again", "--amshome", amshome)
+    assert ok.returncode == 0, ok.stderr
+    assert tree_hashes(amshome / "repository") == {**new_tree, **old_tree}
