@@ -4,6 +4,7 @@ forward, and AMSHOME is left exactly as it was."""
 
 import os
 
+import pytest
 from clihelp import cli_env, run_cli, tree_hashes
 from test_multiversion import (  # noqa: F401 (fixtures)
     NEW,
@@ -93,3 +94,36 @@ def test_a_drop_version_that_cannot_be_carried_out_is_refused_never_ignored(doub
     ok = run_cli("unpack", tmp_path / "both-again", "--amshome", amshome)
     assert ok.returncode == 0, ok.stderr
     assert tree_hashes(amshome / "repository") == {**new_tree, **old_tree}
+
+
+@pytest.mark.parametrize("settings, said", [
+    ("[Trust]\nallowed_signers = {signers}\n", "[Trust] in --config is not read (section names are case-sensitive): "
+                                               "rename it [trust]"),
+    ("[trust]\nallowed_signer = {signers}\n", "[trust] allowed_signer in --config is not a setting: "
+                                              "did you mean allowed_signers?"),
+    ("[trust]\nallowed-signers = {signers}\n", "[trust] allowed-signers in --config is not a setting: "
+                                               "did you mean allowed_signers?"),
+    ("[trust]\ntrust_installed = true\n", "[trust] trust_installed in --config is not a setting: it belongs in [unpack]"),
+    ("[unpack]\ntrust_instaled = true\n", "[unpack] trust_instaled in --config is not a setting: "
+                                          "did you mean trust_installed?"),
+], ids=["section-case", "key-typo", "key-dash", "key-in-other-section", "unpack-key-typo"])
+def test_a_trust_setting_nothing_reads_is_refused_by_verify_and_unpack(scm_double, tmp_path, settings, said):
+    out, amshome = installed(scm_double, tmp_path)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text("")
+    site = tmp_path / "site.cfg"
+    site.write_text(settings.format(signers=signers))
+    before = (names_under(amshome), tree_hashes(amshome / "repository"))
+    for args in (("verify", out), ("unpack", out, "--amshome", amshome, "--reinstall")):
+        refused = run_cli("--config", site, *args)
+        assert refused.returncode == 2 and errors(refused) == [f"error: {said}"], (args, refused.stderr)
+    assert (names_under(amshome), tree_hashes(amshome / "repository")) == before
+
+
+def test_settings_that_are_read_still_pass(scm_double, tmp_path):
+    out, amshome = installed(scm_double, tmp_path)
+    site = tmp_path / "site.cfg"
+    site.write_text("[trust]\nrequire_signature = false\n[unpack]\ntrust_installed = true\n[Unpack]\nkeep_previous = true\n")
+    assert run_cli("--config", site, "verify", out).returncode == 0
+    again = run_cli("--config", site, "unpack", out, "--amshome", amshome)
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr

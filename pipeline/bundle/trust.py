@@ -7,12 +7,14 @@ Settings, highest first: the command's ``--allowed-signers`` / ``--revoked-keys`
 allowed_signers`` and ``signature_verifier`` (still read, with a note to move them to ``[trust]``).
 """
 
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import luigi
 
+from amsrepomirror import config
 from amsrepomirror.bundle.signature import CHECKED_BY, SIGNATURE_NAME, SignatureCheck, check_signature
 from amsrepomirror.errors import UsageError
 
@@ -34,9 +36,36 @@ def _setting(section: str, key: str) -> str:
     return luigi.configuration.get_config().get(section, key, fallback="").strip()
 
 
+#: The keys the offline side reads in the sections that decide what it trusts.
+OFFLINE_SETTINGS: Dict[str, Tuple[str, ...]] = {
+    "trust": ("allowed_signers", "revoked_keys", "require_signature", "signature_verifier"),
+    "unpack": ("installed_version_files", "trust_installed", "allowed_signers", "signature_verifier"),
+}
+
+
+def refuse_unread_settings() -> None:
+    """UsageError naming a ``[trust]`` or ``[unpack]`` key that nothing reads, or such a section
+    spelled in another case (``[Trust]``): a typo there would leave bundles unchecked, or installed
+    files unhashed, while the admin believes the setting is in force."""
+    tasks = set(luigi.task_register.Register.task_names())  # [Unpack] sets the Unpack task's parameters
+    for (section, key), (_, source) in sorted(config.effective().items()):
+        if section.lower() in OFFLINE_SETTINGS and section not in OFFLINE_SETTINGS and section not in tasks:
+            raise UsageError(f"[{section}] in {source} is not read (section names are case-sensitive): "
+                             f"rename it [{section.lower()}]")
+        known = OFFLINE_SETTINGS.get(section)
+        if known is None or key in known:  # exactly: [trust] is read key by key, allowed-signers never
+            continue
+        home = [other for other, keys in OFFLINE_SETTINGS.items() if key in keys]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = (f"it belongs in [{home[0]}]" if home else f"did you mean {close[0]}?" if close else
+                f"the keys of [{section}] are {', '.join(known)}")
+        raise UsageError(f"[{section}] {key} in {source} is not a setting: {hint}")
+
+
 def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[str] = None) -> Trust:
     """The site's trust setting: command-line options over ``[trust]`` over the older ``[unpack]``
-    keys. UsageError for a combination that cannot be checked."""
+    keys. UsageError for a combination that cannot be checked, or a key nothing reads."""
+    refuse_unread_settings()
     notes: List[str] = []
 
     def pick(given: Optional[str], key: str, old_section: str = "") -> Tuple[str, str]:
