@@ -53,7 +53,8 @@ def refuse_unread_settings() -> None:
             raise UsageError(f"[{section}] in {source} is not read (section names are case-sensitive): "
                              f"rename it [{section.lower()}]")
         known = OFFLINE_SETTINGS.get(section)
-        if known is None or key in known:  # exactly: [trust] is read key by key, allowed-signers never
+        # exactly: [trust] is read key by key, allowed-signers never
+        if known is None or key in known:  # guard: trust-unread-setting
             continue
         home = [other for other, keys in OFFLINE_SETTINGS.items() if key in keys]
         close = difflib.get_close_matches(key, known, n=1)

@@ -213,7 +213,7 @@ def refuse_repository_folder(amshome) -> None:
     receipt (an easy slip from inside it, ``--amshome .``): the unpack would place a second tree, its
     lock, log and receipt inside the installed one, and the scrub would lock and report there."""
     path = Path(os.path.abspath(amshome))
-    if path.name == REPOSITORY and os.path.lexists(path.parent / RECEIPT):
+    if path.name == REPOSITORY and os.path.lexists(path.parent / RECEIPT):  # guard: amshome-not-its-repository
         raise UsageError(f"AMSHOME {path} is the repository folder of the AMSHOME {path.parent} (it holds "
                          f"{RECEIPT}); nothing was changed: give --amshome {path.parent}")
 
