@@ -127,3 +127,24 @@ def test_settings_that_are_read_still_pass(scm_double, tmp_path):
     assert run_cli("--config", site, "verify", out).returncode == 0
     again = run_cli("--config", site, "unpack", out, "--amshome", amshome)
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
+
+
+@pytest.mark.parametrize("settings, said", [
+    ("[trust]\nallowed_signers = {missing}\n",
+     "[trust] allowed_signers = {missing}: does not exist (an OpenSSH allowed_signers or revoked keys file); "
+     "nothing was checked"),
+    ("[trust]\nallowed_signers = {folder}\n",
+     "[trust] allowed_signers = {folder}: is not a regular file (an OpenSSH allowed_signers or revoked keys file); "
+     "nothing was checked"),
+], ids=["signers-missing", "signers-a-folder"])
+def test_a_trust_setting_that_cannot_be_used_is_named_as_such_for_an_unsigned_bundle_too(scm_double, tmp_path,
+                                                                                          settings, said):
+    out, amshome = installed(scm_double, tmp_path)
+    names = {"missing": tmp_path / "no-such-file", "folder": tmp_path}
+    site = tmp_path / "site.cfg"
+    site.write_text(settings.format(**names))
+    before = (names_under(amshome), tree_hashes(amshome / "repository"))
+    for args in (("verify", out), ("unpack", out, "--amshome", amshome, "--reinstall")):
+        refused = run_cli("--config", site, *args)
+        assert refused.returncode == 2 and errors(refused) == [f"error: {said.format(**names)}"], (args, refused.stderr)
+    assert (names_under(amshome), tree_hashes(amshome / "repository")) == before

@@ -8,6 +8,7 @@ allowed_signers`` and ``signature_verifier`` (still read, with a note to move th
 """
 
 import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -82,7 +83,12 @@ def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[
 
     signers, source = pick(allowed_signers, "allowed_signers", "unpack")
     revoked, revoked_source = pick(revoked_keys, "revoked_keys")
-    verifier = pick(None, "signature_verifier", "unpack")[0] or "auto"
+    verifier = pick(None, "signature_verifier", "unpack")[0]  # checked when a signature is (choose_verifier)
+    for path, where in ((signers, source), (revoked, revoked_source)):
+        if path and not Path(path).is_file():  # else an unsigned bundle is refused for the wrong reason
+            raise UsageError(f"{where}{' ' if where.startswith('--') else ' = '}{path}: "
+                             f"{'is not a regular file' if os.path.lexists(path) else 'does not exist'} "
+                             "(an OpenSSH allowed_signers or revoked keys file); nothing was checked")
     required = _setting("trust", "require_signature").lower() or "true"
     if required not in ("true", "false"):
         raise UsageError(f"[trust] require_signature = {required!r}: use true or false")
@@ -90,7 +96,7 @@ def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[
         raise UsageError(f"{revoked_source} needs allowed signers (--allowed-signers or [trust] allowed_signers)")
     return Trust(allowed_signers=Path(signers).absolute() if signers else None,
                  revoked_keys=Path(revoked).absolute() if revoked else None,
-                 require_signature=bool(signers) and required == "true", verifier=verifier, source=source,
+                 require_signature=bool(signers) and required == "true", verifier=verifier or "auto", source=source,
                  notes=tuple(notes))
 
 
