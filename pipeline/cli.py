@@ -724,7 +724,7 @@ def run_verify(args) -> int:
                   "--partial, once all chunks are in one folder")
         else:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
-                  f"{format_size(manifest.total_bytes)} of {manifest.version}")
+                  f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
         bad_signature = print_signature_verdict(args.bundle, found, manifest_bytes)
         if bad_signature:
             say(f"error: {bad_signature}")

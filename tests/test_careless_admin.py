@@ -90,7 +90,11 @@ def test_a_drop_version_that_cannot_be_carried_out_is_refused_never_ignored(doub
     assert f"bundle --since ... --drop-version {OLD}" not in errors(target)[0]
     assert amshome_state(amshome) == state
 
-    # What is right still works, and rerunning it is still nothing to do.
+    # verify names every version a bundle holds, not only the first.
+    checked = run_cli("verify", tmp_path / "both-again")
+    assert checked.returncode == 0 and f"of {OLD} and {NEW}" in checked.stdout, checked.stdout + checked.stderr
+
+    # What is right still works.
     ok = run_cli("unpack", tmp_path / "both-again", "--amshome", amshome)
     assert ok.returncode == 0, ok.stderr
     assert tree_hashes(amshome / "repository") == {**new_tree, **old_tree}
