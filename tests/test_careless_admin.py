@@ -152,3 +152,19 @@ def test_a_trust_setting_that_cannot_be_used_is_named_as_such_for_an_unsigned_bu
         refused = run_cli("--config", site, *args)
         assert refused.returncode == 2 and errors(refused) == [f"error: {said.format(**names)}"], (args, refused.stderr)
     assert (names_under(amshome), tree_hashes(amshome / "repository")) == before
+
+
+@pytest.mark.parametrize("how", ["option", "setting"])
+def test_a_scheduler_url_without_scheme_is_a_usage_error_naming_the_form(tmp_path, how):
+    """``127.0.0.1:8082`` (no http://) is a typo to fix, not a scheduler that does not answer (exit 1)."""
+    mirror = tmp_path / "mirror"
+    site = tmp_path / "site.cfg"
+    site.write_text("[core]\ndefault-scheduler-url = 127.0.0.1:8082\n")
+    where = ("--scheduler-url", ("--scheduler-url", "127.0.0.1:8082")) if how == "option" else \
+        ("[core] default-scheduler-url", ("--config", site))
+    args = ("mirror", "--version", VERSION, "--mirror", mirror, "--listing-url", "http://127.0.0.1:9/AMS2026.1.txt")
+    result = run_cli(*(where[1] if how == "setting" else ()), *args, *(where[1] if how == "option" else ()))
+    assert result.returncode == 2, result.stderr
+    assert errors(result) == [f"error: {where[0]} 127.0.0.1:8082 is not an http:// or https:// URL: give it as "
+                              "http://HOST:PORT (e.g. http://127.0.0.1:8082)"]
+    assert not mirror.exists()
