@@ -168,3 +168,18 @@ def test_a_scheduler_url_without_scheme_is_a_usage_error_naming_the_form(tmp_pat
     assert errors(result) == [f"error: {where[0]} 127.0.0.1:8082 is not an http:// or https:// URL: give it as "
                               "http://HOST:PORT (e.g. http://127.0.0.1:8082)"]
     assert not mirror.exists()
+
+
+@pytest.mark.parametrize("settings, said", [
+    ("[unpack]\ntrust_installed = ture\n", "[unpack] trust_installed cannot be read: use true or false"),
+    ("[unpack]\ninstalled_version_files = VERSION.txt\n",
+     '[unpack] installed_version_files cannot be read: use a JSON list, e.g. ["VERSION.txt"]'),
+], ids=["bool", "list"])
+def test_an_unpack_setting_with_a_bad_value_is_a_usage_error(scm_double, tmp_path, settings, said):
+    out, amshome = installed(scm_double, tmp_path)
+    site = tmp_path / "site.cfg"
+    site.write_text(settings)
+    before = (names_under(amshome), tree_hashes(amshome / "repository"))
+    refused = run_cli("--config", site, "unpack", out, "--amshome", amshome, "--reinstall")
+    assert refused.returncode == 2 and errors(refused) == [f"error: {said}"], refused.stderr
+    assert (names_under(amshome), tree_hashes(amshome / "repository")) == before
