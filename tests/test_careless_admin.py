@@ -3,6 +3,7 @@
 forward, and AMSHOME is left exactly as it was."""
 
 import os
+import shutil
 
 import pytest
 from clihelp import cli_env, run_cli, tree_hashes
@@ -183,3 +184,19 @@ def test_an_unpack_setting_with_a_bad_value_is_a_usage_error(scm_double, tmp_pat
     refused = run_cli("--config", site, "unpack", out, "--amshome", amshome, "--reinstall")
     assert refused.returncode == 2 and errors(refused) == [f"error: {said}"], refused.stderr
     assert (names_under(amshome), tree_hashes(amshome / "repository")) == before
+
+
+def test_a_bundle_inside_the_repository_it_replaces_is_refused_not_removed_with_it(scm_double, tmp_path):
+    out, amshome = installed(scm_double, tmp_path)
+    inside = amshome / "repository" / "incoming"
+    shutil.copytree(out, inside)
+    before = (names_under(amshome), tree_hashes(amshome / "repository"))
+    refused = run_cli("unpack", inside, "--amshome", amshome, "--reinstall")
+    assert refused.returncode == 2 and len(errors(refused)) == 1, refused.stderr
+    assert f"is inside {amshome / 'repository'}, which unpack replaces" in errors(refused)[0]
+    assert (names_under(amshome), tree_hashes(amshome / "repository")) == before  # the bundle is still there
+    moved = amshome / "bundles" / "b"
+    shutil.move(inside, moved)
+    done = run_cli("unpack", moved, "--amshome", amshome, "--reinstall")
+    assert done.returncode == 0, done.stderr
+    assert (moved / "manifest.json").is_file()

@@ -166,6 +166,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         raise IntegrityError(f"bundle {bundle_dir} failed verification: {MANIFEST_NAME}: missing; nothing was extracted")
     manifest, sha256 = _parsed(bundle_dir, data), hashlib.sha256(data).hexdigest()
     home = placement.check_amshome(amshome)
+    placement.refuse_bundle_in_tree(bundle_dir, home)
     with placement.amshome_lock(home):
         for action in placement.recover(home):
             log.info(f"unpack: {action} (left by an interrupted run)")

@@ -218,6 +218,17 @@ def refuse_repository_folder(amshome) -> None:
                          f"{RECEIPT}); nothing was changed: give --amshome {path.parent}")
 
 
+def refuse_bundle_in_tree(bundle_dir: Path, home: Path) -> None:
+    """UsageError when the bundle folder lies inside ``$AMSHOME/repository`` (or its staging): the
+    tree it replaces would take the bundle with it when it is removed after the swap."""
+    bundle = Path(os.path.realpath(bundle_dir))
+    for tree in (home / REPOSITORY, home / STAGING):
+        inside = Path(os.path.realpath(tree))
+        if bundle == inside or inside in bundle.parents:
+            raise UsageError(f"bundle {bundle_dir} is inside {tree}, which unpack replaces (and then removes); "
+                             f"nothing was changed: move the bundle folder out of it, e.g. to {home / 'bundles'}")
+
+
 def check_amshome(amshome) -> Path:
     """AMSHOME must exist, be a directory and be writable (probed); UsageError otherwise."""
     if amshome is None or str(amshome) == "":
