@@ -768,7 +768,7 @@ def run_verify_installed(args) -> int:
             "(--trust-installed); this check is the first to hash them since")
     require_intact(home, report)
     print(f"{home / placement.REPOSITORY} is intact: {report.files} files, {format_size(report.bytes)} hashed against "
-          f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {report.receipt.get('version', '?')})")
+          f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {' and '.join(report.versions)})")
     return 0
 
 

@@ -51,6 +51,13 @@ def test_the_repository_folder_given_as_amshome_is_refused_and_nothing_is_writte
         assert f"is the repository folder of the AMSHOME {amshome}" in line and f"give --amshome {amshome}" in line
         assert (names_under(amshome), tree_hashes(repo)) == before, args  # no second tree, lock, log or receipt in it
 
+    below = repo / "linux"
+    refused = run_cli("unpack", out, "--amshome", below)
+    assert refused.returncode == 2 and errors(refused) == [
+        f"error: AMSHOME {below} is inside the repository folder of the AMSHOME {amshome} (it holds "
+        f".amsrepomirror-receipt.json); nothing was changed: give --amshome {amshome}"], refused.stderr
+    assert (names_under(amshome), tree_hashes(repo)) == before
+
     scrub = run_cli("verify", "--installed", "--amshome", amshome)
     assert scrub.returncode == 0 and "is intact" in scrub.stdout, scrub.stderr + scrub.stdout
 
@@ -94,6 +101,9 @@ def test_a_drop_version_that_cannot_be_carried_out_is_refused_never_ignored(doub
     # verify names every version a bundle holds, not only the first.
     checked = run_cli("verify", tmp_path / "both-again")
     assert checked.returncode == 0 and f"of {OLD} and {NEW}" in checked.stdout, checked.stdout + checked.stderr
+
+    scrub = run_cli("verify", "--installed", "--amshome", amshome)  # the scrub too names every installed version
+    assert scrub.returncode == 0 and f", {OLD} and {NEW})" in scrub.stdout, scrub.stdout + scrub.stderr
 
     # What is right still works.
     ok = run_cli("unpack", tmp_path / "both-again", "--amshome", amshome)

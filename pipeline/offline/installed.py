@@ -82,6 +82,7 @@ class ScrubReport(NamedTuple):
     files: int
     bytes: int
     receipt: dict
+    versions: Tuple[str, ...] = ()  # the AMS versions the receipt says the tree holds
 
     @property
     def differences(self) -> List[str]:
@@ -135,7 +136,9 @@ def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
         elif check.problem:
             changed.append(f"changed: {shown(row.path)}: {check.problem}")
     added = [f"added: {shown(rel)}" for rel in _unlisted(repo, [r.path for r in tree])]
-    return ScrubReport(changed, missing, added, len(tree), sum(r.size for r in tree), receipt)
+    held = placement.receipt_version_paths(receipt, home / placement.RECEIPT, tree)
+    versions = tuple(sorted(held)) if held else (str(receipt.get("version", "?")),)
+    return ScrubReport(changed, missing, added, len(tree), sum(r.size for r in tree), receipt, versions)
 
 
 def require_intact(home: Path, report: ScrubReport) -> None:

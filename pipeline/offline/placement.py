@@ -212,10 +212,12 @@ def refuse_repository_folder(amshome) -> None:
     """UsageError when the folder given as AMSHOME is the ``repository`` of an AMSHOME that holds a
     receipt (an easy slip from inside it, ``--amshome .``): the unpack would place a second tree, its
     lock, log and receipt inside the installed one, and the scrub would lock and report there."""
-    path = Path(os.path.abspath(amshome))
-    if path.name == REPOSITORY and os.path.lexists(path.parent / RECEIPT):  # guard: amshome-not-its-repository
-        raise UsageError(f"AMSHOME {path} is the repository folder of the AMSHOME {path.parent} (it holds "
-                         f"{RECEIPT}); nothing was changed: give --amshome {path.parent}")
+    given = Path(os.path.abspath(amshome))
+    for path in (given, *given.parents):  # also a folder below it (--amshome $AMSHOME/repository/linux)
+        if path.name == REPOSITORY and os.path.lexists(path.parent / RECEIPT):  # guard: amshome-not-its-repository
+            raise UsageError(f"AMSHOME {given} is {'' if path == given else 'inside '}the repository folder of the "
+                             f"AMSHOME {path.parent} (it holds {RECEIPT}); nothing was changed: give --amshome "
+                             f"{path.parent}")
 
 
 def refuse_bundle_in_tree(bundle_dir: Path, home: Path) -> None:
