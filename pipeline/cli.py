@@ -32,7 +32,7 @@ from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.offline.install import MAX_CHANGES_LISTED, usage_hints
-from amsrepomirror.offline.installed import require_intact, scrub
+from amsrepomirror.offline.installed import no_receipt, require_intact, scrub
 from amsrepomirror.online import progress, sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.http import LowSpeed, fetch_text
@@ -725,7 +725,7 @@ def run_verify(args) -> int:
                   "--partial, once all chunks are in one folder")
         else:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
-                  f"{format_size(manifest.total_bytes)} of {manifest.version}")
+                  f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
         bad_signature = print_signature_verdict(args.bundle, found, manifest_bytes)
         if bad_signature:
             say(f"error: {bad_signature}")
@@ -747,6 +747,8 @@ def run_verify_installed(args) -> int:
     home = amshome_of(args).absolute()
     if not home.is_dir():
         raise UsageError(f"AMSHOME {home} is not a directory")
+    if not os.path.lexists(home / placement.RECEIPT):  # only reads: no lock file is left in a folder that is no AMSHOME
+        raise no_receipt(home)
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None
     try:
         with placement.amshome_lock(home, shared=True):  # no unpack swaps the tree meanwhile (one running: exit 2)
@@ -767,18 +769,20 @@ def run_verify_installed(args) -> int:
             "(--trust-installed); this check is the first to hash them since")
     require_intact(home, report)
     print(f"{home / placement.REPOSITORY} is intact: {report.files} files, {format_size(report.bytes)} hashed against "
-          f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {report.receipt.get('version', '?')})")
+          f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {' and '.join(report.versions)})")
     return 0
 
 
 def amshome_of(args) -> Path:
     """--amshome, else $AMSHOME from the environment (said on stderr, so the admin sees which)."""
     if args.amshome is not None:
+        placement.refuse_repository_folder(args.amshome)  # before a log or lock is written there
         return args.amshome
     from_environment = os.environ.get("AMSHOME", "")
     if not from_environment:
         raise UsageError("give --amshome DIR or set AMSHOME: the AMS installation folder whose repository/ to fill")
     say(f"{args.command}: AMSHOME {from_environment} (from the environment; --amshome overrides it)")
+    placement.refuse_repository_folder(from_environment)
     return Path(from_environment)
 
 

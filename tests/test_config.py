@@ -130,6 +130,7 @@ def test_outside_the_checkout_config_shows_only_shipped_defaults(place):
     assert {key: value for (section, key), (value, _) in settings.items() if section == "trust"} == {
         "allowed_signers": "", "revoked_keys": "", "require_signature": "true", "signature_verifier": ""}
     assert ("unpack", "allowed_signers") not in settings and ("unpack", "signature_verifier") not in settings
+    assert settings["unpack", "trust_installed"] == ("false", SHIPPED)  # where unpack reads it, as `config` shows it
 
 
 def test_editable_install_finds_the_defaults_through_importlib_resources(place):

@@ -73,9 +73,9 @@ def keygen_can_verify() -> bool:
 
 
 def choose_verifier(setting: str = "auto") -> str:
-    """ssh-keygen or python, from the ``[unpack] signature_verifier`` setting (auto: ssh-keygen when new enough)."""
+    """ssh-keygen or python, from the ``signature_verifier`` setting (auto: ssh-keygen when new enough)."""
     if setting not in VERIFIERS:
-        raise UsageError(f"[unpack] signature_verifier = {setting!r}: use one of {', '.join(VERIFIERS)}")
+        raise UsageError(f"signature_verifier = {setting!r}: use one of {', '.join(VERIFIERS)}")
     if setting == "auto":
         return "ssh-keygen" if keygen_can_verify() else "python"
     if setting == "ssh-keygen" and not keygen_can_verify():
@@ -142,7 +142,8 @@ def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None, re
         return None
     for given in (allowed_signers, revoked_keys):
         if given is not None and not Path(given).is_file():
-            raise UsageError(f"{given} does not exist (an OpenSSH allowed_signers or revoked keys file)")
+            raise UsageError(f"{given} {'is not a regular file' if os.path.lexists(given) else 'does not exist'} "
+                             "(an OpenSSH allowed_signers or revoked keys file)")
     if manifest is None:
         return SignatureCheck(problem=f"{MANIFEST_NAME} is missing")
     used = choose_verifier(verifier)

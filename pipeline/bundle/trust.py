@@ -7,12 +7,15 @@ Settings, highest first: the command's ``--allowed-signers`` / ``--revoked-keys`
 allowed_signers`` and ``signature_verifier`` (still read, with a note to move them to ``[trust]``).
 """
 
+import difflib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import luigi
 
+from amsrepomirror import config
 from amsrepomirror.bundle.signature import CHECKED_BY, SIGNATURE_NAME, SignatureCheck, check_signature
 from amsrepomirror.errors import UsageError
 
@@ -34,9 +37,37 @@ def _setting(section: str, key: str) -> str:
     return luigi.configuration.get_config().get(section, key, fallback="").strip()
 
 
+#: The keys the offline side reads in the sections that decide what it trusts.
+OFFLINE_SETTINGS: Dict[str, Tuple[str, ...]] = {
+    "trust": ("allowed_signers", "revoked_keys", "require_signature", "signature_verifier"),
+    "unpack": ("installed_version_files", "trust_installed", "allowed_signers", "signature_verifier"),
+}
+
+
+def refuse_unread_settings() -> None:
+    """UsageError naming a ``[trust]`` or ``[unpack]`` key that nothing reads, or such a section
+    spelled in another case (``[Trust]``): a typo there would leave bundles unchecked, or installed
+    files unhashed, while the admin believes the setting is in force."""
+    tasks = set(luigi.task_register.Register.task_names())  # [Unpack] sets the Unpack task's parameters
+    for (section, key), (_, source) in sorted(config.effective().items()):
+        if section.lower() in OFFLINE_SETTINGS and section not in OFFLINE_SETTINGS and section not in tasks:
+            raise UsageError(f"[{section}] in {source} is not read (section names are case-sensitive): "
+                             f"rename it [{section.lower()}]")
+        known = OFFLINE_SETTINGS.get(section)
+        # exactly: [trust] is read key by key, allowed-signers never
+        if known is None or key in known:  # guard: trust-unread-setting
+            continue
+        home = [other for other, keys in OFFLINE_SETTINGS.items() if key in keys]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = (f"it belongs in [{home[0]}]" if home else f"did you mean {close[0]}?" if close else
+                f"the keys of [{section}] are {', '.join(known)}")
+        raise UsageError(f"[{section}] {key} in {source} is not a setting: {hint}")
+
+
 def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[str] = None) -> Trust:
     """The site's trust setting: command-line options over ``[trust]`` over the older ``[unpack]``
-    keys. UsageError for a combination that cannot be checked."""
+    keys. UsageError for a combination that cannot be checked, or a key nothing reads."""
+    refuse_unread_settings()
     notes: List[str] = []
 
     def pick(given: Optional[str], key: str, old_section: str = "") -> Tuple[str, str]:
@@ -52,7 +83,12 @@ def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[
 
     signers, source = pick(allowed_signers, "allowed_signers", "unpack")
     revoked, revoked_source = pick(revoked_keys, "revoked_keys")
-    verifier = pick(None, "signature_verifier", "unpack")[0] or "auto"
+    verifier = pick(None, "signature_verifier", "unpack")[0]  # checked when a signature is (choose_verifier)
+    for path, where in ((signers, source), (revoked, revoked_source)):
+        if path and not Path(path).is_file():  # else an unsigned bundle is refused for the wrong reason
+            raise UsageError(f"{where}{' ' if where.startswith('--') else ' = '}{path}: "
+                             f"{'is not a regular file' if os.path.lexists(path) else 'does not exist'} "
+                             "(an OpenSSH allowed_signers or revoked keys file); nothing was checked")
     required = _setting("trust", "require_signature").lower() or "true"
     if required not in ("true", "false"):
         raise UsageError(f"[trust] require_signature = {required!r}: use true or false")
@@ -60,7 +96,7 @@ def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[
         raise UsageError(f"{revoked_source} needs allowed signers (--allowed-signers or [trust] allowed_signers)")
     return Trust(allowed_signers=Path(signers).absolute() if signers else None,
                  revoked_keys=Path(revoked).absolute() if revoked else None,
-                 require_signature=bool(signers) and required == "true", verifier=verifier, source=source,
+                 require_signature=bool(signers) and required == "true", verifier=verifier or "auto", source=source,
                  notes=tuple(notes))
 
 

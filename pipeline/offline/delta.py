@@ -67,6 +67,31 @@ def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Op
     return receipt, tree
 
 
+def _what(manifest: BundleManifest, bundle_dir: Path) -> str:
+    return f"delta {bundle_dir} of {manifest.version}" if manifest.is_delta else f"bundle {bundle_dir}"
+
+
+def refuse_drop_versions(home: Path, manifest: BundleManifest, bundle_dir: Path, drop_versions: Sequence[str],
+                         installed: Optional[Set[str]]) -> None:
+    """UsageError for an ``unpack --drop-version`` this bundle cannot carry out, so that a typo or a
+    wrong version is never silently ignored: a version the bundle holds (it installs it), one a
+    delta does not drop, or, when ``installed`` (the versions the receipt records) is known, one
+    that is not installed. ``installed`` None: not checked (a receipt that does not say, or the
+    bundle is installed already, so rerunning the same command stays nothing to do)."""
+    what = _what(manifest, bundle_dir)
+    for version in sorted(set(drop_versions)):
+        if version in manifest.all_versions:
+            raise UsageError(f"--drop-version {version}: {what} holds {version} and installs it; nothing was changed: "
+                             f"leave out --drop-version {version} (a version goes with a bundle that does not hold it)")
+        if manifest.is_delta and version not in manifest.dropped:
+            raise UsageError(f"--drop-version {version}: {what} does not drop {version}; nothing was changed: to "
+                             f"remove it, make a delta with bundle --since ... --drop-version {version}")
+        if installed is not None and version not in installed:
+            raise UsageError(f"--drop-version {version}: {version} is not installed in {home / placement.REPOSITORY} "
+                             f"(installed there: {', '.join(sorted(installed)) or 'none'}); nothing was changed: "
+                             "check the version's spelling")
+
+
 def refuse_removals(home: Path, receipt: dict, tree: Sequence[InstalledFile], manifest: BundleManifest,
                     bundle_dir: Path, drop_versions: Sequence[str]) -> Optional[Dict[str, Set[str]]]:
     """UsageError unless :func:`bundle.delta.removal_problems` allows what the bundle removes (every
@@ -75,12 +100,10 @@ def refuse_removals(home: Path, receipt: dict, tree: Sequence[InstalledFile], ma
     (``drop_versions``) and, for a delta, the delta drops it too; a full bundle replaces the versions
     it holds. Returns the paths each version needs afterwards (None: not known)."""
     held = placement.receipt_version_paths(receipt, home / placement.RECEIPT, tree)
+    refuse_drop_versions(home, manifest, bundle_dir, drop_versions, None if held is None else set(held))
     confirmed = set(drop_versions)
     said = set(manifest.dropped) if manifest.is_delta else confirmed
-    what = f"delta {bundle_dir} of {manifest.version}" if manifest.is_delta else f"bundle {bundle_dir}"
-    for version in sorted(confirmed - said) + sorted(confirmed & set(manifest.all_versions)):
-        raise UsageError(f"--drop-version {version}: {what} does not drop {version}; nothing was changed: to remove "
-                         f"it, make a delta with bundle --since ... --drop-version {version}")
+    what = _what(manifest, bundle_dir)
     for version in sorted(said - confirmed):
         raise UsageError(f"{what} drops {version}: it removes {version} and the files only it needs from "
                          f"{home / placement.REPOSITORY}; nothing was changed: to accept that, run unpack again "

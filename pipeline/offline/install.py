@@ -22,7 +22,7 @@ from amsrepomirror.bundle.trust import Trust, resolve_trust, signature_verdict
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
-from amsrepomirror.offline.delta import place_copies, refuse_removals, unpack_delta
+from amsrepomirror.offline.delta import place_copies, refuse_drop_versions, refuse_removals, unpack_delta
 from amsrepomirror.online.progress import ByteProgress
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         raise IntegrityError(f"bundle {bundle_dir} failed verification: {MANIFEST_NAME}: missing; nothing was extracted")
     manifest, sha256 = _parsed(bundle_dir, data), hashlib.sha256(data).hexdigest()
     home = placement.check_amshome(amshome)
+    placement.refuse_bundle_in_tree(bundle_dir, home)
     with placement.amshome_lock(home):
         for action in placement.recover(home):
             log.info(f"unpack: {action} (left by an interrupted run)")
@@ -176,6 +177,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
             if changes:
                 raise _refuse_changed(bundle_dir.absolute(), manifest, home, changes)
             if changes == []:
+                refuse_drop_versions(home, manifest, bundle_dir, drop_versions, None)
                 log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
                 return CheckedManifest(manifest, sha256)
             if manifest.is_delta:
@@ -198,12 +200,14 @@ def _removals_allowed(home: Path, manifest: BundleManifest, bundle_dir: Path, dr
     """What each version of a full bundle needs, for its receipt, once ``refuse_removals`` allows what it
     removes from the installed tree. A receipt that cannot vouch for a tree (none, unreadable, damaged,
     or written before receipts listed it) keeps nothing: a full bundle is the way out of it."""
+    receipt = {}  # unreadable: which versions are installed is not known
     try:
         receipt = placement.read_receipt(home)
         tree = placement.receipt_tree(receipt, home / placement.RECEIPT) if receipt else None
     except (IntegrityError, UsageError):
         tree = None
     if tree is None:
+        refuse_drop_versions(home, manifest, bundle_dir, drop_versions, set() if receipt is None else None)
         return manifest.paths_by_version
     try:
         return refuse_removals(home, receipt, tree, manifest, bundle_dir, drop_versions)

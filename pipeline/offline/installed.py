@@ -82,6 +82,7 @@ class ScrubReport(NamedTuple):
     files: int
     bytes: int
     receipt: dict
+    versions: Tuple[str, ...] = ()  # the AMS versions the receipt says the tree holds
 
     @property
     def differences(self) -> List[str]:
@@ -105,6 +106,12 @@ def _unlisted(repo: Path, paths: Sequence[str]) -> List[str]:
     return sorted(added)
 
 
+def no_receipt(home: Path) -> UsageError:
+    """The scrub's answer for a folder that holds no receipt (not an AMSHOME amsrepomirror filled)."""
+    return UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror, "
+                      "so there is nothing to check the tree against")
+
+
 def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
           on_total: Optional[Callable[[int], None]] = None) -> ScrubReport:
     """Re-hash ``$AMSHOME/repository`` against its receipt: every file the receipt names must hold
@@ -113,8 +120,7 @@ def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
     lists the tree; IntegrityError when the receipt is damaged."""
     receipt = placement.read_receipt(home)
     if receipt is None:
-        raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror, "
-                         "so there is nothing to check the tree against")
+        raise no_receipt(home)
     tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
     repo = home / placement.REPOSITORY
     if not repo.is_dir() or repo.is_symlink():
@@ -130,7 +136,9 @@ def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
         elif check.problem:
             changed.append(f"changed: {shown(row.path)}: {check.problem}")
     added = [f"added: {shown(rel)}" for rel in _unlisted(repo, [r.path for r in tree])]
-    return ScrubReport(changed, missing, added, len(tree), sum(r.size for r in tree), receipt)
+    held = placement.receipt_version_paths(receipt, home / placement.RECEIPT, tree)
+    versions = tuple(sorted(held)) if held else (str(receipt.get("version", "?")),)
+    return ScrubReport(changed, missing, added, len(tree), sum(r.size for r in tree), receipt, versions)
 
 
 def require_intact(home: Path, report: ScrubReport) -> None:

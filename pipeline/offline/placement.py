@@ -208,6 +208,29 @@ def _ident(path: Path):
 # AMSHOME checks
 
 
+def refuse_repository_folder(amshome) -> None:
+    """UsageError when the folder given as AMSHOME is the ``repository`` of an AMSHOME that holds a
+    receipt (an easy slip from inside it, ``--amshome .``): the unpack would place a second tree, its
+    lock, log and receipt inside the installed one, and the scrub would lock and report there."""
+    given = Path(os.path.abspath(amshome))
+    for path in (given, *given.parents):  # also a folder below it (--amshome $AMSHOME/repository/linux)
+        if path.name == REPOSITORY and os.path.lexists(path.parent / RECEIPT):  # guard: amshome-not-its-repository
+            raise UsageError(f"AMSHOME {given} is {'' if path == given else 'inside '}the repository folder of the "
+                             f"AMSHOME {path.parent} (it holds {RECEIPT}); nothing was changed: give --amshome "
+                             f"{path.parent}")
+
+
+def refuse_bundle_in_tree(bundle_dir: Path, home: Path) -> None:
+    """UsageError when the bundle folder lies inside ``$AMSHOME/repository`` (or its staging): the
+    tree it replaces would take the bundle with it when it is removed after the swap."""
+    bundle = Path(os.path.realpath(bundle_dir))
+    for tree in (home / REPOSITORY, home / STAGING):
+        inside = Path(os.path.realpath(tree))
+        if bundle == inside or inside in bundle.parents:
+            raise UsageError(f"bundle {bundle_dir} is inside {tree}, which unpack replaces (and then removes); "
+                             f"nothing was changed: move the bundle folder out of it, e.g. to {home / 'bundles'}")
+
+
 def check_amshome(amshome) -> Path:
     """AMSHOME must exist, be a directory and be writable (probed); UsageError otherwise."""
     if amshome is None or str(amshome) == "":
@@ -217,6 +240,7 @@ def check_amshome(amshome) -> Path:
         raise UsageError(f"AMSHOME {path} does not exist; install AMS first or point AMSHOME at it")
     if not path.is_dir():
         raise UsageError(f"AMSHOME {path} is not a directory")
+    refuse_repository_folder(path)
     why = why_unwritable(path, PROBE_PREFIX)
     if why:
         raise UsageError(f"cannot write to AMSHOME: {why}")

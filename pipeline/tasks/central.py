@@ -11,6 +11,7 @@ import json
 import os
 import socket
 from typing import Dict, Optional, Sequence
+from urllib.parse import urlsplit
 
 import luigi
 import requests
@@ -33,12 +34,22 @@ def configured_url(given: Optional[str], local: bool) -> Optional[str]:
     if local:
         return None
     if given:
-        return given
+        return _scheduler_url(given, "--scheduler-url")
     settings = luigi.configuration.get_config()
     for key in ("default-scheduler-url", "default_scheduler_url"):
         if settings.has_option("core", key) and settings.get("core", key).strip():
-            return settings.get("core", key).strip()
+            return _scheduler_url(settings.get("core", key).strip(), f"[core] {key}")
     return None
+
+
+def _scheduler_url(url: str, where: str) -> str:
+    """``url`` when it is an http(s) URL with a host; UsageError naming ``where`` it was set otherwise
+    (``127.0.0.1:8082`` without a scheme is a typo, not a scheduler that does not answer)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{where} {redact(url)} is not an http:// or https:// URL: give it as "
+                         f"http://HOST:PORT (e.g. http://127.0.0.1:8082)")
+    return url
 
 
 def _rpc(url: str, method: str, timeout: float = REACH_TIMEOUT, **arguments):

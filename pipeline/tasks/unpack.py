@@ -1,10 +1,12 @@
 """Unpack wiring (offline side): one task whose target is AMSHOME's receipt."""
 
+import re
 from typing import Optional
 
 import luigi
 
 from amsrepomirror.bundle.trust import resolve_trust
+from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import install
 from amsrepomirror.tasks.base import ReportsFailure
 
@@ -18,6 +20,19 @@ class unpack(luigi.Config):
     allowed_signers = luigi.Parameter(default="")
     signature_verifier = luigi.Parameter(default="")
     trust_installed = luigi.BoolParameter(default=False)
+
+
+def unpack_settings() -> unpack:
+    """[unpack] as Luigi parses it; a value it cannot parse (``trust_installed = ture``) is a UsageError
+    naming the key and the form, not Luigi's ValueError (exit 1)."""
+    try:
+        return unpack()
+    except ValueError as exc:
+        named = re.search(r"value of '(\w+)'", str(exc))
+        key = named.group(1) if named else "?"
+        form = {"trust_installed": "true or false",
+                "installed_version_files": 'a JSON list, e.g. ["VERSION.txt"]'}.get(key, "a valid value")
+        raise UsageError(f"[unpack] {key} cannot be read: use {form}") from None
 
 
 class ReceiptTarget(luigi.Target):
@@ -70,7 +85,7 @@ class Unpack(ReportsFailure, luigi.Task):
         # --reinstall: not done until this run has installed it again.
         if self.checked is not None:
             return install.placed(self.amshome, self.checked)
-        if self.reinstall:
+        if self.reinstall or self.drop_versions:  # a --drop-version is checked by run, also when nothing is to do
             return False
         target = self.output()
         if not target.exists():
@@ -79,9 +94,10 @@ class Unpack(ReportsFailure, luigi.Task):
         return True
 
     def run(self):
+        settings = unpack_settings()
         self.checked = install.unpack_bundle(
             self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall, deep=self.deep,
-            version_files=list(unpack().installed_version_files),
+            version_files=list(settings.installed_version_files),
             trust=resolve_trust(self.allowed_signers, self.revoked_keys), allow_downgrade=self.allow_downgrade,
-            trust_installed=self.trust_installed or unpack().trust_installed,
+            trust_installed=self.trust_installed or settings.trust_installed,
             drop_versions=list(self.drop_versions))
