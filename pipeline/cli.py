@@ -681,14 +681,11 @@ def site_trust(args) -> Trust:
     return found
 
 
-def print_signature_verdict(bundle: Path, found: Trust, manifest_bytes: Optional[bytes]) -> Optional[str]:
-    """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says
-    under the site's trust setting; return the error line when unpack would refuse it."""
-    check, refusal = signature_verdict(bundle, found, manifest_bytes)
+def print_signature_verdict(found: Trust, check, refusal: Optional[str]) -> None:
+    """Print what the bundle's signature says under the site's trust setting (trust.signature_verdict)."""
     print(check.describe() if check else "signature: unsigned")
     if refusal is None and found.allowed_signers is None:
         print(NO_SIGNERS)
-    return refusal
 
 
 def run_verify(args) -> int:
@@ -704,6 +701,12 @@ def run_verify(args) -> int:
     if why_not:
         raise UsageError(why_not)
     manifest_bytes = read_manifest_bytes(args.bundle)  # read once: the chunks and the signature are checked on it
+    # The signature first, as unpack: no chunk that only a manifest the site's signers refuse names is read.
+    check, bad_signature = signature_verdict(args.bundle, found, manifest_bytes)
+    if bad_signature:  # guard: verify-signature-first
+        print_signature_verdict(found, check, bad_signature)
+        say(f"error: {bad_signature}")
+        return errors.INTEGRITY_FAILURE
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None  # in logs: only the verdict
     try:
         report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial,
@@ -725,10 +728,7 @@ def run_verify(args) -> int:
         else:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
                   f"{format_size(manifest.total_bytes)} of {manifest.version}")
-        bad_signature = print_signature_verdict(args.bundle, found, manifest_bytes)
-        if bad_signature:
-            say(f"error: {bad_signature}")
-            return errors.INTEGRITY_FAILURE
+        print_signature_verdict(found, check, bad_signature)
         for line in lacking.describe(manifest.lacking, "the bundle"):
             print(line)
         return 0
