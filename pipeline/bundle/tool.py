@@ -177,8 +177,57 @@ def read(rel, limit):
     if len(data) > limit:
         refuse(rel + " is larger than " + str(limit) + " bytes")
     return data
+# [trust] allowed_signers, revoked_keys, require_signature (else [unpack] allowed_signers) as the site sets
+# them for verify: /etc/luigi, $LUIGI_CONFIG_PATH, $AMSREPOMIRROR_CONFIG; never the working folder.
+def site_signers():
+    import configparser
+    files = ["/etc/luigi/client.cfg", "/etc/luigi/luigi.cfg", os.environ.get("LUIGI_CONFIG_PATH", ""),
+             os.environ.get("AMSREPOMIRROR_CONFIG", "")]
+    parser = configparser.RawConfigParser()
+    try:
+        parser.read([f for f in files if f], encoding="utf-8")
+    except (configparser.Error, ValueError) as exc:
+        refuse("cannot read the site's settings: " + str(exc).splitlines()[0])
+    get = lambda section, key: parser.get(section, key, fallback="").strip()
+    return (get("trust", "allowed_signers") or get("unpack", "allowed_signers"), get("trust", "revoked_keys"),
+            get("trust", "require_signature").lower() != "false")
+# With the site's allowed signers: manifest.json.sig must be a good signature of these manifest bytes by an
+# allowed key (ssh-keygen -Y, OpenSSH 8.2 or later) before anything the manifest lists is used.
+def require_signature(manifest):
+    import subprocess, tempfile
+    signers, revoked, required = site_signers()
+    if not signers:
+        return
+    if not os.path.lexists(os.path.join(bundle, "manifest.json.sig")):
+        if required:  # guard: install-sh-unsigned
+            refuse("manifest.json.sig is missing, but the site's allowed signers (" + signers + ") require a signature")
+        return
+    signature = read("manifest.json.sig", 65536)
+    def keygen(*args):
+        try:
+            return subprocess.run(["ssh-keygen", *args], input=manifest, capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            refuse("cannot run ssh-keygen to check manifest.json.sig: " + str(exc))
+    if b"find-principals" not in keygen("-?").stderr:
+        refuse("this ssh-keygen cannot check manifest.json.sig before the wheels run (OpenSSH 8.2 or later needed): "
+               "check it by hand on a machine that can (README.txt, step 0)")
+    with tempfile.TemporaryDirectory() as folder:
+        sig = os.path.join(folder, "manifest.json.sig")
+        with open(sig, "wb") as f:
+            f.write(signature)
+        found = keygen("-Y", "find-principals", "-s", sig, "-f", signers)
+        for line in found.stdout.decode("utf-8", "replace").splitlines() if found.returncode == 0 else []:
+            for principal in [p for p in line.split(",") if p and not p.startswith("!")]:
+                done = keygen("-Y", "verify", "-f", signers, "-I", principal, "-n", "amsrepomirror", "-s", sig,
+                              *(["-r", revoked] if revoked else []))
+                if done.returncode == 0:  # guard: install-sh-signature
+                    print("install.sh: manifest.json.sig is good, by " + principal + " (" + signers + ")", file=sys.stderr)
+                    return
+    refuse("manifest.json.sig does not verify as a signature of manifest.json by a key of " + signers)
+manifest = read("manifest.json", 1 << 30)
+require_signature(manifest)
 try:
-    listed = {t["path"]: t["sha256"] for t in json.loads(read("manifest.json", 1 << 30))["tool"]}
+    listed = {t["path"]: t["sha256"] for t in json.loads(manifest)["tool"]}
 except Exception as exc:
     refuse("manifest.json lists no tool files: " + type(exc).__name__)
 def check(rel):
