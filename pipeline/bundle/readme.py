@@ -162,7 +162,8 @@ def _install_lines(manifest: BundleManifest) -> list:
         f"     sh {TOOL_DIR}/install.sh [VENV]      (default VENV: $HOME/amsrepomirror-venv)",
         "   It picks a Python the wheels fit, checks each wheel it will use (pip's too) against manifest.json",
         "   before any of them runs, installs exactly those and runs amsrepomirror verify on this folder;",
-        "   use VENV/bin/amsrepomirror below.",
+        "   use VENV/bin/amsrepomirror below. With AMSREPOMIRROR_CONFIG=FILE (or /etc/luigi/luigi.cfg) naming",
+        "   [trust] allowed_signers, it first checks manifest.json.sig with ssh-keygen (OpenSSH 8.2 or later).",
         "",
     ]
 

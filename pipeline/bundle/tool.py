@@ -4,7 +4,8 @@
 side's Python (``--tool-python``, default the running one) and platform (``--tool-platform``);
 ``tool/requirements-X.Y.txt`` names the exact wheel files for Python X.Y with their sha256;
 ``tool/install.sh`` picks a matching interpreter, checks every wheel that requirements file names
-(pip's own too) against manifest.json's ``tool`` list before any of them runs, and makes a venv from
+(pip's own too) against manifest.json's ``tool`` list before any of them runs (with the site's allowed
+signers, only once manifest.json.sig verifies with ssh-keygen), and makes a venv from
 exactly those (no network, no ensurepip: the shipped pip wheel installs pip, ``--require-hashes``)
 and verifies the bundle. A wheel added to ``tool/wheels`` is never used. Every file is listed in
 manifest.json (``tool``) and SHA256SUMS, so the bundle's checks cover the tool too.
@@ -266,7 +267,8 @@ def install_script(spec: ToolSpec) -> str:
 # Usage: sh tool/install.sh [VENV]     VENV default: $HOME/amsrepomirror-venv; PYTHON=... picks the interpreter
 # (else the newest fitting python3.X, python3, or AMS's amspython from $AMSBIN or $AMSHOME/bin).
 # AMSREPOMIRROR_CONFIG=FILE: the site's settings file, whose [trust] (allowed signers) the final verify
-# reads as unpack does (else /etc/luigi/luigi.cfg and $LUIGI_CONFIG_PATH as always).
+# reads as unpack does (else /etc/luigi/luigi.cfg and $LUIGI_CONFIG_PATH as always); with allowed signers
+# there, manifest.json.sig is checked with ssh-keygen before any wheel runs.
 # The wheels are for Python {wanted}{' on ' + ' '.join(spec.platforms) if spec.platforms else ''}.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
