@@ -409,6 +409,25 @@ def test_readme_lists_the_files_and_its_by_hand_check_catches_an_added_one(sourc
     assert FOLDER_CHECK in (REPO / "README.md").read_text(encoding="utf-8")  # the same check in the project's README
 
 
+@pytest.mark.parametrize("name", ["chunk-0123456789abcdef.7z\nchunk-0123456789abcdef.7z", "README.txt\nx.7z\nx.7z"],
+                         ids=["twice-in-one-name", "listed-names"])
+def test_a_name_with_a_newline_cannot_hide_from_the_by_hand_folder_check(source, tmp_path, name):
+    """A name holding a newline is several lines to find | sort | uniq -u: one whose lines are a listed name or
+    repeat each other vanished from the check, while the README's `for c in *.7z` loop would unpack it."""
+    out = copy_of(source, tmp_path)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "planted.txt").write_text("not from the bundle\n")
+    subprocess.run(["7zz", "a", "-bd", "-mx=0", str(out / name), "planted.txt"], cwd=planted, check=True,
+                   capture_output=True)
+    found = subprocess.run(["sh", "-c", "for c in *.7z; do printf '%s|' \"$c\"; done"], cwd=out, capture_output=True,
+                           text=True).stdout
+    assert name + "|" in found  # the by-hand loop would take it for a chunk
+    assert _folder_check(out) != ""
+    result = run_cli("verify", out)
+    assert result.returncode == 4 and "unexpected" in result.stderr, result.stdout + result.stderr
+
+
 def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(source, tmp_path):
     """An admin runs verify in the bundle folder (README.txt says so): Luigi reads ./luigi.cfg there, so one
     added to the folder would be settings nobody listed."""

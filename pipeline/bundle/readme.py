@@ -49,8 +49,10 @@ def bundle_file_names(manifest: BundleManifest, signed: bool) -> list:
 
 #: The by-hand check that a bundle folder holds exactly the files SHA256SUMS lists (and SHA256SUMS):
 #: ``sha256sum -c`` cannot see a file added beside them. POSIX sh; no output means none is added or missing.
+#: A name holding a newline is several lines to ``uniq`` (lines that repeat, or repeat listed names, would
+#: vanish, while ``for c in *.7z`` takes the name whole): the second ``find`` names every such name.
 FOLDER_CHECK = (f"{{ echo {SUMS_NAME}; sed 's/^[0-9a-f]* [ *]//' {SUMS_NAME}; find . ! -type d | sed 's|^\\./||'; }}"
-                " | LC_ALL=C sort | uniq -u")
+                " | LC_ALL=C sort | uniq -u; find . -name '*[[:cntrl:]]*'")
 
 
 def _folder_check_lines() -> list:
