@@ -16,9 +16,9 @@ import pytest
 from clihelp import REPO, cli_env, run_cli, tree_hashes
 from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.readme import FOLDER_CHECK
-from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
 from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
@@ -426,6 +426,22 @@ def test_a_name_with_a_newline_cannot_hide_from_the_by_hand_folder_check(source,
     assert _folder_check(out) != ""
     result = run_cli("verify", out)
     assert result.returncode == 4 and "unexpected" in result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("line", ["0  {name}", "{short}  {name}"], ids=["zero", "a-listed-sha256-cut-short"])
+def test_a_malformed_sums_line_cannot_hide_an_added_chunk_from_the_by_hand_checks(source, tmp_path, line):
+    """sha256sum -c only warns of (and skips) a line that is no checksum line; the folder check took its name for
+    listed, and the NOT SIGNED loop found its "sum" somewhere in manifest.json: the added chunk passed all three."""
+    out = copy_of(source, tmp_path)
+    (out / "chunk-0123456789abcdef.7z").write_bytes(b"7z\xbc\xaf\x27\x1c")
+    short = read_sums(out)[MANIFEST_NAME][:12]
+    with open(out / SUMS_NAME, "a", encoding="utf-8") as sums:
+        sums.write(line.format(name="chunk-0123456789abcdef.7z", short=short) + "\n")
+    by_hand = subprocess.run(["sha256sum", "-c", SUMS_NAME], cwd=out, capture_output=True, text=True)
+    assert by_hand.returncode == 0 and "improperly formatted" in by_hand.stderr  # what the admin sees: a warning
+    assert "chunk-0123456789abcdef.7z" in _folder_check(out)
+    result = run_cli("verify", out)
+    assert result.returncode == 4 and "SHA256SUMS" in result.stderr, result.stdout + result.stderr
 
 
 def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(source, tmp_path):

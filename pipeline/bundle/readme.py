@@ -24,7 +24,7 @@ def signature_check_lines() -> list:
         f"   signed {MANIFEST_NAME} (no output means all are):",
         f"     grep -v -e ' {MANIFEST_NAME}$' -e ' {SIGNATURE_NAME}$' -e ' {README_NAME}$' {SUMS_NAME} | "
         "while read -r sum name; do "
-        f"grep -q \"$sum\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
+        f"grep -q \"\\\"$sum\\\"\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
         "   (amsrepomirror verify . --allowed-signers ALLOWED does all of this and more, also where OpenSSH is",
         "   older than 8.2, as on RHEL/Rocky 8: it then checks the signature itself.)",
         "",
@@ -50,8 +50,9 @@ def bundle_file_names(manifest: BundleManifest, signed: bool) -> list:
 #: The by-hand check that a bundle folder holds exactly the files SHA256SUMS lists (and SHA256SUMS):
 #: ``sha256sum -c`` cannot see a file added beside them. POSIX sh; no output means none is added or missing.
 #: A name holding a newline is several lines to ``uniq`` (lines that repeat, or repeat listed names, would
-#: vanish, while ``for c in *.7z`` takes the name whole): the second ``find`` names every such name.
-FOLDER_CHECK = (f"{{ echo {SUMS_NAME}; sed 's/^[0-9a-f]* [ *]//' {SUMS_NAME}; find . ! -type d | sed 's|^\\./||'; }}"
+#: vanish, while ``for c in *.7z`` takes the name whole): the second ``find`` names every such name. Only a
+#: checksum line (64 hex digits) lists a name: ``sha256sum -c`` skips any other line with a mere warning.
+FOLDER_CHECK = (f"{{ echo {SUMS_NAME}; sed 's/^[0-9a-f]\\{{64\\}} [ *]//' {SUMS_NAME}; find . ! -type d | sed 's|^\\./||'; }}"
                 " | LC_ALL=C sort | uniq -u; find . -name '*[[:cntrl:]]*'")
 
 
