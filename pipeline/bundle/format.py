@@ -289,9 +289,16 @@ class BundleManifest:
         return [TreeFile(f.path, f.size, f.sha256) for f in self.files] + [
             TreeFile(c.path, c.size, c.sha256) for c in self.copies]
 
+    @property
+    def needs_schema_3(self) -> bool:
+        """Whether it holds what an older reader must not skip (docs/bundle-format.md): ``version_paths``
+        and ``dropped`` decide what may be removed, so a tool that ignores them must refuse the bundle."""
+        return bool(self.dropped) or (bool(self.version_paths) and len(self.all_versions) > 1)
+
     def to_json(self) -> bytes:
+        schema = SCHEMA_3 if self.needs_schema_3 else SCHEMA_WITH_COPIES if self.copies else SCHEMA  # guard: schema-3-written
         body = {
-            "schema": SCHEMA_WITH_COPIES if self.copies else SCHEMA,
+            "schema": schema,
             "version": self.version,
             "tool_version": self.tool_version,
             "created": self.created,
@@ -303,6 +310,8 @@ class BundleManifest:
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
             "chunks": [asdict(c) for c in self.chunks],  # in writing (and unpacking) order
         }
+        if self.needs_schema_3:  # an older tool names the version it needs
+            body["requires_tool"] = SCHEMA_3_SINCE
         if self.sequence:  # absent from manifests of tools that kept no sequence
             body["sequence"] = self.sequence
         if self.copies:  # absent when no bytes repeat: such manifests read as before
