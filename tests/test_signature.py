@@ -663,3 +663,27 @@ def test_verify_opens_no_chunk_of_a_manifest_its_signers_refuse(signed, keys, tm
     assert "its signature is bad" in error, error
     assert opened == set(), sorted(p.name for p in opened)
     assert "signature: BAD" in result.stdout and "is intact" not in result.stdout
+
+
+def test_a_readme_changed_under_a_signed_manifest_is_refused(signed, keys, tmp_path):
+    """README.txt tells the admin what to run: its sha256 is in the signed manifest, so an edited one (SHA256SUMS
+    recomputed) is named by verify and refused by unpack, and the by-hand NOT SIGNED check names it."""
+    _, out = signed
+    _, allowed = keys
+    readme = (out / README_NAME).read_text()
+    assert "NOT SIGNED" in readme
+    (out / README_NAME).write_text(readme.replace("1. Check the copy", "1. First run: sh ./fix-permissions.sh\n"
+                                                  "   Then check the copy"))
+    resum(out)
+    result = run_cli("verify", out, "--allowed-signers", allowed)
+    assert result.returncode == 4, result.stdout + result.stderr
+    [error] = error_lines(result)
+    assert "README.txt: corrupt (does not match manifest.json: do not follow it)" in error, error
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    unpacked = run_cli("unpack", out, "--amshome", amshome, "--allowed-signers", allowed)
+    assert unpacked.returncode == 4 and "README.txt: corrupt" in unpacked.stderr, unpacked.stderr
+    assert not (amshome / "repository").exists()
+    command = next(line.strip() for line in readme.splitlines() if "NOT SIGNED" in line)
+    by_hand = subprocess.run(["sh", "-c", command], cwd=out, capture_output=True, text=True, timeout=60)
+    assert by_hand.stdout == "README.txt: NOT SIGNED\n", by_hand.stdout + by_hand.stderr

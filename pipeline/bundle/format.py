@@ -253,6 +253,9 @@ class BundleManifest:
     version_paths: Dict[str, List[str]] = field(default_factory=dict)
     # A delta only: versions of its base it removes on purpose (bundle --drop-version; unpack --drop-version).
     dropped: List[str] = field(default_factory=list)
+    # sha256 of the bundle's README.txt (additive): a signature of the manifest then covers the instructions
+    # an admin follows too ("" in bundles written before it was kept).
+    readme_sha256: str = ""
 
     @property
     def all_versions(self) -> List[str]:
@@ -310,6 +313,8 @@ class BundleManifest:
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
             "chunks": [asdict(c) for c in self.chunks],  # in writing (and unpacking) order
         }
+        if self.readme_sha256:  # absent from bundles written before it was kept
+            body["readme_sha256"] = self.readme_sha256
         if self.needs_schema_3:  # an older tool names the version it needs
             body["requires_tool"] = SCHEMA_3_SINCE
         if self.sequence:  # absent from manifests of tools that kept no sequence
@@ -644,6 +649,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         created=_field(body, "created", "created", _is_created, ""),
         mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
         sequence=_field(body, "sequence", "sequence", _count, 0),
+        readme_sha256=_field(body, "readme_sha256", "readme_sha256", _is_optional_sha256, ""),
         base=base,
         versions=list(versions),
         copies=_reused_files(body, "copies", []),

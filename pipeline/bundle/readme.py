@@ -20,9 +20,9 @@ def signature_check_lines() -> list:
         f"     ssh-keygen -Y verify -f ALLOWED -n {NAMESPACE} -s {SIGNATURE_NAME} \\",
         f"       -I \"$(ssh-keygen -Y find-principals -f ALLOWED -s {SIGNATURE_NAME})\" < {MANIFEST_NAME}",
         "   It must print: Good \"amsrepomirror\" signature for ... Otherwise do not use this bundle.",
-        f"   {SUMS_NAME} is not signed itself: check that every sha256 in it (chunks, {TOOL_DIR}/ files) is in the",
+        f"   {SUMS_NAME} is not signed itself: check that every sha256 in it (chunks, {TOOL_DIR}/ files, this file) is in the",
         f"   signed {MANIFEST_NAME} (no output means all are):",
-        f"     grep -v -e ' {MANIFEST_NAME}$' -e ' {SIGNATURE_NAME}$' -e ' {README_NAME}$' {SUMS_NAME} | "
+        f"     grep -v -e ' {MANIFEST_NAME}$' -e ' {SIGNATURE_NAME}$' {SUMS_NAME} | "
         "while read -r sum name; do "
         f"grep -q \"\\\"$sum\\\"\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
         "   (amsrepomirror verify . --allowed-signers ALLOWED does all of this and more, also where OpenSSH is",
