@@ -22,7 +22,14 @@ from tqdm import tqdm
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
-from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest, read_manifest_bytes
+from amsrepomirror.bundle.format import (
+    COMPRESSIONS,
+    MANIFEST_NAME,
+    SUMS_NAME,
+    BundleManifest,
+    read_manifest_bytes,
+    refuse_settings_read_from,
+)
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
@@ -696,10 +703,11 @@ def run_verify(args) -> int:
     if args.bundle is None:
         raise UsageError("verify checks a bundle folder: give it (verify BUNDLE), or check the installed tree "
                          "with verify --installed [--amshome DIR]")
-    found = site_trust(args)
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
+    refuse_settings_read_from(args.bundle)  # before anything those settings could steer
+    found = site_trust(args)
     manifest_bytes = read_manifest_bytes(args.bundle)  # read once: the chunks and the signature are checked on it
     # The signature first, as unpack: no chunk that only a manifest the site's signers refuse names is read.
     check, bad_signature = signature_verdict(args.bundle, found, manifest_bytes)
@@ -785,6 +793,7 @@ def run_unpack(args) -> int:
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
+    refuse_settings_read_from(args.bundle)  # before anything those settings could steer (the task, its worker)
     args.amshome = amshome_of(args)
     site_trust(args)  # a setting that cannot be checked is refused before anything else; notes said once
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,

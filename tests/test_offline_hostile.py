@@ -444,6 +444,25 @@ def test_a_malformed_sums_line_cannot_hide_an_added_chunk_from_the_by_hand_check
     assert result.returncode == 4 and "SHA256SUMS" in result.stderr, result.stdout + result.stderr
 
 
+@pytest.mark.parametrize("where", [".", "tool"], ids=["bundle-folder", "subfolder"])
+def test_planted_worker_settings_take_no_effect_before_the_folder_is_refused(source, amshome, tmp_path, where):
+    """Luigi reads ./luigi.cfg when the command starts: a [worker] task_process_context planted there makes the
+    unpack task import a module of its choice (here `this`, which prints the Zen of Python) before the bundle
+    folder's check could refuse the file. It is refused at once, before any task runs."""
+    out = copy_of(source, tmp_path)
+    cwd = out / where
+    cwd.mkdir(exist_ok=True)
+    (cwd / "luigi.cfg").write_text("[worker]\ntask_process_context = this.s\n")
+    result = subprocess.run([sys.executable, "-m", "amsrepomirror", "unpack", str(out), "--amshome", str(amshome)],
+                            cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert "Beautiful is better than ugly" not in result.stdout + result.stderr
+    assert result.returncode == 4, result.stdout + result.stderr
+    [error] = error_lines(result)
+    assert "luigi.cfg" in error and "remove it" in error, error
+    assert sorted(p.name for p in amshome.iterdir()) == []
+
+
 def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(source, tmp_path):
     """An admin runs verify in the bundle folder (README.txt says so): Luigi reads ./luigi.cfg there, so one
     added to the folder would be settings nobody listed."""
@@ -453,5 +472,7 @@ def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(
                             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 4, result.stdout + result.stderr
     errors = error_lines(result)
-    assert len(errors) == 1 and "luigi.cfg: unexpected (not in manifest.json: remove it)" in errors[0]
-    assert "planted" not in result.stdout + result.stderr
+    assert len(errors) == 1 and "luigi.cfg was read as this command's settings" in errors[0] and "remove it" in errors[0]
+    assert "'planted'" not in result.stdout + result.stderr  # the planted value was never acted on
+    elsewhere = run_cli("verify", out)  # from another folder the file is not read: the folder check names it
+    assert elsewhere.returncode == 4 and "luigi.cfg: unexpected (not in manifest.json: remove it)" in elsewhere.stderr

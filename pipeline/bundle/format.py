@@ -54,6 +54,25 @@ _CHUNK_LIKE = re.compile(r".*\.7z(\.[0-9]+)?", re.IGNORECASE | re.DOTALL)
 #: Settings files a command reads from the folder it runs in (Luigi's ./luigi.cfg and ./client.cfg). The admin
 #: works in the bundle folder: one added there would be settings nobody listed (allowed signers, say).
 WORKING_FOLDER_SETTINGS = tuple(name for name in LUIGI_FILES if "/" not in name)
+
+
+def refuse_settings_read_from(bundle_dir: Path) -> None:
+    """IntegrityError when this command runs in ``bundle_dir`` (or a folder in it) and that folder holds a
+    ``WORKING_FOLDER_SETTINGS`` file: Luigi read it as this process's settings when it was imported, so it
+    would act ([worker] settings import modules, [trust] chooses signers) before ``unlisted_files`` refuses it."""
+    try:
+        here, bundle = Path.cwd().resolve(), Path(bundle_dir).resolve()
+    except OSError:
+        return
+    if here != bundle and bundle not in here.parents:
+        return
+    for name in WORKING_FOLDER_SETTINGS:
+        if os.path.lexists(name):  # guard: settings-read-from-bundle
+            raise IntegrityError(f"{here / name} was read as this command's settings (Luigi reads {name} from the "
+                                 f"folder a command runs in), but it is in the bundle folder {bundle_dir} and no list "
+                                 "names it: remove it; nothing was checked or changed")
+
+
 #: The prefix of the AppleDouble files (extended attributes) macOS writes beside each file it copies to FAT.
 APPLE_DOUBLE = "._"
 
