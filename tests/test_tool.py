@@ -474,3 +474,36 @@ def test_install_sh_with_site_signers_runs_no_wheel_before_the_signature_holds(t
     assert len(errors) == 1 and errors[0].startswith("error: install.sh: ") and "nothing was installed" in errors[0]
     assert ("is missing" if case == "forged-unsigned" else "does not verify") in errors[0], errors[0]
     assert not venv.exists()
+
+
+def test_install_sh_runs_the_wheel_bytes_it_checked_not_a_later_read(tool_bundle, tmp_path):
+    """A stick that serves other bytes on a later read (or a file swapped once the check is done): pip's wheel is
+    replaced as soon as install.sh makes the venv, after its check. What runs and installs is the copy the check
+    read, never the file again."""
+    import threading
+    import time
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    marker = tmp_path / "added-code-ran"
+    hostile = tmp_path / "hostile-pip.whl"
+    hostile_pip(hostile, marker)
+    listed = next((bundle / "tool" / "wheels").glob("pip-*.whl"))
+    venv = tmp_path / "venv"
+    swapped = threading.Event()
+
+    def swap_once_the_venv_is_made():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (venv / "pyvenv.cfg").exists():
+            time.sleep(0.005)
+        os.replace(hostile, listed)
+        swapped.set()
+
+    swapper = threading.Thread(target=swap_once_the_venv_is_made, daemon=True)
+    swapper.start()
+    env = clean_env(tmp_path, "/usr/bin:/bin", PYTHON=interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}"))
+    result = offline(["sh", str(bundle / "tool" / "install.sh"), str(venv)], env=env, cwd=tmp_path)
+    swapper.join(5)
+    assert swapped.is_set()
+    assert not marker.exists(), result.stdout + result.stderr
+    # The checked copy installed the listed pip; verify then names the file that changed on the stick.
+    assert result.returncode == 4 and f"tool/wheels/{listed.name}: corrupt" in result.stderr, result.stdout + result.stderr
+    assert (venv / "bin" / "amsrepomirror").exists()

@@ -159,11 +159,20 @@ def requirements_text(python: str, wheels: Sequence[str], folder: Path) -> str:
 def wheel_check() -> str:
     """The check install.sh runs with the chosen interpreter (``-I -S``: standard library only, no site,
     no environment) before any wheel runs: the requirements file for this Python and every wheel it
-    names must be files that manifest.json's ``tool`` list names, with that sha256. It prints pip's
-    wheel; otherwise one line and exit 4. Sent as a quoted here-document: nothing in it is expanded."""
-    return r"""import hashlib, json, os, re, stat, sys
+    names must be files that manifest.json's ``tool`` list names, with that sha256. The bytes it checked
+    are copied into a private folder (pip's wheel as ``pip.whl``), which it prints: pip runs and installs
+    from those copies, never from a later read of the stick. Otherwise one line and exit 4. Sent as a
+    quoted here-document: nothing in it is expanded."""
+    return r"""import hashlib, json, os, re, stat, sys, tempfile
 bundle, requirements = sys.argv[1], "tool/" + sys.argv[2]
+private = tempfile.mkdtemp(prefix="amsrepomirror-wheels-")  # mode 0700: only this user
+os.mkdir(os.path.join(private, "wheels"))
+def keep(name, data):
+    with open(os.path.join(private, *name.split("/")), "xb") as f:
+        f.write(data)
 def refuse(why):
+    import shutil
+    shutil.rmtree(private, ignore_errors=True)
     sys.stderr.write("error: install.sh: " + why + "; nothing was installed\n")
     sys.exit(4)
 def read(rel, limit):
@@ -239,18 +248,21 @@ def check(rel):
         refuse(rel + " does not match its sha256 in manifest.json")
     return data
 pips = []
-for line in check(requirements).decode("utf-8", "replace").splitlines():
+names = check(requirements)
+keep("requirements.txt", names)
+for line in names.decode("utf-8", "replace").splitlines():
     if not line.strip() or line.startswith("#"):
         continue
     found = re.fullmatch(r"(wheels/[A-Za-z0-9_.+-]+\.whl) --hash=sha256:([0-9a-f]{64})", line)
     if not found or listed.get("tool/" + found.group(1)) != found.group(2):
         refuse(requirements + " names a wheel that manifest.json does not list: " + ascii(line[:120]))
-    check("tool/" + found.group(1))
+    keep(found.group(1), check("tool/" + found.group(1)))
     if found.group(1).startswith("wheels/pip-"):
         pips.append(found.group(1))
 if len(pips) != 1:
     refuse(requirements + " names " + str(len(pips)) + " pip wheels, not one")
-print(os.path.join(bundle, "tool", pips[0]))
+os.symlink(os.path.join(private, *pips[0].split("/")), os.path.join(private, "pip.whl"))  # guard: install-sh-checked-copy
+print(private)
 """
 
 
@@ -288,15 +300,19 @@ if [ -z "$py" ]; then
 fi
 requirements=requirements-$version.txt
 # Every wheel used below, pip's own too, is checked against manifest.json before any of it runs.
-pip_wheel=$("$py" -I -S - "$bundle" "$requirements" <<'CHECK'
+checked=$("$py" -I -S - "$bundle" "$requirements" <<'CHECK'
 {wheel_check()}CHECK
 ) || exit $?
+forget() {{ "$py" -I -S -c 'import shutil, sys; shutil.rmtree(sys.argv[1], ignore_errors=True)' "$checked"; }}
+trap forget EXIT
 case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
 # From /: "python -m" imports from the current folder first (a venv.py beside the bundle's files, say).
 (cd / && "$py" -m venv --without-pip "$venv")
-# In tool/: the requirements file names the wheels relative to it; no pip settings of this machine apply.
-(cd "$here" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet \\
-  --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r "$requirements")
+# From the checked copies (the requirements file names the wheels relative to it): never a second read of
+# the stick; no pip settings of this machine apply.
+(cd "$checked" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$checked/pip.whl/pip" install --isolated --quiet \\
+  --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r requirements.txt)
+forget
 echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
 exec "$venv/bin/amsrepomirror" ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} verify "$bundle"
 """
