@@ -22,7 +22,14 @@ from tqdm import tqdm
 
 from amsrepomirror import __version__, config, errors
 from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
-from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest, read_manifest_bytes
+from amsrepomirror.bundle.format import (
+    COMPRESSIONS,
+    MANIFEST_NAME,
+    SUMS_NAME,
+    BundleManifest,
+    read_manifest_bytes,
+    refuse_settings_read_from,
+)
 from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
@@ -682,14 +689,11 @@ def site_trust(args) -> Trust:
     return found
 
 
-def print_signature_verdict(bundle: Path, found: Trust, manifest_bytes: Optional[bytes]) -> Optional[str]:
-    """Print what the bundle's signature of ``manifest_bytes`` (manifest.json as verified) says
-    under the site's trust setting; return the error line when unpack would refuse it."""
-    check, refusal = signature_verdict(bundle, found, manifest_bytes)
+def print_signature_verdict(found: Trust, check, refusal: Optional[str]) -> None:
+    """Print what the bundle's signature says under the site's trust setting (trust.signature_verdict)."""
     print(check.describe() if check else "signature: unsigned")
     if refusal is None and found.allowed_signers is None:
         print(NO_SIGNERS)
-    return refusal
 
 
 def run_verify(args) -> int:
@@ -700,11 +704,18 @@ def run_verify(args) -> int:
     if args.bundle is None:
         raise UsageError("verify checks a bundle folder: give it (verify BUNDLE), or check the installed tree "
                          "with verify --installed [--amshome DIR]")
-    found = site_trust(args)
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
+    refuse_settings_read_from(args.bundle)  # before anything those settings could steer
+    found = site_trust(args)
     manifest_bytes = read_manifest_bytes(args.bundle)  # read once: the chunks and the signature are checked on it
+    # The signature first, as unpack: no chunk that only a manifest the site's signers refuse names is read.
+    check, bad_signature = signature_verdict(args.bundle, found, manifest_bytes)
+    if bad_signature:  # guard: verify-signature-first
+        print_signature_verdict(found, check, bad_signature)
+        say(f"error: {bad_signature}")
+        return errors.INTEGRITY_FAILURE
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None  # in logs: only the verdict
     try:
         report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial,
@@ -726,10 +737,7 @@ def run_verify(args) -> int:
         else:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
                   f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
-        bad_signature = print_signature_verdict(args.bundle, found, manifest_bytes)
-        if bad_signature:
-            say(f"error: {bad_signature}")
-            return errors.INTEGRITY_FAILURE
+        print_signature_verdict(found, check, bad_signature)
         for line in lacking.describe(manifest.lacking, "the bundle"):
             print(line)
         return 0
@@ -790,6 +798,7 @@ def run_unpack(args) -> int:
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
+    refuse_settings_read_from(args.bundle)  # before anything those settings could steer (the task, its worker)
     args.amshome = amshome_of(args)
     site_trust(args)  # a setting that cannot be checked is refused before anything else; notes said once
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,

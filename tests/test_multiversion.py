@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from amsrepomirror.bundle.delta import Base, removal_problems, select_delta
-from amsrepomirror.bundle.format import BundleManifest, TreeFile
+from amsrepomirror.bundle.format import SCHEMA_3, SCHEMA_3_SINCE, BundleManifest, TreeFile
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline.placement import RECEIPT, read_receipt, tree_identity
@@ -137,6 +137,9 @@ def test_bundle_of_two_versions_carries_each_file_once_and_unpacks_both_indexes(
     union = served(root, listed[NEW] + listed[OLD])
     manifest = BundleManifest.read(bundle / "manifest.json")
     assert (manifest.version, manifest.versions) == (NEW, [NEW, OLD])
+    # version_paths guards removals: an older tool must refuse it (schema 3, naming the tool it needs), not skip it
+    body = json.loads((bundle / "manifest.json").read_text())
+    assert (body["schema"], body["requires_tool"]) == (SCHEMA_3, SCHEMA_3_SINCE)
     assert sorted(f.path for f in manifest.files) == sorted(union)  # each path once
     carried = sum(c.size for c in manifest.chunks)
     assert carried <= 1.02 * manifest.total_bytes + 4096 * len(manifest.chunks)
@@ -285,6 +288,8 @@ def test_a_version_is_dropped_only_when_both_sides_say_so(double, both_installed
     assert made.returncode == 0, made.stderr
     delta = BundleManifest.read(tmp_path / "d" / "manifest.json")
     assert (delta.versions, delta.dropped) == ([OLD], [NEW])
+    body = json.loads((tmp_path / "d" / "manifest.json").read_text())  # dropped permits removals: schema 3
+    assert (body["schema"], body["requires_tool"]) == (SCHEMA_3, SCHEMA_3_SINCE)
     assert f'unpack BUNDLE --amshome "$AMSHOME" --drop-version {NEW}' in (tmp_path / "d" / "README.txt").read_text()
     assert set(delta.removed) == (set(new_tree) - set(old_tree)) | {gone}
 

@@ -16,9 +16,9 @@ import pytest
 from clihelp import REPO, cli_env, run_cli, tree_hashes
 from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.readme import FOLDER_CHECK
-from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
 from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
@@ -409,6 +409,60 @@ def test_readme_lists_the_files_and_its_by_hand_check_catches_an_added_one(sourc
     assert FOLDER_CHECK in (REPO / "README.md").read_text(encoding="utf-8")  # the same check in the project's README
 
 
+@pytest.mark.parametrize("name", ["chunk-0123456789abcdef.7z\nchunk-0123456789abcdef.7z", "README.txt\nx.7z\nx.7z"],
+                         ids=["twice-in-one-name", "listed-names"])
+def test_a_name_with_a_newline_cannot_hide_from_the_by_hand_folder_check(source, tmp_path, name):
+    """A name holding a newline is several lines to find | sort | uniq -u: one whose lines are a listed name or
+    repeat each other vanished from the check, while the README's `for c in *.7z` loop would unpack it."""
+    out = copy_of(source, tmp_path)
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "planted.txt").write_text("not from the bundle\n")
+    subprocess.run(["7zz", "a", "-bd", "-mx=0", str(out / name), "planted.txt"], cwd=planted, check=True,
+                   capture_output=True)
+    found = subprocess.run(["sh", "-c", "for c in *.7z; do printf '%s|' \"$c\"; done"], cwd=out, capture_output=True,
+                           text=True).stdout
+    assert name + "|" in found  # the by-hand loop would take it for a chunk
+    assert _folder_check(out) != ""
+    result = run_cli("verify", out)
+    assert result.returncode == 4 and "unexpected" in result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("line", ["0  {name}", "{short}  {name}"], ids=["zero", "a-listed-sha256-cut-short"])
+def test_a_malformed_sums_line_cannot_hide_an_added_chunk_from_the_by_hand_checks(source, tmp_path, line):
+    """sha256sum -c only warns of (and skips) a line that is no checksum line; the folder check took its name for
+    listed, and the NOT SIGNED loop found its "sum" somewhere in manifest.json: the added chunk passed all three."""
+    out = copy_of(source, tmp_path)
+    (out / "chunk-0123456789abcdef.7z").write_bytes(b"7z\xbc\xaf\x27\x1c")
+    short = read_sums(out)[MANIFEST_NAME][:12]
+    with open(out / SUMS_NAME, "a", encoding="utf-8") as sums:
+        sums.write(line.format(name="chunk-0123456789abcdef.7z", short=short) + "\n")
+    by_hand = subprocess.run(["sha256sum", "-c", SUMS_NAME], cwd=out, capture_output=True, text=True)
+    assert by_hand.returncode == 0 and "improperly formatted" in by_hand.stderr  # what the admin sees: a warning
+    assert "chunk-0123456789abcdef.7z" in _folder_check(out)
+    result = run_cli("verify", out)
+    assert result.returncode == 4 and "SHA256SUMS" in result.stderr, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("where", [".", "tool"], ids=["bundle-folder", "subfolder"])
+def test_planted_worker_settings_take_no_effect_before_the_folder_is_refused(source, amshome, tmp_path, where):
+    """Luigi reads ./luigi.cfg when the command starts: a [worker] task_process_context planted there makes the
+    unpack task import a module of its choice (here `this`, which prints the Zen of Python) before the bundle
+    folder's check could refuse the file. It is refused at once, before any task runs."""
+    out = copy_of(source, tmp_path)
+    cwd = out / where
+    cwd.mkdir(exist_ok=True)
+    (cwd / "luigi.cfg").write_text("[worker]\ntask_process_context = this.s\n")
+    result = subprocess.run([sys.executable, "-m", "amsrepomirror", "unpack", str(out), "--amshome", str(amshome)],
+                            cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=300,
+                            stdin=subprocess.DEVNULL)
+    assert "Beautiful is better than ugly" not in result.stdout + result.stderr
+    assert result.returncode == 4, result.stdout + result.stderr
+    [error] = error_lines(result)
+    assert "luigi.cfg" in error and "remove it" in error, error
+    assert sorted(p.name for p in amshome.iterdir()) == []
+
+
 def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(source, tmp_path):
     """An admin runs verify in the bundle folder (README.txt says so): Luigi reads ./luigi.cfg there, so one
     added to the folder would be settings nobody listed."""
@@ -418,5 +472,7 @@ def test_settings_planted_in_the_bundle_folder_are_refused_before_they_are_used(
                             capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 4, result.stdout + result.stderr
     errors = error_lines(result)
-    assert len(errors) == 1 and "luigi.cfg: unexpected (not in manifest.json: remove it)" in errors[0]
-    assert "planted" not in result.stdout + result.stderr
+    assert len(errors) == 1 and "luigi.cfg was read as this command's settings" in errors[0] and "remove it" in errors[0]
+    assert "'planted'" not in result.stdout + result.stderr  # the planted value was never acted on
+    elsewhere = run_cli("verify", out)  # from another folder the file is not read: the folder check names it
+    assert elsewhere.returncode == 4 and "luigi.cfg: unexpected (not in manifest.json: remove it)" in elsewhere.stderr

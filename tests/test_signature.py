@@ -616,3 +616,74 @@ def test_a_fifo_in_place_of_the_readme_is_named_not_waited_on(signed, tmp_path):
     assert result.returncode == 4, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and README_NAME in errors[0] and "not a regular file" in errors[0], result.stderr
+
+
+class _Opened:
+    """inotify(7) on files: which of them some process opened since the watch began (the marker that a
+    command read a file, without changing the command)."""
+
+    IN_OPEN, IN_NONBLOCK = 0x20, 0o4000
+
+    def __init__(self, paths):
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(self.IN_NONBLOCK)
+        assert self.fd >= 0
+        self.names = {self.libc.inotify_add_watch(self.fd, os.fsencode(p), self.IN_OPEN): p for p in paths}
+        assert all(wd >= 0 for wd in self.names)
+
+    def opened(self):
+        import struct
+        found = set()
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            data = b""
+        while data:
+            wd, _, _, length = struct.unpack_from("iIII", data)
+            found.add(self.names[wd])
+            data = data[16 + length:]
+        os.close(self.fd)
+        return found
+
+
+def test_verify_opens_no_chunk_of_a_manifest_its_signers_refuse(signed, keys, tmp_path, verifier):
+    """With allowed signers, verify judges the signature before it reads a chunk: the 7z parser never sees an
+    archive that only an unsigned (forged) manifest names."""
+    _, out = signed
+    _, allowed = keys
+    _chunk_replaced(out, allowed.parent)
+    resum(out)
+    chunks = sorted(out.glob("*.7z"))
+    watch = _Opened(chunks)
+    result = run_cli("--config", verifier[1], "verify", out, "--allowed-signers", allowed)
+    opened = watch.opened()
+    assert result.returncode == 4, result.stdout + result.stderr
+    [error] = error_lines(result)
+    assert "its signature is bad" in error, error
+    assert opened == set(), sorted(p.name for p in opened)
+    assert "signature: BAD" in result.stdout and "is intact" not in result.stdout
+
+
+def test_a_readme_changed_under_a_signed_manifest_is_refused(signed, keys, tmp_path):
+    """README.txt tells the admin what to run: its sha256 is in the signed manifest, so an edited one (SHA256SUMS
+    recomputed) is named by verify and refused by unpack, and the by-hand NOT SIGNED check names it."""
+    _, out = signed
+    _, allowed = keys
+    readme = (out / README_NAME).read_text()
+    assert "NOT SIGNED" in readme
+    (out / README_NAME).write_text(readme.replace("1. Check the copy", "1. First run: sh ./fix-permissions.sh\n"
+                                                  "   Then check the copy"))
+    resum(out)
+    result = run_cli("verify", out, "--allowed-signers", allowed)
+    assert result.returncode == 4, result.stdout + result.stderr
+    [error] = error_lines(result)
+    assert "README.txt: corrupt (does not match manifest.json: do not follow it)" in error, error
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    unpacked = run_cli("unpack", out, "--amshome", amshome, "--allowed-signers", allowed)
+    assert unpacked.returncode == 4 and "README.txt: corrupt" in unpacked.stderr, unpacked.stderr
+    assert not (amshome / "repository").exists()
+    command = next(line.strip() for line in readme.splitlines() if "NOT SIGNED" in line)
+    by_hand = subprocess.run(["sh", "-c", command], cwd=out, capture_output=True, text=True, timeout=60)
+    assert by_hand.stdout == "README.txt: NOT SIGNED\n", by_hand.stdout + by_hand.stderr

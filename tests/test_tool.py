@@ -437,8 +437,101 @@ def test_install_sh_passes_the_site_trust_setting_on_to_verify(tool_bundle, keys
                     AMSREPOMIRROR_CONFIG=str(site))
     result = offline(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], env=env, cwd=tmp_path)
     assert result.returncode == 4, result.stdout + result.stderr
-    assert "is intact" in result.stdout and "signature: unsigned" in result.stdout
+    # Refused before any wheel runs (a signed bundle's verify names the principal: see the test below).
     assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [
-        f"error: bundle {bundle} is not signed (manifest.json.sig is missing), but [trust] allowed_signers "
-        f"({allowed}) requires a signature by an allowed key"]
-    assert "verified without allowed signers" not in result.stdout
+        f"error: install.sh: manifest.json.sig is missing, but the site's allowed signers ({allowed}) require a "
+        "signature; nothing was installed"]
+    assert "verified without allowed signers" not in result.stdout and not (tmp_path / "venv").exists()
+
+
+def _forge_tool_manifest(bundle: Path, marker: Path) -> None:
+    """Replace the listed pip wheel with one that leaves ``marker``, and rewrite the requirements files,
+    manifest.json's ``tool`` list and SHA256SUMS to match (what someone holding the stick, not the key, can do)."""
+    wheels = bundle / "tool" / "wheels"
+    listed = next(wheels.glob("pip-*.whl"))
+    old = hashlib.sha256(listed.read_bytes()).hexdigest()
+    hostile_pip(listed, marker)
+    new = hashlib.sha256(listed.read_bytes()).hexdigest()
+    for requirements in (bundle / "tool").glob("requirements-*.txt"):
+        requirements.write_text(requirements.read_text().replace(old, new))
+    body = json.loads((bundle / MANIFEST_NAME).read_text())
+    on_disk = {t["path"]: bundle / t["path"] for t in body["tool"]}
+    body["tool"] = [dict(t, size=on_disk[t["path"]].stat().st_size,
+                         sha256=hashlib.sha256(on_disk[t["path"]].read_bytes()).hexdigest()) for t in body["tool"]]
+    (bundle / MANIFEST_NAME).write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
+    names = [line.split("  ", 1)[1] for line in (bundle / SUMS_NAME).read_text().splitlines()]
+    write_sums(bundle, names)
+
+
+def _sign(bundle: Path, key: Path) -> None:
+    """Sign the bundle's manifest.json with ``key`` as bundle --sign-key does, and list the signature."""
+    with open(bundle / MANIFEST_NAME, "rb") as manifest:
+        signed = subprocess.run(["ssh-keygen", "-Y", "sign", "-n", "amsrepomirror", "-f", str(key)], stdin=manifest,
+                                capture_output=True, check=True)
+    (bundle / (MANIFEST_NAME + ".sig")).write_bytes(signed.stdout)
+    names = [line.split("  ", 1)[1] for line in (bundle / SUMS_NAME).read_text().splitlines()]
+    write_sums(bundle, names + [MANIFEST_NAME + ".sig"])
+
+
+@pytest.mark.parametrize("case", ["forged-unsigned", "forged-old-signature", "signed"])
+def test_install_sh_with_site_signers_runs_no_wheel_before_the_signature_holds(tool_bundle, keys, tmp_path, case):
+    """With the site's allowed signers named, install.sh checks manifest.json.sig before any wheel the
+    manifest lists runs: a forged manifest listing other wheels (SHA256SUMS to match) runs none of them."""
+    key, allowed = keys
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    marker = tmp_path / "added-code-ran"
+    if case == "forged-old-signature":
+        _sign(bundle, key)
+    if case.startswith("forged"):
+        _forge_tool_manifest(bundle, marker)
+    else:
+        _sign(bundle, key)
+    site = tmp_path / "site.cfg"
+    site.write_text(f"[trust]\nallowed_signers = {allowed}\n")
+    venv = tmp_path / "venv"
+    env = clean_env(tmp_path, "/usr/bin:/bin", PYTHON=interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}"),
+                    AMSREPOMIRROR_CONFIG=str(site))
+    result = offline(["sh", str(bundle / "tool" / "install.sh"), str(venv)], env=env, cwd=tmp_path)
+    assert not marker.exists(), result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    if case == "signed":
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "signature: good, by site-bundles" in result.stdout
+        return
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert len(errors) == 1 and errors[0].startswith("error: install.sh: ") and "nothing was installed" in errors[0]
+    assert ("is missing" if case == "forged-unsigned" else "does not verify") in errors[0], errors[0]
+    assert not venv.exists()
+
+
+def test_install_sh_runs_the_wheel_bytes_it_checked_not_a_later_read(tool_bundle, tmp_path):
+    """A stick that serves other bytes on a later read (or a file swapped once the check is done): pip's wheel is
+    replaced as soon as install.sh makes the venv, after its check. What runs and installs is the copy the check
+    read, never the file again."""
+    import threading
+    import time
+    bundle = copied(tool_bundle, tmp_path / "arrived")
+    marker = tmp_path / "added-code-ran"
+    hostile = tmp_path / "hostile-pip.whl"
+    hostile_pip(hostile, marker)
+    listed = next((bundle / "tool" / "wheels").glob("pip-*.whl"))
+    venv = tmp_path / "venv"
+    swapped = threading.Event()
+
+    def swap_once_the_venv_is_made():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (venv / "pyvenv.cfg").exists():
+            time.sleep(0.005)
+        os.replace(hostile, listed)
+        swapped.set()
+
+    swapper = threading.Thread(target=swap_once_the_venv_is_made, daemon=True)
+    swapper.start()
+    env = clean_env(tmp_path, "/usr/bin:/bin", PYTHON=interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}"))
+    result = offline(["sh", str(bundle / "tool" / "install.sh"), str(venv)], env=env, cwd=tmp_path)
+    swapper.join(5)
+    assert swapped.is_set()
+    assert not marker.exists(), result.stdout + result.stderr
+    # The checked copy installed the listed pip; verify then names the file that changed on the stick.
+    assert result.returncode == 4 and f"tool/wheels/{listed.name}: corrupt" in result.stderr, result.stdout + result.stderr
+    assert (venv / "bin" / "amsrepomirror").exists()

@@ -298,11 +298,13 @@ def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = 
             raise IntegrityError(f"chunk {chunk.name} is missing from {bundle_dir}; re-run bundle") from None
         if size != chunk.size:
             raise IntegrityError(f"chunk {chunk.name} is {size} bytes, expected {chunk.size}; re-run bundle")
+    readme = readme_text(manifest, signed=sign_key is not None).encode("utf-8")
+    manifest.readme_sha256 = hashlib.sha256(readme).hexdigest()  # signed with the manifest
     manifest.write(bundle_dir / MANIFEST_NAME)
     drop_signature(bundle_dir)  # an older one signs another manifest
     if sign_key is not None:
         sign_manifest(bundle_dir, sign_key)
-    atomic_write_bytes(bundle_dir / README_NAME, readme_text(manifest, signed=sign_key is not None).encode("utf-8"))
+    atomic_write_bytes(bundle_dir / README_NAME, readme)
     known = {} if rehash else {**{c.name: c.sha256 for c in manifest.chunks}, **{t.path: t.sha256 for t in manifest.tool}}
     names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME] + [t.path for t in manifest.tool]
     if sign_key is not None:

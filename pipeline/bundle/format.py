@@ -54,6 +54,25 @@ _CHUNK_LIKE = re.compile(r".*\.7z(\.[0-9]+)?", re.IGNORECASE | re.DOTALL)
 #: Settings files a command reads from the folder it runs in (Luigi's ./luigi.cfg and ./client.cfg). The admin
 #: works in the bundle folder: one added there would be settings nobody listed (allowed signers, say).
 WORKING_FOLDER_SETTINGS = tuple(name for name in LUIGI_FILES if "/" not in name)
+
+
+def refuse_settings_read_from(bundle_dir: Path) -> None:
+    """IntegrityError when this command runs in ``bundle_dir`` (or a folder in it) and that folder holds a
+    ``WORKING_FOLDER_SETTINGS`` file: Luigi read it as this process's settings when it was imported, so it
+    would act ([worker] settings import modules, [trust] chooses signers) before ``unlisted_files`` refuses it."""
+    try:
+        here, bundle = Path.cwd().resolve(), Path(bundle_dir).resolve()
+    except OSError:
+        return
+    if here != bundle and bundle not in here.parents:
+        return
+    for name in WORKING_FOLDER_SETTINGS:
+        if os.path.lexists(name):  # guard: settings-read-from-bundle
+            raise IntegrityError(f"{here / name} was read as this command's settings (Luigi reads {name} from the "
+                                 f"folder a command runs in), but it is in the bundle folder {bundle_dir} and no list "
+                                 "names it: remove it; nothing was checked or changed")
+
+
 #: The prefix of the AppleDouble files (extended attributes) macOS writes beside each file it copies to FAT.
 APPLE_DOUBLE = "._"
 
@@ -253,6 +272,9 @@ class BundleManifest:
     version_paths: Dict[str, List[str]] = field(default_factory=dict)
     # A delta only: versions of its base it removes on purpose (bundle --drop-version; unpack --drop-version).
     dropped: List[str] = field(default_factory=list)
+    # sha256 of the bundle's README.txt (additive): a signature of the manifest then covers the instructions
+    # an admin follows too ("" in bundles written before it was kept).
+    readme_sha256: str = ""
 
     @property
     def all_versions(self) -> List[str]:
@@ -290,16 +312,15 @@ class BundleManifest:
             TreeFile(c.path, c.size, c.sha256) for c in self.copies]
 
     @property
-    def schema(self) -> str:
-        """The lowest schema that expresses this manifest (docs/bundle-format.md), so older tools read
-        what they can and refuse, naming the version they need, what they must not skip."""
-        if self.dropped:  # removes a version on purpose: a reader that ignored it would not guard removals
-            return SCHEMA_3
-        return SCHEMA_WITH_COPIES if self.copies else SCHEMA
+    def needs_schema_3(self) -> bool:
+        """Whether it holds what an older reader must not skip (docs/bundle-format.md): ``version_paths``
+        and ``dropped`` decide what may be removed, so a tool that ignores them must refuse the bundle."""
+        return bool(self.dropped) or (bool(self.version_paths) and len(self.all_versions) > 1)
 
     def to_json(self) -> bytes:
+        schema = SCHEMA_3 if self.needs_schema_3 else SCHEMA_WITH_COPIES if self.copies else SCHEMA  # guard: schema-3-written
         body = {
-            "schema": self.schema,
+            "schema": schema,
             "version": self.version,
             "tool_version": self.tool_version,
             "created": self.created,
@@ -311,6 +332,10 @@ class BundleManifest:
             "files": [asdict(f) for f in sorted(self.files, key=lambda f: f.path)],
             "chunks": [asdict(c) for c in self.chunks],  # in writing (and unpacking) order
         }
+        if self.readme_sha256:  # absent from bundles written before it was kept
+            body["readme_sha256"] = self.readme_sha256
+        if self.needs_schema_3:  # an older tool names the version it needs
+            body["requires_tool"] = SCHEMA_3_SINCE
         if self.sequence:  # absent from manifests of tools that kept no sequence
             body["sequence"] = self.sequence
         if self.copies:  # absent when no bytes repeat: such manifests read as before
@@ -647,6 +672,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         created=_field(body, "created", "created", _is_created, ""),
         mirror_manifest_sha256=_field(body, "mirror_manifest_sha256", "mirror_manifest_sha256", _is_optional_sha256, ""),
         sequence=_field(body, "sequence", "sequence", _count, 0),
+        readme_sha256=_field(body, "readme_sha256", "readme_sha256", _is_optional_sha256, ""),
         base=base,
         versions=list(versions),
         copies=_reused_files(body, "copies", []),

@@ -20,11 +20,11 @@ def signature_check_lines() -> list:
         f"     ssh-keygen -Y verify -f ALLOWED -n {NAMESPACE} -s {SIGNATURE_NAME} \\",
         f"       -I \"$(ssh-keygen -Y find-principals -f ALLOWED -s {SIGNATURE_NAME})\" < {MANIFEST_NAME}",
         "   It must print: Good \"amsrepomirror\" signature for ... Otherwise do not use this bundle.",
-        f"   {SUMS_NAME} is not signed itself: check that every sha256 in it (chunks, {TOOL_DIR}/ files) is in the",
+        f"   {SUMS_NAME} is not signed itself: check that every sha256 in it (chunks, {TOOL_DIR}/ files, this file) is in the",
         f"   signed {MANIFEST_NAME} (no output means all are):",
-        f"     grep -v -e ' {MANIFEST_NAME}$' -e ' {SIGNATURE_NAME}$' -e ' {README_NAME}$' {SUMS_NAME} | "
+        f"     grep -v -e ' {MANIFEST_NAME}$' -e ' {SIGNATURE_NAME}$' {SUMS_NAME} | "
         "while read -r sum name; do "
-        f"grep -q \"$sum\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
+        f"grep -q \"\\\"$sum\\\"\" {MANIFEST_NAME} || echo \"$name: NOT SIGNED\"; done",
         "   (amsrepomirror verify . --allowed-signers ALLOWED does all of this and more, also where OpenSSH is",
         "   older than 8.2, as on RHEL/Rocky 8: it then checks the signature itself.)",
         "",
@@ -49,8 +49,11 @@ def bundle_file_names(manifest: BundleManifest, signed: bool) -> list:
 
 #: The by-hand check that a bundle folder holds exactly the files SHA256SUMS lists (and SHA256SUMS):
 #: ``sha256sum -c`` cannot see a file added beside them. POSIX sh; no output means none is added or missing.
-FOLDER_CHECK = (f"{{ echo {SUMS_NAME}; sed 's/^[0-9a-f]* [ *]//' {SUMS_NAME}; find . ! -type d | sed 's|^\\./||'; }}"
-                " | LC_ALL=C sort | uniq -u")
+#: A name holding a newline is several lines to ``uniq`` (lines that repeat, or repeat listed names, would
+#: vanish, while ``for c in *.7z`` takes the name whole): the second ``find`` names every such name. Only a
+#: checksum line (64 hex digits) lists a name: ``sha256sum -c`` skips any other line with a mere warning.
+FOLDER_CHECK = (f"{{ echo {SUMS_NAME}; sed 's/^[0-9a-f]\\{{64\\}} [ *]//' {SUMS_NAME}; find . ! -type d | sed 's|^\\./||'; }}"
+                " | LC_ALL=C sort | uniq -u; find . -name '*[[:cntrl:]]*'")
 
 
 def _folder_check_lines() -> list:
@@ -162,7 +165,8 @@ def _install_lines(manifest: BundleManifest) -> list:
         f"     sh {TOOL_DIR}/install.sh [VENV]      (default VENV: $HOME/amsrepomirror-venv)",
         "   It picks a Python the wheels fit, checks each wheel it will use (pip's too) against manifest.json",
         "   before any of them runs, installs exactly those and runs amsrepomirror verify on this folder;",
-        "   use VENV/bin/amsrepomirror below.",
+        "   use VENV/bin/amsrepomirror below. With AMSREPOMIRROR_CONFIG=FILE (or /etc/luigi/luigi.cfg) naming",
+        "   [trust] allowed_signers, it first checks manifest.json.sig with ssh-keygen (OpenSSH 8.2 or later).",
         "",
     ]
 

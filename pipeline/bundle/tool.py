@@ -4,7 +4,8 @@
 side's Python (``--tool-python``, default the running one) and platform (``--tool-platform``);
 ``tool/requirements-X.Y.txt`` names the exact wheel files for Python X.Y with their sha256;
 ``tool/install.sh`` picks a matching interpreter, checks every wheel that requirements file names
-(pip's own too) against manifest.json's ``tool`` list before any of them runs, and makes a venv from
+(pip's own too) against manifest.json's ``tool`` list before any of them runs (with the site's allowed
+signers, only once manifest.json.sig verifies with ssh-keygen), and makes a venv from
 exactly those (no network, no ensurepip: the shipped pip wheel installs pip, ``--require-hashes``)
 and verifies the bundle. A wheel added to ``tool/wheels`` is never used. Every file is listed in
 manifest.json (``tool``) and SHA256SUMS, so the bundle's checks cover the tool too.
@@ -174,7 +175,8 @@ def install_script(spec: ToolSpec) -> str:
 # Usage: sh tool/install.sh [VENV]     VENV default: $HOME/amsrepomirror-venv; PYTHON=... picks the interpreter
 # (else the newest fitting python3.X, python3, or AMS's amspython from $AMSBIN or $AMSHOME/bin).
 # AMSREPOMIRROR_CONFIG=FILE: the site's settings file, whose [trust] (allowed signers) the final verify
-# reads as unpack does (else /etc/luigi/luigi.cfg and $LUIGI_CONFIG_PATH as always).
+# reads as unpack does (else /etc/luigi/luigi.cfg and $LUIGI_CONFIG_PATH as always); with allowed signers
+# there, manifest.json.sig is checked with ssh-keygen before any wheel runs.
 # The wheels are for Python {wanted}{' on ' + ' '.join(spec.platforms) if spec.platforms else ''}.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
@@ -194,15 +196,19 @@ if [ -z "$py" ]; then
 fi
 requirements=requirements-$version.txt
 # Every wheel used below, pip's own too, is checked against manifest.json before any of it runs.
-pip_wheel=$("$py" -I -S - "$bundle" "$requirements" <<'CHECK'
+checked=$("$py" -I -S - "$bundle" "$requirements" <<'CHECK'
 {wheel_check()}CHECK
 ) || exit $?
+forget() {{ "$py" -I -S -c 'import shutil, sys; shutil.rmtree(sys.argv[1], ignore_errors=True)' "$checked"; }}
+trap forget EXIT
 case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
 # From /: "python -m" imports from the current folder first (a venv.py beside the bundle's files, say).
 (cd / && "$py" -m venv --without-pip "$venv")
-# In tool/: the requirements file names the wheels relative to it; no pip settings of this machine apply.
-(cd "$here" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$pip_wheel/pip" install --isolated --quiet \\
-  --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r "$requirements")
+# From the checked copies (the requirements file names the wheels relative to it): never a second read of
+# the stick; no pip settings of this machine apply.
+(cd "$checked" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$checked/pip.whl/pip" install --isolated --quiet \\
+  --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r requirements.txt)
+forget
 echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
 exec "$venv/bin/amsrepomirror" ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} verify "$bundle"
 """

@@ -293,10 +293,13 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     if not readme_path.exists():  # documentation: its absence does not make the bundle unusable
         report.warnings.append(f"{README_NAME} is missing from {bundle_dir} (it only documents the bundle; "
                                "the chunks are checked against manifest.json and SHA256SUMS)")
-    elif sums is not None:
+    elif sums is not None or (manifest is not None and manifest.readme_sha256):
         try:
-            if sums.get(README_NAME) != sha256_file(readme_path):
+            digest = sha256_file(readme_path)
+            if sums is not None and sums.get(README_NAME) != digest:
                 add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+            elif manifest is not None and manifest.readme_sha256 and digest != manifest.readme_sha256:  # guard: readme-signed
+                add(Problem(README_NAME, "corrupt", f"does not match {MANIFEST_NAME}: do not follow it"))
         except OSError as exc:
             add(Problem(README_NAME, "unreadable", str(exc)))
 
