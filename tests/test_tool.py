@@ -14,6 +14,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import pytest
 from clihelp import REPO, run_cli
@@ -24,6 +25,7 @@ from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.bundle.tool import ToolSpec, install_script, tool_matches
 from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, ScmDouble, make_repository
+from amsrepomirror.util.hashing import sha256_file
 
 PYENV = Path("/root/.pyenv/versions")
 OTHER_PYTHON = "3.10"  # the supported floor; built for as well as the running Python
@@ -340,28 +342,34 @@ def test_requirements_files_name_every_listed_wheel_with_its_sha256(tool_bundle)
     assert named == wheels  # every wheel is some Python's, each with the sha256 manifest.json lists
 
 
-def test_install_sh_checks_pips_wheel_before_it_runs(tmp_path):
-    """With no download: a tool/ folder whose requirements file and manifest.json agree, but whose pip wheel
-    is other bytes than they list. install.sh's check refuses it before it runs (pip's own check would
-    come too late: it runs inside that wheel)."""
+def run_pinned_pip_check(tmp_path: Path, listed_pip: Optional[str], required_pip: str) -> subprocess.CompletedProcess:
+    """install.sh on a tool/ folder with no download: a hostile pip wheel (it leaves ``added-code-ran`` if it
+    runs), manifest.json listing it with ``listed_pip`` (None: its own sha256) and the requirements file
+    with ``required_pip``."""
     bundle = tmp_path / "bundle"
     wheels = bundle / "tool" / "wheels"
     wheels.mkdir(parents=True)
-    marker = tmp_path / "added-code-ran"
-    hostile_pip(wheels / "pip-25.0-py3-none-any.whl", marker)
-    genuine = hashlib.sha256(b"the pip wheel that was signed").hexdigest()
+    hostile_pip(wheels / "pip-25.0-py3-none-any.whl", tmp_path / "added-code-ran")
     requirements = bundle / "tool" / f"requirements-{OTHER_PYTHON}.txt"
-    requirements.write_text(f"wheels/pip-25.0-py3-none-any.whl --hash=sha256:{genuine}\n")
+    requirements.write_text(f"wheels/pip-25.0-py3-none-any.whl --hash=sha256:{required_pip}\n")
     (bundle / "tool" / "install.sh").write_text(install_script(ToolSpec(pythons=[OTHER_PYTHON])))
     tool = {f"tool/requirements-{OTHER_PYTHON}.txt": hashlib.sha256(requirements.read_bytes()).hexdigest(),
-            "tool/wheels/pip-25.0-py3-none-any.whl": genuine}
+            "tool/wheels/pip-25.0-py3-none-any.whl": listed_pip or sha256_file(wheels / "pip-25.0-py3-none-any.whl")}
     (bundle / MANIFEST_NAME).write_text(json.dumps({"tool": [{"path": p, "sha256": d} for p, d in tool.items()]}))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
-    result = subprocess.run(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], capture_output=True,
-                            text=True, cwd=tmp_path, env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin"), timeout=120)
-    assert not marker.exists()
+    return subprocess.run(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], capture_output=True,
+                          text=True, cwd=tmp_path, env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin"), timeout=120)
+
+
+def test_install_sh_checks_pips_wheel_before_it_runs(tmp_path):
+    """A tool/ folder whose requirements file and manifest.json agree, but whose pip wheel is other bytes than
+    they list: install.sh's check refuses it before it runs (pip's own check would come too late: it runs
+    inside that wheel)."""
+    genuine = hashlib.sha256(b"the pip wheel that was signed").hexdigest()
+    result = run_pinned_pip_check(tmp_path, listed_pip=genuine, required_pip=genuine)
+    assert not (tmp_path / "added-code-ran").exists()
     assert result.returncode == 4, result.stderr
     assert result.stderr.splitlines() == ["error: install.sh: tool/wheels/pip-25.0-py3-none-any.whl does not match its "
                                           "sha256 in manifest.json; nothing was installed"]
@@ -371,24 +379,8 @@ def test_install_sh_checks_pips_wheel_before_it_runs(tmp_path):
 def test_install_sh_checks_a_requirement_the_manifest_does_not_list(tmp_path):
     """A requirements line whose sha256 is not the one manifest.json lists for that wheel is refused before
     pip runs, even when the wheel itself matches manifest.json (the two lists must agree)."""
-    bundle = tmp_path / "bundle"
-    wheels = bundle / "tool" / "wheels"
-    wheels.mkdir(parents=True)
-    marker = tmp_path / "added-code-ran"
-    hostile_pip(wheels / "pip-25.0-py3-none-any.whl", marker)
-    listed = hashlib.sha256((wheels / "pip-25.0-py3-none-any.whl").read_bytes()).hexdigest()
-    requirements = bundle / "tool" / f"requirements-{OTHER_PYTHON}.txt"
-    requirements.write_text(f"wheels/pip-25.0-py3-none-any.whl --hash=sha256:{'0' * 64}\n")
-    (bundle / "tool" / "install.sh").write_text(install_script(ToolSpec(pythons=[OTHER_PYTHON])))
-    tool = {f"tool/requirements-{OTHER_PYTHON}.txt": hashlib.sha256(requirements.read_bytes()).hexdigest(),
-            "tool/wheels/pip-25.0-py3-none-any.whl": listed}
-    (bundle / MANIFEST_NAME).write_text(json.dumps({"tool": [{"path": p, "sha256": d} for p, d in tool.items()]}))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))
-    result = subprocess.run(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], capture_output=True,
-                            text=True, cwd=tmp_path, env=clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin"), timeout=120)
-    assert not marker.exists()
+    result = run_pinned_pip_check(tmp_path, listed_pip=None, required_pip="0" * 64)
+    assert not (tmp_path / "added-code-ran").exists()
     assert result.returncode == 4, result.stderr
     assert result.stderr.splitlines() == [f"error: install.sh: tool/requirements-{OTHER_PYTHON}.txt names a wheel that "
                                           "manifest.json does not list: 'wheels/pip-25.0-py3-none-any.whl --hash=sha256:"
