@@ -23,7 +23,7 @@ from typing import List, Optional
 
 from amsrepomirror.bundle import sshsig
 from amsrepomirror.bundle.format import MANIFEST_NAME
-from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
+from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.util.fsutil import atomic_write_bytes, read_bounded
 
 NAMESPACE = "amsrepomirror"
@@ -301,17 +301,3 @@ def _check_in_python(armored: bytes, manifest: bytes, trust: _Trust) -> Signatur
                               problem=f"it does not verify as {principal}'s signature of this {MANIFEST_NAME} in "
                                       f"namespace {NAMESPACE}: {e}")
     return SignatureCheck(**key, principal=principal, allowed=True)
-
-
-def require_signature(bundle_dir: Path, allowed_signers: Path, revoked_keys: Optional[Path] = None,
-                      verifier: str = "auto", *, manifest: Optional[bytes]) -> SignatureCheck:
-    """A valid signature of ``manifest`` (the bundle's manifest.json as the caller read it, None:
-    missing) by a key in ``allowed_signers`` (not revoked), or IntegrityError (one line)."""
-    check = check_signature(bundle_dir, allowed_signers, revoked_keys, verifier, manifest=manifest)
-    if check is None:
-        raise IntegrityError(f"bundle {bundle_dir} is not signed ({SIGNATURE_NAME} is missing), but "
-                             f"{allowed_signers} requires a signature by an allowed key; nothing was extracted")
-    if check.problem:
-        raise IntegrityError(f"bundle {bundle_dir} is refused: its signature is bad ({check.problem}; "
-                             f"{CHECKED_BY[check.verifier]}); nothing was extracted")
-    return check
