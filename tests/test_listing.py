@@ -74,15 +74,6 @@ def test_lines_end_at_lf_only():
         parse_listing(f"{ROOT}AMS2026.1.yml\r\n{ROOT}c\u2028d.zip\n", LISTING_URL)
 
 
-def test_a_name_longer_than_filesystems_store_refuses_the_listing():
-    longest = "d" * 251 + ".zip"  # 255 bytes
-    assert [f.path for f in parse_listing(f"{ROOT}AMS2026.1.yml\n{ROOT}a/{longest}\n", LISTING_URL)] == \
-        ["AMS2026.1.yml", f"a/{longest}"]
-    for name in ("d" * 252 + ".zip", "\u00e9" * 128):  # 256 bytes: in characters, the second is only 128 long
-        with pytest.raises(UsageError, match=r"listing line 2: .*more than 255 bytes"):
-            parse_listing(f"{ROOT}AMS2026.1.yml\n{ROOT}a/{name}\n", LISTING_URL)
-
-
 def test_file_and_folder_clash_and_empty_listing_are_refused():
     with pytest.raises(UsageError, match="both as a file and as a folder"):
         parse_listing(f"{ROOT}a\n{ROOT}a/b\n", LISTING_URL)

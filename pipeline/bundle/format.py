@@ -594,12 +594,12 @@ def _version_fields(body: dict, manifest: BundleManifest) -> None:
     if raw and needed != tree:
         raise IntegrityError(f"field version_paths leaves {_escaped(sorted(tree - needed)[:1])} of its tree to no version")
     dropped = _field(body, "dropped", "dropped", _list_of, [])
-    if dropped and body.get("schema") != SCHEMA_3:  # an older reader would skip it: only schema 3 may drop
-        raise IntegrityError(f"field dropped is set, but the schema is {_escaped(body.get('schema'))}, not {SCHEMA_3}")
     for i, version in enumerate(dropped):
         if manifest.base is None or _is_version(version) or version in versions or dropped.count(version) > 1:
             raise IntegrityError(f"field dropped[{i}] is {_escaped(version)}: expected a version the delta does "
                                  "not hold, once (only a delta drops versions)")
+    if dropped and body.get("schema") != SCHEMA_3:  # an older reader would skip it: only schema 3 may drop
+        raise IntegrityError(f"field dropped is set, but the schema is {_escaped(body.get('schema'))}, not {SCHEMA_3}")
     manifest.version_paths, manifest.dropped = {v: list(raw[v]) for v in raw}, list(dropped)
 
 

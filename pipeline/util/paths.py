@@ -23,16 +23,12 @@ def shown(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-MAX_NAME_BYTES = 255  # one path segment, in UTF-8: the limit of ext4, XFS, NTFS (in UTF-16 units), APFS
-
-
 def path_problem(name) -> Optional[str]:
     """Why ``name`` is not an acceptable relative path in a bundle or a placed tree, or None.
 
     The one path check: listing paths, manifest paths, archive members, the tree on disk.
     UTF-8 names are fine; control and format characters, line separators, backslashes, absolute
-    paths, drive letters, ``.``/``..``/empty segments, names longer than filesystems store and our
-    reserved names are not. The reserved
+    paths, drive letters, ``.``/``..``/empty segments and our reserved names are not. The reserved
     names (the state folder at the top, the reserved prefix anywhere) are compared as a
     case-insensitive filesystem would (:func:`folded`) on every system: a tree may be copied to one.
     """
@@ -58,8 +54,6 @@ def path_problem(name) -> Optional[str]:
             return "empty path segment"
         if seg in (".", ".."):  # guard: member-path-check
             return f"'{seg}' path segment"
-        if len(seg.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-            return f"a name of more than {MAX_NAME_BYTES} bytes, longer than filesystems store ({seg[:40]!r}...)"
         if RESERVED_PREFIX in folded(seg):  # guard: path-rule-reserved-prefix
             return f"reserved name {seg!r}"
         if depth == 0 and folded(seg).rstrip(". ") == STATE_DIR:  # guard: path-rule-state-folder
