@@ -59,7 +59,6 @@ REQUIRED = ("file", "function", "find", "replace", "tests")
 OPTIONAL = ("note",)
 ENTRY_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 MARKER = re.compile(r"#\s*guard:\s*(\S+)\s*$")
-EMBEDDED_MARKER = re.compile(r"#\s*guard:\s*([a-z0-9-]+)\s*$")
 ROOT_INI_NAME = "mutants.ini"
 PYTEST = ("-q", "-p", "no:cacheprovider", "-p", "mutants_probe")
 TAIL = 15  # lines of pytest's output shown for an entry that is not killed
@@ -258,12 +257,6 @@ def markers(tree: Path, files: Sequence[str]) -> Dict[str, List[Marker]]:
             match = MARKER.fullmatch(tok.string) if tok.type == tokenize.COMMENT else None
             if match:
                 found.setdefault(match.group(1), []).append((name, *tok.start))
-            elif tok.type == tokenize.STRING:  # a script the code writes out (install.sh's check): its comments too
-                for i, text in enumerate(tok.string.split("\n")):
-                    inner = EMBEDDED_MARKER.search(text)
-                    if inner:
-                        column = inner.start() + (tok.start[1] if i == 0 else 0)
-                        found.setdefault(inner.group(1), []).append((name, tok.start[0] + i, column))
     return found
 
 
