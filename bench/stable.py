@@ -22,9 +22,9 @@ import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from amsrepomirror.bundle.plan import DEFAULT_CHUNK_SIZE, ChunkSpec, chunk_plan
-from amsrepomirror.bundle.sevenzip import write_chunk
 from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.pack.plan import DEFAULT_CHUNK_SIZE, ChunkSpec, chunk_plan
+from amsrepomirror.pack.sevenzip import write_chunk
 from amsrepomirror.util.hashing import sha256_file
 from bench.common import ROOT, load_average, machine_info, replace_section
 

@@ -21,7 +21,6 @@ import luigi
 from tqdm import tqdm
 
 from amsrepomirror import __version__, config, errors
-from amsrepomirror.bundle.delta import resolve_base, select_delta, write_base
 from amsrepomirror.bundle.format import (
     COMPRESSIONS,
     MANIFEST_NAME,
@@ -30,24 +29,30 @@ from amsrepomirror.bundle.format import (
     read_manifest_bytes,
     refuse_settings_read_from,
 )
-from amsrepomirror.bundle.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
+from amsrepomirror.bundle.receipt import receipt_lacking, receipt_tree
 from amsrepomirror.bundle.sums import read_sums
-from amsrepomirror.bundle.tool import SUPPORTED_PYTHONS
 from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, resolve_trust, signature_verdict
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.errors import MirrorError, UsageError, exit_code_for
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
-from amsrepomirror.offline.install import MAX_CHANGES_LISTED, usage_hints
 from amsrepomirror.offline.installed import no_receipt, require_intact, scrub
-from amsrepomirror.online import progress, sync
+from amsrepomirror.offline.unpack import MAX_CHANGES_LISTED, usage_hints
+from amsrepomirror.online import sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.http import LowSpeed, fetch_text
 from amsrepomirror.online.listing import listing_sha256, listing_url_for, repository_root, select_platforms
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.tasks import BundleArchive, FetchListing, JoinRun, Unpack, VerifyTree, central, new_run_id, platform_rules
-from amsrepomirror.util import lacking
+from amsrepomirror.pack.delta_base import resolve_base, select_delta, write_base
+from amsrepomirror.pack.plan import chunk_plan, describe_plan, describe_since, describe_sticks, distinct_contents
+from amsrepomirror.pack.tool import SUPPORTED_PYTHONS
+from amsrepomirror.tasks import shared_run
+from amsrepomirror.tasks.base import new_run_id, platform_rules
+from amsrepomirror.tasks.bundle import BundleArchive
+from amsrepomirror.tasks.mirror import FetchListing, JoinRun, VerifyTree
+from amsrepomirror.tasks.unpack import Unpack
+from amsrepomirror.util import progress, skipped_files
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, run_lock, why_unwritable
 from amsrepomirror.util.units import format_size, parse_size
 
@@ -250,7 +255,7 @@ def _mirror_params(args) -> List[Dict]:
     for params in runs if args.scheduler_url else []:
         identity = _run_identity(params)
         if not args.run_id:
-            params["run_id"] = central.shared_run_id(args.scheduler_url, central.work_key(params["mirror"], identity))
+            params["run_id"] = shared_run.shared_run_id(args.scheduler_url, shared_run.work_key(params["mirror"], identity))
         args.run_identities[params["run_id"]] = identity
     return runs
 
@@ -259,7 +264,7 @@ RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _run_identity(params: Dict) -> Dict[str, str]:
-    """This process's identity of a run's work (central.run_identity), with the listing's content as
+    """This process's identity of a run's work (shared_run.run_identity), with the listing's content as
     read now: processes share a run only when they read the same listing."""
     task = FetchListing(**params)
     timeout = float(setting(None, "http", "timeout"))
@@ -270,9 +275,9 @@ def _run_identity(params: Dict) -> Dict[str, str]:
 
 def use_scheduler(args) -> None:
     """Settle args.scheduler_url (None: a local scheduler) and check that a central one answers."""
-    args.scheduler_url = central.configured_url(args.scheduler_url, args.local_scheduler)
+    args.scheduler_url = shared_run.configured_url(args.scheduler_url, args.local_scheduler)
     if args.scheduler_url:
-        central.check_reachable(args.scheduler_url)
+        shared_run.check_reachable(args.scheduler_url)
     elif args.run_id is not None:
         raise UsageError("--run-id goes with a central scheduler (--scheduler-url or [core] default-scheduler-url)")
 
@@ -328,7 +333,7 @@ def _mirror_versions(args, runs: List[Dict]) -> int:
 def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
     """One process's part in a run shared under a central scheduler, stage by stage (JoinRun): the
     snapshot, the downloads (in batches small enough to spread over the workers), the verified tree."""
-    joined = dict(deep, process=central.process_token(), **params)
+    joined = dict(deep, process=shared_run.process_token(), **params)
 
     def stage(name: str) -> List[Dict]:
         return run_graph([JoinRun(stage=name, **joined)], log_file=log_file, verbose=args.verbose,
@@ -338,10 +343,11 @@ def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
     if failures:
         return failures
     snapshot = FetchListing(**params).snapshot()  # of whichever process was first, when several started at once
-    central.check_run_identity(params["run_id"], args.run_identities[params["run_id"]], snapshot.get("identity"))
+    shared_run.check_run_identity(params["run_id"], args.run_identities[params["run_id"]], snapshot.get("identity"))
     files = len(snapshot["files"])
     largest = luigi.configuration.get_config().getint("DownloadFile", "shared_batch_size")
-    with config.for_this_command({("DownloadFile", "run_batch_size"): str(central.batch_size(files, params["jobs"], largest))}):
+    batch = shared_run.batch_size(files, params["jobs"], largest)
+    with config.for_this_command({("DownloadFile", "run_batch_size"): str(batch)}):
         return stage("downloads") or stage("tree")
 
 
@@ -738,7 +744,7 @@ def run_verify(args) -> int:
             print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
                   f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
         print_signature_verdict(found, check, bad_signature)
-        for line in lacking.describe(manifest.lacking, "the bundle"):
+        for line in skipped_files.describe(manifest.lacking, "the bundle"):
             print(line)
         return 0
     for problem in report.problems:
@@ -821,7 +827,7 @@ def run_unpack(args) -> int:
         manifest = task.checked.manifest
     finally:
         task.checked = None  # the same object serves a later unpack of this bundle in this process: it must look again
-    for line in lacking.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
+    for line in skipped_files.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
         say(line)
     print(usage_hints(args.amshome.absolute(), manifest.all_versions))
     return 0
@@ -834,12 +840,12 @@ def run_receipt(args) -> int:
     receipt = placement.read_receipt(home)
     if receipt is None:
         raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror")
-    tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
+    tree = receipt_tree(receipt, home / placement.RECEIPT)
     changes = tree_problems(home / placement.REPOSITORY, tree, check_hashes=False)
     if changes:
         say(f"warning: {home / placement.REPOSITORY} no longer matches this receipt ({changes[0]}); "
             "a delta built on it will be refused: unpack a full bundle with --reinstall")
-    for line in lacking.describe(placement.receipt_lacking(receipt, home / placement.RECEIPT), "receipt: the installed tree"):
+    for line in skipped_files.describe(receipt_lacking(receipt, home / placement.RECEIPT), "receipt: the installed tree"):
         say(line)
     identity = receipt["tree_sha256"]
     out = args.out or Path(f"receipt-{receipt['version']}-{identity[:12]}.json")

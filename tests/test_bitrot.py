@@ -13,9 +13,9 @@ import pytest
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleFile, BundleManifest, Chunk, Part
-from amsrepomirror.bundle.plan import chunk_plan
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.pack.plan import chunk_plan
 
 VERSION = "AMS2026.1"
 CHUNK = "1MiB"

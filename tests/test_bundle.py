@@ -13,15 +13,15 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from amsrepomirror.bundle.build import finish_bundle
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
-from amsrepomirror.bundle.plan import build_bundle_manifest, chunk_plan
-from amsrepomirror.bundle.readme import readme_text
-from amsrepomirror.bundle.sevenzip import write_chunk
 from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.pack.build import finish_bundle
+from amsrepomirror.pack.plan import build_bundle_manifest, chunk_plan
+from amsrepomirror.pack.readme import readme_text
+from amsrepomirror.pack.sevenzip import write_chunk
 from amsrepomirror.util.hashing import sha256_file
 
 KiB, MiB = 1024, 1024**2

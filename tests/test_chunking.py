@@ -1,4 +1,4 @@
-"""chunk_plan / describe_plan (amsrepomirror.bundle.plan) and write_chunk (amsrepomirror.bundle.sevenzip)."""
+"""chunk_plan / describe_plan (amsrepomirror.pack.plan) and write_chunk (amsrepomirror.pack.sevenzip)."""
 
 import os
 import random
@@ -11,9 +11,11 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from amsrepomirror.bundle.build import remove_partial_files
 from amsrepomirror.bundle.format import chunk_name, part_member
-from amsrepomirror.bundle.plan import (
+from amsrepomirror.errors import IntegrityError, UsageError
+from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.pack.build import remove_partial_files
+from amsrepomirror.pack.plan import (
     DEFAULT_CHUNK_SIZE,
     FIXED_OVERHEAD,
     MAX_PARTS,
@@ -24,9 +26,7 @@ from amsrepomirror.bundle.plan import (
     describe_plan,
     member_overhead,
 )
-from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, Sha256State, write_chunk
-from amsrepomirror.errors import IntegrityError, UsageError
-from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.pack.sevenzip import ChunkResult, ContentMismatch, Sha256State, write_chunk
 from amsrepomirror.util.hashing import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -299,8 +299,8 @@ KILL_SCRIPT = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
-import amsrepomirror.bundle.sevenzip as sz
-from amsrepomirror.bundle.plan import chunk_plan
+import amsrepomirror.pack.sevenzip as sz
+from amsrepomirror.pack.plan import chunk_plan
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.online.manifest import FileEntry
 mirror, out = Path(sys.argv[2]), Path(sys.argv[3])
@@ -342,7 +342,7 @@ def test_killed_write_leaves_no_final_chunk(tmp_path):
 
 
 def test_error_mid_write_removes_temp_file(tmp_path, monkeypatch):
-    import amsrepomirror.bundle.sevenzip as sz
+    import amsrepomirror.pack.sevenzip as sz
 
     files = make_tree(tmp_path / "m", {"a": 300 * KiB, "b": 300 * KiB})
     spec = chunk_plan(files, 1 * MiB, "V1")[0]
@@ -385,7 +385,7 @@ def test_piece_reader_hashes_sequential_range(tmp_path):
     import hashlib
     import io
 
-    from amsrepomirror.bundle.sevenzip import _PieceReader
+    from amsrepomirror.pack.sevenzip import _PieceReader
 
     data = os.urandom(10000)
     raw = io.BytesIO(data)

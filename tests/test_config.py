@@ -34,7 +34,7 @@ def tool(*args, cwd: Path, env, module="amsrepomirror"):
                           text=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
-def shown(stdout: str):
+def printable(stdout: str):
     """`amsrepomirror config` output as ({label: file shown}, {(section, key): (value, label)})."""
     files, settings, section = {}, {}, None
     for line in stdout.splitlines():
@@ -111,7 +111,7 @@ def test_outside_the_checkout_config_shows_only_shipped_defaults(place):
     cwd, home = place
     result = tool("config", cwd=cwd, env=env_for(home))
     assert result.returncode == 0, result.stderr
-    files, settings = shown(result.stdout)
+    files, settings = printable(result.stdout)
     assert files[SHIPPED] == str(shipped_file())
     assert files["./luigi.cfg"] == "(no luigi.cfg)" and files["$LUIGI_CONFIG_PATH"] == "(not set)"
     assert files["--config"] == "(not given)"
@@ -157,7 +157,7 @@ def test_config_names_the_file_each_value_came_from(place, etc_luigi_cfg):
         path.write_text(("[VerifyTree]\ndeep = False\n" if level == 0 else "") + "[layers]\n" + keys)
     result = tool("--config", files[3], "config", cwd=cwd, env=env_for(home, files[2]))
     assert result.returncode == 0, result.stderr
-    listed, settings = shown(result.stdout)
+    listed, settings = printable(result.stdout)
     assert [label for label in listed] == [SHIPPED] + LAYERS
     assert [listed[label] for label in LAYERS] == [str(p) for p in files]
     for name, label in zip(names, LAYERS):
@@ -182,7 +182,7 @@ def test_each_level_beats_the_one_below(place, verified_mirror, top):
     expected = CHUNK_SIZES.get(top, "3900MiB")
     plan = tool(*option, "plan", "--mirror", verified_mirror, cwd=cwd, env=env)
     assert f"of at most {format_size(parse_size(expected))}, compression copy" in plan_line(plan)
-    _, settings = shown(tool(*option, "config", cwd=cwd, env=env).stdout)
+    _, settings = printable(tool(*option, "config", cwd=cwd, env=env).stdout)
     assert settings["BundleArchive", "chunk_size"] == (expected, top)
 
 
@@ -226,7 +226,7 @@ def test_config_never_prints_a_secret(place):
                                    "[aws]\naws_secret_access_key = abc123\n")
     result = tool("--config", home / "site.cfg", "config", cwd=cwd, env=env_for(home))
     assert result.returncode == 0, result.stderr
-    _, settings = shown(result.stdout)
+    _, settings = printable(result.stdout)
     assert settings["smtp", "password"] == ("(hidden)", "--config")
     assert settings["sendgrid", "apikey"] == ("(hidden)", "--config")
     assert settings["aws", "aws_secret_access_key"] == ("(hidden)", "--config")

@@ -12,7 +12,8 @@ from pathlib import Path
 from clihelp import run_cli, served_tree, tree_hashes
 
 from amsrepomirror.bundle.format import BundleManifest
-from amsrepomirror.offline.placement import read_receipt, receipt_tree
+from amsrepomirror.bundle.receipt import receipt_tree
+from amsrepomirror.offline.placement import read_receipt
 from amsrepomirror.testing.scmdouble import PLACEHOLDER_ORIGIN, ScmDouble, make_repository, write_file, write_listing
 
 VERSION, OLD = "AMS2026.1", "AMS2025.1"

@@ -13,10 +13,11 @@ from servers import require_tool
 from test_bitrot import rot
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
+from amsrepomirror.bundle.receipt import InstalledFile, receipt_tree, tree_identity
 from amsrepomirror.bundle.sums import write_sums
-from amsrepomirror.offline.delta import link_or_copy
+from amsrepomirror.offline.apply_delta import link_or_copy
 from amsrepomirror.offline.installed import installed_file_problem
-from amsrepomirror.offline.placement import RECEIPT, InstalledFile, read_receipt, receipt_tree, tree_identity
+from amsrepomirror.offline.placement import RECEIPT, read_receipt
 from amsrepomirror.testing.scmdouble import change_file, remove_file, write_file, write_listing
 
 VERSION = "AMS2026.1"

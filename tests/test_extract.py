@@ -10,11 +10,11 @@ from pathlib import Path
 import py7zr
 import pytest
 
+from amsrepomirror.bundle.chunks import check_members
 from amsrepomirror.bundle.format import BundleFile, BundleManifest, Chunk, Part, chunk_name, part_member
 from amsrepomirror.errors import DiskSpaceError, IntegrityError
 from amsrepomirror.offline.extract import (
     EXTRACT_TMP,
-    check_members,
     extract_chunk,
     partial_name,
     reassemble,
@@ -89,7 +89,7 @@ def expected_members(manifest: BundleManifest) -> dict:
 
 def unpack_bundle(bundle_dir: Path, dest: Path, in_place: bool = False) -> BundleManifest:
     """What the Unpack task does between recover() and swap_into_place() (``in_place``: parts
-    written straight into their split file, as amsrepomirror.offline.install does; else as part files)."""
+    written straight into their split file, as amsrepomirror.offline.unpack does; else as part files)."""
     manifest = BundleManifest.read(Path(bundle_dir) / "manifest.json")
     exp = expected_members(manifest)
     for c in manifest.chunks:
@@ -466,7 +466,7 @@ def test_reassemble_rejects_tampered_part(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# split files written in place (extract_chunk(..., files=...)), as amsrepomirror.offline.install does
+# split files written in place (extract_chunk(..., files=...)), as amsrepomirror.offline.unpack does
 
 
 def _in_place_setup(tmp_path, data=None):

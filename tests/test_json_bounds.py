@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from test_offline_hostile import copy_of, error_lines, manifest_body, resign, source  # noqa: F401 (a fixture)
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleFile, BundleManifest, Chunk, Part, chunk_name
+from amsrepomirror.bundle.receipt import InstalledFile, make_receipt, receipt_lacking, receipt_tree
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError, UsageError
-from amsrepomirror.offline.placement import RECEIPT, InstalledFile, make_receipt, read_receipt, receipt_lacking, receipt_tree
+from amsrepomirror.offline.placement import RECEIPT, read_receipt
 from amsrepomirror.util.jsonread import LIMITS, MAX_DEPTH, JsonDamaged, nesting_depth, parse_json
-from amsrepomirror.util.lacking import Lacking
+from amsrepomirror.util.skipped_files import Lacking
 
 VERSION = "AMS2026.1"
 DEEP = 100_000  # far beyond Python's recursion limit

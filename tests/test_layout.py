@@ -1,4 +1,5 @@
-"""The layout keeps its promises: no import cycles, imports at module top, one import name.
+"""The layout keeps its promises: layers that point down only, no import cycles, imports at module top, one
+import name, every subpackage in the wheel.
 
 Read from the source (``ast``), so a new module that breaks a rule fails here with its name.
 """
@@ -6,6 +7,7 @@ Read from the source (``ast``), so a new module that breaks a rule fails here wi
 import ast
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -34,6 +36,72 @@ def imported(node: ast.AST, known: Set[str]) -> List[str]:
         named = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known]
         return named or ([node.module] if node.module in known else [])
     return []
+
+
+#: What each part of the package may import: layers point down only. Bottom up: errors; util (files,
+#: hashing, sizes, paths, progress); config (settings); bundle (what both sides read: the format, sums,
+#: signatures, chunk and receipt checks, verify); online (mirroring from SCM); offline (unpacking into
+#: AMSHOME: needs no online module); pack (building a bundle from a mirror); tasks (the Luigi graph);
+#: cli. ``testing`` (the SCM double) is for tests, bench and the demo only. The package root
+#: (``__version__``) may be imported by all.
+MAY_IMPORT = {
+    "errors": set(),
+    "util": {"errors"},
+    "config": {"errors", "util"},
+    "bundle": {"errors", "util", "config"},
+    "online": {"errors", "util", "config"},
+    "offline": {"errors", "util", "config", "bundle"},
+    "pack": {"errors", "util", "config", "bundle", "online"},
+    "tasks": {"errors", "util", "config", "bundle", "online", "offline", "pack"},
+    "cli": {"errors", "util", "config", "bundle", "online", "offline", "pack", "tasks", "testing"},
+    "__main__": {"errors", "cli"},
+    "testing": {"errors", "util"},
+}
+#: The only modules of the package that may import the SCM double.
+DEMO_MODULES = {"amsrepomirror.cli", "amsrepomirror.cli.demo"}
+
+
+def part_of(module: str) -> str:
+    """``amsrepomirror.online.http`` -> ``online``; the package root -> ``""``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_layers_point_down_only():
+    mods = modules()
+    assert {part_of(m) for m in mods} - {""} <= set(MAY_IMPORT), "a new part of the package: add it to MAY_IMPORT"
+    arrows = []
+    for name, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            for target in imported(node, set(mods)):
+                src, dst = part_of(name), part_of(target)
+                if dst in ("", src):
+                    continue
+                if dst not in MAY_IMPORT.get(src, set()) or (dst == "testing" and name not in DEMO_MODULES):
+                    arrows.append(f"{name} -> {target}")
+    assert arrows == []
+
+
+def test_offline_side_loads_no_module_of_the_online_side():
+    """Importing every module of offline/ and bundle/ (what the far side runs) loads nothing of online/,
+    pack/, tasks/, cli or testing: the far side can be read, installed and changed on its own."""
+    far_side = sorted(m for m in modules() if part_of(m) in ("offline", "bundle"))
+    code = ("import importlib, sys\n"
+            f"for m in {far_side!r}: importlib.import_module(m)\n"
+            "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('amsrepomirror.'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert "amsrepomirror.offline.unpack" in loaded
+    assert [m for m in loaded if part_of(m) not in ("errors", "util", "config", "bundle", "offline")] == []
+
+
+def test_every_subpackage_is_listed_for_the_wheel():
+    """pyproject lists packages by name: one left out is missing from the wheel (and from a bundle's
+    --with-tool wheel) while an editable install still finds it."""
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = text.split("packages = [", 1)[1].split("]", 1)[0]
+    listed = {name.strip().strip('"') for name in listed.split(",") if name.strip()}
+    subpackages = {".".join(["amsrepomirror", *p.parent.relative_to(PACKAGE).parts]) for p in PACKAGE.rglob("__init__.py")}
+    assert subpackages == listed
 
 
 def test_no_import_cycles_between_modules():

@@ -10,7 +10,7 @@ from amsrepomirror.online.listing import (
     repository_root,
     select_platforms,
 )
-from amsrepomirror.tasks import platform_rules
+from amsrepomirror.tasks.base import platform_rules
 
 LISTING_URL = "https://downloads.scm.com/Downloads/packages/listings/AMS2026.1.txt"
 ROOT = "https://downloads.scm.com/Downloads/packages/"

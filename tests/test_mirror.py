@@ -460,8 +460,7 @@ def test_download_file_is_named_by_mirror_run_and_path_and_takes_the_rest_from_i
 
     import luigi
 
-    from amsrepomirror.tasks import DownloadFile
-    from amsrepomirror.tasks.mirror import listing_of_run
+    from amsrepomirror.tasks.mirror import DownloadFile, listing_of_run
     assert [name for name, _ in DownloadFile.get_params()] == ["mirror", "run_id", "path"]
 
     dest = tmp_path / "m"

@@ -15,13 +15,15 @@ from clihelp import REPO, run_cli, served_tree, tree_hashes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from amsrepomirror.bundle.delta import Base, removal_problems, select_delta
+from amsrepomirror.bundle.delta_rules import removal_problems
 from amsrepomirror.bundle.format import SCHEMA_3, SCHEMA_3_SINCE, BundleManifest, TreeFile
+from amsrepomirror.bundle.receipt import tree_identity
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError, UsageError
-from amsrepomirror.offline.placement import RECEIPT, read_receipt, tree_identity
+from amsrepomirror.offline.placement import RECEIPT, read_receipt
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.pack.delta_base import Base, select_delta
 from amsrepomirror.testing.scmdouble import (
     PLACEHOLDER_ORIGIN,
     ScmDouble,

@@ -17,10 +17,10 @@ from clihelp import REPO, cli_env, run_cli, tree_hashes
 from test_airgap import VERSION, _rewrite_chunk, _with_symlink, bundle, unpack
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
-from amsrepomirror.bundle.readme import FOLDER_CHECK
 from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
+from amsrepomirror.pack.readme import FOLDER_CHECK
 from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
 
 LOG = ".amsrepomirror-unpack.log"

@@ -17,7 +17,7 @@ import pytest
 from clihelp import REPO, cli_env
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME
-from amsrepomirror.bundle.readme import readme_text
+from amsrepomirror.bundle.receipt import make_receipt
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import DiskSpaceError, IntegrityError, UsageError
 from amsrepomirror.offline import placement
@@ -32,7 +32,6 @@ from amsrepomirror.offline.placement import (
     check_amshome,
     check_version,
     installed_version,
-    make_receipt,
     read_receipt,
     recover,
     require_space,
@@ -41,6 +40,7 @@ from amsrepomirror.offline.placement import (
     usage_hint,
     write_receipt,
 )
+from amsrepomirror.pack.readme import readme_text
 
 try:  # the bundle builder lives in test_extract.py
     from test_extract import build_bundle, tree

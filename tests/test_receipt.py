@@ -5,8 +5,8 @@ import json
 import pytest
 from clihelp import run_cli, served_tree
 
+from amsrepomirror.bundle.receipt import InstalledFile, make_receipt, receipt_tree, tree_identity
 from amsrepomirror.errors import IntegrityError
-from amsrepomirror.offline.placement import InstalledFile, make_receipt, receipt_tree, tree_identity
 from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, change_file
 
 VERSION = "AMS2026.1"

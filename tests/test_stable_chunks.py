@@ -12,8 +12,8 @@ from clihelp import run_cli, sha256, tree_hashes
 from servers import require_tool
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, part_member
-from amsrepomirror.bundle.plan import chunk_plan
 from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.pack.plan import chunk_plan
 from amsrepomirror.testing.scmdouble import change_file, make_repository
 
 VERSION = "AMS2026.1"

@@ -21,9 +21,9 @@ from clihelp import REPO, run_cli
 from servers import require_tool
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
-from amsrepomirror.bundle.readme import readme_text
 from amsrepomirror.bundle.sums import write_sums
-from amsrepomirror.bundle.tool import ToolSpec, install_script, tool_matches
+from amsrepomirror.pack.readme import readme_text
+from amsrepomirror.pack.tool import ToolSpec, install_script, tool_matches
 from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, ScmDouble, make_repository
 from amsrepomirror.util.hashing import sha256_file
 

@@ -1,1 +1,2 @@
-"""The bundle folder: its format, the chunk plan, writing chunks and verifying a bundle."""
+"""What both sides read from a bundle folder: its format, SHA256SUMS, signatures and trust, reading and
+checking chunks, receipts and tree identity, the rules of deltas, and verify. Imports nothing of online/."""

@@ -1,6 +1,6 @@
 """The bundle folder's names and ``manifest.json`` (contract): read, written and validated here only.
 
-``SHA256SUMS`` is owned by ``bundle.sums``, ``README.txt`` by ``bundle.readme``. Each chunk is a standalone 7z
+``SHA256SUMS`` is owned by ``bundle.sums``, ``README.txt`` by ``pack.readme``. Each chunk is a standalone 7z
 archive named by its content (``chunk_name``); the manifest's chunk list is the writing and unpacking
 order. A file larger than a chunk is stored as parts named ``<path>.part-0001``, ... that are
 concatenated in order on unpack.
@@ -18,8 +18,8 @@ from amsrepomirror.config import LUIGI_FILES
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import NotReadable, atomic_write_bytes, read_bounded
 from amsrepomirror.util.jsonread import parse_json
-from amsrepomirror.util.lacking import Lacking, reason_problem
-from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, shown, tree_path_problems
+from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, printable, tree_path_problems
+from amsrepomirror.util.skipped_files import Lacking, reason_problem
 
 SCHEMA = "amsrepomirror/bundle-manifest/1"
 #: The schema of a manifest with ``copies``: a tool that cannot place them refuses the bundle
@@ -37,7 +37,7 @@ SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
 COMPRESSIONS = ("copy", "zstd", "lzma2")
 CHUNK_SUFFIX = ".7z"
-#: The folder of a bundle made with ``--with-tool``: wheels of amsrepomirror and install.sh (``bundle.tool``).
+#: The folder of a bundle made with ``--with-tool``: wheels of amsrepomirror and install.sh (``pack.tool``).
 TOOL_DIR = "tool"
 
 
@@ -252,7 +252,7 @@ class BundleManifest:
     # higher one, so unpack can refuse to go back to an older bundle (0: written before it was kept).
     sequence: int = 0
     # A delta bundle (base set): ``files`` holds only what is new or changed since the base tree.
-    base: Optional[str] = None  # tree identity (bundle.delta.tree_identity) of the tree this applies to
+    base: Optional[str] = None  # tree identity (bundle.receipt.tree_identity) of the tree this applies to
     base_created: str = ""  # when the base's bundle was made, to name it in messages
     removed: List[str] = field(default_factory=list)  # base paths gone from the target
     reused: List[ReusedFile] = field(default_factory=list)  # target files taken from the base by sha256
@@ -268,7 +268,7 @@ class BundleManifest:
     # differ only in case, kept on a case-sensitive system).
     path_warnings: List[str] = field(default_factory=list, compare=False, repr=False)
     # Several versions: the paths of the tree each one needs (one version needs the whole tree). What a
-    # later delta of one version may remove is decided from it (``bundle.delta.removal_problems``).
+    # later delta of one version may remove is decided from it (``bundle.delta_rules.removal_problems``).
     version_paths: Dict[str, List[str]] = field(default_factory=dict)
     # A delta only: versions of its base it removes on purpose (bundle --drop-version; unpack --drop-version).
     dropped: List[str] = field(default_factory=list)
@@ -434,7 +434,7 @@ def copy_problems(manifest: BundleManifest) -> List[str]:
     problems, seen = [], set()
     for c in manifest.copies:
         if carried.get(c.source) != (c.size, c.sha256) or c.path in carried or c.path in seen:
-            problems.append(f"copy {shown(c.path)} does not name a carried file with its size and sha256 as its "
+            problems.append(f"copy {printable(c.path)} does not name a carried file with its size and sha256 as its "
                             "source, or its path is carried or listed twice")
         seen.add(c.path)
     return problems
@@ -636,7 +636,7 @@ def _manifest_from(body: dict) -> BundleManifest:
     for i, raw in enumerate(_field(body, "files", "files", _list_of)):
         f = _record(raw, f"files[{i}]", {"path", "size", "sha256", "parts"})
         path = _field(f, "path", f"files[{i}].path", path_problem)
-        of = f"of file {shown(path)}"
+        of = f"of file {printable(path)}"
         parts = []
         for j, raw_part in enumerate(_field(f, "parts", f"parts {of}", _list_of)):
             p = _record(raw_part, f"parts[{j}] {of}", {"chunk", "member", "offset", "size", "sha256"})

@@ -4,8 +4,9 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
+from amsrepomirror.bundle.chunks import check_members, hash_members
 from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
     MANIFEST_NAME,
@@ -20,16 +21,12 @@ from amsrepomirror.bundle.format import (
     read_manifest_bytes,
     unlisted_files,
 )
-from amsrepomirror.bundle.sevenzip import hash_members
 from amsrepomirror.bundle.signature import SIGNATURE_LIMIT, SIGNATURE_NAME
 from amsrepomirror.bundle.sums import read_sums
-from amsrepomirror.bundle.tool import tool_problems
 from amsrepomirror.errors import IntegrityError
-from amsrepomirror.offline.extract import check_members
-from amsrepomirror.online.listing import STATE_DIR
 from amsrepomirror.util.fsutil import read_bounded
 from amsrepomirror.util.hashing import sha256_file
-from amsrepomirror.util.paths import is_plain_file_name, shown
+from amsrepomirror.util.paths import STATE_DIR, is_plain_file_name, printable
 
 #: verify_bundle hashes this many chunks at a time (hashlib releases the GIL on large buffers).
 HASH_THREADS = 2
@@ -110,7 +107,7 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
             issues.append(f"it lists no {index}, the index amspackages needs")
     held = sorted(tree & {e.path for e in manifest.lacking})
     if held:
-        issues.append(f"{shown(held[0])} is listed as lacking and as part of the tree")
+        issues.append(f"{printable(held[0])} is listed as lacking and as part of the tree")
     chunks = {c.name: c for c in manifest.chunks}
     if len(chunks) != len(manifest.chunks):
         issues.append("a chunk is listed twice")
@@ -140,7 +137,7 @@ class _ContentCheck:
     """What verify checks inside the chunks, in the one pass that decompresses them (in the order of
     the manifest's chunk list).
 
-    Per chunk: ``extract.check_members`` (unsafe names, links and special files, members not in
+    Per chunk: ``bundle.chunks.check_members`` (unsafe names, links and special files, members not in
     the manifest or missing, declared sizes), as unpack does before it writes anything; then every
     member decompressed (CRCs) and hashed, to compare with the manifest's size and sha256. Each
     file is also hashed whole: a split file's parts are fed, in chunk order, to one hash that is
@@ -414,9 +411,23 @@ def _check_unlisted(report: VerifyReport, chunks, others) -> None:
     refused, ignored = unlisted_files(report.bundle_dir, listed)
     for name in refused:
         chunk = "/" not in name and looks_like_chunk(name)
-        report.problems.append(Problem(shown(name), "unexpected", f"not in {MANIFEST_NAME}" + ("" if chunk else ": remove it"),
-                                       chunk=chunk))
+        what = f"not in {MANIFEST_NAME}" + ("" if chunk else ": remove it")
+        report.problems.append(Problem(printable(name), "unexpected", what, chunk=chunk))
     if ignored:
         more = f" and {len(ignored) - IGNORED_SHOWN} more" if len(ignored) > IGNORED_SHOWN else ""
         report.warnings.append(f"ignored {len(ignored)} file(s) that {MANIFEST_NAME} does not list (never read): "
-                               + ", ".join(shown(name) for name in ignored[:IGNORED_SHOWN]) + more)
+                               + ", ".join(printable(name) for name in ignored[:IGNORED_SHOWN]) + more)
+
+
+def tool_problems(bundle_dir: Path, manifest: BundleManifest, sums: Optional[Dict[str, str]]) -> List[Tuple[str, str]]:
+    """How the tool/ folder differs from the manifest's ``tool`` list and SHA256SUMS: (path, what) each."""
+    problems = []
+    for t in manifest.tool:
+        path = Path(bundle_dir) / t.path
+        if sums is not None and sums.get(t.path) != t.sha256:
+            problems.append((t.path, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
+        elif not path.is_file():
+            problems.append((t.path, "missing"))
+        elif path.stat().st_size != t.size or sha256_file(path) != t.sha256:
+            problems.append((t.path, "corrupt"))
+    return problems

@@ -1,1 +1,2 @@
-"""Work of the offline side: safe extraction, atomic placement in AMSHOME, the install."""
+"""The offline side: safe extraction, atomic placement in AMSHOME, applying deltas, the unpack. Stands on
+bundle/ and util/ alone: it loads no module of online/ or pack/."""

@@ -49,12 +49,12 @@ import py7zr
 import py7zr.exceptions
 from py7zr.io import Py7zIO, WriterFactory
 
+from amsrepomirror.bundle.chunks import MAX_LISTED, Expected, WriteOnlySink, check_members, parent_dirs, unsafe_content
 from amsrepomirror.bundle.format import BundleFile, Chunk, Part, part_layout_problem
-from amsrepomirror.bundle.sevenzip import WriteOnlySink
 from amsrepomirror.errors import DiskSpaceError, IntegrityError
 from amsrepomirror.util.fsutil import remove_entry
 from amsrepomirror.util.hashing import sha256_fd
-from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, shown
+from amsrepomirror.util.paths import RESERVED_PREFIX, path_problem, printable
 
 #: Per-chunk temporary extraction directories live under ``dest_dir/EXTRACT_TMP``.
 EXTRACT_TMP = RESERVED_PREFIX + "extract"
@@ -69,7 +69,6 @@ def partial_name(path: str) -> str:
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-MAX_LISTED = 5
 #: Read size when hashing or joining files we wrote (large blocks: fewer syscalls and GIL trips).
 READ_BLOCK = 8 * 1024 * 1024
 #: Written blocks (py7zr hands over ~1 MiB at a time) that may wait for the hashing thread.
@@ -78,8 +77,6 @@ HASH_QUEUE_DEPTH = 8
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: No effect on regular files; keeps an open() of a fifo planted in the tree from blocking.
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-Expected = Dict[str, Tuple[int, str]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -155,40 +152,6 @@ def safe_makedirs(root: Path, rel_dir: str) -> Path:
                 f"{current} exists and is not a real directory (symlink or file); refusing to write through it"
             )
     return current
-
-
-def _parents(name: str) -> Iterable[str]:
-    segs = name.split("/")
-    for i in range(1, len(segs)):
-        yield "/".join(segs[:i])
-
-
-def _member_type(f) -> Tuple[str, Optional[str]]:
-    """('file'|'dir'|'bad', reason) for a py7zr ArchiveFile."""
-    if f.is_symlink:
-        return "bad", "symlink"
-    if f.is_junction:
-        return "bad", "junction / reparse point"
-    if f.is_socket:
-        return "bad", "socket"
-    fmt = f.st_fmt
-    if fmt is not None and fmt not in (stat.S_IFREG, stat.S_IFDIR):
-        kinds = {stat.S_IFCHR: "character device", stat.S_IFBLK: "block device", stat.S_IFIFO: "fifo",
-                 stat.S_IFLNK: "symlink", stat.S_IFSOCK: "socket"}
-        return "bad", kinds.get(fmt, f"special file (mode {fmt:o})")
-    if f.is_directory or fmt == stat.S_IFDIR:
-        if fmt is not None and fmt != stat.S_IFDIR:
-            return "bad", "directory attribute on a non-directory"
-        return "dir", None
-    if not f.is_file:
-        return "bad", "not a regular file"
-    return "file", None
-
-
-def _refuse(archive_path, chunk: Chunk, problems: List[str]) -> IntegrityError:
-    shown = "; ".join(problems[:MAX_LISTED])
-    more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
-    return IntegrityError(f"unsafe or unexpected content in chunk {chunk.name} ({archive_path}): {shown}{more}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,64 +328,6 @@ def _split_layout(files: Iterable[BundleFile]) -> Dict[str, Tuple[BundleFile, Pa
 # public API
 
 
-def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = None) -> Dict[str, int]:
-    """Refuse unsafe or unexpected members of ``archive_path`` before anything is written.
-
-    Returns ``{member: declared uncompressed size}`` for the file members. When ``expected`` is
-    given, the declared sizes must also match it. Raises IntegrityError naming chunk and member.
-    """
-    try:
-        with py7zr.SevenZipFile(archive_path, mode="r") as sz:
-            if sz.needs_password():
-                raise IntegrityError(f"chunk {chunk.name} ({archive_path}) is encrypted; bundles never are")
-            entries = list(sz.files)
-    except IntegrityError:
-        raise
-    except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, EOFError, ValueError,
-            KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise IntegrityError(f"chunk {chunk.name} ({archive_path}) is not a readable 7z archive: {exc}") from exc
-    except OSError as exc:
-        raise IntegrityError(f"cannot read chunk {chunk.name} ({archive_path}): {exc}") from exc
-
-    wanted = set(chunk.members)
-    problems: List[str] = []
-    for m in sorted(wanted):
-        why = path_problem(m)
-        if why:
-            problems.append(f"manifest lists unsafe member {m!r} ({why})")
-    allowed_dirs = {p for m in wanted for p in _parents(m)}
-    files: Dict[str, int] = {}
-    seen = set()
-    for f in entries:
-        name = f.filename
-        why = path_problem(name)  # guard: extract-member-path
-        if why:
-            problems.append(f"member {name!r}: {why}")
-            continue
-        if name in seen:
-            problems.append(f"member {name!r}: duplicate name")
-            continue
-        seen.add(name)
-        kind, why = _member_type(f)
-        if kind == "bad":  # guard: member-type-check
-            problems.append(f"member {name!r}: {why} (only regular files are allowed)")
-        elif kind == "dir":
-            if name not in allowed_dirs:
-                problems.append(f"member {name!r}: directory entry that is not a parent of any expected member")
-        elif name not in wanted:
-            problems.append(f"member {name!r}: not listed for this chunk in the bundle manifest")
-        else:
-            files[name] = int(f.uncompressed or 0)
-            if expected is not None and name in expected and files[name] != expected[name][0]:
-                problems.append(f"member {name!r}: declared size {files[name]} != expected {expected[name][0]}")
-    for m in sorted(wanted - set(files)):
-        if m not in seen:
-            problems.append(f"member {m!r}: listed in the bundle manifest but missing from the chunk")
-    if problems:
-        raise _refuse(archive_path, chunk, problems)
-    return files
-
-
 def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
                   files: Optional[Iterable[BundleFile]] = None, on_bytes: Optional[Callable[[int], None]] = None) -> List[str]:
     """Extract ``chunk`` into ``dest_dir`` after :func:`check_members`, verifying every member.
@@ -507,7 +412,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
             elif got[m][1] != exp[m][1]:  # guard: extract-member-hash
                 problems.append(f"member {m!r}: sha256 {got[m][1]} != expected {exp[m][1]}")
         if problems:
-            raise _refuse(archive_path, chunk, problems)
+            raise unsafe_content(archive_path, chunk, problems)
 
         # Move into place; every directory on the way is checked/created without following links.
         for m in sorted(set(exp) - set(in_place)):
@@ -729,7 +634,7 @@ def tree_problems(dest_dir, files: Iterable[BundleFile], check_hashes: bool = Tr
     """
     dest_dir = Path(os.path.abspath(dest_dir))
     want = {f.path: f for f in files}
-    dirs = {p for path in want for p in _parents(path)}
+    dirs = {p for path in want for p in parent_dirs(path)}
     try:
         st = os.lstat(dest_dir)
     except FileNotFoundError:
@@ -745,20 +650,20 @@ def tree_problems(dest_dir, files: Iterable[BundleFile], check_hashes: bool = Tr
             st = os.lstat(full)
             if stat.S_ISDIR(st.st_mode):
                 if rel not in dirs:
-                    problems.append(f"extra directory {shown(rel)}")
+                    problems.append(f"extra directory {printable(rel)}")
             elif not stat.S_ISREG(st.st_mode):
-                problems.append(f"not a regular file: {shown(rel)}")
+                problems.append(f"not a regular file: {printable(rel)}")
             elif rel not in want:
-                problems.append(f"extra file {shown(rel)}")
+                problems.append(f"extra file {printable(rel)}")
             else:
                 seen.add(rel)
                 f = want[rel]
                 if st.st_size != f.size:
-                    problems.append(f"wrong size {shown(rel)} ({st.st_size} != {f.size})")
+                    problems.append(f"wrong size {printable(rel)} ({st.st_size} != {f.size})")
                 elif check_hashes and _hash_regular(full)[1] != f.sha256.lower():  # guard: tree-hash-check
-                    problems.append(f"wrong sha256 {shown(rel)}")
+                    problems.append(f"wrong sha256 {printable(rel)}")
     for rel in sorted(set(want) - seen):
-        problems.append(f"missing {shown(rel)}")
+        problems.append(f"missing {printable(rel)}")
     return problems
 
 

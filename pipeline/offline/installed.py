@@ -14,12 +14,12 @@ import stat
 from pathlib import Path
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
+from amsrepomirror.bundle.receipt import InstalledFile, receipt_tree, receipt_version_paths
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import open_regular
-from amsrepomirror.offline.placement import InstalledFile
 from amsrepomirror.util.hashing import sha256_fd
-from amsrepomirror.util.paths import shown
+from amsrepomirror.util.paths import printable
 
 #: (inode, size, mtime in ns) of a file as it was checked: a hard link made of it afterwards must show the same.
 Identity = Tuple[int, int, int]
@@ -121,7 +121,7 @@ def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
     receipt = placement.read_receipt(home)
     if receipt is None:
         raise no_receipt(home)
-    tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
+    tree = receipt_tree(receipt, home / placement.RECEIPT)
     repo = home / placement.REPOSITORY
     if not repo.is_dir() or repo.is_symlink():
         raise IntegrityError(f"{repo} is missing or not a directory, but its receipt lists {len(tree)} files; "
@@ -132,11 +132,11 @@ def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
     for row in sorted(tree, key=lambda r: r.path):
         check = installed_file_problem(repo.joinpath(*row.path.split("/")), row, on_bytes=on_bytes)
         if check.problem == "missing":
-            missing.append(f"missing: {shown(row.path)}")
+            missing.append(f"missing: {printable(row.path)}")
         elif check.problem:
-            changed.append(f"changed: {shown(row.path)}: {check.problem}")
-    added = [f"added: {shown(rel)}" for rel in _unlisted(repo, [r.path for r in tree])]
-    held = placement.receipt_version_paths(receipt, home / placement.RECEIPT, tree)
+            changed.append(f"changed: {printable(row.path)}: {check.problem}")
+    added = [f"added: {printable(rel)}" for rel in _unlisted(repo, [r.path for r in tree])]
+    held = receipt_version_paths(receipt, home / placement.RECEIPT, tree)
     versions = tuple(sorted(held)) if held else (str(receipt.get("version", "?")),)
     return ScrubReport(changed, missing, added, len(tree), sum(r.size for r in tree), receipt, versions)
 

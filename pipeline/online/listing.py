@@ -16,7 +16,6 @@ from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from amsrepomirror.errors import UsageError
-from amsrepomirror.util.paths import STATE_DIR as STATE_DIR  # the mirror's state folder, refused by path_problem
 from amsrepomirror.util.paths import VERSION_PATTERN, path_problem, tree_path_problems
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
 from amsrepomirror.util.jsonread import read_json
-from amsrepomirror.util.lacking import Lacking, merged
+from amsrepomirror.util.skipped_files import Lacking, merged
 
 SCHEMA = "amsrepomirror/mirror-manifest/1"
 

@@ -41,11 +41,10 @@ from typing import Callable, Dict, List, Optional
 
 import requests
 
-from amsrepomirror.errors import MirrorError
+from amsrepomirror.errors import FetchError, MirrorError
 from amsrepomirror.online.http import (
     Body,
     DropPart,
-    FetchError,
     FetchResult,
     LowSpeed,
     RemoteInfo,

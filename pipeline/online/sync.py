@@ -1,6 +1,6 @@
 """The work of mirroring: snapshot the listing, fetch what is stale, verify, prune.
 
-Tasks in ``tasks.py`` call these; each function is usable (and tested) without Luigi.
+The tasks in ``tasks/mirror.py`` call these; each function is usable (and tested) without Luigi.
 """
 
 import contextlib
@@ -38,14 +38,14 @@ from amsrepomirror.online.listing import (
     select_platforms,
 )
 from amsrepomirror.online.manifest import FileEntry, Manifest
-from amsrepomirror.online.progress import ByteProgress, CountProgress
 from amsrepomirror.online.segments import SegmentPolicy, Transfers, drop_ranges_record
 from amsrepomirror.online.workspace import FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, make_durable, require_free_space
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.jsonread import JsonDamaged, read_json
-from amsrepomirror.util.lacking import Lacking, excluded_by, unlicensed
-from amsrepomirror.util.time import utc_now
+from amsrepomirror.util.progress import ByteProgress, CountProgress
+from amsrepomirror.util.skipped_files import Lacking, excluded_by, unlicensed
+from amsrepomirror.util.timestamps import utc_now
 
 SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
 SELECTION_SCHEMA = "amsrepomirror/version-selection/1"

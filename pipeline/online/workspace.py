@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
-from amsrepomirror.online.listing import STATE_DIR
 from amsrepomirror.util.fsutil import atomic_write_json, json_bytes, replace_without_sync
 from amsrepomirror.util.jsonread import parse_json_lines, read_json
-from amsrepomirror.util.paths import VERSION_PATTERN
+from amsrepomirror.util.paths import STATE_DIR, VERSION_PATTERN
 
 
 @dataclass(frozen=True, slots=True)  # slots: one is held per file, 100,000s of them

@@ -12,7 +12,7 @@ from amsrepomirror.online.http import LowSpeed
 from amsrepomirror.online.listing import compile_platform_rules
 from amsrepomirror.online.segments import SegmentPolicy
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.util.time import utc_stamp
+from amsrepomirror.util.timestamps import utc_stamp
 from amsrepomirror.util.units import parse_size
 
 

@@ -6,17 +6,17 @@ from typing import Optional
 import luigi
 from luigi.util import inherits
 
-from amsrepomirror.bundle import build
-from amsrepomirror.bundle.delta import read_base
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.signature import is_signed
-from amsrepomirror.bundle.tool import check_spec, tool_matches
 from amsrepomirror.errors import MirrorError
-from amsrepomirror.online import progress
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.pack import build
+from amsrepomirror.pack.delta_base import read_base
+from amsrepomirror.pack.tool import check_spec, tool_matches
 from amsrepomirror.tasks.base import MirrorTask, ReportsFailure
 from amsrepomirror.tasks.mirror import VerifyTree
+from amsrepomirror.util import progress
 from amsrepomirror.util.units import parse_size
 
 
@@ -99,7 +99,7 @@ class BundleArchive(MirrorTask):
     offline = luigi.BoolParameter(default=False, description="bundle the last verified mirror without the network")
     versions = luigi.ListParameter(default=[], description="several versions in one bundle, version first "
                                    "(bundles their last verified mirrors: mirror each first)")
-    since = luigi.Parameter(default="", description="delta base snapshot (bundle.delta.write_base); empty: a full bundle")
+    since = luigi.Parameter(default="", description="delta base snapshot (pack.delta_base.write_base); empty: a full bundle")
     with_tool = luigi.BoolParameter(default=False, description="add tool/: wheels of amsrepomirror and install.sh")
     tool_pythons = luigi.ListParameter(default=[], description="with_tool: Python versions X.Y (default: this one)")
     tool_platforms = luigi.ListParameter(default=[], description="with_tool: pip platform tags (default: this machine's)")

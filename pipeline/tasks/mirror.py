@@ -11,13 +11,14 @@ import luigi
 from luigi.util import inherits
 
 from amsrepomirror.errors import FetchError, MirrorError
-from amsrepomirror.online import progress, sync
+from amsrepomirror.online import sync
 from amsrepomirror.online.credentials import resolve_credentials
 from amsrepomirror.online.http import make_session
 from amsrepomirror.online.listing import listing_url_for
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.tasks import central
+from amsrepomirror.tasks import shared_run
 from amsrepomirror.tasks.base import PROCESS_RUN_ID, FolderTask, MirrorTask, http, platform_rules, workspace_of
+from amsrepomirror.util import progress
 from amsrepomirror.util.fsutil import atomic_write_bytes, write_new_bytes
 from amsrepomirror.util.units import format_size
 
@@ -64,11 +65,11 @@ class FetchListing(MirrorTask):
         if not write_new_bytes(Path(self.output().path), body):
             # Another process's FetchListing of this run id (another listing, or the same) was first:
             # its snapshot stays, and this one may go on only when it names the same work.
-            central.check_run_identity(self.run_id, snapshot["identity"], self.snapshot().get("identity"))
+            shared_run.check_run_identity(self.run_id, snapshot["identity"], self.snapshot().get("identity"))
 
     def identity(self, listing_sha256: str):
-        """This run's identity (central.run_identity) with the listing's content as ``listing_sha256``."""
-        return central.run_identity(self.version, self.listing_url, self.platform, self.strict_authentication,
+        """This run's identity (shared_run.run_identity) with the listing's content as ``listing_sha256``."""
+        return shared_run.run_identity(self.version, self.listing_url, self.platform, self.strict_authentication,
                                     listing_sha256)
 
     def snapshot(self):

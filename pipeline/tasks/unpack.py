@@ -7,7 +7,7 @@ import luigi
 
 from amsrepomirror.bundle.trust import resolve_trust
 from amsrepomirror.errors import UsageError
-from amsrepomirror.offline import install
+from amsrepomirror.offline import unpack as unpacking
 from amsrepomirror.tasks.base import ReportsFailure
 
 
@@ -41,10 +41,10 @@ class ReceiptTarget(luigi.Target):
 
     def __init__(self, amshome: str, bundle: str):
         self.amshome, self.bundle = amshome, bundle
-        self.checked: Optional[install.CheckedManifest] = None
+        self.checked: Optional[unpacking.CheckedManifest] = None
 
     def exists(self):
-        self.checked = install.installed_bundle(self.bundle, self.amshome)
+        self.checked = unpacking.installed_bundle(self.bundle, self.amshome)
         return self.checked is not None
 
 
@@ -76,7 +76,7 @@ class Unpack(ReportsFailure, luigi.Task):
     #: The manifest run() placed, or complete() found installed, as read once; None until then. Luigi
     #: hands out this same object for the same parameters for the rest of the process: whoever uses
     #: it (the unpack command) sets it back to None, so that the next check reads the folder again.
-    checked: Optional[install.CheckedManifest] = None
+    checked: Optional[unpacking.CheckedManifest] = None
 
     def complete(self):
         # After run: the receipt must still name the manifest.json that run read and checked, and the
@@ -84,7 +84,7 @@ class Unpack(ReportsFailure, luigi.Task):
         # unpack's staging in AMSHOME by now is no sign against this one.
         # --reinstall: not done until this run has installed it again.
         if self.checked is not None:
-            return install.placed(self.amshome, self.checked)
+            return unpacking.placed(self.amshome, self.checked)
         if self.reinstall or self.drop_versions:  # a --drop-version is checked by run, also when nothing is to do
             return False
         target = self.output()
@@ -95,7 +95,7 @@ class Unpack(ReportsFailure, luigi.Task):
 
     def run(self):
         settings = unpack_settings()
-        self.checked = install.unpack_bundle(
+        self.checked = unpacking.unpack_bundle(
             self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall, deep=self.deep,
             version_files=list(settings.installed_version_files),
             trust=resolve_trust(self.allowed_signers, self.revoked_keys), allow_downgrade=self.allow_downgrade,

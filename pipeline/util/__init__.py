@@ -1,1 +1,1 @@
-"""Small shared utilities: files, hashing, sizes, paths, time."""
+"""Small shared utilities: files, hashing, sizes, paths, timestamps, progress display, skipped-file reasons."""

@@ -18,7 +18,7 @@ STATE_DIR = ".amsrepomirror"
 CASE_INSENSITIVE = sys.platform in ("win32", "cygwin", "darwin")
 
 
-def shown(text: str) -> str:
+def printable(text: str) -> str:
     """``text`` as it may appear in a one-line message: as it is when printable, else escaped."""
     return text if text.isprintable() else repr(text)
 

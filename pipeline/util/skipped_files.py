@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional
 
-from amsrepomirror.util.paths import shown
+from amsrepomirror.util.paths import printable
 
 #: At most this many lacking files are listed, one line each, then "… and N more".
 MAX_LISTED = 20
@@ -60,7 +60,7 @@ def describe(entries: List[Lacking], what: str) -> List[str]:
         counts[entry.reason] = counts.get(entry.reason, 0) + 1
     why = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
     lines = [f"{what} lacks {len(entries)} listed file(s) ({why}); amspackages cannot install packages that need them:"]
-    lines += [f"  {shown(e.path)}  ({e.reason})" for e in entries[:MAX_LISTED]]
+    lines += [f"  {printable(e.path)}  ({e.reason})" for e in entries[:MAX_LISTED]]
     if len(entries) > MAX_LISTED:
         lines.append(f"  … and {len(entries) - MAX_LISTED} more")
     return lines

@@ -16,14 +16,15 @@ import sys
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
-from amsrepomirror.bundle.delta import target_of
+from amsrepomirror.bundle.delta_rules import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest, read_manifest_bytes
+from amsrepomirror.bundle.receipt import make_receipt, receipt_tree
 from amsrepomirror.bundle.trust import Trust, resolve_trust, signature_verdict
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
-from amsrepomirror.offline.delta import place_copies, refuse_drop_versions, refuse_removals, unpack_delta
-from amsrepomirror.online.progress import ByteProgress
+from amsrepomirror.offline.apply_delta import place_copies, refuse_drop_versions, refuse_removals, unpack_delta
+from amsrepomirror.util.progress import ByteProgress
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     receipt must name from now on, come from them, not from the folder).
 
     When the receipt says the bundle is installed, only check the tree (and refuse when it changed)
-    unless ``reinstall``. A delta bundle is built on the installed tree (``offline.delta``: every
+    unless ``reinstall``. A delta bundle is built on the installed tree (``offline.apply_delta``: every
     installed file it relies on is hashed; ``trust_installed``, unless ``deep``: not those whose size,
     mtime and inode are still the receipt's). A bundle whose signature ``trust`` (the site's trust
     setting, trust.resolve_trust) refuses is refused before anything else, by the same verdict as
@@ -203,7 +204,7 @@ def _removals_allowed(home: Path, manifest: BundleManifest, bundle_dir: Path, dr
     receipt = {}  # unreadable: which versions are installed is not known
     try:
         receipt = placement.read_receipt(home)
-        tree = placement.receipt_tree(receipt, home / placement.RECEIPT) if receipt else None
+        tree = receipt_tree(receipt, home / placement.RECEIPT) if receipt else None
     except (IntegrityError, UsageError):
         tree = None
     if tree is None:
@@ -252,7 +253,7 @@ def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home:
             if not (staging / index).is_file():
                 raise IntegrityError(f"the bundle lacks {index}, the index amspackages needs; nothing was placed")
         placement.checkpoint("unpack:verified")
-        receipt = placement.make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version,
+        receipt = make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version,
                                          str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.tree),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,

@@ -1,6 +1,6 @@
 """Delta bundles, online side: where the base tree comes from and what a delta carries.
 
-A delta names its base by the base tree's identity (``placement.tree_identity``: sha256 of its
+A delta names its base by the base tree's identity (``bundle.receipt.tree_identity``: sha256 of its
 sorted path, size and sha256 list), whatever bundle or chunking that tree arrived in. BASE is
 ``last`` (the mirror's own history of bundle manifests it wrote, in ``<state>/bundles/``), a
 bundle folder or its ``manifest.json`` (a full bundle's files, or a delta's target), or a
@@ -11,7 +11,7 @@ A base may hold several AMS versions (a bundle of several, unpacked into one AMS
 updates one of them and keeps what every other version needs; it removes a version's files
 only when asked to drop that version (``--drop-version``, recorded in its manifest as
 ``dropped``). :func:`removal_problems` is that rule, applied when the delta is selected here and
-when it is unpacked (``offline.delta``), against what the receipt says each version needs.
+when it is unpacked (``offline.apply_delta``), against what the receipt says each version needs.
 """
 
 import dataclasses
@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, SCHEMAS, BundleManifest, ReusedFile, TreeFile, copy_problems
+from amsrepomirror.bundle.delta_rules import removal_problems, target_of
+from amsrepomirror.bundle.format import MANIFEST_NAME, SCHEMAS, BundleManifest, ReusedFile, TreeFile
+from amsrepomirror.bundle.receipt import RECEIPT_SCHEMAS, receipt_tree, receipt_version_paths, tree_identity
 from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
-from amsrepomirror.offline.placement import RECEIPT_SCHEMAS, receipt_tree, receipt_version_paths, tree_identity
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.util.fsutil import atomic_write_bytes, atomic_write_json
 from amsrepomirror.util.jsonread import read_json
-from amsrepomirror.util.paths import shown
+from amsrepomirror.util.paths import printable
 
 HISTORY_DIR = "bundles"
 HISTORY_SUFFIX = ".manifest.json"
@@ -71,32 +72,6 @@ class DeltaSelection:
     version_paths: Dict[str, List[str]]
 
 
-def removal_problems(held: Optional[Mapping[str, Iterable[str]]], gone: Iterable[str],
-                     replaced: Iterable[str]) -> List[str]:
-    """Why a bundle may not remove the paths ``gone`` from a tree whose versions need ``held``
-    (version -> paths; None when not known): a file that a version other than those it ``replaced``
-    (the version a delta updates, those a bundle holds anew, those dropped on purpose) still needs.
-    The one rule of what a bundle may remove: called when a delta is selected and when a bundle is
-    unpacked."""
-    gone = set(gone)
-    if not gone:
-        return []
-    if held is None:
-        return [f"would remove {len(gone)} file(s), e.g. {shown(min(gone))}, but the installed tree's record does not "
-                "say which files each AMS version needs (written by an older amsrepomirror)"]
-    problems = []
-    for version in sorted(set(held) - set(replaced)):
-        needed = gone & set(held[version])  # guard: delta-removal-guard
-        if needed:
-            problems.append(f"would remove {len(needed)} file(s) that {version} still needs, e.g. {shown(min(needed))}")
-    return problems
-
-
-def target_of(manifest: BundleManifest) -> List[TreeFile]:
-    """The whole tree a bundle installs: a full bundle's files and their copies, a delta's target."""
-    return manifest.tree
-
-
 def _kept_files(base: Base, version: str, files: Sequence[FileEntry]) -> Dict[str, TreeFile]:
     """The base's files that the versions a delta of ``version`` does not update or drop still need:
     they stay as they are. UsageError when ``files`` (``version``'s tree now) has one of them with
@@ -110,7 +85,7 @@ def _kept_files(base: Base, version: str, files: Sequence[FileEntry]) -> Dict[st
         now = new.get(path)
         if now is not None and (now.size, now.sha256) != (old.size, old.sha256):
             needs = next(v for v in kept_versions if path in set(held[v]))
-            raise UsageError(f"{shown(path)} has other bytes in {version} now than in {base.described}, where {needs} "
+            raise UsageError(f"{printable(path)} has other bytes in {version} now than in {base.described}, where {needs} "
                              f"still needs it: make a full bundle of both versions (--version {version} --version "
                              f"{needs}), or drop {needs} with --drop-version {needs}")
     return kept
@@ -149,27 +124,6 @@ def select_delta(base: Base, files: Sequence[FileEntry], version: str) -> DeltaS
     version_paths[version] = sorted(f.path for f in files)
     return DeltaSelection(carried=carried, reused=reused, removed=removed,
                           target=[target[p] for p in sorted(target)], versions=versions, version_paths=version_paths)
-
-
-def delta_problems(manifest: BundleManifest) -> List[str]:
-    """How a delta's lists contradict each other (carried, copied and reused files must be in the
-    target with their size and sha256, none in two of those lists, nothing removed that is a target)."""
-    target = {t.path: (t.size, t.sha256) for t in manifest.target}
-    problems = copy_problems(manifest)
-    if len(target) != len(manifest.target):
-        problems.append("its target lists a path twice")
-    for f in list(manifest.files) + list(manifest.copies):
-        if target.get(f.path) != (f.size, f.sha256):
-            problems.append(f"carried file {shown(f.path)} is not in its target manifest with that size and sha256")
-    carried = {f.path for f in manifest.files} | {c.path for c in manifest.copies}
-    for r in manifest.reused:
-        if target.get(r.path) != (r.size, r.sha256) or r.path in carried:
-            problems.append(f"reused file {shown(r.path)} is not in its target manifest with that size and sha256, "
-                            "or is also carried")
-    for path in manifest.removed:
-        if path in target:
-            problems.append(f"{shown(path)} is both removed and in its target manifest")
-    return problems
 
 
 # --- the history of bundles a mirror wrote ---------------------------------------------------------
@@ -264,7 +218,7 @@ def resolve_base(since: str, ws: Workspace, version: str, files: Sequence[FileEn
                          "(give last, a bundle folder, its manifest.json, or a receipt)")
     base = _read_base_file(path)
     if version not in base.all_versions:
-        raise UsageError(f"--since {since} is a base of {shown(' and '.join(base.all_versions))}, not {version}: "
+        raise UsageError(f"--since {since} is a base of {printable(' and '.join(base.all_versions))}, not {version}: "
                          f"give a bundle or receipt of {version}")
     return _with_drops(base, version, tuple(dropped))
 

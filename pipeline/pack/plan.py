@@ -36,7 +36,7 @@ from amsrepomirror.bundle.format import (
 )
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry
-from amsrepomirror.util.paths import path_problem, shown
+from amsrepomirror.util.paths import path_problem, printable
 from amsrepomirror.util.units import format_size
 
 DEFAULT_CHUNK_SIZE = 3900 * 1024**2  # below FAT32's 4 GiB - 1 file size limit, with room to spare
@@ -145,7 +145,7 @@ def distinct_contents(files: Iterable[FileEntry]) -> Tuple[List[FileEntry], List
 def _check_path(path: str) -> None:
     why = path_problem(path)
     if why:
-        raise UsageError(f"cannot bundle file with unsafe path {shown(path)} ({why})")
+        raise UsageError(f"cannot bundle file with unsafe path {printable(path)} ({why})")
 
 
 def part_size(path: str, chunk_size: int, compression: str) -> int:

@@ -23,15 +23,15 @@ import stat
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from amsrepomirror.bundle.delta import delta_problems, removal_problems
+from amsrepomirror.bundle.delta_rules import delta_problems, removal_problems
 from amsrepomirror.bundle.format import BundleManifest, ReusedFile
+from amsrepomirror.bundle.receipt import InstalledFile, make_receipt, receipt_tree, receipt_version_paths, tree_identity
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
 from amsrepomirror.offline.extract import open_regular
 from amsrepomirror.offline.installed import Identity, installed_file_problem
-from amsrepomirror.offline.placement import InstalledFile
-from amsrepomirror.util.paths import shown
+from amsrepomirror.util.paths import printable
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,11 @@ def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Op
         if receipt is None:
             raise UsageError(f"delta {bundle_dir} applies to {needs}, but AMSHOME {home} has no receipt "
                              "(nothing unpacked by amsrepomirror): unpack a full bundle first")
-        tree = placement.receipt_tree(receipt, home / placement.RECEIPT)
+        tree = receipt_tree(receipt, home / placement.RECEIPT)
     except IntegrityError as exc:
         raise IntegrityError(f"{exc}; a delta cannot be applied: unpack a full bundle with --reinstall") from None
     installed = receipt["tree_sha256"]
-    if installed == placement.tree_identity(manifest.target):
+    if installed == tree_identity(manifest.target):
         return None
     if installed != manifest.base:  # guard: delta-base-check
         raise UsageError(f"delta {bundle_dir} applies to {needs}, but {home / placement.REPOSITORY} holds the tree "
@@ -94,12 +94,12 @@ def refuse_drop_versions(home: Path, manifest: BundleManifest, bundle_dir: Path,
 
 def refuse_removals(home: Path, receipt: dict, tree: Sequence[InstalledFile], manifest: BundleManifest,
                     bundle_dir: Path, drop_versions: Sequence[str]) -> Optional[Dict[str, Set[str]]]:
-    """UsageError unless :func:`bundle.delta.removal_problems` allows what the bundle removes (every
+    """UsageError unless :func:`bundle.delta_rules.removal_problems` allows what the bundle removes (every
     installed path not in its tree, whatever a delta's ``removed`` list says) against what the receipt
     says each installed version needs. An installed version goes only when the admin says so
     (``drop_versions``) and, for a delta, the delta drops it too; a full bundle replaces the versions
     it holds. Returns the paths each version needs afterwards (None: not known)."""
-    held = placement.receipt_version_paths(receipt, home / placement.RECEIPT, tree)
+    held = receipt_version_paths(receipt, home / placement.RECEIPT, tree)
     refuse_drop_versions(home, manifest, bundle_dir, drop_versions, None if held is None else set(held))
     confirmed = set(drop_versions)
     said = set(manifest.dropped) if manifest.is_delta else confirmed
@@ -139,7 +139,7 @@ def _sources(manifest: BundleManifest, installed: Dict[str, InstalledFile]) -> D
             continue
         source = installed.get(reused.get(t.path, t.path))
         if source is None or (source.size, source.sha256) != (t.size, t.sha256):
-            raise IntegrityError(f"the delta's target manifest does not match its files: {shown(t.path)} is neither "
+            raise IntegrityError(f"the delta's target manifest does not match its files: {printable(t.path)} is neither "
                                  "carried nor in its base with that size and sha256; carry the delta again")
         sources[t.path] = source
     return sources
@@ -163,7 +163,7 @@ def check_installed(repo: Path, rows: Sequence[InstalledFile], trust_installed: 
         check = installed_file_problem(repo.joinpath(*row.path.split("/")), row, trust_metadata=trust_installed)
         if check.problem:  # guard: installed-reuse-refuse
             raise IntegrityError(
-                f"{repo} no longer matches its receipt: {shown(row.path)}, which the delta relies on: "
+                f"{repo} no longer matches its receipt: {printable(row.path)}, which the delta relies on: "
                 f"{check.problem}; nothing was changed: unpack a full bundle with --reinstall")
         seen[row.path] = check.identity
     return seen
@@ -205,11 +205,11 @@ def link_or_copy(src: Path, dst: Path, row: InstalledFile, identity: Optional[Id
     except OSError as exc:
         if exc.errno not in LINK_REFUSED:
             raise extract._os_error(exc, f"linking {row.path} into staging") from exc
-        _copy(src, dst, row, f"installed {shown(row.path)} does not have the sha256 its receipt records; "
+        _copy(src, dst, row, f"installed {printable(row.path)} does not have the sha256 its receipt records; "
                              "nothing was changed: unpack a full bundle with --reinstall")
         return False
     if _changed(dst, identity or (row.ino, row.size, row.mtime_ns)):  # replaced between the check and the link
-        raise IntegrityError(f"installed {shown(row.path)} changed while the delta was applied; nothing was changed")
+        raise IntegrityError(f"installed {printable(row.path)} changed while the delta was applied; nothing was changed")
     return True
 
 
@@ -228,7 +228,7 @@ def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
         except OSError as exc:
             if exc.errno not in LINK_REFUSED:
                 raise extract._os_error(exc, f"linking {copy.path} in staging") from exc
-            _copy(src, dst, copy, f"{shown(copy.source)}, copied to {shown(copy.path)}, does not have the size and "
+            _copy(src, dst, copy, f"{printable(copy.source)}, copied to {printable(copy.path)}, does not have the size and "
                                   "sha256 the bundle lists; nothing was placed")
     if copies:
         log.info(f"unpack: {len(copies)} files with the bytes of another path placed ({linked} hard-linked)")
@@ -288,7 +288,7 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
         for index in (f"{version}.yml" for version in manifest.all_versions):
             if not (staging / index).is_file():
                 raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
-        receipt = placement.make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version, str(bundle_dir.absolute()),
+        receipt = make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version, str(bundle_dir.absolute()),
                                          tree=placement.installed_files(staging, manifest.target),
                                          bundle_created=manifest.created, bundle_sequence=manifest.sequence,
                                          lacking=manifest.lacking, trust_installed=trust,

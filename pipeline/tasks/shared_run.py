@@ -19,7 +19,7 @@ import requests
 from amsrepomirror import __version__
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online.listing import listing_url_for, redact
-from amsrepomirror.util.time import utc_stamp
+from amsrepomirror.util.timestamps import utc_stamp
 
 REACH_TIMEOUT = 5.0  # seconds: Luigi's own RPC retries would take minutes to give up
 

@@ -20,10 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, SUMS_NAME, TOOL_DIR, BundleManifest, ToolFile
+from amsrepomirror.bundle.format import TOOL_DIR, ToolFile
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.util.hashing import sha256_file
 
@@ -232,17 +232,4 @@ def write_tool(bundle_dir: Path, work: Path, spec: Optional[ToolSpec]) -> List[T
     return [ToolFile(path=path.relative_to(bundle_dir).as_posix(), size=path.stat().st_size, sha256=sha256_file(path))
             for path in sorted(folder.rglob("*")) if path.is_file()]
 
-
-def tool_problems(bundle_dir: Path, manifest: BundleManifest, sums: Optional[Dict[str, str]]) -> List[Tuple[str, str]]:
-    """How the tool/ folder differs from the manifest's ``tool`` list and SHA256SUMS: (path, what) each."""
-    problems = []
-    for t in manifest.tool:
-        path = Path(bundle_dir) / t.path
-        if sums is not None and sums.get(t.path) != t.sha256:
-            problems.append((t.path, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
-        elif not path.is_file():
-            problems.append((t.path, "missing"))
-        elif path.stat().st_size != t.size or sha256_file(path) != t.sha256:
-            problems.append((t.path, "corrupt"))
-    return problems
 

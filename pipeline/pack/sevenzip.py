@@ -16,7 +16,7 @@ the parts of a split file each on their own (for the bundle manifest) and, throu
 ``Sha256State`` carried from chunk to chunk, as the whole file when its last part is packed.
 
 The header is written plain (``set_encoded_header_mode(False)``) so its size is exactly
-predictable for the chunk-size budget in ``amsrepomirror.bundle.plan``.
+predictable for the chunk-size budget in ``amsrepomirror.pack.plan``.
 
 Chunks are written deterministically (members in plan order, fixed times and attributes; see
 ``_FixedTimeSevenZipFile``): the same members give the same bytes, so a chunk named by its content
@@ -39,12 +39,11 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import py7zr
 from py7zr.helpers import ArchiveTimestamp
-from py7zr.io import Py7zIO, WriterFactory
 
 from amsrepomirror.bundle.format import COMPRESSIONS, Chunk
-from amsrepomirror.bundle.plan import ChunkSpec
 from amsrepomirror.errors import IntegrityError, MirrorError, UsageError
 from amsrepomirror.online.manifest import FileEntry
+from amsrepomirror.pack.plan import ChunkSpec
 from amsrepomirror.util.fsutil import fsync_dir
 from amsrepomirror.util.hashing import sha256_stream
 
@@ -223,8 +222,6 @@ class ChunkResult:
     sha256_state: Dict[str, str] = field(default_factory=dict)
 
 
-
-
 def _source_path(mirror_dir: Path, rel: str) -> Path:
     return Path(mirror_dir).joinpath(*rel.split("/"))
 
@@ -354,75 +351,3 @@ def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Map
     return piece_sha, carried
 
 
-class WriteOnlySink(Py7zIO):
-    """Base of the sinks py7zr writes a member into when we only take its bytes (hash or place
-    them): nothing to read back, and never rewound; ``written`` counts what was taken."""
-
-    written = 0
-
-    def read(self, size: Optional[int] = None) -> bytes:
-        return b""
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        raise io.UnsupportedOperation(f"{type(self).__name__} is not seekable")
-
-    def seekable(self) -> bool:  # tells py7zr's MemIO.close() not to rewind us
-        return False
-
-    def flush(self) -> None:
-        pass
-
-    def size(self) -> int:
-        return self.written
-
-
-class _HashingSink(WriteOnlySink):
-    """Takes one member from py7zr and only hashes it: verify decompresses without writing."""
-
-    def __init__(self, hashers: Sequence, on_bytes: Optional[Callable[[int], None]] = None):
-        self.hashers = hashers
-        self.on_bytes = on_bytes
-        self.written = 0
-
-    def write(self, s) -> int:
-        for hasher in self.hashers:
-            hasher.update(s)
-        self.written += len(s)
-        if self.on_bytes is not None:
-            self.on_bytes(len(s))
-        return len(s)
-
-
-class _HashingSinks(WriterFactory):
-    """py7zr's writer factory for verify: one hashing sink per member; ``also`` adds a hasher to a member."""
-
-    def __init__(self, also: Mapping[str, object], on_bytes: Optional[Callable[[int], None]] = None):
-        self.also, self.on_bytes = also, on_bytes
-        self.sinks: Dict[str, Tuple[_HashingSink, "hashlib._Hash"]] = {}
-
-    def create(self, filename: str) -> Py7zIO:
-        if filename in self.sinks:
-            raise IntegrityError(f"member {filename!r}: duplicate name")
-        own = hashlib.sha256()
-        sink = _HashingSink((own, self.also[filename]) if filename in self.also else (own,), self.on_bytes)
-        self.sinks[filename] = (sink, own)
-        return sink
-
-
-def hash_members(path: Path, also: Optional[Mapping[str, object]] = None,
-                 on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[Dict[str, Tuple[int, str]], Optional[str]]:
-    """Decompress every member of a 7z file (streaming; py7zr checks each member's CRC) and hash it.
-
-    Returns ``({member: (size, sha256)}, None)``, or ``(..., a short description of the damage)``
-    when the archive cannot be read through. ``also`` maps a member to one more hasher to feed
-    (verify hashes split files whole across chunks). Names and types of members are not checked
-    here: call ``extract.check_members`` first, as unpack does.
-    """
-    sinks = _HashingSinks(also or {}, on_bytes)
-    trouble = None
-    try:
-        with py7zr.SevenZipFile(path, "r") as archive:
-            archive.extractall(factory=sinks)
-    except Exception as exc:  # py7zr raises many types for damaged archives
-        trouble = f"{type(exc).__name__}: {exc}"
-    return {m: (sink.written, own.hexdigest()) for m, (sink, own) in sinks.sinks.items()}, trouble

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from amsrepomirror import __version__
-from amsrepomirror.bundle.delta import Base, DeltaSelection, read_base, record_bundle, select_delta
 from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
     MANIFEST_NAME,
@@ -32,20 +31,21 @@ from amsrepomirror.bundle.format import (
     ReusedFile,
     chunk_name_pattern,
 )
-from amsrepomirror.bundle.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents
-from amsrepomirror.bundle.readme import readme_text
-from amsrepomirror.bundle.sevenzip import ChunkResult, ContentMismatch, write_chunk
 from amsrepomirror.bundle.signature import SIGNATURE_NAME, drop_signature, sign_manifest
 from amsrepomirror.bundle.sums import write_sums
-from amsrepomirror.bundle.tool import ToolSpec, write_tool
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.pack.delta_base import Base, DeltaSelection, read_base, record_bundle, select_delta
+from amsrepomirror.pack.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents
+from amsrepomirror.pack.readme import readme_text
+from amsrepomirror.pack.sevenzip import ChunkResult, ContentMismatch, write_chunk
+from amsrepomirror.pack.tool import ToolSpec, write_tool
 from amsrepomirror.util.fsutil import atomic_write_bytes, atomic_write_json, require_free_space
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.jsonread import read_json
 from amsrepomirror.util.paths import is_plain_file_name
-from amsrepomirror.util.time import utc_now
+from amsrepomirror.util.timestamps import utc_now
 from amsrepomirror.util.units import parse_size
 
 WORK_DIR = ".amsrepomirror-work"
@@ -74,7 +74,7 @@ class BundlePlan:
 @lru_cache(maxsize=4)
 def plan_for(manifest_path: str, chunk_size: str, version: str, compression: str, base_path: str = "") -> BundlePlan:
     """The deterministic chunk plan of a verified mirror manifest (cached per process); with
-    ``base_path`` (a snapshot from ``bundle.delta.write_base``), of the delta against that base."""
+    ``base_path`` (a snapshot from ``pack.delta_base.write_base``), of the delta against that base."""
     manifest = Manifest.read(Path(manifest_path))
     if manifest.version != version:
         raise IntegrityError(f"{manifest_path} is a manifest of {manifest.version}, not {version}")

@@ -1,0 +1,194 @@
+"""Reading a chunk without trusting it: its members checked before anything is written, and hashed
+without writing anything (both sides: ``verify`` and ``unpack``).
+
+:func:`check_members` reads only the archive's header and refuses every member that is not a plain,
+safely named regular file listed in the chunk (see ``offline.extract`` for what unpack does next);
+:func:`hash_members` decompresses every member into a hasher.
+"""
+
+import hashlib
+import io
+import stat
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import py7zr
+import py7zr.exceptions
+from py7zr.io import Py7zIO, WriterFactory
+
+from amsrepomirror.bundle.format import Chunk
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.util.paths import path_problem
+
+MAX_LISTED = 5
+
+
+Expected = Dict[str, Tuple[int, str]]
+
+
+def parent_dirs(name: str) -> Iterable[str]:
+    """The folders above ``name`` (a/b/c: a, a/b), which an archive may list as directory entries."""
+    segs = name.split("/")
+    for i in range(1, len(segs)):
+        yield "/".join(segs[:i])
+
+
+def _member_type(f) -> Tuple[str, Optional[str]]:
+    """('file'|'dir'|'bad', reason) for a py7zr ArchiveFile."""
+    if f.is_symlink:
+        return "bad", "symlink"
+    if f.is_junction:
+        return "bad", "junction / reparse point"
+    if f.is_socket:
+        return "bad", "socket"
+    fmt = f.st_fmt
+    if fmt is not None and fmt not in (stat.S_IFREG, stat.S_IFDIR):
+        kinds = {stat.S_IFCHR: "character device", stat.S_IFBLK: "block device", stat.S_IFIFO: "fifo",
+                 stat.S_IFLNK: "symlink", stat.S_IFSOCK: "socket"}
+        return "bad", kinds.get(fmt, f"special file (mode {fmt:o})")
+    if f.is_directory or fmt == stat.S_IFDIR:
+        if fmt is not None and fmt != stat.S_IFDIR:
+            return "bad", "directory attribute on a non-directory"
+        return "dir", None
+    if not f.is_file:
+        return "bad", "not a regular file"
+    return "file", None
+
+
+def unsafe_content(archive_path, chunk: Chunk, problems: List[str]) -> IntegrityError:
+    """One error naming the chunk and its first few problems (the check of the header, or extraction)."""
+    shown = "; ".join(problems[:MAX_LISTED])
+    more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
+    return IntegrityError(f"unsafe or unexpected content in chunk {chunk.name} ({archive_path}): {shown}{more}")
+
+
+def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = None) -> Dict[str, int]:
+    """Refuse unsafe or unexpected members of ``archive_path`` before anything is written.
+
+    Returns ``{member: declared uncompressed size}`` for the file members. When ``expected`` is
+    given, the declared sizes must also match it. Raises IntegrityError naming chunk and member.
+    """
+    try:
+        with py7zr.SevenZipFile(archive_path, mode="r") as sz:
+            if sz.needs_password():
+                raise IntegrityError(f"chunk {chunk.name} ({archive_path}) is encrypted; bundles never are")
+            entries = list(sz.files)
+    except IntegrityError:
+        raise
+    except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, EOFError, ValueError,
+            KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"chunk {chunk.name} ({archive_path}) is not a readable 7z archive: {exc}") from exc
+    except OSError as exc:
+        raise IntegrityError(f"cannot read chunk {chunk.name} ({archive_path}): {exc}") from exc
+
+    wanted = set(chunk.members)
+    problems: List[str] = []
+    for m in sorted(wanted):
+        why = path_problem(m)
+        if why:
+            problems.append(f"manifest lists unsafe member {m!r} ({why})")
+    allowed_dirs = {p for m in wanted for p in parent_dirs(m)}
+    files: Dict[str, int] = {}
+    seen = set()
+    for f in entries:
+        name = f.filename
+        why = path_problem(name)  # guard: extract-member-path
+        if why:
+            problems.append(f"member {name!r}: {why}")
+            continue
+        if name in seen:
+            problems.append(f"member {name!r}: duplicate name")
+            continue
+        seen.add(name)
+        kind, why = _member_type(f)
+        if kind == "bad":  # guard: member-type-check
+            problems.append(f"member {name!r}: {why} (only regular files are allowed)")
+        elif kind == "dir":
+            if name not in allowed_dirs:
+                problems.append(f"member {name!r}: directory entry that is not a parent of any expected member")
+        elif name not in wanted:
+            problems.append(f"member {name!r}: not listed for this chunk in the bundle manifest")
+        else:
+            files[name] = int(f.uncompressed or 0)
+            if expected is not None and name in expected and files[name] != expected[name][0]:
+                problems.append(f"member {name!r}: declared size {files[name]} != expected {expected[name][0]}")
+    for m in sorted(wanted - set(files)):
+        if m not in seen:
+            problems.append(f"member {m!r}: listed in the bundle manifest but missing from the chunk")
+    if problems:
+        raise unsafe_content(archive_path, chunk, problems)
+    return files
+
+
+class WriteOnlySink(Py7zIO):
+    """Base of the sinks py7zr writes a member into when we only take its bytes (hash or place
+    them): nothing to read back, and never rewound; ``written`` counts what was taken."""
+
+    written = 0
+
+    def read(self, size: Optional[int] = None) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        raise io.UnsupportedOperation(f"{type(self).__name__} is not seekable")
+
+    def seekable(self) -> bool:  # tells py7zr's MemIO.close() not to rewind us
+        return False
+
+    def flush(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return self.written
+
+
+class _HashingSink(WriteOnlySink):
+    """Takes one member from py7zr and only hashes it: verify decompresses without writing."""
+
+    def __init__(self, hashers: Sequence, on_bytes: Optional[Callable[[int], None]] = None):
+        self.hashers = hashers
+        self.on_bytes = on_bytes
+        self.written = 0
+
+    def write(self, s) -> int:
+        for hasher in self.hashers:
+            hasher.update(s)
+        self.written += len(s)
+        if self.on_bytes is not None:
+            self.on_bytes(len(s))
+        return len(s)
+
+
+class _HashingSinks(WriterFactory):
+    """py7zr's writer factory for verify: one hashing sink per member; ``also`` adds a hasher to a member."""
+
+    def __init__(self, also: Mapping[str, object], on_bytes: Optional[Callable[[int], None]] = None):
+        self.also, self.on_bytes = also, on_bytes
+        self.sinks: Dict[str, Tuple[_HashingSink, "hashlib._Hash"]] = {}
+
+    def create(self, filename: str) -> Py7zIO:
+        if filename in self.sinks:
+            raise IntegrityError(f"member {filename!r}: duplicate name")
+        own = hashlib.sha256()
+        sink = _HashingSink((own, self.also[filename]) if filename in self.also else (own,), self.on_bytes)
+        self.sinks[filename] = (sink, own)
+        return sink
+
+
+def hash_members(path: Path, also: Optional[Mapping[str, object]] = None,
+                 on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[Dict[str, Tuple[int, str]], Optional[str]]:
+    """Decompress every member of a 7z file (streaming; py7zr checks each member's CRC) and hash it.
+
+    Returns ``({member: (size, sha256)}, None)``, or ``(..., a short description of the damage)``
+    when the archive cannot be read through. ``also`` maps a member to one more hasher to feed
+    (verify hashes split files whole across chunks). Names and types of members are not checked
+    here: call ``bundle.chunks.check_members`` first, as unpack does.
+    """
+    sinks = _HashingSinks(also or {}, on_bytes)
+    trouble = None
+    try:
+        with py7zr.SevenZipFile(path, "r") as archive:
+            archive.extractall(factory=sinks)
+    except Exception as exc:  # py7zr raises many types for damaged archives
+        trouble = f"{type(exc).__name__}: {exc}"
+    return {m: (sink.written, own.hexdigest()) for m, (sink, own) in sinks.sinks.items()}, trouble
