@@ -43,9 +43,9 @@ import sys
 import tempfile
 import time
 import tokenize
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = Path(__file__).resolve().with_name("mutants_probe.py")
@@ -75,7 +75,7 @@ class Entry:
     function: str = ""
     find: str = ""
     replace: str = ""
-    tests: List[str] = field(default_factory=list)
+    tests: list[str] = field(default_factory=list)
     note: str = ""
     problem: str = ""  # what is wrong with the section itself
 
@@ -90,7 +90,7 @@ class Row:
 
 # --- the list of guards -----------------------------------------------------------------------
 
-def read_entries(ini: Path) -> List[Entry]:
+def read_entries(ini: Path) -> list[Entry]:
     parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
     parser.optionxform = str  # keys as written
     try:
@@ -127,10 +127,10 @@ def read_entries(ini: Path) -> List[Entry]:
     return entries
 
 
-def split_tests(text: str) -> List[str]:
+def split_tests(text: str) -> list[str]:
     """pytest's arguments from an entry's ``tests``, split as the shell would; an unquoted ``-k`` or
     ``-m`` expression (``-k a or b``) runs up to the next option or test path."""
-    args: List[str] = []
+    args: list[str] = []
     words = shlex.split(text)
     while words:
         word = words.pop(0)
@@ -145,7 +145,7 @@ def split_tests(text: str) -> List[str]:
     return args
 
 
-def simple_selection(tests: Sequence[str]) -> Optional[Tuple[List[str], str]]:
+def simple_selection(tests: Sequence[str]) -> tuple[list[str], str] | None:
     """(test paths, -k expression) when ``tests`` is only that: such entries are collected together."""
     paths, keyword = [], ""
     words = list(tests)
@@ -163,7 +163,7 @@ def simple_selection(tests: Sequence[str]) -> Optional[Tuple[List[str], str]]:
 
 # --- the copy ---------------------------------------------------------------------------------
 
-def tree_files(root: Path) -> List[str]:
+def tree_files(root: Path) -> list[str]:
     """The files of the tree: what git tracks plus new files it does not ignore (as they are in the
     working tree: uncommitted changes included); without git, the folders in FALLBACK."""
     try:
@@ -212,14 +212,14 @@ class Sandbox:
         shutil.copy2(PROBE, self.path / PROBE.name)
         self.package = os.path.realpath(self.src / SOURCE)
 
-    def env(self, probe_out: Path) -> Dict[str, str]:
+    def env(self, probe_out: Path) -> dict[str, str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(self.path)  # nothing else: no other copy of the package can come first
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["MUTANTS_PROBE_OUT"] = str(probe_out)
         return env
 
-    def ours(self, path: Optional[str]) -> bool:
+    def ours(self, path: str | None) -> bool:
         return path is not None and os.path.realpath(path).startswith(self.package + os.sep)
 
     def check_import(self) -> None:
@@ -239,12 +239,12 @@ class Sandbox:
 
 # --- finding and breaking the check -----------------------------------------------------------
 
-Marker = Tuple[str, int, int]  # file, line (1-based), column where the comment starts
+Marker = tuple[str, int, int]  # file, line (1-based), column where the comment starts
 
 
-def markers(tree: Path, files: Sequence[str]) -> Dict[str, List[Marker]]:
+def markers(tree: Path, files: Sequence[str]) -> dict[str, list[Marker]]:
     """{entry id: [(file, line, column)]} of every ``# guard: <id>`` comment in the tree's Python files."""
-    found: Dict[str, List[Marker]] = {}
+    found: dict[str, list[Marker]] = {}
     for name in files:
         if not name.endswith(".py") or name.startswith(".ci/"):
             continue
@@ -275,7 +275,7 @@ def function_node(module: ast.Module, dotted: str, where: str):
     return scopes[0]
 
 
-def locate(tree: Path, entry: Entry, marks: Dict[str, List[Marker]]) -> Marker:
+def locate(tree: Path, entry: Entry, marks: dict[str, list[Marker]]) -> Marker:
     """Where the entry's mutation goes: its marker; Broken unless it is exactly one line inside the
     entry's function whose code holds ``find`` once."""
     if entry.problem:
@@ -300,7 +300,7 @@ def locate(tree: Path, entry: Entry, marks: Dict[str, List[Marker]]) -> Marker:
     return where[0]
 
 
-def physical_lines(text: str) -> List[str]:
+def physical_lines(text: str) -> list[str]:
     """The lines as tokenize counts them (``str.splitlines`` also splits at form feeds and the like)."""
     return re.findall(r"[^\n]*\n|[^\n]+\Z", text)
 
@@ -325,14 +325,14 @@ def mutate(tree: Path, entry: Entry, where: Marker) -> str:
 
 @dataclass
 class Outcome:
-    code: Optional[int]  # None: timed out
+    code: int | None  # None: timed out
     probe: dict
     output: str
     seconds: float
 
 
 def run_pytest(box: Sandbox, args: Sequence[str], timeout: float, label: str,
-               extra_env: Optional[Dict[str, str]] = None) -> Outcome:
+               extra_env: dict[str, str] | None = None) -> Outcome:
     """pytest ARGS in the copy (its folder as working folder and rootdir); killed with every
     process it started when ``timeout`` runs out. Output goes to a file: a server a test leaves
     behind cannot hold a pipe open."""
@@ -343,7 +343,7 @@ def run_pytest(box: Sandbox, args: Sequence[str], timeout: float, label: str,
         proc = subprocess.Popen(command, cwd=box.src, env={**box.env(probe_out), **(extra_env or {})}, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            code: Optional[int] = proc.wait(timeout=max(timeout, 1))
+            code: int | None = proc.wait(timeout=max(timeout, 1))
         except subprocess.TimeoutExpired:
             code = None
         finally:
@@ -388,7 +388,7 @@ PYTEST_EXIT = {2: "interrupted or a collection error", 3: "pytest internal error
 # --- the run ----------------------------------------------------------------------------------
 
 class Runner:
-    def __init__(self, root: Path, entries: List[Entry], budget: float, timeout: float, keep: bool, check_orphans: bool):
+    def __init__(self, root: Path, entries: list[Entry], budget: float, timeout: float, keep: bool, check_orphans: bool):
         self.root = root
         self.entries = entries
         self.deadline = time.monotonic() + budget
@@ -396,7 +396,7 @@ class Runner:
         self.timeout = timeout
         self.keep = keep
         self.check_orphans = check_orphans
-        self.rows: Dict[str, Row] = {}
+        self.rows: dict[str, Row] = {}
         self.known_ids: set = set()
 
     def left(self) -> float:
@@ -425,7 +425,7 @@ class Runner:
         print(f"mutants: {len(self.entries)} entr{'y' if len(self.entries) == 1 else 'ies'}, "
               f"a copy of {len(files)} files in {workdir}, time budget {self.budget:.0f}s", flush=True)
 
-        located: Dict[str, Marker] = {}
+        located: dict[str, Marker] = {}
         for entry in self.entries:  # where each mutation goes
             try:
                 located[entry.id] = locate(base.src, entry, marks)
@@ -510,7 +510,7 @@ class Runner:
                     box.remove()
         return self.summary()
 
-    def collect_together(self, base: Sandbox, entries: List[Entry]) -> Dict[str, List[str]]:
+    def collect_together(self, base: Sandbox, entries: list[Entry]) -> dict[str, list[str]]:
         """{entry: its tests} from one collection of every test path the entries name (most entries
         are test paths and a -k expression; the probe applies each expression as -k would). Entries
         this cannot answer, or that it finds no test for, are left to a collection of their own."""
@@ -549,7 +549,7 @@ class Runner:
         return 0
 
 
-def list_entries(root: Path, entries: List[Entry]) -> int:
+def list_entries(root: Path, entries: list[Entry]) -> int:
     """Each entry, where its marker is and what its mutant reads (nothing is run)."""
     files = tree_files(root)
     marks = markers(root, files)
@@ -569,7 +569,7 @@ def _interrupted(signum, frame):
     raise KeyboardInterrupt  # SIGTERM as Ctrl-C: the running pytest is killed, the copies removed
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mutants.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ini", type=Path, default=None, help="the list of guards (default: .ci/mutants.ini of --root)")
     parser.add_argument("--root", type=Path, default=ROOT, help="the tree to copy (default: this checkout)")

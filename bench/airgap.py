@@ -39,9 +39,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -87,7 +87,7 @@ class TreeSpec:
     chunk: str        # --chunk-size of our bundle
     volume: str       # 7zz -v of the peer (same size)
 
-    def files(self) -> Dict[str, int]:
+    def files(self) -> dict[str, int]:
         """{relpath: size}: the big file plus ``others`` files of ±50 % around the mean."""
         rng = random.Random(f"airgap:{self.key}")
         weights = [0.5 + rng.random() for _ in range(self.others)]
@@ -105,7 +105,7 @@ FULL = TreeSpec("tree-2gb", "2 GB", 2_000_000_000, 700_000_000, 40, "512MiB", "5
 SMALL = TreeSpec("tree-200mb", "200 MB", 200_000_000, 70_000_000, 40, "64MiB", "64m")
 
 
-def ours_env() -> Dict[str, str]:
+def ours_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LUIGI_CONFIG_PATH", "SCM_USER", "SCM_PASSWORD")}
     env.update(SCM_USER=DEMO_USER, SCM_PASSWORD=DEMO_PASSWORD, PYTHONPATH=str(ROOT))
     return env
@@ -176,7 +176,7 @@ def tail(text: str, n: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-n:])
 
 
-def _group_pss_kb(pgid: int) -> Tuple[int, int]:
+def _group_pss_kb(pgid: int) -> tuple[int, int]:
     """(sum of Pss in kB, number of processes) over the processes of process group ``pgid``."""
     total = count = 0
     for entry in os.listdir("/proc"):
@@ -202,7 +202,7 @@ def _group_pss_kb(pgid: int) -> Tuple[int, int]:
 TIME_BIN = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
-def timed(cmd: Sequence[str], *, cwd: Path, env: Optional[Dict[str, str]] = None, log_dir: Path,
+def timed(cmd: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None, log_dir: Path,
           name: str) -> Run:
     """Run ``cmd`` once in its own session; wall-clock seconds, ru_maxrss and sampled PSS.
 
@@ -331,7 +331,7 @@ def peer_unpack(bundle: Path, dest: Path, logs: Path, name: str):
 MARK = 'echo "mark $(date +%s.%N)"'  # timestamps between the steps of a peer script
 
 
-def steps(stdout: str) -> List[float]:
+def steps(stdout: str) -> list[float]:
     """Seconds between consecutive MARK lines of a peer script's output."""
     marks = [float(m) for m in re.findall(r"^mark (\d+\.\d+)$", stdout, re.M)]
     return [b - a for a, b in zip(marks, marks[1:])]
@@ -370,14 +370,14 @@ def measure(what: str, make, cache: Cache, *, warm_up: bool, check=None) -> Meas
     return Measured(run, sync_after)
 
 
-def best(a: Optional[Measured], b: Measured) -> Measured:
+def best(a: Measured | None, b: Measured) -> Measured:
     return b if a is None or b.run.seconds < a.run.seconds else a
 
 
 def check_unpacked(mirror: Path, repository: Path) -> int:
     """``repository`` holds exactly the files of the mirror manifest, same size and sha256."""
     want = {f["path"]: (f["size"], f["sha256"]) for f in json.loads(manifest_path(mirror).read_text())["files"]}
-    found: Dict[str, Tuple[int, str]] = {}
+    found: dict[str, tuple[int, str]] = {}
     for dirpath, dirnames, filenames in os.walk(repository):
         for name in filenames:
             full = Path(dirpath) / name
@@ -478,11 +478,11 @@ def md_row(cells: Sequence[str]) -> str:
 
 @dataclass
 class Verdicts:
-    rows: List[List[str]] = field(default_factory=list)
-    results: Dict[str, bool] = field(default_factory=dict)
+    rows: list[list[str]] = field(default_factory=list)
+    results: dict[str, bool] = field(default_factory=dict)
 
 
-def table(results: List[TreeResult]) -> Verdicts:
+def table(results: list[TreeResult]) -> Verdicts:
     v = Verdicts()
     head = ["Tree", "Measure", "ours", "peer", "peer ÷ ours", "Target", "Result", "Notes"]
     v.rows += [head, ["---"] * len(head)]
@@ -558,7 +558,7 @@ def hash_speeds(work: Path) -> str:
         probe.unlink(missing_ok=True)
 
 
-def machine_info(work: Path, cache: Cache) -> Dict[str, str]:
+def machine_info(work: Path, cache: Cache) -> dict[str, str]:
     cpu = "unknown"
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -600,7 +600,7 @@ def machine_info(work: Path, cache: Cache) -> Dict[str, str]:
     }
 
 
-def render(results: List[TreeResult], verdicts: Verdicts, info: Dict[str, str], quick: bool, repeats: int,
+def render(results: list[TreeResult], verdicts: Verdicts, info: dict[str, str], quick: bool, repeats: int,
            elapsed: float) -> str:
     lines = [
         "`python -m bench.airgap` (run by `make bench` after `bench.run`): `amsrepomirror bundle --offline` "
@@ -649,7 +649,7 @@ def render(results: List[TreeResult], verdicts: Verdicts, info: Dict[str, str], 
 # ---- main ---------------------------------------------------------------------------------------------
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.airgap", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="200 MB tree only, best of 2 (smoke test)")
     p.add_argument("--out", type=Path, help=f"results file (default {DOC.relative_to(ROOT)} for a full run)")

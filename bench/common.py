@@ -17,9 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -65,8 +65,8 @@ class Run:
         return self.max_rss_kb / 1024.0
 
 
-def timed(cmd: Sequence[str], *, cwd: Path, env: Dict[str, str], log_dir: Path, name: str,
-          timeout: Optional[float] = None) -> Run:
+def timed(cmd: Sequence[str], *, cwd: Path, env: dict[str, str], log_dir: Path, name: str,
+          timeout: float | None = None) -> Run:
     """Run ``cmd`` once; wall-clock seconds (time.monotonic) and peak RSS (``/usr/bin/time -v``
     when installed, else the rusage ``wait4`` returns, which covers the same process tree).
 
@@ -117,7 +117,7 @@ def tail(text: str, n: int = 15) -> str:
 # ---- the two tools -------------------------------------------------------------------------------
 
 
-def ours_env(config: Optional[Path] = None) -> Dict[str, str]:
+def ours_env(config: Path | None = None) -> dict[str, str]:
     """Environment of an amsrepomirror run: credentials from the environment,
     luigi.cfg from the project folder (plus ``config`` read after it, if given)."""
     env = {k: v for k, v in os.environ.items() if k not in ("LUIGI_CONFIG_PATH", "SCM_USER", "SCM_PASSWORD")}
@@ -127,8 +127,8 @@ def ours_env(config: Optional[Path] = None) -> Dict[str, str]:
     return env
 
 
-def run_ours(listing_url: str, dest: Path, *, log_dir: Path, name: str, config: Optional[Path] = None,
-             timeout: Optional[float] = None, extra: Sequence[str] = ()) -> (Run, Dict):
+def run_ours(listing_url: str, dest: Path, *, log_dir: Path, name: str, config: Path | None = None,
+             timeout: float | None = None, extra: Sequence[str] = ()) -> (Run, dict):
     """``python -m amsrepomirror mirror`` with its default --jobs; returns the run and its --report."""
     report = log_dir / f"{name}.report.json"
     if report.exists():
@@ -177,7 +177,7 @@ def fresh(path: Path) -> Path:
 # ---- synthetic trees -----------------------------------------------------------------------------
 
 
-def build_tree(root: Path, files: Dict[str, int], *, tiny_fast: bool = False) -> int:
+def build_tree(root: Path, files: dict[str, int], *, tiny_fast: bool = False) -> int:
     """A tree ``root/Downloads/packages/`` holding ``files`` {relpath: size} of incompressible
     pseudo-random bytes, plus the ``<version>.yml`` index a mirror must contain, and the
     listing of all of them (placeholder origin; nginx retargets it on start). Reused when the
@@ -218,7 +218,7 @@ def warm(root: Path) -> None:
                     pass
 
 
-def sized_files(prefix: str, count: int, total: int, seed: str, spread: float = 0.5) -> Dict[str, int]:
+def sized_files(prefix: str, count: int, total: int, seed: str, spread: float = 0.5) -> dict[str, int]:
     """``count`` files under ``prefix`` whose sizes vary by ±``spread`` and add up to ``total``."""
     rng = random.Random(seed)
     weights = [1 + spread * (2 * rng.random() - 1) for _ in range(count)]
@@ -229,7 +229,7 @@ def sized_files(prefix: str, count: int, total: int, seed: str, spread: float = 
     return {f"{prefix}/pkg-{i:0{width}d}.tar.zst": s for i, s in enumerate(sizes)}
 
 
-def tiny_files(count: int, prefix: str = "common/tiny") -> Dict[str, int]:
+def tiny_files(count: int, prefix: str = "common/tiny") -> dict[str, int]:
     """``count`` files of 1..64 bytes in folders of at most 1,000 (like make_repository's tiny=N)."""
     out = {}
     for i in range(count):
@@ -241,7 +241,7 @@ def tiny_files(count: int, prefix: str = "common/tiny") -> Dict[str, int]:
 class Nginx:
     """tests/servers.py's NginxServer, plus access-log accounting per measured run."""
 
-    def __init__(self, root: Path, workdir: Path, limit_rate: Optional[str] = None):
+    def __init__(self, root: Path, workdir: Path, limit_rate: str | None = None):
         nginx = find_tool("nginx")
         if nginx is None:
             raise BenchError("nginx is not installed (apt-get install nginx)")
@@ -273,7 +273,7 @@ class Nginx:
             finally:
                 retarget_listing(self.server.root, VERSION, self.server.base_url)
 
-    def traffic(self) -> Dict[str, int]:
+    def traffic(self) -> dict[str, int]:
         """Requests since ``clear()``: all of them, and GETs that carried a body (listing left out)."""
         time.sleep(0.2)  # nginx logs a request just after its response
         records = parse_access_log(self.server.access_log_path)
@@ -301,7 +301,7 @@ class Row:
 COLUMNS = ("Scenario", "Measure", "ours", "wget", "wget ÷ ours", "Target", "Result", "Notes")
 
 
-def fmt_s(seconds: Optional[float]) -> str:
+def fmt_s(seconds: float | None) -> str:
     return "" if seconds is None else (f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s")
 
 
@@ -309,7 +309,7 @@ def fmt_mb(value: float) -> str:
     return f"{value:.0f} MB"
 
 
-def verdict(ok: bool, value: Optional[float] = None, limit: Optional[float] = None) -> str:
+def verdict(ok: bool, value: float | None = None, limit: float | None = None) -> str:
     """PASS/FAIL; "(marginal)" when ``value`` is within 5 % of ``limit``, i.e. within run-to-run noise."""
     text = "PASS" if ok else "FAIL"
     if value is not None and limit and abs(value / limit - 1) < 0.05:
@@ -321,7 +321,7 @@ def md_row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
 
 
-def md_table(rows: List[Row]) -> str:
+def md_table(rows: list[Row]) -> str:
     lines = [md_row(COLUMNS), md_row(["---"] * len(COLUMNS))]
     for r in rows:
         result = f"**{r.result}**" if r.result else ""
@@ -356,7 +356,7 @@ def first_line(cmd: Sequence[str], pattern: str = "") -> str:
     return "unknown"
 
 
-def machine_info() -> Dict[str, str]:
+def machine_info() -> dict[str, str]:
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Optional
 
 
 class LatencyProxy:
@@ -20,8 +19,8 @@ class LatencyProxy:
         self.delay = one_way_delay
         self.host = host
         self.port = 0
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._thread: Optional[threading.Thread] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._server = None
         self._ready = threading.Event()
 
@@ -97,7 +96,7 @@ class LatencyProxy:
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
 
-    def __enter__(self) -> "LatencyProxy":
+    def __enter__(self) -> LatencyProxy:
         self._thread = threading.Thread(target=self._run, name="latency-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):

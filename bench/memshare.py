@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import tracemalloc
-from typing import Dict
 
 FRAMES = 12  # deep enough to reach a Luigi or amsrepomirror frame from inside json, pathlib, email
 LUIGI, OURS = ("/luigi/",), ("/pipeline/", "/amsrepomirror/")
@@ -27,7 +26,7 @@ def owner(traceback: tracemalloc.Traceback) -> str:
     return "other"
 
 
-def shares(argv) -> Dict[str, int]:
+def shares(argv) -> dict[str, int]:
     """Run the CLI with ``argv``; bytes alive at the manifest step, by owner."""
     from amsrepomirror import cli
     from amsrepomirror.online import sync

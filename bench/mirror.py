@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 from .common import (
     BenchError,
@@ -43,9 +43,9 @@ GiB = 1 << 30
 class Context:
     work: Path  # scratch folder: trees, destinations, logs, nginx prefixes
     quick: bool
-    rows: List[Row] = field(default_factory=list)
-    shared: Dict[str, object] = field(default_factory=dict)  # figures one scenario hands to another
-    notes: List[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    shared: dict[str, object] = field(default_factory=dict)  # figures one scenario hands to another
+    notes: list[str] = field(default_factory=list)
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
@@ -63,7 +63,7 @@ class Context:
         return fresh(self.work / "dest" / name)
 
 
-def _check_ours(report: Dict, listed: int, name: str, *, fetched: Optional[int] = None) -> None:
+def _check_ours(report: dict, listed: int, name: str, *, fetched: int | None = None) -> None:
     if report.get("exit_code") != 0 or report.get("failed"):
         raise BenchError(f"{name}: mirror reported failures: {report.get('failed')} {report.get('error')}")
     if fetched is not None and report.get("fetched") != fetched:
@@ -86,7 +86,7 @@ def _tree_size(root: Path) -> (int, int):
 _LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?\) (running|done|new requirements)\s+(\w+)\(")
 
 
-def phases(dest: Path, report: Dict, total: float) -> Dict[str, float]:
+def phases(dest: Path, report: dict, total: float) -> dict[str, float]:
     """Where a run of ours spent its wall time, from the Luigi log in its state folder:
     ``probe`` = FetchListing (listing + one HEAD per file), ``plan`` = VerifyTree's first pass
     and Luigi taking in the DownloadFile tasks, ``download`` = DownloadFile batches, ``verify`` =
@@ -103,7 +103,7 @@ def phases(dest: Path, report: Dict, total: float) -> Dict[str, float]:
     except OSError:
         return {}
     out = {"probe": 0.0, "plan": 0.0, "download": 0.0, "verify": 0.0}
-    started: Dict[str, float] = {}
+    started: dict[str, float] = {}
     verify_runs = []
     for when, what, task in events:
         if what == "running":
@@ -129,7 +129,7 @@ def phases(dest: Path, report: Dict, total: float) -> Dict[str, float]:
     return out
 
 
-def fmt_phases(p: Dict[str, float]) -> str:
+def fmt_phases(p: dict[str, float]) -> str:
     if not p:
         return ""
     names = {"probe": "listing+HEADs", "plan": "plan", "download": "download", "verify": "verify",
@@ -367,7 +367,7 @@ def mirror_batching(ctx: Context) -> None:
     cfg = ctx.work / "luigi-batch1.cfg"
     cfg.write_text("[DownloadFile]\nmax_batch_size = 1\n")
 
-    def measure(n: int, timeout: Optional[float]):
+    def measure(n: int, timeout: float | None):
         root = ctx.tree(f"tiny-{n}")
         listed = build_tree(root, tiny_files(n), tiny_fast=True)
         with Nginx(root, ctx.work / f"nginx-batch-{n}") as web:
@@ -432,7 +432,7 @@ def mirror_memory(ctx: Context) -> None:
                     verdict(ours_mb <= 1.10 * rss[small][0]), "4 concurrent downloads"))
 
 
-SCENARIOS: Dict[str, Callable[[Context], None]] = {
+SCENARIOS: dict[str, Callable[[Context], None]] = {
     "mirror_throttled": mirror_throttled,
     "mirror_bigfile": mirror_bigfile,
     "mirror_rerun": mirror_rerun,

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List, Optional
 
 from . import mirror
 from .common import ROOT, BenchError, load_average, machine_info, md_table, replace_section
@@ -21,7 +20,7 @@ from .common import ROOT, BenchError, load_average, machine_info, md_table, repl
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def render(ctx: mirror.Context, info, scenarios: List[str], elapsed: float) -> str:
+def render(ctx: mirror.Context, info, scenarios: list[str], elapsed: float) -> str:
     lines = [mirror.DESCRIPTION.rstrip("\n"), ""]
     if ctx.quick:
         lines += ["**Quick run (`--quick`): reduced sizes, not the reference figures.**", ""]
@@ -45,7 +44,7 @@ def render(ctx: mirror.Context, info, scenarios: List[str], elapsed: float) -> s
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(mirror.SCENARIOS))
     p.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")

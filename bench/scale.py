@@ -26,8 +26,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 import requests
 
@@ -93,7 +93,7 @@ class Luigid:
         self.proc.wait(timeout=30)
 
 
-def ours(listing_url: str, dest: Path, ctx: "Context", name: str, *extra: str):
+def ours(listing_url: str, dest: Path, ctx: Context, name: str, *extra: str):
     run, report = run_ours(listing_url, dest, log_dir=ctx.work / "logs", name=name, extra=extra)
     report["phases"] = phases(dest, report, run.seconds)
     return run, report
@@ -142,7 +142,7 @@ def _ours_twice(ctx: Context, web: Nginx, url: str, dest: Path, name: str, count
     return first, first_report, rerun, rerun_report
 
 
-def _check_runs(name: str, listed: int, first: Dict, rerun: Dict, bodies: int) -> None:
+def _check_runs(name: str, listed: int, first: dict, rerun: dict, bodies: int) -> None:
     """The first run fetched every listed file, the rerun none, and no file body was sent for it."""
     if first["fetched"] != listed or rerun["fetched"] != 0 or bodies:
         raise BenchError(f"{name}: fetched {first['fetched']} of {listed}, then {rerun['fetched']} ({bodies} bodies)")
@@ -283,7 +283,7 @@ def scale_workers(ctx: Context) -> None:
                 f"(batches of [DownloadFile] shared_batch_size); " + fmt_phases(report["phases"])))
 
 
-SCENARIOS: Dict[str, Callable[[Context], None]] = {
+SCENARIOS: dict[str, Callable[[Context], None]] = {
     "linear": scale_linear, "wget": scale_wget, "workers": scale_workers, "memory": scale_memory, "wan": scale_wan}
 
 
@@ -307,7 +307,7 @@ READING = """Reading the rows (the figures are in the table; what they come from
 - Single runs on a shared 2-core machine: read a ratio near its target as inconclusive."""
 
 
-def render(ctx: Context, info: Dict[str, str], names: List[str], elapsed: float) -> str:
+def render(ctx: Context, info: dict[str, str], names: list[str], elapsed: float) -> str:
     lines = [__doc__.split("\n\n", 1)[1].strip(), ""]
     if ctx.quick:
         lines += ["**Quick run (`--quick`): reduced sizes, not the reference figures.**", ""]
@@ -318,7 +318,7 @@ def render(ctx: Context, info: Dict[str, str], names: List[str], elapsed: float)
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     p.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")

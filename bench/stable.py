@@ -19,8 +19,8 @@ import argparse
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.pack.plan import DEFAULT_CHUNK_SIZE, ChunkSpec, chunk_plan
@@ -34,7 +34,7 @@ HEADING = "## Stable chunks: what a full bundle shares with the previous one"
 VERSION = "AMS2026.1"
 
 
-def monthly_change(paths: Sequence[str], rng: random.Random) -> Tuple[List[str], List[str], List[str]]:
+def monthly_change(paths: Sequence[str], rng: random.Random) -> tuple[list[str], list[str], list[str]]:
     """(changed, added, removed) paths: 5%, 1% and 1% of the files."""
     shuffled = list(paths)
     rng.shuffle(shuffled)
@@ -44,8 +44,8 @@ def monthly_change(paths: Sequence[str], rng: random.Random) -> Tuple[List[str],
     return changed, added, removed
 
 
-def locality(old: List[ChunkSpec], new: List[ChunkSpec], touched_paths: set, removed: Sequence[str],
-             sizes: Optional[Dict[str, int]] = None) -> Dict[str, float]:
+def locality(old: list[ChunkSpec], new: list[ChunkSpec], touched_paths: set, removed: Sequence[str],
+             sizes: dict[str, int] | None = None) -> dict[str, float]:
     """Chunks that differ ÷ chunks touched by the change, and the share of bytes carried over."""
     old_names = {s.name for s in old}
     differ = [s for s in new if s.name not in old_names]
@@ -76,7 +76,7 @@ def write_tree(root: Path, rng: random.Random, files: int, big: int, chunk: int)
                 f.write(os.urandom(MiB))
 
 
-def entries(root: Path, known: Dict[str, FileEntry]) -> List[FileEntry]:
+def entries(root: Path, known: dict[str, FileEntry]) -> list[FileEntry]:
     out = []
     for p in sorted(root.rglob("*")):
         if p.is_file():
@@ -88,9 +88,9 @@ def entries(root: Path, known: Dict[str, FileEntry]) -> List[FileEntry]:
     return out
 
 
-def write_bundle(plan: List[ChunkSpec], mirror: Path, out: Path, files: List[FileEntry]) -> Dict[str, str]:
+def write_bundle(plan: list[ChunkSpec], mirror: Path, out: Path, files: list[FileEntry]) -> dict[str, str]:
     expected = {f.path: f for f in files}
-    carried: Dict[str, str] = {}
+    carried: dict[str, str] = {}
     sums = {}
     for spec in plan:
         result = write_chunk(spec, mirror, out, spec.compression, expected, resume=carried)
@@ -99,7 +99,7 @@ def write_bundle(plan: List[ChunkSpec], mirror: Path, out: Path, files: List[Fil
     return sums
 
 
-def real_files(work: Path, chunk: int, seed: int) -> Dict[str, float]:
+def real_files(work: Path, chunk: int, seed: int) -> dict[str, float]:
     rng = random.Random(seed)
     mirror = work / "mirror"
     write_tree(mirror, rng, files=600, big=4, chunk=chunk)
@@ -125,7 +125,7 @@ def real_files(work: Path, chunk: int, seed: int) -> Dict[str, float]:
     return figures
 
 
-def plan_only(chunk: int, seed: int, files: int = 3000) -> Dict[str, float]:
+def plan_only(chunk: int, seed: int, files: int = 3000) -> dict[str, float]:
     rng = random.Random(seed)
     listing = [FileEntry(f"pkgs/{i % 41:02d}/pkg-{i:05d}.tar.zst", rng.randrange(4096, 2 * MiB), f"{i:064x}")
                for i in range(files)]
@@ -143,14 +143,14 @@ def plan_only(chunk: int, seed: int, files: int = 3000) -> Dict[str, float]:
     return figures
 
 
-def describe(title: str, f: Dict[str, float]) -> str:
+def describe(title: str, f: dict[str, float]) -> str:
     extra = f", by sha256 of the files {f['differ_by_sha256']}" if "differ_by_sha256" in f else ""
     return (f"{title}: {f['files']} files, {f['tree_mib']:.0f} MiB in {f['chunks']} chunks; "
             f"{f['differ']} chunks differ{extra}; {f['touched']} chunks hold a changed/added/removed file; "
             f"ratio {f['ratio']:.2f} (target <= 1.5); chunk bytes carried over unchanged {f['kept_share']:.1%}")
 
 
-def render(results: List[Tuple[str, Dict[str, float]]]) -> str:
+def render(results: list[tuple[str, dict[str, float]]]) -> str:
     lines = [__doc__.split("\n\n", 1)[1].strip(), "",
              "| Run | Files | Tree | Chunks | Differ | Hold a change | Ratio (target <= 1.5) | Result | "
              "Chunk bytes kept |", "|---|---|---|---|---|---|---|---|---|"]
@@ -167,7 +167,7 @@ def render(results: List[Tuple[str, Dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chunk-size-mib", type=int, default=32)
     p.add_argument("--seed", type=int, default=1)

@@ -12,8 +12,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from amsrepomirror.testing.scmdouble import listing_path
 
@@ -68,8 +68,8 @@ at full speed), and an fsync per file.
 
 class Table:
     def __init__(self):
-        self.rows: List[List[str]] = []
-        self.targets: List[str] = []
+        self.rows: list[list[str]] = []
+        self.targets: list[str] = []
 
     def add(self, *cells: str) -> None:
         row = list(cells) + [""] * (len(COLUMNS) - len(cells))
@@ -146,7 +146,7 @@ def throttled_files(ctx: Context, table: Table) -> None:
     nfiles, nbytes = _tree_size(root)
     big = sum(1 for s in sized_files("linux/x86_64", count, total, seed="throttled").values() if s >= 16 * MiB)
     warm(root)
-    runs: Dict[str, list] = {k: [] for k in ("ours16", "aria4x4", "aria16", "ours4", "wget")}
+    runs: dict[str, list] = {k: [] for k in ("ours16", "aria4x4", "aria16", "ours4", "wget")}
     with Nginx(root, ctx.work / "nginx-throttled", limit_rate="20m") as web:
         for i in range(rounds):
             runs["ours16"].append(_ours_run(ctx, web, f"t-ours16-{i}", 16, listed, nfiles, nbytes)[0])
@@ -224,7 +224,7 @@ def big_unthrottled(ctx: Context, table: Table) -> None:
 SCENARIOS = {"throttled_files": throttled_files, "big_throttled": big_throttled, "big_unthrottled": big_unthrottled}
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__.splitlines()[0])
     p.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     p.add_argument("--quick", action="store_true", help="smaller sizes (smoke test; prints only unless --out)")

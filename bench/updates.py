@@ -29,9 +29,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.offline.placement import RECEIPT
@@ -55,7 +55,7 @@ class Size:
     total: int        # bytes of the first tree
     files: int        # package files besides the big ones
     chunk: int
-    big: Tuple[float, ...] = (1.1, 1.6, 2.3, 3.2)  # sizes of the files larger than a chunk, in chunks
+    big: tuple[float, ...] = (1.1, 1.6, 2.3, 3.2)  # sizes of the files larger than a chunk, in chunks
 
 
 FULL = Size("full", 1_200_000_000, 600, 64 * MiB)
@@ -65,7 +65,7 @@ QUICK = Size("quick", 50_000_000, 200, 4 * MiB)
 # ---- the server's trees -----------------------------------------------------------------------
 
 
-def tree_spec(size: Size, year: str, seed: str) -> Dict[str, int]:
+def tree_spec(size: Size, year: str, seed: str) -> dict[str, int]:
     """{path: size}: ``size.files`` packages of log-uniform sizes plus the big ones, adding up to ``size.total``."""
     rng = random.Random(seed)
     big = {f"{PLATFORMS[i % 3]}/bundle{i}-{year}.tar.zst": int(f * size.chunk) for i, f in enumerate(size.big)}
@@ -76,7 +76,7 @@ def tree_spec(size: Size, year: str, seed: str) -> Dict[str, int]:
     return {**small, **big}
 
 
-def write_tree(root: Path, spec: Dict[str, int], seed: str) -> None:
+def write_tree(root: Path, spec: dict[str, int], seed: str) -> None:
     for rel, nbytes in spec.items():
         write_file(root, rel, nbytes, seed=seed)
 
@@ -91,10 +91,10 @@ def write_index(root: Path, version: str, files: int) -> str:
 
 @dataclass
 class Change:
-    changed: List[str]
-    added: List[str]
-    removed: List[str]
-    renamed: Tuple[str, str]
+    changed: list[str]
+    added: list[str]
+    removed: list[str]
+    renamed: tuple[str, str]
 
 
 def monthly_change(root: Path, packages: Sequence[str], seed: str, small_sizes: Sequence[int]) -> Change:
@@ -178,7 +178,7 @@ def bundle_bytes(bundle: Path) -> int:
     return chunk_bytes(bundle) + sum((bundle / n).stat().st_size for n in (MANIFEST_NAME, SUMS_NAME, README_NAME))
 
 
-def check_tree(name: str, folder: Path, expected: Dict[str, str]) -> int:
+def check_tree(name: str, folder: Path, expected: dict[str, str]) -> int:
     got = tree_hashes(folder)
     if got != expected:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
@@ -191,11 +191,11 @@ def check_tree(name: str, folder: Path, expected: Dict[str, str]) -> int:
 # ---- the scenario -----------------------------------------------------------------------------------
 
 
-def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> Dict[str, object]:
+def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> dict[str, object]:
     bench = Bench(work, cache)
     server, mirror = work / "scm", work / "mirror"
     chunk = f"{size.chunk // MiB}MiB"
-    fig: Dict[str, object] = {"chunk": chunk}
+    fig: dict[str, object] = {"chunk": chunk}
 
     print(f"== writing the server's tree ({size.total / 1e6:.0f} MB)", flush=True)
     spec = tree_spec(size, "2026.101", "tree")
@@ -324,7 +324,7 @@ def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> Dict[str, ob
     manifest = BundleManifest.read(multi / MANIFEST_NAME)
     if sorted(manifest.versions) != sorted([VERSION, OTHER]):
         raise BenchError(f"the two-version bundle holds {manifest.versions}")
-    distinct: Dict[str, int] = {}
+    distinct: dict[str, int] = {}
     for p, h in union.items():
         distinct[h] = (server / PACKAGES / p).stat().st_size
     fig.update(multi_files=len(union), multi_listed_bytes=sum((server / PACKAGES / p).stat().st_size for p in union),
@@ -342,7 +342,7 @@ def verdict(ok: bool) -> str:
     return "**PASS**" if ok else "**FAIL**"
 
 
-def rows(f: Dict[str, object]) -> List[List[str]]:
+def rows(f: dict[str, object]) -> list[list[str]]:
     carried = f["new_and_changed_bytes"]
     delta_ratio = f["delta_chunk_bytes"] / carried
     with_meta = f["delta_bundle_bytes"] / carried
@@ -378,7 +378,7 @@ def rows(f: Dict[str, object]) -> List[List[str]]:
     return out
 
 
-def render(f: Dict[str, object], size: Size, repeats: int, cache: Cache, info: Dict[str, str], elapsed: float) -> str:
+def render(f: dict[str, object], size: Size, repeats: int, cache: Cache, info: dict[str, str], elapsed: float) -> str:
     table = rows(f)
     head = ["Measure", "Measured", "Ratio", "Target", "Result", "Notes"]
     lines = [__doc__.split("\n\n", 1)[1].strip(), ""]
@@ -415,7 +415,7 @@ def render(f: Dict[str, object], size: Size, repeats: int, cache: Cache, info: D
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.updates", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a 50 MB tree with 4 MiB chunks (smoke test)")
     p.add_argument("--out", type=Path, help=f"results file (default {DOC.relative_to(ROOT)} for a full run)")

@@ -14,8 +14,8 @@ import stat
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import luigi
 from tqdm import tqdm
@@ -118,7 +118,7 @@ def _open_log(log_file: Path):
     return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace")
 
 
-def _configure_logging(log_file: Optional[Path], verbose: bool) -> None:
+def _configure_logging(log_file: Path | None, verbose: bool) -> None:
     """Luigi's chatter goes to a log file (and the terminal with --verbose), never in the way of our summary."""
     logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks over our one-line error
     log = _open_log(log_file) if log_file else None
@@ -137,8 +137,8 @@ def _configure_logging(log_file: Optional[Path], verbose: bool) -> None:
             logger.addHandler(logging.NullHandler())
 
 
-def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[Path] = None, verbose: bool = False,
-              scheduler_url: Optional[str] = None) -> List[Dict]:
+def run_graph(tasks: list[luigi.Task], *, workers: int = 1, log_file: Path | None = None, verbose: bool = False,
+              scheduler_url: str | None = None) -> list[dict]:
     """Run tasks with the local scheduler, or the central one at ``scheduler_url``; return the
     failures (code, message) of this graph's failed tasks (not those of other runs the scheduler knows)."""
     _configure_logging(log_file, verbose)
@@ -174,7 +174,7 @@ def run_graph(tasks: List[luigi.Task], *, workers: int = 1, log_file: Optional[P
     return failures
 
 
-def worst(failures: List[Dict]) -> Optional[Dict]:
+def worst(failures: list[dict]) -> dict | None:
     """The failure whose exit code matters most to an admin (auth, space, integrity, usage, runtime)."""
     for code in EXIT_PRIORITY:
         for failure in failures:
@@ -222,7 +222,7 @@ def setting(given, section: str, key: str) -> str:
     return luigi.configuration.get_config().get(section, key)
 
 
-def versions_and_urls(args) -> List[Tuple[str, str]]:
+def versions_and_urls(args) -> list[tuple[str, str]]:
     """(version, listing URL or "") for each --version, in order; the URLs checked up front."""
     versions, urls = args.version, args.listing_url
     if urls and len(urls) != len(versions):
@@ -237,7 +237,7 @@ def versions_and_urls(args) -> List[Tuple[str, str]]:
     return pairs
 
 
-def _mirror_params(args) -> List[Dict]:
+def _mirror_params(args) -> list[dict]:
     """The task parameters of each version's mirror run (one run id each, so their state stays apart)."""
     pairs = versions_and_urls(args)
     jobs = setting(args.jobs, "FetchListing", "jobs")
@@ -263,7 +263,7 @@ def _mirror_params(args) -> List[Dict]:
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def _run_identity(params: Dict) -> Dict[str, str]:
+def _run_identity(params: dict) -> dict[str, str]:
     """This process's identity of a run's work (shared_run.run_identity), with the listing's content as
     read now: processes share a run only when they read the same listing."""
     task = FetchListing(**params)
@@ -315,7 +315,7 @@ def mirror_versions(args) -> int:
         return _mirror_versions(args, runs)
 
 
-def _mirror_versions(args, runs: List[Dict]) -> int:
+def _mirror_versions(args, runs: list[dict]) -> int:
     ws = Workspace(args.mirror)
     why = why_unwritable(ws.state if ws.state.is_dir() else args.mirror)  # before a password is asked for
     if why:
@@ -330,12 +330,12 @@ def _mirror_versions(args, runs: List[Dict]) -> int:
         return _locked_mirror(args, runs, ws)
 
 
-def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
+def _shared_run(args, params: dict, deep: dict, log_file: Path) -> list[dict]:
     """One process's part in a run shared under a central scheduler, stage by stage (JoinRun): the
     snapshot, the downloads (in batches small enough to spread over the workers), the verified tree."""
     joined = dict(deep, process=shared_run.process_token(), **params)
 
-    def stage(name: str) -> List[Dict]:
+    def stage(name: str) -> list[dict]:
         return run_graph([JoinRun(stage=name, **joined)], log_file=log_file, verbose=args.verbose,
                          scheduler_url=args.scheduler_url)
 
@@ -351,7 +351,7 @@ def _shared_run(args, params: Dict, deep: Dict, log_file: Path) -> List[Dict]:
         return stage("downloads") or stage("tree")
 
 
-def _mirror_one_version(args, params: Dict, ws) -> Tuple[Optional[Dict], Dict, List[Dict]]:
+def _mirror_one_version(args, params: dict, ws) -> tuple[dict | None, dict, list[dict]]:
     """Run one version's graph: its snapshot (None without a listing), its summary and its failures."""
     started = time.monotonic()
     deep = {} if args.deep is None else {"deep": True}
@@ -368,12 +368,12 @@ def _mirror_one_version(args, params: Dict, ws) -> Tuple[Optional[Dict], Dict, L
     return snapshot, summary, failures
 
 
-def _locked_mirror(args, runs: List[Dict], ws) -> int:
+def _locked_mirror(args, runs: list[dict], ws) -> int:
     """Each version in turn, then (when all succeeded) one prune that keeps what any version held lists."""
     results = [_mirror_one_version(args, params, ws) for params in runs]
     snapshots = [snapshot for snapshot, _, _ in results]
     failures = [f for _, _, version_failures in results for f in version_failures]
-    pruned: Dict[str, List[str]] = {}
+    pruned: dict[str, list[str]] = {}
     if not failures and None not in snapshots:
         try:
             keep = sync.paths_of_held_versions(ws).union(*(sync.selected_paths(s) for s in snapshots))
@@ -401,7 +401,7 @@ def _locked_mirror(args, runs: List[Dict], ws) -> int:
     return exit_code
 
 
-def _print_mirror_summary(s: Dict, args, several: bool) -> None:
+def _print_mirror_summary(s: dict, args, several: bool) -> None:
     which = f" ({s['version']})" if several else ""
     say(f"mirror {args.mirror}{which}: {s['fetched']} fetched, {s['up_to_date']} up to date, "
         f"{len(s['skipped_unauthorized'])} skipped (not licensed), {len(s['failed'])} failed; "
@@ -417,7 +417,7 @@ def _print_mirror_summary(s: Dict, args, several: bool) -> None:
         say(f"  {message}")
 
 
-def _print_pruned(pruned: Dict[str, List[str]], args) -> None:
+def _print_pruned(pruned: dict[str, list[str]], args) -> None:
     """What happened to the files no listing names any more: kept (and how to remove them), the list
     of what would be deleted (on stdout, one path a line), or what was deleted."""
     kept = pruned.get("unlisted_kept", [])
@@ -585,7 +585,7 @@ def print_sticks(bundle: Path, stick_size: int) -> None:
         print(line)
 
 
-def _base_manifest(base: Path) -> Optional[BundleManifest]:
+def _base_manifest(base: Path) -> BundleManifest | None:
     """The manifest of bundle ``base`` (its folder or its manifest.json), or None when BASE is not a
     bundle (``last``, a receipt): the chunks to copy over an earlier full bundle need one."""
     path = base / MANIFEST_NAME if base.is_dir() else base
@@ -597,7 +597,7 @@ def _base_manifest(base: Path) -> Optional[BundleManifest]:
         return None
 
 
-def _delta_base(ws: Workspace, version: str, since: Optional[str], dropped: Sequence[str] = ()) -> str:
+def _delta_base(ws: Workspace, version: str, since: str | None, dropped: Sequence[str] = ()) -> str:
     """``--since`` resolved against the verified mirror and snapshotted in its history: the file
     BundleArchive plans the delta against ("" for a full bundle)."""
     if not since:
@@ -612,13 +612,13 @@ def _delta_base(ws: Workspace, version: str, since: Optional[str], dropped: Sequ
     return str(write_base(ws, base))
 
 
-def _verified_manifest(mirror: Path, version: Optional[str]) -> Manifest:
+def _verified_manifest(mirror: Path, version: str | None) -> Manifest:
     """The mirror's verified manifest of ``version`` (or of its only version)."""
     paths = _verified_manifest_paths(mirror, [version] if version else [])
     return Manifest.read(paths[0])
 
 
-def _verified_manifest_paths(mirror: Path, versions: Sequence[str]) -> List[Path]:
+def _verified_manifest_paths(mirror: Path, versions: Sequence[str]) -> list[Path]:
     ws = Workspace(mirror)
     if not versions:
         found = sorted(ws.state.glob("*.manifest.json"))
@@ -635,8 +635,8 @@ def _verified_manifest_paths(mirror: Path, versions: Sequence[str]) -> List[Path
     return paths
 
 
-def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: Optional[str],
-                since: Optional[str] = None) -> int:
+def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: str | None,
+                since: str | None = None) -> int:
     """The full bundle's chunk plan; with ``since`` a bundle already on the transfer disk, the
     chunks of it to copy again (the others are the same bytes)."""
     manifests = [Manifest.read(path) for path in _verified_manifest_paths(mirror, versions)]
@@ -653,8 +653,8 @@ def _print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compress
     return 0
 
 
-def _print_delta_plan(mirror: Path, version: Optional[str], chunk_size: str, compression: str,
-                      stick_size: Optional[str], since: str, dropped: Sequence[str] = ()) -> int:
+def _print_delta_plan(mirror: Path, version: str | None, chunk_size: str, compression: str,
+                      stick_size: str | None, since: str, dropped: Sequence[str] = ()) -> int:
     """What a delta since ``since`` would carry, reuse and remove, and its chunk plan; writes nothing."""
     manifest = _verified_manifest(mirror, version)
     base = resolve_base(since, Workspace(mirror), manifest.version, manifest.files, dropped)
@@ -695,7 +695,7 @@ def site_trust(args) -> Trust:
     return found
 
 
-def print_signature_verdict(found: Trust, check, refusal: Optional[str]) -> None:
+def print_signature_verdict(found: Trust, check, refusal: str | None) -> None:
     """Print what the bundle's signature says under the site's trust setting (trust.signature_verdict)."""
     print(check.describe() if check else "signature: unsigned")
     if refusal is None and found.allowed_signers is None:
@@ -1085,7 +1085,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     _console_logging()
     parser = build_parser()
     try:

@@ -11,7 +11,6 @@ import functools
 import os
 import re
 from importlib import resources
-from typing import Dict, List, Optional, Tuple
 
 from luigi.configuration import LuigiConfigParser
 
@@ -25,10 +24,10 @@ SECRET_KEY = re.compile(r"password|passwd|secret|token|api_?key|credential", re.
 
 _extracted = contextlib.ExitStack()  # only a zipped install extracts the file; it must outlive every reload
 atexit.register(_extracted.close)
-_config_option: List[str] = []  # the --config file, once added
+_config_option: list[str] = []  # the --config file, once added
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def shipped_defaults() -> str:
     """Path of the package's defaults.cfg, as a file Luigi can read."""
     path = str(_extracted.enter_context(resources.as_file(resources.files("amsrepomirror") / "defaults.cfg")))
@@ -48,7 +47,7 @@ def install_defaults() -> None:
 
 
 @contextlib.contextmanager
-def for_this_command(values: Dict[Tuple[str, str], str]):
+def for_this_command(values: dict[tuple[str, str], str]):
     """Luigi settings (``{(section, name): value}``) that hold while one command runs and are put back
     afterwards: Luigi's configuration is the whole process's, and tests and Python callers run
     several commands in one process."""
@@ -68,7 +67,7 @@ def for_this_command(values: Dict[Tuple[str, str], str]):
                 settings.set(section, name, value)
 
 
-def load(config_file: Optional[str]) -> None:
+def load(config_file: str | None) -> None:
     """Shipped defaults first, ``--config FILE`` last (Luigi read the files in between when it was imported)."""
     install_defaults()
     try:
@@ -83,7 +82,7 @@ def load(config_file: Optional[str]) -> None:
         raise settings_file_error(exc) from exc
 
 
-def sources() -> List[Tuple[str, Optional[str]]]:
+def sources() -> list[tuple[str, str | None]]:
     """(label, path) of every settings file Luigi reads, lowest priority first; path None: that layer
     is not in use ($LUIGI_CONFIG_PATH unset, no --config, a deprecated client.cfg name absent)."""
     env = os.environ.get("LUIGI_CONFIG_PATH")
@@ -106,7 +105,7 @@ def sources() -> List[Tuple[str, Optional[str]]]:
     return labelled
 
 
-def effective() -> Dict[Tuple[str, str], Tuple[str, str]]:
+def effective() -> dict[tuple[str, str], tuple[str, str]]:
     """{(section, key): (raw value, label of the file it came from)}, merged as Luigi merges the files."""
     found = {}
     for label, path in sources():

@@ -8,13 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = ".amsrepomirror"
 
 
-def cli_env(user: Optional[str] = "demo", password: Optional[str] = "demo-pass", **extra) -> Dict[str, str]:
+def cli_env(user: str | None = "demo", password: str | None = "demo-pass", **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SCM_USER", "SCM_PASSWORD")}
     env["HOME"] = extra.pop("home", env.get("HOME", "/nonexistent"))
     if user is not None:
@@ -45,7 +44,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def tree_hashes(folder: Path, skip_state: bool = True) -> Dict[str, str]:
+def tree_hashes(folder: Path, skip_state: bool = True) -> dict[str, str]:
     """{relative path: sha256} of every regular file (the mirror's state folder left out)."""
     folder = Path(folder)
     out = {}
@@ -58,7 +57,7 @@ def tree_hashes(folder: Path, skip_state: bool = True) -> Dict[str, str]:
     return out
 
 
-def served_tree(repo_root: Path, version: str, unauthorized_prefixes=("licensed/",)) -> Dict[str, str]:
+def served_tree(repo_root: Path, version: str, unauthorized_prefixes=("licensed/",)) -> dict[str, str]:
     """What a complete mirror of the double's tree must hold: every listed file the demo account may read."""
     packages = Path(repo_root) / "Downloads" / "packages"
     hashes = tree_hashes(packages, skip_state=False)
@@ -66,7 +65,7 @@ def served_tree(repo_root: Path, version: str, unauthorized_prefixes=("licensed/
             if not p.startswith("listings/") and not any(p.startswith(u) for u in unauthorized_prefixes)}
 
 
-def kill_unpack_repeatedly(bundle: Path, amshome: Path, old_tree: Dict[str, str], new_tree: Dict[str, str],
+def kill_unpack_repeatedly(bundle: Path, amshome: Path, old_tree: dict[str, str], new_tree: dict[str, str],
                            seed: int) -> set:
     """Start ``amsrepomirror unpack`` and kill -9 it, up to 6 times (the first as soon as staging
     begins, then at random moments); after each kill the repository must be the old tree or the

@@ -22,9 +22,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
 from urllib.parse import quote
 
 import pytest
@@ -42,7 +42,7 @@ REQUIRE_TOOLS_ENV = "AMSREPOMIRROR_REQUIRE_TOOLS"
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")
 
 
-def find_tool(name: str) -> Optional[str]:
+def find_tool(name: str) -> str | None:
     """Absolute path of ``name`` (PATH plus the sbin folders), or None."""
     if os.path.isabs(name):
         return name if os.access(name, os.X_OK) else None
@@ -76,15 +76,15 @@ class AccessRecord:
     uri: str  # normalized, percent-decoded $uri
     status: int
     body_bytes: int  # $body_bytes_sent
-    range: Optional[str]
-    if_range: Optional[str]
-    user: Optional[str]
+    range: str | None
+    if_range: str | None
+    user: str | None
     connection: int  # $connection: equal numbers = same (keep-alive) connection
     request_time: float
-    tls: Optional[str] = None  # $ssl_protocol, e.g. "TLSv1.3"; None over plain HTTP
+    tls: str | None = None  # $ssl_protocol, e.g. "TLSv1.3"; None over plain HTTP
 
     @property
-    def relpath(self) -> Optional[str]:
+    def relpath(self) -> str | None:
         return self.uri[len(PACKAGES_PREFIX):] if self.uri.startswith(PACKAGES_PREFIX) else None
 
 
@@ -95,14 +95,14 @@ _LOG_FORMAT = (
 _ESC = re.compile(rb"\\x([0-9A-Fa-f]{2})")
 
 
-def _unescape(field: str) -> Optional[str]:
+def _unescape(field: str) -> str | None:
     if field == "-":
         return None
     raw = _ESC.sub(lambda m: bytes([int(m.group(1), 16)]), field.encode("latin-1", "backslashreplace"))
     return raw.decode("utf-8", "replace")
 
 
-def parse_access_log(path: Union[str, Path]) -> List[AccessRecord]:
+def parse_access_log(path: str | Path) -> list[AccessRecord]:
     """Parse an access log written with this module's tab-separated format."""
     out = []
     try:
@@ -145,14 +145,14 @@ class NginxServer:
 
     def __init__(
         self,
-        root: Union[str, Path],
-        users: Optional[Dict[str, str]] = None,
+        root: str | Path,
+        users: dict[str, str] | None = None,
         unauthorized_prefixes: Sequence[str] = ("licensed/",),
-        limit_rate: Union[int, str, None] = None,
+        limit_rate: int | str | None = None,
         *,
-        nginx: Optional[str] = None,
-        workdir: Union[str, Path, None] = None,
-        tls: Union[str, Path, None] = None,
+        nginx: str | None = None,
+        workdir: str | Path | None = None,
+        tls: str | Path | None = None,
     ):
         self.root = Path(root).resolve()
         self.users = dict(users) if users is not None else {DEMO_USER: DEMO_PASSWORD}
@@ -164,7 +164,7 @@ class NginxServer:
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="nginx-"))
         self.host = "127.0.0.1"
         self.port = 0
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
     @property
     def base_url(self) -> str:
@@ -242,7 +242,7 @@ http {{
         path.write_text(conf)
         return path
 
-    def start(self, timeout: float = 10.0) -> "NginxServer":
+    def start(self, timeout: float = 10.0) -> NginxServer:
         if self.proc is not None:
             raise RuntimeError("already started")
         last_error = ""
@@ -294,13 +294,13 @@ http {{
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "NginxServer":
+    def __enter__(self) -> NginxServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.cleanup()
 
-    def access_log(self, min_records: int = 0, timeout: float = 3.0) -> List[AccessRecord]:
+    def access_log(self, min_records: int = 0, timeout: float = 3.0) -> list[AccessRecord]:
         """Parsed access log, waiting up to ``timeout`` for at least ``min_records`` lines
         (nginx logs after it has sent the response)."""
         deadline = time.monotonic() + timeout

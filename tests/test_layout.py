@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, List, Set
 
 import pytest
 
@@ -19,7 +18,7 @@ PACKAGE = Path(amsrepomirror.__file__).parent
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def modules() -> Dict[str, Path]:
+def modules() -> dict[str, Path]:
     out = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).with_suffix("")
@@ -28,7 +27,7 @@ def modules() -> Dict[str, Path]:
     return out
 
 
-def imported(node: ast.AST, known: Set[str]) -> List[str]:
+def imported(node: ast.AST, known: set[str]) -> list[str]:
     """Modules of this package that an import statement names (``from pkg import module`` too)."""
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if a.name in known]
@@ -114,7 +113,7 @@ def test_no_import_cycles_between_modules():
     for name in graph:
         graph[name] = {m for m in graph[name] if not (m.startswith(name + ".") or name.startswith(m + ".") and m in
                                                       {k for k, p in mods.items() if p.name == "__init__.py"})}
-    state: Dict[str, int] = {}
+    state: dict[str, int] = {}
 
     def visit(node, trail):
         state[node] = 1

@@ -55,7 +55,7 @@ def test_utf8_names_and_a_bom_mirror_exactly(scm_double, repo_tree, tmp_path):
     listing = listing_path(repo_tree, VERSION)
     body = listing.read_bytes()
     assert b"donn%C3%A9es/%C3%BCn%C3%AF.tgz" in body  # percent-encoded UTF-8
-    raw_line = f"{scm_double.base_url}/Downloads/packages/{raw}\n".encode("utf-8")  # raw UTF-8 in the URL line
+    raw_line = f"{scm_double.base_url}/Downloads/packages/{raw}\n".encode()  # raw UTF-8 in the URL line
     listing.write_bytes(b"\xef\xbb\xbf" + body + raw_line)
 
     dest = tmp_path / "m"

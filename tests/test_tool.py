@@ -14,7 +14,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Optional
 
 import pytest
 from clihelp import REPO, run_cli
@@ -342,7 +341,7 @@ def test_requirements_files_name_every_listed_wheel_with_its_sha256(tool_bundle)
     assert named == wheels  # every wheel is some Python's, each with the sha256 manifest.json lists
 
 
-def run_pinned_pip_check(tmp_path: Path, listed_pip: Optional[str], required_pip: str) -> subprocess.CompletedProcess:
+def run_pinned_pip_check(tmp_path: Path, listed_pip: str | None, required_pip: str) -> subprocess.CompletedProcess:
     """install.sh on a tool/ folder with no download: a hostile pip wheel (it leaves ``added-code-ran`` if it
     runs), manifest.json listing it with ``listed_pip`` (None: its own sha256) and the requirements file
     with ``required_pip``."""

@@ -9,8 +9,8 @@ safely named regular file listed in the chunk (see ``offline.extract`` for what 
 import hashlib
 import io
 import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import py7zr
 import py7zr.exceptions
@@ -23,7 +23,7 @@ from amsrepomirror.util.paths import path_problem
 MAX_LISTED = 5
 
 
-Expected = Dict[str, Tuple[int, str]]
+Expected = dict[str, tuple[int, str]]
 
 
 def parent_dirs(name: str) -> Iterable[str]:
@@ -33,7 +33,7 @@ def parent_dirs(name: str) -> Iterable[str]:
         yield "/".join(segs[:i])
 
 
-def _member_type(f) -> Tuple[str, Optional[str]]:
+def _member_type(f) -> tuple[str, str | None]:
     """('file'|'dir'|'bad', reason) for a py7zr ArchiveFile."""
     if f.is_symlink:
         return "bad", "symlink"
@@ -55,14 +55,14 @@ def _member_type(f) -> Tuple[str, Optional[str]]:
     return "file", None
 
 
-def unsafe_content(archive_path, chunk: Chunk, problems: List[str]) -> IntegrityError:
+def unsafe_content(archive_path, chunk: Chunk, problems: list[str]) -> IntegrityError:
     """One error naming the chunk and its first few problems (the check of the header, or extraction)."""
     shown = "; ".join(problems[:MAX_LISTED])
     more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
     return IntegrityError(f"unsafe or unexpected content in chunk {chunk.name} ({archive_path}): {shown}{more}")
 
 
-def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = None) -> Dict[str, int]:
+def check_members(archive_path, chunk: Chunk, expected: Expected | None = None) -> dict[str, int]:
     """Refuse unsafe or unexpected members of ``archive_path`` before anything is written.
 
     Returns ``{member: declared uncompressed size}`` for the file members. When ``expected`` is
@@ -82,13 +82,13 @@ def check_members(archive_path, chunk: Chunk, expected: Optional[Expected] = Non
         raise IntegrityError(f"cannot read chunk {chunk.name} ({archive_path}): {exc}") from exc
 
     wanted = set(chunk.members)
-    problems: List[str] = []
+    problems: list[str] = []
     for m in sorted(wanted):
         why = path_problem(m)
         if why:
             problems.append(f"manifest lists unsafe member {m!r} ({why})")
     allowed_dirs = {p for m in wanted for p in parent_dirs(m)}
-    files: Dict[str, int] = {}
+    files: dict[str, int] = {}
     seen = set()
     for f in entries:
         name = f.filename
@@ -126,7 +126,7 @@ class WriteOnlySink(Py7zIO):
 
     written = 0
 
-    def read(self, size: Optional[int] = None) -> bytes:
+    def read(self, size: int | None = None) -> bytes:
         return b""
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -145,7 +145,7 @@ class WriteOnlySink(Py7zIO):
 class _HashingSink(WriteOnlySink):
     """Takes one member from py7zr and only hashes it: verify decompresses without writing."""
 
-    def __init__(self, hashers: Sequence, on_bytes: Optional[Callable[[int], None]] = None):
+    def __init__(self, hashers: Sequence, on_bytes: Callable[[int], None] | None = None):
         self.hashers = hashers
         self.on_bytes = on_bytes
         self.written = 0
@@ -162,9 +162,9 @@ class _HashingSink(WriteOnlySink):
 class _HashingSinks(WriterFactory):
     """py7zr's writer factory for verify: one hashing sink per member; ``also`` adds a hasher to a member."""
 
-    def __init__(self, also: Mapping[str, object], on_bytes: Optional[Callable[[int], None]] = None):
+    def __init__(self, also: Mapping[str, object], on_bytes: Callable[[int], None] | None = None):
         self.also, self.on_bytes = also, on_bytes
-        self.sinks: Dict[str, Tuple[_HashingSink, "hashlib._Hash"]] = {}
+        self.sinks: dict[str, tuple[_HashingSink, hashlib._Hash]] = {}
 
     def create(self, filename: str) -> Py7zIO:
         if filename in self.sinks:
@@ -175,8 +175,8 @@ class _HashingSinks(WriterFactory):
         return sink
 
 
-def hash_members(path: Path, also: Optional[Mapping[str, object]] = None,
-                 on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[Dict[str, Tuple[int, str]], Optional[str]]:
+def hash_members(path: Path, also: Mapping[str, object] | None = None,
+                 on_bytes: Callable[[int], None] | None = None) -> tuple[dict[str, tuple[int, str]], str | None]:
     """Decompress every member of a 7z file (streaming; py7zr checks each member's CRC) and hash it.
 
     Returns ``({member: (size, sha256)}, None)``, or ``(..., a short description of the damage)``

@@ -1,14 +1,14 @@
 """What a delta bundle may say and remove: the rules both sides apply (``pack.delta_base`` when a delta
 is selected, ``offline.apply_delta`` when one is unpacked)."""
 
-from typing import Iterable, List, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 from amsrepomirror.bundle.format import BundleManifest, TreeFile, copy_problems
 from amsrepomirror.util.paths import printable
 
 
-def removal_problems(held: Optional[Mapping[str, Iterable[str]]], gone: Iterable[str],
-                     replaced: Iterable[str]) -> List[str]:
+def removal_problems(held: Mapping[str, Iterable[str]] | None, gone: Iterable[str],
+                     replaced: Iterable[str]) -> list[str]:
     """Why a bundle may not remove the paths ``gone`` from a tree whose versions need ``held``
     (version -> paths; None when not known): a file that a version other than those it ``replaced``
     (the version a delta updates, those a bundle holds anew, those dropped on purpose) still needs.
@@ -28,12 +28,12 @@ def removal_problems(held: Optional[Mapping[str, Iterable[str]]], gone: Iterable
     return problems
 
 
-def target_of(manifest: BundleManifest) -> List[TreeFile]:
+def target_of(manifest: BundleManifest) -> list[TreeFile]:
     """The whole tree a bundle installs: a full bundle's files and their copies, a delta's target."""
     return manifest.tree
 
 
-def delta_problems(manifest: BundleManifest) -> List[str]:
+def delta_problems(manifest: BundleManifest) -> list[str]:
     """How a delta's lists contradict each other (carried, copied and reused files must be in the
     target with their size and sha256, none in two of those lists, nothing removed that is a target)."""
     target = {t.path: (t.size, t.sha256) for t in manifest.target}

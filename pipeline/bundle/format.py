@@ -9,9 +9,9 @@ concatenated in order on unpack.
 import json
 import os
 import re
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Collection, Dict, List, Mapping, Optional, Set, Tuple
 
 from amsrepomirror import __version__
 from amsrepomirror.config import LUIGI_FILES
@@ -83,7 +83,7 @@ def looks_like_chunk(name: str) -> bool:
     return _CHUNK_LIKE.fullmatch(name.rstrip(". ")) is not None
 
 
-def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str], List[str]]:
+def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> tuple[list[str], list[str]]:
     """What a bundle folder holds besides the files ``listed`` (paths relative to it), as (refused, ignored).
 
     The one rule for what the far side may find in a bundle folder. Refused: anything under ``tool/`` (also
@@ -95,8 +95,8 @@ def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str]
     opened. Found by name only: links are not followed, nothing is read.
     """
     root = Path(bundle_dir)
-    refused: List[str] = []
-    ignored: List[str] = []
+    refused: list[str] = []
+    ignored: list[str] = []
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name in listed:
             continue
@@ -111,10 +111,10 @@ def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> Tuple[List[str]
     return refused, ignored
 
 
-def _unlisted_under(folder: Path, prefix: str, listed: Collection[str]) -> List[str]:
+def _unlisted_under(folder: Path, prefix: str, listed: Collection[str]) -> list[str]:
     """Every entry below ``folder`` (named ``prefix/...``) that is not a listed path, folders aside; links
     (also to folders) are entries, never followed; a folder that cannot be read is one."""
-    found: List[str] = []
+    found: list[str] = []
 
     def unreadable(exc: OSError) -> None:
         inner = Path(exc.filename).relative_to(folder).as_posix() if exc.filename else "."
@@ -174,7 +174,7 @@ class BundleFile:
     path: str
     size: int
     sha256: str
-    parts: List[Part]  # one part (member == path) unless the file is split
+    parts: list[Part]  # one part (member == path) unless the file is split
 
 
 @dataclass(frozen=True)
@@ -182,10 +182,10 @@ class Chunk:
     name: str
     size: int
     sha256: str
-    members: List[str]  # sorted
+    members: list[str]  # sorted
 
 
-def part_layout_problem(bf: BundleFile, chunk_order: Optional[Mapping[str, int]] = None) -> Optional[str]:
+def part_layout_problem(bf: BundleFile, chunk_order: Mapping[str, int] | None = None) -> str | None:
     """Why ``bf``'s parts do not lay out the file, or None: the one part-layout rule.
 
     Parts, by offset, must be contiguous from byte 0 and cover exactly the file's size, so a file
@@ -241,8 +241,8 @@ class ToolFile:
 @dataclass
 class BundleManifest:
     version: str
-    files: List[BundleFile]
-    chunks: List[Chunk]
+    files: list[BundleFile]
+    chunks: list[Chunk]
     compression: str = "copy"
     chunk_size: int = 0
     tool_version: str = ""
@@ -252,36 +252,36 @@ class BundleManifest:
     # higher one, so unpack can refuse to go back to an older bundle (0: written before it was kept).
     sequence: int = 0
     # A delta bundle (base set): ``files`` holds only what is new or changed since the base tree.
-    base: Optional[str] = None  # tree identity (bundle.receipt.tree_identity) of the tree this applies to
+    base: str | None = None  # tree identity (bundle.receipt.tree_identity) of the tree this applies to
     base_created: str = ""  # when the base's bundle was made, to name it in messages
-    removed: List[str] = field(default_factory=list)  # base paths gone from the target
-    reused: List[ReusedFile] = field(default_factory=list)  # target files taken from the base by sha256
-    target: List[TreeFile] = field(default_factory=list)  # the whole tree after unpack
-    extra: Dict[str, object] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)  # base paths gone from the target
+    reused: list[ReusedFile] = field(default_factory=list)  # target files taken from the base by sha256
+    target: list[TreeFile] = field(default_factory=list)  # the whole tree after unpack
+    extra: dict[str, object] = field(default_factory=dict)
     # Carried once: each is placed by unpack from ``source``, a path in ``files`` with the same bytes.
-    copies: List[ReusedFile] = field(default_factory=list)
-    versions: List[str] = field(default_factory=list)  # every AMS version whose tree this is, ``version`` first
+    copies: list[ReusedFile] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)  # every AMS version whose tree this is, ``version`` first
     # Listed files the tree does not hold (not licensed, or left out by --platform): a delta's are its target's.
-    lacking: List[Lacking] = field(default_factory=list)
-    tool: List[ToolFile] = field(default_factory=list)  # bundle --with-tool: the tool/ folder's files
+    lacking: list[Lacking] = field(default_factory=list)
+    tool: list[ToolFile] = field(default_factory=list)  # bundle --with-tool: the tool/ folder's files
     # Not in the JSON: what tree_path_problems warned of when the manifest was read (names that
     # differ only in case, kept on a case-sensitive system).
-    path_warnings: List[str] = field(default_factory=list, compare=False, repr=False)
+    path_warnings: list[str] = field(default_factory=list, compare=False, repr=False)
     # Several versions: the paths of the tree each one needs (one version needs the whole tree). What a
     # later delta of one version may remove is decided from it (``bundle.delta_rules.removal_problems``).
-    version_paths: Dict[str, List[str]] = field(default_factory=dict)
+    version_paths: dict[str, list[str]] = field(default_factory=dict)
     # A delta only: versions of its base it removes on purpose (bundle --drop-version; unpack --drop-version).
-    dropped: List[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
     # sha256 of the bundle's README.txt (additive): a signature of the manifest then covers the instructions
     # an admin follows too ("" in bundles written before it was kept).
     readme_sha256: str = ""
 
     @property
-    def all_versions(self) -> List[str]:
+    def all_versions(self) -> list[str]:
         return list(self.versions) or [self.version]
 
     @property
-    def paths_by_version(self) -> Optional[Dict[str, Set[str]]]:
+    def paths_by_version(self) -> dict[str, set[str]] | None:
         """The paths of the tree each version needs; None when a bundle of several versions does not
         say (written before it was kept)."""
         if len(self.all_versions) == 1:
@@ -295,7 +295,7 @@ class BundleManifest:
         return sum(f.size for f in self.files)
 
     @property
-    def chunk_order(self) -> Dict[str, int]:
+    def chunk_order(self) -> dict[str, int]:
         """Chunk name -> its place in the chunk list (the writing and unpacking order)."""
         return {c.name: i for i, c in enumerate(self.chunks)}
 
@@ -304,7 +304,7 @@ class BundleManifest:
         return self.base is not None
 
     @property
-    def tree(self) -> List[TreeFile]:
+    def tree(self) -> list[TreeFile]:
         """The whole tree this bundle installs: a delta's target; else the files and their copies."""
         if self.is_delta:
             return list(self.target)
@@ -408,7 +408,7 @@ def unknown_schema_message(body, path) -> str:
     return f"{path} is not a bundle manifest of schema {' or '.join(SCHEMAS)} (found {_escaped(found)})"
 
 
-def read_manifest_bytes(bundle_dir: Path) -> Optional[bytes]:
+def read_manifest_bytes(bundle_dir: Path) -> bytes | None:
     """A bundle folder's manifest.json, read once and whole (metadata, small beside the chunks);
     None when there is none. Check (signature, SHA256SUMS) and parse these bytes, never the file
     again: it may be other bytes by the next read. IntegrityError when it cannot be read."""
@@ -423,11 +423,11 @@ def read_manifest_bytes(bundle_dir: Path) -> Optional[bytes]:
         raise IntegrityError(f"cannot read bundle manifest {path}: {exc}") from exc
 
 
-def _records(files: List[ReusedFile]) -> List[dict]:
+def _records(files: list[ReusedFile]) -> list[dict]:
     return [asdict(r) for r in sorted(files, key=lambda r: r.path)]
 
 
-def copy_problems(manifest: BundleManifest) -> List[str]:
+def copy_problems(manifest: BundleManifest) -> list[str]:
     """How ``copies`` contradicts the carried files: each copy's source must be a carried file with
     its size and sha256, and no path may be both carried and a copy, or a copy twice."""
     carried = {f.path: (f.size, f.sha256) for f in manifest.files}
@@ -443,7 +443,7 @@ def copy_problems(manifest: BundleManifest) -> List[str]:
 # --- checking manifest.json field by field --------------------------------------------------------
 
 _REQUIRED = object()
-Check = Callable[[object], Optional[str]]  # why a value is bad, or None
+Check = Callable[[object], str | None]  # why a value is bad, or None
 
 
 def _escaped(value) -> str:
@@ -476,16 +476,16 @@ def _record(value, name: str, keys: set) -> dict:
     return value
 
 
-def _list_of(value) -> Optional[str]:
+def _list_of(value) -> str | None:
     return None if isinstance(value, list) else "not a list"
 
 
-def _count(value) -> Optional[str]:
+def _count(value) -> str | None:
     return None if type(value) is int and value >= 0 else "not a whole number of at least 0"
 
 
 def _matching(pattern: "re.Pattern[str]", expected: str, empty_ok: bool = False) -> Check:
-    def check(value) -> Optional[str]:
+    def check(value) -> str | None:
         if isinstance(value, str) and ((empty_ok and value == "") or pattern.fullmatch(value)):
             return None
         return f"expected {expected}"
@@ -500,17 +500,17 @@ _is_created = _matching(re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2
                         "a UTC time like 2026-01-31T12:00:00Z", empty_ok=True)
 
 
-def _compression(value) -> Optional[str]:
+def _compression(value) -> str | None:
     return None if value in COMPRESSIONS else f"expected one of {', '.join(COMPRESSIONS)}"
 
 
-def _base(value) -> Optional[str]:
+def _base(value) -> str | None:
     return None if value is None else _is_sha256(value)
 
 
 def _versions_of(version: str) -> Check:
     """Check of ``versions``: distinct AMS versions, ``version`` (the field read by older tools) first."""
-    def check(value) -> Optional[str]:
+    def check(value) -> str | None:
         if not isinstance(value, list) or not value:
             return "not a list of AMS versions"
         if any(_is_version(v) for v in value):
@@ -521,7 +521,7 @@ def _versions_of(version: str) -> Check:
     return check
 
 
-def _reused_files(body: dict, name: str, default=_REQUIRED) -> List[ReusedFile]:
+def _reused_files(body: dict, name: str, default=_REQUIRED) -> list[ReusedFile]:
     """The list ``name`` of {path, size, sha256, source} records (``reused``, ``copies``)."""
     files = []
     for i, raw in enumerate(_field(body, name, name, _list_of, default)):
@@ -533,11 +533,11 @@ def _reused_files(body: dict, name: str, default=_REQUIRED) -> List[ReusedFile]:
     return files
 
 
-def _tool_path(value) -> Optional[str]:
+def _tool_path(value) -> str | None:
     return None if is_tool_path(value) else f"expected a safe path under {TOOL_DIR}/"
 
 
-def _tool_files(body: dict) -> List[ToolFile]:
+def _tool_files(body: dict) -> list[ToolFile]:
     """The ``tool`` list of {path, size, sha256} records (bundle --with-tool), each path once."""
     files, seen = [], set()
     for i, raw in enumerate(_field(body, "tool", "tool", _list_of, [])):
@@ -551,7 +551,7 @@ def _tool_files(body: dict) -> List[ToolFile]:
     return files
 
 
-def _delta_fields(body: dict, base: Optional[str]) -> dict:
+def _delta_fields(body: dict, base: str | None) -> dict:
     """``base_created``, ``removed``, ``reused`` and ``target`` of a delta (base set); none of them otherwise."""
     names = ("base_created", "removed", "reused", "target")
     if base is None:
@@ -584,7 +584,7 @@ def _version_fields(body: dict, manifest: BundleManifest) -> None:
     if raw and (len(versions) == 1 or set(raw) != set(versions)):
         raise IntegrityError(f"field version_paths names {_escaped(sorted(raw))}: expected the versions "
                              f"{_escaped(versions)} (only a bundle of several versions has it)")
-    needed: Set[str] = set()
+    needed: set[str] = set()
     for version in versions if raw else []:
         paths = _field(raw, version, f"version_paths.{version}", _list_of)
         for i, path in enumerate(paths):
@@ -603,7 +603,7 @@ def _version_fields(body: dict, manifest: BundleManifest) -> None:
     manifest.version_paths, manifest.dropped = {v: list(raw[v]) for v in raw}, list(dropped)
 
 
-def _lacking(body: dict) -> List[Lacking]:
+def _lacking(body: dict) -> list[Lacking]:
     """The optional ``lacking`` list of {path, reason} records: each path once, each reason of the vocabulary."""
     entries, seen = [], set()
     for i, raw in enumerate(_field(body, "lacking", "lacking", _list_of, [])):
@@ -617,7 +617,7 @@ def _lacking(body: dict) -> List[Lacking]:
     return entries
 
 
-def _placed_paths(manifest: BundleManifest) -> List[str]:
+def _placed_paths(manifest: BundleManifest) -> list[str]:
     """Every path the manifest has unpack write or extract: they must form one tree (tree_path_problems).
     (Removed paths are not among them: the new tree is built beside the old one, without them.)"""
     paths = {t.path for t in manifest.tree}

@@ -9,9 +9,9 @@ import base64
 import gzip
 import hashlib
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 from amsrepomirror.bundle.format import SHA256_PATTERN
 from amsrepomirror.errors import IntegrityError, UsageError
@@ -48,7 +48,7 @@ def tree_identity(files: Iterable) -> str:
     return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
-def _encode_tree(rows: List[InstalledFile]) -> Dict[str, object]:
+def _encode_tree(rows: list[InstalledFile]) -> dict[str, object]:
     listed = [[r.path, r.size, r.sha256, r.mtime_ns, r.ino] for r in sorted(rows, key=lambda r: r.path)]
     text = json.dumps(listed, separators=(",", ":"))
     if len(text) <= TREE_INLINE_BYTES:
@@ -56,7 +56,7 @@ def _encode_tree(rows: List[InstalledFile]) -> Dict[str, object]:
     return {"tree_gz": base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")}
 
 
-def _encode_version_paths(version_paths: Mapping[str, Iterable[str]]) -> Dict[str, object]:
+def _encode_version_paths(version_paths: Mapping[str, Iterable[str]]) -> dict[str, object]:
     listed = {v: sorted(paths) for v, paths in sorted(version_paths.items())}
     text = json.dumps(listed, separators=(",", ":"))
     if len(text) <= TREE_INLINE_BYTES:
@@ -64,10 +64,10 @@ def _encode_version_paths(version_paths: Mapping[str, Iterable[str]]) -> Dict[st
     return {"version_paths_gz": base64.b64encode(gzip.compress(text.encode("utf-8"), mtime=0)).decode("ascii")}
 
 
-def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optional[List[InstalledFile]] = None,
+def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: list[InstalledFile] | None = None,
                  bundle_created: str = "", bundle_sequence: int = 0,
                  lacking: Sequence[Lacking] = (), trust_installed: bool = False,
-                 version_paths: Optional[Mapping[str, Iterable[str]]] = None) -> Dict[str, object]:
+                 version_paths: Mapping[str, Iterable[str]] | None = None) -> dict[str, object]:
     """The receipt of an unpack: the bundle manifest installed and, with ``tree``, the installed
     tree itself (what a delta is built against and checked with); ``lacking``, the listed files the
     bundle did not carry and why (kept so the admin can still tell why amspackages misses them);
@@ -94,7 +94,7 @@ def make_receipt(manifest_sha256: str, version: str, bundle_path, *, tree: Optio
     return receipt
 
 
-def receipt_version_paths(receipt: dict, where, tree: Iterable[InstalledFile]) -> Optional[Dict[str, Set[str]]]:
+def receipt_version_paths(receipt: dict, where, tree: Iterable[InstalledFile]) -> dict[str, set[str]] | None:
     """The paths each installed version needs, as the receipt records them: None when it does not
     (a receipt/1, or a bundle of several versions that did not say); IntegrityError naming ``where``
     when damaged (a version that is not one, a path not in the installed ``tree``, the receipt's
@@ -121,7 +121,7 @@ def receipt_version_paths(receipt: dict, where, tree: Iterable[InstalledFile]) -
     return held
 
 
-def receipt_lacking(receipt: dict, where) -> List[Lacking]:
+def receipt_lacking(receipt: dict, where) -> list[Lacking]:
     """The lacking files a receipt records (none in receipts written before they were kept), each
     row checked; IntegrityError naming ``where`` when one is damaged."""
     entries = []
@@ -143,7 +143,7 @@ def _decoded_rows(receipt: dict):
         raise ValueError(f"its compressed tree does not decode ({exc})") from None
 
 
-def receipt_tree(receipt: dict, where) -> List[InstalledFile]:
+def receipt_tree(receipt: dict, where) -> list[InstalledFile]:
     """The installed tree a receipt records, every row checked and the whole against its
     ``tree_sha256``: IntegrityError naming ``where`` when damaged, UsageError when the receipt
     predates installed trees (written before delta bundles)."""

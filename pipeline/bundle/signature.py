@@ -19,7 +19,6 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
 
 from amsrepomirror.bundle import sshsig
 from amsrepomirror.bundle.format import MANIFEST_NAME
@@ -45,7 +44,7 @@ class SignatureCheck:
     key_type: str = ""
     fingerprint: str = ""
     principal: str = ""  # from allowed_signers; empty when none was given or the key is not in it
-    allowed: Optional[bool] = None  # None: not checked against allowed signers
+    allowed: bool | None = None  # None: not checked against allowed signers
     problem: str = ""  # why the signature does not hold, when it does not
     verifier: str = ""  # which checked it: ssh-keygen or python
 
@@ -59,7 +58,7 @@ class SignatureCheck:
         return f"signature: good, by {self.principal} ({key}), allowed{checked}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def keygen_can_verify() -> bool:
     """Whether this ssh-keygen has ``-Y find-principals`` (OpenSSH 8.2 or later): its usage text says so."""
     tool = shutil.which("ssh-keygen")
@@ -84,7 +83,7 @@ def choose_verifier(setting: str = "auto") -> str:
     return setting
 
 
-def _ssh_keygen(args: List[str], *, message: bytes, timeout: int) -> subprocess.CompletedProcess:
+def _ssh_keygen(args: list[str], *, message: bytes, timeout: int) -> subprocess.CompletedProcess:
     """ssh-keygen -Y ``args``, the message to sign or check (manifest.json's bytes) on its stdin."""
     tool = shutil.which("ssh-keygen")
     if tool is None:
@@ -122,8 +121,8 @@ def is_signed(bundle_dir: Path) -> bool:
     return (Path(bundle_dir) / SIGNATURE_NAME).is_file()
 
 
-def check_signature(bundle_dir: Path, allowed_signers: Optional[Path] = None, revoked_keys: Optional[Path] = None,
-                    verifier: str = "auto", *, manifest: Optional[bytes]) -> Optional[SignatureCheck]:
+def check_signature(bundle_dir: Path, allowed_signers: Path | None = None, revoked_keys: Path | None = None,
+                    verifier: str = "auto", *, manifest: bytes | None) -> SignatureCheck | None:
     """The one gate of what a signature check accepts. Check ``manifest.json.sig`` against ``manifest``,
     the bundle's manifest.json as the caller read it (None: there was none); None when the bundle is
     unsigned. A caller that goes on to use the manifest uses these bytes: the file may hold others by
@@ -171,11 +170,11 @@ class _KeyFile:
 
 @dataclass(frozen=True)
 class _Trust:
-    allowed: Optional[_KeyFile] = None
-    revoked: Optional[_KeyFile] = None
+    allowed: _KeyFile | None = None
+    revoked: _KeyFile | None = None
 
 
-def _read_trust_files(allowed_signers: Optional[Path], revoked_keys: Optional[Path]) -> _Trust:
+def _read_trust_files(allowed_signers: Path | None, revoked_keys: Path | None) -> _Trust:
     """Both files, read once and bounded; sshsig.SshsigError for a line OpenSSH and Python could read
     differently (a binary KRL is passed on whole: ssh-keygen reads it, the built-in checker refuses it)."""
     allowed = revoked = None
@@ -256,7 +255,7 @@ def _keygen_verdict(copies: dict, manifest: bytes, trust: _Trust) -> SignatureCh
     return SignatureCheck(key_type=key_type, fingerprint=fingerprint, principal=principal, allowed=True)
 
 
-def first_principal(principals: str) -> Optional[str]:
+def first_principal(principals: str) -> str | None:
     """The principal to verify as (``-I``), from the pattern list of the line that lists the key: its first
     entry that is not negated and that the whole list matches (``!bad,site`` is verified as site, never as
     ``!bad``); None when there is none (``!site`` alone allows nobody). Both checkers ask it."""

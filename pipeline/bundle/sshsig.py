@@ -17,7 +17,6 @@ import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -270,12 +269,12 @@ class _Line:
 @dataclass(frozen=True)
 class _Options:
     cert_authority: bool = False
-    namespaces: Optional[str] = None
+    namespaces: str | None = None
     valid_after: int = 0
     valid_before: int = 0
 
 
-def key_file_lines(data: bytes, name: str) -> List[Tuple[int, str]]:
+def key_file_lines(data: bytes, name: str) -> list[tuple[int, str]]:
     """(number, line) of an allowed_signers or revoked keys file as OpenSSH's getline() cuts it: at LF
     only, each line keeping its LF. SshsigError for any line Python and C could read differently: a NUL
     (C ends the string there), a CR not right before the LF (other readers start a new line there),
@@ -302,7 +301,7 @@ def key_file_lines(data: bytes, name: str) -> List[Tuple[int, str]]:
     return read
 
 
-def allowed_signers_lines(data: bytes, name: str) -> List[Tuple[int, str]]:
+def allowed_signers_lines(data: bytes, name: str) -> list[tuple[int, str]]:
     """key_file_lines, and for every line that names principals: no empty entry in the list (ssh-keygen
     -Y find-principals stops printing at one) and no entry of PATTERN_LIMIT bytes or more, there or in
     namespaces= (OpenSSH never matches such a list)."""
@@ -370,7 +369,7 @@ def match_pattern_list(text: str, patterns: str) -> int:
     return positive
 
 
-def _strdelimw(text: str) -> Tuple[Optional[str], Optional[str]]:
+def _strdelimw(text: str) -> tuple[str | None, str | None]:
     """misc.c strdelimw: the first field and the rest after the blanks that follow it. A double quote
     anywhere in the field opens a quoted part running to the next one (both quotes dropped). (None, None):
     unterminated quote; (field, None): no blank or quote at all, so no rest."""
@@ -392,7 +391,7 @@ _KEY_TYPE_NAMES = {**{t: t for t in KEY_TYPES}, "rsa-sha2-256": "ssh-rsa", "rsa-
                    "rsa-sha2-512-cert-v01@openssh.com": "ssh-rsa-cert-v01@openssh.com"}
 
 
-def _b64_pton(text: str) -> Optional[bytes]:
+def _b64_pton(text: str) -> bytes | None:
     """b64_pton as sshbuf_b64tod uses it: whitespace skipped, padding and the unused bits exact."""
     squeezed = re.sub(r"[ \t\r\n\v\f]", "", text)
     try:
@@ -402,7 +401,7 @@ def _b64_pton(text: str) -> Optional[bytes]:
     return data if base64.b64encode(data).decode("ascii") == squeezed else None
 
 
-def _read_key(text: str) -> Tuple[Optional[PublicKey], str]:
+def _read_key(text: str) -> tuple[PublicKey | None, str]:
     """sshkey_read: (key, what follows) for "TYPE BASE64[ ...]" at the start of ``text``, fields split
     at spaces and tabs only; (None, text) when it is no key OpenSSH would read."""
     space = re.search(r"[ \t]", text)
@@ -435,7 +434,7 @@ def _options_end(text: str) -> int:
     return i
 
 
-def _parse_line(line: str, principal: Optional[str]) -> Optional[_Line]:
+def _parse_line(line: str, principal: str | None) -> _Line | None:
     """sshsig.c parse_principals_key_and_options: one allowed_signers line; None for comments, blank
     lines and (looking for ``principal``) lines whose principals do not match it."""
     text = line.lstrip(_BLANKS)
@@ -463,7 +462,7 @@ def _ascii_lower(text: str) -> str:
     return "".join(c.lower() if c.isascii() else c for c in text)
 
 
-def _dequote(text: str) -> Tuple[str, str]:
+def _dequote(text: str) -> tuple[str, str]:
     """misc.c opt_dequote: a double-quoted option value (\\" inside), and what follows it."""
     if not text.startswith('"'):
         raise SshsigError("bad options: missing start quote")
@@ -547,7 +546,7 @@ def _parse_options(text: str) -> _Options:
     return options
 
 
-def _usable(line: _Line, key: PublicKey, namespace: Optional[str], now: int) -> Tuple[bool, str]:
+def _usable(line: _Line, key: PublicKey, namespace: str | None, now: int) -> tuple[bool, str]:
     """check_allowed_keys_line: does this line allow ``key`` (for ``namespace``, at ``now``)? With why not."""
     options = line.options
     if options.cert_authority or line.key != key:  # guard: signature-verdict-python
@@ -561,8 +560,8 @@ def _usable(line: _Line, key: PublicKey, namespace: Optional[str], now: int) -> 
     return True, ""
 
 
-def _scan(lines: List[Tuple[int, str]], name: str, key: PublicKey, principal: Optional[str],
-          namespace: Optional[str], now: Optional[float]):
+def _scan(lines: list[tuple[int, str]], name: str, key: PublicKey, principal: str | None,
+          namespace: str | None, now: float | None):
     """The first line of allowed_signers ``lines`` that allows ``key``, else (None, why). A malformed
     line allows nothing and is passed over, as check_allowed_keys_line does (why names it)."""
     now = int(time.time() if now is None else now)
@@ -582,16 +581,16 @@ def _scan(lines: List[Tuple[int, str]], name: str, key: PublicKey, principal: Op
     return None, why
 
 
-def find_principals(lines: List[Tuple[int, str]], key: PublicKey, now: Optional[float] = None,
-                    name: str = "allowed_signers") -> Optional[str]:
+def find_principals(lines: list[tuple[int, str]], key: PublicKey, now: float | None = None,
+                    name: str = "allowed_signers") -> str | None:
     """``ssh-keygen -Y find-principals``: the principals field of the first line listing ``key`` (namespaces
     not asked, validity times asked), or None. ``lines``: from allowed_signers_lines."""
     line, _ = _scan(lines, name, key, None, None, now)
     return None if line is None else line.principals
 
 
-def check_allowed(lines: List[Tuple[int, str]], key: PublicKey, principal: str, namespace: str,
-                  now: Optional[float] = None, name: str = "allowed_signers") -> None:
+def check_allowed(lines: list[tuple[int, str]], key: PublicKey, principal: str, namespace: str,
+                  now: float | None = None, name: str = "allowed_signers") -> None:
     """The allowed_signers step of ``ssh-keygen -Y verify -I principal``: SshsigError unless a line allows it."""
     line, why = _scan(lines, name, key, principal, namespace, now)
     if line is None:

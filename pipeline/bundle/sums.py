@@ -1,7 +1,6 @@
 """``SHA256SUMS`` of a bundle folder, in ``sha256sum -c`` format: written and read here only."""
 
 from pathlib import Path
-from typing import Dict, Optional
 
 from amsrepomirror.bundle.format import SUMS_NAME, is_tool_path
 from amsrepomirror.errors import IntegrityError
@@ -12,14 +11,14 @@ from amsrepomirror.util.paths import is_plain_file_name
 _HEX = set("0123456789abcdef")
 
 
-def write_sums(bundle_dir: Path, names, known: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+def write_sums(bundle_dir: Path, names, known: dict[str, str] | None = None) -> dict[str, str]:
     """Write ``SHA256SUMS`` (``<hex>  <name>``, sorted) for ``names`` in ``bundle_dir``.
 
     Files are hashed (streaming) unless their sha256 is given in ``known``. Returns the sums.
     """
     bundle_dir = Path(bundle_dir)
     known = known or {}
-    sums: Dict[str, str] = {}
+    sums: dict[str, str] = {}
     for name in sorted(set(names)):
         if not (is_plain_file_name(name) or is_tool_path(name)) or name == SUMS_NAME:
             raise ValueError(f"cannot list {name!r} in {SUMS_NAME}")
@@ -29,7 +28,7 @@ def write_sums(bundle_dir: Path, names, known: Optional[Dict[str, str]] = None) 
     return sums
 
 
-def read_sums(bundle_dir: Path) -> Dict[str, str]:
+def read_sums(bundle_dir: Path) -> dict[str, str]:
     """Parse ``SHA256SUMS`` into ``name -> hex``; IntegrityError if missing or malformed."""
     path = Path(bundle_dir) / SUMS_NAME
     try:
@@ -38,7 +37,7 @@ def read_sums(bundle_dir: Path) -> Dict[str, str]:
         raise IntegrityError(f"{path} is missing: the bundle is incomplete (it is written last)") from None
     except (OSError, ValueError) as exc:
         raise IntegrityError(f"cannot read {path}: {exc}") from exc
-    sums: Dict[str, str] = {}
+    sums: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

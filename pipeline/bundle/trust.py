@@ -11,7 +11,6 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import luigi
 
@@ -25,12 +24,12 @@ NO_SIGNERS = "verified without allowed signers: the signature was not checked"
 @dataclass(frozen=True)
 class Trust:
     """Whose signature a bundle must carry, as this site set it."""
-    allowed_signers: Optional[Path]  # None: no signers configured; a signature then proves nothing
-    revoked_keys: Optional[Path]
+    allowed_signers: Path | None  # None: no signers configured; a signature then proves nothing
+    revoked_keys: Path | None
     require_signature: bool  # an unsigned bundle is refused (only meaningful with allowed_signers)
     verifier: str  # auto, ssh-keygen or python
     source: str  # where allowed_signers came from, to name it in messages
-    notes: Tuple[str, ...] = ()  # lines for the admin (a setting to move)
+    notes: tuple[str, ...] = ()  # lines for the admin (a setting to move)
 
 
 def _setting(section: str, key: str) -> str:
@@ -38,7 +37,7 @@ def _setting(section: str, key: str) -> str:
 
 
 #: The keys the offline side reads in the sections that decide what it trusts.
-OFFLINE_SETTINGS: Dict[str, Tuple[str, ...]] = {
+OFFLINE_SETTINGS: dict[str, tuple[str, ...]] = {
     "trust": ("allowed_signers", "revoked_keys", "require_signature", "signature_verifier"),
     "unpack": ("installed_version_files", "trust_installed", "allowed_signers", "signature_verifier"),
 }
@@ -64,13 +63,13 @@ def refuse_unread_settings() -> None:
         raise UsageError(f"[{section}] {key} in {source} is not a setting: {hint}")
 
 
-def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[str] = None) -> Trust:
+def resolve_trust(allowed_signers: str | None = None, revoked_keys: str | None = None) -> Trust:
     """The site's trust setting: command-line options over ``[trust]`` over the older ``[unpack]``
     keys. UsageError for a combination that cannot be checked, or a key nothing reads."""
     refuse_unread_settings()
-    notes: List[str] = []
+    notes: list[str] = []
 
-    def pick(given: Optional[str], key: str, old_section: str = "") -> Tuple[str, str]:
+    def pick(given: str | None, key: str, old_section: str = "") -> tuple[str, str]:
         if given:
             return str(given), f"--{key.replace('_', '-')}"
         if _setting("trust", key):
@@ -101,7 +100,7 @@ def resolve_trust(allowed_signers: Optional[str] = None, revoked_keys: Optional[
 
 
 def signature_verdict(bundle_dir: Path, trust: Trust,
-                      manifest: Optional[bytes]) -> Tuple[Optional[SignatureCheck], Optional[str]]:
+                      manifest: bytes | None) -> tuple[SignatureCheck | None, str | None]:
     """What the bundle's signature of ``manifest`` (manifest.json as the caller read it) says under
     ``trust``: (the check, None when unsigned; the reason to refuse the bundle, None when it may
     pass). The one verdict for verify and unpack alike."""

@@ -1,10 +1,10 @@
 """``verify``: check a bundle folder offline with the checks unpack applies, and report every problem."""
 
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from amsrepomirror.bundle.chunks import check_members, hash_members
 from amsrepomirror.bundle.format import (
@@ -48,27 +48,27 @@ class Problem:
 @dataclass
 class VerifyReport:
     bundle_dir: Path
-    problems: List[Problem] = field(default_factory=list)
-    manifest: Optional[BundleManifest] = None
+    problems: list[Problem] = field(default_factory=list)
+    manifest: BundleManifest | None = None
     chunks_checked: int = 0
     bytes_checked: int = 0
-    not_here: List[str] = field(default_factory=list)  # with ``partial``: chunks not (yet) in the folder
-    warnings: List[str] = field(default_factory=list)  # what does not make the bundle unusable
+    not_here: list[str] = field(default_factory=list)  # with ``partial``: chunks not (yet) in the folder
+    warnings: list[str] = field(default_factory=list)  # what does not make the bundle unusable
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     @property
-    def bad_chunks(self) -> List[str]:
+    def bad_chunks(self) -> list[str]:
         """Chunks to copy again (missing, truncated, corrupt, ...); not the unexpected ones."""
         return sorted({p.name for p in self.problems if p.chunk and p.problem != "unexpected"})
 
     @property
-    def unexpected_chunks(self) -> List[str]:
+    def unexpected_chunks(self) -> list[str]:
         return sorted({p.name for p in self.problems if p.chunk and p.problem == "unexpected"})
 
-    def problem_of(self, name: str) -> List[str]:
+    def problem_of(self, name: str) -> list[str]:
         return [p.problem for p in self.problems if p.name == name]
 
     def message(self) -> str:
@@ -98,7 +98,7 @@ def require_intact(report: VerifyReport) -> VerifyReport:
     return report
 
 
-def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
+def _check_manifest_consistency(manifest: BundleManifest) -> list[str]:
     """Problems inside manifest.json itself (parts vs chunks, copies vs files); a few at most."""
     issues = copy_problems(manifest)[:1]
     tree = {t.path for t in manifest.tree}
@@ -111,7 +111,7 @@ def _check_manifest_consistency(manifest: BundleManifest) -> List[str]:
     chunks = {c.name: c for c in manifest.chunks}
     if len(chunks) != len(manifest.chunks):
         issues.append("a chunk is listed twice")
-    referenced: Dict[str, set] = {name: set() for name in chunks}
+    referenced: dict[str, set] = {name: set() for name in chunks}
     order = manifest.chunk_order
     for f in manifest.files:
         why = part_layout_problem(f, order)
@@ -144,10 +144,10 @@ class _ContentCheck:
     compared with the file's sha256 at the end (what unpack checks after joining the parts).
     """
 
-    def __init__(self, manifest: Optional[BundleManifest], on_bytes: Optional[Callable[[int], None]] = None):
+    def __init__(self, manifest: BundleManifest | None, on_bytes: Callable[[int], None] | None = None):
         self.on_bytes = on_bytes
-        self.members: Dict[str, Dict[str, tuple]] = {}  # chunk name -> {member: (BundleFile, Part)}
-        self.whole: Dict[str, list] = {}  # split file -> [its hash, bytes hashed]
+        self.members: dict[str, dict[str, tuple]] = {}  # chunk name -> {member: (BundleFile, Part)}
+        self.whole: dict[str, list] = {}  # split file -> [its hash, bytes hashed]
         self.files = manifest.files if manifest is not None else []
         for f in self.files:
             for p in f.parts:
@@ -155,7 +155,7 @@ class _ContentCheck:
             if len(f.parts) > 1:
                 self.whole[f.path] = [hashlib.sha256(), 0]
 
-    def check(self, path: Path, chunk: Optional[Chunk]) -> List[Problem]:
+    def check(self, path: Path, chunk: Chunk | None) -> list[Problem]:
         mine = self.members.get(path.name, {})
         if chunk is not None:
             try:
@@ -189,7 +189,7 @@ class _ContentCheck:
         for f, _ in mine.values():
             self.whole.pop(f.path, None)
 
-    def finish(self) -> List[Problem]:
+    def finish(self) -> list[Problem]:
         problems = []
         for f in self.files:
             running = self.whole.get(f.path)
@@ -200,7 +200,7 @@ class _ContentCheck:
         return problems
 
 
-def not_a_bundle(path: Path, tool: str = "amsrepomirror") -> Optional[str]:
+def not_a_bundle(path: Path, tool: str = "amsrepomirror") -> str | None:
     """Why ``path`` is not a bundle folder, and what to pass instead (``tool``: the command as it
     can be typed); None when it looks like one (a folder with manifest.json, SHA256SUMS or chunks;
     what they hold is for verify_bundle)."""
@@ -221,9 +221,9 @@ def not_a_bundle(path: Path, tool: str = "amsrepomirror") -> Optional[str]:
 
 
 def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool = False,
-                  on_bytes: Optional[Callable[[int], None]] = None,
-                  on_total: Optional[Callable[[int], None]] = None,
-                  manifest_bytes: Union[bytes, None, object] = READ_MANIFEST) -> VerifyReport:
+                  on_bytes: Callable[[int], None] | None = None,
+                  on_total: Callable[[int], None] | None = None,
+                  manifest_bytes: bytes | None | object = READ_MANIFEST) -> VerifyReport:
     """Check a bundle folder; the report names every bad chunk and what is wrong with it.
 
     ``manifest_bytes``: manifest.json as the caller read it (unpack and verify: the bytes whose
@@ -261,7 +261,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
         add(Problem(str(bundle_dir), "missing", "not a folder"))
         return report
 
-    sums: Optional[Dict[str, str]] = None
+    sums: dict[str, str] | None = None
     try:
         sums = read_sums(bundle_dir)
     except IntegrityError as exc:
@@ -269,7 +269,7 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
         add(Problem(SUMS_NAME, "missing" if missing else "corrupt",
                     "bundle incomplete: it is written last" if missing else str(exc)))
 
-    manifest: Optional[BundleManifest] = None
+    manifest: BundleManifest | None = None
     manifest_path = bundle_dir / MANIFEST_NAME
     try:
         if manifest_bytes is READ_MANIFEST:
@@ -311,9 +311,9 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
             add(Problem(SIGNATURE_NAME, "unreadable", str(exc)))
 
     # What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS.
-    expected: Dict[str, Optional[int]] = {}
-    expected_sha: Dict[str, str] = {}
-    chunks: Dict[str, Chunk] = {}
+    expected: dict[str, int | None] = {}
+    expected_sha: dict[str, str] = {}
+    chunks: dict[str, Chunk] = {}
     if manifest is not None:
         for issue in _check_manifest_consistency(manifest):
             add(Problem(MANIFEST_NAME, "inconsistent", issue))
@@ -340,8 +340,8 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     # Sizes first (cheap); the chunks of the right size are hashed HASH_THREADS at a time while
     # the results are taken (and archives tested) in the order of the chunk list.
     order = list(dict.fromkeys(c.name for c in manifest.chunks)) if manifest is not None else sorted(expected)
-    hashing: Dict[str, "Future[str]"] = {}
-    sizes: Dict[str, Optional[int]] = {}
+    hashing: dict[str, Future[str]] = {}
+    sizes: dict[str, int | None] = {}
     for name in order:
         if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
             continue
@@ -419,7 +419,7 @@ def _check_unlisted(report: VerifyReport, chunks, others) -> None:
                                + ", ".join(printable(name) for name in ignored[:IGNORED_SHOWN]) + more)
 
 
-def tool_problems(bundle_dir: Path, manifest: BundleManifest, sums: Optional[Dict[str, str]]) -> List[Tuple[str, str]]:
+def tool_problems(bundle_dir: Path, manifest: BundleManifest, sums: dict[str, str] | None) -> list[tuple[str, str]]:
     """How the tool/ folder differs from the manifest's ``tool`` list and SHA256SUMS: (path, what) each."""
     problems = []
     for t in manifest.tool:

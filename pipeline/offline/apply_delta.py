@@ -20,8 +20,8 @@ import io
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from amsrepomirror.bundle.delta_rules import delta_problems, removal_problems
 from amsrepomirror.bundle.format import BundleManifest, ReusedFile
@@ -41,11 +41,11 @@ LINK_REFUSED = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, getatt
 COPY_BLOCK = 8 * 1024 * 1024
 
 
-def _short(identity: Optional[str]) -> str:
+def _short(identity: str | None) -> str:
     return (identity or "?")[:12]
 
 
-def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> Optional[Tuple[dict, List[InstalledFile]]]:
+def installed_tree(home: Path, manifest: BundleManifest, bundle_dir: Path) -> tuple[dict, list[InstalledFile]] | None:
     """AMSHOME's receipt and the tree it records when that is the delta's base; None when it already
     is the delta's target. UsageError (naming the base needed and what is installed) otherwise."""
     needs = f"the tree {_short(manifest.base)} (the bundle of {manifest.base_created or '?'})"
@@ -72,7 +72,7 @@ def _what(manifest: BundleManifest, bundle_dir: Path) -> str:
 
 
 def refuse_drop_versions(home: Path, manifest: BundleManifest, bundle_dir: Path, drop_versions: Sequence[str],
-                         installed: Optional[Set[str]]) -> None:
+                         installed: set[str] | None) -> None:
     """UsageError for an ``unpack --drop-version`` this bundle cannot carry out, so that a typo or a
     wrong version is never silently ignored: a version the bundle holds (it installs it), one a
     delta does not drop, or, when ``installed`` (the versions the receipt records) is known, one
@@ -93,7 +93,7 @@ def refuse_drop_versions(home: Path, manifest: BundleManifest, bundle_dir: Path,
 
 
 def refuse_removals(home: Path, receipt: dict, tree: Sequence[InstalledFile], manifest: BundleManifest,
-                    bundle_dir: Path, drop_versions: Sequence[str]) -> Optional[Dict[str, Set[str]]]:
+                    bundle_dir: Path, drop_versions: Sequence[str]) -> dict[str, set[str]] | None:
     """UsageError unless :func:`bundle.delta_rules.removal_problems` allows what the bundle removes (every
     installed path not in its tree, whatever a delta's ``removed`` list says) against what the receipt
     says each installed version needs. An installed version goes only when the admin says so
@@ -128,7 +128,7 @@ def refuse_removals(home: Path, receipt: dict, tree: Sequence[InstalledFile], ma
     return after
 
 
-def _sources(manifest: BundleManifest, installed: Dict[str, InstalledFile]) -> Dict[str, InstalledFile]:
+def _sources(manifest: BundleManifest, installed: dict[str, InstalledFile]) -> dict[str, InstalledFile]:
     """target path -> the installed file it is taken from, for every target file the delta does not
     carry (nor places as a copy of a carried file)."""
     carried = {f.path for f in manifest.files} | {c.path for c in manifest.copies}
@@ -154,7 +154,7 @@ def _changed(path: Path, identity: Identity) -> bool:
     return not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_size, st.st_mtime_ns) != identity
 
 
-def check_installed(repo: Path, rows: Sequence[InstalledFile], trust_installed: bool = False) -> Dict[str, Identity]:
+def check_installed(repo: Path, rows: Sequence[InstalledFile], trust_installed: bool = False) -> dict[str, Identity]:
     """Every installed file the delta relies on holds the bytes the receipt names (hashed; with
     ``trust_installed``, unless size, mtime and inode are still the receipt's); IntegrityError
     naming the first that does not. Returns path -> the identity each file had when checked."""
@@ -196,7 +196,7 @@ def _copy(src: Path, dst: Path, row, mismatch: str) -> None:
         raise IntegrityError(mismatch)
 
 
-def link_or_copy(src: Path, dst: Path, row: InstalledFile, identity: Optional[Identity] = None) -> bool:
+def link_or_copy(src: Path, dst: Path, row: InstalledFile, identity: Identity | None = None) -> bool:
     """Put the installed file ``src`` (recorded as ``row``) at ``dst``: a hard link, checked to be
     the very file :func:`check_installed` saw (``identity``; default: the receipt's), or a hashed
     copy where links are refused. True when linked."""

@@ -42,8 +42,8 @@ import os
 import queue
 import stat
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import py7zr
 import py7zr.exceptions
@@ -108,7 +108,7 @@ def open_regular(path: Path, what: str = "") -> int:
     return fd
 
 
-def _hash_regular(path: Path) -> Tuple[int, str]:
+def _hash_regular(path: Path) -> tuple[int, str]:
     """(size, sha256) of a regular file, never following a symlink; IntegrityError otherwise."""
     fd = open_regular(path)
     try:
@@ -117,7 +117,7 @@ def _hash_regular(path: Path) -> Tuple[int, str]:
         os.close(fd)
 
 
-def _write_all(fd: int, data, offset: Optional[int] = None) -> None:
+def _write_all(fd: int, data, offset: int | None = None) -> None:
     """Write all of ``data`` (at ``offset`` with pwrite, else at the file position)."""
     view = memoryview(data)
     while view:
@@ -168,8 +168,8 @@ class _HashThread:
     """
 
     def __init__(self) -> None:
-        self._queue: "queue.Queue" = queue.Queue(HASH_QUEUE_DEPTH)
-        self._error: Optional[BaseException] = None
+        self._queue: queue.Queue = queue.Queue(HASH_QUEUE_DEPTH)
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="amsrepomirror-sha256", daemon=True)
         self._thread.start()
         self._stopped = False
@@ -202,7 +202,7 @@ class _MemberWriter(WriteOnlySink):
     """Receives one member from py7zr: writes it at ``offset`` of ``fd`` and hashes it."""
 
     def __init__(self, member: str, fd: int, offset: int, limit: int, hashes: _HashThread,
-                 on_bytes: Optional[Callable[[int], None]] = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None) -> None:
         self.member = member
         self.on_bytes = on_bytes
         self.fd = fd
@@ -237,8 +237,8 @@ class _Writers(WriterFactory):
     threads (one per 7z folder), hence the lock.
     """
 
-    def __init__(self, tmp: Path, dest_dir: Path, exp: Expected, in_place: Dict[str, Tuple[BundleFile, Part]],
-                 on_bytes: Optional[Callable[[int], None]] = None):
+    def __init__(self, tmp: Path, dest_dir: Path, exp: Expected, in_place: dict[str, tuple[BundleFile, Part]],
+                 on_bytes: Callable[[int], None] | None = None):
         self.on_bytes = on_bytes
         self.tmp = PurePosixPath(tmp.as_posix())
         self.tmp_path = tmp
@@ -246,9 +246,9 @@ class _Writers(WriterFactory):
         self.exp = exp
         self.in_place = in_place
         self.hashes = _HashThread()
-        self.writers: Dict[str, _MemberWriter] = {}
-        self.fds: List[int] = []
-        self.partials: Dict[str, Tuple[Path, int]] = {}  # split file path -> (partial path, fd)
+        self.writers: dict[str, _MemberWriter] = {}
+        self.fds: list[int] = []
+        self.partials: dict[str, tuple[Path, int]] = {}  # split file path -> (partial path, fd)
         self.lock = threading.Lock()
 
     def create(self, filename: str) -> Py7zIO:
@@ -292,7 +292,7 @@ class _Writers(WriterFactory):
         os.fchmod(fd, FILE_MODE)
         return fd
 
-    def finish(self) -> Dict[str, Tuple[int, str]]:
+    def finish(self) -> dict[str, tuple[int, str]]:
         """Wait for the hashes; {member: (bytes written, sha256)} of every member py7zr wrote."""
         self.hashes.stop()
         return {m: (w.written, w.hasher.hexdigest()) for m, w in self.writers.items()}
@@ -311,9 +311,9 @@ class _Writers(WriterFactory):
                 pass
 
 
-def _split_layout(files: Iterable[BundleFile]) -> Dict[str, Tuple[BundleFile, Part]]:
+def _split_layout(files: Iterable[BundleFile]) -> dict[str, tuple[BundleFile, Part]]:
     """{part member: (split file, part)} for every split file, after checking its layout."""
-    layout: Dict[str, Tuple[BundleFile, Part]] = {}
+    layout: dict[str, tuple[BundleFile, Part]] = {}
     for bf in split_files(files):
         for name in [bf.path] + [p.member for p in bf.parts]:
             why = path_problem(name)
@@ -329,7 +329,7 @@ def _split_layout(files: Iterable[BundleFile]) -> Dict[str, Tuple[BundleFile, Pa
 
 
 def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
-                  files: Optional[Iterable[BundleFile]] = None, on_bytes: Optional[Callable[[int], None]] = None) -> List[str]:
+                  files: Iterable[BundleFile] | None = None, on_bytes: Callable[[int], None] | None = None) -> list[str]:
     """Extract ``chunk`` into ``dest_dir`` after :func:`check_members`, verifying every member.
 
     ``expected`` maps each member name (at least all of ``chunk.members``) to (size, sha256).
@@ -366,7 +366,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
     tmp_root = safe_makedirs(dest_dir, EXTRACT_TMP)
     tmp = tmp_root / chunk.name
     remove_entry(tmp)
-    writers: Optional[_Writers] = None
+    writers: _Writers | None = None
     placed = False
     try:
         os.mkdir(tmp, 0o700)
@@ -392,7 +392,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
 
         # Exactly the expected regular files (and their parent dirs) may be in tmp. Only our
         # writers created anything there; this walk is a cheap second look.
-        problems: List[str] = []
+        problems: list[str] = []
         for dirpath, dirnames, filenames in os.walk(tmp, followlinks=False):
             for entry in dirnames + filenames:
                 full = Path(dirpath) / entry
@@ -444,7 +444,7 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
             pass  # another chunk's temp dir still there, or already gone
 
 
-def split_files(files: Iterable[BundleFile]) -> List[BundleFile]:
+def split_files(files: Iterable[BundleFile]) -> list[BundleFile]:
     """The files stored as several parts (or under a member name other than their path)."""
     return [f for f in files if len(f.parts) != 1 or f.parts[0].member != f.path]
 
@@ -468,7 +468,7 @@ def _check_parts(bf: BundleFile) -> list:
     return sorted(bf.parts, key=lambda p: p.offset)
 
 
-def _holds(path: Path, bf: BundleFile) -> Optional[bool]:
+def _holds(path: Path, bf: BundleFile) -> bool | None:
     """None when ``path`` is missing; else whether it is a plain regular file (not hard-linked)
     with the size and sha256 of ``bf`` (one read when the size is right)."""
     try:
@@ -489,7 +489,7 @@ def _place(src: Path, final: Path, bf: BundleFile) -> None:
     os.replace(src, final)  # rename never follows a symlink at final
 
 
-def _join_parts(dest_dir: Path, bf: BundleFile, parts: List[Part], partial: Path) -> None:
+def _join_parts(dest_dir: Path, bf: BundleFile, parts: list[Part], partial: Path) -> None:
     """Join part files into ``partial`` (one read and one write of each byte), hashing the whole
     file on the way. The parts were verified when their chunk was extracted, so only when the
     whole file is wrong are they hashed again, to name the culprit."""
@@ -539,7 +539,7 @@ def _join_parts(dest_dir: Path, bf: BundleFile, parts: List[Part], partial: Path
                              f"sha256 {hasher.hexdigest()})")
 
 
-def reassemble(dest_dir, files: List[BundleFile]) -> List[str]:
+def reassemble(dest_dir, files: list[BundleFile]) -> list[str]:
     """Finish split files: check the whole file's size and sha256, rename it into place, remove
     the parts. Returns the paths reassembled (or finished).
 
@@ -625,7 +625,7 @@ def sync_tree(dest_dir) -> None:
         os.close(fd)
 
 
-def tree_problems(dest_dir, files: Iterable[BundleFile], check_hashes: bool = True) -> List[str]:
+def tree_problems(dest_dir, files: Iterable[BundleFile], check_hashes: bool = True) -> list[str]:
     """How the tree at ``dest_dir`` differs from ``files`` (one line each; empty when it holds
     exactly them: each with its size, and sha256 when ``check_hashes``, nothing else).
 
@@ -641,7 +641,7 @@ def tree_problems(dest_dir, files: Iterable[BundleFile], check_hashes: bool = Tr
         return [f"{dest_dir} does not exist"]
     if not stat.S_ISDIR(st.st_mode):
         return [f"{dest_dir} is not a directory"]
-    problems: List[str] = []
+    problems: list[str] = []
     seen = set()
     for dirpath, dirnames, filenames in os.walk(dest_dir, followlinks=False):
         for entry in sorted(dirnames + filenames):

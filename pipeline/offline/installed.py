@@ -11,8 +11,9 @@ path, taken when the caller trusts them (``trust_metadata``); they prove nothing
 import os
 import shlex
 import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
 
 from amsrepomirror.bundle.receipt import InstalledFile, receipt_tree, receipt_version_paths
 from amsrepomirror.errors import IntegrityError, UsageError
@@ -22,7 +23,7 @@ from amsrepomirror.util.hashing import sha256_fd
 from amsrepomirror.util.paths import printable
 
 #: (inode, size, mtime in ns) of a file as it was checked: a hard link made of it afterwards must show the same.
-Identity = Tuple[int, int, int]
+Identity = tuple[int, int, int]
 
 
 def _identity(st: os.stat_result) -> Identity:
@@ -33,11 +34,11 @@ class FileCheck(NamedTuple):
     """What :func:`installed_file_problem` found: ``problem`` is empty when the file is the one the
     receipt names; ``identity`` is then the file's as checked."""
     problem: str
-    identity: Optional[Identity] = None
+    identity: Identity | None = None
 
 
 def installed_file_problem(path: Path, row: InstalledFile, *, trust_metadata: bool = False,
-                           on_bytes: Optional[Callable[[int], None]] = None) -> FileCheck:
+                           on_bytes: Callable[[int], None] | None = None) -> FileCheck:
     """Whether the file at ``path`` holds the bytes ``row`` of the receipt names.
 
     Missing, not a regular file, or another size: not it. Otherwise it is hashed (one read, through
@@ -76,20 +77,20 @@ def installed_file_problem(path: Path, row: InstalledFile, *, trust_metadata: bo
 
 class ScrubReport(NamedTuple):
     """How ``$AMSHOME/repository`` differs from its receipt (each a sorted list of lines)."""
-    changed: List[str]
-    missing: List[str]
-    added: List[str]
+    changed: list[str]
+    missing: list[str]
+    added: list[str]
     files: int
     bytes: int
     receipt: dict
-    versions: Tuple[str, ...] = ()  # the AMS versions the receipt says the tree holds
+    versions: tuple[str, ...] = ()  # the AMS versions the receipt says the tree holds
 
     @property
-    def differences(self) -> List[str]:
+    def differences(self) -> list[str]:
         return self.changed + self.missing + self.added
 
 
-def _unlisted(repo: Path, paths: Sequence[str]) -> List[str]:
+def _unlisted(repo: Path, paths: Sequence[str]) -> list[str]:
     """Entries under ``repo`` the receipt does not name (files, links, special files, and
     directories that hold none of its files), never following a link."""
     want = set(paths)
@@ -112,8 +113,8 @@ def no_receipt(home: Path) -> UsageError:
                       "so there is nothing to check the tree against")
 
 
-def scrub(home: Path, on_bytes: Optional[Callable[[int], None]] = None,
-          on_total: Optional[Callable[[int], None]] = None) -> ScrubReport:
+def scrub(home: Path, on_bytes: Callable[[int], None] | None = None,
+          on_total: Callable[[int], None] | None = None) -> ScrubReport:
     """Re-hash ``$AMSHOME/repository`` against its receipt: every file the receipt names must hold
     its bytes (:func:`installed_file_problem`, never trusting size, mtime or inode) and nothing
     else may be there (``on_bytes``, ``on_total``: progress). UsageError without a receipt that

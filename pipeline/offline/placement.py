@@ -71,8 +71,8 @@ import signal
 import stat
 import sys
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
 
 from amsrepomirror.bundle.receipt import RECEIPT_SCHEMAS, InstalledFile, make_receipt
 from amsrepomirror.errors import IntegrityError, UsageError
@@ -232,7 +232,7 @@ def check_amshome(amshome) -> Path:
     return path
 
 
-def installed_version(amshome, candidates: Sequence[str], pattern: str = DEFAULT_VERSION_PATTERN) -> Optional[str]:
+def installed_version(amshome, candidates: Sequence[str], pattern: str = DEFAULT_VERSION_PATTERN) -> str | None:
     """The installed AMS version read from the first KB of candidate files, or None.
 
     ``candidates`` are paths or globs relative to AMSHOME (from configuration), tried in order.
@@ -302,7 +302,7 @@ def require_space(amshome, needed: int) -> None:
 # receipt
 
 
-def installed_files(tree_dir, files: Iterable) -> List[InstalledFile]:
+def installed_files(tree_dir, files: Iterable) -> list[InstalledFile]:
     """``files`` (path, size, sha256) with the mtime and inode they have in ``tree_dir`` now; a
     directory rename keeps both, so taken in staging they hold after the swap."""
     rows = []
@@ -312,14 +312,14 @@ def installed_files(tree_dir, files: Iterable) -> List[InstalledFile]:
     return rows
 
 
-def write_receipt(amshome, manifest_sha256: str, version: str, bundle_path) -> Dict[str, object]:
+def write_receipt(amshome, manifest_sha256: str, version: str, bundle_path) -> dict[str, object]:
     """Record (atomically) which bundle manifest ``$AMSHOME/repository`` now holds."""
     receipt = make_receipt(manifest_sha256, version, bundle_path)
     atomic_write_json(Path(amshome) / RECEIPT, receipt)
     return receipt
 
 
-def read_receipt(amshome) -> Optional[Dict[str, object]]:
+def read_receipt(amshome) -> dict[str, object] | None:
     """The receipt, or None when there is none; IntegrityError when it is unreadable."""
     path = Path(amshome) / RECEIPT
     try:
@@ -344,7 +344,7 @@ def _remove_receipt(home: Path) -> None:
 # swap and recovery
 
 
-def _read_journal(home: Path) -> Optional[dict]:
+def _read_journal(home: Path) -> dict | None:
     try:
         body = _read_state(home / JOURNAL, "swap journal")
         if body is None or (isinstance(body, dict) and body.get("schema") == JOURNAL_SCHEMA):
@@ -384,7 +384,7 @@ def _finish(home: Path, journal: dict) -> None:
 
 
 def swap_into_place(amshome, staging, keep_previous: bool = False,
-                    receipt: Optional[Dict[str, object]] = None) -> str:
+                    receipt: dict[str, object] | None = None) -> str:
     """Make the verified tree at ``staging`` become ``$AMSHOME/repository``.
 
     Uses renameat2(RENAME_EXCHANGE) when available, else two renames (see the module docstring).
@@ -452,7 +452,7 @@ def interrupted(amshome) -> bool:
     return any(name == JOURNAL or _debris(name) or _is_staging(name) for name in names)
 
 
-def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
+def recover(amshome, keep_staging: str | None = None) -> list[str]:
     """Bring AMSHOME to a consistent state after a kill (see the module docstring).
 
     Returns a list of one-line descriptions of what was done (empty when nothing was needed).
@@ -460,7 +460,7 @@ def recover(amshome, keep_staging: Optional[str] = None) -> List[str]:
     """
     home = Path(amshome).absolute()
     repo, prev = home / REPOSITORY, home / PREVIOUS
-    actions: List[str] = []
+    actions: list[str] = []
     for name in sorted(os.listdir(home)):
         if _debris(name):
             remove_entry(home / name)

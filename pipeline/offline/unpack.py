@@ -13,8 +13,9 @@ import hashlib
 import logging
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, NamedTuple, Optional, Sequence
+from typing import NamedTuple
 
 from amsrepomirror.bundle.delta_rules import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest, read_manifest_bytes
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_CHANGES_LISTED = 20
 
 
-def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str) -> Optional[List[str]]:
+def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str) -> list[str] | None:
     """How $AMSHOME/repository differs from the bundle of ``manifest`` (the sha256 of its
     manifest.json: ``manifest_sha256``) (missing, extra, other size, not a plain file; one line
     each) when AMSHOME's receipt says it holds the bundle; None when it does not.
@@ -71,7 +72,7 @@ def holds(amshome, checked: CheckedManifest) -> bool:
     return not placement.interrupted(amshome) and placed(amshome, checked)
 
 
-def installed_bundle(bundle: str, amshome: str) -> Optional[CheckedManifest]:
+def installed_bundle(bundle: str, amshome: str) -> CheckedManifest | None:
     """The bundle folder's manifest (read once) when AMSHOME holds it (``holds``); None when it does not."""
     try:
         data = read_manifest_bytes(Path(bundle))
@@ -84,7 +85,7 @@ def installed_bundle(bundle: str, amshome: str) -> Optional[CheckedManifest]:
     return checked if holds(amshome, checked) else None
 
 
-def _refuse_changed(bundle_dir: Path, manifest: BundleManifest, home: Path, changes: List[str]) -> IntegrityError:
+def _refuse_changed(bundle_dir: Path, manifest: BundleManifest, home: Path, changes: list[str]) -> IntegrityError:
     """List what changed in the installed tree; the error says how to install the bundle again."""
     for line in changes[:MAX_CHANGES_LISTED]:
         log.info(f"unpack: {line}")
@@ -102,7 +103,7 @@ def usage_hints(home: Path, versions: Sequence[str]) -> str:
     return "\n".join(placement.usage_hint(home, version) for version in versions)
 
 
-def _parsed(bundle_dir: Path, data: bytes) -> Optional[BundleManifest]:
+def _parsed(bundle_dir: Path, data: bytes) -> BundleManifest | None:
     """The manifest in ``data``; None when it does not parse (the chunk check then names what is
     wrong with it)."""
     try:
@@ -132,7 +133,7 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
 
 
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
-                  reinstall: bool = False, deep: bool = False, trust: Optional[Trust] = None,
+                  reinstall: bool = False, deep: bool = False, trust: Trust | None = None,
                   allow_downgrade: bool = False, trust_installed: bool = False,
                   drop_versions: Sequence[str] = ()) -> CheckedManifest:
     """Place the bundle's tree as $AMSHOME/repository; return its manifest, as read and checked here,
@@ -216,7 +217,7 @@ def _removals_allowed(home: Path, manifest: BundleManifest, bundle_dir: Path, dr
         return manifest.paths_by_version
 
 
-def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home: Path, bar: Optional[ByteProgress], *,
+def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home: Path, bar: ByteProgress | None, *,
                  keep_previous: bool, version_files: Sequence[str], drop_versions: Sequence[str] = ()) -> BundleManifest:
     """A full bundle into AMSHOME (locked by the caller): checked, extracted into staging, swapped in.
 
@@ -265,6 +266,6 @@ def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home:
     return manifest
 
 
-def _member_bytes(manifest: Optional[BundleManifest]) -> int:
+def _member_bytes(manifest: BundleManifest | None) -> int:
     """Bytes unpack extracts from the bundle (0 when its manifest does not parse: the chunk check says why)."""
     return sum(p.size for f in manifest.files for p in f.parts) if manifest is not None else 0

@@ -11,7 +11,6 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Set
 from urllib.parse import urlsplit
 
 from requests.utils import NETRC_FILES, get_netrc_auth
@@ -31,7 +30,7 @@ class Credentials:
         return (self.user, self.password)
 
 
-def resolve_credentials(url: str, *, interactive: bool = False) -> Optional[Credentials]:
+def resolve_credentials(url: str, *, interactive: bool = False) -> Credentials | None:
     """SCM_USER/SCM_PASSWORD, else ~/.netrc for the URL's host, else a prompt on a terminal."""
     user, password = os.environ.get("SCM_USER"), os.environ.get("SCM_PASSWORD")
     if user and password:
@@ -50,7 +49,7 @@ def resolve_credentials(url: str, *, interactive: bool = False) -> Optional[Cred
     return None
 
 
-def require_account_or_none(url: str, *, interactive: bool = False) -> Optional[Credentials]:
+def require_account_or_none(url: str, *, interactive: bool = False) -> Credentials | None:
     """The account for ``url`` (:func:`resolve_credentials`), None when none is configured at all; a
     UsageError naming the missing half when only one of SCM_USER/SCM_PASSWORD is set and neither
     ~/.netrc nor a prompt filled in the account."""
@@ -63,10 +62,10 @@ def require_account_or_none(url: str, *, interactive: bool = False) -> Optional[
     return found
 
 
-_WARNED: Set[Path] = set()
+_WARNED: set[Path] = set()
 
 
-def _netrc_path() -> Optional[Path]:
+def _netrc_path() -> Path | None:
     """The file requests took the account from: $NETRC, else ~/.netrc or ~/_netrc."""
     names = [os.environ["NETRC"]] if "NETRC" in os.environ else [f"~/{n}" for n in NETRC_FILES]
     for name in names:
@@ -76,7 +75,7 @@ def _netrc_path() -> Optional[Path]:
     return None
 
 
-def _warn_if_others_can_touch(path: Optional[Path]) -> None:
+def _warn_if_others_can_touch(path: Path | None) -> None:
     """Warn once per process when a netrc holding the password is not private to this user.
 
     ftp and Python's netrc module refuse such a file; we use it (refusing would only turn a

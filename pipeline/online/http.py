@@ -23,9 +23,10 @@ import ssl
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Optional
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -91,7 +92,7 @@ def ca_bundle() -> str:
     return requests.certs.where()
 
 
-def _certificate_failure(exc: BaseException) -> Optional[ssl.SSLCertVerificationError]:
+def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind ``exc`` (requests and urllib3 wrap it in
     several layers), or None when ``exc`` is something else."""
     return next((e for e in _causes(exc) if isinstance(e, ssl.SSLCertVerificationError)), None)
@@ -163,7 +164,7 @@ def _speaks_tls(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _protocol_hint(url: str, exc: Optional[BaseException]) -> str:
+def _protocol_hint(url: str, exc: BaseException | None) -> str:
     """When the URL's scheme does not match what the server speaks: the fix; else ""."""
     parts = urllib3.util.parse_url(url)
     where = f"{parts.host}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
@@ -187,9 +188,9 @@ class RemoteInfo:
     """What the server says of a file now; None fields were not sent."""
 
     status: int
-    size: Optional[int] = None
-    etag: Optional[str] = None
-    last_modified: Optional[str] = None
+    size: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
 
     def validators(self):
         return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
@@ -204,8 +205,8 @@ class RemoteInfo:
 class FetchResult:
     size: int
     sha256: str
-    etag: Optional[str]
-    last_modified: Optional[str]
+    etag: str | None
+    last_modified: str | None
     bytes_transferred: int  # body bytes received, including those of resumed attempts
 
 
@@ -214,7 +215,7 @@ class _Retry(Retry):
     it fails the same way every time, and the user should hear so at once."""
 
     #: Say each retry whose backoff is at least this many seconds on the terminal (None: never).
-    announce_after: Optional[float] = None
+    announce_after: float | None = None
     attempts = 0  # of the whole budget, for "attempt n/m"
 
     def parse_retry_after(self, retry_after: str) -> float:
@@ -240,7 +241,7 @@ class _Retry(Retry):
 
 
 def make_retry(retries: int, backoff: float, statuses=RETRY_STATUSES, *,
-               announce_after: Optional[float] = ANNOUNCE_BACKOFF, backoff_max: float = 120.0) -> Retry:
+               announce_after: float | None = ANNOUNCE_BACKOFF, backoff_max: float = 120.0) -> Retry:
     """urllib3's retries; with ``statuses`` lacking 429 and 503, those answers are returned, Retry-After or not."""
     retry = _Retry(
         total=retries,
@@ -288,7 +289,7 @@ class _Watchdog:
         self._cond = threading.Condition()
         self._heap: list = []
         self._order = itertools.count()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
 
     def schedule(self, delay: float, action: Callable[[], None]) -> list:
         entry = [time.monotonic() + delay, next(self._order), action]
@@ -426,7 +427,7 @@ class _Session(requests.Session):
         return {**settings, "proxies": dict(settings["proxies"])}
 
 
-def make_session(credentials: Optional[Credentials], *, verify_ssl: bool = True, retries: int = 5,
+def make_session(credentials: Credentials | None, *, verify_ssl: bool = True, retries: int = 5,
                  backoff: float = 0.5, pool_size: int = 4) -> requests.Session:
     """A pooled session: basic auth (or ~/.netrc through requests), retries, our User-Agent.
 
@@ -609,7 +610,7 @@ def _part_meta_path(part: Path) -> Path:
     return part.with_name(part.name + ".json")
 
 
-def if_range_validator(remote: RemoteInfo) -> Optional[str]:
+def if_range_validator(remote: RemoteInfo) -> str | None:
     """What ``If-Range`` may carry: a strong ETag, else a Last-Modified date, else nothing (no resume).
 
     A weak ETag must not be used: RFC 9110 forbids it in If-Range, and a server that compared it
@@ -620,7 +621,7 @@ def if_range_validator(remote: RemoteInfo) -> Optional[str]:
     return remote.last_modified or None
 
 
-def same_file(remote: RemoteInfo, etag: Optional[str], last_modified: Optional[str]) -> Optional[bool]:
+def same_file(remote: RemoteInfo, etag: str | None, last_modified: str | None) -> bool | None:
     """Whether a response's validators name the file ``remote`` describes: the ETag when both carry
     one, else Last-Modified; None when there is nothing to compare."""
     if etag is not None and remote.etag is not None:
@@ -718,7 +719,7 @@ def changed_message(url: str) -> str:
 class ServerBusy(FetchError):
     """429 or 503: the server asks for fewer requests (``retry_after``: its Retry-After in seconds, if any)."""
 
-    def __init__(self, url: str, status: int, retry_after: Optional[float]):
+    def __init__(self, url: str, status: int, retry_after: float | None):
         super().__init__(f"cannot fetch {redact(url)}: HTTP {status} (the server is busy)")
         self.status, self.retry_after = status, retry_after
 
@@ -727,7 +728,7 @@ def _busy(resp: requests.Response, url: str) -> ServerBusy:
     return ServerBusy(url, resp.status_code, retry_after_seconds(resp.headers.get("Retry-After")))
 
 
-def retry_after_seconds(value: Optional[str]) -> Optional[float]:
+def retry_after_seconds(value: str | None) -> float | None:
     """The one reading of ``Retry-After`` (every request path: listing, HEAD, bodies): seconds to
     wait, or None when absent, unreadable or longer than :data:`MAX_RETRY_AFTER` (then the
     run's own backoff applies: a server must not make a run sleep for hours)."""
@@ -759,7 +760,7 @@ class TooSlow(Exception):
 
 
 def fetch_to_part(session: requests.Session, url: str, part: Path, remote: RemoteInfo, timeout: float,
-                  on_bytes: Callable[[int], None] = lambda n: None, *, stop: Optional[StopSignal] = None,
+                  on_bytes: Callable[[int], None] = lambda n: None, *, stop: StopSignal | None = None,
                   low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
     """Download ``url`` into ``part``, resuming at the byte; return size, sha256 and validators.
 
@@ -842,7 +843,7 @@ class Asked:
     whole-file 200 answer would be joined to bytes other responses wrote (a range of a segmented file)."""
 
     start: int = 0
-    end: Optional[int] = None
+    end: int | None = None
     ranged: bool = False
     joined: bool = False
 
@@ -860,7 +861,7 @@ class Body:
     must be exactly ``length`` bytes long (None: not known before it ends)."""
 
     at: int
-    length: Optional[int]
+    length: int | None
 
 
 def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked: Asked) -> Body:
@@ -945,7 +946,7 @@ def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked
     return body
 
 
-def validator_returned(remote: RemoteInfo, etag: Optional[str], last_modified: Optional[str]) -> bool:
+def validator_returned(remote: RemoteInfo, etag: str | None, last_modified: str | None) -> bool:
     """Whether a response carries the validator ``If-Range`` sent (:func:`if_range_validator`)
     unchanged: the strong ETag, else the Last-Modified date."""
     sent = if_range_validator(remote)
@@ -955,7 +956,7 @@ def validator_returned(remote: RemoteInfo, etag: Optional[str], last_modified: O
 
 
 def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: int, end: int,
-              timeout: float) -> Tuple[requests.Response, Body]:
+              timeout: float) -> tuple[requests.Response, Body]:
     """GET bytes [start, end) of the file ``remote`` describes, tied to it by ``If-Range``.
 
     Returns the streaming response and where its body goes (:func:`accept_response`): a 206 of
@@ -978,7 +979,7 @@ def _writer(out, hasher) -> Callable[[bytes], None]:
 
 
 def stream_into(resp: requests.Response, write: Callable[[bytes], None], on_bytes: Callable[[int], None],
-                low_speed: LowSpeed, limit: Optional[int] = None) -> Optional[Exception]:
+                low_speed: LowSpeed, limit: int | None = None) -> Exception | None:
     """Hand the raw body (never decoded) to ``write``; return what cut it (network error, too slow).
 
     ``limit``: the body's length as :func:`accept_response` accepted it; a body that goes on past
@@ -1020,7 +1021,7 @@ def _discard(part: Path) -> None:
 _CONTENT_RANGE = re.compile(r"bytes ([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20}|\*)", re.ASCII | re.IGNORECASE)
 
 
-def parse_content_range(value: Optional[str]) -> Optional[Tuple[int, int, Optional[int]]]:
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     """(first byte, last byte, complete length or None for ``*``) of a 206's Content-Range
     (RFC 9110 14.4), or None unless it is exactly one valid range: first <= last < length."""
     match = _CONTENT_RANGE.fullmatch((value or "").strip(" \t"))
@@ -1033,7 +1034,7 @@ def parse_content_range(value: Optional[str]) -> Optional[Tuple[int, int, Option
     return first, last, total
 
 
-def parse_content_length(value: Optional[str]) -> Optional[int]:
+def parse_content_length(value: str | None) -> int | None:
     """A Content-Length's number, or None unless it is plain ASCII digits (one value, not a list)."""
     value = (value or "").strip(" \t")
     return int(value) if re.fullmatch(r"[0-9]{1,20}", value, re.ASCII) else None

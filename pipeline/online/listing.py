@@ -11,8 +11,9 @@ import logging
 import os
 import posixpath
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Pattern, Sequence
+from re import Pattern
 from urllib.parse import unquote_to_bytes, urlsplit
 
 from amsrepomirror.errors import UsageError
@@ -121,11 +122,11 @@ def decode_listing(body: bytes, listing_url: str) -> str:
                          f"(byte 0x{body[exc.start]:02X})") from None
 
 
-def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
+def parse_listing(text: str, listing_url: str) -> list[ListedFile]:
     """Parse listing text: tolerate blank lines, ``#`` comments and CRLF; drop duplicates; refuse unsafe URLs
     and a tree of paths that ``tree_path_problems`` refuses (its warnings are logged)."""
     root = repository_root(listing_url)
-    seen: Dict[str, ListedFile] = {}
+    seen: dict[str, ListedFile] = {}
     # Lines end at LF only (CR is stripped): splitlines() would also break at U+0085 or U+2028 inside a name.
     for lineno, line in enumerate(text.split("\n"), start=1):
         line = line.strip()
@@ -146,7 +147,7 @@ def parse_listing(text: str, listing_url: str) -> List[ListedFile]:
     return list(seen.values())
 
 
-def compile_platform_rules(rules: Mapping[str, str]) -> Dict[str, Pattern]:
+def compile_platform_rules(rules: Mapping[str, str]) -> dict[str, Pattern]:
     """Compile ``{platform: regex}``; a path belongs to the first platform whose regex it matches."""
     compiled = {}
     for name, pattern in rules.items():
@@ -157,7 +158,7 @@ def compile_platform_rules(rules: Mapping[str, str]) -> Dict[str, Pattern]:
     return compiled
 
 
-def platform_of(path: str, rules: Mapping[str, Pattern]) -> Optional[str]:
+def platform_of(path: str, rules: Mapping[str, Pattern]) -> str | None:
     """The platform a path is built for, or None when it is platform-independent."""
     for name, pattern in rules.items():
         if pattern.search(path):
@@ -165,7 +166,7 @@ def platform_of(path: str, rules: Mapping[str, Pattern]) -> Optional[str]:
     return None
 
 
-def select_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rules: Mapping[str, Pattern]) -> List[ListedFile]:
+def select_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rules: Mapping[str, Pattern]) -> list[ListedFile]:
     """Keep files of the given platforms plus platform-independent ones (all files when none given)."""
     wanted = {p.lower() for p in platforms}
     unknown = wanted - set(rules)
@@ -179,7 +180,7 @@ def select_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rule
     return [f for f in files if platform_of(f.path, rules) in wanted | {None}]
 
 
-def excluded_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rules: Mapping[str, Pattern]) -> Dict[str, str]:
+def excluded_platforms(files: Iterable[ListedFile], platforms: Sequence[str], rules: Mapping[str, Pattern]) -> dict[str, str]:
     """``{path: platform}`` of the files ``select_platforms`` leaves out: the platform rule that excluded each."""
     kept = {f.path for f in select_platforms(files, platforms, rules)}
     return {f.path: platform_of(f.path, rules) for f in files if f.path not in kept}

@@ -8,9 +8,9 @@ compare two of them, so it carries a schema version and a stable hash of its own
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import atomic_write_bytes
@@ -26,30 +26,30 @@ class FileEntry:
     size: int
     sha256: str
     url: str = ""
-    etag: Optional[str] = None
-    last_modified: Optional[str] = None
+    etag: str | None = None
+    last_modified: str | None = None
 
 
 @dataclass
 class Manifest:
     version: str  # the AMS version, e.g. AMS2026.1
-    files: List[FileEntry]
+    files: list[FileEntry]
     listing_url: str = ""
     created: str = ""
     tool_version: str = ""
-    skipped_unauthorized: List[str] = field(default_factory=list)
-    versions: List[str] = field(default_factory=list)  # several versions in one tree: all of them, ``version`` first
+    skipped_unauthorized: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)  # several versions in one tree: all of them, ``version`` first
     # Listed files the tree does not hold (not licensed, or left out by --platform), with the reason.
-    lacking: List[Lacking] = field(default_factory=list)
+    lacking: list[Lacking] = field(default_factory=list)
     # Several versions in one tree: the paths each one lists and the tree holds (what a bundle records, so
     # that a later delta of one version keeps what another still needs).
-    version_paths: Dict[str, List[str]] = field(default_factory=dict)
+    version_paths: dict[str, list[str]] = field(default_factory=dict)
 
     @property
-    def all_versions(self) -> List[str]:
+    def all_versions(self) -> list[str]:
         return list(self.versions) or [self.version]
 
-    def by_path(self) -> Dict[str, FileEntry]:
+    def by_path(self) -> dict[str, FileEntry]:
         return {f.path: f for f in self.files}
 
     @property
@@ -121,8 +121,8 @@ def union_manifest(manifests: Sequence[Manifest]) -> Manifest:
     Versions that list the same path share one mirror file, so their manifests must agree on it; when
     they do not, one of them was verified before the server changed the file.
     """
-    files: Dict[str, FileEntry] = {}
-    owner: Dict[str, str] = {}
+    files: dict[str, FileEntry] = {}
+    owner: dict[str, str] = {}
     for manifest in manifests:
         for entry in manifest.files:
             other = files.setdefault(entry.path, entry)

@@ -35,9 +35,10 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Optional
 
 import requests
 
@@ -110,9 +111,9 @@ class RangeDone(Exception):
 class Unit:
     """One connection's work: a range of a segmented file, or a whole file."""
 
-    entry: Dict
+    entry: dict
     file: Optional["SegmentedFile"] = None
-    extent: Optional[Extent] = None
+    extent: Extent | None = None
     busy_answers: int = 0
     not_before: float = 0.0
     epoch: int = 0
@@ -121,11 +122,11 @@ class Unit:
 class SegmentedFile:
     """A file fetched as ranges into its part: the extents, the part's descriptor, the hash frontier."""
 
-    def __init__(self, entry: Dict, part: Path, lock: threading.Condition):
+    def __init__(self, entry: dict, part: Path, lock: threading.Condition):
         self.entry, self.part, self.lock = entry, part, lock  # lock: the scheduler's, which guards the extents
         self.remote = RemoteInfo.of_entry(entry)
         self.honours_ranges = False  # a 206 seen: ranges may be split off
-        self.stopped: Optional[BaseException] = None
+        self.stopped: BaseException | None = None
         self.discarded = False
         self.finishing = False
         self.transferred = 0
@@ -133,7 +134,7 @@ class SegmentedFile:
         self._hash_lock, self._record_lock = threading.Lock(), threading.Lock()
         self._recorded_at = 0.0
         self._hash_wanted, self._hash_stop = threading.Event(), threading.Event()
-        self._follower: Optional[threading.Thread] = None
+        self._follower: threading.Thread | None = None
         with local_writes(str(part)):
             part.parent.mkdir(parents=True, exist_ok=True)
             self.extents = self._resumable() or []
@@ -145,7 +146,7 @@ class SegmentedFile:
             self.record(force=True)
             part.with_name(part.name + ".json").unlink(missing_ok=True)  # a single stream's record, now taken over
 
-    def _resumable(self) -> List[Extent]:
+    def _resumable(self) -> list[Extent]:
         """The extents a previous run left, when its record names this very file; else nothing."""
         try:
             body = read_json(ranges_record_path(self.part), "ranges record")
@@ -281,7 +282,7 @@ class Slowdown:
     jobs: int
     lowest: int
     statuses: Counter = field(default_factory=Counter)
-    retry_after: Optional[float] = None
+    retry_after: float | None = None
 
     def message(self) -> str:
         said = ", ".join(f"{n}× HTTP {s}" for s, n in sorted(self.statuses.items()))
@@ -293,21 +294,21 @@ class Slowdown:
 class Transfers:
     """The scheduler: ``jobs`` connections shared by whole files and ranges (see the module doc)."""
 
-    def __init__(self, session: requests.Session, entries: List[Dict], part_path: Callable[[str], Path], *,
+    def __init__(self, session: requests.Session, entries: list[dict], part_path: Callable[[str], Path], *,
                  jobs: int, policy: SegmentPolicy, timeout: float, low_speed: LowSpeed, stop: StopSignal,
-                 on_bytes: Callable[[int], None], fetch_whole: Callable[[Dict], None],
-                 on_done: Callable[[Dict, FetchResult], None], on_failed: Callable[[Dict, MirrorError], None]):
+                 on_bytes: Callable[[int], None], fetch_whole: Callable[[dict], None],
+                 on_done: Callable[[dict, FetchResult], None], on_failed: Callable[[dict, MirrorError], None]):
         self.session, self.part_path, self.jobs, self.policy = session, part_path, jobs, policy
         self.timeout, self.low_speed, self.stop, self.on_bytes = timeout, low_speed, stop, on_bytes
         self.fetch_whole, self.on_done, self.on_failed = fetch_whole, on_done, on_failed
         self.pending = sorted(entries, key=lambda e: -(e.get("size") or 0))  # largest first
         self.pending.reverse()  # pop() takes the largest
-        self.files: List[SegmentedFile] = []
-        self.delayed: List[Unit] = []
+        self.files: list[SegmentedFile] = []
+        self.delayed: list[Unit] = []
         self.cond = threading.Condition()
         self.in_use, self.limit, self.epoch = 0, jobs, 0
         self.grow_at = 0.0
-        self.slowdown: Optional[Slowdown] = None
+        self.slowdown: Slowdown | None = None
 
     def close_all(self) -> None:
         """Close every part still open (a run stopped by Ctrl-C or a fatal error leaves some); only
@@ -317,7 +318,7 @@ class Transfers:
 
     # -- the budget -----------------------------------------------------------------------------
 
-    def next_unit(self) -> Optional[Unit]:
+    def next_unit(self) -> Unit | None:
         """Block until a connection of the budget is free and there is work for it; None when all is done."""
         with self.cond:
             while not self.stop.is_set():
@@ -335,7 +336,7 @@ class Transfers:
                 self.cond.wait(0.2)
         return None
 
-    def _pick(self, now: float) -> Optional[Unit]:
+    def _pick(self, now: float) -> Unit | None:
         ready = [u for u in self.delayed if u.not_before <= now]
         if ready:
             self.delayed.remove(ready[0])
@@ -362,11 +363,11 @@ class Transfers:
             return Unit(entry, f, extent)
         return None
 
-    def _segmentable(self, entry: Dict) -> bool:
+    def _segmentable(self, entry: dict) -> bool:
         remote = RemoteInfo.of_entry(entry)
         return remote.size is not None and remote.size >= self.policy.threshold and if_range_validator(remote) is not None
 
-    def _split(self) -> Optional[Unit]:
+    def _split(self) -> Unit | None:
         """Take the second half of the largest running range that is worth splitting."""
         best = None
         for f in self.files:

@@ -7,11 +7,11 @@ import contextlib
 import os
 import posixpath
 import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set
 
 import requests
 
@@ -53,7 +53,7 @@ SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
                   rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float,
-                  low_speed: Optional[LowSpeed] = None) -> Dict:
+                  low_speed: LowSpeed | None = None) -> dict:
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
     text = fetch_text(session, listing_url, timeout, low_speed)
     listed = parse_listing(text, listing_url)
@@ -113,7 +113,7 @@ def _counted(counter: CountProgress, answer):
     return answer
 
 
-def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[StopSignal] = None) -> List:
+def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: StopSignal | None = None) -> list:
     """``[fn(x) for x in items]`` on ``jobs`` threads; Ctrl-C or an error stops the rest at once.
 
     The threads take items one by one (not a future per item: 100,000 of them would cost ~100 MB).
@@ -121,7 +121,7 @@ def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[St
     interrupted run ends promptly (their partial downloads stay for the next run to resume).
     """
     stop = stop or StopSignal()
-    results: List = [None] * len(items)
+    results: list = [None] * len(items)
     queue, taking = iter(enumerate(items)), threading.Lock()
 
     def work(_thread: int) -> None:
@@ -147,7 +147,7 @@ def run_concurrently(fn: Callable, items: Sequence, jobs: int, stop: Optional[St
 
 
 @lru_cache(maxsize=8)
-def load_snapshot(path: str) -> Dict:
+def load_snapshot(path: str) -> dict:
     """A run's snapshot (immutable once written), indexed by path; cached per process."""
     try:
         body = read_json(Path(path), "listing snapshot")
@@ -157,18 +157,18 @@ def load_snapshot(path: str) -> Dict:
     return body
 
 
-def is_current(ws: Workspace, remote: Dict, run_id: str) -> bool:
+def is_current(ws: Workspace, remote: dict, run_id: str) -> bool:
     """The mirror holds exactly what the server serves now for this entry of run ``run_id``'s snapshot."""
     record = ws.current_record(remote["path"])
     return record is not None and record.matches_remote(remote, run_id)
 
 
-def bytes_to_fetch(ws: Workspace, entries: Iterable[Dict]) -> int:
+def bytes_to_fetch(ws: Workspace, entries: Iterable[dict]) -> int:
     """Bytes still to transfer: full sizes minus what partial downloads already hold."""
     return sum(max((e.get("size") or 0) - ws.part_bytes(e["path"]), 0) for e in entries)
 
 
-def check_space(ws: Workspace, entries: List[Dict]) -> int:
+def check_space(ws: Workspace, entries: list[dict]) -> int:
     needed = bytes_to_fetch(ws, entries)
     require_free_space(ws.mirror, needed, f"{len(entries)} file(s) to download")
     return needed
@@ -176,12 +176,12 @@ def check_space(ws: Workspace, entries: List[Dict]) -> int:
 
 @dataclass
 class DownloadOutcome:
-    fetched: List[str] = field(default_factory=list)
-    failed: Dict[str, str] = field(default_factory=dict)
+    fetched: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
 
 
-def fetch_part(session: requests.Session, ws: Workspace, entry: Dict, timeout: float, on_bytes: Callable[[int], None],
-               *, stop: Optional[StopSignal] = None, low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
+def fetch_part(session: requests.Session, ws: Workspace, entry: dict, timeout: float, on_bytes: Callable[[int], None],
+               *, stop: StopSignal | None = None, low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
     """Fetch one file into its ``.part`` as one stream.
 
     Only a part that ``fetch_to_part`` accepted (the length and validators of this run's HEAD
@@ -197,8 +197,8 @@ def fetch_part(session: requests.Session, ws: Workspace, entry: Dict, timeout: f
                          durable=durable)
 
 
-def install_part(ws: Workspace, entry: Dict, result: FetchResult, run_id: str, *, durable: bool = True,
-                 folders: Optional[Set[str]] = None) -> None:
+def install_part(ws: Workspace, entry: dict, result: FetchResult, run_id: str, *, durable: bool = True,
+                 folders: set[str] | None = None) -> None:
     """Move an accepted ``.part`` into the mirror and write its record (the old record goes first).
 
     ``durable=False``: the part's bytes are durable already and the caller makes the new name and
@@ -233,15 +233,15 @@ class GroupInstall:
     FILES = 64  # files per group
     BYTES = 64 * 2**20  # bytes per group: dirty data waiting for the group's flush stays bounded
 
-    def __init__(self, ws: Workspace, run_id: str, on_installed: Callable[[Dict], None],
-                 on_failed: Callable[[Dict, MirrorError], None]):
+    def __init__(self, ws: Workspace, run_id: str, on_installed: Callable[[dict], None],
+                 on_failed: Callable[[dict, MirrorError], None]):
         self.ws, self.run_id, self.on_installed, self.on_failed = ws, run_id, on_installed, on_failed
-        self.pending: List = []
+        self.pending: list = []
         self.pending_bytes = 0
-        self.folders: Set[str] = set()  # mirror folders made or checked in this run
+        self.folders: set[str] = set()  # mirror folders made or checked in this run
         self.lock, self.flushing = threading.Lock(), threading.Lock()
 
-    def add(self, entry: Dict, result: FetchResult) -> None:
+    def add(self, entry: dict, result: FetchResult) -> None:
         with self.lock:
             self.pending.append((entry, result))
             self.pending_bytes += result.size
@@ -270,7 +270,7 @@ class GroupInstall:
                 for entry in installed:
                     self.on_installed(entry)
 
-    def _durable(self, entries: List[Dict], files: List[Path], folders=()) -> bool:
+    def _durable(self, entries: list[dict], files: list[Path], folders=()) -> bool:
         """``make_durable``; when that fails, each of ``entries`` fails with its reason."""
         try:
             with local_writes(f"{len(entries)} downloaded file(s)"):
@@ -282,8 +282,8 @@ class GroupInstall:
             return False
 
 
-def download_many(session: requests.Session, ws: Workspace, entries: List[Dict], run_id: str, *, jobs: int,
-                  timeout: float, progress: Optional[ByteProgress], low_speed: LowSpeed = LowSpeed(),
+def download_many(session: requests.Session, ws: Workspace, entries: list[dict], run_id: str, *, jobs: int,
+                  timeout: float, progress: ByteProgress | None, low_speed: LowSpeed = LowSpeed(),
                   segments: SegmentPolicy = SegmentPolicy()) -> DownloadOutcome:
     """Fetch entries over at most ``jobs`` concurrent connections (files and byte ranges together,
     largest file first, large files as several ranges: ``segments.Transfers``); one failure does
@@ -340,7 +340,7 @@ def download_many(session: requests.Session, ws: Workspace, entries: List[Dict],
     return outcome
 
 
-def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, run_id: str, deep: bool = False) -> Manifest:
+def build_manifest(ws: Workspace, snapshot: dict, version: str, *, run_id: str, deep: bool = False) -> Manifest:
     """The manifest of the verified tree: every selected file, its hash and validators.
 
     A file whose size and mtime still match its record keeps the hash taken while it streamed
@@ -375,7 +375,7 @@ def build_manifest(ws: Workspace, snapshot: Dict, version: str, *, run_id: str, 
                     lacking=lacking_of(snapshot))
 
 
-def lacking_of(snapshot: Dict) -> List[Lacking]:
+def lacking_of(snapshot: dict) -> list[Lacking]:
     """The listed files this run's tree does not hold on purpose: refused by the server (only when
     authentication is not strict, else the run failed) or left out by ``--platform``."""
     refused = [Lacking(p, unlicensed(snapshot.get("refused_with", {}).get(p, 401))) for p in snapshot["unauthorized"]]
@@ -383,7 +383,7 @@ def lacking_of(snapshot: Dict) -> List[Lacking]:
     return sorted(refused + excluded, key=lambda e: e.path)
 
 
-def drop_stale_parts(ws: Workspace, snapshot: Dict) -> None:
+def drop_stale_parts(ws: Workspace, snapshot: dict) -> None:
     """Once every selected file is current, partial downloads of this version's files are stale; so are all
     partial downloads when the mirror holds no other version (whose next run may still resume its own)."""
     if ws.held_versions() in ([], [snapshot["version"]]):
@@ -395,22 +395,22 @@ def drop_stale_parts(ws: Workspace, snapshot: Dict) -> None:
         drop_ranges_record(part)
 
 
-def selected_paths(snapshot: Dict) -> List[str]:
+def selected_paths(snapshot: dict) -> list[str]:
     """The paths a run keeps in the mirror: those it fetched or verified, and those refused or failed."""
     return sorted([f["path"] for f in snapshot["files"]] + snapshot["unauthorized"] + [f["path"] for f in snapshot["failed"]])
 
 
-def record_selection(ws: Workspace, snapshot: Dict) -> None:
+def record_selection(ws: Workspace, snapshot: dict) -> None:
     """Record what this version's listing selects, so a run for another version knows not to delete it."""
     atomic_write_json(ws.selection_path(snapshot["version"]), {
         "schema": SELECTION_SCHEMA, "version": snapshot["version"], "listing_url": snapshot["listing_url"],
         "created": snapshot["created"], "paths": selected_paths(snapshot)})
 
 
-def paths_of_held_versions(ws: Workspace) -> Set[str]:
+def paths_of_held_versions(ws: Workspace) -> set[str]:
     """Every path that some version held by the mirror lists: its last recorded selection, else (a mirror
     made before selections were recorded) its last verified manifest. Unreadable state stops a prune."""
-    keep: Set[str] = set()
+    keep: set[str] = set()
     for version in ws.held_versions():
         path = ws.selection_path(version)
         if not path.exists():
@@ -429,13 +429,13 @@ def paths_of_held_versions(ws: Workspace) -> Set[str]:
     return keep
 
 
-def unlisted_files(ws: Workspace, keep: Iterable[str]) -> List[str]:
+def unlisted_files(ws: Workspace, keep: Iterable[str]) -> list[str]:
     """Mirror files that the listing (as selected) no longer names."""
     keep = set(keep)
     return sorted(p for p in ws.repository_files() if p not in keep)
 
 
-def prune_unlisted(ws: Workspace, keep: Iterable[str], *, dry_run: bool, force: bool) -> List[str]:
+def prune_unlisted(ws: Workspace, keep: Iterable[str], *, dry_run: bool, force: bool) -> list[str]:
     """Delete unlisted files; refuse to delete more than a quarter of the mirror without ``force``."""
     keep = set(keep)
     doomed = unlisted_files(ws, keep)
@@ -460,7 +460,7 @@ def prune_unlisted(ws: Workspace, keep: Iterable[str], *, dry_run: bool, force: 
     return doomed
 
 
-def summarize(ws: Workspace, run_id: str, snapshot: Optional[Dict], elapsed: float) -> Dict:
+def summarize(ws: Workspace, run_id: str, snapshot: dict | None, elapsed: float) -> dict:
     """Counts for the end-of-run summary and ``--report``, derived from the state on disk."""
     failures = ws.failures(run_id)
     failed = sorted({f["path"] for f in failures if f["kind"] == "file"} |

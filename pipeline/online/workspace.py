@@ -14,9 +14,9 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set
 
 from amsrepomirror.util.fsutil import atomic_write_json, json_bytes, replace_without_sync
 from amsrepomirror.util.jsonread import parse_json_lines, read_json
@@ -31,15 +31,15 @@ class FileRecord:
     mtime_ns: int
     sha256: str
     url: str
-    etag: Optional[str]
-    last_modified: Optional[str]
+    etag: str | None
+    last_modified: str | None
     fetched_run: str = ""
     bytes_transferred: int = 0
 
     def matches_stat(self, st: os.stat_result) -> bool:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns
 
-    def matches_remote(self, remote: Dict, run_id: str) -> bool:
+    def matches_remote(self, remote: dict, run_id: str) -> bool:
         """True when the server still serves what we have: every validator it sends agrees, and it
         sends one (ETag or Last-Modified), or this file was fetched by run ``run_id`` itself (whose
         snapshot ``remote`` is). Without a validator nothing tells a changed file from ours (a size
@@ -59,11 +59,11 @@ class FileRecord:
 # record once instead of once per check. Processes sharing a run under a central scheduler write
 # records too, so a cached record that no longer describes the file on disk is read again.
 # Keyed by the record's path as a string: a Path per file would cost half a kilobyte more each.
-_RECORDS: Dict[str, FileRecord] = {}
+_RECORDS: dict[str, FileRecord] = {}
 _HASH_FOLDER = re.compile(r"[0-9a-f]{2}")
 
 
-def _load_record(path) -> Optional[FileRecord]:
+def _load_record(path) -> FileRecord | None:
     try:
         return FileRecord(**read_json(path, "file record"))
     except (OSError, ValueError, TypeError):
@@ -76,7 +76,7 @@ class Workspace:
     def __init__(self, mirror: Path):
         self.mirror = Path(mirror).absolute()
         self.state = self.mirror / STATE_DIR
-        self._legacy: Optional[bool] = None  # see _holds_legacy_records
+        self._legacy: bool | None = None  # see _holds_legacy_records
         self._state = str(self.state)  # records' and parts' paths are built as strings: a third cheaper
 
     def file(self, rel: str) -> Path:
@@ -120,13 +120,13 @@ class Workspace:
         """The manifest of several versions bundled together (kept apart from the per-version manifests)."""
         return self.state / "union" / f"{'+'.join(versions)}.manifest.json"
 
-    def held_versions(self) -> List[str]:
+    def held_versions(self) -> list[str]:
         """The AMS versions this mirror holds: each one with a recorded selection or a verified manifest."""
         names = [p.name for p in self.state.glob("*.json")]
         found = {n[:-len(suffix)] for n in names for suffix in (".selection.json", ".manifest.json") if n.endswith(suffix)}
         return sorted(v for v in found if VERSION_PATTERN.fullmatch(v))
 
-    def read_record(self, rel: str) -> Optional[FileRecord]:
+    def read_record(self, rel: str) -> FileRecord | None:
         key = self._hashed("records", rel, ".json")
         if key not in _RECORDS:
             record = _load_record(key) or (self._adopt_legacy_record(rel) if self._holds_legacy_records() else None)
@@ -147,7 +147,7 @@ class Workspace:
                 self._legacy = False
         return self._legacy
 
-    def _adopt_legacy_record(self, rel: str) -> Optional[FileRecord]:
+    def _adopt_legacy_record(self, rel: str) -> FileRecord | None:
         """A record of the earlier layout, moved to its hashed name, so an upgrade fetches nothing again."""
         legacy = self._legacy_record_path(rel)
         record = _load_record(legacy)
@@ -177,7 +177,7 @@ class Workspace:
             with contextlib.suppress(OSError):  # absent, or a name the earlier layout could not hold
                 self._legacy_record_path(rel).unlink()
 
-    def clear_way(self, rel: str, folders: Optional[Set[str]] = None) -> None:
+    def clear_way(self, rel: str, folders: set[str] | None = None) -> None:
         """Make room for the file ``rel`` when a path changed between file and folder upstream.
 
         A file where one of its folders must be, or a folder where it must go, is no longer listed
@@ -208,7 +208,7 @@ class Workspace:
                     self.drop_record(inner)
                 shutil.rmtree(target)
 
-    def current_record(self, rel: str) -> Optional[FileRecord]:
+    def current_record(self, rel: str) -> FileRecord | None:
         """The record, if the file on disk is still exactly the one it describes (size and mtime)."""
         try:
             st = os.stat(self.file(rel))  # first: a file not yet fetched costs no look for its record
@@ -244,7 +244,7 @@ class Workspace:
         finally:
             os.close(fd)
 
-    def failures(self, run_id: str) -> List[Dict]:
+    def failures(self, run_id: str) -> list[dict]:
         try:
             data = self.failures_path(run_id).read_bytes()
         except OSError:

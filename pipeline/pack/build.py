@@ -15,10 +15,10 @@ import dataclasses
 import hashlib
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 from amsrepomirror import __version__
 from amsrepomirror.bundle.format import (
@@ -57,13 +57,13 @@ log = logging.getLogger(__name__)
 class BundlePlan:
     manifest: Manifest
     manifest_sha256: str
-    chunks: List[ChunkSpec]
+    chunks: list[ChunkSpec]
     chunk_size: int
     compression: str
-    files: List[FileEntry]  # what the chunks hold: one file per distinct content of the mirror (or the delta)
-    copies: List[ReusedFile]  # the other paths of those contents, placed by unpack
-    base: Optional[Base] = None  # a delta bundle's base tree
-    delta: Optional[DeltaSelection] = None  # what the delta carries, reuses and removes
+    files: list[FileEntry]  # what the chunks hold: one file per distinct content of the mirror (or the delta)
+    copies: list[ReusedFile]  # the other paths of those contents, placed by unpack
+    base: Base | None = None  # a delta bundle's base tree
+    delta: DeltaSelection | None = None  # what the delta carries, reuses and removes
 
     @property
     def key(self) -> str:
@@ -124,7 +124,7 @@ def check_unchanged(mirror: str, plan: BundlePlan, index: int) -> None:
             raise IntegrityError(f"{path} changed in the mirror since it was verified; run mirror again, then bundle")
 
 
-def continued_from(plan: BundlePlan, index: int) -> Optional[int]:
+def continued_from(plan: BundlePlan, index: int) -> int | None:
     """The chunk holding the part before chunk ``index``'s first piece, when that piece continues a
     split file: its writer leaves the file's SHA-256 state, so it must be written first."""
     first = plan.chunks[index].pieces[0]
@@ -135,7 +135,7 @@ def continued_from(plan: BundlePlan, index: int) -> Optional[int]:
 
 
 @lru_cache(maxsize=2)
-def _manifest_in(path: str, stamp: tuple) -> Optional[BundleManifest]:
+def _manifest_in(path: str, stamp: tuple) -> BundleManifest | None:
     """The bundle manifest at ``path`` (as of ``stamp``: its mtime and size), or None if unreadable."""
     try:
         return BundleManifest.read(Path(path))
@@ -143,7 +143,7 @@ def _manifest_in(path: str, stamp: tuple) -> Optional[BundleManifest]:
         return None
 
 
-def reusable(out: str, plan: BundlePlan, index: int) -> Optional[ChunkResult]:
+def reusable(out: str, plan: BundlePlan, index: int) -> ChunkResult | None:
     """Chunk ``index`` as the bundle already in ``out`` holds it, or None.
 
     Reused only when that bundle's manifest.json lists a chunk of this name (the same content key:
@@ -176,7 +176,7 @@ def reusable(out: str, plan: BundlePlan, index: int) -> Optional[ChunkResult]:
 
 
 def write_planned_chunk(mirror: str, out: str, plan: BundlePlan, index: int,
-                        on_bytes: Optional[Callable[[int], None]] = None) -> ChunkResult:
+                        on_bytes: Callable[[int], None] | None = None) -> ChunkResult:
     """Write (or keep, when the bundle already holds it) chunk ``index``; ``on_bytes`` hears of
     every byte packed (a kept chunk's all at once), for a progress bar."""
     spec = plan.chunks[index]
@@ -231,7 +231,7 @@ def next_sequence(ws: Workspace) -> int:
     return last + 1
 
 
-def finish(mirror: str, out: str, plan: BundlePlan, tool: Optional[ToolSpec] = None, sign_key: str = "") -> None:
+def finish(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | None = None, sign_key: str = "") -> None:
     """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS
     (with ``sign_key``, manifest.json.sig too); drop chunks of older plans and the work folder; keep
     a copy of the manifest in the mirror's bundle history."""
@@ -262,7 +262,7 @@ def finish(mirror: str, out: str, plan: BundlePlan, tool: Optional[ToolSpec] = N
     record_bundle(Workspace(mirror), manifest)
 
 
-def remove_partial_files(bundle_dir: Path) -> List[Path]:
+def remove_partial_files(bundle_dir: Path) -> list[Path]:
     """Delete temp files a killed run may have left (``.<name>.<random>.tmp``); return them."""
     removed = []
     bundle_dir = Path(bundle_dir)
@@ -276,7 +276,7 @@ def remove_partial_files(bundle_dir: Path) -> List[Path]:
 
 
 def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = False,
-                  sign_key: Optional[Path] = None) -> Dict[str, str]:
+                  sign_key: Path | None = None) -> dict[str, str]:
     """Write ``manifest.json``, with ``sign_key`` its signature ``manifest.json.sig``, ``README.txt``
     and, last, ``SHA256SUMS`` (chunks, those files, the tool/ files).
 

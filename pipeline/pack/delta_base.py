@@ -17,9 +17,9 @@ when it is unpacked (``offline.apply_delta``), against what the receipt says eac
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from amsrepomirror.bundle.delta_rules import removal_problems, target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, SCHEMAS, BundleManifest, ReusedFile, TreeFile
@@ -43,20 +43,20 @@ log = logging.getLogger(__name__)
 class Base:
     """The tree a delta applies to."""
     version: str
-    tree: List[TreeFile]
+    tree: list[TreeFile]
     created: str    # when its bundle was made ("" when unknown)
     described: str  # where it came from, for messages
-    versions: Tuple[str, ...] = ()  # every version the tree holds (``version`` first; empty: ``version`` only)
+    versions: tuple[str, ...] = ()  # every version the tree holds (``version`` first; empty: ``version`` only)
     # The paths each of them needs; None when the base does not say (a receipt of an older tool).
-    version_paths: Optional[Mapping[str, Iterable[str]]] = None
-    dropped: Tuple[str, ...] = ()  # versions of it the delta removes on purpose (bundle --drop-version)
+    version_paths: Mapping[str, Iterable[str]] | None = None
+    dropped: tuple[str, ...] = ()  # versions of it the delta removes on purpose (bundle --drop-version)
 
     @property
     def identity(self) -> str:
         return tree_identity(self.tree)
 
     @property
-    def all_versions(self) -> List[str]:
+    def all_versions(self) -> list[str]:
         return list(self.versions) or [self.version]
 
 
@@ -64,15 +64,15 @@ class Base:
 class DeltaSelection:
     """What a delta holds: files to carry, files reused from the base, paths removed, the whole target,
     the versions the target holds (the updated one first) and the paths each needs."""
-    carried: List[FileEntry]
-    reused: List[ReusedFile]
-    removed: List[str]
-    target: List[TreeFile]
-    versions: List[str]
-    version_paths: Dict[str, List[str]]
+    carried: list[FileEntry]
+    reused: list[ReusedFile]
+    removed: list[str]
+    target: list[TreeFile]
+    versions: list[str]
+    version_paths: dict[str, list[str]]
 
 
-def _kept_files(base: Base, version: str, files: Sequence[FileEntry]) -> Dict[str, TreeFile]:
+def _kept_files(base: Base, version: str, files: Sequence[FileEntry]) -> dict[str, TreeFile]:
     """The base's files that the versions a delta of ``version`` does not update or drop still need:
     they stay as they are. UsageError when ``files`` (``version``'s tree now) has one of them with
     other bytes: one tree cannot serve both."""
@@ -146,7 +146,7 @@ def base_of(manifest: BundleManifest, described: str) -> Base:
                 manifest.paths_by_version)
 
 
-def _last_bundle(ws: Workspace, version: str, files: Sequence[FileEntry], dropped: Tuple[str, ...]) -> Base:
+def _last_bundle(ws: Workspace, version: str, files: Sequence[FileEntry], dropped: tuple[str, ...]) -> Base:
     """The newest bundle holding ``version`` (among the versions it holds) whose tree differs from the
     target a delta of ``files`` would make from it, so that running the same ``--since last`` again
     rebuilds the same delta; when every bundle holds that target, the newest one (an empty delta)."""
@@ -195,7 +195,7 @@ def _read_base_file(path: Path) -> Base:
                      "its manifest.json, or a receipt (amsrepomirror receipt on the offline side)")
 
 
-def _with_drops(base: Base, version: str, dropped: Tuple[str, ...]) -> Base:
+def _with_drops(base: Base, version: str, dropped: tuple[str, ...]) -> Base:
     """``base`` with the versions a delta of ``version`` drops on purpose: each one held by the base, none
     ``version`` itself; UsageError otherwise."""
     for gone in dropped:

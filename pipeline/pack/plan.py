@@ -22,8 +22,8 @@ size, so the plan budgets for the 7z overhead (see ``chunk_size_bound``).
 
 import bisect
 import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from amsrepomirror.bundle.format import (
     COMPRESSIONS,
@@ -117,18 +117,18 @@ class Piece:
 @dataclass(frozen=True)
 class ChunkSpec:
     name: str                # chunk file name: ``chunk_name(chunk_key(...))``, by content
-    pieces: List[Piece]      # in archive order (path order)
+    pieces: list[Piece]      # in archive order (path order)
     payload: int             # data bytes (sum of piece sizes)
     chunk_size: int = 0      # the limit the finished 7z file must respect
     compression: str = "copy"
     max_size: int = 0        # planned upper bound of the finished file size (<= chunk_size)
 
     @property
-    def members(self) -> List[str]:
+    def members(self) -> list[str]:
         return sorted(p.member for p in self.pieces)
 
 
-def distinct_contents(files: Iterable[FileEntry]) -> Tuple[List[FileEntry], List[ReusedFile]]:
+def distinct_contents(files: Iterable[FileEntry]) -> tuple[list[FileEntry], list[ReusedFile]]:
     """The files to carry, one per distinct content (the first in path order), and the others as
     copies of it: identical bytes under several paths (a file of two versions under two names)
     are carried once and placed again by unpack."""
@@ -173,7 +173,7 @@ def chunk_key(compression: str, pieces: Sequence[Piece], sha256_of: Mapping[str,
     return hasher.hexdigest()
 
 
-def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compression: str = "copy") -> List[ChunkSpec]:
+def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compression: str = "copy") -> list[ChunkSpec]:
     """Pack ``files`` into chunks of at most ``chunk_size`` bytes each; same input, same plan."""
     if compression not in COMPRESSIONS:
         raise UsageError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
@@ -205,8 +205,8 @@ def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compre
             )
     target = max(1, empty_room // 2)  # the average chunk holds about half of what it could
 
-    groups: List[List[Piece]] = []
-    current: List[Piece] = []
+    groups: list[list[Piece]] = []
+    current: list[Piece] = []
     used = {"payload": 0, "header": 0}
 
     def close() -> None:
@@ -259,7 +259,7 @@ def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compre
     return plan
 
 
-def _check_collisions(paths: set, split_paths: List[str], groups: List[List[Piece]]) -> None:
+def _check_collisions(paths: set, split_paths: list[str], groups: list[list[Piece]]) -> None:
     """A part name must not be a real path, and no real path may match ``<split file>.part-*``
     (``cat path.part-* > path`` on unpack would pick it up)."""
     members = set()
@@ -282,10 +282,10 @@ def _check_collisions(paths: set, split_paths: List[str], groups: List[List[Piec
 
 
 
-def _pack_sticks(sizes: Mapping[str, int], stick_size: int) -> List[List[str]]:
+def _pack_sticks(sizes: Mapping[str, int], stick_size: int) -> list[list[str]]:
     """First-fit decreasing; every size must be <= stick_size."""
-    sticks: List[List[str]] = []
-    free: List[int] = []
+    sticks: list[list[str]] = []
+    free: list[int] = []
     for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
         for i, left in enumerate(free):
             if sizes[name] <= left:
@@ -300,7 +300,7 @@ def _pack_sticks(sizes: Mapping[str, int], stick_size: int) -> List[List[str]]:
     return sticks
 
 
-def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: Optional[int] = None) -> str:
+def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: int | None = None) -> str:
     """Human summary for the ``plan`` command: totals, each chunk, and which chunks go on which stick."""
     total = sum(f.size for f in files)
     lines = [f"{len(files)} files, {format_size(total)} ({total} bytes) in {len(plan)} chunks"]
@@ -337,7 +337,7 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
     return "\n".join(lines) + "\n"
 
 
-def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror") -> List[str]:
+def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror") -> list[str]:
     """Which chunks go on which stick (``sizes``: chunk name -> bytes); every stick also carries every
     file that is not a chunk (manifest, sums, README, and the signature and tool/ of bundles that
     have them: ``extras`` bytes, when known), so each can be checked alone."""
@@ -375,8 +375,8 @@ def build_bundle_manifest(
     files: Sequence[FileEntry],
     *,
     version: str,
-    compression: Optional[str] = None,
-    chunk_size: Optional[int] = None,
+    compression: str | None = None,
+    chunk_size: int | None = None,
     tool_version: str = "",
     created: str = "",
     mirror_manifest_sha256: str = "",
@@ -393,7 +393,7 @@ def build_bundle_manifest(
     if missing:
         raise IntegrityError(f"chunks not written yet: {', '.join(missing)}")
     entries = {f.path: f for f in files}
-    parts: Dict[str, List[Part]] = {}
+    parts: dict[str, list[Part]] = {}
     for spec in plan:
         result = by_name[spec.name]
         if sorted(result.chunk.members) != spec.members:

@@ -32,10 +32,10 @@ import io
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import py7zr
 from py7zr.helpers import ArchiveTimestamp
@@ -119,7 +119,7 @@ class Sha256State:
 
     CTX_SIZE = 112
 
-    def __init__(self, state: Optional[str] = None):
+    def __init__(self, state: str | None = None):
         self._lib = _libcrypto()
         if state is None:
             self._ctx = ctypes.create_string_buffer(self.CTX_SIZE)
@@ -157,7 +157,7 @@ class _PieceReader(io.BufferedIOBase):
     """
 
     def __init__(self, raw, offset: int, size: int, hashers: Sequence = (),
-                 on_bytes: Optional[Callable[[int], None]] = None):
+                 on_bytes: Callable[[int], None] | None = None):
         super().__init__()
         self._on_bytes = on_bytes
         self._raw = raw
@@ -191,7 +191,7 @@ class _PieceReader(io.BufferedIOBase):
         self._pos = new
         return new
 
-    def read(self, n: Optional[int] = -1) -> bytes:
+    def read(self, n: int | None = -1) -> bytes:
         if self._pos >= self._size:
             return b""
         if self._pos != self.hashed:
@@ -217,9 +217,9 @@ class ChunkResult:
     """What ``write_chunk`` produced: the finished chunk and the sha256 of every piece in it."""
 
     chunk: Chunk                 # name, size and sha256 of the finished 7z file, sorted members
-    piece_sha256: Dict[str, str]  # archive member name -> sha256 of that member's bytes
+    piece_sha256: dict[str, str]  # archive member name -> sha256 of that member's bytes
     # split file -> Sha256State.state() after its part in this chunk, when more parts follow
-    sha256_state: Dict[str, str] = field(default_factory=dict)
+    sha256_state: dict[str, str] = field(default_factory=dict)
 
 
 def _source_path(mirror_dir: Path, rel: str) -> Path:
@@ -233,8 +233,8 @@ def write_chunk(
     compression: str,
     expected: Mapping[str, FileEntry],
     *,
-    resume: Optional[Mapping[str, str]] = None,
-    on_bytes: Optional[Callable[[int], None]] = None,
+    resume: Mapping[str, str] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> ChunkResult:
     """Write chunk ``spec`` from files under ``mirror_dir`` into the bundle folder ``dest``.
 
@@ -308,11 +308,11 @@ def _whole_file_hasher(piece, resume: Mapping[str, str], src) -> Sha256State:
 
 
 def _write_archive(fp, spec: ChunkSpec, mirror_dir: Path, filters, expected: Mapping[str, FileEntry],
-                   resume: Mapping[str, str], on_bytes: Optional[Callable[[int], None]] = None,
-                   ) -> Tuple[Dict[str, str], Dict[str, str]]:
+                   resume: Mapping[str, str], on_bytes: Callable[[int], None] | None = None,
+                   ) -> tuple[dict[str, str], dict[str, str]]:
     """Pack the pieces; return ({member: sha256}, {split file: Sha256State.state() when more parts follow})."""
-    piece_sha: Dict[str, str] = {}
-    carried: Dict[str, str] = {}
+    piece_sha: dict[str, str] = {}
+    carried: dict[str, str] = {}
     archive = _FixedTimeSevenZipFile(fp, "w", filters=filters)
     archive.set_encoded_header_mode(False)
     for piece in spec.pieces:

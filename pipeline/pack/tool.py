@@ -17,10 +17,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 from urllib.parse import unquote, urlparse
 
 from amsrepomirror.bundle.format import TOOL_DIR, ToolFile
@@ -74,7 +74,7 @@ def tool_matches(bundle_dir: Path, with_tool: bool, pythons: Sequence[str], plat
         return False
 
 
-def _pip(args: List[str], what: str) -> None:
+def _pip(args: list[str], what: str) -> None:
     """Run ``python -m pip ARGS``; MirrorError with pip's last error line when it fails."""
     try:
         done = subprocess.run([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -104,7 +104,7 @@ def _project_source() -> Path:
     return sources[0]
 
 
-def download_platforms(spec: ToolSpec) -> List[str]:
+def download_platforms(spec: ToolSpec) -> list[str]:
     """pip --platform tags for the download: --tool-platform's, else on Linux every manylinux tag of this
     machine's architecture up to glibc 2.28, newest first (pip prefers earlier tags); elsewhere pip's own."""
     if spec.platforms or sys.platform != "linux" or not platform.machine():
@@ -124,12 +124,12 @@ def requirements_name(python: str) -> str:
     return f"requirements-{python}.txt"
 
 
-def build_wheels(dest: Path, spec: ToolSpec) -> Dict[str, List[str]]:
+def build_wheels(dest: Path, spec: ToolSpec) -> dict[str, list[str]]:
     """amsrepomirror's wheel (built from its source), its dependencies and pip, into ``dest``; returns,
     per Python of ``spec``, the names of the wheels it installs (each Python is downloaded apart, so
     that a requirements file names exactly what that Python needs)."""
     dest.mkdir(parents=True)
-    wheels: Dict[str, List[str]] = {}
+    wheels: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="amsrepomirror-wheel-") as tmp:
         built = Path(tmp) / "built"
         _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(built), str(_project_source())],
@@ -214,7 +214,7 @@ exec "$venv/bin/amsrepomirror" ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR
 """
 
 
-def write_tool(bundle_dir: Path, work: Path, spec: Optional[ToolSpec]) -> List[ToolFile]:
+def write_tool(bundle_dir: Path, work: Path, spec: ToolSpec | None) -> list[ToolFile]:
     """Make ``bundle_dir/tool`` for ``spec`` (built in ``work`` first, then moved in place) and return
     its files; without a spec, remove a tool folder an earlier bundle left there."""
     folder = Path(bundle_dir) / TOOL_DIR

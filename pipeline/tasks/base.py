@@ -79,7 +79,7 @@ class FolderTask(ReportsFailure, luigi.Task):
         return workspace_of(self.mirror)
 
     @classmethod
-    @functools.lru_cache(maxsize=None)
+    @functools.cache
     def get_params(cls):
         # Luigi rebuilds this list with dir(cls) on every instantiation and clone; with one
         # DownloadFile per listed file that alone costs seconds, and a class's parameters never change.

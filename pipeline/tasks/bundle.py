@@ -1,7 +1,6 @@
 """Bundle wiring: BundleArchive (after VerifyTree, or the last verified mirror) → WriteChunk per chunk."""
 
 from pathlib import Path
-from typing import Optional
 
 import luigi
 from luigi.util import inherits
@@ -67,7 +66,7 @@ class BundleTarget(luigi.Target):
     settings and delta base (None: a full bundle), with a tool/ folder or without, signed when ``signed``."""
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
-                 base: Optional[str] = None, with_tool: bool = False, signed: bool = False, tool_for=((), ()),
+                 base: str | None = None, with_tool: bool = False, signed: bool = False, tool_for=((), ()),
                  dropped=()):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
         self.dropped = sorted(dropped)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import socket
-from typing import Dict, Optional, Sequence
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import luigi
@@ -28,7 +28,7 @@ class SchedulerUnreachable(MirrorError):
     """The central scheduler given by --scheduler-url or [core] default-scheduler-url does not answer."""
 
 
-def configured_url(given: Optional[str], local: bool) -> Optional[str]:
+def configured_url(given: str | None, local: bool) -> str | None:
     """The central scheduler to use: --scheduler-url, else [core] default-scheduler-url when a settings
     file sets it; None (Luigi's local scheduler) with --local-scheduler or when neither is set."""
     if local:
@@ -72,7 +72,7 @@ def check_reachable(url: str) -> None:
 
 
 def run_identity(version: str, listing_url: str, platform: Sequence[str], strict_authentication: bool,
-                 listing_sha256: str) -> Dict[str, str]:
+                 listing_sha256: str) -> dict[str, str]:
     """What names a mirror run's work (not where the mirror is): processes share a run only when
     all of it is the same. Recorded in the run's snapshot and compared by ``check_run_identity``."""
     return {
@@ -85,12 +85,12 @@ def run_identity(version: str, listing_url: str, platform: Sequence[str], strict
     }
 
 
-def work_key(mirror: str, identity: Dict[str, str]) -> str:
+def work_key(mirror: str, identity: dict[str, str]) -> str:
     """A run's work on one mirror as a short digest: the same for every process that does the same work."""
     return hashlib.sha256(json.dumps({"mirror": mirror, **identity}, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_run_identity(run_id: str, ours: Dict[str, str], theirs: Optional[Dict[str, str]]) -> None:
+def check_run_identity(run_id: str, ours: dict[str, str], theirs: dict[str, str] | None) -> None:
     """The one comparison of a run's identity: a process (or a FetchListing) joins run ``run_id``
     only when the work the run records (``theirs``, from its snapshot) is this process's work
     (``ours``). Anything else would download another listing's files under this one's name."""

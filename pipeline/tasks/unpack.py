@@ -1,7 +1,6 @@
 """Unpack wiring (offline side): one task whose target is AMSHOME's receipt."""
 
 import re
-from typing import Optional
 
 import luigi
 
@@ -41,7 +40,7 @@ class ReceiptTarget(luigi.Target):
 
     def __init__(self, amshome: str, bundle: str):
         self.amshome, self.bundle = amshome, bundle
-        self.checked: Optional[unpacking.CheckedManifest] = None
+        self.checked: unpacking.CheckedManifest | None = None
 
     def exists(self):
         self.checked = unpacking.installed_bundle(self.bundle, self.amshome)
@@ -76,7 +75,7 @@ class Unpack(ReportsFailure, luigi.Task):
     #: The manifest run() placed, or complete() found installed, as read once; None until then. Luigi
     #: hands out this same object for the same parameters for the rest of the process: whoever uses
     #: it (the unpack command) sets it back to None, so that the next check reads the folder again.
-    checked: Optional[unpacking.CheckedManifest] = None
+    checked: unpacking.CheckedManifest | None = None
 
     def complete(self):
         # After run: the receipt must still name the manifest.json that run read and checked, and the

@@ -9,8 +9,8 @@ import shutil
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 from amsrepomirror.errors import DiskSpaceError, MirrorError, UsageError
 from amsrepomirror.util.units import format_size
@@ -205,7 +205,7 @@ def remove_entry(path: Path) -> None:
         os.unlink(path)
 
 
-def why_unwritable(folder: Path, probe_prefix: str = ".amsrepomirror-probe-") -> Optional[str]:
+def why_unwritable(folder: Path, probe_prefix: str = ".amsrepomirror-probe-") -> str | None:
     """Why no file can be created in ``folder`` (or, when it does not exist yet, in its nearest
     existing parent), in words naming the real cause; None when one can (a file is made and removed)."""
     folder = Path(folder).absolute()

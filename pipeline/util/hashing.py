@@ -5,14 +5,15 @@ import hashlib
 import io
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional, Tuple
+from typing import BinaryIO, Optional
 
 BLOCK = 1024 * 1024
 FILE_BLOCK = 8 * 1024 * 1024
 
 
-def sha256_stream(stream: BinaryIO, hasher: Optional["hashlib._Hash"] = None, limit: Optional[int] = None):
+def sha256_stream(stream: BinaryIO, hasher: Optional["hashlib._Hash"] = None, limit: int | None = None):
     """Feed ``stream`` (up to ``limit`` bytes) into ``hasher``; return (hasher, bytes read)."""
     hasher = hasher or hashlib.sha256()
     total = 0
@@ -25,7 +26,7 @@ def sha256_stream(stream: BinaryIO, hasher: Optional["hashlib._Hash"] = None, li
     return hasher, total
 
 
-def sha256_fd(fd: int, on_bytes: Optional[Callable[[int], None]] = None) -> Tuple[int, str]:
+def sha256_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
     """(bytes read, hex SHA-256) of what is left to read from the open ``fd``: big reads into one
     reused buffer, so a hashing thread spends its time in hashlib and the kernel, outside the GIL."""
     hasher = hashlib.sha256()
@@ -43,7 +44,7 @@ def sha256_fd(fd: int, on_bytes: Optional[Callable[[int], None]] = None) -> Tupl
     return size, hasher.hexdigest()
 
 
-def sha256_file(path: Path, on_bytes: Optional[Callable[[int], None]] = None) -> str:
+def sha256_file(path: Path, on_bytes: Callable[[int], None] | None = None) -> str:
     """Hex SHA-256 of a regular file; ``on_bytes`` hears each block. Anything else by that name (a
     FIFO, a device) is an OSError at once, never waited on or read without end."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hold up the open

@@ -5,8 +5,8 @@ import posixpath
 import re
 import sys
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
 
 #: An AMS version as bundles carry it: AMS, then digits and dots (AMS2026.1).
 VERSION_PATTERN = re.compile(r"AMS[0-9]+(?:\.[0-9]+)*")
@@ -23,7 +23,7 @@ def printable(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def path_problem(name) -> Optional[str]:
+def path_problem(name) -> str | None:
     """Why ``name`` is not an acceptable relative path in a bundle or a placed tree, or None.
 
     The one path check: listing paths, manifest paths, archive members, the tree on disk.
@@ -73,11 +73,11 @@ def folded(name: str) -> str:
 @dataclass
 class TreePathCheck:
     """What :func:`tree_path_problems` found: ``problems`` refuse the tree, ``warnings`` do not."""
-    problems: List[str] = field(default_factory=list)
-    warnings: List[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def tree_path_problems(paths: Iterable[str], case_insensitive: Optional[bool] = None) -> TreePathCheck:
+def tree_path_problems(paths: Iterable[str], case_insensitive: bool | None = None) -> TreePathCheck:
     """What a set of paths may be, as one tree: the one rule for a listing (online) and a bundle's
     manifest (offline).
 

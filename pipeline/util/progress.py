@@ -7,7 +7,7 @@ import multiprocessing
 import sys
 import threading
 import time
-from typing import Dict, Iterator, Optional
+from collections.abc import Iterator
 
 from tqdm import tqdm
 
@@ -20,7 +20,7 @@ REDRAW_SECONDS = 1.0
 class ByteProgress:
     """Thread-safe progress over a known number of bytes (and, when given, files)."""
 
-    def __init__(self, total: Optional[int], desc: str, stream=None, interval: float = 5.0, files: int = 0):
+    def __init__(self, total: int | None, desc: str, stream=None, interval: float = 5.0, files: int = 0):
         """``total`` None: not known yet; nothing is shown until :meth:`set_total`."""
         self.stream = stream or sys.stderr
         self.desc, self.interval = desc, interval
@@ -138,7 +138,7 @@ class CountProgress:
         _OPEN.discard(self)
 
 
-_RUNS: Dict[str, ByteProgress] = {}
+_RUNS: dict[str, ByteProgress] = {}
 _OPEN: set = set()  # bars and counters shown on a terminal now
 
 
@@ -149,7 +149,7 @@ def for_run(run_id: str, total: int = 0, desc: str = "download", files: int = 0)
     return _RUNS[run_id]
 
 
-def close_run(run_id: str) -> Optional[ByteProgress]:
+def close_run(run_id: str) -> ByteProgress | None:
     bar = _RUNS.pop(run_id, None)
     if bar is not None:
         bar.close()
@@ -180,7 +180,7 @@ class SharedBytes:
             self.done.value += n
 
 
-_SHARED: Optional[SharedBytes] = None
+_SHARED: SharedBytes | None = None
 
 
 def shared_total(n: int) -> None:

@@ -6,8 +6,8 @@ vocabulary, so a manifest from a stick can only say one of them.
 """
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional
 
 from amsrepomirror.util.paths import printable
 
@@ -33,17 +33,17 @@ def excluded_by(platform: str) -> str:
     return f"platform {platform.lower()} excluded"
 
 
-def reason_problem(value) -> Optional[str]:
+def reason_problem(value) -> str | None:
     """Why ``value`` is not a reason of the vocabulary, or None."""
     if isinstance(value, str) and _REASON.fullmatch(value):
         return None
     return "expected 'not licensed (HTTP 401)', 'not licensed (HTTP 403)' or 'platform NAME excluded'"
 
 
-def merged(lists: Iterable[Iterable[Lacking]], held: Iterable[str] = ()) -> List[Lacking]:
+def merged(lists: Iterable[Iterable[Lacking]], held: Iterable[str] = ()) -> list[Lacking]:
     """The lacking files of several trees, each path once (the first reason), none that ``held`` names."""
     held = set(held)
-    out: Dict[str, Lacking] = {}
+    out: dict[str, Lacking] = {}
     for entries in lists:
         for entry in entries:
             if entry.path not in held:
@@ -51,11 +51,11 @@ def merged(lists: Iterable[Iterable[Lacking]], held: Iterable[str] = ()) -> List
     return sorted(out.values(), key=lambda e: e.path)
 
 
-def describe(entries: List[Lacking], what: str) -> List[str]:
+def describe(entries: list[Lacking], what: str) -> list[str]:
     """Lines saying how many listed files ``what`` lacks and which, with the reason (capped)."""
     if not entries:
         return []
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for entry in entries:
         counts[entry.reason] = counts.get(entry.reason, 0) + 1
     why = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
