@@ -17,7 +17,7 @@ from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.offline.delta import link_or_copy
 from amsrepomirror.offline.installed import installed_file_problem
 from amsrepomirror.offline.placement import RECEIPT, InstalledFile, read_receipt, receipt_tree, tree_identity
-from amsrepomirror.testing.scmdouble import change_file, remove_file, write_file, write_listing
+from amsrepomirror.testing.repository import change_file, remove_file, write_file, write_listing
 
 VERSION = "AMS2026.1"
 PACKAGES = Path("Downloads") / "packages"

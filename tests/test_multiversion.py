@@ -22,15 +22,15 @@ from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline.placement import RECEIPT, read_receipt, tree_identity
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.testing.scmdouble import (
+from amsrepomirror.testing.repository import (
     PLACEHOLDER_ORIGIN,
-    ScmDouble,
     change_file,
     make_repository,
     remove_file,
     write_file,
     write_listing,
 )
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 NEW, OLD = "AMS2026.1", "AMS2025.1"
 OLD_ONLY = ["AMS2025.1.yml", "linux/x86_64/adf-2025.101.tar.zst", "common/docs/manual-2025.101.tar.zst"]

@@ -3,6 +3,7 @@
 import email.utils
 import hashlib
 import http.client
+import inspect
 import os
 import signal
 import subprocess
@@ -15,11 +16,9 @@ import pytest
 import requests
 from servers import REQUIRE_TOOLS_ENV, parse_access_log, require_tool
 
-from amsrepomirror.testing.scmdouble import (
-    DEMO_PASSWORD,
-    DEMO_USER,
+from amsrepomirror.testing import cli
+from amsrepomirror.testing.repository import (
     PLACEHOLDER_ORIGIN,
-    ScmDouble,
     change_file,
     listing_path,
     make_repository,
@@ -28,6 +27,7 @@ from amsrepomirror.testing.scmdouble import (
     write_file,
     write_listing,
 )
+from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER, FAULTS, ScmDouble, fault_table
 
 AUTH = (DEMO_USER, DEMO_PASSWORD)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -330,6 +330,25 @@ def test_stop_drops_keepalive_connections(repo_tree):
     with pytest.raises(requests.exceptions.ConnectionError):
         s.get(double.url(ADF), auth=AUTH)
     s.close()
+
+
+def test_every_fault_is_in_the_one_table_and_help_lists_them(tmp_path, capsys):
+    """FAULTS lists every switch: each quirk of misbehave() and each lie, and nothing else is accepted."""
+    quirks = [name for name in inspect.signature(ScmDouble.misbehave).parameters if name not in ("self", "glob")]
+    assert sorted(f"quirk:{q}" for q in quirks) == sorted(k for k in FAULTS if k.startswith("quirk:"))
+    double = ScmDouble(tmp_path)
+    lies = [k.removeprefix("lie:") for k in FAULTS if k.startswith("lie:")]
+    for how in lies:
+        double.lie("*", how)
+    with pytest.raises(ValueError, match="unknown lie 'fib'"):
+        double.lie("*", "fib")
+    assert all(FAULTS[f"lie:{how}"].answers in ("range", "whole") for how in lies)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert all(line in out.splitlines() for line in fault_table().splitlines())
+    assert len(fault_table().splitlines()) == len(FAULTS)
 
 
 def test_main_serves_until_sigterm(tmp_path):
