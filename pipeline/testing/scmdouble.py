@@ -167,7 +167,7 @@ class RequestRecord:
     client_port: int  # peer port: equal ports = same (keep-alive) connection
     status: int | None = None
     body_bytes: int = 0
-    fault: str | None = None  # "cut", "stall", "status" when a fault switch fired
+    fault: str | None = None  # the key in FAULTS of the fault that answered ("cut", "lie:short", ...)
     tls: str | None = None  # TLS version of the connection (e.g. "TLSv1.3"); None over plain HTTP
     concurrent: int = 0  # requests being answered when this one arrived, itself included
     started: float = field(default_factory=time.monotonic)
