@@ -47,16 +47,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from amsrepomirror.testing.scmdouble import (  # noqa: E402
+from amsrepomirror.testing.repository import (  # noqa: E402
     DEFAULT_VERSION,
-    DEMO_PASSWORD,
-    DEMO_USER,
     PLACEHOLDER_ORIGIN,
-    ScmDouble,
     listing_path,
     write_file,
     write_listing,
 )
+from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER, ScmDouble  # noqa: E402
 from bench.common import first_line, replace_section  # noqa: E402
 
 VERSION = DEFAULT_VERSION

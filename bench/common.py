@@ -29,15 +29,14 @@ for _p in (str(ROOT), str(TESTS)):
 
 from servers import NginxServer, find_tool, parse_access_log  # noqa: E402  (tests/servers.py, reused as is)
 
-from amsrepomirror.testing.scmdouble import (  # noqa: E402
+from amsrepomirror.testing.repository import (  # noqa: E402
     DEFAULT_VERSION,
-    DEMO_PASSWORD,
-    DEMO_USER,
     PLACEHOLDER_ORIGIN,
     retarget_listing,
     write_file,
     write_listing,
 )
+from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER  # noqa: E402
 from bench.latency import LatencyProxy  # noqa: E402
 
 VERSION = DEFAULT_VERSION

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from amsrepomirror.testing.scmdouble import listing_path
+from amsrepomirror.testing.repository import listing_path
 
 from .common import DEMO_PASSWORD as PASSWORD
 from .common import DEMO_USER as USER

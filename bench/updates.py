@@ -35,7 +35,8 @@ from pathlib import Path
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.offline.placement import RECEIPT
-from amsrepomirror.testing.scmdouble import PLACEHOLDER_ORIGIN, ScmDouble, change_file, remove_file, write_file, write_listing
+from amsrepomirror.testing.repository import PLACEHOLDER_ORIGIN, change_file, remove_file, write_file, write_listing
+from amsrepomirror.testing.scmdouble import ScmDouble
 from bench.common import ROOT, BenchError, Run, load_average, machine_info, ours_env, replace_section, tail, timed
 
 MiB = 1024**2

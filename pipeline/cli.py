@@ -883,7 +883,8 @@ def run_demo(args) -> int:
     """Mirror, bundle, verify and unpack the SCM double's synthetic repository, end to end."""
 
     # Imported here: the SCM double is test and demo material, not part of a production run.
-    from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository
+    from amsrepomirror.testing.repository import DEFAULT_VERSION, make_repository
+    from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER, ScmDouble  # likewise
 
     work = (args.workdir or Path(tempfile.mkdtemp(prefix="amsrepomirror-demo-"))).absolute()
     server_root, mirror_dir, bundle_dir, amshome = work / "scm", work / "mirror", work / "bundle", work / "amshome"

@@ -17,7 +17,8 @@ if TESTS_DIR not in sys.path:  # so test modules can `from servers import ...`
 
 from servers import NginxServer, require_tool  # noqa: E402
 
-from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, DEMO_PASSWORD, DEMO_USER, ScmDouble, make_repository  # noqa: E402
+from amsrepomirror.testing.repository import DEFAULT_VERSION, make_repository  # noqa: E402
+from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER, ScmDouble  # noqa: E402
 
 
 @pytest.fixture

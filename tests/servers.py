@@ -29,14 +29,8 @@ from urllib.parse import quote
 
 import pytest
 
-from amsrepomirror.testing.scmdouble import (
-    DEFAULT_VERSION,
-    DEMO_PASSWORD,
-    DEMO_USER,
-    PACKAGES_PREFIX,
-    listing_versions,
-    retarget_listing,
-)
+from amsrepomirror.testing.repository import DEFAULT_VERSION, PACKAGES_PREFIX, listing_versions, retarget_listing
+from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER
 
 REQUIRE_TOOLS_ENV = "AMSREPOMIRROR_REQUIRE_TOOLS"
 _EXTRA_PATH = ("/usr/sbin", "/sbin", "/usr/local/sbin")

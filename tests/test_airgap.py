@@ -14,7 +14,8 @@ from servers import require_tool
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest, Chunk
 from amsrepomirror.bundle.sums import write_sums
-from amsrepomirror.testing.scmdouble import ScmDouble, change_file
+from amsrepomirror.testing.repository import change_file
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB: split across chunks of 1 MiB

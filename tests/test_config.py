@@ -11,7 +11,8 @@ import pytest
 from clihelp import REPO, cli_env, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
-from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
+from amsrepomirror.testing.repository import make_repository
+from amsrepomirror.testing.scmdouble import ScmDouble
 from amsrepomirror.util.units import format_size, parse_size
 
 VERSION = "AMS2026.1"

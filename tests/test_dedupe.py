@@ -14,7 +14,8 @@ from clihelp import run_cli, served_tree, tree_hashes
 from amsrepomirror.bundle.format import BundleManifest
 from amsrepomirror.bundle.receipt import receipt_tree
 from amsrepomirror.offline.placement import read_receipt
-from amsrepomirror.testing.scmdouble import PLACEHOLDER_ORIGIN, ScmDouble, make_repository, write_file, write_listing
+from amsrepomirror.testing.repository import PLACEHOLDER_ORIGIN, make_repository, write_file, write_listing
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION, OLD = "AMS2026.1", "AMS2025.1"
 PACKAGES = Path("Downloads") / "packages"

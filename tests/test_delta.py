@@ -18,7 +18,7 @@ from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.offline.apply_delta import link_or_copy
 from amsrepomirror.offline.installed import installed_file_problem
 from amsrepomirror.offline.placement import RECEIPT, read_receipt
-from amsrepomirror.testing.scmdouble import change_file, remove_file, write_file, write_listing
+from amsrepomirror.testing.repository import change_file, remove_file, write_file, write_listing
 
 VERSION = "AMS2026.1"
 PACKAGES = Path("Downloads") / "packages"

@@ -28,7 +28,8 @@ from servers import free_port
 import amsrepomirror
 from amsrepomirror.cli import build_parser
 from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
-from amsrepomirror.testing.scmdouble import ScmDouble, make_repository, repository_files, write_listing
+from amsrepomirror.testing.repository import make_repository, repository_files, write_listing
+from amsrepomirror.testing.scmdouble import ScmDouble
 from amsrepomirror.util.units import format_size
 
 VERSION = "AMS2026.1"

@@ -21,7 +21,8 @@ from amsrepomirror.errors import AuthError, DiskSpaceError, FetchError, Integrit
 from amsrepomirror.offline.placement import LOCK
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks.base import ReportsFailure
-from amsrepomirror.testing.scmdouble import ScmDouble, change_file, make_repository, remove_file, repository_files, write_listing
+from amsrepomirror.testing.repository import change_file, make_repository, remove_file, repository_files, write_listing
+from amsrepomirror.testing.scmdouble import ScmDouble
 from amsrepomirror.util.hashing import sha256_file
 
 VERSION = "AMS2026.1"

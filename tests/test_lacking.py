@@ -7,7 +7,7 @@ from clihelp import run_cli, tree_hashes
 
 from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.testing.scmdouble import change_file, repository_files, write_file, write_listing
+from amsrepomirror.testing.repository import change_file, repository_files, write_file, write_listing
 
 VERSION, OLD = "AMS2026.1", "AMS2025.1"
 UNLICENSED, MACOS, WINDOWS = "not licensed (HTTP 401)", "platform macos excluded", "platform windows excluded"

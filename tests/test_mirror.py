@@ -11,7 +11,8 @@ from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.testing.scmdouble import ScmDouble, change_file, listing_path, remove_file, repository_files, write_listing
+from amsrepomirror.testing.repository import change_file, listing_path, remove_file, repository_files, write_listing
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
 
@@ -141,7 +142,7 @@ def test_kill_9_while_small_files_are_recorded_in_groups_leaves_no_wrong_record(
     """Small files are made durable and recorded a group at a time: after a kill -9 mid-run every
     record on disk describes exactly the file in place and the server's bytes; the rerun fetches
     just the files without one and ends with the exact tree."""
-    from amsrepomirror.testing.scmdouble import make_repository
+    from amsrepomirror.testing.repository import make_repository
     root = tmp_path / "scm"
     make_repository(root, VERSION, tiny=2000)
     dest = tmp_path / "m"
@@ -348,7 +349,7 @@ def test_mirror_from_real_nginx(nginx_server, repo_tree, tmp_path):
 ])
 def test_many_files_run_in_several_luigi_batches(tmp_path, max_batch_size, batches):
     """1,200 listed files in batches: every file lands once, the rerun fetches nothing."""
-    from amsrepomirror.testing.scmdouble import make_repository
+    from amsrepomirror.testing.repository import make_repository
     root = tmp_path / "scm"
     make_repository(root, VERSION, tiny=1200)
     cfg = tmp_path / "batch.cfg"

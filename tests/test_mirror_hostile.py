@@ -15,7 +15,7 @@ import requests
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.testing.scmdouble import listing_path, remove_file, repository_files, write_file, write_listing
+from amsrepomirror.testing.repository import listing_path, remove_file, repository_files, write_file, write_listing
 
 VERSION = "AMS2026.1"
 

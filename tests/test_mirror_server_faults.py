@@ -15,7 +15,8 @@ from clihelp import cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashe
 
 from amsrepomirror import cli
 from amsrepomirror.online.http import MAX_RETRY_AFTER
-from amsrepomirror.testing.scmdouble import ScmDouble, change_file, listing_path, write_listing
+from amsrepomirror.testing.repository import change_file, listing_path, write_listing
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB, the largest file of the synthetic tree
@@ -262,7 +263,7 @@ def test_a_retry_after_of_hours_is_not_slept(scm_double, repo_tree, tmp_path, gl
 # gzip body that inflates to gigabytes (or a body that never ends) must not fill the memory.
 
 def test_a_listing_that_inflates_past_the_bound_is_refused(scm_double, repo_tree, tmp_path):
-    from amsrepomirror.testing.scmdouble import listing_path
+    from amsrepomirror.testing.repository import listing_path
 
     LISTING_MAX_BYTES = 64 * 2**20  # http.LISTING_MAX_BYTES
     listing = listing_path(repo_tree, VERSION)

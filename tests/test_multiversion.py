@@ -24,15 +24,15 @@ from amsrepomirror.offline.placement import RECEIPT, read_receipt
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.delta_base import Base, select_delta
-from amsrepomirror.testing.scmdouble import (
+from amsrepomirror.testing.repository import (
     PLACEHOLDER_ORIGIN,
-    ScmDouble,
     change_file,
     make_repository,
     remove_file,
     write_file,
     write_listing,
 )
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 NEW, OLD = "AMS2026.1", "AMS2025.1"
 OLD_ONLY = ["AMS2025.1.yml", "linux/x86_64/adf-2025.101.tar.zst", "common/docs/manual-2025.101.tar.zst"]

@@ -21,7 +21,8 @@ from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.placement import JOURNAL, LOCK, RECEIPT, STAGING
 from amsrepomirror.pack.readme import FOLDER_CHECK
-from amsrepomirror.testing.scmdouble import ScmDouble, make_repository
+from amsrepomirror.testing.repository import make_repository
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 LOG = ".amsrepomirror-unpack.log"
 #: Generous: an unpack of this bundle takes a second or two; a run blocked on a planted fifo never ends.

@@ -7,7 +7,8 @@ from clihelp import run_cli, served_tree
 
 from amsrepomirror.bundle.receipt import InstalledFile, make_receipt, receipt_tree, tree_identity
 from amsrepomirror.errors import IntegrityError
-from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, change_file
+from amsrepomirror.testing.repository import change_file
+from amsrepomirror.testing.scmdouble import DEMO_PASSWORD
 
 VERSION = "AMS2026.1"
 

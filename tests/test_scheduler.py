@@ -16,7 +16,8 @@ import pytest
 import requests
 from clihelp import REPO, cli_env, popen_cli, run_cli, served_tree, tree_hashes
 
-from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, PACKAGES_PREFIX, ScmDouble, listing_path, make_repository
+from amsrepomirror.testing.repository import DEFAULT_VERSION, PACKAGES_PREFIX, listing_path, make_repository
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = DEFAULT_VERSION
 

@@ -3,6 +3,7 @@
 import email.utils
 import hashlib
 import http.client
+import inspect
 import os
 import signal
 import subprocess
@@ -15,11 +16,9 @@ import pytest
 import requests
 from servers import REQUIRE_TOOLS_ENV, parse_access_log, require_tool
 
-from amsrepomirror.testing.scmdouble import (
-    DEMO_PASSWORD,
-    DEMO_USER,
+from amsrepomirror.testing import cli
+from amsrepomirror.testing.repository import (
     PLACEHOLDER_ORIGIN,
-    ScmDouble,
     change_file,
     listing_path,
     make_repository,
@@ -28,6 +27,7 @@ from amsrepomirror.testing.scmdouble import (
     write_file,
     write_listing,
 )
+from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER, FAULTS, ScmDouble, fault_table
 
 AUTH = (DEMO_USER, DEMO_PASSWORD)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,7 @@ def test_repository_layout_and_listing(repo_tree, scm_double):
     scm_double.clear_log()
     with requests.Session() as s:
         s.auth = AUTH
-        for url, rel in zip(urls, rels):
+        for url, rel in zip(urls, rels, strict=True):
             r = s.get(url)
             if rel.startswith("licensed/"):
                 assert r.status_code == 401
@@ -264,7 +264,7 @@ def test_listing_retargeted_on_start(repo_tree):
 def test_cut_after(scm_double, repo_tree):
     scm_double.cut_after("linux/*", 5000, times=1)
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-        requests.get(scm_double.url(ADF), auth=AUTH).content
+        _ = requests.get(scm_double.url(ADF), auth=AUTH).content
     rec = scm_double.log[-1]
     assert rec.fault == "cut" and rec.status == 200 and rec.body_bytes == 5000
     # only once, and only for matching paths; a resume with Range works
@@ -318,7 +318,7 @@ def test_throttle(scm_double, repo_tree):
 def test_stall_after(scm_double):
     scm_double.stall_after(ADF, 1000, seconds=3)
     with pytest.raises(requests.exceptions.ConnectionError):  # read timeout while streaming
-        requests.get(scm_double.url(ADF), auth=AUTH, timeout=(2, 0.3)).content
+        _ = requests.get(scm_double.url(ADF), auth=AUTH, timeout=(2, 0.3)).content
     assert scm_double.log[-1].fault == "stall"
 
 
@@ -330,6 +330,25 @@ def test_stop_drops_keepalive_connections(repo_tree):
     with pytest.raises(requests.exceptions.ConnectionError):
         s.get(double.url(ADF), auth=AUTH)
     s.close()
+
+
+def test_every_fault_is_in_the_one_table_and_help_lists_them(tmp_path, capsys):
+    """FAULTS lists every switch: each quirk of misbehave() and each lie, and nothing else is accepted."""
+    quirks = [name for name in inspect.signature(ScmDouble.misbehave).parameters if name not in ("self", "glob")]
+    assert sorted(f"quirk:{q}" for q in quirks) == sorted(k for k in FAULTS if k.startswith("quirk:"))
+    double = ScmDouble(tmp_path)
+    lies = [k.removeprefix("lie:") for k in FAULTS if k.startswith("lie:")]
+    for how in lies:
+        double.lie("*", how)
+    with pytest.raises(ValueError, match="unknown lie 'fib'"):
+        double.lie("*", "fib")
+    assert all(FAULTS[f"lie:{how}"].answers in ("range", "whole") for how in lies)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--help"])
+    assert stopped.value.code == 0
+    out = capsys.readouterr().out
+    assert all(line in out.splitlines() for line in fault_table().splitlines())
+    assert len(fault_table().splitlines()) == len(FAULTS)
 
 
 def test_main_serves_until_sigterm(tmp_path):

@@ -13,7 +13,7 @@ import time
 import pytest
 from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 
-from amsrepomirror.testing.scmdouble import change_file, write_file, write_listing
+from amsrepomirror.testing.repository import change_file, write_file, write_listing
 
 VERSION = "AMS2026.1"
 HUGE = "linux/x86_64/huge-2026.101.tar.zst"

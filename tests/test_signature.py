@@ -16,7 +16,8 @@ from skkeys import USER_PRESENT, USER_VERIFIED, SkKey
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME
 from amsrepomirror.bundle.signature import CHECKED_BY
 from amsrepomirror.bundle.sums import read_sums, write_sums
-from amsrepomirror.testing.scmdouble import PLACEHOLDER_ORIGIN, ScmDouble, change_file, make_repository, write_file, write_listing
+from amsrepomirror.testing.repository import PLACEHOLDER_ORIGIN, change_file, make_repository, write_file, write_listing
+from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
 SIG = MANIFEST_NAME + ".sig"

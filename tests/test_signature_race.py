@@ -24,7 +24,7 @@ from test_signature import pytestmark as needs_ssh_keygen
 
 from amsrepomirror.bundle.format import MANIFEST_NAME
 from amsrepomirror.offline.placement import RECEIPT, STOP_AT_ENV
-from amsrepomirror.testing.scmdouble import change_file
+from amsrepomirror.testing.repository import change_file
 
 CHANGED = "linux/x86_64/adf-2026.101.tar.zst"
 #: Generous bound for one unpack of the small test repository (never asserted as a speed).

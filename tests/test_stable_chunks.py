@@ -14,7 +14,7 @@ from servers import require_tool
 from amsrepomirror.bundle.format import MANIFEST_NAME, part_member
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.pack.plan import chunk_plan
-from amsrepomirror.testing.scmdouble import change_file, make_repository
+from amsrepomirror.testing.repository import change_file, make_repository
 
 VERSION = "AMS2026.1"
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB: split over many chunks of 256 KiB

@@ -201,7 +201,7 @@ def test_nginx_over_https(repo_tree, pki, tmp_path):
 def test_a_redirect_from_https_to_plain_http_is_not_followed(https_double, repo_tree, pki, tmp_path, glob, method):
     """~/.netrc names the host: requests would strip the password on the way to plain http and
     put it back from ~/.netrc; the file would come unprotected."""
-    from amsrepomirror.testing.scmdouble import retarget_listing
+    from amsrepomirror.testing.repository import retarget_listing
 
     big = "linux/x86_64/python3.11-2026.101.tar.zst"
     with ScmDouble(repo_tree) as plain:

@@ -23,7 +23,8 @@ from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, B
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.pack.readme import readme_text
 from amsrepomirror.pack.tool import ToolSpec, install_script, tool_matches
-from amsrepomirror.testing.scmdouble import DEFAULT_VERSION, ScmDouble, make_repository
+from amsrepomirror.testing.repository import DEFAULT_VERSION, make_repository
+from amsrepomirror.testing.scmdouble import ScmDouble
 from amsrepomirror.util.hashing import sha256_file
 
 PYENV = Path("/root/.pyenv/versions")
