@@ -83,6 +83,34 @@ def test_a_block_meant_to_run_is_marked_exactly():
     assert near == []
 
 
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def heading_anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings (outside fenced blocks): lower case, punctuation dropped, spaces as -."""
+    fenced = {line for start, _, body in fenced_blocks(page.read_text(encoding="utf-8"))
+              for line in range(start, start + body.count("\n") + 1)}
+    anchors = set()
+    for n, line in enumerate(page.read_text(encoding="utf-8").split("\n"), start=1):
+        if n not in fenced and re.match(r"#{1,6} ", line):
+            anchors.add(re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-"))
+    return anchors
+
+
+def test_links_between_the_pages_resolve():
+    """A page moved or a heading renamed leaves no link pointing at nothing."""
+    broken = []
+    for page in PAGES:
+        for target in LINK.findall(page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists() or (anchor and anchor not in heading_anchors(linked)):
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert broken == []
+
+
 def test_the_readme_and_the_operations_page_have_runnable_blocks():
     assert len(runnable_blocks(REPO / "README.md")) >= 3
     assert len(runnable_blocks(REPO / "docs" / "operations.md")) >= 3
