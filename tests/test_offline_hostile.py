@@ -413,7 +413,8 @@ def test_readme_lists_the_files_and_its_by_hand_check_catches_an_added_one(sourc
                          ids=["twice-in-one-name", "listed-names"])
 def test_a_name_with_a_newline_cannot_hide_from_the_by_hand_folder_check(source, tmp_path, name):
     """A name holding a newline is several lines to find | sort | uniq -u: one whose lines are a listed name or
-    repeat each other vanished from the check, while the README's `for c in *.7z` loop would unpack it."""
+    repeat each other vanished from the check, while the `for c in *.7z` loop (README.txt, docs/bundle-format.md)
+    would unpack it."""
     out = copy_of(source, tmp_path)
     planted = tmp_path / "planted"
     planted.mkdir()
