@@ -407,14 +407,15 @@ def test_readme_lists_the_files_and_its_by_hand_check_catches_an_added_one(sourc
     (out / "chunk-0123456789abcdef.7z").write_bytes(b"7z")
     (out / ".hidden.7z").write_bytes(b"7z")
     assert _folder_check(out) == ".hidden.7z\nchunk-0123456789abcdef.7z\n"
-    assert FOLDER_CHECK in (REPO / "README.md").read_text(encoding="utf-8")  # the same check in the project's README
+    assert FOLDER_CHECK in (REPO / "docs" / "bundle-format.md").read_text(encoding="utf-8")  # the same check in the docs
 
 
 @pytest.mark.parametrize("name", ["chunk-0123456789abcdef.7z\nchunk-0123456789abcdef.7z", "README.txt\nx.7z\nx.7z"],
                          ids=["twice-in-one-name", "listed-names"])
 def test_a_name_with_a_newline_cannot_hide_from_the_by_hand_folder_check(source, tmp_path, name):
     """A name holding a newline is several lines to find | sort | uniq -u: one whose lines are a listed name or
-    repeat each other vanished from the check, while the README's `for c in *.7z` loop would unpack it."""
+    repeat each other vanished from the check, while the `for c in *.7z` loop (README.txt, docs/bundle-format.md)
+    would unpack it."""
     out = copy_of(source, tmp_path)
     planted = tmp_path / "planted"
     planted.mkdir()
