@@ -97,7 +97,7 @@ def read_entries(ini: Path) -> list[Entry]:
         with open(ini, encoding="utf-8") as f:
             parser.read_file(f)
     except (OSError, configparser.Error) as exc:
-        raise SystemExit(f"error: cannot read {ini}: {exc}")
+        raise SystemExit(f"error: cannot read {ini}: {exc}") from None
     entries = []
     for name in parser.sections():
         section = parser[name]

@@ -332,7 +332,7 @@ MARK = 'echo "mark $(date +%s.%N)"'  # timestamps between the steps of a peer sc
 def steps(stdout: str) -> list[float]:
     """Seconds between consecutive MARK lines of a peer script's output."""
     marks = [float(m) for m in re.findall(r"^mark (\d+\.\d+)$", stdout, re.M)]
-    return [b - a for a, b in zip(marks, marks[1:])]
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
 
 
 def sh(path: Path) -> str:
@@ -376,7 +376,7 @@ def check_unpacked(mirror: Path, repository: Path) -> int:
     """``repository`` holds exactly the files of the mirror manifest, same size and sha256."""
     want = {f["path"]: (f["size"], f["sha256"]) for f in json.loads(manifest_path(mirror).read_text())["files"]}
     found: dict[str, tuple[int, str]] = {}
-    for dirpath, dirnames, filenames in os.walk(repository):
+    for dirpath, _dirnames, filenames in os.walk(repository):
         for name in filenames:
             full = Path(dirpath) / name
             rel = full.relative_to(repository).as_posix()
@@ -434,9 +434,9 @@ def bench_tree(spec: TreeSpec, work: Path, cache: Cache, repeats: int) -> TreeRe
     # bundle of our last bundle run.
     ours_b = peer_b = None
     for i in range(repeats):
-        ours_b = best(ours_b, measure("ours-bundle", lambda n: ours_bundle(mirror, ours_out, spec, logs, f"{n}-{i}"),
+        ours_b = best(ours_b, measure("ours-bundle", lambda n, i=i: ours_bundle(mirror, ours_out, spec, logs, f"{n}-{i}"),
                                       cache, warm_up=i == 0, check=chunk_check))
-        peer_b = best(peer_b, measure("peer-bundle", lambda n: peer_bundle(mirror, peer_out, spec, logs, f"{n}-{i}"),
+        peer_b = best(peer_b, measure("peer-bundle", lambda n, i=i: peer_bundle(mirror, peer_out, spec, logs, f"{n}-{i}"),
                                       cache, warm_up=i == 0, check=peer_check))
     remove(peer_out)
     chunks = len(list(ours_out.glob("*.7z")))
@@ -453,9 +453,9 @@ def bench_tree(spec: TreeSpec, work: Path, cache: Cache, repeats: int) -> TreeRe
 
     ours_u = peer_u = None
     for i in range(repeats):
-        ours_u = best(ours_u, measure("ours-unpack", lambda n: ours_unpack(ours_out, amshome, logs, f"{n}-{i}"),
+        ours_u = best(ours_u, measure("ours-unpack", lambda n, i=i: ours_unpack(ours_out, amshome, logs, f"{n}-{i}"),
                                       cache, warm_up=i == 0, check=unpack_check))
-        peer_u = best(peer_u, measure("peer-unpack", lambda n: peer_unpack(ours_out, peer_dest, logs, f"{n}-{i}"),
+        peer_u = best(peer_u, measure("peer-unpack", lambda n, i=i: peer_unpack(ours_out, peer_dest, logs, f"{n}-{i}"),
                                       cache, warm_up=i == 0, check=peer_unpack_check))
     print(f"   unpacked tree equals the mirror manifest ({checked} files, sizes and sha256)", flush=True)
     for p in (peer_dest, amshome):
@@ -492,7 +492,9 @@ def table(results: list[TreeResult]) -> Verdicts:
                 ("unpack", r.ours_unpack, r.peer_unpack, UNPACK_SPEEDUP, ("sha256sum -c", "7zz x"))):
             ratio = peer.run.seconds / ours.run.seconds
             split = steps(peer.run.stdout)
-            note = ("peer: " + " + ".join(f"`{n}` {t:.2f} s" for n, t in zip(names, split))) if len(split) == 2 else ""
+            note = ""
+            if len(split) == 2:
+                note = "peer: " + " + ".join(f"`{n}` {t:.2f} s" for n, t in zip(names, split, strict=True))
             if step == "bundle" and note:
                 note += " (of every file)"
             ok = ratio >= target

@@ -74,7 +74,7 @@ class Table:
     def add(self, *cells: str) -> None:
         row = list(cells) + [""] * (len(COLUMNS) - len(cells))
         self.rows.append(row)
-        print("  " + "; ".join(f"{k}: {v}" for k, v in zip(COLUMNS, row) if v), flush=True)
+        print("  " + "; ".join(f"{k}: {v}" for k, v in zip(COLUMNS, row, strict=True) if v), flush=True)
         if row[6]:
             self.targets.append(f"- {row[0]}, {row[1]}: {row[6]} → **{row[7]}** (ours {row[2]}, {row[3]} {row[4]})")
 

@@ -231,7 +231,7 @@ def versions_and_urls(args) -> list[tuple[str, str]]:
     repeated = sorted({v for v in versions if versions.count(v) > 1})
     if repeated:
         raise UsageError(f"--version {repeated[0]} is given more than once")
-    pairs = list(zip(versions, urls or [""] * len(versions)))
+    pairs = list(zip(versions, urls or [""] * len(versions), strict=True))
     for version, url in pairs:
         repository_root(listing_url_for(version, url))
     return pairs

@@ -75,7 +75,7 @@ def check_plan_invariants(plan, files, chunk_size):
     for path, pieces in covered.items():
         pieces.sort()
         pos = 0
-        for offset, size, member, _ in pieces:
+        for offset, size, _member, _ in pieces:
             assert offset == pos, f"{path}: gap or overlap at {pos}"
             pos += size
         assert pos == by_path[path].size, f"{path}: {pos} of {by_path[path].size} bytes covered"
@@ -219,7 +219,7 @@ def test_size_budget_holds_for_many_tiny_files_with_long_names(tmp_path, compres
     plan = chunk_plan(files, chunk_size, "V1", compression)
     assert len(plan) >= 4
     results = write_all(plan, tmp_path / "mirror", tmp_path / "bundle", files, compression)
-    for spec_, result in zip(plan, results):
+    for spec_, result in zip(plan, results, strict=True):
         path = tmp_path / "bundle" / spec_.name
         assert result.chunk.size == path.stat().st_size <= spec_.max_size <= chunk_size
         assert result.chunk.sha256 == sha256_file(path)
@@ -237,7 +237,7 @@ def test_write_chunk_returns_piece_hashes_and_round_trips(tmp_path):
     big = (tmp_path / "m" / "b" / "big.bin").read_bytes()
     import hashlib
 
-    for spec, result in zip(plan, results):
+    for spec, result in zip(plan, results, strict=True):
         assert set(result.piece_sha256) == {p.member for p in spec.pieces}
         for p in spec.pieces:
             if p.path == "b/big.bin":

@@ -161,7 +161,7 @@ def test_config_names_the_file_each_value_came_from(place, etc_luigi_cfg):
     listed, settings = printable(result.stdout)
     assert [label for label in listed] == [SHIPPED] + LAYERS
     assert [listed[label] for label in LAYERS] == [str(p) for p in files]
-    for name, label in zip(names, LAYERS):
+    for name, label in zip(names, LAYERS, strict=True):
         assert settings["layers", f"upto_{name}"] == (name, label)
     assert settings["VerifyTree", "deep"] == ("False", "/etc/luigi/luigi.cfg")
     assert settings["BundleArchive", "chunk_size"] == ("3900MiB", SHIPPED)

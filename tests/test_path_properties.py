@@ -32,7 +32,7 @@ rel_path = st.lists(segment, min_size=1, max_size=4).map("/".join)
 
 def _case_variants(text: str) -> st.SearchStrategy:
     return st.lists(st.booleans(), min_size=len(text), max_size=len(text)).map(
-        lambda upper: "".join(c.upper() if u else c for c, u in zip(text, upper)))
+        lambda upper: "".join(c.upper() if u else c for c, u in zip(text, upper, strict=True)))
 
 
 # ---- the one path rule ---------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
     finally:
         checking.close()
     files, unauthorized, refused_with, failed = [], [], {}, []
-    for item, answer in zip(selected, answers):
+    for item, answer in zip(selected, answers, strict=True):
         if isinstance(answer, MirrorError):
             failed.append({"path": item.path, "message": str(answer)})
         elif answer.status in (401, 403):

@@ -77,8 +77,7 @@ def tool_matches(bundle_dir: Path, with_tool: bool, pythons: Sequence[str], plat
 def _pip(args: list[str], what: str) -> None:
     """Run ``python -m pip ARGS``; MirrorError with pip's last error line when it fails."""
     try:
-        done = subprocess.run([sys.executable, "-m", "pip", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, timeout=PIP_TIMEOUT)
+        done = subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=PIP_TIMEOUT)
     except subprocess.TimeoutExpired:
         raise MirrorError(f"bundle --with-tool: {what} took longer than {PIP_TIMEOUT} s") from None
     if done.returncode:
