@@ -4,8 +4,8 @@ Each section of ``.ci/mutants.ini`` is one guard::
 
     [verify-chunk-hash]
     file = pipeline/bundle/verify.py
-    function = verify_bundle
-    find = digest != expected_sha[name]
+    function = _check_chunk
+    find = digest != expected.sha256[name]
     replace = False
     tests = tests/test_bitrot.py -k corrupt
     note = optional words for the report

@@ -255,139 +255,190 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     """
     bundle_dir = Path(bundle_dir)
     report = VerifyReport(bundle_dir=bundle_dir)
-    add = report.problems.append
-
     if not bundle_dir.is_dir():
-        add(Problem(str(bundle_dir), "missing", "not a folder"))
+        report.problems.append(Problem(str(bundle_dir), "missing", "not a folder"))
         return report
+    sums = _read_sums(report)
+    manifest = _read_manifest(report, sums, manifest_bytes)
+    _check_readme(report, sums, manifest)
+    _check_signature_file(report, sums)
+    if manifest is not None:
+        _check_manifest(report, manifest, sums)
+    expected = _expected_chunks(manifest, sums)
+    content = _ContentCheck(manifest, on_bytes) if test_archives else None
+    _check_chunks(report, expected, content, partial=partial, on_bytes=on_bytes, on_total=on_total)
+    if manifest is not None or sums is not None:
+        _check_unlisted(report, expected.size, [t.path for t in manifest.tool] if manifest is not None else list(sums or {}))
+    return report
 
-    sums: dict[str, str] | None = None
+
+def _read_sums(report: VerifyReport) -> dict[str, str] | None:
+    """SHA256SUMS as {name: sha256}; None (and a problem) when it is missing or malformed."""
     try:
-        sums = read_sums(bundle_dir)
+        return read_sums(report.bundle_dir)
     except IntegrityError as exc:
-        missing = not (bundle_dir / SUMS_NAME).exists()
-        add(Problem(SUMS_NAME, "missing" if missing else "corrupt",
-                    "bundle incomplete: it is written last" if missing else str(exc)))
+        missing = not (report.bundle_dir / SUMS_NAME).exists()
+        report.problems.append(Problem(SUMS_NAME, "missing" if missing else "corrupt",
+                                       "bundle incomplete: it is written last" if missing else str(exc)))
+        return None
 
+
+def _read_manifest(report: VerifyReport, sums: dict[str, str] | None,
+                   manifest_bytes: bytes | None | object) -> BundleManifest | None:
+    """manifest.json parsed from exactly the bytes checked against SHA256SUMS (``verify_bundle`` says
+    where they come from); also kept in the report, with its first path warnings."""
+    add = report.problems.append
     manifest: BundleManifest | None = None
-    manifest_path = bundle_dir / MANIFEST_NAME
     try:
         if manifest_bytes is READ_MANIFEST:
-            manifest_bytes = read_manifest_bytes(bundle_dir)
+            manifest_bytes = read_manifest_bytes(report.bundle_dir)
         if manifest_bytes is None:
             add(Problem(MANIFEST_NAME, "missing"))
         else:
             if sums is not None and sums.get(MANIFEST_NAME) != hashlib.sha256(manifest_bytes).hexdigest():  # guard: manifest-sums
                 add(Problem(MANIFEST_NAME, "corrupt", f"does not match {SUMS_NAME}"))
-            manifest = BundleManifest.from_bytes(manifest_bytes, manifest_path)
+            manifest = BundleManifest.from_bytes(manifest_bytes, report.bundle_dir / MANIFEST_NAME)
     except IntegrityError as exc:
         add(Problem(MANIFEST_NAME, "unreadable", str(exc)))
     report.manifest = manifest
     if manifest is not None:
         report.warnings.extend(manifest.path_warnings[:3])
+    return manifest
 
-    readme_path = bundle_dir / README_NAME
+
+def _check_readme(report: VerifyReport, sums: dict[str, str] | None, manifest: BundleManifest | None) -> None:
+    """README.txt as SHA256SUMS and the (signed) manifest list it; a missing one is only a warning."""
+    readme_path = report.bundle_dir / README_NAME
     if not readme_path.exists():  # documentation: its absence does not make the bundle unusable
-        report.warnings.append(f"{README_NAME} is missing from {bundle_dir} (it only documents the bundle; "
+        report.warnings.append(f"{README_NAME} is missing from {report.bundle_dir} (it only documents the bundle; "
                                "the chunks are checked against manifest.json and SHA256SUMS)")
-    elif sums is not None or (manifest is not None and manifest.readme_sha256):
-        try:
-            digest = sha256_file(readme_path)
-            if sums is not None and sums.get(README_NAME) != digest:
-                add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
-            elif manifest is not None and manifest.readme_sha256 and digest != manifest.readme_sha256:  # guard: readme-signed
-                add(Problem(README_NAME, "corrupt", f"does not match {MANIFEST_NAME}: do not follow it"))
-        except OSError as exc:
-            add(Problem(README_NAME, "unreadable", str(exc)))
+        return
+    if sums is None and (manifest is None or not manifest.readme_sha256):
+        return
+    add = report.problems.append
+    try:
+        digest = sha256_file(readme_path)
+        if sums is not None and sums.get(README_NAME) != digest:
+            add(Problem(README_NAME, "corrupt", f"does not match {SUMS_NAME}"))
+        elif manifest is not None and manifest.readme_sha256 and digest != manifest.readme_sha256:  # guard: readme-signed
+            add(Problem(README_NAME, "corrupt", f"does not match {MANIFEST_NAME}: do not follow it"))
+    except OSError as exc:
+        add(Problem(README_NAME, "unreadable", str(exc)))
 
-    signature_path = bundle_dir / SIGNATURE_NAME  # what it proves is checked by bundle.signature
-    if sums is not None and signature_path.exists() != (SIGNATURE_NAME in sums):
+
+def _check_signature_file(report: VerifyReport, sums: dict[str, str] | None) -> None:
+    """The signature file is in SHA256SUMS exactly when it is in the folder, with that sha256 (what it
+    proves is checked by bundle.signature)."""
+    if sums is None:
+        return
+    signature_path = report.bundle_dir / SIGNATURE_NAME
+    add = report.problems.append
+    if signature_path.exists() != (SIGNATURE_NAME in sums):
         add(Problem(SIGNATURE_NAME, f"not in {SUMS_NAME}" if signature_path.exists() else "missing"))
-    elif sums is not None and signature_path.exists():
+    elif signature_path.exists():
         try:
             if sums[SIGNATURE_NAME] != hashlib.sha256(read_bounded(signature_path, SIGNATURE_LIMIT)).hexdigest():
                 add(Problem(SIGNATURE_NAME, "corrupt", f"does not match {SUMS_NAME}"))
         except OSError as exc:
             add(Problem(SIGNATURE_NAME, "unreadable", str(exc)))
 
-    # What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS.
-    expected: dict[str, int | None] = {}
-    expected_sha: dict[str, str] = {}
-    chunks: dict[str, Chunk] = {}
+
+def _check_manifest(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
+    """manifest.json's own consistency, its agreement with SHA256SUMS, and the tool/ files it lists."""
+    for issue in _check_manifest_consistency(manifest):
+        report.problems.append(Problem(MANIFEST_NAME, "inconsistent", issue))
+    if sums is not None:
+        _check_sums_agree(report, manifest, sums)
+    report.problems += [Problem(path, what) for path, what in tool_problems(report.bundle_dir, manifest, sums)]
+
+
+def _check_sums_agree(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str]) -> None:
+    """SHA256SUMS names every chunk with the manifest's sha256, and nothing the manifest does not list."""
+    add = report.problems.append
+    for c in manifest.chunks:
+        if c.name not in sums:
+            add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
+        elif sums[c.name] != c.sha256:  # guard: verify-sums-agree
+            add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
+    listed = {c.name for c in manifest.chunks} | {t.path for t in manifest.tool}
+    for name in sorted(set(sums) - listed - {MANIFEST_NAME, README_NAME, SIGNATURE_NAME}):
+        add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
+
+
+@dataclass
+class _ExpectedChunks:
+    """What the chunks should be: from the manifest, else (damaged manifest) from SHA256SUMS."""
+
+    size: dict[str, int | None] = field(default_factory=dict)  # None: not known (from SHA256SUMS)
+    sha256: dict[str, str] = field(default_factory=dict)
+    chunks: dict[str, Chunk] = field(default_factory=dict)  # the manifest's entries, when it was read
+    order: list[str] = field(default_factory=list)  # the manifest's chunk order, else the names sorted
+
+
+def _expected_chunks(manifest: BundleManifest | None, sums: dict[str, str] | None) -> _ExpectedChunks:
+    expected = _ExpectedChunks()
     if manifest is not None:
-        for issue in _check_manifest_consistency(manifest):
-            add(Problem(MANIFEST_NAME, "inconsistent", issue))
         for c in manifest.chunks:
-            expected[c.name] = c.size
-            expected_sha[c.name] = c.sha256
-            chunks[c.name] = c
-        if sums is not None:
-            for c in manifest.chunks:
-                if c.name not in sums:
-                    add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
-                elif sums[c.name] != c.sha256:  # guard: verify-sums-agree
-                    add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
-            tool = {t.path for t in manifest.tool}
-            for name in sorted(set(sums) - set(expected) - {MANIFEST_NAME, README_NAME, SIGNATURE_NAME} - tool):
-                add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
-        report.problems += [Problem(path, what) for path, what in tool_problems(bundle_dir, manifest, sums)]
+            expected.size[c.name] = c.size
+            expected.sha256[c.name] = c.sha256
+            expected.chunks[c.name] = c
+        expected.order = list(dict.fromkeys(c.name for c in manifest.chunks))
     elif sums is not None:
         for name, digest in sums.items():
             if name not in (MANIFEST_NAME, README_NAME, SIGNATURE_NAME) and not is_tool_path(name):
-                expected[name] = None
-                expected_sha[name] = digest
+                expected.size[name] = None
+                expected.sha256[name] = digest
+        expected.order = sorted(expected.size)
+    return expected
 
-    # Sizes first (cheap); the chunks of the right size are hashed HASH_THREADS at a time while
-    # the results are taken (and archives tested) in the order of the chunk list.
-    order = list(dict.fromkeys(c.name for c in manifest.chunks)) if manifest is not None else sorted(expected)
-    hashing: dict[str, Future[str]] = {}
+
+def _is_chunk_name(name: str) -> bool:
+    """A name verify may open as a chunk: a plain file name, not one of the bundle's own files."""
+    return is_plain_file_name(name) and name not in (MANIFEST_NAME, SUMS_NAME, README_NAME)
+
+
+def _right_size(size: int | None, want: int | None) -> bool:
+    """Present, and of the listed size when one is listed: worth hashing."""
+    return size is not None and (want is None or size == want)
+
+
+def _chunk_sizes(report: VerifyReport, order: list[str]) -> dict[str, int | None]:
+    """Each chunk's size on disk (None: missing), before anything is read."""
     sizes: dict[str, int | None] = {}
     for name in order:
-        if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
+        if not _is_chunk_name(name):
             continue
         try:
-            sizes[name] = (bundle_dir / name).stat().st_size
+            sizes[name] = (report.bundle_dir / name).stat().st_size
         except FileNotFoundError:
             sizes[name] = None
-    content = _ContentCheck(manifest, on_bytes) if test_archives else None
+    return sizes
+
+
+def _bytes_to_read(sizes: dict[str, int | None], expected: _ExpectedChunks, content: _ContentCheck | None,
+                   manifest: BundleManifest | None) -> int:
+    """What the progress bar counts to: the chunks hashed, plus the members decompressed."""
+    present = {n for n, size in sizes.items() if _right_size(size, expected.size[n])}
+    members = sum(p.size for f in manifest.files for p in f.parts if p.chunk in present) if content and manifest else 0
+    return sum(sizes[n] for n in present) + members
+
+
+def _check_chunks(report: VerifyReport, expected: _ExpectedChunks, content: _ContentCheck | None, *,
+                  partial: bool, on_bytes: Callable[[int], None] | None,
+                  on_total: Callable[[int], None] | None) -> None:
+    """Sizes first (cheap); the chunks of the right size are hashed HASH_THREADS at a time while
+    the results are taken (and archives tested) in the order of the chunk list."""
+    sizes = _chunk_sizes(report, expected.order)
     if on_total is not None:
-        present = {n for n, size in sizes.items() if size is not None and expected[n] in (None, size)}
-        members = sum(p.size for f in manifest.files for p in f.parts if p.chunk in present) if content and manifest else 0
-        on_total(sum(sizes[n] for n in present) + members)
+        on_total(_bytes_to_read(sizes, expected, content, report.manifest))
+    hashing: dict[str, Future[str]] = {}
     pool = ThreadPoolExecutor(max_workers=HASH_THREADS, thread_name_prefix="amsrepomirror-verify")
     try:
         for name, size in sizes.items():
-            want = expected[name]
-            if size is not None and (want is None or size == want):
-                hashing[name] = pool.submit(sha256_file, bundle_dir / name, on_bytes)
-
-        for name in order:
-            if not is_plain_file_name(name) or name in (MANIFEST_NAME, SUMS_NAME, README_NAME):
-                add(Problem(name, "unsafe chunk name", chunk=False))
-                continue
-            path = bundle_dir / name
-            size = sizes[name]
-            if size is None:
-                if partial:
-                    report.not_here.append(name)
-                else:
-                    add(Problem(name, "missing", chunk=True))
-                continue
-            want = expected[name]
-            if want is not None and size < want:
-                add(Problem(name, "truncated", f"{size} of {want} bytes", chunk=True))
-                continue
-            if want is not None and size > want:
-                add(Problem(name, "wrong size", f"{size} bytes, expected {want}", chunk=True))
-                continue
-            digest = hashing[name].result()
-            report.chunks_checked += 1
-            report.bytes_checked += size
-            if digest != expected_sha[name]:  # guard: verify-chunk-hash
-                add(Problem(name, "corrupt", "sha256 differs", chunk=True))
-                continue
-            if content is not None:
-                report.problems += content.check(path, chunks.get(name))
+            if _right_size(size, expected.size[name]):
+                hashing[name] = pool.submit(sha256_file, report.bundle_dir / name, on_bytes)
+        for name in expected.order:
+            _check_chunk(report, name, sizes, hashing, expected, content, partial)
         if content is not None:
             report.problems += content.finish()
     finally:
@@ -395,9 +446,42 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
             future.cancel()
         pool.shutdown(wait=True)
 
-    if manifest is not None or sums is not None:
-        _check_unlisted(report, expected, [t.path for t in manifest.tool] if manifest is not None else list(sums or {}))
-    return report
+
+def _check_chunk(report: VerifyReport, name: str, sizes: dict[str, int | None], hashing: dict[str, Future[str]],
+                 expected: _ExpectedChunks, content: _ContentCheck | None, partial: bool) -> None:
+    """One chunk: its name, presence, size and sha256, then (``content``) what it holds."""
+    add = report.problems.append
+    if not _is_chunk_name(name):
+        add(Problem(name, "unsafe chunk name", chunk=False))
+        return
+    size = sizes[name]
+    if size is None:
+        if partial:
+            report.not_here.append(name)
+        else:
+            add(Problem(name, "missing", chunk=True))
+        return
+    wrong = _size_problem(name, size, expected.size[name])
+    if wrong is not None:
+        add(wrong)
+        return
+    digest = hashing[name].result()
+    report.chunks_checked += 1
+    report.bytes_checked += size
+    if digest != expected.sha256[name]:  # guard: verify-chunk-hash
+        add(Problem(name, "corrupt", "sha256 differs", chunk=True))
+        return
+    if content is not None:
+        report.problems += content.check(report.bundle_dir / name, expected.chunks.get(name))
+
+
+def _size_problem(name: str, size: int, want: int | None) -> Problem | None:
+    """A chunk shorter ("truncated") or longer than the manifest lists."""
+    if want is not None and size < want:
+        return Problem(name, "truncated", f"{size} of {want} bytes", chunk=True)
+    if want is not None and size > want:
+        return Problem(name, "wrong size", f"{size} bytes, expected {want}", chunk=True)
+    return None
 
 
 #: verify names at most this many files it ignored.
