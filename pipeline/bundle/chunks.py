@@ -68,11 +68,24 @@ def check_members(archive_path, chunk: Chunk, expected: Expected | None = None) 
     Returns ``{member: declared uncompressed size}`` for the file members. When ``expected`` is
     given, the declared sizes must also match it. Raises IntegrityError naming chunk and member.
     """
+    entries = _read_entries(archive_path, chunk)
+    wanted = set(chunk.members)
+    problems = _unsafe_listed(wanted)
+    files, seen, entry_problems = _check_entries(entries, wanted, expected)
+    problems += entry_problems
+    problems += _missing_members(wanted, files, seen)
+    if problems:
+        raise unsafe_content(archive_path, chunk, problems)
+    return files
+
+
+def _read_entries(archive_path, chunk: Chunk) -> list:
+    """The archive's header entries (py7zr ArchiveFile); IntegrityError when it is encrypted or unreadable."""
     try:
         with py7zr.SevenZipFile(archive_path, mode="r") as sz:
             if sz.needs_password():
                 raise IntegrityError(f"chunk {chunk.name} ({archive_path}) is encrypted; bundles never are")
-            entries = list(sz.files)
+            return list(sz.files)
     except IntegrityError:
         raise
     except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, EOFError, ValueError,
@@ -81,15 +94,24 @@ def check_members(archive_path, chunk: Chunk, expected: Expected | None = None) 
     except OSError as exc:
         raise IntegrityError(f"cannot read chunk {chunk.name} ({archive_path}): {exc}") from exc
 
-    wanted = set(chunk.members)
-    problems: list[str] = []
+
+def _unsafe_listed(wanted: set[str]) -> list[str]:
+    """Members the manifest lists under names unpack would never write."""
+    problems = []
     for m in sorted(wanted):
         why = path_problem(m)
         if why:
             problems.append(f"manifest lists unsafe member {m!r} ({why})")
+    return problems
+
+
+def _check_entries(entries: list, wanted: set[str], expected: Expected | None) -> tuple[dict[str, int], set[str], list[str]]:
+    """Each entry in archive order: a safe name, not seen before, then what it is (``_entry_problem``).
+    Returns the file members with their declared sizes, every name seen, and the problems."""
     allowed_dirs = {p for m in wanted for p in parent_dirs(m)}
     files: dict[str, int] = {}
-    seen = set()
+    seen: set[str] = set()
+    problems: list[str] = []
     for f in entries:
         name = f.filename
         why = path_problem(name)  # guard: extract-member-path
@@ -100,24 +122,33 @@ def check_members(archive_path, chunk: Chunk, expected: Expected | None = None) 
             problems.append(f"member {name!r}: duplicate name")
             continue
         seen.add(name)
-        kind, why = _member_type(f)
-        if kind == "bad":  # guard: member-type-check
-            problems.append(f"member {name!r}: {why} (only regular files are allowed)")
-        elif kind == "dir":
-            if name not in allowed_dirs:
-                problems.append(f"member {name!r}: directory entry that is not a parent of any expected member")
-        elif name not in wanted:
-            problems.append(f"member {name!r}: not listed for this chunk in the bundle manifest")
-        else:
-            files[name] = int(f.uncompressed or 0)
-            if expected is not None and name in expected and files[name] != expected[name][0]:
-                problems.append(f"member {name!r}: declared size {files[name]} != expected {expected[name][0]}")
-    for m in sorted(wanted - set(files)):
-        if m not in seen:
-            problems.append(f"member {m!r}: listed in the bundle manifest but missing from the chunk")
-    if problems:
-        raise unsafe_content(archive_path, chunk, problems)
-    return files
+        why = _entry_problem(f, name, wanted, allowed_dirs, expected, files)
+        if why:
+            problems.append(f"member {name!r}: {why}")
+    return files, seen, problems
+
+
+def _entry_problem(f, name: str, wanted: set[str], allowed_dirs: set[str], expected: Expected | None,
+                   files: dict[str, int]) -> str | None:
+    """What is wrong with one (safely named) entry: only the chunk's listed regular files, of the
+    expected declared size, and folders above them may be there. A listed file is added to ``files``."""
+    kind, why = _member_type(f)
+    if kind == "bad":  # guard: member-type-check
+        return f"{why} (only regular files are allowed)"
+    if kind == "dir":
+        return None if name in allowed_dirs else "directory entry that is not a parent of any expected member"
+    if name not in wanted:
+        return "not listed for this chunk in the bundle manifest"
+    files[name] = int(f.uncompressed or 0)
+    if expected is not None and name in expected and files[name] != expected[name][0]:
+        return f"declared size {files[name]} != expected {expected[name][0]}"
+    return None
+
+
+def _missing_members(wanted: set[str], files: dict[str, int], seen: set[str]) -> list[str]:
+    """Listed members the archive does not hold at all (one held as something else is already refused)."""
+    return [f"member {m!r}: listed in the bundle manifest but missing from the chunk"
+            for m in sorted(wanted - set(files)) if m not in seen]
 
 
 class WriteOnlySink(Py7zIO):
