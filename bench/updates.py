@@ -192,69 +192,126 @@ def check_tree(name: str, folder: Path, expected: dict[str, str]) -> int:
 # ---- the scenario -----------------------------------------------------------------------------------
 
 
+@dataclass
+class Scene:
+    """What the steps of the scenario share: the runner, the scratch folder and the figures so far."""
+
+    bench: Bench
+    work: Path
+    chunk: str  # --chunk-size
+    repeats: int
+    fig: dict[str, object]
+
+    @property
+    def server(self) -> Path:
+        return self.work / "scm"
+
+    @property
+    def mirror(self) -> Path:
+        return self.work / "mirror"
+
+    def bundle(self, name: str, out: Path, *extra, versions: Sequence[tuple[str, str]]) -> Run:
+        """``amsrepomirror bundle`` of ``versions`` ((version, listing URL) each) into ``out``."""
+        args = [a for v, u in versions for a in ("--version", v, "--listing-url", u)]
+        return self.bench.cli(name, "bundle", *args, "--mirror", self.mirror, "--out", out, "--chunk-size", self.chunk, *extra)
+
+
+@dataclass
+class NewTree:
+    """The server's tree after the monthly change."""
+
+    change: Change
+    hashes: dict[str, str]  # {path: sha256} of every served file
+    sizes: dict[str, int]
+
+
 def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> dict[str, object]:
-    bench = Bench(work, cache)
-    server, mirror = work / "scm", work / "mirror"
     chunk = f"{size.chunk // MiB}MiB"
-    fig: dict[str, object] = {"chunk": chunk}
-
-    print(f"== writing the server's tree ({size.total / 1e6:.0f} MB)", flush=True)
-    spec = tree_spec(size, "2026.101", "tree")
-    write_tree(server, spec, "v1")
-    index = write_index(server, VERSION, len(spec))
-    write_listing(server, VERSION, PLACEHOLDER_ORIGIN, [index, *spec])
-    fig["files_before"], fig["bytes_before"] = len(spec) + 1, sum(spec.values())
-
-    with ScmDouble(server) as double:
-        url = double.listing_url(VERSION)
-
-        def bundle(name, out, *extra, versions=((VERSION, url),)):
-            args = [a for v, u in versions for a in ("--version", v, "--listing-url", u)]
-            return bench.cli(name, "bundle", *args, "--mirror", mirror, "--out", out, "--chunk-size", chunk, *extra)
-
-        print("== 1. mirror + full bundle, unpack into AMSHOME A", flush=True)
-        full, amshome_a = work / "full", work / "amshome-a"
-        fig["full_bundle_s"] = bundle("bundle-full", full).seconds
-        fig["full_chunks"] = len(list(full.glob("*.7z")))
-        amshome_a.mkdir()
-        bench.cli("unpack-full-a", "unpack", full, "--amshome", amshome_a)
-        shutil.rmtree(full)
-
-        print("== 2. monthly change on the server", flush=True)
-        small_sizes = [s for p, s in spec.items() if "/pkg" in p]
-        change = monthly_change(server, list(spec), "month", small_sizes)
-        write_listing(server, VERSION, double.base_url)
-        new_tree = served_tree(server, VERSION)
-        sizes = {p: (server / PACKAGES / p).stat().st_size for p in new_tree}
-        carried = sum(sizes[p] for p in change.changed + change.added)
-        fig.update(files_after=len(new_tree), bytes_after=sum(sizes.values()), changed=len(change.changed),
-                   added=len(change.added), removed=len(change.removed), new_and_changed_bytes=carried,
-                   changed_big=sum(1 for p in change.changed if "/bundle" in p))
-
-        print("== 3. delta bundle --since last", flush=True)
-        delta = work / "delta"
-        fig["delta_bundle_s"] = bundle("bundle-delta", delta, "--since", "last").seconds
-        manifest = BundleManifest.read(delta / MANIFEST_NAME)
-        old, new = change.renamed
-        if sorted(f.path for f in manifest.files) != sorted(change.changed + change.added):
-            raise BenchError("the delta does not carry exactly the changed and added files")
-        if sorted(manifest.removed) != sorted(change.removed + [old]):
-            raise BenchError(f"the delta removes {sorted(manifest.removed)[:5]}, not the removed files")
-        fig["rename_reused"] = [(r.path, r.source) for r in manifest.reused] == [(new, old)]
-        fig["rename_carried"] = new in {f.path for f in manifest.files}
-        fig["delta_chunk_bytes"], fig["delta_bundle_bytes"] = chunk_bytes(delta), bundle_bytes(delta)
-        fig["delta_manifest_bytes"] = (delta / MANIFEST_NAME).stat().st_size
-
+    scene = Scene(Bench(work, cache), work, chunk, repeats, {"chunk": chunk})
+    index, spec = write_first_tree(scene, size)
+    with ScmDouble(scene.server) as double:
+        versions = ((VERSION, double.listing_url(VERSION)),)
+        amshome_a = full_bundle_unpacked(scene, versions)
+        new = change_the_server(scene, double, spec)
+        delta = delta_bundle(scene, versions, new.change)
         print("== 4. full bundle of the new tree (for the full unpack)", flush=True)
         full_new = work / "full-new"
-        bundle("bundle-full-new", full_new)
-
+        scene.bundle("bundle-full-new", full_new, versions=versions)
     # Copies of the old tree for rsync, made before A changes (hard links: rsync writes each file
     # it transfers to a temporary name and renames it, so the linked originals stay untouched).
     print("== 4. timed: delta unpack, full unpack, rsync", flush=True)
     rsync_dirs = [work / f"rsync-{i}" for i in range(repeats)]
     for d in rsync_dirs:
         subprocess.run(["cp", "-al", str(amshome_a / "repository"), str(d)], check=True)
+    time_delta_unpack(scene, delta, amshome_a, new)
+    amshome_b = time_full_unpack(scene, full_new, new)
+    time_rsync(scene, rsync_dirs, new)
+    for d in (*rsync_dirs, amshome_b, full_new):
+        shutil.rmtree(d, ignore_errors=True)
+    two_versions(scene, index, new)
+    return scene.fig
+
+
+def write_first_tree(scene: Scene, size: Size) -> tuple[str, dict[str, int]]:
+    """The server's first tree and its listing; returns the index's path and {path: size} of the packages."""
+    print(f"== writing the server's tree ({size.total / 1e6:.0f} MB)", flush=True)
+    spec = tree_spec(size, "2026.101", "tree")
+    write_tree(scene.server, spec, "v1")
+    index = write_index(scene.server, VERSION, len(spec))
+    write_listing(scene.server, VERSION, PLACEHOLDER_ORIGIN, [index, *spec])
+    scene.fig["files_before"], scene.fig["bytes_before"] = len(spec) + 1, sum(spec.values())
+    return index, spec
+
+
+def full_bundle_unpacked(scene: Scene, versions) -> Path:
+    """Step 1: mirror and full bundle, unpacked into AMSHOME A (returned); the bundle is removed."""
+    print("== 1. mirror + full bundle, unpack into AMSHOME A", flush=True)
+    full, amshome_a = scene.work / "full", scene.work / "amshome-a"
+    scene.fig["full_bundle_s"] = scene.bundle("bundle-full", full, versions=versions).seconds
+    scene.fig["full_chunks"] = len(list(full.glob("*.7z")))
+    amshome_a.mkdir()
+    scene.bench.cli("unpack-full-a", "unpack", full, "--amshome", amshome_a)
+    shutil.rmtree(full)
+    return amshome_a
+
+
+def change_the_server(scene: Scene, double: ScmDouble, spec: dict[str, int]) -> NewTree:
+    """Step 2: the monthly change, and the listing that serves it."""
+    print("== 2. monthly change on the server", flush=True)
+    server = scene.server
+    small_sizes = [s for p, s in spec.items() if "/pkg" in p]
+    change = monthly_change(server, list(spec), "month", small_sizes)
+    write_listing(server, VERSION, double.base_url)
+    new_tree = served_tree(server, VERSION)
+    sizes = {p: (server / PACKAGES / p).stat().st_size for p in new_tree}
+    carried = sum(sizes[p] for p in change.changed + change.added)
+    scene.fig.update(files_after=len(new_tree), bytes_after=sum(sizes.values()), changed=len(change.changed),
+                     added=len(change.added), removed=len(change.removed), new_and_changed_bytes=carried,
+                     changed_big=sum(1 for p in change.changed if "/bundle" in p))
+    return NewTree(change, new_tree, sizes)
+
+
+def delta_bundle(scene: Scene, versions, change: Change) -> Path:
+    """Step 3: ``bundle --since last``, which must carry exactly the change (the renamed file reused)."""
+    print("== 3. delta bundle --since last", flush=True)
+    delta, fig = scene.work / "delta", scene.fig
+    fig["delta_bundle_s"] = scene.bundle("bundle-delta", delta, "--since", "last", versions=versions).seconds
+    manifest = BundleManifest.read(delta / MANIFEST_NAME)
+    old, new = change.renamed
+    if sorted(f.path for f in manifest.files) != sorted(change.changed + change.added):
+        raise BenchError("the delta does not carry exactly the changed and added files")
+    if sorted(manifest.removed) != sorted(change.removed + [old]):
+        raise BenchError(f"the delta removes {sorted(manifest.removed)[:5]}, not the removed files")
+    fig["rename_reused"] = [(r.path, r.source) for r in manifest.reused] == [(new, old)]
+    fig["rename_carried"] = new in {f.path for f in manifest.files}
+    fig["delta_chunk_bytes"], fig["delta_bundle_bytes"] = chunk_bytes(delta), bundle_bytes(delta)
+    fig["delta_manifest_bytes"] = (delta / MANIFEST_NAME).stat().st_size
+    return delta
+
+
+def time_delta_unpack(scene: Scene, delta: Path, amshome_a: Path, new: NewTree) -> None:
+    """Step 4: the delta unpacked into A, hashing what it reuses and then ``--trust-installed``."""
+    bench, repeats = scene.bench, scene.repeats
     receipt = amshome_a / RECEIPT
     receipt_bytes = receipt.read_bytes()
 
@@ -266,45 +323,56 @@ def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> dict[str, ob
         os.rename(amshome_a / "repository.previous", amshome_a / "repository")
         receipt.write_bytes(receipt_bytes)
 
-    fig["delta_unpack_s"] = bench.best_of(
+    scene.fig["delta_unpack_s"] = bench.best_of(
         repeats, "delta unpack", lambda i: bench.cli(f"unpack-delta-{i}", "unpack", delta, "--amshome", amshome_a,
                                                      "--keep-previous", timed_step=True), restore_a)
-    fig["delta_unpack_trusted_s"] = bench.best_of(
+    scene.fig["delta_unpack_trusted_s"] = bench.best_of(
         repeats, "delta unpack --trust-installed", lambda i: bench.cli(
             f"unpack-delta-trusted-{i}", "unpack", delta, "--amshome", amshome_a, "--keep-previous", "--trust-installed",
             timed_step=True), lambda i: restore_a(i + 1))
-    fig["checked_a"] = check_tree("AMSHOME A after the delta", amshome_a / "repository", new_tree)
+    scene.fig["checked_a"] = check_tree("AMSHOME A after the delta", amshome_a / "repository", new.hashes)
     shutil.rmtree(amshome_a / "repository.previous", ignore_errors=True)
-    if tree_hashes(amshome_a / "repository") != new_tree:  # the kept tree shared nothing it should not
+    if tree_hashes(amshome_a / "repository") != new.hashes:  # the kept tree shared nothing it should not
         raise BenchError("removing repository.previous changed the new tree")
 
-    amshome_b = work / "amshome-b"
+
+def time_full_unpack(scene: Scene, full_new: Path, new: NewTree) -> Path:
+    """Step 4: the full bundle of the new tree unpacked into a fresh AMSHOME B (returned)."""
+    bench = scene.bench
+    amshome_b = scene.work / "amshome-b"
 
     def fresh_b(i):
         shutil.rmtree(amshome_b, ignore_errors=True)
         amshome_b.mkdir()
 
-    fig["full_unpack_s"] = bench.best_of(
-        repeats, "full unpack", lambda i: bench.cli(f"unpack-full-b-{i}", "unpack", full_new, "--amshome", amshome_b,
-                                                    timed_step=True), fresh_b)
-    fig["checked_b"] = check_tree("AMSHOME B after the full unpack", amshome_b / "repository", new_tree)
+    scene.fig["full_unpack_s"] = bench.best_of(
+        scene.repeats, "full unpack", lambda i: bench.cli(f"unpack-full-b-{i}", "unpack", full_new, "--amshome", amshome_b,
+                                                          timed_step=True), fresh_b)
+    scene.fig["checked_b"] = check_tree("AMSHOME B after the full unpack", amshome_b / "repository", new.hashes)
+    return amshome_b
 
+
+def time_rsync(scene: Scene, rsync_dirs: list[Path], new: NewTree) -> None:
+    """Step 4: ``rsync -a`` of the changed and added files into copies of the old tree, ``rm`` of the removed."""
+    work, change = scene.work, new.change
     files_from = work / "rsync-files.txt"
     files_from.write_text("".join(p + "\n" for p in sorted(change.changed + change.added + [change.renamed[1]])))
     gone = sorted(change.removed + [change.renamed[0]])
     script = work / "rsync.sh"
     script.write_text('set -e\nrsync -a --ignore-times --files-from="$1" "$2/" "$3/"\ncd "$3"\nshift 3\nrm -f -- "$@"\n')
 
-    fig["rsync_s"] = bench.best_of(
-        repeats, "rsync -a + rm", lambda i: bench.run(
-            f"rsync-{i}", ["sh", str(script), files_from, server / PACKAGES, rsync_dirs[i], *gone], timed_step=True),
+    scene.fig["rsync_s"] = scene.bench.best_of(
+        scene.repeats, "rsync -a + rm", lambda i: scene.bench.run(
+            f"rsync-{i}", ["sh", str(script), files_from, scene.server / PACKAGES, rsync_dirs[i], *gone], timed_step=True),
         lambda i: None)
-    fig["checked_rsync"] = check_tree("the rsync copy", rsync_dirs[0], new_tree)
-    for d in (*rsync_dirs, amshome_b, full_new):
-        shutil.rmtree(d, ignore_errors=True)
+    scene.fig["checked_rsync"] = check_tree("the rsync copy", rsync_dirs[0], new.hashes)
 
+
+def two_versions(scene: Scene, index: str, new: NewTree) -> None:
+    """Step 5: a second version sharing half the files by path (two more by content), bundled with the first."""
     print("== 5. two versions sharing half their files", flush=True)
-    packages = sorted(p for p in new_tree if p != index)
+    server, sizes = scene.server, new.sizes
+    packages = sorted(p for p in new.hashes if p != index)
     shared = packages[::2]
     own_spec = {(p.replace("2026.101", "2025.101") if "2026.101" in p else p.replace(".tar.zst", "-2025.101.tar.zst")):
                 sizes[p] for p in packages[1::2]}
@@ -314,13 +382,13 @@ def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> dict[str, ob
         shutil.copyfile(server / PACKAGES / source, server / PACKAGES / twin)
     other_index = write_index(server, OTHER, len(shared) + len(own_spec) + len(twins))
     other_listed = [other_index, *shared, *own_spec, *twins]
-    multi = work / "multi"
+    multi = scene.work / "multi"
     with ScmDouble(server) as double:
         write_listing(server, OTHER, double.base_url, other_listed)
         both = served_tree(server, VERSION)  # every file on the server (both listings' union)
-        listed = set(new_tree) | set(other_listed)
+        listed = set(new.hashes) | set(other_listed)
         union = {p: h for p, h in both.items() if p in listed}
-        fig["multi_bundle_s"] = bundle("bundle-two-versions", multi, versions=(
+        scene.fig["multi_bundle_s"] = scene.bundle("bundle-two-versions", multi, versions=(
             (VERSION, double.listing_url(VERSION)), (OTHER, double.listing_url(OTHER)))).seconds
     manifest = BundleManifest.read(multi / MANIFEST_NAME)
     if sorted(manifest.versions) != sorted([VERSION, OTHER]):
@@ -328,12 +396,11 @@ def scenario(size: Size, work: Path, cache: Cache, repeats: int) -> dict[str, ob
     distinct: dict[str, int] = {}
     for p, h in union.items():
         distinct[h] = (server / PACKAGES / p).stat().st_size
-    fig.update(multi_files=len(union), multi_listed_bytes=sum((server / PACKAGES / p).stat().st_size for p in union),
-               multi_distinct_bytes=sum(distinct.values()), multi_chunk_bytes=chunk_bytes(multi),
-               multi_bundle_bytes=bundle_bytes(multi), multi_shared=len(shared), multi_twins=len(twins),
-               shared_bytes=sum(sizes[p] for p in shared),
-               version_b_bytes=sum((server / PACKAGES / p).stat().st_size for p in other_listed))
-    return fig
+    scene.fig.update(multi_files=len(union), multi_listed_bytes=sum((server / PACKAGES / p).stat().st_size for p in union),
+                     multi_distinct_bytes=sum(distinct.values()), multi_chunk_bytes=chunk_bytes(multi),
+                     multi_bundle_bytes=bundle_bytes(multi), multi_shared=len(shared), multi_twins=len(twins),
+                     shared_bytes=sum(sizes[p] for p in shared),
+                     version_b_bytes=sum((server / PACKAGES / p).stat().st_size for p in other_listed))
 
 
 # ---- report ---------------------------------------------------------------------------------------------
