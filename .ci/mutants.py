@@ -424,15 +424,37 @@ class Runner:
         marks = markers(base.src, files)
         print(f"mutants: {len(self.entries)} entr{'y' if len(self.entries) == 1 else 'ies'}, "
               f"a copy of {len(files)} files in {workdir}, time budget {self.budget:.0f}s", flush=True)
+        located = self.locate_all(base, marks)
+        selected = self.collect_together(base, [e for e in self.entries if e.id in located])
+        self.collect_each(base, located, selected)
+        if self.check_orphans:
+            self.report_orphans(marks)
+        if selected:
+            self.run_unmutated(base, selected)
+        base.remove()
+        for n, entry in enumerate(self.entries):
+            if entry.id not in selected:
+                continue
+            if self.left() < 5:
+                self.report(Row(entry.id, "not run", 0.0, f"the time budget ({self.budget:.0f}s) is spent"))
+                continue
+            self.run_mutant(Sandbox(workdir, f"m{n}", self.root, files), entry, located[entry.id])
+        return self.summary()
 
+    def locate_all(self, base: Sandbox, marks: dict[str, list[Marker]]) -> dict[str, Marker]:
+        """Where each entry's mutation goes; an entry that cannot be placed is reported broken."""
         located: dict[str, Marker] = {}
-        for entry in self.entries:  # where each mutation goes
+        for entry in self.entries:
             try:
                 located[entry.id] = locate(base.src, entry, marks)
             except Broken as exc:
                 self.report(Row(entry.id, "broken", 0.0, str(exc)))
-        selected = self.collect_together(base, [e for e in self.entries if e.id in located])
-        for entry in self.entries:  # which tests each runs: alone, when collecting them together did not say
+        return located
+
+    def collect_each(self, base: Sandbox, located: dict[str, Marker], selected: dict[str, list[str]]) -> None:
+        """Which tests each entry runs, collected alone for those that collecting together did not
+        answer (added to ``selected``); one whose tests cannot be collected is reported broken."""
+        for entry in self.entries:
             if entry.id not in located or entry.id in selected:
                 continue
             started = time.monotonic()
@@ -447,68 +469,65 @@ class Runner:
                 selected[entry.id] = collect.probe["collected"]
             except Broken as exc:
                 self.report(Row(entry.id, "broken", time.monotonic() - started, str(exc)))
-        if self.check_orphans:
-            for tag, where in sorted(marks.items()):
-                if tag not in self.known_ids:
-                    self.report(Row(tag, "broken", 0.0, f"marker without an entry in {ROOT_INI_NAME}: "
-                                                        + ", ".join(f"{f}:{n}" for f, n, _ in where)))
 
-        if selected:  # every subset once, unmutated, all together: it must pass
-            union = list(dict.fromkeys(t for tests in selected.values() for t in tests))
-            print(f"unmutated: {len(union)} test(s) of {len(selected)} subset(s)", flush=True)
-            plain = run_pytest(base, union, self.left(), "unmutated")
-            print(f"  unmutated run: {plain.seconds:.1f}s", flush=True)
-            try:
-                check_probe(base, plain)
-                lost = "the unmutated run of the subsets timed out (time budget)" if plain.code is None else ""
-            except Broken as exc:
-                lost = f"the unmutated run of the subsets: {exc}"
-            failed, passed = set(plain.probe.get("failed", [])), set(plain.probe.get("passed", []))
-            for tag in list(selected):
-                mine = selected[tag]
-                if lost:
-                    why = lost
-                elif failed & set(mine):
-                    why = "its tests fail unmutated: " + ", ".join(t for t in mine if t in failed)[:400]
-                elif not passed & set(mine):
-                    why = "none of its tests passed unmutated (all skipped? AMSREPOMIRROR_REQUIRE_TOOLS=1 names a missing tool)"
-                else:
-                    continue
-                self.report(Row(tag, "broken", 0.0, why))
-                del selected[tag]
-        base.remove()
+    def report_orphans(self, marks: dict[str, list[Marker]]) -> None:
+        """A marker in the tree that no entry names is broken: its check is guarded by nothing."""
+        for tag, where in sorted(marks.items()):
+            if tag not in self.known_ids:
+                self.report(Row(tag, "broken", 0.0, f"marker without an entry in {ROOT_INI_NAME}: "
+                                                    + ", ".join(f"{f}:{n}" for f, n, _ in where)))
 
-        for n, entry in enumerate(self.entries):
-            if entry.id not in selected:
+    def run_unmutated(self, base: Sandbox, selected: dict[str, list[str]]) -> None:
+        """Every subset once, unmutated, all together: it must pass. An entry whose tests fail, or none
+        of which pass, is reported broken and dropped from ``selected``."""
+        union = list(dict.fromkeys(t for tests in selected.values() for t in tests))
+        print(f"unmutated: {len(union)} test(s) of {len(selected)} subset(s)", flush=True)
+        plain = run_pytest(base, union, self.left(), "unmutated")
+        print(f"  unmutated run: {plain.seconds:.1f}s", flush=True)
+        try:
+            check_probe(base, plain)
+            lost = "the unmutated run of the subsets timed out (time budget)" if plain.code is None else ""
+        except Broken as exc:
+            lost = f"the unmutated run of the subsets: {exc}"
+        failed, passed = set(plain.probe.get("failed", [])), set(plain.probe.get("passed", []))
+        for tag in list(selected):
+            mine = selected[tag]
+            if lost:
+                why = lost
+            elif failed & set(mine):
+                why = "its tests fail unmutated: " + ", ".join(t for t in mine if t in failed)[:400]
+            elif not passed & set(mine):
+                why = "none of its tests passed unmutated (all skipped? AMSREPOMIRROR_REQUIRE_TOOLS=1 names a missing tool)"
+            else:
                 continue
-            if self.left() < 5:
-                self.report(Row(entry.id, "not run", 0.0, f"the time budget ({self.budget:.0f}s) is spent"))
-                continue
-            box = Sandbox(workdir, f"m{n}", self.root, files)
-            try:
-                mutated = mutate(box.src, entry, located[entry.id])
-                box.check_import()
-                limit = min(self.timeout, self.left())
-                out = run_pytest(box, ["-x", *entry.tests], limit, entry.id)
-                check_probe(box, out)
-                if out.code == 1:
-                    self.report(Row(entry.id, "killed", out.seconds))
-                elif out.code == 0:
-                    where = f"{entry.file}:{located[entry.id][1]}"
-                    self.report(Row(entry.id, "survived", out.seconds,
-                                    f"{where} as `{mutated}`: {shlex.join(entry.tests)} still passes"))
-                elif out.code is None:
-                    self.report(Row(entry.id, "timeout", out.seconds, f"no verdict within {limit:.0f}s"
-                                                                        "\n" + tail(out.output)))
-                else:
-                    self.report(Row(entry.id, "broken", out.seconds,
-                                    f"{PYTEST_EXIT.get(out.code, f'pytest exit {out.code}')}\n{tail(out.output)}"))
-            except Broken as exc:
-                self.report(Row(entry.id, "broken", 0.0, str(exc)))
-            finally:
-                if not self.keep:
-                    box.remove()
-        return self.summary()
+            self.report(Row(tag, "broken", 0.0, why))
+            del selected[tag]
+
+    def run_mutant(self, box: Sandbox, entry: Entry, where: Marker) -> None:
+        """One entry: its line mutated in the copy ``box``, its tests run there, the verdict reported."""
+        try:
+            mutated = mutate(box.src, entry, where)
+            box.check_import()
+            limit = min(self.timeout, self.left())
+            out = run_pytest(box, ["-x", *entry.tests], limit, entry.id)
+            check_probe(box, out)
+            self.report(self.verdict(entry, out, f"{entry.file}:{where[1]} as `{mutated}`", limit))
+        except Broken as exc:
+            self.report(Row(entry.id, "broken", 0.0, str(exc)))
+        finally:
+            if not self.keep:
+                box.remove()
+
+    @staticmethod
+    def verdict(entry: Entry, out: Outcome, mutated: str, limit: float) -> Row:
+        """What a mutant's pytest exit means: 1 killed, 0 survived, none timed out, else broken."""
+        if out.code == 1:
+            return Row(entry.id, "killed", out.seconds)
+        if out.code == 0:
+            return Row(entry.id, "survived", out.seconds, f"{mutated}: {shlex.join(entry.tests)} still passes")
+        if out.code is None:
+            return Row(entry.id, "timeout", out.seconds, f"no verdict within {limit:.0f}s" "\n" + tail(out.output))
+        return Row(entry.id, "broken", out.seconds, f"{PYTEST_EXIT.get(out.code, f'pytest exit {out.code}')}\n{tail(out.output)}")
 
     def collect_together(self, base: Sandbox, entries: list[Entry]) -> dict[str, list[str]]:
         """{entry: its tests} from one collection of every test path the entries name (most entries
