@@ -58,7 +58,7 @@ class CheckedManifest(NamedTuple):
     sha256: str
 
 
-def placed(amshome, checked: CheckedManifest) -> bool:
+def installed_and_intact(amshome, checked: CheckedManifest) -> bool:
     """True when AMSHOME's receipt names ``checked`` and the repository still matches it."""
     try:
         return installed_changes(amshome, *checked) == []
@@ -66,14 +66,15 @@ def placed(amshome, checked: CheckedManifest) -> bool:
         return False
 
 
-def holds(amshome, checked: CheckedManifest) -> bool:
-    """``placed``, and a killed unpack left nothing there for the next one to recover (a swap to
+def installed_and_nothing_to_recover(amshome, checked: CheckedManifest) -> bool:
+    """``installed_and_intact``, and a killed unpack left nothing there for the next one to recover (a swap to
     finish, a staging tree to remove)."""
-    return not placement.interrupted(amshome) and placed(amshome, checked)
+    return not placement.interrupted(amshome) and installed_and_intact(amshome, checked)
 
 
 def installed_bundle(bundle: str, amshome: str) -> CheckedManifest | None:
-    """The bundle folder's manifest (read once) when AMSHOME holds it (``holds``); None when it does not."""
+    """The bundle folder's manifest (read once) when AMSHOME holds it (``installed_and_nothing_to_recover``);
+    None when it does not."""
     try:
         data = read_manifest_bytes(Path(bundle))
         if data is None:
@@ -82,7 +83,7 @@ def installed_bundle(bundle: str, amshome: str) -> CheckedManifest | None:
                                   hashlib.sha256(data).hexdigest())
     except IntegrityError:
         return None
-    return checked if holds(amshome, checked) else None
+    return checked if installed_and_nothing_to_recover(amshome, checked) else None
 
 
 def _refuse_changed(bundle_dir: Path, manifest: BundleManifest, home: Path, changes: list[str]) -> IntegrityError:
