@@ -181,84 +181,110 @@ def _snapshot(root: Path) -> dict:
     return tree(root)
 
 
+_GOOD = ("good.txt", b"good")
+_EVIL = b"evil"
+
+#: Hostile archives py7zr writes with names stored verbatim: kind -> (entries, members listed besides good.txt).
+_WRITTEN = {
+    "dotdot": ([_GOOD, ("../evil", _EVIL)], ["../evil"]),
+    "dotdot-inner": ([_GOOD, ("a/../../evil", _EVIL)], []),
+    "absolute": ([_GOOD, ("/tmp/abs-evil", _EVIL)], []),
+    "drive": ([_GOOD, ("C:/evil", _EVIL)], []),
+    "empty-segment": ([_GOOD, ("a//evil", _EVIL)], []),
+    "empty-name": ([_GOOD, ("", _EVIL)], []),
+    "dot-segment": ([_GOOD, ("./good.txt", _EVIL)], []),
+    "backslash-dotdot": ([_GOOD, ("..\\evil", _EVIL)], []),  # py7zr turns '\\' into '/', so this reads as '../evil'
+    "reserved": ([_GOOD, (EXTRACT_TMP + "/x", _EVIL)], []),
+    "reserved-partial": ([_GOOD, ("good.txt." + partial_name("good.txt"), _EVIL)], []),
+    "duplicate": ([_GOOD, ("good.txt", _EVIL)], []),
+    "not-in-manifest": ([_GOOD, ("extra.txt", _EVIL)], []),
+    "missing": ([_GOOD], ["absent.txt"]),
+    "wrong-size": ([("good.txt", b"good, but longer")], []),
+}
+
+
+def _source_folder(tmp_path, name: str) -> Path:
+    """A fresh folder holding good.txt, for archives 7zz or py7zr write from files on disk."""
+    src = tmp_path / name
+    src.mkdir()
+    (src / "good.txt").write_bytes(b"good")
+    return src
+
+
+def _absolute_7zz(tmp_path, arc: Path, kind: str) -> list[str]:
+    src = _source_folder(tmp_path, "abs-src")
+    subprocess.run([SEVENZIP, "a", "-spf", "-mx=0", str(arc), str(src / "good.txt")],
+                   check=True, capture_output=True)
+    return []
+
+
+def _symlink(tmp_path, arc: Path, kind: str) -> list[str]:
+    src = _source_folder(tmp_path, "link-src")
+    os.symlink("/etc/passwd", src / "link")
+    if kind == "symlink-py7zr":
+        with py7zr.SevenZipFile(arc, "w", filters=COPY) as sz:
+            sz.write(src / "good.txt", "good.txt")
+            sz.write(src / "link", "link")
+    else:
+        subprocess.run([SEVENZIP, "a", "-snl", "-mx=0", str(arc), "good.txt", "link"], cwd=src,
+                       check=True, capture_output=True)
+    return ["link"]
+
+
+def _device(tmp_path, arc: Path, kind: str) -> list[str]:
+    with py7zr.SevenZipFile(arc, "w", filters=COPY) as sz:
+        sz.writestr(b"good", "good.txt")
+        sz.writestr(b"", "dev")
+        sz.header.files_info.files[-1]["attributes"] = 0x8000 | 0x20 | ((stat.S_IFCHR | 0o644) << 16)
+    return ["dev"]
+
+
+def _fifo(tmp_path, arc: Path, kind: str) -> list[str]:
+    src = _source_folder(tmp_path, "fifo-src")
+    os.mkfifo(src / "fifo")
+    subprocess.run([SEVENZIP, "a", "-mx=0", str(arc), "good.txt", "fifo"], cwd=src, check=True,
+                   capture_output=True)
+    return ["fifo"]
+
+
+def _dir_as_file(tmp_path, arc: Path, kind: str) -> list[str]:
+    src = tmp_path / "dir-src"
+    (src / "good.txt").mkdir(parents=True)
+    subprocess.run([SEVENZIP, "a", "-mx=0", str(arc), "good.txt"], cwd=src, check=True, capture_output=True)
+    return []
+
+
+def _truncated(tmp_path, arc: Path, kind: str) -> list[str]:
+    write_7z(arc, [_GOOD])
+    arc.write_bytes(arc.read_bytes()[:20])
+    return []
+
+
+#: Hostile archives made from files on disk or patched after writing: kind -> maker (returns the
+#: members listed besides good.txt).
+_BUILT = {
+    "absolute-7zz": _absolute_7zz,
+    "symlink-py7zr": _symlink,
+    "symlink-7zz": _symlink,
+    "device": _device,
+    "fifo": _fifo,
+    "dir-as-file": _dir_as_file,
+    "truncated": _truncated,
+}
+
+
 def _hostile(tmp_path, kind):
     """Build a hostile archive; return (archive, chunk, expected)."""
     arc = tmp_path / "arc" / f"{kind}.7z"
     arc.parent.mkdir(exist_ok=True)
-    good = ("good.txt", b"good")
-    members = ["good.txt"]
-    if kind == "dotdot":
-        write_7z(arc, [good, ("../evil", b"evil")])
-        members.append("../evil")
-    elif kind == "dotdot-inner":
-        write_7z(arc, [good, ("a/../../evil", b"evil")])
-    elif kind == "absolute":
-        write_7z(arc, [good, ("/tmp/abs-evil", b"evil")])
-    elif kind == "absolute-7zz":
-        src = tmp_path / "abs-src"
-        src.mkdir()
-        (src / "good.txt").write_bytes(b"good")
-        subprocess.run([SEVENZIP, "a", "-spf", "-mx=0", str(arc), str(src / "good.txt")],
-                       check=True, capture_output=True)
-    elif kind == "drive":
-        write_7z(arc, [good, ("C:/evil", b"evil")])
-    elif kind == "empty-segment":
-        write_7z(arc, [good, ("a//evil", b"evil")])
-    elif kind == "empty-name":
-        write_7z(arc, [good, ("", b"evil")])
-    elif kind == "dot-segment":
-        write_7z(arc, [good, ("./good.txt", b"evil")])
-    elif kind == "backslash-dotdot":  # py7zr turns '\\' into '/', so this reads as '../evil'
-        write_7z(arc, [good, ("..\\evil", b"evil")])
-    elif kind == "reserved":
-        write_7z(arc, [good, (EXTRACT_TMP + "/x", b"evil")])
-    elif kind == "reserved-partial":
-        write_7z(arc, [good, ("good.txt." + partial_name("good.txt"), b"evil")])
-    elif kind == "duplicate":
-        write_7z(arc, [good, ("good.txt", b"evil")])
-    elif kind == "not-in-manifest":
-        write_7z(arc, [good, ("extra.txt", b"evil")])
-    elif kind == "missing":
-        write_7z(arc, [good])
-        members.append("absent.txt")
-    elif kind in ("symlink-py7zr", "symlink-7zz"):
-        src = tmp_path / "link-src"
-        src.mkdir()
-        (src / "good.txt").write_bytes(b"good")
-        os.symlink("/etc/passwd", src / "link")
-        if kind == "symlink-py7zr":
-            with py7zr.SevenZipFile(arc, "w", filters=COPY) as sz:
-                sz.write(src / "good.txt", "good.txt")
-                sz.write(src / "link", "link")
-        else:
-            subprocess.run([SEVENZIP, "a", "-snl", "-mx=0", str(arc), "good.txt", "link"], cwd=src,
-                           check=True, capture_output=True)
-        members.append("link")
-    elif kind == "device":
-        with py7zr.SevenZipFile(arc, "w", filters=COPY) as sz:
-            sz.writestr(b"good", "good.txt")
-            sz.writestr(b"", "dev")
-            sz.header.files_info.files[-1]["attributes"] = 0x8000 | 0x20 | ((stat.S_IFCHR | 0o644) << 16)
-        members.append("dev")
-    elif kind == "fifo":
-        src = tmp_path / "fifo-src"
-        src.mkdir()
-        (src / "good.txt").write_bytes(b"good")
-        os.mkfifo(src / "fifo")
-        subprocess.run([SEVENZIP, "a", "-mx=0", str(arc), "good.txt", "fifo"], cwd=src, check=True,
-                       capture_output=True)
-        members.append("fifo")
-    elif kind == "dir-as-file":
-        src = tmp_path / "dir-src"
-        (src / "good.txt").mkdir(parents=True)
-        subprocess.run([SEVENZIP, "a", "-mx=0", str(arc), "good.txt"], cwd=src, check=True, capture_output=True)
-    elif kind == "wrong-size":
-        write_7z(arc, [("good.txt", b"good, but longer")])
-    elif kind == "truncated":
-        write_7z(arc, [good])
-        arc.write_bytes(arc.read_bytes()[:20])
+    if kind in _WRITTEN:
+        entries, listed = _WRITTEN[kind]
+        write_7z(arc, entries)
+    elif kind in _BUILT:
+        listed = _BUILT[kind](tmp_path, arc, kind)
     else:
         raise AssertionError(kind)
+    members = ["good.txt", *listed]
     chunk = Chunk(name=arc.name, size=arc.stat().st_size, sha256="", members=sorted(members))
     expected = {m: (4, sha(b"good")) for m in members}
     return arc, chunk, expected

@@ -235,6 +235,44 @@ def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
     return linked
 
 
+def _check_chunks(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_bytes: bytes,
+                  version_files: Sequence[str]) -> None:
+    """Every chunk of the delta against ``manifest_bytes`` and SHA256SUMS, the installed AMS version,
+    and the disk space staging needs."""
+    log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
+    for warning in require_intact(verify_bundle(bundle_dir, test_archives=False, manifest_bytes=manifest_bytes)).warnings:
+        log.warning(f"unpack: {warning}")
+    log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
+    placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
+
+
+def _link_installed(repo: Path, staging: Path, sources: dict[str, InstalledFile], seen: dict[str, Identity]) -> None:
+    """Put each installed file the delta reuses (``sources``: target path -> installed file) at its
+    target path in staging: hard-linked, or copied where links are refused."""
+    linked = 0
+    for path, row in sorted(sources.items()):
+        parent, _, name = path.rpartition("/")
+        linked += link_or_copy(repo.joinpath(*row.path.split("/")), extract.safe_makedirs(staging, parent) / name, row,
+                               seen[row.path])
+    log.info(f"unpack: {linked} unchanged files hard-linked, {len(sources) - linked} copied")
+
+
+def _add_carried(bundle_dir: Path, staging: Path, manifest: BundleManifest) -> None:
+    """Extract the delta's chunks into staging (beside the linked files), finish split files and
+    copies, and check the whole tree against the delta's target manifest."""
+    expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
+    for i, chunk in enumerate(manifest.chunks, start=1):
+        log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
+        extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
+    extract.reassemble(staging, manifest.files)
+    place_copies(staging, manifest.copies)
+    log.info(f"unpack: verifying {len(manifest.target)} files against the delta's target manifest")
+    extract.verify_tree(staging, manifest.target, check_hashes=False)
+    for index in (f"{version}.yml" for version in manifest.all_versions):
+        if not (staging / index).is_file():
+            raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
+
+
 def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifest_bytes: bytes, *,
                  keep_previous: bool, deep: bool, version_files: Sequence[str],
                  trust_installed: bool = False, drop_versions: Sequence[str] = ()) -> None:
@@ -265,37 +303,16 @@ def unpack_delta(bundle_dir: Path, home: Path, manifest: BundleManifest, manifes
     log.info(f"unpack: checking the {len(set(sources.values()))} installed files the delta relies on"
              f"{' (size, mtime, inode from the receipt: --trust-installed)' if trust else ' (hashing them)'}")
     seen = check_installed(repo, list(sources.values()), trust)
-    log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
-    for warning in require_intact(verify_bundle(bundle_dir, test_archives=False, manifest_bytes=manifest_bytes)).warnings:
-        log.warning(f"unpack: {warning}")
-    log.info(f"unpack: {placement.check_version(manifest.all_versions, home, version_files)}")
-    placement.require_space(home, extract.space_needed(manifest.files, in_place=True))
-    expected = {p.member: (p.size, p.sha256) for f in manifest.files for p in f.parts}
+    _check_chunks(bundle_dir, home, manifest, manifest_bytes, version_files)
     with placement.new_staging(home) as staging:
-        linked = 0
-        for path, row in sorted(sources.items()):
-            parent, _, name = path.rpartition("/")
-            linked += link_or_copy(repo.joinpath(*row.path.split("/")), extract.safe_makedirs(staging, parent) / name, row,
-                                   seen[row.path])
-        log.info(f"unpack: {linked} unchanged files hard-linked, {len(sources) - linked} copied")
-        for i, chunk in enumerate(manifest.chunks, start=1):
-            log.info(f"unpack: extracting {chunk.name} ({i}/{len(manifest.chunks)})")
-            extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
-        extract.reassemble(staging, manifest.files)
-        place_copies(staging, manifest.copies)
-        log.info(f"unpack: verifying {len(manifest.target)} files against the delta's target manifest")
-        extract.verify_tree(staging, manifest.target, check_hashes=False)
-        for index in (f"{version}.yml" for version in manifest.all_versions):
-            if not (staging / index).is_file():
-                raise IntegrityError(f"the delta's tree lacks {index}, the index amspackages needs; nothing was placed")
+        _link_installed(repo, staging, sources, seen)
+        _add_carried(bundle_dir, staging, manifest)
         receipt = make_receipt(hashlib.sha256(manifest_bytes).hexdigest(), manifest.version, str(bundle_dir.absolute()),
-                                         tree=placement.installed_files(staging, manifest.target),
-                                         bundle_created=manifest.created, bundle_sequence=manifest.sequence,
-                                         lacking=manifest.lacking, trust_installed=trust,
-                                         version_paths=version_paths)
+                               tree=placement.installed_files(staging, manifest.target),
+                               bundle_created=manifest.created, bundle_sequence=manifest.sequence,
+                               lacking=manifest.lacking, trust_installed=trust, version_paths=version_paths)
         log.info("unpack: writing the new tree to disk (sync)")
         extract.sync_tree(staging)
         how = placement.swap_into_place(home, staging, keep_previous=keep_previous, receipt=receipt)
     log.info(f"unpack: {repo} now holds {manifest.version} after the delta ({how}): "
              f"{len(manifest.files)} carried, {len(manifest.reused)} reused, {len(manifest.removed)} removed")
-

@@ -3,12 +3,12 @@
 A chunk is untrusted input until proven otherwise, even though its SHA-256 is listed in the
 bundle's SHA256SUMS: the bundle may have been tampered with or built by a buggy tool. So:
 
-* :func:`check_members` reads only the archive's header and refuses, before anything is
-  written, every member that is not a plain, safely named regular file listed in the chunk:
-  names :func:`bundle.path_problem` refuses (absolute names, drive letters, backslashes,
-  ``.``/``..``/empty segments, control characters, our reserved ``.amsrepomirror-`` names),
-  symlinks, junctions, sockets, device files and fifos, duplicates, members not in
-  ``chunk.members`` and expected members that are missing.
+* :func:`amsrepomirror.bundle.chunks.check_members` reads only the archive's header and refuses,
+  before anything is written, every member that is not a plain, safely named regular file listed
+  in the chunk: names :func:`amsrepomirror.util.paths.path_problem` refuses (absolute names,
+  drive letters, backslashes, ``.``/``..``/empty segments, control characters, our reserved
+  ``.amsrepomirror-`` names), symlinks, junctions, sockets, device files and fifos, duplicates,
+  members not in ``chunk.members`` and expected members that are missing.
   Directory entries are allowed only when they are a parent directory of an expected member
   (7-Zip writes such entries when it archives a folder); any other directory entry is refused.
   (The 7z format has no hard-link member type; a member with Unix mode bits of anything but a
@@ -311,17 +311,137 @@ class _Writers(WriterFactory):
                 pass
 
 
+def _refuse_unsafe_names(bf: BundleFile) -> None:
+    """IntegrityError when the path of split file ``bf`` or one of its part members is unsafe."""
+    for name in [bf.path] + [p.member for p in bf.parts]:
+        why = path_problem(name)
+        if why:
+            raise IntegrityError(f"bundle manifest: unsafe path {name!r} ({why})")
+
+
 def _split_layout(files: Iterable[BundleFile]) -> dict[str, tuple[BundleFile, Part]]:
     """{part member: (split file, part)} for every split file, after checking its layout."""
     layout: dict[str, tuple[BundleFile, Part]] = {}
     for bf in split_files(files):
-        for name in [bf.path] + [p.member for p in bf.parts]:
-            why = path_problem(name)
-            if why:
-                raise IntegrityError(f"bundle manifest: unsafe path {name!r} ({why})")
+        _refuse_unsafe_names(bf)
         for p in _check_parts(bf):
             layout[p.member] = (bf, p)
     return layout
+
+
+def _chunk_expectations(chunk: Chunk, expected: Expected, files: Iterable[BundleFile] | None
+                        ) -> tuple[dict[str, tuple[int, str]], dict[str, tuple[BundleFile, Part]]]:
+    """What the manifest says ``chunk`` holds, checked before the archive is opened: {member: (size,
+    sha256)} and {part member written in place: (split file, part)} (empty without ``files``)."""
+    missing = [m for m in chunk.members if m not in expected]
+    if missing:
+        raise IntegrityError(f"bundle manifest has no size/sha256 for member(s) {missing[:MAX_LISTED]} of chunk {chunk.name}")
+    exp = {m: (int(expected[m][0]), str(expected[m][1]).lower()) for m in chunk.members}
+    if path_problem(chunk.name) or "/" in chunk.name:
+        raise IntegrityError(f"unsafe chunk name {chunk.name!r}")
+    layout = _split_layout(files) if files is not None else {}
+    in_place = {m: layout[m] for m in exp if m in layout}
+    for m, (bf, part) in in_place.items():
+        if exp[m] != (part.size, part.sha256.lower()):
+            raise IntegrityError(f"bundle manifest: part {m!r} of {bf.path} has two different sizes/sha256")
+    return exp, in_place
+
+
+def _private_folder(dest_dir: Path, chunk: Chunk) -> tuple[Path, Path]:
+    """(the folder of extraction folders in ``dest_dir``, this chunk's folder in it, not yet created):
+    a leftover of a killed extraction of the same chunk is removed first."""
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(exc, f"creating {dest_dir}") from exc
+    tmp_root = safe_makedirs(dest_dir, EXTRACT_TMP)
+    tmp = tmp_root / chunk.name
+    remove_entry(tmp)
+    return tmp_root, tmp
+
+
+def _decompress(archive_path, chunk: Chunk, tmp: Path, writers: _Writers, limit: int) -> dict[str, tuple[int, str]]:
+    """Decompress the chunk through ``writers`` (never more than ``limit`` bytes); {member: (bytes
+    written, sha256)}. Whatever py7zr or our writers raise is an IntegrityError (DiskSpaceError for ENOSPC)."""
+    try:
+        # With a writer factory py7zr creates nothing itself (no files, directories, links,
+        # modes or times): every byte goes through ``writers``. ``path`` is only the root
+        # py7zr checks member names against -- our private, empty directory.
+        with py7zr.SevenZipFile(archive_path, mode="r", max_extract_size=limit) as sz:
+            sz.extractall(path=tmp, factory=writers)
+        return writers.finish()
+    except IntegrityError as exc:  # from our writers: unexpected member, too long, unsafe target
+        raise IntegrityError(f"extracting chunk {chunk.name} ({archive_path}) refused: {exc}") from exc
+    except OSError as exc:
+        raise _os_error(exc, f"extracting chunk {chunk.name}") from exc
+    except py7zr.exceptions.DecompressionBombError as exc:
+        raise IntegrityError(f"chunk {chunk.name} expands beyond the expected {limit} bytes: {exc}") from exc
+    except Exception as exc:  # py7zr raises assorted types on corrupt input
+        raise IntegrityError(f"extracting chunk {chunk.name} ({archive_path}) failed: {exc}") from exc
+    finally:
+        writers.close()
+
+
+def _stray_entries(tmp: Path, exp: dict[str, tuple[int, str]], in_place: dict) -> list[str]:
+    """Anything in the private folder but the expected whole files (and their parent dirs). Only our
+    writers created anything there; this walk is a cheap second look."""
+    problems: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(tmp, followlinks=False):
+        for entry in dirnames + filenames:
+            full = Path(dirpath) / entry
+            rel = full.relative_to(tmp).as_posix()
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{rel!r} extracted as a non-regular file")
+            elif rel not in exp or rel in in_place:
+                problems.append(f"{rel!r} appeared but is not expected")
+    return problems
+
+
+def _member_mismatches(exp: dict[str, tuple[int, str]], got: dict[str, tuple[int, str]]) -> list[str]:
+    """Each expected member that was not written, or was written with another size or sha256."""
+    problems: list[str] = []
+    for m in sorted(exp):
+        if m not in got:
+            problems.append(f"member {m!r} was not extracted")
+        elif got[m][0] != exp[m][0]:
+            problems.append(f"member {m!r}: size {got[m][0]} != expected {exp[m][0]}")
+        elif got[m][1] != exp[m][1]:  # guard: extract-member-hash
+            problems.append(f"member {m!r}: sha256 {got[m][1]} != expected {exp[m][1]}")
+    return problems
+
+
+def _move_into_place(tmp: Path, dest_dir: Path, chunk: Chunk, members: Iterable[str]) -> None:
+    """Rename the checked whole files from the private folder to their paths in ``dest_dir``; every
+    directory on the way is checked/created without following links."""
+    for m in sorted(members):
+        parent = safe_makedirs(dest_dir, m.rpartition("/")[0])
+        target = parent / m.rpartition("/")[2]
+        try:
+            st = os.lstat(target)
+            if stat.S_ISDIR(st.st_mode):
+                raise IntegrityError(f"{target} is a directory where chunk {chunk.name} has file {m!r}")
+        except FileNotFoundError:
+            pass
+        src = tmp / m
+        os.chmod(src, FILE_MODE)  # just verified a regular file in our private dir
+        os.replace(src, target)  # rename never follows a symlink at target
+
+
+def _discard(tmp_root: Path, tmp: Path, partials: Iterable[Path]) -> None:
+    """Remove the chunk's private folder (and the folder of them when it is empty) and ``partials``."""
+    for path in partials:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    try:
+        remove_entry(tmp)
+        os.rmdir(tmp_root)
+    except OSError:
+        pass  # another chunk's temp dir still there, or already gone
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,103 +465,25 @@ def extract_chunk(archive_path, chunk: Chunk, dest_dir, expected: Expected,
     idempotent. Nothing is fsynced: call :func:`sync_tree` before relying on the tree surviving
     a crash. Returns the list of members. ``on_bytes`` hears every block written (a progress bar).
     """
-    missing = [m for m in chunk.members if m not in expected]
-    if missing:
-        raise IntegrityError(f"bundle manifest has no size/sha256 for member(s) {missing[:MAX_LISTED]} of chunk {chunk.name}")
-    exp = {m: (int(expected[m][0]), str(expected[m][1]).lower()) for m in chunk.members}
-    if path_problem(chunk.name) or "/" in chunk.name:
-        raise IntegrityError(f"unsafe chunk name {chunk.name!r}")
-    layout = _split_layout(files) if files is not None else {}
-    in_place = {m: layout[m] for m in exp if m in layout}
-    for m, (bf, part) in in_place.items():
-        if exp[m] != (part.size, part.sha256.lower()):
-            raise IntegrityError(f"bundle manifest: part {m!r} of {bf.path} has two different sizes/sha256")
+    exp, in_place = _chunk_expectations(chunk, expected, files)
     check_members(archive_path, chunk, exp)
-
     dest_dir = Path(os.path.abspath(dest_dir))
-    try:
-        dest_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _os_error(exc, f"creating {dest_dir}") from exc
-    tmp_root = safe_makedirs(dest_dir, EXTRACT_TMP)
-    tmp = tmp_root / chunk.name
-    remove_entry(tmp)
+    tmp_root, tmp = _private_folder(dest_dir, chunk)
     writers: _Writers | None = None
     placed = False
     try:
         os.mkdir(tmp, 0o700)
-        limit = sum(size for size, _ in exp.values())
         writers = _Writers(tmp, dest_dir, exp, in_place, on_bytes)
-        try:
-            # With a writer factory py7zr creates nothing itself (no files, directories, links,
-            # modes or times): every byte goes through ``writers``. ``path`` is only the root
-            # py7zr checks member names against -- our private, empty directory.
-            with py7zr.SevenZipFile(archive_path, mode="r", max_extract_size=limit) as sz:
-                sz.extractall(path=tmp, factory=writers)
-            got = writers.finish()
-        except IntegrityError as exc:  # from our writers: unexpected member, too long, unsafe target
-            raise IntegrityError(f"extracting chunk {chunk.name} ({archive_path}) refused: {exc}") from exc
-        except OSError as exc:
-            raise _os_error(exc, f"extracting chunk {chunk.name}") from exc
-        except py7zr.exceptions.DecompressionBombError as exc:
-            raise IntegrityError(f"chunk {chunk.name} expands beyond the expected {limit} bytes: {exc}") from exc
-        except Exception as exc:  # py7zr raises assorted types on corrupt input
-            raise IntegrityError(f"extracting chunk {chunk.name} ({archive_path}) failed: {exc}") from exc
-        finally:
-            writers.close()
-
-        # Exactly the expected regular files (and their parent dirs) may be in tmp. Only our
-        # writers created anything there; this walk is a cheap second look.
-        problems: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(tmp, followlinks=False):
-            for entry in dirnames + filenames:
-                full = Path(dirpath) / entry
-                rel = full.relative_to(tmp).as_posix()
-                st = os.lstat(full)
-                if stat.S_ISDIR(st.st_mode):
-                    continue
-                if not stat.S_ISREG(st.st_mode):
-                    problems.append(f"{rel!r} extracted as a non-regular file")
-                elif rel not in exp or rel in in_place:
-                    problems.append(f"{rel!r} appeared but is not expected")
-        for m in sorted(exp):
-            if m not in got:
-                problems.append(f"member {m!r} was not extracted")
-            elif got[m][0] != exp[m][0]:
-                problems.append(f"member {m!r}: size {got[m][0]} != expected {exp[m][0]}")
-            elif got[m][1] != exp[m][1]:  # guard: extract-member-hash
-                problems.append(f"member {m!r}: sha256 {got[m][1]} != expected {exp[m][1]}")
+        got = _decompress(archive_path, chunk, tmp, writers, sum(size for size, _ in exp.values()))
+        problems = _stray_entries(tmp, exp, in_place) + _member_mismatches(exp, got)
         if problems:
             raise unsafe_content(archive_path, chunk, problems)
-
-        # Move into place; every directory on the way is checked/created without following links.
-        for m in sorted(set(exp) - set(in_place)):
-            parent_rel = m.rpartition("/")[0]
-            parent = safe_makedirs(dest_dir, parent_rel)
-            target = parent / m.rpartition("/")[2]
-            try:
-                st = os.lstat(target)
-                if stat.S_ISDIR(st.st_mode):
-                    raise IntegrityError(f"{target} is a directory where chunk {chunk.name} has file {m!r}")
-            except FileNotFoundError:
-                pass
-            src = tmp / m
-            os.chmod(src, FILE_MODE)  # just verified a regular file in our private dir
-            os.replace(src, target)  # rename never follows a symlink at target
+        _move_into_place(tmp, dest_dir, chunk, set(exp) - set(in_place))
         placed = True
         return sorted(exp)
     finally:
-        if writers is not None and not placed:
-            for path, _ in writers.partials.values():
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
-        try:
-            remove_entry(tmp)
-            os.rmdir(tmp_root)
-        except OSError:
-            pass  # another chunk's temp dir still there, or already gone
+        partials = [path for path, _ in writers.partials.values()] if writers is not None and not placed else []
+        _discard(tmp_root, tmp, partials)
 
 
 def split_files(files: Iterable[BundleFile]) -> list[BundleFile]:
@@ -468,7 +510,7 @@ def _check_parts(bf: BundleFile) -> list:
     return sorted(bf.parts, key=lambda p: p.offset)
 
 
-def _holds(path: Path, bf: BundleFile) -> bool | None:
+def _matches_file(path: Path, bf: BundleFile) -> bool | None:
     """None when ``path`` is missing; else whether it is a plain regular file (not hard-linked)
     with the size and sha256 of ``bf`` (one read when the size is right)."""
     try:
@@ -539,6 +581,40 @@ def _join_parts(dest_dir: Path, bf: BundleFile, parts: list[Part], partial: Path
                              f"sha256 {hasher.hexdigest()})")
 
 
+def _rebuild_from_parts(dest_dir: Path, bf: BundleFile, parts: list[Part], partial: Path, final: Path,
+                        in_place: bool | None) -> None:
+    """Join ``bf``'s part files into ``partial`` and rename it to ``final``; IntegrityError when the
+    parts are gone and ``partial`` (``in_place``: False when it exists but is wrong) cannot be used."""
+    if in_place is False and not any(os.path.lexists(dest_dir / p.member) for p in parts):
+        remove_entry(partial)
+        raise IntegrityError(
+            f"{bf.path}, written in place from its parts, does not match the manifest's size and "
+            f"sha256 (a chunk of it was not extracted, or the bundle manifest is inconsistent; "
+            f"chunks {', '.join(sorted({p.chunk for p in parts}))})")
+    remove_entry(partial)
+    try:
+        _join_parts(dest_dir, bf, parts, partial)
+        _place(partial, final, bf)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
+
+
+def _remove_part_files(dest_dir: Path, bf: BundleFile, parts: list[Part]) -> None:
+    """Remove the part files of ``bf`` that are still there (none when they were written in place)."""
+    for p in parts:
+        if p.member == bf.path:
+            continue
+        try:
+            os.unlink(dest_dir / p.member)
+        except OSError as exc:  # absent, or a name too long to exist (parts are joined in place)
+            if exc.errno not in (errno.ENOENT, errno.ENAMETOOLONG):
+                raise
+
+
 def reassemble(dest_dir, files: list[BundleFile]) -> list[str]:
     """Finish split files: check the whole file's size and sha256, rename it into place, remove
     the parts. Returns the paths reassembled (or finished).
@@ -556,43 +632,18 @@ def reassemble(dest_dir, files: list[BundleFile]) -> list[str]:
     dest_dir = Path(os.path.abspath(dest_dir))
     done = []
     for bf in split_files(files):
-        for name in [bf.path] + [p.member for p in bf.parts]:
-            why = path_problem(name)
-            if why:
-                raise IntegrityError(f"bundle manifest: unsafe path {name!r} ({why})")
+        _refuse_unsafe_names(bf)
         parts = _check_parts(bf)
         parent = safe_makedirs(dest_dir, bf.path.rpartition("/")[0])
         final = parent / bf.path.rpartition("/")[2]
         partial = final.with_name(partial_name(bf.path))
-        if not _holds(final, bf):
-            in_place = _holds(partial, bf)
+        if not _matches_file(final, bf):
+            in_place = _matches_file(partial, bf)
             if in_place:
                 _place(partial, final, bf)
             else:
-                if in_place is False and not any(os.path.lexists(dest_dir / p.member) for p in parts):
-                    remove_entry(partial)
-                    raise IntegrityError(
-                        f"{bf.path}, written in place from its parts, does not match the manifest's size and "
-                        f"sha256 (a chunk of it was not extracted, or the bundle manifest is inconsistent; "
-                        f"chunks {', '.join(sorted({p.chunk for p in parts}))})")
-                remove_entry(partial)
-                try:
-                    _join_parts(dest_dir, bf, parts, partial)
-                    _place(partial, final, bf)
-                except BaseException:
-                    try:
-                        os.unlink(partial)
-                    except OSError:
-                        pass
-                    raise
-        for p in parts:
-            if p.member == bf.path:
-                continue
-            try:
-                os.unlink(dest_dir / p.member)
-            except OSError as exc:  # absent, or a name too long to exist (parts are joined in place)
-                if exc.errno not in (errno.ENOENT, errno.ENAMETOOLONG):
-                    raise
+                _rebuild_from_parts(dest_dir, bf, parts, partial, final, in_place)
+        _remove_part_files(dest_dir, bf, parts)
         if os.path.lexists(partial):
             remove_entry(partial)  # a stale one, when the final file was already right
         done.append(bf.path)

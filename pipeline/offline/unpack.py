@@ -58,7 +58,7 @@ class CheckedManifest(NamedTuple):
     sha256: str
 
 
-def placed(amshome, checked: CheckedManifest) -> bool:
+def installed_and_intact(amshome, checked: CheckedManifest) -> bool:
     """True when AMSHOME's receipt names ``checked`` and the repository still matches it."""
     try:
         return installed_changes(amshome, *checked) == []
@@ -66,14 +66,15 @@ def placed(amshome, checked: CheckedManifest) -> bool:
         return False
 
 
-def holds(amshome, checked: CheckedManifest) -> bool:
-    """``placed``, and a killed unpack left nothing there for the next one to recover (a swap to
+def installed_and_nothing_to_recover(amshome, checked: CheckedManifest) -> bool:
+    """``installed_and_intact``, and a killed unpack left nothing there for the next one to recover (a swap to
     finish, a staging tree to remove)."""
-    return not placement.interrupted(amshome) and placed(amshome, checked)
+    return not placement.interrupted(amshome) and installed_and_intact(amshome, checked)
 
 
 def installed_bundle(bundle: str, amshome: str) -> CheckedManifest | None:
-    """The bundle folder's manifest (read once) when AMSHOME holds it (``holds``); None when it does not."""
+    """The bundle folder's manifest (read once) when AMSHOME holds it (``installed_and_nothing_to_recover``);
+    None when it does not."""
     try:
         data = read_manifest_bytes(Path(bundle))
         if data is None:
@@ -82,7 +83,7 @@ def installed_bundle(bundle: str, amshome: str) -> CheckedManifest | None:
                                   hashlib.sha256(data).hexdigest())
     except IntegrityError:
         return None
-    return checked if holds(amshome, checked) else None
+    return checked if installed_and_nothing_to_recover(amshome, checked) else None
 
 
 def _refuse_changed(bundle_dir: Path, manifest: BundleManifest, home: Path, changes: list[str]) -> IntegrityError:
@@ -132,6 +133,51 @@ def refuse_downgrade(bundle_dir: Path, manifest: BundleManifest, home: Path) -> 
                          "to go back to it add --allow-downgrade")
 
 
+def _read_signed_manifest(bundle_dir: Path, trust: Trust | None) -> bytes:
+    """manifest.json of ``bundle_dir``, read once, whose signature ``trust`` (default: the site's
+    setting) accepts; IntegrityError for a refused signature or a missing manifest."""
+    trust = trust or resolve_trust()
+    data = read_manifest_bytes(bundle_dir)
+    signed, refusal = signature_verdict(bundle_dir, trust, data)
+    if refusal:
+        raise IntegrityError(f"{refusal}; nothing was extracted")
+    if signed is not None:
+        log.info(f"unpack: {signed.describe()}")
+    if trust.allowed_signers is not None:
+        placement.checkpoint("unpack:signature-checked")
+    if data is None:
+        raise IntegrityError(f"bundle {bundle_dir} failed verification: {MANIFEST_NAME}: missing; nothing was extracted")
+    return data
+
+
+def _already_installed(bundle_dir: Path, manifest: BundleManifest, sha256: str, home: Path, *, reinstall: bool,
+                       drop_versions: Sequence[str]) -> bool:
+    """True when the receipt says the bundle is installed and the tree still matches (nothing to do);
+    IntegrityError when the tree changed since. Always False with ``reinstall``."""
+    changes = None if reinstall else installed_changes(home, manifest, sha256)
+    if changes:
+        raise _refuse_changed(bundle_dir.absolute(), manifest, home, changes)
+    if changes != []:
+        return False
+    refuse_drop_versions(home, manifest, bundle_dir, drop_versions, None)
+    log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
+    return True
+
+
+def _unpack_full_with_progress(bundle_dir: Path, data: bytes, manifest: BundleManifest | None, home: Path, *,
+                               keep_previous: bool, version_files: Sequence[str],
+                               drop_versions: Sequence[str]) -> BundleManifest:
+    """:func:`_unpack_full`, with a progress bar on a terminal (the chunks hashed, then extracted)."""
+    log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
+    bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
+    try:
+        return _unpack_full(bundle_dir, data, _member_bytes(manifest) if bar else 0, home, bar,
+                            keep_previous=keep_previous, version_files=version_files, drop_versions=drop_versions)
+    finally:
+        if bar is not None:
+            bar.close(clear=True)
+
+
 def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_files: Sequence[str],
                   reinstall: bool = False, deep: bool = False, trust: Trust | None = None,
                   allow_downgrade: bool = False, trust_installed: bool = False,
@@ -155,17 +201,7 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
     bundle_dir = Path(bundle)
     if not bundle_dir.is_dir():
         raise UsageError(f"bundle folder {bundle} does not exist")
-    trust = trust or resolve_trust()
-    data = read_manifest_bytes(bundle_dir)
-    signed, refusal = signature_verdict(bundle_dir, trust, data)
-    if refusal:
-        raise IntegrityError(f"{refusal}; nothing was extracted")
-    if signed is not None:
-        log.info(f"unpack: {signed.describe()}")
-    if trust.allowed_signers is not None:
-        placement.checkpoint("unpack:signature-checked")
-    if data is None:
-        raise IntegrityError(f"bundle {bundle_dir} failed verification: {MANIFEST_NAME}: missing; nothing was extracted")
+    data = _read_signed_manifest(bundle_dir, trust)
     manifest, sha256 = _parsed(bundle_dir, data), hashlib.sha256(data).hexdigest()
     home = placement.check_amshome(amshome)
     placement.refuse_bundle_in_tree(bundle_dir, home)
@@ -175,27 +211,16 @@ def unpack_bundle(bundle: str, amshome: str, *, keep_previous: bool, version_fil
         if manifest is not None:
             if not allow_downgrade:
                 refuse_downgrade(bundle_dir, manifest, home)
-            changes = None if reinstall else installed_changes(home, manifest, sha256)
-            if changes:
-                raise _refuse_changed(bundle_dir.absolute(), manifest, home, changes)
-            if changes == []:
-                refuse_drop_versions(home, manifest, bundle_dir, drop_versions, None)
-                log.info(f"unpack: {home / placement.REPOSITORY} already holds this bundle; nothing to do")
+            if _already_installed(bundle_dir, manifest, sha256, home, reinstall=reinstall, drop_versions=drop_versions):
                 return CheckedManifest(manifest, sha256)
             if manifest.is_delta:
                 unpack_delta(bundle_dir.absolute(), home, manifest, data, keep_previous=keep_previous, deep=deep,
                              version_files=version_files, trust_installed=trust_installed,
                              drop_versions=drop_versions)
                 return CheckedManifest(manifest, sha256)
-        log.info(f"unpack: checking every chunk of {bundle_dir} against manifest.json and SHA256SUMS")
-        bar = ByteProgress(None, "unpack") if sys.stderr.isatty() else None  # chunks hashed, then extracted
-        try:
-            return CheckedManifest(_unpack_full(bundle_dir, data, _member_bytes(manifest) if bar else 0, home, bar,
-                                                keep_previous=keep_previous, version_files=version_files,
-                                                drop_versions=drop_versions), sha256)
-        finally:
-            if bar is not None:
-                bar.close(clear=True)
+        return CheckedManifest(_unpack_full_with_progress(bundle_dir, data, manifest, home, keep_previous=keep_previous,
+                                                          version_files=version_files, drop_versions=drop_versions),
+                               sha256)
 
 
 def _removals_allowed(home: Path, manifest: BundleManifest, bundle_dir: Path, drop_versions: Sequence[str]):

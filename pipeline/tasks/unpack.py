@@ -83,7 +83,7 @@ class Unpack(ReportsFailure, luigi.Task):
         # unpack's staging in AMSHOME by now is no sign against this one.
         # --reinstall: not done until this run has installed it again.
         if self.checked is not None:
-            return unpacking.placed(self.amshome, self.checked)
+            return unpacking.installed_and_intact(self.amshome, self.checked)
         if self.reinstall or self.drop_versions:  # a --drop-version is checked by run, also when nothing is to do
             return False
         target = self.output()
