@@ -1,7 +1,7 @@
 """``python -m amsrepomirror`` and the ``amsrepomirror`` command.
 
 Importing Luigi reads every luigi.cfg, so a file that does not parse fails that import: it becomes
-one usage error here, before the command-line module (which imports Luigi) is loaded.
+one usage error here, before the command-line package (which imports Luigi) is loaded.
 """
 
 import configparser

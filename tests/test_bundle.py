@@ -401,11 +401,11 @@ VERIFY_MANIFEST_COMES_BACK = """
 import os, sys
 from amsrepomirror import cli
 bundle, held = sys.argv[1:3]
-checks = cli.verify_bundle
+checks = cli.verify.verify_bundle
 def manifest_back_then_verify(*args, **kwargs):
     os.replace(held, os.path.join(bundle, "manifest.json"))
     return checks(*args, **kwargs)
-cli.verify_bundle = manifest_back_then_verify
+cli.verify.verify_bundle = manifest_back_then_verify
 sys.exit(cli.main(["verify", bundle, "--no-test"]))
 """
 

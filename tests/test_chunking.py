@@ -1,4 +1,4 @@
-"""chunk_plan / describe_plan (amsrepomirror.pack.plan) and write_chunk (amsrepomirror.pack.sevenzip)."""
+"""chunk_plan (amsrepomirror.pack.plan), describe_plan (amsrepomirror.cli.plan) and write_chunk (amsrepomirror.pack.sevenzip)."""
 
 import os
 import random
@@ -12,6 +12,7 @@ import py7zr
 import pytest
 
 from amsrepomirror.bundle.format import chunk_name, part_member
+from amsrepomirror.cli.plan import describe_plan
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry
 from amsrepomirror.pack.build import remove_partial_files
@@ -23,7 +24,6 @@ from amsrepomirror.pack.plan import (
     build_bundle_manifest,
     chunk_key,
     chunk_plan,
-    describe_plan,
     member_overhead,
 )
 from amsrepomirror.pack.sevenzip import ChunkResult, ContentMismatch, Sha256State, write_chunk

@@ -26,7 +26,7 @@ from clihelp import REPO, cli_env, run_cli, tree_hashes
 from servers import free_port
 
 import amsrepomirror
-from amsrepomirror.cli import build_parser
+from amsrepomirror.cli.parser import build_parser
 from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
 from amsrepomirror.testing.repository import make_repository, repository_files, write_listing
 from amsrepomirror.testing.scmdouble import ScmDouble

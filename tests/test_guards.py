@@ -14,9 +14,10 @@ import pytest
 from clihelp import popen_cli, run_cli, served_tree, tree_hashes
 from servers import require_tool
 
-from amsrepomirror import cli
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest
 from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.cli.exit_codes import most_severe_failure
+from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.errors import AuthError, DiskSpaceError, FetchError, IntegrityError, UsageError
 from amsrepomirror.offline.placement import LOCK
 from amsrepomirror.online.workspace import Workspace
@@ -168,8 +169,8 @@ def expected_winner(codes) -> int:
                          [DOCUMENTED_PRIORITY, DOCUMENTED_PRIORITY[::-1]], ids=str)
 def test_the_documented_exit_code_wins_whatever_the_order(codes, tmp_path):
     case = "-".join(map(str, codes))
-    failures = cli.run_graph([FailsWith(code=c, case=case) for c in codes], log_file=tmp_path / "luigi.log")
+    failures = run_graph([FailsWith(code=c, case=case) for c in codes], log_file=tmp_path / "luigi.log")
     assert [f["code"] for f in failures] == list(codes)  # each task's failure, in the order they ran
-    winner = cli.worst(failures)
+    winner = most_severe_failure(failures)
     assert winner["code"] == expected_winner(codes)
     assert winner["message"] == f"failure with exit code {expected_winner(codes)}"

@@ -5,9 +5,11 @@ Read from the source (``ast``), so a new module that breaks a rule fails here wi
 """
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -41,8 +43,13 @@ def imported(node: ast.AST, known: set[str]) -> list[str]:
 #: hashing, sizes, paths, progress); config (settings); bundle (what both sides read: the format, sums,
 #: signatures, chunk and receipt checks, verify); online (mirroring from SCM); offline (unpacking into
 #: AMSHOME: needs no online module); pack (building a bundle from a mirror); tasks (the Luigi graph);
-#: cli. ``testing`` (the SCM double) is for tests, bench and the demo only. The package root
+#: cli, module by module: what all commands share (output, then exit_codes, runner and options), the
+#: commands (bundle builds on mirror and plan), the parser that puts them together, and the package's
+#: main. ``testing`` (the SCM double) is for tests, bench and the demo only. The package root
 #: (``__version__``) may be imported by all.
+BELOW_CLI = {"errors", "util", "config", "bundle", "online", "offline", "pack", "tasks"}
+CLI_SHARED = {"cli.output", "cli.exit_codes", "cli.runner", "cli.options"}
+CLI_COMMANDS = {f"cli.{name}" for name in ("mirror", "bundle", "plan", "verify", "unpack", "receipt", "config", "demo")}
 MAY_IMPORT = {
     "errors": set(),
     "util": {"errors"},
@@ -52,17 +59,30 @@ MAY_IMPORT = {
     "offline": {"errors", "util", "config", "bundle"},
     "pack": {"errors", "util", "config", "bundle", "online"},
     "tasks": {"errors", "util", "config", "bundle", "online", "offline", "pack"},
-    "cli": {"errors", "util", "config", "bundle", "online", "offline", "pack", "tasks", "testing"},
+    "cli.output": BELOW_CLI,
+    "cli.exit_codes": BELOW_CLI | {"cli.output"},
+    "cli.runner": BELOW_CLI | {"cli.output"},
+    "cli.options": BELOW_CLI | {"cli.output"},
+    **{command: BELOW_CLI | CLI_SHARED for command in CLI_COMMANDS},
+    "cli.bundle": BELOW_CLI | CLI_SHARED | {"cli.mirror", "cli.plan"},
+    "cli.demo": BELOW_CLI | CLI_SHARED | {"cli", "testing"},  # cli: main(), to run each step
+    "cli.parser": BELOW_CLI | CLI_SHARED | CLI_COMMANDS,
+    "cli": BELOW_CLI | CLI_SHARED | {"cli.parser"},
     "__main__": {"errors", "cli"},
     "testing": {"errors", "util"},
 }
-#: The only modules of the package that may import the SCM double.
-DEMO_MODULES = {"amsrepomirror.cli", "amsrepomirror.cli.demo"}
+#: The only module of the package that may import the SCM double.
+DEMO_MODULES = {"amsrepomirror.cli.demo"}
+#: Packages whose modules are layered among themselves too (``part_of`` names each module).
+LAYERED_INSIDE = {"cli"}
 
 
 def part_of(module: str) -> str:
-    """``amsrepomirror.online.http`` -> ``online``; the package root -> ``""``."""
+    """``amsrepomirror.online.http`` -> ``online``, ``amsrepomirror.cli.plan`` -> ``cli.plan``; the package
+    root -> ``""``."""
     parts = module.split(".")
+    if len(parts) > 2 and parts[1] in LAYERED_INSIDE:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else ""
 
 
@@ -101,6 +121,36 @@ def test_every_subpackage_is_listed_for_the_wheel():
     listed = {name.strip().strip('"') for name in listed.split(",") if name.strip()}
     subpackages = {".".join(["amsrepomirror", *p.parent.relative_to(PACKAGE).parts]) for p in PACKAGE.rglob("__init__.py")}
     assert subpackages == listed
+
+
+def test_the_built_wheel_imports_every_module_of_the_source_tree(tmp_path):
+    """The wheel, built without network, holds every module: imported from the wheel alone (its
+    dependencies from this environment, no .pth file read, so no editable install's finder), each
+    module of the source tree loads from it. A subpackage left out of pyproject's list fails here."""
+    setuptools = pytest.importorskip("setuptools", reason="no setuptools to build the wheel: pip install -e '.[test]'")
+    needed = re.search(r'requires = \["setuptools>=(\d+)"\]', (ROOT / "pyproject.toml").read_text())
+    if needed and int(setuptools.__version__.split(".")[0]) < int(needed[1]):
+        pytest.skip(f"setuptools {setuptools.__version__} is older than build-system requires (>={needed[1]}): "
+                    "pip install -e '.[test]' installs a newer one")
+    # Built from a copy, so that building leaves no build/ folder or egg-info in the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(PACKAGE, source / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stdout + built.stderr
+    [wheel] = (tmp_path / "dist").glob("amsrepomirror-*.whl")
+    dependencies = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    code = ("import importlib, sys\n"
+            f"sys.path[:0] = [{str(wheel)!r}]\n"
+            f"sys.path += {dependencies!r}\n"
+            f"for name in {sorted(modules())!r}:\n"
+            f"    where = importlib.import_module(name).__file__\n"
+            f"    assert where.startswith({str(wheel)!r}), f'{{name}} loaded from {{where}}'\n")
+    # -S: the site-packages' .pth files are not read (the editable install's finder would find any module).
+    result = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
 
 
 def test_no_import_cycles_between_modules():

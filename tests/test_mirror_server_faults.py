@@ -13,7 +13,7 @@ import luigi
 import pytest
 from clihelp import cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
 
-from amsrepomirror import cli
+from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.online.http import MAX_RETRY_AFTER
 from amsrepomirror.testing.repository import change_file, listing_path, write_listing
 from amsrepomirror.testing.scmdouble import ScmDouble
@@ -76,7 +76,7 @@ def test_a_task_whose_output_is_missing_after_run_fails_instead_of_looping(tmp_p
         def requires(self):
             return NeverDone()
 
-    failures = cli.run_graph([Wants()])
+    failures = run_graph([Wants()])
     assert runs == [1]
     assert [f["code"] for f in failures] == [1]
     assert "complete() is still returning false" in failures[0]["message"]

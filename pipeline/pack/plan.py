@@ -282,8 +282,8 @@ def _check_collisions(paths: set, split_paths: list[str], groups: list[list[Piec
 
 
 
-def _pack_sticks(sizes: Mapping[str, int], stick_size: int) -> list[list[str]]:
-    """First-fit decreasing; every size must be <= stick_size."""
+def pack_sticks(sizes: Mapping[str, int], stick_size: int) -> list[list[str]]:
+    """Which chunks go together on a stick (first-fit decreasing); every size must be <= stick_size."""
     sticks: list[list[str]] = []
     free: list[int] = []
     for name in sorted(sizes, key=lambda n: (-sizes[n], n)):
@@ -298,75 +298,6 @@ def _pack_sticks(sizes: Mapping[str, int], stick_size: int) -> list[list[str]]:
     for s in sticks:
         s.sort()
     return sticks
-
-
-def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: int | None = None) -> str:
-    """Human summary for the ``plan`` command: totals, each chunk, and which chunks go on which stick."""
-    total = sum(f.size for f in files)
-    lines = [f"{len(files)} files, {format_size(total)} ({total} bytes) in {len(plan)} chunks"]
-    if plan:
-        lines[0] += f" of at most {format_size(plan[0].chunk_size)}, compression {plan[0].compression}"
-    split = {}
-    for spec in plan:
-        for p in spec.pieces:
-            if p.is_part:
-                split[p.path] = split.get(p.path, 0) + 1
-    lines.append("Each chunk holds whole files" + (", and parts of the files too big for one chunk (unpack joins "
-                                                   "the parts again)" if split else "") + ":")
-    width = max((len(s.name) for s in plan), default=0)
-    for spec in plan:
-        parts = sum(1 for p in spec.pieces if p.is_part)
-        what = f"{len(spec.pieces) - parts} files" + (f" + {parts} parts" if parts else "")
-        lines.append(f"  {spec.name:<{width}}  {what:<24}  {format_size(spec.payload):>10}  "
-                     f"(file <= {format_size(spec.max_size)})")
-    if split:
-        lines.append(f"{len(split)} files are split into parts:")
-        for path in sorted(split):
-            lines.append(f"  {path}: {split[path]} parts")
-    if stick_size is not None:
-        sizes = {s.name: s.max_size for s in plan}
-        too_big = [n for n in sorted(sizes) if sizes[n] > stick_size]
-        if too_big:
-            lines.append(
-                f"ERROR: {len(too_big)} chunks are bigger than a stick of {format_size(stick_size)} "
-                f"(e.g. {too_big[0]}, up to {format_size(max(sizes[n] for n in too_big))}): choose a chunk size "
-                f"below the stick size"
-            )
-        else:
-            lines += describe_sticks(sizes, stick_size)
-    return "\n".join(lines) + "\n"
-
-
-def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror") -> list[str]:
-    """Which chunks go on which stick (``sizes``: chunk name -> bytes); every stick also carries every
-    file that is not a chunk (manifest, sums, README, and the signature and tool/ of bundles that
-    have them: ``extras`` bytes, when known), so each can be checked alone."""
-    sticks = _pack_sticks(sizes, stick_size - extras)
-    lines = [f"{len(sticks)} sticks of {format_size(stick_size)} needed (file system overhead not counted); "
-             "copy every file that is not a chunk (manifest.json, SHA256SUMS, README.txt, and manifest.json.sig and "
-             "tool/ when the bundle has them) onto every stick, and check each one as it arrives "
-             f"with: {tool} verify --partial STICK"]
-    for i, names in enumerate(sticks, start=1):
-        used = sum(sizes[n] for n in names)
-        lines.append(f"  stick {i}: {len(names)} chunks, {format_size(used)}: {', '.join(names)}")
-    return lines
-
-
-def describe_since(plan: Sequence[ChunkSpec], base: BundleManifest, base_label: str) -> str:
-    """What to carry when the transfer disk holds the bundle ``base``: the planned chunks it lacks
-    (chunks are named by content, so a name it has is the same bytes), and its chunks no longer used."""
-    have = {c.name: c for c in base.chunks}
-    planned = {s.name for s in plan}
-    new = [s for s in plan if s.name not in have]
-    kept = [s for s in plan if s.name in have]
-    gone = [c for c in base.chunks if c.name not in planned]
-    new_bytes, kept_bytes = sum(s.max_size for s in new), sum(have[s.name].size for s in kept)
-    lines = [f"since {base_label}: copy {len(new)} of {len(plan)} chunks (at most {format_size(new_bytes)}, "
-             f"{new_bytes} bytes); {len(kept)} chunks ({format_size(kept_bytes)}) are unchanged; "
-             f"{len(gone)} chunks of the base are no longer used"]
-    lines += [f"  copy    {s.name}  (file <= {format_size(s.max_size)})" for s in new]
-    lines += [f"  remove  {c.name}" for c in gone]
-    return "\n".join(lines) + "\n"
 
 
 def build_bundle_manifest(

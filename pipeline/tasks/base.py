@@ -51,7 +51,7 @@ def platform_rules():
 
 class ReportsFailure:
     """Mixin for every task: a failure becomes one JSON line (exit code, one-line message,
-    traceback) that ``cli.run_graph`` reads back from the scheduler and maps to the exit code."""
+    traceback) that ``cli.runner.run_graph`` reads back from the scheduler and maps to the exit code."""
 
     # A failed task is not handed out again: under a central scheduler, workers that keep alive
     # for others' tasks would otherwise wait for (and retry) it forever; the next run retries it.

@@ -1,0 +1,33 @@
+"""``amsrepomirror``: the command line over the task graph. Errors end here as one line and an exit code.
+
+One module per command (its options, its run function, what it prints); ``parser`` puts them together,
+``runner`` runs the Luigi graph, ``exit_codes`` turns what went wrong into the documented exit code, and
+``output`` holds the printing and logging shared by all. Only this package prints.
+"""
+
+import sys
+
+from amsrepomirror import errors
+from amsrepomirror.cli.exit_codes import EXPECTED, exit_code_after
+from amsrepomirror.cli.output import console_logging
+from amsrepomirror.cli.parser import build_parser
+from amsrepomirror.config import load as load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command line (``sys.argv[1:]`` when None); return its exit code."""
+    console_logging()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse already printed one line of usage error
+        return errors.USAGE_ERROR if exc.code else 0
+    try:
+        check_before_settings = getattr(args, "check_before_settings", None)  # options refused whatever the settings
+        if check_before_settings:
+            check_before_settings(args)
+        load_settings(args.config)
+        return args.func(args)
+    except EXPECTED as exc:
+        return exit_code_after(exc)

@@ -1,0 +1,175 @@
+"""``amsrepomirror bundle``: mirror (unless --offline), then pack the verified mirror into a bundle folder
+of checksummed 7z chunks, full or a delta since a base; its options and what it prints."""
+
+import argparse
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.sums import read_sums
+from amsrepomirror.cli.exit_codes import most_severe_failure
+from amsrepomirror.cli.mirror import ONLINE_EPILOG, add_mirror_options, mirror_lock, mirror_versions, versions_and_urls
+from amsrepomirror.cli.options import add_command, setting_default
+from amsrepomirror.cli.output import print_stderr, tool_command
+from amsrepomirror.cli.plan import chunk_settings, describe_sticks, print_delta_plan, print_plan
+from amsrepomirror.cli.runner import run_graph, use_scheduler
+from amsrepomirror.errors import UsageError
+from amsrepomirror.online.manifest import Manifest
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.pack.delta_base import resolve_base, select_delta, write_base
+from amsrepomirror.pack.tool import SUPPORTED_PYTHONS
+from amsrepomirror.tasks.base import new_run_id
+from amsrepomirror.tasks.bundle import BundleArchive
+from amsrepomirror.util import progress
+from amsrepomirror.util.fsutil import why_unwritable
+from amsrepomirror.util.units import format_size, parse_size
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "bundle", "mirror, then pack the verified mirror into checksummed 7z chunks", ONLINE_EPILOG)
+    add_mirror_options(p)
+    add_bundle_options(p)
+    add_since_option(p)
+    p.set_defaults(func=run, delete_unlisted=False, force=False)
+
+
+def add_bundle_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="bundle folder to write (outside the mirror)")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"largest chunk, e.g. 3900MiB ({setting_default('BundleArchive', 'chunk_size')})")
+    p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
+    p.add_argument("--offline", action="store_true", help="bundle the last verified mirror; do not contact the server")
+    p.add_argument("--dry-run", action="store_true", help="print the chunk plan and write nothing")
+    p.add_argument("--stick-size", metavar="SIZE",
+                   help="size of one USB stick, e.g. 64GB: print which chunks go on which stick, with --dry-run or "
+                   "once the bundle is written (default: no stick plan)")
+    p.add_argument("--with-tool", action="store_true",
+                   help="add tool/: amsrepomirror and its dependencies as wheels, and install.sh for the offline side")
+    p.add_argument("--tool-python", action="append", default=[], choices=SUPPORTED_PYTHONS, metavar="X.Y",
+                   help="with --with-tool: the offline side's Python (repeatable; default: this one)")
+    p.add_argument("--tool-platform", action="append", default=[], metavar="TAG",
+                   help="with --with-tool: pip platform tag, e.g. manylinux2014_x86_64 (repeatable; default: this machine's)")
+    p.add_argument("--sign-key", type=Path, metavar="KEY",
+                   help="sign manifest.json with this OpenSSH key (ssh-keygen -Y sign; a passphrase is asked for "
+                   "or the key is used through ssh-agent); writes manifest.json.sig (default: unsigned)")
+
+
+def add_since_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--since", metavar="BASE", help="a delta: only what changed since BASE (last, a bundle folder, "
+                   "its manifest.json, or a receipt from the offline side; default: a full bundle)")
+    p.add_argument("--drop-version", action="append", default=[], metavar="AMS_VERSION",
+                   help="with --since: remove this other version BASE holds, with the files only it needs "
+                   "(repeatable; unpack needs the same --drop-version; default: every other version is kept)")
+
+
+def _check_bundle_folder(mirror: Path, out: Path) -> None:
+    """The bundle folder and the mirror must not hold each other: a later ``mirror --delete-unlisted``
+    would delete a bundle inside the mirror, and a mirror inside the bundle folder would travel in it."""
+    mirror_real, out_real = mirror.resolve(), out.resolve()
+    if out_real == mirror_real or mirror_real in out_real.parents:
+        raise UsageError(f"--out {out} is inside the mirror {mirror} (mirror --delete-unlisted would remove it): "
+                         "choose a bundle folder outside the mirror")
+    if out_real in mirror_real.parents:
+        raise UsageError(f"the mirror {mirror} is inside the bundle folder --out {out}: "
+                         "choose a bundle folder outside the mirror")
+
+
+def run(args) -> int:
+    """Mirror (unless --offline), then write the bundle folder."""
+
+    _check_bundle_folder(args.mirror, args.out)
+    versions = [version for version, _ in versions_and_urls(args)]
+    chunk_size, compression = chunk_settings(args)
+    _refuse_option_mix(args, versions)
+    if args.dry_run and args.since:
+        return print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since,
+                                args.drop_version)
+    if args.dry_run:
+        return print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
+    _check_before_writing(args)
+    use_scheduler(args)
+    if not args.offline:
+        code = mirror_versions(args)
+        if code:
+            print_stderr("bundle: not written, because the mirror is not complete")
+            return code
+    return _write_bundle(args, versions, chunk_size, compression)
+
+
+def _refuse_option_mix(args, versions: Sequence[str]) -> None:
+    """Options that only go together with others, or with one version."""
+    if (args.tool_python or args.tool_platform) and not args.with_tool:
+        raise UsageError("--tool-python and --tool-platform go with --with-tool")
+    if args.since and len(versions) > 1:
+        raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
+    if args.drop_version and not args.since:
+        raise UsageError("--drop-version goes with --since: a delta drops a version of its base "
+                         "(a full bundle holds only the versions it names)")
+
+
+def _check_before_writing(args) -> None:
+    """What would make a written bundle fail at its end, refused before the mirror run."""
+    if args.stick_size:
+        parse_size(args.stick_size)  # refused now, not after the bundle is written
+    why = why_unwritable(args.out)
+    if why:
+        raise UsageError(f"cannot write the bundle folder --out {args.out}: {why}")
+    if args.sign_key is not None and not args.sign_key.is_file():
+        raise UsageError(f"--sign-key {args.sign_key} does not exist")
+
+
+def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) -> int:
+    """Pack the verified mirror of ``versions`` into --out (BundleArchive); say how to check it."""
+    ws = Workspace(args.mirror)
+    for version in versions:
+        if not ws.manifest_path(version).exists():
+            raise UsageError(f"--offline: {args.mirror} has no verified {version} mirror yet; run mirror first")
+    # The mirror run above verified the tree; bundling reads its manifest, so it needs no network.
+    task = BundleArchive(version=versions[0], versions=versions if len(versions) > 1 else [], mirror=str(ws.mirror),
+                         offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression,
+                         since=_delta_base(ws, versions[0], args.since, args.drop_version), with_tool=args.with_tool,
+                         tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
+                         sign_key=str(args.sign_key.absolute()) if args.sign_key else "")
+    with mirror_lock(ws, args), progress.shared_bar("bundle"):
+        failures = run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log", verbose=args.verbose,
+                             scheduler_url=args.scheduler_url)
+    failure = most_severe_failure(failures)
+    if failure:
+        print_stderr(f"error: {failure['message']}")
+        return failure["code"]
+    print_stderr(f"bundle: {args.out} is complete; check it with: {tool_command()} verify {shlex.quote(str(args.out))}")
+    if args.stick_size:
+        print_sticks(args.out, parse_size(args.stick_size))
+    return 0
+
+
+def print_sticks(bundle: Path, stick_size: int) -> None:
+    """Which chunks of the written bundle go on which stick; every other file (manifest, sums, README,
+    signature, tool/) goes on each."""
+    manifest = BundleManifest.read(bundle / MANIFEST_NAME)
+    chunks = {c.name for c in manifest.chunks}
+    carried = [name for name in read_sums(bundle) if name not in chunks] + [SUMS_NAME]  # signature and tool/ too
+    extras = sum((bundle / name).stat().st_size for name in carried)
+    sizes = {c.name: c.size for c in manifest.chunks}
+    too_big = [name for name, size in sizes.items() if size + extras > stick_size]
+    if too_big:
+        raise UsageError(f"chunk {too_big[0]} and the bundle's small files do not fit on a stick of "
+                         f"{format_size(stick_size)}: use a smaller --chunk-size")
+    for line in describe_sticks(sizes, stick_size, extras, tool_command()):
+        print(line)
+
+
+def _delta_base(ws: Workspace, version: str, since: str | None, dropped: Sequence[str] = ()) -> str:
+    """``--since`` resolved against the verified mirror and snapshotted in its history: the file
+    BundleArchive plans the delta against ("" for a full bundle)."""
+    if not since:
+        return ""
+    current = Manifest.read(ws.manifest_path(version))
+    base = resolve_base(since, ws, version, current.files, dropped)
+    select_delta(base, current.files, version)  # refused now (exit 2), not in a task
+    kept = [v for v in base.all_versions if v != version and v not in base.dropped]
+    print_stderr(f"bundle: a delta of {version} since {base.described} (tree {base.identity[:12]})"
+                 + (f", keeping {' and '.join(kept)}" if kept else "")
+                 + (f", dropping {' and '.join(base.dropped)}" if base.dropped else ""))
+    return str(write_base(ws, base))

@@ -1,0 +1,93 @@
+"""What the commands' options share: the help's layout and texts, the defaults the settings give, and
+the options several commands take (the signers, AMSHOME) with how they are resolved."""
+
+import argparse
+import os
+from pathlib import Path
+
+import luigi
+
+from amsrepomirror import config
+from amsrepomirror.bundle.trust import Trust, resolve_trust
+from amsrepomirror.cli.output import print_stderr
+from amsrepomirror.errors import UsageError
+from amsrepomirror.offline import placement
+
+EXIT_CODES = """exit codes:
+  0    done
+  1    runtime failure (network, server, a file that could not be fetched)
+  2    usage: a bad option, setting, folder or listing URL; nothing was changed
+  3    authentication: the server refused the SCM account, or its TLS certificate failed
+  4    integrity: a checksum, size or archive does not match
+  5    not enough disk space
+  130  interrupted (Ctrl-C): run the same command again to continue"""
+
+ACCOUNT = """SCM account (never on the command line), the first found:
+  SCM_USER and SCM_PASSWORD   both in the environment
+  ~/.netrc                    machine downloads.scm.com login USER password PASS  (chmod 600)
+  a prompt                    when run on a terminal
+A private CA: name its certificate in REQUESTS_CA_BUNDLE or SSL_CERT_FILE.
+Settings (defaults of the options below): amsrepomirror config shows each and the file it came from."""
+
+
+class AdminHelp(argparse.RawDescriptionHelpFormatter):
+    """Help for admins: every option says its default (a flag: off), epilogs printed as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.required or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if action.default not in (None, []):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+def add_command(sub, name: str, purpose: str, epilog: str = EXIT_CODES) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=purpose, description=purpose[0].upper() + purpose[1:] + ".", epilog=epilog,
+                          formatter_class=AdminHelp)
+
+
+def setting_default(section: str, key: str) -> str:
+    """'default: VALUE, the [SECTION] key setting' for an option's help (the value in effect now)."""
+    config.install_defaults()
+    value = luigi.configuration.get_config().get(section, key, "")
+    return f"default: {value or 'none'}, the [{section}] {key} setting"
+
+
+def option_or_setting(given, section: str, key: str) -> str:
+    """A command-line value, else the effective setting (shipped defaults under every settings file)."""
+    if given is not None:
+        return str(given)
+    return luigi.configuration.get_config().get(section, key)
+
+
+def add_signer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allowed-signers", type=Path, metavar="FILE",
+                   help="OpenSSH allowed_signers file: require a signature of manifest.json by a key in it "
+                        f"({setting_default('trust', 'allowed_signers')})")
+    p.add_argument("--revoked-keys", type=Path, metavar="FILE",
+                   help="OpenSSH revoked keys file (ssh-keygen -Y verify -r): refuse signatures by these keys "
+                   f"({setting_default('trust', 'revoked_keys')})")
+
+
+def site_trust(args) -> Trust:
+    """The site's trust setting for this command (trust.resolve_trust), its notes said once."""
+    found = resolve_trust(args.allowed_signers, args.revoked_keys)
+    for note in found.notes:
+        print_stderr(note)
+    return found
+
+
+def amshome_of(args) -> Path:
+    """--amshome, else $AMSHOME from the environment (said on stderr, so the admin sees which)."""
+    if args.amshome is not None:
+        placement.refuse_repository_folder(args.amshome)  # before a log or lock is written there
+        return args.amshome
+    from_environment = os.environ.get("AMSHOME", "")
+    if not from_environment:
+        raise UsageError("give --amshome DIR or set AMSHOME: the AMS installation folder whose repository/ to fill")
+    print_stderr(f"{args.command}: AMSHOME {from_environment} (from the environment; --amshome overrides it)")
+    placement.refuse_repository_folder(from_environment)
+    return Path(from_environment)

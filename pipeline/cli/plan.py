@@ -1,0 +1,211 @@
+"""``amsrepomirror plan``: the chunk plan of a bundle and which chunks go on which USB stick, written
+as text; also what ``bundle --dry-run`` prints. Writes nothing."""
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
+from amsrepomirror.cli.options import add_command, option_or_setting, setting_default
+from amsrepomirror.cli.output import print_stderr
+from amsrepomirror.errors import MirrorError, UsageError
+from amsrepomirror.online.listing import listing_url_for
+from amsrepomirror.online.manifest import FileEntry, Manifest, union_manifest
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.pack.delta_base import resolve_base, select_delta
+from amsrepomirror.pack.plan import ChunkSpec, chunk_plan, distinct_contents, pack_sticks
+from amsrepomirror.util.units import format_size, parse_size
+
+FAT32_LIMIT = 4 * 1024**3 - 1
+MIN_CHUNK = 64 * 1024
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "plan", "show the chunk plan and which chunks go on which USB stick; writes nothing")
+    p.add_argument("--mirror", required=True, type=Path, help="the mirror folder")
+    p.add_argument("--version", action="append", default=[], metavar="AMS_VERSION",
+                   help="AMS version, e.g. AMS2026.1, not the tool's (repeatable, to plan a bundle of several; "
+                   "default: the mirror's only version)")
+    p.add_argument("--chunk-size", metavar="SIZE",
+                   help=f"largest chunk, e.g. 3900MiB ({setting_default('BundleArchive', 'chunk_size')})")
+    p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
+    p.add_argument("--stick-size", metavar="SIZE", help="size of one USB stick, e.g. 64GB: print which chunks go on which "
+                   "stick (default: no stick plan)")
+    p.add_argument("--since", metavar="BASE",
+                   help="what a delta since BASE (last, a bundle folder, its manifest.json, a receipt) carries; "
+                   "for a bundle on the transfer disk also the chunks of a new full bundle to copy over it "
+                   "(default: a full bundle)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    chunk_size, compression = chunk_settings(args)
+    if args.since and len(args.version) > 1:
+        raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
+    if args.since:
+        print_delta_plan(args.mirror, args.version[0] if args.version else None, chunk_size, compression,
+                         args.stick_size, args.since)
+        if base_manifest(Path(args.since)) is None:
+            return 0
+        print(f"\nor a full bundle over the one in {args.since}:")
+    return print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
+
+
+def chunk_settings(args):
+    """Chunk size and compression from the command line, else [BundleArchive]; checked up front."""
+    chunk_size = option_or_setting(args.chunk_size, "BundleArchive", "chunk_size")
+    compression = option_or_setting(args.compression, "BundleArchive", "compression")
+    size = parse_size(chunk_size)
+    if size < MIN_CHUNK:
+        raise UsageError(f"chunk size {chunk_size} is too small: use at least 64KiB (3900MiB suits USB sticks)")
+    if compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {compression!r} in [BundleArchive] (see amsrepomirror config): "
+                         f"use one of {', '.join(COMPRESSIONS)}")
+    if size > FAT32_LIMIT:
+        print_stderr(f"note: chunks of {chunk_size} do not fit on FAT32 sticks (files must stay below 4 GiB)")
+    if compression == "zstd":
+        print_stderr("note: --compression zstd: stock 7-Zip cannot open zstd chunks (7-Zip-zstd and amsrepomirror "
+                     "can); checking by hand with 7z needs copy or lzma2")
+    return chunk_size, compression
+
+
+def base_manifest(base: Path) -> BundleManifest | None:
+    """The manifest of bundle ``base`` (its folder or its manifest.json), or None when BASE is not a
+    bundle (``last``, a receipt): the chunks to copy over an earlier full bundle need one."""
+    path = base / MANIFEST_NAME if base.is_dir() else base
+    if not path.is_file():
+        return None
+    try:
+        return BundleManifest.read(path)
+    except MirrorError:
+        return None
+
+
+def _verified_manifest(mirror: Path, version: str | None) -> Manifest:
+    """The mirror's verified manifest of ``version`` (or of its only version)."""
+    paths = _verified_manifest_paths(mirror, [version] if version else [])
+    return Manifest.read(paths[0])
+
+
+def _verified_manifest_paths(mirror: Path, versions: Sequence[str]) -> list[Path]:
+    ws = Workspace(mirror)
+    if not versions:
+        found = sorted(ws.state.glob("*.manifest.json"))
+        if len(found) != 1:
+            raise UsageError(f"{mirror}: give --version ({len(found)} verified versions found)")
+        paths = found
+    else:
+        for version in versions:
+            listing_url_for(version)  # refuses a malformed version before it names a file
+        paths = [ws.manifest_path(version) for version in versions]
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"{mirror} has no verified mirror manifest ({path.name}); run mirror first")
+    return paths
+
+
+def print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: str | None,
+               since: str | None = None) -> int:
+    """The full bundle's chunk plan; with ``since`` a bundle already on the transfer disk, the
+    chunks of it to copy again (the others are the same bytes)."""
+    manifests = [Manifest.read(path) for path in _verified_manifest_paths(mirror, versions)]
+    manifest = manifests[0] if len(manifests) == 1 else union_manifest(manifests)
+    base = base_manifest(Path(since)) if since else None
+    carried, _ = distinct_contents(manifest.files)
+    plan = chunk_plan(carried, parse_size(chunk_size), manifest.version, compression)
+    stick = parse_size(stick_size) if stick_size else None
+    print(describe_plan(plan, carried, stick), end="")
+    if base is not None:
+        print(describe_since(plan, base, str(since)), end="")
+    if stick and any(c.max_size > stick for c in plan):
+        raise UsageError(f"chunks of {chunk_size} do not fit on sticks of {stick_size}: use a smaller --chunk-size")
+    return 0
+
+
+def print_delta_plan(mirror: Path, version: str | None, chunk_size: str, compression: str,
+                     stick_size: str | None, since: str, dropped: Sequence[str] = ()) -> int:
+    """What a delta since ``since`` would carry, reuse and remove, and its chunk plan; writes nothing."""
+    manifest = _verified_manifest(mirror, version)
+    base = resolve_base(since, Workspace(mirror), manifest.version, manifest.files, dropped)
+    delta = select_delta(base, manifest.files, manifest.version)
+    carried = sum(f.size for f in delta.carried)
+    print(f"delta since {base.described} (tree {base.identity[:12]}): {len(delta.carried)} of {len(manifest.files)} "
+          f"files new or changed, {format_size(carried)} ({carried} bytes) of {format_size(manifest.total_bytes)}; "
+          f"{len(delta.reused)} reused from the base under another path; {len(delta.removed)} removed")
+    reused = [f"{r.path} (from {r.source})" for r in delta.reused]
+    for title, paths in (("carried", [f.path for f in delta.carried]), ("reused", reused), ("removed", delta.removed)):
+        for path in paths:
+            print(f"  {title}: {path}")
+    carried, _ = distinct_contents(delta.carried)
+    plan = chunk_plan(carried, parse_size(chunk_size), manifest.version, compression)
+    stick = parse_size(stick_size) if stick_size else None
+    print(describe_plan(plan, carried, stick), end="")
+    return 0
+
+
+def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: int | None = None) -> str:
+    """Human summary for the ``plan`` command: totals, each chunk, and which chunks go on which stick."""
+    total = sum(f.size for f in files)
+    lines = [f"{len(files)} files, {format_size(total)} ({total} bytes) in {len(plan)} chunks"]
+    if plan:
+        lines[0] += f" of at most {format_size(plan[0].chunk_size)}, compression {plan[0].compression}"
+    split = {}
+    for spec in plan:
+        for p in spec.pieces:
+            if p.is_part:
+                split[p.path] = split.get(p.path, 0) + 1
+    lines.append("Each chunk holds whole files" + (", and parts of the files too big for one chunk (unpack joins "
+                                                   "the parts again)" if split else "") + ":")
+    width = max((len(s.name) for s in plan), default=0)
+    for spec in plan:
+        parts = sum(1 for p in spec.pieces if p.is_part)
+        what = f"{len(spec.pieces) - parts} files" + (f" + {parts} parts" if parts else "")
+        lines.append(f"  {spec.name:<{width}}  {what:<24}  {format_size(spec.payload):>10}  "
+                     f"(file <= {format_size(spec.max_size)})")
+    if split:
+        lines.append(f"{len(split)} files are split into parts:")
+        for path in sorted(split):
+            lines.append(f"  {path}: {split[path]} parts")
+    if stick_size is not None:
+        sizes = {s.name: s.max_size for s in plan}
+        too_big = [n for n in sorted(sizes) if sizes[n] > stick_size]
+        if too_big:
+            lines.append(
+                f"ERROR: {len(too_big)} chunks are bigger than a stick of {format_size(stick_size)} "
+                f"(e.g. {too_big[0]}, up to {format_size(max(sizes[n] for n in too_big))}): choose a chunk size "
+                f"below the stick size"
+            )
+        else:
+            lines += describe_sticks(sizes, stick_size)
+    return "\n".join(lines) + "\n"
+
+
+def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror") -> list[str]:
+    """Which chunks go on which stick (``sizes``: chunk name -> bytes); every stick also carries every
+    file that is not a chunk (manifest, sums, README, and the signature and tool/ of bundles that
+    have them: ``extras`` bytes, when known), so each can be checked alone."""
+    sticks = pack_sticks(sizes, stick_size - extras)
+    lines = [f"{len(sticks)} sticks of {format_size(stick_size)} needed (file system overhead not counted); "
+             "copy every file that is not a chunk (manifest.json, SHA256SUMS, README.txt, and manifest.json.sig and "
+             "tool/ when the bundle has them) onto every stick, and check each one as it arrives "
+             f"with: {tool} verify --partial STICK"]
+    for i, names in enumerate(sticks, start=1):
+        used = sum(sizes[n] for n in names)
+        lines.append(f"  stick {i}: {len(names)} chunks, {format_size(used)}: {', '.join(names)}")
+    return lines
+
+
+def describe_since(plan: Sequence[ChunkSpec], base: BundleManifest, base_label: str) -> str:
+    """What to carry when the transfer disk holds the bundle ``base``: the planned chunks it lacks
+    (chunks are named by content, so a name it has is the same bytes), and its chunks no longer used."""
+    have = {c.name: c for c in base.chunks}
+    planned = {s.name for s in plan}
+    new = [s for s in plan if s.name not in have]
+    kept = [s for s in plan if s.name in have]
+    gone = [c for c in base.chunks if c.name not in planned]
+    new_bytes, kept_bytes = sum(s.max_size for s in new), sum(have[s.name].size for s in kept)
+    lines = [f"since {base_label}: copy {len(new)} of {len(plan)} chunks (at most {format_size(new_bytes)}, "
+             f"{new_bytes} bytes); {len(kept)} chunks ({format_size(kept_bytes)}) are unchanged; "
+             f"{len(gone)} chunks of the base are no longer used"]
+    lines += [f"  copy    {s.name}  (file <= {format_size(s.max_size)})" for s in new]
+    lines += [f"  remove  {c.name}" for c in gone]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,135 @@
+"""``amsrepomirror verify``: check a bundle folder offline (every chunk's sha256, size and 7z CRCs, and its
+signature under the site's trust setting), or with --installed AMSHOME's repository against its receipt."""
+
+import os
+import sys
+from pathlib import Path
+
+from amsrepomirror import errors
+from amsrepomirror.bundle.format import read_manifest_bytes, refuse_settings_read_from
+from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, signature_verdict
+from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
+from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, site_trust
+from amsrepomirror.cli.output import print_stderr, tool_command
+from amsrepomirror.errors import UsageError
+from amsrepomirror.offline import placement
+from amsrepomirror.offline.installed import no_receipt, require_intact, scrub
+from amsrepomirror.offline.unpack import MAX_CHANGES_LISTED
+from amsrepomirror.util import progress, skipped_files
+from amsrepomirror.util.units import format_size
+
+
+def add_parser(sub) -> None:
+    p = add_command(sub, "verify", "check a bundle folder offline: every chunk's sha256, size and 7z CRCs; "
+                    "or, with --installed, AMSHOME's repository against its receipt")
+    p.add_argument("bundle", type=Path, nargs="?",
+                   help="the bundle folder (holding manifest.json, SHA256SUMS and the chunks)")
+    p.add_argument("--installed", action="store_true",
+                   help="instead of a bundle, re-hash $AMSHOME/repository against its receipt and name every file "
+                   "changed, missing or added (for cron; exit 4 when it differs)")
+    p.add_argument("--amshome", type=Path, help="with --installed: the AMS installation folder "
+                   "(default: $AMSHOME from the environment)")
+    p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
+    p.add_argument("--partial", action="store_true",
+                   help="one stick of several: check the chunks that are here, list the others as not here yet")
+    add_signer_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """The verify command: a bundle folder, or (--installed) AMSHOME's repository."""
+    if args.installed:
+        return run_installed(args)
+    if args.amshome is not None:
+        raise UsageError("--amshome goes with --installed: verify --installed --amshome DIR checks the installed tree")
+    if args.bundle is None:
+        raise UsageError("verify checks a bundle folder: give it (verify BUNDLE), or check the installed tree "
+                         "with verify --installed [--amshome DIR]")
+    why_not = not_a_bundle(args.bundle, tool_command())
+    if why_not:
+        raise UsageError(why_not)
+    refuse_settings_read_from(args.bundle)  # before anything those settings could steer
+    found = site_trust(args)
+    manifest_bytes = read_manifest_bytes(args.bundle)  # read once: the chunks and the signature are checked on it
+    # The signature first, as unpack: no chunk that only a manifest the site's signers refuse names is read.
+    check, bad_signature = signature_verdict(args.bundle, found, manifest_bytes)
+    if bad_signature:  # guard: verify-signature-first
+        print_signature_verdict(found, check, bad_signature)
+        print_stderr(f"error: {bad_signature}")
+        return errors.INTEGRITY_FAILURE
+    bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None  # in logs: only the verdict
+    try:
+        report = verify_bundle(args.bundle, test_archives=not args.no_test, partial=args.partial,
+                               on_bytes=bar.update if bar else None, on_total=bar.set_total if bar else None,
+                               manifest_bytes=manifest_bytes)
+    finally:
+        if bar is not None:
+            bar.close(clear=True)
+    return _print_report(args, report, found, check)
+
+
+def _print_report(args, report, found: Trust, check) -> int:
+    """What verify found: the bundle intact (or the chunks here, with --partial), or each problem."""
+    for warning in report.warnings:
+        print_stderr(f"warning: {warning}")
+    if report.not_here:
+        print(f"not here yet ({len(report.not_here)} of {len(report.manifest.chunks) if report.manifest else '?'} "
+              f"chunks): {', '.join(report.not_here)}")
+    if not report.ok:
+        for problem in report.problems:
+            print_stderr(f"  {problem}")
+        print_stderr(f"error: {report.message()}")
+        return errors.INTEGRITY_FAILURE
+    manifest = report.manifest
+    if report.not_here:
+        print(f"bundle {args.bundle}: the {report.chunks_checked} chunk(s) here are intact; verify again, without "
+              "--partial, once all chunks are in one folder")
+    else:
+        print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
+              f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
+    print_signature_verdict(found, check, None)
+    for line in skipped_files.describe(manifest.lacking, "the bundle"):
+        print(line)
+    return 0
+
+
+def print_signature_verdict(found: Trust, check, refusal: str | None) -> None:
+    """Print what the bundle's signature says under the site's trust setting (trust.signature_verdict)."""
+    print(check.describe() if check else "signature: unsigned")
+    if refusal is None and found.allowed_signers is None:
+        print(NO_SIGNERS)
+
+
+def run_installed(args) -> int:
+    """The scrub (for cron): re-hash $AMSHOME/repository against its receipt; name what differs."""
+    if args.bundle is not None or args.partial or args.no_test or args.allowed_signers or args.revoked_keys:
+        raise UsageError("verify --installed checks AMSHOME's repository against its receipt: it takes no bundle "
+                         "folder and none of --partial, --no-test, --allowed-signers, --revoked-keys")
+    home = amshome_of(args).absolute()
+    if not home.is_dir():
+        raise UsageError(f"AMSHOME {home} is not a directory")
+    if not os.path.lexists(home / placement.RECEIPT):  # only reads: no lock file is left in a folder that is no AMSHOME
+        raise no_receipt(home)
+    bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None
+    try:
+        with placement.amshome_lock(home, shared=True):  # no unpack swaps the tree meanwhile (one running: exit 2)
+            if placement.interrupted(home):
+                raise UsageError(f"an interrupted unpack left work in AMSHOME {home}: run that unpack again to finish "
+                                 "it, then verify --installed")
+            report = scrub(home, on_bytes=bar.update if bar else None, on_total=bar.set_total if bar else None)
+    finally:
+        if bar is not None:
+            bar.close(clear=True)
+    found = report.differences
+    for line in found[:MAX_CHANGES_LISTED]:
+        print_stderr(f"  {line}")
+    if len(found) > MAX_CHANGES_LISTED:
+        print_stderr(f"  ... and {len(found) - MAX_CHANGES_LISTED} more")
+    if report.receipt.get("trust_installed"):
+        print_stderr("note: the last delta unpack took installed files by size, mtime and inode without hashing them "
+                     "(--trust-installed); this check is the first to hash them since")
+    require_intact(home, report)
+    print(f"{home / placement.REPOSITORY} is intact: {report.files} files, {format_size(report.bytes)} hashed against "
+          f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {' and '.join(report.versions)})")
+    return 0
+
