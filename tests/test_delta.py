@@ -137,6 +137,19 @@ def test_a_receipt_bases_a_delta_without_the_mirror_history(installed, scm_doubl
     assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
 
 
+def test_a_delta_that_changes_nothing_unpacks_as_nothing_to_do(installed, tmp_path):
+    url, mirror, amshome = installed
+    before = amshome_state(amshome)
+    result = bundle(url, mirror, tmp_path / "same", "--since", "last")  # SCM changed nothing this month
+    assert result.returncode == 0, result.stderr
+    assert BundleManifest.read(tmp_path / "same" / MANIFEST_NAME).files == []
+    result = unpack(tmp_path / "same", amshome)
+    assert result.returncode == 0, result.stderr
+    assert errors(result) == [] and result.stderr.startswith(
+        f"unpack: {amshome}/repository already holds this bundle; nothing to do\n"), result.stderr
+    assert amshome_state(amshome) == before  # the receipt still names the bundle that placed the tree
+
+
 def test_deltas_chain_and_are_refused_out_of_order_or_on_another_base(installed, scm_double, repo_tree, tmp_path):
     url, mirror, amshome = installed
     change_month(repo_tree, scm_double, MONTHS[0])

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from amsrepomirror.bundle.delta_rules import target_of
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest, read_manifest_bytes
-from amsrepomirror.bundle.receipt import make_receipt, receipt_tree
+from amsrepomirror.bundle.receipt import make_receipt, receipt_tree, tree_identity
 from amsrepomirror.bundle.trust import Trust, resolve_trust, signature_verdict
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError, UsageError
@@ -46,10 +46,18 @@ def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str) -
         receipt = placement.read_receipt(amshome)
     except IntegrityError:
         return None  # an unreadable receipt vouches for nothing; the next swap writes a new one
-    if not receipt or receipt.get("manifest_sha256") != manifest_sha256:
+    if not receipt or not _receipt_names(receipt, manifest, manifest_sha256):
         return None
     files = target_of(manifest)  # a delta's whole tree, not what it carries
     return extract.tree_problems(Path(amshome) / placement.REPOSITORY, files, check_hashes=False)
+
+
+def _receipt_names(receipt: dict, manifest: BundleManifest, manifest_sha256: str) -> bool:
+    """The receipt names this bundle: its manifest.json, or, for a delta, the very tree it makes (a delta
+    that changes nothing, or one made again, installs what the receipt's bundle placed)."""
+    if receipt.get("manifest_sha256") == manifest_sha256:
+        return True
+    return manifest.is_delta and receipt.get("tree_sha256") == tree_identity(manifest.target)  # guard: receipt-names-delta-tree
 
 
 class CheckedManifest(NamedTuple):
