@@ -7,18 +7,30 @@ one usage error here, before the command-line package (which imports Luigi) is l
 import configparser
 import sys
 
-from amsrepomirror.errors import settings_file_error
+from amsrepomirror.errors import INTERRUPTED, INTERRUPTED_LINE, settings_file_error
 
 
 def run() -> int:
     try:
         # Imported here: importing it imports Luigi, which parses every luigi.cfg (see above).
         from amsrepomirror.cli import main
+        from amsrepomirror.cli.exit_codes import reader_gone
     except configparser.Error as exc:
         error = settings_file_error(exc)
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    return main()
+    except KeyboardInterrupt:  # Ctrl-C while starting: one line, as later
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        return INTERRUPTED
+    try:
+        code = main()
+        sys.stdout.flush()  # here, not at exit, so that a reader gone away is an exit code and not a traceback
+    except KeyboardInterrupt:  # before the command's own handling began
+        print(INTERRUPTED_LINE, file=sys.stderr)
+        return INTERRUPTED
+    except BrokenPipeError:
+        return reader_gone()
+    return code
 
 
 if __name__ == "__main__":

@@ -65,10 +65,17 @@ def settings_file_error(exc: configparser.Error) -> UsageError:
     return UsageError(f"bad settings file: {where}: {what}")
 
 
+#: Ctrl-C: the exit code and the one line said about it, wherever the command was.
+INTERRUPTED = 130
+INTERRUPTED_LINE = "interrupted; rerun the same command to continue where it stopped"
+#: The reader of stdout went away (``amsrepomirror config | head``): nothing more to say, as for SIGPIPE.
+READER_GONE = 141
+
+
 def exit_code_for(exc: BaseException) -> int:
     """Map any exception to the documented exit code."""
     if isinstance(exc, MirrorError):
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
-        return 130
+        return INTERRUPTED
     return RUNTIME_FAILURE

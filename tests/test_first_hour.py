@@ -443,6 +443,37 @@ def test_terminal_shows_the_check_counter_and_files_in_the_bar_and_ctrl_c_clears
     assert before.endswith("\r") and before.rstrip("\r").rsplit("\r", 1)[-1].strip() == "", before[-300:]
 
 
+def test_ctrl_c_while_the_command_starts_is_one_line_and_130():
+    # -X importtime says on stderr when each import is done: the signal comes while the command line is
+    # loading (the first of Luigi's modules is in, the rest still to come), whatever the machine's load.
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "amsrepomirror", "config"], cwd=REPO,
+                            env=cli_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for line in proc.stderr:
+            if re.search(r"\|\s+luigi\.\w+$", line.rstrip()):
+                proc.send_signal(signal.SIGINT)
+                break
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=300)  # a guard against a hang only
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    said = [line for line in rest.splitlines() if not line.startswith("import time:")]
+    assert (code, said) == (130, ["interrupted; rerun the same command to continue where it stopped"]), rest[-2000:]
+
+
+def test_a_reader_that_closes_stdout_early_gets_no_error_line():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `amsrepomirror config | head -1` once head has gone: nobody reads what is written
+    try:
+        result = subprocess.run([sys.executable, "-m", "amsrepomirror", "config"], cwd=REPO, env=cli_env(),
+                                stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
 # --- 17: the demo ------------------------------------------------------------------------------------
 
 def test_demo_on_a_given_port_says_how_to_remove_what_it_left_or_cleans_up(tmp_path):

@@ -2,6 +2,8 @@
 graph, into a documented exit code (errors.py holds the codes) and the one line that says why."""
 
 import errno
+import os
+import sys
 
 from amsrepomirror import errors
 from amsrepomirror.cli.output import print_stderr
@@ -28,8 +30,10 @@ def exit_code_after(exc: BaseException) -> int:
     """Say on stderr, in one line, why the command stopped on ``exc`` (one of EXPECTED); return its exit code."""
     if isinstance(exc, KeyboardInterrupt):
         progress.clear_all()  # the bar's line wiped first: the message starts on a clean line
-        print_stderr("interrupted; rerun the same command to continue where it stopped")
+        print_stderr(errors.INTERRUPTED_LINE)
         return exit_code_for(exc)
+    if isinstance(exc, BrokenPipeError):
+        return reader_gone()
     if isinstance(exc, MirrorError):
         print_stderr(f"error: {exc}")
         return exit_code_for(exc)
@@ -38,3 +42,13 @@ def exit_code_after(exc: BaseException) -> int:
         return errors.NO_SPACE
     print_stderr(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
     return errors.RUNTIME_FAILURE
+
+
+def reader_gone() -> int:
+    """stdout's reader closed the pipe (``| head``): say nothing (it would not be read) and end as SIGPIPE would;
+    stdout goes to /dev/null so that the interpreter's last flush cannot fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or not a file: nothing left to flush
+        pass
+    return errors.READER_GONE
