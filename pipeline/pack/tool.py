@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -157,8 +157,8 @@ def requirements_text(python: str, wheels: Sequence[str], folder: Path) -> str:
 
 def wheel_check() -> str:
     """The text of ``bundle.wheelcheck``, which install.sh runs before any wheel runs (sent as a
-    quoted here-document: nothing in it is expanded)."""
-    return Path(__file__).with_name("wheelcheck.py").read_text(encoding="utf-8")
+    quoted here-document: nothing in it is expanded). Read as the package's file, not imported."""
+    return resources.files("amsrepomirror.bundle").joinpath("wheelcheck.py").read_text(encoding="utf-8")
 
 
 def install_script(spec: ToolSpec) -> str:
