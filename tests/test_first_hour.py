@@ -421,7 +421,7 @@ def run_in_terminal(args, until, timeout=120):
                 sent = True
             if not chunk and proc.poll() is not None:
                 break
-        return proc.wait(timeout=30), out
+        return proc.wait(timeout=300), out  # a guard against a hang only
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -110,7 +110,7 @@ def kill_mid_download(double, mirror: Path, rel: str, at_least: int) -> None:
     double.throttle(300_000)
     proc = popen_cli("mirror", "--version", VERSION, "--mirror", mirror, "--listing-url", double.listing_url(VERSION))
     part = Workspace(mirror).part_path(rel)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a guard against a hang only
     try:
         while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < at_least):
             time.sleep(0.05)

@@ -120,7 +120,7 @@ def test_kill_9_mid_file_then_rerun_resumes_at_the_byte(scm_double, repo_tree, t
     scm_double.throttle(300_000)
     proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION))
     part = Workspace(dest).part_path(big)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a guard against a hang only
     while time.monotonic() < deadline and (not part.exists() or part.stat().st_size < 400_000):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -391,7 +391,7 @@ def test_verify_trusts_size_and_mtime_unless_deep(scm_double, repo_tree, tmp_pat
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
 
 
-def _wait_for_part(dest, min_bytes=1, timeout=60):
+def _wait_for_part(dest, min_bytes=1, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         parts = [p for p in (dest / ".amsrepomirror" / "parts").rglob("*.part") if p.stat().st_size >= min_bytes] \
@@ -408,9 +408,10 @@ def test_ctrl_c_stops_promptly_and_the_rerun_resumes(scm_double, repo_tree, tmp_
     proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION))
     _wait_for_part(dest, 50_000)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=15)  # not after every queued file has downloaded
+    out, err = proc.communicate(timeout=300)  # a guard against a hang only; promptness is asserted below
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+    assert tree_hashes(dest) != served_tree(repo_tree, VERSION)  # it stopped before every queued file was in
     scm_double.throttle(None)
     scm_double.clear_log()
     assert mirror(scm_double, dest).returncode == 0

@@ -41,7 +41,7 @@ def luigid(tmp_path):
                              "--port", str(port), "--state-path", str(folder / "state.pickle"), "--logdir", str(folder)],
                             cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a guard against a hang only
     while True:
         try:
             requests.get(f"{url}/api/worker_list", timeout=2).raise_for_status()
