@@ -13,8 +13,7 @@ from amsrepomirror.errors import INTERRUPTED, INTERRUPTED_LINE, settings_file_er
 def run() -> int:
     try:
         # Imported here: importing it imports Luigi, which parses every luigi.cfg (see above).
-        from amsrepomirror.cli import main
-        from amsrepomirror.cli.exit_codes import reader_gone
+        from amsrepomirror.cli import main, reader_gone
     except configparser.Error as exc:
         error = settings_file_error(exc)
         print(f"error: {error}", file=sys.stderr)

@@ -48,6 +48,7 @@ def chunk_names(out):
     return [c["name"] for c in json.loads((Path(out) / MANIFEST_NAME).read_text())["chunks"]]
 
 
+@pytest.mark.slow
 def test_round_trip_equals_mirror_and_peers_agree(made, repo_tree, tmp_path):
     mirror, out = made
     assert tree_hashes(mirror) == served_tree(repo_tree, VERSION)
@@ -101,6 +102,7 @@ def test_plan_and_dry_run_write_nothing(made, tmp_path):
     assert not (tmp_path / "nothing").exists()
 
 
+@pytest.mark.slow
 def test_offline_bundle_needs_no_server(repo_tree, tmp_path):
     mirror = tmp_path / "mirror"
     with ScmDouble(repo_tree) as double:
@@ -115,6 +117,7 @@ def test_offline_bundle_needs_no_server(repo_tree, tmp_path):
     assert none.returncode == 2 and "run mirror first" in none.stderr
 
 
+@pytest.mark.slow
 def test_killed_bundle_resumes_at_the_chunk(scm_double, tmp_path):
     mirror, out = tmp_path / "mirror", tmp_path / "b"
     url = scm_double.listing_url(VERSION)
@@ -144,6 +147,7 @@ def _flip_byte(path, offset):
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "truncate", "missing"])
 def test_damaged_chunk_is_named_and_nothing_is_placed(made, tmp_path, damage):
     mirror, out = made
@@ -271,6 +275,7 @@ def test_full_disk_leaves_repository_unchanged(made, tmp_path):
         os.system(f"umount {small}")
 
 
+@pytest.mark.slow
 def test_kill_9_during_unpack_leaves_old_or_new_and_rerun_completes(scm_double, repo_tree, tmp_path):
     url = scm_double.listing_url(VERSION)
     mirror = tmp_path / "mirror"
@@ -292,6 +297,7 @@ def test_kill_9_during_unpack_leaves_old_or_new_and_rerun_completes(scm_double, 
     assert not [p.name for p in amshome.iterdir() if p.name.startswith(".repository")]
 
 
+@pytest.mark.slow
 def test_keep_previous(made, scm_double, repo_tree, tmp_path):
     mirror, out = made
     amshome = tmp_path / "ams"
@@ -341,6 +347,7 @@ def test_bundle_refuses_a_split_file_changed_after_verification(made, tmp_path):
     assert not (tmp_path / "b2" / "SHA256SUMS").exists()
 
 
+@pytest.mark.slow
 def test_rebundling_with_other_settings_rewrites_the_bundle(made):
     mirror, out = made
     before = len(chunks(out))
@@ -352,6 +359,7 @@ def test_rebundling_with_other_settings_rewrites_the_bundle(made):
     assert run_cli("verify", out).returncode == 0
 
 
+@pytest.mark.slow
 def test_chunk_size_from_luigi_cfg_applies_to_the_command(made, tmp_path):
     mirror, out = made
     cfg = tmp_path / "cfg"

@@ -17,6 +17,8 @@ from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.online.manifest import Manifest
 from amsrepomirror.pack.plan import chunk_plan
 
+pytestmark = pytest.mark.slow  # every test here is of the slow tier (make test-all)
+
 VERSION = "AMS2026.1"
 CHUNK = "1MiB"
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB: split over four chunks of 1 MiB

@@ -38,6 +38,7 @@ def names_under(folder):
     return sorted(os.path.relpath(os.path.join(d, n), folder) for d, dirs, files in os.walk(folder) for n in dirs + files)
 
 
+@pytest.mark.slow
 def test_the_repository_folder_given_as_amshome_is_refused_and_nothing_is_written_into_it(scm_double, tmp_path):
     out, amshome = installed(scm_double, tmp_path)
     repo = amshome / "repository"
@@ -70,6 +71,7 @@ def test_the_scrub_of_a_folder_without_receipt_leaves_no_lock_there(tmp_path):
     assert os.listdir(folder) == []
 
 
+@pytest.mark.slow
 def test_a_drop_version_that_cannot_be_carried_out_is_refused_never_ignored(double, both_installed, tmp_path):  # noqa: F811
     mirror, amshome, new_tree, old_tree, gone = both_installed
     state = amshome_state(amshome)
@@ -111,6 +113,7 @@ def test_a_drop_version_that_cannot_be_carried_out_is_refused_never_ignored(doub
     assert tree_hashes(amshome / "repository") == {**new_tree, **old_tree}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings, said", [
     ("[Trust]\nallowed_signers = {signers}\n", "[Trust] in --config is not read (section names are case-sensitive): "
                                                "rename it [trust]"),
@@ -135,6 +138,7 @@ def test_a_trust_setting_nothing_reads_is_refused_by_verify_and_unpack(scm_doubl
     assert (names_under(amshome), tree_hashes(amshome / "repository")) == before
 
 
+@pytest.mark.slow
 def test_settings_that_are_read_still_pass(scm_double, tmp_path):
     out, amshome = installed(scm_double, tmp_path)
     site = tmp_path / "site.cfg"
@@ -144,6 +148,7 @@ def test_settings_that_are_read_still_pass(scm_double, tmp_path):
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings, said", [
     ("[trust]\nallowed_signers = {missing}\n",
      "[trust] allowed_signers = {missing}: does not exist (an OpenSSH allowed_signers or revoked keys file); "
@@ -181,6 +186,7 @@ def test_a_scheduler_url_without_scheme_is_a_usage_error_naming_the_form(tmp_pat
     assert not mirror.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings, said", [
     ("[unpack]\ntrust_installed = ture\n", "[unpack] trust_installed cannot be read: use true or false"),
     ("[unpack]\ninstalled_version_files = VERSION.txt\n",
@@ -196,6 +202,7 @@ def test_an_unpack_setting_with_a_bad_value_is_a_usage_error(scm_double, tmp_pat
     assert (names_under(amshome), tree_hashes(amshome / "repository")) == before
 
 
+@pytest.mark.slow
 def test_a_bundle_inside_the_repository_it_replaces_is_refused_not_removed_with_it(scm_double, tmp_path):
     out, amshome = installed(scm_double, tmp_path)
     inside = amshome / "repository" / "incoming"

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from clihelp import run_cli, served_tree, tree_hashes
 
 from amsrepomirror.bundle.format import BundleManifest
@@ -39,6 +40,7 @@ def bundle(double, mirror, out, *extra):
                    "--out", out, "--chunk-size", "1MiB", *extra)
 
 
+@pytest.mark.slow
 def test_identical_bytes_under_several_paths_are_carried_once_and_unpacked_to_every_path(repo_tree, tmp_path):
     copy_in_double(repo_tree, SOURCE, *COPIES)
     write_listing(repo_tree, VERSION)
@@ -87,6 +89,7 @@ def test_a_copy_whose_source_is_not_carried_fails_verify(repo_tree, tmp_path):
     assert "manifest.json: inconsistent (copy linux/x86_64/adf-latest.tar.zst does not name a carried file" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_file_of_one_version_under_another_path_in_the_second_is_carried_once(tmp_path):
     root = tmp_path / "scm"
     new = make_repository(root, VERSION)
@@ -111,6 +114,7 @@ def test_a_file_of_one_version_under_another_path_in_the_second_is_carried_once(
     assert tree_hashes(amshome / "repository") == {p: served[p] for p in set(new + [f"{OLD}.yml", renamed]) if p in served}
 
 
+@pytest.mark.slow
 def test_a_delta_carries_new_bytes_once_and_applies_on_a_base_with_copies(repo_tree, tmp_path):
     copy_in_double(repo_tree, SOURCE, *COPIES)
     write_listing(repo_tree, VERSION)

@@ -121,6 +121,7 @@ def test_delta_since_last_carries_only_what_changed_and_unpacks_to_the_new_tree(
     assert amshome_state(amshome) == state
 
 
+@pytest.mark.slow
 def test_a_receipt_bases_a_delta_without_the_mirror_history(installed, scm_double, repo_tree, tmp_path):
     url, mirror, amshome = installed
     result = run_cli("receipt", "--amshome", amshome, "--out", tmp_path / "carried-back.json")
@@ -137,6 +138,7 @@ def test_a_receipt_bases_a_delta_without_the_mirror_history(installed, scm_doubl
     assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
 
 
+@pytest.mark.slow
 def test_a_delta_that_changes_nothing_unpacks_as_nothing_to_do(installed, tmp_path):
     url, mirror, amshome = installed
     before = amshome_state(amshome)
@@ -150,6 +152,7 @@ def test_a_delta_that_changes_nothing_unpacks_as_nothing_to_do(installed, tmp_pa
     assert amshome_state(amshome) == before  # the receipt still names the bundle that placed the tree
 
 
+@pytest.mark.slow
 def test_deltas_chain_and_are_refused_out_of_order_or_on_another_base(installed, scm_double, repo_tree, tmp_path):
     url, mirror, amshome = installed
     change_month(repo_tree, scm_double, MONTHS[0])
@@ -185,6 +188,7 @@ def test_deltas_chain_and_are_refused_out_of_order_or_on_another_base(installed,
     assert sorted(os.listdir(elsewhere)) == [".amsrepomirror-unpack.log", ".amsrepomirror.lock"]
 
 
+@pytest.mark.slow
 def test_a_hand_edit_the_delta_relies_on_is_refused_and_nothing_changes(installed, scm_double, repo_tree, tmp_path):
     url, mirror, amshome = installed
     change_month(repo_tree, scm_double, MONTHS[0])
@@ -207,6 +211,7 @@ def test_a_hand_edit_the_delta_relies_on_is_refused_and_nothing_changes(installe
         assert amshome_state(amshome) == state
 
 
+@pytest.mark.slow
 def test_a_delta_with_a_missing_chunk_or_a_target_that_does_not_match_is_refused(installed, scm_double, repo_tree, tmp_path):
     url, mirror, amshome = installed
     change_month(repo_tree, scm_double, MONTHS[1])  # the big file changes: its parts span chunks
@@ -233,6 +238,7 @@ def test_a_delta_with_a_missing_chunk_or_a_target_that_does_not_match_is_refused
     assert amshome_state(amshome) == state
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_delta_unpack_leaves_old_or_new_and_a_rerun_completes(installed, scm_double, repo_tree, tmp_path):
     url, mirror, amshome = installed
     old_tree = tree_hashes(amshome / "repository")
@@ -281,6 +287,7 @@ def copy_amshome(how, src: Path, dst: Path) -> None:
             os.utime(path, ns=(1_000_000_000, 1_000_000_000))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["cp -a", "rsync -a", "cp -r, new mtimes"])
 def test_a_copied_or_restored_amshome_takes_its_delta_and_other_bytes_are_still_refused(installed, scm_double,
                                                                                        repo_tree, tmp_path, how):
@@ -312,6 +319,7 @@ def test_a_copied_or_restored_amshome_takes_its_delta_and_other_bytes_are_still_
     assert amshome_state(home) == state
 
 
+@pytest.mark.slow
 def test_a_rotted_installed_file_a_delta_reuses_is_refused_unless_the_admin_trusts_the_receipt(installed, scm_double,
                                                                                               repo_tree, tmp_path):
     url, mirror, amshome = installed

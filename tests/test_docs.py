@@ -111,6 +111,7 @@ def test_the_readme_and_the_operations_page_have_runnable_blocks():
     assert len(runnable_blocks(REPO / "docs" / "operations.md")) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable_blocks(p)], ids=lambda p: str(p.relative_to(REPO)))
 def test_the_runnable_blocks_of_a_page_run_against_the_double(page, tmp_path):
     served = tmp_path / "scm"

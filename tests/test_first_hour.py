@@ -59,6 +59,7 @@ def patient_settings(tmp_path):
     return cfg
 
 
+@pytest.mark.slow
 def test_refused_listing_says_each_retry_and_gives_up_quickly(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/Downloads/packages/listings/{VERSION}.txt"
     # 10 patient retries would back off for minutes: the listing's own few quick ones end within the timeout
@@ -72,6 +73,7 @@ def test_refused_listing_says_each_retry_and_gives_up_quickly(tmp_path):
     assert "Error" not in result.stderr  # no exception class names
 
 
+@pytest.mark.slow
 def test_name_that_does_not_resolve_says_so(tmp_path):
     url = f"http://nonexistent.invalid/Downloads/packages/listings/{VERSION}.txt"
     result = run_cli("--config", patient_settings(tmp_path), "mirror", "--version", VERSION, "--mirror", tmp_path / "m",
@@ -135,6 +137,7 @@ def chunk_names(bundle_dir):
 
 # --- 5: a folder that is not a bundle ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_mirror_given_as_bundle_says_it_is_a_mirror(made):
     for command in (["verify", made / "mirror"], ["unpack", made / "mirror", "--amshome", made]):
         result = run_cli(*command)
@@ -223,6 +226,7 @@ def test_read_only_amshome_as_root_is_not_blamed_on_the_user(bundle, read_only_f
 
 # --- 9: README.txt is documentation ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_missing_readme_warns_and_does_not_block(made, bundle, tmp_path):
     (bundle / "README.txt").unlink()
     result = run_cli("verify", bundle)
@@ -318,6 +322,7 @@ def test_every_option_help_says_its_default():
     assert without == []
 
 
+@pytest.mark.slow
 def test_help_gives_purpose_account_variables_and_exit_codes():
     for command in ([], ["mirror"], ["bundle"]):
         result = run_cli(*command, "--help")
@@ -335,6 +340,7 @@ def test_tool_version_and_ams_version():
     assert stderr_lines(result)[0] == "error: invalid version '2026.1': did you mean --version AMS2026.1?"
 
 
+@pytest.mark.slow
 def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tmp_path):
     # A signed bundle: the signature is one of the small files every stick carries.
     key = tmp_path / "site_key"
@@ -376,6 +382,7 @@ def test_single_letter_size_is_refused_as_ambiguous(made):
 
 # --- 10: files removed upstream ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unlisted_files_are_counted_with_the_command_that_lists_them(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "mirror"
     assert mirror(scm_double.listing_url(VERSION), dest).returncode == 0
@@ -476,6 +483,7 @@ def test_a_reader_that_closes_stdout_early_gets_no_error_line():
 
 # --- 17: the demo ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_demo_on_a_given_port_says_how_to_remove_what_it_left_or_cleans_up(tmp_path):
     port = free_port()
     kept = run_cli("demo", "--workdir", tmp_path / "kept", "--port", port)

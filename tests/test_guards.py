@@ -71,6 +71,7 @@ def amshome_state(home: Path) -> dict:
     return {p: h for p, h in tree_hashes(home, skip_state=False).items() if p not in (UNPACK_LOG, LOCK)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("installed", [True, False], ids=["over-an-installed-tree", "first-install"])
 def test_unpack_refuses_a_bundle_without_the_version_index(bundle_of_the_double, tmp_path, installed):
     out = without_index(bundle_of_the_double, tmp_path / "no-index")
@@ -124,6 +125,7 @@ def kill_mid_download(double, mirror: Path, rel: str, at_least: int) -> None:
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("then", ["changed-on-the-server", "no-longer-listed"])
 def test_a_complete_run_leaves_no_partial_download(scm_double, repo_tree, tmp_path, then):
     mirror = tmp_path / "mirror"

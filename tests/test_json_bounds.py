@@ -97,6 +97,7 @@ documents = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(derandomize=True, max_examples=300, deadline=None)
 @given(st.one_of(documents, mutated(MANIFEST)))
 def test_the_manifest_parser_fails_only_with_an_integrity_error(data):
@@ -106,6 +107,7 @@ def test_the_manifest_parser_fails_only_with_an_integrity_error(data):
         assert len(str(exc).splitlines()) == 1
 
 
+@pytest.mark.slow
 @settings(derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(documents, mutated(RECEIPTS[0]), mutated(RECEIPTS[1])))
 def test_the_receipt_parser_fails_only_with_its_documented_errors(tmp_path, data):
@@ -140,6 +142,7 @@ def test_a_compressed_receipt_tree_that_inflates_without_end_is_refused(monkeypa
         receipt_tree(receipt, "r")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["verify", "unpack"])
 def test_a_deeply_nested_manifest_is_one_line_and_exit_4(source, tmp_path, command):  # noqa: F811
     out = copy_of(source, tmp_path)
@@ -162,6 +165,7 @@ def test_a_deeply_nested_manifest_is_one_line_and_exit_4(source, tmp_path, comma
         assert not (amshome / "repository").exists()
 
 
+@pytest.mark.slow
 def test_a_deeply_nested_receipt_is_one_line_and_exit_4(source, tmp_path):  # noqa: F811
     amshome = tmp_path / "ams"
     amshome.mkdir()

@@ -3,11 +3,14 @@ the mirror and bundle manifests, told by verify and unpack, kept in the receipt.
 
 import json
 
+import pytest
 from clihelp import run_cli, tree_hashes
 
 from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.testing.repository import change_file, repository_files, write_file, write_listing
+
+pytestmark = pytest.mark.slow  # every test here is of the slow tier (make test-all)
 
 VERSION, OLD = "AMS2026.1", "AMS2025.1"
 UNLICENSED, MACOS, WINDOWS = "not licensed (HTTP 401)", "platform macos excluded", "platform windows excluded"

@@ -193,6 +193,7 @@ def test_imports_sit_at_module_top_unless_a_comment_says_why():
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_nothing_imports_the_source_folder_name():
     """The source folder is pipeline/, the import name amsrepomirror: a second name would load every
     module (and register every Luigi task) twice."""

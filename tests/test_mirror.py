@@ -27,6 +27,7 @@ def body_gets(double, glob="*"):
     return [r for r in double.records("GET", glob) if r.body_bytes > 0 and not (r.relpath or "").startswith("listings/")]
 
 
+@pytest.mark.slow
 def test_first_run_mirrors_exactly_what_is_served_and_rerun_transfers_no_bodies(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "mirror"
     report = tmp_path / "report.json"
@@ -54,6 +55,7 @@ def test_first_run_mirrors_exactly_what_is_served_and_rerun_transfers_no_bodies(
     assert tree_hashes(dest) == expected
 
 
+@pytest.mark.slow
 def test_changed_and_removed_files_are_detected_on_rerun(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "mirror"
     assert mirror(scm_double, dest).returncode == 0
@@ -82,6 +84,7 @@ def test_changed_and_removed_files_are_detected_on_rerun(scm_double, repo_tree, 
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
 
 
+@pytest.mark.slow
 def test_delete_unlisted_refuses_to_wipe_most_of_the_mirror(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "mirror"
     assert mirror(scm_double, dest).returncode == 0
@@ -96,6 +99,7 @@ def test_delete_unlisted_refuses_to_wipe_most_of_the_mirror(scm_double, repo_tre
     assert sorted(tree_hashes(dest)) == [f"{VERSION}.yml", "common/data/empty.dat"]
 
 
+@pytest.mark.slow
 def test_faults_drops_503_429_and_throttling_end_byte_identical(scm_double, repo_tree, tmp_path):
     big = max(repository_files(repo_tree), key=lambda p: (repo_tree / "Downloads/packages" / p).stat().st_size)
     scm_double.cut_after(big, nbytes=700_000, times=2, method="GET")
@@ -113,6 +117,7 @@ def test_faults_drops_503_429_and_throttling_end_byte_identical(scm_double, repo
     assert scm_double.records(glob="common/*", status=503) and scm_double.records(glob="windows/*", status=429)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_file_then_rerun_resumes_at_the_byte(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "mirror"
     packages = repo_tree / "Downloads/packages"
@@ -138,6 +143,7 @@ def test_kill_9_mid_file_then_rerun_resumes_at_the_byte(scm_double, repo_tree, t
     assert gets[0].body_bytes == (packages / big).stat().st_size - kept
 
 
+@pytest.mark.slow
 def test_kill_9_while_small_files_are_recorded_in_groups_leaves_no_wrong_record(tmp_path):
     """Small files are made durable and recorded a group at a time: after a kill -9 mid-run every
     record on disk describes exactly the file in place and the server's bytes; the rerun fetches
@@ -170,6 +176,7 @@ def test_kill_9_while_small_files_are_recorded_in_groups_leaves_no_wrong_record(
         assert fetched == set(served) - recorded  # an empty file has no body: counted by its GET
 
 
+@pytest.mark.slow
 def test_file_that_keeps_failing_is_reported_others_complete_exit_1(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "mirror"
     scm_double.fail_status("common/data/basis-sets-2026.101.tar.zst", status=500, times=None)
@@ -213,6 +220,7 @@ def test_netrc_is_used_when_no_environment(scm_double, repo_tree, tmp_path):
     assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
 
 
+@pytest.mark.slow
 def test_password_never_written_anywhere(repo_tree, tmp_path):
     secret = "Sup3r-S3cret-pw"
     with ScmDouble(repo_tree, users={"alice": secret}) as double:
@@ -256,6 +264,7 @@ def test_crlf_comments_blank_lines_and_duplicates_are_tolerated(scm_double, repo
     assert len(gets) == len(set(gets))  # duplicates fetched once
 
 
+@pytest.mark.slow
 def test_platform_selection_keeps_platform_and_independent_files(scm_double, repo_tree, tmp_path):
     result = mirror(scm_double, tmp_path / "m", "--platform", "linux")
     assert result.returncode == 0, result.stderr
@@ -328,6 +337,7 @@ def test_plain_luigi_invocation_runs_the_same_graph(scm_double, repo_tree, tmp_p
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
 
 
+@pytest.mark.slow
 def test_mirror_from_real_nginx(nginx_server, repo_tree, tmp_path):
     dest = tmp_path / "m"
     result = mirror(nginx_server.listing_url(VERSION), dest)
@@ -343,6 +353,7 @@ def test_mirror_from_real_nginx(nginx_server, repo_tree, tmp_path):
     assert strict.returncode == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_batch_size, batches", [
     (500, 3),  # 1,225 files in batches of at most 500
     (20, 16),  # 62 batches of 20 would cost Luigi's scheduler O(tasks) each: at most 16, of ceil(1,225 / 16) = 77
@@ -372,6 +383,7 @@ def test_many_files_run_in_several_luigi_batches(tmp_path, max_batch_size, batch
     assert json.loads(report.read_text())["up_to_date"] == len(served_tree(root, VERSION))
 
 
+@pytest.mark.slow
 def test_verify_trusts_size_and_mtime_unless_deep(scm_double, repo_tree, tmp_path):
     """The hash cache is keyed on size+mtime: a same-size, same-mtime corruption is only found by --deep."""
     dest = tmp_path / "m"

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 import requests
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
 
@@ -124,6 +125,7 @@ def test_folder_that_becomes_a_file_upstream(scm_double, repo_tree, tmp_path):
     assert body_gets(scm_double) == [] and tree_hashes(dest) == served_tree(repo_tree, VERSION)
 
 
+@pytest.mark.slow
 def test_file_that_becomes_a_folder_upstream(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "m"
     write_file(repo_tree, "flip", 4000)
@@ -166,6 +168,7 @@ def test_name_of_255_bytes_mirrors_and_reruns_up_to_date(scm_double, repo_tree, 
     assert (summary["fetched"], summary["up_to_date"]) == (0, len(served_tree(repo_tree, VERSION)))
 
 
+@pytest.mark.slow
 def test_name_of_255_bytes_split_across_chunks_crosses_the_gap(scm_double, repo_tree, tmp_path):
     """A file whose name is as long as allowed and that is larger than a chunk: bundle and unpack."""
     name = "common/" + "s" * 251 + ".tgz"

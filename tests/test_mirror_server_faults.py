@@ -47,6 +47,7 @@ def config_with(tmp_path, **http):
 
 # 1. One expected length per run: HEAD and GET disagreeing is a failed file, never a loop.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_length", [+100, -100], ids=["head-says-more", "head-says-less"])
 def test_head_and_get_lengths_disagree_file_fails_run_ends(scm_double, repo_tree, tmp_path, head_length):
     dest = tmp_path / "m"
@@ -104,6 +105,7 @@ def test_resume_against_server_ignoring_if_range_never_splices(scm_double, repo_
     assert mirror(scm_double, dest, "--deep").returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["gzip-200", "multipart", "range-end", "range-start", "total", "no-etag"])
 def test_a_resume_answer_that_is_not_the_bytes_asked_starts_the_file_again(scm_double, repo_tree, tmp_path, how):
     # The connection drops after 700 kB; the answer to the resume lies (http.accept_response refuses
@@ -129,6 +131,7 @@ def test_a_resume_body_longer_than_announced_fails_the_file(scm_double, repo_tre
     assert not list((dest / ".amsrepomirror").rglob("*.part*"))
 
 
+@pytest.mark.slow
 def test_a_206_to_a_whole_file_request_fails_that_file(scm_double, repo_tree, tmp_path):
     scm_double.lie(BIG, "206-whole", times=1)
     dest = tmp_path / "m"
@@ -157,6 +160,7 @@ def test_if_range_carries_a_strong_etag_else_the_date(scm_double, repo_tree, tmp
 
 # 3. Only identity bodies are stored, exactly as sent, never decoded.
 
+@pytest.mark.slow
 def test_a_gzip_label_on_a_whole_tgz_stores_its_bytes_as_sent(scm_double, repo_tree, tmp_path):
     # Apache labels .tgz files "Content-Encoding: gzip" (AddEncoding) and sends the file's own bytes:
     # stored raw, with HEAD's length, never decoded.
@@ -184,6 +188,7 @@ def test_server_compressing_on_the_fly_fails_that_file(scm_double, repo_tree, tm
 
 # 7. A trickle ends the attempt; Ctrl-C ends the run while bytes trickle.
 
+@pytest.mark.slow
 def test_trickling_server_is_given_up_and_the_run_ends(scm_double, repo_tree, tmp_path):
     env = cli_env(LUIGI_CONFIG_PATH=config_with(tmp_path, low_speed_limit=5000, low_speed_time=1, retries=1))
     scm_double.throttle(400)  # every read arrives well within the timeout
@@ -196,6 +201,7 @@ def test_trickling_server_is_given_up_and_the_run_ends(scm_double, repo_tree, tm
     assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_bytes_trickle_ends_the_run_with_130(scm_double, repo_tree, tmp_path):
     scm_double.throttle(400)
     proc = popen_cli("mirror", "--version", VERSION, "--mirror", tmp_path / "m", "--listing-url",
@@ -229,6 +235,7 @@ def test_head_403_with_get_allowed_is_mirrored_and_403_is_named(scm_double, repo
     assert "skipped (HTTP 401, not licensed for this account): licensed/" in result.stderr
 
 
+@pytest.mark.slow
 def test_password_outside_latin1_works_and_never_shows_in_messages(repo_tree, tmp_path):
     password = "pässwörd-€-密码"
     with ScmDouble(repo_tree, users={"démo": password}) as double:
@@ -244,6 +251,7 @@ def test_password_outside_latin1_works_and_never_shows_in_messages(repo_tree, tm
 
 # A server's Retry-After is honoured only up to http.MAX_RETRY_AFTER: no answer parks a run for hours.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
                          ids=["listing", "head", "body"])
 def test_a_retry_after_of_hours_is_not_slept(scm_double, repo_tree, tmp_path, glob, method):
@@ -261,6 +269,7 @@ def test_a_retry_after_of_hours_is_not_slept(scm_double, repo_tree, tmp_path, gl
 # The listing is read as it arrives and refused past http.LISTING_MAX_BYTES once decoded: a small
 # gzip body that inflates to gigabytes (or a body that never ends) must not fill the memory.
 
+@pytest.mark.slow
 def test_a_listing_that_inflates_past_the_bound_is_refused(scm_double, repo_tree, tmp_path):
     from amsrepomirror.testing.repository import listing_path
 
@@ -282,6 +291,7 @@ def test_a_listing_that_inflates_past_the_bound_is_refused(scm_double, repo_tree
 # A HEAD answer's Content-Length is read by the GET's rule (http.parse_content_length): a value that
 # is no plain number ('²' passes str.isdigit) leaves the length to the GET, never a traceback.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["\xb2", "+3145728", "3145728, 3145728", "-1"])
 def test_an_unreadable_head_content_length_leaves_the_length_to_the_get(scm_double, repo_tree, tmp_path, value):
     dest = tmp_path / "m"
@@ -295,6 +305,7 @@ def test_an_unreadable_head_content_length_leaves_the_length_to_the_get(scm_doub
 # A status line and headers must arrive within http.HEADER_DEADLINE_TIMEOUTS read timeouts: a server
 # that sends one header byte at a time beats every read timeout and held the run forever.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
                          ids=["listing", "head", "body"])
 def test_headers_that_trickle_end_the_attempt(scm_double, repo_tree, tmp_path, glob, method):
@@ -330,6 +341,7 @@ def test_a_part_record_that_is_no_record_starts_the_file_again(scm_double, repo_
 # The mirror's manifest is JSON read back by bundle: valid JSON that is no manifest (a list, fields
 # missing or of another type) is one line, exit 4, never a traceback.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", ["[]", '{"schema": "amsrepomirror/mirror-manifest/1"}',
                                   '{"schema": "amsrepomirror/mirror-manifest/1", "version": "AMS2026.1", "files": [1]}'],
                          ids=["list", "no-fields", "files-not-objects"])
@@ -348,6 +360,7 @@ def test_a_mirror_manifest_that_is_no_manifest_is_exit_4(scm_double, repo_tree, 
 # A file is up to date only when the server's answer carries a validator that agrees
 # (FileRecord.matches_remote): a HEAD with neither ETag nor Last-Modified proves nothing.
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_headers", [{"Content-Length": None, "ETag": None, "Last-Modified": None},
                                           {"ETag": None, "Last-Modified": None}], ids=["nothing", "size-only"])
 def test_a_file_whose_head_carries_no_validator_is_fetched_again(scm_double, repo_tree, tmp_path, head_headers):
@@ -364,6 +377,7 @@ def test_a_file_whose_head_carries_no_validator_is_fetched_again(scm_double, rep
 # The listing's body is held to the run's low-speed limit ([http] low_speed_limit/low_speed_time),
 # as file bodies are: a listing that trickles just faster than the read timeout must not hold the run.
 
+@pytest.mark.slow
 def test_a_listing_that_trickles_is_given_up(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "m"
     scm_double.throttle(40)  # bytes/s: a 3 KB listing would take over a minute

@@ -76,6 +76,7 @@ def manifest_files(mirror, version):
     return {f["path"]: f["sha256"] for f in body["files"]}
 
 
+@pytest.mark.slow
 def test_two_versions_share_one_mirror_and_each_shared_file_is_fetched_once(double, two_versions, tmp_path):
     root, listed = two_versions
     mirror, report = tmp_path / "mirror", tmp_path / "report.json"
@@ -102,6 +103,7 @@ def test_two_versions_share_one_mirror_and_each_shared_file_is_fetched_once(doub
     assert file_gets(double) == []
 
 
+@pytest.mark.slow
 def test_a_run_for_one_version_never_deletes_files_another_version_lists(double, two_versions, tmp_path):
     root, listed = two_versions
     mirror = tmp_path / "mirror"
@@ -131,6 +133,7 @@ def test_a_run_for_one_version_never_deletes_files_another_version_lists(double,
     assert tree_hashes(mirror) == served(root, listed[OLD] + [p for p in listed[NEW] if p != own])
 
 
+@pytest.mark.slow
 def test_bundle_of_two_versions_carries_each_file_once_and_unpacks_both_indexes(double, two_versions, tmp_path):
     root, listed = two_versions
     mirror, bundle, amshome = tmp_path / "mirror", tmp_path / "bundle", tmp_path / "amshome"
@@ -169,6 +172,7 @@ def test_bundle_of_two_versions_carries_each_file_once_and_unpacks_both_indexes(
     assert not (other / "repository").exists()
 
 
+@pytest.mark.slow
 def test_listing_urls_must_pair_with_versions(double, tmp_path):
     result = run_cli("mirror", "--mirror", tmp_path / "m", "--version", NEW, "--version", OLD,
                      "--listing-url", double.listing_url(NEW))
@@ -251,6 +255,7 @@ def both_installed(double, two_versions, tmp_path):
     return mirror, amshome, served(root, listed[NEW]), served(root, old_now), gone
 
 
+@pytest.mark.slow
 def test_a_one_version_delta_since_last_keeps_the_other_version(double, both_installed, tmp_path):
     mirror, amshome, new_tree, old_tree, gone = both_installed
     made = bundle_of(double, mirror, tmp_path / "d1", OLD, since="last")
@@ -282,6 +287,7 @@ def test_a_one_version_delta_since_last_keeps_the_other_version(double, both_ins
     assert (nothing.versions, set(nothing.version_paths[OLD])) == ([NEW, OLD], set(old_tree))
 
 
+@pytest.mark.slow
 def test_a_version_is_dropped_only_when_both_sides_say_so(double, both_installed, tmp_path):
     mirror, amshome, new_tree, old_tree, gone = both_installed
     refused = bundle_of(double, mirror, tmp_path / "nope", OLD, since="last", drop=[OLD])
@@ -320,6 +326,7 @@ def reseal(bundle, edit):
     write_sums(bundle, [p.name for p in bundle.glob("*.7z")] + ["manifest.json", "README.txt"])
 
 
+@pytest.mark.slow
 def test_unpack_refuses_a_delta_that_removes_what_another_installed_version_needs(double, both_installed, tmp_path):
     mirror, amshome, new_tree, old_tree, gone = both_installed
     made = bundle_of(double, mirror, tmp_path / "d", OLD, since="last", drop=[NEW])
@@ -357,6 +364,7 @@ def test_unpack_refuses_a_delta_that_removes_what_another_installed_version_need
     assert amshome_state(amshome) == state
 
 
+@pytest.mark.slow
 def test_a_full_bundle_of_one_version_removes_another_installed_version_only_when_asked(double, both_installed, tmp_path):
     mirror, amshome, new_tree, old_tree, gone = both_installed
     made = bundle_of(double, mirror, tmp_path / "old-only", OLD)
@@ -399,6 +407,7 @@ def delta_cases(draw):
     return base, updated, files
 
 
+@pytest.mark.slow
 @settings(derandomize=True, max_examples=150, deadline=None)
 @given(delta_cases())
 def test_a_delta_never_removes_what_a_kept_version_needs(case):

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from clihelp import REPO, tree_hashes
+
+pytestmark = pytest.mark.slow  # every test here is of the slow tier (make test-all)
 
 RUNNER = REPO / ".ci" / "mutants.py"
 

@@ -69,6 +69,7 @@ def error_lines(result) -> list:
 
 # --- A: nothing in AMSHOME is followed through a symlink -------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target_exists", [True, False], ids=["existing-target", "dangling"])
 def test_unpack_never_writes_through_a_symlinked_log(source, amshome, tmp_path, target_exists):
     mirror, out = source
@@ -119,6 +120,7 @@ def test_a_symlinked_lock_is_refused_in_one_line(source, amshome, tmp_path):
 INJECTED = "AMS2026.1\nINJECTED: every chunk verified"
 
 
+@pytest.mark.slow
 def test_newline_in_the_manifest_version_is_refused_and_shown_escaped(source, amshome, tmp_path):
     out = copy_of(source, tmp_path)
     body = manifest_body(out)
@@ -226,6 +228,7 @@ def _symlink_in_second_chunk(out: Path) -> str:
     return chunk
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [_wrong_member_sha256, _symlink_in_second_chunk], ids=["bad-hash", "hostile-chunk"])
 def test_refused_unpack_removes_its_staging_and_keeps_the_live_tree(source, amshome, tmp_path, damage):
     mirror, good = source
@@ -244,6 +247,7 @@ def test_refused_unpack_removes_its_staging_and_keeps_the_live_tree(source, amsh
 
 # --- D: "nothing to do" looks at the installed tree; --reinstall installs again ----------------------
 
+@pytest.mark.slow
 def test_changed_install_is_named_and_reinstall_restores_it(source, amshome):
     mirror, out = source
     assert unpack(out, amshome).returncode == 0
@@ -304,6 +308,7 @@ HOSTILE_NAMES = {  # id: (paths placed as copies, words of the refusal)
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(HOSTILE_NAMES))
 def test_names_a_filesystem_would_merge_are_refused_by_verify_and_unpack(source, amshome, tmp_path, case):
     paths, words = HOSTILE_NAMES[case]
@@ -317,6 +322,7 @@ def test_names_a_filesystem_would_merge_are_refused_by_verify_and_unpack(source,
     assert not (amshome / "repository").exists()
 
 
+@pytest.mark.slow
 def test_names_that_differ_only_in_case_unpack_on_linux_with_a_warning(source, amshome, tmp_path):
     out = copy_of(source, tmp_path)
     _with_copies(out, "common/Twin.bin", "common/twin.bin")
@@ -359,6 +365,7 @@ UNLISTED_REFUSED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", UNLISTED_REFUSED)
 def test_an_unlisted_tool_file_or_chunk_like_name_is_refused(source, amshome, tmp_path, name):
     out = copy_of(source, tmp_path)

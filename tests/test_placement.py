@@ -445,6 +445,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,kill_at,keep", [(m, k, keep) for m in KILL_POINTS for k in KILL_POINTS[m]
                                                for keep in (False, True)
                                                if not keep or k in ("swap:exchanged", "swap:old-renamed",
@@ -474,6 +475,7 @@ def test_kill_at_each_step(tmp_path, bundles, installed_a, mode, kill_at, keep):
         assert not (home / PREVIOUS).exists()
 
 
+@pytest.mark.slow
 def test_two_rename_fallback_unpacks_and_a_kill_between_the_renames_is_rolled_back(tmp_path, bundles, installed_a):
     """Where renameat2 is unavailable the swap is two renames, with a moment without repository:
     a kill there leaves the old tree as repository.previous, and the next unpack restores it
@@ -507,6 +509,7 @@ def test_rerun_of_the_installed_bundle_still_clears_what_a_killed_unpack_left(tm
     assert_clean(bundles, home, "A")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["exchange", "rename"])
 def test_kill_at_random_moments(tmp_path, bundles, installed_a, mode):
     """Kills between the named steps too: at moments that home in on the swap (later after a kill

@@ -30,6 +30,7 @@ def carried(scm_double, repo_tree, tmp_path):
     return url, mirror, amshome, tmp_path / "receipt.json"
 
 
+@pytest.mark.slow
 def test_receipt_records_the_installed_tree_and_no_secret(carried, repo_tree, tmp_path):
     url, mirror, amshome, path = carried
     text = path.read_text()
@@ -55,6 +56,7 @@ def test_a_large_tree_is_stored_compressed_and_reads_back():
         receipt_tree(receipt, "r")
 
 
+@pytest.mark.slow
 def test_a_damaged_receipt_or_one_of_another_version_is_refused_as_base(carried, scm_double, repo_tree, tmp_path):
     url, mirror, amshome, path = carried
     change_file(repo_tree, "linux/x86_64/adf-2026.101.tar.zst", seed="next")

@@ -92,6 +92,7 @@ def wait_for_task(url: str, family: str, status: str, timeout: float = 120) -> N
     pytest.fail(f"no {family} task went {status} in {timeout} s")
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_run_each_file_served_once(many_files, luigid, tmp_path):
     root, double = many_files
     dest = tmp_path / "mirror"
@@ -127,6 +128,7 @@ def test_two_processes_share_one_run_each_file_served_once(many_files, luigid, t
     assert tree_hashes(dest) == expected
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_run_the_other_goes_on_and_a_rerun_completes(many_files, luigid, tmp_path):
     root, double = many_files
     dest = tmp_path / "mirror"
@@ -166,6 +168,7 @@ def test_default_scheduler_url_setting_is_used_and_local_scheduler_overrides_it(
     assert tree_hashes(tmp_path / "mirror") == served_tree(repo_tree, VERSION)
 
 
+@pytest.mark.slow
 def test_the_mirror_lock_keeps_local_runs_and_other_runs_out_of_a_shared_one(many_files, luigid, tmp_path):
     root, double = many_files
     dest = tmp_path / "mirror"
@@ -182,6 +185,7 @@ def test_the_mirror_lock_keeps_local_runs_and_other_runs_out_of_a_shared_one(man
     assert tree_hashes(dest) == served_tree(root, VERSION)
 
 
+@pytest.mark.slow
 def test_failures_of_other_runs_on_the_scheduler_are_not_reported(scm_double, repo_tree, luigid, tmp_path):
     scm_double.fail_status("common/data/forcefields-*", status=404, times=None, method="GET")
     broken = run_cli(*mirror_args(scm_double, tmp_path / "other", "--scheduler-url", luigid))
@@ -203,6 +207,7 @@ def test_plain_luigi_runs_against_the_scheduler(scm_double, repo_tree, luigid, t
     assert any(t["name"] == "VerifyTree" and t["status"] == "DONE" for t in scheduler_tasks(luigid, "VerifyTree").values())
 
 
+@pytest.mark.slow
 def test_five_thousand_listed_files_through_the_scheduler_first_run_and_no_op_rerun(luigid, tmp_path):
     """Many small batches through luigid: complete on the first run, nothing fetched on the rerun (20,000 files
     and the timing: bench/scale.py)."""
@@ -237,6 +242,7 @@ def short_listing(root: Path, double, lines: int = 7) -> tuple:
     return f"{double.base_url}{PACKAGES_PREFIX}listings/short.txt", {relpath[line]: served[relpath[line]] for line in chosen}
 
 
+@pytest.mark.slow
 def test_a_run_id_is_joined_only_by_the_same_work(scm_double, repo_tree, luigid, tmp_path):
     dest = tmp_path / "mirror"
     short_url, short_tree = short_listing(repo_tree, scm_double)

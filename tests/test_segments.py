@@ -96,6 +96,7 @@ def _ranges_record(dest):
     return None
 
 
+@pytest.mark.slow
 def test_kill_9_with_ranges_half_done_resumes_every_range(scm_double, repo_tree, tmp_path):
     add_huge(scm_double, repo_tree, 32 * MiB)
     scm_double.throttle(2 * MiB)
@@ -129,6 +130,7 @@ def test_kill_9_with_ranges_half_done_resumes_every_range(scm_double, repo_tree,
     assert mirror(scm_double, dest, "--deep", env=env).returncode == 0
 
 
+@pytest.mark.slow
 def test_server_ignoring_range_falls_back_to_one_stream(scm_double, repo_tree, tmp_path):
     add_huge(scm_double, repo_tree)
     scm_double.misbehave(HUGE, ignore_range=True)
@@ -165,6 +167,7 @@ def test_file_changing_between_two_range_requests_is_caught_never_spliced(scm_do
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # the new version, whole
 
 
+@pytest.mark.slow
 def test_503_storm_lowers_the_number_of_connections(scm_double, repo_tree, tmp_path):
     for i in range(36):
         write_file(repo_tree, f"common/storm/part-{i:02d}.bin", MiB)

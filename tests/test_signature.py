@@ -101,6 +101,7 @@ def assert_refused_by(verifier, out, amshome, *extra):
     return line
 
 
+@pytest.mark.slow
 def test_signed_bundle_checks_by_hand_and_unpacks(signed, keys, repo_tree, tmp_path):
     mirror, out = signed
     key, allowed = keys
@@ -177,6 +178,7 @@ def _chunk_replaced(out, folder):
     (out / MANIFEST_NAME).write_text(json.dumps(body, indent=1, sort_keys=True) + "\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tamper", [_wrong_key, _wrong_namespace, _other_manifest, _unsigned, _chunk_replaced])
 def test_refused_before_extraction_when_signature_does_not_hold(signed, keys, tmp_path, tamper, verifier):
     _, out = signed
@@ -251,6 +253,7 @@ def test_a_binary_krl_is_used_by_ssh_keygen_and_refused_by_the_python_checker(si
         assert "is a binary KRL" in line and "OpenSSH 8.2" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ed25519-sk", "ecdsa-sk"])
 def test_a_bundle_signed_with_a_security_key(signed, tmp_path, verifier, kind):
     """An sk- key's signature (laid out as the authenticator makes it) installs; without a touch it is refused."""
@@ -285,6 +288,7 @@ def old_ssh_keygen(folder: Path) -> Path:
     return bin_dir
 
 
+@pytest.mark.slow
 def test_where_ssh_keygen_is_older_than_8_2_the_python_checker_steps_in(signed, keys, tmp_path):
     _, out = signed
     _, allowed = keys
@@ -304,6 +308,7 @@ def test_where_ssh_keygen_is_older_than_8_2_the_python_checker_steps_in(signed, 
     assert result.returncode == 2 and "has no -Y find-principals" in result.stderr, result.stderr
 
 
+@pytest.mark.slow
 def test_a_bundle_of_several_versions_is_signed_and_checked(tmp_path, keys, verifier):
     key, allowed = keys
     name, config = verifier
@@ -349,6 +354,7 @@ def error_lines(result) -> list:
     return [line for line in result.stderr.splitlines() if line.startswith("error:")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["[trust] allowed_signers", "[unpack] allowed_signers", "no signers"],
                          ids=["trust", "unpack-section", "no-signers"])
 def test_verify_and_unpack_give_one_verdict_under_one_site_setting(signed, keys, tmp_path, setting):
@@ -387,6 +393,7 @@ def test_verify_and_unpack_give_one_verdict_under_one_site_setting(signed, keys,
         assert (without in verified.stdout) == (not signers and code == 0), verified.stdout
 
 
+@pytest.mark.slow
 def test_trust_settings_that_cannot_be_checked_are_refused(signed, keys, tmp_path):
     _, out = signed
     _, allowed = keys
@@ -442,6 +449,7 @@ def test_passphrase_key_signs_through_ssh_agent(scm_double, repo_tree, tmp_path)
     assert result.returncode == 0 and f"signature: good, by {PRINCIPAL}" in result.stdout, result.stderr
 
 
+@pytest.mark.slow
 def test_older_bundle_is_refused_unless_downgrade_allowed(scm_double, repo_tree, tmp_path):
     mirror, old, new = tmp_path / "mirror", tmp_path / "old", tmp_path / "new"
     url = scm_double.listing_url(VERSION)
@@ -464,6 +472,7 @@ def test_older_bundle_is_refused_unless_downgrade_allowed(scm_double, repo_tree,
     assert tree_hashes(amshome / "repository") != installed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sequence", [None, 0])
 def test_a_bundle_without_a_sequence_is_a_downgrade_when_the_receipt_has_one(scm_double, repo_tree, tmp_path,
                                                                               sequence):
@@ -494,6 +503,7 @@ def test_a_bundle_without_a_sequence_is_a_downgrade_when_the_receipt_has_one(scm
     assert tree_hashes(amshome / "repository") != installed
 
 
+@pytest.mark.slow
 def test_a_delta_bundle_is_signed_the_same_way(signed, keys, scm_double, repo_tree, tmp_path):
     mirror, out = signed
     key, allowed = keys

@@ -30,7 +30,7 @@ CHANGED = "linux/x86_64/adf-2026.101.tar.zst"
 #: Generous bound for one unpack of the small test repository (never asserted as a speed).
 TIMEOUT = 120
 
-pytestmark = needs_ssh_keygen
+pytestmark = [pytest.mark.slow, needs_ssh_keygen]
 
 
 @pytest.fixture

@@ -65,6 +65,7 @@ def check_by_hand_and_with_the_tool(out, mirror, amshome):
     assert tree_hashes(amshome / "repository") == tree_hashes(mirror)
 
 
+@pytest.mark.slow
 def test_same_tree_bundled_twice_gives_identical_chunk_files(scm_double, tmp_path):
     url = scm_double.listing_url(VERSION)
     mirror = tmp_path / "mirror"
@@ -77,6 +78,7 @@ def test_same_tree_bundled_twice_gives_identical_chunk_files(scm_double, tmp_pat
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_small_change_in_the_middle_changes_at_most_two_chunks(scm_double, repo_tree, tmp_path):
     url = scm_double.listing_url(VERSION)
     mirror, old, new = tmp_path / "mirror", tmp_path / "old", tmp_path / "new"
@@ -110,6 +112,7 @@ def test_small_change_in_the_middle_changes_at_most_two_chunks(scm_double, repo_
     check_by_hand_and_with_the_tool(new, mirror, tmp_path / "ams")
 
 
+@pytest.mark.slow
 def test_rebuild_in_the_previous_folder_keeps_unchanged_chunks_and_drops_old_ones(scm_double, repo_tree, tmp_path):
     url = scm_double.listing_url(VERSION)
     mirror, out = tmp_path / "mirror", tmp_path / "bundle"
@@ -131,6 +134,7 @@ def test_rebuild_in_the_previous_folder_keeps_unchanged_chunks_and_drops_old_one
     check_by_hand_and_with_the_tool(out, mirror, tmp_path / "ams")
 
 
+@pytest.mark.slow
 def test_chunk_list_order_is_what_verify_follows_not_name_order(scm_double, tmp_path):
     """Content names sort in no useful order: the parts of a split file must follow the manifest's chunk list."""
     mirror, out = tmp_path / "mirror", tmp_path / "bundle"

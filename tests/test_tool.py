@@ -27,6 +27,8 @@ from amsrepomirror.testing.repository import DEFAULT_VERSION, make_repository
 from amsrepomirror.testing.scmdouble import ScmDouble
 from amsrepomirror.util.hashing import sha256_file
 
+pytestmark = pytest.mark.slow  # every test here is of the slow tier (make test-all)
+
 PYENV = Path("/root/.pyenv/versions")
 OTHER_PYTHON = "3.10"  # the supported floor; built for as well as the running Python
 

@@ -8,10 +8,12 @@ One module per command (its options, its run function, what it prints); ``parser
 import sys
 
 from amsrepomirror import errors
-from amsrepomirror.cli.exit_codes import EXPECTED, exit_code_after
+from amsrepomirror.cli.exit_codes import EXPECTED, exit_code_after, reader_gone
 from amsrepomirror.cli.output import console_logging
 from amsrepomirror.cli.parser import build_parser
 from amsrepomirror.config import load as load_settings
+
+__all__ = ["main", "reader_gone"]
 
 
 def main(argv: list[str] | None = None) -> int:

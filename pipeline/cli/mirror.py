@@ -190,7 +190,7 @@ def _shared_run(args, params: dict, deep: dict, log_file: Path) -> list[dict]:
     if failures:
         return failures
     snapshot = FetchListing(**params).snapshot()  # of whichever process was first, when several started at once
-    shared_run.checkrun_identity(params["run_id"], args.run_identities[params["run_id"]], snapshot.get("identity"))
+    shared_run.check_run_identity(params["run_id"], args.run_identities[params["run_id"]], snapshot.get("identity"))
     files = len(snapshot["files"])
     largest = luigi.configuration.get_config().getint("DownloadFile", "shared_batch_size")
     batch = shared_run.batch_size(files, params["jobs"], largest)
