@@ -1,7 +1,7 @@
 """HTTP: one pooled session with urllib3 retries, HEAD probes, and resumable downloads.
 
 Connection errors, 5xx and 429 (honouring ``Retry-After``) are retried by urllib3's ``Retry``
-inside the adapter. A body cut mid-stream cannot be retried there, so ``fetch_to_part`` spends
+inside the adapter. A body cut mid-stream cannot be retried there, so ``fetch_to_part`` charges
 the same ``Retry`` budget on resuming at the byte with ``Range`` + ``If-Range``. Body downloads
 use :func:`body_session`, whose ``Retry`` leaves 429 and 503 alone: those raise
 :class:`ServerBusy`, so the code that schedules connections (``segments``) can open fewer.
@@ -668,6 +668,10 @@ class StopSignal(threading.Event):
         for resp in responses:
             _shutdown(resp)
 
+    def raise_if_set(self) -> None:
+        if self.is_set():
+            raise Stopped()
+
     @contextlib.contextmanager
     def watching(self, resp: requests.Response):
         with self._guard:
@@ -774,20 +778,10 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     part.parent.mkdir(parents=True, exist_ok=True)
     stop = stop or StopSignal()
     retry = getattr(session, "retry_template", None) or make_retry(5, 0.5)
-    expected = remote.size
-    # A small file is fetched again whole rather than resumed: no sidecar of validators to write,
-    # read and remove for each of thousands of them.
-    resumable = expected is None or expected >= RESUMABLE_FROM
-    transferred = 0
+    expected, resumable, transferred = remote.size, _resumable(remote), 0
     while True:
-        if stop.is_set():
-            raise Stopped()
-        offset = resume_point(part, remote) if resumable else 0
-        hasher = hashlib.sha256()
-        if offset:
-            with open(part, "rb") as f:
-                sha256_stream(f, hasher, limit=offset)
-        asked = Asked(offset, ranged=True) if offset else Asked()
+        stop.raise_if_set()
+        asked, hasher = _resume(part, remote, resumable)
         resp = _request(session, "GET", url, timeout, headers=asked.headers(remote), stream=True)
         try:
             with stop.watching(resp):
@@ -795,45 +789,78 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
                     body = accept_response(resp, url, remote, asked)
                 except UnusableRange as exc:  # a resume not tied to the bytes we hold: start again from byte 0
                     _discard(part)
-                    retry = spend(retry, url, exc)
+                    retry = charge_retry_budget(retry, url, exc)
                     continue
-                etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-                offset = body.at
-                if offset == 0:
+                validators = _validators(resp, remote)
+                if body.at == 0:
                     hasher = hashlib.sha256()
                 if body.length is not None:
                     expected = body.at + body.length
-                with local_writes(str(part)):
-                    if resumable:
-                        _part_meta_path(part).write_text(json.dumps({"etag": etag or remote.etag,
-                                                                     "last_modified": last_modified or remote.last_modified}))
-                    with open(part, "r+b" if offset else "wb") as out:
-                        out.seek(offset)
-                        out.truncate()
-                        cut = stream_into(resp, _writer(out, hasher), on_bytes, low_speed, limit=body.length)
-                        size = out.tell()
-                        if cut is None and durable:
-                            out.flush()
-                            os.fsync(out.fileno())
-                    transferred += size - offset
+                cut, size = _write_body(resp, part, body, hasher, validators if resumable else None,
+                                        on_bytes, low_speed, durable)
+                transferred += size - body.at
         except DropPart:
             _discard(part)
             raise
         finally:
             resp.close()
-        if stop.is_set():
-            raise Stopped()
+        stop.raise_if_set()
         if cut is not None:
-            retry = spend(retry, url, cut)
+            retry = charge_retry_budget(retry, url, cut)
             continue
-        if expected is not None and size != expected:
-            # the body ended cleanly before its length (no Content-Length: it may have been cut)
-            _discard(part)
-            raise FetchError(f"{redact(url)}: got {size} bytes, expected {expected}; not stored")
-        if resumable:
-            _part_meta_path(part).unlink()
-        return FetchResult(size, hasher.hexdigest(), etag or remote.etag, last_modified or remote.last_modified,
-                           transferred)
+        _check_complete(part, url, size, expected, resumable)
+        return FetchResult(size, hasher.hexdigest(), *validators, transferred)
+
+
+def _resumable(remote: RemoteInfo) -> bool:
+    """Whether a cut download of the file resumes at the byte: a small file is fetched again whole
+    instead, with no sidecar of validators to write, read and remove for each of thousands of them."""
+    return remote.size is None or remote.size >= RESUMABLE_FROM
+
+
+def _validators(resp: requests.Response, remote: RemoteInfo) -> tuple[str | None, str | None]:
+    """The ETag and Last-Modified of an accepted response, each HEAD's where it sent none."""
+    return resp.headers.get("ETag") or remote.etag, resp.headers.get("Last-Modified") or remote.last_modified
+
+
+def _resume(part: Path, remote: RemoteInfo, resumable: bool) -> tuple["Asked", "hashlib._Hash"]:
+    """What to ask for next: the bytes after those of ``part`` that belong to ``remote`` (a range),
+    else the whole file; and the hash of the bytes held."""
+    offset = resume_point(part, remote) if resumable else 0
+    hasher = hashlib.sha256()
+    if offset:
+        with open(part, "rb") as f:
+            sha256_stream(f, hasher, limit=offset)
+    return (Asked(offset, ranged=True) if offset else Asked()), hasher
+
+
+def _write_body(resp: requests.Response, part: Path, body: "Body", hasher, validators: tuple | None,
+                on_bytes: Callable[[int], None], low_speed: LowSpeed, durable: bool) -> tuple[Exception | None, int]:
+    """Stream an accepted body into ``part`` from byte ``body.at`` (after recording ``validators``
+    for a resume, unless None); return what cut it (None: it ended) and the part's size."""
+    with local_writes(str(part)):
+        if validators is not None:
+            etag, last_modified = validators
+            _part_meta_path(part).write_text(json.dumps({"etag": etag, "last_modified": last_modified}))
+        with open(part, "r+b" if body.at else "wb") as out:
+            out.seek(body.at)
+            out.truncate()
+            cut = stream_into(resp, _writer(out, hasher), on_bytes, low_speed, limit=body.length)
+            size = out.tell()
+            if cut is None and durable:
+                out.flush()
+                os.fsync(out.fileno())
+    return cut, size
+
+
+def _check_complete(part: Path, url: str, size: int, expected: int | None, resumable: bool) -> None:
+    """A body that ended cleanly before its length (no Content-Length: it may have been cut) is not
+    stored; a complete part loses its resume record."""
+    if expected is not None and size != expected:
+        _discard(part)
+        raise FetchError(f"{redact(url)}: got {size} bytes, expected {expected}; not stored")
+    if resumable:
+        _part_meta_path(part).unlink()
 
 
 @dataclass(frozen=True)
@@ -865,9 +892,10 @@ class Body:
 
 
 def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked: Asked) -> Body:
-    """The one gate for what the mirror writes from the network: whether ``resp`` may be written to
-    a part as the bytes ``asked`` of the file ``remote`` (HEAD's answer) describes; where its body
-    goes and how long it must be (:func:`stream_into` enforces that length: never a byte more).
+    """The one gate for what the mirror writes from the network (whole files, resumes and the ranges
+    of ``segments``): whether ``resp`` may be written to a part as the bytes ``asked`` of the file
+    ``remote`` (HEAD's answer) describes; where its body goes and how long it must be
+    (:func:`stream_into` enforces that length: never a byte more).
 
     Refuses, by raising: 401/403 (:class:`Unauthorized`), 429/503 (:class:`ServerBusy`), other
     validators than HEAD's or a 416 inside the file (:class:`FileChanged`), any status but 200 to a
@@ -880,6 +908,21 @@ def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked
     Refusals of an answer to a range are :class:`UnusableRange` (asked again); of a whole-file
     answer :class:`WrongBody` (the file fails).
     """
+    _check_status(resp, url, remote, asked)
+    etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+    if same_file(remote, etag, last_modified) is False:  # guard: response-gate-validators-changed
+        raise FileChanged(changed_message(url))
+    _check_raw_single_body(resp, url, remote, asked)
+    if resp.status_code == 206:
+        body = _partial_body(resp, remote, asked, etag, last_modified)
+    else:
+        body = _whole_body(url, remote, asked, etag, last_modified)
+    return _check_content_length(resp, url, remote, asked, body)
+
+
+def _check_status(resp: requests.Response, url: str, remote: RemoteInfo, asked: Asked) -> None:
+    """Refuse every status but 200 to a whole-file request and 200/206 to a range (401/403, 429/503 and
+    a 416 each as what they mean)."""
     status = resp.status_code
     if status in (401, 403):
         raise Unauthorized(f"HTTP {status} for {redact(url)}")
@@ -891,9 +934,11 @@ def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked
         raise UnusableRange(f"HTTP 416 for bytes from {asked.start}")
     if status not in ((200, 206) if asked.ranged else (200,)):  # guard: response-gate-status
         raise FetchError(f"cannot fetch {redact(url)}: HTTP {status}")
-    etag, last_modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
-    if same_file(remote, etag, last_modified) is False:  # guard: response-gate-validators-changed
-        raise FileChanged(changed_message(url))
+
+
+def _check_raw_single_body(resp: requests.Response, url: str, remote: RemoteInfo, asked: Asked) -> None:
+    """Refuse a body that is not the file's bytes as they are: a Content-Encoding (except a labelled whole
+    file of known length), a Transfer-Encoding other than chunked, a multipart body."""
     refused = UnusableRange if asked.ranged else WrongBody
     encoding = resp.headers.get("Content-Encoding", "").strip().lower()
     # A label on a whole file whose length HEAD gave is stored raw, length-checked: Apache labels .tgz
@@ -907,43 +952,56 @@ def accept_response(resp: requests.Response, url: str, remote: RemoteInfo, asked
     media_type = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()
     if media_type.startswith("multipart/"):  # guard: response-gate-multipart
         raise refused(f"{redact(url)}: a {media_type} body where the bytes of one range were asked for; not stored")
-    if status == 206:
-        content_range = parse_content_range(resp.headers.get("Content-Range"))
-        if content_range is None:
-            raise UnusableRange(f"unusable 206 (Content-Range {resp.headers.get('Content-Range')!r})")
-        first, last, total = content_range
-        want_total = remote.size if remote.size is not None else total
-        want_last = asked.end - 1 if asked.end is not None else (want_total - 1 if want_total is not None else last)
-        unusable = f"unusable 206 (Content-Range {resp.headers.get('Content-Range')!r} for bytes {asked.start}-" \
-                   f"{'' if asked.end is None else asked.end - 1} of {want_total})"
-        if first != asked.start:  # guard: response-gate-range-start
-            raise UnusableRange(unusable)
-        if last != want_last:  # guard: response-gate-range-end
-            raise UnusableRange(unusable)
-        if total != want_total:  # guard: response-gate-total
-            raise UnusableRange(unusable)
-        if not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-asked
-            sent = "ETag" if remote.etag == if_range_validator(remote) else "Last-Modified"
-            raise UnusableRange(f"unusable 206 (not the {sent} asked for in If-Range)")
-        body = Body(first, last - first + 1)
-    else:
-        if asked.joined and not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-joined
-            # A 200 to If-Range may be a newer file; without validators it cannot be tied to the bytes
-            # the other ranges wrote, so it must not be joined to them.
-            raise FileChanged(f"{redact(url)} answered a byte range with the whole file and no ETag or "
-                              "Last-Modified to tie it to the rest; not stored (set [http] max_ranges_per_file "
-                              "= 1 for this server)")
-        body = Body(0, remote.size)
+
+
+def _partial_body(resp: requests.Response, remote: RemoteInfo, asked: Asked, etag: str | None,
+                  last_modified: str | None) -> Body:
+    """Where a 206's body goes, once its Content-Range is exactly the first byte, last byte and complete
+    length asked for and it carries the validator sent in If-Range."""
+    content_range = parse_content_range(resp.headers.get("Content-Range"))
+    if content_range is None:
+        raise UnusableRange(f"unusable 206 (Content-Range {resp.headers.get('Content-Range')!r})")
+    first, last, total = content_range
+    want_total = remote.size if remote.size is not None else total
+    want_last = asked.end - 1 if asked.end is not None else (want_total - 1 if want_total is not None else last)
+    unusable = f"unusable 206 (Content-Range {resp.headers.get('Content-Range')!r} for bytes {asked.start}-" \
+               f"{'' if asked.end is None else asked.end - 1} of {want_total})"
+    if first != asked.start:  # guard: response-gate-range-start
+        raise UnusableRange(unusable)
+    if last != want_last:  # guard: response-gate-range-end
+        raise UnusableRange(unusable)
+    if total != want_total:  # guard: response-gate-total
+        raise UnusableRange(unusable)
+    if not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-asked
+        sent = "ETag" if remote.etag == if_range_validator(remote) else "Last-Modified"
+        raise UnusableRange(f"unusable 206 (not the {sent} asked for in If-Range)")
+    return Body(first, last - first + 1)
+
+
+def _whole_body(url: str, remote: RemoteInfo, asked: Asked, etag: str | None, last_modified: str | None) -> Body:
+    """Where a 200's body goes (the whole file, from byte 0), unless it would be joined to the bytes of
+    other ranges without the validators that tie it to them."""
+    if asked.joined and not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-joined
+        # A 200 to If-Range may be a newer file; without validators it cannot be tied to the bytes
+        # the other ranges wrote, so it must not be joined to them.
+        raise FileChanged(f"{redact(url)} answered a byte range with the whole file and no ETag or "
+                          "Last-Modified to tie it to the rest; not stored (set [http] max_ranges_per_file "
+                          "= 1 for this server)")
+    return Body(0, remote.size)
+
+
+def _check_content_length(resp: requests.Response, url: str, remote: RemoteInfo, asked: Asked, body: Body) -> Body:
+    """``body`` with the length its Content-Length announces, refused unless that is the bytes asked."""
     announced = resp.headers.get("Content-Length")
-    if announced is not None:
-        length = parse_content_length(announced)
-        if length is None or (body.length is not None and length != body.length):  # guard: response-gate-length
-            if status == 206:
-                raise UnusableRange(f"unusable 206 (Content-Length {announced!r} for a range of {body.length} bytes)")
-            raise (UnusableRange if asked.ranged else WrongBody)(
-                f"{redact(url)}: the server announces {announced} bytes on GET but {remote.size} on HEAD; not stored")
-        body = Body(body.at, length)
-    return body
+    if announced is None:
+        return body
+    length = parse_content_length(announced)
+    if length is None or (body.length is not None and length != body.length):  # guard: response-gate-length
+        if resp.status_code == 206:
+            raise UnusableRange(f"unusable 206 (Content-Length {announced!r} for a range of {body.length} bytes)")
+        raise (UnusableRange if asked.ranged else WrongBody)(
+            f"{redact(url)}: the server announces {announced} bytes on GET but {remote.size} on HEAD; not stored")
+    return Body(body.at, length)
 
 
 def validator_returned(remote: RemoteInfo, etag: str | None, last_modified: str | None) -> bool:
@@ -1040,7 +1098,7 @@ def parse_content_length(value: str | None) -> int | None:
     return int(value) if re.fullmatch(r"[0-9]{1,20}", value, re.ASCII) else None
 
 
-def spend(retry: Retry, url: str, exc: BaseException) -> Retry:
+def charge_retry_budget(retry: Retry, url: str, exc: BaseException) -> Retry:
     """Charge one failed attempt to the urllib3 retry budget, sleep its backoff, or give up."""
     try:
         retry = retry.increment(method="GET", url=url, error=_as_urllib3(exc))

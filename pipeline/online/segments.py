@@ -53,10 +53,10 @@ from amsrepomirror.online.http import (
     Stopped,
     StopSignal,
     UnusableRange,
+    charge_retry_budget,
     get_range,
     if_range_validator,
     resume_point,
-    spend,
     stream_into,
 )
 from amsrepomirror.online.listing import redact
@@ -99,7 +99,7 @@ class Extent:
     busy: bool = False
 
 
-class Stop(Exception):
+class RangesStopped(Exception):
     """This file's ranges must stop (the file failed, or went back to one stream)."""
 
 
@@ -108,7 +108,7 @@ class RangeDone(Exception):
 
 
 @dataclass
-class Unit:
+class ConnectionWork:
     """One connection's work: a range of a segmented file, or a whole file."""
 
     entry: dict
@@ -304,7 +304,7 @@ class Transfers:
         self.pending = sorted(entries, key=lambda e: -(e.get("size") or 0))  # largest first
         self.pending.reverse()  # pop() takes the largest
         self.files: list[SegmentedFile] = []
-        self.delayed: list[Unit] = []
+        self.delayed: list[ConnectionWork] = []
         self.cond = threading.Condition()
         self.in_use, self.limit, self.epoch = 0, jobs, 0
         self.grow_at = 0.0
@@ -318,7 +318,7 @@ class Transfers:
 
     # -- the budget -----------------------------------------------------------------------------
 
-    def next_unit(self) -> Unit | None:
+    def next_work(self) -> ConnectionWork | None:
         """Block until a connection of the budget is free and there is work for it; None when all is done."""
         with self.cond:
             while not self.stop.is_set():
@@ -326,17 +326,17 @@ class Transfers:
                 if self.limit < self.jobs and now >= self.grow_at:
                     self.limit, self.grow_at = self.limit + 1, now + GROW_SECONDS
                 if self.in_use < self.limit:
-                    unit = self._pick(now)
-                    if unit is not None:
+                    work = self._pick(now)
+                    if work is not None:
                         self.in_use += 1
-                        unit.epoch = self.epoch
-                        return unit
+                        work.epoch = self.epoch
+                        return work
                 if not (self.pending or self.delayed or self.in_use or any(not f.finishing for f in self.files)):
                     return None
                 self.cond.wait(0.2)
         return None
 
-    def _pick(self, now: float) -> Unit | None:
+    def _pick(self, now: float) -> ConnectionWork | None:
         ready = [u for u in self.delayed if u.not_before <= now]
         if ready:
             self.delayed.remove(ready[0])
@@ -345,29 +345,29 @@ class Transfers:
             idle = next((e for e in f.extents if not e.busy and e.pos < e.end), None)
             if idle is not None and not f.stopped and sum(e.busy for e in f.extents) < self.policy.max_ranges:
                 idle.busy = True
-                return Unit(f.entry, f, idle)
+                return ConnectionWork(f.entry, f, idle)
         split = self._split()
         if split is not None:
             return split
         while self.pending:
             entry = self.pending.pop()
             if not self._segmentable(entry):
-                return Unit(entry)
+                return ConnectionWork(entry)
             f = SegmentedFile(entry, self.part_path(entry["path"]), self.cond)  # a disk error here stops the run
             f.follow()
             self.files.append(f)
             extent = next((e for e in f.extents if e.pos < e.end), None)
             if extent is None:  # every byte was already on disk: only the check and the move remain
-                return Unit(entry, f, None)
+                return ConnectionWork(entry, f, None)
             extent.busy = True
-            return Unit(entry, f, extent)
+            return ConnectionWork(entry, f, extent)
         return None
 
     def _segmentable(self, entry: dict) -> bool:
         remote = RemoteInfo.of_entry(entry)
         return remote.size is not None and remote.size >= self.policy.threshold and if_range_validator(remote) is not None
 
-    def _split(self) -> Unit | None:
+    def _split(self) -> ConnectionWork | None:
         """Take the second half of the largest running range that is worth splitting."""
         best = None
         for f in self.files:
@@ -388,28 +388,28 @@ class Transfers:
         taken = Extent(middle, e.end, middle, busy=True)
         e.end = middle
         f.extents.insert(f.extents.index(e) + 1, taken)
-        return Unit(f.entry, f, taken)
+        return ConnectionWork(f.entry, f, taken)
 
-    def _release(self, unit: Unit, requeued: bool) -> None:
-        f = unit.file
+    def _release(self, work: ConnectionWork, requeued: bool) -> None:
+        f = work.file
         with self.cond:
             self.in_use -= 1
-            if unit.extent is not None and not requeued:
-                unit.extent.busy = False
+            if work.extent is not None and not requeued:
+                work.extent.busy = False
             idle = f is not None and f.stopped is not None and not any(e.busy for e in f.extents)
             self.cond.notify_all()
         if idle:
             f.close()
 
-    def _busy(self, unit: Unit, exc: ServerBusy) -> bool:
-        """Halve the budget (once per round of requests), and try this unit again after the wait asked for."""
+    def _busy(self, work: ConnectionWork, exc: ServerBusy) -> bool:
+        """Halve the budget (once per round of requests), and try this work again after the wait asked for."""
         retries = self.session.retry_template.total
         with self.cond:
-            if unit.epoch == self.epoch:
+            if work.epoch == self.epoch:
                 self.limit = max(1, min(self.limit, self.in_use) // 2)
                 self.epoch += 1
             wait = exc.retry_after if exc.retry_after is not None else \
-                self.session.retry_template.backoff_factor * (2 ** unit.busy_answers)
+                self.session.retry_template.backoff_factor * (2 ** work.busy_answers)
             self.grow_at = max(self.grow_at, time.monotonic() + max(CALM_SECONDS, wait))
             if self.slowdown is None:
                 self.slowdown = Slowdown(self.jobs, self.limit)
@@ -417,55 +417,55 @@ class Transfers:
             self.slowdown.statuses[exc.status] += 1
             if exc.retry_after is not None:
                 self.slowdown.retry_after = max(self.slowdown.retry_after or 0, exc.retry_after)
-            unit.busy_answers += 1
-            if unit.busy_answers <= retries:
-                if unit.extent is not None:
-                    unit.extent.busy = True  # held for this unit while it waits
-                unit.not_before = time.monotonic() + wait
-                self.delayed.append(unit)
+            work.busy_answers += 1
+            if work.busy_answers <= retries:
+                if work.extent is not None:
+                    work.extent.busy = True  # held for this work while it waits
+                work.not_before = time.monotonic() + wait
+                self.delayed.append(work)
                 return True
-        self._fail(unit, exc)
+        self._fail(work, exc)
         return False
 
     # -- the work -------------------------------------------------------------------------------
 
     def worker(self, _index: int) -> None:
-        """One connection: take units until there are none."""
+        """One connection: take work until there is none."""
         while True:
-            unit = self.next_unit()
-            if unit is None:
+            work = self.next_work()
+            if work is None:
                 return
             requeued = False
             try:
-                requeued = self._run(unit)
+                requeued = self._run(work)
             finally:
-                self._release(unit, requeued)
+                self._release(work, requeued)
 
-    def _run(self, unit: Unit) -> bool:
-        """Do one unit; True when it waits to be tried again (its range stays reserved)."""
+    def _run(self, work: ConnectionWork) -> bool:
+        """Do one piece of work; True when it waits to be tried again (its range stays reserved)."""
         try:
-            if unit.file is None:
-                self.fetch_whole(unit.entry)
+            if work.file is None:
+                self.fetch_whole(work.entry)
                 return False
-            if unit.extent is not None:
-                self._fetch_extent(unit.file, unit.extent)
+            if work.extent is not None:
+                self._fetch_extent(work.file, work.extent)
                 with self.cond:
-                    unit.extent.busy = False
-            self._finish_if_complete(unit.file)
+                    work.extent.busy = False
+            self._finish_if_complete(work.file)
         except ServerBusy as exc:
-            if unit.file is not None:
-                unit.file.record(force=True)
-            return self._busy(unit, exc)
-        except (Stopped, Stop):
-            if unit.file is not None and unit.file.stopped is None:
-                unit.file.record(force=True)
+            if work.file is not None:
+                work.file.record(force=True)
+            return self._busy(work, exc)
+        except (Stopped, RangesStopped):
+            if work.file is not None and work.file.stopped is None:
+                work.file.record(force=True)
         except MirrorError as exc:
-            self._fail(unit, exc)
+            self._fail(work, exc)
         return False
 
-    def _fail(self, unit: Unit, exc: MirrorError) -> None:
+    def _fail(self, work: ConnectionWork, exc: MirrorError) -> None:
         """The file failed: stop its other ranges; its part stays to resume, unless it changed on the server."""
-        f = unit.file
+        f = work.file
         if f is not None:
             with self.cond:
                 if f.stopped is not None:
@@ -479,7 +479,7 @@ class Transfers:
                 f.discard()
             elif not finished:
                 f.record(force=True)
-        self.on_failed(unit.entry, exc)
+        self.on_failed(work.entry, exc)
 
     def _fetch_extent(self, f: SegmentedFile, e: Extent) -> None:
         """Fetch one range to its end, resuming after cuts (each range has its own retry budget)."""
@@ -490,14 +490,14 @@ class Transfers:
                 raise Stopped()
             with self.cond:
                 if f.stopped is not None:
-                    raise Stop()
+                    raise RangesStopped()
                 if e.pos >= e.end:
                     return
                 start, end = e.pos, e.end
             try:
                 resp, body = get_range(self.session, url, f.remote, start, end, self.timeout)
             except UnusableRange as exc:  # nothing of it written: ask again
-                retry = spend(retry, url, exc)
+                retry = charge_retry_budget(retry, url, exc)
                 continue
             try:
                 with self.stop.watching(resp):
@@ -514,14 +514,14 @@ class Transfers:
             finally:
                 resp.close()
             if f.stopped is not None:
-                raise Stop()
+                raise RangesStopped()
             if self.stop.is_set():
                 raise Stopped()
             if e.pos >= e.end:
                 f.record()
                 return
             f.record(force=True)
-            retry = spend(retry, url, cut or FetchError("the body ended before the range did"))
+            retry = charge_retry_budget(retry, url, cut or FetchError("the body ended before the range did"))
 
     def _one_stream(self, f: SegmentedFile, e: Extent) -> bool:
         """A 200 to a range (tied to HEAD's file by its validators, see ``get_range``): the server does
@@ -548,7 +548,7 @@ class Transfers:
             nonlocal at
             with self.cond:
                 if f.stopped is not None:
-                    raise Stop()
+                    raise RangesStopped()
                 skip = max(0, e.pos - at)  # a 200's bytes before the range
                 keep = max(0, min(len(block) - skip, e.end - e.pos))
                 offset = e.pos

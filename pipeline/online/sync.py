@@ -1,6 +1,6 @@
 """The work of mirroring: snapshot the listing, fetch what is stale, verify, prune.
 
-The tasks in ``tasks/mirror.py`` call these; each function is usable (and tested) without Luigi.
+The Luigi tasks of ``amsrepomirror.tasks.mirror`` call these; each function is usable (and tested) without Luigi.
 """
 
 import contextlib
@@ -38,7 +38,7 @@ from amsrepomirror.online.listing import (
     select_platforms,
 )
 from amsrepomirror.online.manifest import FileEntry, Manifest
-from amsrepomirror.online.segments import SegmentPolicy, Transfers, drop_ranges_record
+from amsrepomirror.online.segments import SegmentPolicy, Slowdown, Transfers, drop_ranges_record
 from amsrepomirror.online.workspace import FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, make_durable, require_free_space
 from amsrepomirror.util.hashing import sha256_file
@@ -282,6 +282,44 @@ class GroupInstall:
             return False
 
 
+class _Downloads:
+    """What the connections of one ``download_many`` report to: bytes streamed (checked against
+    Ctrl-C), files fetched whole (installed a group at a time), files fetched as ranges, failures."""
+
+    def __init__(self, session: requests.Session, ws: Workspace, run_id: str, *, jobs: int, timeout: float,
+                 progress: ByteProgress | None, low_speed: LowSpeed):
+        self.ws, self.run_id, self.timeout, self.progress, self.low_speed = ws, run_id, timeout, progress, low_speed
+        self.outcome = DownloadOutcome()
+        self.stop = StopSignal()
+        self.bodies = body_session(session, jobs)
+        self.group = GroupInstall(ws, run_id, self.installed, self.failed)
+
+    def on_bytes(self, n: int) -> None:
+        if self.stop.is_set():
+            raise Stopped()
+        if self.progress:
+            self.progress.update(n)
+
+    def installed(self, entry: dict) -> None:
+        self.outcome.fetched.append(entry["path"])
+        if self.progress:
+            self.progress.file_done()
+
+    def failed(self, entry: dict, exc: MirrorError) -> None:
+        if isinstance(exc, (DiskSpaceError, AuthError)):
+            raise exc  # no other file can do better: stop the run
+        self.outcome.failed[entry["path"]] = str(exc)
+
+    def fetch_whole(self, entry: dict) -> None:
+        self.group.add(entry, fetch_part(self.bodies, self.ws, entry, self.timeout, self.on_bytes, stop=self.stop,
+                                         low_speed=self.low_speed, durable=False))
+
+    def done(self, entry: dict, result: FetchResult) -> None:
+        """A file fetched as ranges: its part is durable already (``segments``)."""
+        install_part(self.ws, entry, result, self.run_id)
+        self.installed(entry)
+
+
 def download_many(session: requests.Session, ws: Workspace, entries: list[dict], run_id: str, *, jobs: int,
                   timeout: float, progress: ByteProgress | None, low_speed: LowSpeed = LowSpeed(),
                   segments: SegmentPolicy = SegmentPolicy()) -> DownloadOutcome:
@@ -292,52 +330,29 @@ def download_many(session: requests.Session, ws: Workspace, entries: list[dict],
     A 401 here, after HEAD was allowed, is a failure like any other (the HEAD probe is where
     unlicensed files are sorted out).
     """
-    outcome = DownloadOutcome()
-    stop = StopSignal()
-    bodies = body_session(session, jobs)
-
-    def on_bytes(n):
-        if stop.is_set():
-            raise Stopped()
-        if progress:
-            progress.update(n)
-
-    def installed(entry):
-        outcome.fetched.append(entry["path"])
-        if progress:
-            progress.file_done()
-
-    def failed(entry, exc):
-        if isinstance(exc, (DiskSpaceError, AuthError)):
-            raise exc  # no other file can do better: stop the run
-        outcome.failed[entry["path"]] = str(exc)
-
-    group = GroupInstall(ws, run_id, installed, failed)
-
-    def fetch_whole(entry):
-        group.add(entry, fetch_part(bodies, ws, entry, timeout, on_bytes, stop=stop, low_speed=low_speed, durable=False))
-
-    def done(entry, result):  # a file fetched as ranges: its part is durable (segments)
-        install_part(ws, entry, result, run_id)
-        installed(entry)
-
-    transfers = Transfers(bodies, entries, ws.part_path, jobs=jobs, policy=segments, timeout=timeout,
-                          low_speed=low_speed, stop=stop, on_bytes=on_bytes, fetch_whole=fetch_whole,
-                          on_done=done, on_failed=failed)
+    run = _Downloads(session, ws, run_id, jobs=jobs, timeout=timeout, progress=progress, low_speed=low_speed)
+    transfers = Transfers(run.bodies, entries, ws.part_path, jobs=jobs, policy=segments, timeout=timeout,
+                          low_speed=low_speed, stop=run.stop, on_bytes=run.on_bytes, fetch_whole=run.fetch_whole,
+                          on_done=run.done, on_failed=run.failed)
     try:
-        run_concurrently(transfers.worker, range(jobs), jobs, stop)
+        run_concurrently(transfers.worker, range(jobs), jobs, run.stop)
     except BaseException:
         with contextlib.suppress(MirrorError):
-            group.flush()  # files that arrived whole before the stop are kept
+            run.group.flush()  # files that arrived whole before the stop are kept
         raise
     finally:
         transfers.close_all()  # every connection has ended: no write can reach a closed part
-    group.flush()
+    run.group.flush()
+    _note_download_failures(ws, run_id, run.outcome, transfers.slowdown)
+    return run.outcome
+
+
+def _note_download_failures(ws: Workspace, run_id: str, outcome: DownloadOutcome, slowdown: Slowdown | None) -> None:
+    """Record each failed file, and how 429/503 answers slowed the run, for the run summary (``summarize``)."""
     for path, message in sorted(outcome.failed.items()):
         ws.note_failure(run_id, "file", message, path)
-    if transfers.slowdown is not None:  # for the run summary (``summarize``)
-        ws.note_failure(run_id, "slowdown", transfers.slowdown.message())
-    return outcome
+    if slowdown is not None:
+        ws.note_failure(run_id, "slowdown", slowdown.message())
 
 
 def build_manifest(ws: Workspace, snapshot: dict, version: str, *, run_id: str, deep: bool = False) -> Manifest:

@@ -1,4 +1,4 @@
-"""The work of BundleArchive and WriteChunk: plan, write chunks (each with a done-marker), finish.
+"""The work of BundleArchive and WriteChunk: plan, write chunks (each with a done-marker), assemble the bundle.
 
 A chunk's done-marker is a small JSON beside the chunk results (``.amsrepomirror-work/<key>/``,
 key = mirror manifest + settings), written after the chunk is renamed into place. It also holds
@@ -231,7 +231,7 @@ def next_sequence(ws: Workspace) -> int:
     return last + 1
 
 
-def finish(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | None = None, sign_key: str = "") -> None:
+def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | None = None, sign_key: str = "") -> None:
     """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS
     (with ``sign_key``, manifest.json.sig too); drop chunks of older plans and the work folder; keep
     a copy of the manifest in the mirror's bundle history."""

@@ -180,6 +180,23 @@ def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compre
     if not version or "/" in version or "\\" in version or version.startswith("."):
         raise UsageError(f"bad version {version!r}")
     ordered = sorted(files, key=lambda f: f.path)
+    paths = _checked_paths(ordered)
+    empty_room = _check_room(ordered, chunk_size, compression)
+    filler = _ChunkFiller(chunk_size, compression, target=max(1, empty_room // 2))  # about half of what fits
+    split_paths = []
+    for f in ordered:
+        if _room(chunk_size, 0, member_overhead(f.path), compression) >= f.size:
+            filler.stream(Piece(f.path, f.path, 0, f.size), f.sha256)
+        else:
+            split_paths.append(f.path)
+            filler.split(f)
+    filler.close()
+    _check_collisions(paths, split_paths, filler.groups)
+    return _chunk_specs(filler.groups, {f.path: f.sha256 for f in ordered}, chunk_size, compression)
+
+
+def _checked_paths(ordered: Sequence[FileEntry]) -> set[str]:
+    """The paths of ``ordered``, each checked by the one path rule, listed once, of a size >= 0."""
     paths = set()
     for f in ordered:
         _check_path(f.path)
@@ -188,8 +205,11 @@ def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compre
         if f.size < 0:
             raise UsageError(f"file {f.path!r} has a negative size")
         paths.add(f.path)
+    return paths
 
-    # Every file must fit in an empty chunk with at least one byte (its whole self if empty).
+
+def _check_room(ordered: Sequence[FileEntry], chunk_size: int, compression: str) -> int:
+    """What an empty chunk holds; every file must fit in one with at least one byte (its whole self if empty)."""
     empty_room = _room(chunk_size, 0, 0, compression)
     if empty_room <= 0:
         raise UsageError(
@@ -203,49 +223,51 @@ def chunk_plan(files: Sequence[FileEntry], chunk_size: int, version: str, compre
                 f"chunk size {chunk_size} bytes is too small to hold any data of {f.path!r} "
                 f"(7z header for its name alone needs {FIXED_OVERHEAD + member_overhead(longest)} bytes)"
             )
-    target = max(1, empty_room // 2)  # the average chunk holds about half of what it could
+    return empty_room
 
-    groups: list[list[Piece]] = []
-    current: list[Piece] = []
-    used = {"payload": 0, "header": 0}
 
-    def close() -> None:
-        nonlocal current
-        if current:
-            groups.append(current)
-        current = []
-        used["payload"] = used["header"] = 0
+class _ChunkFiller:
+    """The chunks of the plan as they are filled in path order (``groups``: each chunk's pieces)."""
 
-    def stream(piece: Piece, file_sha256: str) -> None:
+    def __init__(self, chunk_size: int, compression: str, target: int):
+        self.chunk_size, self.compression, self.target = chunk_size, compression, target
+        self.groups: list[list[Piece]] = []
+        self.current: list[Piece] = []
+        self.payload = self.header = 0
+
+    def close(self) -> None:
+        """End the chunk being filled (if it holds anything)."""
+        if self.current:
+            self.groups.append(self.current)
+        self.current = []
+        self.payload = self.header = 0
+
+    def stream(self, piece: Piece, file_sha256: str) -> None:
         """Add ``piece`` to the chunk being filled: after a forced cut if it does not fit; cut after it
         where its content says so."""
-        if current and _room(chunk_size, used["payload"], used["header"] + member_overhead(piece.member),
-                             compression) < piece.size:
-            close()
-        current.append(piece)
-        used["payload"] += piece.size
-        used["header"] += member_overhead(piece.member)
-        if _cut_after(piece, file_sha256, target):
-            close()
+        if self.current and _room(self.chunk_size, self.payload, self.header + member_overhead(piece.member),
+                                  self.compression) < piece.size:
+            self.close()
+        self.current.append(piece)
+        self.payload += piece.size
+        self.header += member_overhead(piece.member)
+        if _cut_after(piece, file_sha256, self.target):
+            self.close()
 
-    split_paths = []
-    for f in ordered:
-        if _room(chunk_size, 0, member_overhead(f.path), compression) >= f.size:
-            stream(Piece(f.path, f.path, 0, f.size), f.sha256)
-            continue
-        split_paths.append(f.path)
-        close()
-        size = part_size(f.path, chunk_size, compression)
+    def split(self, f: FileEntry) -> None:
+        """A file too big for one chunk: a chunk of its own for each full part, the last part streamed."""
+        self.close()
+        size = part_size(f.path, self.chunk_size, self.compression)
         offset, index = 0, 1
         while f.size - offset > size:
-            groups.append([Piece(f.path, part_member(f.path, index), offset, size)])
+            self.groups.append([Piece(f.path, part_member(f.path, index), offset, size)])
             offset, index = offset + size, index + 1
-        stream(Piece(f.path, part_member(f.path, index), offset, f.size - offset), f.sha256)
-    close()
+        self.stream(Piece(f.path, part_member(f.path, index), offset, f.size - offset), f.sha256)
 
-    _check_collisions(paths, split_paths, groups)
 
-    sha256_of = {f.path: f.sha256 for f in ordered}
+def _chunk_specs(groups: list[list[Piece]], sha256_of: Mapping[str, str], chunk_size: int,
+                 compression: str) -> list[ChunkSpec]:
+    """Each group of pieces as a chunk, named by its content, with the bound of its finished size."""
     plan = []
     for pieces in groups:
         payload = sum(p.size for p in pieces)
@@ -317,37 +339,11 @@ def build_bundle_manifest(
     Checks that each planned piece was written and that a whole file's piece hash equals the
     file's recorded sha256.
     """
-    by_name = {}
-    for r in results:
-        by_name[r.chunk.name] = r
-    missing = [s.name for s in plan if s.name not in by_name]
-    if missing:
-        raise IntegrityError(f"chunks not written yet: {', '.join(missing)}")
+    by_name = {r.chunk.name: r for r in results}
+    parts = _written_parts(plan, by_name)
     entries = {f.path: f for f in files}
-    parts: dict[str, list[Part]] = {}
-    for spec in plan:
-        result = by_name[spec.name]
-        if sorted(result.chunk.members) != spec.members:
-            raise IntegrityError(f"chunk {spec.name} does not hold the planned members")
-        for p in spec.pieces:
-            sha = result.piece_sha256.get(p.member)
-            if sha is None:
-                raise IntegrityError(f"no sha256 recorded for {p.member} in {spec.name}")
-            parts.setdefault(p.path, []).append(Part(chunk=spec.name, member=p.member, offset=p.offset, size=p.size, sha256=sha))
-    bundle_files = []
-    for path in sorted(entries):
-        entry = entries[path]
-        ps = sorted(parts.get(path, []), key=lambda p: p.offset)
-        pos = 0
-        for p in ps:
-            if p.offset != pos:
-                raise IntegrityError(f"pieces of {path} are not contiguous at byte {pos}")
-            pos += p.size
-        if pos != entry.size or not ps:
-            raise IntegrityError(f"pieces of {path} cover {pos} of {entry.size} bytes")
-        if len(ps) == 1 and ps[0].sha256 != entry.sha256:
-            raise IntegrityError(f"{path} changed since it was verified; re-run mirror")
-        bundle_files.append(BundleFile(path=path, size=entry.size, sha256=entry.sha256, parts=ps))
+    bundle_files = [_bundle_file(entries[path], sorted(parts.get(path, []), key=lambda p: p.offset))
+                    for path in sorted(entries)]
     unplanned = set(parts) - set(entries)
     if unplanned:
         raise IntegrityError(f"plan holds files not in the mirror manifest: {', '.join(sorted(unplanned)[:5])}")
@@ -361,3 +357,37 @@ def build_bundle_manifest(
         created=created,
         mirror_manifest_sha256=mirror_manifest_sha256,
     )
+
+
+def _written_parts(plan: Sequence[ChunkSpec], by_name: Mapping[str, "object"]) -> dict[str, list[Part]]:
+    """Each file's pieces as written (path -> its parts): every planned chunk written with the
+    planned members, and a sha256 recorded for each piece."""
+    missing = [s.name for s in plan if s.name not in by_name]
+    if missing:
+        raise IntegrityError(f"chunks not written yet: {', '.join(missing)}")
+    parts: dict[str, list[Part]] = {}
+    for spec in plan:
+        result = by_name[spec.name]
+        if sorted(result.chunk.members) != spec.members:
+            raise IntegrityError(f"chunk {spec.name} does not hold the planned members")
+        for p in spec.pieces:
+            sha = result.piece_sha256.get(p.member)
+            if sha is None:
+                raise IntegrityError(f"no sha256 recorded for {p.member} in {spec.name}")
+            parts.setdefault(p.path, []).append(Part(chunk=spec.name, member=p.member, offset=p.offset, size=p.size, sha256=sha))
+    return parts
+
+
+def _bundle_file(entry: FileEntry, ps: list[Part]) -> BundleFile:
+    """A file of the bundle from its parts (in offset order): they must cover it without a gap, and a
+    file in one piece must still have the sha256 it was verified with."""
+    path, pos = entry.path, 0
+    for p in ps:
+        if p.offset != pos:
+            raise IntegrityError(f"pieces of {path} are not contiguous at byte {pos}")
+        pos += p.size
+    if pos != entry.size or not ps:
+        raise IntegrityError(f"pieces of {path} cover {pos} of {entry.size} bytes")
+    if len(ps) == 1 and ps[0].sha256 != entry.sha256:
+        raise IntegrityError(f"{path} changed since it was verified; re-run mirror")
+    return BundleFile(path=path, size=entry.size, sha256=entry.sha256, parts=ps)

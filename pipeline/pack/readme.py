@@ -73,7 +73,19 @@ def _files_section(manifest: BundleManifest, signed: bool) -> str:
 
 
 def _full_readme(manifest: BundleManifest) -> str:
-    split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
+    """README.txt of a full bundle: what it holds, how to check it, and how to unpack it with the tool or by hand."""
+    lines = _full_heading(manifest) + _full_contents(manifest) + _full_check_and_unpack(manifest) + _full_by_hand(manifest)
+    if manifest.compression == "zstd":
+        lines += [
+            "",
+            "NOTE: these chunks use zstd compression, which stock 7-Zip cannot unpack. Use",
+            "amsrepomirror unpack, or a 7-Zip build with zstd support (e.g. 7-Zip-zstd).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _full_heading(manifest: BundleManifest) -> list:
+    """The versions, how many files in how many chunks, copies, and who made the bundle when."""
     lines = [
         f"AMS package repository bundle {' + '.join(manifest.all_versions)}",
         "",
@@ -85,7 +97,12 @@ def _full_readme(manifest: BundleManifest) -> str:
                      f"(\"copies\" in {MANIFEST_NAME}).")
     if manifest.created or manifest.tool_version:
         lines.append(f"Created {manifest.created or '?'} by amsrepomirror {manifest.tool_version or '?'}.")
-    lines += [
+    return lines
+
+
+def _full_contents(manifest: BundleManifest) -> list:
+    """What each file of the folder is."""
+    lines = [
         "",
         "This folder holds",
         "  *.7z           the chunks",
@@ -96,7 +113,12 @@ def _full_readme(manifest: BundleManifest) -> str:
     ]
     if manifest.tool:
         lines.append(f"  {TOOL_DIR + '/':<14} amsrepomirror itself: wheels and install.sh (listed in {MANIFEST_NAME})")
-    lines += [
+    return lines
+
+
+def _full_check_and_unpack(manifest: BundleManifest) -> list:
+    """Steps 1 (check the copy, install the tool from the bundle) and 2 (unpack with the tool)."""
+    return [
         "",
         f"Chunks may be spread over several USB sticks, each with {MANIFEST_NAME}, {SUMS_NAME} and this file:",
         "first copy all chunks into one folder.",
@@ -116,6 +138,13 @@ def _full_readme(manifest: BundleManifest) -> str:
         "     amsrepomirror unpack BUNDLE --amshome DIR",
         "   e.g. amsrepomirror unpack . --amshome \"$AMSHOME\"",
         "",
+    ]
+
+
+def _full_by_hand(manifest: BundleManifest) -> list:
+    """Step 3: unpack with 7z, join split files, place the copies, put the tree in place."""
+    split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
+    lines = [
         "3. Or unpack by hand:",
         "     mkdir repository",
         "     7z x -orepository '*.7z'",
@@ -127,9 +156,7 @@ def _full_readme(manifest: BundleManifest) -> str:
             "   join each in order and remove its parts (in the repository folder):",
             "     cd repository",
         ]
-        for f in split:
-            stem = shlex.quote(f.path + ".part-")
-            lines.append(f"     cat {stem}* > {shlex.quote(f.path)} && rm {stem}*")
+        lines += _join_commands(split)
         lines.append("   (on Windows: copy /b \"P.part-0001\" + \"P.part-0002\" + ... \"P\")")
     else:
         lines.append("   No file in this bundle is split into parts.")
@@ -141,19 +168,21 @@ def _full_readme(manifest: BundleManifest) -> str:
         if not split:
             lines.append("     cd repository")
         lines += _copy_commands(manifest)
-    lines += [
+    return lines + [
         f"   Each file's size and sha256 are in {MANIFEST_NAME}. Then place the folder as",
         "   $AMSHOME/repository (move an existing one aside first):",
         "     mv \"$AMSHOME/repository\" \"$AMSHOME/repository.old\"",
         "     mv repository \"$AMSHOME/repository\"",
     ]
-    if manifest.compression == "zstd":
-        lines += [
-            "",
-            "NOTE: these chunks use zstd compression, which stock 7-Zip cannot unpack. Use",
-            "amsrepomirror unpack, or a 7-Zip build with zstd support (e.g. 7-Zip-zstd).",
-        ]
-    return "\n".join(lines) + "\n"
+
+
+def _join_commands(split: list) -> list:
+    """The commands that join each split file from its parts and remove them."""
+    lines = []
+    for f in split:
+        stem = shlex.quote(f.path + ".part-")
+        lines.append(f"     cat {stem}* > {shlex.quote(f.path)} && rm {stem}*")
+    return lines
 
 
 def _install_lines(manifest: BundleManifest) -> list:
@@ -183,22 +212,7 @@ def _copy_commands(manifest: BundleManifest) -> list:
 
 def _delta_readme(manifest: BundleManifest) -> str:
     """README.txt of a delta: what it needs (its base), and how to apply it with the tool or by hand."""
-    q = shlex.quote
-    carried = sorted(f.path for f in manifest.files)
-    lines = [
-        f"AMS package repository DELTA bundle {manifest.version}",
-        "",
-        "This bundle holds only what changed since its base; it cannot be unpacked on its own.",
-        f"Base: the repository tree {manifest.base}",
-        f"      (the bundle of {manifest.base_created or 'an unknown date'}); `amsrepomirror receipt --amshome DIR`",
-        "      shows the tree an AMSHOME holds (tree_sha256).",
-        "",
-        f"Carried: {len(manifest.files)} new or changed files, {format_size(manifest.total_bytes)} "
-        f"({manifest.total_bytes} bytes), in {len(manifest.chunks)} chunks (7z, compression {manifest.compression}).",
-        f"Reused from the base (same bytes under another path, not carried): {len(manifest.reused)} files.",
-        f"Removed: {len(manifest.removed)} files. After unpacking the repository holds {len(manifest.target)} files",
-        f"(every one with its size and sha256 in {MANIFEST_NAME}, list \"target\").",
-        "",
+    lines = _delta_heading(manifest) + [
         "1. Check the copy (in this folder):",
         f"     sha256sum -c {SUMS_NAME}",
         *_folder_check_lines(),
@@ -214,19 +228,7 @@ def _delta_readme(manifest: BundleManifest) -> str:
         "3. Or by hand, in $AMSHOME (BUNDLE is this folder; never change files of repository itself):",
         "     cp -al repository repository.new      (hard links; cp -a where links are refused)",
         "     cd repository.new",
-    ]
-    for r in sorted(manifest.reused, key=lambda r: r.path):
-        parent = r.path.rpartition("/")[0]
-        lines.append(f"     {'mkdir -p ' + q(parent) + ' && ' if parent else ''}cp -- {q(r.source)} {q(r.path)}")
-    for path in sorted(set(manifest.removed) | set(carried) | {c.path for c in manifest.copies}):
-        lines.append(f"     rm -f -- {q(path)}")
-    lines += ["     for c in \"$BUNDLE\"/*.7z; do 7z x -o. \"$c\" || break; done"]
-    split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
-    for f in split:
-        stem = q(f.path + ".part-")
-        lines.append(f"     cat {stem}* > {q(f.path)} && rm {stem}*")
-    lines += _copy_commands(manifest)
-    lines += [
+        *_delta_by_hand_commands(manifest),
         "     (then remove folders left empty by the removals)",
         f"   Check every file's sha256 against the \"target\" list in {MANIFEST_NAME}, then swap:",
         "     cd .. && mv repository repository.old && mv repository.new repository",
@@ -235,3 +237,38 @@ def _delta_readme(manifest: BundleManifest) -> str:
     if manifest.compression == "zstd":
         lines += ["", "NOTE: zstd chunks: stock 7-Zip cannot unpack them; use amsrepomirror unpack."]
     return "\n".join(lines) + "\n"
+
+
+def _delta_heading(manifest: BundleManifest) -> list:
+    """The delta's version, its base, and what it carries, reuses and removes."""
+    return [
+        f"AMS package repository DELTA bundle {manifest.version}",
+        "",
+        "This bundle holds only what changed since its base; it cannot be unpacked on its own.",
+        f"Base: the repository tree {manifest.base}",
+        f"      (the bundle of {manifest.base_created or 'an unknown date'}); `amsrepomirror receipt --amshome DIR`",
+        "      shows the tree an AMSHOME holds (tree_sha256).",
+        "",
+        f"Carried: {len(manifest.files)} new or changed files, {format_size(manifest.total_bytes)} "
+        f"({manifest.total_bytes} bytes), in {len(manifest.chunks)} chunks (7z, compression {manifest.compression}).",
+        f"Reused from the base (same bytes under another path, not carried): {len(manifest.reused)} files.",
+        f"Removed: {len(manifest.removed)} files. After unpacking the repository holds {len(manifest.target)} files",
+        f"(every one with its size and sha256 in {MANIFEST_NAME}, list \"target\").",
+        "",
+    ]
+
+
+def _delta_by_hand_commands(manifest: BundleManifest) -> list:
+    """In the new tree: place reused files, remove what goes or is carried, unpack the chunks, join the
+    split files, place the copies."""
+    q = shlex.quote
+    carried = sorted(f.path for f in manifest.files)
+    lines = []
+    for r in sorted(manifest.reused, key=lambda r: r.path):
+        parent = r.path.rpartition("/")[0]
+        lines.append(f"     {'mkdir -p ' + q(parent) + ' && ' if parent else ''}cp -- {q(r.source)} {q(r.path)}")
+    for path in sorted(set(manifest.removed) | set(carried) | {c.path for c in manifest.copies}):
+        lines.append(f"     rm -f -- {q(path)}")
+    lines += ["     for c in \"$BUNDLE\"/*.7z; do 7z x -o. \"$c\" || break; done"]
+    split = [f for f in sorted(manifest.files, key=lambda f: f.path) if len(f.parts) > 1]
+    return lines + _join_commands(split) + _copy_commands(manifest)

@@ -248,43 +248,54 @@ def write_chunk(
     ``spec.name`` is accepted too. The archive is built under a hidden temp name
     ``.<chunk name>.<random>.tmp`` in the same folder, fsynced, hashed and only then renamed into
     place, so a chunk with its final name is always complete. On any error the temp file is
-    removed (a killed process may leave one behind: see ``bundle.remove_partial_files``).
+    removed (a killed process may leave one behind: see ``amsrepomirror.pack.build.remove_partial_files``).
     """
     if compression != spec.compression:
         raise UsageError(
             f"chunk {spec.name} was planned for compression {spec.compression!r}, not {compression!r}; re-plan"
         )
     filters = filters_for(compression)
-    dest = Path(dest)
-    final = dest if dest.name == spec.name else dest / spec.name
-    final.parent.mkdir(parents=True, exist_ok=True)
-
+    final = _chunk_destination(spec, Path(dest))
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{spec.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
     try:
         os.chmod(tmp, 0o644)  # chunks are read by other accounts on shared filesystems
         with os.fdopen(fd, "w+b") as fp:
             piece_sha, carried = _write_archive(fp, spec, Path(mirror_dir), filters, expected, resume or {}, on_bytes)
-            fp.flush()
-            os.fsync(fp.fileno())
-            # py7zr rewrites the signature header at the end: hash the finished file.
-            fp.seek(0)
-            hasher, size = sha256_stream(fp)
-        if size > spec.chunk_size:
-            raise MirrorError(
-                f"internal error: chunk {spec.name} came out {size} bytes, over the chunk size "
-                f"{spec.chunk_size} (planned at most {spec.max_size}); the 7z overhead budget is wrong"
-            )
+            hasher, size = _durable_sha256(fp)
+        _check_chunk_size(spec, size)
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        tmp.unlink(missing_ok=True)
         raise
     chunk = Chunk(name=spec.name, size=size, sha256=hasher.hexdigest(), members=sorted(piece_sha))
     return ChunkResult(chunk=chunk, piece_sha256=piece_sha, sha256_state=carried)
+
+
+def _chunk_destination(spec: ChunkSpec, dest: Path) -> Path:
+    """Where the chunk goes: ``dest/spec.name``, or ``dest`` itself when it has that name; its folder made."""
+    final = dest if dest.name == spec.name else dest / spec.name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final
+
+
+def _durable_sha256(fp) -> tuple:
+    """Make the written archive durable and hash it whole (py7zr rewrites the signature header at the
+    end, so only the finished file has the chunk's bytes); (hasher, size)."""
+    fp.flush()
+    os.fsync(fp.fileno())
+    fp.seek(0)
+    return sha256_stream(fp)
+
+
+def _check_chunk_size(spec: ChunkSpec, size: int) -> None:
+    """A chunk over the chunk size means the plan's 7z overhead budget is wrong: never kept."""
+    if size > spec.chunk_size:
+        raise MirrorError(
+            f"internal error: chunk {spec.name} came out {size} bytes, over the chunk size "
+            f"{spec.chunk_size} (planned at most {spec.max_size}); the 7z overhead budget is wrong"
+        )
 
 
 def _whole_file_hasher(piece, resume: Mapping[str, str], src) -> Sha256State:

@@ -127,7 +127,7 @@ class BundleArchive(MirrorTask):
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
         tool = check_spec(self.tool_pythons, self.tool_platforms) if self.with_tool else None
-        build.finish(self.mirror, self.out, plan, tool, self.sign_key)
+        build.assemble_bundle(self.mirror, self.out, plan, tool, self.sign_key)
 
 
 class ChunkTarget(luigi.Target):
