@@ -178,6 +178,15 @@ def test_bad_settings_are_refused():
     assert DEFAULT_CHUNK_SIZE < 4 * 1024**3 - 1
 
 
+def test_describe_plan_says_one_file_one_chunk_one_stick_in_the_singular():
+    files = fake_entries({"only": 100 * KiB})
+    plan = chunk_plan(files, 1 * MiB, "AMS2026.1")
+    text = describe_plan(plan, files, stick_size=2 * MiB)
+    assert text.startswith("1 file, 100.0 KiB (102400 bytes) in 1 chunk of at most"), text
+    assert "\n1 stick of 2.0 MiB needed" in text and "  stick 1: 1 chunk, " in text, text
+    assert "1 files" not in text and "1 chunks" not in text and "1 sticks" not in text
+
+
 def test_describe_plan_counts_chunks_and_sticks():
     files = fake_entries({f"f{i}": 700 * KiB for i in range(5)} | {"huge": 2 * MiB})
     plan = chunk_plan(files, 1 * MiB, "AMS2026.1")

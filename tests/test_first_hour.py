@@ -377,7 +377,7 @@ def test_single_letter_size_is_refused_as_ambiguous(made):
                                        "read it) or 64GB (1000-based, as USB sticks are sold)")
     result = run_cli("plan", "--mirror", made / "mirror", "--stick-size", "64GB")
     assert result.returncode == 0, result.stderr
-    assert "1 sticks of 59.6 GiB needed" in result.stdout  # shown 1024-based, always
+    assert "1 stick of 59.6 GiB needed" in result.stdout  # shown 1024-based, always
 
 
 # --- 10: files removed upstream ---------------------------------------------------------------------

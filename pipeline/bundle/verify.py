@@ -27,6 +27,7 @@ from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import read_bounded
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.paths import STATE_DIR, is_plain_file_name, printable
+from amsrepomirror.util.units import counted
 
 #: verify_bundle hashes this many chunks at a time (hashlib releases the GIL on large buffers).
 HASH_THREADS = 2
@@ -74,7 +75,7 @@ class VerifyReport:
     def message(self) -> str:
         """One line naming what is wrong and what to do."""
         if self.ok:
-            return f"bundle {self.bundle_dir} is intact ({self.chunks_checked} chunks, {self.bytes_checked} bytes)"
+            return f"bundle {self.bundle_dir} is intact ({counted(self.chunks_checked, 'chunk')}, {self.bytes_checked} bytes)"
         parts = []
         bad = self.bad_chunks
         if bad:

@@ -13,7 +13,7 @@ from amsrepomirror.online.manifest import FileEntry, Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.delta_base import resolve_base, select_delta
 from amsrepomirror.pack.plan import ChunkSpec, chunk_plan, distinct_contents, pack_sticks
-from amsrepomirror.util.units import format_size, parse_size
+from amsrepomirror.util.units import counted, format_size, parse_size
 
 FAT32_LIMIT = 4 * 1024**3 - 1
 MIN_CHUNK = 64 * 1024
@@ -145,7 +145,7 @@ def print_delta_plan(mirror: Path, version: str | None, chunk_size: str, compres
 def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: int | None = None) -> str:
     """Human summary for the ``plan`` command: totals, each chunk, and which chunks go on which stick."""
     total = sum(f.size for f in files)
-    lines = [f"{len(files)} files, {format_size(total)} ({total} bytes) in {len(plan)} chunks"]
+    lines = [f"{counted(len(files), 'file')}, {format_size(total)} ({total} bytes) in {counted(len(plan), 'chunk')}"]
     if plan:
         lines[0] += f" of at most {format_size(plan[0].chunk_size)}, compression {plan[0].compression}"
     split = {}
@@ -158,11 +158,11 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
     width = max((len(s.name) for s in plan), default=0)
     for spec in plan:
         parts = sum(1 for p in spec.pieces if p.is_part)
-        what = f"{len(spec.pieces) - parts} files" + (f" + {parts} parts" if parts else "")
+        what = counted(len(spec.pieces) - parts, "file") + (f" + {counted(parts, 'part')}" if parts else "")
         lines.append(f"  {spec.name:<{width}}  {what:<24}  {format_size(spec.payload):>10}  "
                      f"(file <= {format_size(spec.max_size)})")
     if split:
-        lines.append(f"{len(split)} files are split into parts:")
+        lines.append(f"{counted(len(split), 'file')} {'is' if len(split) == 1 else 'are'} split into parts:")
         for path in sorted(split):
             lines.append(f"  {path}: {split[path]} parts")
     if stick_size is not None:
@@ -170,7 +170,8 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
         too_big = [n for n in sorted(sizes) if sizes[n] > stick_size]
         if too_big:
             lines.append(
-                f"ERROR: {len(too_big)} chunks are bigger than a stick of {format_size(stick_size)} "
+                f"ERROR: {counted(len(too_big), 'chunk')} "
+                f"{'is' if len(too_big) == 1 else 'are'} bigger than a stick of {format_size(stick_size)} "
                 f"(e.g. {too_big[0]}, up to {format_size(max(sizes[n] for n in too_big))}): choose a chunk size "
                 f"below the stick size"
             )
@@ -184,13 +185,13 @@ def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, 
     file that is not a chunk (manifest, sums, README, and the signature and tool/ of bundles that
     have them: ``extras`` bytes, when known), so each can be checked alone."""
     sticks = pack_sticks(sizes, stick_size - extras)
-    lines = [f"{len(sticks)} sticks of {format_size(stick_size)} needed (file system overhead not counted); "
+    lines = [f"{counted(len(sticks), 'stick')} of {format_size(stick_size)} needed (file system overhead not counted); "
              "copy every file that is not a chunk (manifest.json, SHA256SUMS, README.txt, and manifest.json.sig and "
              "tool/ when the bundle has them) onto every stick, and check each one as it arrives "
              f"with: {tool} verify --partial STICK"]
     for i, names in enumerate(sticks, start=1):
         used = sum(sizes[n] for n in names)
-        lines.append(f"  stick {i}: {len(names)} chunks, {format_size(used)}: {', '.join(names)}")
+        lines.append(f"  stick {i}: {counted(len(names), 'chunk')}, {format_size(used)}: {', '.join(names)}")
     return lines
 
 
@@ -203,9 +204,10 @@ def describe_since(plan: Sequence[ChunkSpec], base: BundleManifest, base_label: 
     kept = [s for s in plan if s.name in have]
     gone = [c for c in base.chunks if c.name not in planned]
     new_bytes, kept_bytes = sum(s.max_size for s in new), sum(have[s.name].size for s in kept)
-    lines = [f"since {base_label}: copy {len(new)} of {len(plan)} chunks (at most {format_size(new_bytes)}, "
-             f"{new_bytes} bytes); {len(kept)} chunks ({format_size(kept_bytes)}) are unchanged; "
-             f"{len(gone)} chunks of the base are no longer used"]
+    lines = [f"since {base_label}: copy {len(new)} of {counted(len(plan), 'chunk')} (at most {format_size(new_bytes)}, "
+             f"{new_bytes} bytes); {counted(len(kept), 'chunk')} ({format_size(kept_bytes)}) "
+             f"{'is' if len(kept) == 1 else 'are'} unchanged; "
+             f"{counted(len(gone), 'chunk')} of the base {'is' if len(gone) == 1 else 'are'} no longer used"]
     lines += [f"  copy    {s.name}  (file <= {format_size(s.max_size)})" for s in new]
     lines += [f"  remove  {c.name}" for c in gone]
     return "\n".join(lines) + "\n"

@@ -12,6 +12,7 @@ from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
 from amsrepomirror.util import skipped_files
 from amsrepomirror.util.fsutil import atomic_write_json
+from amsrepomirror.util.units import counted
 
 
 def add_parser(sub) -> None:
@@ -41,6 +42,7 @@ def run(args) -> int:
         print(json.dumps(receipt, indent=1, sort_keys=True))
     else:
         atomic_write_json(out, receipt)
-        print_stderr(f"receipt: wrote {out}: {receipt['version']}, {len(tree)} files, tree {identity[:12]}; carry it to the "
+        print_stderr(f"receipt: wrote {out}: {receipt['version']}, "
+                     f"{counted(len(tree), 'file')}, tree {identity[:12]}; carry it to the "
                      f"online side for: amsrepomirror bundle ... --since {out}")
     return 0

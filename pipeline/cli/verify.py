@@ -16,7 +16,7 @@ from amsrepomirror.offline import placement
 from amsrepomirror.offline.installed import no_receipt, require_intact, scrub
 from amsrepomirror.offline.unpack import MAX_CHANGES_LISTED
 from amsrepomirror.util import progress, skipped_files
-from amsrepomirror.util.units import format_size
+from amsrepomirror.util.units import counted, format_size
 
 
 def add_parser(sub) -> None:
@@ -129,7 +129,7 @@ def run_installed(args) -> int:
         print_stderr("note: the last delta unpack took installed files by size, mtime and inode without hashing them "
                      "(--trust-installed); this check is the first to hash them since")
     require_intact(home, report)
-    print(f"{home / placement.REPOSITORY} is intact: {report.files} files, {format_size(report.bytes)} hashed against "
+    print(f"{home / placement.REPOSITORY} is intact: {counted(report.files, 'file')}, {format_size(report.bytes)} hashed against "
           f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {' and '.join(report.versions)})")
     return 0
 

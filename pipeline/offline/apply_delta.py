@@ -32,6 +32,7 @@ from amsrepomirror.offline import extract, placement
 from amsrepomirror.offline.extract import open_regular
 from amsrepomirror.offline.installed import Identity, installed_file_problem
 from amsrepomirror.util.paths import printable
+from amsrepomirror.util.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +232,7 @@ def place_copies(staging: Path, copies: Sequence[ReusedFile]) -> int:
             _copy(src, dst, copy, f"{printable(copy.source)}, copied to {printable(copy.path)}, does not have the size and "
                                   "sha256 the bundle lists; nothing was placed")
     if copies:
-        log.info(f"unpack: {len(copies)} files with the bytes of another path placed ({linked} hard-linked)")
+        log.info(f"unpack: {counted(len(copies), 'file')} with the bytes of another path placed ({linked} hard-linked)")
     return linked
 
 
@@ -266,7 +267,7 @@ def _add_carried(bundle_dir: Path, staging: Path, manifest: BundleManifest) -> N
         extract.extract_chunk(bundle_dir / chunk.name, chunk, staging, expected, files=manifest.files)
     extract.reassemble(staging, manifest.files)
     place_copies(staging, manifest.copies)
-    log.info(f"unpack: verifying {len(manifest.target)} files against the delta's target manifest")
+    log.info(f"unpack: verifying {counted(len(manifest.target), 'file')} against the delta's target manifest")
     extract.verify_tree(staging, manifest.target, check_hashes=False)
     for index in (f"{version}.yml" for version in manifest.all_versions):
         if not (staging / index).is_file():

@@ -21,6 +21,7 @@ from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import open_regular
 from amsrepomirror.util.hashing import sha256_fd
 from amsrepomirror.util.paths import printable
+from amsrepomirror.util.units import counted
 
 #: (inode, size, mtime in ns) of a file as it was checked: a hard link made of it afterwards must show the same.
 Identity = tuple[int, int, int]
@@ -125,7 +126,7 @@ def scrub(home: Path, on_bytes: Callable[[int], None] | None = None,
     tree = receipt_tree(receipt, home / placement.RECEIPT)
     repo = home / placement.REPOSITORY
     if not repo.is_dir() or repo.is_symlink():
-        raise IntegrityError(f"{repo} is missing or not a directory, but its receipt lists {len(tree)} files; "
+        raise IntegrityError(f"{repo} is missing or not a directory, but its receipt lists {counted(len(tree), 'file')}; "
                              "unpack a full bundle with --reinstall")
     if on_total is not None:
         on_total(sum(r.size for r in tree))

@@ -26,6 +26,7 @@ from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.offline import extract, placement
 from amsrepomirror.offline.apply_delta import place_copies, refuse_drop_versions, refuse_removals, unpack_delta
 from amsrepomirror.util.progress import ByteProgress
+from amsrepomirror.util.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ def _unpack_full(bundle_dir: Path, manifest_bytes: bytes, extracting: int, home:
             placement.checkpoint("unpack:chunk-extracted")
         extract.reassemble(staging, manifest.files)
         place_copies(staging, manifest.copies)
-        log.info(f"unpack: verifying {len(manifest.tree)} files")
+        log.info(f"unpack: verifying {counted(len(manifest.tree), 'file')}")
         # Sizes and names only, no re-hash: every file's sha256 was already checked on the way in
         # (extract_chunk hashes each member as it writes it, reassemble hashes each split file
         # whole), into the private staging folder that only this process writes to, under the

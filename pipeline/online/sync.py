@@ -46,6 +46,7 @@ from amsrepomirror.util.jsonread import JsonDamaged, read_json
 from amsrepomirror.util.progress import ByteProgress, CountProgress
 from amsrepomirror.util.skipped_files import Lacking, excluded_by, unlicensed
 from amsrepomirror.util.timestamps import utc_now
+from amsrepomirror.util.units import counted
 
 SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
 SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
@@ -78,7 +79,8 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         else:
             files.append({"path": item.path, "url": item.url, **answer.validators()})
     if unauthorized and not files and not failed:
-        raise AuthError(f"the server refused the SCM account for all {len(unauthorized)} files: wrong user or password?")
+        raise AuthError(f"the server refused the SCM account for all {counted(len(unauthorized), 'file')}: "
+                        "wrong user or password?")
     if unauthorized and strict_authentication:
         raise AuthError(
             f"HTTP {refused_with[unauthorized[0]]} for {len(unauthorized)} file(s), e.g. {unauthorized[0]}; "
@@ -457,7 +459,7 @@ def prune_unlisted(ws: Workspace, keep: Iterable[str], *, dry_run: bool, force: 
     present = len(doomed) + sum(1 for p in keep if ws.file(p).exists())
     if doomed and not dry_run and not force and len(doomed) * 4 > present:
         raise UsageError(
-            f"--delete-unlisted would remove {len(doomed)} of {present} files (more than a quarter): "
+            f"--delete-unlisted would remove {len(doomed)} of {counted(present, 'file')} (more than a quarter): "
             "the listing may be truncated; check with --dry-run, then add --force"
         )
     if dry_run:

@@ -4,7 +4,7 @@ import shlex
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, TOOL_DIR, BundleManifest
 from amsrepomirror.bundle.signature import NAMESPACE, SIGNATURE_NAME
-from amsrepomirror.util.units import format_size
+from amsrepomirror.util.units import counted, format_size
 
 
 def signature_check_lines() -> list:
@@ -89,8 +89,8 @@ def _full_heading(manifest: BundleManifest) -> list:
     lines = [
         f"AMS package repository bundle {' + '.join(manifest.all_versions)}",
         "",
-        f"{len(manifest.files)} files, {format_size(manifest.total_bytes)} ({manifest.total_bytes} bytes), "
-        f"in {len(manifest.chunks)} chunks (standalone 7z archives, compression {manifest.compression}).",
+        f"{counted(len(manifest.files), 'file')}, {format_size(manifest.total_bytes)} ({manifest.total_bytes} bytes), "
+        f"in {counted(len(manifest.chunks), 'chunk')} (standalone 7z archives, compression {manifest.compression}).",
     ]
     if manifest.copies:
         lines.append(f"{len(manifest.copies)} more files have the bytes of one of these and are carried once "
@@ -249,10 +249,11 @@ def _delta_heading(manifest: BundleManifest) -> list:
         f"      (the bundle of {manifest.base_created or 'an unknown date'}); `amsrepomirror receipt --amshome DIR`",
         "      shows the tree an AMSHOME holds (tree_sha256).",
         "",
-        f"Carried: {len(manifest.files)} new or changed files, {format_size(manifest.total_bytes)} "
-        f"({manifest.total_bytes} bytes), in {len(manifest.chunks)} chunks (7z, compression {manifest.compression}).",
-        f"Reused from the base (same bytes under another path, not carried): {len(manifest.reused)} files.",
-        f"Removed: {len(manifest.removed)} files. After unpacking the repository holds {len(manifest.target)} files",
+        f"Carried: {counted(len(manifest.files), 'new or changed file')}, {format_size(manifest.total_bytes)} "
+        f"({manifest.total_bytes} bytes), in {counted(len(manifest.chunks), 'chunk')} (7z, compression {manifest.compression}).",
+        f"Reused from the base (same bytes under another path, not carried): {counted(len(manifest.reused), 'file')}.",
+        f"Removed: {counted(len(manifest.removed), 'file')}. After unpacking the repository holds "
+        f"{counted(len(manifest.target), 'file')}",
         f"(every one with its size and sha256 in {MANIFEST_NAME}, list \"target\").",
         "",
     ]

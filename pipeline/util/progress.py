@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from tqdm import tqdm
 
-from amsrepomirror.util.units import format_size
+from amsrepomirror.util.units import format_size, plural
 
 #: How often a terminal bar is redrawn even when no byte arrived (connections busy, server slow).
 REDRAW_SECONDS = 1.0
@@ -69,7 +69,7 @@ class ByteProgress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = self.done / elapsed
         eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0
-        files = f", {self.files_done:,} of {self.files_total:,} files" if self.files_total else ""
+        files = f", {self.files_done:,} of {self.files_total:,} file{plural(self.files_total)}" if self.files_total else ""
         return (f"{self.desc}: {format_size(self.done)} of {format_size(self.total)}{files}, {format_size(rate)}/s, "
                 + (f"ETA {eta:.0f} s" if rate > 0 else "starting"))
 
@@ -109,7 +109,7 @@ class CountProgress:
 
     def __init__(self, total: int, what: str, stream=None, interval: float = 5.0):
         self.stream = stream or sys.stderr
-        self.desc = f"{what} {total:,} files"
+        self.desc = f"{what} {total:,} file{plural(total)}"
         self.total, self.interval = total, interval
         self.done = 0
         self._lock = threading.Lock()

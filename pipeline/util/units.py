@@ -50,3 +50,13 @@ def format_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def plural(n: int) -> str:
+    """The -s a noun takes after the count ``n`` ("" for one)."""
+    return "" if n == 1 else "s"
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 file``, ``2 files``: a count and its noun in the right number (nouns that take an -s)."""
+    return f"{n} {noun}{plural(n)}"
