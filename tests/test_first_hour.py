@@ -333,6 +333,27 @@ def test_help_gives_purpose_account_variables_and_exit_codes():
     assert run_cli("--help").stdout.splitlines()[2].startswith("Mirror SCM's AMS package repository")
 
 
+def test_a_bad_command_line_is_one_error_line_naming_where_to_look(tmp_path):
+    cases = {("mirror", "--jobs", "x", "--version", "AMS2026.1", "--mirror", tmp_path / "m"):
+             "error: argument --jobs: invalid int value: 'x' (see: amsrepomirror mirror --help)",
+             ("mirror", "--mirror", tmp_path / "m"):
+             "error: the following arguments are required: --version (see: amsrepomirror mirror --help)",
+             ("config", "--no-such-option"): "error: unrecognized arguments: --no-such-option (see: amsrepomirror --help)",
+             ("mirrr",): "error: argument COMMAND: invalid choice: 'mirrr' (choose from 'mirror', 'bundle', 'plan', "
+                         "'verify', 'unpack', 'receipt', 'config', 'demo') (see: amsrepomirror --help)"}
+    for args, line in cases.items():
+        result = run_cli(*args)
+        assert (result.returncode, result.stderr.splitlines(), result.stdout) == (USAGE_ERROR, [line], ""), args
+
+
+def test_config_is_read_also_after_the_command(tmp_path):
+    settings = tmp_path / "site.cfg"
+    settings.write_text("[BundleArchive]\nchunk_size = 123MiB\n")
+    before, after = run_cli("--config", settings, "config"), run_cli("config", "--config", settings)
+    assert before.returncode == after.returncode == 0, after.stderr
+    assert before.stdout == after.stdout and "chunk_size = 123MiB  # --config" in after.stdout.splitlines()
+
+
 def test_tool_version_and_ams_version():
     result = run_cli("--version")
     assert (result.returncode, result.stdout) == (0, f"amsrepomirror {amsrepomirror.__version__}\n")

@@ -6,6 +6,7 @@ import argparse
 from amsrepomirror import __version__
 from amsrepomirror.cli import bundle, config, demo, mirror, plan, receipt, unpack, verify
 from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, AdminHelp
+from amsrepomirror.errors import USAGE_ERROR
 
 PURPOSE = ("Mirror SCM's AMS package repository, carry it across an air gap in checksummed 7z chunks, "
            "and place it as $AMSHOME/repository.")
@@ -23,14 +24,26 @@ offline, on the cluster (AMSHOME set, or --amshome DIR):
 COMMANDS = (mirror, bundle, plan, verify, unpack, receipt, config, demo)
 
 
+CONFIG_HELP = "settings file read last, over every luigi.cfg (amsrepomirror config shows what applies; default: none)"
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A parser whose errors are one ``error:`` line, with where to look, as every other error of the tool
+    (argparse's own are a usage block and a line starting with the program's name); exit 2 stays."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"error: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="amsrepomirror", description=f"{PURPOSE}\n\n{WORKFLOW}",
-                                     epilog=f"{ACCOUNT}\n\n{SIZES}\n\n{EXIT_CODES}", formatter_class=AdminHelp)
+    parser = OneLineErrors(prog="amsrepomirror", description=f"{PURPOSE}\n\n{WORKFLOW}",
+                           epilog=f"{ACCOUNT}\n\n{SIZES}\n\n{EXIT_CODES}", formatter_class=AdminHelp)
     parser.add_argument("--version", action="version", version=f"amsrepomirror {__version__}",
                         help="print the version of amsrepomirror and exit (after a command, --version is an AMS version)")
-    parser.add_argument("--config", metavar="FILE", help="settings file read last, over every luigi.cfg "
-                        "(amsrepomirror config shows what applies; default: none)")
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
+    for command_parser in sub.choices.values():  # also after the command, where an admin adds it to a command line
+        command_parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
     return parser
