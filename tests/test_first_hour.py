@@ -354,6 +354,23 @@ def test_config_is_read_also_after_the_command(tmp_path):
     assert before.stdout == after.stdout and "chunk_size = 123MiB  # --config" in after.stdout.splitlines()
 
 
+def test_a_refused_unpack_leaves_only_its_log_and_lock_in_amshome(bundle, tmp_path):
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    refused = run_cli("unpack", tmp_path / "no-bundle-here", "--amshome", amshome)  # the command line itself
+    assert refused.returncode == USAGE_ERROR and os.listdir(amshome) == [], refused.stderr
+    chunk = sorted(bundle.glob("*.7z"))[0]
+    with open(chunk, "r+b") as f:  # one flipped byte: the bundle is refused before anything is extracted
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    refused = run_cli("unpack", bundle, "--amshome", amshome)
+    assert refused.returncode == INTEGRITY_FAILURE, refused.stderr
+    assert sorted(os.listdir(amshome)) == [".amsrepomirror-unpack.log", ".amsrepomirror.lock"]  # docs/operations.md
+    assert (amshome / ".amsrepomirror.lock").stat().st_size == 0
+
+
 def test_tool_version_and_ams_version():
     result = run_cli("--version")
     assert (result.returncode, result.stdout) == (0, f"amsrepomirror {amsrepomirror.__version__}\n")
