@@ -414,6 +414,28 @@ def _wait_for_part(dest, min_bytes=1, timeout=180):
     raise AssertionError("no download started")
 
 
+@pytest.mark.slow
+def test_bundle_without_listing_url_uses_the_listing_the_mirror_was_made_from(scm_double, repo_tree, tmp_path):
+    dest, url = tmp_path / "m", scm_double.listing_url(VERSION)
+    assert mirror(scm_double, dest).returncode == 0
+    scm_double.clear_log()
+    made = run_cli("bundle", "--version", VERSION, "--mirror", dest, "--out", tmp_path / "b1")
+    assert made.returncode == 0, made.stderr
+    assert f"bundle: {VERSION}: the listing this mirror was made from, {url} (--listing-url to use another)" \
+        in made.stderr.splitlines()
+    assert [r.relpath for r in scm_double.records("GET")] == [f"listings/{VERSION}.txt"]  # asked there, nothing changed
+    scm_double.stop()  # the server cannot be reached: the line says so and names --offline
+    failed = run_cli("bundle", "--version", VERSION, "--mirror", dest, "--out", tmp_path / "b2")
+    assert failed.returncode == 1, failed.stderr
+    lines = failed.stderr.splitlines()
+    assert f"error: cannot fetch the listing {url}: connection refused" in lines, failed.stderr
+    assert lines[-1].startswith("bundle: not written: the mirror could not be brought up to date (above); to bundle it "
+                                "as last verified (") and lines[-1].endswith(") without contacting the server, add --offline")
+    assert not (tmp_path / "b2").exists()
+    offline = run_cli("bundle", "--version", VERSION, "--mirror", dest, "--out", tmp_path / "b2", "--offline")
+    assert offline.returncode == 0, offline.stderr
+
+
 def test_ctrl_c_stops_promptly_and_the_rerun_resumes(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "m"
     scm_double.throttle(200_000)

@@ -6,6 +6,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
+from amsrepomirror import errors
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.cli.exit_codes import most_severe_failure
@@ -14,7 +15,7 @@ from amsrepomirror.cli.options import add_command, setting_default
 from amsrepomirror.cli.output import print_stderr, tool_command
 from amsrepomirror.cli.plan import chunk_settings, describe_sticks, print_delta_plan, print_plan
 from amsrepomirror.cli.runner import run_graph, use_scheduler
-from amsrepomirror.errors import UsageError
+from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online.manifest import Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.delta_base import resolve_base, select_delta, write_base
@@ -92,9 +93,24 @@ def run(args) -> int:
     if not args.offline:
         code = mirror_versions(args)
         if code:
-            print_stderr("bundle: not written, because the mirror is not complete")
+            print_stderr(f"bundle: not written: {_why_not_mirrored(args, versions, code)}")
             return code
     return _write_bundle(args, versions, chunk_size, compression)
+
+
+def _why_not_mirrored(args, versions: Sequence[str], code: int) -> str:
+    """The end of the line said when mirroring failed: a failure to reach the server (exit 1) leaves the mirror as
+    last verified, which --offline bundles; any other failure means the mirror is not complete."""
+    verified = []
+    for version in versions:
+        try:
+            verified.append(Manifest.read(Workspace(args.mirror).manifest_path(version)).created)
+        except (OSError, MirrorError):
+            break
+    if code != errors.RUNTIME_FAILURE or len(verified) != len(versions):
+        return "the mirror is not complete"
+    return (f"the mirror could not be brought up to date (above); to bundle it as last verified ({max(verified)}) "
+            "without contacting the server, add --offline")
 
 
 def _refuse_option_mix(args, versions: Sequence[str]) -> None:

@@ -20,6 +20,7 @@ from amsrepomirror.online import sync
 from amsrepomirror.online.credentials import require_account_or_none
 from amsrepomirror.online.http import LowSpeed, fetch_text
 from amsrepomirror.online.listing import listing_sha256, listing_url_for, repository_root, select_platforms
+from amsrepomirror.online.manifest import Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import shared_run
 from amsrepomirror.tasks.base import new_run_id, platform_rules
@@ -91,10 +92,19 @@ def versions_and_urls(args) -> list[tuple[str, str]]:
     repeated = sorted({v for v in versions if versions.count(v) > 1})
     if repeated:
         raise UsageError(f"--version {repeated[0]} is given more than once")
-    pairs = list(zip(versions, urls or [""] * len(versions), strict=True))
+    pairs = list(zip(versions, urls or [recorded_listing_url(args.mirror, v) for v in versions], strict=True))
     for version, url in pairs:
         repository_root(listing_url_for(version, url))
     return pairs
+
+
+def recorded_listing_url(mirror: Path, version: str) -> str:
+    """The listing URL the mirror's last verified ``version`` was made from ("" when none is recorded): without
+    --listing-url, a mirror goes on with the listing it was made from, not SCM's default."""
+    try:
+        return Manifest.read(Workspace(mirror).manifest_path(version)).listing_url
+    except (OSError, MirrorError):  # no verified mirror of it yet, or a manifest this run will write anew
+        return ""
 
 
 def mirror_params(args) -> list[dict]:
@@ -107,6 +117,10 @@ def mirror_params(args) -> list[dict]:
     if args.run_id is not None and not RUN_ID.fullmatch(args.run_id):
         raise UsageError(f"--run-id {args.run_id!r}: use letters, digits, '.', '_' and '-' only (it names a folder)")
     run_id = args.run_id or new_run_id()
+    for version, url in pairs if not args.listing_url else []:
+        if url and url != listing_url_for(version):
+            print_stderr(f"{args.command}: {version}: the listing this mirror was made from, {url} "
+                         "(--listing-url to use another)")
     runs = [dict(version=version, mirror=str(args.mirror.absolute()), listing_url=url,
                  platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
                  no_ssl=args.no_ssl, jobs=int(jobs), run_id=run_id if len(pairs) == 1 else f"{run_id}-{version}")
