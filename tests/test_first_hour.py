@@ -7,6 +7,7 @@ read-only cases, a read-only tmpfs (when the tests run as root).
 
 import argparse
 import fcntl
+import io
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from amsrepomirror.cli.parser import build_parser
 from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
 from amsrepomirror.testing.repository import make_repository, repository_files, write_listing
 from amsrepomirror.testing.scmdouble import ScmDouble
+from amsrepomirror.util.progress import ByteProgress
 from amsrepomirror.util.units import format_size
 
 VERSION = "AMS2026.1"
@@ -369,6 +371,17 @@ def test_a_refused_unpack_leaves_only_its_log_and_lock_in_amshome(bundle, tmp_pa
     assert refused.returncode == INTEGRITY_FAILURE, refused.stderr
     assert sorted(os.listdir(amshome)) == [".amsrepomirror-unpack.log", ".amsrepomirror.lock"]  # docs/operations.md
     assert (amshome / ".amsrepomirror.lock").stat().st_size == 0
+
+
+def test_a_progress_total_grows_with_what_was_done_instead_of_going_past_100_percent():
+    shown = io.StringIO()
+    bar = ByteProgress(30 * 1024, "download", stream=shown, interval=0, files=1)
+    bar.update(500 * 1024)  # more than planned: a file fetched again, or batches of a shared run
+    bar.file_done()
+    bar.file_done()
+    bar.update(1)
+    last = shown.getvalue().splitlines()[-1]
+    assert last.startswith("download: 500.0 KiB of 500.0 KiB, 2 of 2 files, ") and last.endswith("(100%)"), last
 
 
 def test_tool_version_and_ams_version():

@@ -110,6 +110,12 @@ def test_two_processes_share_one_run_each_file_served_once(many_files, luigid, t
     assert [p for p, n in served.items() if n > 1] == []
     reports = [json.loads((tmp_path / name).read_text()) for name in ("first.json", "second.json")]
     assert reports[0]["run_id"] == reports[1]["run_id"]  # one shared run, one snapshot
+    # Each says what it fetched itself and what the run did: the two shares add up to the run's count.
+    mine = [r["fetched_by_this_process"] for r in reports]
+    assert all(mine) and sum(mine) == reports[0]["fetched"] == reports[1]["fetched"] == len(served), (mine, reports)
+    for report, (_, err) in zip(reports, (out_first, out_second), strict=True):
+        assert f": this process fetched {report['fetched_by_this_process']}, " in err
+        assert f"; the shared run {report['run_id']}: {report['fetched']} fetched, " in err
     # Both did a share of the downloads: each process's worker ran batches (the shared log names their pids).
     log = (dest / ".amsrepomirror" / "runs" / reports[0]["run_id"] / "luigi.log").read_text()
     assert set(re.findall(r"\[pid (\d+)\] Worker .* running   DownloadFile", log)) == {str(first.pid), str(second.pid)}

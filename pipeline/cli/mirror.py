@@ -25,6 +25,7 @@ from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.tasks import shared_run
 from amsrepomirror.tasks.base import new_run_id, platform_rules
 from amsrepomirror.tasks.mirror import FetchListing, JoinRun, VerifyTree
+from amsrepomirror.util import progress
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, run_lock, why_unwritable
 from amsrepomirror.util.units import format_size
 
@@ -209,7 +210,15 @@ def _shared_run(args, params: dict, deep: dict, log_file: Path) -> list[dict]:
     largest = luigi.configuration.get_config().getint("DownloadFile", "shared_batch_size")
     batch = shared_run.batch_size(files, params["jobs"], largest)
     with config.for_this_command({("DownloadFile", "run_batch_size"): str(batch)}):
-        return stage("downloads") or stage("tree")
+        pending = [e for e in snapshot["files"] if not sync.is_current(Workspace(params["mirror"]), e, params["run_id"])]
+        # One bar over the run's downloads, whichever process's worker fetches each (the batches add to it).
+        progress.for_run(params["run_id"], sync.bytes_to_fetch(Workspace(params["mirror"]), pending), desc="download",
+                         files=len(pending))
+        try:
+            failures = stage("downloads")
+        finally:
+            progress.close_run(params["run_id"])
+        return failures or stage("tree")
 
 
 def _mirror_one_version(args, params: dict, ws) -> tuple[dict | None, dict, list[dict]]:
@@ -264,10 +273,16 @@ def _locked_mirror(args, runs: list[dict], ws) -> int:
 
 def _print_mirror_summary(s: dict, args, several: bool) -> None:
     which = f" ({s['version']})" if several else ""
-    print_stderr(f"mirror {args.mirror}{which}: {s['fetched']} fetched, {s['up_to_date']} up to date, "
-                 f"{len(s['skipped_unauthorized'])} skipped (not licensed), {len(s['failed'])} failed; "
-                 f"{format_size(s['bytes_transferred'])} transferred in {s['seconds']:.1f} s "
-                 f"({format_size(s['rate_bytes_per_second'])}/s)")
+    counts = (f"{s['fetched']} fetched, {s['up_to_date']} up to date, {len(s['skipped_unauthorized'])} skipped "
+              f"(not licensed), {len(s['failed'])} failed")
+    if args.scheduler_url:  # a shared run: what this process did, and what the run did with the others
+        here, seconds = s["bytes_transferred_by_this_process"], s["seconds"]
+        print_stderr(f"mirror {args.mirror}{which}: this process fetched {s['fetched_by_this_process']}, "
+                     f"{format_size(here)} in {seconds:.1f} s ({format_size(here / seconds if seconds else 0)}/s); "
+                     f"the shared run {s['run_id']}: {counts}, {format_size(s['bytes_transferred'])} transferred")
+    else:
+        print_stderr(f"mirror {args.mirror}{which}: {counts}; {format_size(s['bytes_transferred'])} transferred in "
+                     f"{s['seconds']:.1f} s ({format_size(s['rate_bytes_per_second'])}/s)")
     for path in s["skipped_unauthorized"][:10]:
         print_stderr(f"  skipped (HTTP {s['refused_with'][path]}, not licensed for this account): {path}")
     if len(s["skipped_unauthorized"]) > 10:

@@ -39,7 +39,7 @@ from amsrepomirror.online.listing import (
 )
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.segments import SegmentPolicy, Slowdown, Transfers, drop_ranges_record
-from amsrepomirror.online.workspace import FileRecord, Workspace
+from amsrepomirror.online.workspace import THIS_PROCESS, FileRecord, Workspace
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes, make_durable, require_free_space
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.jsonread import JsonDamaged, read_json
@@ -219,7 +219,8 @@ def install_part(ws: Workspace, entry: dict, result: FetchResult, run_id: str, *
         os.replace(part, target)
         st = os.stat(target)
         ws.write_record(rel, FileRecord(st.st_size, st.st_mtime_ns, result.sha256, entry["url"], result.etag,
-                                        result.last_modified, run_id, result.bytes_transferred), durable=durable)
+                                        result.last_modified, run_id, result.bytes_transferred, THIS_PROCESS),
+                    durable=durable)
 
 
 class GroupInstall:
@@ -484,12 +485,16 @@ def summarize(ws: Workspace, run_id: str, snapshot: dict | None, elapsed: float)
                     {f["path"] for f in (snapshot or {}).get("failed", [])})
     unauthorized = sorted((snapshot or {}).get("unauthorized", []))
     fetched, fetched_bytes, transferred, up_to_date = [], 0, 0, 0
+    fetched_here, transferred_here = 0, 0  # by this process: a run shared through luigid has several
     for entry in (snapshot or {}).get("files", []):
         record = ws.read_record(entry["path"])
         if record and record.fetched_run == run_id:
             fetched.append(entry["path"])
             fetched_bytes += record.size
             transferred += record.bytes_transferred
+            if record.fetched_by == THIS_PROCESS:
+                fetched_here += 1
+                transferred_here += record.bytes_transferred
         elif record and entry["path"] not in failed and record.matches_remote(entry, run_id) and ws.current_record(entry["path"]):
             up_to_date += 1
     return {
@@ -504,6 +509,8 @@ def summarize(ws: Workspace, run_id: str, snapshot: dict | None, elapsed: float)
         "failed": failed,
         "bytes_fetched": fetched_bytes,
         "bytes_transferred": transferred,
+        "fetched_by_this_process": fetched_here,
+        "bytes_transferred_by_this_process": transferred_here,
         "seconds": round(elapsed, 3),
         "rate_bytes_per_second": round(transferred / elapsed) if elapsed > 0 else 0,
         "errors": [f["message"] for f in failures if f["kind"] not in ("file", "slowdown")],

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -21,6 +22,10 @@ from pathlib import Path
 from amsrepomirror.util.fsutil import atomic_write_json, json_bytes, replace_without_sync
 from amsrepomirror.util.jsonread import parse_json_lines, read_json
 from amsrepomirror.util.paths import STATE_DIR, VERSION_PATTERN
+
+#: Names this process among the processes of one run shared through luigid (host and pid, taken at
+#: start: a forked Luigi worker names the process that started it), in each record it writes.
+THIS_PROCESS = f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True, slots=True)  # slots: one is held per file, 100,000s of them
@@ -35,6 +40,7 @@ class FileRecord:
     last_modified: str | None
     fetched_run: str = ""
     bytes_transferred: int = 0
+    fetched_by: str = ""  # THIS_PROCESS of the process that fetched it (records of older versions: "")
 
     def matches_stat(self, st: os.stat_result) -> bool:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns

@@ -8,8 +8,6 @@ named by --run-id is joined only when its recorded identity is this process's (c
 
 import hashlib
 import json
-import os
-import socket
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
@@ -19,6 +17,7 @@ import requests
 from amsrepomirror import __version__
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online.listing import listing_url_for, redact
+from amsrepomirror.online.workspace import THIS_PROCESS
 from amsrepomirror.util.timestamps import utc_stamp
 
 REACH_TIMEOUT = 5.0  # seconds: Luigi's own RPC retries would take minutes to give up
@@ -124,5 +123,5 @@ def batch_size(files: int, jobs: int, largest: int) -> int:
 
 
 def process_token() -> str:
-    """Names this process among the workers of one run (host and pid)."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """Names this process among the workers of one run (host and pid; the name its file records carry)."""
+    return THIS_PROCESS

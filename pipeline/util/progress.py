@@ -49,6 +49,10 @@ class ByteProgress:
     def update(self, n: int) -> None:
         with self._lock:
             self.done += n
+            if self.done > self.total and self._shown:  # more than planned (a file fetched again): never "x of less"
+                self.total = self.done
+                if self._bar is not None:
+                    self._bar.total = self.total
             if self._bar is not None:
                 self._bar.set_description_str(self._status(), refresh=False)
                 self._bar.update(n)  # redraws at most every mininterval
@@ -64,6 +68,7 @@ class ByteProgress:
     def file_done(self) -> None:
         with self._lock:
             self.files_done += 1
+            self.files_total = max(self.files_total, self.files_done) if self.files_total else 0
 
     def _status(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
