@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import trustme
-from clihelp import REPO, cli_env, run_cli, tree_hashes
+from clihelp import REPO, cli_env, popen_cli, run_cli, tree_hashes
 from servers import free_port
 
 import amsrepomirror
@@ -382,6 +382,36 @@ def test_a_progress_total_grows_with_what_was_done_instead_of_going_past_100_per
     bar.update(1)
     last = shown.getvalue().splitlines()[-1]
     assert last.startswith("download: 500.0 KiB of 500.0 KiB, 2 of 2 files, ") and last.endswith("(100%)"), last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("step, state", [
+    ("unpack:verified", "is as it was; unpack the bundle with: "),
+    ("swap:new-in-place", "is the old tree or the new one, never a mix; finish the unpack with: "),
+    ("swap:journal-removed", "holds this bundle and its receipt is written: the unpack is complete, nothing more to run"),
+])
+def test_ctrl_c_during_unpack_ends_with_the_state_of_amshome_and_what_to_run(made, bundle, tmp_path, step, state):
+    from test_signature_race import stopped_or_ended  # waits on the stop itself (waitpid), not on a clock
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    proc = popen_cli("unpack", bundle, "--amshome", amshome, env=cli_env(AMSREPOMIRROR_STOP_AT=step))
+    try:
+        assert stopped_or_ended(proc), proc.communicate()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the admin presses it at that step
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)  # a guard against a hang only
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    last = err.splitlines()[-1]
+    assert last.startswith(f"interrupted: {amshome}/repository ") and state in last and "Traceback" not in err, err
+    assert "amspackages finds" not in out  # no word of success
+    rerun = run_cli("unpack", bundle, "--amshome", amshome)  # what the line says to run, or a no-op when complete
+    assert rerun.returncode == 0, rerun.stderr
+    if "nothing more to run" in state:  # the line was right that nothing was left: the rerun finds nothing to do
+        assert "nothing to do" in rerun.stderr and "interrupted" not in rerun.stderr, rerun.stderr
+    assert tree_hashes(amshome / "repository") == tree_hashes(made / "mirror")
 
 
 def test_tool_version_and_ams_version():

@@ -3,17 +3,18 @@ task, run in this process), then say what the bundle lacks and how AMS finds the
 
 from pathlib import Path
 
-from amsrepomirror import config
+from amsrepomirror import config, errors
 from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, setting_default, site_trust
-from amsrepomirror.cli.output import print_stderr, tool_command
+from amsrepomirror.cli.output import command_line, print_stderr, tool_command
 from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.errors import UsageError
-from amsrepomirror.offline.unpack import usage_hints
+from amsrepomirror.offline import placement
+from amsrepomirror.offline.unpack import installed_bundle, usage_hints
 from amsrepomirror.tasks.unpack import Unpack
-from amsrepomirror.util import skipped_files
+from amsrepomirror.util import progress, skipped_files
 
 
 def add_parser(sub) -> None:
@@ -66,10 +67,26 @@ def run(args) -> int:
                 return failure["code"]
         # The manifest this run checked (placed, or found installed), not the folder's, which may hold another by now.
         manifest = task.checked.manifest
+        for line in skipped_files.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
+            print_stderr(line)
+        print(usage_hints(args.amshome.absolute(), manifest.all_versions))
+    except KeyboardInterrupt:
+        progress.clear_all()
+        print_stderr(f"interrupted: {_state_of(args)}")
+        return errors.INTERRUPTED
     finally:
         task.checked = None  # the same object serves a later unpack of this bundle in this process: it must look again
-    for line in skipped_files.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
-        print_stderr(line)
-    print(usage_hints(args.amshome.absolute(), manifest.all_versions))
     return 0
+
+
+def _state_of(args) -> str:
+    """What an interrupted unpack left, read from AMSHOME itself, and what to run next: the last line, whatever
+    step the interruption came at (the swap is atomic: the old tree or the new one, never a mix)."""
+    repo = args.amshome / "repository"
+    if installed_bundle(str(args.bundle.absolute()), str(args.amshome.absolute())) is not None:
+        return f"{repo} holds this bundle and its receipt is written: the unpack is complete, nothing more to run"
+    again = command_line(args)
+    if placement.interrupted(args.amshome):
+        return f"{repo} is the old tree or the new one, never a mix; finish the unpack with: {again}"
+    return f"{repo} is as it was; unpack the bundle with: {again}"
 
