@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,45 @@ def test_install_sh_installs_from_the_bundle_alone_with_no_network(tool_bundle, 
         assert Path(module).is_relative_to(venv) and not Path(module).is_relative_to(REPO)  # a real install, no checkout
         if extra:
             assert version == OTHER_PYTHON
+        last = result.stdout.splitlines()[-1]
+        assert last == (f"install.sh: the bundle is intact; place it with: {venv}/bin/amsrepomirror unpack {bundle} "
+                        "--amshome DIR   (DIR: the AMS installation folder)"), result.stdout
+
+
+def test_install_sh_ends_with_the_unpack_command_to_run_and_it_runs(tool_bundle, tmp_path):
+    bundle, amshome = copied(tool_bundle, tmp_path / "arrived at a path with a space"), tmp_path / "ams"
+    amshome.mkdir()
+    env = clean_env(tmp_path, "/usr/bin:/bin", AMSHOME=str(amshome))
+    result = offline(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    said = "install.sh: the bundle is intact; place it with: "
+    last = result.stdout.splitlines()[-1]
+    assert last.startswith(said), result.stdout
+    command = shlex.split(last[len(said):])  # exactly as an admin pastes it
+    assert command == [f"{tmp_path}/venv/bin/amsrepomirror", "unpack", str(bundle), "--amshome", str(amshome)]
+    placed = offline(command, env=env, cwd=tmp_path)
+    assert placed.returncode == 0, placed.stderr
+    assert (amshome / "repository" / f"{DEFAULT_VERSION}.yml").is_file()
+
+
+@pytest.mark.parametrize("named, said", [
+    ("python3.9", "is Python 3.9; the wheels are for Python "),
+    ("no-such-python", "cannot be run; name a Python "),
+])
+def test_install_sh_stops_when_the_python_named_does_not_fit(tool_bundle, tmp_path, named, said):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    old = sorted(PYENV.glob("3.9.*/bin/python3.9"))
+    if not old:
+        skip_or_fail("no Python 3.9 on this machine (a Python the wheels do not fit)")
+    (bin_dir / "python3.9").symlink_to(old[-1])
+    (bin_dir / f"python{OTHER_PYTHON}").symlink_to(interpreter(OTHER_PYTHON))  # one that would fit: never taken instead
+    env = clean_env(tmp_path, f"{bin_dir}:/usr/bin:/bin", PYTHON=named)
+    result = offline(["sh", str(tool_bundle / "tool" / "install.sh"), str(tmp_path / "venv")], env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"install.sh: PYTHON={named} {said}") and line.endswith(", or leave PYTHON unset"), line
+    assert not (tmp_path / "venv").exists()
 
 
 def test_install_sh_names_what_to_install_when_no_python_fits(tool_bundle, tmp_path):

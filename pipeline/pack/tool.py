@@ -183,7 +183,17 @@ bundle=$(dirname "$here")
 venv=${{1:-$HOME/amsrepomirror-venv}}
 wanted="{wanted}"
 py=""
-for candidate in ${{PYTHON:-}} {candidates} python3 {ams_pythons}; do
+if [ -n "${{PYTHON:-}}" ]; then  # named: it fits, or the script says so and stops (never another one silently)
+  version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || {{
+    echo "install.sh: PYTHON=$PYTHON cannot be run; name a Python $wanted, or leave PYTHON unset" >&2; exit 1; }}
+  case " $wanted " in
+    *" $version "*) py=$PYTHON ;;
+    *) echo "install.sh: PYTHON=$PYTHON is Python $version; the wheels are for Python $wanted: name one of those," \\
+         "or leave PYTHON unset" >&2; exit 1 ;;
+  esac
+fi
+for candidate in {candidates} python3 {ams_pythons}; do
+  [ -z "$py" ] || break
   command -v "$candidate" >/dev/null 2>&1 || continue
   version=$("$candidate" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || continue
   case " $wanted " in *" $version "*) py=$candidate; break ;; esac
@@ -209,7 +219,15 @@ case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
   --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r requirements.txt)
 forget
 echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
-exec "$venv/bin/amsrepomirror" ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} verify "$bundle"
+"$venv/bin/amsrepomirror" ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} verify "$bundle" || exit $?
+# The command to run next, exactly (quoted as a shell reads it back), for the AMSHOME of this environment.
+next=$("$venv/bin/python" -I -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "$venv/bin/amsrepomirror" \\
+  ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} unpack "$bundle" ${{AMSHOME:+--amshome "$AMSHOME"}})
+if [ -n "${{AMSHOME:-}}" ]; then
+  echo "install.sh: the bundle is intact; place it with: $next"
+else
+  echo "install.sh: the bundle is intact; place it with: $next --amshome DIR   (DIR: the AMS installation folder)"
+fi
 """
 
 
