@@ -27,6 +27,7 @@ from clihelp import REPO, cli_env, popen_cli, run_cli, tree_hashes
 from servers import free_port
 
 import amsrepomirror
+from amsrepomirror.bundle.format import BundleManifest
 from amsrepomirror.cli.parser import build_parser
 from amsrepomirror.errors import INTEGRITY_FAILURE, RUNTIME_FAILURE, USAGE_ERROR
 from amsrepomirror.testing.repository import make_repository, repository_files, write_listing
@@ -437,8 +438,10 @@ def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tm
     sticks = [line.split(": ", 2)[2].split(", ") for line in result.stdout.splitlines() if line.startswith("  stick ")]
     assert len(sticks) > 1
     assert sorted(name for stick in sticks for name in stick) == sorted(chunk_names(out))
+    recorded = BundleManifest.read(out / "manifest.json").sticks  # the plan printed is the plan the bundle records
+    assert (recorded.size, recorded.chunks) == (2500 * 1024, sticks)
     small = ["manifest.json", "manifest.json.sig", "SHA256SUMS", "README.txt"]
-    for i, stick in enumerate(sticks):
+    for i, stick in enumerate(sticks, start=1):
         folder = tmp_path / f"stick{i}"
         folder.mkdir()
         for name in stick + small:
@@ -446,7 +449,23 @@ def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tm
         assert sum((folder / name).stat().st_size for name in stick + small) <= 2500 * 1024
         checked = run_cli("verify", folder, "--partial")
         assert checked.returncode == 0, checked.stderr
-        assert checked.stdout.splitlines()[0].startswith("not here yet (")
+        away = "; ".join(f"stick {j} of {len(sticks)} ({', '.join(names)})"
+                         for j, names in enumerate(sticks, start=1) if j != i)
+        assert checked.stdout.splitlines()[:2] == [
+            f"not here yet: {away}",
+            f"bundle {folder}: stick {i} of {len(sticks)} here ({len(stick)} chunk{'s' if len(stick) > 1 else ''}) is "
+            "intact; verify again, without --partial, once all chunks are in one folder"], checked.stdout
+    # A stick that arrived damaged is named with its chunks: the one to copy again.
+    last = sticks[-1][0]
+    with open(out / last, "r+b") as f:
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    damaged = run_cli("verify", out)
+    assert damaged.returncode == INTEGRITY_FAILURE
+    assert stderr_lines(damaged)[-1] == (f"error: bundle {out} failed verification: re-copy stick {len(sticks)} of "
+                                         f"{len(sticks)} ({last} (corrupt))"), damaged.stderr
 
 
 # --- 16: size units --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from clihelp import run_cli
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_offline_hostile import copy_of, error_lines, manifest_body, resign, source  # noqa: F401 (a fixture)
 
@@ -105,6 +105,33 @@ def test_the_manifest_parser_fails_only_with_an_integrity_error(data):
         BundleManifest.from_bytes(data, Path("manifest.json"))
     except IntegrityError as exc:
         assert len(str(exc).splitlines()) == 1
+
+
+THE_CHUNK = json.loads(MANIFEST)["chunks"][0]["name"]
+stick_plans = st.one_of(
+    json_values,
+    st.fixed_dictionaries({"size": st.one_of(st.integers(-2, 2**40), json_values),
+                           "chunks": st.lists(st.lists(st.sampled_from([THE_CHUNK, chunk_name("0" * 64), "../x", 7]),
+                                                       max_size=3), max_size=3)}),
+)
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(stick_plans)
+@example({"size": 4_000_000_000, "chunks": [[THE_CHUNK]]})  # the plan bundle --stick-size writes here
+@example({"size": 4_000_000_000, "chunks": [[THE_CHUNK], [THE_CHUNK]]})  # a chunk on two sticks
+@example({"size": 4_000_000_000, "chunks": [[THE_CHUNK, chunk_name("0" * 64)]]})  # a chunk the manifest lacks
+@example({"size": 4_000_000_000, "chunks": []})  # a chunk on no stick
+def test_a_stick_plan_is_read_only_when_it_puts_every_chunk_on_exactly_one_stick(sticks):
+    body = json.loads(MANIFEST)
+    body["sticks"] = sticks
+    try:
+        manifest = BundleManifest.from_bytes(json.dumps(body).encode(), Path("manifest.json"))
+    except IntegrityError as exc:
+        assert len(str(exc).splitlines()) == 1
+        return
+    assert manifest.sticks.size > 0 and manifest.sticks.chunks == [[THE_CHUNK]]  # the one plan that holds here
+    assert BundleManifest.from_bytes(manifest.to_json(), Path("m")).sticks == manifest.sticks  # written as read
 
 
 @pytest.mark.slow

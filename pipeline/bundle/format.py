@@ -238,6 +238,21 @@ class ToolFile:
     sha256: str
 
 
+@dataclass(frozen=True)
+class StickPlan:
+    """Which chunks go on which USB stick (``bundle --stick-size``), in stick order; every file of the bundle
+    folder that is not a chunk (manifest, sums, README, signature, tool/) goes on every stick."""
+    size: int  # bytes of one stick
+    chunks: list[list[str]]
+
+    def stick_of(self, chunk: str) -> int:
+        """The 1-based number of the stick that carries ``chunk``."""
+        return next(i for i, names in enumerate(self.chunks, start=1) if chunk in names)
+
+    def label(self, number: int) -> str:
+        return f"stick {number} of {len(self.chunks)}"
+
+
 @dataclass
 class BundleManifest:
     version: str
@@ -272,6 +287,8 @@ class BundleManifest:
     version_paths: dict[str, list[str]] = field(default_factory=dict)
     # A delta only: versions of its base it removes on purpose (bundle --drop-version; unpack --drop-version).
     dropped: list[str] = field(default_factory=list)
+    #: bundle --stick-size: the stick plan (None: made without one; verify then names chunks only)
+    sticks: StickPlan | None = None
     # sha256 of the bundle's README.txt (additive): a signature of the manifest then covers the instructions
     # an admin follows too ("" in bundles written before it was kept).
     readme_sha256: str = ""
@@ -348,6 +365,8 @@ class BundleManifest:
             body["version_paths"] = {v: sorted(paths) for v, paths in self.version_paths.items()}
         if self.dropped:  # absent unless a delta drops a version on purpose
             body["dropped"] = sorted(self.dropped)
+        if self.sticks:  # absent without --stick-size: such manifests read as before
+            body["sticks"] = {"size": self.sticks.size, "chunks": self.sticks.chunks}
         if body["schema"] == SCHEMA_3:
             body["requires_tool"] = SCHEMA_3_SINCE
         if self.is_delta:
@@ -603,6 +622,29 @@ def _version_fields(body: dict, manifest: BundleManifest) -> None:
     manifest.version_paths, manifest.dropped = {v: list(raw[v]) for v in raw}, list(dropped)
 
 
+def _stick_plan(body: dict, chunks: list[str]) -> StickPlan | None:
+    """The optional ``sticks`` record {size, chunks: [[chunk name, ...] per stick]}: each chunk of the manifest on
+    exactly one stick, no other name, no empty stick."""
+    raw = _field(body, "sticks", "sticks", lambda v: None if isinstance(v, dict) else "not an object", None)
+    if raw is None:
+        return None
+    r = _record(raw, "sticks", {"size", "chunks"})
+    size = _field(r, "size", "sticks.size", lambda v: _count(v) or (None if v > 0 else "not above 0"))
+    plan, seen = [], set()
+    for i, names in enumerate(_field(r, "chunks", "sticks.chunks", _list_of)):
+        if not isinstance(names, list) or not names:
+            raise IntegrityError(f"field sticks.chunks[{i}] is {_escaped(names)}: not a list of chunk names")
+        for name in names:
+            if name not in chunks or name in seen:  # guard: stick-plan-chunks
+                raise IntegrityError(f"field sticks.chunks[{i}] names {_escaped(name)}: "
+                                     + ("on two sticks" if name in chunks else "not a chunk of this manifest"))
+            seen.add(name)
+        plan.append(list(names))
+    if seen != set(chunks):
+        raise IntegrityError(f"field sticks.chunks puts no stick for chunk {sorted(set(chunks) - seen)[0]}")
+    return StickPlan(size=size, chunks=plan)
+
+
 def _lacking(body: dict) -> list[Lacking]:
     """The optional ``lacking`` list of {path, reason} records: each path once, each reason of the vocabulary."""
     entries, seen = [], set()
@@ -678,6 +720,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         copies=_reused_files(body, "copies", []),
         lacking=_lacking(body),
         tool=_tool_files(body),
+        sticks=_stick_plan(body, [c.name for c in chunks]),
         **_delta_fields(body, base),
     )
     tree = tree_path_problems(_placed_paths(manifest))

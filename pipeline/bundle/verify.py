@@ -83,7 +83,14 @@ class VerifyReport:
             for p in self.problems:
                 if p.chunk and p.name in bad:
                     why.setdefault(p.name, p.problem)
-            parts.append("re-copy these chunks: " + ", ".join(f"{n} ({why[n]})" for n in bad))
+            sticks = self.manifest.sticks if self.manifest else None
+            if sticks:  # the stick to copy again, and which of its chunks are the trouble
+                on = {n: sticks.stick_of(n) for n in bad if any(n in names for names in sticks.chunks)}
+                parts += [f"re-copy {sticks.label(i)} ({', '.join(f'{n} ({why[n]})' for n in bad if on.get(n) == i)})"
+                          for i in sorted(set(on.values()))]
+                bad = [n for n in bad if n not in on]
+            if bad:
+                parts.append("re-copy these chunks: " + ", ".join(f"{n} ({why[n]})" for n in bad))
         if self.unexpected_chunks:
             parts.append("chunks not in manifest.json (remove them): " + ", ".join(self.unexpected_chunks))
         others = [str(p) for p in self.problems if not p.chunk]

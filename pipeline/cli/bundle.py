@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from amsrepomirror import errors
-from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
-from amsrepomirror.bundle.sums import read_sums
+from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.mirror import ONLINE_EPILOG, add_mirror_options, mirror_lock, mirror_versions, versions_and_urls
 from amsrepomirror.cli.options import add_command, setting_default
@@ -24,7 +23,7 @@ from amsrepomirror.tasks.base import new_run_id
 from amsrepomirror.tasks.bundle import BundleArchive
 from amsrepomirror.util import progress
 from amsrepomirror.util.fsutil import why_unwritable
-from amsrepomirror.util.units import format_size, parse_size
+from amsrepomirror.util.units import parse_size
 
 
 def add_parser(sub) -> None:
@@ -146,7 +145,8 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
                          offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression,
                          since=_delta_base(ws, versions[0], args.since, args.drop_version), with_tool=args.with_tool,
                          tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
-                         sign_key=str(args.sign_key.absolute()) if args.sign_key else "")
+                         sign_key=str(args.sign_key.absolute()) if args.sign_key else "",
+                         stick_size=parse_size(args.stick_size) if args.stick_size else 0)
     with mirror_lock(ws, args), progress.shared_bar("bundle"):
         failures = run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log", verbose=args.verbose,
                              scheduler_url=args.scheduler_url)
@@ -156,23 +156,16 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
         return failure["code"]
     print_stderr(f"bundle: {args.out} is complete; check it with: {tool_command()} verify {shlex.quote(str(args.out))}")
     if args.stick_size:
-        print_sticks(args.out, parse_size(args.stick_size))
+        print_sticks(args.out)
     return 0
 
 
-def print_sticks(bundle: Path, stick_size: int) -> None:
-    """Which chunks of the written bundle go on which stick; every other file (manifest, sums, README,
-    signature, tool/) goes on each."""
+def print_sticks(bundle: Path) -> None:
+    """Which chunks of the written bundle go on which stick, as its manifest records; every other file
+    (manifest, sums, README, signature, tool/) goes on each."""
     manifest = BundleManifest.read(bundle / MANIFEST_NAME)
-    chunks = {c.name for c in manifest.chunks}
-    carried = [name for name in read_sums(bundle) if name not in chunks] + [SUMS_NAME]  # signature and tool/ too
-    extras = sum((bundle / name).stat().st_size for name in carried)
     sizes = {c.name: c.size for c in manifest.chunks}
-    too_big = [name for name, size in sizes.items() if size + extras > stick_size]
-    if too_big:
-        raise UsageError(f"chunk {too_big[0]} and the bundle's small files do not fit on a stick of "
-                         f"{format_size(stick_size)}: use a smaller --chunk-size")
-    for line in describe_sticks(sizes, stick_size, extras, tool_command()):
+    for line in describe_sticks(sizes, manifest.sticks.size, tool=tool_command(), plan=manifest.sticks.chunks):
         print(line)
 
 

@@ -180,11 +180,12 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
     return "\n".join(lines) + "\n"
 
 
-def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror") -> list[str]:
-    """Which chunks go on which stick (``sizes``: chunk name -> bytes); every stick also carries every
-    file that is not a chunk (manifest, sums, README, and the signature and tool/ of bundles that
-    have them: ``extras`` bytes, when known), so each can be checked alone."""
-    sticks = pack_sticks(sizes, stick_size - extras)
+def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror",
+                    plan: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """Which chunks go on which stick (``sizes``: chunk name -> bytes; ``plan``: as a bundle records it, else
+    planned here); every stick also carries every file that is not a chunk (manifest, sums, README, and the
+    signature and tool/ of bundles that have them: ``extras`` bytes, when known), so each can be checked alone."""
+    sticks = plan if plan is not None else pack_sticks(sizes, stick_size - extras)
     lines = [f"{counted(len(sticks), 'stick')} of {format_size(stick_size)} needed (file system overhead not counted); "
              "copy every file that is not a chunk (manifest.json, SHA256SUMS, README.txt, and manifest.json.sig and "
              "tool/ when the bundle has them) onto every stick, and check each one as it arrives "

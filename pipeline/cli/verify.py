@@ -73,8 +73,7 @@ def _print_report(args, report, found: Trust, check) -> int:
     for warning in report.warnings:
         print_stderr(f"warning: {warning}")
     if report.not_here:
-        print(f"not here yet ({len(report.not_here)} of {len(report.manifest.chunks) if report.manifest else '?'} "
-              f"chunks): {', '.join(report.not_here)}")
+        print(_not_here_line(report))
     if not report.ok:
         for problem in report.problems:
             print_stderr(f"  {problem}")
@@ -82,8 +81,8 @@ def _print_report(args, report, found: Trust, check) -> int:
         return errors.INTEGRITY_FAILURE
     manifest = report.manifest
     if report.not_here:
-        print(f"bundle {args.bundle}: the {report.chunks_checked} chunk(s) here are intact; verify again, without "
-              "--partial, once all chunks are in one folder")
+        print(f"bundle {args.bundle}: {_here(report)} intact; verify again, without --partial, once all chunks are "
+              "in one folder")
     else:
         print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
               f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
@@ -91,6 +90,27 @@ def _print_report(args, report, found: Trust, check) -> int:
     for line in skipped_files.describe(manifest.lacking, "the bundle"):
         print(line)
     return 0
+
+
+def _not_here_line(report) -> str:
+    """verify --partial: the chunks not in this folder; by stick when the bundle records its stick plan."""
+    sticks = report.manifest.sticks if report.manifest else None
+    if not sticks:
+        return (f"not here yet ({len(report.not_here)} of {len(report.manifest.chunks) if report.manifest else '?'} "
+                f"chunks): {', '.join(report.not_here)}")
+    away = sorted({sticks.stick_of(n) for n in report.not_here})
+    return "not here yet: " + "; ".join(
+        f"{sticks.label(i)} ({', '.join(n for n in sticks.chunks[i - 1] if n in report.not_here)})" for i in away)
+
+
+def _here(report) -> str:
+    """verify --partial: what is here (the whole sticks, when the bundle records its stick plan)."""
+    sticks = report.manifest.sticks
+    if not sticks:
+        return f"the {report.chunks_checked} chunk(s) here are"
+    whole = [i for i in range(1, len(sticks.chunks) + 1) if not set(sticks.chunks[i - 1]) & set(report.not_here)]
+    return (f"{', '.join(sticks.label(i) for i in whole) or 'no whole stick'} here "
+            f"({counted(report.chunks_checked, 'chunk')}) {'is' if len(whole) == 1 else 'are'}")
 
 
 def print_signature_verdict(found: Trust, check, refusal: str | None) -> None:

@@ -29,15 +29,16 @@ from amsrepomirror.bundle.format import (
     BundleManifest,
     Chunk,
     ReusedFile,
+    StickPlan,
     chunk_name_pattern,
 )
 from amsrepomirror.bundle.signature import SIGNATURE_NAME, drop_signature, sign_manifest
 from amsrepomirror.bundle.sums import write_sums
-from amsrepomirror.errors import IntegrityError
+from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.delta_base import Base, DeltaSelection, read_base, record_bundle, select_delta
-from amsrepomirror.pack.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents
+from amsrepomirror.pack.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents, pack_sticks
 from amsrepomirror.pack.readme import readme_text
 from amsrepomirror.pack.sevenzip import ChunkResult, ContentMismatch, write_chunk
 from amsrepomirror.pack.tool import ToolSpec, write_tool
@@ -46,7 +47,7 @@ from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.jsonread import read_json
 from amsrepomirror.util.paths import is_plain_file_name
 from amsrepomirror.util.timestamps import utc_now
-from amsrepomirror.util.units import parse_size
+from amsrepomirror.util.units import format_size, parse_size
 
 WORK_DIR = ".amsrepomirror-work"
 SEQUENCE_FILE = "bundle-sequence"  # in the mirror's state folder: how many bundles the mirror has written
@@ -231,10 +232,11 @@ def next_sequence(ws: Workspace) -> int:
     return last + 1
 
 
-def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | None = None, sign_key: str = "") -> None:
+def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | None = None, sign_key: str = "",
+                    stick_size: int = 0) -> None:
     """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS
-    (with ``sign_key``, manifest.json.sig too); drop chunks of older plans and the work folder; keep
-    a copy of the manifest in the mirror's bundle history."""
+    (with ``sign_key``, manifest.json.sig too; with ``stick_size``, the stick plan in the manifest); drop chunks
+    of older plans and the work folder; keep a copy of the manifest in the mirror's bundle history."""
     results = [_read_result(out, plan, i) for i in range(len(plan.chunks))]
     manifest = build_bundle_manifest(plan.chunks, results, plan.files, version=plan.manifest.version,
                                      compression=plan.compression, chunk_size=plan.chunk_size,
@@ -251,6 +253,8 @@ def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | No
                                        removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target,
                                        versions=plan.delta.versions, version_paths=plan.delta.version_paths,
                                        dropped=list(plan.base.dropped))
+    if stick_size:
+        manifest.sticks = stick_plan(manifest, stick_size)
     folder = Path(out)
     keep = {c.name for c in plan.chunks}
     ours = chunk_name_pattern(plan.manifest.version)
@@ -260,6 +264,30 @@ def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | No
     finish_bundle(folder, manifest, sign_key=Path(sign_key) if sign_key else None)
     shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
     record_bundle(Workspace(mirror), manifest)
+
+
+#: Room kept on every stick for the files that go on each besides its chunks, over their sizes as planned: the
+#: sums and the signature, and what the stick plan itself adds to manifest.json and README.txt.
+SIDE_FILES_SLACK = 1024 * 1024
+
+
+def side_files_size(manifest: BundleManifest) -> int:
+    """Bytes of the files every stick carries besides its chunks (manifest.json, README.txt, SHA256SUMS, the
+    signature, tool/), from the manifest before its stick plan is added, with room to spare."""
+    return (len(manifest.to_json()) + len(readme_text(manifest).encode("utf-8")) + sum(t.size for t in manifest.tool)
+            + 2 * 100 * (len(manifest.chunks) + len(manifest.tool)) + SIDE_FILES_SLACK)
+
+
+def stick_plan(manifest: BundleManifest, stick_size: int) -> StickPlan:
+    """Which chunks go on which stick of ``stick_size`` bytes, each stick also carrying every side file;
+    UsageError when a chunk and the side files do not fit on one."""
+    room = stick_size - side_files_size(manifest)
+    sizes = {c.name: c.size for c in manifest.chunks}
+    too_big = sorted(name for name, size in sizes.items() if size > room)
+    if too_big:
+        raise UsageError(f"chunk {too_big[0]} and the bundle's small files do not fit on a stick of "
+                         f"{format_size(stick_size)}: use a smaller --chunk-size")
+    return StickPlan(size=stick_size, chunks=pack_sticks(sizes, room))
 
 
 def remove_partial_files(bundle_dir: Path) -> list[Path]:

@@ -67,8 +67,9 @@ class BundleTarget(luigi.Target):
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
                  base: str | None = None, with_tool: bool = False, signed: bool = False, tool_for=((), ()),
-                 dropped=()):
+                 dropped=(), stick_size: int = 0):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
+        self.stick_size = stick_size
         self.dropped = sorted(dropped)
         self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
         self.with_tool, self.signed, self.tool_for = with_tool, signed, tool_for
@@ -82,8 +83,9 @@ class BundleTarget(luigi.Target):
             built = BundleManifest.read(self.out / MANIFEST_NAME)
         except MirrorError:
             return False
-        return ((built.chunk_size, built.compression, built.base, bool(built.tool), built.dropped)
-                == (self.chunk_size, self.compression, self.base, self.with_tool, self.dropped)
+        sticks = built.sticks.size if built.sticks else 0
+        return ((built.chunk_size, built.compression, built.base, bool(built.tool), built.dropped, sticks)
+                == (self.chunk_size, self.compression, self.base, self.with_tool, self.dropped, self.stick_size)
                 and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256()
                 and tool_matches(self.out, self.with_tool, *self.tool_for))
 
@@ -102,6 +104,8 @@ class BundleArchive(MirrorTask):
     with_tool = luigi.BoolParameter(default=False, description="add tool/: wheels of amsrepomirror and install.sh")
     tool_pythons = luigi.ListParameter(default=[], description="with_tool: Python versions X.Y (default: this one)")
     tool_platforms = luigi.ListParameter(default=[], description="with_tool: pip platform tags (default: this machine's)")
+    stick_size = luigi.IntParameter(default=0, description="bytes of one USB stick: the stick plan recorded in "
+                                    "manifest.json (0: none)")
     sign_key = luigi.Parameter(default="", significant=False,
                                description="OpenSSH key (path; or its .pub with the key in ssh-agent) to sign manifest.json")
 
@@ -116,7 +120,7 @@ class BundleArchive(MirrorTask):
         base = read_base(self.since) if self.since else None
         return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base and base.identity,
                             self.with_tool, bool(self.sign_key), (self.tool_pythons, self.tool_platforms),
-                            list(base.dropped) if base else [])
+                            list(base.dropped) if base else [], self.stick_size)
 
     def run(self):
         manifest_path = self.input().path
@@ -127,7 +131,7 @@ class BundleArchive(MirrorTask):
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
         tool = check_spec(self.tool_pythons, self.tool_platforms) if self.with_tool else None
-        build.assemble_bundle(self.mirror, self.out, plan, tool, self.sign_key)
+        build.assemble_bundle(self.mirror, self.out, plan, tool, self.sign_key, self.stick_size)
 
 
 class ChunkTarget(luigi.Target):
