@@ -161,6 +161,20 @@ def wheel_check() -> str:
     return resources.files("amsrepomirror.bundle").joinpath("wheelcheck.py").read_text(encoding="utf-8")
 
 
+#: install.sh's end: verify the bundle with the installed tool, then say the exact command to run next.
+_VERIFY_AND_SAY_NEXT = r"""echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
+"$venv/bin/amsrepomirror" ${AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"} verify "$bundle" || exit $?
+# The command to run next, exactly (quoted as a shell reads it back), for the AMSHOME of this environment.
+next=$("$venv/bin/python" -I -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "$venv/bin/amsrepomirror" \
+  ${AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"} unpack "$bundle" ${AMSHOME:+--amshome "$AMSHOME"})
+if [ -n "${AMSHOME:-}" ]; then
+  echo "install.sh: the bundle is intact; place it with: $next"
+else
+  echo "install.sh: the bundle is intact; place it with: $next --amshome DIR   (DIR: the AMS installation folder)"
+fi
+"""
+
+
 def install_script(spec: ToolSpec) -> str:
     """tool/install.sh: pick an interpreter the wheels fit, check the wheels it will use against
     manifest.json (``wheel_check``), make a venv from exactly those, verify the bundle."""
@@ -218,17 +232,7 @@ case $venv in /*) ;; *) venv=$(pwd)/$venv ;; esac
 (cd "$checked" && PIP_CONFIG_FILE=/dev/null "$venv/bin/python" "$checked/pip.whl/pip" install --isolated --quiet \\
   --disable-pip-version-check --no-index --no-deps --require-hashes --force-reinstall -r requirements.txt)
 forget
-echo "install.sh: amsrepomirror is installed in $venv (Python $version from $py); verifying $bundle"
-"$venv/bin/amsrepomirror" ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} verify "$bundle" || exit $?
-# The command to run next, exactly (quoted as a shell reads it back), for the AMSHOME of this environment.
-next=$("$venv/bin/python" -I -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "$venv/bin/amsrepomirror" \\
-  ${{AMSREPOMIRROR_CONFIG:+--config "$AMSREPOMIRROR_CONFIG"}} unpack "$bundle" ${{AMSHOME:+--amshome "$AMSHOME"}})
-if [ -n "${{AMSHOME:-}}" ]; then
-  echo "install.sh: the bundle is intact; place it with: $next"
-else
-  echo "install.sh: the bundle is intact; place it with: $next --amshome DIR   (DIR: the AMS installation folder)"
-fi
-"""
+{_VERIFY_AND_SAY_NEXT}"""
 
 
 def write_tool(bundle_dir: Path, work: Path, spec: ToolSpec | None) -> list[ToolFile]:
