@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -275,6 +276,33 @@ def test_platform_selection_keeps_platform_and_independent_files(scm_double, rep
     assert f"{VERSION}.yml" in got
     bad = mirror(scm_double, tmp_path / "m2", "--platform", "beos")
     assert bad.returncode == 2 and "unknown platform" in bad.stderr
+
+
+def test_scm_scripts_form_mirrors_the_same_tree_and_local_platform_only_is_this_machines(scm_double, repo_tree,
+                                                                                          tmp_path):
+    # download_repository.py LISTING_URL DOWNLOAD_FOLDER: the version comes from the listing's name.
+    result = run_cli("mirror", scm_double.listing_url(VERSION), tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+    local = run_cli("mirror", scm_double.listing_url(VERSION), tmp_path / "local", "--local-platform-only")
+    assert local.returncode == 0, local.stderr
+    assert sys.platform == "linux"  # the machines this suite runs on
+    linux = mirror(scm_double, tmp_path / "linux", "--platform", "linux")
+    assert linux.returncode == 0, linux.stderr
+    assert tree_hashes(tmp_path / "local") == tree_hashes(tmp_path / "linux") != tree_hashes(tmp_path / "m")
+
+
+def test_scm_scripts_user_and_password_are_refused_without_repeating_them(scm_double, tmp_path):
+    scm_double.clear_log()
+    result = run_cli("mirror", scm_double.listing_url(VERSION), tmp_path / "m", "scmuser", "s3cret-pass-42",
+                     env=cli_env(user=None, password=None))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: mirror takes LISTING_URL FOLDER; the SCM account is never given on the command line, where the process "
+        "list shows it: set SCM_USER and SCM_PASSWORD in the environment, put it in ~/.netrc (machine "
+        "downloads.scm.com login USER password PASS), or answer the prompt"]
+    assert "s3cret" not in result.stdout + result.stderr and "scmuser" not in result.stdout + result.stderr
+    assert not (tmp_path / "m").exists() and scm_double.records() == []  # refused before anything was asked
 
 
 def test_listing_without_the_version_index_is_refused_before_downloading(scm_double, repo_tree, tmp_path):

@@ -9,7 +9,14 @@ from pathlib import Path
 from amsrepomirror import errors
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.cli.exit_codes import most_severe_failure
-from amsrepomirror.cli.mirror import ONLINE_EPILOG, add_mirror_options, mirror_lock, mirror_versions, versions_and_urls
+from amsrepomirror.cli.mirror import (
+    ONLINE_EPILOG,
+    add_mirror_options,
+    local_platform,
+    mirror_lock,
+    mirror_versions,
+    versions_and_urls,
+)
 from amsrepomirror.cli.options import add_command, setting_default
 from amsrepomirror.cli.output import print_stderr, tool_command
 from amsrepomirror.cli.plan import chunk_settings, describe_sticks, print_delta_plan, print_plan
@@ -31,7 +38,7 @@ def add_parser(sub) -> None:
     add_mirror_options(p)
     add_bundle_options(p)
     add_since_option(p)
-    p.set_defaults(func=run, delete_unlisted=False, force=False)
+    p.set_defaults(func=run, delete_unlisted=False, force=False, check_before_settings=local_platform)
 
 
 def add_bundle_options(p: argparse.ArgumentParser) -> None:

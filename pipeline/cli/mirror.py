@@ -4,9 +4,12 @@ options (which ``bundle`` shares), the per-mirror lock, a run shared through lui
 import argparse
 import contextlib
 import hashlib
+import posixpath
 import re
+import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import luigi
 
@@ -27,23 +30,27 @@ from amsrepomirror.tasks.base import new_run_id, platform_rules
 from amsrepomirror.tasks.mirror import FetchListing, JoinRun, VerifyTree
 from amsrepomirror.util import progress
 from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, run_lock, why_unwritable
+from amsrepomirror.util.paths import VERSION_PATTERN
 from amsrepomirror.util.units import format_size
 
 #: The commands that talk to SCM: their help ends with where the account comes from.
 ONLINE_EPILOG = f"{ACCOUNT}\n\n{EXIT_CODES}"
 
 
-def add_mirror_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--version", action="append", required=True, metavar="AMS_VERSION",
+def add_mirror_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--version", action="append", required=required, metavar="AMS_VERSION",
                    help="AMS version whose listing to mirror, e.g. AMS2026.1 (not the tool's version); "
                    "repeat it to hold several versions in one mirror")
-    p.add_argument("--mirror", required=True, type=Path,
+    p.add_argument("--mirror", required=required, type=Path,
                    help="mirror folder, best outside this checkout; it becomes $AMSHOME/repository offline")
     p.add_argument("--listing-url", action="append", default=[], metavar="URL",
                    help="default: https://downloads.scm.com/Downloads/packages/listings/<AMS_VERSION>.txt; "
                         "repeat it once per --version, in the same order")
     p.add_argument("--platform", action="append", default=[],
                    help="keep only this platform (repeatable; rules in [platforms]; default: every platform)")
+    p.add_argument("--local-platform-only", action="store_true",
+                   help="keep only this machine's platform, as SCM's download_repository.py does (the same as "
+                   f"--platform {LOCAL_PLATFORM.get(sys.platform, sys.platform)} here; default: every platform)")
     p.add_argument("--strict-authentication", action="store_true",
                    help="a 401 on any file is fatal (exit 3), instead of skipping files the account is not licensed for")
     p.add_argument("--no-ssl", action="store_true", help="do not verify TLS certificates (warns every run)")
@@ -65,17 +72,67 @@ def add_mirror_options(p: argparse.ArgumentParser) -> None:
 
 def add_parser(sub) -> None:
     p = add_command(sub, "mirror", "mirror the SCM repository from its listing, resumably, and verify it", ONLINE_EPILOG)
-    add_mirror_options(p)
+    p.add_argument("scm_style", nargs="*", metavar="LISTING_URL FOLDER",
+                   help="as SCM's download_repository.py takes them: the listing URL and the mirror folder, the AMS "
+                   "version taken from the listing's name (instead of --listing-url, --mirror and --version; the "
+                   "account never goes on the command line) (default: the options)")
+    add_mirror_options(p, required=False)
     p.add_argument("--delete-unlisted", action="store_true", help="remove mirror files the listing no longer names")
     p.add_argument("--dry-run", action="store_true", help="with --delete-unlisted: only list what would be removed")
     p.add_argument("--force", action="store_true", help="with --delete-unlisted: allow removing more than a quarter")
-    p.set_defaults(func=run, check_before_settings=refuse_dry_run_alone)
+    p.set_defaults(func=run, check_before_settings=check_mirror_arguments)
 
 
-def refuse_dry_run_alone(args) -> None:
-    """--dry-run previews --delete-unlisted; alone it would look like a mirror run that changes nothing."""
+#: sys.platform -> the [platforms] rule of this machine's platform (--local-platform-only).
+LOCAL_PLATFORM = {"linux": "linux", "darwin": "macos", "win32": "windows", "cygwin": "windows"}
+
+ACCOUNT_NOT_HERE = ("the SCM account is never given on the command line, where the process list shows it: set "
+                    "SCM_USER and SCM_PASSWORD in the environment, put it in ~/.netrc (machine downloads.scm.com login "
+                    "USER password PASS), or answer the prompt")
+
+
+def check_mirror_arguments(args) -> None:
+    """What the options alone decide: --dry-run previews --delete-unlisted (alone it would look like a mirror run
+    that changes nothing); SCM's script's way of giving the listing and the folder; the local platform."""
     if args.dry_run and not args.delete_unlisted:
         raise UsageError("--dry-run needs --delete-unlisted")
+    scm_style_arguments(args)
+    if args.version is None or args.mirror is None:
+        missing = " and ".join(o for o, v in (("--version", args.version), ("--mirror", args.mirror)) if v is None)
+        raise UsageError(f"mirror needs {missing} (or, as SCM's script: mirror LISTING_URL FOLDER)")
+    local_platform(args)
+
+
+def scm_style_arguments(args) -> None:
+    """``mirror LISTING_URL FOLDER`` as download_repository.py takes them: the version from the listing's name.
+    Its USER and PASSWORD are refused without being repeated anywhere (ACCOUNT_NOT_HERE)."""
+    given = args.scm_style
+    if not given:
+        return
+    if len(given) > 2:
+        raise UsageError(f"mirror takes LISTING_URL FOLDER; {ACCOUNT_NOT_HERE}")
+    if len(given) < 2:
+        raise UsageError("mirror LISTING_URL FOLDER: give both (or --listing-url, --mirror and --version)")
+    if args.listing_url or args.mirror or args.version:
+        raise UsageError("give the listing and the folder either as LISTING_URL FOLDER or as --listing-url and --mirror, "
+                         "not both")
+    url, folder = given
+    name = posixpath.basename(urlsplit(url).path)
+    version = name[:-len(".txt")] if name.endswith(".txt") else ""
+    if not VERSION_PATTERN.fullmatch(version):
+        raise UsageError(f"cannot tell the AMS version from the listing's name {name!r} (AMS2026.1.txt, say): "
+                         "give it with --version")
+    args.listing_url, args.mirror, args.version = [url], Path(folder), [version]
+
+
+def local_platform(args) -> None:
+    """--local-platform-only: --platform of this machine's platform, which must have a [platforms] rule."""
+    if not args.local_platform_only:
+        return
+    if args.platform:
+        raise UsageError("--local-platform-only keeps this machine's platform: leave out --platform")
+    args.platform = [LOCAL_PLATFORM.get(sys.platform, sys.platform)]
+
 
 
 def run(args) -> int:
