@@ -38,11 +38,12 @@ ONLINE_EPILOG = f"{ACCOUNT}\n\n{EXIT_CODES}"
 
 
 def add_mirror_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    positional = "" if required else " (default: from LISTING_URL FOLDER)"
     p.add_argument("--version", action="append", required=required, metavar="AMS_VERSION",
                    help="AMS version whose listing to mirror, e.g. AMS2026.1 (not the tool's version); "
-                   "repeat it to hold several versions in one mirror")
+                   f"repeat it to hold several versions in one mirror{positional}")
     p.add_argument("--mirror", required=required, type=Path,
-                   help="mirror folder, best outside this checkout; it becomes $AMSHOME/repository offline")
+                   help=f"mirror folder, best outside this checkout; it becomes $AMSHOME/repository offline{positional}")
     p.add_argument("--listing-url", action="append", default=[], metavar="URL",
                    help="default: https://downloads.scm.com/Downloads/packages/listings/<AMS_VERSION>.txt; "
                         "repeat it once per --version, in the same order")
