@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -303,6 +304,32 @@ def test_scm_scripts_user_and_password_are_refused_without_repeating_them(scm_do
         "downloads.scm.com login USER password PASS), or answer the prompt"]
     assert "s3cret" not in result.stdout + result.stderr and "scmuser" not in result.stdout + result.stderr
     assert not (tmp_path / "m").exists() and scm_double.records() == []  # refused before anything was asked
+
+
+@pytest.mark.slow
+def test_adopt_takes_over_a_wget_folder_whose_size_and_date_are_the_servers_and_fetches_the_rest(scm_double, repo_tree,
+                                                                                                  tmp_path):
+    served = served_tree(repo_tree, VERSION)
+    packages = repo_tree / "Downloads" / "packages"
+    for folder in ("wget", "plain"):  # as wget -x leaves them: each file with the server's Last-Modified as its mtime
+        for rel in served:
+            (tmp_path / folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(packages / rel, tmp_path / folder / rel)
+    truncated, redated = "common/docs/manual-2026.101.tar.zst", "windows/x86_64/adf-2026.101.zip"
+    with open(tmp_path / "wget" / truncated, "r+b") as f:  # a download cut short
+        f.truncate(100)
+    os.utime(tmp_path / "wget" / redated, (1_600_000_000, 1_600_000_000))  # the right size, another date
+    scm_double.clear_log()
+    result = mirror(scm_double, tmp_path / "wget", "--adopt", "--report", tmp_path / "report.json")
+    assert result.returncode == 0, result.stderr
+    assert sorted(r.relpath for r in body_gets(scm_double)) == sorted([truncated, redated])  # nothing else again
+    assert tree_hashes(tmp_path / "wget") == served
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["fetched"], report["adopted"]) == (2, len(served) - 2), report
+    assert f"{len(served) - 2} of them adopted: size and date the server's" in result.stderr
+    scm_double.clear_log()  # without --adopt nothing of a folder this tool has no record of is taken as it is
+    assert mirror(scm_double, tmp_path / "plain").returncode == 0
+    assert sorted(r.relpath for r in body_gets(scm_double)) == sorted(p for p in served if (packages / p).stat().st_size)
 
 
 def test_listing_without_the_version_index_is_refused_before_downloading(scm_double, repo_tree, tmp_path):

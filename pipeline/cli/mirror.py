@@ -81,6 +81,10 @@ def add_parser(sub) -> None:
     p.add_argument("--delete-unlisted", action="store_true", help="remove mirror files the listing no longer names")
     p.add_argument("--dry-run", action="store_true", help="with --delete-unlisted: only list what would be removed")
     p.add_argument("--force", action="store_true", help="with --delete-unlisted: allow removing more than a quarter")
+    p.add_argument("--adopt", action="store_true",
+                   help="take over the files a folder made by wget -x or SCM's script holds when their size and date are "
+                   "the server's (hashed and recorded, not fetched again; default: fetch every file this tool has no "
+                   "record of)")
     p.set_defaults(func=run, check_before_settings=check_mirror_arguments)
 
 
@@ -182,7 +186,8 @@ def mirror_params(args) -> list[dict]:
                          "(--listing-url to use another)")
     runs = [dict(version=version, mirror=str(args.mirror.absolute()), listing_url=url,
                  platform=sorted({p.lower() for p in args.platform}), strict_authentication=args.strict_authentication,
-                 no_ssl=args.no_ssl, jobs=int(jobs), run_id=run_id if len(pairs) == 1 else f"{run_id}-{version}")
+                 no_ssl=args.no_ssl, jobs=int(jobs), run_id=run_id if len(pairs) == 1 else f"{run_id}-{version}",
+                 adopt=getattr(args, "adopt", False))
             for version, url in pairs]
     args.run_identities = {}  # run id -> this process's identity of that run's work (a shared run's only)
     for params in runs if args.scheduler_url else []:
@@ -331,8 +336,9 @@ def _locked_mirror(args, runs: list[dict], ws) -> int:
 
 def _print_mirror_summary(s: dict, args, several: bool) -> None:
     which = f" ({s['version']})" if several else ""
-    counts = (f"{s['fetched']} fetched, {s['up_to_date']} up to date, {len(s['skipped_unauthorized'])} skipped "
-              f"(not licensed), {len(s['failed'])} failed")
+    adopted = f" ({s['adopted']} of them adopted: size and date the server's)" if s.get("adopted") else ""
+    counts = (f"{s['fetched']} fetched, {s['up_to_date']} up to date{adopted}, {len(s['skipped_unauthorized'])} "
+              f"skipped (not licensed), {len(s['failed'])} failed")
     if args.scheduler_url:  # a shared run: what this process did, and what the run did with the others
         here, seconds = s["bytes_transferred_by_this_process"], s["seconds"]
         print_stderr(f"mirror {args.mirror}{which}: this process fetched {s['fetched_by_this_process']}, "

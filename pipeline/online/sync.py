@@ -4,8 +4,10 @@ The Luigi tasks of ``amsrepomirror.tasks.mirror`` call these; each function is u
 """
 
 import contextlib
+import email.utils
 import os
 import posixpath
+import stat
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -163,6 +165,42 @@ def is_current(ws: Workspace, remote: dict, run_id: str) -> bool:
     """The mirror holds exactly what the server serves now for this entry of run ``run_id``'s snapshot."""
     record = ws.current_record(remote["path"])
     return record is not None and record.matches_remote(remote, run_id)
+
+
+def adopt_existing(ws: Workspace, entries: Iterable[dict]) -> list[str]:
+    """``mirror --adopt``: take over files a folder already holds from ``wget -x`` or SCM's script, which kept no
+    checksum. A file with no record of ours is taken as the server's when it is a plain file whose size is the
+    server's length and whose modification time is the server's Last-Modified, as wget leaves them; it is
+    hashed and recorded as adopted. Any other is fetched as usual. Returns the adopted paths."""
+    adopted = []
+    for entry in entries:
+        served = _http_seconds(entry.get("last_modified"))
+        if entry.get("size") is None or served is None or ws.current_record(entry["path"]) is not None:
+            continue
+        path = ws.file(entry["path"])
+        try:
+            before = os.lstat(path)
+        except OSError:
+            continue
+        as_served = stat.S_ISREG(before.st_mode) and (before.st_size, int(before.st_mtime)) == (entry["size"], served)
+        if not as_served:  # guard: adopt-size-and-date
+            continue
+        sha256 = sha256_file(path)
+        after = os.lstat(path)
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != (before.st_ino, before.st_size, before.st_mtime_ns):
+            continue  # changed while it was hashed: fetched instead
+        ws.write_record(entry["path"], FileRecord(before.st_size, before.st_mtime_ns, sha256, entry["url"],
+                                                  entry.get("etag"), entry.get("last_modified"), adopted=True))
+        adopted.append(entry["path"])
+    return adopted
+
+
+def _http_seconds(value: str | None) -> int | None:
+    """An HTTP date (Last-Modified) as whole seconds since the epoch; None when absent or unreadable."""
+    try:
+        return int(email.utils.parsedate_to_datetime(value).timestamp()) if value else None
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def bytes_to_fetch(ws: Workspace, entries: Iterable[dict]) -> int:
@@ -510,6 +548,7 @@ def summarize(ws: Workspace, run_id: str, snapshot: dict | None, elapsed: float)
         "bytes_fetched": fetched_bytes,
         "bytes_transferred": transferred,
         "fetched_by_this_process": fetched_here,
+        "adopted": len((snapshot or {}).get("adopted", [])),
         "bytes_transferred_by_this_process": transferred_here,
         "seconds": round(elapsed, 3),
         "rate_bytes_per_second": round(transferred / elapsed) if elapsed > 0 else 0,

@@ -41,6 +41,7 @@ class FileRecord:
     fetched_run: str = ""
     bytes_transferred: int = 0
     fetched_by: str = ""  # THIS_PROCESS of the process that fetched it (records of older versions: "")
+    adopted: bool = False  # taken over from a folder wget or SCM's script made (sync.adopt_existing), not fetched
 
     def matches_stat(self, st: os.stat_result) -> bool:
         return st.st_size == self.size and st.st_mtime_ns == self.mtime_ns

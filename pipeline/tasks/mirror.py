@@ -41,6 +41,9 @@ class FetchListing(MirrorTask):
     jobs = luigi.IntParameter(significant=False, config_path=dict(section="FetchListing", name="jobs"),
                               description="concurrent connections")
     run_id = luigi.Parameter(default=PROCESS_RUN_ID, description="one per mirror run; a new run re-reads the listing")
+    adopt = luigi.BoolParameter(default=False, significant=False,
+                                description="take over files a folder made by wget -x or SCM's script holds "
+                                "(sync.adopt_existing)")
 
     def output(self):
         return luigi.LocalTarget(str(self.workspace.snapshot_path(self.run_id)))
@@ -57,6 +60,8 @@ class FetchListing(MirrorTask):
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
                                       timeout=http().timeout, low_speed=http().low_speed())
         sync.record_selection(self.workspace, snapshot)
+        if self.adopt:
+            snapshot["adopted"] = sync.adopt_existing(self.workspace, snapshot["files"])
         # The run's parameters, for DownloadFile (listing_of_run); connections and TLS checking are
         # each process's own (not part of the task's identity), so they are left out.
         snapshot["task"] = self.to_str_params(only_significant=True)
