@@ -147,9 +147,21 @@ def test_a_delta_that_changes_nothing_unpacks_as_nothing_to_do(installed, tmp_pa
     assert BundleManifest.read(tmp_path / "same" / MANIFEST_NAME).files == []
     result = unpack(tmp_path / "same", amshome)
     assert result.returncode == 0, result.stderr
-    assert errors(result) == [] and result.stderr.startswith(
-        f"unpack: {amshome}/repository already holds this bundle; nothing to do\n"), result.stderr
+    # Checked as any delta first (run, not skipped as installed), then found to change nothing.
+    assert errors(result) == [] and f"unpack: {amshome}/repository already holds the tree this delta makes; nothing " \
+        "to do" in result.stderr.splitlines(), result.stderr
     assert amshome_state(amshome) == before  # the receipt still names the bundle that placed the tree
+
+
+@pytest.mark.slow
+def test_a_delta_that_changes_nothing_is_still_refused_unsigned_where_signatures_are_required(installed, keys, tmp_path):
+    url, mirror, amshome = installed
+    _, allowed = keys
+    before = amshome_state(amshome)
+    assert bundle(url, mirror, tmp_path / "same", "--since", "last").returncode == 0  # unsigned
+    result = unpack(tmp_path / "same", amshome, "--allowed-signers", allowed)
+    assert result.returncode == 4 and "not signed" in errors(result)[0], result.stderr
+    assert amshome_state(amshome) == before
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
-from amsrepomirror import errors
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.mirror import (
@@ -99,24 +98,27 @@ def run(args) -> int:
     if not args.offline:
         code = mirror_versions(args)
         if code:
-            print_stderr(f"bundle: not written: {_why_not_mirrored(args, versions, code)}")
+            print_stderr(f"bundle: not written: {_why_not_mirrored(args, versions)}")
             return code
     return _write_bundle(args, versions, chunk_size, compression)
 
 
-def _why_not_mirrored(args, versions: Sequence[str], code: int) -> str:
-    """The end of the line said when mirroring failed: a failure to reach the server (exit 1) leaves the mirror as
-    last verified, which --offline bundles; any other failure means the mirror is not complete."""
-    verified = []
+def _why_not_mirrored(args, versions: Sequence[str]) -> str:
+    """The end of the line said when mirroring failed (the error above says why): when every file the mirror last
+    verified is still in place (the server could not be reached, say), --offline bundles that; else the mirror is
+    not complete."""
+    ws, verified = Workspace(args.mirror), []
     for version in versions:
         try:
-            verified.append(Manifest.read(Workspace(args.mirror).manifest_path(version)).created)
+            manifest = Manifest.read(ws.manifest_path(version))
         except (OSError, MirrorError):
-            break
-    if code != errors.RUNTIME_FAILURE or len(verified) != len(versions):
-        return "the mirror is not complete"
-    return (f"the mirror could not be brought up to date (above); to bundle it as last verified ({max(verified)}) "
-            "without contacting the server, add --offline")
+            return "the mirror is not complete"
+        changed = [f.path for f in manifest.files if (r := ws.current_record(f.path)) is None or r.sha256 != f.sha256]
+        if changed:  # this run changed it (or left it half done): the last verified state is gone
+            return "the mirror is not complete"
+        verified.append(manifest.created)
+    return (f"the mirror could not be brought up to date (above); it still holds what was verified {max(verified)}: "
+            "to bundle that without contacting the server, add --offline")
 
 
 def _refuse_option_mix(args, versions: Sequence[str]) -> None:

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 MAX_CHANGES_LISTED = 20
 
 
-def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str) -> list[str] | None:
+def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str, by_tree: bool = False) -> list[str] | None:
     """How $AMSHOME/repository differs from the bundle of ``manifest`` (the sha256 of its
     manifest.json: ``manifest_sha256``) (missing, extra, other size, not a plain file; one line
-    each) when AMSHOME's receipt says it holds the bundle; None when it does not.
+    each) when AMSHOME's receipt says it holds the bundle; None when it does not. ``by_tree``: a delta
+    counts as held when the receipt's tree is the one it makes (only after its unpack checked it).
 
     Names, sizes and file types only: re-hashing the whole tree on every rerun would cost as much
     as unpacking again, so a same-size change is undone only by ``--reinstall``.
@@ -47,18 +48,21 @@ def installed_changes(amshome, manifest: BundleManifest, manifest_sha256: str) -
         receipt = placement.read_receipt(amshome)
     except IntegrityError:
         return None  # an unreadable receipt vouches for nothing; the next swap writes a new one
-    if not receipt or not _receipt_names(receipt, manifest, manifest_sha256):
+    if not receipt or not _receipt_names(receipt, manifest, manifest_sha256, by_tree):
         return None
     files = target_of(manifest)  # a delta's whole tree, not what it carries
     return extract.tree_problems(Path(amshome) / placement.REPOSITORY, files, check_hashes=False)
 
 
-def _receipt_names(receipt: dict, manifest: BundleManifest, manifest_sha256: str) -> bool:
-    """The receipt names this bundle: its manifest.json, or, for a delta, the very tree it makes (a delta
-    that changes nothing, or one made again, installs what the receipt's bundle placed)."""
+def _receipt_names(receipt: dict, manifest: BundleManifest, manifest_sha256: str, by_tree: bool) -> bool:
+    """The receipt names this bundle: its manifest.json, or (``by_tree``), for a delta, the very tree it makes
+    (a delta that changes nothing, or one made again, installs what the receipt's bundle placed). By tree only
+    once this delta has been checked as any bundle (signature, chunks): a delta that merely claims the installed
+    tree is never taken as installed unchecked."""
     if receipt.get("manifest_sha256") == manifest_sha256:
         return True
-    return manifest.is_delta and receipt.get("tree_sha256") == tree_identity(manifest.target)  # guard: receipt-names-delta-tree
+    same_tree = receipt.get("tree_sha256") == tree_identity(manifest.target)
+    return by_tree and manifest.is_delta and same_tree  # guard: receipt-names-delta-tree
 
 
 class CheckedManifest(NamedTuple):
@@ -67,10 +71,11 @@ class CheckedManifest(NamedTuple):
     sha256: str
 
 
-def installed_and_intact(amshome, checked: CheckedManifest) -> bool:
-    """True when AMSHOME's receipt names ``checked`` and the repository still matches it."""
+def installed_and_intact(amshome, checked: CheckedManifest, by_tree: bool = False) -> bool:
+    """True when AMSHOME's receipt names ``checked`` and the repository still matches it (``by_tree``:
+    installed_changes)."""
     try:
-        return installed_changes(amshome, *checked) == []
+        return installed_changes(amshome, *checked, by_tree=by_tree) == []
     except IntegrityError:
         return False
 

@@ -82,8 +82,8 @@ class Unpack(ReportsFailure, luigi.Task):
         # tree still match it; the folder is not read again (it may hold another by now), and another
         # unpack's staging in AMSHOME by now is no sign against this one.
         # --reinstall: not done until this run has installed it again.
-        if self.checked is not None:
-            return unpacking.installed_and_intact(self.amshome, self.checked)
+        if self.checked is not None:  # checked by run(): a delta that made no change counts by the tree it makes
+            return unpacking.installed_and_intact(self.amshome, self.checked, by_tree=True)
         if self.reinstall or self.drop_versions:  # a --drop-version is checked by run, also when nothing is to do
             return False
         target = self.output()
