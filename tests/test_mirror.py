@@ -304,6 +304,16 @@ def test_scm_scripts_user_and_password_are_refused_without_repeating_them(scm_do
         "downloads.scm.com login USER password PASS), or answer the prompt"]
     assert "s3cret" not in result.stdout + result.stderr and "scmuser" not in result.stdout + result.stderr
     assert not (tmp_path / "m").exists() and scm_double.records() == []  # refused before anything was asked
+    url, m = scm_double.listing_url(VERSION), tmp_path / "m"
+    for words in ([url, m, "--local-platform-only", "scmuser", "s3cret-pass-42"],  # an option between them
+                  [url, m, "scmuser", "--local-platform-only", "s3cret-pass-42"],
+                  ["--mirror", m, "--version", VERSION, "--password=s3cret-pass-42"],
+                  ["--version", VERSION, "--mirror", m, "--jobs", "s3cret-pass-42"]):
+        result = run_cli("mirror", *words, env=cli_env(user=None, password=None))
+        assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, (words, result.stderr)
+        assert "s3cret" not in result.stdout + result.stderr and "scmuser" not in result.stderr, (words, result.stderr)
+    result = run_cli("--password", "s3cret-pass-42", "mirror", env=cli_env(user=None, password=None))
+    assert result.returncode == 2 and "s3cret" not in result.stderr, result.stderr
 
 
 @pytest.mark.slow

@@ -2,11 +2,14 @@
 that command's module (``add_parser``) in the order the help lists them."""
 
 import argparse
+import re
 
 from amsrepomirror import __version__
 from amsrepomirror.cli import bundle, config, demo, mirror, plan, receipt, unpack, verify
+from amsrepomirror.cli.mirror import ACCOUNT_NOT_HERE
 from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, AdminHelp
 from amsrepomirror.errors import USAGE_ERROR
+from amsrepomirror.util.units import counted
 
 PURPOSE = ("Mirror SCM's AMS package repository, carry it across an air gap in checksummed 7z chunks, "
            "and place it as $AMSHOME/repository.")
@@ -32,7 +35,21 @@ class OneLineErrors(argparse.ArgumentParser):
     (argparse's own are a usage block and a line starting with the program's name); exit 2 stays."""
 
     def error(self, message: str):
-        self.exit(USAGE_ERROR, f"error: {message} (see: {self.prog} --help)\n")
+        self.exit(USAGE_ERROR, f"error: {without_values(message)} (see: {self.prog} --help)\n")
+
+
+def without_values(message: str) -> str:
+    """argparse's message with nothing the admin typed repeated but option names: a word it could not place may be
+    an account given where SCM's script takes it (mirror LISTING_URL FOLDER USER PASSWORD)."""
+    if message.startswith("unrecognized arguments: "):
+        words = message[len("unrecognized arguments: "):].split(" ")
+        options = [w.split("=", 1)[0] for w in words if w.startswith("-")]
+        others = len(words) - len(options)
+        shown = options + ([f"{counted(others, 'other word')} (not repeated here)"] if others else [])
+        return (f"unrecognized arguments: {', '.join(shown)}"
+                + (f"; {ACCOUNT_NOT_HERE}" if others else ""))
+    return re.sub(r"invalid (\w+) value: '.*'$|invalid choice: '.*?' \(", lambda m: m.group(0).split(":")[0]
+                  + (" (" if m.group(0).endswith("(") else ""), message)
 
 
 def build_parser() -> argparse.ArgumentParser:
