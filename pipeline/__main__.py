@@ -23,7 +23,8 @@ def run() -> int:
         return INTERRUPTED
     try:
         code = main()
-        sys.stdout.flush()  # here, not at exit, so that a reader gone away is an exit code and not a traceback
+        if sys.stdout is not None:  # None: started with stdout closed (>&-); print() then writes nothing
+            sys.stdout.flush()  # here, not at exit, so that a reader gone away is an exit code and not a traceback
     except KeyboardInterrupt:  # before the command's own handling began
         print(INTERRUPTED_LINE, file=sys.stderr)
         return INTERRUPTED

@@ -199,7 +199,7 @@ def test_describe_plan_counts_chunks_and_sticks():
     # 8 chunks of ~1 MiB on 2 MiB sticks: two per stick
     assert f"{(len(plan) + 1) // 2} sticks of" in text
     bad = describe_plan(plan, files, stick_size=512 * KiB)
-    assert "ERROR" in bad and "bigger than a stick" in bad
+    assert "ERROR" in bad and "not fit on a stick" in bad
     assert "sticks" not in describe_plan(plan, files)
 
 

@@ -423,6 +423,17 @@ def test_tool_version_and_ams_version():
 
 
 @pytest.mark.slow
+def test_a_stick_too_small_for_a_chunk_and_the_side_files_is_refused_before_packing(made, tmp_path):
+    out = tmp_path / "bundle"
+    args = ("--mirror", made / "mirror", "--chunk-size", "1MiB", "--stick-size", "1100KiB")
+    result = run_cli("bundle", "--offline", "--version", VERSION, "--out", out, *args)
+    assert result.returncode == USAGE_ERROR and not out.exists(), result.stderr
+    assert stderr_lines(result)[-1].startswith("error: --stick-size 1100KiB holds no chunk of --chunk-size 1MiB with "
+                                               "the bundle's small files (256.0 KiB kept for them)"), result.stderr
+    planned = run_cli("plan", *args)  # plan says the same of the same sizes
+    assert "does not fit on a stick of" in planned.stdout or "do not fit on a stick of" in planned.stdout, planned.stdout
+
+
 def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tmp_path):
     # A signed bundle: the signature is one of the small files every stick carries.
     key = tmp_path / "site_key"

@@ -137,7 +137,8 @@ def test_install_sh_installs_from_the_bundle_alone_with_no_network(tool_bundle, 
 def test_install_sh_ends_with_the_unpack_command_to_run_and_it_runs(tool_bundle, tmp_path):
     bundle, amshome = copied(tool_bundle, tmp_path / "arrived at a path with a space"), tmp_path / "ams"
     amshome.mkdir()
-    env = clean_env(tmp_path, "/usr/bin:/bin", AMSHOME=str(amshome))
+    (tmp_path / "py").symlink_to(interpreter(OTHER_PYTHON))  # named by a relative path, as typed in this folder
+    env = clean_env(tmp_path, "/usr/bin:/bin", AMSHOME=str(amshome), PYTHON="./py")
     result = offline(["sh", str(bundle / "tool" / "install.sh"), str(tmp_path / "venv")], env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     said = "install.sh: the bundle is intact; place it with: "
@@ -153,6 +154,7 @@ def test_install_sh_ends_with_the_unpack_command_to_run_and_it_runs(tool_bundle,
 @pytest.mark.parametrize("named, said", [
     ("python3.9", "is Python 3.9; the wheels are for Python "),
     ("no-such-python", "cannot be run; name a Python "),
+    ("/bin/true", "cannot be run; name a Python "),  # runs, but is no Python
 ])
 def test_install_sh_stops_when_the_python_named_does_not_fit(tool_bundle, tmp_path, named, said):
     bin_dir = tmp_path / "bin"

@@ -247,7 +247,9 @@ class StickPlan:
 
     def stick_of(self, chunk: str) -> int:
         """The 1-based number of the stick that carries ``chunk``."""
-        return next(i for i, names in enumerate(self.chunks, start=1) if chunk in names)
+        if not hasattr(self, "_stick"):  # once per plan: a chunk's stick is looked up for every chunk
+            object.__setattr__(self, "_stick", {n: i for i, names in enumerate(self.chunks, start=1) for n in names})
+        return self._stick[chunk]
 
     def label(self, number: int) -> str:
         return f"stick {number} of {len(self.chunks)}"
@@ -630,18 +632,18 @@ def _stick_plan(body: dict, chunks: list[str]) -> StickPlan | None:
         return None
     r = _record(raw, "sticks", {"size", "chunks"})
     size = _field(r, "size", "sticks.size", lambda v: _count(v) or (None if v > 0 else "not above 0"))
-    plan, seen = [], set()
+    plan, seen, known = [], set(), set(chunks)
     for i, names in enumerate(_field(r, "chunks", "sticks.chunks", _list_of)):
         if not isinstance(names, list) or not names:
             raise IntegrityError(f"field sticks.chunks[{i}] is {_escaped(names)}: not a list of chunk names")
         for name in names:
-            if name not in chunks or name in seen:  # guard: stick-plan-chunks
+            if not isinstance(name, str) or name not in known or name in seen:  # guard: stick-plan-chunks
                 raise IntegrityError(f"field sticks.chunks[{i}] names {_escaped(name)}: "
-                                     + ("on two sticks" if name in chunks else "not a chunk of this manifest"))
+                                     + ("on two sticks" if name in seen else "not a chunk of this manifest"))
             seen.add(name)
         plan.append(list(names))
-    if seen != set(chunks):
-        raise IntegrityError(f"field sticks.chunks puts no stick for chunk {sorted(set(chunks) - seen)[0]}")
+    if seen != known:
+        raise IntegrityError(f"field sticks.chunks puts no stick for chunk {sorted(known - seen)[0]}")
     return StickPlan(size=size, chunks=plan)
 
 

@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse already printed one line of usage error
         return errors.USAGE_ERROR if exc.code else 0
+    if sum(a == "--config" or a.startswith("--config=") for a in args.argv) > 1:  # one would silently win
+        return exit_code_after(errors.UsageError("give --config once: one settings file is read last, over the others"))
     try:
         check_before_settings = getattr(args, "check_before_settings", None)  # options refused whatever the settings
         if check_before_settings:

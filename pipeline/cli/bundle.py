@@ -16,20 +16,21 @@ from amsrepomirror.cli.mirror import (
     mirror_versions,
     versions_and_urls,
 )
-from amsrepomirror.cli.options import add_command, setting_default
+from amsrepomirror.cli.options import add_command, folder_path, setting_default
 from amsrepomirror.cli.output import print_stderr, tool_command
 from amsrepomirror.cli.plan import chunk_settings, describe_sticks, print_delta_plan, print_plan
 from amsrepomirror.cli.runner import run_graph, use_scheduler
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online.manifest import Manifest
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.pack.build import SIDE_FILES_SLACK
 from amsrepomirror.pack.delta_base import resolve_base, select_delta, write_base
 from amsrepomirror.pack.tool import SUPPORTED_PYTHONS
 from amsrepomirror.tasks.base import new_run_id
 from amsrepomirror.tasks.bundle import BundleArchive
 from amsrepomirror.util import progress
 from amsrepomirror.util.fsutil import why_unwritable
-from amsrepomirror.util.units import parse_size
+from amsrepomirror.util.units import format_size, parse_size
 
 
 def add_parser(sub) -> None:
@@ -41,7 +42,7 @@ def add_parser(sub) -> None:
 
 
 def add_bundle_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, help="bundle folder to write (outside the mirror)")
+    p.add_argument("--out", required=True, type=folder_path, help="bundle folder to write (outside the mirror)")
     p.add_argument("--chunk-size", metavar="SIZE",
                    help=f"largest chunk, e.g. 3900MiB ({setting_default('BundleArchive', 'chunk_size')})")
     p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
@@ -93,7 +94,7 @@ def run(args) -> int:
                                 args.drop_version)
     if args.dry_run:
         return print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
-    _check_before_writing(args)
+    _check_before_writing(args, chunk_size)
     use_scheduler(args)
     if not args.offline:
         code = mirror_versions(args)
@@ -132,10 +133,12 @@ def _refuse_option_mix(args, versions: Sequence[str]) -> None:
                          "(a full bundle holds only the versions it names)")
 
 
-def _check_before_writing(args) -> None:
+def _check_before_writing(args, chunk_size: str) -> None:
     """What would make a written bundle fail at its end, refused before the mirror run."""
-    if args.stick_size:
-        parse_size(args.stick_size)  # refused now, not after the bundle is written
+    if args.stick_size and parse_size(chunk_size) + SIDE_FILES_SLACK > parse_size(args.stick_size):
+        raise UsageError(f"--stick-size {args.stick_size} holds no chunk of --chunk-size {chunk_size} with the bundle's "
+                         f"small files ({format_size(SIDE_FILES_SLACK)} kept for them): choose a chunk size of at most "
+                         f"{format_size(parse_size(args.stick_size) - SIDE_FILES_SLACK)}, or larger sticks")
     why = why_unwritable(args.out)
     if why:
         raise UsageError(f"cannot write the bundle folder --out {args.out}: {why}")

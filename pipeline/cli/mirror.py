@@ -15,7 +15,7 @@ import luigi
 
 from amsrepomirror import config, errors
 from amsrepomirror.cli.exit_codes import most_severe_failure
-from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, add_command, option_or_setting, setting_default
+from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, add_command, folder_path, option_or_setting, setting_default
 from amsrepomirror.cli.output import command_line, print_stderr
 from amsrepomirror.cli.runner import run_graph, use_scheduler
 from amsrepomirror.errors import MirrorError, UsageError
@@ -42,7 +42,7 @@ def add_mirror_options(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--version", action="append", required=required, metavar="AMS_VERSION",
                    help="AMS version whose listing to mirror, e.g. AMS2026.1 (not the tool's version); "
                    f"repeat it to hold several versions in one mirror{positional}")
-    p.add_argument("--mirror", required=required, type=Path,
+    p.add_argument("--mirror", required=required, type=folder_path,
                    help=f"mirror folder, best outside this checkout; it becomes $AMSHOME/repository offline{positional}")
     p.add_argument("--listing-url", action="append", default=[], metavar="URL",
                    help="default: https://downloads.scm.com/Downloads/packages/listings/<AMS_VERSION>.txt; "
@@ -122,6 +122,10 @@ def scm_style_arguments(args) -> None:
         raise UsageError("give the listing and the folder either as LISTING_URL FOLDER or as --listing-url and --mirror, "
                          "not both")
     url, folder = given
+    if "://" in folder and "://" not in url:
+        raise UsageError("the listing URL comes first: mirror LISTING_URL FOLDER")
+    if not folder:
+        raise UsageError("mirror LISTING_URL FOLDER: FOLDER is empty (an unset variable?); name the mirror folder")
     name = posixpath.basename(urlsplit(url).path)
     version = name[:-len(".txt")] if name.endswith(".txt") else ""
     if not VERSION_PATTERN.fullmatch(version):

@@ -91,3 +91,10 @@ def amshome_of(args) -> Path:
     print_stderr(f"{args.command}: AMSHOME {from_environment} (from the environment; --amshome overrides it)")
     placement.refuse_repository_folder(from_environment)
     return Path(from_environment)
+
+
+def folder_path(text: str) -> Path:
+    """A folder option's value: never empty (an unset shell variable would make it the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty (an unset variable?): name the folder")
+    return Path(text)

@@ -11,6 +11,7 @@ from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online.listing import listing_url_for
 from amsrepomirror.online.manifest import FileEntry, Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.pack.build import SIDE_FILES_SLACK
 from amsrepomirror.pack.delta_base import resolve_base, select_delta
 from amsrepomirror.pack.plan import ChunkSpec, chunk_plan, distinct_contents, pack_sticks
 from amsrepomirror.util.units import counted, format_size, parse_size
@@ -167,16 +168,16 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
             lines.append(f"  {path}: {split[path]} parts")
     if stick_size is not None:
         sizes = {s.name: s.max_size for s in plan}
-        too_big = [n for n in sorted(sizes) if sizes[n] > stick_size]
+        too_big = [n for n in sorted(sizes) if sizes[n] + SIDE_FILES_SLACK > stick_size]  # as bundle plans them
         if too_big:
             lines.append(
                 f"ERROR: {counted(len(too_big), 'chunk')} "
-                f"{'is' if len(too_big) == 1 else 'are'} bigger than a stick of {format_size(stick_size)} "
-                f"(e.g. {too_big[0]}, up to {format_size(max(sizes[n] for n in too_big))}): choose a chunk size "
-                f"below the stick size"
+                f"{'does' if len(too_big) == 1 else 'do'} not fit on a stick of {format_size(stick_size)} with the "
+                f"bundle's small files (e.g. {too_big[0]}, up to {format_size(max(sizes[n] for n in too_big))}; "
+                f"{format_size(SIDE_FILES_SLACK)} kept for them): choose a chunk size below that"
             )
         else:
-            lines += describe_sticks(sizes, stick_size)
+            lines += describe_sticks(sizes, stick_size, SIDE_FILES_SLACK)
     return "\n".join(lines) + "\n"
 
 

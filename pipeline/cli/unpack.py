@@ -7,7 +7,7 @@ from amsrepomirror import config, errors
 from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.exit_codes import most_severe_failure
-from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, setting_default, site_trust
+from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, folder_path, setting_default, site_trust
 from amsrepomirror.cli.output import command_line, print_stderr, tool_command
 from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.errors import UsageError
@@ -20,7 +20,7 @@ from amsrepomirror.util import progress, skipped_files
 def add_parser(sub) -> None:
     p = add_command(sub, "unpack", "verify a bundle and place it atomically as $AMSHOME/repository")
     p.add_argument("bundle", type=Path, help="the bundle folder (all chunks in it)")
-    p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
+    p.add_argument("--amshome", type=folder_path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--keep-previous", action="store_true", help="keep the replaced tree as repository.previous")
     p.add_argument("--reinstall", action="store_true",
                    help="check and unpack the bundle again even when AMSHOME's receipt says it is installed")

@@ -98,9 +98,10 @@ def _not_here_line(report) -> str:
     if not sticks:
         return (f"not here yet ({len(report.not_here)} of {len(report.manifest.chunks) if report.manifest else '?'} "
                 f"chunks): {', '.join(report.not_here)}")
-    away = sorted({sticks.stick_of(n) for n in report.not_here})
+    missing = set(report.not_here)
+    away = sorted({sticks.stick_of(n) for n in missing})
     return "not here yet: " + "; ".join(
-        f"{sticks.label(i)} ({', '.join(n for n in sticks.chunks[i - 1] if n in report.not_here)})" for i in away)
+        f"{sticks.label(i)} ({', '.join(n for n in sticks.chunks[i - 1] if n in missing)})" for i in away)
 
 
 def _here(report) -> str:
@@ -108,9 +109,15 @@ def _here(report) -> str:
     sticks = report.manifest.sticks
     if not sticks:
         return f"the {report.chunks_checked} chunk(s) here are"
-    whole = [i for i in range(1, len(sticks.chunks) + 1) if not set(sticks.chunks[i - 1]) & set(report.not_here)]
-    return (f"{', '.join(sticks.label(i) for i in whole) or 'no whole stick'} here "
-            f"({counted(report.chunks_checked, 'chunk')}) {'is' if len(whole) == 1 else 'are'}")
+    missing = set(report.not_here)
+    whole = [i for i in range(1, len(sticks.chunks) + 1) if not missing.intersection(sticks.chunks[i - 1])]
+    if not whole:
+        return (f"no whole stick is here; the {counted(report.chunks_checked, 'chunk')} here "
+                f"{'is' if report.chunks_checked == 1 else 'are'}")
+    stray = report.chunks_checked - sum(len(sticks.chunks[i - 1]) for i in whole)
+    return (f"{', '.join(sticks.label(i) for i in whole)} here"
+            + (f" with {counted(stray, 'chunk')} of other sticks" if stray else "")
+            + f" ({counted(report.chunks_checked, 'chunk')}) {'is' if len(whole) == 1 and not stray else 'are'}")
 
 
 def print_signature_verdict(found: Trust, check, refusal: str | None) -> None:

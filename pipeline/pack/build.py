@@ -268,7 +268,7 @@ def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | No
 
 #: Room kept on every stick for the files that go on each besides its chunks, over their sizes as planned: the
 #: sums and the signature, and what the stick plan itself adds to manifest.json and README.txt.
-SIDE_FILES_SLACK = 1024 * 1024
+SIDE_FILES_SLACK = 256 * 1024
 
 
 def side_files_size(manifest: BundleManifest) -> int:

@@ -198,10 +198,14 @@ venv=${{1:-$HOME/amsrepomirror-venv}}
 wanted="{wanted}"
 py=""
 if [ -n "${{PYTHON:-}}" ]; then  # named: it fits, or the script says so and stops (never another one silently)
-  version=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || {{
+  named=$PYTHON
+  case $named in */*) ;; *) named=$(command -v "$named" || echo "$named") ;; esac
+  case $named in /*) ;; */*) named=$(pwd)/$named ;; esac  # the venv is made from /: a relative path must still hold
+  version=$("$named" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || version=""
+  [ -n "$version" ] || {{
     echo "install.sh: PYTHON=$PYTHON cannot be run; name a Python $wanted, or leave PYTHON unset" >&2; exit 1; }}
   case " $wanted " in
-    *" $version "*) py=$PYTHON ;;
+    *" $version "*) py=$named ;;
     *) echo "install.sh: PYTHON=$PYTHON is Python $version; the wheels are for Python $wanted: name one of those," \\
          "or leave PYTHON unset" >&2; exit 1 ;;
   esac
