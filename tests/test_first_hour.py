@@ -336,6 +336,7 @@ def test_help_gives_purpose_account_variables_and_exit_codes():
     assert run_cli("--help").stdout.splitlines()[2].startswith("Mirror SCM's AMS package repository")
 
 
+@pytest.mark.slow
 def test_a_bad_command_line_is_one_error_line_naming_where_to_look(tmp_path):
     cases = {("mirror", "--jobs", "x", "--version", "AMS2026.1", "--mirror", tmp_path / "m"):
              "error: argument --jobs: invalid int value (see: amsrepomirror mirror --help)",
@@ -349,6 +350,7 @@ def test_a_bad_command_line_is_one_error_line_naming_where_to_look(tmp_path):
         assert (result.returncode, result.stderr.splitlines(), result.stdout) == (USAGE_ERROR, [line], ""), args
 
 
+@pytest.mark.slow
 def test_config_is_read_also_after_the_command(tmp_path):
     settings = tmp_path / "site.cfg"
     settings.write_text("[BundleArchive]\nchunk_size = 123MiB\n")
@@ -357,6 +359,7 @@ def test_config_is_read_also_after_the_command(tmp_path):
     assert before.stdout == after.stdout and "chunk_size = 123MiB  # --config" in after.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_a_refused_unpack_leaves_only_its_log_and_lock_in_amshome(bundle, tmp_path):
     amshome = tmp_path / "ams"
     amshome.mkdir()

@@ -279,6 +279,7 @@ def test_platform_selection_keeps_platform_and_independent_files(scm_double, rep
     assert bad.returncode == 2 and "unknown platform" in bad.stderr
 
 
+@pytest.mark.slow
 def test_scm_scripts_form_mirrors_the_same_tree_and_local_platform_only_is_this_machines(scm_double, repo_tree,
                                                                                           tmp_path):
     # download_repository.py LISTING_URL DOWNLOAD_FOLDER: the version comes from the listing's name.
