@@ -418,6 +418,15 @@ def test_ctrl_c_during_unpack_ends_with_the_state_of_amshome_and_what_to_run(mad
     assert tree_hashes(amshome / "repository") == tree_hashes(made / "mirror")
 
 
+def test_a_bar_joined_late_counts_what_was_done_before_but_not_in_its_rate():
+    shown = io.StringIO()
+    bar = ByteProgress(100 * 1024 * 1024, "download", stream=shown, interval=0, files=10, done=60 * 1024 * 1024,
+                       files_done=6)
+    bar.update(0)  # nothing fetched by this process yet: the 60 MiB done before are not its speed
+    last = shown.getvalue().splitlines()[-1]
+    assert last == "download: 60.0 MiB of 100.0 MiB, 6 of 10 files, 0 B/s, starting (60%)", last
+
+
 def test_tool_version_and_ams_version():
     result = run_cli("--version")
     assert (result.returncode, result.stdout) == (0, f"amsrepomirror {amsrepomirror.__version__}\n")

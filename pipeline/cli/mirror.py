@@ -277,10 +277,14 @@ def _shared_run(args, params: dict, deep: dict, log_file: Path) -> list[dict]:
     largest = luigi.configuration.get_config().getint("DownloadFile", "shared_batch_size")
     batch = shared_run.batch_size(files, params["jobs"], largest)
     with config.for_this_command({("DownloadFile", "run_batch_size"): str(batch)}):
-        pending = [e for e in snapshot["files"] if not sync.is_current(Workspace(params["mirror"]), e, params["run_id"])]
-        # One bar over the run's downloads, whichever process's worker fetches each (the batches add to it).
-        progress.for_run(params["run_id"], sync.bytes_to_fetch(Workspace(params["mirror"]), pending), desc="download",
-                         files=len(pending))
+        ws = Workspace(params["mirror"])
+        fetched = {e["path"] for e in snapshot["files"] if sync.fetched_in_run(ws, e, params["run_id"])}
+        pending = [e for e in snapshot["files"] if e["path"] not in fetched and not sync.is_current(ws, e, params["run_id"])]
+        ran = [e for e in snapshot["files"] if e["path"] in fetched]
+        # One bar over the run's downloads (what the run fetched before this process joined counted as done).
+        before = sum(e.get("size") or 0 for e in ran)
+        progress.for_run(params["run_id"], before + sync.bytes_to_fetch(ws, pending), desc="download",
+                         files=len(ran) + len(pending), done=before, files_done=len(ran))
         try:
             failures = stage("downloads")
         finally:

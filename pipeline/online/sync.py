@@ -203,6 +203,12 @@ def _http_seconds(value: str | None) -> int | None:
         return None
 
 
+def fetched_in_run(ws: Workspace, remote: dict, run_id: str) -> bool:
+    """The file was fetched by run ``run_id`` (by any of its processes) and is still as fetched."""
+    record = ws.current_record(remote["path"])
+    return record is not None and record.fetched_run == run_id
+
+
 def bytes_to_fetch(ws: Workspace, entries: Iterable[dict]) -> int:
     """Bytes still to transfer: full sizes minus what partial downloads already hold."""
     return sum(max((e.get("size") or 0) - ws.part_bytes(e["path"]), 0) for e in entries)

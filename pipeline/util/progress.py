@@ -20,12 +20,14 @@ REDRAW_SECONDS = 1.0
 class ByteProgress:
     """Thread-safe progress over a known number of bytes (and, when given, files)."""
 
-    def __init__(self, total: int | None, desc: str, stream=None, interval: float = 5.0, files: int = 0):
-        """``total`` None: not known yet; nothing is shown until :meth:`set_total`."""
+    def __init__(self, total: int | None, desc: str, stream=None, interval: float = 5.0, files: int = 0,
+                 done: int = 0, files_done: int = 0):
+        """``total`` None: not known yet; nothing is shown until :meth:`set_total`. ``done``, ``files_done``: what
+        was done before this process started (a shared run joined late): counted, but not in the rate."""
         self.stream = stream or sys.stderr
         self.desc, self.interval = desc, interval
-        self.files_total, self.files_done = files, 0
-        self.done = 0
+        self.files_total, self.files_done = files, files_done
+        self.done = self.done_before = done
         self.total = total or 0
         self.started = time.monotonic()
         self._lock = threading.Lock()
@@ -40,7 +42,7 @@ class ByteProgress:
         self._shown = True
         if self.stream.isatty():
             _OPEN.add(self)
-            self._bar = tqdm(total=self.total, desc=self._status(), file=self.stream, dynamic_ncols=True,
+            self._bar = tqdm(total=self.total, initial=self.done, desc=self._status(), file=self.stream, dynamic_ncols=True,
                              bar_format="{desc} {percentage:3.0f}%|{bar}|")
             threading.Thread(target=self._redraw, name="amsrepomirror-progress", daemon=True).start()
         else:
@@ -72,7 +74,7 @@ class ByteProgress:
 
     def _status(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = self.done / elapsed
+        rate = (self.done - self.done_before) / elapsed
         eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0
         files = f", {self.files_done:,} of {self.files_total:,} file{plural(self.files_total)}" if self.files_total else ""
         return (f"{self.desc}: {format_size(self.done)} of {format_size(self.total)}{files}, {format_size(rate)}/s, "
@@ -147,10 +149,12 @@ _RUNS: dict[str, ByteProgress] = {}
 _OPEN: set = set()  # bars and counters shown on a terminal now
 
 
-def for_run(run_id: str, total: int = 0, desc: str = "download", files: int = 0) -> ByteProgress:
-    """The progress of a run, shared by every download batch in this process."""
+def for_run(run_id: str, total: int = 0, desc: str = "download", files: int = 0, done: int = 0,
+            files_done: int = 0) -> ByteProgress:
+    """The progress of a run, shared by every download batch in this process (``done``, ``files_done``: what the
+    run had done before, in a shared run joined late)."""
     if run_id not in _RUNS:
-        _RUNS[run_id] = ByteProgress(total, desc, files=files)
+        _RUNS[run_id] = ByteProgress(total, desc, files=files, done=done, files_done=files_done)
     return _RUNS[run_id]
 
 
