@@ -21,8 +21,8 @@ STICK_SIZE ?=
 .PHONY: help venv test test-all lint mutants demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop
 
 help:
-	@echo "make test                          the fast tests (about 2 minutes; sets up $(VENV))"
-	@echo "make test-all                      every test (about 25 minutes; what CI runs)"
+	@echo "make test                          the fast tests (2 to 3 minutes; sets up $(VENV))"
+	@echo "make test-all                      every test (about 20 minutes; what CI runs)"
 	@echo "make lint                          ruff: pyflakes, pycodestyle, import order, banned imports"
 	@echo "make mutants [ARGS=--only ID]      break each guarded integrity check in a copy; its tests must fail (docs/development.md)"
 	@echo "make demo                          mirror -> bundle -> verify -> unpack against the local SCM double"
@@ -74,11 +74,11 @@ $(BIN)/amsrepomirror: pyproject.toml
 
 venv: $(BIN)/amsrepomirror
 
-# The fast tier (about 2 minutes on two cores): unit and property tests and a few end-to-end paths.
+# The fast tier (2 to 3 minutes on two cores): unit and property tests and a few end-to-end paths.
 test: venv
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 tests
 
-# Everything (about 25 minutes on two cores): what .ci/run runs.
+# Everything (about 20 minutes on two cores): what .ci/run runs.
 test-all: venv
 	$(BIN)/python -m pytest -q tests
 
