@@ -6,6 +6,7 @@ order. A file larger than a chunk is stored as parts named ``<path>.part-0001``,
 concatenated in order on unpack.
 """
 
+import functools
 import json
 import os
 import re
@@ -245,10 +246,12 @@ class StickPlan:
     size: int  # bytes of one stick
     chunks: list[list[str]]
 
+    @functools.cached_property
+    def _stick(self) -> dict[str, int]:  # once per plan: a chunk's stick is looked up for every chunk
+        return {name: i for i, names in enumerate(self.chunks, start=1) for name in names}
+
     def stick_of(self, chunk: str) -> int:
         """The 1-based number of the stick that carries ``chunk``."""
-        if not hasattr(self, "_stick"):  # once per plan: a chunk's stick is looked up for every chunk
-            object.__setattr__(self, "_stick", {n: i for i, names in enumerate(self.chunks, start=1) for n in names})
         return self._stick[chunk]
 
     def label(self, number: int) -> str:

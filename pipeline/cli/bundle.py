@@ -114,8 +114,8 @@ def _why_not_mirrored(args, versions: Sequence[str]) -> str:
             manifest = Manifest.read(ws.manifest_path(version))
         except (OSError, MirrorError):
             return "the mirror is not complete"
-        changed = [f.path for f in manifest.files if (r := ws.current_record(f.path)) is None or r.sha256 != f.sha256]
-        if changed:  # this run changed it (or left it half done): the last verified state is gone
+        if any((r := ws.current_record(f.path)) is None or r.sha256 != f.sha256 for f in manifest.files):
+            # this run changed it (or left it half done): the last verified state is gone
             return "the mirror is not complete"
         verified.append(manifest.created)
     return (f"the mirror could not be brought up to date (above); it still holds what was verified {max(verified)}: "

@@ -143,7 +143,6 @@ def local_platform(args) -> None:
     args.platform = [LOCAL_PLATFORM.get(sys.platform, sys.platform)]
 
 
-
 def run(args) -> int:
     """The mirror command."""
     use_scheduler(args)
@@ -278,9 +277,7 @@ def _shared_run(args, params: dict, deep: dict, log_file: Path) -> list[dict]:
     batch = shared_run.batch_size(files, params["jobs"], largest)
     with config.for_this_command({("DownloadFile", "run_batch_size"): str(batch)}):
         ws = Workspace(params["mirror"])
-        fetched = {e["path"] for e in snapshot["files"] if sync.fetched_in_run(ws, e, params["run_id"])}
-        pending = [e for e in snapshot["files"] if e["path"] not in fetched and not sync.is_current(ws, e, params["run_id"])]
-        ran = [e for e in snapshot["files"] if e["path"] in fetched]
+        ran, pending = sync.fetched_and_pending(ws, snapshot["files"], params["run_id"])
         # One bar over the run's downloads (what the run fetched before this process joined counted as done).
         before = sum(e.get("size") or 0 for e in ran)
         progress.for_run(params["run_id"], before + sync.bytes_to_fetch(ws, pending), desc="download",

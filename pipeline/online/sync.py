@@ -203,10 +203,17 @@ def _http_seconds(value: str | None) -> int | None:
         return None
 
 
-def fetched_in_run(ws: Workspace, remote: dict, run_id: str) -> bool:
-    """The file was fetched by run ``run_id`` (by any of its processes) and is still as fetched."""
-    record = ws.current_record(remote["path"])
-    return record is not None and record.fetched_run == run_id
+def fetched_and_pending(ws: Workspace, entries: Iterable[dict], run_id: str) -> tuple[list[dict], list[dict]]:
+    """The entries run ``run_id`` has fetched already (by any of its processes, still as fetched), and those still
+    to fetch (not current): a process joining a shared run late counts the first as done."""
+    fetched, pending = [], []
+    for entry in entries:
+        record = ws.current_record(entry["path"])
+        if record is not None and record.fetched_run == run_id:
+            fetched.append(entry)
+        elif record is None or not record.matches_remote(entry, run_id):
+            pending.append(entry)
+    return fetched, pending
 
 
 def bytes_to_fetch(ws: Workspace, entries: Iterable[dict]) -> int:
