@@ -43,12 +43,12 @@ def imported(node: ast.AST, known: set[str]) -> list[str]:
 #: hashing, sizes, paths, progress); config (settings); bundle (what both sides read: the format, sums,
 #: signatures, chunk and receipt checks, verify); online (mirroring from SCM); offline (unpacking into
 #: AMSHOME: needs no online module); pack (building a bundle from a mirror); tasks (the Luigi graph);
-#: cli, module by module: what all commands share (output, then exit_codes, runner and options), the
+#: cli, module by module: what all commands share (output, then exit_codes, runner, options and report), the
 #: commands (bundle builds on mirror and plan), the parser that puts them together, and the package's
 #: main. ``testing`` (the SCM double) is for tests, bench and the demo only. The package root
 #: (``__version__``) may be imported by all.
 BELOW_CLI = {"errors", "util", "config", "bundle", "online", "offline", "pack", "tasks"}
-CLI_SHARED = {"cli.output", "cli.exit_codes", "cli.runner", "cli.options"}
+CLI_SHARED = {"cli.output", "cli.exit_codes", "cli.runner", "cli.options", "cli.report"}
 CLI_COMMANDS = {f"cli.{name}" for name in ("mirror", "bundle", "plan", "verify", "unpack", "receipt", "config", "demo")}
 MAY_IMPORT = {
     "errors": set(),
@@ -63,6 +63,7 @@ MAY_IMPORT = {
     "cli.exit_codes": BELOW_CLI | {"cli.output"},
     "cli.runner": BELOW_CLI | {"cli.output"},
     "cli.options": BELOW_CLI | {"cli.output"},
+    "cli.report": BELOW_CLI | {"cli.output", "cli.exit_codes"},
     **{command: BELOW_CLI | CLI_SHARED for command in CLI_COMMANDS},
     "cli.bundle": BELOW_CLI | CLI_SHARED | {"cli.mirror", "cli.plan"},
     "cli.demo": BELOW_CLI | CLI_SHARED | {"cli", "testing"},  # cli: main(), to run each step

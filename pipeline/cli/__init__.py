@@ -11,20 +11,27 @@ from amsrepomirror import errors
 from amsrepomirror.cli.exit_codes import EXPECTED, exit_code_after, reader_gone
 from amsrepomirror.cli.output import console_logging
 from amsrepomirror.cli.parser import build_parser
+from amsrepomirror.cli.report import run_reported
 from amsrepomirror.config import load as load_settings
 
 __all__ = ["main", "reader_gone"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command line (``sys.argv[1:]`` when None); return its exit code."""
+    """Run one command line (``sys.argv[1:]`` when None); return its exit code. With ``--report FILE`` the report
+    is written here, around the whole command, so that no way out of it skips the report (cli.report)."""
     console_logging()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)
-    except SystemExit as exc:  # argparse already printed one line of usage error
+    except SystemExit as exc:  # argparse already printed one line of usage error (no report: the line was not read)
         return errors.USAGE_ERROR if exc.code else 0
+    return run_reported(args, _run_command)
+
+
+def _run_command(args) -> int:
+    """The command's exit code: what its function returned, or the code of what stopped it (exit_code_after)."""
     if sum(a == "--config" or a.startswith("--config=") for a in args.argv) > 1:  # one would silently win
         return exit_code_after(errors.UsageError("give --config once: one settings file is read last, over the others"))
     try:

@@ -84,7 +84,9 @@ def _check_bundle_folder(mirror: Path, out: Path) -> None:
 
 def run(args) -> int:
     """Mirror (unless --offline), then write the bundle folder."""
-
+    # --report: the bundle folder, and once it is complete its chunks (beside the mirror run's summary)
+    args.report_facts.update(bundle=str(args.out.absolute()), offline=args.offline, dry_run=args.dry_run, written=False,
+                             chunks=None, bytes=None)
     _check_bundle_folder(args.mirror, args.out)
     versions = [version for version, _ in versions_and_urls(args)]
     chunk_size, compression = chunk_settings(args)
@@ -167,15 +169,17 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
         print_stderr(f"error: {failure['message']}")
         return failure["code"]
     print_stderr(f"bundle: {args.out} is complete; check it with: {tool_command()} verify {shlex.quote(str(args.out))}")
+    manifest = BundleManifest.read(args.out / MANIFEST_NAME)
+    args.report_facts.update(written=True, chunks=len(manifest.chunks), bytes=sum(c.size for c in manifest.chunks),
+                             bundle_versions=list(manifest.all_versions), delta=manifest.is_delta)
     if args.stick_size:
-        print_sticks(args.out)
+        print_sticks(manifest)
     return 0
 
 
-def print_sticks(bundle: Path) -> None:
+def print_sticks(manifest: BundleManifest) -> None:
     """Which chunks of the written bundle go on which stick, as its manifest records; every other file
     (manifest, sums, README, signature, tool/) goes on each."""
-    manifest = BundleManifest.read(bundle / MANIFEST_NAME)
     sizes = {c.name: c.size for c in manifest.chunks}
     for line in describe_sticks(sizes, manifest.sticks.size, tool=tool_command(), plan=manifest.sticks.chunks):
         print(line)

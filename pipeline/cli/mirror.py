@@ -17,6 +17,7 @@ from amsrepomirror import config, errors
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, add_command, folder_path, option_or_setting, setting_default
 from amsrepomirror.cli.output import command_line, print_stderr
+from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.cli.runner import run_graph, use_scheduler
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online import sync
@@ -29,7 +30,7 @@ from amsrepomirror.tasks import shared_run
 from amsrepomirror.tasks.base import new_run_id, platform_rules
 from amsrepomirror.tasks.mirror import FetchListing, JoinRun, VerifyTree
 from amsrepomirror.util import progress
-from amsrepomirror.util.fsutil import atomic_write_json, exclusive_lock, run_lock, why_unwritable
+from amsrepomirror.util.fsutil import exclusive_lock, run_lock, why_unwritable
 from amsrepomirror.util.paths import VERSION_PATTERN
 from amsrepomirror.util.units import format_size
 
@@ -58,7 +59,7 @@ def add_mirror_options(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--jobs", type=int, help=f"concurrent connections ({setting_default('FetchListing', 'jobs')})")
     p.add_argument("--deep", action="store_true", default=None,
                    help=f"re-hash every file instead of trusting size+mtime ({setting_default('VerifyTree', 'deep')})")
-    p.add_argument("--report", type=Path, metavar="FILE", help="write the run summary as JSON to this file (default: none)")
+    add_report_option(p)
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
     p.add_argument("--scheduler-url", metavar="URL",
                    help="Luigi's central scheduler (luigid, see make scheduler), so that several processes or hosts "
@@ -329,10 +330,9 @@ def _locked_mirror(args, runs: list[dict], ws) -> int:
         if snapshot is not None:  # without a listing there is nothing to summarize: the error line says why
             _print_mirror_summary(summary, args, several=len(results) > 1)
     _print_pruned(pruned, args)
-    report = dict(summaries[0]) if len(summaries) == 1 else {"mirror": str(ws.mirror), "versions": summaries}
-    report.update(pruned, exit_code=exit_code, error=failure["message"] if failure else "")
-    if args.report:
-        atomic_write_json(args.report, report)
+    # --report: the summary (each version's, with several) and the unlisted files, beside the run's exit code
+    args.report_facts.update(summaries[0] if len(summaries) == 1 else {"versions": summaries}, mirror=str(ws.mirror),
+                             **pruned)
     ws.prune_runs(keep=5 * len(runs))
     if failure:
         print_stderr(f"error: {failure['message']}")

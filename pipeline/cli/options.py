@@ -8,9 +8,10 @@ from pathlib import Path
 import luigi
 
 from amsrepomirror import config
+from amsrepomirror.bundle.receipt import receipt_tree, receipt_version_paths
 from amsrepomirror.bundle.trust import Trust, resolve_trust
 from amsrepomirror.cli.output import print_stderr
-from amsrepomirror.errors import UsageError
+from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.offline import placement
 
 EXIT_CODES = """exit codes:
@@ -91,6 +92,22 @@ def amshome_of(args) -> Path:
     print_stderr(f"{args.command}: AMSHOME {from_environment} (from the environment; --amshome overrides it)")
     placement.refuse_repository_folder(from_environment)
     return Path(from_environment)
+
+
+def installed_facts(home: Path) -> dict | None:
+    """What AMSHOME's repository holds now, as its receipt says, for --report (None: no receipt; a receipt
+    that cannot be read is said as its problem, never raised: the command's own outcome is what counts)."""
+    try:
+        receipt = placement.read_receipt(home)
+        if receipt is None:
+            return None
+        where = home / placement.RECEIPT
+        held = receipt_version_paths(receipt, where, receipt_tree(receipt, where)) if "tree_sha256" in receipt else None
+    except (MirrorError, OSError) as exc:
+        return {"problem": str(exc)}
+    facts = {key: receipt.get(key) for key in ("version", "tree_sha256", "files", "bytes", "bundle_path",
+                                               "bundle_created", "bundle_sequence")}
+    return {**facts, "unpacked": receipt.get("installed"), "versions": sorted(held) if held else [receipt.get("version")]}
 
 
 def folder_path(text: str) -> Path:

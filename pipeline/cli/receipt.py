@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 from amsrepomirror.bundle.receipt import receipt_lacking, receipt_tree
-from amsrepomirror.cli.options import add_command, amshome_of
+from amsrepomirror.cli.options import add_command, amshome_of, installed_facts
 from amsrepomirror.cli.output import print_stderr
+from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.extract import tree_problems
@@ -19,6 +20,7 @@ def add_parser(sub) -> None:
     p = add_command(sub, "receipt", "write what AMSHOME's repository holds (for bundle --since on the online side)")
     p.add_argument("--amshome", type=Path, help="the AMS installation folder (default: $AMSHOME from the environment)")
     p.add_argument("--out", type=Path, help="file to write (default: receipt-<VERSION>-<tree>.json here; - for stdout)")
+    add_report_option(p)
     p.set_defaults(func=run)
 
 
@@ -26,6 +28,7 @@ def run(args) -> int:
     """Write AMSHOME's receipt (the installed tree; no secrets) to a file to carry to the online side."""
 
     home = amshome_of(args).absolute()
+    args.report_facts.update(amshome=str(home), receipt_file=None, installed=installed_facts(home))
     receipt = placement.read_receipt(home)
     if receipt is None:
         raise UsageError(f"AMSHOME {home} has no receipt: nothing was unpacked there by amsrepomirror")
@@ -38,6 +41,7 @@ def run(args) -> int:
         print_stderr(line)
     identity = receipt["tree_sha256"]
     out = args.out or Path(f"receipt-{receipt['version']}-{identity[:12]}.json")
+    args.report_facts["receipt_file"] = "-" if str(out) == "-" else str(out.absolute())
     if str(out) == "-":
         print(json.dumps(receipt, indent=1, sort_keys=True))
     else:

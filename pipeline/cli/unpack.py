@@ -7,8 +7,17 @@ from amsrepomirror import config, errors
 from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.exit_codes import most_severe_failure
-from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, folder_path, setting_default, site_trust
+from amsrepomirror.cli.options import (
+    add_command,
+    add_signer_options,
+    amshome_of,
+    folder_path,
+    installed_facts,
+    setting_default,
+    site_trust,
+)
 from amsrepomirror.cli.output import command_line, print_stderr, tool_command
+from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import placement
@@ -39,6 +48,7 @@ def add_parser(sub) -> None:
                    help="delta: accept that it removes this installed version (made with bundle --drop-version; "
                    "repeatable; default: a delta that drops a version is refused)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
+    add_report_option(p)
     p.set_defaults(func=run)
 
 
@@ -48,6 +58,15 @@ def run(args) -> int:
         raise UsageError(why_not)
     refuse_settings_read_from(args.bundle)  # before anything those settings could steer (the task, its worker)
     args.amshome = amshome_of(args)
+    args.report_facts.update(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), placed=False)
+    try:
+        return _unpack(args)
+    finally:  # --report: what AMSHOME holds now, whichever way the unpack ended
+        args.report_facts["installed"] = installed_facts(args.amshome.absolute())
+
+
+def _unpack(args) -> int:
+    """Run the Unpack task unless AMSHOME holds the bundle already; say what it lacks and how AMS finds it."""
     site_trust(args)  # a setting that cannot be checked is refused before anything else; notes said once
     task = Unpack(bundle=str(args.bundle.absolute()), amshome=str(args.amshome.absolute()), keep_previous=args.keep_previous,
                   reinstall=args.reinstall, deep=args.deep, trust_installed=args.trust_installed,
@@ -65,6 +84,7 @@ def run(args) -> int:
             if failure:
                 print_stderr(f"error: {failure['message']}")
                 return failure["code"]
+            args.report_facts["placed"] = True
         # The manifest this run checked (placed, or found installed), not the folder's, which may hold another by now.
         manifest = task.checked.manifest
         for line in skipped_files.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):

@@ -9,8 +9,9 @@ from amsrepomirror import errors
 from amsrepomirror.bundle.format import read_manifest_bytes, refuse_settings_read_from
 from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, signature_verdict
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
-from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, site_trust
+from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, installed_facts, site_trust
 from amsrepomirror.cli.output import print_stderr, tool_command
+from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.installed import no_receipt, require_intact, scrub
@@ -33,6 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--partial", action="store_true",
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
     add_signer_options(p)
+    add_report_option(p)
     p.set_defaults(func=run)
 
 
@@ -49,11 +51,15 @@ def run(args) -> int:
     if why_not:
         raise UsageError(why_not)
     refuse_settings_read_from(args.bundle)  # before anything those settings could steer
+    # --report: ok stays null when the check stopped before its verdict (the error line says why)
+    args.report_facts.update(bundle=str(args.bundle.absolute()), partial=args.partial, ok=None, problems=[],
+                             not_here=[])
     found = site_trust(args)
     manifest_bytes = read_manifest_bytes(args.bundle)  # read once: the chunks and the signature are checked on it
     # The signature first, as unpack: no chunk that only a manifest the site's signers refuse names is read.
     check, bad_signature = signature_verdict(args.bundle, found, manifest_bytes)
     if bad_signature:  # guard: verify-signature-first
+        args.report_facts.update(ok=False, problems=[bad_signature])
         print_signature_verdict(found, check, bad_signature)
         print_stderr(f"error: {bad_signature}")
         return errors.INTEGRITY_FAILURE
@@ -65,6 +71,8 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close(clear=True)
+    args.report_facts.update(ok=report.ok, problems=[str(p) for p in report.problems], not_here=list(report.not_here),
+                             chunks_checked=report.chunks_checked, bytes_checked=report.bytes_checked)
     return _print_report(args, report, found, check)
 
 
@@ -135,6 +143,7 @@ def run_installed(args) -> int:
     home = amshome_of(args).absolute()
     if not home.is_dir():
         raise UsageError(f"AMSHOME {home} is not a directory")
+    args.report_facts.update(amshome=str(home), ok=None, problems=[], installed=installed_facts(home))
     if not os.path.lexists(home / placement.RECEIPT):  # only reads: no lock file is left in a folder that is no AMSHOME
         raise no_receipt(home)
     bar = progress.ByteProgress(None, "verify") if sys.stderr.isatty() else None
@@ -148,6 +157,7 @@ def run_installed(args) -> int:
         if bar is not None:
             bar.close(clear=True)
     found = report.differences
+    args.report_facts.update(ok=not found, problems=found)
     for line in found[:MAX_CHANGES_LISTED]:
         print_stderr(f"  {line}")
     if len(found) > MAX_CHANGES_LISTED:
