@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from clihelp import cli_env, popen_cli, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amsrepomirror import __version__
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
@@ -335,12 +337,27 @@ def test_a_system_exit_and_a_bug_are_recorded_and_go_on(tmp_path, monkeypatch):
     assert (data["exit_code"], data["error"], data["partly"]) == (1, "ZeroDivisionError: division by zero", True)
 
 
-def test_error_lines_are_taken_whole_from_pieces(monkeypatch):
+def test_error_lines_are_taken_whole_from_pieces():
     stream = io.StringIO()
     seen = cli_report._ErrorLines(stream)
     for piece in ("warn", "ing: x\nerror: first", " half\n", "error: last", "\n", "  detail\n"):
         seen.write(piece)
     assert seen.last == "error: last" and stream.getvalue().endswith("  detail\n")
+
+
+@given(st.lists(st.sampled_from(["error: a", "error: b c", "interrupted; rerun", "warning: w", "  x", "", "note"]),
+                max_size=8),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+def test_the_last_error_line_whatever_the_writes(lines, cuts):
+    """However the text reaches stderr (print's two writes, tqdm's, pieces), the last whole error line is kept."""
+    text = "".join(f"{line}\n" for line in lines)
+    stream = io.StringIO()
+    seen = cli_report._ErrorLines(stream)
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        seen.write(text[start:end])
+    assert stream.getvalue() == text
+    assert seen.last == next((line for line in reversed(lines) if line.startswith(("error:", "interrupted"))), "")
 
 
 def test_a_fact_may_not_hide_a_field_of_the_envelope(tmp_path):

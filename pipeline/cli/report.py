@@ -85,7 +85,8 @@ class RunReport:
             raise ValueError(f"report facts may not be named {', '.join(clashes)}")
         return {**self.facts, "schema": REPORT_SCHEMA, "tool": "amsrepomirror", "tool_version": __version__,
                 "command": self.command, "options": self.options, "started": self.started, "finished": utc_now(),
-                "exit_code": exit_code, "error": error}
+                "exit_code": exit_code,  # guard: report-exit-code
+                "error": error}
 
     def write(self, exit_code: int, error: str) -> int:
         """Write the report; return the exit code to end with. A report that cannot be written is said in one
