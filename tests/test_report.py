@@ -340,9 +340,10 @@ def test_a_system_exit_and_a_bug_are_recorded_and_go_on(tmp_path, monkeypatch):
 def test_error_lines_are_taken_whole_from_pieces():
     stream = io.StringIO()
     seen = cli_report._ErrorLines(stream)
-    for piece in ("warn", "ing: x\nerror: first", " half\n", "error: last", "\n", "  detail\n"):
+    for piece in ("warn", "ing: x\nerror: first", " half\n", "verify  40%|###", "\r          \r", "error: last", "\n",
+                  "  detail\n"):
         seen.write(piece)
-    assert seen.last == "error: last" and stream.getvalue().endswith("  detail\n")
+    assert seen.last == "error: last" and stream.getvalue().endswith("  detail\n")  # the bar cleared before it
 
 
 @given(st.lists(st.sampled_from(["error: a", "error: b c", "interrupted; rerun", "warning: w", "  x", "", "note"]),

@@ -10,7 +10,7 @@ The fields every report holds (docs/operations.md, "Reports for monitoring", sho
                     wrong place, an account given as SCM's script takes it, a URL with user:password@)
     started, finished    UTC, ISO 8601 (2026-12-07T15:57:05Z)
     exit_code       the exit code the process ends with
-    error           the last ``error: ...`` (or ``interrupted ...``) line printed on stderr, as printed; "" when none
+    error           the last ``error: ...`` (or ``interrupted ...``) line printed on stderr, as printed; "" on success
 
 and beside them the command's own facts, which the command adds to ``args.report_facts`` (a dict) as far as
 it got: a usage error before the work leaves them out.
@@ -53,8 +53,10 @@ class _ErrorLines:
         self._stream, self._partial, self.last = stream, "", ""
 
     def write(self, text: str) -> int:
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()[-4096:]  # an unfinished line, kept until its end arrives
+        # What follows a line's last carriage return is what shows: a progress bar drawn and cleared before it
+        # (tqdm, on a terminal) is not part of the line.
+        lines = [line.rsplit("\r", 1)[-1] for line in (self._partial + text).split("\n")]
+        self._partial = lines.pop()[-65536:]  # an unfinished line, kept until its end arrives
         for line in lines:
             if line.startswith(ERROR_PREFIXES):
                 self.last = line
@@ -86,7 +88,7 @@ class RunReport:
         return {**self.facts, "schema": REPORT_SCHEMA, "tool": "amsrepomirror", "tool_version": __version__,
                 "command": self.command, "options": self.options, "started": self.started, "finished": utc_now(),
                 "exit_code": exit_code,  # guard: report-exit-code
-                "error": error}
+                "error": error if exit_code else ""}  # a success has no error, whatever a line of it looked like
 
     def write(self, exit_code: int, error: str) -> int:
         """Write the report; return the exit code to end with. A report that cannot be written is said in one
@@ -100,7 +102,8 @@ class RunReport:
                 print_stderr(f"warning: {why}")  # the command's own error line stays the one error line
                 return exit_code
             print_stderr(f"error: {why}")
-            return errors.NO_SPACE if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)) else 1
+            full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+            return errors.NO_SPACE if full else errors.RUNTIME_FAILURE
         return exit_code
 
 
