@@ -52,7 +52,7 @@ def add_command(sub, name: str, purpose: str, epilog: str = EXIT_CODES) -> argpa
 def setting_default(section: str, key: str) -> str:
     """'default: VALUE, the [SECTION] key setting' for an option's help (the value in effect now)."""
     config.install_defaults()
-    value = luigi.configuration.get_config().get(section, key, "")
+    value = luigi.configuration.get_config().get(section, key, "", raw=True)  # a bad % is refused later, in one line
     return f"default: {value or 'none'}, the [{section}] {key} setting"
 
 
