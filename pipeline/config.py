@@ -24,6 +24,10 @@ from collections.abc import Callable
 from importlib import resources
 
 import luigi
+import luigi.interface
+import luigi.retcodes
+import luigi.scheduler
+import luigi.worker
 from luigi.configuration import LuigiConfigParser
 
 from amsrepomirror.errors import UsageError, settings_file_error
@@ -254,8 +258,9 @@ def luigi_parameter(parameter: luigi.Parameter) -> Callable[[str], object] | Non
 
 
 #: Sections of Luigi's own settings the tool relies on, by the class that reads each.
-LUIGI_SECTIONS = {"core": "luigi.interface.core", "worker": "luigi.worker.worker",
-                  "scheduler": "luigi.scheduler.scheduler", "retcode": "luigi.retcodes.retcode"}
+LUIGI_SECTIONS: dict[str, type[luigi.Config]] = {"core": luigi.interface.core, "worker": luigi.worker.worker,
+                                                 "scheduler": luigi.scheduler.scheduler,
+                                                 "retcode": luigi.retcodes.retcode}
 VERIFIERS = ("", "auto", "ssh-keygen", "python")  # bundle.signature.VERIFIERS, or empty for auto
 COMPRESSIONS = ("copy", "zstd", "lzma2")  # bundle.format.COMPRESSIONS
 
@@ -283,11 +288,9 @@ SETTINGS: dict[tuple[str, str], Callable[[str], object]] = {
 def setting_parsers() -> dict[tuple[str, str], Callable[[str], object]]:
     """The rest of the table: every typed parameter of Luigi's [core], [worker], [scheduler] and [retcode],
     under the names Luigi reads (a parameter's own name, and a [core] alias such as worker-wait-interval)."""
-    import importlib
     table: dict[tuple[str, str], Callable[[str], object]] = {}
-    for section, where in LUIGI_SECTIONS.items():
-        module, name = where.rsplit(".", 1)
-        for key, parameter in getattr(importlib.import_module(module), name).get_params():
+    for section, reader in LUIGI_SECTIONS.items():
+        for key, parameter in reader.get_params():
             parse = luigi_parameter(parameter)
             if parse is not None:
                 table[section, key] = parse
