@@ -8,7 +8,9 @@ from pathlib import Path
 import luigi
 
 from amsrepomirror import config
+from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.trust import Trust, resolve_trust
+from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.output import print_stderr
 from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import placement
@@ -78,6 +80,14 @@ def site_trust(args) -> Trust:
     for note in found.notes:
         print_stderr(note)
     return found
+
+
+def refuse_settings_in_the_bundle(args) -> None:
+    """verify's and unpack's check before the settings are loaded and checked: a settings file Luigi read
+    from the bundle folder the command runs in is refused as planted (exit 4), before any of its values
+    is used or reported (``format.refuse_settings_read_from``; run() says why a folder is no bundle)."""
+    if not getattr(args, "installed", False) and args.bundle is not None and not not_a_bundle(args.bundle):
+        refuse_settings_read_from(args.bundle)
 
 
 def amshome_of(args) -> Path:

@@ -7,7 +7,15 @@ from amsrepomirror import config, errors
 from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.exit_codes import most_severe_failure
-from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, folder_path, setting_default, site_trust
+from amsrepomirror.cli.options import (
+    add_command,
+    add_signer_options,
+    amshome_of,
+    folder_path,
+    refuse_settings_in_the_bundle,
+    setting_default,
+    site_trust,
+)
 from amsrepomirror.cli.output import command_line, print_stderr, tool_command
 from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.errors import UsageError
@@ -39,7 +47,7 @@ def add_parser(sub) -> None:
                    help="delta: accept that it removes this installed version (made with bundle --drop-version; "
                    "repeatable; default: a delta that drops a version is refused)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check_before_settings=refuse_settings_in_the_bundle)  # before settings are checked
 
 
 def run(args) -> int:

@@ -9,7 +9,7 @@ from amsrepomirror import errors
 from amsrepomirror.bundle.format import read_manifest_bytes, refuse_settings_read_from
 from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, signature_verdict
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
-from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, site_trust
+from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, refuse_settings_in_the_bundle, site_trust
 from amsrepomirror.cli.output import print_stderr, tool_command
 from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import placement
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--partial", action="store_true",
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
     add_signer_options(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check_before_settings=refuse_settings_in_the_bundle)  # before settings are checked
 
 
 def run(args) -> int:
