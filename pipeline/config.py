@@ -267,7 +267,7 @@ COMPRESSIONS = ("copy", "zstd", "lzma2")  # bundle.format.COMPRESSIONS
 #: What each setting the tool reads must be: (section, key) -> parser ("*": every key of the section).
 #: Luigi's own sections are added from the classes that read them (``setting_parsers``).
 SETTINGS: dict[tuple[str, str], Callable[[str], object]] = {
-    ("http", "retries"): whole(1), ("http", "backoff"): number(0.0), ("http", "timeout"): number(0.001),
+    ("http", "retries"): whole(0), ("http", "backoff"): number(0.0), ("http", "timeout"): number(0.001),
     ("http", "low_speed_limit"): whole(0), ("http", "low_speed_time"): number(0.0),
     ("http", "segment_threshold"): size, ("http", "max_ranges_per_file"): whole(1),
     ("FetchListing", "jobs"): whole(1), ("FetchListing", "no_ssl"): boolean,

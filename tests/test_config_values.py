@@ -129,7 +129,7 @@ COMMANDS = {
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("layer", ["--config", "user"])
+@pytest.mark.parametrize("layer", ["--config", pytest.param("user", marks=pytest.mark.slow)])  # fast tier: one each
 def test_a_bad_value_is_one_error_line_naming_its_file_for_every_command(place, command, layer):
     """Each command stops before it does anything (no folder made), on exit 2 and one line that names the
     section, key, value and the file; two bad values per command (each of BAD once), from --config and from
