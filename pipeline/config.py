@@ -294,7 +294,7 @@ def setting_parsers() -> dict[tuple[str, str], Callable[[str], object]]:
             parse = luigi_parameter(parameter)
             if parse is not None:
                 table[section, key] = parse
-                alias = parameter._config_path  # e.g. [core] worker-keep-alive for [worker] keep_alive
+                alias = getattr(parameter, "_config_path", None)  # [core] worker-keep-alive for [worker] keep_alive
                 if alias:
                     table[alias["section"], alias["name"].replace("-", "_")] = parse
     return table
