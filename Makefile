@@ -121,6 +121,7 @@ bench: venv
 # Luigi's central scheduler, so that several processes and hosts share a mirror run (--scheduler-url).
 # luigid has no authentication: it listens on loopback unless SCHEDULER_ADDRESS says otherwise
 # (SCHEDULER_ADDRESS= for every interface): do that only on a trusted network, else use an SSH tunnel.
+# luigid reads the [scheduler] settings shipped in the package (amsrepomirror config --scheduler).
 SCHEDULER_ADDRESS ?= 127.0.0.1
 SCHEDULER_PORT    ?= 8082
 LUIGID_DIR        ?= .luigid
@@ -129,7 +130,8 @@ scheduler: venv
 	@mkdir -p $(LUIGID_DIR)
 	@if [ -f $(LUIGID_DIR)/luigid.pid ] && kill -0 $$(cat $(LUIGID_DIR)/luigid.pid) 2>/dev/null; then \
 		echo "luigid is already running (pid $$(cat $(LUIGID_DIR)/luigid.pid)); make scheduler-stop ends it"; exit 0; fi; \
-	$(BIN)/luigid --background $(if $(SCHEDULER_ADDRESS),--address $(SCHEDULER_ADDRESS)) --port $(SCHEDULER_PORT) \
+	settings=$$($(BIN)/amsrepomirror config --scheduler) || exit 2; \
+	LUIGI_CONFIG_PATH="$$settings" $(BIN)/luigid --background $(if $(SCHEDULER_ADDRESS),--address $(SCHEDULER_ADDRESS)) --port $(SCHEDULER_PORT) \
 		--pidfile $(abspath $(LUIGID_DIR))/luigid.pid --logdir $(abspath $(LUIGID_DIR)) \
 		--state-path $(abspath $(LUIGID_DIR))/state.pickle && \
 	echo "luigid: http://$(or $(SCHEDULER_ADDRESS),<this host>):$(SCHEDULER_PORT)/ (state and log in $(LUIGID_DIR)/); run: \

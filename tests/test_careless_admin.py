@@ -188,9 +188,10 @@ def test_a_scheduler_url_without_scheme_is_a_usage_error_naming_the_form(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("settings, said", [
-    ("[unpack]\ntrust_installed = ture\n", "[unpack] trust_installed cannot be read: use true or false"),
+    ("[unpack]\ntrust_installed = ture\n", "[unpack] trust_installed = 'ture' in {site} (--config): give true or false"),
     ("[unpack]\ninstalled_version_files = VERSION.txt\n",
-     '[unpack] installed_version_files cannot be read: use a JSON list, e.g. ["VERSION.txt"]'),
+     "[unpack] installed_version_files = 'VERSION.txt' in {site} (--config): give a JSON list of strings, "
+     'e.g. ["VERSION.txt", "Utils/amsversion.txt"]'),
 ], ids=["bool", "list"])
 def test_an_unpack_setting_with_a_bad_value_is_a_usage_error(scm_double, tmp_path, settings, said):
     out, amshome = installed(scm_double, tmp_path)
@@ -198,7 +199,7 @@ def test_an_unpack_setting_with_a_bad_value_is_a_usage_error(scm_double, tmp_pat
     site.write_text(settings)
     before = (names_under(amshome), tree_hashes(amshome / "repository"))
     refused = run_cli("--config", site, "unpack", out, "--amshome", amshome, "--reinstall")
-    assert refused.returncode == 2 and errors(refused) == [f"error: {said}"], refused.stderr
+    assert refused.returncode == 2 and errors(refused) == [f"error: {said.format(site=site)}"], refused.stderr
     assert (names_under(amshome), tree_hashes(amshome / "repository")) == before
 
 

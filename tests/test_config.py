@@ -1,5 +1,7 @@
-"""Settings: shipped defaults under /etc/luigi/luigi.cfg < ./luigi.cfg < $LUIGI_CONFIG_PATH < --config FILE
-< command-line options, driven through the real command (and plain Luigi) in a temporary folder and HOME."""
+"""Settings: shipped defaults under /etc/luigi/luigi.cfg < /etc/amsrepomirror/amsrepomirror.cfg < the XDG
+user file < ./luigi.cfg < $LUIGI_CONFIG_PATH < --config FILE < command-line options, driven through the real
+command (and plain Luigi) in a temporary folder and HOME; `config` output read back as a settings file; every
+bad value one error line."""
 
 import json
 import re
@@ -18,16 +20,26 @@ from amsrepomirror.util.units import format_size, parse_size
 VERSION = "AMS2026.1"
 SHIPPED = "shipped defaults"
 ETC = Path("/etc/luigi/luigi.cfg")
-LAYERS = ["/etc/luigi/luigi.cfg", "./luigi.cfg", "$LUIGI_CONFIG_PATH", "--config"]  # lowest first
+SITE = "/etc/amsrepomirror/amsrepomirror.cfg"
+USER = "$XDG_CONFIG_HOME/amsrepomirror/amsrepomirror.cfg"
+LAYERS = ["/etc/luigi/luigi.cfg", SITE, USER, "./luigi.cfg", "$LUIGI_CONFIG_PATH", "--config"]  # lowest first
 
 
 def env_for(home: Path, config_path=None, **extra):
-    """The CLI's environment with HOME in the test's folder and no $LUIGI_CONFIG_PATH unless given."""
+    """The CLI's environment with HOME in the test's folder, the site file (in place of the real /etc one)
+    at HOME/site.cfg, $XDG_CONFIG_HOME at HOME/xdg, and no $LUIGI_CONFIG_PATH unless given."""
+    extra = {"AMSREPOMIRROR_SITE_FILE": str(home / "site.cfg"), "XDG_CONFIG_HOME": str(home / "xdg"), **extra}
     env = cli_env(home=str(home), **extra)
     del env["LUIGI_CONFIG_PATH"]
     if config_path is not None:
         env["LUIGI_CONFIG_PATH"] = str(config_path)
     return env
+
+
+def user_file(home: Path) -> Path:
+    path = home / "xdg" / "amsrepomirror" / "amsrepomirror.cfg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def tool(*args, cwd: Path, env, module="amsrepomirror"):
@@ -37,17 +49,20 @@ def tool(*args, cwd: Path, env, module="amsrepomirror"):
 
 def printable(stdout: str):
     """`amsrepomirror config` output as ({label: file shown}, {(section, key): (value, label)})."""
-    files, settings, section = {}, {}, None
+    files, settings, section, label = {}, {}, None, None
     for line in stdout.splitlines():
         listed = re.match(r"#   (\S+(?: \S+)?) +(.+)$", line)
         if listed:
             files[listed[1]] = listed[2]
         elif line.startswith("["):
             section = line.strip("[]")
-        elif line and not line.startswith("#"):
-            key, rest = line.split(" = ", 1)
-            value, label = rest.rsplit("  # ", 1)
-            settings[section, key] = (value, label)
+        elif line.startswith("# from: "):
+            label = line.removeprefix("# from: ")
+        elif line.startswith("# ") and " = (hidden)" in line:
+            settings[section, line[2:].split(" = ")[0]] = ("(hidden)", label)
+        elif line and not line.startswith(("#", " ")):  # indented: a value's further line
+            key, value = line.split(" =", 1)
+            settings[section, key] = (value.strip(), label)
     return files, settings
 
 
@@ -151,12 +166,12 @@ def test_config_names_the_file_each_value_came_from(place, etc_luigi_cfg):
     """Each layer sets [layers] upto_<layer> for its own layer and every one above it: the winner of
     upto_X is layer X. /etc also sets a real key to a value that changes nothing for other runs."""
     cwd, home = place
-    names = ["etc", "cwd", "env", "config"]
-    files = [etc_luigi_cfg, cwd / "luigi.cfg", home / "env.cfg", home / "option.cfg"]
+    names = ["etc", "site", "user", "cwd", "env", "config"]
+    files = [etc_luigi_cfg, home / "site.cfg", user_file(home), cwd / "luigi.cfg", home / "env.cfg", home / "option.cfg"]
     for level, path in enumerate(files):
         keys = "".join(f"upto_{above} = {names[level]}\n" for above in names[level:])
         path.write_text(("[VerifyTree]\ndeep = False\n" if level == 0 else "") + "[layers]\n" + keys)
-    result = tool("--config", files[3], "config", cwd=cwd, env=env_for(home, files[2]))
+    result = tool("--config", files[-1], "config", cwd=cwd, env=env_for(home, files[-2]))
     assert result.returncode == 0, result.stderr
     listed, settings = printable(result.stdout)
     assert [label for label in listed] == [SHIPPED] + LAYERS
@@ -167,15 +182,16 @@ def test_config_names_the_file_each_value_came_from(place, etc_luigi_cfg):
     assert settings["BundleArchive", "chunk_size"] == ("3900MiB", SHIPPED)
 
 
-CHUNK_SIZES = {"./luigi.cfg": "3MiB", "$LUIGI_CONFIG_PATH": "2MiB", "--config": "1MiB"}
+CHUNK_SIZES = {SITE: "5MiB", USER: "4MiB", "./luigi.cfg": "3MiB", "$LUIGI_CONFIG_PATH": "2MiB", "--config": "1MiB"}
 
 
-@pytest.mark.parametrize("top", [SHIPPED, "./luigi.cfg", "$LUIGI_CONFIG_PATH", "--config"])
+@pytest.mark.parametrize("top", [SHIPPED, *CHUNK_SIZES])
 def test_each_level_beats_the_one_below(place, verified_mirror, top):
     """[BundleArchive] chunk_size set in every level up to ``top``: plan uses top's, config names top."""
     cwd, home = place
     levels = list(CHUNK_SIZES)[:list(CHUNK_SIZES).index(top) + 1] if top != SHIPPED else []
-    paths = {"./luigi.cfg": cwd / "luigi.cfg", "$LUIGI_CONFIG_PATH": home / "env.cfg", "--config": home / "option.cfg"}
+    paths = {SITE: home / "site.cfg", USER: user_file(home), "./luigi.cfg": cwd / "luigi.cfg",
+             "$LUIGI_CONFIG_PATH": home / "env.cfg", "--config": home / "option.cfg"}
     for level in levels:
         paths[level].write_text(f"[BundleArchive]\nchunk_size = {CHUNK_SIZES[level]}\n")
     option = ["--config", paths["--config"]] if "--config" in levels else []
@@ -185,6 +201,22 @@ def test_each_level_beats_the_one_below(place, verified_mirror, top):
     assert f"of at most {format_size(parse_size(expected))}, compression copy" in plan_line(plan)
     _, settings = printable(tool(*option, "config", cwd=cwd, env=env).stdout)
     assert settings["BundleArchive", "chunk_size"] == (expected, top)
+
+
+def test_the_user_file_is_under_home_config_without_xdg_config_home(place):
+    """$XDG_CONFIG_HOME unset, or relative (the XDG spec: ignored), means ~/.config."""
+    cwd, home = place
+    path = home / ".config" / "amsrepomirror" / "amsrepomirror.cfg"
+    path.parent.mkdir(parents=True)
+    path.write_text("[FetchListing]\njobs = 7\n")
+    for xdg in (None, "relative/xdg"):
+        env = env_for(home)
+        del env["XDG_CONFIG_HOME"]
+        if xdg:
+            env["XDG_CONFIG_HOME"] = xdg
+        listed, settings = printable(tool("config", cwd=cwd, env=env).stdout)
+        assert listed["~/.config/amsrepomirror/amsrepomirror.cfg"] == str(path)
+        assert settings["FetchListing", "jobs"] == ("7", "~/.config/amsrepomirror/amsrepomirror.cfg")
 
 
 def test_command_line_options_beat_every_file(place, verified_mirror):

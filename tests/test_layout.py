@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,8 @@ def test_every_subpackage_is_listed_for_the_wheel():
 def test_the_built_wheel_imports_every_module_of_the_source_tree(tmp_path):
     """The wheel, built without network, holds every module: imported from the wheel alone (its
     dependencies from this environment, no .pth file read, so no editable install's finder), each
-    module of the source tree loads from it. A subpackage left out of pyproject's list fails here."""
+    module of the source tree loads from it. A subpackage left out of pyproject's list fails here, and so does
+    a settings file left out of its package-data (defaults.cfg, luigid's scheduler.cfg)."""
     setuptools = pytest.importorskip("setuptools", reason="no setuptools to build the wheel: pip install -e '.[test]'")
     needed = re.search(r'requires = \["setuptools>=(\d+)"\]', (ROOT / "pyproject.toml").read_text())
     if needed and int(setuptools.__version__.split(".")[0]) < int(needed[1]):
@@ -142,13 +144,18 @@ def test_the_built_wheel_imports_every_module_of_the_source_tree(tmp_path):
                             "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stdout + built.stderr
     [wheel] = (tmp_path / "dist").glob("amsrepomirror-*.whl")
+    with zipfile.ZipFile(wheel) as built_wheel:  # the settings files, read with importlib.resources
+        assert {"amsrepomirror/defaults.cfg", "amsrepomirror/scheduler.cfg"} <= set(built_wheel.namelist())
     dependencies = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
     code = ("import importlib, sys\n"
             f"sys.path[:0] = [{str(wheel)!r}]\n"
             f"sys.path += {dependencies!r}\n"
             f"for name in {sorted(modules())!r}:\n"
             f"    where = importlib.import_module(name).__file__\n"
-            f"    assert where.startswith({str(wheel)!r}), f'{{name}} loaded from {{where}}'\n")
+            f"    assert where.startswith({str(wheel)!r}), f'{{name}} loaded from {{where}}'\n"
+            "from amsrepomirror import config\n"
+            "assert '[scheduler]' in open(config.scheduler_settings()).read()\n"
+            "assert '[BundleArchive]' in open(config.shipped_defaults()).read()\n")
     # -S: the site-packages' .pth files are not read (the editable install's finder would find any module).
     result = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -407,7 +407,7 @@ def test_trust_settings_that_cannot_be_checked_are_refused(signed, keys, tmp_pat
     config.write_text(f"[trust]\nallowed_signers = {allowed}\nrequire_signature = maybe\n")
     result = run_cli("--config", config, "verify", out)
     assert result.returncode == 2 and error_lines(result) == [
-        "error: [trust] require_signature = 'maybe': use true or false"], result.stderr
+        f"error: [trust] require_signature = 'maybe' in {config} (--config): give true or false"], result.stderr
     # require_signature = false: an unsigned bundle passes both, a signed one must still be good.
     config.write_text(f"[trust]\nallowed_signers = {allowed}\nrequire_signature = false\n")
     (out / SIG).unlink()

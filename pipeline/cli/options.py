@@ -8,8 +8,10 @@ from pathlib import Path
 import luigi
 
 from amsrepomirror import config
+from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.receipt import receipt_tree, receipt_version_paths
 from amsrepomirror.bundle.trust import Trust, resolve_trust
+from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.output import print_stderr
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.offline import placement
@@ -53,7 +55,7 @@ def add_command(sub, name: str, purpose: str, epilog: str = EXIT_CODES) -> argpa
 def setting_default(section: str, key: str) -> str:
     """'default: VALUE, the [SECTION] key setting' for an option's help (the value in effect now)."""
     config.install_defaults()
-    value = luigi.configuration.get_config().get(section, key, "")
+    value = luigi.configuration.get_config().get(section, key, "", raw=True)  # a bad % is refused later, in one line
     return f"default: {value or 'none'}, the [{section}] {key} setting"
 
 
@@ -79,6 +81,14 @@ def site_trust(args) -> Trust:
     for note in found.notes:
         print_stderr(note)
     return found
+
+
+def refuse_settings_in_the_bundle(args) -> None:
+    """verify's and unpack's check before the settings are loaded and checked: a settings file Luigi read
+    from the bundle folder the command runs in is refused as planted (exit 4), before any of its values
+    is used or reported (``format.refuse_settings_read_from``; run() says why a folder is no bundle)."""
+    if not getattr(args, "installed", False) and args.bundle is not None and not not_a_bundle(args.bundle):
+        refuse_settings_read_from(args.bundle)
 
 
 def amshome_of(args) -> Path:

@@ -13,6 +13,7 @@ from amsrepomirror.cli.options import (
     amshome_of,
     folder_path,
     installed_facts,
+    refuse_settings_in_the_bundle,
     setting_default,
     site_trust,
 )
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
                    "repeatable; default: a delta that drops a version is refused)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
     add_report_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check_before_settings=refuse_settings_in_the_bundle)  # before settings are checked
 
 
 def run(args) -> int:

@@ -9,7 +9,14 @@ from amsrepomirror import errors
 from amsrepomirror.bundle.format import read_manifest_bytes, refuse_settings_read_from
 from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, signature_verdict
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
-from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, installed_facts, site_trust
+from amsrepomirror.cli.options import (
+    add_command,
+    add_signer_options,
+    amshome_of,
+    installed_facts,
+    refuse_settings_in_the_bundle,
+    site_trust,
+)
 from amsrepomirror.cli.output import print_stderr, tool_command
 from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.errors import UsageError
@@ -35,7 +42,7 @@ def add_parser(sub) -> None:
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
     add_signer_options(p)
     add_report_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, check_before_settings=refuse_settings_in_the_bundle)  # before settings are checked
 
 
 def run(args) -> int:
