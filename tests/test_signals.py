@@ -83,11 +83,13 @@ def test_sigterm_ends_bundle_and_its_task_processes_and_frees_the_lock(mirrored,
     assert not (tmp_path / "other").exists()
 
     first.send_signal(signal.SIGTERM)
+    first.wait(timeout=120)  # not communicate(): it would wait for every holder of the pipes, children too
+    left = group_members(first.pid)
     _, err = first.communicate(timeout=120)
     assert first.returncode == TERMINATED == 143, err
     assert err.splitlines()[-1] == TERMINATED_LINE and err.count("terminated") == 1, err
     assert "Traceback" not in err
-    assert group_members(first.pid) == []  # every task process ended (and was waited for) before the command did
+    assert left == []  # every task process ended (and was waited for) before the command did
 
     again = bundle_again(dest, out)  # at once: no lock left behind, and the partial chunks are not taken as done
     assert again.returncode == 0, again.stderr
@@ -101,10 +103,12 @@ def test_kill_9_of_bundle_takes_its_task_processes_and_the_lock_with_it(mirrored
     out = tmp_path / "bundle"
     first = slow_bundle(dest, out)
     first.send_signal(signal.SIGKILL)
-    first.communicate(timeout=120)
+    first.wait(timeout=120)  # not communicate(): it would wait for every holder of the pipes, children too
     assert first.returncode == -signal.SIGKILL
-    # The task processes end with their parent (zombies are dead: only nobody reaps them in some containers).
-    wait_for(lambda: not group_members(first.pid, zombies=False), "end of the task processes", timeout=10)
+    # The task processes end with their parent, not when their chunk is written (seconds later); zombies are
+    # dead, only nobody reaps them in some containers.
+    wait_for(lambda: not group_members(first.pid, zombies=False), "end of the task processes", timeout=2)
+    first.communicate(timeout=120)
 
     again = bundle_again(dest, out)
     assert again.returncode == 0, again.stderr
@@ -123,12 +127,14 @@ def test_sigterm_ends_mirror_like_ctrl_c_and_the_rerun_resumes(mirrored, tmp_pat
         parts = dest / ".amsrepomirror" / "parts"
         wait_for(lambda: [p for p in parts.rglob("*.part") if p.stat().st_size] if parts.is_dir() else [], "download")
         proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        left = group_members(proc.pid)
         _, err = proc.communicate(timeout=120)
     finally:
         double.throttle(None)
     assert proc.returncode == 143, err
     assert err.splitlines()[-1] == TERMINATED_LINE and "Traceback" not in err, err
-    assert group_members(proc.pid) == []
+    assert left == []
     double.clear_log()
     again = run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION))
     assert again.returncode == 0, again.stderr
@@ -161,3 +167,31 @@ def test_luigi_summary_on_request_only(mirrored, tmp_path):
     assert "VerifyTree" in summary and "This progress looks :) because there were no failed tasks" in summary, summary
     logs = sorted((dest / ".amsrepomirror" / "runs").glob("*/luigi.log"), key=os.path.getmtime)
     assert "Luigi Execution Summary" in logs[-1].read_text()  # in the run's log in any case
+
+
+
+def lock_is_free(path: Path) -> bool:
+    """Whether another process can take the flock on ``path`` now."""
+    taken = subprocess.run([sys.executable, "-c", "import fcntl, os, sys; "
+                            "fcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)", str(path)],
+                           capture_output=True, text=True, timeout=60)
+    return taken.returncode == 0
+
+
+def test_a_forked_child_does_not_keep_its_parents_lock(tmp_path):
+    """A flock belongs to the open file, which fork shares: a task process forked while the command holds the
+    mirror's lock must not keep it held once the command let go (or died)."""
+    import multiprocessing
+
+    from amsrepomirror.util.fsutil import exclusive_lock
+
+    lock = tmp_path / "lock"
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    try:
+        with exclusive_lock(lock, "busy"):
+            child.start()
+            assert not lock_is_free(lock)
+        assert child.is_alive() and lock_is_free(lock)
+    finally:
+        child.kill()
+        child.join()

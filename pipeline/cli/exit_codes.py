@@ -78,10 +78,10 @@ def _in_task_process() -> None:
     if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
         return  # forked outside a command (a test's own fork): left as it is
     parent = _forking[0]
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # guard: task-process-default-sigterm
     if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        try:  # prctl(PR_SET_PDEATHSIG, SIGTERM): the parent's end, even by SIGKILL, sends this process SIGTERM
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # guard: task-process-dies-with-command
         except (OSError, AttributeError):
             return
         if os.getppid() != parent:  # the parent was already gone before the line above

@@ -25,7 +25,7 @@ def _drop_inherited_locks() -> None:
     otherwise keep the mirror locked, and the next run would find it "held" with nobody working."""
     for fd in _HELD_LOCKS:
         with contextlib.suppress(OSError):
-            os.close(fd)
+            os.close(fd)  # guard: lock-not-inherited
     _HELD_LOCKS.clear()
 
 
