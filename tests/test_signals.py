@@ -127,6 +127,8 @@ def test_sigterm_ends_mirror_like_ctrl_c_and_the_rerun_resumes(mirrored, tmp_pat
         parts = dest / ".amsrepomirror" / "parts"
         wait_for(lambda: [p for p in parts.rglob("*.part") if p.stat().st_size] if parts.is_dir() else [], "download")
         proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # again, while the first one's cleanup runs: still one line, no traceback
         proc.wait(timeout=120)
         left = group_members(proc.pid)
         _, err = proc.communicate(timeout=120)

@@ -54,6 +54,9 @@ def reader_gone() -> int:
 
 
 def _on_sigterm(signum, frame) -> None:
+    # Once: a second SIGTERM must neither break off the cleanup the first one started nor, arriving while the
+    # interpreter exits (which puts Python's handlers back to the default), end the process without its code.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise errors.Terminated()
 
 
