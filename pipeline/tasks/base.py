@@ -9,7 +9,7 @@ import traceback
 import luigi
 import luigi.retcodes
 
-from amsrepomirror.errors import EXIT_PRIORITY, MirrorError, exit_code_for
+from amsrepomirror.errors import EXIT_PRIORITY, RUNTIME_FAILURE, MirrorError, exit_code_for
 from amsrepomirror.online.http import LowSpeed
 from amsrepomirror.online.listing import compile_platform_rules
 from amsrepomirror.online.segments import SegmentPolicy
@@ -68,13 +68,14 @@ class ReportsFailure:
 @luigi.Task.event_handler(luigi.Event.FAILURE)
 def exit_code_of_plain_luigi(task, exception) -> None:
     """A plain ``luigi --module amsrepomirror.tasks`` run ends with the command's exit code (3 for a refused
-    account, ...), not [retcode] task_failed's: Luigi computes its exit code from the ``retcode`` settings
+    account, 4, 5, ...) instead of [retcode] task_failed: Luigi computes its exit code from the ``retcode`` settings
     object, one instance per process (Luigi's instance cache), which this raises to the failure's code.
     Luigi's task processes (--workers > 1) are forked: a failure there leaves task_failed as it is."""
-    if not isinstance(task, ReportsFailure):
-        return
+    code = exit_code_for(exception)
+    if not isinstance(task, ReportsFailure) or code not in EXIT_PRIORITY or code == RUNTIME_FAILURE:
+        return  # a runtime failure gives [retcode] task_failed, as the site set it
     codes = luigi.retcodes.retcode()
-    code, now = exit_code_for(exception), codes.task_failed
+    now = codes.task_failed
     if now not in EXIT_PRIORITY or EXIT_PRIORITY.index(code) < EXIT_PRIORITY.index(now):
         codes.task_failed = code
 
