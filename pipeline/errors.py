@@ -11,6 +11,9 @@ USAGE_ERROR = 2
 AUTH_FAILURE = 3
 INTEGRITY_FAILURE = 4
 NO_SPACE = 5
+#: Another run holds the lock of this mirror or AMSHOME: nothing was done; try again later (sysexits' EX_TEMPFAIL,
+#: which cron wrappers and systemd units can retry on).
+LOCK_HELD = 75
 
 
 class MirrorError(Exception):
@@ -43,6 +46,12 @@ class IntegrityError(MirrorError):
     exit_code = INTEGRITY_FAILURE
 
 
+class LockHeld(MirrorError):
+    """Another run holds the lock this run needs (same mirror, same AMSHOME): retry when it has finished."""
+
+    exit_code = LOCK_HELD
+
+
 class DiskSpaceError(MirrorError):
     """Not enough free space for what must be written."""
 
@@ -68,14 +77,34 @@ def settings_file_error(exc: configparser.Error) -> UsageError:
 #: Ctrl-C: the exit code and the one line said about it, wherever the command was.
 INTERRUPTED = 130
 INTERRUPTED_LINE = "interrupted; rerun the same command to continue where it stopped"
+#: SIGTERM (kill, systemctl stop, a batch system's time limit): 128 + 15, what a shell reports for a process
+#: killed by it, and the same clean stop as Ctrl-C (the line says how to continue).
+TERMINATED = 143
+TERMINATED_LINE = "terminated (SIGTERM); rerun the same command to continue where it stopped"
 #: The reader of stdout went away (``amsrepomirror config | head``): nothing more to say, as for SIGPIPE.
 READER_GONE = 141
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised in the main thread so that it stops the way Ctrl-C does (every ``except
+    KeyboardInterrupt`` cleans up for it too), and ends with TERMINATED instead of INTERRUPTED."""
+
+
+#: When several tasks failed, the code that matters most to an admin wins.
+EXIT_PRIORITY = (AUTH_FAILURE, NO_SPACE, INTEGRITY_FAILURE, LOCK_HELD, USAGE_ERROR, RUNTIME_FAILURE)
 
 
 def exit_code_for(exc: BaseException) -> int:
     """Map any exception to the documented exit code."""
     if isinstance(exc, MirrorError):
         return exc.exit_code
+    if isinstance(exc, Terminated):
+        return TERMINATED
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
     return RUNTIME_FAILURE
+
+
+def stop_line(exc: KeyboardInterrupt) -> str:
+    """The one line said when Ctrl-C or SIGTERM stopped the command."""
+    return TERMINATED_LINE if isinstance(exc, Terminated) else INTERRUPTED_LINE

@@ -279,7 +279,7 @@ def test_plain_luigi_runs_on_the_shipped_defaults(place, tmp_path):
         common = ["--module", "amsrepomirror.tasks", "--local-scheduler", "--version", VERSION, "--mirror", mirror]
         refused = tool("VerifyTree", *common, "--listing-url", double.listing_url(VERSION), cwd=cwd,
                        env=env_for(home, password="wrong"), module="luigi")
-        assert refused.returncode == 1, refused.stderr  # [retcode] task_failed; Luigi's own default is 0
+        assert refused.returncode == 3, refused.stderr  # the command's code for a refused account (#20); Luigi's is 0
         mirrored = tool("VerifyTree", *common, "--listing-url", double.listing_url(VERSION), cwd=cwd,
                         env=env_for(home), module="luigi")
         assert mirrored.returncode == 0, mirrored.stderr

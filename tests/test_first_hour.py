@@ -390,27 +390,31 @@ def test_a_progress_total_grows_with_what_was_done_instead_of_going_past_100_per
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("step, state", [
-    ("unpack:verified", "is as it was; unpack the bundle with: "),
-    ("swap:new-in-place", "is the old tree or the new one, never a mix; finish the unpack with: "),
-    ("swap:journal-removed", "holds this bundle and its receipt is written: the unpack is complete, nothing more to run"),
+@pytest.mark.parametrize("step, state, stop", [
+    ("unpack:verified", "is as it was; unpack the bundle with: ", signal.SIGINT),
+    ("swap:new-in-place", "is the old tree or the new one, never a mix; finish the unpack with: ", signal.SIGINT),
+    ("swap:new-in-place", "is the old tree or the new one, never a mix; finish the unpack with: ", signal.SIGTERM),
+    ("swap:journal-removed", "holds this bundle and its receipt is written: the unpack is complete, nothing more to run",
+     signal.SIGINT),
 ])
-def test_ctrl_c_during_unpack_ends_with_the_state_of_amshome_and_what_to_run(made, bundle, tmp_path, step, state):
+def test_ctrl_c_during_unpack_ends_with_the_state_of_amshome_and_what_to_run(made, bundle, tmp_path, step, state, stop):
+    """Ctrl-C, or SIGTERM (kill, systemctl stop: the same way out, exit 143 and "terminated")."""
     from test_signature_race import stopped_or_ended  # waits on the stop itself (waitpid), not on a clock
     amshome = tmp_path / "ams"
     amshome.mkdir()
     proc = popen_cli("unpack", bundle, "--amshome", amshome, env=cli_env(AMSREPOMIRROR_STOP_AT=step))
     try:
         assert stopped_or_ended(proc), proc.communicate()
-        proc.send_signal(signal.SIGINT)  # Ctrl-C, as the admin presses it at that step
+        proc.send_signal(stop)  # Ctrl-C as the admin presses it at that step, or a kill
         proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=300)  # a guard against a hang only
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    said, code = ("terminated", 143) if stop == signal.SIGTERM else ("interrupted", 130)
+    assert proc.returncode == code, err
     last = err.splitlines()[-1]
-    assert last.startswith(f"interrupted: {amshome}/repository ") and state in last and "Traceback" not in err, err
+    assert last.startswith(f"{said}: {amshome}/repository ") and state in last and "Traceback" not in err, err
     assert "amspackages finds" not in out  # no word of success
     rerun = run_cli("unpack", bundle, "--amshome", amshome)  # what the line says to run, or a no-op when complete
     assert rerun.returncode == 0, rerun.stderr

@@ -19,7 +19,7 @@ from clihelp import REPO, cli_env
 from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME
 from amsrepomirror.bundle.receipt import make_receipt
 from amsrepomirror.bundle.sums import write_sums
-from amsrepomirror.errors import DiskSpaceError, IntegrityError, UsageError
+from amsrepomirror.errors import DiskSpaceError, IntegrityError, LockHeld, UsageError
 from amsrepomirror.offline import placement
 from amsrepomirror.offline.placement import (
     JOURNAL,
@@ -179,9 +179,10 @@ def test_require_space_on_tiny_tmpfs(tmp_path):
 
 def test_amshome_lock_excludes_a_second_unpack(home):
     with placement.amshome_lock(home):
-        with pytest.raises(UsageError, match="another amsrepomirror unpack is running"):
+        with pytest.raises(LockHeld, match="another amsrepomirror unpack is running") as held:
             with placement.amshome_lock(home):
                 pass
+        assert held.value.exit_code == 75
         recover(home)  # the lock file is not a leftover
         assert (home / placement.LOCK).exists()
     with placement.amshome_lock(home):  # released

@@ -185,8 +185,8 @@ def test_the_mirror_lock_keeps_local_runs_and_other_runs_out_of_a_shared_one(man
     other_run = run_cli(*mirror_args(double, dest, "--scheduler-url", luigid, "--run-id", "another-run"))
     double.throttle(None)
     shared.communicate(timeout=600)
-    assert local.returncode == 2 and "another amsrepomirror run is using the mirror" in local.stderr
-    assert other_run.returncode == 2 and "another amsrepomirror run is using the mirror" in other_run.stderr
+    assert local.returncode == 75 and "another amsrepomirror run is using the mirror" in local.stderr
+    assert other_run.returncode == 75 and "another amsrepomirror run is using the mirror" in other_run.stderr
     assert shared.returncode == 0
     assert tree_hashes(dest) == served_tree(root, VERSION)
 
@@ -210,7 +210,10 @@ def test_plain_luigi_runs_against_the_scheduler(scm_double, repo_tree, luigid, t
                             timeout=300, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
-    assert any(t["name"] == "VerifyTree" and t["status"] == "DONE" for t in scheduler_tasks(luigid, "VerifyTree").values())
+    trees = [t for t in scheduler_tasks(luigid, "VerifyTree").values() if t["name"] == "VerifyTree"]
+    assert [t["status"] for t in trees] == ["DONE"]
+    # luigid's status line of the finished task says so, not the step it was at ("verifying ...").
+    assert trees[0]["status_message"] == f"done: {len(served_tree(repo_tree, VERSION))} file(s) verified, manifest written"
 
 
 @pytest.mark.slow

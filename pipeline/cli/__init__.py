@@ -8,7 +8,7 @@ One module per command (its options, its run function, what it prints); ``parser
 import sys
 
 from amsrepomirror import errors
-from amsrepomirror.cli.exit_codes import EXPECTED, exit_code_after, reader_gone
+from amsrepomirror.cli.exit_codes import EXPECTED, exit_code_after, reader_gone, stop_on_sigterm
 from amsrepomirror.cli.output import console_logging
 from amsrepomirror.cli.parser import build_parser
 from amsrepomirror.cli.report import run_reported
@@ -35,6 +35,7 @@ def _run_command(args) -> int:
     if sum(a == "--config" or a.startswith("--config=") for a in args.argv) > 1:  # one would silently win
         return exit_code_after(errors.UsageError("give --config once: one settings file is read last, over the others"))
     try:
+        stop_on_sigterm()  # from here SIGTERM ends the command as Ctrl-C does (exit 143); before, it just ends it
         check_before_settings = getattr(args, "check_before_settings", None)  # options refused whatever the settings
         if check_before_settings:
             check_before_settings(args)

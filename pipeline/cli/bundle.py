@@ -163,7 +163,7 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
                          stick_size=parse_size(args.stick_size) if args.stick_size else 0)
     with mirror_lock(ws, args), progress.shared_bar("bundle"):
         failures = run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log", verbose=args.verbose,
-                             scheduler_url=args.scheduler_url)
+                             scheduler_url=args.scheduler_url, summary=args.luigi_summary)
     failure = most_severe_failure(failures)
     if failure:
         print_stderr(f"error: {failure['message']}")

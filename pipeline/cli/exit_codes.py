@@ -1,17 +1,16 @@
-"""Which exit code a command ends with: the one place that turns an exception, or the failures of a task
-graph, into a documented exit code (errors.py holds the codes) and the one line that says why."""
+"""Which exit code a command ends with: the one place that turns an exception, a signal, or the failures of a
+task graph, into a documented exit code (errors.py holds the codes) and the one line that says why."""
 
+import ctypes
 import errno
 import os
+import signal
 import sys
 
 from amsrepomirror import errors
 from amsrepomirror.cli.output import print_stderr
-from amsrepomirror.errors import MirrorError, exit_code_for
+from amsrepomirror.errors import EXIT_PRIORITY, MirrorError, exit_code_for
 from amsrepomirror.util import progress
-
-#: When several tasks failed, the code that matters most to an admin wins.
-EXIT_PRIORITY = (errors.AUTH_FAILURE, errors.NO_SPACE, errors.INTEGRITY_FAILURE, errors.USAGE_ERROR, errors.RUNTIME_FAILURE)
 
 #: What a command lets through to its exit code; anything else is a bug and shows its traceback.
 EXPECTED = (KeyboardInterrupt, MirrorError, OSError)
@@ -28,9 +27,9 @@ def most_severe_failure(failures: list[dict]) -> dict | None:
 
 def exit_code_after(exc: BaseException) -> int:
     """Say on stderr, in one line, why the command stopped on ``exc`` (one of EXPECTED); return its exit code."""
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (errors.Terminated)
         progress.clear_all()  # the bar's line wiped first: the message starts on a clean line
-        print_stderr(errors.INTERRUPTED_LINE)
+        print_stderr(errors.stop_line(exc))
         return exit_code_for(exc)
     if isinstance(exc, BrokenPipeError):
         return reader_gone()
@@ -52,3 +51,41 @@ def reader_gone() -> int:
     except (OSError, ValueError):  # stdout already closed or not a file: nothing left to flush
         pass
     return errors.READER_GONE
+
+
+def _on_sigterm(signum, frame) -> None:
+    # Once: a second SIGTERM must neither break off the cleanup the first one started nor, arriving while the
+    # interpreter exits (which puts Python's handlers back to the default), end the process without its code.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise errors.Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM (kill, systemctl stop, a batch system's time limit) stops this command as Ctrl-C
+    does: errors.Terminated in the main thread takes the same way out (partial files stay partial, an unpack
+    leaves the old tree or the new one), then one line and exit 143. Luigi's task processes forked from here
+    die at once of SIGTERM (Luigi sends it when its worker stops) and of this process's death (kill -9)."""
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    if not _forking:
+        _forking.append(os.getpid())
+        os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()), after_in_child=_in_task_process)
+
+
+_forking: list[int] = []  # the pid of the process that forks (known once stop_on_sigterm ran)
+
+
+def _in_task_process() -> None:
+    """In a process forked from the command (Luigi's task processes): SIGTERM ends it on the spot (the
+    command's handler would print a traceback there), and so does its parent's end, however it came."""
+    if signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        return  # forked outside a command (a test's own fork): left as it is
+    parent = _forking[0]
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # guard: task-process-default-sigterm
+    if sys.platform.startswith("linux"):
+        try:  # prctl(PR_SET_PDEATHSIG, SIGTERM): the parent's end, even by SIGKILL, sends this process SIGTERM
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # guard: task-process-dies-with-command
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent was already gone before the line above
+            os._exit(errors.TERMINATED)

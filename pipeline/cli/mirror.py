@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import luigi
 
 from amsrepomirror import config, errors
+from amsrepomirror.cli import options
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, add_command, folder_path, option_or_setting, setting_default
 from amsrepomirror.cli.output import command_line, print_stderr
@@ -61,6 +62,7 @@ def add_mirror_options(p: argparse.ArgumentParser, required: bool = True) -> Non
                    help=f"re-hash every file instead of trusting size+mtime ({setting_default('VerifyTree', 'deep')})")
     add_report_option(p)
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
+    options.add_luigi_summary_option(p)
     p.add_argument("--scheduler-url", metavar="URL",
                    help="Luigi's central scheduler (luigid, see make scheduler), so that several processes or hosts "
                         "share the run (default: [core] default-scheduler-url when set, else a local scheduler)")
@@ -265,7 +267,7 @@ def _shared_run(args, params: dict, deep: dict, log_file: Path) -> list[dict]:
     joined = dict(deep, process=shared_run.process_token(), **params)
 
     def stage(name: str) -> list[dict]:
-        return run_graph([JoinRun(stage=name, **joined)], log_file=log_file, verbose=args.verbose,
+        return run_graph([JoinRun(stage=name, **joined)], log_file=log_file, verbose=args.verbose, summary=args.luigi_summary,
                          scheduler_url=args.scheduler_url)
 
     failures = stage("listing")
@@ -298,7 +300,7 @@ def _mirror_one_version(args, params: dict, ws) -> tuple[dict | None, dict, list
     if args.scheduler_url:
         failures = _shared_run(args, params, deep, log_file)
     else:
-        failures = run_graph([VerifyTree(**deep, **params)], log_file=log_file, verbose=args.verbose)
+        failures = run_graph([VerifyTree(**deep, **params)], log_file=log_file, verbose=args.verbose, summary=args.luigi_summary)
     snapshot_task = FetchListing(**params)
     snapshot = sync.load_snapshot(snapshot_task.output().path) if snapshot_task.complete() else None
     summary = sync.summarize(ws, params["run_id"], snapshot, time.monotonic() - started)

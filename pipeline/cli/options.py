@@ -23,7 +23,9 @@ EXIT_CODES = """exit codes:
   3    authentication: the server refused the SCM account, or its TLS certificate failed
   4    integrity: a checksum, size or archive does not match
   5    not enough disk space
-  130  interrupted (Ctrl-C): run the same command again to continue"""
+  75   another run holds the lock of this mirror or AMSHOME: nothing was done; retry later
+  130  interrupted (Ctrl-C): run the same command again to continue
+  143  terminated (SIGTERM): run the same command again to continue"""
 
 ACCOUNT = """SCM account (never on the command line), the first found:
   SCM_USER and SCM_PASSWORD   both in the environment
@@ -64,6 +66,12 @@ def option_or_setting(given, section: str, key: str) -> str:
     if given is not None:
         return str(given)
     return luigi.configuration.get_config().get(section, key)
+
+
+def add_luigi_summary_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--luigi-summary", action="store_true",
+                   help="print Luigi's execution summary (tasks run, done, failed) on stderr after the run; "
+                   "it is in the run's log in any case")
 
 
 def add_signer_options(p: argparse.ArgumentParser) -> None:

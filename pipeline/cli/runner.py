@@ -2,20 +2,23 @@
 failures of this graph's tasks read back from the scheduler."""
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import luigi
+import luigi.worker
 
 from amsrepomirror import config, errors
-from amsrepomirror.cli.output import luigi_logging
+from amsrepomirror.cli.output import luigi_logging, print_stderr
 from amsrepomirror.errors import UsageError
 from amsrepomirror.tasks import shared_run
 
 
 def run_graph(tasks: list[luigi.Task], *, workers: int = 1, log_file: Path | None = None, verbose: bool = False,
-              scheduler_url: str | None = None) -> list[dict]:
+              scheduler_url: str | None = None, summary: bool = False) -> list[dict]:
     """Run tasks with the local scheduler, or the central one at ``scheduler_url``; return the
-    failures (code, message) of this graph's failed tasks (not those of other runs the scheduler knows)."""
+    failures (code, message) of this graph's failed tasks (not those of other runs the scheduler knows).
+    Luigi's execution summary goes to the log, and with ``summary`` (--luigi-summary) to stderr too."""
     luigi_logging(log_file, verbose)
     # Shipped defaults for plain luigi runs; forced here so that no settings file can turn them off:
     # this command owns logging, and a task whose output is missing after a successful run() must
@@ -23,17 +26,37 @@ def run_graph(tasks: list[luigi.Task], *, workers: int = 1, log_file: Path | Non
     settings = luigi.configuration.get_config()
     settings.set("core", "no_configure_logging", "true")
     settings.set("worker", "check_complete_on_run", "true")
-    if scheduler_url:
-        # Idle workers wait for the tasks other processes still run (JoinRun keeps one pending).
-        with config.for_this_command({("worker", "keep_alive"): "true"}):
-            result = luigi.build(tasks, scheduler_url=scheduler_url, workers=workers, detailed_summary=True)
-    else:
-        result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
+    try:
+        if scheduler_url:
+            # Idle workers wait for the tasks other processes still run (JoinRun keeps one pending).
+            with config.for_this_command({("worker", "keep_alive"): "true"}):
+                result = luigi.build(tasks, scheduler_url=scheduler_url, workers=workers, detailed_summary=True)
+        else:
+            result = luigi.build(tasks, local_scheduler=True, workers=workers, detailed_summary=True)
+    except BaseException:  # Ctrl-C, SIGTERM: no task process may outlive the command (nor keep its lock)
+        _end_task_processes()
+        raise
+    if summary:
+        print_stderr(result.summary_text.strip())
     failures = _failures_of(result.worker)
     if not failures and not result.scheduling_succeeded:
         failures.append({"code": errors.RUNTIME_FAILURE,
                          "message": f"the task graph did not complete ({result.status.name}); see {log_file or 'the log'}"})
     return failures
+
+
+def _end_task_processes(wait: float = 10.0) -> None:
+    """End the task processes Luigi forked (``workers`` > 1) and wait for them: Luigi's worker sends them
+    SIGTERM as it stops but does not wait, and each holds a copy of the command's descriptors."""
+    running = [p for p in multiprocessing.active_children() if isinstance(p, luigi.worker.TaskProcess)]
+    for process in running:
+        if process.is_alive():
+            process.terminate()
+    for process in running:
+        process.join(wait)
+        if process.is_alive():
+            process.kill()
+            process.join(wait)
 
 
 def _failures_of(worker) -> list[dict]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from amsrepomirror import config, errors
 from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.verify import not_a_bundle
+from amsrepomirror.cli import options
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.options import (
     add_command,
@@ -50,6 +51,7 @@ def add_parser(sub) -> None:
                    "repeatable; default: a delta that drops a version is refused)")
     p.add_argument("--verbose", action="store_true", help="show Luigi's log on the terminal")
     add_report_option(p)
+    options.add_luigi_summary_option(p)
     p.set_defaults(func=run, check_before_settings=refuse_settings_in_the_bundle)  # before settings are checked
 
 
@@ -81,7 +83,8 @@ def _unpack(args) -> int:
             log = args.amshome.absolute() / ".amsrepomirror-unpack.log" if args.amshome.is_dir() else None
             # Run in this process: what the task checked and placed (task.checked) is read below.
             with config.for_this_command({("worker", "force_multiprocessing"): "false"}):
-                failure = most_severe_failure(run_graph([task], log_file=log, verbose=args.verbose))
+                failure = most_severe_failure(run_graph([task], log_file=log, verbose=args.verbose,
+                                                             summary=args.luigi_summary))
             if failure:
                 print_stderr(f"error: {failure['message']}")
                 return failure["code"]
@@ -91,10 +94,10 @@ def _unpack(args) -> int:
         for line in skipped_files.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
             print_stderr(line)
         print(usage_hints(args.amshome.absolute(), manifest.all_versions))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated: "terminated", exit 143)
         progress.clear_all()
-        print_stderr(f"interrupted: {_state_of(args)}")
-        return errors.INTERRUPTED
+        print_stderr(f"{'terminated' if isinstance(exc, errors.Terminated) else 'interrupted'}: {_state_of(args)}")
+        return errors.exit_code_for(exc)
     finally:
         task.checked = None  # the same object serves a later unpack of this bundle in this process: it must look again
     return 0

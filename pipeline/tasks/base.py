@@ -2,12 +2,14 @@
 
 import functools
 import json
+import logging
 import os
 import traceback
 
 import luigi
+import luigi.retcodes
 
-from amsrepomirror.errors import MirrorError, exit_code_for
+from amsrepomirror.errors import EXIT_PRIORITY, RUNTIME_FAILURE, MirrorError, exit_code_for
 from amsrepomirror.online.http import LowSpeed
 from amsrepomirror.online.listing import compile_platform_rules
 from amsrepomirror.online.segments import SegmentPolicy
@@ -61,6 +63,37 @@ class ReportsFailure:
         message = str(exception) if isinstance(exception, MirrorError) else f"{exception.__class__.__name__}: {exception}"
         return json.dumps({"code": exit_code_for(exception), "message": message.splitlines()[0] if message else "",
                            "traceback": traceback.format_exc()})
+
+
+@luigi.Task.event_handler(luigi.Event.FAILURE)
+def exit_code_of_plain_luigi(task, exception) -> None:
+    """A plain ``luigi --module amsrepomirror.tasks`` run ends with the command's exit code (3 for a refused
+    account, 4, 5, ...) instead of [retcode] task_failed: Luigi computes its exit code from the ``retcode`` settings
+    object, one instance per process (Luigi's instance cache), which this raises to the failure's code.
+    Luigi's task processes (--workers > 1) are forked: a failure there leaves task_failed as it is."""
+    code = exit_code_for(exception)
+    if not isinstance(task, ReportsFailure) or code not in EXIT_PRIORITY or code == RUNTIME_FAILURE:
+        return  # a runtime failure gives [retcode] task_failed, as the site set it
+    codes = luigi.retcodes.retcode()
+    now = codes.task_failed
+    if now not in EXIT_PRIORITY or EXIT_PRIORITY.index(code) < EXIT_PRIORITY.index(now):
+        codes.task_failed = code
+
+
+class OneLineForExpectedErrors(logging.Filter):
+    """Luigi logs a failed task with its traceback; a MirrorError is an expected failure whose message
+    says all: its record becomes one line (the message appended), in a plain luigi run's output and
+    in the command's log alike."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], MirrorError):
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]}"
+            record.args, record.exc_info, record.exc_text = None, None, None
+        return True
+
+
+if not any(isinstance(f, OneLineForExpectedErrors) for f in logging.getLogger("luigi-interface").filters):
+    logging.getLogger("luigi-interface").addFilter(OneLineForExpectedErrors())
 
 
 @functools.lru_cache(maxsize=16)

@@ -269,6 +269,7 @@ class VerifyTree(MirrorTask):
         sync.drop_stale_parts(self.workspace, snapshot)
         body = manifest.write(self.workspace.manifest_path(self.version))
         atomic_write_bytes(Path(self.output().path), body)  # the same bytes, not decoded again (tens of MB)
+        self.set_status_message(f"done: {len(snapshot['files'])} file(s) verified, manifest written")  # luigid's last word
 
 
 @inherits(VerifyTree)

@@ -12,8 +12,25 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from amsrepomirror.errors import DiskSpaceError, MirrorError, UsageError
+from amsrepomirror.errors import DiskSpaceError, LockHeld, MirrorError
 from amsrepomirror.util.units import format_size
+
+#: The descriptors of the locks this process holds (run_lock, exclusive_lock).
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (Luigi's task processes): close the copies of the parent's lock descriptors. A
+    flock belongs to the open file, which a fork shares: a child that outlived its killed parent would
+    otherwise keep the mirror locked, and the next run would find it "held" with nobody working."""
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # guard: lock-not-inherited
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -243,7 +260,7 @@ def local_writes(what: str):
 def run_lock(folder: Path, run: str, busy: str):
     """Share ``folder`` with the processes of the same ``run`` only: each holds a shared lock on
     ``folder/<run>.lock``; a newcomer, holding ``folder/gate`` meanwhile, first checks that no other
-    run's lock is held. UsageError(``busy``) if one is. Without fcntl (Windows) nothing is locked."""
+    run's lock is held. LockHeld(``busy``) if one is. Without fcntl (Windows) nothing is locked."""
     try:
         import fcntl  # platform: exists on POSIX only
     except ImportError:
@@ -264,22 +281,24 @@ def run_lock(folder: Path, run: str, busy: str):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                raise UsageError(f"{busy} (run {other.stem}); wait for it to finish") from None
+                raise LockHeld(f"{busy} (run {other.stem}); wait for it to finish") from None
             finally:
                 os.close(fd)
             other.unlink(missing_ok=True)  # a run nobody works on any more
         fcntl.flock(own, fcntl.LOCK_SH)
         fcntl.flock(gate, fcntl.LOCK_UN)
+        _HELD_LOCKS.add(own)
         yield folder
     finally:
         os.close(gate)
         if own is not None:
+            _HELD_LOCKS.discard(own)
             os.close(own)
 
 
 @contextlib.contextmanager
 def exclusive_lock(path: Path, busy: str, shared: bool = False):
-    """Hold an advisory lock on ``path`` (created if needed); UsageError(``busy``) if another process has it.
+    """Hold an advisory lock on ``path`` (created if needed); LockHeld(``busy``) if another process has it.
 
     ``shared``: many holders at once (processes coordinated by a central scheduler), none beside an
     exclusive holder. On Windows (msvcrt has no shared locks) a shared lock locks nothing.
@@ -296,8 +315,10 @@ def exclusive_lock(path: Path, busy: str, shared: bool = False):
                 fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
-                raise UsageError(f"{busy} (lock {path} is held); wait for it to finish") from None
+                raise LockHeld(f"{busy} (lock {path} is held); wait for it to finish") from None
             raise
+        _HELD_LOCKS.add(fd)
         yield path
     finally:
+        _HELD_LOCKS.discard(fd)
         os.close(fd)  # releases the lock
