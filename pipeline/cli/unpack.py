@@ -8,7 +8,7 @@ from amsrepomirror.bundle.format import refuse_settings_read_from
 from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.options import add_command, add_signer_options, amshome_of, folder_path, setting_default, site_trust
-from amsrepomirror.cli.output import command_line, print_stderr, tool_command
+from amsrepomirror.cli.output import command_line, print_result, print_stderr, tool_command
 from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import placement
@@ -69,7 +69,7 @@ def run(args) -> int:
         manifest = task.checked.manifest
         for line in skipped_files.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
             print_stderr(line)
-        print(usage_hints(args.amshome.absolute(), manifest.all_versions))
+        print_result(usage_hints(args.amshome.absolute(), manifest.all_versions))
     except KeyboardInterrupt:
         progress.clear_all()
         print_stderr(f"interrupted: {_state_of(args)}")
