@@ -21,6 +21,7 @@ is refused as ambiguous. Sizes are shown 1024-based (KiB, MiB, GiB) everywhere."
 
 WORKFLOW = """online, with network:
   amsrepomirror bundle --version AMS2026.1 --mirror /data/ams-mirror --out /data/bundle-2026.1
+
 offline, on the cluster (AMSHOME set, or --amshome DIR):
   amsrepomirror verify BUNDLE      (or verify --partial STICK, one stick at a time)
   amsrepomirror unpack BUNDLE"""
