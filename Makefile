@@ -154,10 +154,13 @@ PREFIX ?= /usr/local
 FROM_PARSER = cd $(@D) && env -u LUIGI_CONFIG_PATH $(abspath $(BIN))
 PARSER = --prog amsrepomirror amsrepomirror.cli.parser.build_parser
 MAN_FROM := man/amsrepomirror.include $(wildcard pipeline/cli/*.py)
+NEED_GENERATORS = @test -x $(BIN)/argparse-manpage -a -x $(BIN)/shtab || { echo "error: $(VENV) lacks argparse-manpage \
+	or shtab (a venv made from WHEELS=): $(BIN)/python -m pip install 'argparse-manpage>=4.5' 'shtab>=1.7'" >&2; exit 2; }
 
 man: man/amsrepomirror.1
 
 man/amsrepomirror.1: $(BIN)/amsrepomirror $(MAN_FROM)
+	$(NEED_GENERATORS)
 	$(FROM_PARSER)/argparse-manpage --module amsrepomirror.cli.parser --function build_parser --prog amsrepomirror \
 		--version "$$($(abspath $(BIN))/amsrepomirror --version | cut -d' ' -f2)" --manual-title "amsrepomirror manual" \
 		--description "mirror SCM's AMS package repository and carry it across an air gap" \
@@ -166,10 +169,12 @@ man/amsrepomirror.1: $(BIN)/amsrepomirror $(MAN_FROM)
 completion: completion/amsrepomirror completion/_amsrepomirror
 
 completion/amsrepomirror: $(BIN)/amsrepomirror $(MAN_FROM)
+	$(NEED_GENERATORS)
 	@mkdir -p $(@D)
 	$(FROM_PARSER)/shtab --shell=bash $(PARSER) > amsrepomirror.new && mv amsrepomirror.new amsrepomirror
 
 completion/_amsrepomirror: $(BIN)/amsrepomirror $(MAN_FROM)
+	$(NEED_GENERATORS)
 	@mkdir -p $(@D)
 	$(FROM_PARSER)/shtab --shell=zsh $(PARSER) > _amsrepomirror.new && mv _amsrepomirror.new _amsrepomirror
 
