@@ -16,7 +16,7 @@ from amsrepomirror.util import progress
 
 #: What --quiet still shows: the lines an admin (or cron's mail) must act on. Everything else, progress, notes,
 #: summaries and verdicts, is left out: with --quiet the exit code says how the run went.
-KEPT_WHEN_QUIET = ("error:", "warning:", "WARNING:", "interrupted")
+KEPT_WHEN_QUIET = ("error:", "warning:", "WARNING:", "interrupted", "terminated")
 
 _quiet = False
 
@@ -31,7 +31,7 @@ def quiet_mode(on: bool) -> None:
 
 def print_stderr(message: str) -> None:
     """One line for the admin on stderr (stdout carries only what a script may read); with --quiet, only
-    errors, warnings and the interrupted line."""
+    errors, warnings and the line that says the command was interrupted or terminated."""
     if _quiet and not message.startswith(KEPT_WHEN_QUIET):
         return
     print(message, file=sys.stderr, flush=True)

@@ -34,6 +34,9 @@ CONFIG_HELP = "settings file read last, over every luigi.cfg (amsrepomirror conf
 QUIET_HELP = ("errors only, for cron: no progress, notes, summaries or verdicts; error and warning lines and the exit "
               "code stay (what config, plan and receipt are asked to print is printed) (default: off)")
 
+#: Options that ask for more on the terminal (by their dest): refused beside --quiet, which shows errors only.
+LOUDER = {"verbose": "--verbose", "luigi_summary": "--luigi-summary"}
+
 #: Options and arguments that name a folder (besides those of type folder_path), for shell completion; every other
 #: path (type Path, or a FILE) completes as a file.
 FOLDER_DESTS = {"mirror", "amshome", "workdir", "bundle"}
@@ -51,8 +54,9 @@ class OneLineErrors(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         """The command line, its output options settled: --quiet (errors only) or not, never with --verbose."""
         parsed = super().parse_args(args, namespace)
-        if parsed.quiet and getattr(parsed, "verbose", False):
-            self.error("give --quiet or --verbose, not both: --quiet shows errors only, --verbose Luigi's whole log")
+        louder = [option for dest, option in LOUDER.items() if getattr(parsed, dest, False)]
+        if parsed.quiet and louder:
+            self.error(f"give --quiet or {louder[0]}, not both: --quiet shows errors only")
         quiet_mode(parsed.quiet)
         return parsed
 
