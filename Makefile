@@ -18,7 +18,8 @@ SINCE ?=
 STICK_SIZE ?=
 # AMSHOME comes from the environment on an AMS machine; `make unpack AMSHOME=...` overrides it.
 
-.PHONY: help venv test test-all lint mutants demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop
+.PHONY: help venv test test-all lint mutants demo mirror bundle plan verify unpack bench wheels clean scheduler scheduler-stop \
+	man completion install-extras
 
 help:
 	@echo "make test                          the fast tests (2 to 3 minutes; sets up $(VENV))"
@@ -34,6 +35,8 @@ help:
 	@echo "make unpack BUNDLE=DIR [AMSHOME=DIR]   (AMSHOME from the environment when set there)"
 	@echo "make bench                         benchmarks against wget, aria2c, 7zz and sha256sum (docs/benchmarks.md)"
 	@echo "make wheels                        the tool and its dependencies as wheels, for offline installs"
+	@echo "make man completion                the man page (man/amsrepomirror.1) and bash and zsh completion (completion/)"
+	@echo "make install-extras [PREFIX=/usr/local]   install them under PREFIX/share (PREFIX=~/.local: for you only)"
 	@echo "make scheduler [SCHEDULER_ADDRESS=IP] [SCHEDULER_PORT=8082]   start luigid (several processes or hosts share a run)"
 	@echo "make scheduler-stop                stop it"
 	@echo ""
@@ -52,6 +55,7 @@ help:
 	@echo "  PYTHON=$(PYTHON)    the interpreter that makes $(VENV)"
 	@echo "  VENV=$(VENV)    where the tool is installed for these targets"
 	@echo "  LUIGID_DIR=$(LUIGID_DIR)    luigid's state, log and pid (make scheduler)"
+	@echo "  PREFIX=$(PREFIX)    where make install-extras puts the man page and completion (DESTDIR= for packaging)"
 	@echo "sizes: KiB/MiB/GiB are 1024-based, kB/MB/GB 1000-based; a bare K/M/G is refused as ambiguous"
 
 # Offline machines: a bundle made with --with-tool installs the tool itself (sh BUNDLE/tool/install.sh);
@@ -145,5 +149,42 @@ wheels: venv
 	$(BIN)/python -m pip wheel --quiet --wheel-dir wheels .
 	@echo "wheels/ holds amsrepomirror and its dependencies; carry it with the bundle"
 
+# The man page and shell completion, generated from the parser (amsrepomirror.cli.parser.build_parser) by
+# argparse-manpage and shtab (the [test] extra). Run in an empty folder without LUIGI_CONFIG_PATH, so the
+# defaults shown are the shipped ones, not this checkout's luigi.cfg.
+PREFIX ?= /usr/local
+FROM_PARSER = cd $(@D) && env -u LUIGI_CONFIG_PATH $(abspath $(BIN))
+PARSER = --prog amsrepomirror amsrepomirror.cli.parser.build_parser
+MAN_FROM := man/amsrepomirror.include $(wildcard pipeline/cli/*.py)
+NEED_GENERATORS = @test -x $(BIN)/argparse-manpage -a -x $(BIN)/shtab || { echo "error: $(VENV) lacks argparse-manpage \
+	or shtab (a venv made from WHEELS=): $(BIN)/python -m pip install 'argparse-manpage>=4.5' 'shtab>=1.7'" >&2; exit 2; }
+
+man: man/amsrepomirror.1
+
+man/amsrepomirror.1: $(BIN)/amsrepomirror $(MAN_FROM)
+	$(NEED_GENERATORS)
+	$(FROM_PARSER)/argparse-manpage --module amsrepomirror.cli.parser --function build_parser --prog amsrepomirror \
+		--version "$$($(abspath $(BIN))/amsrepomirror --version | cut -d' ' -f2)" --manual-title "amsrepomirror manual" \
+		--description "mirror SCM's AMS package repository and carry it across an air gap" \
+		--include $(abspath man/amsrepomirror.include) --output amsrepomirror.1
+
+completion: completion/amsrepomirror completion/_amsrepomirror
+
+completion/amsrepomirror: $(BIN)/amsrepomirror $(MAN_FROM)
+	$(NEED_GENERATORS)
+	@mkdir -p $(@D)
+	$(FROM_PARSER)/shtab --shell=bash $(PARSER) > amsrepomirror.new && mv amsrepomirror.new amsrepomirror
+
+completion/_amsrepomirror: $(BIN)/amsrepomirror $(MAN_FROM)
+	$(NEED_GENERATORS)
+	@mkdir -p $(@D)
+	$(FROM_PARSER)/shtab --shell=zsh $(PARSER) > _amsrepomirror.new && mv _amsrepomirror.new _amsrepomirror
+
+# Where man, bash-completion (loaded on first use) and zsh look under PREFIX; DESTDIR for package builds.
+install-extras: man completion
+	install -D -m 644 man/amsrepomirror.1 $(DESTDIR)$(PREFIX)/share/man/man1/amsrepomirror.1
+	install -D -m 644 completion/amsrepomirror $(DESTDIR)$(PREFIX)/share/bash-completion/completions/amsrepomirror
+	install -D -m 644 completion/_amsrepomirror $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_amsrepomirror
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache man/amsrepomirror.1 completion

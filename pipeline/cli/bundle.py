@@ -17,7 +17,7 @@ from amsrepomirror.cli.mirror import (
     versions_and_urls,
 )
 from amsrepomirror.cli.options import add_command, folder_path, setting_default
-from amsrepomirror.cli.output import print_stderr, tool_command
+from amsrepomirror.cli.output import print_result, print_stderr, tool_command
 from amsrepomirror.cli.plan import chunk_settings, describe_sticks, print_delta_plan, print_plan
 from amsrepomirror.cli.runner import run_graph, use_scheduler
 from amsrepomirror.errors import MirrorError, UsageError
@@ -182,7 +182,7 @@ def print_sticks(manifest: BundleManifest) -> None:
     (manifest, sums, README, signature, tool/) goes on each."""
     sizes = {c.name: c.size for c in manifest.chunks}
     for line in describe_sticks(sizes, manifest.sticks.size, tool=tool_command(), plan=manifest.sticks.chunks):
-        print(line)
+        print_result(line)
 
 
 def _delta_base(ws: Workspace, version: str, since: str | None, dropped: Sequence[str] = ()) -> str:

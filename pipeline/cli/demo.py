@@ -55,7 +55,7 @@ def run(args) -> int:
         ]
         for step in steps:
             print_stderr(f"\n$ amsrepomirror {' '.join(map(str, step))}")
-            code = main([str(s) for s in step])
+            code = main([str(s) for s in step] + (["--quiet"] if args.quiet else []))  # each step parses anew
             if code:
                 print_stderr(f"demo: step failed with exit code {code}; what it left is in {work} (remove it with: "
                              f"rm -rf {shlex.quote(str(work))})")

@@ -31,6 +31,7 @@ ACCOUNT = """SCM account (never on the command line), the first found:
   SCM_USER and SCM_PASSWORD   both in the environment
   ~/.netrc                    machine downloads.scm.com login USER password PASS  (chmod 600)
   a prompt                    when run on a terminal
+
 A private CA: name its certificate in REQUESTS_CA_BUNDLE or SSL_CERT_FILE.
 Settings (defaults of the options below): amsrepomirror config shows each and the file it came from."""
 

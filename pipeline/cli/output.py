@@ -12,10 +12,36 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from amsrepomirror.util import progress
+
+#: What --quiet still shows: the lines an admin (or cron's mail) must act on. Everything else, progress, notes,
+#: summaries and verdicts, is left out: with --quiet the exit code says how the run went.
+KEPT_WHEN_QUIET = ("error:", "warning:", "WARNING:", "interrupted", "terminated")
+
+_quiet = False
+
+
+def quiet_mode(on: bool) -> None:
+    """--quiet (``on``) or not: set for each command line, since tests and the demo run several in one process."""
+    global _quiet
+    _quiet = on
+    logging.getLogger("amsrepomirror").setLevel(logging.WARNING if on else logging.INFO)
+    progress.quiet(on)
+
 
 def print_stderr(message: str) -> None:
-    """One line for the admin on stderr (stdout carries only what a script may read)."""
+    """One line for the admin on stderr (stdout carries only what a script may read); with --quiet, only
+    errors, warnings and the line that says the command was interrupted or terminated."""
+    if _quiet and not message.startswith(KEPT_WHEN_QUIET):
+        return
     print(message, file=sys.stderr, flush=True)
+
+
+def print_result(message: str) -> None:
+    """A verdict on stdout (``bundle ... is intact``): left out with --quiet, where the exit code says it. What a
+    command is asked to print (config's settings, plan's plan, the receipt) is printed whatever --quiet says."""
+    if not _quiet:
+        print(message, flush=True)
 
 
 class _ConsoleFormat(logging.Formatter):
@@ -45,8 +71,8 @@ def console_logging() -> None:
         handler = _ConsoleHandler()
         handler.setFormatter(_ConsoleFormat())
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
     logger.propagate = False
+    quiet_mode(False)  # until the command line says --quiet
 
 
 def _open_log(log_file: Path):

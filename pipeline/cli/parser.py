@@ -3,11 +3,13 @@ that command's module (``add_parser``) in the order the help lists them."""
 
 import argparse
 import re
+from pathlib import Path
 
 from amsrepomirror import __version__
 from amsrepomirror.cli import bundle, config, demo, mirror, plan, receipt, unpack, verify
 from amsrepomirror.cli.mirror import ACCOUNT_NOT_HERE
-from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, AdminHelp
+from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, AdminHelp, folder_path
+from amsrepomirror.cli.output import quiet_mode
 from amsrepomirror.errors import USAGE_ERROR
 from amsrepomirror.util.units import counted
 
@@ -19,6 +21,7 @@ is refused as ambiguous. Sizes are shown 1024-based (KiB, MiB, GiB) everywhere."
 
 WORKFLOW = """online, with network:
   amsrepomirror bundle --version AMS2026.1 --mirror /data/ams-mirror --out /data/bundle-2026.1
+
 offline, on the cluster (AMSHOME set, or --amshome DIR):
   amsrepomirror verify BUNDLE      (or verify --partial STICK, one stick at a time)
   amsrepomirror unpack BUNDLE"""
@@ -28,6 +31,17 @@ COMMANDS = (mirror, bundle, plan, verify, unpack, receipt, config, demo)
 
 
 CONFIG_HELP = "settings file read last, over every luigi.cfg (amsrepomirror config shows what applies; default: none)"
+QUIET_HELP = ("errors only, for cron: no progress, notes, summaries or verdicts; error and warning lines and the exit "
+              "code stay (what config, plan and receipt are asked to print is printed) (default: off)")
+
+#: Options that ask for more on the terminal (by their dest): refused beside --quiet, which shows errors only.
+LOUDER = {"verbose": "--verbose", "luigi_summary": "--luigi-summary"}
+
+#: Options and arguments that name a folder (besides those of type folder_path), for shell completion; every other
+#: path (type Path, or a FILE) completes as a file.
+FOLDER_DESTS = {"mirror", "amshome", "workdir", "bundle"}
+COMPLETE_FILE = {"bash": "_shtab_compgen_files", "zsh": "_files", "tcsh": "f"}
+COMPLETE_FOLDER = {"bash": "_shtab_compgen_dirs", "zsh": "_files -/", "tcsh": "d"}
 
 
 class OneLineErrors(argparse.ArgumentParser):
@@ -36,6 +50,15 @@ class OneLineErrors(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(USAGE_ERROR, f"error: {without_values(message)} (see: {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """The command line, its output options settled: --quiet (errors only) or not, never with --verbose."""
+        parsed = super().parse_args(args, namespace)
+        louder = [option for dest, option in LOUDER.items() if getattr(parsed, dest, False)]
+        if parsed.quiet and louder:
+            self.error(f"give --quiet or {louder[0]}, not both: --quiet shows errors only")
+        quiet_mode(parsed.quiet)
+        return parsed
 
 
 def without_values(message: str) -> str:
@@ -58,9 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"amsrepomirror {__version__}",
                         help="print the version of amsrepomirror and exit (after a command, --version is an AMS version)")
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
     for command_parser in sub.choices.values():  # also after the command, where an admin adds it to a command line
         command_parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        command_parser.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
+    mark_paths_for_completion(parser)
     return parser
+
+
+def mark_paths_for_completion(parser: argparse.ArgumentParser) -> None:
+    """Options and arguments that name a file or folder complete as such in the shell (man/completion: make
+    completion); shtab reads ``complete``, argparse ignores it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command_parser in action.choices.values():
+                mark_paths_for_completion(command_parser)
+            continue
+        if action.type is folder_path or action.dest in FOLDER_DESTS:
+            action.complete = COMPLETE_FOLDER
+        elif action.type is Path or action.metavar == "FILE":
+            action.complete = COMPLETE_FILE

@@ -35,8 +35,8 @@ REPORT_SCHEMA = 1
 #: The fields every report holds; a command's fact may not take one of these names.
 ENVELOPE = ("schema", "tool", "tool_version", "command", "options", "started", "finished", "exit_code", "error")
 
-#: The lines on stderr that say why a command stopped (errors.INTERRUPTED_LINE and unpack's own start so).
-ERROR_PREFIXES = ("error:", "interrupted")
+#: The lines on stderr that say why a command stopped (Ctrl-C's and SIGTERM's lines, and unpack's own).
+ERROR_PREFIXES = ("error:", "interrupted", "terminated")
 
 
 def add_report_option(p: argparse.ArgumentParser) -> None:

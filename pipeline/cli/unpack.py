@@ -18,7 +18,7 @@ from amsrepomirror.cli.options import (
     setting_default,
     site_trust,
 )
-from amsrepomirror.cli.output import command_line, print_stderr, tool_command
+from amsrepomirror.cli.output import command_line, print_result, print_stderr, tool_command
 from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.errors import UsageError
@@ -93,7 +93,7 @@ def _unpack(args) -> int:
         manifest = task.checked.manifest
         for line in skipped_files.describe(manifest.lacking, f"unpack: {args.amshome}/repository"):
             print_stderr(line)
-        print(usage_hints(args.amshome.absolute(), manifest.all_versions))
+        print_result(usage_hints(args.amshome.absolute(), manifest.all_versions))
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated: "terminated", exit 143)
         progress.clear_all()
         print_stderr(f"{'terminated' if isinstance(exc, errors.Terminated) else 'interrupted'}: {_state_of(args)}")

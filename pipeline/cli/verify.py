@@ -17,7 +17,7 @@ from amsrepomirror.cli.options import (
     refuse_settings_in_the_bundle,
     site_trust,
 )
-from amsrepomirror.cli.output import print_stderr, tool_command
+from amsrepomirror.cli.output import print_result, print_stderr, tool_command
 from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.errors import UsageError
 from amsrepomirror.offline import placement
@@ -88,7 +88,7 @@ def _print_report(args, report, found: Trust, check) -> int:
     for warning in report.warnings:
         print_stderr(f"warning: {warning}")
     if report.not_here:
-        print(_not_here_line(report))
+        print_result(_not_here_line(report))
     if not report.ok:
         for problem in report.problems:
             print_stderr(f"  {problem}")
@@ -96,14 +96,14 @@ def _print_report(args, report, found: Trust, check) -> int:
         return errors.INTEGRITY_FAILURE
     manifest = report.manifest
     if report.not_here:
-        print(f"bundle {args.bundle}: {_here(report)} intact; verify again, without --partial, once all chunks are "
-              "in one folder")
+        print_result(f"bundle {args.bundle}: {_here(report)} intact; verify again, without --partial, once all chunks are "
+                     "in one folder")
     else:
-        print(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
-              f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
+        print_result(f"bundle {args.bundle} is intact: {len(manifest.chunks)} chunk(s), {len(manifest.files)} file(s), "
+                     f"{format_size(manifest.total_bytes)} of {' and '.join(manifest.all_versions)}")
     print_signature_verdict(found, check, None)
     for line in skipped_files.describe(manifest.lacking, "the bundle"):
-        print(line)
+        print_result(line)
     return 0
 
 
@@ -137,9 +137,9 @@ def _here(report) -> str:
 
 def print_signature_verdict(found: Trust, check, refusal: str | None) -> None:
     """Print what the bundle's signature says under the site's trust setting (trust.signature_verdict)."""
-    print(check.describe() if check else "signature: unsigned")
+    print_result(check.describe() if check else "signature: unsigned")
     if refusal is None and found.allowed_signers is None:
-        print(NO_SIGNERS)
+        print_result(NO_SIGNERS)
 
 
 def run_installed(args) -> int:
@@ -173,7 +173,7 @@ def run_installed(args) -> int:
         print_stderr("note: the last delta unpack took installed files by size, mtime and inode without hashing them "
                      "(--trust-installed); this check is the first to hash them since")
     require_intact(home, report)
-    print(f"{home / placement.REPOSITORY} is intact: {counted(report.files, 'file')}, {format_size(report.bytes)} hashed against "
-          f"its receipt (tree {report.receipt['tree_sha256'][:12]}, {' and '.join(report.versions)})")
+    print_result(f"{home / placement.REPOSITORY} is intact: {counted(report.files, 'file')}, {format_size(report.bytes)} "
+                 f"hashed against its receipt (tree {report.receipt['tree_sha256'][:12]}, {' and '.join(report.versions)})")
     return 0
 

@@ -17,6 +17,33 @@ from amsrepomirror.util.units import format_size, plural
 REDRAW_SECONDS = 1.0
 
 
+class _Discard:
+    """Where progress goes with --quiet: nowhere (not a terminal, so no bar is drawn either)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+_quiet = False
+
+
+def quiet(on: bool) -> None:
+    """--quiet: no bar, counter or progress line from here on (the cli sets it for each command line)."""
+    global _quiet
+    _quiet = on
+
+
+def _stream(given):
+    """The stream progress is drawn on: the one given, else stderr; with --quiet, nowhere."""
+    return _Discard() if _quiet else given or sys.stderr
+
+
 class ByteProgress:
     """Thread-safe progress over a known number of bytes (and, when given, files)."""
 
@@ -24,7 +51,7 @@ class ByteProgress:
                  done: int = 0, files_done: int = 0):
         """``total`` None: not known yet; nothing is shown until :meth:`set_total`. ``done``, ``files_done``: what
         was done before this process started (a shared run joined late): counted, but not in the rate."""
-        self.stream = stream or sys.stderr
+        self.stream = _stream(stream)
         self.desc, self.interval = desc, interval
         self.files_total, self.files_done = files, files_done
         self.done = self.done_before = done
@@ -115,7 +142,7 @@ class CountProgress:
     ``interval`` seconds otherwise (a quick run prints nothing)."""
 
     def __init__(self, total: int, what: str, stream=None, interval: float = 5.0):
-        self.stream = stream or sys.stderr
+        self.stream = _stream(stream)
         self.desc = f"{what} {total:,} file{plural(total)}"
         self.total, self.interval = total, interval
         self.done = 0
@@ -209,7 +236,7 @@ def shared_bar(desc: str, stream=None) -> Iterator[None]:
     """One byte bar over work done by forked worker processes, drawn on a terminal only (elsewhere
     the per-chunk log lines say as much); it starts once a process has given the total."""
     global _SHARED
-    stream = stream or sys.stderr
+    stream = _stream(stream)
     if not stream.isatty():
         yield
         return
