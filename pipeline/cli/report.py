@@ -10,7 +10,8 @@ The fields every report holds (docs/operations.md, "Reports for monitoring", sho
                     wrong place, an account given as SCM's script takes it, a URL with user:password@)
     started, finished    UTC, ISO 8601 (2026-12-07T15:57:05Z)
     exit_code       the exit code the process ends with
-    error           the last ``error: ...`` (or ``interrupted ...``) line printed on stderr, as printed; "" on success
+    error           the last ``error: ...`` (or ``interrupted``/``terminated ...``) line printed on stderr, as
+                    printed; "" on success
 
 and beside them the command's own facts, which the command adds to ``args.report_facts`` (a dict) as far as
 it got: a usage error before the work leaves them out.
@@ -136,8 +137,8 @@ def _escaped(exc: BaseException, last_line: str) -> tuple[int, str]:
     """The exit code and error line of an exception that leaves main() (what __main__ or Python make of it)."""
     if isinstance(exc, SystemExit):
         return (exc.code if isinstance(exc.code, int) else int(exc.code is not None)), last_line
-    if isinstance(exc, KeyboardInterrupt):
-        return errors.INTERRUPTED, errors.INTERRUPTED_LINE
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (errors.Terminated)
+        return errors.exit_code_for(exc), errors.stop_line(exc)
     if isinstance(exc, BrokenPipeError):
         return errors.READER_GONE, ""
     return errors.RUNTIME_FAILURE, traceback.format_exception_only(type(exc), exc)[-1].strip()
