@@ -1,11 +1,14 @@
 """bundle --with-tool from any normal install: amsrepomirror's own wheel from the source folder, the
 installed files, or --tool-wheel FILE; and every usage error of these options before anything is written."""
 
+import base64
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ from test_tool import clean_env, offline
 from amsrepomirror import __version__
 from amsrepomirror.bundle.format import MANIFEST_NAME
 from amsrepomirror.errors import UsageError
-from amsrepomirror.pack.own_wheel import check_given_wheel
+from amsrepomirror.pack.own_wheel import check_given_wheel, repack_installed
 from amsrepomirror.testing.repository import DEFAULT_VERSION
 
 RUNNING = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -66,6 +69,58 @@ def test_a_given_wheel_must_be_this_amsrepomirror_by_name_and_metadata(tmp_path,
     assert said in str(refused.value)
 
 
+def fake_install(site: Path) -> metadata.Distribution:
+    """amsrepomirror as pip installs it from a wheel: its files, a dist-info with METADATA, WHEEL and a RECORD
+    with each file's sha256 (and the installer's own files, the script and bytecode, which a wheel does not hold)."""
+    files = {"amsrepomirror/__init__.py": f'__version__ = "{__version__}"\n', "amsrepomirror/defaults.cfg": "[core]\n",
+             f"amsrepomirror-{__version__}.dist-info/METADATA": f"Name: amsrepomirror\nVersion: {__version__}\n",
+             f"amsrepomirror-{__version__}.dist-info/WHEEL": "Wheel-Version: 1.0\nTag: py3-none-any\n",
+             f"amsrepomirror-{__version__}.dist-info/INSTALLER": "pip\n",
+             "amsrepomirror/__pycache__/__init__.cpython-311.pyc": "bytecode", "../../../bin/amsrepomirror": "#!script\n"}
+    record = []
+    for name, text in files.items():
+        where = site / name
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text(text)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(text)}\n")
+    record.append(f"amsrepomirror-{__version__}.dist-info/RECORD,,\n")
+    (site / f"amsrepomirror-{__version__}.dist-info" / "RECORD").write_text("".join(record))
+    return metadata.PathDistribution(site / f"amsrepomirror-{__version__}.dist-info")
+
+
+def test_installed_files_are_packed_again_as_a_wheel_with_a_new_record(tmp_path):
+    dist = fake_install(tmp_path / "root" / "lib" / "site-packages")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    wheel = repack_installed(tmp_path / "one", dist)
+    assert wheel.name == f"amsrepomirror-{__version__}-py3-none-any.whl"
+    info = f"amsrepomirror-{__version__}.dist-info"
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        record = archive.read(f"{info}/RECORD").decode().splitlines()
+        digests = {n: base64.urlsafe_b64encode(hashlib.sha256(archive.read(n)).digest()).rstrip(b"=").decode()
+                   for n in names}
+    assert names == ["amsrepomirror/__init__.py", "amsrepomirror/defaults.cfg", f"{info}/METADATA", f"{info}/WHEEL",
+                     f"{info}/RECORD"]  # no bytecode, script or installer's file; the dist-info last
+    assert record[-1] == f"{info}/RECORD,,"
+    assert {line.split(",")[0]: line.split(",")[1] for line in record[:-1]} == {
+        n: f"sha256={d}" for n, d in digests.items() if n != f"{info}/RECORD"}
+    assert repack_installed(tmp_path / "two", dist).read_bytes() == wheel.read_bytes()  # the same files, the same bytes
+
+
+def test_an_installed_file_changed_since_the_install_is_not_packed(tmp_path):
+    site = tmp_path / "site-packages"
+    dist = fake_install(site)
+    (site / "amsrepomirror" / "defaults.cfg").write_text("[core]\nchanged = yes\n")
+    with pytest.raises(UsageError) as refused:
+        repack_installed(tmp_path, dist)
+    assert str(refused.value) == (f"bundle --with-tool: the installed file {site / 'amsrepomirror' / 'defaults.cfg'} is "
+                                  "not as installed (RECORD): reinstall amsrepomirror, or give its wheel with "
+                                  "--tool-wheel FILE")
+    assert list(tmp_path.glob("*.whl")) == []
+
+
 def _usage_cases(tmp_path: Path) -> dict[str, tuple[list, str]]:
     wrong = fake_wheel(tmp_path, "amsrepomirror-9.9.9-py3-none-any.whl", "Name: amsrepomirror\nVersion: 9.9.9\n")
     return {
@@ -108,6 +163,9 @@ def test_with_tool_from_a_wheel_install_outside_the_checkout_installs_offline_an
     shutil.rmtree(tmp_path / "build")  # neither the wheel nor its source is there any more
     out, work = tmp_path / "bundle", tmp_path / "work"
     work.mkdir()
+    demo = subprocess.run([str(venv / "bin" / "amsrepomirror"), "demo", "--workdir", str(tmp_path / "demo"), "--clean"],
+                          capture_output=True, text=True, timeout=300, cwd=work, env=cli_env(), stdin=subprocess.DEVNULL)
+    assert demo.returncode == 0, demo.stderr
     result = subprocess.run([str(venv / "bin" / "amsrepomirror"), "bundle", "--version", DEFAULT_VERSION, "--mirror",
                              str(tmp_path / "mirror"), "--listing-url", scm_double.listing_url(DEFAULT_VERSION), "--out",
                              str(out), "--chunk-size", "1MiB", "--with-tool"],

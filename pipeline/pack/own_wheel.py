@@ -112,21 +112,23 @@ def _installed_files(dist: metadata.Distribution) -> list[tuple[str, Path]]:
                 or (name.split("/")[0].endswith(".dist-info") and path.name in INSTALLER_FILES)):
             continue  # scripts (entry_points.txt makes them again), bytecode, the installer's own files
         where = Path(dist.locate_file(path))
-        if path.hash is None or path.hash.mode != "sha256" or not where.is_file() or _record_digest(where) != path.hash.value:
+        recorded = path.hash.value if path.hash is not None and path.hash.mode == "sha256" else None
+        if not where.is_file() or _digest(where.read_bytes()) != recorded:  # guard: own-wheel-record
             raise UsageError(f"bundle --with-tool: the installed file {where} is not as installed (RECORD): "
                              f"reinstall {DIST_NAME}, or give its wheel with --tool-wheel FILE")
         files.append((name, where))
     return files
 
 
-def _record_digest(path: Path) -> str:
-    """A file's sha256 as RECORD writes it: urlsafe base64 without padding."""
-    return base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest()).rstrip(b"=").decode()
+def _digest(data: bytes) -> str:
+    """The sha256 of ``data`` as RECORD writes it: urlsafe base64 without padding."""
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def repack_installed(dest: Path) -> Path:
-    """The running amsrepomirror's installed files as a wheel in ``dest`` (RECORD written anew)."""
-    dist = _running_distribution()
+def repack_installed(dest: Path, dist: metadata.Distribution | None = None) -> Path:
+    """The installed files of ``dist`` (default: the running amsrepomirror's) as a wheel in ``dest``, RECORD
+    written anew; the same files give the same bytes."""
+    dist = dist or _running_distribution()
     files = sorted(_installed_files(dist), key=lambda f: (f[0].split("/")[0].endswith(".dist-info"), f[0]))
     dist_info = f"{DIST_NAME}-{dist.version}.dist-info"
     tags = [line.split(":", 1)[1].strip() for line in (dist.read_text("WHEEL") or "").splitlines()
@@ -140,8 +142,7 @@ def repack_installed(dest: Path) -> Path:
         for name, where in files:
             data = where.read_bytes()
             _add(archive, name, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            record.append(f"{name},sha256={digest},{len(data)}\n")
+            record.append(f"{name},sha256={_digest(data)},{len(data)}\n")
         record.append(f"{dist_info}/RECORD,,\n")
         _add(archive, f"{dist_info}/RECORD", "".join(record).encode())
     return wheel
