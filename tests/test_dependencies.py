@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 from importlib import metadata
 
 import luigi
-import luigi.worker
 import py7zr
 import tomllib
 from clihelp import REPO
 from luigi.configuration import LuigiConfigParser
 
+from amsrepomirror import config
 from amsrepomirror.pack.sevenzip import MEMBER_TIME, _FixedTimeSevenZipFile
 from amsrepomirror.pack.tool import SUPPORTED_PYTHONS
 
@@ -39,7 +39,8 @@ class _Done(luigi.Task):
 def test_luigi_still_has_the_private_parts_amsrepomirror_uses():
     """config.py edits LuigiConfigParser's file list; cli/runner.py reads the failures of its own tasks from
     the worker's scheduler. A luigi release without them must fail here, with one message."""
-    result = luigi.build([_Done()], local_scheduler=True, detailed_summary=True)
+    with config.for_this_command({("core", "no_configure_logging"): "true"}):  # this test process keeps its logging
+        result = luigi.build([_Done()], local_scheduler=True, detailed_summary=True)
     worker = result.worker
     gone = [f"LuigiConfigParser.{n}" for n in _missing(LuigiConfigParser, ["_config_paths", "_instance", "reload"])]
     gone += [f"worker.{n}" for n in _missing(worker, ["_scheduler", "_scheduled_tasks"])]
