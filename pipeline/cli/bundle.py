@@ -25,7 +25,7 @@ from amsrepomirror.online.manifest import Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.build import SIDE_FILES_SLACK
 from amsrepomirror.pack.delta_base import resolve_base, select_delta, write_base
-from amsrepomirror.pack.tool import SUPPORTED_PYTHONS
+from amsrepomirror.pack.tool import SUPPORTED_PYTHONS, check_spec
 from amsrepomirror.tasks.base import new_run_id
 from amsrepomirror.tasks.bundle import BundleArchive
 from amsrepomirror.util import progress
@@ -57,6 +57,9 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
                    help="with --with-tool: the offline side's Python (repeatable; default: this one)")
     p.add_argument("--tool-platform", action="append", default=[], metavar="TAG",
                    help="with --with-tool: pip platform tag, e.g. manylinux2014_x86_64 (repeatable; default: this machine's)")
+    p.add_argument("--tool-wheel", type=Path, metavar="FILE",
+                   help="with --with-tool: amsrepomirror's own wheel, of this version (default: built from the source "
+                   "folder it was installed from, else its installed files packed as a wheel)")
     p.add_argument("--sign-key", type=Path, metavar="KEY",
                    help="sign manifest.json with this OpenSSH key (ssh-keygen -Y sign; a passphrase is asked for "
                    "or the key is used through ssh-agent); writes manifest.json.sig (default: unsigned)")
@@ -91,6 +94,8 @@ def run(args) -> int:
     versions = [version for version, _ in versions_and_urls(args)]
     chunk_size, compression = chunk_settings(args)
     _refuse_option_mix(args, versions)
+    if args.with_tool:  # before anything is written: the mirror run, a chunk, or tool/
+        check_spec(args.tool_python, args.tool_platform, str(args.tool_wheel or ""))
     if args.dry_run and args.since:
         return print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since,
                                 args.drop_version)
@@ -126,8 +131,8 @@ def _why_not_mirrored(args, versions: Sequence[str]) -> str:
 
 def _refuse_option_mix(args, versions: Sequence[str]) -> None:
     """Options that only go together with others, or with one version."""
-    if (args.tool_python or args.tool_platform) and not args.with_tool:
-        raise UsageError("--tool-python and --tool-platform go with --with-tool")
+    if (args.tool_python or args.tool_platform or args.tool_wheel) and not args.with_tool:
+        raise UsageError("--tool-python, --tool-platform and --tool-wheel go with --with-tool")
     if args.since and len(versions) > 1:
         raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
     if args.drop_version and not args.since:
@@ -159,6 +164,7 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
                          offline=True, out=str(args.out.absolute()), chunk_size=chunk_size, compression=compression,
                          since=_delta_base(ws, versions[0], args.since, args.drop_version), with_tool=args.with_tool,
                          tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
+                         tool_wheel=str(args.tool_wheel.absolute()) if args.tool_wheel else "",
                          sign_key=str(args.sign_key.absolute()) if args.sign_key else "",
                          stick_size=parse_size(args.stick_size) if args.stick_size else 0)
     with mirror_lock(ws, args), progress.shared_bar("bundle"):

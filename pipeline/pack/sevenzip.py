@@ -60,8 +60,9 @@ class _FixedTimeSevenZipFile(py7zr.SevenZipFile):
 
     py7zr's public ``writef`` stamps each member with the current time, in
     ``SevenZipFile._make_file_info_from_name`` (py7zr 1.1.x). That is private API: pyproject.toml
-    pins ``py7zr>=1.1.3,<1.2``, and tests/test_stable_chunks.py checks that the same chunk written
-    twice is the same bytes. Attributes are py7zr's constant ones for a regular file.
+    pins ``py7zr>=1.1.4,<1.2``; tests/test_dependencies.py checks that the override still takes effect,
+    and tests/test_stable_chunks.py that the same chunk written twice is the same bytes. Attributes are
+    py7zr's constant ones for a regular file.
     """
 
     @staticmethod

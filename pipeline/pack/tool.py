@@ -11,7 +11,6 @@ and verifies the bundle. A wheel added to ``tool/wheels`` is never used. Every f
 manifest.json (``tool``) and SHA256SUMS, so the bundle's checks cover the tool too.
 """
 
-import json
 import platform
 import shutil
 import subprocess
@@ -19,18 +18,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from amsrepomirror.bundle.format import TOOL_DIR, ToolFile
 from amsrepomirror.errors import MirrorError, UsageError
+from amsrepomirror.pack.own_wheel import OwnWheelRoute, own_wheel_route, repack_installed
 from amsrepomirror.util.hashing import sha256_file
 
-DIST_NAME = "amsrepomirror"
 INSTALL_SCRIPT = "install.sh"
 WHEELS_DIR = "wheels"
-SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")  # pyproject requires-python >= 3.10; luigi 3.8.1: < 3.14
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")  # pyproject requires-python ">=3.10,<3.14"
 PIP_TIMEOUT = 900  # seconds for one pip run: downloads of the whole dependency set
 #: Without --tool-platform, Linux wheels are taken for glibc up to 2.28 (RHEL/Rocky 8), not for this
 #: machine's newer glibc: pip would pick e.g. cryptography's manylinux_2_34 wheel, which RHEL 8 cannot install.
@@ -39,9 +37,11 @@ GLIBC_FLOOR_MINOR = 28
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """What ``tool/`` is built for: Python versions (X.Y) and pip platform tags ([] for this machine's)."""
+    """What ``tool/`` is built for: Python versions (X.Y) and pip platform tags ([] for this machine's), and
+    where amsrepomirror's own wheel comes from (None: settled when the tool is built)."""
     pythons: Sequence[str]
     platforms: Sequence[str] = ()
+    own: OwnWheelRoute | None = None
 
 
 def running_python() -> str:
@@ -52,13 +52,14 @@ def _spec(pythons: Sequence[str], platforms: Sequence[str]) -> ToolSpec:
     return ToolSpec(pythons=list(dict.fromkeys(pythons or [running_python()])), platforms=list(dict.fromkeys(platforms or [])))
 
 
-def check_spec(pythons: Sequence[str], platforms: Sequence[str]) -> ToolSpec:
-    """The --tool-python/--tool-platform choice, checked up front (UsageError)."""
+def check_spec(pythons: Sequence[str], platforms: Sequence[str], tool_wheel: str = "") -> ToolSpec:
+    """The --tool-python/--tool-platform/--tool-wheel choice, checked up front (UsageError): also where
+    amsrepomirror's own wheel will come from (``pack.own_wheel``)."""
     spec = _spec(pythons, platforms)
     odd = [p for p in spec.pythons if p not in SUPPORTED_PYTHONS]
     if odd:
         raise UsageError(f"--tool-python {odd[0]}: amsrepomirror runs on Python {', '.join(SUPPORTED_PYTHONS)}")
-    return spec
+    return ToolSpec(pythons=spec.pythons, platforms=spec.platforms, own=own_wheel_route(tool_wheel))
 
 
 def tool_matches(bundle_dir: Path, with_tool: bool, pythons: Sequence[str], platforms: Sequence[str]) -> bool:
@@ -86,23 +87,6 @@ def _pip(args: list[str], what: str) -> None:
         raise MirrorError(f"bundle --with-tool: {what} failed: {last}")
 
 
-def _project_source() -> Path:
-    """The source folder amsrepomirror was installed from (pip's direct_url.json of a local install;
-    an egg-info of the source folder may come first on sys.path, and has none)."""
-    sources = []
-    for dist in metadata.distributions(name=DIST_NAME):
-        try:
-            url = urlparse(json.loads(dist.read_text("direct_url.json") or "{}").get("url", ""))
-        except ValueError:
-            continue
-        if url.scheme == "file" and (Path(unquote(url.path)) / "pyproject.toml").is_file():
-            sources.append(Path(unquote(url.path)))
-    if not sources:
-        raise UsageError("bundle --with-tool needs amsrepomirror installed from its source folder "
-                         "(pip install -e . or pip install DIR, as make venv does)")
-    return sources[0]
-
-
 def download_platforms(spec: ToolSpec) -> list[str]:
     """pip --platform tags for the download: --tool-platform's, else on Linux every manylinux tag of this
     machine's architecture up to glibc 2.28, newest first (pip prefers earlier tags); elsewhere pip's own."""
@@ -123,17 +107,26 @@ def requirements_name(python: str) -> str:
     return f"requirements-{python}.txt"
 
 
+def own_wheel(route: OwnWheelRoute, into: Path) -> Path:
+    """amsrepomirror's own wheel, made in ``into`` by ``route`` (``pack.own_wheel``)."""
+    into.mkdir(parents=True)
+    if route.kind == "file":
+        shutil.copy2(route.path, into / route.path.name)
+        return into / route.path.name
+    if route.kind == "source":
+        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(into), str(route.path)], "building amsrepomirror's wheel")
+        return next(into.glob("*.whl"))
+    return repack_installed(into)
+
+
 def build_wheels(dest: Path, spec: ToolSpec) -> dict[str, list[str]]:
-    """amsrepomirror's wheel (built from its source), its dependencies and pip, into ``dest``; returns,
+    """amsrepomirror's own wheel (``own_wheel``), its dependencies and pip, into ``dest``; returns,
     per Python of ``spec``, the names of the wheels it installs (each Python is downloaded apart, so
     that a requirements file names exactly what that Python needs)."""
     dest.mkdir(parents=True)
     wheels: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="amsrepomirror-wheel-") as tmp:
-        built = Path(tmp) / "built"
-        _pip(["wheel", "--quiet", "--no-deps", "--wheel-dir", str(built), str(_project_source())],
-             "building amsrepomirror's wheel")
-        own = next(built.glob("*.whl"))
+        own = own_wheel(spec.own or own_wheel_route(), Path(tmp) / "built")
         for python in spec.pythons:
             into = Path(tmp) / f"python-{python}"
             target = ["--python-version", python] + [a for p in download_platforms(spec) for a in ("--platform", p)]

@@ -104,6 +104,8 @@ class BundleArchive(MirrorTask):
     with_tool = luigi.BoolParameter(default=False, description="add tool/: wheels of amsrepomirror and install.sh")
     tool_pythons = luigi.ListParameter(default=[], description="with_tool: Python versions X.Y (default: this one)")
     tool_platforms = luigi.ListParameter(default=[], description="with_tool: pip platform tags (default: this machine's)")
+    tool_wheel = luigi.Parameter(default="", significant=False,
+                                 description="with_tool: amsrepomirror's own wheel (default: made from this install)")
     stick_size = luigi.IntParameter(default=0, description="bytes of one USB stick: the stick plan recorded in "
                                     "manifest.json (0: none)")
     sign_key = luigi.Parameter(default="", significant=False,
@@ -124,13 +126,14 @@ class BundleArchive(MirrorTask):
 
     def run(self):
         manifest_path = self.input().path
+        # Refused before any chunk is written (UsageError, exit 2: nothing was changed).
+        tool = check_spec(self.tool_pythons, self.tool_platforms, self.tool_wheel) if self.with_tool else None
         plan = build.plan_for(manifest_path, self.chunk_size, self.version, self.compression, self.since)
         build.prepare_out(self.out, plan)
         progress.shared_total(sum(piece.size for chunk in plan.chunks for piece in chunk.pieces))
         yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
-        tool = check_spec(self.tool_pythons, self.tool_platforms) if self.with_tool else None
         build.assemble_bundle(self.mirror, self.out, plan, tool, self.sign_key, self.stick_size)
 
 
