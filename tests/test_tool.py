@@ -511,10 +511,11 @@ def _sign(bundle: Path, key: Path) -> None:
     write_sums(bundle, names + [MANIFEST_NAME + ".sig"])
 
 
-@pytest.mark.parametrize("case", ["forged-unsigned", "forged-old-signature", "signed"])
+@pytest.mark.parametrize("case", ["forged-unsigned", "forged-old-signature", "signed", "forged-unsigned-user-file"])
 def test_install_sh_with_site_signers_runs_no_wheel_before_the_signature_holds(tool_bundle, keys, tmp_path, case):
     """With the site's allowed signers named, install.sh checks manifest.json.sig before any wheel the
-    manifest lists runs: a forged manifest listing other wheels (SHA256SUMS to match) runs none of them."""
+    manifest lists runs: a forged manifest listing other wheels (SHA256SUMS to match) runs none of them.
+    The signers may be set in any site settings file verify reads (here also the user's own file)."""
     key, allowed = keys
     bundle = copied(tool_bundle, tmp_path / "arrived")
     marker = tmp_path / "added-code-ran"
@@ -524,11 +525,12 @@ def test_install_sh_with_site_signers_runs_no_wheel_before_the_signature_holds(t
         _forge_tool_manifest(bundle, marker)
     else:
         _sign(bundle, key)
-    site = tmp_path / "site.cfg"
+    site = tmp_path / "xdg" / "amsrepomirror" / "amsrepomirror.cfg"
+    site.parent.mkdir(parents=True)
     site.write_text(f"[trust]\nallowed_signers = {allowed}\n")
+    where = {"XDG_CONFIG_HOME": str(tmp_path / "xdg")} if case.endswith("user-file") else {"AMSREPOMIRROR_CONFIG": str(site)}
     venv = tmp_path / "venv"
-    env = clean_env(tmp_path, "/usr/bin:/bin", PYTHON=interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}"),
-                    AMSREPOMIRROR_CONFIG=str(site))
+    env = clean_env(tmp_path, "/usr/bin:/bin", PYTHON=interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}"), **where)
     result = offline(["sh", str(bundle / "tool" / "install.sh"), str(venv)], env=env, cwd=tmp_path)
     assert not marker.exists(), result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -538,7 +540,7 @@ def test_install_sh_with_site_signers_runs_no_wheel_before_the_signature_holds(t
         return
     assert result.returncode == 4, result.stdout + result.stderr
     assert len(errors) == 1 and errors[0].startswith("error: install.sh: ") and "nothing was installed" in errors[0]
-    assert ("is missing" if case == "forged-unsigned" else "does not verify") in errors[0], errors[0]
+    assert ("is missing" if case.startswith("forged-unsigned") else "does not verify") in errors[0], errors[0]
     assert not venv.exists()
 
 
@@ -573,3 +575,25 @@ def test_install_sh_runs_the_wheel_bytes_it_checked_not_a_later_read(tool_bundle
     # The checked copy installed the listed pip; verify then names the file that changed on the stick.
     assert result.returncode == 4 and f"tool/wheels/{listed.name}: corrupt" in result.stderr, result.stdout + result.stderr
     assert (venv / "bin" / "amsrepomirror").exists()
+
+
+@pytest.mark.parametrize("xdg", ["absolute", "relative", "unset"])
+def test_install_sh_reads_the_site_settings_files_verify_reads_in_the_same_order(tmp_path, monkeypatch, xdg):
+    """install.sh's check (standard library only, so it cannot ask config) reads the site's files as verify does:
+    the tool's own /etc and user files included, the working folder's luigi.cfg never."""
+    from amsrepomirror import config
+    from amsrepomirror.bundle import wheelcheck
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LUIGI_CONFIG_PATH", str(tmp_path / "luigi-config-path.cfg"))
+    monkeypatch.setenv(config.SITE_FILE_FOR_TESTS, str(tmp_path / "site.cfg"))
+    if xdg == "unset":
+        monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg") if xdg == "absolute" else "relative/xdg")
+    monkeypatch.setenv("AMSREPOMIRROR_CONFIG", str(tmp_path / "install-sh.cfg"))
+    working_folder = {"./luigi.cfg", "./client.cfg", config.SHIPPED, "--config"}
+    verify_reads = [path for label, path in config.layers() if path and label not in working_folder]
+    install_sh_reads = [path for path in wheelcheck.settings_files() if path != "/etc/luigi/client.cfg" or os.path.exists(path)]
+    assert install_sh_reads == [*verify_reads, str(tmp_path / "install-sh.cfg")]
+    user = str(tmp_path / ("xdg" if xdg == "absolute" else "home/.config") / "amsrepomirror" / "amsrepomirror.cfg")
+    assert user in install_sh_reads and str(tmp_path / "site.cfg") in install_sh_reads

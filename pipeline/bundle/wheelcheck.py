@@ -23,8 +23,27 @@ import tempfile
 LIMIT = 1 << 30  # bytes: a wheel or manifest.json is far smaller; a device or a huge file is refused
 SIGNATURE_LIMIT = 64 * 1024
 REQUIREMENT = re.compile(r"(wheels/[A-Za-z0-9_.+-]+\.whl) --hash=sha256:([0-9a-f]{64})")
-# Where the site's trust setting is read, as verify reads it: never the working folder (a bundle's own).
-SETTINGS = ("/etc/luigi/client.cfg", "/etc/luigi/luigi.cfg", "LUIGI_CONFIG_PATH", "AMSREPOMIRROR_CONFIG")
+# Where the site's trust setting is read, lowest priority first, as verify reads it (config.layers; a test
+# holds the two lists equal): never the working folder (a bundle's own). A name without "/" is an environment
+# variable naming a file; AMSREPOMIRROR_SITE_FILE stands in for the /etc file in tests only.
+SETTINGS = ("/etc/luigi/client.cfg", "/etc/luigi/luigi.cfg", "AMSREPOMIRROR_SITE_FILE|/etc/amsrepomirror/amsrepomirror.cfg",
+            "XDG_CONFIG_HOME|~/.config", "LUIGI_CONFIG_PATH", "AMSREPOMIRROR_CONFIG")
+USER_FILE = "amsrepomirror/amsrepomirror.cfg"
+
+
+def settings_files() -> list[str]:
+    """The files of SETTINGS as paths (those that name nothing left out)."""
+    files = []
+    for name in SETTINGS:
+        variable, _, fallback = name.rpartition("|") if "|" in name else ("", "", name)
+        if variable == "XDG_CONFIG_HOME":  # the XDG spec: a relative $XDG_CONFIG_HOME is ignored
+            base = os.environ.get(variable, "")
+            files.append(os.path.join(base if os.path.isabs(base) else os.path.expanduser(fallback), USER_FILE))
+        elif variable:
+            files.append(os.environ.get(variable) or fallback)
+        else:
+            files.append(fallback if fallback.startswith("/") else os.environ.get(fallback, ""))
+    return [f for f in files if f]
 
 
 class Check:
@@ -60,11 +79,10 @@ class Check:
 
     def site_signers(self):
         """[trust] allowed_signers, revoked_keys, require_signature (else [unpack] allowed_signers), as
-        the site sets them for verify: /etc/luigi, $LUIGI_CONFIG_PATH, $AMSREPOMIRROR_CONFIG."""
-        files = [name if name.startswith("/") else os.environ.get(name, "") for name in SETTINGS]
+        the site sets them for verify (SETTINGS)."""
         parser = configparser.RawConfigParser()
         try:
-            parser.read([f for f in files if f], encoding="utf-8")
+            parser.read(settings_files(), encoding="utf-8")
         except (configparser.Error, ValueError) as exc:
             self.refuse("cannot read the site's settings: " + str(exc).splitlines()[0])
 
