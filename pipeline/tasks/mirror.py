@@ -56,9 +56,11 @@ class FetchListing(MirrorTask):
     def run(self):
         url = listing_url_for(self.version, self.listing_url)
         self.set_status_message(f"reading the listing and asking the server about each file ({self.jobs} connections)")
+        # --adopt: files on disk without a record are taken over, not fetched: no first bytes for them
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
-                                      timeout=http().timeout, low_speed=http().low_speed())
+                                      timeout=http().timeout, low_speed=http().low_speed(),
+                                      first_bytes=None if self.adopt else self.workspace)
         sync.record_selection(self.workspace, snapshot)
         if self.adopt:
             snapshot["adopted"] = sync.adopt_existing(self.workspace, snapshot["files"])
@@ -70,6 +72,7 @@ class FetchListing(MirrorTask):
         if not write_new_bytes(Path(self.output().path), body):
             # Another process's FetchListing of this run id (another listing, or the same) was first:
             # its snapshot stays, and this one may go on only when it names the same work.
+            sync.drop_prefetched(self.workspace, snapshot)
             shared_run.check_run_identity(self.run_id, snapshot["identity"], self.snapshot().get("identity"))
 
     def identity(self, listing_sha256: str):
