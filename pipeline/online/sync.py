@@ -70,7 +70,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
     selected = select_platforms(listed, platforms, rules)
     checking = CountProgress(len(selected), "checking")
-    ask = Prefetch(session, first_bytes, timeout, low_speed) if first_bytes is not None else None
+    ask = Prefetch(session, first_bytes, version, timeout, low_speed) if first_bytes is not None else None
     try:
         answers = run_concurrently(lambda f: _counted(checking, _probe_or_error(session, f, timeout, ask)), selected,
                                    jobs)
@@ -118,21 +118,24 @@ class Prefetch:
 
     Their bytes are written before VerifyTree's space check of all downloads, so they are charged to
     an account of their own first: the free space when the first one arrives, never more (DiskSpaceError,
-    exit 5, before a byte beyond it is written). A file the mirror has a record of is asked with a HEAD,
-    as before: a rerun transfers no body of a file that has not changed.
+    exit 5, before a byte beyond it is written). A file the mirror has a record of, or that the version's
+    last run selected (a file refused with 401 has no record), is asked with a HEAD, as before: a rerun
+    transfers no body of a file that has not changed, nor an error page for each file it may not have.
     """
 
     BLOCK = 4096  # a file takes whole blocks of the filesystem
 
-    def __init__(self, session: requests.Session, ws: Workspace, timeout: float, low_speed: LowSpeed | None):
+    def __init__(self, session: requests.Session, ws: Workspace, version: str, timeout: float,
+                 low_speed: LowSpeed | None):
         self.session, self.ws, self.timeout, self.low_speed = session, ws, timeout, low_speed
+        self.known = last_selection(ws, version)
         self.free: int | None = None
         self.reserved = 0
         self.sha256: dict[str, str] = {}
         self.lock = threading.Lock()
 
     def ask(self, item: ListedFile):
-        if self.ws.current_record(item.path) is not None:
+        if self.known is None or item.path in self.known or self.ws.current_record(item.path) is not None:
             return probe(self.session, item.url, self.timeout)
         answer, sha256 = probe_with_body(self.session, item.url, self.timeout, prefetched_path(self.ws, item.path),
                                          self.reserve, self.low_speed)
@@ -157,6 +160,17 @@ class Prefetch:
         """What a snapshot entry says of the file's prefetched copy (nothing when there is none)."""
         sha256 = self.sha256.get(path)
         return {"prefetched": {"sha256": sha256, "by": THIS_PROCESS}} if sha256 else {}
+
+
+def last_selection(ws: Workspace, version: str) -> set[str] | None:
+    """The paths the version's last run selected (empty: none ran yet); None when its record cannot be read."""
+    path = ws.selection_path(version)
+    if not path.exists():
+        return set()
+    try:
+        return set(read_json(path, "selection")["paths"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def prefetched_path(ws: Workspace, rel: str, by: str = THIS_PROCESS) -> Path:
