@@ -116,3 +116,17 @@ def test_small_files_beyond_the_free_space_stop_the_run_with_exit_5(tmp_path):
     finally:
         double.stop()
         os.system(f"umount {small}")
+
+
+def test_a_cut_small_body_is_not_kept(scm_double, tmp_path):
+    """A probe whose body ends early says what HEAD would, and keeps nothing: its DownloadFile fetches the file."""
+    from amsrepomirror.online.http import make_session, probe_with_body
+
+    path = "common/docs/AMS 2026.1 release notes.pdf"  # 20,000 bytes
+    scm_double.cut_after(path, nbytes=1000, times=1, method="GET")
+    session = make_session(None, retries=0)
+    session.auth = (b"demo", b"demo-pass")
+    into = tmp_path / "part"
+    remote, sha256 = probe_with_body(session, scm_double.url(path), 10, into, lambda n: None)
+    assert (remote.status, remote.size, sha256) == (200, 20_000, None)
+    assert remote.etag and not into.exists()
