@@ -31,9 +31,9 @@ def print_version() -> int:
 
 
 def run_command() -> int:
-    import configparser
-
-    from amsrepomirror.errors import INTERRUPTED, INTERRUPTED_LINE, settings_file_error
+    # Here, not at the top: --version (above) needs none of this.
+    import configparser  # see above
+    from amsrepomirror.errors import INTERRUPTED, INTERRUPTED_LINE, settings_file_error  # see above
 
     try:
         # Imported here: importing it imports Luigi, which parses every luigi.cfg (see above).

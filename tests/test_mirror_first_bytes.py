@@ -3,23 +3,34 @@ file arrives with its answer (one request, data from the start), a larger one is
 have planned it. Against the SCM double, whose log shows every request in order."""
 
 import os
+from pathlib import Path
 
 import pytest
-from clihelp import run_cli, served_tree, tree_hashes
+from clihelp import REPO, cli_env, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.errors import DiskSpaceError
-from amsrepomirror.online.http import PREFETCH_BYTES
 from amsrepomirror.online.sync import Prefetch
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.testing.repository import make_repository, repository_files
 from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
+PREFETCH_BYTES = 64 * 1024  # the shipped [http] first_bytes
 FIRST_BYTES = f"bytes=0-{PREFETCH_BYTES - 1}"
 
 
-def mirror(double, dest, *extra):
-    return run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION), *extra)
+@pytest.fixture
+def settings(tmp_path_factory) -> Path:
+    """The tests' settings but the shipped first_bytes (tests/luigi-test.cfg turns it off for the other tests,
+    which arm their faults behind HEAD probes)."""
+    cfg = tmp_path_factory.mktemp("settings") / "luigi.cfg"
+    cfg.write_text((REPO / "tests" / "luigi-test.cfg").read_text().replace("first_bytes = 0", "first_bytes = 64KiB"))
+    return cfg
+
+
+def mirror(double, dest, cfg, *extra):
+    return run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION), *extra,
+                   env=cli_env(LUIGI_CONFIG_PATH=str(cfg)))
 
 
 def file_records(double):
@@ -32,9 +43,9 @@ def sizes(root):
 
 
 @pytest.mark.slow
-def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, repo_tree, tmp_path):
+def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, repo_tree, tmp_path, settings):
     dest = tmp_path / "m"
-    first = mirror(scm_double, dest)
+    first = mirror(scm_double, dest, settings)
     assert first.returncode == 0, first.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
     records = file_records(scm_double)
@@ -56,7 +67,7 @@ def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, r
     assert not list((dest / ".amsrepomirror").rglob("*.first-*"))  # every copy the probes brought was installed
 
     scm_double.clear_log()
-    again = mirror(scm_double, dest)
+    again = mirror(scm_double, dest, settings)
     assert again.returncode == 0, again.stderr
     records = file_records(scm_double)
     assert {r.method for r in records} == {"HEAD"}  # every file has a record: no body asked for
@@ -72,7 +83,7 @@ def test_a_changed_copy_of_a_small_file_is_fetched_again(scm_double, repo_tree, 
     session = make_session(None)
     session.auth = (b"demo", b"demo-pass")
     snapshot = sync.take_snapshot(session, VERSION, scm_double.listing_url(VERSION), [], {}, strict_authentication=False,
-                                  jobs=4, timeout=10, first_bytes=ws)
+                                  jobs=4, timeout=10, ws=ws, first_bytes=PREFETCH_BYTES)
     entry = next(e for e in snapshot["files"] if e.get("prefetched") and e["size"] > 10)
     held = sync.prefetched_path(ws, entry["path"], entry["prefetched"]["by"])
     data = bytearray(held.read_bytes())
@@ -87,7 +98,7 @@ def test_a_changed_copy_of_a_small_file_is_fetched_again(scm_double, repo_tree, 
 
 
 def test_the_probes_bodies_never_go_beyond_the_free_space(tmp_path):
-    account = Prefetch(None, Workspace(tmp_path / "m"), VERSION, 10, None)
+    account = Prefetch(None, Workspace(tmp_path / "m"), VERSION, PREFETCH_BYTES, 10, None)
     account.free = 3 * Prefetch.BLOCK
     account.reserve(1)
     account.reserve(Prefetch.BLOCK + 1)  # two blocks
@@ -97,7 +108,7 @@ def test_the_probes_bodies_never_go_beyond_the_free_space(tmp_path):
 
 
 @pytest.mark.slow
-def test_small_files_beyond_the_free_space_stop_the_run_with_exit_5(tmp_path):
+def test_small_files_beyond_the_free_space_stop_the_run_with_exit_5(tmp_path, settings):
     small = tmp_path / "small"
     small.mkdir()
     if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=256k tmpfs {small} 2>/dev/null") != 0:
@@ -107,7 +118,7 @@ def test_small_files_beyond_the_free_space_stop_the_run_with_exit_5(tmp_path):
     double = ScmDouble(root)
     double.start()
     try:
-        result = mirror(double, small / "m", "--jobs", "4")
+        result = mirror(double, small / "m", settings, "--jobs", "4")
         assert result.returncode == 5, result.stderr
         assert "not enough disk space for the small files of the listing" in result.stderr
         sent = sum(r.body_bytes for r in file_records(double) if r.range == FIRST_BYTES and r.status == 206
@@ -127,6 +138,6 @@ def test_a_cut_small_body_is_not_kept(scm_double, tmp_path):
     session = make_session(None, retries=0)
     session.auth = (b"demo", b"demo-pass")
     into = tmp_path / "part"
-    remote, sha256 = probe_with_body(session, scm_double.url(path), 10, into, lambda n: None)
+    remote, sha256 = probe_with_body(session, scm_double.url(path), 10, into, PREFETCH_BYTES, lambda n: None)
     assert (remote.status, remote.size, sha256) == (200, 20_000, None)
     assert remote.etag and not into.exists()

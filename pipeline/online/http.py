@@ -64,9 +64,6 @@ BUSY_STATUSES = (429, 503)
 # after a cut at most this much is fetched again.
 STREAM_BLOCK = 128 * 1024
 RESUMABLE_FROM = 256 * 1024  # a cut download of this many bytes or more resumes at the byte
-#: A file the mirror has never held is asked for with a GET of this many first bytes instead of a HEAD
-#: (``probe_with_body``): the answer says what HEAD would, and a file no longer than that arrives with it.
-PREFETCH_BYTES = 64 * 1024
 
 
 class Unauthorized(FetchError):
@@ -605,10 +602,10 @@ def _probe_with_get(session: requests.Session, url: str, timeout: float) -> Remo
         return RemoteInfo(200, size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
 
 
-def probe_with_body(session: requests.Session, url: str, timeout: float, into: Path,
+def probe_with_body(session: requests.Session, url: str, timeout: float, into: Path, first_bytes: int,
                     reserve: Callable[[int], None], low_speed: Optional["LowSpeed"] = None) -> tuple[RemoteInfo, str | None]:
-    """What :func:`probe` says, from a GET of the first :data:`PREFETCH_BYTES` bytes instead of a HEAD; when
-    that is the whole file, its body too, written to ``into`` (its sha256 returned, else None).
+    """What :func:`probe` says, from a GET of the ``first_bytes`` first bytes instead of a HEAD ([http]
+    first_bytes); when that is the whole file, its body too, written to ``into`` (its sha256, else None).
 
     One request instead of a HEAD and a GET for each small file of a first run. The body passes
     :func:`accept_response` with the answer's own length and validators (which the run then plans with,
@@ -616,14 +613,14 @@ def probe_with_body(session: requests.Session, url: str, timeout: float, into: P
     first bytes of a longer file are read and dropped (the connection stays usable); an answer that
     cannot be read this way (416, no length, no validator) is asked again as a HEAD.
     """
-    headers = {"Range": f"bytes=0-{PREFETCH_BYTES - 1}", "Accept-Encoding": "identity"}
+    headers = {"Range": f"bytes=0-{first_bytes - 1}", "Accept-Encoding": "identity"}
     resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
     with resp:
-        remote, asked = _prefetch_answer(resp)
+        remote, asked = _prefetch_answer(resp, first_bytes)
         if remote is None:
             return probe(session, url, timeout), None
         if asked is None:
-            _drain_prefix(resp)
+            _drain_prefix(resp, first_bytes)
             return remote, None
         try:
             body = accept_response(resp, url, remote, asked)
@@ -642,7 +639,7 @@ def probe_with_body(session: requests.Session, url: str, timeout: float, into: P
     return remote, hasher.hexdigest()
 
 
-def _prefetch_answer(resp: requests.Response) -> tuple[RemoteInfo | None, "Asked | None"]:
+def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteInfo | None, "Asked | None"]:
     """The answer to the first bytes as HEAD's (None: ask HEAD), and, when it carries the whole file, what it
     is taken as having been asked for (the whole file as a range, or the whole file)."""
     status, etag, last_modified = resp.status_code, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
@@ -650,24 +647,24 @@ def _prefetch_answer(resp: requests.Response) -> tuple[RemoteInfo | None, "Asked
         total = (parse_content_range(resp.headers.get("Content-Range")) or (None, None, None))[2]
         if total is None:
             return None, None
-        whole = 0 < total <= PREFETCH_BYTES
+        whole = 0 < total <= first_bytes
         return RemoteInfo(200, total, etag, last_modified), Asked(0, total, ranged=True) if whole else None
     if status == 200:
         size = parse_content_length(resp.headers.get("Content-Length"))
-        whole = size is not None and size <= PREFETCH_BYTES
+        whole = size is not None and size <= first_bytes
         return RemoteInfo(200, size, etag, last_modified), Asked() if whole else None
     if status in (405, 416, 501):  # no range or no GET of this kind: HEAD answers
         return None, None
     return RemoteInfo(status=status), None  # 401/403 refuse any method (probe asks a 403 HEAD again as a GET)
 
 
-def _drain_prefix(resp: requests.Response) -> None:
+def _drain_prefix(resp: requests.Response, first_bytes: int) -> None:
     """Read the rest of a 206 of the first bytes, no more than were asked for, so that its connection is
     reused; a 200 with the whole of a larger file is closed instead, by the caller's ``with``."""
     if resp.status_code == 206:
         read = 0
         with contextlib.suppress(requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError):
-            while read <= PREFETCH_BYTES:
+            while read <= first_bytes:
                 block = resp.raw.read1(STREAM_BLOCK, decode_content=False)
                 if not block:
                     return

@@ -57,11 +57,11 @@ SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
                   rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float,
-                  low_speed: LowSpeed | None = None, first_bytes: Workspace | None = None) -> dict:
+                  low_speed: LowSpeed | None = None, ws: Workspace | None = None, first_bytes: int = 0) -> dict:
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now.
 
-    ``first_bytes``: the mirror, whose files without a record are asked with a GET of their first bytes
-    instead (``Prefetch``): a small one arrives with its answer, and is not asked for again.
+    ``first_bytes`` (with the mirror ``ws``): its files without a record are asked with a GET of their first
+    ``first_bytes`` bytes instead (``Prefetch``): a small one arrives with its answer, and is not asked again.
     """
     text = fetch_text(session, listing_url, timeout, low_speed)
     listed = parse_listing(text, listing_url)
@@ -70,7 +70,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
     selected = select_platforms(listed, platforms, rules)
     checking = CountProgress(len(selected), "checking")
-    ask = Prefetch(session, first_bytes, version, timeout, low_speed) if first_bytes is not None else None
+    ask = Prefetch(session, ws, version, first_bytes, timeout, low_speed) if ws is not None and first_bytes > 0 else None
     try:
         answers = run_concurrently(lambda f: _counted(checking, _probe_or_error(session, f, timeout, ask)), selected,
                                    jobs)
@@ -125,9 +125,9 @@ class Prefetch:
 
     BLOCK = 4096  # a file takes whole blocks of the filesystem
 
-    def __init__(self, session: requests.Session, ws: Workspace, version: str, timeout: float,
+    def __init__(self, session: requests.Session, ws: Workspace, version: str, first_bytes: int, timeout: float,
                  low_speed: LowSpeed | None):
-        self.session, self.ws, self.timeout, self.low_speed = session, ws, timeout, low_speed
+        self.session, self.ws, self.first_bytes, self.timeout, self.low_speed = session, ws, first_bytes, timeout, low_speed
         self.known = last_selection(ws, version)
         self.free: int | None = None
         self.reserved = 0
@@ -138,7 +138,7 @@ class Prefetch:
         if self.known is None or item.path in self.known or self.ws.current_record(item.path) is not None:
             return probe(self.session, item.url, self.timeout)
         answer, sha256 = probe_with_body(self.session, item.url, self.timeout, prefetched_path(self.ws, item.path),
-                                         self.reserve, self.low_speed)
+                                         self.first_bytes, self.reserve, self.low_speed)
         if sha256 is not None:
             with self.lock:
                 self.sha256[item.path] = sha256

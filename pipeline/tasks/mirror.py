@@ -20,7 +20,7 @@ from amsrepomirror.tasks import shared_run
 from amsrepomirror.tasks.base import PROCESS_RUN_ID, FolderTask, MirrorTask, http, platform_rules, workspace_of
 from amsrepomirror.util import progress
 from amsrepomirror.util.fsutil import atomic_write_bytes, write_new_bytes
-from amsrepomirror.util.units import format_size
+from amsrepomirror.util.units import format_size, parse_size
 
 # max_batch_size, shared_batch_size and run_batch_size in [DownloadFile] are read as settings, not parameters.
 warnings.filterwarnings("ignore", message=".*'(max|shared|run)_batch_size'.*",
@@ -60,7 +60,7 @@ class FetchListing(MirrorTask):
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
                                       timeout=http().timeout, low_speed=http().low_speed(),
-                                      first_bytes=None if self.adopt else self.workspace)
+                                      ws=self.workspace, first_bytes=0 if self.adopt else parse_size(http().first_bytes))
         sync.record_selection(self.workspace, snapshot)
         if self.adopt:
             snapshot["adopted"] = sync.adopt_existing(self.workspace, snapshot["files"])
