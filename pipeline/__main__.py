@@ -33,6 +33,7 @@ def print_version() -> int:
 def run_command() -> int:
     # Here, not at the top: --version (above) needs none of this.
     import configparser  # see above
+
     from amsrepomirror.errors import INTERRUPTED, INTERRUPTED_LINE, settings_file_error  # see above
 
     try:
