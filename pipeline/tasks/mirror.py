@@ -60,7 +60,7 @@ class FetchListing(MirrorTask):
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
                                       timeout=http().timeout, low_speed=http().low_speed(),
-                                      ws=self.workspace, first_bytes=0 if self.adopt else parse_size(http().first_bytes))
+                                      ws=self.workspace, first_bytes=0 if self.adopt else first_bytes())
         sync.record_selection(self.workspace, snapshot)
         if self.adopt:
             snapshot["adopted"] = sync.adopt_existing(self.workspace, snapshot["files"])
@@ -82,6 +82,12 @@ class FetchListing(MirrorTask):
 
     def snapshot(self):
         return sync.load_snapshot(self.output().path)
+
+
+def first_bytes() -> int:
+    """[http] first_bytes as bytes: 0 (HEAD every file) or a size."""
+    value = str(http().first_bytes).strip()
+    return 0 if value == "0" else parse_size(value)
 
 
 class MirrorFileTarget(luigi.Target):
