@@ -39,7 +39,7 @@ def without(tree, path):
 
 def config_with(tmp_path, **http):
     """A luigi.cfg for one test: the test [http] settings with these values changed."""
-    settings = {"retries": 3, "backoff": 0.1, "timeout": 10, **http}
+    settings = {"retries": 3, "backoff": 0.1, "timeout": 10, "first_bytes": 0, **http}  # HEAD probes, as luigi-test.cfg
     path = tmp_path / "luigi.cfg"
     path.write_text("[http]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
     return str(path)

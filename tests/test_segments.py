@@ -22,7 +22,7 @@ MiB = 1024 * 1024
 
 def settings(tmp_path, **http):
     """A luigi.cfg for one test: quick retries, and files of 4 MiB or more fetched as ranges."""
-    values = {"retries": 3, "backoff": 0.1, "timeout": 10, "segment_threshold": "4MiB", **http}
+    values = {"retries": 3, "backoff": 0.1, "timeout": 10, "segment_threshold": "4MiB", "first_bytes": 0, **http}
     path = tmp_path / "luigi.cfg"
     path.write_text("[http]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
     return cli_env(LUIGI_CONFIG_PATH=str(path))

@@ -602,6 +602,75 @@ def _probe_with_get(session: requests.Session, url: str, timeout: float) -> Remo
         return RemoteInfo(200, size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
 
 
+def probe_with_body(session: requests.Session, url: str, timeout: float, into: Path, first_bytes: int,
+                    reserve: Callable[[int], None], low_speed: Optional["LowSpeed"] = None) -> tuple[RemoteInfo, str | None]:
+    """What :func:`probe` says, from a GET of the ``first_bytes`` first bytes instead of a HEAD ([http]
+    first_bytes); when that is the whole file, its body too, written to ``into`` (its sha256, else None).
+
+    One request instead of a HEAD and a GET for each small file of a first run. The body passes
+    :func:`accept_response` with the answer's own length and validators (which the run then plans with,
+    as HEAD's), and ``reserve`` (the run's free-space account) is charged before a byte is written. The
+    first bytes of a longer file are read and dropped (the connection stays usable); an answer that
+    cannot be read this way (416, no length, no validator) is asked again as a HEAD.
+    """
+    headers = {"Range": f"bytes=0-{first_bytes - 1}", "Accept-Encoding": "identity"}
+    resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
+    with resp:
+        remote, asked = _prefetch_answer(resp, first_bytes)
+        if remote is None:
+            return probe(session, url, timeout), None
+        if asked is None:
+            _drain_prefix(resp, first_bytes)
+            return remote, None
+        try:
+            body = accept_response(resp, url, remote, asked)
+        except (UnusableRange, WrongBody):  # not the whole file as asked: as HEAD would have, and no body
+            return probe(session, url, timeout), None
+        reserve(body.length)
+        hasher = hashlib.sha256()
+        with local_writes(str(into)):
+            into.parent.mkdir(parents=True, exist_ok=True)
+            with open(into, "wb") as out:
+                cut = stream_into(resp, _writer(out, hasher), lambda n: None, low_speed or LowSpeed(), limit=body.length)
+                size = out.tell()
+    if cut is not None or size != body.length:  # guard: prefetch-complete
+        into.unlink(missing_ok=True)  # its DownloadFile fetches it as any other
+        return remote, None
+    return remote, hasher.hexdigest()
+
+
+def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteInfo | None, "Asked | None"]:
+    """The answer to the first bytes as HEAD's (None: ask HEAD), and, when it carries the whole file, what it
+    is taken as having been asked for (the whole file as a range, or the whole file)."""
+    status, etag, last_modified = resp.status_code, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+    if status == 206:
+        total = (parse_content_range(resp.headers.get("Content-Range")) or (None, None, None))[2]
+        if total is None:
+            return None, None
+        whole = 0 < total <= first_bytes
+        return RemoteInfo(200, total, etag, last_modified), Asked(0, total, ranged=True) if whole else None
+    if status == 200:
+        size = parse_content_length(resp.headers.get("Content-Length"))
+        whole = size is not None and size <= first_bytes
+        return RemoteInfo(200, size, etag, last_modified), Asked() if whole else None
+    if status in (405, 416, 501):  # no range or no GET of this kind: HEAD answers
+        return None, None
+    return RemoteInfo(status=status), None  # 401/403 refuse any method (probe asks a 403 HEAD again as a GET)
+
+
+def _drain_prefix(resp: requests.Response, first_bytes: int) -> None:
+    """Read the rest of a 206 of the first bytes, no more than were asked for, so that its connection is
+    reused; a 200 with the whole of a larger file is closed instead, by the caller's ``with``."""
+    if resp.status_code == 206:
+        read = 0
+        with contextlib.suppress(requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError):
+            while read <= first_bytes:
+                block = resp.raw.read1(STREAM_BLOCK, decode_content=False)
+                if not block:
+                    return
+                read += len(block)
+
+
 def basic_auth_header(user: bytes, password: bytes) -> str:
     return "Basic " + base64.b64encode(user + b":" + password).decode("ascii")
 

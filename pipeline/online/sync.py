@@ -30,6 +30,7 @@ from amsrepomirror.online.http import (
     fetch_text,
     fetch_to_part,
     probe,
+    probe_with_body,
 )
 from amsrepomirror.online.listing import (
     ListedFile,
@@ -42,13 +43,13 @@ from amsrepomirror.online.listing import (
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.segments import SegmentPolicy, Slowdown, Transfers, drop_ranges_record
 from amsrepomirror.online.workspace import THIS_PROCESS, FileRecord, Workspace
-from amsrepomirror.util.fsutil import atomic_write_json, local_writes, make_durable, require_free_space
+from amsrepomirror.util.fsutil import atomic_write_json, free_bytes, local_writes, make_durable, require_free_space
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.jsonread import JsonDamaged, read_json
 from amsrepomirror.util.progress import ByteProgress, CountProgress
 from amsrepomirror.util.skipped_files import Lacking, excluded_by, unlicensed
 from amsrepomirror.util.timestamps import utc_now
-from amsrepomirror.util.units import counted
+from amsrepomirror.util.units import counted, format_size
 
 SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
 SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
@@ -56,8 +57,12 @@ SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 
 def take_snapshot(session: requests.Session, version: str, listing_url: str, platforms: Sequence[str],
                   rules: Mapping, *, strict_authentication: bool, jobs: int, timeout: float,
-                  low_speed: LowSpeed | None = None) -> dict:
-    """Fetch and check the listing, then ask the server (HEAD) what each selected file is now."""
+                  low_speed: LowSpeed | None = None, ws: Workspace | None = None, first_bytes: int = 0) -> dict:
+    """Fetch and check the listing, then ask the server (HEAD) what each selected file is now.
+
+    ``first_bytes`` (with the mirror ``ws``): its files without a record are asked with a GET of their first
+    ``first_bytes`` bytes instead (``Prefetch``): a small one arrives with its answer, and is not asked again.
+    """
     text = fetch_text(session, listing_url, timeout, low_speed)
     listed = parse_listing(text, listing_url)
     index = f"{version}.yml"
@@ -65,8 +70,10 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
     selected = select_platforms(listed, platforms, rules)
     checking = CountProgress(len(selected), "checking")
+    ask = Prefetch(session, ws, version, first_bytes, timeout, low_speed) if ws is not None and first_bytes > 0 else None
     try:
-        answers = run_concurrently(lambda f: _counted(checking, _probe_or_error(session, f, timeout)), selected, jobs)
+        answers = run_concurrently(lambda f: _counted(checking, _probe_or_error(session, f, timeout, ask)), selected,
+                                   jobs)
     finally:
         checking.close()
     files, unauthorized, refused_with, failed = [], [], {}, []
@@ -79,7 +86,7 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         elif answer.status != 200:
             failed.append({"path": item.path, "message": f"HTTP {answer.status} for {redact(item.url)}"})
         else:
-            files.append({"path": item.path, "url": item.url, **answer.validators()})
+            files.append({"path": item.path, "url": item.url, **answer.validators(), **(ask.held(item.path) if ask else {})})
     if unauthorized and not files and not failed:
         raise AuthError(f"the server refused the SCM account for all {counted(len(unauthorized), 'file')}: "
                         "wrong user or password?")
@@ -103,11 +110,105 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
     }
 
 
-def _probe_or_error(session, item: ListedFile, timeout: float):
+class Prefetch:
+    """A first run's probes that bring small files along (``http.probe_with_body``), each written to a
+    name of its own beside its part (:func:`prefetched_path`) and noted in the snapshot entry
+    (``prefetched``: its sha256 and the process that wrote it), for its DownloadFile to install
+    instead of fetching it again (:func:`prefetched_part`).
+
+    Their bytes are written before VerifyTree's space check of all downloads, so they are charged to
+    an account of their own first: the free space when the first one arrives, never more (DiskSpaceError,
+    exit 5, before a byte beyond it is written). A file the mirror has a record of, or that the version's
+    last run selected (a file refused with 401 has no record), is asked with a HEAD, as before: a rerun
+    transfers no body of a file that has not changed, nor an error page for each file it may not have.
+    """
+
+    BLOCK = 4096  # a file takes whole blocks of the filesystem
+
+    def __init__(self, session: requests.Session, ws: Workspace, version: str, first_bytes: int, timeout: float,
+                 low_speed: LowSpeed | None):
+        self.session, self.ws, self.first_bytes, self.timeout, self.low_speed = session, ws, first_bytes, timeout, low_speed
+        self.known = last_selection(ws, version)
+        self.free: int | None = None
+        self.reserved = 0
+        self.sha256: dict[str, str] = {}
+        self.lock = threading.Lock()
+
+    def ask(self, item: ListedFile):
+        if self.known is None or item.path in self.known or self.ws.current_record(item.path) is not None:
+            return probe(self.session, item.url, self.timeout)
+        answer, sha256 = probe_with_body(self.session, item.url, self.timeout, prefetched_path(self.ws, item.path),
+                                         self.first_bytes, self.reserve, self.low_speed)
+        if sha256 is not None:
+            with self.lock:
+                self.sha256[item.path] = sha256
+        return answer
+
+    def reserve(self, size: int) -> None:
+        """Charge ``size`` bytes (whole blocks) to the account; DiskSpaceError when they would not fit."""
+        blocks = -(-max(size, 1) // self.BLOCK) * self.BLOCK
+        with self.lock:
+            if self.free is None:
+                self.free = free_bytes(self.ws.mirror)
+            if self.reserved + blocks > self.free:  # guard: prefetch-space
+                raise DiskSpaceError(f"not enough disk space for the small files of the listing at {self.ws.mirror}: "
+                                     f"need more than {format_size(self.reserved + blocks)}, "
+                                     f"{format_size(self.free)} free")
+            self.reserved += blocks
+
+    def held(self, path: str) -> dict:
+        """What a snapshot entry says of the file's prefetched copy (nothing when there is none)."""
+        sha256 = self.sha256.get(path)
+        return {"prefetched": {"sha256": sha256, "by": THIS_PROCESS}} if sha256 else {}
+
+
+def last_selection(ws: Workspace, version: str) -> set[str] | None:
+    """The paths the version's last run selected (empty: none ran yet); None when its record cannot be read."""
+    path = ws.selection_path(version)
+    if not path.exists():
+        return set()
     try:
-        return probe(session, item.url, timeout)
-    except ServerNotAuthenticated:
-        raise  # not one file's failure: nothing this server answers can be trusted
+        return set(read_json(path, "selection")["paths"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def prefetched_path(ws: Workspace, rel: str, by: str = THIS_PROCESS) -> Path:
+    """Where process ``by`` keeps a file its probe brought: a name of its own, so that two processes taking
+    the listing of one shared run never write each other's (only the snapshot that wins is used)."""
+    part = ws.part_path(rel)
+    return part.with_name(f"{part.name}.first-{by.replace('/', '_')}")
+
+
+def prefetched_part(ws: Workspace, entry: dict) -> FetchResult | None:
+    """The file the run's probe brought, moved to its part, when it still holds exactly the bytes the probe
+    hashed (the snapshot's sha256); None: fetch it as any other."""
+    held = entry.get("prefetched")
+    if not held or entry.get("size") is None:
+        return None
+    path = prefetched_path(ws, entry["path"], held["by"])
+    try:
+        if path.stat().st_size != entry["size"] or sha256_file(path) != held["sha256"]:  # guard: prefetched-hash
+            return None
+        with local_writes(str(path)):
+            os.replace(path, ws.part_path(entry["path"]))
+    except OSError:
+        return None
+    return FetchResult(entry["size"], held["sha256"], entry.get("etag"), entry.get("last_modified"), entry["size"])
+
+
+def drop_prefetched(ws: Workspace, snapshot: dict) -> None:
+    """Remove what this process's probes brought: its snapshot lost to another process's, which is used instead."""
+    for entry in snapshot["files"]:
+        if entry.get("prefetched"):
+            prefetched_path(ws, entry["path"]).unlink(missing_ok=True)
+
+
+def _probe_or_error(session, item: ListedFile, timeout: float, prefetch: Prefetch | None = None):
+    try:
+        return prefetch.ask(item) if prefetch else probe(session, item.url, timeout)
+    except (ServerNotAuthenticated, DiskSpaceError):
+        raise  # not one file's failure: nothing this server answers can be trusted, or nothing more fits
     except MirrorError as exc:
         return exc
 
@@ -217,8 +318,16 @@ def fetched_and_pending(ws: Workspace, entries: Iterable[dict], run_id: str) -> 
 
 
 def bytes_to_fetch(ws: Workspace, entries: Iterable[dict]) -> int:
-    """Bytes still to transfer: full sizes minus what partial downloads already hold."""
-    return sum(max((e.get("size") or 0) - ws.part_bytes(e["path"]), 0) for e in entries)
+    """Bytes still to transfer: full sizes minus what partial downloads already hold (a file the probe
+    brought holds all of them)."""
+    return sum(max((e.get("size") or 0) - _held_bytes(ws, e), 0) for e in entries)
+
+
+def _held_bytes(ws: Workspace, entry: dict) -> int:
+    held = entry.get("prefetched")
+    if held and prefetched_path(ws, entry["path"], held["by"]).exists():
+        return entry.get("size") or 0
+    return ws.part_bytes(entry["path"])
 
 
 def check_space(ws: Workspace, entries: list[dict]) -> int:
@@ -365,6 +474,10 @@ class _Downloads:
         self.outcome.failed[entry["path"]] = str(exc)
 
     def fetch_whole(self, entry: dict) -> None:
+        held = prefetched_part(self.ws, entry)
+        if held is not None:  # brought by the listing's probe: installed with the others, not fetched again
+            self.group.add(entry, held)
+            return
         self.group.add(entry, fetch_part(self.bodies, self.ws, entry, self.timeout, self.on_bytes, stop=self.stop,
                                          low_speed=self.low_speed, durable=False))
 
@@ -462,6 +575,8 @@ def drop_stale_parts(ws: Workspace, snapshot: dict) -> None:
         part = ws.part_path(entry["path"])
         part.unlink(missing_ok=True)
         drop_ranges_record(part)
+        if entry.get("prefetched"):
+            prefetched_path(ws, entry["path"], entry["prefetched"]["by"]).unlink(missing_ok=True)
 
 
 def selected_paths(snapshot: dict) -> list[str]:

@@ -37,6 +37,7 @@ class http(luigi.Config):
 
     segment_threshold = luigi.Parameter(description="files of this size or more are fetched as several byte ranges")
     max_ranges_per_file = luigi.IntParameter(description="at most this many ranges of one file at once")
+    first_bytes = luigi.Parameter(description="a first run's GET of a new file's first bytes (0: HEAD)")
 
     def low_speed(self) -> LowSpeed:
         return LowSpeed(self.low_speed_limit, self.low_speed_time)

@@ -20,7 +20,7 @@ from amsrepomirror.tasks import shared_run
 from amsrepomirror.tasks.base import PROCESS_RUN_ID, FolderTask, MirrorTask, http, platform_rules, workspace_of
 from amsrepomirror.util import progress
 from amsrepomirror.util.fsutil import atomic_write_bytes, write_new_bytes
-from amsrepomirror.util.units import format_size
+from amsrepomirror.util.units import format_size, parse_size
 
 # max_batch_size, shared_batch_size and run_batch_size in [DownloadFile] are read as settings, not parameters.
 warnings.filterwarnings("ignore", message=".*'(max|shared|run)_batch_size'.*",
@@ -56,9 +56,11 @@ class FetchListing(MirrorTask):
     def run(self):
         url = listing_url_for(self.version, self.listing_url)
         self.set_status_message(f"reading the listing and asking the server about each file ({self.jobs} connections)")
+        # --adopt: files on disk without a record are taken over, not fetched: no first bytes for them
         snapshot = sync.take_snapshot(self.session(), self.version, url, list(self.platform), platform_rules(),
                                       strict_authentication=self.strict_authentication, jobs=self.jobs,
-                                      timeout=http().timeout, low_speed=http().low_speed())
+                                      timeout=http().timeout, low_speed=http().low_speed(),
+                                      ws=self.workspace, first_bytes=0 if self.adopt else first_bytes())
         sync.record_selection(self.workspace, snapshot)
         if self.adopt:
             snapshot["adopted"] = sync.adopt_existing(self.workspace, snapshot["files"])
@@ -70,6 +72,7 @@ class FetchListing(MirrorTask):
         if not write_new_bytes(Path(self.output().path), body):
             # Another process's FetchListing of this run id (another listing, or the same) was first:
             # its snapshot stays, and this one may go on only when it names the same work.
+            sync.drop_prefetched(self.workspace, snapshot)
             shared_run.check_run_identity(self.run_id, snapshot["identity"], self.snapshot().get("identity"))
 
     def identity(self, listing_sha256: str):
@@ -79,6 +82,12 @@ class FetchListing(MirrorTask):
 
     def snapshot(self):
         return sync.load_snapshot(self.output().path)
+
+
+def first_bytes() -> int:
+    """[http] first_bytes as bytes: 0 (HEAD every file) or a size."""
+    value = str(http().first_bytes).strip()
+    return 0 if value == "0" else parse_size(value)
 
 
 class MirrorFileTarget(luigi.Target):

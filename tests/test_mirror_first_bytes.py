@@ -1,0 +1,143 @@
+"""A first run asks each file it has never held with a GET of its first bytes instead of a HEAD: a small
+file arrives with its answer (one request, data from the start), a larger one is planned as HEAD would
+have planned it. Against the SCM double, whose log shows every request in order."""
+
+import os
+from pathlib import Path
+
+import pytest
+from clihelp import REPO, cli_env, run_cli, served_tree, tree_hashes
+
+from amsrepomirror.errors import DiskSpaceError
+from amsrepomirror.online.sync import Prefetch
+from amsrepomirror.online.workspace import Workspace
+from amsrepomirror.testing.repository import make_repository, repository_files
+from amsrepomirror.testing.scmdouble import ScmDouble
+
+VERSION = "AMS2026.1"
+PREFETCH_BYTES = 64 * 1024  # [http] first_bytes as docs/design.md suggests turning it on
+FIRST_BYTES = f"bytes=0-{PREFETCH_BYTES - 1}"
+
+
+@pytest.fixture
+def settings(tmp_path_factory) -> Path:
+    """The tests' settings with first_bytes on (off as shipped and in tests/luigi-test.cfg, whose other tests arm
+    their faults behind HEAD probes)."""
+    cfg = tmp_path_factory.mktemp("settings") / "luigi.cfg"
+    cfg.write_text((REPO / "tests" / "luigi-test.cfg").read_text().replace("first_bytes = 0", "first_bytes = 64KiB"))
+    return cfg
+
+
+def mirror(double, dest, cfg, *extra):
+    return run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION), *extra,
+                   env=cli_env(LUIGI_CONFIG_PATH=str(cfg)))
+
+
+def file_records(double):
+    return [r for r in double.log if r.relpath and not r.relpath.startswith("listings/")]
+
+
+def sizes(root):
+    packages = root / "Downloads" / "packages"
+    return {p: (packages / p).stat().st_size for p in repository_files(root)}
+
+
+@pytest.mark.slow
+def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, repo_tree, tmp_path, settings):
+    dest = tmp_path / "m"
+    first = mirror(scm_double, dest, settings)
+    assert first.returncode == 0, first.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    records = file_records(scm_double)
+    served = {p: s for p, s in sizes(repo_tree).items() if not p.startswith("licensed/")}
+    small = [p for p, s in served.items() if 0 < s <= PREFETCH_BYTES]
+    assert small, "the repository must hold small files for this test"
+    for path in small:  # one request each: the GET of the first bytes, which carried the whole file
+        asked = [(r.method, r.range, r.status, r.body_bytes) for r in records if r.relpath == path]
+        assert asked == [("GET", FIRST_BYTES, 206, served[path])], path
+    assert not [r for r in records if r.method == "HEAD" and r.relpath in small]
+    # data flows while the files are still being asked about: a whole body before the last question
+    probes = [i for i, r in enumerate(records) if r.method == "HEAD" or r.range == FIRST_BYTES]
+    bodies = [i for i, r in enumerate(records) if r.body_bytes and r.relpath in small]
+    assert bodies[0] < probes[-1]
+    larger = [p for p, s in served.items() if s > PREFETCH_BYTES]
+    for path in larger:  # asked as HEAD would, then fetched in full by its own GET(s)
+        gets = [r for r in records if r.relpath == path and r.method == "GET"]
+        assert gets[0].range == FIRST_BYTES and sum(r.body_bytes for r in gets[1:]) == served[path], path
+    assert not list((dest / ".amsrepomirror").rglob("*.first-*"))  # every copy the probes brought was installed
+
+    scm_double.clear_log()
+    again = mirror(scm_double, dest, settings)
+    assert again.returncode == 0, again.stderr
+    records = file_records(scm_double)
+    assert {r.method for r in records} == {"HEAD"}  # every file has a record: no body asked for
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+
+
+def test_a_changed_copy_of_a_small_file_is_fetched_again(scm_double, repo_tree, tmp_path):
+    """What the probe brought is installed only while it holds the bytes it hashed (else fetched again)."""
+    from amsrepomirror.online import sync
+    from amsrepomirror.online.http import make_session
+
+    ws = Workspace(tmp_path / "m")
+    session = make_session(None)
+    session.auth = (b"demo", b"demo-pass")
+    snapshot = sync.take_snapshot(session, VERSION, scm_double.listing_url(VERSION), [], {}, strict_authentication=False,
+                                  jobs=4, timeout=10, ws=ws, first_bytes=PREFETCH_BYTES)
+    entry = next(e for e in snapshot["files"] if e.get("prefetched") and e["size"] > 10)
+    held = sync.prefetched_path(ws, entry["path"], entry["prefetched"]["by"])
+    data = bytearray(held.read_bytes())
+    data[0] ^= 1
+    held.write_bytes(bytes(data))
+    assert sync.prefetched_part(ws, entry) is None
+    scm_double.clear_log()
+    outcome = sync.download_many(session, ws, [entry], "run", jobs=1, timeout=10, progress=None)
+    assert outcome.fetched == [entry["path"]]
+    assert [(r.method, r.range) for r in file_records(scm_double)] == [("GET", None)]
+    assert tree_hashes(tmp_path / "m")[entry["path"]] == served_tree(repo_tree, VERSION)[entry["path"]]
+
+
+def test_the_probes_bodies_never_go_beyond_the_free_space(tmp_path):
+    account = Prefetch(None, Workspace(tmp_path / "m"), VERSION, PREFETCH_BYTES, 10, None)
+    account.free = 3 * Prefetch.BLOCK
+    account.reserve(1)
+    account.reserve(Prefetch.BLOCK + 1)  # two blocks
+    with pytest.raises(DiskSpaceError, match="not enough disk space for the small files"):
+        account.reserve(1)
+    assert account.reserved == 3 * Prefetch.BLOCK
+
+
+@pytest.mark.slow
+def test_small_files_beyond_the_free_space_stop_the_run_with_exit_5(tmp_path, settings):
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or os.system(f"mount -t tmpfs -o size=256k tmpfs {small} 2>/dev/null") != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    root = tmp_path / "scm"
+    make_repository(root, VERSION, tiny=400)
+    double = ScmDouble(root)
+    double.start()
+    try:
+        result = mirror(double, small / "m", settings, "--jobs", "4")
+        assert result.returncode == 5, result.stderr
+        assert "not enough disk space for the small files of the listing" in result.stderr
+        sent = sum(r.body_bytes for r in file_records(double) if r.range == FIRST_BYTES and r.status == 206
+                   and r.body_bytes < PREFETCH_BYTES)
+        assert sent <= 256 * 1024
+    finally:
+        double.stop()
+        os.system(f"umount {small}")
+
+
+def test_a_cut_small_body_is_not_kept(scm_double, tmp_path):
+    """A probe whose body ends early says what HEAD would, and keeps nothing: its DownloadFile fetches the file."""
+    from amsrepomirror.online.http import make_session, probe_with_body
+
+    path = "common/docs/AMS 2026.1 release notes.pdf"  # 20,000 bytes
+    scm_double.cut_after(path, nbytes=1000, times=1, method="GET")
+    session = make_session(None, retries=0)
+    session.auth = (b"demo", b"demo-pass")
+    into = tmp_path / "part"
+    remote, sha256 = probe_with_body(session, scm_double.url(path), 10, into, PREFETCH_BYTES, lambda n: None)
+    assert (remote.status, remote.size, sha256) == (200, 20_000, None)
+    assert remote.etag and not into.exists()
