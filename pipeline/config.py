@@ -213,6 +213,10 @@ def size(text: str) -> int:
         raise ValueError(str(exc)) from None
 
 
+def size_or_zero(text: str) -> int:
+    return 0 if text.strip() == "0" else size(text)
+
+
 def one_of(*names: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text.strip() not in names:
@@ -269,7 +273,7 @@ COMPRESSIONS = ("copy", "zstd", "lzma2")  # bundle.format.COMPRESSIONS
 SETTINGS: dict[tuple[str, str], Callable[[str], object]] = {
     ("http", "retries"): whole(0), ("http", "backoff"): number(0.0), ("http", "timeout"): number(0.001),
     ("http", "low_speed_limit"): whole(0), ("http", "low_speed_time"): number(0.0),
-    ("http", "segment_threshold"): size, ("http", "max_ranges_per_file"): whole(1),
+    ("http", "segment_threshold"): size, ("http", "max_ranges_per_file"): whole(1), ("http", "first_bytes"): size_or_zero,
     ("FetchListing", "jobs"): whole(1), ("FetchListing", "no_ssl"): boolean,
     ("DownloadFile", "jobs"): whole(1), ("VerifyTree", "jobs"): whole(1), ("BundleArchive", "jobs"): whole(1),
     ("DownloadFile", "max_batch_size"): whole(1), ("DownloadFile", "shared_batch_size"): whole(1),
