@@ -331,14 +331,28 @@ def check_settings() -> None:
     does anything, so that no bad value surfaces later as a traceback. Values are checked as Luigi hands
     them out: after its interpolation (%(name)s, ${VAR}), which must work for every value."""
     settings = LuigiConfigParser.instance()
-    for (section, key), (value, label, path) in origins().items():
+    found = origins()
+    for (section, key), (raw, label, path) in found.items():
+        value = raw
         try:
             if section == settings.default_section or settings.has_section(section):
                 value = settings.get(section, key)
         except configparser.InterpolationError:
             raise UsageError(f"[{section}] {key} in {_where(label, path)}: write a % as %% (Luigi reads %(name)s "
                              f"and ${{VAR}} in values)") from None
+        for reader, problem in _problems(section, key, value, found):
+            if value != raw and value:  # what interpolation brought in (${VAR}) may be a secret: say what was written
+                problem = problem.replace(value, raw)
+            shown = "(hidden)" if SECRET_KEY.search(key) else repr(raw) + (" (interpolated)" if value != raw else "")
+            raise UsageError(f"[{section}] {key} = {shown} in {_where(label, path)}{reader}: {problem}")
+
+
+def _problems(section: str, key: str, value: str, found: dict) -> list[tuple[str, str]]:
+    """(where it is read, problem) of one value: a [DEFAULT] key is read by every section that does not set it
+    (configparser hands it down), so it is checked as each of those sections reads it."""
+    if section != "DEFAULT":
         problem = value_problem(section, key, value)
-        if problem:
-            shown = "(hidden)" if SECRET_KEY.search(key) else repr(value)
-            raise UsageError(f"[{section}] {key} = {shown} in {_where(label, path)}: {problem}")
+        return [("", problem)] if problem else []
+    name = key.replace("-", "_")
+    readers = sorted({s for s, k in (*SETTINGS, *setting_parsers()) if k == name and (s, key) not in found})
+    return [(f" (read as [{s}] {key})", p) for s in readers if (p := value_problem(s, key, value))]

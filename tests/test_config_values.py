@@ -117,6 +117,8 @@ BAD = [
     ("[platforms]\naix = (unclosed\n", "[platforms] aix = '(unclosed'"),
     ("[BundleArchive]\ncompression = rar\n", "[BundleArchive] compression = 'rar'"),
     ("[smtp]\npassword = 100%sure\n", "[smtp] password in"),
+    ("[DEFAULT]\ntimeout = abc\n", "[DEFAULT] timeout = 'abc'"),
+    ("[http]\nsecret = s3cr3t\nfirst_bytes = %(secret)s\n", "[http] first_bytes = '%(secret)s' (interpolated)"),
 ]
 COMMANDS = {
     "mirror": ["mirror", "--version", "AMS2026.1", "--mirror", "{out}"],
@@ -151,6 +153,17 @@ def test_a_bad_value_is_one_error_line_naming_its_file_for_every_command(place, 
     assert "100%sure" not in line
 
 
+@pytest.mark.parametrize("text, said", BAD[2 * len(COMMANDS):])
+def test_a_default_key_is_checked_as_each_section_reads_it_and_an_interpolated_value_is_not_shown(place, text, said):
+    """[DEFAULT] keys reach every section (configparser); a value made by interpolation may carry a secret."""
+    cwd, home = place
+    (home / "bad.cfg").write_text(text)
+    result = tool("--config", home / "bad.cfg", "config", cwd=cwd, env=env_for(home))
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {said}") and "s3cr3t" not in line, line
+
+
 @pytest.mark.slow
 def test_values_given_through_environment_variables_are_checked_after_interpolation(place):
     cwd, home = place
@@ -159,8 +172,9 @@ def test_values_given_through_environment_variables_are_checked_after_interpolat
     assert good.returncode == 0, good.stderr
     bad = tool("config", cwd=cwd, env=env_for(home, home / "env.cfg", TEST_TIMEOUT="soon"))
     assert bad.returncode == 2
-    assert bad.stderr.splitlines() == [f"error: [http] timeout = 'soon' in {home / 'env.cfg'} ($LUIGI_CONFIG_PATH): "
-                                       "give a number of seconds of at least 0.001"]
+    # what was written, not what interpolation brought in (an environment variable may hold a secret)
+    assert bad.stderr.splitlines() == [f"error: [http] timeout = '${{TEST_TIMEOUT}}' (interpolated) in {home / 'env.cfg'} "
+                                       "($LUIGI_CONFIG_PATH): give a number of seconds of at least 0.001"]
     unset = tool("config", cwd=cwd, env=env_for(home, home / "env.cfg"))
     assert unset.returncode == 2 and unset.stderr.startswith("error: [http] timeout in ")
 
