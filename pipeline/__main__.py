@@ -7,6 +7,7 @@ one usage error here, before the command-line package (which imports Luigi) is l
 check in a script or a module file should not pay a third of a second of imports for it.
 """
 
+import os
 import sys
 
 from amsrepomirror import __version__
@@ -30,29 +31,40 @@ def print_version() -> int:
     return 0
 
 
+def read_at_import() -> list[str]:
+    """The settings files read while the command-line package is imported: Luigi's (luigi.configuration),
+    then every layer of the tool's (config.layers, when Luigi itself could be imported)."""
+    files = ["/etc/luigi/client.cfg", "/etc/luigi/luigi.cfg", "client.cfg", "luigi.cfg", os.environ.get("LUIGI_CONFIG_PATH", "")]
+    try:
+        from amsrepomirror import config
+        return files + [path for _, path in config.layers() if path]
+    except Exception:  # noqa: BLE001 -- Luigi's own file is the bad one: it is among those above
+        return files
+
+
 def run_command() -> int:
     # Here, not at the top: --version (above) needs none of this.
     import configparser  # see above
 
-    from amsrepomirror.errors import INTERRUPTED, INTERRUPTED_LINE, settings_file_error  # see above
+    from amsrepomirror.errors import exit_code_for, settings_file_error, settings_not_text, stop_line  # see above
 
     try:
         # Imported here: importing it imports Luigi, which parses every luigi.cfg (see above).
         from amsrepomirror.cli import main, reader_gone
-    except configparser.Error as exc:
-        error = settings_file_error(exc)
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        error = settings_file_error(exc) if isinstance(exc, configparser.Error) else settings_not_text(exc, read_at_import())
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:  # Ctrl-C while starting: one line, as later
-        print(INTERRUPTED_LINE, file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C while starting: one line, as later
+        print(stop_line(exc), file=sys.stderr)
+        return exit_code_for(exc)
     try:
         code = main()
         if sys.stdout is not None:  # None: started with stdout closed (>&-); print() then writes nothing
             sys.stdout.flush()  # here, not at exit, so that a reader gone away is an exit code and not a traceback
-    except KeyboardInterrupt:  # before the command's own handling began
-        print(INTERRUPTED_LINE, file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated), outside the command's own handling
+        print(stop_line(exc), file=sys.stderr)
+        return exit_code_for(exc)
     except BrokenPipeError:
         return reader_gone()
     return code

@@ -30,7 +30,7 @@ import luigi.scheduler
 import luigi.worker
 from luigi.configuration import LuigiConfigParser
 
-from amsrepomirror.errors import UsageError, settings_file_error
+from amsrepomirror.errors import UsageError, settings_file_error, settings_not_text
 from amsrepomirror.util.units import parse_size
 
 SHIPPED = "shipped defaults"
@@ -144,6 +144,8 @@ def load(config_file: str | None) -> None:
         raise UsageError(f"--config {config_file}: {exc.strerror}") from exc
     except configparser.Error as exc:
         raise settings_file_error(exc) from exc
+    except UnicodeDecodeError as exc:
+        raise settings_not_text(exc, [path for _, path in layers() if path] + [config_file or ""]) from None
     check_settings()
 
 

@@ -74,6 +74,20 @@ def settings_file_error(exc: configparser.Error) -> UsageError:
     return UsageError(f"bad settings file: {where}: {what}")
 
 
+def settings_not_text(exc: UnicodeDecodeError, paths: list[str]) -> UsageError:
+    """A settings file that is not UTF-8 text: which one (the first of ``paths`` that does not decode) and where."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                f.read()
+        except UnicodeDecodeError as bad:
+            return UsageError(f"bad settings file: {path}: not UTF-8 text (byte {bad.object[bad.start]:#04x} at offset "
+                              f"{bad.start}); save it as UTF-8")
+        except (OSError, ValueError):  # absent or unreadable: Luigi skips those; not the one
+            continue
+    return UsageError(f"bad settings file: a settings file is not UTF-8 text ({exc.reason}); save it as UTF-8")
+
+
 #: Ctrl-C: the exit code and the one line said about it, wherever the command was.
 INTERRUPTED = 130
 INTERRUPTED_LINE = "interrupted; rerun the same command to continue where it stopped"

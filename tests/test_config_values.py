@@ -252,3 +252,18 @@ def test_config_scheduler_prints_the_shipped_luigid_settings(place):
                                                 "record_task_history": "false"}
     assert [config.value_problem("scheduler", k, v) for k, v in shipped.items("scheduler")] == [None] * 3
 
+
+
+@pytest.mark.parametrize("layer", ["--config", "user", "working folder"])
+def test_a_settings_file_that_is_not_utf8_is_one_line_naming_it(place, layer):
+    """Luigi reads its files while it is imported, the tool's layers when the command-line package is: a byte that
+    is not UTF-8 in any of them is exit 2 and one line naming the file, never a traceback."""
+    cwd, home = place
+    path = {"--config": home / "latin1.cfg", "user": user_file(home), "working folder": cwd / "luigi.cfg"}[layer]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"[http]\ntimeout = 5\n# caf\xe9\n")
+    result = tool(*(["--config", path] if layer == "--config" else []), "config", cwd=cwd, env=env_for(home))
+    assert result.returncode == 2 and result.stdout == ""
+    shown = "luigi.cfg" if layer == "working folder" else str(path)
+    assert result.stderr.splitlines() == [f"error: bad settings file: {shown}: not UTF-8 text (byte 0xe9 at offset 24); "
+                                          "save it as UTF-8"]
