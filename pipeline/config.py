@@ -44,6 +44,13 @@ SITE_FILE_FOR_TESTS = "AMSREPOMIRROR_SITE_FILE"
 #: The user's settings file, under $XDG_CONFIG_HOME (default ~/.config), read above the site file.
 USER_FILE = "amsrepomirror/amsrepomirror.cfg"
 SECRET_KEY = re.compile(r"password|passwd|secret|token|api_?key|credential", re.IGNORECASE)
+#: A URL that carries an account (scheme://user:password@host): its value is hidden as a secret key's is.
+URL_WITH_ACCOUNT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s@]*:[^/\s@]*@")
+
+
+def is_secret(key: str, value: str) -> bool:
+    """A value never shown (config's output, an error line): a password-like key's, or a URL with an account."""
+    return bool(SECRET_KEY.search(key) or URL_WITH_ACCOUNT.search(value))
 
 _extracted = contextlib.ExitStack()  # only a zipped install extracts the file; it must outlive every reload
 atexit.register(_extracted.close)
@@ -170,7 +177,7 @@ def origins() -> dict[tuple[str, str], tuple[str, str, str]]:
 
 def effective() -> dict[tuple[str, str], tuple[str, str]]:
     """{(section, key): (raw value, label of the file it came from)}; secret-like keys' values hidden."""
-    return {key: ("(hidden)" if SECRET_KEY.search(key[1]) else value, label)
+    return {key: ("(hidden)" if is_secret(key[1], value) else value, label)
             for key, (value, label, _) in origins().items()}
 
 
@@ -345,7 +352,7 @@ def check_settings() -> None:
         for reader, problem in _problems(section, key, value, found):
             if value != raw and value:  # what interpolation brought in (${VAR}) may be a secret: say what was written
                 problem = problem.replace(value, raw)
-            shown = "(hidden)" if SECRET_KEY.search(key) else repr(raw) + (" (interpolated)" if value != raw else "")
+            shown = "(hidden)" if is_secret(key, raw) else repr(raw) + (" (interpolated)" if value != raw else "")
             raise UsageError(f"[{section}] {key} = {shown} in {_where(label, path)}{reader}: {problem}")
 
 

@@ -267,3 +267,13 @@ def test_a_settings_file_that_is_not_utf8_is_one_line_naming_it(place, layer):
     shown = "luigi.cfg" if layer == "working folder" else str(path)
     assert result.stderr.splitlines() == [f"error: bad settings file: {shown}: not UTF-8 text (byte 0xe9 at offset 24); "
                                           "save it as UTF-8"]
+
+
+def test_config_hides_a_url_that_carries_an_account(place):
+    """`config`'s output is meant to be saved and pasted elsewhere: a user:password@ in a URL value stays out."""
+    cwd, home = place
+    (home / "s.cfg").write_text("[core]\ndefault-scheduler-url = http://admin:s3cr3t@127.0.0.1:9/\n")
+    result = tool("--config", home / "s.cfg", "config", cwd=cwd, env=env_for(home))
+    assert result.returncode == 0, result.stderr
+    assert "s3cr3t" not in result.stdout + result.stderr
+    assert "# default-scheduler-url = (hidden)" in result.stdout.splitlines()

@@ -9,7 +9,7 @@ from amsrepomirror.cli.options import add_command
 HEADER = """\
 # The effective settings of amsrepomirror. This is itself a settings file: saved and given as --config FILE
 # (or put in a settings file below), it gives these same values ("# from:" says where each came from;
-# values of password-, secret- or token-like keys are hidden and left out as comments)."""
+# values of password-, secret- or token-like keys, and URLs with an account, are hidden and left out as comments)."""
 
 
 def add_parser(sub) -> None:
@@ -55,7 +55,7 @@ def settings_lines(settings: dict[tuple[str, str], tuple[str, str]], labels: lis
             if label != source:
                 lines.append(f"# from: {label}")
                 source = label
-            if config.SECRET_KEY.search(key):
+            if value == "(hidden)" or config.is_secret(key, value):  # effective() already hides them
                 lines.append(f"# {key} = (hidden)")
                 continue
             first, *more = value.split("\n")
