@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -366,3 +367,57 @@ def test_a_fact_may_not_hide_a_field_of_the_envelope(tmp_path):
     report.facts["exit_code"] = 0
     with pytest.raises(ValueError, match="exit_code"):
         report.content(4, "error: x")
+
+
+# --- where a report may not go, and a stop while it is written ------------------------------------------
+
+@pytest.mark.parametrize("case", ["signed manifest", "bundle subfolder", "receipt in AMSHOME", "AMSHOME from the environment",
+                                  "settings file", "mirror state", "mirror folder given SCM's way"])
+def test_a_report_inside_what_the_command_reads_or_writes_is_refused_before_any_work(bundle, tmp_path, case):
+    """A report written over the signed manifest, a receipt, the mirror's state or the settings would break what the
+    command just checked: exit 2, one line, and the file as it was."""
+    home, mirror_dir = tmp_path / "ams", tmp_path / "mirror"
+    home.mkdir()
+    (mirror_dir / ".amsrepomirror").mkdir(parents=True)
+    settings = tmp_path / "site.cfg"
+    settings.write_text("[FetchListing]\njobs = 2\n")
+    env = None
+    args, target = {
+        "signed manifest": (["verify", bundle], bundle / MANIFEST_NAME),
+        "bundle subfolder": (["verify", bundle], bundle / "reports" / "r.json"),
+        "receipt in AMSHOME": (["unpack", bundle, "--amshome", home], home / placement.RECEIPT),
+        "AMSHOME from the environment": (["unpack", bundle], home / "r.json"),
+        "settings file": (["--config", settings, "verify", bundle], settings),
+        "mirror state": (["mirror", "--version", VERSION, "--mirror", mirror_dir, "--listing-url", "http://127.0.0.1:9/x"],
+                         mirror_dir / ".amsrepomirror" / f"{VERSION}.manifest.json"),
+        "mirror folder given SCM's way": (["mirror", "http://127.0.0.1:9/x", mirror_dir], mirror_dir / "r.json"),
+    }[case]
+    if case == "AMSHOME from the environment":
+        env = cli_env(AMSHOME=str(home))
+    if case == "bundle subfolder":
+        target.parent.mkdir()
+    before = target.read_bytes() if target.exists() else None
+    result = run_cli(*args, "--report", target, env=env)
+    assert result.returncode == 2, result.stderr
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith(f"error: --report {target} is in ") and line.endswith("write it outside"), line
+    assert (target.read_bytes() if target.exists() else None) == before
+    assert not (home / "repository").exists()
+
+
+def test_a_stop_while_the_report_of_an_ended_command_is_written_changes_neither(tmp_path):
+    """SIGTERM landing while the report is written (here: sent from inside the write) is dropped: the run had ended,
+    and its report and its exit code agree on how."""
+    report, empty = tmp_path / "r.json", tmp_path / "empty"
+    empty.mkdir()
+    script = ("import os, signal, sys\n"
+              "import amsrepomirror.cli.report as r\n"
+              "write = r.atomic_write_json\n"
+              "r.atomic_write_json = lambda p, c: (os.kill(os.getpid(), signal.SIGTERM), write(p, c))[1]\n"
+              "from amsrepomirror.__main__ import run\n"
+              f"sys.argv = ['amsrepomirror', 'verify', {str(empty)!r}, '--report', {str(report)!r}]\n"
+              "sys.exit(run())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=cli_env())
+    data = reported(result, report, "verify")
+    assert result.returncode == data["exit_code"] == 2
+    assert "terminated" not in result.stderr

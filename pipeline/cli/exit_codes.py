@@ -1,11 +1,13 @@
 """Which exit code a command ends with: the one place that turns an exception, a signal, or the failures of a
 task graph, into a documented exit code (errors.py holds the codes) and the one line that says why."""
 
+import contextlib
 import ctypes
 import errno
 import os
 import signal
 import sys
+import threading
 
 from amsrepomirror import errors
 from amsrepomirror.cli.output import print_stderr
@@ -70,6 +72,23 @@ def stop_on_sigterm() -> None:
     if not _forking:
         _forking.append(os.getpid())
         os.register_at_fork(before=lambda: _forking.__setitem__(0, os.getpid()), after_in_child=_in_task_process)
+
+
+@contextlib.contextmanager
+def stops_held_back():
+    """Ctrl-C and SIGTERM held back, then dropped, while the report of a command that has ended is written: the
+    run is over, and its report and exit code say how it ended (a stop arriving now would make them disagree)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        while signal.sigtimedwait(held, 0) is not None:  # those that came meanwhile: dropped
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 _forking: list[int] = []  # the pid of the process that forks (known once stop_on_sigterm ran)

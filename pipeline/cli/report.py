@@ -19,12 +19,13 @@ it got: a usage error before the work leaves them out.
 
 import argparse
 import errno
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from amsrepomirror import __version__, errors
-from amsrepomirror.cli.exit_codes import exit_code_after
+from amsrepomirror.cli.exit_codes import exit_code_after, stops_held_back
 from amsrepomirror.cli.output import print_stderr
 from amsrepomirror.errors import UsageError
 from amsrepomirror.util.fsutil import atomic_write_json, why_unwritable
@@ -76,11 +77,18 @@ class RunReport:
         self.options = sorted({a.split("=", 1)[0] for a in getattr(args, "argv", []) if a.startswith("--")})
         self.facts: dict = {}
 
-    def check_writable(self) -> None:
-        """Refuse, before any work, a report that could not be written at the end (exit 2)."""
+    def check_writable(self, args: argparse.Namespace) -> None:
+        """Refuse, before any work, a report that could not be written at the end, or whose writing would change
+        what the command reads or writes: a bundle folder, the mirror, AMSHOME, the settings file (exit 2)."""
         why = "it is a directory" if self.path.is_dir() else why_unwritable(self.path.parent)
         if why:
             raise UsageError(f"cannot write the report --report {self.path}: {why}")
+        report = self.path.absolute().resolve()
+        for what, place in guarded_places(args):
+            guarded = Path(place).absolute().resolve()
+            if report == guarded or guarded in report.parents:  # guard: report-outside-guarded-places
+                raise UsageError(f"--report {self.path} is in {what} {place}: the report would change what this "
+                                 "command checks or writes; write it outside")
 
     def content(self, exit_code: int, error: str) -> dict:
         clashes = sorted(set(self.facts) & set(ENVELOPE))
@@ -108,6 +116,19 @@ class RunReport:
         return exit_code
 
 
+def guarded_places(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(what, path) of the folders and files the command reads or writes that a report must stay out of."""
+    places = [(what, getattr(args, name, None)) for name, what in (
+        ("bundle", "the bundle folder"), ("out", "the output"), ("mirror", "the mirror"), ("amshome", "AMSHOME"),
+        ("config", "the settings file"))]
+    scm_style = getattr(args, "scm_style", None) or []
+    if len(scm_style) == 2:  # mirror LISTING_URL FOLDER
+        places.append(("the mirror", scm_style[1]))
+    if getattr(args, "amshome", False) is None and os.environ.get("AMSHOME"):  # the command takes $AMSHOME
+        places.append(("AMSHOME", os.environ["AMSHOME"]))
+    return [(what, str(place)) for what, place in places if place]
+
+
 def run_reported(args: argparse.Namespace, run) -> int:
     """``run(args)`` with its report written at its end, however it ends: an exit code, SystemExit, Ctrl-C or a
     closed stdout that escaped it (as __main__ maps them), or a bug (exit 1, the traceback's last line as Python
@@ -118,7 +139,7 @@ def run_reported(args: argparse.Namespace, run) -> int:
     report = RunReport(args.report, args)
     report.facts = args.report_facts
     try:
-        report.check_writable()
+        report.check_writable(args)
     except UsageError as exc:  # no report can be written: the one line says so, before any work
         return exit_code_after(exc)
     seen = _ErrorLines(sys.stderr)
@@ -127,10 +148,12 @@ def run_reported(args: argparse.Namespace, run) -> int:
         code = run(args)
     except BaseException as exc:
         _restore(seen)
-        report.write(*_escaped(exc, seen.last))
+        with stops_held_back():
+            report.write(*_escaped(exc, seen.last))
         raise
     _restore(seen)
-    return report.write(code, seen.last)
+    with stops_held_back():
+        return report.write(code, seen.last)
 
 
 def _escaped(exc: BaseException, last_line: str) -> tuple[int, str]:
