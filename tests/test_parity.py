@@ -141,7 +141,8 @@ def test_more_damage_than_the_parity_covers_is_named_and_nothing_is_placed(copy,
     verify = run_cli("verify", copy)
     assert verify.returncode == 4
     assert "not repairable: the damage is beyond the bundle's parity by" in verify.stderr
-    assert "carry the chunks named above again" in verify.stderr
+    assert "carry the chunks named above again" in verify.stderr and "but repairable" not in verify.stderr
+    assert "failed verification: re-copy these chunks: " in verify.stderr
     repair = run_cli("repair", copy, "--into", tmp_path / "fixed")
     assert repair.returncode == 4 and "not repairable" in repair.stderr
     assert repair.stderr.count("error:") == 1
