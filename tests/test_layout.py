@@ -50,7 +50,8 @@ def imported(node: ast.AST, known: set[str]) -> list[str]:
 #: (``__version__``) may be imported by all.
 BELOW_CLI = {"errors", "util", "config", "bundle", "online", "offline", "pack", "tasks"}
 CLI_SHARED = {"cli.output", "cli.exit_codes", "cli.runner", "cli.options", "cli.report"}
-CLI_COMMANDS = {f"cli.{name}" for name in ("mirror", "bundle", "plan", "verify", "unpack", "receipt", "config", "demo")}
+CLI_COMMANDS = {f"cli.{name}" for name in ("mirror", "bundle", "plan", "verify", "repair", "unpack", "receipt", "config",
+                                                     "demo")}
 MAY_IMPORT = {
     "errors": set(),
     "util": {"errors"},

@@ -239,6 +239,22 @@ class ToolFile:
     sha256: str
 
 
+#: The PAR2 files of a bundle made with ``bundle --parity`` (``bundle.parity``): the index ``parity.par2`` and its
+#: recovery volumes ``parity.vol<first>+<count>.par2``, in the bundle folder beside the chunks.
+PARITY_NAME_PATTERN = re.compile(r"parity(\.vol[0-9]{1,6}\+[0-9]{1,6})?\.par2")
+
+
+@dataclass(frozen=True)
+class Parity:
+    """``bundle --parity``: PAR2 recovery data over the chunks. ``files`` (the index and its volumes, each
+    listed with size and sha256, so SHA256SUMS and a signature of the manifest cover them); ``block_size`` and
+    ``recovery_blocks``: what par2 made, to say how much damage it can rebuild."""
+    redundancy: int  # percent of the chunks' blocks asked for (bundle --parity PERCENT)
+    block_size: int
+    recovery_blocks: int
+    files: list[ToolFile]  # path: a plain name in the bundle folder (PARITY_NAME_PATTERN)
+
+
 @dataclass(frozen=True)
 class StickPlan:
     """Which chunks go on which USB stick (``bundle --stick-size``), in stick order; every file of the bundle
@@ -297,6 +313,8 @@ class BundleManifest:
     # sha256 of the bundle's README.txt (additive): a signature of the manifest then covers the instructions
     # an admin follows too ("" in bundles written before it was kept).
     readme_sha256: str = ""
+    #: bundle --parity: the PAR2 recovery files over the chunks (None: made without)
+    parity: Parity | None = None
 
     @property
     def all_versions(self) -> list[str]:
@@ -372,6 +390,10 @@ class BundleManifest:
             body["dropped"] = sorted(self.dropped)
         if self.sticks:  # absent without --stick-size: such manifests read as before
             body["sticks"] = {"size": self.sticks.size, "chunks": self.sticks.chunks}
+        if self.parity:  # absent without --parity: an older reader ignores it (its files are then unlisted, not chunks)
+            body["parity"] = {"redundancy": self.parity.redundancy, "block_size": self.parity.block_size,
+                              "recovery_blocks": self.parity.recovery_blocks,
+                              "files": [asdict(f) for f in sorted(self.parity.files, key=lambda f: f.path)]}
         if body["schema"] == SCHEMA_3:
             body["requires_tool"] = SCHEMA_3_SINCE
         if self.is_delta:
@@ -650,6 +672,36 @@ def _stick_plan(body: dict, chunks: list[str]) -> StickPlan | None:
     return StickPlan(size=size, chunks=plan)
 
 
+def _parity_name(value) -> str | None:
+    if isinstance(value, str) and PARITY_NAME_PATTERN.fullmatch(value):
+        return None
+    return "expected parity.par2 or parity.volN+M.par2"
+
+
+def _parity(body: dict) -> Parity | None:
+    """The optional ``parity`` record {redundancy, block_size, recovery_blocks, files: [{path, size, sha256}]}:
+    each file a PAR2 name of ours, once, the index among them."""
+    raw = _field(body, "parity", "parity", lambda v: None if isinstance(v, dict) else "not an object", None)
+    if raw is None:
+        return None
+    r = _record(raw, "parity", {"redundancy", "block_size", "recovery_blocks", "files"})
+    files, seen = [], set()
+    for i, raw_file in enumerate(_field(r, "files", "parity.files", _list_of)):
+        f = _record(raw_file, f"parity.files[{i}]", {"path", "size", "sha256"})
+        path = _field(f, "path", f"parity.files[{i}].path", _parity_name)
+        if path in seen:
+            raise IntegrityError(f"field parity.files[{i}].path is {_escaped(path)}: listed twice")
+        seen.add(path)
+        files.append(ToolFile(path=path, size=_field(f, "size", f"parity.files[{i}].size", _count),
+                              sha256=_field(f, "sha256", f"parity.files[{i}].sha256", _is_sha256)))
+    if "parity.par2" not in seen:
+        raise IntegrityError("field parity.files lists no parity.par2 (the index par2 reads first)")
+    return Parity(redundancy=_field(r, "redundancy", "parity.redundancy", _count),
+                  block_size=_field(r, "block_size", "parity.block_size",
+                                    lambda v: _count(v) or (None if v > 0 else "not above 0")),
+                  recovery_blocks=_field(r, "recovery_blocks", "parity.recovery_blocks", _count), files=files)
+
+
 def _lacking(body: dict) -> list[Lacking]:
     """The optional ``lacking`` list of {path, reason} records: each path once, each reason of the vocabulary."""
     entries, seen = [], set()
@@ -726,6 +778,7 @@ def _manifest_from(body: dict) -> BundleManifest:
         lacking=_lacking(body),
         tool=_tool_files(body),
         sticks=_stick_plan(body, [c.name for c in chunks]),
+        parity=_parity(body),
         **_delta_fields(body, base),
     )
     tree = tree_path_problems(_placed_paths(manifest))

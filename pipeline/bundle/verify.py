@@ -21,18 +21,21 @@ from amsrepomirror.bundle.format import (
     read_manifest_bytes,
     unlisted_files,
 )
+from amsrepomirror.bundle.parity import NO_PAR2, Par2Verdict, find_par2, verify_with_par2
 from amsrepomirror.bundle.signature import SIGNATURE_LIMIT, SIGNATURE_NAME
 from amsrepomirror.bundle.sums import read_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.util.fsutil import read_bounded
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.paths import STATE_DIR, is_plain_file_name, printable
-from amsrepomirror.util.units import counted
+from amsrepomirror.util.units import counted, format_size
 
 #: verify_bundle hashes this many chunks at a time (hashlib releases the GIL on large buffers).
 HASH_THREADS = 2
 #: verify_bundle's ``manifest_bytes`` when the caller has not read manifest.json (None: it found none).
 READ_MANIFEST = object()
+#: The command that rebuilds damaged chunks from a bundle's parity (cli/repair.py).
+REPAIR_COMMAND = "amsrepomirror repair"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class VerifyReport:
     bytes_checked: int = 0
     not_here: list[str] = field(default_factory=list)  # with ``partial``: chunks not (yet) in the folder
     warnings: list[str] = field(default_factory=list)  # what does not make the bundle unusable
+    #: a bundle with parity whose chunks are damaged: what ``par2 verify`` said (None: not asked, or no par2)
+    repair: Par2Verdict | None = None
+    parity_unchecked: bool = False  # damaged chunks, parity in the bundle, but no par2 here to tell
 
     @property
     def ok(self) -> bool:
@@ -76,27 +82,53 @@ class VerifyReport:
         """One line naming what is wrong and what to do."""
         if self.ok:
             return f"bundle {self.bundle_dir} is intact ({counted(self.chunks_checked, 'chunk')}, {self.bytes_checked} bytes)"
-        parts = []
-        bad = self.bad_chunks
-        if bad:
-            why = {}
-            for p in self.problems:
-                if p.chunk and p.name in bad:
-                    why.setdefault(p.name, p.problem)
-            sticks = self.manifest.sticks if self.manifest else None
-            if sticks:  # the stick to copy again, and which of its chunks are the trouble
-                on = {n: sticks.stick_of(n) for n in bad if any(n in names for names in sticks.chunks)}
-                parts += [f"re-copy {sticks.label(i)} ({', '.join(f'{n} ({why[n]})' for n in bad if on.get(n) == i)})"
-                          for i in sorted(set(on.values()))]
-                bad = [n for n in bad if n not in on]
-            if bad:
-                parts.append("re-copy these chunks: " + ", ".join(f"{n} ({why[n]})" for n in bad))
+        repairable = self.repair is not None and self.repair.repairable
+        parts = self._bad_chunk_parts(("on", "damaged chunks") if repairable else ("re-copy", "re-copy these chunks"))
         if self.unexpected_chunks:
             parts.append("chunks not in manifest.json (remove them): " + ", ".join(self.unexpected_chunks))
         others = [str(p) for p in self.problems if not p.chunk]
         if others:
             parts.append("; ".join(others))
-        return f"bundle {self.bundle_dir} failed verification: " + "; ".join(parts)
+        if repairable:  # guard: verify-repairable-verdict
+            return (f"bundle {self.bundle_dir} is damaged but repairable: " + "; ".join(parts) + self._repair_note())
+        return f"bundle {self.bundle_dir} failed verification: " + "; ".join(parts) + self._repair_note()
+
+    def _bad_chunk_parts(self, words: tuple[str, str]) -> list[str]:
+        """The bad chunks (``words``: before a stick, before a list of chunks), each with its problem; by stick
+        when the bundle has a stick plan."""
+        verb, lead = words
+        parts: list[str] = []
+        bad = self.bad_chunks
+        if not bad:
+            return parts
+        why: dict[str, str] = {}
+        for p in self.problems:
+            if p.chunk and p.name in bad:
+                why.setdefault(p.name, p.problem)
+        sticks = self.manifest.sticks if self.manifest else None
+        if sticks:  # the stick to copy again, and which of its chunks are the trouble
+            on = {n: sticks.stick_of(n) for n in bad if any(n in names for names in sticks.chunks)}
+            parts += [f"{verb} {sticks.label(i)} ({', '.join(f'{n} ({why[n]})' for n in bad if on.get(n) == i)})"
+                      for i in sorted(set(on.values()))]
+            bad = [n for n in bad if n not in on]
+        if bad:
+            parts.append(f"{lead}: " + ", ".join(f"{n} ({why[n]})" for n in bad))
+        return parts
+
+    def _repair_note(self) -> str:
+        """What the bundle's parity can do about the damage (nothing when it has none)."""
+        if self.parity_unchecked:
+            return f"; the bundle has parity that may repair this: {NO_PAR2}"
+        verdict = self.repair
+        if verdict is None:
+            return ""
+        if verdict.repairable:
+            return (f"; its parity rebuilds them without another trip: {REPAIR_COMMAND} {self.bundle_dir} --into DIR "
+                    "(DIR: an empty folder outside the bundle; the bundle is not changed), then unpack DIR")
+        parity = self.manifest.parity
+        short = (f"{verdict.blocks_short} more block(s) of {parity.block_size} bytes "
+                 f"({format_size(verdict.blocks_short * parity.block_size)})" if verdict.blocks_short else "more")
+        return f"; not repairable: the damage is beyond the bundle's parity by {short}: carry the chunks named above again"
 
 
 def require_intact(report: VerifyReport) -> VerifyReport:
@@ -276,8 +308,47 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     content = _ContentCheck(manifest, on_bytes) if test_archives else None
     _check_chunks(report, expected, content, partial=partial, on_bytes=on_bytes, on_total=on_total)
     if manifest is not None or sums is not None:
-        _check_unlisted(report, expected.size, [t.path for t in manifest.tool] if manifest is not None else list(sums or {}))
+        _check_unlisted(report, expected.size, side_paths(manifest) if manifest is not None else list(sums or {}))
+    if manifest is not None and manifest.parity is not None and not partial:
+        _ask_parity(report, manifest, sums)
     return report
+
+
+def side_paths(manifest: BundleManifest) -> list[str]:
+    """The files the manifest lists besides its chunks and itself: tool/ files and PAR2 files."""
+    parity = manifest.parity.files if manifest.parity else []
+    return [t.path for t in manifest.tool] + [f.path for f in parity]
+
+
+def _ask_parity(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
+    """The PAR2 files as listed (a bad one is a warning: it only weakens the parity); when chunks are damaged and
+    nothing else is, what ``par2 verify`` says about repairing them."""
+    for path, what in parity_problems(report.bundle_dir, manifest, sums):
+        report.warnings.append(f"{path}: {what} (a recovery file: the parity is weaker, the chunks are checked on their own)")
+    if not report.bad_chunks or any(not p.chunk for p in report.problems) or report.unexpected_chunks:
+        return
+    if any(p.problem == "bad archive" or p.problem.startswith("member ") for p in report.problems):
+        return  # a chunk as the manifest lists it, but bad inside: the bundle itself is bad
+    if find_par2() is None:
+        report.parity_unchecked = True
+        return
+    report.repair = verify_with_par2(report.bundle_dir)
+
+
+def parity_problems(bundle_dir: Path, manifest: BundleManifest, sums: dict[str, str] | None) -> list[tuple[str, str]]:
+    """How the PAR2 files differ from the manifest's ``parity`` list and SHA256SUMS: (path, what) each."""
+    if manifest.parity is None:
+        return []
+    problems = []
+    for f in manifest.parity.files:
+        path = Path(bundle_dir) / f.path
+        if sums is not None and sums.get(f.path) != f.sha256:
+            problems.append((f.path, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
+        elif not path.is_file():
+            problems.append((f.path, "missing"))
+        elif path.stat().st_size != f.size or sha256_file(path) != f.sha256:
+            problems.append((f.path, "corrupt"))
+    return problems
 
 
 def _read_sums(report: VerifyReport) -> dict[str, str] | None:
@@ -368,7 +439,7 @@ def _check_sums_agree(report: VerifyReport, manifest: BundleManifest, sums: dict
             add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
         elif sums[c.name] != c.sha256:  # guard: verify-sums-agree
             add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
-    listed = {c.name for c in manifest.chunks} | {t.path for t in manifest.tool}
+    listed = {c.name for c in manifest.chunks} | set(side_paths(manifest))
     for name in sorted(set(sums) - listed - {MANIFEST_NAME, README_NAME, SIGNATURE_NAME}):
         add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.parity import require_par2
 from amsrepomirror.cli.exit_codes import most_severe_failure
 from amsrepomirror.cli.mirror import (
     ONLINE_EPILOG,
@@ -25,6 +26,7 @@ from amsrepomirror.online.manifest import Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.build import SIDE_FILES_SLACK
 from amsrepomirror.pack.delta_base import resolve_base, select_delta, write_base
+from amsrepomirror.pack.parity import parse_parity
 from amsrepomirror.pack.tool import SUPPORTED_PYTHONS, check_spec
 from amsrepomirror.tasks.base import new_run_id
 from amsrepomirror.tasks.bundle import BundleArchive
@@ -51,6 +53,9 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stick-size", metavar="SIZE",
                    help="size of one USB stick, e.g. 64GB: print which chunks go on which stick, with --dry-run or "
                    "once the bundle is written (default: no stick plan)")
+    p.add_argument("--parity", metavar="PERCENT",
+                   help="add PAR2 recovery files over the chunks, e.g. 10%%: repair rebuilds damaged or missing chunks "
+                   "up to that much of the chunks' size (needs par2: amsrepomirror[parity] or Debian's par2)")
     p.add_argument("--with-tool", action="store_true",
                    help="add tool/: amsrepomirror and its dependencies as wheels, and install.sh for the offline side")
     p.add_argument("--tool-python", action="append", default=[], choices=SUPPORTED_PYTHONS, metavar="X.Y",
@@ -146,6 +151,12 @@ def _check_before_writing(args, chunk_size: str) -> None:
         raise UsageError(f"--stick-size {args.stick_size} holds no chunk of --chunk-size {chunk_size} with the bundle's "
                          f"small files ({format_size(SIDE_FILES_SLACK)} kept for them): choose a chunk size of at most "
                          f"{format_size(parse_size(args.stick_size) - SIDE_FILES_SLACK)}, or larger sticks")
+    if args.parity:
+        parse_parity(args.parity)
+        if args.stick_size:
+            raise UsageError("--parity with --stick-size is not supported yet (the recovery files would need a place "
+                             "on the sticks): bundle with one of them")
+        require_par2()
     why = why_unwritable(args.out)
     if why:
         raise UsageError(f"cannot write the bundle folder --out {args.out}: {why}")
@@ -166,7 +177,8 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
                          tool_pythons=args.tool_python, tool_platforms=args.tool_platform,
                          tool_wheel=str(args.tool_wheel.absolute()) if args.tool_wheel else "",
                          sign_key=str(args.sign_key.absolute()) if args.sign_key else "",
-                         stick_size=parse_size(args.stick_size) if args.stick_size else 0)
+                         stick_size=parse_size(args.stick_size) if args.stick_size else 0,
+                         parity=parse_parity(args.parity) if args.parity else 0)
     with mirror_lock(ws, args), progress.shared_bar("bundle"):
         failures = run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log", verbose=args.verbose,
                              scheduler_url=args.scheduler_url, summary=args.luigi_summary)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from amsrepomirror import __version__
-from amsrepomirror.cli import bundle, config, demo, mirror, plan, receipt, unpack, verify
+from amsrepomirror.cli import bundle, config, demo, mirror, plan, receipt, repair, unpack, verify
 from amsrepomirror.cli.mirror import ACCOUNT_NOT_HERE
 from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, AdminHelp, folder_path
 from amsrepomirror.cli.output import quiet_mode
@@ -27,7 +27,7 @@ offline, on the cluster (AMSHOME set, or --amshome DIR):
   amsrepomirror unpack BUNDLE"""
 
 #: The commands, in the order the help lists them.
-COMMANDS = (mirror, bundle, plan, verify, unpack, receipt, config, demo)
+COMMANDS = (mirror, bundle, plan, verify, repair, unpack, receipt, config, demo)
 
 
 CONFIG_HELP = "settings file read last, over every luigi.cfg (amsrepomirror config shows what applies; default: none)"

@@ -38,6 +38,7 @@ from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.delta_base import Base, DeltaSelection, read_base, record_bundle, select_delta
+from amsrepomirror.pack.parity import make_parity
 from amsrepomirror.pack.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents, pack_sticks
 from amsrepomirror.pack.readme import readme_text
 from amsrepomirror.pack.sevenzip import ChunkResult, ContentMismatch, write_chunk
@@ -233,10 +234,11 @@ def next_sequence(ws: Workspace) -> int:
 
 
 def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | None = None, sign_key: str = "",
-                    stick_size: int = 0) -> None:
+                    stick_size: int = 0, parity: int = 0) -> None:
     """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS
     (with ``sign_key``, manifest.json.sig too; with ``stick_size``, the stick plan in the manifest); drop chunks
-    of older plans and the work folder; keep a copy of the manifest in the mirror's bundle history."""
+    of older plans and the work folder; with ``parity`` (a percent), the PAR2 files over the chunks; keep a copy
+    of the manifest in the mirror's bundle history."""
     results = [_read_result(out, plan, i) for i in range(len(plan.chunks))]
     manifest = build_bundle_manifest(plan.chunks, results, plan.files, version=plan.manifest.version,
                                      compression=plan.compression, chunk_size=plan.chunk_size,
@@ -261,6 +263,7 @@ def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | No
     for stale in folder.glob("*" + CHUNK_SUFFIX):
         if stale.name not in keep and ours.fullmatch(stale.name):
             stale.unlink()
+    manifest.parity = make_parity(folder, manifest.chunks, parity)
     finish_bundle(folder, manifest, sign_key=Path(sign_key) if sign_key else None)
     shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
     record_bundle(Workspace(mirror), manifest)
@@ -333,8 +336,9 @@ def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = 
     if sign_key is not None:
         sign_manifest(bundle_dir, sign_key)
     atomic_write_bytes(bundle_dir / README_NAME, readme)
-    known = {} if rehash else {**{c.name: c.sha256 for c in manifest.chunks}, **{t.path: t.sha256 for t in manifest.tool}}
-    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME] + [t.path for t in manifest.tool]
+    listed = list(manifest.tool) + (manifest.parity.files if manifest.parity else [])
+    known = {} if rehash else {**{c.name: c.sha256 for c in manifest.chunks}, **{t.path: t.sha256 for t in listed}}
+    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME] + [t.path for t in listed]
     if sign_key is not None:
         names.append(SIGNATURE_NAME)
     return write_sums(bundle_dir, names, known)

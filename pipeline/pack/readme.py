@@ -33,7 +33,8 @@ def signature_check_lines() -> list:
 
 def readme_text(manifest: BundleManifest, signed: bool = False) -> str:
     """The text of README.txt for ``manifest`` (``signed``: the bundle has manifest.json.sig)."""
-    text = (_delta_readme(manifest) if manifest.is_delta else _full_readme(manifest)) + _files_section(manifest, signed)
+    text = ((_delta_readme(manifest) if manifest.is_delta else _full_readme(manifest)) + _parity_section(manifest)
+            + _files_section(manifest, signed))
     if not signed:
         return text
     head, sep, rest = text.partition("1. Check the copy")
@@ -44,6 +45,7 @@ def bundle_file_names(manifest: BundleManifest, signed: bool) -> list:
     """Every file of the bundle folder (paths relative to it), sorted: the chunks, manifest.json (and its
     signature), SHA256SUMS, README.txt and the tool/ files."""
     names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, SUMS_NAME, README_NAME] + [t.path for t in manifest.tool]
+    names += [f.path for f in manifest.parity.files] if manifest.parity else []
     return sorted(set(names + ([SIGNATURE_NAME] if signed else [])))
 
 
@@ -63,6 +65,27 @@ def _folder_check_lines() -> list:
         "   remove what is named, e.g. .DS_Store or the ._* files a Mac leaves; the files are listed at the end):",
         f"     {FOLDER_CHECK}",
     ]
+
+
+def _parity_section(manifest: BundleManifest) -> str:
+    """How to check and repair the chunks with par2 alone (a bundle made with --parity)."""
+    parity = manifest.parity
+    if parity is None:
+        return ""
+    return "\n".join([
+        "",
+        f"Parity: parity*.par2 are PAR2 recovery files ({parity.redundancy}% of the chunks, {parity.recovery_blocks} "
+        f"blocks of {parity.block_size} bytes).",
+        "They rebuild damaged or missing chunks up to that much, without another trip. With amsrepomirror:",
+        "     amsrepomirror repair BUNDLE --into DIR     (DIR: an empty folder elsewhere; BUNDLE is only read)",
+        "     amsrepomirror unpack DIR --amshome \"$AMSHOME\"",
+        "   By hand, with par2 alone (Debian: apt-get install par2). par2 repairs IN PLACE, so copy this folder",
+        "   to a writable place first and work on the copy:",
+        "     par2 verify parity.par2      (in this folder: says which chunks are damaged, whether repair is possible)",
+        "     cp -r BUNDLE COPY && cd COPY && par2 repair parity.par2",
+        f"     sha256sum -c {SUMS_NAME}     (every chunk must be OK again; remove the *.1 files par2 leaves)",
+        "",
+    ])
 
 
 def _files_section(manifest: BundleManifest, signed: bool) -> str:

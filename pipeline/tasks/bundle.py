@@ -67,9 +67,9 @@ class BundleTarget(luigi.Target):
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
                  base: str | None = None, with_tool: bool = False, signed: bool = False, tool_for=((), ()),
-                 dropped=(), stick_size: int = 0):
+                 dropped=(), stick_size: int = 0, parity: int = 0):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
-        self.stick_size = stick_size
+        self.stick_size, self.parity = stick_size, parity
         self.dropped = sorted(dropped)
         self.chunk_size, self.compression, self.base = parse_size(chunk_size), compression, base
         self.with_tool, self.signed, self.tool_for = with_tool, signed, tool_for
@@ -84,8 +84,9 @@ class BundleTarget(luigi.Target):
         except MirrorError:
             return False
         sticks = built.sticks.size if built.sticks else 0
-        return ((built.chunk_size, built.compression, built.base, bool(built.tool), built.dropped, sticks)
-                == (self.chunk_size, self.compression, self.base, self.with_tool, self.dropped, self.stick_size)
+        parity = built.parity.redundancy if built.parity else 0
+        return ((built.chunk_size, built.compression, built.base, bool(built.tool), built.dropped, sticks, parity)
+                == (self.chunk_size, self.compression, self.base, self.with_tool, self.dropped, self.stick_size, self.parity)
                 and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256()
                 and tool_matches(self.out, self.with_tool, *self.tool_for))
 
@@ -108,6 +109,7 @@ class BundleArchive(MirrorTask):
                                  description="with_tool: amsrepomirror's own wheel (default: made from this install)")
     stick_size = luigi.IntParameter(default=0, description="bytes of one USB stick: the stick plan recorded in "
                                     "manifest.json (0: none)")
+    parity = luigi.IntParameter(default=0, description="percent of PAR2 recovery data over the chunks (0: none)")
     sign_key = luigi.Parameter(default="", significant=False,
                                description="OpenSSH key (path; or its .pub with the key in ssh-agent) to sign manifest.json")
 
@@ -122,7 +124,7 @@ class BundleArchive(MirrorTask):
         base = read_base(self.since) if self.since else None
         return BundleTarget(self.out, self.input().path, self.chunk_size, self.compression, base and base.identity,
                             self.with_tool, bool(self.sign_key), (self.tool_pythons, self.tool_platforms),
-                            list(base.dropped) if base else [], self.stick_size)
+                            list(base.dropped) if base else [], self.stick_size, self.parity)
 
     def run(self):
         manifest_path = self.input().path
@@ -134,7 +136,7 @@ class BundleArchive(MirrorTask):
         yield [WriteChunk(mirror=self.mirror, version=self.version, out=self.out, manifest_path=manifest_path,
                           chunk_size=self.chunk_size, compression=self.compression, since=self.since, index=i)
                for i in range(len(plan.chunks))]
-        build.assemble_bundle(self.mirror, self.out, plan, tool, self.sign_key, self.stick_size)
+        build.assemble_bundle(self.mirror, self.out, plan, tool, self.sign_key, self.stick_size, self.parity)
 
 
 class ChunkTarget(luigi.Target):

