@@ -281,3 +281,14 @@ def test_a_transcript_reads_back(states, possible, short):
     assert verdict.intact == (not bad)
     assert verdict.repairable == (bad and possible)
     assert verdict.blocks_short == (short if bad and not possible else 0)
+
+
+def test_an_unlisted_recovery_file_is_refused_before_par2_could_read_it(copy):
+    """par2 finds recovery files by name beside its index and reads them: a .par2 file the manifest does not list
+    (planted, or left from an older bundle) is refused like a chunk-like name, and par2 is never run."""
+    flip_byte(copy / big_chunks(copy)[0])
+    planted = copy / "Parity.vol99+1.PAR2"
+    shutil.copyfile(copy / "parity.par2", planted)
+    verify = run_cli("verify", copy)
+    assert verify.returncode == 4, verify.stderr
+    assert f"{planted.name}: unexpected" in verify.stderr and "repairable" not in verify.stderr

@@ -84,6 +84,10 @@ def looks_like_chunk(name: str) -> bool:
     return _CHUNK_LIKE.fullmatch(name.rstrip(". ")) is not None
 
 
+#: par2 reads every file of this suffix beside its index that shares the index's base name (any case).
+PAR2_SUFFIX = ".par2"
+
+
 def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> tuple[list[str], list[str]]:
     """What a bundle folder holds besides the files ``listed`` (paths relative to it), as (refused, ignored).
 
@@ -91,7 +95,8 @@ def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> tuple[list[str]
     ``TOOL/``, which a case-insensitive filesystem finds for it) that is not listed: install.sh and the wheels
     run as code; ``tool`` when it is not a folder; every chunk-like name (``looks_like_chunk``:
     ``CHUNK-....7Z``, ``.chunk-....7z``) but the ``._*`` files macOS leaves beside each file it copies to FAT;
-    settings the tool would read when run in the folder (``WORKING_FOLDER_SETTINGS``: ``luigi.cfg``).
+    settings the tool would read when run in the folder (``WORKING_FOLDER_SETTINGS``: ``luigi.cfg``); any
+    ``*.par2`` (``par2``, which verify and repair run in the folder, finds recovery files by name and reads them).
     Ignored: the rest (those, ``.DS_Store``, a stick's own folders, shown with a trailing ``/``), never
     opened. Found by name only: links are not followed, nothing is read.
     """
@@ -101,7 +106,8 @@ def unlisted_files(bundle_dir: Path, listed: Collection[str]) -> tuple[list[str]
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name in listed:
             continue
-        chunk_like = looks_like_chunk(entry.name) and not entry.name.startswith(APPLE_DOUBLE)
+        apple_double = entry.name.startswith(APPLE_DOUBLE)
+        chunk_like = (looks_like_chunk(entry.name) or entry.name.casefold().endswith(PAR2_SUFFIX)) and not apple_double
         tool = entry.name.casefold() == TOOL_DIR  # also TOOL/ or Tool/: on FAT or macOS, tool/... finds it
         if tool and entry.is_dir(follow_symlinks=False):
             refused += _unlisted_under(Path(entry.path), entry.name, listed)
