@@ -11,6 +11,7 @@ from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
     MANIFEST_NAME,
     README_NAME,
+    REPORT_NAMES,
     SUMS_NAME,
     BundleManifest,
     Chunk,
@@ -276,7 +277,8 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
     content = _ContentCheck(manifest, on_bytes) if test_archives else None
     _check_chunks(report, expected, content, partial=partial, on_bytes=on_bytes, on_total=on_total)
     if manifest is not None or sums is not None:
-        _check_unlisted(report, expected.size, [t.path for t in manifest.tool] if manifest is not None else list(sums or {}))
+        _check_unlisted(report, expected.size, [t.path for t in manifest.tool] + [r.name for r in manifest.report]
+                        if manifest is not None else list(sums or {}))
     return report
 
 
@@ -358,6 +360,21 @@ def _check_manifest(report: VerifyReport, manifest: BundleManifest, sums: dict[s
     if sums is not None:
         _check_sums_agree(report, manifest, sums)
     report.problems += [Problem(path, what) for path, what in tool_problems(report.bundle_dir, manifest, sums)]
+    _check_transfer_report(report, manifest, sums)
+
+
+def _check_transfer_report(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
+    """The transfer report's files as the (signed) manifest and SHA256SUMS list them; a missing one is only a
+    warning (it documents the bundle, as README.txt does)."""
+    for r in manifest.report:
+        path = report.bundle_dir / r.name
+        if not path.is_file():
+            report.warnings.append(f"{r.name} is missing from {report.bundle_dir} (the transfer report only documents "
+                                   "the bundle; verify --transfer-report FILE makes it again)")
+        elif sums is not None and sums.get(r.name) != r.sha256:
+            report.problems.append(Problem(r.name, "corrupt", f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
+        elif path.stat().st_size != r.size or sha256_file(path) != r.sha256:  # guard: transfer-report-signed
+            report.problems.append(Problem(r.name, "corrupt", f"does not match {MANIFEST_NAME}: do not rely on it"))
 
 
 def _check_sums_agree(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str]) -> None:
@@ -368,7 +385,7 @@ def _check_sums_agree(report: VerifyReport, manifest: BundleManifest, sums: dict
             add(Problem(c.name, f"not in {SUMS_NAME}", chunk=True))
         elif sums[c.name] != c.sha256:  # guard: verify-sums-agree
             add(Problem(c.name, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}", chunk=True))
-    listed = {c.name for c in manifest.chunks} | {t.path for t in manifest.tool}
+    listed = {c.name for c in manifest.chunks} | {t.path for t in manifest.tool} | {r.name for r in manifest.report}
     for name in sorted(set(sums) - listed - {MANIFEST_NAME, README_NAME, SIGNATURE_NAME}):
         add(Problem(name, f"listed in {SUMS_NAME} but not in {MANIFEST_NAME}", chunk=name.endswith(CHUNK_SUFFIX)))
 
@@ -393,7 +410,7 @@ def _expected_chunks(manifest: BundleManifest | None, sums: dict[str, str] | Non
         expected.order = list(dict.fromkeys(c.name for c in manifest.chunks))
     elif sums is not None:
         for name, digest in sums.items():
-            if name not in (MANIFEST_NAME, README_NAME, SIGNATURE_NAME) and not is_tool_path(name):
+            if name not in (MANIFEST_NAME, README_NAME, SIGNATURE_NAME, *REPORT_NAMES) and not is_tool_path(name):
                 expected.size[name] = None
                 expected.sha256[name] = digest
         expected.order = sorted(expected.size)
@@ -402,7 +419,7 @@ def _expected_chunks(manifest: BundleManifest | None, sums: dict[str, str] | Non
 
 def _is_chunk_name(name: str) -> bool:
     """A name verify may open as a chunk: a plain file name, not one of the bundle's own files."""
-    return is_plain_file_name(name) and name not in (MANIFEST_NAME, SUMS_NAME, README_NAME)
+    return is_plain_file_name(name) and name not in (MANIFEST_NAME, SUMS_NAME, README_NAME, *REPORT_NAMES)
 
 
 def _right_size(size: int | None, want: int | None) -> bool:
