@@ -17,7 +17,6 @@ import hashlib
 import html
 import json
 import re
-import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -135,12 +134,13 @@ def canonical_json(facts: dict) -> bytes:
 # --- the page ---------------------------------------------------------------------------------------
 
 def visible(text) -> str:
-    """``text`` with every control, format and separator character (and the backslash) shown as an escape."""
+    """``text`` with every character Python calls unprintable (control, format, separator and unassigned ones, a
+    space other than U+0020: look-alikes) and the backslash shown as an escape."""
     out = []
     for ch in str(text):
         if ch == "\\":
             out.append("\\\\")
-        elif unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp"):
+        elif not ch.isprintable():
             code = ord(ch)
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
         else:

@@ -27,6 +27,8 @@ def run(args) -> int:
     """Mirror, bundle, verify and unpack the SCM double's synthetic repository, end to end."""
 
     # Imported here: main() builds the parser, which imports this module to add the demo command.
+    # Imported here: the bundle format loads the settings; building the parser must not.
+    from amsrepomirror.bundle.format import REPORT_HTML_NAME
     from amsrepomirror.cli import main
 
     # Imported here: the SCM double is test and demo material, not part of a production run.
@@ -50,7 +52,7 @@ def run(args) -> int:
         steps = [
             ["bundle", "--version", DEFAULT_VERSION, "--mirror", mirror_dir, "--listing-url", double.listing_url(DEFAULT_VERSION),
              "--out", bundle_dir, "--chunk-size", "1MiB"],
-            ["verify", bundle_dir],
+            ["verify", bundle_dir, "--transfer-report", work / "transfer-report-remade.json"],  # as the far side does
             ["unpack", bundle_dir, "--amshome", amshome],
         ]
         for step in steps:
@@ -67,6 +69,8 @@ def run(args) -> int:
         print_stderr(f"\ndemo: done; removed {work} (--clean)")
         return 0
     print_stderr(f"\ndemo: everything is in {work}:\n  mirror  {mirror_dir}\n  bundle  {bundle_dir}\n"
+                 f"  report  {bundle_dir / REPORT_HTML_NAME} (the transfer report; verify made it again in "
+                 f"{work / 'transfer-report-remade.html'})\n"
                  f"  AMSHOME {amshome} (repository/ placed there)\nremove it with: rm -rf {shlex.quote(str(work))}")
     return 0
 
