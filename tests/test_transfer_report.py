@@ -114,8 +114,7 @@ def test_a_signed_full_bundle_carries_a_signed_report_that_the_far_side_makes_ag
     (out / REPORT_HTML_NAME).write_bytes(page.replace("common", "cOmmon").encode())  # what the officer reads
     tampered = run_cli("verify", out, "--allowed-signers", signers)
     assert tampered.returncode == 4
-    assert f"{REPORT_HTML_NAME}: corrupt (SHA256SUMS disagrees" in tampered.stderr or \
-        f"{REPORT_HTML_NAME}: corrupt" in tampered.stderr
+    assert f"{REPORT_HTML_NAME}: corrupt (does not match manifest.json: do not rely on it)" in tampered.stderr
 
 
 @pytest.mark.slow
@@ -275,9 +274,7 @@ def test_the_platform_rules_are_the_shipped_ones():
 def test_manifest_report_fields_are_checked():
     body = json.loads(manifest_with("x").to_json())
     body["report"] = [{"name": REPORT_JSON_NAME, "size": 1, "sha256": "c" * 64}]
-    with pytest.raises(IntegrityError, match="field report is set, but the schema is"):
-        BundleManifest.from_bytes(json.dumps(body).encode(), "manifest.json")
-    body["schema"] = SCHEMA_3
+    assert json.loads(BundleManifest.from_bytes(json.dumps(body).encode(), "manifest.json").to_json())["schema"] == SCHEMA_3
     assert BundleManifest.from_bytes(json.dumps(body).encode(), "manifest.json").report[0].name == REPORT_JSON_NAME
     body["report"][0]["name"] = "../evil.7z"
     with pytest.raises(IntegrityError, match=r"field report\[0\]\.name"):

@@ -713,8 +713,9 @@ def _stick_plan(body: dict, chunks: list[str]) -> StickPlan | None:
 
 
 def _report_files(body: dict) -> list[ReportFile]:
-    """The optional ``report`` list of {name, size, sha256} records: each a name of ``REPORT_NAMES``, once; only in
-    schema 3 (an older reader would refuse the files as unlisted, so it must refuse the manifest plainly)."""
+    """The optional ``report`` list of {name, size, sha256} records: each a name of ``REPORT_NAMES``, once. Written
+    with schema 3 (an older reader would refuse the files as unlisted, so it refuses the manifest plainly); read in
+    any schema: it changes nothing that is placed or trusted."""
     files, seen = [], set()
     for i, raw in enumerate(_field(body, "report", "report", _list_of, [])):
         r = _record(raw, f"report[{i}]", {"name", "size", "sha256"})
@@ -723,8 +724,6 @@ def _report_files(body: dict) -> list[ReportFile]:
         seen.add(name)
         files.append(ReportFile(name=name, size=_field(r, "size", f"report[{i}].size", _count),
                                 sha256=_field(r, "sha256", f"report[{i}].sha256", _is_sha256)))
-    if files and body.get("schema") != SCHEMA_3:
-        raise IntegrityError(f"field report is set, but the schema is {_escaped(body.get('schema'))}, not {SCHEMA_3}")
     return files
 
 

@@ -364,14 +364,14 @@ def _check_manifest(report: VerifyReport, manifest: BundleManifest, sums: dict[s
 
 
 def _check_transfer_report(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
-    """The transfer report's files as the (signed) manifest and SHA256SUMS list them; a missing one is only a
-    warning (it documents the bundle, as README.txt does)."""
+    """The transfer report's files as the (signed) manifest lists them (and SHA256SUMS, when it names them); a
+    missing one is only a warning (it documents the bundle, as README.txt does)."""
     for r in manifest.report:
         path = report.bundle_dir / r.name
         if not path.is_file():
             report.warnings.append(f"{r.name} is missing from {report.bundle_dir} (the transfer report only documents "
                                    "the bundle; verify --transfer-report FILE makes it again)")
-        elif sums is not None and sums.get(r.name) != r.sha256:
+        elif sums is not None and r.name in sums and sums[r.name] != r.sha256:
             report.problems.append(Problem(r.name, "corrupt", f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
         elif path.stat().st_size != r.size or sha256_file(path) != r.sha256:  # guard: transfer-report-signed
             report.problems.append(Problem(r.name, "corrupt", f"does not match {MANIFEST_NAME}: do not rely on it"))

@@ -26,9 +26,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     """Mirror, bundle, verify and unpack the SCM double's synthetic repository, end to end."""
 
+    # Imported here: the bundle format loads the settings, and building the parser must not.
+    from amsrepomirror.bundle.format import REPORT_HTML_NAME  # likewise
+
     # Imported here: main() builds the parser, which imports this module to add the demo command.
-    # Imported here: the bundle format loads the settings; building the parser must not.
-    from amsrepomirror.bundle.format import REPORT_HTML_NAME
     from amsrepomirror.cli import main
 
     # Imported here: the SCM double is test and demo material, not part of a production run.
