@@ -12,7 +12,7 @@ import pytest
 from clihelp import REPO, cli_env, kill_unpack_repeatedly, popen_cli, run_cli, served_tree, sha256, tree_hashes
 from servers import require_tool
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, BundleManifest, Chunk
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, REPORT_NAMES, BundleManifest, Chunk
 from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.testing.repository import change_file
 from amsrepomirror.testing.scmdouble import ScmDouble
@@ -56,12 +56,12 @@ def test_round_trip_equals_mirror_and_peers_agree(made, repo_tree, tmp_path):
     assert len(chunks(out)) >= 4 and all(c.stat().st_size <= 1024 * 1024 for c in chunks(out))
     big = [f for f in manifest["files"] if f["path"] == BIG][0]
     assert len({p["chunk"] for p in big["parts"]}) >= 3  # split across chunks
-    expected = [c.name for c in chunks(out)] + [MANIFEST_NAME, README_NAME, "SHA256SUMS"]
+    expected = [c.name for c in chunks(out)] + [MANIFEST_NAME, README_NAME, "SHA256SUMS", *REPORT_NAMES]
     assert sorted(p.name for p in out.iterdir()) == sorted(expected)
 
     # Peers: coreutils and the real 7-Zip.
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
-    assert check.returncode == 0 and check.stdout.count(": OK") == len(chunks(out)) + 2
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(chunks(out)) + 2 + len(REPORT_NAMES)
     sevenzip = require_tool("7zz")
     for c in chunks(out):
         assert subprocess.run([sevenzip, "t", str(c)], capture_output=True).returncode == 0, c

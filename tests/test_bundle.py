@@ -13,7 +13,7 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, REPORT_NAMES, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.sums import read_sums, write_sums
 from amsrepomirror.bundle.verify import require_intact, verify_bundle
 from amsrepomirror.errors import IntegrityError
@@ -133,7 +133,7 @@ def test_bundle_folder_layout_and_sums(built, source):
     compression, bundle, plan, manifest = built
     names = sorted(p.name for p in bundle.iterdir())
     chunk_names = [s.name for s in plan]
-    assert names == sorted(chunk_names + [MANIFEST_NAME, README_NAME, SUMS_NAME])
+    assert names == sorted(chunk_names + [MANIFEST_NAME, README_NAME, SUMS_NAME, *REPORT_NAMES])
     assert len(plan) >= 3
     big = next(f for f in manifest.files if f.path.endswith("ams-core.tar.gz"))
     assert len({p.chunk for p in big.parts}) >= 3
@@ -142,7 +142,7 @@ def test_bundle_folder_layout_and_sums(built, source):
     text = (bundle / SUMS_NAME).read_text()
     lines = text.splitlines()
     assert all(re.fullmatch(r"[0-9a-f]{64}  \S.*", line) for line in lines)
-    assert [line[66:] for line in lines] == sorted(chunk_names + [MANIFEST_NAME, README_NAME])
+    assert [line[66:] for line in lines] == sorted(chunk_names + [MANIFEST_NAME, README_NAME, *REPORT_NAMES])
     for name, digest in read_sums(bundle).items():
         assert sha256_file(bundle / name) == digest
     assert BundleManifest.read(bundle / MANIFEST_NAME).to_json() == manifest.to_json()

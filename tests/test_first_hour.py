@@ -619,6 +619,8 @@ def test_demo_on_a_given_port_says_how_to_remove_what_it_left_or_cleans_up(tmp_p
     assert f" at http://127.0.0.1:{port} " in kept.stderr
     assert stderr_lines(kept)[-1] == f"remove it with: rm -rf {tmp_path / 'kept'}"
     assert (tmp_path / "kept" / "amshome" / "repository").is_dir()
+    assert f"report  {tmp_path / 'kept' / 'bundle' / 'TRANSFER-REPORT.html'}" in kept.stderr  # the sample report
+    assert "its JSON equals the bundle's transfer-report.json; the page is identical" in kept.stdout + kept.stderr
     cleaned = run_cli("demo", "--workdir", tmp_path / "cleaned", "--clean")
     assert cleaned.returncode == 0, cleaned.stderr
     assert stderr_lines(cleaned)[-1] == f"demo: done; removed {tmp_path / 'cleaned'} (--clean)"

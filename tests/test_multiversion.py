@@ -334,7 +334,7 @@ def test_unpack_refuses_a_delta_that_removes_what_another_installed_version_need
     state = amshome_state(amshome)
 
     def as_older_tool(body):  # one version, nothing said about dropping, and no removed list to go by
-        for key in ("dropped", "version_paths"):
+        for key in ("dropped", "version_paths", "removed_files", "replaced_files"):
             body.pop(key, None)
         body["versions"], body["removed"] = [OLD], []
 

@@ -36,6 +36,12 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_LIMIT = 2**30  # bytes: a manifest takes well under 1 KB per file
 SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
+#: The transfer report (``bundle.transfer_report`` owns its format): listed in the manifest's ``report``.
+REPORT_JSON_NAME = "transfer-report.json"
+REPORT_HTML_NAME = "TRANSFER-REPORT.html"
+REPORT_NAMES = (REPORT_JSON_NAME, REPORT_HTML_NAME)
+#: An OpenSSH SHA256 key fingerprint, as ``ssh-keygen -l`` prints it (the manifest's ``signer``).
+FINGERPRINT_PATTERN = re.compile(r"SHA256:[A-Za-z0-9+/]{43}")
 COMPRESSIONS = ("copy", "zstd", "lzma2")
 CHUNK_SUFFIX = ".7z"
 #: The folder of a bundle made with ``--with-tool``: wheels of amsrepomirror and install.sh (``pack.tool``).
@@ -280,6 +286,15 @@ class StickPlan:
         return f"stick {number} of {len(self.chunks)}"
 
 
+@dataclass(frozen=True)
+class ReportFile:
+    """A transfer report file of the bundle folder (``REPORT_NAMES``): listed with its sha256, so a signature of
+    the manifest covers what the security officer reads."""
+    name: str
+    size: int
+    sha256: str
+
+
 @dataclass
 class BundleManifest:
     version: str
@@ -321,6 +336,15 @@ class BundleManifest:
     readme_sha256: str = ""
     #: bundle --parity: the PAR2 recovery files over the chunks (None: made without)
     parity: Parity | None = None
+    # The transfer report's files (schema 3: verify must check them). The report is made from the manifest
+    # without this list, so the manifest can name the report's sha256 (bundle.transfer_report).
+    report: list[ReportFile] = field(default_factory=list)
+    # The signing key's fingerprint (bundle --sign-key; additive), for the report: "" when unsigned.
+    signer: str = ""
+    # A delta (additive): the base's record of each path it removes, and of each path it gives other bytes
+    # (None: not recorded, a delta of an older tool): what the report lists with sizes.
+    removed_files: list[TreeFile] | None = None
+    replaced_files: list[TreeFile] | None = None
 
     @property
     def all_versions(self) -> list[str]:
@@ -360,8 +384,9 @@ class BundleManifest:
     @property
     def needs_schema_3(self) -> bool:
         """Whether it holds what an older reader must not skip (docs/bundle-format.md): ``version_paths``
-        and ``dropped`` decide what may be removed, so a tool that ignores them must refuse the bundle."""
-        return bool(self.dropped) or (bool(self.version_paths) and len(self.all_versions) > 1)
+        and ``dropped`` decide what may be removed, so a tool that ignores them must refuse the bundle; the
+        ``report`` files are in SHA256SUMS, which an older verify refuses as files the manifest does not list."""
+        return bool(self.dropped) or bool(self.report) or (bool(self.version_paths) and len(self.all_versions) > 1)
 
     def to_json(self) -> bytes:
         schema = SCHEMA_3 if self.needs_schema_3 else SCHEMA_WITH_COPIES if self.copies else SCHEMA  # guard: schema-3-written
@@ -400,6 +425,7 @@ class BundleManifest:
             body["parity"] = {"redundancy": self.parity.redundancy, "block_size": self.parity.block_size,
                               "recovery_blocks": self.parity.recovery_blocks,
                               "files": [asdict(f) for f in sorted(self.parity.files, key=lambda f: f.path)]}
+        body.update(self._report_fields())
         if body["schema"] == SCHEMA_3:
             body["requires_tool"] = SCHEMA_3_SINCE
         if self.is_delta:
@@ -411,6 +437,18 @@ class BundleManifest:
             })
         body.update(self.extra)
         return (json.dumps(body, indent=1, sort_keys=True) + "\n").encode()
+
+    def _report_fields(self) -> dict:
+        """What the transfer report needs beyond the rest: its files, the signer, a delta's base records."""
+        body: dict[str, object] = {}
+        if self.report:  # absent from bundles without a transfer report
+            body["report"] = [asdict(r) for r in sorted(self.report, key=lambda r: r.name)]
+        if self.signer:  # absent from unsigned bundles
+            body["signer"] = self.signer
+        for name, records in (("removed_files", self.removed_files), ("replaced_files", self.replaced_files)):
+            if self.is_delta and records is not None:  # absent from deltas of tools that did not record them
+                body[name] = [asdict(t) for t in sorted(records, key=lambda t: t.path)]
+        return body
 
     def write(self, path: Path) -> None:
         atomic_write_bytes(Path(path), self.to_json())
@@ -548,6 +586,7 @@ _is_version = _matching(VERSION_PATTERN, "AMS followed by digits and dots, e.g. 
 _is_sha256 = _matching(SHA256_PATTERN, "64 lowercase hex digits (sha256)")
 _is_optional_sha256 = _matching(SHA256_PATTERN, "64 lowercase hex digits (sha256) or nothing", empty_ok=True)
 _is_tool_version = _matching(re.compile(r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}"), "a version like 0.1.0", empty_ok=True)
+_is_signer = _matching(FINGERPRINT_PATTERN, "an SSH key fingerprint like SHA256:<43 base64 characters>")
 _is_created = _matching(re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"),
                         "a UTC time like 2026-01-31T12:00:00Z", empty_ok=True)
 
@@ -603,9 +642,37 @@ def _tool_files(body: dict) -> list[ToolFile]:
     return files
 
 
+def _tree_files(body: dict, name: str, default=_REQUIRED) -> list[TreeFile] | None:
+    """The list ``name`` of {path, size, sha256} records (``target``, ``removed_files``, ``replaced_files``)."""
+    raw = _field(body, name, name, _list_of, default)
+    if raw is None:
+        return None
+    files = []
+    for i, record in enumerate(raw):
+        t = _record(record, f"{name}[{i}]", {"path", "size", "sha256"})
+        files.append(TreeFile(path=_field(t, "path", f"{name}[{i}].path", path_problem),
+                              size=_field(t, "size", f"{name}[{i}].size", _count),
+                              sha256=_field(t, "sha256", f"{name}[{i}].sha256", _is_sha256)))
+    return files
+
+
+def _base_records(body: dict, removed: list[str], target: list[TreeFile]) -> dict:
+    """A delta's optional ``removed_files`` (exactly its removed paths) and ``replaced_files`` (paths of its
+    target, each once): the base's size and sha256 of what it removes or replaces, for the transfer report."""
+    removed_files = _tree_files(body, "removed_files", None)
+    if removed_files is not None and sorted(t.path for t in removed_files) != sorted(removed):
+        raise IntegrityError("field removed_files does not name exactly the removed paths")
+    replaced_files = _tree_files(body, "replaced_files", None)
+    paths = [t.path for t in replaced_files or []]
+    if len(set(paths)) != len(paths) or not set(paths) <= {t.path for t in target}:
+        raise IntegrityError("field replaced_files names a path twice or one that is not in the target")
+    return dict(removed_files=removed_files, replaced_files=replaced_files)
+
+
 def _delta_fields(body: dict, base: str | None) -> dict:
-    """``base_created``, ``removed``, ``reused`` and ``target`` of a delta (base set); none of them otherwise."""
-    names = ("base_created", "removed", "reused", "target")
+    """``base_created``, ``removed``, ``reused``, ``target`` (and the optional ``removed_files`` and
+    ``replaced_files``) of a delta (base set); none of them otherwise."""
+    names = ("base_created", "removed", "reused", "target", "removed_files", "replaced_files")
     if base is None:
         present = [name for name in names if name in body]
         if present:
@@ -617,14 +684,9 @@ def _delta_fields(body: dict, base: str | None) -> dict:
         if why:
             raise IntegrityError(f"field removed[{i}] is {_escaped(path)}: {why}")
     reused = _reused_files(body, "reused")
-    target = []
-    for i, raw in enumerate(_field(body, "target", "target", _list_of)):
-        t = _record(raw, f"target[{i}]", {"path", "size", "sha256"})
-        target.append(TreeFile(path=_field(t, "path", f"target[{i}].path", path_problem),
-                               size=_field(t, "size", f"target[{i}].size", _count),
-                               sha256=_field(t, "sha256", f"target[{i}].sha256", _is_sha256)))
+    target = _tree_files(body, "target")
     return dict(base_created=_field(body, "base_created", "base_created", _is_created, ""),
-                removed=removed, reused=reused, target=target)
+                removed=removed, reused=reused, target=target, **_base_records(body, removed, target))
 
 
 def _version_fields(body: dict, manifest: BundleManifest) -> None:
@@ -706,6 +768,19 @@ def _parity(body: dict) -> Parity | None:
                   block_size=_field(r, "block_size", "parity.block_size",
                                     lambda v: _count(v) or (None if v > 0 else "not above 0")),
                   recovery_blocks=_field(r, "recovery_blocks", "parity.recovery_blocks", _count), files=files)
+def _report_files(body: dict) -> list[ReportFile]:
+    """The optional ``report`` list of {name, size, sha256} records: each a name of ``REPORT_NAMES``, once. Written
+    with schema 3 (an older reader would refuse the files as unlisted, so it refuses the manifest plainly); read in
+    any schema: it changes nothing that is placed or trusted."""
+    files, seen = [], set()
+    for i, raw in enumerate(_field(body, "report", "report", _list_of, [])):
+        r = _record(raw, f"report[{i}]", {"name", "size", "sha256"})
+        name = _field(r, "name", f"report[{i}].name",
+                      lambda v: None if v in REPORT_NAMES and v not in seen else f"expected one of {REPORT_NAMES}, once")
+        seen.add(name)
+        files.append(ReportFile(name=name, size=_field(r, "size", f"report[{i}].size", _count),
+                                sha256=_field(r, "sha256", f"report[{i}].sha256", _is_sha256)))
+    return files
 
 
 def _lacking(body: dict) -> list[Lacking]:
@@ -785,6 +860,8 @@ def _manifest_from(body: dict) -> BundleManifest:
         tool=_tool_files(body),
         sticks=_stick_plan(body, [c.name for c in chunks]),
         parity=_parity(body),
+        report=_report_files(body),
+        signer=_field(body, "signer", "signer", _is_signer, ""),
         **_delta_fields(body, base),
     )
     tree = tree_path_problems(_placed_paths(manifest))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amsrepomirror.bundle import sshsig
+from amsrepomirror.bundle.format import FINGERPRINT_PATTERN as FINGERPRINT
 from amsrepomirror.bundle.format import MANIFEST_NAME
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.util.fsutil import atomic_write_bytes, read_bounded
@@ -110,6 +111,25 @@ def sign_manifest(bundle_dir: Path, key: Path) -> None:
     if done.returncode != 0 or b"BEGIN SSH SIGNATURE" not in done.stdout:
         raise MirrorError(f"signing {MANIFEST_NAME} with {key} failed: {_last_line(done.stderr)}")
     atomic_write_bytes(bundle_dir / SIGNATURE_NAME, done.stdout)
+
+
+def key_fingerprint(key: Path) -> str:
+    """The SHA256 fingerprint of the signing key ``key`` (``ssh-keygen -l``: from ``key.pub`` when it is there, else
+    the public half a private key file holds; no passphrase is asked), for the manifest's ``signer``."""
+    if not Path(key).is_file():
+        raise UsageError(f"signing key {key} does not exist")
+    tool = shutil.which("ssh-keygen")
+    if tool is None:
+        raise MirrorError("ssh-keygen was not found: install OpenSSH (Debian: openssh-client) to sign bundles")
+    try:
+        done = subprocess.run([tool, "-l", "-E", "sha256", "-f", str(key)], capture_output=True, timeout=CHECK_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise MirrorError(f"ssh-keygen -l did not finish within {CHECK_TIMEOUT} s") from None
+    found = FINGERPRINT.search(done.stdout.decode("utf-8", "replace"))
+    if done.returncode != 0 or found is None:
+        raise MirrorError(f"cannot read the fingerprint of signing key {key}: {_last_line(done.stderr)}")
+    return found.group(0)
 
 
 def drop_signature(bundle_dir: Path) -> None:

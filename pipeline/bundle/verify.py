@@ -11,6 +11,7 @@ from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
     MANIFEST_NAME,
     README_NAME,
+    REPORT_NAMES,
     SUMS_NAME,
     BundleManifest,
     Chunk,
@@ -315,9 +316,9 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
 
 
 def side_paths(manifest: BundleManifest) -> list[str]:
-    """The files the manifest lists besides its chunks and itself: tool/ files and PAR2 files."""
+    """The files the manifest lists besides its chunks and itself: tool/ files, PAR2 files, the transfer report."""
     parity = manifest.parity.files if manifest.parity else []
-    return [t.path for t in manifest.tool] + [f.path for f in parity]
+    return [t.path for t in manifest.tool] + [f.path for f in parity] + [r.name for r in manifest.report]
 
 
 def _ask_parity(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
@@ -429,6 +430,21 @@ def _check_manifest(report: VerifyReport, manifest: BundleManifest, sums: dict[s
     if sums is not None:
         _check_sums_agree(report, manifest, sums)
     report.problems += [Problem(path, what) for path, what in tool_problems(report.bundle_dir, manifest, sums)]
+    _check_transfer_report(report, manifest, sums)
+
+
+def _check_transfer_report(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
+    """The transfer report's files as the (signed) manifest lists them (and SHA256SUMS, when it names them); a
+    missing one is only a warning (it documents the bundle, as README.txt does)."""
+    for r in manifest.report:
+        path = report.bundle_dir / r.name
+        if not path.is_file():
+            report.warnings.append(f"{r.name} is missing from {report.bundle_dir} (the transfer report only documents "
+                                   "the bundle; verify --transfer-report FILE makes it again)")
+        elif sums is not None and r.name in sums and sums[r.name] != r.sha256:
+            report.problems.append(Problem(r.name, "corrupt", f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
+        elif path.stat().st_size != r.size or sha256_file(path) != r.sha256:  # guard: transfer-report-signed
+            report.problems.append(Problem(r.name, "corrupt", f"does not match {MANIFEST_NAME}: do not rely on it"))
 
 
 def _check_sums_agree(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str]) -> None:
@@ -464,7 +480,7 @@ def _expected_chunks(manifest: BundleManifest | None, sums: dict[str, str] | Non
         expected.order = list(dict.fromkeys(c.name for c in manifest.chunks))
     elif sums is not None:
         for name, digest in sums.items():
-            if name not in (MANIFEST_NAME, README_NAME, SIGNATURE_NAME) and not is_tool_path(name):
+            if name not in (MANIFEST_NAME, README_NAME, SIGNATURE_NAME, *REPORT_NAMES) and not is_tool_path(name):
                 expected.size[name] = None
                 expected.sha256[name] = digest
         expected.order = sorted(expected.size)
@@ -473,7 +489,7 @@ def _expected_chunks(manifest: BundleManifest | None, sums: dict[str, str] | Non
 
 def _is_chunk_name(name: str) -> bool:
     """A name verify may open as a chunk: a plain file name, not one of the bundle's own files."""
-    return is_plain_file_name(name) and name not in (MANIFEST_NAME, SUMS_NAME, README_NAME)
+    return is_plain_file_name(name) and name not in (MANIFEST_NAME, SUMS_NAME, README_NAME, *REPORT_NAMES)
 
 
 def _right_size(size: int | None, want: int | None) -> bool:

@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     """Mirror, bundle, verify and unpack the SCM double's synthetic repository, end to end."""
 
+    # Imported here: the bundle format loads the settings, and building the parser must not.
+    from amsrepomirror.bundle.format import REPORT_HTML_NAME  # likewise
+
     # Imported here: main() builds the parser, which imports this module to add the demo command.
     from amsrepomirror.cli import main
 
@@ -50,7 +53,7 @@ def run(args) -> int:
         steps = [
             ["bundle", "--version", DEFAULT_VERSION, "--mirror", mirror_dir, "--listing-url", double.listing_url(DEFAULT_VERSION),
              "--out", bundle_dir, "--chunk-size", "1MiB"],
-            ["verify", bundle_dir],
+            ["verify", bundle_dir, "--transfer-report", work / "transfer-report-remade.json"],  # as the far side does
             ["unpack", bundle_dir, "--amshome", amshome],
         ]
         for step in steps:
@@ -67,6 +70,8 @@ def run(args) -> int:
         print_stderr(f"\ndemo: done; removed {work} (--clean)")
         return 0
     print_stderr(f"\ndemo: everything is in {work}:\n  mirror  {mirror_dir}\n  bundle  {bundle_dir}\n"
+                 f"  report  {bundle_dir / REPORT_HTML_NAME} (the transfer report; verify made it again in "
+                 f"{work / 'transfer-report-remade.html'})\n"
                  f"  AMSHOME {amshome} (repository/ placed there)\nremove it with: rm -rf {shlex.quote(str(work))}")
     return 0
 

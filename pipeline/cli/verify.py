@@ -1,12 +1,14 @@
 """``amsrepomirror verify``: check a bundle folder offline (every chunk's sha256, size and 7z CRCs, and its
 signature under the site's trust setting), or with --installed AMSHOME's repository against its receipt."""
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from amsrepomirror import errors
-from amsrepomirror.bundle.format import read_manifest_bytes, refuse_settings_read_from
+from amsrepomirror.bundle import transfer_report
+from amsrepomirror.bundle.format import REPORT_HTML_NAME, REPORT_JSON_NAME, read_manifest_bytes, refuse_settings_read_from
 from amsrepomirror.bundle.trust import NO_SIGNERS, Trust, signature_verdict
 from amsrepomirror.bundle.verify import not_a_bundle, verify_bundle
 from amsrepomirror.cli.options import (
@@ -24,6 +26,7 @@ from amsrepomirror.offline import placement
 from amsrepomirror.offline.installed import no_receipt, require_intact, scrub
 from amsrepomirror.offline.unpack import MAX_CHANGES_LISTED
 from amsrepomirror.util import progress, skipped_files
+from amsrepomirror.util.fsutil import atomic_write_bytes, why_unwritable
 from amsrepomirror.util.units import counted, format_size
 
 
@@ -40,6 +43,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-test", action="store_true", help="skip the 7z CRC test (sha256 only)")
     p.add_argument("--partial", action="store_true",
                    help="one stick of several: check the chunks that are here, list the others as not here yet")
+    p.add_argument("--transfer-report", type=Path, metavar="FILE",
+                   help="also make the transfer report again from the bundle alone: its JSON to FILE, its page to FILE "
+                   "with .html for .json (else FILE.html), and say whether they equal the bundle's own (exit 4 when "
+                   "the JSON differs)")
     add_signer_options(p)
     add_report_option(p)
     p.set_defaults(func=run, check_before_settings=refuse_settings_in_the_bundle)  # before settings are checked
@@ -57,6 +64,8 @@ def run(args) -> int:
     why_not = not_a_bundle(args.bundle, tool_command())
     if why_not:
         raise UsageError(why_not)
+    if args.transfer_report is not None:
+        remade_paths(args)  # refused before any work
     refuse_settings_read_from(args.bundle)  # before anything those settings could steer
     # --report: ok stays null when the check stopped before its verdict (the error line says why)
     args.report_facts.update(bundle=str(args.bundle.absolute()), partial=args.partial, ok=None, problems=[],
@@ -80,7 +89,56 @@ def run(args) -> int:
             bar.close(clear=True)
     args.report_facts.update(ok=report.ok, problems=[str(p) for p in report.problems], not_here=list(report.not_here),
                              chunks_checked=report.chunks_checked, bytes_checked=report.bytes_checked)
+    if args.transfer_report is not None and report.manifest is not None:
+        same = _transfer_report(args, report.manifest, check)
+        code = _print_report(args, report, found, check)
+        if not same and code == 0:
+            print_stderr(f"error: the transfer report made again from {args.bundle} differs from the one it carries "
+                         f"({REPORT_JSON_NAME}): compare {args.transfer_report} with it")
+            return errors.INTEGRITY_FAILURE
+        return code
     return _print_report(args, report, found, check)
+
+
+def remade_paths(args) -> tuple[Path, Path]:
+    """Where verify --transfer-report FILE writes the report it makes: (FILE, its page); UsageError when that is
+    in the bundle folder (it would be a file the manifest does not list) or cannot be written."""
+    json_path = args.transfer_report
+    html_path = json_path.with_suffix(".html") if json_path.suffix == ".json" else Path(f"{json_path}.html")
+    bundle = args.bundle.absolute().resolve()
+    for path in (json_path, html_path):
+        where = path.absolute().resolve()
+        if where == bundle or bundle in where.parents:
+            raise UsageError(f"--transfer-report {path} is in the bundle folder {args.bundle}: write it outside")
+        why = "it is a directory" if path.is_dir() else why_unwritable(path.parent)
+        if why:
+            raise UsageError(f"cannot write --transfer-report {path}: {why}")
+    return json_path, html_path
+
+
+def _transfer_report(args, manifest, check) -> bool:
+    """Make the transfer report again from ``manifest``, write it, and say whether it equals the bundle's (the
+    JSON in canonical form; the page byte for byte); True when the JSON does."""
+    json_path, html_path = remade_paths(args)
+    remade = transfer_report.make_report(dataclasses.replace(manifest, report=[]))
+    carried = transfer_report.carried_report(args.bundle, manifest)
+    for path, data in zip((json_path, html_path), remade, strict=True):
+        atomic_write_bytes(path, data)
+    same_json = carried[0] is not None and transfer_report.canonical_form(carried[0]) == remade[0]
+    same_html = carried[1] == remade[1]
+    args.report_facts.update(transfer_report={"json": str(json_path.absolute()), "html": str(html_path.absolute()),
+                                              "json_equal": same_json, "html_equal": same_html})
+    if carried[0] is None:
+        print_result(f"transfer report: made again in {json_path} and {html_path}; the bundle carries none to compare "
+                     "(made by a tool without it)")
+        return not manifest.report
+    print_result(f"transfer report: made again in {json_path} and {html_path}; its JSON "
+                 + ("equals" if same_json else "DIFFERS from") + f" the bundle's {REPORT_JSON_NAME}; the page "
+                 + ("is identical" if same_html else f"differs from the bundle's {REPORT_HTML_NAME}"
+                    + (" (made by another tool version: compare the JSON)" if same_json else "")))
+    if check is not None and check.fingerprint and manifest.signer and check.fingerprint != manifest.signer:
+        print_stderr(f"warning: the report names the signer {manifest.signer}, the signature is by {check.fingerprint}")
+    return same_json
 
 
 def _print_report(args, report, found: Trust, check) -> int:
@@ -144,9 +202,10 @@ def print_signature_verdict(found: Trust, check, refusal: str | None) -> None:
 
 def run_installed(args) -> int:
     """The scrub (for cron): re-hash $AMSHOME/repository against its receipt; name what differs."""
-    if args.bundle is not None or args.partial or args.no_test or args.allowed_signers or args.revoked_keys:
+    if (args.bundle is not None or args.partial or args.no_test or args.allowed_signers or args.revoked_keys
+            or args.transfer_report is not None):
         raise UsageError("verify --installed checks AMSHOME's repository against its receipt: it takes no bundle "
-                         "folder and none of --partial, --no-test, --allowed-signers, --revoked-keys")
+                         "folder and none of --partial, --no-test, --allowed-signers, --revoked-keys, --transfer-report")
     home = amshome_of(args).absolute()
     if not home.is_dir():
         raise UsageError(f"AMSHOME {home} is not a directory")

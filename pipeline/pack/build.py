@@ -32,8 +32,9 @@ from amsrepomirror.bundle.format import (
     StickPlan,
     chunk_name_pattern,
 )
-from amsrepomirror.bundle.signature import SIGNATURE_NAME, drop_signature, sign_manifest
+from amsrepomirror.bundle.signature import SIGNATURE_NAME, drop_signature, key_fingerprint, sign_manifest
 from amsrepomirror.bundle.sums import write_sums
+from amsrepomirror.bundle.transfer_report import make_report, write_report
 from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
@@ -254,7 +255,8 @@ def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | No
         manifest = dataclasses.replace(manifest, base=plan.base.identity, base_created=plan.base.created,
                                        removed=plan.delta.removed, reused=plan.delta.reused, target=plan.delta.target,
                                        versions=plan.delta.versions, version_paths=plan.delta.version_paths,
-                                       dropped=list(plan.base.dropped))
+                                       dropped=list(plan.base.dropped), **base_records(plan))
+    manifest.signer = key_fingerprint(Path(sign_key)) if sign_key else ""  # for the transfer report
     if stick_size:
         manifest.sticks = stick_plan(manifest, stick_size)
     folder = Path(out)
@@ -269,6 +271,15 @@ def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | No
     record_bundle(Workspace(mirror), manifest)
 
 
+def base_records(plan: BundlePlan) -> dict:
+    """A delta's ``removed_files`` and ``replaced_files``: the base's record of each path it removes or gives other
+    bytes, so the transfer report lists them with their sizes."""
+    at_path = {t.path: t for t in plan.base.tree}
+    new = {t.path: t for t in plan.delta.target}
+    return dict(removed_files=[at_path[p] for p in plan.delta.removed],
+                replaced_files=[old for p, old in sorted(at_path.items()) if p in new and new[p].sha256 != old.sha256])
+
+
 #: Room kept on every stick for the files that go on each besides its chunks, over their sizes as planned: the
 #: sums and the signature, and what the stick plan itself adds to manifest.json and README.txt.
 SIDE_FILES_SLACK = 256 * 1024
@@ -276,9 +287,10 @@ SIDE_FILES_SLACK = 256 * 1024
 
 def side_files_size(manifest: BundleManifest) -> int:
     """Bytes of the files every stick carries besides its chunks (manifest.json, README.txt, SHA256SUMS, the
-    signature, tool/), from the manifest before its stick plan is added, with room to spare."""
+    signature, the transfer report, tool/), from the manifest before its stick plan is added, with room to spare."""
+    report = sum(len(part) for part in make_report(manifest)) + 2 * 200 * len(manifest.chunks)  # with its stick plan
     return (len(manifest.to_json()) + len(readme_text(manifest).encode("utf-8")) + sum(t.size for t in manifest.tool)
-            + 2 * 100 * (len(manifest.chunks) + len(manifest.tool)) + SIDE_FILES_SLACK)
+            + 2 * 100 * (len(manifest.chunks) + len(manifest.tool)) + report + SIDE_FILES_SLACK)
 
 
 def stick_plan(manifest: BundleManifest, stick_size: int) -> StickPlan:
@@ -308,8 +320,11 @@ def remove_partial_files(bundle_dir: Path) -> list[Path]:
 
 def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = False,
                   sign_key: Path | None = None) -> dict[str, str]:
-    """Write ``manifest.json``, with ``sign_key`` its signature ``manifest.json.sig``, ``README.txt``
-    and, last, ``SHA256SUMS`` (chunks, those files, the tool/ files).
+    """Write the transfer report, ``manifest.json`` (listing the report), with ``sign_key`` its signature
+    ``manifest.json.sig``, ``README.txt`` and, last, ``SHA256SUMS`` (chunks, those files, the tool/ files).
+
+    The report is made from the manifest without its ``report`` list (``bundle.transfer_report``): the far side
+    makes it again from the manifest it carries; the signature covers the report through that list.
 
     Any old SHA256SUMS is removed first, so its presence always means a finished bundle. Each
     chunk must exist with its recorded size; its sha256 is taken from the manifest (computed from
@@ -331,14 +346,17 @@ def finish_bundle(bundle_dir: Path, manifest: BundleManifest, *, rehash: bool = 
             raise IntegrityError(f"chunk {chunk.name} is {size} bytes, expected {chunk.size}; re-run bundle")
     readme = readme_text(manifest, signed=sign_key is not None).encode("utf-8")
     manifest.readme_sha256 = hashlib.sha256(readme).hexdigest()  # signed with the manifest
+    manifest.report = write_report(bundle_dir, dataclasses.replace(manifest, report=[]))  # signed with the manifest
     manifest.write(bundle_dir / MANIFEST_NAME)
     drop_signature(bundle_dir)  # an older one signs another manifest
     if sign_key is not None:
         sign_manifest(bundle_dir, sign_key)
     atomic_write_bytes(bundle_dir / README_NAME, readme)
     listed = list(manifest.tool) + (manifest.parity.files if manifest.parity else [])
-    known = {} if rehash else {**{c.name: c.sha256 for c in manifest.chunks}, **{t.path: t.sha256 for t in listed}}
-    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME] + [t.path for t in listed]
+    known = {} if rehash else {**{c.name: c.sha256 for c in manifest.chunks}, **{t.path: t.sha256 for t in listed},
+                               **{r.name: r.sha256 for r in manifest.report}}
+    names = ([c.name for c in manifest.chunks] + [MANIFEST_NAME, README_NAME] + [t.path for t in listed]
+             + [r.name for r in manifest.report])
     if sign_key is not None:
         names.append(SIGNATURE_NAME)
     return write_sums(bundle_dir, names, known)

@@ -2,7 +2,16 @@
 
 import shlex
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, README_NAME, SUMS_NAME, TOOL_DIR, BundleManifest
+from amsrepomirror.bundle.format import (
+    MANIFEST_NAME,
+    README_NAME,
+    REPORT_HTML_NAME,
+    REPORT_JSON_NAME,
+    REPORT_NAMES,
+    SUMS_NAME,
+    TOOL_DIR,
+    BundleManifest,
+)
 from amsrepomirror.bundle.signature import NAMESPACE, SIGNATURE_NAME
 from amsrepomirror.util.units import counted, format_size
 
@@ -43,8 +52,10 @@ def readme_text(manifest: BundleManifest, signed: bool = False) -> str:
 
 def bundle_file_names(manifest: BundleManifest, signed: bool) -> list:
     """Every file of the bundle folder (paths relative to it), sorted: the chunks, manifest.json (and its
-    signature), SHA256SUMS, README.txt and the tool/ files."""
-    names = [c.name for c in manifest.chunks] + [MANIFEST_NAME, SUMS_NAME, README_NAME] + [t.path for t in manifest.tool]
+    signature), SHA256SUMS, README.txt, the transfer report (every bundle of this tool has one), the tool/ files
+    and the PAR2 files."""
+    names = ([c.name for c in manifest.chunks] + [MANIFEST_NAME, SUMS_NAME, README_NAME, *REPORT_NAMES]
+             + [t.path for t in manifest.tool])
     names += [f.path for f in manifest.parity.files] if manifest.parity else []
     return sorted(set(names + ([SIGNATURE_NAME] if signed else [])))
 
@@ -133,6 +144,8 @@ def _full_contents(manifest: BundleManifest) -> list:
         f"  {SUMS_NAME:<14} sha256 of every other file here. It is written last: if it is",
         "                 missing, the bundle is incomplete.",
         f"  {README_NAME:<14} this file",
+        f"  {REPORT_HTML_NAME} and {REPORT_JSON_NAME}",
+        f"  {'':<14} the transfer report: what this bundle holds, for whoever approves the transfer",
     ]
     if manifest.tool:
         lines.append(f"  {TOOL_DIR + '/':<14} amsrepomirror itself: wheels and install.sh (listed in {MANIFEST_NAME})")

@@ -23,6 +23,7 @@ MIB = 1 << 20
 #: Size limits by kind of document (bytes of JSON; for a receipt's compressed tree, once decompressed).
 LIMITS = {
     "bundle manifest": 1 << 30,
+    "transfer report": 1 << 30,
     "receipt": 64 * MIB,
     "receipt tree": 1 << 30,
     "swap journal": 64 * MIB,
