@@ -84,7 +84,7 @@ def test_parity_files_are_listed_summed_and_explained(made):
     sums = (bundle / "SHA256SUMS").read_text()
     assert all(f"  {name}\n" in sums for name in names)
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=bundle, capture_output=True, text=True)
-    assert check.returncode == 0 and check.stdout.count(": OK") == len(manifest.chunks) + len(names) + 2
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(manifest.chunks) + len(names) + 2 + len(manifest.report)
     readme = (bundle / "README.txt").read_text()
     assert "par2 repair parity.par2" in readme and "amsrepomirror repair BUNDLE --into DIR" in readme
     assert all(f"  {name}\n" in readme for name in names)  # "Files of this bundle"
@@ -292,3 +292,13 @@ def test_an_unlisted_recovery_file_is_refused_before_par2_could_read_it(copy):
     verify = run_cli("verify", copy)
     assert verify.returncode == 4, verify.stderr
     assert f"{planted.name}: unexpected" in verify.stderr and "repairable" not in verify.stderr
+
+
+def test_the_transfer_report_lists_the_parity_files_and_is_made_again_alike(made, tmp_path):
+    bundle = made[1]
+    report = json.loads((bundle / "transfer-report.json").read_text())
+    assert sorted(f["path"] for f in report["parity_files"]) == sorted(f.path for f in manifest_of(bundle).parity.files)
+    result = run_cli("verify", bundle, "--transfer-report", tmp_path / "far.json")
+    assert result.returncode == 0, result.stderr
+    assert "its JSON equals the bundle's transfer-report.json; the page is identical" in result.stdout
+    assert (tmp_path / "far.json").read_bytes() == (bundle / "transfer-report.json").read_bytes()

@@ -111,10 +111,11 @@ def _place(bundle: Path, into: Path, scratch: Path, manifest: BundleManifest, ma
     wanted = {t.path: t.sha256 for t in manifest.tool}
     if manifest.parity:
         wanted.update({f.path: f.sha256 for f in manifest.parity.files})
+    wanted.update({r.name: r.sha256 for r in manifest.report})  # the transfer report
     for name in [README_NAME, SIGNATURE_NAME, *wanted]:
         source = bundle / name
         if not source.is_file() or (name in wanted and sha256_file(source) != wanted[name]):
-            continue  # a damaged recovery file is left out: the repaired bundle needs none
+            continue  # a damaged recovery file or report is left out: the repaired bundle needs none
         (into / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, into / name)
     shutil.copyfile(bundle / SUMS_NAME, into / SUMS_NAME)
