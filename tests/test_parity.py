@@ -13,11 +13,11 @@ from clihelp import cli_env, run_cli, tree_hashes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.format import MANIFEST_NAME, PARITY_INDEX, README_NAME, SUMS_NAME, BundleManifest
 from amsrepomirror.bundle.parity import find_par2, parse_verify
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.repair import SCRATCH
-from amsrepomirror.pack.parity import MIN_BLOCK, block_size, parse_parity
+from amsrepomirror.pack.parity import MIN_BLOCK, ONE_STICK, block_size, data_blocks, parse_parity, plan_on_sticks
 from amsrepomirror.testing.repository import make_repository
 from amsrepomirror.testing.scmdouble import ScmDouble
 
@@ -226,8 +226,8 @@ def test_without_par2_parity_and_repair_stop_naming_debians_par2(made, tmp_path)
 
 
 def test_parity_option_values():
-    assert parse_parity("10%") == 10 and parse_parity("100") == 100
-    for bad in ("0%", "101%", "one-stick", "", "5.5%"):
+    assert parse_parity("10%") == 10 and parse_parity("100") == 100 and parse_parity("one-stick") == ONE_STICK
+    for bad in ("0%", "101%", "one-sticks", "", "5.5%"):
         with pytest.raises(Exception, match="--parity"):
             parse_parity(bad)
     assert block_size([1]) == MIN_BLOCK
@@ -292,3 +292,137 @@ def test_an_unlisted_recovery_file_is_refused_before_par2_could_read_it(copy):
     verify = run_cli("verify", copy)
     assert verify.returncode == 4, verify.stderr
     assert f"{planted.name}: unexpected" in verify.stderr and "repairable" not in verify.stderr
+
+
+# --- parity on sticks --------------------------------------------------------------------------------
+
+STICK = "2500KiB"  # 4 sticks for the 9 chunks of 1 MiB at most, with a one-stick recovery volume on each
+
+
+@pytest.fixture(scope="module")
+def on_sticks(made, tmp_path_factory):
+    """The bundle of ``made``'s mirror on sticks of STICK, with one-stick parity; what bundle printed."""
+    out = tmp_path_factory.mktemp("sticks") / "bundle"
+    done = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made[0], "--out", out, "--chunk-size", "1MiB",
+                   "--stick-size", STICK, "--parity", "one-stick")
+    assert done.returncode == 0, done.stderr
+    return out, done.stdout
+
+
+def stick_files(manifest: BundleManifest, number: int) -> list[str]:
+    """The chunks and recovery volumes the stick plan puts on stick ``number``."""
+    return manifest.sticks.files_on(number)
+
+
+def stick_folder(bundle: Path, manifest: BundleManifest, number: int, folder: Path) -> Path:
+    """Stick ``number`` as an admin copies it: its chunks and volumes, and the files every stick carries."""
+    folder.mkdir()
+    for name in [*stick_files(manifest, number), MANIFEST_NAME, SUMS_NAME, README_NAME, PARITY_INDEX]:
+        shutil.copyfile(bundle / name, folder / name)
+    return folder
+
+
+@pytest.mark.slow
+def test_one_stick_parity_survives_the_loss_of_any_stick_by_its_arithmetic(on_sticks):
+    """Each stick holds one volume; the recovery blocks on the other sticks cover its data blocks; everything on a
+    stick fits it; bundle says where each volume goes."""
+    bundle, printed = on_sticks
+    manifest = manifest_of(bundle)
+    sticks, parity = manifest.sticks, manifest.parity
+    assert parity.one_stick and len(sticks.chunks) >= 3 and len(parity.volumes) == len(sticks.chunks)
+    assert [len(v) for v in sticks.parity] == [1] * len(sticks.chunks)
+    assert sorted(v for vs in sticks.parity for v in vs) == parity.volumes and PARITY_INDEX not in str(sticks.parity)
+    blocks = {v: int(v.split("+")[1].split(".")[0]) for v in parity.volumes}
+    assert sum(blocks.values()) == parity.recovery_blocks
+    size = {c.name: c.size for c in manifest.chunks} | {f.path: f.size for f in parity.files}
+    side = sum((bundle / n).stat().st_size for n in (MANIFEST_NAME, SUMS_NAME, README_NAME, PARITY_INDEX))
+    for number in range(1, len(sticks.chunks) + 1):
+        lost = sum(data_blocks(size[n], parity.block_size) for n in sticks.chunks[number - 1])
+        assert parity.recovery_blocks - blocks[sticks.parity[number - 1][0]] >= lost
+        assert sum(size[n] for n in stick_files(manifest, number)) + side <= sticks.size
+        assert f"stick {number}: " in printed and sticks.parity[number - 1][0] in printed
+    assert "parity.par2" in printed and json.loads((bundle / MANIFEST_NAME).read_text())["parity"]["one_stick"] is True
+
+
+@pytest.mark.slow
+def test_every_stick_lost_in_turn_is_repaired_and_unpacks_as_the_mirror(on_sticks, made, tmp_path):
+    bundle = on_sticks[0]
+    manifest = manifest_of(bundle)
+    for number in range(1, len(manifest.sticks.chunks) + 1):
+        copy = tmp_path / f"lost-{number}"
+        shutil.copytree(bundle, copy)
+        for name in stick_files(manifest, number):
+            (copy / name).unlink()
+        verify = run_cli("verify", copy)
+        assert verify.returncode == 4 and "is damaged but repairable" in verify.stderr, verify.stderr
+        assert f"on stick {number} of {len(manifest.sticks.chunks)}" in verify.stderr
+        fixed = tmp_path / f"fixed-{number}"
+        repair = run_cli("repair", copy, "--into", fixed)
+        assert repair.returncode == 0, repair.stderr
+        for name in manifest.sticks.chunks[number - 1]:
+            assert (fixed / name).read_bytes() == (bundle / name).read_bytes()
+        assert run_cli("verify", fixed).returncode == 0
+    home = tmp_path / "home"
+    home.mkdir()
+    unpacked = run_cli("unpack", fixed, "--amshome", home)
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert tree_hashes(home / "repository") == tree_hashes(made[0])
+
+
+@pytest.mark.slow
+def test_verify_partial_checks_the_recovery_volumes_on_a_stick(on_sticks, tmp_path):
+    bundle = on_sticks[0]
+    manifest = manifest_of(bundle)
+    count = len(manifest.sticks.chunks)
+    stick = stick_folder(bundle, manifest, 1, tmp_path / "stick1")
+    volume = manifest.sticks.parity[0][0]
+    here = run_cli("verify", "--partial", stick)
+    assert here.returncode == 0, here.stderr
+    assert f"stick 1 of {count} here" in here.stdout
+    for number in range(2, count + 1):  # the others' volumes are named with their chunks as not here yet
+        assert manifest.sticks.parity[number - 1][0] in here.stdout.split(f"stick {number} of {count} (")[1]
+    flip_byte(stick / volume, 5000)
+    bad = run_cli("verify", "--partial", stick)
+    assert bad.returncode == 4 and f"stick 1 of {count} ({volume} (corrupt))" in bad.stderr, bad.stderr
+    (stick / volume).unlink()
+    (stick / PARITY_INDEX).unlink()
+    away = run_cli("verify", "--partial", stick)
+    assert away.returncode == 0 and volume in away.stdout and "parity.par2 is not here" in away.stderr
+
+
+def test_one_stick_parity_needs_three_sticks(made, tmp_path):
+    """With the chunks on 2 sticks: exit 2 naming why, nothing written; without --stick-size: exit 2."""
+    for option in (["--stick-size", "4MiB"], []):
+        done = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made[0], "--out", tmp_path / "out",
+                       "--chunk-size", "1MiB", *option, "--parity", "one-stick")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: --parity one-stick needs")
+        assert not (tmp_path / "out").exists()
+    plan = run_cli("plan", "--mirror", made[0], "--chunk-size", "1MiB", "--stick-size", "4MiB", "--parity", "one-stick")
+    assert plan.returncode == 2 and "at least 3 sticks" in plan.stderr and "2 the parity would cost a whole stick" in plan.stderr
+
+
+def test_plan_shows_the_parity_bytes_per_stick(made):
+    planned = run_cli("plan", "--mirror", made[0], "--chunk-size", "1MiB", "--stick-size", STICK, "--parity", "one-stick")
+    assert planned.returncode == 0, planned.stderr
+    lines = planned.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("parity one-stick: "))
+    assert "recovery blocks" in head and "bytes) more in all" in head
+    sticks = [line for line in lines if line.startswith("  stick ")]
+    assert len(sticks) >= 3 and all("; parity: 1 recovery volume, " in line for line in sticks)
+    percent = run_cli("plan", "--mirror", made[0], "--chunk-size", "1MiB", "--parity", "10%")
+    assert percent.returncode == 0 and "parity 10%: " in percent.stdout and "in the bundle folder" in percent.stdout
+
+
+def test_one_stick_planning_keeps_room_for_the_volume_on_every_stick():
+    """Chunks planned again until each stick's volume fits beside them; the loss of any stick is covered."""
+    sizes = {f"c{i}": 1000 * 1024 for i in range(9)} | {"small": 50 * 1024}
+    room = 2300 * 1024
+    planned = plan_on_sticks(sizes, ONE_STICK, room)
+    blocks = planned.recovery_blocks // planned.volumes
+    assert planned.volumes == len(planned.chunks) >= 3 and planned.placed == [[i] for i in range(planned.volumes)]
+    for names in planned.chunks:
+        assert sum(sizes[n] for n in names) + planned.volume_bytes + planned.index_bytes <= room
+        assert planned.recovery_blocks - blocks >= sum(data_blocks(sizes[n], planned.block) for n in names)
+    with pytest.raises(Exception, match="at least 3 sticks"):
+        plan_on_sticks(sizes, ONE_STICK, 6000 * 1024)
