@@ -13,11 +13,28 @@ from clihelp import cli_env, run_cli, tree_hashes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, PARITY_INDEX, README_NAME, SUMS_NAME, BundleManifest
+from amsrepomirror.bundle.format import (
+    MANIFEST_NAME,
+    PARITY_INDEX,
+    README_NAME,
+    SUMS_NAME,
+    BundleManifest,
+    StickPlan,
+    ToolFile,
+)
 from amsrepomirror.bundle.parity import find_par2, parse_verify
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.repair import SCRATCH
-from amsrepomirror.pack.parity import MIN_BLOCK, ONE_STICK, block_size, data_blocks, parse_parity, plan_on_sticks
+from amsrepomirror.pack.parity import (
+    MIN_BLOCK,
+    ONE_STICK,
+    StickParity,
+    _check_placement,
+    block_size,
+    data_blocks,
+    parse_parity,
+    plan_on_sticks,
+)
 from amsrepomirror.testing.repository import make_repository
 from amsrepomirror.testing.scmdouble import ScmDouble
 
@@ -426,3 +443,17 @@ def test_one_stick_planning_keeps_room_for_the_volume_on_every_stick():
         assert planned.recovery_blocks - blocks >= sum(data_blocks(sizes[n], planned.block) for n in names)
     with pytest.raises(Exception, match="at least 3 sticks"):
         plan_on_sticks(sizes, ONE_STICK, 6000 * 1024)
+
+
+def test_a_placement_that_leaves_a_stick_uncovered_is_refused():
+    """The check after par2 ran: stick 1's 3 data blocks need 3 recovery blocks on the other sticks, which hold 2."""
+    sizes = {"a": 3 * MIN_BLOCK, "b": MIN_BLOCK, "c": MIN_BLOCK}
+    volumes = ["parity.vol0+2.par2", "parity.vol2+1.par2", "parity.vol3+1.par2"]
+    listed = [ToolFile(path=n, size=100, sha256="0" * 64) for n in [PARITY_INDEX, *volumes]]
+    planned = StickParity(MIN_BLOCK, 4, 3, 100, 100, [["a"], ["b"], ["c"]], [[0], [1], [2]])
+    sticks = StickPlan(size=10**6, chunks=planned.chunks, parity=[[v] for v in volumes])
+    with pytest.raises(IntegrityError, match="losing stick 1 of 3 would leave 2 recovery blocks for its 3 data blocks"):
+        _check_placement(sticks, listed, sizes, planned, 10**6, True)
+    _check_placement(sticks, listed, sizes, planned, 10**6, False)  # a percent promises nothing per stick
+    fixed = StickPlan(size=10**6, chunks=[["b"], ["a"], ["c"]], parity=sticks.parity)  # the big volume beside b
+    _check_placement(fixed, listed, sizes, planned, 10**6, True)
