@@ -359,6 +359,9 @@ def test_one_stick_parity_survives_the_loss_of_any_stick_by_its_arithmetic(on_st
         assert sum(size[n] for n in stick_files(manifest, number)) + side <= sticks.size
         assert f"stick {number}: " in printed and sticks.parity[number - 1][0] in printed
     assert "parity.par2" in printed and json.loads((bundle / MANIFEST_NAME).read_text())["parity"]["one_stick"] is True
+    readme = (bundle / README_NAME).read_text()  # by hand: where each volume goes, and that a whole stick may be lost
+    assert "ANY ONE WHOLE STICK" in readme
+    assert all(f"stick {i}: {names[0]}" in readme for i, names in enumerate(sticks.parity, start=1))
 
 
 @pytest.mark.slow
