@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from clihelp import cli_env, run_cli, tree_hashes
+from clihelp import cli_env, run_cli, served_tree, tree_hashes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -35,7 +35,7 @@ from amsrepomirror.pack.parity import (
     parse_parity,
     plan_on_sticks,
 )
-from amsrepomirror.testing.repository import make_repository
+from amsrepomirror.testing.repository import PLACEHOLDER_ORIGIN, change_file, make_repository, write_file, write_listing
 from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
@@ -460,3 +460,63 @@ def test_a_placement_that_leaves_a_stick_uncovered_is_refused():
     _check_placement(sticks, listed, sizes, planned, 10**6, False)  # a percent promises nothing per stick
     fixed = StickPlan(size=10**6, chunks=[["b"], ["a"], ["c"]], parity=sticks.parity)  # the big volume beside b
     _check_placement(fixed, listed, sizes, planned, 10**6, True)
+
+
+# --- deltas and several versions carry parity the same way ---------------------------------------------
+
+
+def damage_repair_and_unpack(bundle: Path, amshome: Path, tmp_path: Path) -> None:
+    """One flipped byte in the bundle's biggest chunk: verify says repairable, repair rebuilds it into another
+    folder, and that folder unpacks into ``amshome``."""
+    manifest = manifest_of(bundle)
+    assert manifest.parity is not None and manifest.parity.files
+    damaged = max(manifest.chunks, key=lambda c: c.size).name
+    flip_byte(bundle / damaged, 100)
+    verify = run_cli("verify", bundle)
+    assert verify.returncode == 4 and "is damaged but repairable" in verify.stderr and damaged in verify.stderr
+    fixed = tmp_path / "fixed"
+    repair = run_cli("repair", bundle, "--into", fixed)
+    assert repair.returncode == 0, repair.stderr
+    unpacked = run_cli("unpack", fixed, "--amshome", amshome)
+    assert unpacked.returncode == 0, unpacked.stderr
+
+
+@pytest.mark.slow
+def test_a_delta_with_parity_is_repaired_and_unpacks_to_the_new_tree(scm_double, repo_tree, tmp_path):
+    url, mirror, amshome = scm_double.listing_url(VERSION), tmp_path / "mirror", tmp_path / "ams"
+    amshome.mkdir()
+    common = ("--version", VERSION, "--mirror", mirror, "--listing-url", url, "--chunk-size", "1MiB")
+    assert run_cli("bundle", *common, "--out", tmp_path / "full").returncode == 0
+    assert run_cli("unpack", tmp_path / "full", "--amshome", amshome).returncode == 0
+    change_file(repo_tree, "linux/x86_64/adf-2026.101.tar.zst", seed="next month", size=300_000)
+    write_listing(repo_tree, VERSION, scm_double.base_url)
+    made = run_cli("bundle", *common, "--out", tmp_path / "delta", "--since", "last", "--parity", "20%")
+    assert made.returncode == 0, made.stderr
+    assert manifest_of(tmp_path / "delta").is_delta
+    damage_repair_and_unpack(tmp_path / "delta", amshome, tmp_path)
+    assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
+
+
+@pytest.mark.slow
+def test_a_bundle_of_two_versions_with_parity_is_repaired_and_unpacks_both(tmp_path):
+    root, new, old = tmp_path / "scm", VERSION, "AMS2025.1"
+    listed = make_repository(root, new)
+    write_file(root, "AMS2025.1.yml", 50_000, seed="old")
+    shared = [p for p in listed if p != f"{new}.yml"][::2]
+    old_listed = write_listing(root, old, PLACEHOLDER_ORIGIN, ["AMS2025.1.yml", *shared])
+    double = ScmDouble(root)
+    double.start()
+    try:
+        made = run_cli("bundle", "--mirror", tmp_path / "mirror", "--version", new, "--listing-url",
+                       double.listing_url(new), "--version", old, "--listing-url", double.listing_url(old),
+                       "--out", tmp_path / "bundle", "--chunk-size", "1MiB", "--parity", "20%")
+    finally:
+        double.stop()
+    assert made.returncode == 0, made.stderr
+    assert manifest_of(tmp_path / "bundle").versions == [new, old]
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    (amshome / "VERSION.txt").write_text(f"{old}\n")
+    damage_repair_and_unpack(tmp_path / "bundle", amshome, tmp_path)
+    tree = served_tree(root, new)
+    assert tree_hashes(amshome / "repository") == {p: tree[p] for p in listed + old_listed if p in tree}
