@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_json_bounds import MANIFEST, THE_CHUNK
 
 from amsrepomirror.bundle.format import (
     MANIFEST_NAME,
@@ -520,3 +521,35 @@ def test_a_bundle_of_two_versions_with_parity_is_repaired_and_unpacks_both(tmp_p
     damage_repair_and_unpack(tmp_path / "bundle", amshome, tmp_path)
     tree = served_tree(root, new)
     assert tree_hashes(amshome / "repository") == {p: tree[p] for p in listed + old_listed if p in tree}
+
+
+# --- the stick plan's parity list, parsed -----------------------------------------------------------------
+
+VOLUME = "parity.vol0+1.par2"
+PARITY_RECORD = {"redundancy": 50, "block_size": 4096, "recovery_blocks": 1, "one_stick": True,
+                 "files": [{"path": n, "size": 10, "sha256": "a" * 64} for n in (PARITY_INDEX, VOLUME)]}
+NAMES = st.sampled_from([THE_CHUNK, VOLUME, PARITY_INDEX, "parity.vol1+1.par2", "../x", 7])
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(chunks=st.lists(st.lists(NAMES, max_size=2), max_size=3), placed=st.one_of(
+    st.none(), st.lists(st.lists(NAMES, max_size=2), max_size=3), st.text(max_size=3)))
+@example(chunks=[[THE_CHUNK], []], placed=[[], [VOLUME]])  # a stick with a volume only
+@example(chunks=[[THE_CHUNK]], placed=[[VOLUME], []])  # two lists of volumes for one stick
+@example(chunks=[[THE_CHUNK]], placed=[[PARITY_INDEX, VOLUME]])  # the index goes on every stick, unlisted
+def test_a_stick_plan_with_parity_reads_only_when_every_volume_is_on_exactly_one_stick(chunks, placed):
+    body = json.loads(MANIFEST)
+    body["parity"] = PARITY_RECORD
+    body["sticks"] = {"size": 10**9, "chunks": chunks} | ({} if placed is None else {"parity": placed})
+    try:
+        sticks = BundleManifest.from_bytes(json.dumps(body).encode(), Path("m.json")).sticks
+    except IntegrityError as exc:
+        assert len(str(exc).splitlines()) == 1
+        return
+    assert sorted(n for names in sticks.chunks for n in names) == [THE_CHUNK]
+    assert sticks.parity == [] or (sorted(n for names in sticks.parity for n in names) == [VOLUME]
+                                   and len(sticks.parity) == len(sticks.chunks))
+    assert all(names or (sticks.parity and sticks.parity[i]) for i, names in enumerate(sticks.chunks))
+    again = BundleManifest.from_bytes(BundleManifest.from_bytes(json.dumps(body).encode(), Path("m")).to_json(),
+                                      Path("m"))
+    assert again.sticks == sticks and again.parity.one_stick  # written as read
