@@ -411,6 +411,7 @@ def test_verify_partial_checks_the_recovery_volumes_on_a_stick(on_sticks, tmp_pa
     assert away.returncode == 0 and volume in away.stdout and "parity.par2 is not here" in away.stderr
 
 
+@pytest.mark.slow
 def test_one_stick_parity_needs_three_sticks(made, tmp_path):
     """With the chunks on 2 sticks: exit 2 naming why, nothing written; without --stick-size: exit 2."""
     for option in (["--stick-size", "4MiB"], []):
