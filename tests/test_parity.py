@@ -412,6 +412,23 @@ def test_verify_partial_checks_the_recovery_volumes_on_a_stick(on_sticks, tmp_pa
 
 
 @pytest.mark.slow
+def test_a_percent_of_parity_on_sticks_places_each_volume_on_one_stick(made, tmp_path):
+    out = tmp_path / "bundle"
+    done = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made[0], "--out", out, "--chunk-size", "1MiB",
+                   "--stick-size", "3MiB", "--parity", "20%")
+    assert done.returncode == 0, done.stderr
+    manifest = manifest_of(out)
+    sticks, parity = manifest.sticks, manifest.parity
+    assert parity.redundancy == 20 and not parity.one_stick and parity.volumes
+    assert sorted(v for names in sticks.parity for v in names) == parity.volumes  # each on exactly one stick
+    assert max(f.size for f in parity.files) <= max(c.size for c in manifest.chunks)  # no bigger than a chunk
+    side = sum((out / n).stat().st_size for n in (MANIFEST_NAME, SUMS_NAME, README_NAME, PARITY_INDEX))
+    for number in range(1, len(sticks.chunks) + 1):
+        assert sum((out / n).stat().st_size for n in sticks.files_on(number)) + side <= sticks.size
+    assert "; parity: " in done.stdout and run_cli("verify", out).returncode == 0
+
+
+@pytest.mark.slow
 def test_one_stick_parity_needs_three_sticks(made, tmp_path):
     """With the chunks on 2 sticks: exit 2 naming why, nothing written; without --stick-size: exit 2."""
     for option in (["--stick-size", "4MiB"], []):
