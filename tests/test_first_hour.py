@@ -344,7 +344,7 @@ def test_a_bad_command_line_is_one_error_line_naming_where_to_look(tmp_path):
              "error: mirror needs --version (or, as SCM's script: mirror LISTING_URL FOLDER)",
              ("config", "--no-such-option"): "error: unrecognized arguments: --no-such-option (see: amsrepomirror --help)",
              ("mirrr",): "error: argument COMMAND: invalid choice (choose from 'mirror', 'bundle', 'plan', "
-                         "'verify', 'unpack', 'receipt', 'config', 'demo') (see: amsrepomirror --help)"}
+                         "'verify', 'repair', 'unpack', 'receipt', 'config', 'demo') (see: amsrepomirror --help)"}
     for args, line in cases.items():
         result = run_cli(*args)
         assert (result.returncode, result.stderr.splitlines(), result.stdout) == (USAGE_ERROR, [line], ""), args

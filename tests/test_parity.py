@@ -9,16 +9,34 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from clihelp import cli_env, run_cli, tree_hashes
-from hypothesis import given
+from clihelp import cli_env, run_cli, served_tree, tree_hashes
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from test_json_bounds import MANIFEST, THE_CHUNK
 
-from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
+from amsrepomirror.bundle.format import (
+    MANIFEST_NAME,
+    PARITY_INDEX,
+    README_NAME,
+    SUMS_NAME,
+    BundleManifest,
+    StickPlan,
+    ToolFile,
+)
 from amsrepomirror.bundle.parity import find_par2, parse_verify
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.repair import SCRATCH
-from amsrepomirror.pack.parity import MIN_BLOCK, block_size, parse_parity
-from amsrepomirror.testing.repository import make_repository
+from amsrepomirror.pack.parity import (
+    MIN_BLOCK,
+    ONE_STICK,
+    StickParity,
+    _check_placement,
+    block_size,
+    data_blocks,
+    parse_parity,
+    plan_on_sticks,
+)
+from amsrepomirror.testing.repository import PLACEHOLDER_ORIGIN, change_file, make_repository, write_file, write_listing
 from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
@@ -226,8 +244,8 @@ def test_without_par2_parity_and_repair_stop_naming_debians_par2(made, tmp_path)
 
 
 def test_parity_option_values():
-    assert parse_parity("10%") == 10 and parse_parity("100") == 100
-    for bad in ("0%", "101%", "one-stick", "", "5.5%"):
+    assert parse_parity("10%") == 10 and parse_parity("100") == 100 and parse_parity("one-stick") == ONE_STICK
+    for bad in ("0%", "101%", "one-sticks", "", "5.5%"):
         with pytest.raises(Exception, match="--parity"):
             parse_parity(bad)
     assert block_size([1]) == MIN_BLOCK
@@ -302,3 +320,264 @@ def test_the_transfer_report_lists_the_parity_files_and_is_made_again_alike(made
     assert result.returncode == 0, result.stderr
     assert "its JSON equals the bundle's transfer-report.json; the page is identical" in result.stdout
     assert (tmp_path / "far.json").read_bytes() == (bundle / "transfer-report.json").read_bytes()
+
+
+# --- parity on sticks --------------------------------------------------------------------------------
+
+STICK = "2500KiB"  # 4 sticks for the 9 chunks of 1 MiB at most, with a one-stick recovery volume on each
+
+
+@pytest.fixture(scope="module")
+def on_sticks(made, tmp_path_factory):
+    """The bundle of ``made``'s mirror on sticks of STICK, with one-stick parity; what bundle printed."""
+    out = tmp_path_factory.mktemp("sticks") / "bundle"
+    done = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made[0], "--out", out, "--chunk-size", "1MiB",
+                   "--stick-size", STICK, "--parity", "one-stick")
+    assert done.returncode == 0, done.stderr
+    return out, done.stdout
+
+
+def stick_files(manifest: BundleManifest, number: int) -> list[str]:
+    """The chunks and recovery volumes the stick plan puts on stick ``number``."""
+    return manifest.sticks.files_on(number)
+
+
+def stick_folder(bundle: Path, manifest: BundleManifest, number: int, folder: Path) -> Path:
+    """Stick ``number`` as an admin copies it: its chunks and volumes, and the files every stick carries."""
+    folder.mkdir()
+    for name in [*stick_files(manifest, number), MANIFEST_NAME, SUMS_NAME, README_NAME, PARITY_INDEX]:
+        shutil.copyfile(bundle / name, folder / name)
+    return folder
+
+
+@pytest.mark.slow
+def test_one_stick_parity_survives_the_loss_of_any_stick_by_its_arithmetic(on_sticks):
+    """Each stick holds one volume; the recovery blocks on the other sticks cover its data blocks; everything on a
+    stick fits it; bundle says where each volume goes."""
+    bundle, printed = on_sticks
+    manifest = manifest_of(bundle)
+    sticks, parity = manifest.sticks, manifest.parity
+    assert parity.one_stick and len(sticks.chunks) >= 3 and len(parity.volumes) == len(sticks.chunks)
+    assert [len(v) for v in sticks.parity] == [1] * len(sticks.chunks)
+    assert sorted(v for vs in sticks.parity for v in vs) == parity.volumes and PARITY_INDEX not in str(sticks.parity)
+    blocks = {v: int(v.split("+")[1].split(".")[0]) for v in parity.volumes}
+    assert sum(blocks.values()) == parity.recovery_blocks
+    size = {c.name: c.size for c in manifest.chunks} | {f.path: f.size for f in parity.files}
+    side = sum((bundle / n).stat().st_size for n in (MANIFEST_NAME, SUMS_NAME, README_NAME, PARITY_INDEX))
+    for number in range(1, len(sticks.chunks) + 1):
+        lost = sum(data_blocks(size[n], parity.block_size) for n in sticks.chunks[number - 1])
+        assert parity.recovery_blocks - blocks[sticks.parity[number - 1][0]] >= lost
+        assert sum(size[n] for n in stick_files(manifest, number)) + side <= sticks.size
+        assert f"stick {number}: " in printed and sticks.parity[number - 1][0] in printed
+    assert "parity.par2" in printed and json.loads((bundle / MANIFEST_NAME).read_text())["parity"]["one_stick"] is True
+    readme = (bundle / README_NAME).read_text()  # by hand: where each volume goes, and that a whole stick may be lost
+    assert "ANY ONE WHOLE STICK" in readme
+    assert all(f"stick {i}: {names[0]}" in readme for i, names in enumerate(sticks.parity, start=1))
+
+
+@pytest.mark.slow
+def test_every_stick_lost_in_turn_is_repaired_and_unpacks_as_the_mirror(on_sticks, made, tmp_path):
+    bundle = on_sticks[0]
+    manifest = manifest_of(bundle)
+    for number in range(1, len(manifest.sticks.chunks) + 1):
+        copy = tmp_path / f"lost-{number}"
+        shutil.copytree(bundle, copy)
+        for name in stick_files(manifest, number):
+            (copy / name).unlink()
+        verify = run_cli("verify", copy)
+        assert verify.returncode == 4 and "is damaged but repairable" in verify.stderr, verify.stderr
+        assert f"on stick {number} of {len(manifest.sticks.chunks)}" in verify.stderr
+        fixed = tmp_path / f"fixed-{number}"
+        repair = run_cli("repair", copy, "--into", fixed)
+        assert repair.returncode == 0, repair.stderr
+        for name in manifest.sticks.chunks[number - 1]:
+            assert (fixed / name).read_bytes() == (bundle / name).read_bytes()
+        assert run_cli("verify", fixed).returncode == 0
+    home = tmp_path / "home"
+    home.mkdir()
+    unpacked = run_cli("unpack", fixed, "--amshome", home)
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert tree_hashes(home / "repository") == tree_hashes(made[0])
+
+
+@pytest.mark.slow
+def test_verify_partial_checks_the_recovery_volumes_on_a_stick(on_sticks, tmp_path):
+    bundle = on_sticks[0]
+    manifest = manifest_of(bundle)
+    count = len(manifest.sticks.chunks)
+    stick = stick_folder(bundle, manifest, 1, tmp_path / "stick1")
+    volume = manifest.sticks.parity[0][0]
+    here = run_cli("verify", "--partial", stick)
+    assert here.returncode == 0, here.stderr
+    assert f"stick 1 of {count} here" in here.stdout
+    for number in range(2, count + 1):  # the others' volumes are named with their chunks as not here yet
+        assert manifest.sticks.parity[number - 1][0] in here.stdout.split(f"stick {number} of {count} (")[1]
+    flip_byte(stick / volume, 5000)
+    bad = run_cli("verify", "--partial", stick)
+    assert bad.returncode == 4 and f"stick 1 of {count} ({volume} (corrupt))" in bad.stderr, bad.stderr
+    (stick / volume).unlink()
+    (stick / PARITY_INDEX).unlink()
+    away = run_cli("verify", "--partial", stick)
+    assert away.returncode == 0 and volume in away.stdout and "parity.par2 is not here" in away.stderr
+
+
+@pytest.mark.slow
+def test_a_percent_of_parity_on_sticks_places_each_volume_on_one_stick(made, tmp_path):
+    out = tmp_path / "bundle"
+    done = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made[0], "--out", out, "--chunk-size", "1MiB",
+                   "--stick-size", "3MiB", "--parity", "20%")
+    assert done.returncode == 0, done.stderr
+    manifest = manifest_of(out)
+    sticks, parity = manifest.sticks, manifest.parity
+    assert parity.redundancy == 20 and not parity.one_stick and parity.volumes
+    assert sorted(v for names in sticks.parity for v in names) == parity.volumes  # each on exactly one stick
+    assert max(f.size for f in parity.files) <= max(c.size for c in manifest.chunks)  # no bigger than a chunk
+    side = sum((out / n).stat().st_size for n in (MANIFEST_NAME, SUMS_NAME, README_NAME, PARITY_INDEX))
+    for number in range(1, len(sticks.chunks) + 1):
+        assert sum((out / n).stat().st_size for n in sticks.files_on(number)) + side <= sticks.size
+    assert "; parity: " in done.stdout and run_cli("verify", out).returncode == 0
+
+
+@pytest.mark.slow
+def test_one_stick_parity_needs_three_sticks(made, tmp_path):
+    """With the chunks on 2 sticks: exit 2 naming why, nothing written; without --stick-size: exit 2."""
+    for option in (["--stick-size", "4MiB"], []):
+        done = run_cli("bundle", "--offline", "--version", VERSION, "--mirror", made[0], "--out", tmp_path / "out",
+                       "--chunk-size", "1MiB", *option, "--parity", "one-stick")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith("error: --parity one-stick needs")
+        assert not (tmp_path / "out").exists()
+    plan = run_cli("plan", "--mirror", made[0], "--chunk-size", "1MiB", "--stick-size", "4MiB", "--parity", "one-stick")
+    assert plan.returncode == 2 and "at least 3 sticks" in plan.stderr and "2 the parity would cost a whole stick" in plan.stderr
+
+
+def test_plan_shows_the_parity_bytes_per_stick(made):
+    planned = run_cli("plan", "--mirror", made[0], "--chunk-size", "1MiB", "--stick-size", STICK, "--parity", "one-stick")
+    assert planned.returncode == 0, planned.stderr
+    lines = planned.stdout.splitlines()
+    head = next(line for line in lines if line.startswith("parity one-stick: "))
+    assert "recovery blocks" in head and "bytes) more in all" in head
+    sticks = [line for line in lines if line.startswith("  stick ")]
+    assert len(sticks) >= 3 and all("; parity: 1 recovery volume, " in line for line in sticks)
+    percent = run_cli("plan", "--mirror", made[0], "--chunk-size", "1MiB", "--parity", "10%")
+    assert percent.returncode == 0 and "parity 10%: " in percent.stdout and "in the bundle folder" in percent.stdout
+
+
+def test_one_stick_planning_keeps_room_for_the_volume_on_every_stick():
+    """Chunks planned again until each stick's volume fits beside them; the loss of any stick is covered."""
+    sizes = {f"c{i}": 1000 * 1024 for i in range(9)} | {"small": 50 * 1024}
+    room = 2300 * 1024
+    planned = plan_on_sticks(sizes, ONE_STICK, room)
+    blocks = planned.recovery_blocks // planned.volumes
+    assert planned.volumes == len(planned.chunks) >= 3 and planned.placed == [[i] for i in range(planned.volumes)]
+    for names in planned.chunks:
+        assert sum(sizes[n] for n in names) + planned.volume_bytes + planned.index_bytes <= room
+        assert planned.recovery_blocks - blocks >= sum(data_blocks(sizes[n], planned.block) for n in names)
+    with pytest.raises(Exception, match="at least 3 sticks"):
+        plan_on_sticks(sizes, ONE_STICK, 6000 * 1024)
+
+
+def test_a_placement_that_leaves_a_stick_uncovered_is_refused():
+    """The check after par2 ran: stick 1's 3 data blocks need 3 recovery blocks on the other sticks, which hold 2."""
+    sizes = {"a": 3 * MIN_BLOCK, "b": MIN_BLOCK, "c": MIN_BLOCK}
+    volumes = ["parity.vol0+2.par2", "parity.vol2+1.par2", "parity.vol3+1.par2"]
+    listed = [ToolFile(path=n, size=100, sha256="0" * 64) for n in [PARITY_INDEX, *volumes]]
+    planned = StickParity(MIN_BLOCK, 4, 3, 100, 100, [["a"], ["b"], ["c"]], [[0], [1], [2]])
+    sticks = StickPlan(size=10**6, chunks=planned.chunks, parity=[[v] for v in volumes])
+    with pytest.raises(IntegrityError, match="losing stick 1 of 3 would leave 2 recovery blocks for its 3 data blocks"):
+        _check_placement(sticks, listed, sizes, planned, 10**6, True)
+    _check_placement(sticks, listed, sizes, planned, 10**6, False)  # a percent promises nothing per stick
+    fixed = StickPlan(size=10**6, chunks=[["b"], ["a"], ["c"]], parity=sticks.parity)  # the big volume beside b
+    _check_placement(fixed, listed, sizes, planned, 10**6, True)
+
+
+# --- deltas and several versions carry parity the same way ---------------------------------------------
+
+
+def damage_repair_and_unpack(bundle: Path, amshome: Path, tmp_path: Path) -> None:
+    """One flipped byte in the bundle's biggest chunk: verify says repairable, repair rebuilds it into another
+    folder, and that folder unpacks into ``amshome``."""
+    manifest = manifest_of(bundle)
+    assert manifest.parity is not None and manifest.parity.files
+    damaged = max(manifest.chunks, key=lambda c: c.size).name
+    flip_byte(bundle / damaged, 100)
+    verify = run_cli("verify", bundle)
+    assert verify.returncode == 4 and "is damaged but repairable" in verify.stderr and damaged in verify.stderr
+    fixed = tmp_path / "fixed"
+    repair = run_cli("repair", bundle, "--into", fixed)
+    assert repair.returncode == 0, repair.stderr
+    unpacked = run_cli("unpack", fixed, "--amshome", amshome)
+    assert unpacked.returncode == 0, unpacked.stderr
+
+
+@pytest.mark.slow
+def test_a_delta_with_parity_is_repaired_and_unpacks_to_the_new_tree(scm_double, repo_tree, tmp_path):
+    url, mirror, amshome = scm_double.listing_url(VERSION), tmp_path / "mirror", tmp_path / "ams"
+    amshome.mkdir()
+    common = ("--version", VERSION, "--mirror", mirror, "--listing-url", url, "--chunk-size", "1MiB")
+    assert run_cli("bundle", *common, "--out", tmp_path / "full").returncode == 0
+    assert run_cli("unpack", tmp_path / "full", "--amshome", amshome).returncode == 0
+    change_file(repo_tree, "linux/x86_64/adf-2026.101.tar.zst", seed="next month", size=300_000)
+    write_listing(repo_tree, VERSION, scm_double.base_url)
+    made = run_cli("bundle", *common, "--out", tmp_path / "delta", "--since", "last", "--parity", "20%")
+    assert made.returncode == 0, made.stderr
+    assert manifest_of(tmp_path / "delta").is_delta
+    damage_repair_and_unpack(tmp_path / "delta", amshome, tmp_path)
+    assert tree_hashes(amshome / "repository") == served_tree(repo_tree, VERSION)
+
+
+@pytest.mark.slow
+def test_a_bundle_of_two_versions_with_parity_is_repaired_and_unpacks_both(tmp_path):
+    root, new, old = tmp_path / "scm", VERSION, "AMS2025.1"
+    listed = make_repository(root, new)
+    write_file(root, "AMS2025.1.yml", 50_000, seed="old")
+    shared = [p for p in listed if p != f"{new}.yml"][::2]
+    old_listed = write_listing(root, old, PLACEHOLDER_ORIGIN, ["AMS2025.1.yml", *shared])
+    double = ScmDouble(root)
+    double.start()
+    try:
+        made = run_cli("bundle", "--mirror", tmp_path / "mirror", "--version", new, "--listing-url",
+                       double.listing_url(new), "--version", old, "--listing-url", double.listing_url(old),
+                       "--out", tmp_path / "bundle", "--chunk-size", "1MiB", "--parity", "20%")
+    finally:
+        double.stop()
+    assert made.returncode == 0, made.stderr
+    assert manifest_of(tmp_path / "bundle").versions == [new, old]
+    amshome = tmp_path / "ams"
+    amshome.mkdir()
+    (amshome / "VERSION.txt").write_text(f"{old}\n")
+    damage_repair_and_unpack(tmp_path / "bundle", amshome, tmp_path)
+    tree = served_tree(root, new)
+    assert tree_hashes(amshome / "repository") == {p: tree[p] for p in listed + old_listed if p in tree}
+
+
+# --- the stick plan's parity list, parsed -----------------------------------------------------------------
+
+VOLUME = "parity.vol0+1.par2"
+PARITY_RECORD = {"redundancy": 50, "block_size": 4096, "recovery_blocks": 1, "one_stick": True,
+                 "files": [{"path": n, "size": 10, "sha256": "a" * 64} for n in (PARITY_INDEX, VOLUME)]}
+NAMES = st.sampled_from([THE_CHUNK, VOLUME, PARITY_INDEX, "parity.vol1+1.par2", "../x", 7])
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(chunks=st.lists(st.lists(NAMES, max_size=2), max_size=3), placed=st.one_of(
+    st.none(), st.lists(st.lists(NAMES, max_size=2), max_size=3), st.text(max_size=3)))
+@example(chunks=[[THE_CHUNK], []], placed=[[], [VOLUME]])  # a stick with a volume only
+@example(chunks=[[THE_CHUNK]], placed=[[VOLUME], []])  # two lists of volumes for one stick
+@example(chunks=[[THE_CHUNK]], placed=[[PARITY_INDEX, VOLUME]])  # the index goes on every stick, unlisted
+def test_a_stick_plan_with_parity_reads_only_when_every_volume_is_on_exactly_one_stick(chunks, placed):
+    body = json.loads(MANIFEST)
+    body["parity"] = PARITY_RECORD
+    body["sticks"] = {"size": 10**9, "chunks": chunks} | ({} if placed is None else {"parity": placed})
+    try:
+        sticks = BundleManifest.from_bytes(json.dumps(body).encode(), Path("m.json")).sticks
+    except IntegrityError as exc:
+        assert len(str(exc).splitlines()) == 1
+        return
+    assert sorted(n for names in sticks.chunks for n in names) == [THE_CHUNK]
+    assert sticks.parity == [] or (sorted(n for names in sticks.parity for n in names) == [VOLUME]
+                                   and len(sticks.parity) == len(sticks.chunks))
+    assert all(names or (sticks.parity and sticks.parity[i]) for i, names in enumerate(sticks.chunks))
+    again = BundleManifest.from_bytes(BundleManifest.from_bytes(json.dumps(body).encode(), Path("m")).to_json(),
+                                      Path("m"))
+    assert again.sticks == sticks and again.parity.one_stick  # written as read

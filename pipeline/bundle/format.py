@@ -254,6 +254,7 @@ class ToolFile:
 #: The PAR2 files of a bundle made with ``bundle --parity`` (``bundle.parity``): the index ``parity.par2`` and its
 #: recovery volumes ``parity.vol<first>+<count>.par2``, in the bundle folder beside the chunks.
 PARITY_NAME_PATTERN = re.compile(r"parity(\.vol[0-9]{1,6}\+[0-9]{1,6})?\.par2")
+PARITY_INDEX = "parity.par2"
 
 
 @dataclass(frozen=True)
@@ -265,22 +266,41 @@ class Parity:
     block_size: int
     recovery_blocks: int
     files: list[ToolFile]  # path: a plain name in the bundle folder (PARITY_NAME_PATTERN)
+    #: bundle --parity one-stick: sized and placed on the sticks so that losing any one whole stick is repairable
+    #: (``redundancy`` then says what that came to, as a percent of the chunks' blocks)
+    one_stick: bool = False
+
+    @property
+    def volumes(self) -> list[str]:
+        """The recovery volumes (every file but the index ``parity.par2``)."""
+        return sorted(f.path for f in self.files if f.path != PARITY_INDEX)
 
 
 @dataclass(frozen=True)
 class StickPlan:
-    """Which chunks go on which USB stick (``bundle --stick-size``), in stick order; every file of the bundle
-    folder that is not a chunk (manifest, sums, README, signature, tool/) goes on every stick."""
+    """Which chunks go on which USB stick (``bundle --stick-size``), in stick order, and with ``--parity`` which
+    recovery volumes; every other file of the bundle folder (manifest, sums, README, signature, tool/, the PAR2
+    index parity.par2) goes on every stick."""
     size: int  # bytes of one stick
     chunks: list[list[str]]
+    parity: list[list[str]] = field(default_factory=list)  # the recovery volumes per stick ([]: no parity)
 
     @functools.cached_property
     def _stick(self) -> dict[str, int]:  # once per plan: a chunk's stick is looked up for every chunk
-        return {name: i for i, names in enumerate(self.chunks, start=1) for name in names}
+        return {name: i for i, names in enumerate(self.chunks, start=1) for name in names} | {
+            name: i for i, names in enumerate(self.parity, start=1) for name in names}
 
     def stick_of(self, chunk: str) -> int:
-        """The 1-based number of the stick that carries ``chunk``."""
+        """The 1-based number of the stick that carries ``chunk`` (or recovery volume)."""
         return self._stick[chunk]
+
+    def holds(self, name: str) -> bool:
+        """Whether the plan puts ``name`` (a chunk or recovery volume) on a stick."""
+        return name in self._stick
+
+    def files_on(self, number: int) -> list[str]:
+        """The chunks and recovery volumes of stick ``number`` (1-based)."""
+        return list(self.chunks[number - 1]) + (list(self.parity[number - 1]) if self.parity else [])
 
     def label(self, number: int) -> str:
         return f"stick {number} of {len(self.chunks)}"
@@ -421,10 +441,14 @@ class BundleManifest:
             body["dropped"] = sorted(self.dropped)
         if self.sticks:  # absent without --stick-size: such manifests read as before
             body["sticks"] = {"size": self.sticks.size, "chunks": self.sticks.chunks}
+            if self.sticks.parity:  # only with --parity: which stick carries each recovery volume
+                body["sticks"]["parity"] = self.sticks.parity
         if self.parity:  # absent without --parity: an older reader ignores it (its files are then unlisted, not chunks)
             body["parity"] = {"redundancy": self.parity.redundancy, "block_size": self.parity.block_size,
                               "recovery_blocks": self.parity.recovery_blocks,
                               "files": [asdict(f) for f in sorted(self.parity.files, key=lambda f: f.path)]}
+            if self.parity.one_stick:  # only with --parity one-stick
+                body["parity"]["one_stick"] = True
         body.update(self._report_fields())
         if body["schema"] == SCHEMA_3:
             body["requires_tool"] = SCHEMA_3_SINCE
@@ -718,26 +742,51 @@ def _version_fields(body: dict, manifest: BundleManifest) -> None:
 
 
 def _stick_plan(body: dict, chunks: list[str]) -> StickPlan | None:
-    """The optional ``sticks`` record {size, chunks: [[chunk name, ...] per stick]}: each chunk of the manifest on
-    exactly one stick, no other name, no empty stick."""
+    """The optional ``sticks`` record {size, chunks: [[chunk name, ...] per stick], and with parity
+    parity: [[recovery volume, ...] per stick]}: each chunk of the manifest on exactly one stick, each recovery
+    volume the ``parity`` record lists on exactly one stick, no other name, no empty stick."""
     raw = _field(body, "sticks", "sticks", lambda v: None if isinstance(v, dict) else "not an object", None)
     if raw is None:
         return None
-    r = _record(raw, "sticks", {"size", "chunks"})
+    r = _record(raw, "sticks", {"size", "chunks", "parity"} if isinstance(raw, dict) and "parity" in raw
+                else {"size", "chunks"})
     size = _field(r, "size", "sticks.size", lambda v: _count(v) or (None if v > 0 else "not above 0"))
-    plan, seen, known = [], set(), set(chunks)
-    for i, names in enumerate(_field(r, "chunks", "sticks.chunks", _list_of)):
-        if not isinstance(names, list) or not names:
-            raise IntegrityError(f"field sticks.chunks[{i}] is {_escaped(names)}: not a list of chunk names")
-        for name in names:
-            if not isinstance(name, str) or name not in known or name in seen:  # guard: stick-plan-chunks
-                raise IntegrityError(f"field sticks.chunks[{i}] names {_escaped(name)}: "
-                                     + ("on two sticks" if name in seen else "not a chunk of this manifest"))
-            seen.add(name)
+    plan = _names_per_stick(_field(r, "chunks", "sticks.chunks", _list_of), "sticks.chunks", set(chunks), "chunk")
+    volumes = _parity_volumes(body)
+    placed = _names_per_stick(_field(r, "parity", "sticks.parity", _list_of, []), "sticks.parity", volumes,
+                              "recovery volume", every=False)
+    if placed and len(placed) != len(plan):
+        raise IntegrityError(f"field sticks.parity has {len(placed)} sticks, sticks.chunks {len(plan)}")
+    for i, names in enumerate(plan):
+        if not names and not (placed and placed[i]):
+            raise IntegrityError(f"field sticks.chunks[{i}] is []: a stick that carries nothing")
+    return StickPlan(size=size, chunks=plan, parity=placed)
+
+
+def _parity_volumes(body: dict) -> set[str]:
+    """The recovery volumes the ``parity`` record names (checked in full by ``_parity``)."""
+    raw = body.get("parity")
+    files = raw.get("files") if isinstance(raw, dict) else None
+    return {f.get("path") for f in files if isinstance(f, dict) and f.get("path") != PARITY_INDEX
+            and isinstance(f.get("path"), str)} if isinstance(files, list) else set()
+
+
+def _names_per_stick(raw: list, name: str, known: set[str], what: str, every: bool = True) -> list[list[str]]:
+    """Per stick, a list of names of ``known``; every one of them on exactly one stick (with ``every`` False,
+    none may be when ``raw`` is [])."""
+    plan, seen = [], set()
+    for i, names in enumerate(raw):
+        if not isinstance(names, list):
+            raise IntegrityError(f"field {name}[{i}] is {_escaped(names)}: not a list of {what} names")
+        for item in names:
+            if not isinstance(item, str) or item not in known or item in seen:  # guard: stick-plan-chunks
+                raise IntegrityError(f"field {name}[{i}] names {_escaped(item)}: "
+                                     + ("on two sticks" if item in seen else f"not a {what} of this manifest"))
+            seen.add(item)
         plan.append(list(names))
-    if seen != known:
-        raise IntegrityError(f"field sticks.chunks puts no stick for chunk {sorted(known - seen)[0]}")
-    return StickPlan(size=size, chunks=plan)
+    if (raw or every) and seen != known:
+        raise IntegrityError(f"field {name} puts no stick for {what} {sorted(known - seen)[0]}")
+    return plan
 
 
 def _parity_name(value) -> str | None:
@@ -752,7 +801,8 @@ def _parity(body: dict) -> Parity | None:
     raw = _field(body, "parity", "parity", lambda v: None if isinstance(v, dict) else "not an object", None)
     if raw is None:
         return None
-    r = _record(raw, "parity", {"redundancy", "block_size", "recovery_blocks", "files"})
+    keys = {"redundancy", "block_size", "recovery_blocks", "files"}
+    r = _record(raw, "parity", keys | {"one_stick"} if isinstance(raw, dict) and "one_stick" in raw else keys)
     files, seen = [], set()
     for i, raw_file in enumerate(_field(r, "files", "parity.files", _list_of)):
         f = _record(raw_file, f"parity.files[{i}]", {"path", "size", "sha256"})
@@ -762,12 +812,18 @@ def _parity(body: dict) -> Parity | None:
         seen.add(path)
         files.append(ToolFile(path=path, size=_field(f, "size", f"parity.files[{i}].size", _count),
                               sha256=_field(f, "sha256", f"parity.files[{i}].sha256", _is_sha256)))
-    if "parity.par2" not in seen:
+    if PARITY_INDEX not in seen:
         raise IntegrityError("field parity.files lists no parity.par2 (the index par2 reads first)")
+    one_stick = _field(r, "one_stick", "parity.one_stick", lambda v: None if v is True else "expected true", False)
+    if one_stick and not body.get("sticks"):
+        raise IntegrityError("field parity.one_stick is set, but the manifest has no stick plan (sticks)")
     return Parity(redundancy=_field(r, "redundancy", "parity.redundancy", _count),
                   block_size=_field(r, "block_size", "parity.block_size",
                                     lambda v: _count(v) or (None if v > 0 else "not above 0")),
-                  recovery_blocks=_field(r, "recovery_blocks", "parity.recovery_blocks", _count), files=files)
+                  recovery_blocks=_field(r, "recovery_blocks", "parity.recovery_blocks", _count), files=files,
+                  one_stick=one_stick)
+
+
 def _report_files(body: dict) -> list[ReportFile]:
     """The optional ``report`` list of {name, size, sha256} records: each a name of ``REPORT_NAMES``, once. Written
     with schema 3 (an older reader would refuse the files as unlisted, so it refuses the manifest plainly); read in

@@ -89,10 +89,13 @@ def _delta(manifest: BundleManifest) -> dict | None:
 def _sticks(manifest: BundleManifest) -> dict | None:
     if manifest.sticks is None:
         return None
-    size = {c.name: c.size for c in manifest.chunks}
+    volumes_listed = manifest.parity.files if manifest.parity else []
+    size = {c.name: c.size for c in manifest.chunks} | {f.path: f.size for f in volumes_listed}
+    parity = manifest.sticks.parity or [[] for _ in manifest.sticks.chunks]
     return {"size": manifest.sticks.size,
-            "sticks": [{"number": i, "chunks": list(names), "bytes": sum(size[n] for n in names)}
-                       for i, names in enumerate(manifest.sticks.chunks, start=1)]}
+            "sticks": [{"number": i, "chunks": list(names), "parity": list(volumes),
+                        "bytes": sum(size[n] for n in [*names, *volumes])}
+                       for i, (names, volumes) in enumerate(zip(manifest.sticks.chunks, parity, strict=True), start=1)]}
 
 
 def report_facts(manifest: BundleManifest) -> dict:
@@ -274,9 +277,11 @@ def _sticks_html(sticks: dict | None) -> str:
     if sticks is None:
         return "<h2>Sticks</h2><p>No stick plan (made without <code>--stick-size</code>).</p>"
     return (f"<h2>Sticks: {len(sticks['sticks'])} of {esc(size_text(sticks['size']))}</h2>"
-            "<p>Each stick also carries manifest.json, SHA256SUMS, README.txt, the signature, this report and tool/.</p>"
-            + _table(["stick", "chunks", "bytes"], [[_td(s["number"], "n"), _td(" ".join(s["chunks"]), "h"),
-                                                    _td(s["bytes"], "n")] for s in sticks["sticks"]]))
+            "<p>Each stick also carries manifest.json, SHA256SUMS, README.txt, the signature, this report, tool/ and "
+            "parity.par2 (those the bundle has).</p>"
+            + _table(["stick", "chunks", "recovery volumes", "bytes"],
+                     [[_td(s["number"], "n"), _td(" ".join(s["chunks"]), "h"), _td(" ".join(s.get("parity", [])), "h"),
+                       _td(s["bytes"], "n")] for s in sticks["sticks"]]))
 
 
 def _files_html(facts: dict) -> str:

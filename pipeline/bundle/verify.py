@@ -10,6 +10,7 @@ from amsrepomirror.bundle.chunks import check_members, hash_members
 from amsrepomirror.bundle.format import (
     CHUNK_SUFFIX,
     MANIFEST_NAME,
+    PARITY_INDEX,
     README_NAME,
     REPORT_NAMES,
     SUMS_NAME,
@@ -108,7 +109,7 @@ class VerifyReport:
                 why.setdefault(p.name, p.problem)
         sticks = self.manifest.sticks if self.manifest else None
         if sticks:  # the stick to copy again, and which of its chunks are the trouble
-            on = {n: sticks.stick_of(n) for n in bad if any(n in names for names in sticks.chunks)}
+            on = {n: sticks.stick_of(n) for n in bad if sticks.holds(n)}
             parts += [f"{verb} {sticks.label(i)} ({', '.join(f'{n} ({why[n]})' for n in bad if on.get(n) == i)})"
                       for i in sorted(set(on.values()))]
             bad = [n for n in bad if n not in on]
@@ -312,6 +313,8 @@ def verify_bundle(bundle_dir: Path, *, test_archives: bool = True, partial: bool
         _check_unlisted(report, expected.size, side_paths(manifest) if manifest is not None else list(sums or {}))
     if manifest is not None and manifest.parity is not None and not partial:
         _ask_parity(report, manifest, sums)
+    elif manifest is not None and manifest.parity is not None:
+        _check_parity_here(report, manifest, sums)
     return report
 
 
@@ -336,6 +339,20 @@ def _ask_parity(report: VerifyReport, manifest: BundleManifest, sums: dict[str, 
     report.repair = verify_with_par2(report.bundle_dir)
 
 
+def _check_parity_here(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
+    """verify --partial: the recovery volumes here are checked like chunks (a bad one is a problem: copy it again
+    while the stick is at hand); those not here are named with the chunks not here yet. parity.par2 goes on
+    every stick: without it here, a warning."""
+    for path, what in parity_problems(report.bundle_dir, manifest, sums):
+        if what != "missing":
+            report.problems.append(Problem(path, what, "a recovery volume: copy it again", chunk=True))
+        elif path == PARITY_INDEX:
+            report.warnings.append(f"{PARITY_INDEX} is not here: every stick carries a copy (par2 and repair read it "
+                                   "first); copy it from another stick")
+        else:
+            report.not_here.append(path)
+
+
 def parity_problems(bundle_dir: Path, manifest: BundleManifest, sums: dict[str, str] | None) -> list[tuple[str, str]]:
     """How the PAR2 files differ from the manifest's ``parity`` list and SHA256SUMS: (path, what) each."""
     if manifest.parity is None:
@@ -347,7 +364,9 @@ def parity_problems(bundle_dir: Path, manifest: BundleManifest, sums: dict[str, 
             problems.append((f.path, f"{SUMS_NAME} disagrees with {MANIFEST_NAME}"))
         elif not path.is_file():
             problems.append((f.path, "missing"))
-        elif path.stat().st_size != f.size or sha256_file(path) != f.sha256:
+        elif path.stat().st_size < f.size:
+            problems.append((f.path, "truncated"))
+        elif path.stat().st_size != f.size or sha256_file(path) != f.sha256:  # guard: parity-file-hash
             problems.append((f.path, "corrupt"))
     return problems
 

@@ -19,7 +19,14 @@ from amsrepomirror.cli.mirror import (
 )
 from amsrepomirror.cli.options import add_command, folder_path, setting_default
 from amsrepomirror.cli.output import print_result, print_stderr, tool_command
-from amsrepomirror.cli.plan import chunk_settings, describe_sticks, print_delta_plan, print_plan
+from amsrepomirror.cli.plan import (
+    check_parity_on_sticks,
+    chunk_settings,
+    describe_sticks,
+    parity_option,
+    print_delta_plan,
+    print_plan,
+)
 from amsrepomirror.cli.runner import run_graph, use_scheduler
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online.manifest import Manifest
@@ -53,9 +60,11 @@ def add_bundle_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stick-size", metavar="SIZE",
                    help="size of one USB stick, e.g. 64GB: print which chunks go on which stick, with --dry-run or "
                    "once the bundle is written (default: no stick plan)")
-    p.add_argument("--parity", metavar="PERCENT",
+    p.add_argument("--parity", metavar="PERCENT|one-stick",
                    help="add PAR2 recovery files over the chunks, e.g. 10%%: repair rebuilds damaged or missing chunks "
-                   "up to that much of the chunks' size (needs par2: amsrepomirror[parity] or Debian's par2)")
+                   "up to that much of the chunks' size; one-stick (with --stick-size, 3 sticks or more): as much as "
+                   "losing any one whole stick needs, placed on the sticks (needs par2: amsrepomirror[parity] or "
+                   "Debian's par2; default: none)")
     p.add_argument("--with-tool", action="store_true",
                    help="add tool/: amsrepomirror and its dependencies as wheels, and install.sh for the offline side")
     p.add_argument("--tool-python", action="append", default=[], choices=SUPPORTED_PYTHONS, metavar="X.Y",
@@ -99,14 +108,17 @@ def run(args) -> int:
     versions = [version for version, _ in versions_and_urls(args)]
     chunk_size, compression = chunk_settings(args)
     _refuse_option_mix(args, versions)
+    parity = parity_option(args)
     if args.with_tool:  # before anything is written: the mirror run, a chunk, or tool/
         check_spec(args.tool_python, args.tool_platform, str(args.tool_wheel or ""))
     if args.dry_run and args.since:
         return print_delta_plan(args.mirror, versions[0], chunk_size, compression, args.stick_size, args.since,
-                                args.drop_version)
+                                args.drop_version, parity)
     if args.dry_run:
-        return print_plan(args.mirror, versions, chunk_size, compression, args.stick_size)
+        return print_plan(args.mirror, versions, chunk_size, compression, args.stick_size, parity=parity)
     _check_before_writing(args, chunk_size)
+    if parity and args.stick_size and not args.since:
+        check_parity_on_sticks(args.mirror, versions, chunk_size, compression, args.stick_size, parity)
     use_scheduler(args)
     if not args.offline:
         code = mirror_versions(args)
@@ -152,10 +164,6 @@ def _check_before_writing(args, chunk_size: str) -> None:
                          f"small files ({format_size(SIDE_FILES_SLACK)} kept for them): choose a chunk size of at most "
                          f"{format_size(parse_size(args.stick_size) - SIDE_FILES_SLACK)}, or larger sticks")
     if args.parity:
-        parse_parity(args.parity)
-        if args.stick_size:
-            raise UsageError("--parity with --stick-size is not supported yet (the recovery files would need a place "
-                             "on the sticks): bundle with one of them")
         require_par2()
     why = why_unwritable(args.out)
     if why:
@@ -178,7 +186,7 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
                          tool_wheel=str(args.tool_wheel.absolute()) if args.tool_wheel else "",
                          sign_key=str(args.sign_key.absolute()) if args.sign_key else "",
                          stick_size=parse_size(args.stick_size) if args.stick_size else 0,
-                         parity=parse_parity(args.parity) if args.parity else 0)
+                         parity=str(parse_parity(args.parity)) if args.parity else "")
     with mirror_lock(ws, args), progress.shared_bar("bundle"):
         failures = run_graph([task], workers=2, log_file=ws.run_dir(new_run_id()) / "bundle.log", verbose=args.verbose,
                              scheduler_url=args.scheduler_url, summary=args.luigi_summary)
@@ -196,10 +204,12 @@ def _write_bundle(args, versions: list[str], chunk_size: str, compression: str) 
 
 
 def print_sticks(manifest: BundleManifest) -> None:
-    """Which chunks of the written bundle go on which stick, as its manifest records; every other file
-    (manifest, sums, README, signature, tool/) goes on each."""
-    sizes = {c.name: c.size for c in manifest.chunks}
-    for line in describe_sticks(sizes, manifest.sticks.size, tool=tool_command(), plan=manifest.sticks.chunks):
+    """Which chunks (and recovery volumes) of the written bundle go on which stick, as its manifest records; every
+    other file (manifest, sums, README, signature, tool/, parity.par2) goes on each."""
+    volumes = manifest.parity.files if manifest.parity else []
+    sizes = {c.name: c.size for c in manifest.chunks} | {f.path: f.size for f in volumes}
+    for line in describe_sticks(sizes, manifest.sticks.size, tool=tool_command(), plan=manifest.sticks.chunks,
+                                parity=manifest.sticks.parity or None):
         print_result(line)
 
 

@@ -13,6 +13,15 @@ from amsrepomirror.online.manifest import FileEntry, Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.build import SIDE_FILES_SLACK
 from amsrepomirror.pack.delta_base import resolve_base, select_delta
+from amsrepomirror.pack.parity import (
+    ONE_STICK,
+    block_size,
+    data_blocks,
+    index_bound,
+    parse_parity,
+    plan_on_sticks,
+    volume_bound,
+)
 from amsrepomirror.pack.plan import ChunkSpec, chunk_plan, distinct_contents, pack_sticks
 from amsrepomirror.util.units import counted, format_size, parse_size
 
@@ -31,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--compression", choices=COMPRESSIONS, help=setting_default("BundleArchive", "compression"))
     p.add_argument("--stick-size", metavar="SIZE", help="size of one USB stick, e.g. 64GB: print which chunks go on which "
                    "stick (default: no stick plan)")
+    p.add_argument("--parity", metavar="PERCENT|one-stick",
+                   help="show what bundle --parity adds: the recovery files' bytes and, with --stick-size, the stick "
+                   "each goes on (default: none)")
     p.add_argument("--since", metavar="BASE",
                    help="what a delta since BASE (last, a bundle folder, its manifest.json, a receipt) carries; "
                    "for a bundle on the transfer disk also the chunks of a new full bundle to copy over it "
@@ -40,15 +52,25 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     chunk_size, compression = chunk_settings(args)
+    parity = parity_option(args)
     if args.since and len(args.version) > 1:
         raise UsageError("--since works with one --version at a time (a delta of several versions is not supported)")
     if args.since:
         print_delta_plan(args.mirror, args.version[0] if args.version else None, chunk_size, compression,
-                         args.stick_size, args.since)
+                         args.stick_size, args.since, parity=parity)
         if base_manifest(Path(args.since)) is None:
             return 0
         print(f"\nor a full bundle over the one in {args.since}:")
-    return print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since)
+    return print_plan(args.mirror, args.version, chunk_size, compression, args.stick_size, args.since, parity)
+
+
+def parity_option(args) -> int | str:
+    """``--parity`` parsed ("" without it); one-stick only goes with --stick-size."""
+    parity = parse_parity(args.parity) if args.parity else ""
+    if parity == ONE_STICK and not args.stick_size:
+        raise UsageError(f"--parity {ONE_STICK} needs --stick-size: it is sized and placed so that any one stick may be "
+                         "lost (without sticks, give a percent, e.g. --parity 10%)")
+    return parity
 
 
 def chunk_settings(args):
@@ -105,7 +127,7 @@ def _verified_manifest_paths(mirror: Path, versions: Sequence[str]) -> list[Path
 
 
 def print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: str | None,
-               since: str | None = None) -> int:
+               since: str | None = None, parity: int | str = "") -> int:
     """The full bundle's chunk plan; with ``since`` a bundle already on the transfer disk, the
     chunks of it to copy again (the others are the same bytes)."""
     manifests = [Manifest.read(path) for path in _verified_manifest_paths(mirror, versions)]
@@ -114,7 +136,7 @@ def print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compressi
     carried, _ = distinct_contents(manifest.files)
     plan = chunk_plan(carried, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
-    print(describe_plan(plan, carried, stick), end="")
+    print(describe_plan(plan, carried, stick, parity), end="")
     if base is not None:
         print(describe_since(plan, base, str(since)), end="")
     if stick and any(c.max_size > stick for c in plan):
@@ -122,8 +144,25 @@ def print_plan(mirror: Path, versions: Sequence[str], chunk_size: str, compressi
     return 0
 
 
+def check_parity_on_sticks(mirror: Path, versions: Sequence[str], chunk_size: str, compression: str, stick_size: str,
+                           parity: int | str) -> None:
+    """bundle --parity with --stick-size: refuse what the sticks cannot take (one-stick on fewer than 3 sticks, a
+    volume that fits no stick) before anything is written, from the plan of the last verified mirror (none yet:
+    the bundle checks it once its chunks are written)."""
+    try:
+        paths = _verified_manifest_paths(mirror, versions)
+    except UsageError:
+        return
+    manifests = [Manifest.read(path) for path in paths]
+    manifest = manifests[0] if len(manifests) == 1 else union_manifest(manifests)
+    carried, _ = distinct_contents(manifest.files)
+    plan = chunk_plan(carried, parse_size(chunk_size), manifest.version, compression)
+    if plan:
+        plan_on_sticks({s.name: s.max_size for s in plan}, parity, parse_size(stick_size) - SIDE_FILES_SLACK)
+
+
 def print_delta_plan(mirror: Path, version: str | None, chunk_size: str, compression: str,
-                     stick_size: str | None, since: str, dropped: Sequence[str] = ()) -> int:
+                     stick_size: str | None, since: str, dropped: Sequence[str] = (), parity: int | str = "") -> int:
     """What a delta since ``since`` would carry, reuse and remove, and its chunk plan; writes nothing."""
     manifest = _verified_manifest(mirror, version)
     base = resolve_base(since, Workspace(mirror), manifest.version, manifest.files, dropped)
@@ -139,12 +178,14 @@ def print_delta_plan(mirror: Path, version: str | None, chunk_size: str, compres
     carried, _ = distinct_contents(delta.carried)
     plan = chunk_plan(carried, parse_size(chunk_size), manifest.version, compression)
     stick = parse_size(stick_size) if stick_size else None
-    print(describe_plan(plan, carried, stick), end="")
+    print(describe_plan(plan, carried, stick, parity), end="")
     return 0
 
 
-def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: int | None = None) -> str:
-    """Human summary for the ``plan`` command: totals, each chunk, and which chunks go on which stick."""
+def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_size: int | None = None,
+                  parity: int | str = "") -> str:
+    """Human summary for the ``plan`` command: totals, each chunk, which chunks go on which stick, and what
+    ``parity`` adds (its bytes, and with sticks the stick of each recovery volume)."""
     total = sum(f.size for f in files)
     lines = [f"{counted(len(files), 'file')}, {format_size(total)} ({total} bytes) in {counted(len(plan), 'chunk')}"]
     if plan:
@@ -176,24 +217,63 @@ def describe_plan(plan: Sequence[ChunkSpec], files: Sequence[FileEntry], stick_s
                 f"bundle's small files (e.g. {too_big[0]}, up to {format_size(max(sizes[n] for n in too_big))}; "
                 f"{format_size(SIDE_FILES_SLACK)} kept for them): choose a chunk size below that"
             )
+        elif parity and plan:
+            lines += describe_parity_on_sticks(sizes, parity, stick_size)
         else:
             lines += describe_sticks(sizes, stick_size, SIDE_FILES_SLACK)
+    elif parity and plan:
+        lines.append(describe_parity({s.name: s.max_size for s in plan}, parity))
     return "\n".join(lines) + "\n"
 
 
+def describe_parity(sizes: Mapping[str, int], percent: int) -> str:
+    """What ``--parity PERCENT`` adds to a bundle without a stick plan (chunk sizes at most as planned)."""
+    block = block_size(list(sizes.values()))
+    blocks = sum(data_blocks(size, block) for size in sizes.values())
+    wanted = max(1, -(-blocks * percent // 100))
+    index = index_bound(dict(sizes), block)
+    most = volume_bound(wanted, block, index) + index
+    return (f"parity {percent}%: {wanted} recovery blocks of {format_size(block)} over the {blocks} blocks of the "
+            f"chunks, at most {format_size(most)} ({most} bytes) more: parity.par2 and its recovery volumes, in the "
+            "bundle folder beside the chunks")
+
+
+def describe_parity_on_sticks(sizes: Mapping[str, int], parity: int | str, stick_size: int) -> list[str]:
+    """What ``--parity`` adds on sticks: the recovery volumes (at most as planned) and the stick of each."""
+    placed = plan_on_sticks(dict(sizes), parity, stick_size - SIDE_FILES_SLACK)
+    names = [f"recovery volume {i + 1}" for i in range(placed.volumes)]
+    total = placed.volumes * placed.volume_bytes + len(placed.chunks) * placed.index_bytes
+    what = ("enough to rebuild any one whole stick, no stick carrying the volume it would need" if parity == ONE_STICK
+            else f"{parity}% of the chunks' blocks")
+    lines = [f"parity {parity if parity == ONE_STICK else f'{parity}%'}: {placed.recovery_blocks} recovery blocks of "
+             f"{format_size(placed.block)} ({what}) in {counted(placed.volumes, 'recovery volume')} of at most "
+             f"{format_size(placed.volume_bytes)}, and parity.par2 (at most {format_size(placed.index_bytes)}) on every "
+             f"stick: at most {format_size(total)} ({total} bytes) more in all"]
+    return lines + describe_sticks({**sizes, **{n: placed.volume_bytes for n in names}}, stick_size, SIDE_FILES_SLACK,
+                                   plan=placed.chunks, parity=[[names[i] for i in p] for p in placed.placed])
+
+
 def describe_sticks(sizes: Mapping[str, int], stick_size: int, extras: int = 0, tool: str = "amsrepomirror",
-                    plan: Sequence[Sequence[str]] | None = None) -> list[str]:
+                    plan: Sequence[Sequence[str]] | None = None,
+                    parity: Sequence[Sequence[str]] | None = None) -> list[str]:
     """Which chunks go on which stick (``sizes``: chunk name -> bytes; ``plan``: as a bundle records it, else
     planned here); every stick also carries every file that is not a chunk (manifest, sums, README, and the
-    signature and tool/ of bundles that have them: ``extras`` bytes, when known), so each can be checked alone."""
+    signature and tool/ of bundles that have them: ``extras`` bytes, when known), so each can be checked alone.
+    ``parity``: the recovery volumes per stick (their sizes in ``sizes`` too); parity.par2 then goes on each."""
     sticks = plan if plan is not None else pack_sticks(sizes, stick_size - extras)
     lines = [f"{counted(len(sticks), 'stick')} of {format_size(stick_size)} needed (file system overhead not counted); "
              "copy every file that is not a chunk (manifest.json, SHA256SUMS, README.txt, and manifest.json.sig and "
-             "tool/ when the bundle has them) onto every stick, and check each one as it arrives "
+             "tool/ when the bundle has them" + (", and parity.par2" if parity else "") + ") onto every stick, and "
+             "check each one as it arrives "
              f"with: {tool} verify --partial STICK"]
     for i, names in enumerate(sticks, start=1):
         used = sum(sizes[n] for n in names)
-        lines.append(f"  stick {i}: {counted(len(names), 'chunk')}, {format_size(used)}: {', '.join(names)}")
+        line = f"  stick {i}: {counted(len(names), 'chunk')}, {format_size(used)}: {', '.join(names)}"
+        if parity:
+            volumes = parity[i - 1]
+            line += (f"; parity: {counted(len(volumes), 'recovery volume')}, "
+                     f"{format_size(sum(sizes[n] for n in volumes))}" + (f": {', '.join(volumes)}" if volumes else ""))
+        lines.append(line)
     return lines
 
 

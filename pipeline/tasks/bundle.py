@@ -12,6 +12,7 @@ from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.pack import build
 from amsrepomirror.pack.delta_base import read_base
+from amsrepomirror.pack.parity import parity_setting
 from amsrepomirror.pack.tool import check_spec, tool_matches
 from amsrepomirror.tasks.base import MirrorTask, ReportsFailure
 from amsrepomirror.tasks.mirror import VerifyTree
@@ -67,7 +68,7 @@ class BundleTarget(luigi.Target):
 
     def __init__(self, out: str, mirror_manifest_path: str, chunk_size: str, compression: str,
                  base: str | None = None, with_tool: bool = False, signed: bool = False, tool_for=((), ()),
-                 dropped=(), stick_size: int = 0, parity: int = 0):
+                 dropped=(), stick_size: int = 0, parity: str = ""):
         self.out, self.mirror_manifest_path = Path(out), Path(mirror_manifest_path)
         self.stick_size, self.parity = stick_size, parity
         self.dropped = sorted(dropped)
@@ -84,7 +85,7 @@ class BundleTarget(luigi.Target):
         except MirrorError:
             return False
         sticks = built.sticks.size if built.sticks else 0
-        parity = built.parity.redundancy if built.parity else 0
+        parity = parity_setting(built.parity)
         return ((built.chunk_size, built.compression, built.base, bool(built.tool), built.dropped, sticks, parity)
                 == (self.chunk_size, self.compression, self.base, self.with_tool, self.dropped, self.stick_size, self.parity)
                 and built.mirror_manifest_sha256 == Manifest.read(self.mirror_manifest_path).sha256()
@@ -109,7 +110,8 @@ class BundleArchive(MirrorTask):
                                  description="with_tool: amsrepomirror's own wheel (default: made from this install)")
     stick_size = luigi.IntParameter(default=0, description="bytes of one USB stick: the stick plan recorded in "
                                     "manifest.json (0: none)")
-    parity = luigi.IntParameter(default=0, description="percent of PAR2 recovery data over the chunks (0: none)")
+    parity = luigi.Parameter(default="", description="PAR2 recovery data over the chunks: a percent, or one-stick "
+                             "(with stick_size: enough to lose any one stick); empty: none")
     sign_key = luigi.Parameter(default="", significant=False,
                                description="OpenSSH key (path; or its .pub with the key in ssh-agent) to sign manifest.json")
 
