@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--transfer-report", type=Path, metavar="FILE",
                    help="also make the transfer report again from the bundle alone: its JSON to FILE, its page to FILE "
                    "with .html for .json (else FILE.html), and say whether they equal the bundle's own (exit 4 when "
-                   "the JSON differs)")
+                   "the JSON differs; default: not made)")
     add_signer_options(p)
     add_report_option(p)
     p.set_defaults(func=run, check_before_settings=refuse_settings_in_the_bundle)  # before settings are checked
