@@ -19,6 +19,7 @@ from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.testing.repository import listing_path, remove_file, repository_files, write_file, write_listing
 
 VERSION = "AMS2026.1"
+pytestmark = pytest.mark.usefixtures("probe_mode")  # each test with both probes (conftest.py)
 
 
 def mirror(double, dest, *extra, env=None):

@@ -11,26 +11,30 @@ import signal
 import time
 
 import pytest
-from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
+from clihelp import cli_env, first_bytes, popen_cli, run_cli, served_tree, spare_probes, transfer_gets, tree_hashes
 
 from amsrepomirror.testing.repository import change_file, write_file, write_listing
 
 VERSION = "AMS2026.1"
+pytestmark = pytest.mark.usefixtures("probe_mode")  # each test with both probes (conftest.py)
 HUGE = "linux/x86_64/huge-2026.101.tar.zst"
 MiB = 1024 * 1024
 
 
 def settings(tmp_path, **http):
     """A luigi.cfg for one test: quick retries, and files of 4 MiB or more fetched as ranges."""
-    values = {"retries": 3, "backoff": 0.1, "timeout": 10, "segment_threshold": "4MiB", "first_bytes": 0, **http}
+    values = {"retries": 3, "backoff": 0.1, "timeout": 10, "segment_threshold": "4MiB",
+              "first_bytes": first_bytes(), **http}
     path = tmp_path / "luigi.cfg"
     path.write_text("[http]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
     return cli_env(LUIGI_CONFIG_PATH=str(path))
 
 
 def add_huge(double, root, size=24 * MiB):
+    """The huge file, listed; the faults armed for it meet its transfer, not a first run's probe of its first bytes."""
     write_file(root, HUGE, size)
     write_listing(root, VERSION, double.base_url)
+    spare_probes(double)
 
 
 def mirror(double, dest, *extra, env, timeout=240):
@@ -39,7 +43,8 @@ def mirror(double, dest, *extra, env, timeout=240):
 
 
 def huge_gets(double):
-    return double.records("GET", HUGE)
+    """The GETs of the huge file's transfer (a first run's probe of its first bytes left out)."""
+    return transfer_gets(double.records("GET", HUGE))
 
 
 def without(tree, path):
