@@ -603,7 +603,8 @@ def _probe_with_get(session: requests.Session, url: str, timeout: float) -> Remo
 
 
 def probe_with_body(session: requests.Session, url: str, timeout: float, into: Path, first_bytes: int,
-                    reserve: Callable[[int], None], low_speed: Optional["LowSpeed"] = None) -> tuple[RemoteInfo, str | None]:
+                    reserve: Callable[[int], None], low_speed: Optional["LowSpeed"] = None,
+                    stop: Optional["StopSignal"] = None) -> tuple[RemoteInfo, str | None]:
     """What :func:`probe` says, from a GET of the ``first_bytes`` first bytes instead of a HEAD ([http]
     first_bytes); when that is the whole file, its body too, written to ``into`` (its sha256, else None).
 
@@ -614,11 +615,11 @@ def probe_with_body(session: requests.Session, url: str, timeout: float, into: P
     and dropped (the connection stays usable). An answer the gate refuses (another range, a Content-Encoding,
     a multipart body, a 206 without a validator, a wrong Content-Length), or that cannot be read this way
     (405, 416, 501, no complete length), is asked again as a HEAD: the run plans with HEAD's word, as it
-    would have without ``first_bytes``.
+    would have without ``first_bytes``. ``stop`` (the probes' StopSignal): Ctrl-C aborts a body that trickles.
     """
     headers = {"Range": f"bytes=0-{first_bytes - 1}", "Accept-Encoding": "identity"}
     resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
-    with resp:
+    with resp, (stop.watching(resp) if stop is not None else contextlib.nullcontext()):
         remote, asked, whole = _prefetch_answer(resp, first_bytes)
         if remote is None:
             return probe(session, url, timeout), None
