@@ -20,6 +20,11 @@ from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER, ScmDouble
 
 VERSION = "AMS2026.1"
 pytestmark = pytest.mark.usefixtures("probe_mode")  # each test with both probes (conftest.py)
+#: Run with both probes in the fast tier (a redirect to plain http, from the probe and from the transfer); the
+#: others' second probe is in the slow tier.
+BOTH_PROBES_FAST = {
+    "test_a_redirect_from_https_to_plain_http_is_not_followed",
+}
 CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 
 
@@ -142,7 +147,7 @@ def test_certificate_changing_mid_run_stops_it_with_exit_3(https_double, repo_tr
     double = https_double
     if when == "before-downloads" and probe_range() is not None:
         pytest.skip("with [http] first_bytes the downloads reuse the probes' connections, verified when opened: "
-                    "no connection is opened after the last probe")
+    "no connection is opened after the last probe")
     double.on_request(hook[0], lambda: double.use_certificate(pki["stranger"]), method=hook[1])
     result = mirror(double.listing_url(VERSION), tmp_path / "m", env=env_trusting(pki["ca"]))
     line = assert_not_authenticated(result)
