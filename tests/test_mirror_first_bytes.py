@@ -21,8 +21,8 @@ FIRST_BYTES = f"bytes=0-{PREFETCH_BYTES - 1}"
 
 @pytest.fixture
 def settings(tmp_path_factory) -> Path:
-    """The tests' settings with first_bytes on (off as shipped and in tests/luigi-test.cfg, whose other tests arm
-    their faults behind HEAD probes)."""
+    """The tests' settings with first_bytes on at the size these tests count with (as shipped, and in
+    tests/luigi-test.cfg; the fault suites also run with HEAD probes)."""
     cfg = tmp_path_factory.mktemp("settings") / "luigi.cfg"
     cfg.write_text((REPO / "tests" / "luigi-test.cfg").read_text().replace("first_bytes = 0", "first_bytes = 64KiB"))
     return cfg
