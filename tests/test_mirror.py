@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import clihelp
 import pytest
 from clihelp import cli_env, popen_cli, probe_range, run_cli, served_tree, spare_probes, transfer_gets, tree_hashes
 
@@ -443,8 +444,7 @@ def test_many_files_run_in_several_luigi_batches(tmp_path, max_batch_size, batch
     root = tmp_path / "scm"
     make_repository(root, VERSION, tiny=1200)
     cfg = tmp_path / "batch.cfg"
-    cfg.write_text((Path(__file__).parent / "luigi-test.cfg").read_text() +
-                   f"\n[DownloadFile]\nmax_batch_size = {max_batch_size}\n")
+    cfg.write_text(clihelp.TEST_SETTINGS.read_text() + f"\n[DownloadFile]\nmax_batch_size = {max_batch_size}\n")
     env = cli_env(LUIGI_CONFIG_PATH=str(cfg))
     report = tmp_path / "r.json"
     with ScmDouble(root) as double:
@@ -454,8 +454,10 @@ def test_many_files_run_in_several_luigi_batches(tmp_path, max_batch_size, batch
         ran = [line for line in runs[0].read_text().splitlines() if "running   DownloadFile" in line]
         assert len(ran) == batches
         assert tree_hashes(tmp_path / "m") == served_tree(root, VERSION)
-        gets = [r.relpath for r in body_gets(double)]
+        gets = [r.relpath for r in transfer_gets(body_gets(double))]
         assert len(gets) == len(set(gets))
+        probes = [r.relpath for r in body_gets(double) if r.range == probe_range()]  # with first_bytes on
+        assert len(probes) == len(set(probes))
         double.clear_log()
         assert mirror(double, tmp_path / "m", "--report", report, env=env).returncode == 0
         assert body_gets(double) == []
