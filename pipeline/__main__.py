@@ -36,7 +36,7 @@ def read_at_import() -> list[str]:
     then every layer of the tool's (config.layers, when Luigi itself could be imported)."""
     files = ["/etc/luigi/client.cfg", "/etc/luigi/luigi.cfg", "client.cfg", "luigi.cfg", os.environ.get("LUIGI_CONFIG_PATH", "")]
     try:
-        from amsrepomirror import config  # here: it imports Luigi, which may be what failed
+        from amsrepomirror import config  # here: only after a start failed on a settings file
         return files + [path for _, path in config.layers() if path]
     except Exception:  # noqa: BLE001 -- Luigi's own file is the bad one: it is among those above
         return files

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,38 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = ".amsrepomirror"
+#: The tests' settings, which every CLI test reads through $LUIGI_CONFIG_PATH; the ``probe_mode`` fixture
+#: (conftest.py) points this at a copy with the other [http] first_bytes for one test.
+TEST_SETTINGS = REPO / "tests" / "luigi-test.cfg"
+
+
+def first_bytes() -> str:
+    """[http] first_bytes of the tests' settings now: what a settings file a test writes for itself carries too."""
+    return re.search(r"(?m)^first_bytes = (\S+)$", TEST_SETTINGS.read_text())[1]
+
+
+def probe_range() -> str | None:
+    """The Range of a first run's probe of a file's first bytes with the tests' [http] first_bytes (None: HEAD)."""
+    size = first_bytes()
+    return None if size == "0" else f"bytes=0-{int(size.removesuffix('KiB')) * 1024 - 1}"
+
+
+def probe_method() -> str:
+    """The method of a first run's probe of a file it has no record of: HEAD, or GET with [http] first_bytes on."""
+    return "HEAD" if probe_range() is None else "GET"
+
+
+def spare_probes(double) -> None:
+    """The faults of ``double`` pass over a first run's probe of the first bytes (with the tests' [http]
+    first_bytes; nothing to spare with HEAD probes): they meet the file's transfer, as with HEAD probes."""
+    asked = probe_range()
+    double.spare_probes(0 if asked is None else int(asked.split("-")[-1]) + 1)
+
+
+def transfer_gets(records) -> list:
+    """The GET records of a file's transfer: without a first run's probe of its first bytes."""
+    asked = probe_range()
+    return [r for r in records if asked is None or r.range != asked]
 
 
 def cli_env(user: str | None = "demo", password: str | None = "demo-pass", **extra) -> dict[str, str]:
@@ -20,7 +53,7 @@ def cli_env(user: str | None = "demo", password: str | None = "demo-pass", **ext
         env["SCM_USER"] = user
     if password is not None:
         env["SCM_PASSWORD"] = password
-    env["LUIGI_CONFIG_PATH"] = str(REPO / "tests" / "luigi-test.cfg")
+    env["LUIGI_CONFIG_PATH"] = str(TEST_SETTINGS)
     env.update(extra)
     return env
 

@@ -6,6 +6,7 @@ the listing points at the one started last (call ``write_listing``/``retarget_li
 switch).
 """
 
+import re
 import sys
 from pathlib import Path
 
@@ -15,10 +16,37 @@ TESTS_DIR = str(Path(__file__).resolve().parent)
 if TESTS_DIR not in sys.path:  # so test modules can `from servers import ...`
     sys.path.insert(0, TESTS_DIR)
 
+import clihelp  # noqa: E402
 from servers import NginxServer, require_tool  # noqa: E402
 
 from amsrepomirror.testing.repository import DEFAULT_VERSION, make_repository  # noqa: E402
 from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER, ScmDouble  # noqa: E402
+
+#: [http] first_bytes of the two ways a first run asks the server about a file it has no record of: a GET of its
+#: first 64 KiB, or a HEAD.
+PROBE_MODES = {"first-bytes": "64KiB", "head": "0"}
+
+
+def pytest_generate_tests(metafunc):
+    """A test that uses ``probe_mode`` (a fault or hostile-server module's ``pytestmark``) runs with both probes:
+    with the one tests/luigi-test.cfg sets (as shipped) in the fast tier, with the other in the slow tier, unless its
+    module names it in ``BOTH_PROBES_FAST`` (the representative fault classes)."""
+    if "probe_mode" in metafunc.fixturenames:
+        both = metafunc.function.__name__ in getattr(metafunc.module, "BOTH_PROBES_FAST", ())
+        shipped = clihelp.first_bytes()
+        metafunc.parametrize("probe_mode", [
+            pytest.param(mode, marks=() if both or value == shipped else pytest.mark.slow)
+            for mode, value in PROBE_MODES.items()], indirect=True)
+
+
+@pytest.fixture
+def probe_mode(request, tmp_path_factory, monkeypatch):
+    """The tests' settings (clihelp.TEST_SETTINGS) with this mode's [http] first_bytes, for one test."""
+    path = tmp_path_factory.mktemp("settings") / "luigi-test.cfg"
+    path.write_text(re.sub(r"(?m)^first_bytes = .*$", f"first_bytes = {PROBE_MODES[request.param]}",
+                           clihelp.TEST_SETTINGS.read_text()))
+    monkeypatch.setattr(clihelp, "TEST_SETTINGS", path)
+    return request.param
 
 
 @pytest.fixture

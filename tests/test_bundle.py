@@ -400,6 +400,7 @@ def test_a_manifest_the_caller_found_missing_is_missing_even_if_it_appears_later
 VERIFY_MANIFEST_COMES_BACK = """
 import os, sys
 from amsrepomirror import cli
+import amsrepomirror.cli.verify  # imported when verify runs: here first, so that its check can be wrapped
 bundle, held = sys.argv[1:3]
 checks = cli.verify.verify_bundle
 def manifest_back_then_verify(*args, **kwargs):

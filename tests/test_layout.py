@@ -71,7 +71,7 @@ MAY_IMPORT = {
     "cli.demo": BELOW_CLI | CLI_SHARED | {"cli", "testing"},  # cli: main(), to run each step
     "cli.parser": BELOW_CLI | CLI_SHARED | CLI_COMMANDS,
     "cli": BELOW_CLI | CLI_SHARED | {"cli.parser"},
-    "__main__": {"errors", "config", "cli"},
+    "__main__": {"errors", "config", "cli"},  # config: which settings files a start read (read_at_import)
     "testing": {"errors", "util"},
 }
 #: The only module of the package that may import the SCM double.

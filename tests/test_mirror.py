@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import clihelp
 import pytest
-from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
+from clihelp import cli_env, popen_cli, probe_range, run_cli, served_tree, spare_probes, transfer_gets, tree_hashes
 
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.workspace import Workspace
@@ -17,6 +18,14 @@ from amsrepomirror.testing.repository import change_file, listing_path, remove_f
 from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
+pytestmark = pytest.mark.usefixtures("probe_mode")  # each test with both probes (conftest.py)
+#: Run with both probes in the fast tier (a 401 to the probe, an error status to a file, Ctrl-C); the others'
+#: second probe is in the slow tier.
+BOTH_PROBES_FAST = {
+    "test_401_skipped_by_default_fatal_when_strict",
+    "test_index_yml_refused_by_the_server_fails_verification",
+    "test_ctrl_c_stops_promptly_and_the_rerun_resumes",
+}
 
 
 def mirror(double_or_url, dest, *extra, env=None):
@@ -104,6 +113,7 @@ def test_delete_unlisted_refuses_to_wipe_most_of_the_mirror(scm_double, repo_tre
 @pytest.mark.slow
 def test_faults_drops_503_429_and_throttling_end_byte_identical(scm_double, repo_tree, tmp_path):
     big = max(repository_files(repo_tree), key=lambda p: (repo_tree / "Downloads/packages" / p).stat().st_size)
+    spare_probes(scm_double)  # the faults meet the transfers, not a first run's probes of the first bytes
     scm_double.cut_after(big, nbytes=700_000, times=2, method="GET")
     scm_double.cut_after("linux/*", nbytes=10, times=3, method="GET")
     scm_double.fail_status("common/*", status=503, retry_after=1, times=2)
@@ -112,7 +122,7 @@ def test_faults_drops_503_429_and_throttling_end_byte_identical(scm_double, repo
     result = mirror(scm_double, tmp_path / "mirror", env=cli_env())
     assert result.returncode == 0, result.stderr
     assert tree_hashes(tmp_path / "mirror") == served_tree(repo_tree, VERSION)
-    resumed = [r for r in scm_double.records("GET", big) if r.range]
+    resumed = [r for r in transfer_gets(scm_double.records("GET", big)) if r.range]
     assert resumed and resumed[0].range.startswith("bytes=") and resumed[0].if_range
     assert resumed[-1].status == 206
     # 503/429 were answered, then retried after Retry-After.
@@ -262,8 +272,10 @@ def test_crlf_comments_blank_lines_and_duplicates_are_tolerated(scm_double, repo
     result = mirror(scm_double, tmp_path / "m")
     assert result.returncode == 0, result.stderr
     assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
-    gets = [r.relpath for r in body_gets(scm_double)]
+    gets = [r.relpath for r in transfer_gets(body_gets(scm_double))]
     assert len(gets) == len(set(gets))  # duplicates fetched once
+    probes = [r.relpath for r in body_gets(scm_double) if r.range == probe_range()]  # with first_bytes on
+    assert len(probes) == len(set(probes))  # and asked about once
 
 
 @pytest.mark.slow
@@ -340,7 +352,9 @@ def test_adopt_takes_over_a_wget_folder_whose_size_and_date_are_the_servers_and_
     assert f"{len(served) - 2} of them adopted: size and date the server's" in result.stderr
     scm_double.clear_log()  # without --adopt nothing of a folder this tool has no record of is taken as it is
     assert mirror(scm_double, tmp_path / "plain").returncode == 0
-    assert sorted(r.relpath for r in body_gets(scm_double)) == sorted(p for p in served if (packages / p).stat().st_size)
+    # (with first_bytes, a larger file's probe carries bytes too, and a refused one's an error page)
+    fetched = {r.relpath for r in body_gets(scm_double) if r.status in (200, 206)}
+    assert fetched == {p for p in served if (packages / p).stat().st_size}
 
 
 def test_listing_without_the_version_index_is_refused_before_downloading(scm_double, repo_tree, tmp_path):
@@ -386,7 +400,7 @@ def test_not_enough_disk_space_fails_early(scm_double, repo_tree, tmp_path):
         result = mirror(scm_double, small / "m")
         assert result.returncode == 5, result.stderr
         assert "not enough disk space" in result.stderr
-        assert body_gets(scm_double) == []
+        assert transfer_gets(body_gets(scm_double)) == []  # a first run's probes of the first bytes may come first
     finally:
         os.system(f"umount {small}")
 
@@ -430,8 +444,7 @@ def test_many_files_run_in_several_luigi_batches(tmp_path, max_batch_size, batch
     root = tmp_path / "scm"
     make_repository(root, VERSION, tiny=1200)
     cfg = tmp_path / "batch.cfg"
-    cfg.write_text((Path(__file__).parent / "luigi-test.cfg").read_text() +
-                   f"\n[DownloadFile]\nmax_batch_size = {max_batch_size}\n")
+    cfg.write_text(clihelp.TEST_SETTINGS.read_text() + f"\n[DownloadFile]\nmax_batch_size = {max_batch_size}\n")
     env = cli_env(LUIGI_CONFIG_PATH=str(cfg))
     report = tmp_path / "r.json"
     with ScmDouble(root) as double:
@@ -441,8 +454,10 @@ def test_many_files_run_in_several_luigi_batches(tmp_path, max_batch_size, batch
         ran = [line for line in runs[0].read_text().splitlines() if "running   DownloadFile" in line]
         assert len(ran) == batches
         assert tree_hashes(tmp_path / "m") == served_tree(root, VERSION)
-        gets = [r.relpath for r in body_gets(double)]
+        gets = [r.relpath for r in transfer_gets(body_gets(double))]
         assert len(gets) == len(set(gets))
+        probes = [r.relpath for r in body_gets(double) if r.range == probe_range()]  # with first_bytes on
+        assert len(probes) == len(set(probes))
         double.clear_log()
         assert mirror(double, tmp_path / "m", "--report", report, env=env).returncode == 0
         assert body_gets(double) == []

@@ -21,8 +21,8 @@ FIRST_BYTES = f"bytes=0-{PREFETCH_BYTES - 1}"
 
 @pytest.fixture
 def settings(tmp_path_factory) -> Path:
-    """The tests' settings with first_bytes on (off as shipped and in tests/luigi-test.cfg, whose other tests arm
-    their faults behind HEAD probes)."""
+    """The tests' settings with first_bytes on at the size these tests count with (as shipped, and in
+    tests/luigi-test.cfg; the fault suites also run with HEAD probes)."""
     cfg = tmp_path_factory.mktemp("settings") / "luigi.cfg"
     cfg.write_text((REPO / "tests" / "luigi-test.cfg").read_text().replace("first_bytes = 0", "first_bytes = 64KiB"))
     return cfg
@@ -141,3 +141,19 @@ def test_a_cut_small_body_is_not_kept(scm_double, tmp_path):
     remote, sha256 = probe_with_body(session, scm_double.url(path), 10, into, PREFETCH_BYTES, lambda n: None)
     assert (remote.status, remote.size, sha256) == (200, 20_000, None)
     assert remote.etag and not into.exists()
+
+
+@pytest.mark.parametrize("how", ["gzip-200", "range-start", "multipart"])
+def test_a_first_bytes_answer_the_gate_refuses_is_asked_again_as_a_head(scm_double, repo_tree, tmp_path, settings, how):
+    """The answer to the probe of a larger file passes the response gate too (http.accept_response), although its
+    bytes are dropped: the run plans with its length and validators. A whole file gzip-compressed on the fly (its
+    Content-Length not the file's), another range, a multipart body: the file is asked again as a HEAD, and
+    mirrored exactly."""
+    big = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB: more than the first bytes
+    scm_double.lie(big, how, times=1)  # the first answer to a range of it: the probe's
+    dest = tmp_path / "m"
+    result = mirror(scm_double, dest, settings)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
+    asked = [(r.method, r.range, r.fault) for r in file_records(scm_double) if r.relpath == big]
+    assert asked == [("GET", FIRST_BYTES, f"lie:{how}"), ("HEAD", None, None), ("GET", None, None)]

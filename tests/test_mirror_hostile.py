@@ -19,6 +19,12 @@ from amsrepomirror.online.workspace import Workspace
 from amsrepomirror.testing.repository import listing_path, remove_file, repository_files, write_file, write_listing
 
 VERSION = "AMS2026.1"
+pytestmark = pytest.mark.usefixtures("probe_mode")  # each test with both probes (conftest.py)
+#: Run with both probes in the fast tier (names the listing escapes); the others' second probe is in the slow
+#: tier.
+BOTH_PROBES_FAST = {
+    "test_utf8_names_and_a_bom_mirror_exactly",
+}
 
 
 def mirror(double, dest, *extra, env=None):

@@ -11,7 +11,19 @@ import time
 
 import luigi
 import pytest
-from clihelp import cli_env, popen_cli, run_cli, served_tree, sha256, tree_hashes
+from clihelp import (
+    cli_env,
+    first_bytes,
+    popen_cli,
+    probe_method,
+    probe_range,
+    run_cli,
+    served_tree,
+    sha256,
+    spare_probes,
+    transfer_gets,
+    tree_hashes,
+)
 
 from amsrepomirror.cli.runner import run_graph
 from amsrepomirror.online.http import MAX_RETRY_AFTER
@@ -19,6 +31,15 @@ from amsrepomirror.testing.repository import change_file, listing_path, write_li
 from amsrepomirror.testing.scmdouble import ScmDouble
 
 VERSION = "AMS2026.1"
+pytestmark = pytest.mark.usefixtures("probe_mode")  # each test with both probes (conftest.py)
+#: Run with both probes in the fast tier (a cut body and a changed file, a body longer than announced, a 403
+#: to the probe, a compressed body); the others' second probe is in the slow tier.
+BOTH_PROBES_FAST = {
+    "test_resume_against_server_ignoring_if_range_never_splices",
+    "test_a_resume_body_longer_than_announced_fails_the_file",
+    "test_head_403_with_get_allowed_is_mirrored_and_403_is_named",
+    "test_server_compressing_on_the_fly_fails_that_file",
+}
 BIG = "linux/x86_64/python3.11-2026.101.tar.zst"  # 3 MiB, the largest file of the synthetic tree
 
 
@@ -39,7 +60,7 @@ def without(tree, path):
 
 def config_with(tmp_path, **http):
     """A luigi.cfg for one test: the test [http] settings with these values changed."""
-    settings = {"retries": 3, "backoff": 0.1, "timeout": 10, "first_bytes": 0, **http}  # HEAD probes, as luigi-test.cfg
+    settings = {"retries": 3, "backoff": 0.1, "timeout": 10, "first_bytes": first_bytes(), **http}  # probe_mode's
     path = tmp_path / "luigi.cfg"
     path.write_text("[http]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
     return str(path)
@@ -51,7 +72,10 @@ def config_with(tmp_path, **http):
 @pytest.mark.parametrize("head_length", [+100, -100], ids=["head-says-more", "head-says-less"])
 def test_head_and_get_lengths_disagree_file_fails_run_ends(scm_double, repo_tree, tmp_path, head_length):
     dest = tmp_path / "m"
-    scm_double.misbehave(BIG, head_length=head_length)
+    if probe_range() is None:
+        scm_double.misbehave(BIG, head_length=head_length)
+    else:  # the probe of the first bytes announces the length, in its Content-Range
+        scm_double.lie(BIG, "total", times=1, nbytes=head_length)
     result = mirror(scm_double, dest, timeout=120)  # before the fix this run never ended
     assert result.returncode == 1, result.stderr
     assert "error:" in error_line(result.stderr)
@@ -88,19 +112,20 @@ def test_a_task_whose_output_is_missing_after_run_fails_instead_of_looping(tmp_p
 def test_resume_against_server_ignoring_if_range_never_splices(scm_double, repo_tree, tmp_path):
     dest = tmp_path / "m"
     scm_double.misbehave(BIG, ignore_if_range=True)
+    spare_probes(scm_double)  # the faults meet the transfer, not a first run's probe of the first bytes
     # The connection drops after 700 kB and the file changes (same size) before the client resumes.
     scm_double.cut_after(BIG, nbytes=700_000, method="GET", then=lambda: change_file(repo_tree, BIG, seed=99))
     first = mirror(scm_double, dest)
     assert first.returncode == 1, first.stderr
     assert "changed on the server" in error_line(first.stderr)
-    resumed = [r for r in scm_double.records("GET", BIG) if r.range]
+    resumed = [r for r in transfer_gets(scm_double.records("GET", BIG)) if r.range]
     assert resumed and resumed[0].status == 206  # the server did splice; the client refused it
     assert not (dest / BIG).exists()
     assert not list((dest / ".amsrepomirror").rglob("*.part"))  # the part was dropped
     scm_double.clear_log()
     second = mirror(scm_double, dest)
     assert second.returncode == 0, second.stderr
-    assert [r.range for r in scm_double.records("GET", BIG)] == [None]  # fetched whole
+    assert [r.range for r in scm_double.records("GET", BIG)] == [None]  # fetched whole (a rerun sends HEAD)
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
     assert mirror(scm_double, dest, "--deep").returncode == 0
 
@@ -110,17 +135,19 @@ def test_resume_against_server_ignoring_if_range_never_splices(scm_double, repo_
 def test_a_resume_answer_that_is_not_the_bytes_asked_starts_the_file_again(scm_double, repo_tree, tmp_path, how):
     # The connection drops after 700 kB; the answer to the resume lies (http.accept_response refuses
     # it): the part is dropped and the file fetched again whole, never joined to the lie.
+    spare_probes(scm_double)  # the faults meet the transfer, not a first run's probe of the first bytes
     scm_double.cut_after(BIG, nbytes=700_000, method="GET")
     scm_double.lie(BIG, how, times=1)
     dest = tmp_path / "m"
     result = mirror(scm_double, dest)
     assert result.returncode == 0, result.stderr  # before: exit 1 (or other bytes) for gzip, multipart, range-end
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
-    gets = scm_double.records("GET", BIG)
+    gets = transfer_gets(scm_double.records("GET", BIG))
     assert [(r.range, r.fault) for r in gets] == [(None, "cut"), ("bytes=700000-", f"lie:{how}"), (None, None)]
 
 
 def test_a_resume_body_longer_than_announced_fails_the_file(scm_double, repo_tree, tmp_path):
+    spare_probes(scm_double)  # the faults meet the transfer, not a first run's probe of the first bytes
     scm_double.cut_after(BIG, nbytes=700_000, method="GET")
     scm_double.lie(BIG, "long", times=1)  # the right headers, no Content-Length, 1000 bytes too many
     dest = tmp_path / "m"
@@ -133,6 +160,7 @@ def test_a_resume_body_longer_than_announced_fails_the_file(scm_double, repo_tre
 
 @pytest.mark.slow
 def test_a_206_to_a_whole_file_request_fails_that_file(scm_double, repo_tree, tmp_path):
+    spare_probes(scm_double)  # a 206 to the whole-file GET, not to a first run's probe (a range)
     scm_double.lie(BIG, "206-whole", times=1)
     dest = tmp_path / "m"
     result = mirror(scm_double, dest)
@@ -146,11 +174,12 @@ def test_a_206_to_a_whole_file_request_fails_that_file(scm_double, repo_tree, tm
 @pytest.mark.parametrize("etag", [None, "weak", "none"], ids=["strong-etag", "weak-etag", "no-etag"])
 def test_if_range_carries_a_strong_etag_else_the_date(scm_double, repo_tree, tmp_path, etag):
     scm_double.misbehave(BIG, etag=etag)
+    spare_probes(scm_double)  # the cut meets the transfer, not a first run's probe of the first bytes
     scm_double.cut_after(BIG, nbytes=700_000, method="GET")
     result = mirror(scm_double, tmp_path / "m")
     assert result.returncode == 0, result.stderr
     assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
-    resumed = [r for r in scm_double.records("GET", BIG) if r.range]
+    resumed = [r for r in transfer_gets(scm_double.records("GET", BIG)) if r.range]
     assert resumed and resumed[0].status == 206
     if etag is None:
         assert resumed[0].if_range.startswith('"')
@@ -255,12 +284,17 @@ def test_password_outside_latin1_works_and_never_shows_in_messages(repo_tree, tm
 @pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
                          ids=["listing", "head", "body"])
 def test_a_retry_after_of_hours_is_not_slept(scm_double, repo_tree, tmp_path, glob, method):
+    records_of = transfer_gets if method == "GET" else list  # the transfer's, or the probe's
+    if method == "HEAD":  # the probe: a HEAD, or with [http] first_bytes the GET of the first bytes
+        method = probe_method()
+    elif method == "GET":  # the transfer, not a first run's probe of the first bytes
+        spare_probes(scm_double)
     dest = tmp_path / "m"
     scm_double.fail_status(glob, 503, retry_after=100000, times=1, method=method)
     result = mirror(scm_double, dest, timeout=25)  # before the fix: asleep for 27 hours (the timeout fails it)
     assert result.returncode == 0, result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
-    records = scm_double.records(method, glob)
+    records = records_of(scm_double.records(method, glob))
     assert records[0].status == 503 and records[-1].status in (200, 206), [r.status for r in records]
     # What the server saw: the retry came on the run's own backoff, not after the 100000 s it asked for.
     assert records[1].started - records[0].started <= MAX_RETRY_AFTER
@@ -309,13 +343,18 @@ def test_an_unreadable_head_content_length_leaves_the_length_to_the_get(scm_doub
 @pytest.mark.parametrize("glob,method", [("listings/*", None), (BIG, "HEAD"), (BIG, "GET")],
                          ids=["listing", "head", "body"])
 def test_headers_that_trickle_end_the_attempt(scm_double, repo_tree, tmp_path, glob, method):
+    records_of = transfer_gets if method == "GET" else list  # the transfer's, or the probe's
+    if method == "HEAD":  # the probe: a HEAD, or with [http] first_bytes the GET of the first bytes
+        method = probe_method()
+    elif method == "GET":  # the transfer, not a first run's probe of the first bytes
+        spare_probes(scm_double)
     dest = tmp_path / "m"
     scm_double.slow_headers(glob, seconds=1.0, times=1, method=method)
     config = config_with(tmp_path, timeout=3)  # headers within 3 × 3 s
     result = mirror(scm_double, dest, env=cli_env(LUIGI_CONFIG_PATH=config), timeout=45)  # before: held for ever
     assert result.returncode == 0, result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
-    records = scm_double.records(method, glob)
+    records = records_of(scm_double.records(method, glob))
     # What the server saw: the trickling answer was given up and the request asked again, answered whole.
     assert records[0].fault == "slow-headers" and len(records) >= 2 and records[-1].fault is None, records
 

@@ -11,26 +11,37 @@ import signal
 import time
 
 import pytest
-from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
+from clihelp import cli_env, first_bytes, popen_cli, run_cli, served_tree, spare_probes, transfer_gets, tree_hashes
 
 from amsrepomirror.testing.repository import change_file, write_file, write_listing
 
 VERSION = "AMS2026.1"
+pytestmark = pytest.mark.usefixtures("probe_mode")  # each test with both probes (conftest.py)
+#: Run with both probes in the fast tier (a range answer that is not the bytes asked, a 200 to a range, a file
+#: changed between requests); the others' second probe is in the slow tier.
+BOTH_PROBES_FAST = {
+    "test_a_range_answer_that_is_not_the_bytes_asked_is_asked_again",
+    "test_a_whole_file_without_validators_is_never_joined_to_ranges",
+    "test_file_changing_between_two_range_requests_is_caught_never_spliced",
+}
 HUGE = "linux/x86_64/huge-2026.101.tar.zst"
 MiB = 1024 * 1024
 
 
 def settings(tmp_path, **http):
     """A luigi.cfg for one test: quick retries, and files of 4 MiB or more fetched as ranges."""
-    values = {"retries": 3, "backoff": 0.1, "timeout": 10, "segment_threshold": "4MiB", "first_bytes": 0, **http}
+    values = {"retries": 3, "backoff": 0.1, "timeout": 10, "segment_threshold": "4MiB",
+              "first_bytes": first_bytes(), **http}
     path = tmp_path / "luigi.cfg"
     path.write_text("[http]\n" + "".join(f"{k} = {v}\n" for k, v in values.items()))
     return cli_env(LUIGI_CONFIG_PATH=str(path))
 
 
 def add_huge(double, root, size=24 * MiB):
+    """The huge file, listed; the faults armed for it meet its transfer, not a first run's probe of its first bytes."""
     write_file(root, HUGE, size)
     write_listing(root, VERSION, double.base_url)
+    spare_probes(double)
 
 
 def mirror(double, dest, *extra, env, timeout=240):
@@ -39,7 +50,8 @@ def mirror(double, dest, *extra, env, timeout=240):
 
 
 def huge_gets(double):
-    return double.records("GET", HUGE)
+    """The GETs of the huge file's transfer (a first run's probe of its first bytes left out)."""
+    return transfer_gets(double.records("GET", HUGE))
 
 
 def without(tree, path):
@@ -172,6 +184,7 @@ def test_503_storm_lowers_the_number_of_connections(scm_double, repo_tree, tmp_p
     for i in range(36):
         write_file(repo_tree, f"common/storm/part-{i:02d}.bin", MiB)
     write_listing(repo_tree, VERSION, scm_double.base_url)
+    spare_probes(scm_double)  # the storm meets the transfers (the probes keep their connections, as HEADs do)
     scm_double.throttle(2 * MiB)
     gets = []
 
@@ -185,7 +198,7 @@ def test_503_storm_lowers_the_number_of_connections(scm_double, repo_tree, tmp_p
     result = mirror(scm_double, dest, "--jobs", "6", env=settings(tmp_path))
     assert result.returncode == 0, result.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
-    storm = scm_double.records("GET", "common/storm/*")
+    storm = transfer_gets(scm_double.records("GET", "common/storm/*"))
     busy = [i for i, r in enumerate(storm) if r.status == 503]
     assert len(busy) == 6
     before, after = storm[:busy[0]], storm[busy[-1] + 1:]

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command line (``sys.argv[1:]`` when None); return its exit code. With ``--report FILE`` the report
     is written here, around the whole command, so that no way out of it skips the report (cli.report)."""
     console_logging()
-    parser = build_parser()
+    parser = build_parser(every_command=False)  # the command named on the line: its module only
     try:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)

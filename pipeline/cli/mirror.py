@@ -16,7 +16,15 @@ import luigi
 from amsrepomirror import config, errors
 from amsrepomirror.cli import options
 from amsrepomirror.cli.exit_codes import most_severe_failure
-from amsrepomirror.cli.options import ACCOUNT, EXIT_CODES, add_command, folder_path, option_or_setting, setting_default
+from amsrepomirror.cli.options import (
+    ACCOUNT,
+    ACCOUNT_NOT_HERE,
+    EXIT_CODES,
+    add_command,
+    folder_path,
+    option_or_setting,
+    setting_default,
+)
 from amsrepomirror.cli.output import command_line, print_stderr
 from amsrepomirror.cli.report import add_report_option
 from amsrepomirror.cli.runner import run_graph, use_scheduler
@@ -93,11 +101,6 @@ def add_parser(sub) -> None:
 
 #: sys.platform -> the [platforms] rule of this machine's platform (--local-platform-only).
 LOCAL_PLATFORM = {"linux": "linux", "darwin": "macos", "win32": "windows", "cygwin": "windows"}
-
-ACCOUNT_NOT_HERE = ("the SCM account is never given on the command line, where the process list shows it: set "
-                    "SCM_USER and SCM_PASSWORD in the environment, put it in ~/.netrc (machine downloads.scm.com login "
-                    "USER password PASS), or answer the prompt")
-
 
 def check_mirror_arguments(args) -> None:
     """What the options alone decide: --dry-run previews --delete-unlisted (alone it would look like a mirror run

@@ -1,20 +1,25 @@
 """What the commands' options share: the help's layout and texts, the defaults the settings give, and
-the options several commands take (the signers, AMSHOME) with how they are resolved."""
+the options several commands take (the signers, AMSHOME) with how they are resolved.
+
+Every command imports this module, ``mirror`` too: what only the offline commands need (signatures, 7z,
+placement) is imported in the functions that use it, so that a mirror run does not load it.
+"""
+
+from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 
 from amsrepomirror import config
-from amsrepomirror.bundle.format import refuse_settings_read_from
-from amsrepomirror.bundle.receipt import receipt_tree, receipt_version_paths
-from amsrepomirror.bundle.trust import Trust, resolve_trust
-from amsrepomirror.bundle.verify import not_a_bundle
 from amsrepomirror.cli.output import print_stderr
 from amsrepomirror.errors import MirrorError, UsageError
-from amsrepomirror.offline import placement
+
+if TYPE_CHECKING:
+    from amsrepomirror.bundle.trust import Trust
 
 EXIT_CODES = """exit codes:
   0    done
@@ -35,6 +40,11 @@ ACCOUNT = """SCM account (never on the command line), the first found:
 A private CA: name its certificate in REQUESTS_CA_BUNDLE or SSL_CERT_FILE.
 Settings (defaults of the options below): amsrepomirror config shows each and the file it came from."""
 
+
+#: Why words a command could not place are not repeated: one may be the account, given where SCM's script takes it.
+ACCOUNT_NOT_HERE = ("the SCM account is never given on the command line, where the process list shows it: set "
+                    "SCM_USER and SCM_PASSWORD in the environment, put it in ~/.netrc (machine downloads.scm.com login "
+                    "USER password PASS), or answer the prompt")
 
 class AdminHelp(argparse.RawDescriptionHelpFormatter):
     """Help for admins: every option says its default (a flag: off), epilogs printed as written."""
@@ -86,6 +96,7 @@ def add_signer_options(p: argparse.ArgumentParser) -> None:
 
 def site_trust(args) -> Trust:
     """The site's trust setting for this command (trust.resolve_trust), its notes said once."""
+    from amsrepomirror.bundle.trust import resolve_trust  # here: see the module's docstring
     found = resolve_trust(args.allowed_signers, args.revoked_keys)
     for note in found.notes:
         print_stderr(note)
@@ -96,12 +107,15 @@ def refuse_settings_in_the_bundle(args) -> None:
     """verify's and unpack's check before the settings are loaded and checked: a settings file Luigi read
     from the bundle folder the command runs in is refused as planted (exit 4), before any of its values
     is used or reported (``format.refuse_settings_read_from``; run() says why a folder is no bundle)."""
+    from amsrepomirror.bundle.format import refuse_settings_read_from  # here: see the module's docstring
+    from amsrepomirror.bundle.verify import not_a_bundle  # here: see the module's docstring
     if not getattr(args, "installed", False) and args.bundle is not None and not not_a_bundle(args.bundle):
         refuse_settings_read_from(args.bundle)
 
 
 def amshome_of(args) -> Path:
     """--amshome, else $AMSHOME from the environment (said on stderr, so the admin sees which)."""
+    from amsrepomirror.offline import placement  # here: see the module's docstring
     if args.amshome is not None:
         placement.refuse_repository_folder(args.amshome)  # before a log or lock is written there
         return args.amshome
@@ -116,6 +130,8 @@ def amshome_of(args) -> Path:
 def installed_facts(home: Path) -> dict | None:
     """What AMSHOME's repository holds now, as its receipt says, for --report (None: no receipt; a receipt
     that cannot be read is said as its problem, never raised: the command's own outcome is what counts)."""
+    from amsrepomirror.bundle.receipt import receipt_tree, receipt_version_paths  # here: see the module's docstring
+    from amsrepomirror.offline import placement  # here: see the module's docstring
     try:
         receipt = placement.read_receipt(home)
         if receipt is None:

@@ -10,8 +10,6 @@ import stat
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
 from amsrepomirror.util import progress
 
 #: What --quiet still shows: the lines an admin (or cron's mail) must act on. Everything else, progress, notes,
@@ -53,13 +51,18 @@ class _ConsoleFormat(logging.Formatter):
 
 
 class _ConsoleHandler(logging.Handler):
-    """Log lines on stderr, above any progress bar shown there (tqdm.write redraws the bar below)."""
+    """Log lines on stderr, above any progress bar shown there (tqdm.write redraws the bar below; without tqdm
+    loaded no bar was drawn, util.progress imports it for a terminal only)."""
 
     console = True
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=sys.stderr)
+            line = self.format(record)
+            if "tqdm" in sys.modules:
+                sys.modules["tqdm"].tqdm.write(line, file=sys.stderr)
+            else:
+                sys.stderr.write(line + "\n")
         except Exception:  # noqa: BLE001 -- logging's contract: a failing handler reports, never raises
             self.handleError(record)
 

@@ -603,29 +603,35 @@ def _probe_with_get(session: requests.Session, url: str, timeout: float) -> Remo
 
 
 def probe_with_body(session: requests.Session, url: str, timeout: float, into: Path, first_bytes: int,
-                    reserve: Callable[[int], None], low_speed: Optional["LowSpeed"] = None) -> tuple[RemoteInfo, str | None]:
+                    reserve: Callable[[int], None], low_speed: Optional["LowSpeed"] = None,
+                    stop: Optional["StopSignal"] = None) -> tuple[RemoteInfo, str | None]:
     """What :func:`probe` says, from a GET of the ``first_bytes`` first bytes instead of a HEAD ([http]
     first_bytes); when that is the whole file, its body too, written to ``into`` (its sha256, else None).
 
-    One request instead of a HEAD and a GET for each small file of a first run. The body passes
-    :func:`accept_response` with the answer's own length and validators (which the run then plans with,
-    as HEAD's), and ``reserve`` (the run's free-space account) is charged before a byte is written. The
-    first bytes of a longer file are read and dropped (the connection stays usable); an answer that
-    cannot be read this way (416, no length, no validator) is asked again as a HEAD.
+    One request instead of a HEAD and a GET for each small file of a first run. Every answer with a body
+    passes :func:`accept_response`, with its own length and validators (which the run then plans with, as
+    HEAD's): as the whole file when it is one, else as the first bytes asked for. ``reserve`` (the run's
+    free-space account) is charged before a byte is written. The first bytes of a longer file are read
+    and dropped (the connection stays usable). An answer the gate refuses (another range, a Content-Encoding,
+    a multipart body, a 206 without a validator, a wrong Content-Length), or that cannot be read this way
+    (405, 416, 501, no complete length), is asked again as a HEAD: the run plans with HEAD's word, as it
+    would have without ``first_bytes``. ``stop`` (the probes' StopSignal): Ctrl-C aborts a body that trickles.
     """
     headers = {"Range": f"bytes=0-{first_bytes - 1}", "Accept-Encoding": "identity"}
     resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
-    with resp:
-        remote, asked = _prefetch_answer(resp, first_bytes)
+    with resp, (stop.watching(resp) if stop is not None else contextlib.nullcontext()):
+        remote, asked, whole = _prefetch_answer(resp, first_bytes)
         if remote is None:
             return probe(session, url, timeout), None
-        if asked is None:
-            _drain_prefix(resp, first_bytes)
+        if asked is None:  # a refusal (401, 403, 404, 5xx after the retries): what HEAD would have met
             return remote, None
         try:
-            body = accept_response(resp, url, remote, asked)
-        except (UnusableRange, WrongBody):  # not the whole file as asked: as HEAD would have, and no body
+            body = accept_response(resp, url, remote, asked)  # guard: prefetch-gate
+        except (UnusableRange, WrongBody):  # not the bytes asked, as they are: ask as HEAD would have, no body
             return probe(session, url, timeout), None
+        if not whole:
+            _drain_prefix(resp, first_bytes)
+            return remote, None
         reserve(body.length)
         hasher = hashlib.sha256()
         with local_writes(str(into)):
@@ -639,23 +645,25 @@ def probe_with_body(session: requests.Session, url: str, timeout: float, into: P
     return remote, hasher.hexdigest()
 
 
-def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteInfo | None, "Asked | None"]:
-    """The answer to the first bytes as HEAD's (None: ask HEAD), and, when it carries the whole file, what it
-    is taken as having been asked for (the whole file as a range, or the whole file)."""
+def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteInfo | None, "Asked | None", bool]:
+    """The answer to the first bytes as HEAD's (None: ask HEAD); what the gate judges its body as (None: a
+    refusal, no body to judge): the whole file when it carries it (as a range, or the whole file), else the
+    first bytes asked for; and whether it carries the whole file."""
     status, etag, last_modified = resp.status_code, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+    first = Asked(0, first_bytes, ranged=True)
     if status == 206:
         total = (parse_content_range(resp.headers.get("Content-Range")) or (None, None, None))[2]
         if total is None:
-            return None, None
+            return None, None, False
         whole = 0 < total <= first_bytes
-        return RemoteInfo(200, total, etag, last_modified), Asked(0, total, ranged=True) if whole else None
+        return RemoteInfo(200, total, etag, last_modified), Asked(0, total, ranged=True) if whole else first, whole
     if status == 200:
         size = parse_content_length(resp.headers.get("Content-Length"))
         whole = size is not None and size <= first_bytes
-        return RemoteInfo(200, size, etag, last_modified), Asked() if whole else None
+        return RemoteInfo(200, size, etag, last_modified), Asked() if whole else first, whole
     if status in (405, 416, 501):  # no range or no GET of this kind: HEAD answers
-        return None, None
-    return RemoteInfo(status=status), None  # 401/403 refuse any method (probe asks a 403 HEAD again as a GET)
+        return None, None, False
+    return RemoteInfo(status=status), None, False  # 401/403 refuse any method (probe asks a 403 HEAD again as a GET)
 
 
 def _drain_prefix(resp: requests.Response, first_bytes: int) -> None:

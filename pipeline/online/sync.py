@@ -70,10 +70,12 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
         raise UsageError(f"the listing {redact(listing_url)} does not name {index}: is it the listing of {version}?")
     selected = select_platforms(listed, platforms, rules)
     checking = CountProgress(len(selected), "checking")
-    ask = Prefetch(session, ws, version, first_bytes, timeout, low_speed) if ws is not None and first_bytes > 0 else None
+    stop = StopSignal()  # Ctrl-C also aborts the bodies of the probes of the first bytes in flight
+    ask = Prefetch(session, ws, version, first_bytes, timeout, low_speed, stop) if ws is not None and first_bytes > 0 \
+        else None
     try:
         answers = run_concurrently(lambda f: _counted(checking, _probe_or_error(session, f, timeout, ask)), selected,
-                                   jobs)
+                                   jobs, stop)
     finally:
         checking.close()
     files, unauthorized, refused_with, failed = [], [], {}, []
@@ -126,8 +128,9 @@ class Prefetch:
     BLOCK = 4096  # a file takes whole blocks of the filesystem
 
     def __init__(self, session: requests.Session, ws: Workspace, version: str, first_bytes: int, timeout: float,
-                 low_speed: LowSpeed | None):
+                 low_speed: LowSpeed | None, stop: StopSignal | None = None):
         self.session, self.ws, self.first_bytes, self.timeout, self.low_speed = session, ws, first_bytes, timeout, low_speed
+        self.stop = stop
         self.known = last_selection(ws, version)
         self.free: int | None = None
         self.reserved = 0
@@ -138,7 +141,7 @@ class Prefetch:
         if self.known is None or item.path in self.known or self.ws.current_record(item.path) is not None:
             return probe(self.session, item.url, self.timeout)
         answer, sha256 = probe_with_body(self.session, item.url, self.timeout, prefetched_path(self.ws, item.path),
-                                         self.first_bytes, self.reserve, self.low_speed)
+                                         self.first_bytes, self.reserve, self.low_speed, self.stop)
         if sha256 is not None:
             with self.lock:
                 self.sha256[item.path] = sha256

@@ -1,16 +1,21 @@
-"""Bundle wiring: BundleArchive (after VerifyTree, or the last verified mirror) → WriteChunk per chunk."""
+"""Bundle wiring: BundleArchive (after VerifyTree, or the last verified mirror) → WriteChunk per chunk.
+
+The packing code (``pack.build``: 7z, signatures) is imported in the methods that pack: every run registers
+these tasks (``amsrepomirror.tasks``), and a mirror run should not load what only a bundle needs.
+"""
+
+from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 from luigi.util import inherits
 
 from amsrepomirror.bundle.format import COMPRESSIONS, MANIFEST_NAME, SUMS_NAME, BundleManifest
-from amsrepomirror.bundle.signature import is_signed
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.manifest import Manifest, union_manifest
 from amsrepomirror.online.workspace import Workspace
-from amsrepomirror.pack import build
 from amsrepomirror.pack.delta_base import read_base
 from amsrepomirror.pack.parity import parity_setting
 from amsrepomirror.pack.tool import check_spec, tool_matches
@@ -18,6 +23,9 @@ from amsrepomirror.tasks.base import MirrorTask, ReportsFailure
 from amsrepomirror.tasks.mirror import VerifyTree
 from amsrepomirror.util import progress
 from amsrepomirror.util.units import parse_size
+
+if TYPE_CHECKING:
+    from amsrepomirror.pack import build
 
 
 class VerifiedMirror(luigi.ExternalTask):
@@ -78,6 +86,8 @@ class BundleTarget(luigi.Target):
     def exists(self):
         if not (self.out / SUMS_NAME).exists() or not self.mirror_manifest_path.exists():
             return False
+        from amsrepomirror.bundle.signature import is_signed  # here: see the module's docstring
+
         if self.signed and not is_signed(self.out):
             return False
         try:
@@ -129,6 +139,8 @@ class BundleArchive(MirrorTask):
                             list(base.dropped) if base else [], self.stick_size, self.parity)
 
     def run(self):
+        from amsrepomirror.pack import build  # here: see the module's docstring
+
         manifest_path = self.input().path
         # Refused before any chunk is written (UsageError, exit 2: nothing was changed).
         tool = check_spec(self.tool_pythons, self.tool_platforms, self.tool_wheel) if self.with_tool else None
@@ -148,6 +160,8 @@ class ChunkTarget(luigi.Target):
         self.out, self.plan, self.index = out, plan, index
 
     def exists(self):
+        from amsrepomirror.pack import build  # here: see the module's docstring
+
         return build.chunk_done(self.out, self.plan, self.index)
 
 
@@ -164,9 +178,13 @@ class WriteChunk(ReportsFailure, luigi.Task):
     index = luigi.IntParameter()
 
     def plan(self):
+        from amsrepomirror.pack import build  # here: see the module's docstring
+
         return build.plan_for(self.manifest_path, self.chunk_size, self.version, self.compression, self.since)
 
     def requires(self):
+        from amsrepomirror.pack import build  # here: see the module's docstring
+
         # A chunk that continues a split file resumes its hash where the chunk before left it.
         previous = build.continued_from(self.plan(), self.index)
         return [] if previous is None else self.clone(index=previous)
@@ -175,4 +193,6 @@ class WriteChunk(ReportsFailure, luigi.Task):
         return ChunkTarget(self.out, self.plan(), self.index)
 
     def run(self):
+        from amsrepomirror.pack import build  # here: see the module's docstring
+
         build.write_planned_chunk(self.mirror, self.out, self.plan(), self.index, on_bytes=progress.shared_done)

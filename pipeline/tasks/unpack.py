@@ -1,13 +1,21 @@
-"""Unpack wiring (offline side): one task whose target is AMSHOME's receipt."""
+"""Unpack wiring (offline side): one task whose target is AMSHOME's receipt.
+
+The unpacking code (``offline.unpack``: 7z, signatures) is imported in the methods that use it: every run
+registers this task (``amsrepomirror.tasks``), and a mirror run should not load what only unpack needs.
+"""
+
+from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import luigi
 
-from amsrepomirror.bundle.trust import resolve_trust
 from amsrepomirror.errors import UsageError
-from amsrepomirror.offline import unpack as unpacking
 from amsrepomirror.tasks.base import ReportsFailure
+
+if TYPE_CHECKING:
+    from amsrepomirror.offline import unpack as unpacking
 
 
 class unpack(luigi.Config):
@@ -43,6 +51,8 @@ class ReceiptTarget(luigi.Target):
         self.checked: unpacking.CheckedManifest | None = None
 
     def exists(self):
+        from amsrepomirror.offline import unpack as unpacking  # here: see the module's docstring
+
         self.checked = unpacking.installed_bundle(self.bundle, self.amshome)
         return self.checked is not None
 
@@ -83,6 +93,8 @@ class Unpack(ReportsFailure, luigi.Task):
         # unpack's staging in AMSHOME by now is no sign against this one.
         # --reinstall: not done until this run has installed it again.
         if self.checked is not None:  # checked by run(): a delta that made no change counts by the tree it makes
+            from amsrepomirror.offline import unpack as unpacking  # here: see the module's docstring
+
             return unpacking.installed_and_intact(self.amshome, self.checked, by_tree=True)
         if self.reinstall or self.drop_versions:  # a --drop-version is checked by run, also when nothing is to do
             return False
@@ -93,6 +105,9 @@ class Unpack(ReportsFailure, luigi.Task):
         return True
 
     def run(self):
+        from amsrepomirror.bundle.trust import resolve_trust  # here: see the module's docstring
+        from amsrepomirror.offline import unpack as unpacking  # here: see the module's docstring
+
         settings = unpack_settings()
         self.checked = unpacking.unpack_bundle(
             self.bundle, self.amshome, keep_previous=self.keep_previous, reinstall=self.reinstall, deep=self.deep,

@@ -386,18 +386,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answered_by_front_end_fault(self, double: ScmDouble, head: bool, target: str, rec: RequestRecord) -> bool:
         """The faults that act before the auth check, as a front end would; True when one answered."""
-        hook = double._take_fault(("hook",), self.command, target)
+        hook = double._take_fault(("hook",), self.command, target, self.headers.get("Range"))
         if hook is not None:
             hook.then()
 
-        fault = double._take_fault(("status",), self.command, target)
+        fault = double._take_fault(("status",), self.command, target, self.headers.get("Range"))
         if fault is not None:
             rec.fault = fault.name
             extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             self._simple(fault.status, f"injected status {fault.status}\n", extra, head=head)
             return True
 
-        slow = double._take_fault(("slow-headers",), self.command, target)
+        slow = double._take_fault(("slow-headers",), self.command, target, self.headers.get("Range"))
         if slow is not None:  # a status line, then one byte of a header line every `seconds`
             rec.fault, self.close_connection = slow.name, True
             self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
@@ -406,7 +406,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
             return True
 
-        moved = double._take_fault(("redirect",), self.command, target)
+        moved = double._take_fault(("redirect",), self.command, target, self.headers.get("Range"))
         if moved is not None:
             rec.fault = moved.name
             self._simple(moved.status, "moved\n", {"Location": moved.location(target)}, head=head)
@@ -462,7 +462,8 @@ class _Handler(BaseHTTPRequestHandler):
             length = len(f.getvalue())
         if not head and self.command == "GET":
             answers = "range" if status == 206 else "whole"
-            lie = double._take_fault(("lie",), self.command, target, lambda fault: FAULTS[fault.name].answers == answers)
+            lie = double._take_fault(("lie",), self.command, target, self.headers.get("Range"),
+                                     lambda fault: FAULTS[fault.name].answers == answers)
             if lie is not None:
                 rec.fault = lie.name
                 f.seek(start)
@@ -516,8 +517,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send_file_body(self, double: ScmDouble, f, start: int, length: int, rec: RequestRecord, target: str):
-        cut = double._take_fault(("cut",), self.command, target)
-        stall = double._take_fault(("stall",), self.command, target)
+        cut = double._take_fault(("cut",), self.command, target, self.headers.get("Range"))
+        stall = double._take_fault(("stall",), self.command, target, self.headers.get("Range"))
         if cut is not None:
             rec.fault = cut.name
         elif stall is not None:
@@ -757,6 +758,7 @@ class ScmDouble:
         self._lock = threading.Lock()
         self._log: list[RequestRecord] = []
         self._faults: list[_Fault] = []
+        self._spared_range: str | None = None  # spare_probes
         self._quirks: list[tuple[str, dict[str, object]]] = []
         self._rate: int | None = None
         self._in_flight = 0  # requests being answered now
@@ -963,8 +965,15 @@ class ScmDouble:
         with self._lock:
             self._faults.append(fault)
 
-    def _take_fault(self, kinds: tuple[str, ...], method: str, target: str,
+    def spare_probes(self, first_bytes: int) -> None:
+        """Let every fault pass over a GET of exactly the first ``first_bytes`` bytes of a file: a first run's probe
+        with [http] first_bytes on, so that a fault armed for a file's transfer meets its transfer (0: spare none)."""
+        self._spared_range = f"bytes=0-{first_bytes - 1}" if first_bytes else None
+
+    def _take_fault(self, kinds: tuple[str, ...], method: str, target: str, asked_range: str | None,
                     applies: Callable[[_Fault], bool] = lambda fault: True) -> _Fault | None:
+        if method == "GET" and asked_range is not None and asked_range == self._spared_range:
+            return None
         with self._lock:
             for fault in self._faults:
                 if fault.kind in kinds and fault.matches(method, target) and applies(fault):

@@ -9,9 +9,16 @@ import threading
 import time
 from collections.abc import Iterator
 
-from tqdm import tqdm
-
 from amsrepomirror.util.units import format_size, plural
+
+
+def _tqdm():
+    """tqdm's bar, imported for a terminal only: a run under cron or a pipe never draws one, and importing tqdm
+    (with its version lookup) is a tenth of the fixed cost of a run (docs/benchmarks.md, start-up)."""
+    # Here, not at the top: see above.
+    from tqdm import tqdm
+    return tqdm
+
 
 #: How often a terminal bar is redrawn even when no byte arrived (connections busy, server slow).
 REDRAW_SECONDS = 1.0
@@ -69,7 +76,7 @@ class ByteProgress:
         self._shown = True
         if self.stream.isatty():
             _OPEN.add(self)
-            self._bar = tqdm(total=self.total, initial=self.done, desc=self._status(), file=self.stream, dynamic_ncols=True,
+            self._bar = _tqdm()(total=self.total, initial=self.done, desc=self._status(), file=self.stream, dynamic_ncols=True,
                              bar_format="{desc} {percentage:3.0f}%|{bar}|")
             threading.Thread(target=self._redraw, name="amsrepomirror-progress", daemon=True).start()
         else:
@@ -150,7 +157,7 @@ class CountProgress:
         self._last_line = time.monotonic()
         self._bar = None
         if self.stream.isatty():
-            self._bar = tqdm(total=total, desc=self.desc, file=self.stream, dynamic_ncols=True, leave=False,
+            self._bar = _tqdm()(total=total, desc=self.desc, file=self.stream, dynamic_ncols=True, leave=False,
                              bar_format="{desc}: {n:,} done")
             _OPEN.add(self)
 
