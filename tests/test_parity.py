@@ -6,12 +6,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from clihelp import cli_env, run_cli, served_tree, tree_hashes
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from servers import skip_or_fail
 from test_json_bounds import MANIFEST, THE_CHUNK
 
 from amsrepomirror.bundle.format import (
@@ -24,6 +26,7 @@ from amsrepomirror.bundle.format import (
     ToolFile,
 )
 from amsrepomirror.bundle.parity import find_par2, parse_verify
+from amsrepomirror.bundle.sums import write_sums
 from amsrepomirror.errors import IntegrityError
 from amsrepomirror.offline.repair import SCRATCH
 from amsrepomirror.pack.parity import (
@@ -38,6 +41,7 @@ from amsrepomirror.pack.parity import (
 )
 from amsrepomirror.testing.repository import PLACEHOLDER_ORIGIN, change_file, make_repository, write_file, write_listing
 from amsrepomirror.testing.scmdouble import ScmDouble
+from amsrepomirror.util.hashing import sha256_file
 
 VERSION = "AMS2026.1"
 BIG = 1047611  # bytes of each chunk that holds one part of the repository's 3 MiB file
@@ -168,8 +172,9 @@ def test_more_damage_than_the_parity_covers_is_named_and_nothing_is_placed(copy,
 
 
 def test_tampered_recovery_files_rebuild_a_chunk_the_manifest_refuses(copy, tmp_path):
-    """PAR2 files made over another chunk of the same name and size: par2 "repairs" the missing chunk into that
-    other chunk; the manifest's sha256 refuses it and nothing is placed."""
+    """PAR2 files made over another chunk of the same name and size, and an (unsigned) manifest that lists them:
+    par2 "repairs" the missing chunk into that other chunk; the manifest's sha256 of the chunk refuses it and
+    nothing is placed."""
     victim = big_chunks(copy)[0]
     forged = tmp_path / "forged"
     forged.mkdir()
@@ -184,11 +189,17 @@ def test_tampered_recovery_files_rebuild_a_chunk_the_manifest_refuses(copy, tmp_
         old.unlink()
     for new in forged.glob("parity*.par2"):
         shutil.copyfile(new, copy / new.name)
+    body = json.loads((copy / MANIFEST_NAME).read_text())
+    body["parity"]["files"] = [{"path": p.name, "size": p.stat().st_size, "sha256": sha256_file(p)}
+                               for p in sorted(copy.glob("parity*.par2"))]
+    (copy / MANIFEST_NAME).write_text(json.dumps(body))
+    write_sums(copy, [line.split("  ", 1)[1] for line in (copy / "SHA256SUMS").read_text().splitlines()
+                      if ".par2" not in line] + [p.name for p in copy.glob("parity*.par2")])
     (copy / victim).unlink()
     fixed = tmp_path / "fixed"
     repair = run_cli("repair", copy, "--into", fixed)
     assert repair.returncode == 4, repair.stdout + repair.stderr
-    assert f"par2 rebuilt {victim}, but it is not the chunk manifest.json lists" in repair.stderr
+    assert f"{victim} after par2's repair is not the chunk manifest.json lists" in repair.stderr
     assert [p.name for p in fixed.iterdir()] == []  # nothing placed, the scratch copies removed
 
 
@@ -581,3 +592,62 @@ def test_a_stick_plan_with_parity_reads_only_when_every_volume_is_on_exactly_one
     again = BundleManifest.from_bytes(BundleManifest.from_bytes(json.dumps(body).encode(), Path("m")).to_json(),
                                       Path("m"))
     assert again.sticks == sticks and again.parity.one_stick  # written as read
+
+
+def test_a_recovery_file_not_as_listed_is_never_given_to_par2(copy, tmp_path):
+    """A byte flipped in every recovery volume: par2 would still use their intact packets, but a file that is not
+    byte for byte what the manifest lists is outside input: verify does not run par2 on them in place, and repair
+    leaves them out (here that leaves too little parity: refused, nothing placed)."""
+    flip_byte(copy / big_chunks(copy)[0])
+    for volume in copy.glob("parity.vol*.par2"):
+        flip_byte(volume, offset=volume.stat().st_size // 2)
+    verify = run_cli("verify", copy)
+    assert verify.returncode == 4
+    assert "some of its recovery files are damaged too" in verify.stderr, verify.stderr
+    fixed = tmp_path / "fixed"
+    repair = run_cli("repair", copy, "--into", fixed)
+    assert repair.returncode == 4, repair.stdout + repair.stderr
+    assert "par2 could not rebuild" in repair.stderr
+    assert [p.name for p in fixed.iterdir()] == []
+
+
+def test_repair_into_a_hard_linked_copy_of_the_bundle_is_refused_and_the_bundle_unchanged(copy, tmp_path):
+    flip_byte(copy / big_chunks(copy)[0])
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for f in copy.iterdir():
+        os.link(f, linked / f.name)
+    before = snapshot(copy)
+    repair = run_cli("repair", copy, "--into", linked)
+    assert repair.returncode == 2, repair.stderr
+    assert "(a hard link)" in repair.stderr and snapshot(copy) == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="a bind mount needs root and unshare")
+def test_repair_into_the_bundle_under_another_name_is_refused_and_the_bundle_unchanged(copy, tmp_path):
+    """The same folder under another path (a bind mount here; a FAT stick's other spelling alike)."""
+    flip_byte(copy / big_chunks(copy)[0])
+    other = tmp_path / "other"
+    other.mkdir()
+    before = snapshot(copy)
+    script = f'mount --bind "{copy}" "{other}" && exec "$0" -m amsrepomirror repair "{copy}" --into "{other}"'
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable],
+                            capture_output=True, text=True, timeout=300, env=cli_env())
+    if "mount" in result.stderr and result.returncode not in (2,):
+        skip_or_fail(f"bind mount not possible here: {result.stderr.strip()}")
+    assert result.returncode == 2, result.stderr
+    assert "must be a folder outside the bundle" in result.stderr and snapshot(copy) == before
+
+
+def test_with_one_recovery_file_damaged_repair_uses_the_intact_ones(copy, made, tmp_path):
+    damaged = big_chunks(copy)[0]
+    flip_byte(copy / damaged)
+    volume = max(copy.glob("parity.vol*.par2"), key=lambda p: p.stat().st_size)
+    flip_byte(volume, offset=volume.stat().st_size // 2)
+    assert "some of its recovery files are damaged too" in run_cli("verify", copy).stderr
+    fixed = tmp_path / "fixed"
+    repair = run_cli("repair", copy, "--into", fixed)
+    assert repair.returncode == 0, repair.stdout + repair.stderr
+    assert (fixed / damaged).read_bytes() == (made[1] / damaged).read_bytes()
+    assert not (fixed / volume.name).exists()  # not as listed: left out of the repaired bundle
+    assert run_cli("verify", fixed).returncode == 0

@@ -63,6 +63,7 @@ class VerifyReport:
     #: a bundle with parity whose chunks are damaged: what ``par2 verify`` said (None: not asked, or no par2)
     repair: Par2Verdict | None = None
     parity_unchecked: bool = False  # damaged chunks, parity in the bundle, but no par2 here to tell
+    parity_damaged: bool = False  # damaged chunks, and recovery files not as listed: par2 is not run on them here
 
     @property
     def ok(self) -> bool:
@@ -121,6 +122,9 @@ class VerifyReport:
         """What the bundle's parity can do about the damage (nothing when it has none)."""
         if self.parity_unchecked:
             return f"; the bundle has parity that may repair this: {NO_PAR2}"
+        if self.parity_damaged:
+            return (f"; some of its recovery files are damaged too: {REPAIR_COMMAND} {self.bundle_dir} --into DIR uses "
+                    "the intact ones only and says whether they suffice (the bundle is not changed)")
         verdict = self.repair
         if verdict is None:
             return ""
@@ -327,12 +331,16 @@ def side_paths(manifest: BundleManifest) -> list[str]:
 def _ask_parity(report: VerifyReport, manifest: BundleManifest, sums: dict[str, str] | None) -> None:
     """The PAR2 files as listed (a bad one is a warning: it only weakens the parity); when chunks are damaged and
     nothing else is, what ``par2 verify`` says about repairing them."""
-    for path, what in parity_problems(report.bundle_dir, manifest, sums):
+    damaged_parity = parity_problems(report.bundle_dir, manifest, sums)
+    for path, what in damaged_parity:
         report.warnings.append(f"{path}: {what} (a recovery file: the parity is weaker, the chunks are checked on their own)")
     if not report.bad_chunks or any(not p.chunk for p in report.problems) or report.unexpected_chunks:
         return
     if any(p.problem == "bad archive" or p.problem.startswith("member ") for p in report.problems):
         return  # a chunk as the manifest lists it, but bad inside: the bundle itself is bad
+    if any(what != "missing" for _, what in damaged_parity):  # par2 would read them in place; repair takes only intact ones
+        report.parity_damaged = True
+        return
     if find_par2() is None:
         report.parity_unchecked = True
         return

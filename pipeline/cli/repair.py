@@ -45,8 +45,8 @@ def run(args) -> int:
         return 0
     if report.manifest is None or report.manifest.parity is None:
         raise IntegrityError(f"{report.message()}; it has no parity (made without bundle --parity): nothing to repair with")
-    if report.repair is None or not report.repair.repairable:
-        raise IntegrityError(report.message())
+    if not report.parity_damaged and (report.repair is None or not report.repair.repairable):
+        raise IntegrityError(report.message())  # (with damaged recovery files, par2 on the intact ones decides)
     repaired = repair_bundle(args.bundle, args.into, manifest_bytes, report.manifest)
     print_result(f"repaired {len(repaired.rebuilt)} chunk(s) into {args.into} ({', '.join(repaired.rebuilt)}); "
                  f"{args.bundle} was not changed; unpack it with: {tool_command()} unpack {shlex.quote(str(args.into))}")

@@ -34,16 +34,66 @@ def check_into(bundle: Path, into: Path, manifest: BundleManifest) -> None:
     """UsageError when DIR is the bundle folder, inside it or holds it, or holds files no bundle has (DIR may
     hold what an earlier, interrupted repair of a bundle left: its names are the bundle's)."""
     b, d = Path(bundle).resolve(), Path(into).resolve()
-    if d == b or b in d.parents or d in b.parents:  # guard: repair-never-into-bundle
+    if _same_folder(b, d):  # guard: repair-never-into-bundle
         raise UsageError(f"--into {into} must be a folder outside the bundle {bundle} (repair never writes to the bundle)")
     if not d.exists():
         return
     if not d.is_dir():
         raise UsageError(f"--into {into} is not a folder")
     ours = bundle_names(manifest) | {SCRATCH, "tool"}
-    strange = sorted(e.name for e in os.scandir(d) if e.name not in ours)
+    # a leftover of an interrupted write here (".NAME.….tmp", written beside a file, then renamed) is ours too
+    strange = sorted(e.name for e in os.scandir(d) if e.name not in ours and not _leftover(e.name))
     if strange:
         raise UsageError(f"--into {into} holds {strange[0]}, which is no file of this bundle: choose an empty folder")
+    linked = _linked_to_bundle(b, d, manifest)
+    if linked:  # guard: repair-no-hard-links
+        raise UsageError(f"--into {into} holds {linked}, which is the bundle's own file (a hard link): choose an empty "
+                         "folder (repair never writes to the bundle)")
+
+
+def _leftover(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _same_folder(bundle: Path, into: Path) -> bool:
+    """Whether ``into`` (or a folder above it) is the bundle folder, or the bundle sits in ``into``, also under
+    another name (a bind mount, a case-insensitive filesystem such as a FAT stick's): compared by device and inode,
+    not by path."""
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return os.path.samefile(a, b)
+        except OSError:  # not there (yet): not the same
+            return False
+    existing = [p for p in (into, *into.parents) if p.exists()]
+    return any(same(p, bundle) for p in existing) or any(same(into, p) for p in (bundle, *bundle.parents))
+
+
+def _linked_to_bundle(bundle: Path, into: Path, manifest: BundleManifest) -> str | None:
+    """The first file in ``into`` that is one of the bundle's files under the same inode (``cp -al``), or None."""
+    inodes = set()
+    for name in bundle_names(manifest):
+        try:
+            st = os.stat(bundle / name)
+        except OSError:
+            continue
+        inodes.add((st.st_dev, st.st_ino))
+    for name in sorted(bundle_names(manifest)):
+        try:
+            st = os.stat(into / name, follow_symlinks=False)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in inodes:
+            return name
+    return None
+
+
+def _copy_as_new(source: Path, dest: Path) -> None:
+    """Copy ``source`` to ``dest`` as a new file (written beside it, then renamed over it): never through an inode
+    ``dest`` may share with another file."""
+    temporary = dest.with_name(f".{dest.name}.repair.tmp")
+    temporary.unlink(missing_ok=True)
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, dest)
 
 
 def bundle_names(manifest: BundleManifest) -> set[str]:
@@ -87,8 +137,11 @@ def _rebuild(bundle: Path, scratch: Path, manifest: BundleManifest) -> list[str]
         if not source.is_file() or source.stat().st_size != c.size or sha256_file(scratch / c.name) != c.sha256:
             damaged.append(c.name)
     for f in manifest.parity.files:
-        if (bundle / f.path).is_file():
-            shutil.copyfile(bundle / f.path, scratch / f.path)
+        source = bundle / f.path
+        if source.is_file() and source.stat().st_size == f.size:
+            shutil.copyfile(source, scratch / f.path)
+            if sha256_file(scratch / f.path) != f.sha256:  # guard: repair-listed-recovery-only
+                (scratch / f.path).unlink()  # not the file manifest.json lists: par2 never reads it
     done = run_par2(["repair", "-q", "--", INDEX_NAME], scratch)  # guard: repair-in-scratch
     if done.returncode != 0:
         raise IntegrityError(f"par2 could not rebuild {', '.join(damaged) or 'the chunks'} (exit {done.returncode}): "
@@ -96,7 +149,7 @@ def _rebuild(bundle: Path, scratch: Path, manifest: BundleManifest) -> list[str]
     for c in manifest.chunks:
         path = scratch / c.name
         if not path.is_file() or sha256_file(path) != c.sha256:  # guard: repair-rebuilt-chunk-check
-            raise IntegrityError(f"par2 rebuilt {c.name}, but it is not the chunk {MANIFEST_NAME} lists (sha256 differs): "
+            raise IntegrityError(f"{c.name} after par2's repair is not the chunk {MANIFEST_NAME} lists (sha256 differs): "
                                  "refused, nothing was placed; the recovery files may be tampered with: carry the "
                                  "damaged chunks again")
     return damaged
@@ -117,6 +170,6 @@ def _place(bundle: Path, into: Path, scratch: Path, manifest: BundleManifest, ma
         if not source.is_file() or (name in wanted and sha256_file(source) != wanted[name]):
             continue  # a damaged recovery file or report is left out: the repaired bundle needs none
         (into / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, into / name)
-    shutil.copyfile(bundle / SUMS_NAME, into / SUMS_NAME)
+        _copy_as_new(source, into / name)
+    _copy_as_new(bundle / SUMS_NAME, into / SUMS_NAME)
     fsync_dir(into)
