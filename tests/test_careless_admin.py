@@ -218,3 +218,9 @@ def test_a_bundle_inside_the_repository_it_replaces_is_refused_not_removed_with_
     done = run_cli("unpack", moved, "--amshome", amshome, "--reinstall")
     assert done.returncode == 0, done.stderr
     assert (moved / "manifest.json").is_file()
+
+
+def test_the_unpack_task_is_named_as_the_trust_check_knows_it():
+    from amsrepomirror.bundle.trust import UNPACK_TASK
+    from amsrepomirror.tasks.unpack import Unpack
+    assert Unpack.get_task_family() == UNPACK_TASK

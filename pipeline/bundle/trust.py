@@ -36,6 +36,9 @@ def _setting(section: str, key: str) -> str:
     return luigi.configuration.get_config().get(section, key, fallback="").strip()
 
 
+#: The Luigi task whose settings section is [Unpack] (tasks/unpack.py; a test holds the name).
+UNPACK_TASK = "Unpack"
+
 #: The keys the offline side reads in the sections that decide what it trusts.
 OFFLINE_SETTINGS: dict[str, tuple[str, ...]] = {
     "trust": ("allowed_signers", "revoked_keys", "require_signature", "signature_verifier"),
@@ -47,7 +50,8 @@ def refuse_unread_settings() -> None:
     """UsageError naming a ``[trust]`` or ``[unpack]`` key that nothing reads, or such a section
     spelled in another case (``[Trust]``): a typo there would leave bundles unchecked, or installed
     files unhashed, while the admin believes the setting is in force."""
-    tasks = set(luigi.task_register.Register.task_names())  # [Unpack] sets the Unpack task's parameters
+    # [Unpack] sets the Unpack task's parameters: named here too, as a command imports only the tasks it runs
+    tasks = set(luigi.task_register.Register.task_names()) | {UNPACK_TASK}
     for (section, key), (_, source) in sorted(config.effective().items()):
         if section.lower() in OFFLINE_SETTINGS and section not in OFFLINE_SETTINGS and section not in tasks:
             raise UsageError(f"[{section}] in {source} is not read (section names are case-sensitive): "
