@@ -652,18 +652,24 @@ def _tool_path(value) -> str | None:
     return None if is_tool_path(value) else f"expected a safe path under {TOOL_DIR}/"
 
 
+def _path_records(items: list, where: str, path_check) -> list[ToolFile]:
+    """A list of {path, size, sha256} records (``where``: the field, for messages), each path passing
+    ``path_check`` and listed once: the tool/ files and the PAR2 files alike."""
+    files, seen = [], set()
+    for i, raw in enumerate(items):
+        t = _record(raw, f"{where}[{i}]", {"path", "size", "sha256"})
+        path = _field(t, "path", f"{where}[{i}].path", path_check)
+        if path in seen:
+            raise IntegrityError(f"field {where}[{i}].path is {_escaped(path)}: listed twice")
+        seen.add(path)
+        files.append(ToolFile(path=path, size=_field(t, "size", f"{where}[{i}].size", _count),
+                              sha256=_field(t, "sha256", f"{where}[{i}].sha256", _is_sha256)))
+    return files
+
+
 def _tool_files(body: dict) -> list[ToolFile]:
     """The ``tool`` list of {path, size, sha256} records (bundle --with-tool), each path once."""
-    files, seen = [], set()
-    for i, raw in enumerate(_field(body, "tool", "tool", _list_of, [])):
-        t = _record(raw, f"tool[{i}]", {"path", "size", "sha256"})
-        path = _field(t, "path", f"tool[{i}].path", _tool_path)
-        if path in seen:
-            raise IntegrityError(f"field tool[{i}].path is {_escaped(path)}: listed twice")
-        seen.add(path)
-        files.append(ToolFile(path=path, size=_field(t, "size", f"tool[{i}].size", _count),
-                              sha256=_field(t, "sha256", f"tool[{i}].sha256", _is_sha256)))
-    return files
+    return _path_records(_field(body, "tool", "tool", _list_of, []), "tool", _tool_path)
 
 
 def _tree_files(body: dict, name: str, default=_REQUIRED) -> list[TreeFile] | None:
@@ -803,16 +809,8 @@ def _parity(body: dict) -> Parity | None:
         return None
     keys = {"redundancy", "block_size", "recovery_blocks", "files"}
     r = _record(raw, "parity", keys | {"one_stick"} if isinstance(raw, dict) and "one_stick" in raw else keys)
-    files, seen = [], set()
-    for i, raw_file in enumerate(_field(r, "files", "parity.files", _list_of)):
-        f = _record(raw_file, f"parity.files[{i}]", {"path", "size", "sha256"})
-        path = _field(f, "path", f"parity.files[{i}].path", _parity_name)
-        if path in seen:
-            raise IntegrityError(f"field parity.files[{i}].path is {_escaped(path)}: listed twice")
-        seen.add(path)
-        files.append(ToolFile(path=path, size=_field(f, "size", f"parity.files[{i}].size", _count),
-                              sha256=_field(f, "sha256", f"parity.files[{i}].sha256", _is_sha256)))
-    if PARITY_INDEX not in seen:
+    files = _path_records(_field(r, "files", "parity.files", _list_of), "parity.files", _parity_name)
+    if PARITY_INDEX not in {f.path for f in files}:
         raise IntegrityError("field parity.files lists no parity.par2 (the index par2 reads first)")
     one_stick = _field(r, "one_stick", "parity.one_stick", lambda v: None if v is True else "expected true", False)
     if one_stick and not body.get("sticks"):
