@@ -765,8 +765,10 @@ class StopSignal(threading.Event):
 def _shutdown(resp: requests.Response) -> None:
     try:
         resp.raw.shutdown()  # unblocks a read in another thread (urllib3 >= 2.3)
-    except (OSError, ValueError):
-        pass  # ValueError: the body is already read and its connection released: nothing to abort
+    except (OSError, ValueError, RuntimeError):
+        # ValueError, or RuntimeError (urllib3 2.5: "connection has already been released to the pool"): the body
+        # is already read and its connection released: nothing to abort
+        pass
 
 
 class DropPart(FetchError):
