@@ -118,6 +118,7 @@ bench: venv
 	$(BIN)/python -m bench.run $(ARGS)
 	$(BIN)/python -m bench.transfer $(ARGS)
 	$(BIN)/python -m bench.airgap $(ARGS)
+	$(BIN)/python -m bench.parity $(ARGS)
 	$(BIN)/python -m bench.stable $(ARGS)
 	$(BIN)/python -m bench.updates $(ARGS)
 	$(BIN)/python -m bench.scale $(ARGS)

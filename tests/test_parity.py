@@ -359,9 +359,12 @@ def test_parity_option_values():
         with pytest.raises(Exception, match="--parity"):
             parse_parity(bad)
     assert block_size([1]) == MIN_BLOCK
-    assert block_size([2000 * 1024 * 1024]) == 1024 * 1024
+    assert block_size([256 * 1024 * 1024]) == 1024 * 1024
+    assert block_size([256 * 1024 * 1024 + 1]) == 1024 * 1024 + MIN_BLOCK  # a multiple of 4 KiB, at least total/256
+    assert block_size([64 * 2**20] * 64) == 4 * 2**20  # a 64 MiB chunk is 16 blocks, not one padded 16 MiB block
     big = [512 * 2**20] * 2000  # 1000 GiB in chunks of 512 MiB: far under par2's 32768 source blocks
-    assert sum(-(-s // block_size(big)) for s in big) <= 32768 - 2000
+    assert block_size(big) == 1000 * 2**30 // 16384 and sum(-(-s // block_size(big)) for s in big) <= 32768 - 2000
+    assert block_size([]) == MIN_BLOCK
 
 
 def test_a_bad_parity_field_is_refused_and_an_old_manifest_reads(made):

@@ -2,10 +2,13 @@
 folder after them, and with ``--stick-size`` placed on the sticks like chunks.
 
 Block size: par2 splits the chunks into blocks and makes recovery blocks of the same size; damage is counted in
-blocks (one flipped byte costs one block, a lost chunk all of its blocks: ``data_blocks``). ``block_size`` aims
-at par2's own default of about 2000 source blocks for the whole bundle (so the work grows with the bundle, not
-with its count of blocks) and never below 4 KiB: far under par2's limit of 32768 source blocks whatever the chunk
-size, and a 512 MiB chunk is about 2000 blocks of a 1 TiB bundle.
+blocks (one flipped byte costs one block, a lost chunk all of its blocks: ``data_blocks``). par2's work is its
+pass over the data (MD5 and CRC32 of every block) plus computing each recovery block from every source block,
+which grows with data x recovery blocks: at par2's own default of 2000 source blocks, 10 % over 2 GB took par2
+three times as long as at 256 (docs/benchmarks.md). ``block_size`` aims at ``TARGET_BLOCKS`` source blocks for the
+whole bundle (so the work grows with the bundle, not with its count of blocks), never below 4 KiB: far under
+par2's limit of 32768 source blocks whatever the chunk size. The price is coarser damage counting: 10 % mends 25
+damaged places anywhere, or any run of damage up to a tenth of the bundle.
 
 On sticks (``make_parity_on_sticks``): par2 is asked for a count of recovery blocks (``-c``) in volumes of one
 size (``-u -n``). With a percent, the volumes are no bigger than the biggest chunk and go on the sticks with
@@ -28,8 +31,13 @@ from amsrepomirror.pack.plan import pack_sticks
 from amsrepomirror.util.hashing import sha256_file
 from amsrepomirror.util.units import format_size
 
-#: Source blocks par2 is asked for over the whole bundle (par2's own default block count).
-TARGET_BLOCKS = 2000
+#: Source blocks par2 is asked for over the whole bundle (module docstring; par2's own default is 2000).
+TARGET_BLOCKS = 256
+#: ... but a chunk is at least this many blocks (the last one padded),
+BLOCKS_PER_CHUNK = 16
+#: ... unless that would make par2 count more source blocks than this for the data (half of par2's limit of 32768:
+#: the padded last block of each chunk comes on top).
+MAX_DATA_BLOCKS = 16384
 #: The smallest block (bytes): a multiple of 4, as par2 requires.
 MIN_BLOCK = 4096
 #: ``--parity one-stick``: as much parity as losing any one whole stick needs, placed so that it survives that.
@@ -65,9 +73,12 @@ def parity_setting(parity: Parity | None) -> str:
 
 
 def block_size(chunk_sizes: list[int]) -> int:
-    """The par2 block size for chunks of these sizes (module docstring), a multiple of ``MIN_BLOCK``."""
-    total = sum(chunk_sizes)
-    wanted = -(-total // TARGET_BLOCKS)
+    """The par2 block size for chunks of these sizes (module docstring), a multiple of ``MIN_BLOCK``: about
+    ``TARGET_BLOCKS`` over the bundle, but no more than a ``BLOCKS_PER_CHUNK``-th of the biggest chunk (each chunk's
+    last block is padded, and damage is counted in whole blocks), unless the bundle is so big that par2 would count
+    more than ``MAX_DATA_BLOCKS``."""
+    total, biggest = sum(chunk_sizes), max(chunk_sizes, default=0)
+    wanted = max(-(-total // MAX_DATA_BLOCKS), min(-(-total // TARGET_BLOCKS), -(-biggest // BLOCKS_PER_CHUNK)))
     return max(MIN_BLOCK, -(-wanted // MIN_BLOCK) * MIN_BLOCK)
 
 
