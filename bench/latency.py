@@ -90,10 +90,11 @@ class LatencyProxy:
         self._ready.set()
         loop.run_forever()
         self._server.close()
-        loop.run_until_complete(self._server.wait_closed())
-        for task in asyncio.all_tasks(loop):
+        tasks = asyncio.all_tasks(loop)  # connections still open: ended quietly, their results collected
+        for task in tasks:
             task.cancel()
-        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(self._server.wait_closed())
         loop.close()
 
     def __enter__(self) -> LatencyProxy:
