@@ -1,5 +1,6 @@
 """Driving the real ``amsrepomirror`` command in a subprocess, and comparing trees by content."""
 
+import collections
 import hashlib
 import os
 import random
@@ -96,6 +97,23 @@ def served_tree(repo_root: Path, version: str, unauthorized_prefixes=("licensed/
     hashes = tree_hashes(packages, skip_state=False)
     return {p: h for p, h in hashes.items()
             if not p.startswith("listings/") and not any(p.startswith(u) for u in unauthorized_prefixes)}
+
+
+def served_bytes(double) -> collections.Counter:
+    """Body bytes the double served of each file (GETs answered 200 or 206; listings left out). A file served
+    once shows its size, whether in one answer or in several (a probe's first bytes, then the rest from there)."""
+    served: collections.Counter = collections.Counter()
+    for r in double.records(method="GET"):
+        if r.relpath and r.status in (200, 206) and not r.relpath.startswith("listings/"):
+            served[r.relpath] += r.body_bytes
+    return served
+
+
+def served_more_than_once(double, repo_root: Path) -> dict[str, tuple[int, int]]:
+    """Files of which the double served more bytes than the file holds: path -> (bytes served, size)."""
+    packages = Path(repo_root) / "Downloads" / "packages"
+    sizes = {p: (packages / p).stat().st_size for p in served_bytes(double)}
+    return {p: (n, sizes[p]) for p, n in served_bytes(double).items() if n > sizes[p]}
 
 
 def kill_unpack_repeatedly(bundle: Path, amshome: Path, old_tree: dict[str, str], new_tree: dict[str, str],

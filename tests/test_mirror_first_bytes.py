@@ -1,6 +1,6 @@
 """A first run asks each file it has never held with a GET of its first bytes instead of a HEAD: a small
 file arrives with its answer (one request, data from the start), a larger one is planned as HEAD would
-have planned it. Against the SCM double, whose log shows every request in order."""
+have planned it and fetched on from the bytes that came. Against the SCM double, whose log shows every request in order."""
 
 import os
 from pathlib import Path
@@ -61,9 +61,11 @@ def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, r
     bodies = [i for i, r in enumerate(records) if r.body_bytes and r.relpath in small]
     assert bodies[0] < probes[-1]
     larger = [p for p, s in served.items() if s > PREFETCH_BYTES]
-    for path in larger:  # asked as HEAD would, then fetched in full by its own GET(s)
+    for path in larger:  # its first bytes with the answer, then the rest from there, tied to them by If-Range
         gets = [r for r in records if r.relpath == path and r.method == "GET"]
-        assert gets[0].range == FIRST_BYTES and sum(r.body_bytes for r in gets[1:]) == served[path], path
+        assert (gets[0].range, gets[0].body_bytes) == (FIRST_BYTES, PREFETCH_BYTES), path
+        assert gets[1].range.startswith(f"bytes={PREFETCH_BYTES}-") and gets[1].if_range, path
+        assert sum(r.body_bytes for r in gets) == served[path], path  # no byte served twice
     assert not list((dest / ".amsrepomirror").rglob("*.first-*"))  # every copy the probes brought was installed
 
     scm_double.clear_log()
