@@ -18,6 +18,7 @@ from clihelp import (
     REPO,
     cli_env,
     popen_cli,
+    probe_range,
     run_cli,
     served_bytes,
     served_more_than_once,
@@ -307,3 +308,21 @@ def test_processes_of_other_work_started_at_once_under_one_run_id_one_is_refused
     loser_err = next(out[1] for name, (out, code) in results.items() if code == 2)
     assert "error: run at-once is a run of other work" in loser_err
     assert tree_hashes(dest) == (short_tree if winner == "short" else served_tree(repo_tree, VERSION))
+
+
+@pytest.mark.slow
+def test_processes_of_the_same_work_started_at_once_take_the_listing_once(many_files, luigid, tmp_path):
+    """The scheduler hands the run's FetchListing to one of them: only its probes ask (with [http] first_bytes,
+    bring) files; no byte is served twice."""
+    root, double = many_files
+    dest = tmp_path / "mirror"
+    started = [popen_cli(*mirror_args(double, dest, "--scheduler-url", luigid, "--run-id", "at-once")) for _ in range(2)]
+    results = [(proc.communicate(timeout=300), proc.returncode) for proc in started]
+    assert [code for _, code in results] == [0, 0], [out[1] for out, _ in results]
+    assert tree_hashes(dest) == served_tree(root, VERSION)
+    assert served_more_than_once(double, root) == {}
+    probes = [r for r in double.log if r.relpath and not r.relpath.startswith("listings/") and
+              (r.method == "HEAD" or r.range == probe_range())]
+    asked = collections.Counter(r.relpath for r in probes)
+    # one question per file, by one process (an empty file's GET of the first bytes, 416, is asked again as HEAD)
+    assert [p for p, n in asked.items() if n > 1] in ([], ["common/data/empty.dat"]), asked
