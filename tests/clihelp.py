@@ -29,6 +29,13 @@ def probe_range() -> str | None:
     return None if size == "0" else f"bytes=0-{int(size.removesuffix('KiB')) * 1024 - 1}"
 
 
+def probe_bytes() -> int:
+    """The bytes a first run's probe brings of a file larger than them (0 with HEAD probes): its transfer starts
+    after them."""
+    asked = probe_range()
+    return 0 if asked is None else int(asked.split("-")[-1]) + 1
+
+
 def probe_method() -> str:
     """The method of a first run's probe of a file it has no record of: HEAD, or GET with [http] first_bytes on."""
     return "HEAD" if probe_range() is None else "GET"
@@ -37,8 +44,7 @@ def probe_method() -> str:
 def spare_probes(double) -> None:
     """The faults of ``double`` pass over a first run's probe of the first bytes (with the tests' [http]
     first_bytes; nothing to spare with HEAD probes): they meet the file's transfer, as with HEAD probes."""
-    asked = probe_range()
-    double.spare_probes(0 if asked is None else int(asked.split("-")[-1]) + 1)
+    double.spare_probes(probe_bytes())
 
 
 def transfer_gets(records) -> list:

@@ -76,26 +76,41 @@ def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, r
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
 
 
-def test_a_changed_copy_of_a_small_file_is_fetched_again(scm_double, repo_tree, tmp_path):
-    """What the probe brought is installed only while it holds the bytes it hashed (else fetched again)."""
+def probed_snapshot(scm_double, ws):
     from amsrepomirror.online import sync
     from amsrepomirror.online.http import make_session
 
-    ws = Workspace(tmp_path / "m")
     session = make_session(None)
     session.auth = (b"demo", b"demo-pass")
-    snapshot = sync.take_snapshot(session, VERSION, scm_double.listing_url(VERSION), [], {}, strict_authentication=False,
-                                  jobs=4, timeout=10, ws=ws, first_bytes=PREFETCH_BYTES)
-    entry = next(e for e in snapshot["files"] if e.get("prefetched") and e["size"] > 10)
+    return session, sync.take_snapshot(session, VERSION, scm_double.listing_url(VERSION), [], {},
+                                       strict_authentication=False, jobs=4, timeout=10, ws=ws,
+                                       first_bytes=PREFETCH_BYTES)
+
+
+@pytest.mark.parametrize("brought", ["whole", "start"])
+@pytest.mark.parametrize("changed", [False, True], ids=["as-brought", "changed"])
+def test_a_changed_copy_of_what_the_probe_brought_is_fetched_again(scm_double, repo_tree, tmp_path, brought, changed):
+    """What the probe brought (a small file whole, the first bytes of a larger one) is used only while it holds
+    the bytes it hashed: the small file installed, the larger one's download going on from there; else the file
+    is fetched from its first byte."""
+    from amsrepomirror.online import sync
+
+    ws = Workspace(tmp_path / "m")
+    session, snapshot = probed_snapshot(scm_double, ws)
+    entry = next(e for e in snapshot["files"] if e.get("prefetched") and e["size"] > 10
+                 and (e["prefetched"]["bytes"] == e["size"]) == (brought == "whole"))
     held = sync.prefetched_path(ws, entry["path"], entry["prefetched"]["by"])
-    data = bytearray(held.read_bytes())
-    data[0] ^= 1
-    held.write_bytes(bytes(data))
-    assert sync.prefetched_part(ws, entry) is None
+    assert held.stat().st_size == min(entry["size"], PREFETCH_BYTES)
+    if changed:
+        data = bytearray(held.read_bytes())
+        data[0] ^= 1
+        held.write_bytes(bytes(data))
     scm_double.clear_log()
     outcome = sync.download_many(session, ws, [entry], "run", jobs=1, timeout=10, progress=None)
     assert outcome.fetched == [entry["path"]]
-    assert [(r.method, r.range) for r in file_records(scm_double)] == [("GET", None)]
+    asked = {("whole", False): [], ("start", False): [("GET", f"bytes={PREFETCH_BYTES}-")]}.get((brought, changed),
+                                                                                              [("GET", None)])
+    assert [(r.method, r.range) for r in file_records(scm_double)] == asked
     assert tree_hashes(tmp_path / "m")[entry["path"]] == served_tree(repo_tree, VERSION)[entry["path"]]
 
 
