@@ -196,10 +196,10 @@ def prefetched_bytes(entry: dict) -> int:
 def _checked_copy(ws: Workspace, entry: dict) -> Path | None:
     """What the run's probe brought of the file, when it still holds exactly the bytes the probe hashed (the
     snapshot's length and sha256); None when there is none or it differs."""
-    held, length = entry.get("prefetched"), prefetched_bytes(entry)
-    if not length:
+    held = entry.get("prefetched")
+    if not held or entry.get("size") is None:
         return None
-    path = prefetched_path(ws, entry["path"], held["by"])
+    path, length = prefetched_path(ws, entry["path"], held["by"]), prefetched_bytes(entry)
     try:
         if path.stat().st_size != length or sha256_file(path) != held["sha256"]:  # guard: prefetched-hash
             return None
@@ -211,12 +211,10 @@ def _checked_copy(ws: Workspace, entry: dict) -> Path | None:
 def prefetched_part(ws: Workspace, entry: dict) -> FetchResult | None:
     """The file the run's probe brought whole, moved to its part, when it still holds exactly the bytes the probe
     hashed; None: fetch it as any other (from the start the probe brought, :func:`prefetched_start`)."""
-    if prefetched_bytes(entry) != entry.get("size"):
+    path = _checked_copy(ws, entry) if prefetched_bytes(entry) == entry.get("size") else None
+    if path is None:
         return None
-    path = _checked_copy(ws, entry)
     try:
-        if path is None:
-            return None
         with local_writes(str(path)):
             os.replace(path, ws.part_path(entry["path"]))
     except OSError:
