@@ -118,8 +118,9 @@ def served_bytes(double) -> collections.Counter:
 def served_more_than_once(double, repo_root: Path) -> dict[str, tuple[int, int]]:
     """Files of which the double served more bytes than the file holds: path -> (bytes served, size)."""
     packages = Path(repo_root) / "Downloads" / "packages"
-    sizes = {p: (packages / p).stat().st_size for p in served_bytes(double)}
-    return {p: (n, sizes[p]) for p, n in served_bytes(double).items() if n > sizes[p]}
+    served = served_bytes(double)
+    sizes = {p: (packages / p).stat().st_size for p in served}
+    return {p: (n, sizes[p]) for p, n in served.items() if n > sizes[p]}
 
 
 def kill_unpack_repeatedly(bundle: Path, amshome: Path, old_tree: dict[str, str], new_tree: dict[str, str],
