@@ -1,5 +1,6 @@
 """Driving the real ``amsrepomirror`` command in a subprocess, and comparing trees by content."""
 
+import collections
 import hashlib
 import os
 import random
@@ -28,6 +29,13 @@ def probe_range() -> str | None:
     return None if size == "0" else f"bytes=0-{int(size.removesuffix('KiB')) * 1024 - 1}"
 
 
+def probe_bytes() -> int:
+    """The bytes a first run's probe brings of a file larger than them (0 with HEAD probes): its transfer starts
+    after them."""
+    asked = probe_range()
+    return 0 if asked is None else int(asked.split("-")[-1]) + 1
+
+
 def probe_method() -> str:
     """The method of a first run's probe of a file it has no record of: HEAD, or GET with [http] first_bytes on."""
     return "HEAD" if probe_range() is None else "GET"
@@ -36,8 +44,7 @@ def probe_method() -> str:
 def spare_probes(double) -> None:
     """The faults of ``double`` pass over a first run's probe of the first bytes (with the tests' [http]
     first_bytes; nothing to spare with HEAD probes): they meet the file's transfer, as with HEAD probes."""
-    asked = probe_range()
-    double.spare_probes(0 if asked is None else int(asked.split("-")[-1]) + 1)
+    double.spare_probes(probe_bytes())
 
 
 def transfer_gets(records) -> list:
@@ -96,6 +103,24 @@ def served_tree(repo_root: Path, version: str, unauthorized_prefixes=("licensed/
     hashes = tree_hashes(packages, skip_state=False)
     return {p: h for p, h in hashes.items()
             if not p.startswith("listings/") and not any(p.startswith(u) for u in unauthorized_prefixes)}
+
+
+def served_bytes(double) -> collections.Counter:
+    """Body bytes the double served of each file (GETs answered 200 or 206; listings left out). A file served
+    once shows its size, whether in one answer or in several (a probe's first bytes, then the rest from there)."""
+    served: collections.Counter = collections.Counter()
+    for r in double.records(method="GET"):
+        if r.relpath and r.status in (200, 206) and not r.relpath.startswith("listings/"):
+            served[r.relpath] += r.body_bytes
+    return served
+
+
+def served_more_than_once(double, repo_root: Path) -> dict[str, tuple[int, int]]:
+    """Files of which the double served more bytes than the file holds: path -> (bytes served, size)."""
+    packages = Path(repo_root) / "Downloads" / "packages"
+    served = served_bytes(double)
+    sizes = {p: (packages / p).stat().st_size for p in served}
+    return {p: (n, sizes[p]) for p, n in served.items() if n > sizes[p]}
 
 
 def kill_unpack_repeatedly(bundle: Path, amshome: Path, old_tree: dict[str, str], new_tree: dict[str, str],

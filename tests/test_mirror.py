@@ -10,7 +10,17 @@ from pathlib import Path
 
 import clihelp
 import pytest
-from clihelp import cli_env, popen_cli, probe_range, run_cli, served_tree, spare_probes, transfer_gets, tree_hashes
+from clihelp import (
+    cli_env,
+    popen_cli,
+    probe_bytes,
+    probe_range,
+    run_cli,
+    served_tree,
+    spare_probes,
+    transfer_gets,
+    tree_hashes,
+)
 
 from amsrepomirror.errors import MirrorError
 from amsrepomirror.online.workspace import Workspace
@@ -522,7 +532,7 @@ def test_ctrl_c_stops_promptly_and_the_rerun_resumes(scm_double, repo_tree, tmp_
     dest = tmp_path / "m"
     scm_double.throttle(200_000)
     proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION))
-    _wait_for_part(dest, 50_000)
+    _wait_for_part(dest, probe_bytes() + 50_000)  # a transfer under way (a probe's first bytes start a part at once)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)  # a guard against a hang only; promptness is asserted below
     assert proc.returncode == 130, err

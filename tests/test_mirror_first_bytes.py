@@ -1,6 +1,6 @@
 """A first run asks each file it has never held with a GET of its first bytes instead of a HEAD: a small
 file arrives with its answer (one request, data from the start), a larger one is planned as HEAD would
-have planned it. Against the SCM double, whose log shows every request in order."""
+have planned it and fetched on from the bytes that came. Against the SCM double, whose log shows every request in order."""
 
 import os
 from pathlib import Path
@@ -61,9 +61,11 @@ def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, r
     bodies = [i for i, r in enumerate(records) if r.body_bytes and r.relpath in small]
     assert bodies[0] < probes[-1]
     larger = [p for p, s in served.items() if s > PREFETCH_BYTES]
-    for path in larger:  # asked as HEAD would, then fetched in full by its own GET(s)
+    for path in larger:  # its first bytes with the answer, then the rest from there, tied to them by If-Range
         gets = [r for r in records if r.relpath == path and r.method == "GET"]
-        assert gets[0].range == FIRST_BYTES and sum(r.body_bytes for r in gets[1:]) == served[path], path
+        assert (gets[0].range, gets[0].body_bytes) == (FIRST_BYTES, PREFETCH_BYTES), path
+        assert gets[1].range.startswith(f"bytes={PREFETCH_BYTES}-") and gets[1].if_range, path
+        assert sum(r.body_bytes for r in gets) == served[path], path  # no byte served twice
     assert not list((dest / ".amsrepomirror").rglob("*.first-*"))  # every copy the probes brought was installed
 
     scm_double.clear_log()
@@ -74,26 +76,41 @@ def test_small_files_come_with_their_answer_and_a_rerun_asks_heads(scm_double, r
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
 
 
-def test_a_changed_copy_of_a_small_file_is_fetched_again(scm_double, repo_tree, tmp_path):
-    """What the probe brought is installed only while it holds the bytes it hashed (else fetched again)."""
+def probed_snapshot(scm_double, ws):
     from amsrepomirror.online import sync
     from amsrepomirror.online.http import make_session
 
-    ws = Workspace(tmp_path / "m")
     session = make_session(None)
     session.auth = (b"demo", b"demo-pass")
-    snapshot = sync.take_snapshot(session, VERSION, scm_double.listing_url(VERSION), [], {}, strict_authentication=False,
-                                  jobs=4, timeout=10, ws=ws, first_bytes=PREFETCH_BYTES)
-    entry = next(e for e in snapshot["files"] if e.get("prefetched") and e["size"] > 10)
+    return session, sync.take_snapshot(session, VERSION, scm_double.listing_url(VERSION), [], {},
+                                       strict_authentication=False, jobs=4, timeout=10, ws=ws,
+                                       first_bytes=PREFETCH_BYTES)
+
+
+@pytest.mark.parametrize("brought", ["whole", "start"])
+@pytest.mark.parametrize("changed", [False, True], ids=["as-brought", "changed"])
+def test_a_changed_copy_of_what_the_probe_brought_is_fetched_again(scm_double, repo_tree, tmp_path, brought, changed):
+    """What the probe brought (a small file whole, the first bytes of a larger one) is used only while it holds
+    the bytes it hashed: the small file installed, the larger one's download going on from there; else the file
+    is fetched from its first byte."""
+    from amsrepomirror.online import sync
+
+    ws = Workspace(tmp_path / "m")
+    session, snapshot = probed_snapshot(scm_double, ws)
+    entry = next(e for e in snapshot["files"] if e.get("prefetched") and e["size"] > 10
+                 and (e["prefetched"]["bytes"] == e["size"]) == (brought == "whole"))
     held = sync.prefetched_path(ws, entry["path"], entry["prefetched"]["by"])
-    data = bytearray(held.read_bytes())
-    data[0] ^= 1
-    held.write_bytes(bytes(data))
-    assert sync.prefetched_part(ws, entry) is None
+    assert held.stat().st_size == min(entry["size"], PREFETCH_BYTES)
+    if changed:
+        data = bytearray(held.read_bytes())
+        data[0] ^= 1
+        held.write_bytes(bytes(data))
     scm_double.clear_log()
     outcome = sync.download_many(session, ws, [entry], "run", jobs=1, timeout=10, progress=None)
     assert outcome.fetched == [entry["path"]]
-    assert [(r.method, r.range) for r in file_records(scm_double)] == [("GET", None)]
+    asked = {("whole", False): [], ("start", False): [("GET", f"bytes={PREFETCH_BYTES}-")]}.get((brought, changed),
+                                                                                              [("GET", None)])
+    assert [(r.method, r.range) for r in file_records(scm_double)] == asked
     assert tree_hashes(tmp_path / "m")[entry["path"]] == served_tree(repo_tree, VERSION)[entry["path"]]
 
 

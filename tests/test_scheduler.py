@@ -14,7 +14,17 @@ from urllib.parse import unquote
 
 import pytest
 import requests
-from clihelp import REPO, cli_env, popen_cli, run_cli, served_tree, tree_hashes
+from clihelp import (
+    REPO,
+    cli_env,
+    popen_cli,
+    probe_range,
+    run_cli,
+    served_bytes,
+    served_more_than_once,
+    served_tree,
+    tree_hashes,
+)
 
 from amsrepomirror.testing.repository import DEFAULT_VERSION, PACKAGES_PREFIX, listing_path, make_repository
 from amsrepomirror.testing.scmdouble import ScmDouble
@@ -67,12 +77,6 @@ def many_files(tmp_path):
         yield root, double
 
 
-def body_counts(double) -> collections.Counter:
-    """How many times the double served each file's body (a GET answered 200 or 206)."""
-    return collections.Counter(r.relpath for r in double.records(method="GET") if r.relpath and r.status in (200, 206)
-                               and not r.relpath.startswith("listings/"))
-
-
 def mirror_args(double, dest: Path, *extra):
     return ("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION), *extra)
 
@@ -105,9 +109,9 @@ def test_two_processes_share_one_run_each_file_served_once(many_files, luigid, t
     assert second.returncode == 0, out_second[1]
     expected = served_tree(root, VERSION)
     assert tree_hashes(dest) == expected
-    served = body_counts(double)
+    served = served_bytes(double)
     assert set(served) | {"common/data/empty.dat"} == set(expected)
-    assert [p for p, n in served.items() if n > 1] == []
+    assert served_more_than_once(double, root) == {}  # neither process asked again for a byte the other had
     reports = [json.loads((tmp_path / name).read_text()) for name in ("first.json", "second.json")]
     assert reports[0]["run_id"] == reports[1]["run_id"]  # one shared run, one snapshot
     # Each says what it fetched itself and what the run did: the two shares add up to the run's count.
@@ -130,7 +134,7 @@ def test_two_processes_share_one_run_each_file_served_once(many_files, luigid, t
     double.clear_log()
     again = run_cli(*mirror_args(double, dest, "--scheduler-url", luigid))
     assert again.returncode == 0, again.stderr
-    assert body_counts(double) == collections.Counter()
+    assert served_bytes(double) == collections.Counter()
     assert tree_hashes(dest) == expected
 
 
@@ -228,11 +232,11 @@ def test_five_thousand_listed_files_through_the_scheduler_first_run_and_no_op_re
         assert first.returncode == 0, first.stderr
         expected = served_tree(root, VERSION)
         assert len(expected) > 5_000 and tree_hashes(dest) == expected
-        assert max(body_counts(double).values()) == 1
+        assert served_more_than_once(double, root) == {}
         double.clear_log()
         again = run_cli(*mirror_args(double, dest, "--scheduler-url", luigid), timeout=1200)
         assert again.returncode == 0, again.stderr
-        assert body_counts(double) == collections.Counter()
+        assert served_bytes(double) == collections.Counter()
         assert tree_hashes(dest) == expected
 
 
@@ -304,3 +308,21 @@ def test_processes_of_other_work_started_at_once_under_one_run_id_one_is_refused
     loser_err = next(out[1] for name, (out, code) in results.items() if code == 2)
     assert "error: run at-once is a run of other work" in loser_err
     assert tree_hashes(dest) == (short_tree if winner == "short" else served_tree(repo_tree, VERSION))
+
+
+@pytest.mark.slow
+def test_processes_of_the_same_work_started_at_once_take_the_listing_once(many_files, luigid, tmp_path):
+    """The scheduler hands the run's FetchListing to one of them: only its probes ask (with [http] first_bytes,
+    bring) files; no byte is served twice."""
+    root, double = many_files
+    dest = tmp_path / "mirror"
+    started = [popen_cli(*mirror_args(double, dest, "--scheduler-url", luigid, "--run-id", "at-once")) for _ in range(2)]
+    results = [(proc.communicate(timeout=300), proc.returncode) for proc in started]
+    assert [code for _, code in results] == [0, 0], [out[1] for out, _ in results]
+    assert tree_hashes(dest) == served_tree(root, VERSION)
+    assert served_more_than_once(double, root) == {}
+    probes = [r for r in double.log if r.relpath and not r.relpath.startswith("listings/") and
+              (r.method == "HEAD" or r.range == probe_range())]
+    asked = collections.Counter(r.relpath for r in probes)
+    # one question per file, by one process (an empty file's GET of the first bytes, 416, is asked again as HEAD)
+    assert [p for p, n in asked.items() if n > 1] in ([], ["common/data/empty.dat"]), asked

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clihelp import REPO, cli_env, popen_cli, run_cli, served_tree, tree_hashes
+from clihelp import REPO, cli_env, popen_cli, probe_bytes, run_cli, served_tree, tree_hashes
 
 from amsrepomirror.errors import LOCK_HELD, TERMINATED, TERMINATED_LINE
 from amsrepomirror.testing.repository import make_repository
@@ -125,7 +125,9 @@ def test_sigterm_ends_mirror_like_ctrl_c_and_the_rerun_resumes(mirrored, tmp_pat
         proc = popen_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", double.listing_url(VERSION),
                          start_new_session=True)
         parts = dest / ".amsrepomirror" / "parts"
-        wait_for(lambda: [p for p in parts.rglob("*.part") if p.stat().st_size] if parts.is_dir() else [], "download")
+        # a transfer under way: beyond the first bytes a first run's probe brought, which start a part at once
+        wait_for(lambda: [p for p in parts.rglob("*.part") if p.stat().st_size > probe_bytes()] if parts.is_dir() else [],
+                 "download")
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)  # again, while the first one's cleanup runs: still one line, no traceback

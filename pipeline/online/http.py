@@ -606,13 +606,15 @@ def probe_with_body(session: requests.Session, url: str, timeout: float, into: P
                     reserve: Callable[[int], None], low_speed: Optional["LowSpeed"] = None,
                     stop: Optional["StopSignal"] = None) -> tuple[RemoteInfo, str | None]:
     """What :func:`probe` says, from a GET of the ``first_bytes`` first bytes instead of a HEAD ([http]
-    first_bytes); when that is the whole file, its body too, written to ``into`` (its sha256, else None).
+    first_bytes); its body too, written to ``into`` (its sha256, else None): the whole file when it fits,
+    else the file's first ``first_bytes`` bytes, which its download goes on from (:func:`start_part`).
 
-    One request instead of a HEAD and a GET for each small file of a first run. Every answer with a body
-    passes :func:`accept_response`, with its own length and validators (which the run then plans with, as
-    HEAD's): as the whole file when it is one, else as the first bytes asked for. ``reserve`` (the run's
-    free-space account) is charged before a byte is written. The first bytes of a longer file are read
-    and dropped (the connection stays usable). An answer the gate refuses (another range, a Content-Encoding,
+    One request instead of a HEAD and a GET for each small file of a first run, and no byte of a larger
+    one served twice. Every answer with a body passes :func:`accept_response`, with its own length and
+    validators (which the run then plans with, as HEAD's): as the whole file when it is one, else as the
+    first bytes asked for. ``reserve`` (the run's free-space account) is charged before a byte is written.
+    The first bytes of a longer file that a resume could not be tied to (a 200, or no validator If-Range
+    may carry) are read and dropped (the connection stays usable). An answer the gate refuses (another range, a Content-Encoding,
     a multipart body, a 206 without a validator, a wrong Content-Length), or that cannot be read this way
     (405, 416, 501, no complete length), is asked again as a HEAD: the run plans with HEAD's word, as it
     would have without ``first_bytes``. ``stop`` (the probes' StopSignal): Ctrl-C aborts a body that trickles.
@@ -629,10 +631,10 @@ def probe_with_body(session: requests.Session, url: str, timeout: float, into: P
             body = accept_response(resp, url, remote, asked)  # guard: prefetch-gate
         except (UnusableRange, WrongBody):  # not the bytes asked, as they are: ask as HEAD would have, no body
             return probe(session, url, timeout), None
-        if not whole:
+        if not whole and not _resumable_prefix(resp, remote):
             _drain_prefix(resp, first_bytes)
             return remote, None
-        reserve(body.length)
+        reserve(body.length)  # the whole file, or its first bytes: the start of its download (start_part)
         hasher = hashlib.sha256()
         with local_writes(str(into)):
             into.parent.mkdir(parents=True, exist_ok=True)
@@ -664,6 +666,20 @@ def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteI
     if status in (405, 416, 501):  # no range or no GET of this kind: HEAD answers
         return None, None, False
     return RemoteInfo(status=status), None, False  # 401/403 refuse any method (probe asks a 403 HEAD again as a GET)
+
+
+def _resumable_prefix(resp: requests.Response, remote: RemoteInfo) -> bool:
+    """Whether the first bytes of a longer file can start its download: a 206 of them, with a validator that
+    ties the rest (asked with If-Range) to them."""
+    return resp.status_code == 206 and if_range_validator(remote) is not None
+
+
+def start_part(part: Path, first: Path, remote: RemoteInfo) -> None:
+    """Make ``first`` (the first bytes of the file ``remote`` describes, as a probe brought them) the start of
+    ``part``, recorded as a download to resume (:func:`resume_point`): the rest is asked with If-Range."""
+    with local_writes(str(part)):
+        _part_meta_path(part).write_text(json.dumps({"etag": remote.etag, "last_modified": remote.last_modified}))
+        os.replace(first, part)
 
 
 def _drain_prefix(resp: requests.Response, first_bytes: int) -> None:
@@ -844,7 +860,7 @@ class TooSlow(Exception):
 
 def fetch_to_part(session: requests.Session, url: str, part: Path, remote: RemoteInfo, timeout: float,
                   on_bytes: Callable[[int], None] = lambda n: None, *, stop: StopSignal | None = None,
-                  low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
+                  low_speed: LowSpeed = LowSpeed(), durable: bool = True, resume: bool = False) -> FetchResult:
     """Download ``url`` into ``part``, resuming at the byte; return size, sha256 and validators.
 
     ``remote`` is the HEAD answer this run planned with, and the one truth of what is expected:
@@ -853,11 +869,12 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     dropped, so bytes of two versions are never joined. Every answer passes
     :func:`accept_response` before a byte of it is written; the body is stored exactly as sent.
     ``durable=False``: the complete part is not fsynced here (the caller makes a group durable at once).
+    ``resume``: ``part`` holds a start to go on from (:func:`start_part`) although the file is small.
     """
     part.parent.mkdir(parents=True, exist_ok=True)
     stop = stop or StopSignal()
     retry = getattr(session, "retry_template", None) or make_retry(5, 0.5)
-    expected, resumable, transferred = remote.size, _resumable(remote), 0
+    expected, resumable, transferred = remote.size, resume or _resumable(remote), 0
     while True:
         stop.raise_if_set()
         asked, hasher = _resume(part, remote, resumable)

@@ -4,6 +4,7 @@ The Luigi tasks of ``amsrepomirror.tasks.mirror`` call these; each function is u
 """
 
 import contextlib
+import dataclasses
 import email.utils
 import os
 import posixpath
@@ -31,6 +32,7 @@ from amsrepomirror.online.http import (
     fetch_to_part,
     probe,
     probe_with_body,
+    start_part,
 )
 from amsrepomirror.online.listing import (
     ListedFile,
@@ -61,7 +63,8 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
     """Fetch and check the listing, then ask the server (HEAD) what each selected file is now.
 
     ``first_bytes`` (with the mirror ``ws``): its files without a record are asked with a GET of their first
-    ``first_bytes`` bytes instead (``Prefetch``): a small one arrives with its answer, and is not asked again.
+    ``first_bytes`` bytes instead (``Prefetch``): a small one arrives with its answer, and is not asked again;
+    of a larger one, its download goes on from the bytes that came.
     """
     text = fetch_text(session, listing_url, timeout, low_speed)
     listed = parse_listing(text, listing_url)
@@ -113,10 +116,11 @@ def take_snapshot(session: requests.Session, version: str, listing_url: str, pla
 
 
 class Prefetch:
-    """A first run's probes that bring small files along (``http.probe_with_body``), each written to a
-    name of its own beside its part (:func:`prefetched_path`) and noted in the snapshot entry
-    (``prefetched``: its sha256 and the process that wrote it), for its DownloadFile to install
-    instead of fetching it again (:func:`prefetched_part`).
+    """A first run's probes that bring small files along (``http.probe_with_body``), and the first bytes of
+    larger ones, each written to a name of its own beside its part (:func:`prefetched_path`) and noted in
+    the snapshot entry (``prefetched``: its sha256, its length and the process that wrote it), for its
+    DownloadFile to install instead of fetching it again (:func:`prefetched_part`), or to go on from
+    (:func:`prefetched_start`): no byte the probe brought is asked for again.
 
     Their bytes are written before VerifyTree's space check of all downloads, so they are charged to
     an account of their own first: the free space when the first one arrives, never more (DiskSpaceError,
@@ -134,7 +138,7 @@ class Prefetch:
         self.known = last_selection(ws, version)
         self.free: int | None = None
         self.reserved = 0
-        self.sha256: dict[str, str] = {}
+        self.sha256: dict[str, tuple[str, int]] = {}  # path -> the sha256 and length of the bytes brought
         self.lock = threading.Lock()
 
     def ask(self, item: ListedFile):
@@ -144,7 +148,7 @@ class Prefetch:
                                          self.first_bytes, self.reserve, self.low_speed, self.stop)
         if sha256 is not None:
             with self.lock:
-                self.sha256[item.path] = sha256
+                self.sha256[item.path] = (sha256, min(answer.size, self.first_bytes))
         return answer
 
     def reserve(self, size: int) -> None:
@@ -161,8 +165,8 @@ class Prefetch:
 
     def held(self, path: str) -> dict:
         """What a snapshot entry says of the file's prefetched copy (nothing when there is none)."""
-        sha256 = self.sha256.get(path)
-        return {"prefetched": {"sha256": sha256, "by": THIS_PROCESS}} if sha256 else {}
+        brought = self.sha256.get(path)
+        return {"prefetched": {"sha256": brought[0], "bytes": brought[1], "by": THIS_PROCESS}} if brought else {}
 
 
 def last_selection(ws: Workspace, version: str) -> set[str] | None:
@@ -183,21 +187,59 @@ def prefetched_path(ws: Workspace, rel: str, by: str = THIS_PROCESS) -> Path:
     return part.with_name(f"{part.name}.first-{by.replace('/', '_')}")
 
 
-def prefetched_part(ws: Workspace, entry: dict) -> FetchResult | None:
-    """The file the run's probe brought, moved to its part, when it still holds exactly the bytes the probe
-    hashed (the snapshot's sha256); None: fetch it as any other."""
+def prefetched_bytes(entry: dict) -> int:
+    """How many of the file's first bytes the run's probe brought (its size: the whole file; 0: none)."""
+    held = entry.get("prefetched")
+    return held.get("bytes", entry.get("size") or 0) if held and entry.get("size") is not None else 0
+
+
+def _checked_copy(ws: Workspace, entry: dict) -> Path | None:
+    """What the run's probe brought of the file, when it still holds exactly the bytes the probe hashed (the
+    snapshot's length and sha256); None when there is none or it differs."""
     held = entry.get("prefetched")
     if not held or entry.get("size") is None:
         return None
-    path = prefetched_path(ws, entry["path"], held["by"])
+    path, length = prefetched_path(ws, entry["path"], held["by"]), prefetched_bytes(entry)
     try:
-        if path.stat().st_size != entry["size"] or sha256_file(path) != held["sha256"]:  # guard: prefetched-hash
+        if path.stat().st_size != length or sha256_file(path) != held["sha256"]:  # guard: prefetched-hash
             return None
+    except OSError:
+        return None
+    return path
+
+
+def prefetched_part(ws: Workspace, entry: dict) -> FetchResult | None:
+    """The file the run's probe brought whole, moved to its part, when it still holds exactly the bytes the probe
+    hashed; None: fetch it as any other (from the start the probe brought, :func:`prefetched_start`)."""
+    path = _checked_copy(ws, entry) if prefetched_bytes(entry) == entry.get("size") else None
+    if path is None:
+        return None
+    try:
         with local_writes(str(path)):
             os.replace(path, ws.part_path(entry["path"]))
     except OSError:
         return None
-    return FetchResult(entry["size"], held["sha256"], entry.get("etag"), entry.get("last_modified"), entry["size"])
+    return FetchResult(entry["size"], entry["prefetched"]["sha256"], entry.get("etag"), entry.get("last_modified"),
+                       entry["size"])
+
+
+def prefetched_start(ws: Workspace, entry: dict) -> int:
+    """The first bytes of a larger file the run's probe brought, made the start of its part (``http.start_part``)
+    when they are still exactly the bytes it hashed, so that its download asks only for the rest; how many (0:
+    none, it is fetched from its first byte)."""
+    held = prefetched_bytes(entry)
+    if not held or held == entry.get("size"):
+        return 0
+    path = _checked_copy(ws, entry)
+    if path is None:
+        return 0
+    part = ws.part_path(entry["path"])
+    try:
+        drop_ranges_record(part)  # ranges of an earlier run describe another part
+        start_part(part, path, RemoteInfo.of_entry(entry))
+    except OSError:
+        return 0
+    return held
 
 
 def drop_prefetched(ws: Workspace, snapshot: dict) -> None:
@@ -329,7 +371,7 @@ def bytes_to_fetch(ws: Workspace, entries: Iterable[dict]) -> int:
 def _held_bytes(ws: Workspace, entry: dict) -> int:
     held = entry.get("prefetched")
     if held and prefetched_path(ws, entry["path"], held["by"]).exists():
-        return entry.get("size") or 0
+        return prefetched_bytes(entry)
     return ws.part_bytes(entry["path"])
 
 
@@ -346,8 +388,9 @@ class DownloadOutcome:
 
 
 def fetch_part(session: requests.Session, ws: Workspace, entry: dict, timeout: float, on_bytes: Callable[[int], None],
-               *, stop: StopSignal | None = None, low_speed: LowSpeed = LowSpeed(), durable: bool = True) -> FetchResult:
-    """Fetch one file into its ``.part`` as one stream.
+               *, stop: StopSignal | None = None, low_speed: LowSpeed = LowSpeed(), durable: bool = True,
+               resume: bool = False) -> FetchResult:
+    """Fetch one file into its ``.part`` as one stream (``resume``: on from the start the probe brought).
 
     Only a part that ``fetch_to_part`` accepted (the length and validators of this run's HEAD
     answer) is returned, for ``install_part`` to move into the mirror; anything else raises and
@@ -359,7 +402,7 @@ def fetch_part(session: requests.Session, ws: Workspace, entry: dict, timeout: f
         part.parent.mkdir(parents=True, exist_ok=True)
     drop_ranges_record(part)  # ranges of an earlier run describe a part this stream rewrites
     return fetch_to_part(session, entry["url"], part, remote, timeout, on_bytes, stop=stop, low_speed=low_speed,
-                         durable=durable)
+                         durable=durable, resume=resume)
 
 
 def install_part(ws: Workspace, entry: dict, result: FetchResult, run_id: str, *, durable: bool = True,
@@ -453,8 +496,9 @@ class _Downloads:
     Ctrl-C), files fetched whole (installed a group at a time), files fetched as ranges, failures."""
 
     def __init__(self, session: requests.Session, ws: Workspace, run_id: str, *, jobs: int, timeout: float,
-                 progress: ByteProgress | None, low_speed: LowSpeed):
+                 progress: ByteProgress | None, low_speed: LowSpeed, started: Mapping[str, int]):
         self.ws, self.run_id, self.timeout, self.progress, self.low_speed = ws, run_id, timeout, progress, low_speed
+        self.started = started  # path -> first bytes the listing's probe brought, the start of its part
         self.outcome = DownloadOutcome()
         self.stop = StopSignal()
         self.bodies = body_session(session, jobs)
@@ -481,13 +525,20 @@ class _Downloads:
         if held is not None:  # brought by the listing's probe: installed with the others, not fetched again
             self.group.add(entry, held)
             return
-        self.group.add(entry, fetch_part(self.bodies, self.ws, entry, self.timeout, self.on_bytes, stop=self.stop,
-                                         low_speed=self.low_speed, durable=False))
+        started = self.started.get(entry["path"], 0)
+        result = fetch_part(self.bodies, self.ws, entry, self.timeout, self.on_bytes, stop=self.stop,
+                            low_speed=self.low_speed, durable=False, resume=bool(started))
+        self.group.add(entry, self._with_probe(entry, result))
 
     def done(self, entry: dict, result: FetchResult) -> None:
         """A file fetched as ranges: its part is durable already (``segments``)."""
-        install_part(self.ws, entry, result, self.run_id)
+        install_part(self.ws, entry, self._with_probe(entry, result), self.run_id)
         self.installed(entry)
+
+    def _with_probe(self, entry: dict, result: FetchResult) -> FetchResult:
+        """``result`` with the bytes the listing's probe transferred of it counted too."""
+        started = self.started.get(entry["path"], 0)
+        return dataclasses.replace(result, bytes_transferred=result.bytes_transferred + started) if started else result
 
 
 def download_many(session: requests.Session, ws: Workspace, entries: list[dict], run_id: str, *, jobs: int,
@@ -500,7 +551,10 @@ def download_many(session: requests.Session, ws: Workspace, entries: list[dict],
     A 401 here, after HEAD was allowed, is a failure like any other (the HEAD probe is where
     unlicensed files are sorted out).
     """
-    run = _Downloads(session, ws, run_id, jobs=jobs, timeout=timeout, progress=progress, low_speed=low_speed)
+    # the first bytes of larger files the listing's probes brought start their parts: only the rest is asked for
+    started = {e["path"]: n for e in entries if (n := prefetched_start(ws, e))}
+    run = _Downloads(session, ws, run_id, jobs=jobs, timeout=timeout, progress=progress, low_speed=low_speed,
+                     started=started)
     transfers = Transfers(run.bodies, entries, ws.part_path, jobs=jobs, policy=segments, timeout=timeout,
                           low_speed=low_speed, stop=run.stop, on_bytes=run.on_bytes, fetch_whole=run.fetch_whole,
                           on_done=run.done, on_failed=run.failed)
