@@ -232,7 +232,10 @@ def _check_placement(sticks: StickPlan, listed: list[ToolFile], sizes: dict[str,
 
 def _create(folder: Path, chunks: list[Chunk], options: list[str]) -> list[str]:
     """par2 create with ``options`` over ``chunks`` in ``folder``; the PAR2 files it made, by name."""
-    done = run_par2(["create", "-q", "-q", *options, "--", INDEX_NAME, *(c.name for c in chunks)], folder)
+    # largest first: par2 reads and hashes two files at a time, and a big chunk left to the end would be hashed
+    # alone (a third slower from a cold cache on the 2 GB tree of docs/benchmarks.md); the PAR2 set is the same
+    names = [c.name for c in sorted(chunks, key=lambda c: (-c.size, c.name))]
+    done = run_par2(["create", "-q", "-q", *options, "--", INDEX_NAME, *names], folder)
     if done.returncode != 0:
         remove_parity_files(folder)
         raise IntegrityError(f"par2 create failed (exit {done.returncode}): {tail(done.stdout + done.stderr)}")
