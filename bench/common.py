@@ -116,6 +116,14 @@ def tail(text: str, n: int = 15) -> str:
 # ---- the two tools -------------------------------------------------------------------------------
 
 
+def cache_bytecode() -> None:
+    """Compile the tool's modules once, as an installed wheel has them: with PYTHONDONTWRITEBYTECODE set (or a
+    read-only source folder) every run of an editable install would compile them again at start-up (about
+    0.1-0.2 s per run), which is no cost of the tool's."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "pipeline")], check=False,
+                   capture_output=True)
+
+
 def ours_env(config: Path | None = None) -> dict[str, str]:
     """Environment of an amsrepomirror run: credentials from the environment,
     luigi.cfg from the project folder (plus ``config`` read after it, if given)."""

@@ -260,7 +260,8 @@ def render(r: Results, rows, verdicts, info: dict[str, str], elapsed: float) -> 
     lines = [
         "`python -m bench.parity` (run by `make bench`): what `--parity` costs on the 2 GB tree of the section "
         f"above ({r.chunks} chunks of up to {FULL.chunk}, {r.chunk_bytes / 1e6:.0f} MB), against `par2` typed by "
-        "hand. Each command measured once after one warm-up run, page cache dropped before each where permitted.",
+        "hand. Each command measured once (our parity step and par2 by hand: three pairs, in turn), the page cache "
+        "dropped before each where permitted (else after one warm-up run).",
         "",
         "- `--parity 30%` is the least that rebuilds a whole lost 512 MiB chunk of this tree (512 MiB of "
         f"{r.chunk_bytes / 1e6:.0f} MB); 10 % rebuilds up to about 200 MB of damage anywhere.",

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from . import mirror
-from .common import ROOT, BenchError, load_average, machine_info, md_table, replace_section
+from .common import ROOT, BenchError, cache_bytecode, load_average, machine_info, md_table, replace_section
 
 DOC = ROOT / "docs" / "benchmarks.md"
 
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(mirror.SCENARIOS)}")
     out = args.out or (None if (args.quick or args.only) else DOC)
+    cache_bytecode()
 
     work = args.work or Path(tempfile.mkdtemp(prefix="amsrepomirror-bench-"))
     work.mkdir(parents=True, exist_ok=True)

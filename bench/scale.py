@@ -37,6 +37,7 @@ from bench.common import (
     Nginx,
     Row,
     build_tree,
+    cache_bytecode,
     fmt_mb,
     fmt_s,
     fresh,
@@ -330,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = args.out or (None if (args.quick or args.only) else DOC)
     work = Path(tempfile.mkdtemp(prefix="amsrepomirror-scale-"))
+    cache_bytecode()
     ctx, info, started = Context(work, args.quick), machine_info(), time.monotonic()
     try:
         for name in names:

@@ -27,6 +27,7 @@ from .common import (
     BenchError,
     Nginx,
     build_tree,
+    cache_bytecode,
     first_line,
     fmt_mb,
     fmt_s,
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.only.split(",") if n.strip() in SCENARIOS] or list(SCENARIOS)
     out = args.out or (None if args.quick or args.only else DOC)
     work = Path(tempfile.mkdtemp(prefix="amsrepomirror-bench-transfer-"))
+    cache_bytecode()
     ctx, table, info = Context(work=work, quick=args.quick), Table(), machine_info()
     info["aria2c"] = first_line(["aria2c", "--version"])
     started = time.monotonic()
