@@ -4,8 +4,8 @@ bundle's own names, must never make repair write to the bundle, and what DIR end
 import os
 
 import pytest
-from test_parity import SCRATCH, big_chunks, copy, flip_byte, made, snapshot  # noqa: F401 (fixtures)
 from clihelp import run_cli
+from test_parity import SCRATCH, big_chunks, copy, flip_byte, made, snapshot  # noqa: F401 (fixtures)
 
 from amsrepomirror.bundle.format import MANIFEST_NAME, BundleManifest
 
@@ -16,7 +16,7 @@ def names(bundle):
 
 
 @pytest.mark.slow
-def test_symlinks_named_as_the_bundle_files_into_the_bundle_are_replaced_not_written_through(copy, made, tmp_path):
+def test_symlinks_named_as_the_bundle_files_into_the_bundle_are_replaced_not_written_through(copy, made, tmp_path):  # noqa: F811
     flip_byte(copy / big_chunks(copy)[0])
     before = snapshot(copy)
     into = tmp_path / "fixed"
@@ -32,7 +32,7 @@ def test_symlinks_named_as_the_bundle_files_into_the_bundle_are_replaced_not_wri
 
 
 @pytest.mark.slow
-def test_a_scratch_folder_that_is_a_link_into_the_bundle(copy, made, tmp_path):
+def test_a_scratch_folder_that_is_a_link_into_the_bundle(copy, made, tmp_path):  # noqa: F811
     """DIR/.amsrepomirror-repair, where par2 rewrites copies in place, a symlink to the bundle folder."""
     flip_byte(copy / big_chunks(copy)[0])
     before = snapshot(copy)
