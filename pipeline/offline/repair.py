@@ -113,6 +113,8 @@ def repair_bundle(bundle: Path, into: Path, manifest_bytes: bytes, manifest: Bun
                        "the repaired bundle and par2's scratch copies")
     (into / SUMS_NAME).unlink(missing_ok=True)  # its presence means a finished repair
     scratch = into / SCRATCH
+    if scratch.is_symlink():  # the name is ours; a link there (into the bundle, say) is never followed
+        scratch.unlink()
     shutil.rmtree(scratch, ignore_errors=True)  # an interrupted run's copies: start again from the bundle
     scratch.mkdir()
     try:

@@ -670,8 +670,23 @@ def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteI
 
 def _resumable_prefix(resp: requests.Response, remote: RemoteInfo) -> bool:
     """Whether the first bytes of a longer file can start its download: a 206 of them, with a validator that
-    ties the rest (asked with If-Range) to them."""
-    return resp.status_code == 206 and if_range_validator(remote) is not None
+    ties the rest (asked with If-Range) to them: a strong ETag, or a Last-Modified at least a second before the
+    answer's Date (RFC 9110, 13.1.5: a file rewritten within its Last-Modified second keeps the date, and a resume
+    tied to it would join the start of one version to the rest of another)."""
+    if resp.status_code != 206 or if_range_validator(remote) is None:
+        return False
+    if remote.etag and not remote.etag.startswith("W/"):
+        return True
+    return _date_before(remote.last_modified, resp.headers.get("Date"))  # guard: prefix-strong-date
+
+
+def _date_before(last_modified: str | None, date: str | None) -> bool:
+    """Whether the HTTP date ``last_modified`` is at least a second before ``date`` (False when either is unreadable)."""
+    try:
+        modified, sent = email.utils.parsedate_to_datetime(last_modified), email.utils.parsedate_to_datetime(date)
+        return (sent - modified).total_seconds() >= 1
+    except (TypeError, ValueError, IndexError):
+        return False
 
 
 def start_part(part: Path, first: Path, remote: RemoteInfo) -> None:
