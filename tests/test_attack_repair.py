@@ -45,3 +45,16 @@ def test_a_scratch_folder_that_is_a_link_into_the_bundle(copy, made, tmp_path): 
     assert not (into / SCRATCH).exists() and os.path.isdir(copy)
     for name in names(copy):
         assert (into / name).read_bytes() == (made[1] / name).read_bytes()
+
+
+def test_a_tool_folder_in_dir_that_is_a_link_into_the_bundle_is_refused(copy, tmp_path):  # noqa: F811
+    """tool/ files are written under DIR/tool: a link there would lead the writes into the bundle (or anywhere)."""
+    flip_byte(copy / big_chunks(copy)[0])
+    (copy / "elsewhere").mkdir()
+    before = snapshot(copy)
+    into = tmp_path / "fixed"
+    into.mkdir()
+    os.symlink(copy / "elsewhere", into / "tool")
+    repair = run_cli("repair", copy, "--into", into)
+    assert repair.returncode == 2 and "holds tool, which is not a folder of its own" in repair.stderr
+    assert snapshot(copy) == before

@@ -45,6 +45,9 @@ def check_into(bundle: Path, into: Path, manifest: BundleManifest) -> None:
     strange = sorted(e.name for e in os.scandir(d) if e.name not in ours and not _leftover(e.name))
     if strange:
         raise UsageError(f"--into {into} holds {strange[0]}, which is no file of this bundle: choose an empty folder")
+    if (d / "tool").is_symlink() or ((d / "tool").exists() and not (d / "tool").is_dir()):  # guard: repair-tool-folder
+        raise UsageError(f"--into {into} holds tool, which is not a folder of its own (a link?): choose an empty folder "
+                         "(repair never writes through a link)")
     linked = _linked_to_bundle(b, d, manifest)
     if linked:  # guard: repair-no-hard-links
         raise UsageError(f"--into {into} holds {linked}, which is the bundle's own file (a hard link): choose an empty "

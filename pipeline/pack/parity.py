@@ -2,13 +2,13 @@
 folder after them, and with ``--stick-size`` placed on the sticks like chunks.
 
 Block size: par2 splits the chunks into blocks and makes recovery blocks of the same size; damage is counted in
-blocks (one flipped byte costs one block, a lost chunk all of its blocks: ``data_blocks``). par2's work is its
-pass over the data (MD5 and CRC32 of every block) plus computing each recovery block from every source block,
-which grows with data x recovery blocks: at par2's own default of 2000 source blocks, 10 % over 2 GB took par2
-1.6 times as long as at 256 from a cold cache, 3 times from a warm one (docs/benchmarks.md). ``block_size`` aims at ``TARGET_BLOCKS`` source blocks for the
-whole bundle (so the work grows with the bundle, not with its count of blocks), never below 4 KiB: far under
-par2's limit of 32768 source blocks whatever the chunk size. The price is coarser damage counting: 10 % mends 25
-damaged places anywhere, or any run of damage up to a tenth of the bundle.
+blocks (one flipped byte costs one block, a lost chunk all of its blocks: ``data_blocks``). par2's work is its pass
+over the data (MD5 and CRC32 of every block) plus computing each recovery block from every source block, which
+grows with data x recovery blocks: at par2's own default of 2000 source blocks, 10 % over 2 GB took par2 1.6 times
+as long as at 256 from a cold cache, 3 times from a warm one (docs/benchmarks.md). ``block_size`` aims at
+``TARGET_BLOCKS`` source blocks for the whole bundle (so the work grows with the bundle, not with its count of
+blocks), never below 4 KiB: far under par2's limit of 32768 source blocks whatever the chunk size. The price is
+coarser damage counting: 10 % mends 25 damaged places anywhere, or any run of damage up to a tenth of the bundle.
 
 On sticks (``make_parity_on_sticks``): par2 is asked for a count of recovery blocks (``-c``) in volumes of one
 size (``-u -n``). With a percent, the volumes are no bigger than the biggest chunk and go on the sticks with
