@@ -47,6 +47,7 @@ def test_a_scratch_folder_that_is_a_link_into_the_bundle(copy, made, tmp_path): 
         assert (into / name).read_bytes() == (made[1] / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_a_tool_folder_in_dir_that_is_a_link_into_the_bundle_is_refused(copy, tmp_path):  # noqa: F811
     """tool/ files are written under DIR/tool: a link there would lead the writes into the bundle (or anywhere)."""
     flip_byte(copy / big_chunks(copy)[0])

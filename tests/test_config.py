@@ -269,6 +269,7 @@ def test_config_never_prints_a_secret(place):
 
 # ---- plain Luigi --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_plain_luigi_runs_on_the_shipped_defaults(place, tmp_path):
     """`luigi --module amsrepomirror.tasks ...` outside the checkout: [http], [FetchListing] jobs,
     [VerifyTree] deep, [BundleArchive] and [retcode] all come from the shipped file."""

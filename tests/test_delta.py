@@ -75,6 +75,7 @@ def installed(scm_double, repo_tree, tmp_path):
     return url, mirror, amshome
 
 
+@pytest.mark.slow
 def test_delta_since_last_carries_only_what_changed_and_unpacks_to_the_new_tree(installed, scm_double, repo_tree, tmp_path):
     url, mirror, amshome = installed
     old_tree = tree_hashes(amshome / "repository")

@@ -451,6 +451,7 @@ def test_a_stick_too_small_for_a_chunk_and_the_side_files_is_refused_before_pack
     assert "does not fit on a stick of" in planned.stdout or "do not fit on a stick of" in planned.stdout, planned.stdout
 
 
+@pytest.mark.slow
 def test_bundle_prints_a_stick_assignment_and_each_stick_verifies_alone(made, tmp_path):
     # A signed bundle: the signature is one of the small files every stick carries.
     key = tmp_path / "site_key"

@@ -57,6 +57,7 @@ def one_error_line(args, code: int, env=None):
     assert lines[0] in loud.stderr.splitlines()
 
 
+@pytest.mark.slow
 def test_mirror_and_bundle_say_nothing(made):
     fresh = made["work"] / "fresh"
     assert_silent(run_cli("mirror", "--quiet", "--version", VERSION, "--mirror", fresh, "--listing-url", made["url"]))

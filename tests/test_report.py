@@ -216,6 +216,7 @@ def test_verify_usage_error_is_reported(tmp_path):
 
 # --- unpack, verify --installed, receipt -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_unpack_then_verify_installed_then_receipt(bundle, tmp_path):
     home, report = tmp_path / "ams", tmp_path / "r.json"
     home.mkdir()
