@@ -171,7 +171,7 @@ def _place(bundle: Path, into: Path, scratch: Path, manifest: BundleManifest, ma
         wanted.update({f.path: f.sha256 for f in manifest.parity.files})
     wanted.update({r.name: r.sha256 for r in manifest.report})  # the transfer report
     for name in [README_NAME, SIGNATURE_NAME, *wanted]:
-        copied = scratch / name  # a recovery file par2 read: already copied, and checked before par2 ran
+        copied = scratch / name  # a recovery file par2 read: already copied; checked again here, after par2 ran
         if name in wanted and copied.is_file() and sha256_file(copied) == wanted[name]:
             os.replace(copied, into / name)
             continue
