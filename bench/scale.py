@@ -50,6 +50,7 @@ from bench.common import (
     run_ours,
     run_wget,
     sized_files,
+    timed,
     tiny_files,
     tree_stats,
     verdict,
@@ -170,6 +171,9 @@ def _versus_wget(ctx: Context, scenario: str, tag: str, count: int, rtt_ms: int 
         web.clear()
         wrerun = run_wget(url, wdest, log_dir=ctx.work / "logs", name=f"{tag}-wget-rerun", timestamping=True)
         wtraffic = web.traffic()
+        floors = {} if rtt_ms else {mode: _floor(ctx, [url, mode], f"{tag}-floor-{mode}") for mode in ("get", "head")}
+    if floors:
+        floors["luigi"] = _floor(ctx, ["luigi", str(count)], f"{tag}-floor-luigi")
     _check_dest(scenario, root, dest)
     _check_dest(f"{scenario} (wget)", root, wdest)
     where = f", {rtt_ms} ms round trip" if rtt_ms else ""
@@ -188,8 +192,29 @@ def _versus_wget(ctx: Context, scenario: str, tag: str, count: int, rtt_ms: int 
                 f"{wrerun.seconds / rerun.seconds:.2f}×", "ours ÷ wget -N -x -i ≤ 1.0" if judged else "context",
                 verdict(ratio <= 1.0, ratio, 1.0) if judged else "",
                 f"ours ÷ wget {ratio:.1f}; {requests}" + fmt_phases(rerun_report["phases"])))
+    if floors:
+        for label, peer, run, theirs, floor, what in (
+                ("first run", "wget -x -i", first, wfirst, floors["get"] + floors["luigi"],
+                 f"a GET of the first 64 KiB per file from urllib3 ({floors['get']:.2f} s) and Luigi scheduling "
+                 f"{count:,} tasks shaped as DownloadFile that do nothing ({floors['luigi']:.2f} s)"),
+                ("no-op rerun", "wget -N -x -i", rerun, wrerun, floors["head"],
+                 "a HEAD per file from urllib3 (a rerun makes no DownloadFile task)")):
+            beyond = max(run.seconds - floor, 0.0)
+            ctx.add(Row(scenario, f"{label}, the design's floor: {what}", fmt_s(floor), peer,
+                        f"{theirs.seconds / floor:.2f}×", "context", "",
+                        f"floor ÷ wget {floor / theirs.seconds:.1f}, one connection, no start-up (bench/floor.py); "
+                        f"ours spends {beyond:.2f} s beyond it, {beyond / count * 1000:.2f} ms per file"))
     for folder in (dest, wdest):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _floor(ctx: Context, args: list[str], name: str) -> float:
+    """Seconds ``bench/floor.py`` takes for ``args`` (the interpreter's start-up left out)."""
+    run = timed([sys.executable, "-m", "bench.floor", *args], cwd=ROOT, env=ours_env(), log_dir=ctx.work / "logs",
+                name=name)
+    if run.returncode != 0:
+        raise BenchError(f"bench.floor {' '.join(args[1:])} failed:\n{run.stderr.strip()}")
+    return float(run.stdout.split(" in ")[1].split()[0])
 
 
 def scale_wget(ctx: Context) -> None:

@@ -563,18 +563,35 @@ def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
     return clients[key]
 
 
-def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
-    """HEAD a file: size and validators, or the refusing status."""
-    headers = {"User-Agent": session.headers["User-Agent"], "Accept-Encoding": "identity"}
+def _pooled_request(session: requests.Session, method: str, url: str, timeout: float, headers: dict,
+                    stream: bool = False) -> urllib3.BaseHTTPResponse:
+    """``method`` on the bare pool of :func:`_head_client` with the session's User-Agent and account; ``stream``:
+    the body is left to read (raw, never decoded)."""
+    headers = {"User-Agent": session.headers["User-Agent"], **headers}
     if session.auth:
         headers["Authorization"] = basic_auth_header(*session.auth)
     try:
-        resp = _head_client(session, url).request("HEAD", url, headers=headers, timeout=timeout, redirect=True)
+        return _head_client(session, url).request(method, url, headers=headers, timeout=timeout, redirect=True,
+                                                  preload_content=not stream, decode_content=False)
     except urllib3.exceptions.HTTPError as exc:
         failure = _certificate_failure(exc)
         if failure is not None:
             raise _not_authenticated(url, failure) from None
         raise FetchError(f"cannot fetch {redact(url)}: {_cause(exc)}") from None
+
+
+def _as_response(raw: urllib3.BaseHTTPResponse, url: str) -> requests.Response:
+    """A bare pool's streaming answer as the requests.Response that the gate and :func:`stream_into` read."""
+    resp = requests.Response()
+    resp.status_code, resp.reason, resp.raw = raw.status, raw.reason, raw
+    resp.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+    resp.url = raw.geturl() or url
+    return resp
+
+
+def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
+    """HEAD a file: size and validators, or the refusing status."""
+    resp = _pooled_request(session, "HEAD", url, timeout, {"Accept-Encoding": "identity"})
     if resp.status in (403, 405):
         # Some servers and CDNs refuse HEAD but serve GET; a 401 is a challenge for any method.
         return _probe_with_get(session, url, timeout)
@@ -620,7 +637,8 @@ def probe_with_body(session: requests.Session, url: str, timeout: float, into: P
     would have without ``first_bytes``. ``stop`` (the probes' StopSignal): Ctrl-C aborts a body that trickles.
     """
     headers = {"Range": f"bytes=0-{first_bytes - 1}", "Accept-Encoding": "identity"}
-    resp = _request(session, "GET", url, timeout, headers=headers, stream=True)
+    # on the bare pool, as HEAD: requests' own work would double a tiny file's cost
+    resp = _as_response(_pooled_request(session, "GET", url, timeout, headers, stream=True), url)
     with resp, (stop.watching(resp) if stop is not None else contextlib.nullcontext()):
         remote, asked, whole = _prefetch_answer(resp, first_bytes)
         if remote is None:

@@ -26,11 +26,23 @@ def sha256_stream(stream: BinaryIO, hasher: Optional["hashlib._Hash"] = None, li
     return hasher, total
 
 
+def read_block(fd: int) -> int:
+    """The buffer for reading what is left of ``fd``: FILE_BLOCK, or for a smaller regular file its rest and one
+    byte (the read that finds the end), so that hashing a tiny file does not map and zero 8 MiB each time
+    (about 0.1 ms, ten times the rest of the work, per file of a tree of tiny files)."""
+    try:
+        info = os.fstat(fd)
+        left = info.st_size - os.lseek(fd, 0, os.SEEK_CUR) if stat.S_ISREG(info.st_mode) else FILE_BLOCK
+    except OSError:
+        return FILE_BLOCK
+    return max(4096, min(FILE_BLOCK, left + 1))
+
+
 def sha256_fd(fd: int, on_bytes: Callable[[int], None] | None = None) -> tuple[int, str]:
     """(bytes read, hex SHA-256) of what is left to read from the open ``fd``: big reads into one
     reused buffer, so a hashing thread spends its time in hashlib and the kernel, outside the GIL."""
     hasher = hashlib.sha256()
-    view = memoryview(bytearray(FILE_BLOCK))
+    view = memoryview(bytearray(read_block(fd)))
     size = 0
     with io.FileIO(fd, "rb", closefd=False) as f:
         while True:
