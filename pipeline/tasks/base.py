@@ -119,6 +119,20 @@ class FolderTask(ReportsFailure, luigi.Task):
         # DownloadFile per listed file that alone costs seconds, and a class's parameters never change.
         return super().get_params()
 
+    @classmethod
+    def get_param_values(cls, params, args, kwargs):
+        # Luigi's, less its walk through the task's settings section (every value interpolated) on each
+        # instantiation after the class's first: it only warns, once, of a setting no parameter takes,
+        # and a listing's DownloadFile tasks are made (and remade by clone) by the 10,000.
+        if args or cls not in _SECTION_WALKED or len(kwargs) != len(params) or any(n not in kwargs for n, _ in params):
+            _SECTION_WALKED.add(cls)
+            return super().get_param_values(params, args, kwargs)
+        values = ((name, parameter.normalize(kwargs[name])) for name, parameter in params)
+        return [(name, tuple(v) if isinstance(v, (list, set)) else v) for name, v in values]
+
+
+_SECTION_WALKED: set[type] = set()  # FolderTask classes whose settings section Luigi has checked once
+
 
 class MirrorTask(FolderTask):
     """Base of the tasks that work on one version in a mirror folder."""
