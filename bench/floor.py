@@ -19,6 +19,7 @@ Prints what it did and its seconds (the interpreter's start-up not included).
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 
@@ -30,14 +31,23 @@ from amsrepomirror.testing.scmdouble import DEMO_PASSWORD, DEMO_USER
 FIRST_BYTES = 64 * 1024
 
 
-class Listing(luigi.Task):
+class Cached(luigi.Task):
+    """Parameters listed once per class, as the tool's tasks do (tasks/base.py FolderTask.get_params)."""
+
+    @classmethod
+    @functools.cache
+    def get_params(cls):
+        return super().get_params()
+
+
+class Listing(Cached):
     """Done before the run starts, as FetchListing is when the files are planned."""
 
     def complete(self):
         return True
 
 
-class File(luigi.Task):
+class File(Cached):
     """One file, as DownloadFile: named by the run and its path, batched, requiring the listing."""
 
     run_id = luigi.Parameter()
@@ -58,7 +68,7 @@ class File(luigi.Task):
         File.done.update(self.path.split("\n"))
 
 
-class Plan(luigi.Task):
+class Plan(Cached):
     """VerifyTree's shape: requires the listing, yields a task per file, then is done."""
 
     count = 0

@@ -142,7 +142,24 @@ def _ours(listing_url: str, dest: Path, **kwargs):
     run, report = run_ours(listing_url, dest, **kwargs)
     if report:
         report["phases"] = phases(dest, report, run.seconds)
+        report["range_ends"] = range_ends(dest, report)
     return run, report
+
+
+_RANGES_ENDED = re.compile(r"ranges ended: .*? \((\d+) bytes, (\d+) ranges\) on disk (.*?); (\d+) bytes hashed after in "
+                           r"([\d.]+) s, fsync ([\d.]+) s")
+
+
+def range_ends(dest: Path, report: dict) -> list[str]:
+    """How each file fetched as ranges ended, from the run's log (segments.Transfers._log_end), in words."""
+    log = dest / ".amsrepomirror" / "runs" / report.get("run_id", "?") / "luigi.log"
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    return [f"{int(m.group(1)) / 2**20:.0f} MiB in {m.group(2)} ranges: last range on disk {m.group(3)}; then "
+            f"{int(m.group(4)) / 2**20:.0f} MiB hashed in {m.group(5)} s, fsync {m.group(6)} s"
+            for m in _RANGES_ENDED.finditer(text)]
 
 
 def _ratio(peer: float, ours: float) -> str:

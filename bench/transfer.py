@@ -121,7 +121,7 @@ def _ours_run(ctx: Context, web: Nginx, name: str, jobs: int, listed: int, nfile
     run, report = _ours(web.listing_url, dest, log_dir=ctx.logs, name=name, extra=["--jobs", str(jobs)])
     _check_ours(report, listed, name, fetched=listed)
     _check_tree(dest, nfiles, nbytes, name)
-    run.phases = report["phases"]
+    run.phases, run.range_ends = report["phases"], report.get("range_ends", [])
     return run, dest
 
 
@@ -263,8 +263,9 @@ def big_throttled(ctx: Context, table: Table) -> None:
               f"max RSS ours {fmt_mb(max(r.max_rss_mb for r in ours))}, aria2c {fmt_mb(max(r.max_rss_mb for r in aria))}; "
               + _phases(ours))
     busy, how = _busy(ours, nbytes, 8)
+    ends = "; ".join(f"run {i + 1}: {'; '.join(r.range_ends) or '(not logged)'}" for i, r in enumerate(ours))
     table.add("one big file, throttled", "busy while data flows, --jobs 8 (best run)", f"{busy:.0%}", "", "", "",
-              f"≥ {BUSY:.0%}", verdict(busy >= BUSY, busy, BUSY), how)
+              f"≥ {BUSY:.0%}", verdict(busy >= BUSY, busy, BUSY), f"{how}; the file's end (run log): {ends}")
     table.add("one big file, throttled", "no-change rerun of the same mirror: bodies fetched", str(traffic["bodies"]),
               "", "", "", "0", verdict(traffic["bodies"] == 0), f"{traffic['requests']} requests, {fmt_s(rerun.seconds)}")
 

@@ -5,6 +5,9 @@ import pytest
 
 from amsrepomirror.tasks.mirror import DownloadFile, FetchListing, VerifyTree
 
+# the settings of [DownloadFile] that are not parameters (batch sizes) are named again each time the check is reset
+pytestmark = pytest.mark.filterwarnings("ignore::luigi.parameter.UnconsumedParameterWarning")
+
 
 @pytest.mark.parametrize("cls, kwargs", [
     (DownloadFile, {"mirror": "/m", "run_id": "r", "path": "common/a.tgz"}),

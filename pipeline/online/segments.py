@@ -31,6 +31,7 @@ for the same wall time within noise (the total hashing work is equal; it moves o
 
 import hashlib
 import io
+import logging
 import os
 import threading
 import time
@@ -63,6 +64,9 @@ from amsrepomirror.online.listing import redact
 from amsrepomirror.util.fsutil import atomic_write_json, local_writes
 from amsrepomirror.util.hashing import FILE_BLOCK
 from amsrepomirror.util.jsonread import read_json
+
+#: The run's log (Luigi's, in the run folder): where a segmented file's end is timed (``Transfers._finish_if_complete``).
+run_log = logging.getLogger("luigi-interface")
 
 MiB = 1024 * 1024
 RANGES_SCHEMA = "amsrepomirror/part-ranges/1"
@@ -308,6 +312,7 @@ class Transfers:
         self.cond = threading.Condition()
         self.in_use, self.limit, self.epoch = 0, jobs, 0
         self.grow_at = 0.0
+        self.last_full: float | None = None  # the last moment every connection of the budget was busy
         self.slowdown: Slowdown | None = None
 
     def close_all(self) -> None:
@@ -329,6 +334,8 @@ class Transfers:
                     work = self._pick(now)
                     if work is not None:
                         self.in_use += 1
+                        if self.in_use >= self.limit:
+                            self.last_full = now
                         work.epoch = self.epoch
                         return work
                 if not (self.pending or self.delayed or self.in_use or any(not f.finishing for f in self.files)):
@@ -463,6 +470,16 @@ class Transfers:
             self._fail(work, exc)
         return False
 
+    @staticmethod
+    def _log_end(f: SegmentedFile, ranges: int, on_disk: float, last_full: float | None, left: int, hashed: float):
+        """Time the end of a file fetched as ranges in the run's log: how long before its last range was on disk
+        the connections stopped being all busy, then the hash read back and the fsync: what keeps a run from
+        being busy to the end."""
+        idle = f"{on_disk - last_full:.3f} s after all connections were last busy" if last_full is not None \
+            else "and the connections never all busy"
+        run_log.info(f"ranges ended: {f.entry['path']} ({f.remote.size} bytes, {ranges} ranges) on disk {idle}; "
+                     f"{left} bytes hashed after in {hashed - on_disk:.3f} s, fsync {time.monotonic() - hashed:.3f} s")
+
     def _fail(self, work: ConnectionWork, exc: MirrorError) -> None:
         """The file failed: stop its other ranges; its part stays to resume, unless it changed on the server."""
         f = work.file
@@ -575,15 +592,19 @@ class Transfers:
                 return
             f.finishing = True
             prefix = f.contiguous()
+            on_disk, last_full, ranges = time.monotonic(), self.last_full, len(f.extents)
         try:
             with local_writes(str(f.part)):
                 f.stop_following()
+                left = prefix - f.hashed
                 f.hash_prefix(prefix)
+                hashed = time.monotonic()
                 if f.hashed != f.remote.size or os.fstat(f.fd).st_size != f.remote.size:
                     raise FetchError(f"{redact(f.entry['url'])}: got {f.hashed} bytes, expected {f.remote.size}; not stored")
                 os.fsync(f.fd)
         finally:
             f.close()
+        self._log_end(f, ranges, on_disk, last_full, left, hashed)
         self.on_done(f.entry, FetchResult(f.remote.size, f.hasher.hexdigest(), f.remote.etag,
                                           f.remote.last_modified, f.transferred))
         drop_ranges_record(f.part)
