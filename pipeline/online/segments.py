@@ -595,8 +595,8 @@ class Transfers:
             on_disk, last_full, ranges = time.monotonic(), self.last_full, len(f.extents)
         try:
             with local_writes(str(f.part)):
+                left = prefix - f.hashed  # not yet hashed when the last range was on disk (the follower may be at it)
                 f.stop_following()
-                left = prefix - f.hashed
                 f.hash_prefix(prefix)
                 hashed = time.monotonic()
                 if f.hashed != f.remote.size or os.fstat(f.fd).st_size != f.remote.size:
