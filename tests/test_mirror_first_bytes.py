@@ -174,3 +174,21 @@ def test_a_first_bytes_answer_the_gate_refuses_is_asked_again_as_a_head(scm_doub
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
     asked = [(r.method, r.range, r.fault) for r in file_records(scm_double) if r.relpath == big]
     assert asked == [("GET", FIRST_BYTES, f"lie:{how}"), ("HEAD", None, None), ("GET", None, None)]
+
+
+def test_a_head_that_a_303_turns_into_a_get_is_never_read_nor_its_connection_reused(scm_double, repo_tree):
+    """urllib3 follows a 303 to a HEAD with a GET. Its body is not read (not into memory, whatever its length), and
+    its connection is not given back to the pool with the body unread: the next answer on it would be read from
+    that body, here a forged answer with another length and ETag."""
+    from amsrepomirror.online.http import make_session, probe
+
+    forged = b'HTTP/1.1 200 OK\r\nContent-Length: 999\r\nETag: "forged"\r\n\r\n'
+    (repo_tree / "Downloads" / "packages" / "common" / "forged.txt").write_bytes(forged * 4)
+    scm_double.redirect("common/moved.bin", lambda _target: scm_double.url("common/forged.txt"), 303, method="HEAD")
+    session = make_session(None, retries=2, backoff=0, pool_size=1)
+    session.auth = (b"demo", b"demo-pass")
+    moved = probe(session, scm_double.url("common/moved.bin"), 10)
+    assert (moved.status, moved.size) == (200, len(forged) * 4)  # what the 303 pointed to, as its GET's headers say
+    notes = probe(session, scm_double.url("common/docs/AMS 2026.1 release notes.pdf"), 10)
+    assert (notes.status, notes.size) == (200, 20_000) and notes.etag != '"forged"'
+    assert [r.method for r in scm_double.records() if r.relpath == "common/docs/AMS 2026.1 release notes.pdf"] == ["HEAD"]

@@ -591,7 +591,8 @@ def _as_response(raw: urllib3.BaseHTTPResponse, url: str) -> requests.Response:
 
 def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
     """HEAD a file: size and validators, or the refusing status."""
-    resp = _pooled_request(session, "HEAD", url, timeout, {"Accept-Encoding": "identity"})
+    resp = _pooled_request(session, "HEAD", url, timeout, {"Accept-Encoding": "identity"}, stream=True)
+    _release_head(resp)
     if resp.status in (403, 405):
         # Some servers and CDNs refuse HEAD but serve GET; a 401 is a challenge for any method.
         return _probe_with_get(session, url, timeout)
@@ -603,6 +604,16 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
         etag=resp.headers.get("ETag"),
         last_modified=resp.headers.get("Last-Modified"),
     )
+
+
+def _release_head(resp: urllib3.BaseHTTPResponse) -> None:
+    """Give a HEAD's connection back to the pool, unread: unless the answer has a body after all (urllib3 follows
+    a 303 with a GET, whose body a preloading read would hold in memory however long): then the connection is
+    closed, its body never read, and never taken as the start of the next answer on it."""
+    if resp.read(1, decode_content=False):  # guard: head-body-unread
+        resp.close()
+    else:
+        resp.release_conn()
 
 
 def _probe_with_get(session: requests.Session, url: str, timeout: float) -> RemoteInfo:

@@ -125,8 +125,9 @@ class FolderTask(ReportsFailure, luigi.Task):
         # instantiation after the class's first: it only warns, once, of a setting no parameter takes,
         # and a listing's DownloadFile tasks are made (and remade by clone) by the 10,000.
         if args or cls not in _SECTION_WALKED or len(kwargs) != len(params) or any(n not in kwargs for n, _ in params):
-            _SECTION_WALKED.add(cls)
-            return super().get_param_values(params, args, kwargs)
+            values = super().get_param_values(params, args, kwargs)
+            _SECTION_WALKED.add(cls)  # only once Luigi's own check went through
+            return values
         values = ((name, parameter.normalize(kwargs[name])) for name, parameter in params)
         return [(name, tuple(v) if isinstance(v, (list, set)) else v) for name, v in values]
 
