@@ -556,10 +556,15 @@ def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
         else:  # the CA bundle make_session chose, as a file or (like requests allows) a folder
             where = "ca_cert_dir" if os.path.isdir(session.verify) else "ca_certs"
             tls = {"cert_reqs": "CERT_REQUIRED", where: session.verify}
-        retries = session.get_adapter(url).max_retries
+        adapter = session.get_adapter(url)
         proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
-        common = dict(num_pools=4, maxsize=getattr(session, "pool_size", 4), retries=retries, **tls)
-        clients[key] = _with_deadline(urllib3.ProxyManager(proxy, **common) if proxy else urllib3.PoolManager(**common))
+        common = dict(num_pools=4, maxsize=getattr(session, "pool_size", 4), retries=adapter.max_retries, **tls)
+        if proxy:  # as requests reads it: "proxy:3128" is http://proxy:3128, an account in it is sent to the proxy
+            proxy = requests.utils.prepend_scheme_if_needed(proxy, "http")
+            manager = urllib3.ProxyManager(proxy, proxy_headers=adapter.proxy_headers(proxy), **common)
+        else:
+            manager = urllib3.PoolManager(**common)
+        clients[key] = _with_deadline(manager)
     return clients[key]
 
 
@@ -585,7 +590,7 @@ def _as_response(raw: urllib3.BaseHTTPResponse, url: str) -> requests.Response:
     resp = requests.Response()
     resp.status_code, resp.reason, resp.raw = raw.status, raw.reason, raw
     resp.headers = requests.structures.CaseInsensitiveDict(raw.headers)
-    resp.url = raw.geturl() or url
+    resp.url = urljoin(url, raw.geturl() or "")  # urllib3 gives the path asked, or a redirect's Location as sent
     return resp
 
 
@@ -610,7 +615,11 @@ def _release_head(resp: urllib3.BaseHTTPResponse) -> None:
     """Give a HEAD's connection back to the pool, unread: unless the answer has a body after all (urllib3 follows
     a 303 with a GET, whose body a preloading read would hold in memory however long): then the connection is
     closed, its body never read, and never taken as the start of the next answer on it."""
-    if resp.read(1, decode_content=False):  # guard: head-body-unread
+    try:
+        body = resp.read(1, decode_content=False)
+    except (urllib3.exceptions.HTTPError, OSError):
+        body = b"?"  # a body that cannot even be read: its connection is not used again either
+    if body:  # guard: head-body-unread
         resp.close()
     else:
         resp.release_conn()
