@@ -117,3 +117,41 @@ def test_a_wrong_proxy_account_is_one_clear_line(scm_double, tmp_path, proxy):
     assert result.returncode != 0
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "HTTP 407" in result.stderr
     assert not [r for r in scm_double.log if r.relpath is not None]  # the double never asked
+
+
+@pytest.mark.parametrize("value", [
+    "http://puser:s3cr/et@127.0.0.1:9",   # a "/" left unencoded in the password
+    "http://puser:s3cr#et@127.0.0.1:9",
+    "http://puser:%E2%82%ACs3cret@127.0.0.1:9",  # beyond Latin-1: requests cannot send it
+    "puser:s3cret@127.0.0.1:9",           # an account without the scheme
+    "socks5://puser:s3cret@127.0.0.1:9",
+])
+def test_a_proxy_setting_that_cannot_be_used_is_named_never_shown(scm_double, tmp_path, value):
+    report = tmp_path / "report.json"
+    dest = tmp_path / "m"
+    result = run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION),
+                     "--report", report, env=_env(value))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "$http_proxy" in result.stderr
+    assert "s3cr" not in result.stderr and "s3cr" not in result.stdout
+    assert not report.exists() or "s3cr" not in report.read_text()
+    assert not [r for r in scm_double.log if r.relpath is not None]  # nothing was asked
+
+
+def test_a_redirect_to_a_location_that_is_no_url_fails_the_file_in_one_line(scm_double, repo_tree, tmp_path):
+    path = "common/docs/AMS 2026.1 release notes.pdf"
+    scm_double.redirect(path, lambda _target: "http://[not-a-host/x", 302)
+    dest = tmp_path / "m"
+    result = run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION),
+                     env=cli_env())
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "redirects to a location that is not a URL" in result.stderr
+    assert tree_hashes(dest) == {p: h for p, h in served_tree(repo_tree, VERSION).items() if p != path}
+
+
+def test_the_redirect_rule_refuses_a_location_that_is_no_url():
+    from amsrepomirror.online.http import RedirectRefused, refuse_redirect
+
+    refuse_redirect("https://scm.example/a", "/b")  # a path on the same server: followed
+    with pytest.raises(RedirectRefused, match="not a URL"):
+        refuse_redirect("https://scm.example/a", "http://[not-a-host/x")

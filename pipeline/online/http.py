@@ -269,7 +269,10 @@ def refuse_redirect(url: str, location: str) -> None:
     pool): one from https may only lead to https, and only to http(s) at all. A redirect to plain
     http would carry the file, and the password that ~/.netrc gives for that host, across the
     network unprotected."""
-    source, target = urlsplit(url), urlsplit(urljoin(url, location))
+    try:
+        source, target = urlsplit(url), urlsplit(urljoin(url, location))
+    except ValueError:  # "http://[x": not a URL at all
+        raise RedirectRefused(f"{redact(url)} redirects to a location that is not a URL; not followed") from None
     allowed = ("https",) if source.scheme.lower() == "https" else ("http", "https")
     if target.scheme.lower() not in allowed:  # guard: redirect-no-downgrade
         raise RedirectRefused(f"{redact(url)} redirects to {redact(target.geturl())}: a redirect from "
@@ -427,6 +430,31 @@ class _Session(requests.Session):
         return {**settings, "proxies": dict(settings["proxies"])}
 
 
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+def check_proxy_environment() -> None:
+    """UsageError (exit 2) for a proxy setting of the environment that requests and urllib3 would fail on in the
+    middle of a run with an error quoting part of its account (a "/", "#" or "?" left unencoded in its password),
+    or could not send (an account beyond Latin-1, a scheme other than http(s)): the variable is named, its value
+    never shown."""
+    for variable in PROXY_VARIABLES:
+        value = os.environ.get(variable)
+        if not value:
+            continue
+        try:
+            url = requests.utils.prepend_scheme_if_needed(value, "http")
+            parts = urllib3.util.parse_url(url)
+            readable = parts.scheme in ("http", "https") and bool(parts.host)
+            HTTPAdapter.proxy_headers(None, url)  # the Proxy-Authorization requests and the probes send
+        except (ValueError, UnicodeError, urllib3.exceptions.LocationParseError):
+            readable = False
+        if not readable:  # guard: proxy-setting-unshown
+            raise UsageError(f"the proxy in ${variable} cannot be read as an http:// or https:// URL: write it as "
+                             "http://HOST:PORT, with the characters / # ? @ : and any beyond Latin-1 in its account "
+                             "percent-encoded (its value is not shown: it may hold a password)")
+
+
 def make_session(credentials: Credentials | None, *, verify_ssl: bool = True, retries: int = 5,
                  backoff: float = 0.5, pool_size: int = 4) -> requests.Session:
     """A pooled session: basic auth (or ~/.netrc through requests), retries, our User-Agent.
@@ -434,6 +462,7 @@ def make_session(credentials: Credentials | None, *, verify_ssl: bool = True, re
     ``session.verify`` is the one TLS setting of the run: False (``--no-ssl``) or the CA bundle
     (:func:`ca_bundle`); the HEAD probes (:func:`_head_client`) read it from there too.
     """
+    check_proxy_environment()
     session = _Session()
     adapter = _Adapter(max_retries=make_retry(retries, backoff), pool_connections=4, pool_maxsize=max(pool_size, 4))
     session.mount("http://", adapter)
@@ -559,7 +588,7 @@ def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
         adapter = session.get_adapter(url)
         proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
         common = dict(num_pools=4, maxsize=getattr(session, "pool_size", 4), retries=adapter.max_retries, **tls)
-        if proxy:  # as requests reads it: "proxy:3128" is http://proxy:3128, an account in it is sent to the proxy
+        if proxy:  # as requests reads it (check_proxy_environment): an account in it is sent to the proxy only
             proxy = requests.utils.prepend_scheme_if_needed(proxy, "http")
             manager = urllib3.ProxyManager(proxy, proxy_headers=adapter.proxy_headers(proxy), **common)
         else:
@@ -578,6 +607,8 @@ def _pooled_request(session: requests.Session, method: str, url: str, timeout: f
     try:
         return _head_client(session, url).request(method, url, headers=headers, timeout=timeout, redirect=True,
                                                   preload_content=not stream, decode_content=False)
+    except ValueError:  # urllib3 joins a redirect's Location before any check: one that is no URL ("http://[x")
+        raise RedirectRefused(f"{redact(url)} redirects to a location that is not a URL; not followed") from None
     except urllib3.exceptions.HTTPError as exc:
         failure = _certificate_failure(exc)
         if failure is not None:
