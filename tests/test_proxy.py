@@ -155,3 +155,13 @@ def test_the_redirect_rule_refuses_a_location_that_is_no_url():
     refuse_redirect("https://scm.example/a", "/b")  # a path on the same server: followed
     with pytest.raises(RedirectRefused, match="not a URL"):
         refuse_redirect("https://scm.example/a", "http://[not-a-host/x")
+
+
+def test_a_proxy_setting_the_run_does_not_use_is_not_checked(scm_double, repo_tree, tmp_path):
+    """no_proxy covers the server: the setting, however unreadable, is none of this run's business."""
+    env = dict(_env("http://puser:s3cr/et@127.0.0.1:9"), no_proxy="127.0.0.1,localhost")
+    dest = tmp_path / "m"
+    result = run_cli("mirror", "--version", VERSION, "--mirror", dest, "--listing-url", scm_double.listing_url(VERSION),
+                     env=env)
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)

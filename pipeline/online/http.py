@@ -425,34 +425,33 @@ class _Session(requests.Session):
                tuple(sorted((proxies or {}).items())))
         with self._environment_lock:
             if key not in self._environment_settings:
+                proxy_for(url)  # a proxy setting requests would fail on, quoting part of its password: exit 2 first
                 self._environment_settings[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
             settings = self._environment_settings[key]
         return {**settings, "proxies": dict(settings["proxies"])}
 
 
-PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
-
-
-def check_proxy_environment() -> None:
-    """UsageError (exit 2) for a proxy setting of the environment that requests and urllib3 would fail on in the
-    middle of a run with an error quoting part of its account (a "/", "#" or "?" left unencoded in its password),
-    or could not send (an account beyond Latin-1, a scheme other than http(s)): the variable is named, its value
-    never shown."""
-    for variable in PROXY_VARIABLES:
-        value = os.environ.get(variable)
-        if not value:
-            continue
-        try:
-            url = requests.utils.prepend_scheme_if_needed(value, "http")
-            parts = urllib3.util.parse_url(url)
-            readable = parts.scheme in ("http", "https") and bool(parts.host)
-            HTTPAdapter.proxy_headers(None, url)  # the Proxy-Authorization requests and the probes send
-        except (ValueError, UnicodeError, urllib3.exceptions.LocationParseError):
-            readable = False
-        if not readable:  # guard: proxy-setting-unshown
-            raise UsageError(f"the proxy in ${variable} cannot be read as an http:// or https:// URL: write it as "
-                             "http://HOST:PORT, with the characters / # ? @ : and any beyond Latin-1 in its account "
-                             "percent-encoded (its value is not shown: it may hold a password)")
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``https_proxy``, ``all_proxy``, ``no_proxy``, as requests reads
+    them), as an http(s) URL; UsageError (exit 2) for one that requests and urllib3 would fail on mid-run with an
+    error quoting part of its account (a "/", "#" or "?" left unencoded in its password), or could not send (an
+    account beyond Latin-1, a scheme other than http(s), SOCKS): the variable is named, its value never shown."""
+    proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+    if not proxy:
+        return None
+    try:
+        proxy = requests.utils.prepend_scheme_if_needed(proxy, "http")
+        parts = urllib3.util.parse_url(proxy)
+        readable = parts.scheme in ("http", "https") and bool(parts.host)
+        HTTPAdapter.proxy_headers(None, proxy)  # the Proxy-Authorization requests and the probes send
+    except (ValueError, UnicodeError, urllib3.exceptions.LocationParseError):
+        readable = False
+    if not readable:  # guard: proxy-setting-unshown
+        scheme = urlsplit(url).scheme.lower()
+        raise UsageError(f"the proxy for {scheme}:// URLs (${scheme}_proxy or $all_proxy) cannot be read as an http:// "
+                         "or https:// URL: write it as http://HOST:PORT, with the characters / # ? @ : and any beyond "
+                         "Latin-1 in its account percent-encoded (its value is not shown: it may hold a password)")
+    return proxy
 
 
 def make_session(credentials: Credentials | None, *, verify_ssl: bool = True, retries: int = 5,
@@ -462,7 +461,6 @@ def make_session(credentials: Credentials | None, *, verify_ssl: bool = True, re
     ``session.verify`` is the one TLS setting of the run: False (``--no-ssl``) or the CA bundle
     (:func:`ca_bundle`); the HEAD probes (:func:`_head_client`) read it from there too.
     """
-    check_proxy_environment()
     session = _Session()
     adapter = _Adapter(max_retries=make_retry(retries, backoff), pool_connections=4, pool_maxsize=max(pool_size, 4))
     session.mount("http://", adapter)
@@ -586,10 +584,9 @@ def _head_client(session: requests.Session, url: str) -> urllib3.PoolManager:
             where = "ca_cert_dir" if os.path.isdir(session.verify) else "ca_certs"
             tls = {"cert_reqs": "CERT_REQUIRED", where: session.verify}
         adapter = session.get_adapter(url)
-        proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+        proxy = proxy_for(url)
         common = dict(num_pools=4, maxsize=getattr(session, "pool_size", 4), retries=adapter.max_retries, **tls)
-        if proxy:  # as requests reads it (check_proxy_environment): an account in it is sent to the proxy only
-            proxy = requests.utils.prepend_scheme_if_needed(proxy, "http")
+        if proxy:  # as requests reads it: an account in it is sent to the proxy only
             manager = urllib3.ProxyManager(proxy, proxy_headers=adapter.proxy_headers(proxy), **common)
         else:
             manager = urllib3.PoolManager(**common)
