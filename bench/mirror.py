@@ -146,7 +146,7 @@ def _ours(listing_url: str, dest: Path, **kwargs):
     return run, report
 
 
-_RANGES_ENDED = re.compile(r"ranges ended: .*? \((\d+) bytes, (\d+) ranges\) on disk (.*?); (\d+) bytes hashed after in "
+_RANGES_ENDED = re.compile(r"ranges ended: .*? \((\d+) bytes, (\d+) range requests\) on disk (.*?); (\d+) bytes hashed after in "
                            r"([\d.]+) s, fsync ([\d.]+) s")
 
 
@@ -157,7 +157,7 @@ def range_ends(dest: Path, report: dict) -> list[str]:
         text = log.read_text(errors="replace")
     except OSError:
         return []
-    return [f"{int(m.group(1)) / 2**20:.0f} MiB in {m.group(2)} ranges: last range on disk {m.group(3)}; then "
+    return [f"{int(m.group(1)) / 2**20:.0f} MiB in {m.group(2)} range requests: last range on disk {m.group(3)}; then "
             f"{int(m.group(4)) / 2**20:.0f} MiB hashed in {m.group(5)} s, fsync {m.group(6)} s"
             for m in _RANGES_ENDED.finditer(text)]
 

@@ -83,7 +83,7 @@ def test_drops_in_several_ranges_give_the_exact_file(scm_double, repo_tree, tmp_
     assert sum(r.body_bytes for r in gets) < 24 * MiB + 8 * MiB  # each range resumed where it dropped
     assert not list((dest / ".amsrepomirror").rglob("*.part*"))
     ended = [m for log in (dest / ".amsrepomirror" / "runs").glob("*/luigi.log")
-             for m in re.finditer(r"ranges ended: (\S+) \((\d+) bytes, (\d+) ranges\) on disk .*?; (\d+) bytes hashed "
+             for m in re.finditer(r"ranges ended: (\S+) \((\d+) bytes, (\d+) range requests\) on disk .*?; (\d+) bytes hashed "
                                   r"after in [\d.]+ s, fsync [\d.]+ s", log.read_text())]
     assert [(m.group(1), int(m.group(2))) for m in ended] == [(HUGE, 24 * MiB)]  # the end of the file, timed in the log
     assert int(ended[0].group(3)) >= 2 and 0 <= int(ended[0].group(4)) <= 24 * MiB

@@ -1,11 +1,13 @@
 """Downloads under one connection budget: large files as several byte ranges, written in place.
 
 ``jobs`` worker threads share one budget of connections (:class:`Transfers`). A free connection
-goes, in this order, to a range waiting to be retried, a range of a started file that no one is
-fetching (a resumed file), a split of the largest range still running of a file at or above the
-threshold (while that file has fewer than ``max_ranges`` ranges), and else the next file, largest
-first. So large files are fetched in parallel ranges from the start and, once no file is left to
-start, the remaining large files are split further: no connection stays idle at the end.
+goes, in this order, to a range waiting to be retried, the next piece of a started file that no
+one is fetching, a split of the largest range still running of a file at or above the threshold
+(while that file has fewer than ``max_ranges`` ranges), and else the next file, largest first.
+A file's first request asks for all of it; once the server has answered a range with 206, the
+rest is handed out in file order, a piece (16 MiB) per request on the connections' kept-alive
+sockets, and at the end the ranges still running are halved down to 1 MiB: no connection stays
+idle at the end, and the prefix the hash follows grows at the rate of all connections together.
 
 Each range is a ``Range`` + ``If-Range`` GET written with ``pwrite`` at its offset into the
 file's ``.part``. Which bytes are on disk is kept in a small record next to the part
@@ -19,11 +21,10 @@ spliced. A server that answers a range with 200 does not honour Range: the file 
 
 The SHA-256 follows the contiguous prefix: a block written at the hash frontier is hashed as it
 streams; a follower thread per file reads back from the page cache what lies before a range once
-every byte before it is on disk, and the range at the frontier keeps a short head when split, so
-the prefix grows while the other ranges run. Measured on 1 GiB (nginx on loopback): one read of
-the finished file costs 0.5-0.8 s after the last range; following the prefix left 0-200 MiB
-(0-0.12 s) unthrottled over 4 ranges and 9-460 MiB under a 20 MiB/s per-connection limit over 8,
-for the same wall time within noise (the total hashing work is equal; it moves off the end).
+every byte before it is on disk, and asks the kernel to start writing what is hashed to disk, so
+that the fsync at the end has little left. Measured on 1 GiB at --jobs 8 under a 20 MiB/s
+per-connection limit (nginx on loopback): with ranges made by halving, 550-790 MiB were still to
+hash when the last range ended (0.45-1.1 s); handed out in order as pieces, 15-65 MiB (under 0.08 s).
 
 429 and 503 reach this code (``http.body_session``): the budget is halved, the request waits its
 ``Retry-After``, and the budget grows back by one connection per calm interval.
@@ -61,7 +62,7 @@ from amsrepomirror.online.http import (
     stream_into,
 )
 from amsrepomirror.online.listing import redact
-from amsrepomirror.util.fsutil import atomic_write_json, local_writes
+from amsrepomirror.util.fsutil import atomic_write_json, local_writes, start_writeback
 from amsrepomirror.util.hashing import FILE_BLOCK
 from amsrepomirror.util.jsonread import read_json
 
@@ -72,17 +73,20 @@ MiB = 1024 * 1024
 RANGES_SCHEMA = "amsrepomirror/part-ranges/1"
 CHECKPOINT_SECONDS = 2.0  # how often a running range records its progress
 CALM_SECONDS = 10.0  # after a 429/503, this long (or its Retry-After, if longer) before the budget grows again
+WRITEBACK_STEP = 8 * MiB  # hashed bytes after which the follower asks the kernel to start writing them to disk
 GROW_SECONDS = 2.0  # then one more connection per this many seconds without a busy answer
 
 
 @dataclass(frozen=True)
 class SegmentPolicy:
     """When a file is fetched as ranges: ``threshold`` bytes or more, at most ``max_ranges`` ranges
-    at once, none started smaller than ``min_range`` bytes."""
+    at once, handed out in file order as pieces of ``piece`` bytes, and at the end running ranges
+    halved down to ``min_range`` bytes."""
 
     threshold: int = 16 * MiB
     max_ranges: int = 8
-    min_range: int = 4 * MiB
+    piece: int = 16 * MiB
+    min_range: int = 1 * MiB
 
 
 def ranges_record_path(part: Path) -> Path:
@@ -134,7 +138,9 @@ class SegmentedFile:
         self.discarded = False
         self.finishing = False
         self.transferred = 0
+        self.requests = 0  # range requests sent for it (the log's count)
         self.hasher, self.hashed = hashlib.sha256(), 0
+        self.written_back = 0  # bytes from 0 the follower asked the kernel to start writing to disk
         self._hash_lock, self._record_lock = threading.Lock(), threading.Lock()
         self._recorded_at = 0.0
         self._hash_wanted, self._hash_stop = threading.Event(), threading.Event()
@@ -207,6 +213,8 @@ class SegmentedFile:
                 if offset == self.hashed:
                     self.hasher.update(block)
                     self.hashed += len(block)
+                    if self.hashed - self.written_back >= WRITEBACK_STEP:
+                        self._hash_wanted.set()  # the follower starts its writing to disk
                     return
             finally:
                 self._hash_lock.release()
@@ -230,6 +238,9 @@ class SegmentedFile:
                 self.hash_prefix(prefix)
             except (OSError, FetchError):
                 return  # the finish reads again and reports it
+            hashed = self.hashed
+            start_writeback(self.fd, self.written_back, hashed - self.written_back)  # the fsync at the end has little left
+            self.written_back = hashed
 
     def stop_following(self) -> None:
         self._hash_stop.set()
@@ -251,6 +262,19 @@ class SegmentedFile:
                         raise FetchError(f"{self.part}: shorter than the bytes recorded as written")
                     self.hasher.update(view[:n])
                     self.hashed += n
+
+    def coalesce(self) -> None:
+        """Join each extent that no range is running to the one before it when that one is all on disk
+        and not running either (the caller holds the lock): the list, walked per block written, and the
+        record stay short however many pieces a file had."""
+        joined = [self.extents[0]]
+        for e in self.extents[1:]:
+            before = joined[-1]
+            if not e.busy and not before.busy and before.pos == before.end:  # guard: coalesce-only-whole
+                before.end, before.pos = e.end, e.pos
+            else:
+                joined.append(e)
+        self.extents[:] = joined
 
     def contiguous(self) -> int:
         """Bytes from 0 that are all on disk."""
@@ -351,8 +375,7 @@ class Transfers:
         for f in self.files:
             idle = next((e for e in f.extents if not e.busy and e.pos < e.end), None)
             if idle is not None and not f.stopped and sum(e.busy for e in f.extents) < self.policy.max_ranges:
-                idle.busy = True
-                return ConnectionWork(f.entry, f, idle)
+                return ConnectionWork(f.entry, f, self._piece_of(f, idle))
         split = self._split()
         if split is not None:
             return split
@@ -374,8 +397,21 @@ class Transfers:
         remote = RemoteInfo.of_entry(entry)
         return remote.size is not None and remote.size >= self.policy.threshold and if_range_validator(remote) is not None
 
+    def _piece_of(self, f: SegmentedFile, idle: Extent) -> Extent:
+        """Reserve the first piece of an idle extent (the rest stays idle), so that ranges are handed
+        out in file order and the prefix the hash follows grows at the rate of all connections; the
+        whole extent while the server has not yet shown that it honours ranges."""
+        cut = idle.pos + self.policy.piece
+        if f.honours_ranges and idle.end - cut >= self.policy.min_range:
+            f.extents.insert(f.extents.index(idle) + 1, Extent(cut, idle.end, cut))  # guard: piece-rest-unwritten
+            idle.end = cut
+        idle.busy = True
+        return idle
+
     def _split(self) -> ConnectionWork | None:
-        """Take the second half of the largest running range that is worth splitting."""
+        """Split the largest running range that is worth it: a range longer than two pieces (a file's
+        first request asks for all of it) keeps one piece and the rest goes idle, to be handed out in
+        pieces; at the end, a range is halved."""
         best = None
         for f in self.files:
             if not f.honours_ranges or f.stopped or f.finishing or sum(e.busy for e in f.extents) >= self.policy.max_ranges:
@@ -388,14 +424,11 @@ class Transfers:
             return None
         f, e = best
         left = e.end - e.pos
-        frontier = next(x for x in f.extents if x.pos < x.end) is e
-        # The range at the hash frontier keeps a short head, so the contiguous prefix (and its hash)
-        # grows while the others run; elsewhere halves.
-        middle = e.pos + (max(self.policy.min_range, left // 8) if frontier else left // 2)
-        taken = Extent(middle, e.end, middle, busy=True)
+        middle = e.pos + (self.policy.piece if left > 2 * self.policy.piece else left // 2)
+        rest = Extent(middle, e.end, middle)  # guard: split-rest-unwritten
         e.end = middle
-        f.extents.insert(f.extents.index(e) + 1, taken)
-        return ConnectionWork(f.entry, f, taken)
+        f.extents.insert(f.extents.index(e) + 1, rest)
+        return ConnectionWork(f.entry, f, self._piece_of(f, rest))
 
     def _release(self, work: ConnectionWork, requeued: bool) -> None:
         f = work.file
@@ -403,6 +436,8 @@ class Transfers:
             self.in_use -= 1
             if work.extent is not None and not requeued:
                 work.extent.busy = False
+            if f is not None:
+                f.coalesce()
             idle = f is not None and f.stopped is not None and not any(e.busy for e in f.extents)
             self.cond.notify_all()
         if idle:
@@ -477,7 +512,7 @@ class Transfers:
         being busy to the end."""
         idle = f"{on_disk - last_full:.3f} s after all connections were last busy" if last_full is not None \
             else "and the connections never all busy"
-        run_log.info(f"ranges ended: {f.entry['path']} ({f.remote.size} bytes, {ranges} ranges) on disk {idle}; "
+        run_log.info(f"ranges ended: {f.entry['path']} ({f.remote.size} bytes, {ranges} range requests) on disk {idle}; "
                      f"{left} bytes hashed after in {hashed - on_disk:.3f} s, fsync {time.monotonic() - hashed:.3f} s")
 
     def _fail(self, work: ConnectionWork, exc: MirrorError) -> None:
@@ -511,6 +546,7 @@ class Transfers:
                 if e.pos >= e.end:
                     return
                 start, end = e.pos, e.end
+                f.requests += 1
             try:
                 resp, body = get_range(self.session, url, f.remote, start, end, self.timeout)
             except UnusableRange as exc:  # nothing of it written: ask again
@@ -592,11 +628,12 @@ class Transfers:
                 return
             f.finishing = True
             prefix = f.contiguous()
-            on_disk, last_full, ranges = time.monotonic(), self.last_full, len(f.extents)
+            on_disk, last_full, ranges = time.monotonic(), self.last_full, f.requests
         try:
             with local_writes(str(f.part)):
                 left = prefix - f.hashed  # not yet hashed when the last range was on disk (the follower may be at it)
                 f.stop_following()
+                start_writeback(f.fd, f.written_back, prefix - f.written_back)  # while the rest is hashed
                 f.hash_prefix(prefix)
                 hashed = time.monotonic()
                 if f.hashed != f.remote.size or os.fstat(f.fd).st_size != f.remote.size:
