@@ -162,6 +162,21 @@ def _busy(runs, nbytes: int, connections: int) -> tuple[float, str]:
                                                      f"{need:.2f} s; the download phase took {download:.2f} s")
 
 
+def _peer_share(nbytes: int, connections: int, seconds: float, name: str) -> str:
+    """What share of the limit the peer's whole run (start-up included) carried: how near this machine lets a
+    tool come to the limit in this run."""
+    return (f"{name}'s whole run carried {nbytes / (connections * RATE) / seconds:.0%} of the limit "
+            f"({fmt_s(seconds)}, start-up included)")
+
+
+def _import_floor(ctx: Context) -> float:
+    """Median time of ``python -c 'import luigi.interface, requests'``: what any run of this design pays before it
+    does anything."""
+    runs = [timed([sys.executable, "-c", "import luigi.interface, requests"], cwd=ROOT, env=ours_env(),
+                  log_dir=ctx.logs, name=f"import-floor-{i}") for i in range(5)]
+    return _median_s(r.seconds for r in runs)
+
+
 def _median_s(values) -> float:
     return statistics.median(values)
 
@@ -209,11 +224,14 @@ def throttled_files(ctx: Context, table: Table) -> None:
               f"max RSS ours {fmt_mb(max(r.max_rss_mb for r in runs['ours16']))}; " + _phases(runs["ours16"]))
     busy, how = _busy(runs["ours16"], nbytes, 16)
     table.add("throttled files", f"{what}: busy while data flows, --jobs 16 (best run)", f"{busy:.0%}", "", "", "",
-              f"≥ {BUSY:.0%}", verdict(busy >= BUSY, busy, BUSY), how)
+              f"≥ {BUSY:.0%}", verdict(busy >= BUSY, busy, BUSY), how + "; " + _peer_share(nbytes, 16, peer, peer_name))
+    floor = _import_floor(ctx)
     table.add("throttled files", f"no-op rerun of the {count} files, --jobs 16: the fixed cost of a run (median of "
               f"{len(runs['noop'])})", fmt_s(fixed), "", "", "", f"≤ {FIXED_COST} s",
               verdict(fixed <= FIXED_COST, fixed, FIXED_COST),
-              f"all runs: {_all(runs['noop'])}")
+              f"all runs: {_all(runs['noop'])}; the floor of this design, `python -c 'import luigi.interface, "
+              f"requests'` alone (Luigi's import pulls in its RPC client, requests and tenacity): {fmt_s(floor)} "
+              f"(median of 5)")
     ours4, wget = _best(runs["ours4"]), _best(runs["wget"])
     table.add("throttled files", f"{what}: ours --jobs 4 vs wget -xi (best of {rounds})", fmt_s(ours4), "wget -x -i",
               fmt_s(wget), f"{ours4 / wget:.2f}", "wget ÷ ours ≥ 3", verdict(wget / ours4 >= 3, wget / ours4, 3),
@@ -263,6 +281,7 @@ def big_throttled(ctx: Context, table: Table) -> None:
               f"max RSS ours {fmt_mb(max(r.max_rss_mb for r in ours))}, aria2c {fmt_mb(max(r.max_rss_mb for r in aria))}; "
               + _phases(ours))
     busy, how = _busy(ours, nbytes, 8)
+    how += "; " + _peer_share(nbytes, 8, peer, aria_name)
     ends = "; ".join(f"run {i + 1}: {'; '.join(r.range_ends) or '(not logged)'}" for i, r in enumerate(ours))
     table.add("one big file, throttled", "busy while data flows, --jobs 8 (best run)", f"{busy:.0%}", "", "", "",
               f"≥ {BUSY:.0%}", verdict(busy >= BUSY, busy, BUSY), f"{how}; the file's end (run log): {ends}")

@@ -5,6 +5,7 @@ misbehaviour (``ScmDouble.misbehave``, ``cut_after(then=...)``, ``throttle``, ``
 """
 
 import gzip
+import os
 import random
 import signal
 import time
@@ -180,8 +181,14 @@ def test_a_206_to_a_whole_file_request_fails_that_file(scm_double, repo_tree, tm
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)
 
 
+def served_path(repo_tree, path):
+    return repo_tree / "Downloads" / "packages" / path
+
+
 @pytest.mark.parametrize("etag", [None, "weak", "none"], ids=["strong-etag", "weak-etag", "no-etag"])
 def test_if_range_carries_a_strong_etag_else_the_date(scm_double, repo_tree, tmp_path, etag):
+    a_minute_ago = time.time_ns() - 60 * 10**9  # a date that ties: at least a second before the answers' Date
+    os.utime(served_path(repo_tree, BIG), ns=(a_minute_ago, a_minute_ago))
     scm_double.misbehave(BIG, etag=etag)
     spare_probes(scm_double)  # the cut meets the transfer, not a first run's probe of the first bytes
     scm_double.cut_after(BIG, nbytes=700_000, method="GET")
@@ -194,6 +201,22 @@ def test_if_range_carries_a_strong_etag_else_the_date(scm_double, repo_tree, tmp
         assert resumed[0].if_range.startswith('"')
     else:  # never a weak tag: the Last-Modified date
         assert resumed[0].if_range.endswith("GMT")
+
+
+def test_a_cut_file_whose_date_is_this_second_starts_again_never_resumed(scm_double, repo_tree, tmp_path):
+    """No ETag and a Last-Modified not a second before the answer's Date (RFC 9110, 13.1.5): the file may change
+    again within that second and keep its date, so a resume tied to it could join two versions: the cut file is
+    asked again from its first byte, without If-Range."""
+    in_30_s = time.time_ns() + 30 * 10**9  # "now" as far as the server's Date goes
+    os.utime(served_path(repo_tree, BIG), ns=(in_30_s, in_30_s))
+    scm_double.misbehave(BIG, etag="none")
+    spare_probes(scm_double)
+    scm_double.cut_after(BIG, nbytes=700_000, method="GET")
+    result = mirror(scm_double, tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    assert tree_hashes(tmp_path / "m") == served_tree(repo_tree, VERSION)
+    gets = transfer_gets(scm_double.records("GET", BIG))
+    assert len(gets) == 2 and all(r.range is None and r.if_range is None for r in gets), [(r.range, r.if_range) for r in gets]
 
 
 # 3. Only identity bodies are stored, exactly as sent, never decoded.

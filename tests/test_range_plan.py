@@ -168,3 +168,15 @@ def test_pieces_of_two_files_share_the_budget_largest_first(plan):
     assert second.file is large.file and (second.extent.start // MiB, second.extent.end // MiB) == (16, 32)
     third = t._pick(0)  # the large file has its two ranges: the next file starts
     assert third.entry["path"] == "a/small.bin" and (third.extent.start, third.extent.end) == (0, 20 * MiB)
+
+
+def test_ranges_are_halved_only_once_no_file_is_left_to_start(plan):
+    t = plan([entry(64 * MiB, "a/large.bin"), entry(8 * MiB, "a/small.bin")], jobs=8)
+    large = t._pick(0)
+    large.file.honours_ranges = True
+    pieces = [t._pick(0).extent for _ in range(3)]
+    assert [(e.start // MiB, e.end // MiB) for e in pieces] == [(16, 32), (32, 48), (48, 64)]
+    small = t._pick(0)  # a running range could be halved, but a cut costs a connection: the waiting file starts
+    assert small.entry["path"] == "a/small.bin" and small.file is None  # below the threshold: one stream
+    half = t._pick(0).extent  # nothing left to start: now the largest running range is halved
+    assert (half.start, half.end, half.pos) == (8 * MiB, 16 * MiB, 8 * MiB)

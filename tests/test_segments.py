@@ -6,6 +6,7 @@ tree's hashes and the exit code.
 """
 
 import json
+import os
 import re
 import signal
 import time
@@ -48,10 +49,12 @@ def settings(tmp_path, **http):
 
 
 def add_huge(double, root, size=24 * MiB):
-    """The huge file, listed; the faults armed for it meet its transfer, not a first run's probe of its first bytes."""
-    write_file(root, HUGE, size)
+    """The huge file, listed (its path as served); the faults armed for it meet its transfer, not a first run's
+    probe of its first bytes."""
+    served = write_file(root, HUGE, size)
     write_listing(root, VERSION, double.base_url)
     spare_probes(double)
+    return served
 
 
 def mirror(double, dest, *extra, env, timeout=240):
@@ -192,6 +195,32 @@ def test_file_changing_between_two_range_requests_is_caught_never_spliced(scm_do
     second = mirror(scm_double, dest, "--jobs", "6", env=env)
     assert second.returncode == 0, second.stderr
     assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # the new version, whole
+
+
+def test_a_file_rewritten_within_its_last_modified_second_is_one_get_never_ranges(scm_double, repo_tree, tmp_path):
+    """No ETag, and a Last-Modified not a second before the answer's Date (RFC 9110, 13.1.5): it ties nothing,
+    since the file may change again within that second and keep it. The file is fetched as one GET, without
+    If-Range: had it been ranges, the rewrite before the second one (same length, same second) would be spliced."""
+    served = add_huge(scm_double, repo_tree)
+    second = int(time.time()) + 30  # "now" as far as the server's Date goes: not a second after it
+    os.utime(served, ns=(second * 10**9,) * 2)
+    scm_double.misbehave(HUGE, etag="none")
+    scm_double.throttle(12 * MiB)
+    seen = []
+
+    def rewrite_in_the_same_second():
+        seen.append(1)
+        if len(seen) == 2:
+            change_file(repo_tree, HUGE, seed=7)
+            os.utime(served, ns=(second * 10**9 + 5 * 10**8,) * 2)
+
+    scm_double.on_request(HUGE, rewrite_in_the_same_second, times=None, method="GET")
+    dest, env = tmp_path / "m", settings(tmp_path)
+    done = mirror(scm_double, dest, "--jobs", "6", env=env)
+    assert done.returncode == 0, done.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # the version served, whole: nothing rewritten
+    gets = huge_gets(scm_double)
+    assert [(r.range, r.if_range) for r in gets] == [(None, None)], [(r.range, r.body_bytes) for r in gets]
 
 
 @pytest.mark.slow

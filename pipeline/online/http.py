@@ -191,14 +191,22 @@ class RemoteInfo:
     size: int | None = None
     etag: str | None = None
     last_modified: str | None = None
+    weak_date: bool = False  # Last-Modified not a second before the answer's Date: it ties no range (weak_date)
 
     def validators(self):
-        return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
+        told = {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
+        return {**told, "weak_date": True} if self.weak_date else told
 
     @classmethod
     def of_entry(cls, entry) -> "RemoteInfo":
         """The answer a snapshot entry recorded (its ``validators()``), for the GETs that follow."""
-        return cls(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"))
+        return cls(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"), bool(entry.get("weak_date")))
+
+    @classmethod
+    def of_answer(cls, size: int | None, headers) -> "RemoteInfo":
+        """A 200's (or a probe's) size and validators, as ``headers`` tell them."""
+        last_modified = headers.get("Last-Modified")
+        return cls(200, size, headers.get("ETag"), last_modified, weak_date(last_modified, headers.get("Date")))
 
 
 @dataclass(frozen=True)
@@ -631,12 +639,8 @@ def probe(session: requests.Session, url: str, timeout: float) -> RemoteInfo:
         return _probe_with_get(session, url, timeout)
     if resp.status != 200:
         return RemoteInfo(status=resp.status)
-    return RemoteInfo(
-        status=200,
-        size=parse_content_length(resp.headers.get("Content-Length")),  # unreadable: the GET's length decides
-        etag=resp.headers.get("ETag"),
-        last_modified=resp.headers.get("Last-Modified"),
-    )
+    # an unreadable length: the GET's length decides
+    return RemoteInfo.of_answer(parse_content_length(resp.headers.get("Content-Length")), resp.headers)
 
 
 def _release_head(resp: urllib3.BaseHTTPResponse) -> None:
@@ -664,7 +668,7 @@ def _probe_with_get(session: requests.Session, url: str, timeout: float) -> Remo
             size = parse_content_length(resp.headers.get("Content-Length"))
         else:
             return RemoteInfo(status=resp.status_code)
-        return RemoteInfo(200, size, resp.headers.get("ETag"), resp.headers.get("Last-Modified"))
+        return RemoteInfo.of_answer(size, resp.headers)
 
 
 def probe_with_body(session: requests.Session, url: str, timeout: float, into: Path, first_bytes: int,
@@ -717,18 +721,18 @@ def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteI
     """The answer to the first bytes as HEAD's (None: ask HEAD); what the gate judges its body as (None: a
     refusal, no body to judge): the whole file when it carries it (as a range, or the whole file), else the
     first bytes asked for; and whether it carries the whole file."""
-    status, etag, last_modified = resp.status_code, resp.headers.get("ETag"), resp.headers.get("Last-Modified")
+    status = resp.status_code
     first = Asked(0, first_bytes, ranged=True)
     if status == 206:
         total = (parse_content_range(resp.headers.get("Content-Range")) or (None, None, None))[2]
         if total is None:
             return None, None, False
         whole = 0 < total <= first_bytes
-        return RemoteInfo(200, total, etag, last_modified), Asked(0, total, ranged=True) if whole else first, whole
+        return RemoteInfo.of_answer(total, resp.headers), Asked(0, total, ranged=True) if whole else first, whole
     if status == 200:
         size = parse_content_length(resp.headers.get("Content-Length"))
         whole = size is not None and size <= first_bytes
-        return RemoteInfo(200, size, etag, last_modified), Asked() if whole else first, whole
+        return RemoteInfo.of_answer(size, resp.headers), Asked() if whole else first, whole
     if status in (405, 416, 501):  # no range or no GET of this kind: HEAD answers
         return None, None, False
     return RemoteInfo(status=status), None, False  # 401/403 refuse any method (probe asks a 403 HEAD again as a GET)
@@ -736,14 +740,15 @@ def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteI
 
 def _resumable_prefix(resp: requests.Response, remote: RemoteInfo) -> bool:
     """Whether the first bytes of a longer file can start its download: a 206 of them, with a validator that
-    ties the rest (asked with If-Range) to them: a strong ETag, or a Last-Modified at least a second before the
-    answer's Date (RFC 9110, 13.1.5: a file rewritten within its Last-Modified second keeps the date, and a resume
-    tied to it would join the start of one version to the rest of another)."""
-    if resp.status_code != 206 or if_range_validator(remote) is None:
-        return False
-    if remote.etag and not remote.etag.startswith("W/"):
-        return True
-    return _date_before(remote.last_modified, resp.headers.get("Date"))  # guard: prefix-strong-date
+    ties the rest (asked with If-Range) to them (``if_range_validator``)."""
+    return resp.status_code == 206 and if_range_validator(remote) is not None
+
+
+def weak_date(last_modified: str | None, date: str | None) -> bool:
+    """Whether a Last-Modified ties nothing: it is not at least a second before the Date of the answer that
+    carried it (RFC 9110, 13.1.5: a file rewritten within its Last-Modified second keeps the date, so ranges or
+    a resume tied to it could join one version to another). A missing or unreadable Date counts as weak."""
+    return last_modified is not None and not _date_before(last_modified, date)  # guard: strong-date
 
 
 def _date_before(last_modified: str | None, date: str | None) -> bool:
@@ -785,13 +790,16 @@ def _part_meta_path(part: Path) -> Path:
 
 
 def if_range_validator(remote: RemoteInfo) -> str | None:
-    """What ``If-Range`` may carry: a strong ETag, else a Last-Modified date, else nothing (no resume).
+    """What ``If-Range`` may carry: a strong ETag, else a Last-Modified date at least a second before the
+    answer that told it (``weak_date``), else nothing: no ranges, no resume, the file is one GET.
 
     A weak ETag must not be used: RFC 9110 forbids it in If-Range, and a server that compared it
     weakly would splice a changed file.
     """
     if remote.etag and not remote.etag.startswith("W/"):
         return remote.etag
+    if remote.weak_date:  # guard: if-range-weak-date
+        return None
     return remote.last_modified or None
 
 

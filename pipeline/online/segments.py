@@ -2,12 +2,12 @@
 
 ``jobs`` worker threads share one budget of connections (:class:`Transfers`). A free connection
 goes, in this order, to a range waiting to be retried, the next piece of a started file that no
-one is fetching, a split of the largest range still running of a file at or above the threshold
-(while that file has fewer than ``max_ranges`` ranges), and else the next file, largest first.
-A file's first request asks for all of it; once the server has answered a range with 206, the
-rest is handed out in file order, a piece (16 MiB) per request on the connections' kept-alive
-sockets, and at the end the ranges still running are halved down to 1 MiB: no connection stays
-idle at the end, and the prefix the hash follows grows at the rate of all connections together.
+one is fetching, the rest of a file's first request (which asks for all of it) once the server
+has answered a range with 206, and else the next file, largest first; a file of the threshold or
+more runs at most ``max_ranges`` ranges at once. The rest is handed out in file order, a piece
+(16 MiB) per request on the connections' kept-alive sockets, and once no file is left to start,
+the largest range still running is halved (down to 1 MiB): no connection stays idle at the end,
+and the prefix the hash follows grows at the rate of all connections together.
 
 Each range is a ``Range`` + ``If-Range`` GET written with ``pwrite`` at its offset into the
 file's ``.part``. Which bytes are on disk is kept in a small record next to the part
@@ -376,7 +376,7 @@ class Transfers:
             idle = next((e for e in f.extents if not e.busy and e.pos < e.end), None)
             if idle is not None and not f.stopped and sum(e.busy for e in f.extents) < self.policy.max_ranges:
                 return ConnectionWork(f.entry, f, self._piece_of(f, idle))
-        split = self._split()
+        split = self._split(halve=not self.pending)
         if split is not None:
             return split
         while self.pending:
@@ -408,17 +408,19 @@ class Transfers:
         idle.busy = True
         return idle
 
-    def _split(self) -> ConnectionWork | None:
+    def _split(self, halve: bool) -> ConnectionWork | None:
         """Split the largest running range that is worth it: a range longer than two pieces (a file's
         first request asks for all of it) keeps one piece and the rest goes idle, to be handed out in
-        pieces; at the end, a range is halved."""
+        pieces; once no file is left to start (``halve``), a range is halved: a cut costs its connection,
+        which a file waiting to start does not need."""
         best = None
         for f in self.files:
             if not f.honours_ranges or f.stopped or f.finishing or sum(e.busy for e in f.extents) >= self.policy.max_ranges:
                 continue
             for e in f.extents:
                 left = e.end - e.pos
-                if e.busy and left >= 2 * self.policy.min_range and (best is None or left > best[1].end - best[1].pos):
+                if e.busy and left >= 2 * self.policy.min_range and (halve or left > 2 * self.policy.piece) and \
+                        (best is None or left > best[1].end - best[1].pos):
                     best = (f, e)
         if best is None:
             return None
