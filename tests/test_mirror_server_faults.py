@@ -219,6 +219,32 @@ def test_a_cut_file_whose_date_is_this_second_starts_again_never_resumed(scm_dou
     assert len(gets) == 2 and all(r.range is None and r.if_range is None for r in gets), [(r.range, r.if_range) for r in gets]
 
 
+@pytest.mark.slow
+def test_a_part_fetched_while_its_date_tied_nothing_is_not_resumed_once_it_does(scm_double, repo_tree, tmp_path):
+    """No ETag: a first run fetches the file while its Last-Modified is not a second before the answers' Date,
+    is cut, and stops. The file is rewritten in that same second (same length, same date). By the next run the
+    date does tie; but the part's bytes were never tied to it, so they are not resumed: never one version's start
+    joined to another's rest."""
+    served = served_path(repo_tree, BIG)
+    second = int(time.time()) + 2  # "now" as far as the first run's Date goes
+    os.utime(served, ns=(second * 10**9,) * 2)
+    scm_double.misbehave(BIG, etag="none")
+    spare_probes(scm_double)
+    scm_double.cut_after(BIG, nbytes=700_000, method="GET",
+                         then=lambda: scm_double.fail_status("*", status=503, times=None))
+    dest = tmp_path / "m"
+    first = mirror(scm_double, dest)
+    assert first.returncode != 0 and BIG not in tree_hashes(dest), first.stderr
+    scm_double.clear_faults()
+    change_file(repo_tree, BIG, seed=7)
+    os.utime(served, ns=(second * 10**9 + 5 * 10**8,) * 2)  # the same Last-Modified
+    scm_double.misbehave(BIG, etag="none")
+    time.sleep(max(0.0, second + 1.5 - time.time()))  # now a second before any Date: it ties
+    again = mirror(scm_double, dest)
+    assert again.returncode == 0, again.stderr
+    assert tree_hashes(dest) == served_tree(repo_tree, VERSION)  # the new version, whole
+
+
 # 3. Only identity bodies are stored, exactly as sent, never decoded.
 
 @pytest.mark.slow

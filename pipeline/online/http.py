@@ -194,13 +194,14 @@ class RemoteInfo:
     weak_date: bool = False  # Last-Modified not a second before the answer's Date: it ties no range (weak_date)
 
     def validators(self):
-        told = {"size": self.size, "etag": self.etag, "last_modified": self.last_modified}
-        return {**told, "weak_date": True} if self.weak_date else told
+        return {"size": self.size, "etag": self.etag, "last_modified": self.last_modified, "weak_date": self.weak_date}
 
     @classmethod
     def of_entry(cls, entry) -> "RemoteInfo":
         """The answer a snapshot entry recorded (its ``validators()``), for the GETs that follow."""
-        return cls(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"), bool(entry.get("weak_date")))
+        # an entry without the key was written before the one-second rule: its date is taken to tie nothing
+        return cls(200, entry.get("size"), entry.get("etag"), entry.get("last_modified"),
+                   entry.get("weak_date") is not False)
 
     @classmethod
     def of_answer(cls, size: int | None, headers) -> "RemoteInfo":
@@ -756,7 +757,7 @@ def _date_before(last_modified: str | None, date: str | None) -> bool:
     try:
         modified, sent = email.utils.parsedate_to_datetime(last_modified), email.utils.parsedate_to_datetime(date)
         return (sent - modified).total_seconds() >= 1
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return False
 
 
@@ -764,7 +765,7 @@ def start_part(part: Path, first: Path, remote: RemoteInfo) -> None:
     """Make ``first`` (the first bytes of the file ``remote`` describes, as a probe brought them) the start of
     ``part``, recorded as a download to resume (:func:`resume_point`): the rest is asked with If-Range."""
     with local_writes(str(part)):
-        _part_meta_path(part).write_text(json.dumps({"etag": remote.etag, "last_modified": remote.last_modified}))
+        _write_part_meta(part, remote.etag, remote.last_modified)
         os.replace(first, part)
 
 
@@ -787,6 +788,14 @@ def basic_auth_header(user: bytes, password: bytes) -> str:
 
 def _part_meta_path(part: Path) -> Path:
     return part.with_name(part.name + ".json")
+
+
+PART_SCHEMA = "amsrepomirror/part/2"  # /2: written only for a file whose validator ties a resume (weak_date)
+
+
+def _write_part_meta(part: Path, etag: str | None, last_modified: str | None) -> None:
+    """The record that ties a part's bytes to the file that served them, for a resume with If-Range."""
+    _part_meta_path(part).write_text(json.dumps({"schema": PART_SCHEMA, "etag": etag, "last_modified": last_modified}))
 
 
 def if_range_validator(remote: RemoteInfo) -> str | None:
@@ -822,8 +831,8 @@ def resume_point(part: Path, remote: RemoteInfo) -> int:
         size = part.stat().st_size
     except (OSError, ValueError):
         return 0
-    if not isinstance(meta, dict):  # valid JSON, but no record of ours
-        return 0
+    if not isinstance(meta, dict) or meta.get("schema") != PART_SCHEMA:  # guard: part-record-schema
+        return 0  # no record of ours, or one from before the one-second rule (its bytes may be of two versions)
     same = meta.get("etag") == remote.etag and meta.get("last_modified") == remote.last_modified
     if not same or (remote.size is not None and size > remote.size):
         return 0
@@ -963,7 +972,9 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     part.parent.mkdir(parents=True, exist_ok=True)
     stop = stop or StopSignal()
     retry = getattr(session, "retry_template", None) or make_retry(5, 0.5)
-    expected, resumable, transferred = remote.size, resume or _resumable(remote), 0
+    # resumable: a cut is resumed at the byte, tied by If-Range (a date that ties nothing: never)
+    expected, transferred = remote.size, 0
+    resumable = resume or (_resumable(remote) and if_range_validator(remote) is not None)  # guard: resume-tied-only
     while True:
         stop.raise_if_set()
         asked, hasher = _resume(part, remote, resumable)
@@ -1025,8 +1036,9 @@ def _write_body(resp: requests.Response, part: Path, body: "Body", hasher, valid
     for a resume, unless None); return what cut it (None: it ended) and the part's size."""
     with local_writes(str(part)):
         if validators is not None:
-            etag, last_modified = validators
-            _part_meta_path(part).write_text(json.dumps({"etag": etag, "last_modified": last_modified}))
+            _write_part_meta(part, *validators)
+        else:  # no resume: a record an earlier run left must not tie these bytes to its validators
+            _part_meta_path(part).unlink(missing_ok=True)
         with open(part, "r+b" if body.at else "wb") as out:
             out.seek(body.at)
             out.truncate()
@@ -1158,7 +1170,7 @@ def _partial_body(resp: requests.Response, remote: RemoteInfo, asked: Asked, eta
     if total != want_total:  # guard: response-gate-total
         raise UnusableRange(unusable)
     if not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-asked
-        sent = "ETag" if remote.etag == if_range_validator(remote) else "Last-Modified"
+        sent = "ETag" if remote.etag and not remote.etag.startswith("W/") else "Last-Modified"
         raise UnusableRange(f"unusable 206 (not the {sent} asked for in If-Range)")
     return Body(first, last - first + 1)
 
@@ -1192,10 +1204,10 @@ def _check_content_length(resp: requests.Response, url: str, remote: RemoteInfo,
 def validator_returned(remote: RemoteInfo, etag: str | None, last_modified: str | None) -> bool:
     """Whether a response carries the validator ``If-Range`` sent (:func:`if_range_validator`)
     unchanged: the strong ETag, else the Last-Modified date."""
-    sent = if_range_validator(remote)
-    if sent is None:
-        return False
-    return etag == sent if sent == remote.etag else last_modified == sent
+    if remote.etag and not remote.etag.startswith("W/"):
+        return etag == remote.etag
+    # a Last-Modified; when it ties nothing (weak_date) no If-Range was sent: the first bytes' own answer
+    return remote.last_modified is not None and last_modified == remote.last_modified
 
 
 def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: int, end: int,

@@ -70,7 +70,7 @@ from amsrepomirror.util.jsonread import read_json
 run_log = logging.getLogger("luigi-interface")
 
 MiB = 1024 * 1024
-RANGES_SCHEMA = "amsrepomirror/part-ranges/1"
+RANGES_SCHEMA = "amsrepomirror/part-ranges/2"  # /2: a file whose date ties nothing is never fetched as ranges
 CHECKPOINT_SECONDS = 2.0  # how often a running range records its progress
 CALM_SECONDS = 10.0  # after a 429/503, this long (or its Retry-After, if longer) before the budget grows again
 WRITEBACK_STEP = 8 * MiB  # hashed bytes after which the follower asks the kernel to start writing them to disk

@@ -53,7 +53,7 @@ from amsrepomirror.util.skipped_files import Lacking, excluded_by, unlicensed
 from amsrepomirror.util.timestamps import utc_now
 from amsrepomirror.util.units import counted, format_size
 
-SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/1"
+SNAPSHOT_SCHEMA = "amsrepomirror/listing-snapshot/2"  # /2: entries say weak_date (http.weak_date)
 SELECTION_SCHEMA = "amsrepomirror/version-selection/1"
 
 

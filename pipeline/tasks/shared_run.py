@@ -17,6 +17,7 @@ import requests
 from amsrepomirror import __version__
 from amsrepomirror.errors import MirrorError, UsageError
 from amsrepomirror.online.listing import listing_url_for, redact
+from amsrepomirror.online.sync import SNAPSHOT_SCHEMA
 from amsrepomirror.online.workspace import THIS_PROCESS
 from amsrepomirror.util.timestamps import utc_stamp
 
@@ -76,6 +77,7 @@ def run_identity(version: str, listing_url: str, platform: Sequence[str], strict
     all of it is the same. Recorded in the run's snapshot and compared by ``check_run_identity``."""
     return {
         "tool": __version__,  # processes of different versions may name their tasks differently
+        "snapshot": SNAPSHOT_SCHEMA,  # ... or read the run's snapshot differently (weak_date, since /2)
         "version": version,
         "listing": redact(listing_url_for(version, listing_url)),
         "listing sha256": listing_sha256,
