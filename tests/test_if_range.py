@@ -5,11 +5,14 @@ import email.utils
 import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from amsrepomirror.errors import FetchError
 from amsrepomirror.online.http import (
     PART_SCHEMA,
+    Asked,
     RemoteInfo,
     if_range_validator,
     resume_point,
@@ -52,8 +55,11 @@ def test_if_range_carries_a_strong_etag_else_a_date_that_ties():
     assert if_range_validator(RemoteInfo(200, 10, 'W/"e"', lm, weak_date=False)) == lm
     assert if_range_validator(RemoteInfo(200, 10, 'W/"e"', lm, weak_date=True)) is None
     assert if_range_validator(RemoteInfo(200, 10, None, lm, weak_date=True)) is None
-    # the answer to the first bytes carries its own date back: accepted as the bytes it is, tied to nothing more
-    assert validator_returned(RemoteInfo(200, 10, None, lm, weak_date=True), None, lm)
+    weak = RemoteInfo(200, 10, None, lm, weak_date=True)
+    assert not validator_returned(weak, None, lm)  # no range is tied by it
+    # the answer to the first bytes (no If-Range sent) carries its own date: accepted as the bytes it is, no more
+    assert validator_returned(weak, None, lm, own=True)
+    assert not validator_returned(weak, None, None, own=True)  # a 206 without a validator: never
 
 
 def test_a_snapshot_entry_without_weak_date_is_read_as_weak():
@@ -77,3 +83,12 @@ def test_a_part_record_from_before_the_rule_is_not_resumed(tmp_path):
     record.write_text(json.dumps({"schema": PART_SCHEMA, "etag": None, "last_modified": lm}))
     assert resume_point(part, remote) == 1000
     assert resume_point(part, RemoteInfo(200, 5000, None, lm, weak_date=True)) == 0
+
+
+def test_a_range_is_never_asked_without_if_range():
+    lm = "Tue, 01 Dec 2026 01:00:00 GMT"
+    with pytest.raises(FetchError, match="nothing to tie"):
+        Asked(1000, ranged=True).headers(RemoteInfo(200, 5000, None, lm, weak_date=True))
+    assert Asked(1000, ranged=True).headers(RemoteInfo(200, 5000, None, lm)) == \
+        {"Accept-Encoding": "identity", "Range": "bytes=1000-", "If-Range": lm}
+    assert Asked().headers(RemoteInfo(200, 5000, None, lm, weak_date=True)) == {"Accept-Encoding": "identity"}

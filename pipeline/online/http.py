@@ -24,7 +24,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urljoin, urlsplit
@@ -723,13 +723,13 @@ def _prefetch_answer(resp: requests.Response, first_bytes: int) -> tuple[RemoteI
     refusal, no body to judge): the whole file when it carries it (as a range, or the whole file), else the
     first bytes asked for; and whether it carries the whole file."""
     status = resp.status_code
-    first = Asked(0, first_bytes, ranged=True)
+    first = Asked(0, first_bytes, ranged=True, own=True)
     if status == 206:
         total = (parse_content_range(resp.headers.get("Content-Range")) or (None, None, None))[2]
         if total is None:
             return None, None, False
         whole = 0 < total <= first_bytes
-        return RemoteInfo.of_answer(total, resp.headers), Asked(0, total, ranged=True) if whole else first, whole
+        return RemoteInfo.of_answer(total, resp.headers), Asked(0, total, ranged=True, own=True) if whole else first, whole
     if status == 200:
         size = parse_content_length(resp.headers.get("Content-Length"))
         whole = size is not None and size <= first_bytes
@@ -765,8 +765,9 @@ def start_part(part: Path, first: Path, remote: RemoteInfo) -> None:
     """Make ``first`` (the first bytes of the file ``remote`` describes, as a probe brought them) the start of
     ``part``, recorded as a download to resume (:func:`resume_point`): the rest is asked with If-Range."""
     with local_writes(str(part)):
-        _write_part_meta(part, remote.etag, remote.last_modified)
+        _part_meta_path(part).unlink(missing_ok=True)  # an earlier run's record never ties these bytes
         os.replace(first, part)
+        _write_part_meta(part, remote.etag, remote.last_modified)  # after: a kill between leaves no record, no resume
 
 
 def _drain_prefix(resp: requests.Response, first_bytes: int) -> None:
@@ -974,7 +975,7 @@ def fetch_to_part(session: requests.Session, url: str, part: Path, remote: Remot
     retry = getattr(session, "retry_template", None) or make_retry(5, 0.5)
     # resumable: a cut is resumed at the byte, tied by If-Range (a date that ties nothing: never)
     expected, transferred = remote.size, 0
-    resumable = resume or (_resumable(remote) and if_range_validator(remote) is not None)  # guard: resume-tied-only
+    resumable = (resume or _resumable(remote)) and if_range_validator(remote) is not None  # guard: resume-tied-only
     while True:
         stop.raise_if_set()
         asked, hasher = _resume(part, remote, resumable)
@@ -1035,13 +1036,13 @@ def _write_body(resp: requests.Response, part: Path, body: "Body", hasher, valid
     """Stream an accepted body into ``part`` from byte ``body.at`` (after recording ``validators``
     for a resume, unless None); return what cut it (None: it ended) and the part's size."""
     with local_writes(str(part)):
-        if validators is not None:
-            _write_part_meta(part, *validators)
-        else:  # no resume: a record an earlier run left must not tie these bytes to its validators
+        if validators is None:  # no resume: a record an earlier run left must not tie these bytes to its validators
             _part_meta_path(part).unlink(missing_ok=True)
         with open(part, "r+b" if body.at else "wb") as out:
             out.seek(body.at)
             out.truncate()
+            if validators is not None:  # once the part holds only bytes they tie (a kill before: no record, no resume)
+                _write_part_meta(part, *validators)
             cut = stream_into(resp, _writer(out, hasher), on_bytes, low_speed, limit=body.length)
             size = out.tell()
             if cut is None and durable:
@@ -1064,18 +1065,24 @@ def _check_complete(part: Path, url: str, size: int, expected: int | None, resum
 class Asked:
     """What a GET asks for: the whole file, or (``ranged``) bytes ``start`` to ``end`` (exclusive;
     None: to the end of the file) tied by ``If-Range`` to the file HEAD described. ``joined``: a
-    whole-file 200 answer would be joined to bytes other responses wrote (a range of a segmented file)."""
+    whole-file 200 answer would be joined to bytes other responses wrote (a range of a segmented file).
+    ``own``: the first bytes of a file nothing is known of yet (``probe_with_body``), asked without If-Range:
+    the answer's own validators are what describe it, its date even when that ties nothing more."""
 
     start: int = 0
     end: int | None = None
     ranged: bool = False
     joined: bool = False
+    own: bool = False
 
     def headers(self, remote: RemoteInfo) -> dict:
         headers = {"Accept-Encoding": "identity"}
         if self.ranged:
+            validator = if_range_validator(remote)
+            if validator is None:  # never a range without If-Range: its bytes would be tied to nothing
+                raise FetchError("a byte range with nothing to tie it to the bytes held; not asked")
             headers["Range"] = f"bytes={self.start}-{'' if self.end is None else self.end - 1}"
-            headers["If-Range"] = if_range_validator(remote)
+            headers["If-Range"] = validator
         return headers
 
 
@@ -1169,7 +1176,7 @@ def _partial_body(resp: requests.Response, remote: RemoteInfo, asked: Asked, eta
         raise UnusableRange(unusable)
     if total != want_total:  # guard: response-gate-total
         raise UnusableRange(unusable)
-    if not validator_returned(remote, etag, last_modified):  # guard: response-gate-validators-asked
+    if not validator_returned(remote, etag, last_modified, own=asked.own):  # guard: response-gate-validators-asked
         sent = "ETag" if remote.etag and not remote.etag.startswith("W/") else "Last-Modified"
         raise UnusableRange(f"unusable 206 (not the {sent} asked for in If-Range)")
     return Body(first, last - first + 1)
@@ -1201,13 +1208,14 @@ def _check_content_length(resp: requests.Response, url: str, remote: RemoteInfo,
     return Body(body.at, length)
 
 
-def validator_returned(remote: RemoteInfo, etag: str | None, last_modified: str | None) -> bool:
+def validator_returned(remote: RemoteInfo, etag: str | None, last_modified: str | None, own: bool = False) -> bool:
     """Whether a response carries the validator ``If-Range`` sent (:func:`if_range_validator`)
-    unchanged: the strong ETag, else the Last-Modified date."""
-    if remote.etag and not remote.etag.startswith("W/"):
-        return etag == remote.etag
-    # a Last-Modified; when it ties nothing (weak_date) no If-Range was sent: the first bytes' own answer
-    return remote.last_modified is not None and last_modified == remote.last_modified
+    unchanged: the strong ETag, else the Last-Modified date. ``own`` (:class:`Asked`): no If-Range was
+    sent and ``remote`` is this answer's own word: its date counts as the validator even when it ties nothing."""
+    sent = if_range_validator(replace(remote, weak_date=False) if own else remote)
+    if sent is None:
+        return False
+    return etag == sent if sent == remote.etag else last_modified == sent
 
 
 def get_range(session: requests.Session, url: str, remote: RemoteInfo, start: int, end: int,
