@@ -207,7 +207,7 @@ def test_a_cut_file_whose_date_is_this_second_starts_again_never_resumed(scm_dou
     """No ETag and a Last-Modified not a second before the answer's Date (RFC 9110, 13.1.5): the file may change
     again within that second and keep its date, so a resume tied to it could join two versions: the cut file is
     asked again from its first byte, without If-Range."""
-    in_30_s = time.time_ns() + 30 * 10**9  # "now" as far as the server's Date goes
+    in_30_s = time.time_ns() + 30 * 10**9  # not a second before the server's Date (after it: as weak as the same second)
     os.utime(served_path(repo_tree, BIG), ns=(in_30_s, in_30_s))
     scm_double.misbehave(BIG, etag="none")
     spare_probes(scm_double)

@@ -202,7 +202,7 @@ def test_a_file_rewritten_within_its_last_modified_second_is_one_get_never_range
     since the file may change again within that second and keep it. The file is fetched as one GET, without
     If-Range: had it been ranges, the rewrite before the second one (same length, same second) would be spliced."""
     served = add_huge(scm_double, repo_tree)
-    second = int(time.time()) + 30  # "now" as far as the server's Date goes: not a second after it
+    second = int(time.time()) + 30  # not a second before the server's Date (after it: as weak as the same second)
     os.utime(served, ns=(second * 10**9,) * 2)
     scm_double.misbehave(HUGE, etag="none")
     scm_double.throttle(12 * MiB)

@@ -1066,8 +1066,9 @@ class Asked:
     """What a GET asks for: the whole file, or (``ranged``) bytes ``start`` to ``end`` (exclusive;
     None: to the end of the file) tied by ``If-Range`` to the file HEAD described. ``joined``: a
     whole-file 200 answer would be joined to bytes other responses wrote (a range of a segmented file).
-    ``own``: the first bytes of a file nothing is known of yet (``probe_with_body``), asked without If-Range:
-    the answer's own validators are what describe it, its date even when that ties nothing more."""
+    ``own``: the first bytes of a file nothing is known of yet, asked by ``probe_with_body`` (its own
+    request, without If-Range; ``headers`` is not used for it): the answer's own validators are what describe
+    it, its date even when that ties nothing more."""
 
     start: int = 0
     end: int | None = None
