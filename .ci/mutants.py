@@ -594,7 +594,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="the tree to copy (default: this checkout)")
     parser.add_argument("--only", default="", help="run only these entries: ID[,ID...]")
     parser.add_argument("--list", action="store_true", help="list the entries, where their markers are and the mutants")
-    parser.add_argument("--budget", type=float, default=900.0, help="seconds for the whole run (default 900)")
+    parser.add_argument("--budget", type=float, default=1500.0, help="seconds for the whole run (default 1500)")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds for one pytest run (default 180)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies (their folder is printed)")
     args = parser.parse_args(argv)
