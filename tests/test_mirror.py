@@ -644,9 +644,10 @@ def test_a_command_leaves_luigi_settings_as_it_found_them(scm_double, repo_tree,
     become the next command's (tests and Python callers run several in one process)."""
     import luigi
 
-    from amsrepomirror import cli
+    from amsrepomirror import cli, config
     for name, value in cli_env().items():
         monkeypatch.setenv(name, value)
+    config.install_defaults()  # as after any first command: the shipped defaults are not this command's leftovers
     settings = luigi.configuration.get_config()
     before = {(s, n): settings.get(s, n, fallback=None) for s, n in
               (("FetchListing", "jobs"), ("FetchListing", "no_ssl"), ("DownloadFile", "run_batch_size"))}

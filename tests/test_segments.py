@@ -62,6 +62,19 @@ def mirror(double, dest, *extra, env, timeout=240):
                    *extra, env=env, timeout=timeout)
 
 
+def before_the_second_get(double, change):
+    """Call ``change()`` when the huge file's second transfer GET arrives, before it is answered (a first run's
+    probe of its first bytes is spared, ``add_huge``)."""
+    seen = []
+
+    def on_get():
+        seen.append(1)
+        if len(seen) == 2:
+            change()
+
+    double.on_request(HUGE, on_get, times=None, method="GET")
+
+
 def huge_gets(double):
     """The GETs of the huge file's transfer (a first run's probe of its first bytes left out)."""
     return transfer_gets(double.records("GET", HUGE))
@@ -177,14 +190,7 @@ def test_server_ignoring_range_falls_back_to_one_stream(scm_double, repo_tree, t
 def test_file_changing_between_two_range_requests_is_caught_never_spliced(scm_double, repo_tree, tmp_path):
     add_huge(scm_double, repo_tree)
     scm_double.throttle(12 * MiB)
-    seen = []
-
-    def change_before_the_second_range():
-        seen.append(1)
-        if len(seen) == 2:
-            change_file(repo_tree, HUGE, seed=7)
-
-    scm_double.on_request(HUGE, change_before_the_second_range, times=None, method="GET")
+    before_the_second_get(scm_double, lambda: change_file(repo_tree, HUGE, seed=7))
     dest, env = tmp_path / "m", settings(tmp_path)
     first = mirror(scm_double, dest, "--jobs", "6", env=env)
     assert first.returncode == 1, first.stderr
@@ -206,15 +212,12 @@ def test_a_file_rewritten_within_its_last_modified_second_is_one_get_never_range
     os.utime(served, ns=(second * 10**9,) * 2)
     scm_double.misbehave(HUGE, etag="none")
     scm_double.throttle(12 * MiB)
-    seen = []
 
     def rewrite_in_the_same_second():
-        seen.append(1)
-        if len(seen) == 2:
-            change_file(repo_tree, HUGE, seed=7)
-            os.utime(served, ns=(second * 10**9 + 5 * 10**8,) * 2)
+        change_file(repo_tree, HUGE, seed=7)
+        os.utime(served, ns=(second * 10**9 + 5 * 10**8,) * 2)
 
-    scm_double.on_request(HUGE, rewrite_in_the_same_second, times=None, method="GET")
+    before_the_second_get(scm_double, rewrite_in_the_same_second)
     dest, env = tmp_path / "m", settings(tmp_path)
     done = mirror(scm_double, dest, "--jobs", "6", env=env)
     assert done.returncode == 0, done.stderr

@@ -156,28 +156,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _syncfs():
-    """Linux's syncfs(2) from the C library, or None where there is none."""
+def _libc(name: str, argtypes: tuple | None = None):
+    """A function of the C library (Linux's syncfs(2), sync_file_range(2)), or None where there is none."""
     try:
-        return ctypes.CDLL(None, use_errno=True).syncfs
+        call = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError, TypeError):
         return None
-
-
-_SYNCFS = _syncfs()
-
-
-def _sync_file_range():
-    """Linux's sync_file_range(2) from the C library, or None where there is none."""
-    try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError, TypeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    if argtypes is not None:
+        call.argtypes = argtypes
     return call
 
 
-_SYNC_FILE_RANGE = _sync_file_range()
+_SYNCFS = _libc("syncfs")
+
+
+_SYNC_FILE_RANGE = _libc("sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint))
 SYNC_FILE_RANGE_WRITE = 2
 
 
